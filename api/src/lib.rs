@@ -1,0 +1,29 @@
+//! Bulwark's HTTP API (axum): health, cluster status, the audit trail.
+//!
+//! Reads are served from the local node's applied state and say which Raft index
+//! they reflect; writes go through the consensus crate's proposer, which forwards to
+//! the leader, so any node answers any call. Errors are `application/problem+json`,
+//! produced in one place ([`ApiError`]).
+//!
+//! It must never touch storage directly for writes: every change is a proposal.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod error;
+mod routes;
+
+pub use auth::AdminToken;
+pub use error::ApiError;
+pub use routes::{router, ApiState};
+
+/// Serves the API on `listener` until `shutdown` completes, then lets in-flight
+/// requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

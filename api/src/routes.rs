@@ -1,0 +1,149 @@
+//! Routes and handlers.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bulwark_consensus::RaftNode;
+use bulwark_storage::{Command, EventFilter, EventKind};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{AdminToken, ApiError};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 2 * 1024 * 1024;
+/// Largest audit note.
+const MAX_NOTE: usize = 1024 * 1024;
+/// Default and maximum page size of event listings.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: Arc<RaftNode>,
+    pub admin: AdminToken,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/notes", post(add_note))
+        .route("/v1/events", get(list_events))
+        .route("/v1/events/verify", get(verify_events))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if s.node.is_ready() {
+        Ok(Json(json!({ "ready": true })))
+    } else {
+        Err(ApiError::unavailable(
+            "no leader known, or not yet applied up to the commit index",
+        ))
+    }
+}
+
+async fn cluster(State(s): State<ApiState>) -> Json<bulwark_consensus::ClusterStatus> {
+    Json(s.node.status())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteRequest {
+    text: String,
+}
+
+/// Appends an administrator's note to the audit trail.
+async fn add_note(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let caller = s.admin.check(&headers)?;
+    let note: NoteRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    if note.text.trim().is_empty() {
+        return Err(ApiError::bad_request("text is empty"));
+    }
+    if note.text.len() > MAX_NOTE {
+        return Err(ApiError::bad_request(format!(
+            "text is {} bytes, at most {MAX_NOTE} allowed",
+            note.text.len()
+        )));
+    }
+    let result = s
+        .node
+        .proposer()
+        .propose(Command::Record(EventKind::AuditNote {
+            author: caller.to_string(),
+            text: note.text,
+        }))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "seq": result.seq, "hash": hex::encode(result.hash) })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    #[serde(rename = "type")]
+    type_name: Option<String>,
+}
+
+async fn list_events(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    s.admin.check(&headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={MAX_LIMIT}"
+        )));
+    }
+    let filter = EventFilter {
+        type_name: q.type_name,
+    };
+    let after = q.after.unwrap_or(0);
+    let node = s.node.clone();
+    let applied = node.status().applied_index;
+    let (events, next) =
+        tokio::task::spawn_blocking(move || node.state().events(&filter, after, limit))
+            .await
+            .map_err(ApiError::internal)??;
+    let events: Vec<_> = events.iter().map(|e| e.to_json()).collect();
+    Ok(Json(
+        json!({ "events": events, "next": next, "applied_index": applied }),
+    ))
+}
+
+async fn verify_events(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<bulwark_storage::VerifyReport>, ApiError> {
+    s.admin.check(&headers)?;
+    let node = s.node.clone();
+    let report = tokio::task::spawn_blocking(move || node.state().verify())
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(report))
+}

@@ -1,0 +1,49 @@
+//! What nodes say to each other.
+
+use bulwark_storage::{Op, OpResult, SnapshotFile};
+use openraft::error::RaftError;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{NodeId, SnapshotMeta, TypeConfig, Vote};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    /// Operations a follower received, for the leader to commit.
+    Forward(Vec<Op>),
+    /// Has this node joined a cluster yet? (bootstrap)
+    Status,
+    /// A full snapshot: this header, then each file's bytes in order, raw.
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta,
+        files: Vec<SnapshotFile>,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Forward(Result<Vec<OpResult>, ForwardRefused>),
+    Status {
+        initialized: bool,
+    },
+    Snapshot(Result<SnapshotResponse<NodeId>, String>),
+    /// The request was refused before reaching Raft (e.g. it claims another node's
+    /// identity than the certificate it came with).
+    Refused(String),
+}
+
+/// Why a forwarded write was not committed by the node it was sent to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardRefused {
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("{0}")]
+    Failed(String),
+}

@@ -1,0 +1,190 @@
+//! The server side: accepts peers' connections and hands their requests to Raft.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_storage::{Proposal, SnapshotFile, SnapshotStore};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::frame::{read_frame, write_frame};
+use super::message::{ForwardRefused, Request, Response};
+use crate::tls::node_id_of;
+use crate::types::{NodeId, Raft, Snapshot, SnapshotData, SnapshotMeta, Vote};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest snapshot accepted from a peer.
+const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
+
+/// What the accept loop needs to serve peers.
+#[derive(Clone)]
+pub struct ServerContext {
+    pub raft: Raft,
+    pub acceptor: TlsAcceptor,
+    /// Node ids allowed to connect (the configured peers).
+    pub peers: Arc<BTreeSet<NodeId>>,
+    pub snapshots: Arc<SnapshotStore>,
+}
+
+/// Accepts peer connections until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, ctx: ServerContext, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, remote)) => {
+                    let ctx = ctx.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(tcp, &ctx, shutdown).await {
+                            tracing::debug!(%remote, error = %e, "peer connection closed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a peer connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn handle(
+    tcp: TcpStream,
+    ctx: &ServerContext,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let remote = tcp.peer_addr()?;
+    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ctx.acceptor.accept(tcp)).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, error = %e, "refused a cluster connection: TLS handshake failed");
+            return Err(e);
+        }
+        Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+    };
+    let peer = conn
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(node_id_of);
+    let Some(peer) = peer.filter(|p| ctx.peers.contains(p)) else {
+        tracing::warn!(%remote, ?peer, "refused a cluster connection: certificate is not a configured peer's");
+        return Ok(());
+    };
+    loop {
+        let request: Request = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            request = read_frame(&mut conn) => request?,
+        };
+        let response = match request {
+            Request::Snapshot { vote, meta, files } => {
+                receive_snapshot(&mut conn, ctx, peer, vote, meta, files).await?
+            }
+            other => dispatch(ctx, peer, other).await,
+        };
+        write_frame(&mut conn, &response).await?;
+    }
+}
+
+/// Refuses a Raft message that claims to come from another node than its certificate.
+fn check_sender(peer: NodeId, vote: &Vote) -> Result<(), Response> {
+    match vote.leader_id().voted_for() {
+        Some(claimed) if claimed == peer => Ok(()),
+        claimed => Err(Response::Refused(format!(
+            "certificate of node {peer} used for a message from {claimed:?}"
+        ))),
+    }
+}
+
+async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Response {
+    match request {
+        Request::AppendEntries(rpc) => match check_sender(peer, &rpc.vote) {
+            Ok(()) => Response::AppendEntries(ctx.raft.append_entries(rpc).await),
+            Err(refused) => refused,
+        },
+        Request::Vote(rpc) => match check_sender(peer, &rpc.vote) {
+            Ok(()) => Response::Vote(ctx.raft.vote(rpc).await),
+            Err(refused) => refused,
+        },
+        Request::Forward(ops) => {
+            Response::Forward(match ctx.raft.client_write(Proposal { ops }).await {
+                Ok(resp) => Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ForwardRefused::NotLeader(f.leader_id))
+                }
+                Err(e) => Err(ForwardRefused::Failed(e.to_string())),
+            })
+        }
+        Request::Status => Response::Status {
+            initialized: ctx.raft.is_initialized().await.unwrap_or(true),
+        },
+        Request::Snapshot { .. } => Response::Refused("snapshot header out of place".into()),
+    }
+}
+
+async fn receive_snapshot(
+    conn: &mut TlsStream<TcpStream>,
+    ctx: &ServerContext,
+    peer: NodeId,
+    vote: Vote,
+    meta: SnapshotMeta,
+    files: Vec<SnapshotFile>,
+) -> io::Result<Response> {
+    if let Err(refused) = check_sender(peer, &vote) {
+        return Ok(refused);
+    }
+    let total: u64 = files.iter().map(|f| f.len).sum();
+    if total > MAX_SNAPSHOT_BYTES
+        || files
+            .iter()
+            .any(|f| !SnapshotStore::is_safe_file_name(&f.name))
+    {
+        // The stream cannot be resynchronised after refusing its body: close it.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unacceptable snapshot file list",
+        ));
+    }
+    let dir = ctx.snapshots.incoming_dir().map_err(io::Error::other)?;
+    tracing::info!(from = peer, bytes = total, files = files.len(), snapshot = %meta.snapshot_id, "receiving snapshot");
+    for file in &files {
+        write_file(conn, &dir, file).await?;
+    }
+    bulwark_storage::layout::sync_dir(&dir).map_err(io::Error::other)?;
+    let snapshot = Snapshot {
+        meta,
+        snapshot: Box::new(SnapshotData { dir: dir.clone() }),
+    };
+    let result = ctx.raft.install_full_snapshot(vote, snapshot).await;
+    tokio::fs::remove_dir_all(&dir).await.ok();
+    Ok(Response::Snapshot(result.map_err(|e| e.to_string())))
+}
+
+async fn write_file(
+    conn: &mut TlsStream<TcpStream>,
+    dir: &Path,
+    file: &SnapshotFile,
+) -> io::Result<()> {
+    let path = dir.join(&file.name);
+    let mut out = tokio::fs::File::create(&path).await?;
+    let mut body = (&mut *conn).take(file.len);
+    let copied = tokio::io::copy(&mut body, &mut out).await?;
+    if copied != file.len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} cut short", file.name),
+        ));
+    }
+    out.sync_all().await
+}

@@ -1,0 +1,356 @@
+//! A running Raft node: storage opened, Raft started, network served, cluster
+//! bootstrapped, proposer ready.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_storage::{layout, LogStore as Store, SnapshotStore, StateDir, StateStore};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::log_store::LogStore;
+use crate::network::{serve, NetworkFactory, ServerContext};
+use crate::state_machine::StateMachine;
+use crate::tls::TlsIdentity;
+use crate::types::{NodeId, Raft};
+use crate::{Error, Proposer};
+
+/// Raft timing and log-retention settings.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    /// Leader heartbeat, also the AppendEntries RPC timeout in openraft 0.9.
+    pub heartbeat_ms: u64,
+    /// Base election timeout; each node gets its own non-overlapping range above it.
+    pub election_timeout_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log after a snapshot, for lagging followers.
+    pub keep_logs: u64,
+    /// How long a proposal may wait for a commit before the caller is told to retry.
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_ms: 250,
+            election_timeout_ms: 1500,
+            snapshot_every: 10_000,
+            keep_logs: 1_000,
+            commit_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// How this node reaches its peers.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    pub listen: String,
+    /// Every voter of the cluster by id, this node included.
+    pub peers: BTreeMap<NodeId, String>,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    /// None: a single-node cluster with no network.
+    pub cluster: Option<PeerConfig>,
+    pub raft: RaftSettings,
+}
+
+/// One member as `GET /v1/cluster` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub addr: String,
+    pub voter: bool,
+    /// Last log index known to be replicated to it (leader only).
+    pub matched_index: Option<u64>,
+    /// Entries it is behind the leader's log (leader only).
+    pub lag: Option<u64>,
+}
+
+/// The node's view of the cluster.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub state: String,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    pub chain_head: String,
+    pub event_count: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// A running node.
+pub struct RaftNode {
+    id: NodeId,
+    raft: Raft,
+    state: Arc<StateDir>,
+    proposer: Proposer,
+    committed: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn raft_config(id: NodeId, cfg: &NodeConfig) -> Result<Config, Error> {
+    let s = &cfg.raft;
+    // Non-overlapping election timeout ranges, one per node position, so that after a
+    // leader dies the survivors do not keep splitting votes (RAFT-NOTES pitfall 4).
+    let position = cfg
+        .cluster
+        .as_ref()
+        .and_then(|c| c.peers.keys().position(|p| *p == id))
+        .unwrap_or(0) as u64;
+    let width = (s.election_timeout_ms / 4).max(s.heartbeat_ms);
+    let min = s.election_timeout_ms + position * (width + s.heartbeat_ms);
+    let config = Config {
+        cluster_name: "bulwark".into(),
+        heartbeat_interval: s.heartbeat_ms,
+        election_timeout_min: min,
+        election_timeout_max: min + width,
+        install_snapshot_timeout: s.heartbeat_ms.max(1000),
+        max_payload_entries: 1024,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_every),
+        max_in_snapshot_log_to_keep: s.keep_logs,
+        purge_batch_size: 1024,
+        ..Default::default()
+    };
+    config.validate().map_err(|e| Error::Config(e.to_string()))
+}
+
+impl RaftNode {
+    /// Opens storage under `data_dir`, starts Raft and, for a cluster, the network and
+    /// bootstrap.
+    pub async fn start(cfg: NodeConfig) -> Result<Self, Error> {
+        let id = cfg.id;
+        let log = Store::open(&layout::raft_log_dir(&cfg.data_dir))?;
+        let state = Arc::new(StateDir::open(&layout::state_root(&cfg.data_dir))?);
+        let snapshots = Arc::new(SnapshotStore::open(&layout::snapshots_dir(&cfg.data_dir))?);
+        let log_store = LogStore::new(log);
+        let committed = log_store.committed_index();
+        let state_machine = StateMachine::new(state.clone(), snapshots.clone());
+        let config = Arc::new(raft_config(id, &cfg)?);
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let commit_timeout = Duration::from_millis(cfg.raft.commit_timeout_ms);
+
+        let (raft, network) = match &cfg.cluster {
+            None => {
+                let tls_less = NetworkFactory::disconnected();
+                let raft = Raft::new(id, config, tls_less, log_store, state_machine)
+                    .await
+                    .map_err(|e| Error::Raft(e.to_string()))?;
+                if !raft
+                    .is_initialized()
+                    .await
+                    .map_err(|e| Error::Raft(e.to_string()))?
+                {
+                    let members = BTreeMap::from([(id, BasicNode::new(""))]);
+                    raft.initialize(members)
+                        .await
+                        .map_err(|e| Error::Raft(e.to_string()))?;
+                }
+                (raft, None)
+            }
+            Some(peers) => {
+                let tls = TlsIdentity::load(&peers.ca, &peers.cert, &peers.key)?;
+                if tls.node_id != id {
+                    return Err(Error::Config(format!(
+                        "certificate {} is for node {}, this is node {id}",
+                        peers.cert.display(),
+                        tls.node_id
+                    )));
+                }
+                if !peers.peers.contains_key(&id) {
+                    return Err(Error::Config(format!(
+                        "node {id} is not among cluster.peers"
+                    )));
+                }
+                let network = NetworkFactory::new(tls.client.clone());
+                let raft = Raft::new(id, config, network.clone(), log_store, state_machine)
+                    .await
+                    .map_err(|e| Error::Raft(e.to_string()))?;
+                let listener =
+                    TcpListener::bind(&peers.listen)
+                        .await
+                        .map_err(|source| Error::Listen {
+                            addr: peers.listen.clone(),
+                            source,
+                        })?;
+                let ctx = ServerContext {
+                    raft: raft.clone(),
+                    acceptor: tokio_rustls::TlsAcceptor::from(tls.server.clone()),
+                    peers: Arc::new(peers.peers.keys().copied().collect::<BTreeSet<_>>()),
+                    snapshots: snapshots.clone(),
+                };
+                tasks.push(tokio::spawn(serve(listener, ctx, stop_rx.clone())));
+                tasks.push(tokio::spawn(bootstrap(
+                    id,
+                    raft.clone(),
+                    network.clone(),
+                    peers.peers.clone(),
+                    stop_rx,
+                )));
+                (raft, Some(network))
+            }
+        };
+        let proposer = Proposer::start(raft.clone(), network, id, commit_timeout);
+        Ok(RaftNode {
+            id,
+            raft,
+            state,
+            proposer,
+            committed,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn proposer(&self) -> &Proposer {
+        &self.proposer
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The live state (event log and projections), read locally.
+    pub fn state(&self) -> Arc<StateStore> {
+        self.state.current()
+    }
+
+    /// True when the node knows a leader and has applied everything it knows committed.
+    pub fn is_ready(&self) -> bool {
+        let status = self.status();
+        status.leader_id.is_some() && status.applied_index >= status.commit_index
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let store = self.state.current();
+        let (event_count, head) = store.chain_head();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|matched| matched.map_or(0, |l| l.index));
+                MemberStatus {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag: matched.map(|i| last_log.saturating_sub(i)),
+                }
+            })
+            .collect();
+        let committed = self.committed.load(Ordering::Relaxed);
+        ClusterStatus {
+            node_id: self.id,
+            state: format!("{:?}", m.state),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            commit_index: (committed != u64::MAX).then_some(committed),
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            chain_head: hex::encode(head),
+            event_count,
+            members,
+        }
+    }
+
+    /// Is this node the leader right now?
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Stops the network and Raft; storage closes when the last handle drops.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Forms the cluster on first start: the lowest-numbered peer initialises the
+/// membership once a majority of the peers (itself included) answer that they have
+/// never been part of a cluster. If any peer already belongs to one, nothing is
+/// initialised: this node is a member that lost its data and will be caught up by
+/// the leader (through a snapshot if the log was purged).
+async fn bootstrap(
+    id: NodeId,
+    raft: Raft,
+    network: NetworkFactory,
+    peers: BTreeMap<NodeId, String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let initiator = peers.keys().next().copied() == Some(id);
+    if !initiator {
+        return;
+    }
+    let majority = peers.len() / 2 + 1;
+    loop {
+        match raft.is_initialized().await {
+            Ok(true) | Err(_) => return,
+            Ok(false) => {}
+        }
+        let mut fresh = 1;
+        let mut someone_initialized = false;
+        for (peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
+            match network.is_initialized(*peer, addr).await {
+                Ok(true) => someone_initialized = true,
+                Ok(false) => fresh += 1,
+                Err(e) => tracing::debug!(peer, error = %e, "bootstrap: peer not answering yet"),
+            }
+        }
+        if someone_initialized {
+            tracing::info!(
+                "bootstrap: a peer already belongs to the cluster; waiting to be caught up"
+            );
+            return;
+        }
+        if fresh >= majority {
+            let members = peers
+                .iter()
+                .map(|(p, addr)| (*p, BasicNode::new(addr)))
+                .collect::<BTreeMap<_, _>>();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(voters = peers.len(), "bootstrap: cluster initialised"),
+                Err(e) => tracing::warn!(error = %e, "bootstrap: initialise"),
+            }
+            return;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}

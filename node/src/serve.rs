@@ -1,0 +1,144 @@
+//! `bulwark serve`: wires storage, consensus and the API into a running node.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use bulwark_api::{AdminToken, ApiState};
+use bulwark_consensus::RaftNode;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+
+pub fn run(config: Option<&Path>) -> Result<()> {
+    init_logging();
+    let config = match config {
+        Some(path) => {
+            Config::load(path).map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?
+        }
+        None => {
+            tracing::info!("no --config: single-node embedded default");
+            Config::embedded()
+        }
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("BULWARK_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("BULWARK_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let data_dir = &config.node.data_dir;
+    fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    check_node_id(data_dir, config.node.id)?;
+    let token = admin_token(&config.admin_token_file)?;
+
+    let api_listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("binding the API to {}", config.api_listen))?;
+    let node = Arc::new(RaftNode::start(config.node.clone()).await?);
+    tracing::info!(
+        node = config.node.id,
+        data_dir = %data_dir.display(),
+        api = %config.api_listen,
+        cluster = config.node.cluster.as_ref().map(|c| c.listen.as_str()).unwrap_or("single node"),
+        "bulwark is running"
+    );
+
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = ApiState {
+        node: node.clone(),
+        admin: AdminToken::new(&token),
+    };
+    let api = tokio::spawn(bulwark_api::serve(api_listener, state, async {
+        let _ = api_stopped.await;
+    }));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_api.send(());
+    match tokio::time::timeout(std::time::Duration::from_secs(10), api).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server"),
+        Err(_) => tracing::warn!("API requests still running after 10 s; closing"),
+        _ => {}
+    }
+    match Arc::try_unwrap(node) {
+        Ok(node) => node.shutdown().await,
+        Err(node) => node.raft().shutdown().await.unwrap_or(()),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Records the node id at first start and refuses to start under another id: a data
+/// directory belongs to one node for life.
+fn check_node_id(data_dir: &Path, id: u64) -> Result<()> {
+    let path = data_dir.join("node.id");
+    match fs::read_to_string(&path) {
+        Ok(stored) => {
+            let stored: u64 = stored
+                .trim()
+                .parse()
+                .with_context(|| format!("{} is corrupt", path.display()))?;
+            if stored != id {
+                bail!(
+                    "{} belongs to node {stored}, but the configuration says node {id}; \
+                     a data directory cannot change node id",
+                    data_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bulwark_storage::layout::write_atomic(&path, format!("{id}\n").as_bytes())?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Reads the admin token, creating a random one (owner-only file) at first start.
+fn admin_token(path: &Path) -> Result<String> {
+    match fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_string()),
+        Ok(_) => bail!("{} is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let token = hex::encode(rand::random::<[u8; 32]>());
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            writeln!(file, "{token}")?;
+            file.sync_all()?;
+            tracing::info!(path = %path.display(), "admin API token written");
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}

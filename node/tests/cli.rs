@@ -1,0 +1,133 @@
+//! The `bulwark` command line, run as a real process.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bulwark(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run bulwark")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn help_documents_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bulwark(&["--help"], dir.path());
+    assert!(out.status.success());
+    let help = text(&out);
+    for sub in ["serve", "cert", "check-config", "audit"] {
+        assert!(help.contains(sub), "--help lacks {sub}:\n{help}");
+    }
+}
+
+#[test]
+fn cert_makes_a_ca_and_node_certificates_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(bulwark(&["cert", "ca", "--out", "certs"], d)
+        .status
+        .success());
+    let out = bulwark(
+        &[
+            "cert",
+            "node",
+            "--ca",
+            "certs",
+            "--id",
+            "2",
+            "--san",
+            "127.0.0.1,localhost",
+            "--out",
+            "certs",
+        ],
+        d,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for file in ["ca.pem", "ca.key", "node2.pem", "node2.key"] {
+        let content = std::fs::read_to_string(d.join("certs").join(file)).unwrap();
+        assert!(content.starts_with("-----BEGIN"), "{file} is not PEM");
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(d.join("certs/node2.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "private key readable by others");
+
+    let again = bulwark(&["cert", "ca", "--out", "certs"], d);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("refusing to overwrite"),
+        "{}",
+        text(&again)
+    );
+
+    let no_ca = bulwark(
+        &[
+            "cert", "node", "--ca", "nowhere", "--id", "3", "--san", "x", "--out", "certs",
+        ],
+        d,
+    );
+    assert!(!no_ca.status.success());
+    assert!(text(&no_ca).contains("nowhere/ca.pem"), "{}", text(&no_ca));
+    let zero = bulwark(
+        &[
+            "cert", "node", "--ca", "certs", "--id", "0", "--san", "x", "--out", "certs",
+        ],
+        d,
+    );
+    assert!(!zero.status.success());
+}
+
+#[test]
+fn check_config_reports_every_problem_and_accepts_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("bad.toml"),
+        "[node]\nid = 0\n[cluster]\nlisten = \"x\"\n[api]\nlisten = \"y\"\n",
+    )
+    .unwrap();
+    let out = bulwark(&["check-config", "bad.toml"], d);
+    assert_eq!(out.status.code(), Some(1));
+    let report = text(&out);
+    for expected in [
+        "node.id",
+        "cluster.listen",
+        "cluster.peers",
+        "cluster.ca",
+        "api.listen",
+    ] {
+        assert!(report.contains(expected), "missing {expected}:\n{report}");
+    }
+
+    std::fs::write(
+        d.join("good.toml"),
+        "[node]\nid = 1\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let out = bulwark(&["check-config", "good.toml"], d);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn audit_verify_refuses_what_is_not_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bulwark(&["audit", "verify", "--data-dir", "."], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("not a Bulwark data directory"),
+        "{}",
+        text(&out)
+    );
+}

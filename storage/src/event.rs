@@ -1,0 +1,221 @@
+//! The event schema: what a proposal asks for and what the event log records.
+//!
+//! Every type here is encoded through [`crate::codec`], so each stored record carries
+//! the format version. Add new event kinds at the end of [`EventKind`] (bincode
+//! encodes the variant index) and new commands at the end of [`Command`].
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::codec;
+
+/// SHA-256 digest linking each event to the one before it.
+pub type Hash = [u8; 32];
+
+/// Unique id of one operation, chosen by the node that first received it. A retried
+/// proposal carries the same id, so it is applied once (see [`OpResult::duplicate`]).
+pub type OpId = u128;
+
+/// The payload of one Raft entry: many operations gathered by the proposer and
+/// committed together (application-level group commit).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub ops: Vec<Op>,
+}
+
+/// One operation, stamped by the proposer with everything `apply` needs: apply never
+/// reads the clock, the network or anything else that differs between nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    pub id: OpId,
+    /// Unix time in milliseconds, taken by the node that received the request.
+    pub time_ms: i64,
+    /// Node that received the request.
+    pub node: u64,
+    pub command: Command,
+}
+
+/// What an operation does to the state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Append one event to the log.
+    Record(EventKind),
+}
+
+/// What happened. The event log's `type` is [`EventKind::type_name`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A note an administrator or auditor wrote into the audit trail.
+    AuditNote { author: String, text: String },
+}
+
+impl EventKind {
+    /// Dotted event type, as in the API's `type` field.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::AuditNote { .. } => "audit.note",
+        }
+    }
+
+    /// Fields of this kind in the API's JSON, named after Elastic Common Schema.
+    fn json_fields(&self, out: &mut serde_json::Map<String, serde_json::Value>) {
+        match self {
+            EventKind::AuditNote { author, text } => {
+                out.insert("message".into(), text.clone().into());
+                out.insert("user".into(), serde_json::json!({ "name": author }));
+            }
+        }
+    }
+}
+
+/// The result of applying one operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpResult {
+    /// Sequence number of the event the operation recorded.
+    pub seq: u64,
+    /// Chain hash of that event.
+    pub hash: Hash,
+    /// True when the operation had been applied before (a retried proposal).
+    pub duplicate: bool,
+}
+
+/// An event as the state machine assigns it: its place in the log and its content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time_ms: i64,
+    pub node: u64,
+    /// Raft log index of the entry that carried it.
+    pub raft_index: u64,
+    pub op_id: OpId,
+    pub kind: EventKind,
+}
+
+/// An event with its links in the hash chain, as stored in the `events` column family.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub event: Event,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+impl Event {
+    /// `SHA-256("bulwark.event" ‖ prev_hash ‖ encode(event))`.
+    pub fn chain_hash(&self, prev_hash: &Hash) -> crate::Result<Hash> {
+        let mut hasher = Sha256::new();
+        hasher.update(b"bulwark.event");
+        hasher.update(prev_hash);
+        hasher.update(codec::encode(self)?);
+        Ok(hasher.finalize().into())
+    }
+}
+
+impl StoredEvent {
+    /// True when `hash` is what the chain rule gives for this event and `prev_hash`.
+    pub fn hash_is_valid(&self) -> bool {
+        self.event
+            .chain_hash(&self.prev_hash)
+            .is_ok_and(|h| h == self.hash)
+    }
+
+    /// The event as the API and exporters show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let e = &self.event;
+        let mut map = serde_json::Map::new();
+        map.insert("seq".into(), e.seq.into());
+        map.insert("time".into(), rfc3339(e.time_ms).into());
+        map.insert("type".into(), e.kind.type_name().into());
+        map.insert("node".into(), e.node.into());
+        map.insert("raft_index".into(), e.raft_index.into());
+        map.insert("hash".into(), hex::encode(self.hash).into());
+        map.insert("prev_hash".into(), hex::encode(self.prev_hash).into());
+        e.kind.json_fields(&mut map);
+        serde_json::Value::Object(map)
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with millisecond precision.
+pub fn rfc3339(time_ms: i64) -> String {
+    let nanos = i128::from(time_ms) * 1_000_000;
+    match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => {
+            let ms = t.millisecond();
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        }
+        Err(_) => time_ms.to_string(),
+    }
+}
+
+/// Result of walking the hash chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub checked: u64,
+    /// Hash of the last event checked (hex); all zeros for an empty log.
+    pub head: String,
+    pub first_bad_seq: Option<u64>,
+    /// What was wrong at `first_bad_seq`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(seq: u64) -> Event {
+        Event {
+            seq,
+            time_ms: 1_700_000_000_123,
+            node: 1,
+            raft_index: seq + 3,
+            op_id: u128::from(seq),
+            kind: EventKind::AuditNote {
+                author: "admin".into(),
+                text: format!("note {seq}"),
+            },
+        }
+    }
+
+    #[test]
+    fn chain_hash_depends_on_previous_and_content() {
+        let zero = [0u8; 32];
+        let h1 = note(1).chain_hash(&zero).unwrap();
+        assert_ne!(h1, note(2).chain_hash(&zero).unwrap());
+        assert_ne!(h1, note(1).chain_hash(&[1u8; 32]).unwrap());
+        let stored = StoredEvent {
+            event: note(1),
+            prev_hash: zero,
+            hash: h1,
+        };
+        assert!(stored.hash_is_valid());
+        let mut edited = stored.clone();
+        edited.event.time_ms += 1;
+        assert!(!edited.hash_is_valid());
+    }
+
+    #[test]
+    fn json_has_the_interface_fields() {
+        let stored = StoredEvent {
+            event: note(4),
+            prev_hash: [0; 32],
+            hash: [7; 32],
+        };
+        let json = stored.to_json();
+        assert_eq!(json["seq"], 4);
+        assert_eq!(json["type"], "audit.note");
+        assert_eq!(json["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(json["message"], "note 4");
+        assert_eq!(json["user"]["name"], "admin");
+        assert_eq!(json["hash"], hex::encode([7u8; 32]));
+    }
+}

@@ -1,0 +1,72 @@
+//! Where a node keeps its files under `data_dir`.
+//!
+//! ```text
+//! data_dir/
+//!   node.id            node id and cluster id, written at first boot
+//!   raft-log/          RocksDB: Raft log, vote, committed, purge mark
+//!   state/CURRENT      name of the live state generation (written atomically)
+//!   state/gen-NNNNNN/  RocksDB: events, bodies, projections, last applied
+//!   snapshots/         RocksDB checkpoints of the state, one directory each
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+pub fn raft_log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("raft-log")
+}
+
+pub fn state_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("state")
+}
+
+pub fn snapshots_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("snapshots")
+}
+
+/// Column families of the state database.
+pub mod cf {
+    /// Event log: seq (u64 big-endian) → encoded [`crate::StoredEvent`].
+    pub const EVENTS: &str = "events";
+    /// Operation ids already applied → seq, so a retried proposal is applied once.
+    pub const OP_IDS: &str = "op_ids";
+    /// Applied log id, membership and chain head.
+    pub const META: &str = "sm_meta";
+    /// Message bodies by message id (filled by the SMTP ingress).
+    pub const BODIES: &str = "bodies";
+    /// Delivery queue projection.
+    pub const QUEUE: &str = "queue";
+    /// Quarantine projection.
+    pub const QUARANTINE: &str = "quarantine";
+    /// Secondary indexes of the event log (message, sender, recipient, ...).
+    pub const INDEX: &str = "index";
+
+    pub const ALL: [&str; 7] = [EVENTS, OP_IDS, META, BODIES, QUEUE, QUARANTINE, INDEX];
+}
+
+/// Writes `contents` to `path` so that a crash leaves either the old or the new file:
+/// temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| Error::Layout {
+        path: path.to_path_buf(),
+        reason: "no parent directory".into(),
+    })?;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+        file.write_all(contents).map_err(Error::io(&tmp))?;
+        file.sync_all().map_err(Error::io(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(Error::io(path))?;
+    sync_dir(dir)
+}
+
+/// Makes a directory's entries (creations, renames) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(dir))
+}

@@ -1,0 +1,556 @@
+//! The state database: event log and projections, one generation at a time.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Command, Event, Hash, Op, OpResult, StoredEvent, VerifyReport};
+use crate::layout::{self, cf};
+use crate::{codec, snapshot, Error, Result};
+
+const META_CHAIN: &str = "chain";
+const META_RAFT: &str = "raft_applied";
+const CURRENT: &str = "CURRENT";
+
+/// The head of the hash chain: persisted with every applied batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ChainHead {
+    /// Sequence number the next event gets (the first event is 1).
+    next_seq: u64,
+    /// Hash of the last event (all zeros before the first).
+    hash: Hash,
+}
+
+impl Default for ChainHead {
+    fn default() -> Self {
+        ChainHead {
+            next_seq: 1,
+            hash: [0; 32],
+        }
+    }
+}
+
+/// Which events a query wants.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Dotted event type, e.g. `audit.note`.
+    pub type_name: Option<String>,
+}
+
+impl EventFilter {
+    fn matches(&self, event: &StoredEvent) -> bool {
+        self.type_name
+            .as_deref()
+            .is_none_or(|t| t == event.event.kind.type_name())
+    }
+}
+
+/// Most events one query looks at before it returns a cursor to go on from, so a
+/// selective filter cannot turn one request into a scan of the whole log.
+const MAX_SCAN: usize = 100_000;
+
+/// One generation of the state database.
+///
+/// To ensure correctness:
+/// - [`StateStore::apply`] writes the events, the projections, the chain head and the
+///   caller's applied-state record (Raft's last applied log id and membership) in one
+///   `WriteBatch`: after a crash the state is exactly that of some applied prefix,
+///   and Raft re-applies the rest from its log;
+/// - apply is deterministic: everything that could differ between nodes (time,
+///   proposing node, operation id) comes in the [`Op`];
+/// - an operation id applied once is never applied again.
+pub struct StateStore {
+    db: DB,
+    dir: PathBuf,
+    head: Mutex<ChainHead>,
+}
+
+fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    cf::ALL
+        .iter()
+        .map(|name| {
+            let mut opts = Options::default();
+            if *name == cf::BODIES {
+                opts.set_enable_blob_files(true);
+                opts.set_min_blob_size(64 * 1024);
+            }
+            ColumnFamilyDescriptor::new(*name, opts)
+        })
+        .collect()
+}
+
+impl StateStore {
+    fn open(dir: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())?;
+        Self::with_db(db, dir)
+    }
+
+    /// Opens a state database without writing to it: a stopped node's, a backup's or a
+    /// snapshot's.
+    pub fn open_read_only(dir: &Path) -> Result<Self> {
+        if !dir.join("CURRENT").is_file() {
+            return Err(Error::Layout {
+                path: dir.to_path_buf(),
+                reason: "not a state database".into(),
+            });
+        }
+        let opts = Options::default();
+        let db = DB::open_cf_for_read_only(&opts, dir, cf::ALL, false)?;
+        Self::with_db(db, dir)
+    }
+
+    fn with_db(db: DB, dir: &Path) -> Result<Self> {
+        let head = match db.get_cf(cf_handle(&db, cf::META), META_CHAIN)? {
+            Some(bytes) => codec::decode(&bytes)?,
+            None => ChainHead::default(),
+        };
+        Ok(StateStore {
+            db,
+            dir: dir.to_path_buf(),
+            head: Mutex::new(head),
+        })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        cf_handle(&self.db, name)
+    }
+
+    /// Where this generation lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Applies entries `(raft index, operations)` in order and stores `applied` (the
+    /// caller's record of what has been applied) in the same batch. Returns one result
+    /// per operation, per entry.
+    pub fn apply(&self, entries: &[(u64, &[Op])], applied: &[u8]) -> Result<Vec<Vec<OpResult>>> {
+        let mut head = *self.head.lock().expect("chain head lock");
+        let mut batch = WriteBatch::default();
+        let mut in_batch: HashMap<u128, OpResult> = HashMap::new();
+        let mut results = Vec::with_capacity(entries.len());
+        for (raft_index, ops) in entries {
+            let mut entry_results = Vec::with_capacity(ops.len());
+            for op in ops.iter() {
+                if let Some(done) = self.already_applied(op.id, &in_batch)? {
+                    entry_results.push(done);
+                    continue;
+                }
+                let Command::Record(kind) = &op.command;
+                let event = Event {
+                    seq: head.next_seq,
+                    time_ms: op.time_ms,
+                    node: op.node,
+                    raft_index: *raft_index,
+                    op_id: op.id,
+                    kind: kind.clone(),
+                };
+                let hash = event.chain_hash(&head.hash)?;
+                let stored = StoredEvent {
+                    event,
+                    prev_hash: head.hash,
+                    hash,
+                };
+                batch.put_cf(
+                    self.cf(cf::EVENTS),
+                    head.next_seq.to_be_bytes(),
+                    codec::encode(&stored)?,
+                );
+                batch.put_cf(
+                    self.cf(cf::OP_IDS),
+                    op.id.to_be_bytes(),
+                    head.next_seq.to_be_bytes(),
+                );
+                let result = OpResult {
+                    seq: head.next_seq,
+                    hash,
+                    duplicate: false,
+                };
+                in_batch.insert(op.id, result.clone());
+                entry_results.push(result);
+                head = ChainHead {
+                    next_seq: head.next_seq + 1,
+                    hash,
+                };
+            }
+            results.push(entry_results);
+        }
+        batch.put_cf(self.cf(cf::META), META_CHAIN, codec::encode(&head)?);
+        batch.put_cf(self.cf(cf::META), META_RAFT, applied);
+        self.db.write(batch)?;
+        *self.head.lock().expect("chain head lock") = head;
+        Ok(results)
+    }
+
+    fn already_applied(
+        &self,
+        id: u128,
+        in_batch: &HashMap<u128, OpResult>,
+    ) -> Result<Option<OpResult>> {
+        if let Some(done) = in_batch.get(&id) {
+            return Ok(Some(OpResult {
+                duplicate: true,
+                ..done.clone()
+            }));
+        }
+        let Some(seq) = self.db.get_cf(self.cf(cf::OP_IDS), id.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let seq = u64::from_be_bytes(
+            seq.as_slice()
+                .try_into()
+                .map_err(|_| Error::Decode("op id index value".into()))?,
+        );
+        let stored = self
+            .event(seq)?
+            .ok_or_else(|| Error::Decode(format!("op id points at missing event {seq}")))?;
+        Ok(Some(OpResult {
+            seq,
+            hash: stored.hash,
+            duplicate: true,
+        }))
+    }
+
+    /// The caller's applied-state record written by the last [`StateStore::apply`].
+    pub fn applied(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(cf::META), META_RAFT)?)
+    }
+
+    /// Number of events and the hash of the last one.
+    pub fn chain_head(&self) -> (u64, Hash) {
+        let head = *self.head.lock().expect("chain head lock");
+        (head.next_seq - 1, head.hash)
+    }
+
+    /// One event by sequence number.
+    pub fn event(&self, seq: u64) -> Result<Option<StoredEvent>> {
+        match self.db.get_cf(self.cf(cf::EVENTS), seq.to_be_bytes())? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` events with seq > `after` that match `filter`, and the cursor to
+    /// pass as `after` for the next page (`None` when the log has nothing further).
+    pub fn events(
+        &self,
+        filter: &EventFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+        let mut out = Vec::new();
+        let start = after.saturating_add(1).to_be_bytes();
+        let iter = self.db.iterator_cf(
+            self.cf(cf::EVENTS),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut scanned = 0usize;
+        for item in iter {
+            let (key, value) = item?;
+            let stored: StoredEvent = codec::decode(&value)?;
+            let last_seen = seq_of(&key)?;
+            scanned += 1;
+            if filter.matches(&stored) {
+                out.push(stored);
+                if out.len() >= limit {
+                    return Ok((out, Some(last_seen)));
+                }
+            }
+            if scanned >= MAX_SCAN {
+                return Ok((out, Some(last_seen)));
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// Walks the whole event log checking sequence numbers, links and hashes, then
+    /// that the stored chain head is the last event.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut prev: Hash = [0; 32];
+        let mut expected_seq = 1u64;
+        let mut checked = 0u64;
+        let bad = |seq: u64, checked: u64, prev: &Hash, problem: String| VerifyReport {
+            ok: false,
+            checked,
+            head: hex::encode(prev),
+            first_bad_seq: Some(seq),
+            problem: Some(problem),
+        };
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::EVENTS), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            let seq = seq_of(&key)?;
+            if seq != expected_seq {
+                return Ok(bad(
+                    expected_seq,
+                    checked,
+                    &prev,
+                    format!("event {expected_seq} missing, next is {seq}"),
+                ));
+            }
+            let stored: StoredEvent = match codec::decode(&value) {
+                Ok(stored) => stored,
+                Err(e) => return Ok(bad(seq, checked, &prev, format!("undecodable: {e}"))),
+            };
+            if stored.event.seq != seq {
+                return Ok(bad(
+                    seq,
+                    checked,
+                    &prev,
+                    format!("stored under {seq} but says {}", stored.event.seq),
+                ));
+            }
+            if stored.prev_hash != prev {
+                return Ok(bad(
+                    seq,
+                    checked,
+                    &prev,
+                    "prev_hash does not link to the previous event".into(),
+                ));
+            }
+            if !stored.hash_is_valid() {
+                return Ok(bad(
+                    seq,
+                    checked,
+                    &prev,
+                    "hash does not match the event's content".into(),
+                ));
+            }
+            prev = stored.hash;
+            checked += 1;
+            expected_seq += 1;
+        }
+        let head = *self.head.lock().expect("chain head lock");
+        if head.next_seq != expected_seq || head.hash != prev {
+            return Ok(bad(
+                expected_seq,
+                checked,
+                &prev,
+                format!(
+                    "chain head says {} events, log has {checked}",
+                    head.next_seq - 1
+                ),
+            ));
+        }
+        Ok(VerifyReport {
+            ok: true,
+            checked,
+            head: hex::encode(prev),
+            first_bad_seq: None,
+            problem: None,
+        })
+    }
+
+    /// Writes a consistent point-in-time copy of this database to `dir` (which must not
+    /// exist): SST files are hard links, so this is cheap even for a large state.
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        layout::sync_dir(dir)?;
+        Ok(())
+    }
+}
+
+fn cf_handle<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column family created at open")
+}
+
+fn seq_of(key: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| Error::Decode(format!("event key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// The live state generation of a node and the means to replace it with a snapshot.
+///
+/// `state/CURRENT` names the live generation; installing a snapshot materialises it
+/// as a new generation directory, then switches `CURRENT` atomically, so a crash
+/// during install leaves the old state in place.
+pub struct StateDir {
+    root: PathBuf,
+    current: RwLock<Arc<StateStore>>,
+}
+
+fn generation_name(n: u64) -> String {
+    format!("gen-{n:06}")
+}
+
+fn generation_number(name: &str) -> Option<u64> {
+    name.strip_prefix("gen-")?.parse().ok()
+}
+
+impl StateDir {
+    /// Opens the live generation under `root`, creating the first one if needed, and
+    /// removes generations left behind by an interrupted install.
+    pub fn open(root: &Path) -> Result<Self> {
+        fs::create_dir_all(root).map_err(Error::io(root))?;
+        let name = match Self::current_name(root)? {
+            Some(name) => name,
+            None => {
+                let name = generation_name(1);
+                layout::write_atomic(&root.join(CURRENT), name.as_bytes())?;
+                name
+            }
+        };
+        for entry in fs::read_dir(root).map_err(Error::io(root))? {
+            let entry = entry.map_err(Error::io(root))?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if generation_number(&file_name).is_some() && file_name != name {
+                fs::remove_dir_all(entry.path()).map_err(Error::io(entry.path()))?;
+            }
+        }
+        let store = StateStore::open(&root.join(&name))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+            current: RwLock::new(Arc::new(store)),
+        })
+    }
+
+    /// Name of the live generation, from `CURRENT`.
+    pub fn current_name(root: &Path) -> Result<Option<String>> {
+        let path = root.join(CURRENT);
+        match fs::read_to_string(&path) {
+            Ok(name) => {
+                let name = name.trim().to_string();
+                if generation_number(&name).is_none() {
+                    return Err(Error::Layout {
+                        path,
+                        reason: format!("names {name:?}, not a state generation"),
+                    });
+                }
+                Ok(Some(name))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path)(e)),
+        }
+    }
+
+    /// Opens the live state of a data directory that no process is using, read-only.
+    pub fn open_offline(data_dir: &Path) -> Result<StateStore> {
+        let root = layout::state_root(data_dir);
+        let name = Self::current_name(&root)?.ok_or_else(|| Error::Layout {
+            path: root.clone(),
+            reason: "no state/CURRENT: not a Bulwark data directory".into(),
+        })?;
+        StateStore::open_read_only(&root.join(name))
+    }
+
+    /// The live state.
+    pub fn current(&self) -> Arc<StateStore> {
+        self.current.read().expect("state lock").clone()
+    }
+
+    /// Replaces the live state with the checkpoint in `checkpoint` (left untouched).
+    pub fn install(&self, checkpoint: &Path) -> Result<Arc<StateStore>> {
+        let mut current = self.current.write().expect("state lock");
+        let old_dir = current.dir().to_path_buf();
+        let next = old_dir
+            .file_name()
+            .and_then(|n| generation_number(&n.to_string_lossy()))
+            .unwrap_or(0)
+            + 1;
+        let name = generation_name(next);
+        let dir = self.root.join(&name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+        }
+        snapshot::link_or_copy_tree(checkpoint, &dir)?;
+        let store = Arc::new(StateStore::open(&dir)?);
+        layout::write_atomic(&self.root.join(CURRENT), name.as_bytes())?;
+        let old = std::mem::replace(&mut *current, store.clone());
+        drop(current);
+        // Readers may still hold the old generation; if so, the next start removes it.
+        if Arc::into_inner(old).is_some() {
+            fs::remove_dir_all(&old_dir).map_err(Error::io(&old_dir))?;
+        }
+        Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    fn note(id: u128, text: &str) -> Op {
+        Op {
+            id,
+            time_ms: 1_700_000_000_000 + id as i64,
+            node: 1,
+            command: Command::Record(EventKind::AuditNote {
+                author: "admin".into(),
+                text: text.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn apply_chains_events_and_ignores_retried_ops() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let first = [note(1, "a"), note(2, "b")];
+        let again = [note(2, "b"), note(3, "c"), note(3, "c")];
+        let results = store
+            .apply(&[(5, &first[..]), (6, &again[..])], b"applied-6")
+            .unwrap();
+        assert_eq!(
+            results[0].iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            results[1]
+                .iter()
+                .map(|r| (r.seq, r.duplicate))
+                .collect::<Vec<_>>(),
+            vec![(2, true), (3, false), (3, true)]
+        );
+        let (count, head) = store.chain_head();
+        assert_eq!(count, 3);
+        assert_eq!(head, results[1][1].hash);
+        let report = store.verify().unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.checked, 3);
+        assert_eq!(store.applied().unwrap().unwrap(), b"applied-6");
+        let (page, next) = store.events(&EventFilter::default(), 1, 1).unwrap();
+        assert_eq!(page[0].event.seq, 2);
+        assert_eq!(next, Some(2));
+        let (rest, next) = store.events(&EventFilter::default(), 2, 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(next, None);
+    }
+
+    #[test]
+    fn chain_head_survives_reopen_and_checkpoint_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let ops: Vec<Op> = (1..=10).map(|i| note(i, "x")).collect();
+        {
+            let state = StateDir::open(&dir.path().join("a")).unwrap();
+            state.current().apply(&[(1, &ops[..])], b"a").unwrap();
+            state.current().checkpoint(&dir.path().join("cp")).unwrap();
+        }
+        let state = StateDir::open(&dir.path().join("a")).unwrap();
+        assert_eq!(state.current().chain_head().0, 10);
+
+        let other = StateDir::open(&dir.path().join("b")).unwrap();
+        other.current().apply(&[(1, &ops[..2])], b"b").unwrap();
+        let installed = other.install(&dir.path().join("cp")).unwrap();
+        assert_eq!(installed.chain_head(), state.current().chain_head());
+        assert_eq!(installed.applied().unwrap().unwrap(), b"a");
+        drop(installed);
+        drop(other);
+        let reopened = StateDir::open(&dir.path().join("b")).unwrap();
+        assert_eq!(reopened.current().chain_head().0, 10);
+        assert!(reopened.current().verify().unwrap().ok);
+    }
+}
