@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,7 +126,10 @@ fn raft_config(id: NodeId, cfg: &NodeConfig) -> Result<Config, Error> {
         max_payload_entries: 1024,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_every),
         max_in_snapshot_log_to_keep: s.keep_logs,
-        purge_batch_size: 1024,
+        // Purge in steps of a quarter snapshot interval: deletes are range deletes,
+        // and a follower that lost its data must find the log start purged to be
+        // sent a snapshot rather than the whole history.
+        purge_batch_size: (s.snapshot_every / 4).clamp(1, 1024),
         ..Default::default()
     };
     config.validate().map_err(|e| Error::Config(e.to_string()))
@@ -138,6 +141,7 @@ impl RaftNode {
     pub async fn start(cfg: NodeConfig) -> Result<Self, Error> {
         let id = cfg.id;
         let log = Store::open(&layout::raft_log_dir(&cfg.data_dir))?;
+        let fresh = log.last()?.is_none() && log.get_meta("vote")?.is_none();
         let state = Arc::new(StateDir::open(&layout::state_root(&cfg.data_dir))?);
         let snapshots = Arc::new(SnapshotStore::open(&layout::snapshots_dir(&cfg.data_dir))?);
         let log_store = LogStore::new(log);
@@ -191,11 +195,15 @@ impl RaftNode {
                             addr: peers.listen.clone(),
                             source,
                         })?;
+                // A node starting with no log and no vote may be a member that lost its
+                // data: it must not vote until it has caught up again.
+                let abstain = Arc::new(AtomicBool::new(fresh));
                 let ctx = ServerContext {
                     raft: raft.clone(),
                     acceptor: tokio_rustls::TlsAcceptor::from(tls.server.clone()),
                     peers: Arc::new(peers.peers.keys().copied().collect::<BTreeSet<_>>()),
                     snapshots: snapshots.clone(),
+                    abstain: abstain.clone(),
                 };
                 tasks.push(tokio::spawn(serve(listener, ctx, stop_rx.clone())));
                 tasks.push(tokio::spawn(bootstrap(
@@ -203,8 +211,18 @@ impl RaftNode {
                     raft.clone(),
                     network.clone(),
                     peers.peers.clone(),
-                    stop_rx,
+                    stop_rx.clone(),
                 )));
+                if fresh {
+                    tasks.push(tokio::spawn(rejoin(
+                        id,
+                        raft.clone(),
+                        network.clone(),
+                        peers.peers.clone(),
+                        abstain,
+                        stop_rx,
+                    )));
+                }
                 (raft, Some(network))
             }
         };
@@ -325,9 +343,9 @@ async fn bootstrap(
         let mut fresh = 1;
         let mut someone_initialized = false;
         for (peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
-            match network.is_initialized(*peer, addr).await {
-                Ok(true) => someone_initialized = true,
-                Ok(false) => fresh += 1,
+            match network.status(*peer, addr).await {
+                Ok((true, _)) => someone_initialized = true,
+                Ok((false, _)) => fresh += 1,
                 Err(e) => tracing::debug!(peer, error = %e, "bootstrap: peer not answering yet"),
             }
         }
@@ -351,6 +369,64 @@ async fn bootstrap(
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Keeps a node that started with an empty data directory out of elections until it
+/// is safe for it to vote.
+///
+/// A member whose data was wiped has forgotten entries it helped commit. If it voted
+/// at once, it could elect a peer that lacks those entries and they would be lost.
+/// So it abstains until it knows which case it is in: a new cluster (a majority of
+/// the peers, itself included, has never had a leader: applied index below 1) lets it
+/// vote at once; an existing cluster (some peer has applied entries) makes it wait
+/// until it has applied as far as the most advanced peer it heard from.
+async fn rejoin(
+    id: NodeId,
+    raft: Raft,
+    network: NetworkFactory,
+    peers: BTreeMap<NodeId, String>,
+    abstain: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let majority = peers.len() / 2 + 1;
+    let mut target: Option<u64> = None;
+    loop {
+        if target.is_none() {
+            let mut never_led = 1;
+            for (peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
+                match network.status(*peer, addr).await {
+                    Ok((_, Some(applied))) if applied >= 1 => {
+                        target = Some(target.map_or(applied, |t: u64| t.max(applied)));
+                    }
+                    Ok(_) => never_led += 1,
+                    Err(e) => tracing::debug!(peer, error = %e, "rejoin: peer not answering"),
+                }
+            }
+            if target.is_none() && never_led >= majority {
+                abstain.store(false, Ordering::Release);
+                return;
+            }
+            if let Some(t) = target {
+                tracing::warn!(
+                    up_to = t,
+                    "started with an empty data directory in an existing cluster: \
+                     not voting until caught up"
+                );
+            }
+        }
+        if let Some(t) = target {
+            let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+            if applied >= t {
+                tracing::info!(applied, "caught up after losing data: voting again");
+                abstain.store(false, Ordering::Release);
+                return;
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
 }

@@ -167,11 +167,18 @@ impl NetworkFactory {
         }
     }
 
-    /// Asks a peer whether it already belongs to a cluster.
-    pub async fn is_initialized(&self, target: NodeId, addr: &str) -> Result<bool, CallError> {
+    /// Asks a peer whether it already belongs to a cluster, and how far it applied.
+    pub async fn status(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<(bool, Option<u64>), CallError> {
         let mut conn = self.connect(target, addr).await?;
         match Self::exchange(&mut conn, addr, &Request::Status, CONNECT_TIMEOUT).await? {
-            Response::Status { initialized } => Ok(initialized),
+            Response::Status {
+                initialized,
+                applied,
+            } => Ok((initialized, applied)),
             other => Err(unexpected(addr, &other)),
         }
     }

@@ -32,6 +32,8 @@ pub enum Response {
     Forward(Result<Vec<OpResult>, ForwardRefused>),
     Status {
         initialized: bool,
+        /// Last applied log index: at least 1 once the cluster has had a leader.
+        applied: Option<u64>,
     },
     Snapshot(Result<SnapshotResponse<NodeId>, String>),
     /// The request was refused before reaching Raft (e.g. it claims another node's

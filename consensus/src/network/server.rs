@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub struct ServerContext {
     /// Node ids allowed to connect (the configured peers).
     pub peers: Arc<BTreeSet<NodeId>>,
     pub snapshots: Arc<SnapshotStore>,
+    /// While true this node refuses to vote: it lost its data and has not yet caught
+    /// up (see `node::rejoin`).
+    pub abstain: Arc<AtomicBool>,
 }
 
 /// Accepts peer connections until `shutdown` turns true.
@@ -114,6 +118,9 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
             Err(refused) => refused,
         },
         Request::Vote(rpc) => match check_sender(peer, &rpc.vote) {
+            Ok(()) if ctx.abstain.load(Ordering::Acquire) => Response::Refused(
+                "rejoining after losing its data: not voting until caught up".into(),
+            ),
             Ok(()) => Response::Vote(ctx.raft.vote(rpc).await),
             Err(refused) => refused,
         },
@@ -128,6 +135,7 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
         }
         Request::Status => Response::Status {
             initialized: ctx.raft.is_initialized().await.unwrap_or(true),
+            applied: ctx.raft.metrics().borrow().last_applied.map(|l| l.index),
         },
         Request::Snapshot { .. } => Response::Refused("snapshot header out of place".into()),
     }
