@@ -21,8 +21,11 @@ use crate::network::{ForwardRefused, NetworkFactory};
 use crate::types::{NodeId, Raft};
 use crate::ProposeError;
 
-/// Entries in flight at once.
-const IN_FLIGHT: usize = 4;
+/// Entries in flight at once. openraft 0.9's leader appends (and fsyncs) one entry
+/// at a time, so more entries in flight only split the waiting operations into
+/// smaller batches: measured with bench_raft at 64 writers of 1 KiB, 4 in flight gave
+/// 2,874 writes/s (p99 78 ms), 2 gave 10,398 (p99 12 ms), 1 gave 9,723.
+const IN_FLIGHT: usize = 2;
 /// Most operations in one entry.
 const MAX_OPS: usize = 1024;
 /// Most bytes of operations in one entry (a single larger operation goes alone).

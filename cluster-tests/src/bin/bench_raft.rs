@@ -2,7 +2,7 @@
 //! bench_raft: write throughput and latency of a three-node Bulwark cluster.
 //!
 //! Starts a cluster from the `bulwark` binary next to this one (build both with
-//! `cargo build --release -p bulwark-node -p bulwark-cluster-tests`), then for every
+//! `cargo build --release --workspace --bins`), then for every
 //! payload size × writer count runs a timed phase in which writers POST audit notes to
 //! all nodes round-robin over keep-alive connections. Prints a markdown table of
 //! committed writes/s, p50/p99 latency and errors, and a second one with the CPU time
