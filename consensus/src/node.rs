@@ -292,7 +292,11 @@ impl RaftNode {
             leader_id: m.current_leader,
             term: m.current_term,
             last_log_index: m.last_log_index,
-            commit_index: (committed != u64::MAX).then_some(committed),
+            // Applied entries are committed: after installing a snapshot Raft may not
+            // have saved a commit index yet.
+            commit_index: (committed != u64::MAX)
+                .then_some(committed)
+                .max(m.last_applied.map(|l| l.index)),
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
             chain_head: hex::encode(head),
