@@ -649,8 +649,19 @@ impl Cluster {
                 }
             }
             if Instant::now() >= end {
+                let odd: String = st
+                    .values()
+                    .filter(|s| s.applied_index > s.commit_index)
+                    .map(|s| {
+                        format!(
+                            "\n  node {} reports applied_index {} > commit_index {}: \
+                             a node cannot apply what is not committed (status reporting bug?)",
+                            s.node_id, s.applied_index, s.commit_index
+                        )
+                    })
+                    .collect();
                 bail!(
-                    "nodes {ids:?} did not converge within {timeout:?}; last statuses:\n{}",
+                    "nodes {ids:?} did not converge within {timeout:?}; last statuses:\n{}{odd}",
                     describe(&st, &errors)
                 );
             }

@@ -95,7 +95,7 @@ async fn t30_wiped_node_rejoins_through_snapshot() -> Result<()> {
     cluster.restart(victim).await?;
 
     let st = cluster
-        .wait_converged(&[1, 2, 3], Duration::from_secs(240))
+        .wait_converged(&[1, 2, 3], Duration::from_secs(120))
         .await?;
     ensure!(
         st.event_count >= 1200,
