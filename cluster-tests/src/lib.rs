@@ -58,6 +58,7 @@ pub struct RaftTuning {
     pub election_timeout_ms: Option<u64>,
     pub snapshot_every: Option<u64>,
     pub keep_logs: Option<u64>,
+    pub commit_timeout_ms: Option<u64>,
 }
 
 /// Configures and starts a [`Cluster`].
@@ -68,7 +69,7 @@ pub struct ClusterBuilder {
     raft: Option<RaftTuning>,
     foreign: Vec<u64>,
     bin: Option<PathBuf>,
-    smtp: bool,
+    smtp: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -80,7 +81,7 @@ impl ClusterBuilder {
             raft: None,
             foreign: Vec::new(),
             bin: None,
-            smtp: std::env::var_os("BULWARK_TEST_SMTP").is_some_and(|v| v != "0"),
+            smtp: Vec::new(),
         }
     }
 
@@ -103,11 +104,10 @@ impl ClusterBuilder {
         self
     }
 
-    /// Writes an `[smtp]` section (a free port) into every config. Off by default while
-    /// the product has no SMTP listener (its config rejects the section); also turned on
-    /// by `BULWARK_TEST_SMTP=1`.
-    pub fn smtp(mut self, on: bool) -> Self {
-        self.smtp = on;
+    /// Adds `key = value` (value written as TOML, e.g. `"5"` or `"\"reject\""`) to the
+    /// `[smtp]` section of every config. The section always has `listen` on a free port.
+    pub fn smtp(mut self, key: &str, value: &str) -> Self {
+        self.smtp.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -188,7 +188,7 @@ impl ClusterBuilder {
         }
         let peers: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.cluster_addr)).collect();
         for n in &nodes {
-            let config = n.config_toml(&peers, self.raft.as_ref(), self.smtp);
+            let config = n.config_toml(&peers, self.raft.as_ref(), &self.smtp);
             std::fs::write(&n.config_path, config)
                 .with_context(|| format!("writing {}", n.config_path.display()))?;
         }
@@ -324,7 +324,7 @@ impl Node {
         &self,
         peers: &[(u64, SocketAddr)],
         raft: Option<&RaftTuning>,
-        smtp: bool,
+        smtp: &[(String, String)],
     ) -> String {
         let mut s = String::new();
         let peers = peers
@@ -347,12 +347,13 @@ impl Node {
             key = toml_str(&self.key_path.display().to_string()),
             api = toml_str(&self.api_addr.to_string()),
         );
-        if smtp {
-            let _ = write!(
-                s,
-                "\n[smtp]\nlisten = {}\n",
-                toml_str(&self.smtp_addr.to_string())
-            );
+        let _ = write!(
+            s,
+            "\n[smtp]\nlisten = {}\n",
+            toml_str(&self.smtp_addr.to_string())
+        );
+        for (key, value) in smtp {
+            let _ = writeln!(s, "{key} = {value}");
         }
         if let Some(r) = raft {
             s.push_str("\n[raft]\n");
@@ -361,6 +362,7 @@ impl Node {
                 ("election_timeout_ms", r.election_timeout_ms),
                 ("snapshot_every", r.snapshot_every),
                 ("keep_logs", r.keep_logs),
+                ("commit_timeout_ms", r.commit_timeout_ms),
             ] {
                 if let Some(v) = v {
                     let _ = writeln!(s, "{k} = {v}");

@@ -5,8 +5,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use bulwark_consensus::{NodeConfig, PeerConfig, RaftSettings};
 use serde::Deserialize;
+
+use crate::smtp;
 
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -16,6 +20,7 @@ struct Raw {
     cluster: Option<RawCluster>,
     api: Option<RawApi>,
     raft: Option<RawRaft>,
+    smtp: Option<RawSmtp>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,12 +72,55 @@ struct RawRaft {
     commit_timeout_ms: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    /// Address the SMTP server listens on.
+    listen: Option<String>,
+    /// Our name in the greeting, the EHLO reply and the `Received` header.
+    hostname: Option<String>,
+    /// Recipient domains we accept mail for; any other recipient is refused as relaying.
+    domains: Option<Vec<String>>,
+    /// Largest message in octets (announced with SIZE; bigger ones get 552 5.3.4).
+    max_message_size: Option<u64>,
+    /// Most recipients of one message (further RCPTs get 452 4.5.3).
+    max_recipients: Option<usize>,
+    /// Certificate chain (PEM) for STARTTLS; with `tls_key`, enables STARTTLS.
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for STARTTLS.
+    tls_key: Option<PathBuf>,
+    /// Most SMTP sessions at once; more get 421 4.7.0.
+    max_sessions: Option<usize>,
+    /// Most SMTP sessions from one client address at once.
+    max_sessions_per_ip: Option<usize>,
+    /// Longest command line in octets, CRLF included (RFC 5321 asks for at least 512).
+    max_line_length: Option<usize>,
+    /// Longest line of message content in octets, CRLF included (RFC 5321: 1000).
+    max_data_line_length: Option<usize>,
+    /// Errors a session may make before it is closed with 421.
+    max_errors: Option<u32>,
+    /// Seconds allowed for one whole command line to arrive (RFC 5321: 5 minutes).
+    command_timeout_secs: Option<u64>,
+    /// Seconds allowed for the whole content of one message (RFC 5321: 10 minutes).
+    data_timeout_secs: Option<u64>,
+    /// Pause before the greeting in milliseconds; clients that talk first are refused.
+    greet_delay_ms: Option<u64>,
+    /// Expect a HAProxy PROXY protocol v2 header on every connection. Only for a
+    /// listener that nothing but the load balancer can reach.
+    proxy_protocol: Option<bool>,
+    /// `normalize` (bare CR/LF stored as CRLF) or `reject` (550 5.5.2).
+    bare_newline: Option<String>,
+    /// Seconds running transactions may take to finish after SIGTERM.
+    shutdown_grace_secs: Option<u64>,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub node: NodeConfig,
     pub api_listen: SocketAddr,
     pub admin_token_file: PathBuf,
+    pub smtp: smtp::Settings,
 }
 
 impl Config {
@@ -156,6 +204,8 @@ impl Config {
             problems.push("raft.commit_timeout_ms must be at least 100".into());
         }
 
+        let smtp = validate_smtp(raw.smtp.unwrap_or_default(), base, &mut problems);
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -168,8 +218,106 @@ impl Config {
             },
             api_listen: api_listen.expect("checked above"),
             admin_token_file,
+            smtp: smtp.expect("checked above"),
         })
     }
+}
+
+fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<smtp::Settings> {
+    let start = problems.len();
+    let listen = parse_addr(
+        "smtp.listen",
+        s.listen.as_deref().unwrap_or("127.0.0.1:2525"),
+        problems,
+    );
+    let hostname = s.hostname.unwrap_or_else(|| "localhost".into());
+    if hostname.is_empty() || !hostname.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c)) {
+        problems.push(format!("smtp.hostname: {hostname:?} is not a host name"));
+    }
+    let domains: Vec<String> = s
+        .domains
+        .unwrap_or_else(|| vec!["localhost".into(), "example.test".into()])
+        .into_iter()
+        .map(|d| d.trim_end_matches('.').to_lowercase())
+        .collect();
+    if domains.is_empty() {
+        problems.push("smtp.domains must name at least one domain".into());
+    }
+    for d in &domains {
+        if d.is_empty() || d.contains('@') || d.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            problems.push(format!("smtp.domains: {d:?} is not a domain"));
+        }
+    }
+    let positive = |name: &str, value: Option<u64>, default: u64, problems: &mut Vec<String>| {
+        let value = value.unwrap_or(default);
+        if value == 0 {
+            problems.push(format!("smtp.{name} must be positive"));
+        }
+        value
+    };
+    let max_message_size = positive("max_message_size", s.max_message_size, 26_214_400, problems);
+    let max_recipients = positive("max_recipients", s.max_recipients.map(|v| v as u64), 100, problems);
+    let max_sessions = positive("max_sessions", s.max_sessions.map(|v| v as u64), 1000, problems);
+    let max_sessions_per_ip = positive(
+        "max_sessions_per_ip",
+        s.max_sessions_per_ip.map(|v| v as u64),
+        50,
+        problems,
+    );
+    let max_errors = positive("max_errors", s.max_errors.map(u64::from), 10, problems);
+    let command_timeout = positive("command_timeout_secs", s.command_timeout_secs, 300, problems);
+    let data_timeout = positive("data_timeout_secs", s.data_timeout_secs, 600, problems);
+    let max_line_length = s.max_line_length.unwrap_or(2048);
+    if max_line_length < 512 {
+        problems.push("smtp.max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
+    }
+    let max_data_line_length = s.max_data_line_length.unwrap_or(65_536);
+    if max_data_line_length < 1000 {
+        problems.push("smtp.max_data_line_length must be at least 1000 (RFC 5321 §4.5.3.1.6)".into());
+    }
+    let tls = match (s.tls_cert, s.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (relative_to(base, cert), relative_to(base, key));
+            for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
+                if !path.is_file() {
+                    problems.push(format!("smtp.{name}: {} is not a readable file", path.display()));
+                }
+            }
+            Some((cert, key))
+        }
+        _ => {
+            problems.push("smtp.tls_cert and smtp.tls_key go together".into());
+            None
+        }
+    };
+    let bare_newline = match s.bare_newline.as_deref().unwrap_or("normalize") {
+        "normalize" => smtp::BareNewline::Normalize,
+        "reject" => smtp::BareNewline::Reject,
+        other => {
+            problems.push(format!("smtp.bare_newline: {other:?} is not \"normalize\" or \"reject\""));
+            smtp::BareNewline::Normalize
+        }
+    };
+    (problems.len() == start).then(|| smtp::Settings {
+        listen: listen.expect("checked above"),
+        hostname,
+        domains,
+        max_message_size,
+        max_recipients: max_recipients as usize,
+        tls,
+        max_sessions: max_sessions as usize,
+        max_sessions_per_ip: max_sessions_per_ip as usize,
+        max_line_length,
+        max_data_line_length,
+        max_errors: max_errors as u32,
+        command_timeout: Duration::from_secs(command_timeout),
+        data_timeout: Duration::from_secs(data_timeout),
+        greet_delay: Duration::from_millis(s.greet_delay_ms.unwrap_or(0)),
+        proxy_protocol: s.proxy_protocol.unwrap_or(false),
+        bare_newline,
+        shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
+    })
 }
 
 fn relative_to(base: &Path, path: PathBuf) -> PathBuf {
@@ -273,6 +421,10 @@ mod tests {
             c.admin_token_file,
             PathBuf::from("bulwark-data/admin.token")
         );
+        assert_eq!(c.smtp.listen.to_string(), "127.0.0.1:2525");
+        assert_eq!(c.smtp.domains, vec!["localhost", "example.test"]);
+        assert_eq!(c.smtp.max_message_size, 26_214_400);
+        assert!(c.smtp.tls.is_none());
     }
 
     #[test]
@@ -289,6 +441,12 @@ mod tests {
             [raft]
             heartbeat_ms = 500
             election_timeout_ms = 1000
+            [smtp]
+            listen = "localhost"
+            domains = []
+            max_message_size = 0
+            tls_cert = "smtp.pem"
+            bare_newline = "strip"
             "#,
         )
         .unwrap_err();
@@ -303,6 +461,11 @@ mod tests {
             "cluster.cert is required",
             "cluster.key is required",
             "election_timeout_ms (1000) must be at least 4 x",
+            "smtp.listen",
+            "smtp.domains must name at least one domain",
+            "smtp.max_message_size must be positive",
+            "smtp.tls_cert and smtp.tls_key go together",
+            "smtp.bare_newline",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }

@@ -3,7 +3,9 @@
 
 mod cert;
 mod config;
+mod scan;
 mod serve;
+mod smtp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Commands {
     /// Run a node. Without --config: a single-node cluster with embedded defaults
-    /// (data in ./bulwark-data, API on 127.0.0.1:8080).
+    /// (data in ./bulwark-data, SMTP on 127.0.0.1:2525, API on 127.0.0.1:8080).
     Serve {
         /// Configuration file (TOML).
         #[arg(long)]

@@ -11,7 +11,10 @@ use bulwark_api::{AdminToken, ApiState};
 use bulwark_consensus::RaftNode;
 use tokio::signal::unix::{signal, SignalKind};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
+use crate::smtp;
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
@@ -36,6 +39,7 @@ fn init_logging() {
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if std::env::var("BULWARK_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
@@ -54,9 +58,12 @@ async fn serve(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("binding the API to {}", config.api_listen))?;
     let node = Arc::new(RaftNode::start(config.node.clone()).await?);
+    let smtp = smtp::Server::bind(config.smtp.clone(), node.proposer().clone(), config.node.id)
+        .await?;
     tracing::info!(
         node = config.node.id,
         data_dir = %data_dir.display(),
+        smtp = %smtp.local_addr(),
         api = %config.api_listen,
         cluster = config.node.cluster.as_ref().map(|c| c.listen.as_str()).unwrap_or("single node"),
         "bulwark is running"
@@ -71,11 +78,20 @@ async fn serve(config: Config) -> Result<()> {
         let _ = api_stopped.await;
     }));
 
+    let stop_smtp = CancellationToken::new();
+    let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    // In order: SMTP stops accepting and drains (its commits still need Raft), then
+    // the API, then Raft and the stores.
+    stop_smtp.cancel();
+    if let Err(e) = smtp.await {
+        tracing::warn!(error = %e, "SMTP server task");
     }
     let _ = stop_api.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(10), api).await {

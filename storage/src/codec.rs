@@ -30,6 +30,26 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Encodes raw bytes (a message body) as a record: the version byte, then the bytes.
+pub fn encode_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 1);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The bytes of a record written by [`encode_bytes`].
+pub fn decode_bytes(record: &[u8]) -> Result<&[u8]> {
+    match record.split_first() {
+        None => Err(Error::Empty),
+        Some((&FORMAT_VERSION, body)) => Ok(body),
+        Some((&found, _)) => Err(Error::UnknownVersion {
+            found,
+            supported: FORMAT_VERSION,
+        }),
+    }
+}
+
 /// Decodes a record written by [`encode`], checking its version and size.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     match bytes.first() {

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::codec;
+use crate::message::{AcceptedMessage, MessageReceived, Rejection};
 
 /// SHA-256 digest linking each event to the one before it.
 pub type Hash = [u8; 32];
@@ -41,6 +42,9 @@ pub struct Op {
 pub enum Command {
     /// Append one event to the log.
     Record(EventKind),
+    /// Store an accepted message's body, queue it for its recipients and record
+    /// `message.received`, all in the same write. The operation id is the message id.
+    AcceptMessage(Box<AcceptedMessage>),
 }
 
 /// What happened. The event log's `type` is [`EventKind::type_name`].
@@ -48,6 +52,13 @@ pub enum Command {
 pub enum EventKind {
     /// A note an administrator or auditor wrote into the audit trail.
     AuditNote { author: String, text: String },
+    /// The SMTP ingress accepted a message (committed before the client's `250`).
+    MessageReceived(Box<MessageReceived>),
+    /// The SMTP ingress refused a command or a message for a reason worth auditing.
+    MessageRejected(Box<Rejection>),
+    /// Refusals came faster than they could be recorded one by one; this many were
+    /// counted but not recorded individually.
+    RejectionsSuppressed { count: u64 },
 }
 
 impl EventKind {
@@ -55,6 +66,10 @@ impl EventKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             EventKind::AuditNote { .. } => "audit.note",
+            EventKind::MessageReceived(_) => "message.received",
+            EventKind::MessageRejected(_) | EventKind::RejectionsSuppressed { .. } => {
+                "message.rejected"
+            }
         }
     }
 
@@ -65,7 +80,95 @@ impl EventKind {
                 out.insert("message".into(), text.clone().into());
                 out.insert("user".into(), serde_json::json!({ "name": author }));
             }
+            EventKind::MessageReceived(m) => received_fields(m, out),
+            EventKind::MessageRejected(r) => {
+                let mut email = serde_json::Map::new();
+                if let Some(from) = &r.mail_from {
+                    email.insert("sender".into(), serde_json::json!({ "address": from }));
+                }
+                if let Some(to) = &r.rcpt_to {
+                    email.insert("to".into(), serde_json::json!({ "address": [to] }));
+                }
+                out.insert("email".into(), email.into());
+                client_fields(&r.client, out);
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({ "outcome": "failure", "reason": r.reason }),
+                );
+                out.insert("smtp".into(), serde_json::json!({ "reply": r.reply }));
+            }
+            EventKind::RejectionsSuppressed { count } => {
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({ "outcome": "failure", "reason": "suppressed" }),
+                );
+                out.insert("count".into(), (*count).into());
+            }
         }
+    }
+}
+
+fn received_fields(m: &MessageReceived, out: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::json;
+    let id = m.message_id.to_string();
+    out.insert("message_id".into(), id.clone().into());
+    let mut email = json!({
+        "local_id": id,
+        "sender": { "address": m.envelope.mail_from },
+        "to": { "address": m.envelope.rcpt_to },
+    });
+    if let Some(from) = &m.header_from {
+        email["from"] = json!({ "address": [from] });
+    }
+    if let Some(subject) = &m.subject {
+        email["subject"] = subject.clone().into();
+    }
+    if let Some(message_id) = &m.header_message_id {
+        email["message_id"] = message_id.clone().into();
+    }
+    out.insert("email".into(), email);
+    client_fields(&m.client, out);
+    out.insert("action".into(), m.action.as_str().into());
+    out.insert("size".into(), m.size.into());
+    out.insert(
+        "smtp".into(),
+        json!({
+            "protocol": m.protocol,
+            "smtputf8": m.envelope.smtputf8,
+            "eight_bit": m.envelope.eight_bit,
+        }),
+    );
+    out.insert(
+        "timings".into(),
+        json!({
+            "session_ms": m.timings.session_ms,
+            "transfer_ms": m.timings.transfer_ms,
+            "scan_ms": m.timings.scan_ms,
+        }),
+    );
+}
+
+/// `source.*`, `tls.*` and the HELO name, named after Elastic Common Schema.
+fn client_fields(c: &crate::message::Client, out: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::json;
+    let mut source = json!({ "ip": c.ip.to_string(), "port": c.port });
+    if let Some(helo) = &c.helo {
+        source["domain"] = helo.clone().into();
+    }
+    if let Some(proxy) = &c.proxy {
+        source["proxy_ip"] = proxy.to_string().into();
+    }
+    out.insert("source".into(), source);
+    if let Some(tls) = &c.tls {
+        out.insert(
+            "tls".into(),
+            json!({
+                "established": true,
+                "version": tls.version,
+                "cipher": tls.cipher,
+                "client": { "server_name": tls.sni },
+            }),
+        );
     }
 }
 

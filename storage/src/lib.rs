@@ -22,6 +22,7 @@ mod error;
 pub mod event;
 pub mod layout;
 mod log;
+pub mod message;
 mod snapshot;
 mod state;
 
@@ -30,5 +31,9 @@ pub use event::{
     Command, Event, EventKind, Hash, Op, OpId, OpResult, Proposal, StoredEvent, VerifyReport,
 };
 pub use log::LogStore;
+pub use message::{
+    AcceptedMessage, Action, Client, Envelope, MessageId, MessageReceived, QueueEntry, Rejection,
+    Timings, TlsInfo,
+};
 pub use snapshot::{SnapshotFile, SnapshotStore};
 pub use state::{EventFilter, StateDir, StateStore};

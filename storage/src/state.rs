@@ -9,7 +9,10 @@ use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Command, Event, Hash, Op, OpResult, StoredEvent, VerifyReport};
+use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent, VerifyReport};
+use crate::message::{
+    AcceptedMessage, MessageId, QueueEntry, QueuedRecipient, RecipientStatus,
+};
 use crate::layout::{self, cf};
 use crate::{codec, snapshot, Error, Result};
 
@@ -144,14 +147,20 @@ impl StateStore {
                     entry_results.push(done);
                     continue;
                 }
-                let Command::Record(kind) = &op.command;
+                let kind = match &op.command {
+                    Command::Record(kind) => kind.clone(),
+                    Command::AcceptMessage(message) => {
+                        self.accept(&mut batch, message, op.time_ms, head.next_seq)?;
+                        EventKind::MessageReceived(Box::new(message.received.clone()))
+                    }
+                };
                 let event = Event {
                     seq: head.next_seq,
                     time_ms: op.time_ms,
                     node: op.node,
                     raft_index: *raft_index,
                     op_id: op.id,
-                    kind: kind.clone(),
+                    kind,
                 };
                 let hash = event.chain_hash(&head.hash)?;
                 let stored = StoredEvent {
@@ -188,6 +197,52 @@ impl StateStore {
         self.db.write(batch)?;
         *self.head.lock().expect("chain head lock") = head;
         Ok(results)
+    }
+
+    /// The body and queue records of an accepted message, into `batch`.
+    fn accept(
+        &self,
+        batch: &mut WriteBatch,
+        message: &AcceptedMessage,
+        time_ms: i64,
+        seq: u64,
+    ) -> Result<()> {
+        let received = &message.received;
+        let key = received.message_id.key();
+        batch.put_cf(self.cf(cf::BODIES), key, codec::encode_bytes(&message.body));
+        let entry = QueueEntry {
+            message_id: received.message_id,
+            received_seq: seq,
+            time_ms,
+            mail_from: received.envelope.mail_from.clone(),
+            recipients: received
+                .envelope
+                .rcpt_to
+                .iter()
+                .map(|address| QueuedRecipient {
+                    address: address.clone(),
+                    status: RecipientStatus::Pending,
+                })
+                .collect(),
+        };
+        batch.put_cf(self.cf(cf::QUEUE), key, codec::encode(&entry)?);
+        Ok(())
+    }
+
+    /// The stored body of a message (its `Received` header included).
+    pub fn message_body(&self, id: MessageId) -> Result<Option<Vec<u8>>> {
+        match self.db.get_pinned_cf(self.cf(cf::BODIES), id.key())? {
+            Some(record) => Ok(Some(codec::decode_bytes(&record)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// A message's entry in the delivery queue.
+    pub fn queue_entry(&self, id: MessageId) -> Result<Option<QueueEntry>> {
+        match self.db.get_pinned_cf(self.cf(cf::QUEUE), id.key())? {
+            Some(record) => Ok(Some(codec::decode(&record)?)),
+            None => Ok(None),
+        }
     }
 
     fn already_applied(
@@ -480,7 +535,6 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventKind;
 
     fn note(id: u128, text: &str) -> Op {
         Op {
@@ -528,6 +582,50 @@ mod tests {
         let (rest, next) = store.events(&EventFilter::default(), 2, 10).unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(next, None);
+    }
+
+    #[test]
+    fn accepting_a_message_stores_body_queue_and_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let received = crate::message::tests::sample();
+        let id = received.message_id;
+        let accept = Op {
+            id: id.0,
+            time_ms: 1_764_300_000_005,
+            node: 2,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                received,
+                body: b"Received: x\r\n\r\nhello\r\n".to_vec(),
+            })),
+        };
+        let results = store
+            .apply(&[(3, &[note(1, "a"), accept.clone()][..]), (4, &[accept][..])], b"x")
+            .unwrap();
+        assert_eq!(results[0][1].seq, 2);
+        assert!(results[1][0].duplicate);
+        assert_eq!(store.chain_head().0, 2);
+        assert_eq!(
+            store.message_body(id).unwrap().unwrap(),
+            b"Received: x\r\n\r\nhello\r\n"
+        );
+        let queued = store.queue_entry(id).unwrap().unwrap();
+        assert_eq!(queued.received_seq, 2);
+        assert_eq!(queued.recipients[0].address, "bob@example.test");
+        assert_eq!(queued.recipients[0].status, RecipientStatus::Pending);
+        let filter = EventFilter {
+            type_name: Some("message.received".into()),
+        };
+        let (events, _) = store.events(&filter, 0, 10).unwrap();
+        assert_eq!(events.len(), 1);
+        let json = events[0].to_json();
+        assert_eq!(json["message_id"], id.to_string());
+        assert_eq!(json["email"]["to"]["address"][0], "bob@example.test");
+        assert_eq!(json["source"]["ip"], "192.0.2.7");
+        assert_eq!(json["action"], "deliver");
+        assert!(store.verify().unwrap().ok);
+        assert!(store.message_body(MessageId(7)).unwrap().is_none());
     }
 
     #[test]

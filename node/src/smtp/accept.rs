@@ -1,0 +1,147 @@
+//! The acceptance path: at the end of data the message becomes one Raft operation,
+//! and the client hears `250` only once a quorum has committed it.
+
+use std::time::Instant as StdInstant;
+
+use bulwark_consensus::Proposer;
+use bulwark_storage::{
+    AcceptedMessage, Command, Envelope, MessageId, MessageReceived, Op, Timings,
+};
+use time::OffsetDateTime;
+
+use super::received;
+use super::session::{Session, Transaction};
+use crate::scan;
+
+/// Turns finished transactions into committed messages.
+pub struct Ingress {
+    proposer: Proposer,
+    node: u64,
+}
+
+impl Ingress {
+    pub fn new(proposer: Proposer, node: u64) -> Self {
+        Ingress { proposer, node }
+    }
+
+    /// Scans, commits and answers: `250 2.0.0 Ok: queued as ID` once committed,
+    /// `451 4.3.0` when no quorum committed it in time (the client retries).
+    pub async fn accept(
+        &self,
+        session: &Session,
+        tx: Transaction,
+        body: Vec<u8>,
+        transfer_started: StdInstant,
+    ) -> String {
+        let now = OffsetDateTime::now_utc();
+        let time_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let id = MessageId::new(time_ms, rand::random());
+        let client = &session.client;
+        let envelope = Envelope {
+            mail_from: tx.mail_from,
+            rcpt_to: tx.rcpt_to,
+            smtputf8: tx.smtputf8,
+            eight_bit: tx.eight_bit,
+        };
+        let scan_started = StdInstant::now();
+        let verdict = scan::judge(&scan::Candidate {
+            envelope: &envelope,
+            client,
+            body: &body,
+        });
+        let scan_ms = scan_started.elapsed().as_millis() as u64;
+        let (subject, header_from, header_message_id) = headers(&body);
+
+        let protocol = protocol(session.esmtp, envelope.smtputf8, client.tls.is_some());
+        let hostname = &session.settings().hostname;
+        let received = received::header(hostname, client, &protocol, id, &envelope.rcpt_to, now);
+        let mut stored = Vec::with_capacity(received.len() + body.len());
+        stored.extend_from_slice(received.as_bytes());
+        stored.extend_from_slice(&body);
+        drop(body);
+
+        let record = MessageReceived {
+            message_id: id,
+            envelope,
+            client: client.clone(),
+            protocol,
+            size: stored.len() as u64,
+            subject,
+            header_from,
+            header_message_id,
+            action: verdict.action,
+            timings: Timings {
+                session_ms: session.started.elapsed().as_millis() as u64,
+                transfer_ms: transfer_started.elapsed().as_millis() as u64,
+                scan_ms,
+            },
+        };
+        let op = Op {
+            id: id.0,
+            time_ms,
+            node: self.node,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                received: record,
+                body: stored,
+            })),
+        };
+        match self.proposer.submit(op).await {
+            Ok(_) => {
+                tracing::debug!(%id, client = %client.ip, "message accepted");
+                format!("250 2.0.0 Ok: queued as {id}")
+            }
+            Err(e) => {
+                tracing::warn!(%id, client = %client.ip, error = %e, "message not committed");
+                "451 4.3.0 Error: the message could not be stored safely; try again later"
+                    .to_string()
+            }
+        }
+    }
+}
+
+/// `SMTP`/`ESMTP`, `S` with TLS, `UTF8` prefix with SMTPUTF8 (RFC 3848, RFC 6531).
+fn protocol(esmtp: bool, smtputf8: bool, tls: bool) -> String {
+    let base = match (smtputf8, esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => "SMTP",
+    };
+    format!("{base}{}", if tls { "S" } else { "" })
+}
+
+/// Subject, first From address and Message-ID, decoded from the header section.
+fn headers(body: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
+    let Some(message) = mail_parser::MessageParser::default().parse_headers(body) else {
+        return (None, None, None);
+    };
+    let subject = message.subject().map(str::to_string);
+    let from = message
+        .from()
+        .and_then(|from| from.first())
+        .and_then(|addr| addr.address())
+        .map(str::to_string);
+    let message_id = message.message_id().map(|id| format!("<{id}>"));
+    (subject, from, message_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!(protocol(false, false, false), "SMTP");
+        assert_eq!(protocol(true, false, true), "ESMTPS");
+        assert_eq!(protocol(true, true, true), "UTF8SMTPS");
+    }
+
+    #[test]
+    fn headers_are_decoded() {
+        let body = b"From: =?utf-8?q?Jos=C3=A9?= <jose@sender.test>\r\nSubject: =?utf-8?b?w6l0w6k=?=\r\nMessage-ID: <abc@sender.test>\r\n\r\nhi\r\n";
+        let (subject, from, id) = headers(body);
+        assert_eq!(subject.as_deref(), Some("été"));
+        assert_eq!(from.as_deref(), Some("jose@sender.test"));
+        assert_eq!(id.as_deref(), Some("<abc@sender.test>"));
+        assert_eq!(headers(b"no headers at all"), (None, None, None));
+    }
+}

@@ -1,0 +1,303 @@
+//! The SMTP listener: accepts connections within the session limits, reads the
+//! PROXY header when configured, refuses early talkers, greets, and runs sessions;
+//! at shutdown it stops accepting and gives running transactions a grace period.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use bulwark_consensus::Proposer;
+use bulwark_storage::{Client, Rejection, TlsInfo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::accept::Ingress;
+use super::conn::Conn;
+use super::rejections::RejectionLog;
+use super::session::{Flow, Session, Shared};
+use super::{proxy, Settings};
+
+/// A bound SMTP listener, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    per_ip: Arc<PerIp>,
+    sessions: Arc<Semaphore>,
+}
+
+impl Server {
+    /// Binds the listener and loads the STARTTLS certificate, so that a bad address
+    /// or certificate stops the node at start-up.
+    pub async fn bind(settings: Settings, proposer: Proposer, node: u64) -> Result<Server> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding SMTP to {}", settings.listen))?;
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        let sessions = Arc::new(Semaphore::new(settings.max_sessions));
+        let shared = Arc::new(Shared {
+            tls,
+            ingress: Ingress::new(proposer.clone(), node),
+            rejections: RejectionLog::start(proposer),
+            shutdown: CancellationToken::new(),
+            settings,
+        });
+        Ok(Server {
+            listener,
+            shared,
+            per_ip: Arc::new(PerIp::default()),
+            sessions,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.shared.settings.listen)
+    }
+
+    /// Accepts connections until `stop` is cancelled; then idle sessions get `421`,
+    /// transactions in flight have `shutdown_grace` to finish, and the rest are cut.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut running = JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                _ = stop.cancelled() => break,
+            };
+            while running.try_join_next().is_some() {}
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SMTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = self.shared.clone();
+            match self.sessions.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let per_ip = self.per_ip.clone();
+                    running.spawn(connection(shared, per_ip, stream, peer, permit));
+                }
+                Err(_) => {
+                    running.spawn(refuse_busy(shared, stream, peer));
+                }
+            }
+        }
+        drop(self.listener);
+        self.shared.shutdown.cancel();
+        while running.try_join_next().is_some() {}
+        let grace = self.shared.settings.shutdown_grace;
+        tracing::info!(sessions = running.len(), "SMTP: no longer accepting; draining sessions");
+        let drained = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                sessions = running.len(),
+                "SMTP sessions still running after the shutdown grace; closing them"
+            );
+            running.shutdown().await;
+        }
+    }
+}
+
+/// Sessions per client address.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut table = self.0.lock().expect("per-ip lock");
+        let count = table.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock().expect("per-ip lock");
+        if let Some(count) = table.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                table.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn client_of(peer: SocketAddr, proxy: Option<IpAddr>) -> Client {
+    Client {
+        ip: peer.ip(),
+        port: peer.port(),
+        helo: None,
+        tls: None,
+        proxy,
+    }
+}
+
+/// Writes one reply and closes, without waiting long on a client that does not read.
+async fn say_and_close(stream: &mut TcpStream, reply: &str) {
+    let line = format!("{reply}\r\n");
+    let write = stream.write_all(line.as_bytes());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), write).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn refuse_busy(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let reply = format!(
+        "421 4.7.0 {} Error: too many connections; try again later",
+        shared.settings.hostname
+    );
+    say_and_close(&mut stream, &reply).await;
+    record(&shared, client_of(peer, None), "too_many_sessions", &reply);
+}
+
+fn record(shared: &Shared, client: Client, reason: &str, reply: &str) {
+    shared.rejections.record(Rejection {
+        client,
+        mail_from: None,
+        rcpt_to: None,
+        reason: reason.to_string(),
+        reply: reply.to_string(),
+    });
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    per_ip: Arc<PerIp>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let settings = &shared.settings;
+    let mut client = client_of(peer, None);
+    if settings.proxy_protocol {
+        let header = tokio::time::timeout(settings.command_timeout, proxy::read_header(&mut stream));
+        match header.await {
+            Ok(Ok(Some(addr))) => client = client_of(addr, Some(peer.ip())),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %peer, error = %e, "PROXY protocol header refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "no PROXY protocol header in time");
+                return;
+            }
+        }
+    }
+    let Some(_slot) = per_ip.acquire(client.ip, settings.max_sessions_per_ip) else {
+        let reply = format!(
+            "421 4.7.0 {} Error: too many connections from {}",
+            settings.hostname, client.ip
+        );
+        say_and_close(&mut stream, &reply).await;
+        record(&shared, client, "too_many_sessions_from_ip", &reply);
+        return;
+    };
+    if !settings.greet_delay.is_zero() {
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout(settings.greet_delay, stream.peek(&mut probe)).await {
+            Err(_) => {}
+            Ok(Ok(n)) if n > 0 => {
+                let reply = format!(
+                    "554 5.5.1 {} Error: SMTP protocol violation: talked before the greeting",
+                    settings.hostname
+                );
+                say_and_close(&mut stream, &reply).await;
+                record(&shared, client, "early_talker", &reply);
+                return;
+            }
+            Ok(_) => return,
+        }
+    }
+    let mut session = Session::new(shared.clone(), client);
+    let mut conn = Conn::new(stream);
+    conn.reply(&format!("220 {} ESMTP Bulwark", settings.hostname));
+    if session.run(&mut conn).await != Flow::StartTls {
+        return;
+    }
+    let Some(acceptor) = shared.tls.clone() else {
+        return;
+    };
+    let handshake = tokio::time::timeout(settings.command_timeout, acceptor.accept(conn.into_stream()));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(client = %session.client.ip, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client = %session.client.ip, "TLS handshake timed out");
+            return;
+        }
+    };
+    session.tls_started(tls_info(stream.get_ref().1));
+    let mut conn = Conn::new(stream);
+    session.run(&mut conn).await;
+}
+
+fn tls_info(tls: &rustls::ServerConnection) -> TlsInfo {
+    let version = match tls.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "unknown".to_string(),
+    };
+    let cipher = tls
+        .negotiated_cipher_suite()
+        .map(|suite| {
+            let suite = suite.suite();
+            suite
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{suite:?}"))
+        })
+        .unwrap_or_default();
+    TlsInfo {
+        version,
+        cipher,
+        sni: tls.server_name().map(str::to_string),
+    }
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("reading certificates from {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no certificate", cert.display());
+    }
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
+    ))
+    .with_context(|| format!("reading the key from {}", key.display()))?
+    .with_context(|| format!("{} holds no private key", key.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the STARTTLS certificate and key do not match")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,79 @@
+//! The SMTP ingress: an ESMTP server (RFC 5321) whose `250` to the end of data is
+//! sent only once the message is committed by a Raft quorum.
+//!
+//! The path of a connection, one file a step:
+//!
+//! ```text
+//! listener.rs   accept, connection limits, PROXY protocol (proxy.rs), early talkers
+//! session.rs    the command loop and its state; one file per verb:
+//!               ehlo.rs, mail.rs, rcpt.rs, data.rs, bdat.rs, starttls (session.rs)
+//! conn.rs       buffered reads with line limits and deadlines, pipelined replies
+//! accept.rs     end of data: Received header, scanning seam, one Raft entry, 250
+//! rejections.rs refusals worth auditing, recorded in batches off the reply path
+//! ```
+//!
+//! Nothing here blocks on disk: the only durable step is the proposal, which the
+//! proposer batches with every other session's (group commit).
+
+mod accept;
+mod bdat;
+mod command;
+mod conn;
+mod data;
+mod ehlo;
+mod listener;
+mod mail;
+mod proxy;
+mod rcpt;
+mod received;
+mod rejections;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use listener::Server;
+
+/// How a bare CR or LF (one not part of CRLF) in a message is handled. Either way,
+/// only CRLF.CRLF ends the data, so a message can never be smuggled past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BareNewline {
+    /// Store it as CRLF (Postfix's `smtpd_forbid_bare_newline = normalize`).
+    Normalize,
+    /// Refuse the message with `550 5.5.2` (Postfix's `reject`).
+    Reject,
+}
+
+/// The validated `[smtp]` section.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// Our name in the greeting, EHLO reply and `Received` header.
+    pub hostname: String,
+    /// Recipient domains we accept mail for, lower case; anything else is relaying.
+    pub domains: Vec<String>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Certificate chain and key for STARTTLS; `None`: STARTTLS not offered.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+    /// Longest command line, CRLF included.
+    pub max_line_length: usize,
+    /// Longest line of message content, CRLF included.
+    pub max_data_line_length: usize,
+    /// Errors (unknown commands, bad syntax, bad sequence) before the session ends.
+    pub max_errors: u32,
+    /// Time allowed for one whole command line to arrive.
+    pub command_timeout: Duration,
+    /// Time allowed for the whole content of one message (DATA or all BDAT chunks).
+    pub data_timeout: Duration,
+    /// Pause before the greeting; a client that talks during it is refused.
+    pub greet_delay: Duration,
+    /// Expect a HAProxy PROXY protocol v2 header on every connection.
+    pub proxy_protocol: bool,
+    pub bare_newline: BareNewline,
+    /// How long in-flight transactions may run after SIGTERM.
+    pub shutdown_grace: Duration,
+}

@@ -1,0 +1,294 @@
+//! Messages as the store keeps them: ids, what the SMTP ingress records about a
+//! message it accepted or refused, and the delivery queue's projection.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A message's id: 48 bits of Unix milliseconds then 80 random bits, shown as 26
+/// Crockford base32 characters (sortable by arrival time, like a ULID). It names the
+/// message in the SMTP reply, the events, the API and the `X-Bulwark-Id` header, and
+/// doubles as the id of the operation that accepted it, so a retried proposal stores
+/// the message once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageId(pub u128);
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const ID_CHARS: usize = 26;
+
+impl MessageId {
+    /// An id for a message received at `time_ms`, with `random` filling the low bits.
+    pub fn new(time_ms: i64, random: u128) -> Self {
+        let time = (time_ms.max(0) as u128) & ((1 << 48) - 1);
+        MessageId((time << 80) | (random & ((1 << 80) - 1)))
+    }
+
+    /// Big-endian bytes: the key of the message's records.
+    pub fn key(&self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = [0u8; ID_CHARS];
+        for (i, c) in out.iter_mut().enumerate() {
+            let shift = 5 * (ID_CHARS - 1 - i);
+            *c = CROCKFORD[((self.0 >> shift) & 31) as usize];
+        }
+        f.write_str(std::str::from_utf8(&out).expect("base32 is ASCII"))
+    }
+}
+
+/// Why a string is not a [`MessageId`].
+#[derive(Debug, thiserror::Error)]
+#[error("not a message id: expected 26 base32 characters")]
+pub struct BadMessageId;
+
+impl FromStr for MessageId {
+    type Err = BadMessageId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != ID_CHARS || s.as_bytes()[0] > b'7' {
+            return Err(BadMessageId);
+        }
+        let mut value = 0u128;
+        for b in s.bytes() {
+            let digit = CROCKFORD
+                .iter()
+                .position(|&c| c == b.to_ascii_uppercase())
+                .ok_or(BadMessageId)?;
+            value = (value << 5) | digit as u128;
+        }
+        Ok(MessageId(value))
+    }
+}
+
+/// The SMTP envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Reverse-path of MAIL FROM; empty for the null sender `<>`.
+    pub mail_from: String,
+    /// Forward-paths of the accepted RCPT TO commands, in order.
+    pub rcpt_to: Vec<String>,
+    /// The client asked for SMTPUTF8.
+    pub smtputf8: bool,
+    /// The client declared `BODY=8BITMIME`.
+    pub eight_bit: bool,
+}
+
+/// The TLS session a message came over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1.3`.
+    pub version: String,
+    /// IANA cipher suite name.
+    pub cipher: String,
+    /// Server name the client asked for, if any.
+    pub sni: Option<String>,
+}
+
+/// Who sent a message or a refused command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// EHLO/HELO argument, if the client gave one.
+    pub helo: Option<String>,
+    pub tls: Option<TlsInfo>,
+    /// Address of the load balancer that passed the connection on with the PROXY
+    /// protocol, when it did.
+    pub proxy: Option<IpAddr>,
+}
+
+/// What the gateway does with an accepted message. The scanning pipeline's policy
+/// chooses it; new actions are added at the end (bincode encodes the variant index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Queue for delivery to the next hop.
+    Deliver,
+}
+
+impl Action {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Deliver => "deliver",
+        }
+    }
+}
+
+/// Durations measured by the receiving node, in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// From connection to end of data.
+    pub session_ms: u64,
+    /// From DATA (or the first BDAT) to end of data.
+    pub transfer_ms: u64,
+    /// Time the scanning pipeline took.
+    pub scan_ms: u64,
+}
+
+/// Everything recorded about an accepted message except its body: the
+/// `message.received` event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MessageReceived {
+    pub message_id: MessageId,
+    pub envelope: Envelope,
+    pub client: Client,
+    /// `SMTP`, `ESMTP`, `ESMTPS`, `UTF8SMTPS`, ... (RFC 3848, 6531), as in `Received`.
+    pub protocol: String,
+    /// Stored size in octets, the prepended `Received` header included.
+    pub size: u64,
+    /// `Subject`, `From` and `Message-ID` headers, decoded, when present.
+    pub subject: Option<String>,
+    pub header_from: Option<String>,
+    pub header_message_id: Option<String>,
+    pub action: Action,
+    pub timings: Timings,
+}
+
+/// A message to accept: its record and its body (`Received` header prepended).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AcceptedMessage {
+    pub received: MessageReceived,
+    #[serde(with = "serde_bytes_compat")]
+    pub body: Vec<u8>,
+}
+
+/// A refusal worth auditing: the `message.rejected` event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub client: Client,
+    pub mail_from: Option<String>,
+    pub rcpt_to: Option<String>,
+    /// Stable machine-readable reason: `relay_denied`, `message_too_big`, ...
+    pub reason: String,
+    /// The reply the client got, e.g. `554 5.7.1 <a@b>: Relay access denied`.
+    pub reply: String,
+}
+
+/// Delivery state of one recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecipientStatus {
+    /// Waiting for a delivery attempt.
+    Pending,
+}
+
+/// One recipient of a queued message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedRecipient {
+    pub address: String,
+    pub status: RecipientStatus,
+}
+
+/// A message in the delivery queue (the `queue` column family's projection).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub message_id: MessageId,
+    /// Sequence number of the `message.received` event.
+    pub received_seq: u64,
+    pub time_ms: i64,
+    pub mail_from: String,
+    pub recipients: Vec<QueuedRecipient>,
+}
+
+/// Bodies are large: serialise them as one byte string, not a sequence of numbers.
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(Visitor)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_round_trip_and_sort_by_time() {
+        let a = MessageId::new(1_764_300_000_000, u128::MAX);
+        let b = MessageId::new(1_764_300_000_001, 0);
+        assert!(a < b);
+        let text = a.to_string();
+        assert_eq!(text.len(), 26);
+        assert!(text < b.to_string());
+        assert_eq!(text.parse::<MessageId>().unwrap(), a);
+        assert_eq!(text.to_lowercase().parse::<MessageId>().unwrap(), a);
+        for bad in ["", "0123", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "01JD0000000000000000000U00"] {
+            assert!(bad.parse::<MessageId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies_encode_as_bytes() {
+        let body = vec![0xffu8; 1000];
+        let encoded = crate::codec::encode(&AcceptedMessage {
+            received: sample(),
+            body: body.clone(),
+        })
+        .unwrap();
+        assert!(encoded.len() < 1300, "{} bytes", encoded.len());
+        let back: AcceptedMessage = crate::codec::decode(&encoded).unwrap();
+        assert_eq!(back.body, body);
+    }
+
+    pub(crate) fn sample() -> MessageReceived {
+        MessageReceived {
+            message_id: MessageId::new(1_764_300_000_000, 42),
+            envelope: Envelope {
+                mail_from: "alice@sender.test".into(),
+                rcpt_to: vec!["bob@example.test".into()],
+                smtputf8: false,
+                eight_bit: true,
+            },
+            client: Client {
+                ip: "192.0.2.7".parse().unwrap(),
+                port: 40000,
+                helo: Some("mail.sender.test".into()),
+                tls: None,
+                proxy: None,
+            },
+            protocol: "ESMTP".into(),
+            size: 1000,
+            subject: Some("Hello".into()),
+            header_from: Some("alice@sender.test".into()),
+            header_message_id: Some("<1@sender.test>".into()),
+            action: Action::Deliver,
+            timings: Timings {
+                session_ms: 5,
+                transfer_ms: 1,
+                scan_ms: 0,
+            },
+        }
+    }
+}
