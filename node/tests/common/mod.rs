@@ -1,0 +1,310 @@
+//! Shared by the SMTP tests: a real `bulwark` process started from a generated config
+//! on free loopback ports, a blocking line-level SMTP client, and readers for what
+//! the node stored (events over HTTP, bodies from the stopped node's RocksDB).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Node {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub smtp: SocketAddr,
+    pub api: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Node {
+    /// Starts a single-node gateway whose `[smtp]` section is `listen` on a free port
+    /// plus `smtp_extra` (TOML lines), and waits until it is ready.
+    pub fn start(smtp_extra: &str) -> Node {
+        Self::start_with(smtp_extra, "")
+    }
+
+    /// As [`Node::start`], with more TOML sections appended to the config.
+    pub fn start_with(smtp_extra: &str, more: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let api = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "[node]\nid = 1\ndata_dir = \"data\"\n\n[api]\nlisten = \"{api}\"\n\n\
+             [smtp]\nlisten = \"{smtp}\"\nhostname = \"mx.example.test\"\n{smtp_extra}\n{more}\n"
+        );
+        std::fs::write(dir.path().join("bulwark.toml"), config).unwrap();
+        let mut node = Node {
+            child: None,
+            dir,
+            smtp,
+            api: format!("http://{api}"),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("node.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+            .arg("serve")
+            .arg("--config")
+            .arg(self.dir.path().join("bulwark.toml"))
+            .env("BULWARK_LOG", "info,bulwark=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bulwark");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::blocking::get(format!("{}/readyz", self.api)) {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node not ready in 30 s; log:\n{}", self.log());
+    }
+
+    /// The directory holding the config; certificates for tests go here.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Every event of type `kind`, oldest first.
+    pub fn events(&self, kind: &str) -> Vec<Value> {
+        let client = reqwest::blocking::Client::new();
+        let mut out = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let page: Value = client
+                .get(format!(
+                    "{}/v1/events?type={kind}&after={after}&limit=1000",
+                    self.api
+                ))
+                .bearer_auth(self.token())
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            out.extend(page["events"].as_array().unwrap().iter().cloned());
+            match page["next"].as_u64() {
+                Some(next) => after = next,
+                None => return out,
+            }
+        }
+    }
+
+    /// Waits until at least `n` events of type `kind` are recorded (rejections are
+    /// recorded off the reply path), and returns them.
+    pub fn wait_events(&self, kind: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events(kind);
+            if events.len() >= n || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most `within`) for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {within:?} of SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the node and returns the stored body of message `id` from its RocksDB.
+    pub fn stop_and_read_body(&mut self, id: &str) -> Vec<u8> {
+        if self.child.is_some() {
+            self.terminate(Duration::from_secs(30));
+        }
+        let store = bulwark_storage::StateDir::open_offline(&self.data_dir()).unwrap();
+        store
+            .message_body(id.parse().unwrap())
+            .unwrap()
+            .unwrap_or_else(|| panic!("no body stored for {id}"))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A reply: the code and every line's text after the code and separator.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+
+    /// The message id of `250 2.0.0 Ok: queued as ID`.
+    pub fn queued_id(&self) -> String {
+        assert_eq!(self.code, 250, "{self:?}");
+        self.text()
+            .rsplit(' ')
+            .next()
+            .expect("queued as ID")
+            .to_string()
+    }
+}
+
+/// A line-level SMTP client over a plain TCP socket, to say exactly what a test
+/// needs, malformed or not.
+pub struct Smtp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Smtp {
+    /// Connects without reading the greeting.
+    pub fn connect_raw(addr: SocketAddr) -> Smtp {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Smtp {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    /// Connects and checks the `220` greeting.
+    pub fn connect(addr: SocketAddr) -> Smtp {
+        let mut s = Self::connect_raw(addr);
+        let greeting = s.read_reply();
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        s
+    }
+
+    /// Connects, greets with EHLO and checks the reply.
+    pub fn ehlo(addr: SocketAddr) -> Smtp {
+        let mut s = Self::connect(addr);
+        let r = s.cmd("EHLO client.test");
+        assert_eq!(r.code, 250, "{r:?}");
+        s
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// Sends `line` with CRLF and reads one reply.
+    pub fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    pub fn read_reply(&mut self) -> Reply {
+        self.try_read_reply().expect("a reply")
+    }
+
+    /// One reply, or `None` when the server closed the connection first.
+    pub fn try_read_reply(&mut self) -> Option<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => panic!("reading a reply: {e} (after {lines:?})"),
+            }
+            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
+            let code: u16 = line[..3].parse().unwrap_or_else(|_| panic!("bad reply {line:?}"));
+            let more = line.as_bytes()[3] == b'-';
+            lines.push(line[4..].trim_end().to_string());
+            if !more {
+                return Some(Reply { code, lines });
+            }
+        }
+    }
+
+    /// True when the server has closed the connection (EOF with nothing more).
+    pub fn is_closed(&mut self) -> bool {
+        let mut rest = String::new();
+        matches!(self.reader.read_line(&mut rest), Ok(0))
+    }
+
+    /// MAIL, RCPT each and DATA with `body` (CRLF lines, not dot-stuffed: this does it);
+    /// returns the final reply.
+    pub fn send_message(&mut self, from: &str, to: &[&str], body: &str) -> Reply {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert_eq!(r.code, 250, "{r:?}");
+        for rcpt in to {
+            let r = self.cmd(&format!("RCPT TO:<{rcpt}>"));
+            assert_eq!(r.code, 250, "{r:?}");
+        }
+        let r = self.cmd("DATA");
+        assert_eq!(r.code, 354, "{r:?}");
+        let mut data = String::new();
+        for line in body.split_inclusive("\r\n") {
+            if line.starts_with('.') {
+                data.push('.');
+            }
+            data.push_str(line);
+        }
+        if !data.ends_with("\r\n") {
+            data.push_str("\r\n");
+        }
+        data.push_str(".\r\n");
+        self.send(data.as_bytes());
+        self.read_reply()
+    }
+}
