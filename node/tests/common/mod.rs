@@ -216,7 +216,11 @@ pub struct Smtp {
 impl Smtp {
     /// Connects without reading the greeting.
     pub fn connect_raw(addr: SocketAddr) -> Smtp {
-        let stream = TcpStream::connect(addr).unwrap();
+        Self::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// Wraps a connected stream, without reading anything.
+    pub fn from_stream(stream: TcpStream) -> Smtp {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
@@ -224,6 +228,11 @@ impl Smtp {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
         }
+    }
+
+    /// A second handle on the socket, to write from another thread.
+    pub fn writer(&self) -> TcpStream {
+        self.writer.try_clone().unwrap()
     }
 
     /// Connects and checks the `220` greeting.
@@ -264,6 +273,9 @@ impl Smtp {
             match self.reader.read_line(&mut line) {
                 Ok(0) => return None,
                 Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && lines.is_empty() => {
+                    return None
+                }
                 Err(e) => panic!("reading a reply: {e} (after {lines:?})"),
             }
             assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
@@ -279,7 +291,11 @@ impl Smtp {
     /// True when the server has closed the connection (EOF with nothing more).
     pub fn is_closed(&mut self) -> bool {
         let mut rest = String::new();
-        matches!(self.reader.read_line(&mut rest), Ok(0))
+        match self.reader.read_line(&mut rest) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
     }
 
     /// MAIL, RCPT each and DATA with `body` (CRLF lines, not dot-stuffed: this does it);

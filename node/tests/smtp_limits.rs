@@ -1,0 +1,496 @@
+//! Every SMTP limit and malformed case, over real sockets against the real binary:
+//! each shows the reply the client gets, that the session (or the server) carries
+//! on, and what was or was not stored.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Node, Smtp};
+
+const MSG: &str = "Subject: test\r\n\r\nhello\r\n";
+
+fn received_count(node: &Node) -> usize {
+    node.events("message.received").len()
+}
+
+/// The reasons of the `message.rejected` events, once at least `n` are recorded.
+fn rejection_reasons(node: &Node, n: usize) -> Vec<String> {
+    node.wait_events("message.rejected", n)
+        .iter()
+        .map(|e| e["event"]["reason"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn limits_relay_is_denied_and_the_session_carries_on() {
+    let node = Node::start("");
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    for outside in [
+        "RCPT TO:<bob@elsewhere.test>",
+        "RCPT TO:<bob@sub.example.test>",
+        "RCPT TO:<\"bob@example.test\"@elsewhere.test>",
+        "RCPT TO:<bob@[127.0.0.1]>",
+    ] {
+        let r = s.cmd(outside);
+        assert_eq!(r.code, 554, "{outside}: {r:?}");
+        assert!(r.text().starts_with("5.7.1 "), "{r:?}");
+        assert!(r.text().contains("Relay access denied"), "{r:?}");
+    }
+    assert_eq!(s.cmd("RCPT TO:<bob@EXAMPLE.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<Postmaster>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(MSG.as_bytes());
+    s.send(b".\r\n");
+    let id = s.read_reply().queued_id();
+    let received = node.events("message.received");
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0]["message_id"], id.as_str());
+    assert_eq!(
+        received[0]["email"]["to"]["address"],
+        serde_json::json!(["bob@EXAMPLE.test", "postmaster@localhost"])
+    );
+    let rejected = node.wait_events("message.rejected", 4);
+    assert_eq!(rejected.len(), 4);
+    assert!(rejected.iter().all(|e| e["event"]["reason"] == "relay_denied"));
+    assert_eq!(rejected[0]["email"]["to"]["address"][0], "bob@elsewhere.test");
+    assert_eq!(rejected[0]["email"]["sender"]["address"], "a@sender.test");
+    assert_eq!(rejected[0]["source"]["ip"], "127.0.0.1");
+}
+
+#[test]
+fn limits_message_size_recipients_and_line_length() {
+    let node = Node::start("max_message_size = 2000\nmax_recipients = 3");
+    let mut s = Smtp::ehlo(node.smtp);
+    let ehlo = s.cmd("EHLO again.test");
+    assert!(ehlo.lines.iter().any(|l| l == "SIZE 2000"), "{ehlo:?}");
+
+    // Declared too big at MAIL.
+    let r = s.cmd("MAIL FROM:<a@sender.test> SIZE=2001");
+    assert_eq!((r.code, &r.text()[..5]), (552, "5.3.4"), "{r:?}");
+    // Too big in DATA: read to the end, then refused; nothing stored.
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test> SIZE=100").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    let line = format!("{}\r\n", "x".repeat(990));
+    s.send(format!("Subject: big\r\n\r\n{}.\r\n", line.repeat(3)).as_bytes());
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (552, "5.3.4"), "{r:?}");
+    assert_eq!(s.cmd("RSET").code, 250);
+    // Too big in BDAT.
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    s.send(format!("BDAT 1500\r\n{}", "y".repeat(1500)).as_bytes());
+    assert_eq!(s.read_reply().code, 250);
+    s.send(format!("BDAT 600 LAST\r\n{}", "z".repeat(600)).as_bytes());
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (552, "5.3.4"), "{r:?}");
+    assert_eq!(received_count(&node), 0);
+
+    // Recipients: the fourth is refused with 452 (try later), the three go through.
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    for i in 0..3 {
+        assert_eq!(s.cmd(&format!("RCPT TO:<r{i}@example.test>")).code, 250);
+    }
+    let r = s.cmd("RCPT TO:<r3@example.test>");
+    assert_eq!((r.code, &r.text()[..5]), (452, "4.5.3"), "{r:?}");
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(format!("{MSG}.\r\n").as_bytes());
+    s.read_reply().queued_id();
+    let stored = node.events("message.received");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["email"]["to"]["address"].as_array().unwrap().len(), 3);
+
+    // A command line over the limit: 500, then the session goes on.
+    let r = s.cmd(&format!("NOOP {}", "n".repeat(3000)));
+    assert_eq!((r.code, &r.text()[..5]), (500, "5.5.2"), "{r:?}");
+    assert!(r.text().contains("too long"), "{r:?}");
+    assert_eq!(s.cmd("NOOP").code, 250);
+
+    // A content line over max_data_line_length (default 65536) is refused as 554 5.6.0.
+    let node2 = Node::start("");
+    let mut s = Smtp::ehlo(node2.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(format!("Subject: long\r\n\r\n{}\r\n.\r\n", "l".repeat(70_000)).as_bytes());
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (554, "5.6.0"), "{r:?}");
+    assert_eq!(s.cmd("NOOP").code, 250);
+    assert_eq!(received_count(&node2), 0);
+
+    let reasons = rejection_reasons(&node, 3);
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "message_too_big").count(),
+        3,
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn limits_bad_sequence_unknown_commands_and_the_error_cap() {
+    let node = Node::start("max_errors = 5");
+    let mut s = Smtp::connect(node.smtp);
+    let r = s.cmd("MAIL FROM:<a@sender.test>");
+    assert_eq!((r.code, &r.text()[..5]), (503, "5.5.1"), "{r:?}");
+    assert_eq!(s.cmd("EHLO client.test").code, 250);
+    let r = s.cmd("RCPT TO:<b@example.test>");
+    assert_eq!((r.code, &r.text()[..5]), (503, "5.5.1"), "{r:?}");
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    let r = s.cmd("DATA");
+    assert_eq!((r.code, &r.text()[..5]), (503, "5.5.1"), "{r:?}");
+    let r = s.cmd("MAIL FROM:<a@sender.test>");
+    assert_eq!(r.code, 503, "nested MAIL: {r:?}");
+    // Error number 5 ends the session.
+    let r = s.cmd("XYZZY");
+    assert_eq!((r.code, &r.text()[..5]), (500, "5.5.2"), "{r:?}");
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (421, "4.7.0"), "{r:?}");
+    assert!(s.is_closed());
+
+    // Syntax errors have their own codes; VRFY is refused politely.
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:no-brackets@sender.test").code, 501);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test> BODY=BINARYMIME").code, 555);
+    assert_eq!(s.cmd("MAIL FROM:<josé@sender.test>").code, 553);
+    assert_eq!(s.cmd("VRFY bob").code, 252);
+    assert_eq!(s.cmd("NOOP").code, 250);
+    assert_eq!(s.cmd("QUIT").code, 221);
+    assert!(s.is_closed());
+    let reasons = rejection_reasons(&node, 1);
+    assert_eq!(reasons, vec!["too_many_errors"]);
+}
+
+#[test]
+fn limits_timeouts_end_idle_and_slow_clients() {
+    let node = Node::start("command_timeout_secs = 1\ndata_timeout_secs = 2");
+    // Idle after the greeting.
+    let started = Instant::now();
+    let mut idle = Smtp::connect(node.smtp);
+    let r = idle.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (421, "4.4.2"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(idle.is_closed());
+
+    // Slowloris: a byte every 100 ms never completes a line in time.
+    let mut slow = Smtp::connect(node.smtp);
+    let started = Instant::now();
+    let slowloris = trickle(&slow, b"EHLO slow.client.test.with.a.long.name\r\n", 1);
+    let r = slow.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (421, "4.4.2"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    slowloris.join().unwrap();
+
+    // Trickled content: the whole message must arrive within data_timeout_secs.
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    let started = Instant::now();
+    let trickler = trickle(&s, &b"a line that arrives far too slowly\r\n".repeat(40), 40);
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (421, "4.4.2"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_millis(3500));
+    trickler.join().unwrap();
+    assert_eq!(received_count(&node), 0);
+
+    // The server itself is fine.
+    let mut s = Smtp::ehlo(node.smtp);
+    s.send_message("a@sender.test", &["b@example.test"], MSG).queued_id();
+}
+
+/// Writes `bytes` `chunk` at a time, one chunk every 100 ms, until done or the
+/// server closes the connection.
+fn trickle(s: &Smtp, bytes: &[u8], chunk: usize) -> std::thread::JoinHandle<()> {
+    let mut writer = s.writer();
+    let bytes = bytes.to_vec();
+    std::thread::spawn(move || {
+        for piece in bytes.chunks(chunk) {
+            if writer.write_all(piece).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+#[test]
+fn limits_sessions_in_total_and_per_client_address() {
+    let node = Node::start("max_sessions = 3\nmax_sessions_per_ip = 2");
+    let a = Smtp::connect(node.smtp);
+    let b = Smtp::connect(node.smtp);
+    // Third from 127.0.0.1: over the per-address limit.
+    let mut c = Smtp::connect_raw(node.smtp);
+    let r = c.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (421, "4.7.0"), "{r:?}");
+    assert!(r.text().contains("127.0.0.1"), "{r:?}");
+    assert!(c.is_closed());
+    // From another loopback address: allowed, and it fills the total.
+    let mut d = connect_from("127.0.0.2", node.smtp);
+    assert_eq!(d.read_reply().code, 220);
+    let mut e = connect_from("127.0.0.3", node.smtp);
+    let r = e.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (421, "4.7.0"), "{r:?}");
+    assert!(r.text().contains("too many connections"), "{r:?}");
+    // Sessions that fit still work, and a closed one frees its place.
+    assert_eq!(d.cmd("EHLO d.test").code, 250);
+    drop(a);
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut f = Smtp::connect_raw(node.smtp);
+        let r = f.read_reply();
+        if r.code == 220 {
+            assert_eq!(f.cmd("EHLO f.test").code, 250);
+            f.send_message("a@sender.test", &["b@example.test"], MSG).queued_id();
+            break;
+        }
+        assert!(Instant::now() < deadline, "a place never freed up: {r:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reasons = rejection_reasons(&node, 2);
+    assert!(reasons.contains(&"too_many_sessions_from_ip".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"too_many_sessions".to_string()), "{reasons:?}");
+}
+
+fn connect_from(local: &str, to: SocketAddr) -> Smtp {
+    // Binding a source address needs a socket before connect; std has no such API,
+    // so go through tokio's TcpSocket on a small runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{local}:0").parse().unwrap())
+            .unwrap();
+        socket.connect(to).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    Smtp::from_stream(stream)
+}
+
+#[test]
+fn limits_early_talkers_are_refused() {
+    let node = Node::start("greet_delay_ms = 400");
+    let mut rude = Smtp::connect_raw(node.smtp);
+    rude.send(b"EHLO rude.test\r\n");
+    let r = rude.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (554, "5.5.1"), "{r:?}");
+    assert!(rude.is_closed());
+    let started = Instant::now();
+    let mut polite = Smtp::connect(node.smtp);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(polite.cmd("EHLO polite.test").code, 250);
+    polite
+        .send_message("a@sender.test", &["b@example.test"], MSG)
+        .queued_id();
+    assert_eq!(rejection_reasons(&node, 1), vec!["early_talker"]);
+}
+
+#[test]
+fn limits_proxy_protocol_v2_gives_the_real_client() {
+    use ppp::v2::{Builder, Command, Protocol, Version};
+    let node = Node::start("proxy_protocol = true");
+    let header = |src: &str| {
+        let src: SocketAddr = src.parse().unwrap();
+        let dst: SocketAddr = "10.0.0.25:25".parse().unwrap();
+        Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (src, dst))
+            .build()
+            .unwrap()
+    };
+    let mut s = Smtp::connect_raw(node.smtp);
+    s.send(&header("198.51.100.7:40001"));
+    assert_eq!(s.read_reply().code, 220);
+    assert_eq!(s.cmd("EHLO behind.lb.test").code, 250);
+    let id = s
+        .send_message("a@sender.test", &["b@example.test"], MSG)
+        .queued_id();
+    let event = &node.events("message.received")[0];
+    assert_eq!(event["message_id"], id.as_str());
+    assert_eq!(event["source"]["ip"], "198.51.100.7");
+    assert_eq!(event["source"]["port"], 40001);
+    assert_eq!(event["source"]["proxy_ip"], "127.0.0.1");
+
+    // No header, or a v1 text header: closed without a greeting.
+    for first in [&b"EHLO direct.test\r\n"[..], b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"] {
+        let mut s = Smtp::connect_raw(node.smtp);
+        s.send(first);
+        assert!(s.try_read_reply().is_none());
+    }
+    // The per-address limit counts the real client, not the balancer.
+    let mut again = Smtp::connect_raw(node.smtp);
+    again.send(&header("198.51.100.8:1"));
+    assert_eq!(again.read_reply().code, 220);
+}
+
+#[test]
+fn limits_bare_newlines_never_end_the_data() {
+    // normalize: the smuggled "\n.\n" and "\r\n.\n" are content, stored as CRLF;
+    // the commands after them are content too: one message, not two.
+    let mut node = Node::start("");
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(
+        b"Subject: smuggle\r\n\r\nfirst\n.\nMAIL FROM:<evil@sender.test>\r\n\
+          RCPT TO:<victim@example.test>\r\nDATA\r\nsecond\r\n.\nthird\r.\r\n.\r\n",
+    );
+    let id = s.read_reply().queued_id();
+    assert_eq!(s.cmd("NOOP").code, 250);
+    assert_eq!(received_count(&node), 1);
+    let body = node.stop_and_read_body(&id);
+    let content = &body[body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(
+        content,
+        &b"first\r\n\r\nMAIL FROM:<evil@sender.test>\r\nRCPT TO:<victim@example.test>\r\n\
+           DATA\r\nsecond\r\n\r\nthird\r\n.\r\n"[..]
+    );
+    assert!(
+        !body.windows(2).enumerate().any(|(i, w)| (w[1] == b'\n' && w[0] != b'\r')
+            || (w[0] == b'\r' && w[1] != b'\n' && i + 1 < body.len())),
+        "a bare CR or LF was stored"
+    );
+
+    // reject: refused with 550 5.5.2 after the real end; the session goes on.
+    let node = Node::start("bare_newline = \"reject\"");
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(b"Subject: smuggle\r\n\r\nfirst\n.\nsecond\r\n.\r\n");
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (550, "5.5.2"), "{r:?}");
+    s.send(b"NOOP\n");
+    let r = s.read_reply();
+    assert_eq!(r.code, 500, "a bare LF ending a command: {r:?}");
+    s.send_message("a@sender.test", &["b@example.test"], MSG).queued_id();
+    assert_eq!(received_count(&node), 1);
+    assert_eq!(rejection_reasons(&node, 1), vec!["bare_newline"]);
+}
+
+#[test]
+fn limits_starttls_discards_what_was_pipelined_before_the_handshake() {
+    // The certificate must exist before the node starts.
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["mx.example.test".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let pem = certs.path().join("smtp.pem");
+    let key_path = certs.path().join("smtp.key");
+    std::fs::write(&pem, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let node = Node::start(&format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        pem.display().to_string(),
+        key_path.display().to_string()
+    ));
+
+    let stream = TcpStream::connect(node.smtp).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut plain = Smtp::from_stream(stream.try_clone().unwrap());
+    assert_eq!(plain.read_reply().code, 220);
+    let ehlo = plain.cmd("EHLO client.test");
+    assert!(ehlo.lines.contains(&"STARTTLS".to_string()), "{ehlo:?}");
+    // The injection: commands after STARTTLS in the same packet, in plaintext.
+    plain.send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n");
+    let r = plain.read_reply();
+    assert_eq!(r.code, 220, "{r:?}");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("mx.example.test").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    // After the handshake the session starts over: the injected MAIL must not have
+    // been taken, so MAIL now (before EHLO) is a bad sequence, and after EHLO the
+    // transaction starts fresh with no sender.
+    tls.write_all(b"EHLO client.test\r\n").unwrap();
+    let ehlo = read_tls_reply(&mut tls);
+    assert!(ehlo.starts_with("250-mx.example.test"), "{ehlo}");
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    tls.write_all(b"RCPT TO:<b@example.test>\r\n").unwrap();
+    let r = read_tls_reply(&mut tls);
+    assert!(r.starts_with("503 5.5.1"), "the injected MAIL was kept: {r}");
+    tls.write_all(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+        .unwrap();
+    for expected in ["250", "250", "354"] {
+        let r = read_tls_reply(&mut tls);
+        assert!(r.starts_with(expected), "{r}");
+    }
+    tls.write_all(format!("{MSG}.\r\n").as_bytes()).unwrap();
+    let r = read_tls_reply(&mut tls);
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    tls.write_all(b"STARTTLS\r\n").unwrap();
+    let r = read_tls_reply(&mut tls);
+    assert!(r.starts_with("503"), "{r}");
+
+    let event = &node.events("message.received")[0];
+    assert_eq!(event["email"]["sender"]["address"], "a@sender.test");
+    assert_eq!(event["smtp"]["protocol"], "ESMTPS");
+    assert!(event["tls"]["version"].as_str().unwrap().starts_with("TLSv1."));
+}
+
+fn read_tls_reply(tls: &mut impl Read) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        tls.read_exact(&mut byte).unwrap();
+        out.push(byte[0]);
+        if out.ends_with(b"\r\n") {
+            let text = String::from_utf8_lossy(&out).to_string();
+            let last = text.trim_end().rsplit("\r\n").next().unwrap().to_string();
+            if last.len() >= 4 && last.as_bytes()[3] == b' ' {
+                return text;
+            }
+        }
+    }
+}
+
+#[test]
+fn limits_sigterm_lets_transactions_finish_and_answers_421() {
+    let mut node = Node::start("shutdown_grace_secs = 10");
+    let mut idle = Smtp::ehlo(node.smtp);
+    let mut busy = Smtp::ehlo(node.smtp);
+    assert_eq!(busy.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(busy.cmd("RCPT TO:<b@example.test>").code, 250);
+
+    let addr = node.smtp;
+    let finisher = std::thread::spawn(move || {
+        // Give SIGTERM time to land, then finish the transaction.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(busy.cmd("DATA").code, 354);
+        busy.send(format!("{MSG}.\r\n").as_bytes());
+        let id = busy.read_reply().queued_id();
+        let r = busy.cmd("MAIL FROM:<a@sender.test>");
+        assert_eq!((r.code, &r.text()[..5]), (421, "4.3.2"), "{r:?}");
+        id
+    });
+    let started = Instant::now();
+    let status = {
+        let term = std::thread::scope(|scope| {
+            let idle_reply = scope.spawn(|| idle.read_reply());
+            let status = node.terminate(Duration::from_secs(20));
+            (status, idle_reply.join().unwrap())
+        });
+        let (status, idle_reply) = term;
+        assert_eq!((idle_reply.code, &idle_reply.text()[..5]), (421, "4.3.2"), "{idle_reply:?}");
+        status
+    };
+    assert!(status.success(), "exit status {status:?}; log:\n{}", node.log());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let id = finisher.join().unwrap();
+    assert!(TcpStream::connect(addr).is_err(), "still accepting after SIGTERM");
+    let body = node.stop_and_read_body(&id);
+    assert!(body.ends_with(b"\r\n\r\nhello\r\n"));
+}
