@@ -80,6 +80,16 @@ pub struct Event {
     pub message: Option<String>,
     #[serde(default)]
     pub user: Option<serde_json::Value>,
+    /// Every other field of the event (`message_id`, `email`, `source`, ...).
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Event {
+    /// A field outside the ones named above, `Null` when absent.
+    pub fn field(&self, name: &str) -> &serde_json::Value {
+        self.fields.get(name).unwrap_or(&serde_json::Value::Null)
+    }
 }
 
 /// One page of `GET /v1/events`.

@@ -1,0 +1,194 @@
+//! t61: a node that has lost its quorum answers `451 4.3.0` to the end of data (the
+//! sender keeps the message and retries), its session carries on, and the retry is
+//! accepted once the quorum is back. Nothing is acknowledged that a quorum does not
+//! hold.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bulwark_cluster_tests::{ClusterBuilder, RaftTuning};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One SMTP session, line by line, every read bounded.
+struct Session {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Session {
+    async fn open(addr: SocketAddr) -> Result<Session> {
+        let stream = TcpStream::connect(addr).await?;
+        let (r, w) = stream.into_split();
+        let mut s = Session {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        s.expect(220).await?;
+        s.cmd("EHLO t61.test", 250).await?;
+        Ok(s)
+    }
+
+    async fn reply(&mut self) -> Result<(u16, String)> {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(30), self.reader.read_line(&mut line))
+                .await
+                .context("no reply in 30 s")??;
+            ensure!(n > 0, "connection closed");
+            text.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok((line[..3].parse()?, text.trim_end().to_string()));
+            }
+        }
+    }
+
+    async fn expect(&mut self, code: u16) -> Result<String> {
+        let (got, text) = self.reply().await?;
+        ensure!(got == code, "expected {code}, got {text:?}");
+        Ok(text)
+    }
+
+    async fn cmd(&mut self, line: &str, code: u16) -> Result<String> {
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await?;
+        self.expect(code).await
+    }
+
+    /// Sends one message; returns the final reply.
+    async fn message(&mut self, token: &str) -> Result<(u16, String)> {
+        self.cmd("MAIL FROM:<sender@t61.test>", 250).await?;
+        self.cmd("RCPT TO:<user@example.test>", 250).await?;
+        self.cmd("DATA", 354).await?;
+        let body =
+            format!("Message-ID: <{token}@t61.test>\r\nSubject: {token}\r\n\r\nbody\r\n.\r\n");
+        self.writer.write_all(body.as_bytes()).await?;
+        self.reply().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t61_no_quorum_answers_451_and_the_retry_is_accepted() -> Result<()> {
+    let mut cluster = ClusterBuilder::new(3)
+        .name("t61-no-quorum")
+        .raft(RaftTuning {
+            commit_timeout_ms: Some(1500),
+            ..RaftTuning::default()
+        })
+        .start()
+        .await?;
+    if let Err(e) = run(&mut cluster).await {
+        cluster.dump_logs();
+        return Err(e);
+    }
+    cluster.shutdown().await
+}
+
+async fn run(cluster: &mut bulwark_cluster_tests::Cluster) -> Result<()> {
+    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+    let keep = cluster.others(leader)[0];
+    let addr = cluster.node(keep).smtp_addr();
+    let mut session = Session::open(addr).await?;
+    let (code, text) = session.message("before").await?;
+    ensure!(code == 250, "with a quorum: {text}");
+
+    for id in cluster.others(keep) {
+        cluster.kill(id)?;
+    }
+    let started = Instant::now();
+    let (code, text) = session.message("during").await?;
+    let waited = started.elapsed();
+    println!(
+        "t61: without a quorum after {} ms: {text}",
+        waited.as_millis()
+    );
+    ensure!(
+        code == 451 && text.starts_with("451 4.3.0"),
+        "expected 451 4.3.0, got {text:?}"
+    );
+    ensure!(waited < Duration::from_secs(10), "the 451 took {waited:?}");
+    // The session is still usable, and a new one can be opened.
+    session.cmd("NOOP", 250).await?;
+    let mut second = Session::open(addr).await?;
+    second.cmd("QUIT", 221).await?;
+
+    for id in cluster.ids() {
+        if id != keep {
+            cluster.restart(id).await?;
+        }
+    }
+    // The sender retries the same message until it is accepted (bounded).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let accepted_id = loop {
+        ensure!(Instant::now() < deadline, "the retry was never accepted");
+        let (code, text) = match session.message("during").await {
+            Ok(reply) => reply,
+            Err(e) => {
+                println!("t61: retry: {e:#}; reconnecting");
+                session = Session::open(addr).await?;
+                continue;
+            }
+        };
+        match code {
+            250 => break text.rsplit(' ').next().unwrap_or_default().to_string(),
+            451 => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => bail!("unexpected reply to the retry: {text}"),
+        }
+    };
+    println!("t61: retry accepted as {accepted_id}");
+
+    let ids = cluster.ids();
+    cluster
+        .wait_converged(&ids, Duration::from_secs(120))
+        .await?;
+    let mut reference = None;
+    for id in ids {
+        let events = cluster.events_all(id).await?;
+        let received: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == "message.received")
+            .collect();
+        let tokens: Vec<String> = received
+            .iter()
+            .filter_map(|e| e.field("email")["message_id"].as_str().map(str::to_string))
+            .collect();
+        let during = tokens.iter().filter(|t| *t == "<during@t61.test>").count();
+        ensure!(
+            tokens.iter().filter(|t| *t == "<before@t61.test>").count() == 1,
+            "node {id}: {tokens:?}"
+        );
+        // The entry proposed without a quorum may still commit later (the 451 says
+        // "not known to be stored", not "discarded"), so one or two copies.
+        ensure!(
+            (1..=2).contains(&during),
+            "node {id}: {during} copies of the retried message"
+        );
+        ensure!(
+            received
+                .iter()
+                .any(|e| e.field("message_id") == accepted_id.as_str()),
+            "node {id} lacks the acknowledged {accepted_id}"
+        );
+        println!(
+            "t61: node {id}: {} messages, {during} of the retried one",
+            received.len()
+        );
+        let ids: Vec<String> = received
+            .iter()
+            .map(|e| {
+                e.field("message_id")
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        match &reference {
+            None => reference = Some(ids),
+            Some(r) => ensure!(r == &ids, "node {id} holds different messages"),
+        }
+    }
+    Ok(())
+}
