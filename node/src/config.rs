@@ -231,7 +231,11 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         problems,
     );
     let hostname = s.hostname.unwrap_or_else(|| "localhost".into());
-    if hostname.is_empty() || !hostname.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c)) {
+    if hostname.is_empty()
+        || !hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+    {
         problems.push(format!("smtp.hostname: {hostname:?} is not a host name"));
     }
     let domains: Vec<String> = s
@@ -244,7 +248,8 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         problems.push("smtp.domains must name at least one domain".into());
     }
     for d in &domains {
-        if d.is_empty() || d.contains('@') || d.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if d.is_empty() || d.contains('@') || d.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             problems.push(format!("smtp.domains: {d:?} is not a domain"));
         }
     }
@@ -256,8 +261,18 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         value
     };
     let max_message_size = positive("max_message_size", s.max_message_size, 26_214_400, problems);
-    let max_recipients = positive("max_recipients", s.max_recipients.map(|v| v as u64), 100, problems);
-    let max_sessions = positive("max_sessions", s.max_sessions.map(|v| v as u64), 1000, problems);
+    let max_recipients = positive(
+        "max_recipients",
+        s.max_recipients.map(|v| v as u64),
+        100,
+        problems,
+    );
+    let max_sessions = positive(
+        "max_sessions",
+        s.max_sessions.map(|v| v as u64),
+        1000,
+        problems,
+    );
     let max_sessions_per_ip = positive(
         "max_sessions_per_ip",
         s.max_sessions_per_ip.map(|v| v as u64),
@@ -265,7 +280,12 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         problems,
     );
     let max_errors = positive("max_errors", s.max_errors.map(u64::from), 10, problems);
-    let command_timeout = positive("command_timeout_secs", s.command_timeout_secs, 300, problems);
+    let command_timeout = positive(
+        "command_timeout_secs",
+        s.command_timeout_secs,
+        300,
+        problems,
+    );
     let data_timeout = positive("data_timeout_secs", s.data_timeout_secs, 600, problems);
     let max_line_length = s.max_line_length.unwrap_or(2048);
     if max_line_length < 512 {
@@ -273,7 +293,8 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
     }
     let max_data_line_length = s.max_data_line_length.unwrap_or(65_536);
     if max_data_line_length < 1000 {
-        problems.push("smtp.max_data_line_length must be at least 1000 (RFC 5321 §4.5.3.1.6)".into());
+        problems
+            .push("smtp.max_data_line_length must be at least 1000 (RFC 5321 §4.5.3.1.6)".into());
     }
     let tls = match (s.tls_cert, s.tls_key) {
         (None, None) => None,
@@ -281,7 +302,10 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
             let (cert, key) = (relative_to(base, cert), relative_to(base, key));
             for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
                 if !path.is_file() {
-                    problems.push(format!("smtp.{name}: {} is not a readable file", path.display()));
+                    problems.push(format!(
+                        "smtp.{name}: {} is not a readable file",
+                        path.display()
+                    ));
                 }
             }
             Some((cert, key))
@@ -295,7 +319,9 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         "normalize" => smtp::BareNewline::Normalize,
         "reject" => smtp::BareNewline::Reject,
         other => {
-            problems.push(format!("smtp.bare_newline: {other:?} is not \"normalize\" or \"reject\""));
+            problems.push(format!(
+                "smtp.bare_newline: {other:?} is not \"normalize\" or \"reject\""
+            ));
             smtp::BareNewline::Normalize
         }
     };

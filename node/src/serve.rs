@@ -58,8 +58,8 @@ async fn serve(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("binding the API to {}", config.api_listen))?;
     let node = Arc::new(RaftNode::start(config.node.clone()).await?);
-    let smtp = smtp::Server::bind(config.smtp.clone(), node.proposer().clone(), config.node.id)
-        .await?;
+    let smtp =
+        smtp::Server::bind(config.smtp.clone(), node.proposer().clone(), config.node.id).await?;
     tracing::info!(
         node = config.node.id,
         data_dir = %data_dir.display(),

@@ -56,8 +56,13 @@ fn limits_relay_is_denied_and_the_session_carries_on() {
     );
     let rejected = node.wait_events("message.rejected", 4);
     assert_eq!(rejected.len(), 4);
-    assert!(rejected.iter().all(|e| e["event"]["reason"] == "relay_denied"));
-    assert_eq!(rejected[0]["email"]["to"]["address"][0], "bob@elsewhere.test");
+    assert!(rejected
+        .iter()
+        .all(|e| e["event"]["reason"] == "relay_denied"));
+    assert_eq!(
+        rejected[0]["email"]["to"]["address"][0],
+        "bob@elsewhere.test"
+    );
     assert_eq!(rejected[0]["email"]["sender"]["address"], "a@sender.test");
     assert_eq!(rejected[0]["source"]["ip"], "127.0.0.1");
 }
@@ -103,7 +108,13 @@ fn limits_message_size_recipients_and_line_length() {
     s.read_reply().queued_id();
     let stored = node.events("message.received");
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0]["email"]["to"]["address"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        stored[0]["email"]["to"]["address"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 
     // A command line over the limit: 500, then the session goes on.
     let r = s.cmd(&format!("NOOP {}", "n".repeat(3000)));
@@ -191,7 +202,11 @@ fn limits_timeouts_end_idle_and_slow_clients() {
     assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
     assert_eq!(s.cmd("DATA").code, 354);
     let started = Instant::now();
-    let trickler = trickle(&s, &b"a line that arrives far too slowly\r\n".repeat(40), 40);
+    let trickler = trickle(
+        &s,
+        &b"a line that arrives far too slowly\r\n".repeat(40),
+        40,
+    );
     let r = s.read_reply();
     assert_eq!((r.code, &r.text()[..5]), (421, "4.4.2"), "{r:?}");
     assert!(started.elapsed() < Duration::from_millis(3500));
@@ -200,7 +215,8 @@ fn limits_timeouts_end_idle_and_slow_clients() {
 
     // The server itself is fine.
     let mut s = Smtp::ehlo(node.smtp);
-    s.send_message("a@sender.test", &["b@example.test"], MSG).queued_id();
+    s.send_message("a@sender.test", &["b@example.test"], MSG)
+        .queued_id();
 }
 
 /// Writes `bytes` `chunk` at a time, one chunk every 100 ms, until done or the
@@ -246,15 +262,22 @@ fn limits_sessions_in_total_and_per_client_address() {
         let r = f.read_reply();
         if r.code == 220 {
             assert_eq!(f.cmd("EHLO f.test").code, 250);
-            f.send_message("a@sender.test", &["b@example.test"], MSG).queued_id();
+            f.send_message("a@sender.test", &["b@example.test"], MSG)
+                .queued_id();
             break;
         }
         assert!(Instant::now() < deadline, "a place never freed up: {r:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
     let reasons = rejection_reasons(&node, 2);
-    assert!(reasons.contains(&"too_many_sessions_from_ip".to_string()), "{reasons:?}");
-    assert!(reasons.contains(&"too_many_sessions".to_string()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"too_many_sessions_from_ip".to_string()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"too_many_sessions".to_string()),
+        "{reasons:?}"
+    );
 }
 
 fn connect_from(local: &str, to: SocketAddr) -> Smtp {
@@ -266,9 +289,7 @@ fn connect_from(local: &str, to: SocketAddr) -> Smtp {
         .unwrap();
     let stream = rt.block_on(async {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket
-            .bind(format!("{local}:0").parse().unwrap())
-            .unwrap();
+        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
         socket.connect(to).await.unwrap()
     });
     let stream = stream.into_std().unwrap();
@@ -319,7 +340,10 @@ fn limits_proxy_protocol_v2_gives_the_real_client() {
     assert_eq!(event["source"]["proxy_ip"], "127.0.0.1");
 
     // No header, or a v1 text header: closed without a greeting.
-    for first in [&b"EHLO direct.test\r\n"[..], b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"] {
+    for first in [
+        &b"EHLO direct.test\r\n"[..],
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+    ] {
         let mut s = Smtp::connect_raw(node.smtp);
         s.send(first);
         assert!(s.try_read_reply().is_none());
@@ -354,8 +378,11 @@ fn limits_bare_newlines_never_end_the_data() {
            DATA\r\nsecond\r\n\r\nthird\r\n.\r\n"[..]
     );
     assert!(
-        !body.windows(2).enumerate().any(|(i, w)| (w[1] == b'\n' && w[0] != b'\r')
-            || (w[0] == b'\r' && w[1] != b'\n' && i + 1 < body.len())),
+        !body
+            .windows(2)
+            .enumerate()
+            .any(|(i, w)| (w[1] == b'\n' && w[0] != b'\r')
+                || (w[0] == b'\r' && w[1] != b'\n' && i + 1 < body.len())),
         "a bare CR or LF was stored"
     );
 
@@ -371,7 +398,8 @@ fn limits_bare_newlines_never_end_the_data() {
     s.send(b"NOOP\n");
     let r = s.read_reply();
     assert_eq!(r.code, 500, "a bare LF ending a command: {r:?}");
-    s.send_message("a@sender.test", &["b@example.test"], MSG).queued_id();
+    s.send_message("a@sender.test", &["b@example.test"], MSG)
+        .queued_id();
     assert_eq!(received_count(&node), 1);
     assert_eq!(rejection_reasons(&node, 1), vec!["bare_newline"]);
 }
@@ -394,7 +422,9 @@ fn limits_starttls_discards_what_was_pipelined_before_the_handshake() {
     ));
 
     let stream = TcpStream::connect(node.smtp).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut plain = Smtp::from_stream(stream.try_clone().unwrap());
     assert_eq!(plain.read_reply().code, 220);
     let ehlo = plain.cmd("EHLO client.test");
@@ -421,7 +451,10 @@ fn limits_starttls_discards_what_was_pipelined_before_the_handshake() {
     assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
     tls.write_all(b"RCPT TO:<b@example.test>\r\n").unwrap();
     let r = read_tls_reply(&mut tls);
-    assert!(r.starts_with("503 5.5.1"), "the injected MAIL was kept: {r}");
+    assert!(
+        r.starts_with("503 5.5.1"),
+        "the injected MAIL was kept: {r}"
+    );
     tls.write_all(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
         .unwrap();
     for expected in ["250", "250", "354"] {
@@ -438,7 +471,10 @@ fn limits_starttls_discards_what_was_pipelined_before_the_handshake() {
     let event = &node.events("message.received")[0];
     assert_eq!(event["email"]["sender"]["address"], "a@sender.test");
     assert_eq!(event["smtp"]["protocol"], "ESMTPS");
-    assert!(event["tls"]["version"].as_str().unwrap().starts_with("TLSv1."));
+    assert!(event["tls"]["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("TLSv1."));
 }
 
 fn read_tls_reply(tls: &mut impl Read) -> String {
@@ -484,13 +520,24 @@ fn limits_sigterm_lets_transactions_finish_and_answers_421() {
             (status, idle_reply.join().unwrap())
         });
         let (status, idle_reply) = term;
-        assert_eq!((idle_reply.code, &idle_reply.text()[..5]), (421, "4.3.2"), "{idle_reply:?}");
+        assert_eq!(
+            (idle_reply.code, &idle_reply.text()[..5]),
+            (421, "4.3.2"),
+            "{idle_reply:?}"
+        );
         status
     };
-    assert!(status.success(), "exit status {status:?}; log:\n{}", node.log());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        node.log()
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     let id = finisher.join().unwrap();
-    assert!(TcpStream::connect(addr).is_err(), "still accepting after SIGTERM");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "still accepting after SIGTERM"
+    );
     let body = node.stop_and_read_body(&id);
     assert!(body.ends_with(b"\r\n\r\nhello\r\n"));
 }

@@ -244,7 +244,12 @@ pub(crate) mod tests {
         assert!(text < b.to_string());
         assert_eq!(text.parse::<MessageId>().unwrap(), a);
         assert_eq!(text.to_lowercase().parse::<MessageId>().unwrap(), a);
-        for bad in ["", "0123", "8ZZZZZZZZZZZZZZZZZZZZZZZZZ", "01JD0000000000000000000U00"] {
+        for bad in [
+            "",
+            "0123",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "01JD0000000000000000000U00",
+        ] {
             assert!(bad.parse::<MessageId>().is_err(), "{bad}");
         }
     }

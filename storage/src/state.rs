@@ -10,10 +10,8 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBat
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent, VerifyReport};
-use crate::message::{
-    AcceptedMessage, MessageId, QueueEntry, QueuedRecipient, RecipientStatus,
-};
 use crate::layout::{self, cf};
+use crate::message::{AcceptedMessage, MessageId, QueueEntry, QueuedRecipient, RecipientStatus};
 use crate::{codec, snapshot, Error, Result};
 
 const META_CHAIN: &str = "chain";
@@ -601,7 +599,10 @@ mod tests {
             })),
         };
         let results = store
-            .apply(&[(3, &[note(1, "a"), accept.clone()][..]), (4, &[accept][..])], b"x")
+            .apply(
+                &[(3, &[note(1, "a"), accept.clone()][..]), (4, &[accept][..])],
+                b"x",
+            )
             .unwrap();
         assert_eq!(results[0][1].seq, 2);
         assert!(results[1][0].duplicate);

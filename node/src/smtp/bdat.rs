@@ -71,11 +71,10 @@ pub async fn bdat<T: AsyncRead + AsyncWrite + Unpin>(
         conn.reply(&format!("250 2.0.0 {size} octets received"));
         return Flow::Continue;
     }
-    let chunks = s
-        .tx
-        .as_mut()
-        .and_then(|tx| tx.chunks.take())
-        .expect("chunks were started above");
+    let chunks =
+        s.tx.as_mut()
+            .and_then(|tx| tx.chunks.take())
+            .expect("chunks were started above");
     let mut content = Content {
         too_big: chunks.too_big,
         ..Content::default()

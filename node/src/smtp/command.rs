@@ -51,7 +51,9 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         if rest.is_empty() {
             Ok(cmd)
         } else {
-            Err(ParseError::Syntax("Syntax: this command takes no arguments"))
+            Err(ParseError::Syntax(
+                "Syntax: this command takes no arguments",
+            ))
         }
     };
     match verb.as_str() {
@@ -236,7 +238,10 @@ mod tests {
 
     #[test]
     fn verbs_are_case_insensitive() {
-        assert_eq!(p("ehlo client.test"), Ok(Command::Ehlo("client.test".into())));
+        assert_eq!(
+            p("ehlo client.test"),
+            Ok(Command::Ehlo("client.test".into()))
+        );
         assert_eq!(p("QuIt"), Ok(Command::Quit));
         assert_eq!(p("NOOP anything"), Ok(Command::Noop));
         assert_eq!(p("FOO"), Err(ParseError::Unknown));
@@ -251,31 +256,55 @@ mod tests {
             Ok(Command::Mail {
                 from: "a@b.test".into(),
                 params: vec![
-                    Param { key: "SIZE".into(), value: Some("100".into()) },
-                    Param { key: "BODY".into(), value: Some("8bitmime".into()) },
-                    Param { key: "SMTPUTF8".into(), value: None },
+                    Param {
+                        key: "SIZE".into(),
+                        value: Some("100".into())
+                    },
+                    Param {
+                        key: "BODY".into(),
+                        value: Some("8bitmime".into())
+                    },
+                    Param {
+                        key: "SMTPUTF8".into(),
+                        value: None
+                    },
                 ],
             })
         );
         assert_eq!(
             p("mail from: <>"),
-            Ok(Command::Mail { from: String::new(), params: vec![] })
+            Ok(Command::Mail {
+                from: String::new(),
+                params: vec![]
+            })
         );
         assert_eq!(
             p("RCPT TO:<@relay.test:user@example.test>"),
-            Ok(Command::Rcpt { to: "user@example.test".into(), params: vec![] })
+            Ok(Command::Rcpt {
+                to: "user@example.test".into(),
+                params: vec![]
+            })
         );
         assert_eq!(
             p("RCPT TO:<Postmaster>"),
-            Ok(Command::Rcpt { to: "postmaster".into(), params: vec![] })
+            Ok(Command::Rcpt {
+                to: "postmaster".into(),
+                params: vec![]
+            })
         );
         assert_eq!(
             p("RCPT TO:<\"odd > name\"@example.test>"),
-            Ok(Command::Rcpt { to: "\"odd > name\"@example.test".into(), params: vec![] })
+            Ok(Command::Rcpt {
+                to: "\"odd > name\"@example.test".into(),
+                params: vec![]
+            })
         );
         assert_eq!(
             p("RCPT TO:<josé@exämple.test>"),
-            Ok(Command::Rcpt { to: "josé@exämple.test".into(), params: vec![] })
+            Ok(Command::Rcpt {
+                to: "josé@exämple.test".into(),
+                params: vec![]
+            })
         );
         for bad in [
             "MAIL FROM:a@b.test",
@@ -293,9 +322,27 @@ mod tests {
 
     #[test]
     fn bdat_arguments() {
-        assert_eq!(p("BDAT 100"), Ok(Command::Bdat { size: 100, last: false }));
-        assert_eq!(p("bdat 0 last"), Ok(Command::Bdat { size: 0, last: true }));
-        for bad in ["BDAT", "BDAT -1", "BDAT 1 FIRST", "BDAT 99999999999999999999", "BDAT 1 LAST x"] {
+        assert_eq!(
+            p("BDAT 100"),
+            Ok(Command::Bdat {
+                size: 100,
+                last: false
+            })
+        );
+        assert_eq!(
+            p("bdat 0 last"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: true
+            })
+        );
+        for bad in [
+            "BDAT",
+            "BDAT -1",
+            "BDAT 1 FIRST",
+            "BDAT 99999999999999999999",
+            "BDAT 1 LAST x",
+        ] {
             assert!(p(bad).is_err(), "{bad}");
         }
     }

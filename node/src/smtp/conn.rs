@@ -183,7 +183,10 @@ mod tests {
             .await
             .unwrap();
         let l = conn.read_line(512, later()).await.unwrap();
-        assert_eq!((l.text.as_slice(), l.bare_lf, l.too_long), (&b"EHLO a"[..], false, false));
+        assert_eq!(
+            (l.text.as_slice(), l.bare_lf, l.too_long),
+            (&b"EHLO a"[..], false, false)
+        );
         let l = conn.read_line(512, later()).await.unwrap();
         assert_eq!((l.text.as_slice(), l.bare_lf), (&b"NOOP"[..], true));
         let l = conn.read_line(512, later()).await.unwrap();

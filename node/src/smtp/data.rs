@@ -84,7 +84,10 @@ pub async fn data<T: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, conn: &mut
     match read_content(conn, s.settings(), deadline).await {
         Ok(content) => s.finish(conn, content, started).await,
         Err(ConnError::Timeout) => {
-            let reply = format!("421 4.4.2 {} Error: timeout exceeded", s.settings().hostname);
+            let reply = format!(
+                "421 4.4.2 {} Error: timeout exceeded",
+                s.settings().hostname
+            );
             conn.reply(&reply);
             Flow::Close
         }
@@ -183,7 +186,10 @@ impl Session {
             self.tx = None;
             return Flow::Continue;
         }
-        let tx = self.tx.take().expect("a transaction is open at the end of data");
+        let tx = self
+            .tx
+            .take()
+            .expect("a transaction is open at the end of data");
         let reply = self
             .shared
             .ingress
@@ -235,7 +241,11 @@ mod tests {
 
     #[tokio::test]
     async fn dot_stuffing_and_the_end_of_data() {
-        let (c, rest) = read(b"Subject: x\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n", BareNewline::Normalize).await;
+        let (c, rest) = read(
+            b"Subject: x\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n",
+            BareNewline::Normalize,
+        )
+        .await;
         assert_eq!(c.body, b"Subject: x\r\n\r\n.leading dot\r\n");
         assert!(!c.bare_newline && !c.too_big && !c.line_too_long);
         assert_eq!(rest, b"QUIT\r\n");

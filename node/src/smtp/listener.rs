@@ -57,7 +57,9 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.shared.settings.listen)
+        self.listener
+            .local_addr()
+            .unwrap_or(self.shared.settings.listen)
     }
 
     /// Accepts connections until `stop` is cancelled; then idle sessions get `421`,
@@ -94,7 +96,10 @@ impl Server {
         self.shared.shutdown.cancel();
         while running.try_join_next().is_some() {}
         let grace = self.shared.settings.shutdown_grace;
-        tracing::info!(sessions = running.len(), "SMTP: no longer accepting; draining sessions");
+        tracing::info!(
+            sessions = running.len(),
+            "SMTP: no longer accepting; draining sessions"
+        );
         let drained = tokio::time::timeout(grace, async {
             while running.join_next().await.is_some() {}
         })
@@ -192,7 +197,8 @@ async fn connection(
     let settings = &shared.settings;
     let mut client = client_of(peer, None);
     if settings.proxy_protocol {
-        let header = tokio::time::timeout(settings.command_timeout, proxy::read_header(&mut stream));
+        let header =
+            tokio::time::timeout(settings.command_timeout, proxy::read_header(&mut stream));
         match header.await {
             Ok(Ok(Some(addr))) => client = client_of(addr, Some(peer.ip())),
             Ok(Ok(None)) => {}
@@ -240,7 +246,10 @@ async fn connection(
     let Some(acceptor) = shared.tls.clone() else {
         return;
     };
-    let handshake = tokio::time::timeout(settings.command_timeout, acceptor.accept(conn.into_stream()));
+    let handshake = tokio::time::timeout(
+        settings.command_timeout,
+        acceptor.accept(conn.into_stream()),
+    );
     let stream = match handshake.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -281,7 +290,10 @@ fn tls_info(tls: &rustls::ServerConnection) -> TlsInfo {
     }
 }
 
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor> {
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor> {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
         std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
     ))

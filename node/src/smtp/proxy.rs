@@ -26,7 +26,9 @@ pub enum ProxyError {
 /// Reads exactly one v2 header from the start of `stream`. Returns the client
 /// address it names, or `None` for a `LOCAL` header (the balancer's own health check)
 /// or an unspecified address family.
-pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<SocketAddr>, ProxyError> {
+pub async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Option<SocketAddr>, ProxyError> {
     let mut bytes = vec![0u8; FIXED];
     stream.read_exact(&mut bytes).await?;
     if !bytes.starts_with(ppp::v2::PROTOCOL_PREFIX) {
@@ -38,7 +40,8 @@ pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<
     }
     bytes.resize(FIXED + block, 0);
     stream.read_exact(&mut bytes[FIXED..]).await?;
-    let header = Header::try_from(bytes.as_slice()).map_err(|e| ProxyError::Parse(e.to_string()))?;
+    let header =
+        Header::try_from(bytes.as_slice()).map_err(|e| ProxyError::Parse(e.to_string()))?;
     if header.command == Command::Local {
         return Ok(None);
     }
@@ -56,9 +59,13 @@ mod tests {
 
     fn header(src: &str, command: Command) -> Vec<u8> {
         let src: SocketAddr = src.parse().unwrap();
-        let dst: SocketAddr = if src.is_ipv4() { "10.0.0.1:25" } else { "[2001:db8::25]:25" }
-            .parse()
-            .unwrap();
+        let dst: SocketAddr = if src.is_ipv4() {
+            "10.0.0.1:25"
+        } else {
+            "[2001:db8::25]:25"
+        }
+        .parse()
+        .unwrap();
         Builder::with_addresses(Version::Two | command, Protocol::Stream, (src, dst))
             .build()
             .unwrap()
@@ -85,11 +92,17 @@ mod tests {
     #[tokio::test]
     async fn refuses_what_is_not_a_v2_header() {
         let mut plain: &[u8] = b"EHLO client.test\r\nQUIT\r\n";
-        assert!(matches!(read_header(&mut plain).await, Err(ProxyError::Signature)));
+        assert!(matches!(
+            read_header(&mut plain).await,
+            Err(ProxyError::Signature)
+        ));
         let mut v1: &[u8] = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n";
         assert!(read_header(&mut v1).await.is_err());
         let mut huge = header("198.51.100.7:1", Command::Proxy);
         huge[14] = 0xff;
-        assert!(matches!(read_header(&mut huge.as_slice()).await, Err(ProxyError::TooLong(_))));
+        assert!(matches!(
+            read_header(&mut huge.as_slice()).await,
+            Err(ProxyError::TooLong(_))
+        ));
     }
 }

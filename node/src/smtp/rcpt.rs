@@ -40,7 +40,9 @@ pub fn rcpt<T: AsyncRead + AsyncWrite + Unpin>(
     let max = s.settings().max_recipients;
     let tx = s.tx.as_mut().expect("checked above");
     if tx.rcpt_to.len() >= max {
-        conn.reply(&format!("452 4.5.3 Error: too many recipients (the limit is {max})"));
+        conn.reply(&format!(
+            "452 4.5.3 Error: too many recipients (the limit is {max})"
+        ));
         return Flow::Continue;
     }
     tx.rcpt_to.push(to);

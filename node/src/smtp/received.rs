@@ -18,7 +18,9 @@ pub fn header(
         std::net::IpAddr::V4(ip) => format!("[{ip}]"),
         std::net::IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
     };
-    let mut h = format!("Received: from {helo} ({ip})\r\n\tby {hostname} (Bulwark) with {protocol} id {id}");
+    let mut h = format!(
+        "Received: from {helo} ({ip})\r\n\tby {hostname} (Bulwark) with {protocol} id {id}"
+    );
     if let Some(tls) = &client.tls {
         h.push_str(&format!(
             "\r\n\t(using {} with cipher {})",
@@ -64,11 +66,21 @@ mod tests {
             proxy: None,
         };
         let now = OffsetDateTime::from_unix_timestamp(1_764_300_000).unwrap();
-        let h = header("mx.test", &client, "ESMTP", MessageId(1), &["a@example.test".into()], now);
+        let h = header(
+            "mx.test",
+            &client,
+            "ESMTP",
+            MessageId(1),
+            &["a@example.test".into()],
+            now,
+        );
         assert!(h.starts_with("Received: from evil___X-Injected:_yes ([IPv6:2001:db8::1])\r\n"));
         assert!(h.contains("for <a@example.test>;"));
         assert!(h.ends_with("Fri, 28 Nov 2025 03:20:00 +0000\r\n"));
         assert_eq!(h.matches("\r\n").count(), 4);
-        assert!(h.split("\r\n").skip(1).all(|l| l.is_empty() || l.starts_with('\t')));
+        assert!(h
+            .split("\r\n")
+            .skip(1)
+            .all(|l| l.is_empty() || l.starts_with('\t')));
     }
 }

@@ -82,7 +82,10 @@ impl Session {
         }
     }
 
-    async fn next_command<T: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<T>) -> Flow {
+    async fn next_command<T: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<T>,
+    ) -> Flow {
         let idle = self.tx.is_none();
         let shutdown = self.shared.shutdown.clone();
         if idle && shutdown.is_cancelled() {
@@ -161,7 +164,9 @@ impl Session {
             }
             Command::Expn => self.error(conn, "502 5.5.1 Error: EXPN is disabled"),
             Command::Help => {
-                conn.reply("214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT STARTTLS");
+                conn.reply(
+                    "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT STARTTLS",
+                );
                 Flow::Continue
             }
             Command::StartTls => self.starttls(conn),
@@ -193,7 +198,11 @@ impl Session {
     }
 
     /// Replies with an error and counts it; too many end the session.
-    pub fn error<T: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<T>, reply: &str) -> Flow {
+    pub fn error<T: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<T>,
+        reply: &str,
+    ) -> Flow {
         self.errors += 1;
         conn.reply(reply);
         if self.errors >= self.settings().max_errors {

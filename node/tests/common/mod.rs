@@ -279,7 +279,9 @@ impl Smtp {
                 Err(e) => panic!("reading a reply: {e} (after {lines:?})"),
             }
             assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
-            let code: u16 = line[..3].parse().unwrap_or_else(|_| panic!("bad reply {line:?}"));
+            let code: u16 = line[..3]
+                .parse()
+                .unwrap_or_else(|_| panic!("bad reply {line:?}"));
             let more = line.as_bytes()[3] == b'-';
             lines.push(line[4..].trim_end().to_string());
             if !more {
