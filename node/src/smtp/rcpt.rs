@@ -56,7 +56,7 @@ fn is_local(address: &str, domains: &[String]) -> bool {
         return false;
     };
     let domain = domain.trim_end_matches('.').to_lowercase();
-    domains.iter().any(|d| *d == domain)
+    domains.contains(&domain)
 }
 
 #[cfg(test)]
