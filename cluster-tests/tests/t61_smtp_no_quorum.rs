@@ -60,12 +60,18 @@ impl Session {
 
     /// Sends one message; returns the final reply.
     async fn message(&mut self, token: &str) -> Result<(u16, String)> {
+        self.message_with(token, "body\r\n").await
+    }
+
+    /// Sends one message with `content` (CRLF lines, none starting with a dot).
+    async fn message_with(&mut self, token: &str, content: &str) -> Result<(u16, String)> {
         self.cmd("MAIL FROM:<sender@t61.test>", 250).await?;
         self.cmd("RCPT TO:<user@example.test>", 250).await?;
         self.cmd("DATA", 354).await?;
-        let body =
-            format!("Message-ID: <{token}@t61.test>\r\nSubject: {token}\r\n\r\nbody\r\n.\r\n");
-        self.writer.write_all(body.as_bytes()).await?;
+        let head = format!("Message-ID: <{token}@t61.test>\r\nSubject: {token}\r\n\r\n");
+        self.writer.write_all(head.as_bytes()).await?;
+        self.writer.write_all(content.as_bytes()).await?;
+        self.writer.write_all(b".\r\n").await?;
         self.reply().await
     }
 }
@@ -81,6 +87,49 @@ async fn t61_no_quorum_answers_451_and_the_retry_is_accepted() -> Result<()> {
         .start()
         .await?;
     if let Err(e) = run(&mut cluster).await {
+        cluster.dump_logs();
+        return Err(e);
+    }
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t61_a_message_near_the_size_limit_is_replicated_to_every_node() -> Result<()> {
+    let mut cluster = ClusterBuilder::new(3).name("t61-large").start().await?;
+    let result = async {
+        let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+        // Through a follower, so the 24 MiB entry is forwarded, then replicated.
+        let follower = cluster.others(leader)[0];
+        let mut session = Session::open(cluster.node(follower).smtp_addr()).await?;
+        let line = format!("{}\r\n", "x".repeat(1022));
+        let content = line.repeat(24 * 1024);
+        let started = Instant::now();
+        let (code, text) = session.message_with("large", &content).await?;
+        println!(
+            "t61: a {} MiB message: {text} in {} ms",
+            content.len() >> 20,
+            started.elapsed().as_millis()
+        );
+        ensure!(code == 250, "{text}");
+        let (code, text) = session.message("small-after").await?;
+        ensure!(code == 250, "{text}");
+        let ids = cluster.ids();
+        cluster
+            .wait_converged(&ids, Duration::from_secs(120))
+            .await?;
+        for id in ids {
+            let events = cluster.events_all(id).await?;
+            let large = events
+                .iter()
+                .find(|e| e.field("email")["message_id"] == "<large@t61.test>")
+                .with_context(|| format!("node {id} lacks the large message"))?;
+            let size = large.field("size").as_u64().unwrap_or(0);
+            ensure!(size > content.len() as u64, "node {id}: size {size}");
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
         cluster.dump_logs();
         return Err(e);
     }
