@@ -112,6 +112,9 @@ struct RawSmtp {
     bare_newline: Option<String>,
     /// Seconds running transactions may take to finish after SIGTERM.
     shutdown_grace_secs: Option<u64>,
+    /// Most octets of message content all sessions together hold in memory until it
+    /// is committed (at least max_message_size); beyond it a message gets 452 4.3.1.
+    max_buffered_bytes: Option<u64>,
 }
 
 /// A validated configuration.
@@ -287,6 +290,13 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         problems,
     );
     let data_timeout = positive("data_timeout_secs", s.data_timeout_secs, 600, problems);
+    let max_buffered_bytes = s.max_buffered_bytes.unwrap_or(512 * 1024 * 1024);
+    if max_buffered_bytes < max_message_size {
+        problems.push(format!(
+            "smtp.max_buffered_bytes ({max_buffered_bytes}) must be at least \
+             smtp.max_message_size ({max_message_size})"
+        ));
+    }
     let max_line_length = s.max_line_length.unwrap_or(2048);
     if max_line_length < 512 {
         problems.push("smtp.max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
@@ -343,6 +353,7 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         proxy_protocol: s.proxy_protocol.unwrap_or(false),
         bare_newline,
         shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
+        max_buffered_bytes,
     })
 }
 

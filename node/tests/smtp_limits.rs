@@ -541,3 +541,32 @@ fn limits_sigterm_lets_transactions_finish_and_answers_421() {
     let body = node.stop_and_read_body(&id);
     assert!(body.ends_with(b"\r\n\r\nhello\r\n"));
 }
+
+#[test]
+fn limits_memory_budget_gives_452_and_recovers() {
+    let node = Node::start("max_message_size = 100000\nmax_buffered_bytes = 150000");
+    let line = format!("{}\r\n", "m".repeat(998));
+    let content = format!("Subject: budget\r\n\r\n{}", line.repeat(90));
+    // A: content in flight, its end not sent yet.
+    let mut a = Smtp::ehlo(node.smtp);
+    assert_eq!(a.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(a.cmd("RCPT TO:<b@example.test>").code, 250);
+    assert_eq!(a.cmd("DATA").code, 354);
+    a.send(content.as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    // B does not fit beside it: 452, try later; its session carries on.
+    let mut b = Smtp::ehlo(node.smtp);
+    assert_eq!(b.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(b.cmd("RCPT TO:<b@example.test>").code, 250);
+    assert_eq!(b.cmd("DATA").code, 354);
+    b.send(format!("{content}.\r\n").as_bytes());
+    let r = b.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (452, "4.3.1"), "{r:?}");
+    // A completes; then B's retry fits.
+    a.send(b".\r\n");
+    a.read_reply().queued_id();
+    b.send_message("a@sender.test", &["b@example.test"], &content)
+        .queued_id();
+    assert_eq!(received_count(&node), 2);
+    assert_eq!(rejection_reasons(&node, 1), vec!["insufficient_resources"]);
+}

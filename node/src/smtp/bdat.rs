@@ -9,6 +9,7 @@ use std::time::Instant as StdInstant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::budget::Reservation;
 use super::conn::{Conn, ConnError};
 use super::data::{canonical_newlines, Content};
 use super::session::{Flow, Session};
@@ -16,7 +17,9 @@ use super::session::{Flow, Session};
 /// The chunks received so far in a transaction.
 pub struct Chunks {
     body: Vec<u8>,
+    reservation: Reservation,
     too_big: bool,
+    over_budget: bool,
     started: StdInstant,
     deadline: Instant,
 }
@@ -44,19 +47,28 @@ pub async fn bdat<T: AsyncRead + AsyncWrite + Unpin>(
         return s.error(conn, reply);
     }
     let data_timeout = settings.data_timeout;
+    let reservation = s.shared.budget.reservation();
     let tx = s.tx.as_mut().expect("checked above");
     let chunks = tx.chunks.get_or_insert_with(|| Chunks {
         body: Vec::new(),
+        reservation,
         too_big: false,
+        over_budget: false,
         started: StdInstant::now(),
         deadline: Instant::now() + data_timeout,
     });
     let deadline = chunks.deadline;
-    if chunks.body.len() as u64 + size > max {
+    let total = chunks.body.len() as u64 + size;
+    if total > max {
         chunks.too_big = true;
-        chunks.body = Vec::new();
+    } else if !chunks.too_big && !chunks.over_budget && !chunks.reservation.cover(total) {
+        chunks.over_budget = true;
     }
-    let result = if chunks.too_big {
+    if chunks.too_big || chunks.over_budget {
+        chunks.body = Vec::new();
+        chunks.reservation.release();
+    }
+    let result = if chunks.too_big || chunks.over_budget {
         conn.read_exact_with(size, deadline, |_| {}).await
     } else {
         let body = &mut chunks.body;
@@ -75,11 +87,10 @@ pub async fn bdat<T: AsyncRead + AsyncWrite + Unpin>(
         s.tx.as_mut()
             .and_then(|tx| tx.chunks.take())
             .expect("chunks were started above");
-    let mut content = Content {
-        too_big: chunks.too_big,
-        ..Content::default()
-    };
-    if !chunks.too_big {
+    let mut content = Content::new(chunks.reservation);
+    content.too_big = chunks.too_big;
+    content.over_budget = chunks.over_budget;
+    if !chunks.too_big && !chunks.over_budget {
         let mut body = Vec::with_capacity(chunks.body.len() + 2);
         content.bare_newline = canonical_newlines(&chunks.body, &mut body);
         if !body.ends_with(b"\r\n") {

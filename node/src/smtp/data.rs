@@ -10,21 +10,36 @@ use std::time::Instant as StdInstant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::budget::Reservation;
 use super::conn::{Conn, ConnError};
 use super::session::{Flow, Session};
 use super::{BareNewline, Settings};
 
 /// The content of a message as received, and what was wrong with it.
-#[derive(Debug, Default)]
 pub struct Content {
     pub body: Vec<u8>,
+    /// Memory reserved for `body` until it is committed.
+    pub reservation: Reservation,
     pub too_big: bool,
+    /// The memory budget of all sessions could not hold it.
+    pub over_budget: bool,
     /// A bare CR or LF was seen.
     pub bare_newline: bool,
     pub line_too_long: bool,
 }
 
 impl Content {
+    pub fn new(reservation: Reservation) -> Self {
+        Content {
+            body: Vec::new(),
+            reservation,
+            too_big: false,
+            over_budget: false,
+            bare_newline: false,
+            line_too_long: false,
+        }
+    }
+
     /// Appends `bytes` (no LF inside) if the size limit allows, bare CRs made CRLF.
     fn append(&mut self, bytes: &[u8], max: usize) {
         if memchr::memchr(b'\r', bytes).is_some() {
@@ -37,11 +52,20 @@ impl Content {
     }
 
     fn append_raw(&mut self, bytes: &[u8], max: usize) {
-        if self.too_big || self.body.len() + bytes.len() > max {
-            self.too_big = true;
+        if self.too_big || self.over_budget {
             return;
         }
-        self.body.extend_from_slice(bytes);
+        let total = self.body.len() + bytes.len();
+        if total > max {
+            self.too_big = true;
+        } else if !self.reservation.cover(total as u64) {
+            self.over_budget = true;
+        } else {
+            self.body.extend_from_slice(bytes);
+            return;
+        }
+        self.body = Vec::new();
+        self.reservation.release();
     }
 }
 
@@ -81,7 +105,8 @@ pub async fn data<T: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, conn: &mut
     conn.reply("354 End data with <CR><LF>.<CR><LF>");
     let started = StdInstant::now();
     let deadline = Instant::now() + s.settings().data_timeout;
-    match read_content(conn, s.settings(), deadline).await {
+    let reservation = s.shared.budget.reservation();
+    match read_content(conn, s.settings(), reservation, deadline).await {
         Ok(content) => s.finish(conn, content, started).await,
         Err(ConnError::Timeout) => {
             let reply = format!(
@@ -103,11 +128,12 @@ pub async fn data<T: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, conn: &mut
 async fn read_content<T: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<T>,
     settings: &Settings,
+    reservation: Reservation,
     deadline: Instant,
 ) -> Result<Content, ConnError> {
     let max = usize::try_from(settings.max_message_size).unwrap_or(usize::MAX);
     let max_line = settings.max_data_line_length;
-    let mut content = Content::default();
+    let mut content = Content::new(reservation);
     // The DATA command's CRLF counts as the CRLF before the first line.
     let mut after_crlf = true;
     // Inside a line too long to keep, whose start was already dropped.
@@ -163,6 +189,11 @@ impl Session {
                     "552 5.3.4 Error: message exceeds the size limit of {} octets",
                     settings.max_message_size
                 ),
+            ))
+        } else if content.over_budget {
+            Some((
+                "insufficient_resources",
+                "452 4.3.1 Error: insufficient system resources; try again later".to_string(),
             ))
         } else if content.line_too_long {
             Some((
@@ -225,6 +256,7 @@ mod tests {
             proxy_protocol: false,
             bare_newline: bare,
             shutdown_grace: Duration::from_secs(1),
+            max_buffered_bytes: 1 << 20,
         }
     }
 
@@ -233,7 +265,8 @@ mod tests {
         client.write_all(input).await.unwrap();
         let mut conn = Conn::new(server);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let content = read_content(&mut conn, &settings(bare), deadline)
+        let budget = super::super::budget::Budget::new(1 << 20);
+        let content = read_content(&mut conn, &settings(bare), budget.reservation(), deadline)
             .await
             .unwrap();
         (content, conn.buffered().to_vec())

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::accept::Ingress;
+use super::budget::Budget;
 use super::conn::Conn;
 use super::rejections::RejectionLog;
 use super::session::{Flow, Session, Shared};
@@ -46,6 +47,7 @@ impl Server {
             ingress: Ingress::new(proposer.clone(), node),
             rejections: RejectionLog::start(proposer),
             shutdown: CancellationToken::new(),
+            budget: Budget::new(settings.max_buffered_bytes),
             settings,
         });
         Ok(Server {

@@ -17,6 +17,7 @@
 
 mod accept;
 mod bdat;
+mod budget;
 mod command;
 mod conn;
 mod data;
@@ -76,4 +77,7 @@ pub struct Settings {
     pub bare_newline: BareNewline,
     /// How long in-flight transactions may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Most octets of message content all sessions together hold in memory until
+    /// it is committed; beyond it a message gets 452 4.3.1.
+    pub max_buffered_bytes: u64,
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept::Ingress;
 use super::bdat::Chunks;
+use super::budget::Budget;
 use super::command::{self, Command, ParseError};
 use super::conn::{Conn, ConnError};
 use super::rejections::RejectionLog;
@@ -22,6 +23,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub ingress: Ingress,
     pub rejections: RejectionLog,
+    /// Memory for message content, shared by all sessions.
+    pub budget: Arc<Budget>,
     /// Cancelled at SIGTERM: idle sessions answer 421, transactions may finish.
     pub shutdown: CancellationToken,
 }
