@@ -21,7 +21,10 @@ fn batching_concurrent_sessions_share_raft_entries() {
                 for i in 0..per_session {
                     let mut s = Smtp::ehlo(addr);
                     let body = format!("Subject: batch {t}/{i}\r\n\r\nhello\r\n");
-                    ids.push(s.send_message("a@sender.test", &["b@example.test"], &body).queued_id());
+                    ids.push(
+                        s.send_message("a@sender.test", &["b@example.test"], &body)
+                            .queued_id(),
+                    );
                     s.cmd("QUIT");
                 }
                 ids
@@ -87,7 +90,10 @@ fn batching_a_flood_of_refusals_is_recorded_without_stalling_acceptance() {
         t.join().unwrap();
     }
     println!("a message during a flood of refusals was accepted in {took:?}");
-    assert!(took < Duration::from_secs(5), "acceptance stalled: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "acceptance stalled: {took:?}"
+    );
 
     // Every refusal is accounted for: recorded one by one, or counted in a
     // suppressed-refusals event.
