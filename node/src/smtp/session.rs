@@ -56,7 +56,14 @@ pub struct Session {
     pub started: StdInstant,
     pub tx: Option<Transaction>,
     errors: u32,
+    /// NOOP, RSET, VRFY and HELP commands so far.
+    junk: u32,
 }
+
+/// Junk commands (NOOP, RSET, VRFY, HELP) a session may send before each further one
+/// counts as an error, so a client cannot hold a session by chattering (Postfix's
+/// `smtpd_junk_command_limit`).
+const JUNK_LIMIT: u32 = 100;
 
 impl Session {
     pub fn new(shared: Arc<Shared>, client: Client) -> Self {
@@ -67,6 +74,7 @@ impl Session {
             started: StdInstant::now(),
             tx: None,
             errors: 0,
+            junk: 0,
         }
     }
 
@@ -141,6 +149,15 @@ impl Session {
                 return self.error(conn, &format!("553 5.1.3 {text}"))
             }
         };
+        if matches!(
+            command,
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Help
+        ) {
+            self.junk += 1;
+            if self.junk > JUNK_LIMIT {
+                self.errors += 1;
+            }
+        }
         match command {
             Command::Ehlo(name) => ehlo::ehlo(self, conn, name, true),
             Command::Helo(name) => ehlo::ehlo(self, conn, name, false),
@@ -151,11 +168,11 @@ impl Session {
             Command::Rset => {
                 self.tx = None;
                 conn.reply("250 2.0.0 Ok");
-                Flow::Continue
+                self.check_errors(conn)
             }
             Command::Noop => {
                 conn.reply("250 2.0.0 Ok");
-                Flow::Continue
+                self.check_errors(conn)
             }
             Command::Quit => {
                 conn.reply("221 2.0.0 Bye");
@@ -163,14 +180,14 @@ impl Session {
             }
             Command::Vrfy => {
                 conn.reply("252 2.5.2 Cannot VRFY user; send mail and delivery will be attempted");
-                Flow::Continue
+                self.check_errors(conn)
             }
             Command::Expn => self.error(conn, "502 5.5.1 Error: EXPN is disabled"),
             Command::Help => {
                 conn.reply(
                     "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT STARTTLS",
                 );
-                Flow::Continue
+                self.check_errors(conn)
             }
             Command::StartTls => self.starttls(conn),
         }
@@ -208,6 +225,11 @@ impl Session {
     ) -> Flow {
         self.errors += 1;
         conn.reply(reply);
+        self.check_errors(conn)
+    }
+
+    /// Ends the session with 421 once it has made too many errors.
+    fn check_errors<T: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<T>) -> Flow {
         if self.errors >= self.settings().max_errors {
             let reply = format!(
                 "421 4.7.0 {} Error: too many errors",
