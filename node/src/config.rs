@@ -89,6 +89,8 @@ struct RawSmtp {
     tls_cert: Option<PathBuf>,
     /// Private key (PEM) for STARTTLS.
     tls_key: Option<PathBuf>,
+    /// Refuse MAIL until the client has started TLS (530 5.7.0); needs tls_cert.
+    require_tls: Option<bool>,
     /// Most SMTP sessions at once; more get 421 4.7.0.
     max_sessions: Option<usize>,
     /// Most SMTP sessions from one client address at once.
@@ -325,6 +327,10 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
             None
         }
     };
+    let require_tls = s.require_tls.unwrap_or(false);
+    if require_tls && tls.is_none() {
+        problems.push("smtp.require_tls needs smtp.tls_cert and smtp.tls_key".into());
+    }
     let bare_newline = match s.bare_newline.as_deref().unwrap_or("normalize") {
         "normalize" => smtp::BareNewline::Normalize,
         "reject" => smtp::BareNewline::Reject,
@@ -342,6 +348,7 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         max_message_size,
         max_recipients: max_recipients as usize,
         tls,
+        require_tls,
         max_sessions: max_sessions as usize,
         max_sessions_per_ip: max_sessions_per_ip as usize,
         max_line_length,

@@ -491,6 +491,17 @@ fn limits_starttls_discards_what_was_pipelined_before_the_handshake() {
         .as_str()
         .unwrap()
         .starts_with("TLSv1."));
+
+    // With require_tls, no mail before STARTTLS.
+    let strict = Node::start(&format!(
+        "tls_cert = {:?}\ntls_key = {:?}\nrequire_tls = true",
+        pem.display().to_string(),
+        key_path.display().to_string()
+    ));
+    let mut s = Smtp::ehlo(strict.smtp);
+    let r = s.cmd("MAIL FROM:<a@sender.test>");
+    assert_eq!((r.code, &r.text()[..5]), (530, "5.7.0"), "{r:?}");
+    assert_eq!(s.cmd("STARTTLS").code, 220);
 }
 
 fn read_tls_reply(tls: &mut impl Read) -> String {

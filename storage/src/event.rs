@@ -86,8 +86,8 @@ impl EventKind {
                 if let Some(from) = &r.mail_from {
                     email.insert("sender".into(), serde_json::json!({ "address": from }));
                 }
-                if let Some(to) = &r.rcpt_to {
-                    email.insert("to".into(), serde_json::json!({ "address": [to] }));
+                if !r.rcpt_to.is_empty() {
+                    email.insert("to".into(), serde_json::json!({ "address": r.rcpt_to }));
                 }
                 out.insert("email".into(), email.into());
                 client_fields(&r.client, out);

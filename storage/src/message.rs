@@ -162,7 +162,9 @@ pub struct AcceptedMessage {
 pub struct Rejection {
     pub client: Client,
     pub mail_from: Option<String>,
-    pub rcpt_to: Option<String>,
+    /// The refused recipient, or the transaction's recipients when the whole
+    /// message was refused.
+    pub rcpt_to: Vec<String>,
     /// Stable machine-readable reason: `relay_denied`, `message_too_big`, ...
     pub reason: String,
     /// The reply the client got, e.g. `554 5.7.1 <a@b>: Relay access denied`.

@@ -213,7 +213,7 @@ impl Session {
         };
         if let Some((reason, reply)) = refusal {
             conn.reply(&reply);
-            self.reject(reason, &reply, None);
+            self.reject(reason, &reply);
             self.tx = None;
             return Flow::Continue;
         }
@@ -245,6 +245,7 @@ mod tests {
             max_message_size: 100,
             max_recipients: 10,
             tls: None,
+            require_tls: false,
             max_sessions: 10,
             max_sessions_per_ip: 10,
             max_line_length: 512,

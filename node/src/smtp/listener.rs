@@ -183,7 +183,7 @@ fn record(shared: &Shared, client: Client, reason: &str, reply: &str) {
     shared.rejections.record(Rejection {
         client,
         mail_from: None,
-        rcpt_to: None,
+        rcpt_to: Vec::new(),
         reason: reason.to_string(),
         reply: reply.to_string(),
     });

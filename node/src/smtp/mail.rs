@@ -19,6 +19,9 @@ pub fn mail<T: AsyncRead + AsyncWrite + Unpin>(
     if s.tx.is_some() {
         return s.error(conn, "503 5.5.1 Error: nested MAIL command");
     }
+    if s.settings().require_tls && s.client.tls.is_none() {
+        return s.error(conn, "530 5.7.0 Must issue a STARTTLS command first");
+    }
     let mut smtputf8 = false;
     let mut eight_bit = false;
     for param in &params {
@@ -35,7 +38,7 @@ pub fn mail<T: AsyncRead + AsyncWrite + Unpin>(
                     let reply =
                         format!("552 5.3.4 Error: message size {size} exceeds the limit of {max}");
                     conn.reply(&reply);
-                    s.reject("message_too_big", &reply, None);
+                    s.reject_with("message_too_big", &reply, Some(from), Vec::new());
                     return Flow::Continue;
                 }
             }

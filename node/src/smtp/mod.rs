@@ -58,6 +58,8 @@ pub struct Settings {
     pub max_recipients: usize,
     /// Certificate chain and key for STARTTLS; `None`: STARTTLS not offered.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Refuse mail until the client has started TLS (530 5.7.0).
+    pub require_tls: bool,
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
     /// Longest command line, CRLF included.

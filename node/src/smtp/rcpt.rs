@@ -34,7 +34,8 @@ pub fn rcpt<T: AsyncRead + AsyncWrite + Unpin>(
     if !is_local(&to, &s.settings().domains) {
         let reply = format!("554 5.7.1 <{to}>: Relay access denied");
         conn.reply(&reply);
-        s.reject("relay_denied", &reply, Some(&to));
+        let from = tx.mail_from.clone();
+        s.reject_with("relay_denied", &reply, Some(from), vec![to]);
         return Flow::Continue;
     }
     let max = s.settings().max_recipients;

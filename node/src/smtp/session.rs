@@ -236,18 +236,34 @@ impl Session {
                 self.settings().hostname
             );
             conn.reply(&reply);
-            self.reject("too_many_errors", &reply, None);
+            self.reject("too_many_errors", &reply);
             return Flow::Close;
         }
         Flow::Continue
     }
 
-    /// Records a refusal worth auditing (`message.rejected`), off the reply path.
-    pub fn reject(&self, reason: &str, reply: &str, rcpt_to: Option<&str>) {
+    /// Records a refusal worth auditing (`message.rejected`), off the reply path,
+    /// with the open transaction's sender and recipients.
+    pub fn reject(&self, reason: &str, reply: &str) {
+        let (mail_from, rcpt_to) = match &self.tx {
+            Some(tx) => (Some(tx.mail_from.clone()), tx.rcpt_to.clone()),
+            None => (None, Vec::new()),
+        };
+        self.reject_with(reason, reply, mail_from, rcpt_to);
+    }
+
+    /// As [`Session::reject`], naming the sender and recipients.
+    pub fn reject_with(
+        &self,
+        reason: &str,
+        reply: &str,
+        mail_from: Option<String>,
+        rcpt_to: Vec<String>,
+    ) {
         self.shared.rejections.record(Rejection {
             client: self.client.clone(),
-            mail_from: self.tx.as_ref().map(|tx| tx.mail_from.clone()),
-            rcpt_to: rcpt_to.map(str::to_string),
+            mail_from,
+            rcpt_to,
             reason: reason.to_string(),
             reply: reply.to_string(),
         });
