@@ -247,16 +247,23 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         .domains
         .unwrap_or_else(|| vec!["localhost".into(), "example.test".into()])
         .into_iter()
-        .map(|d| d.trim_end_matches('.').to_lowercase())
+        .filter_map(|d| match idna::domain_to_ascii(d.trim_end_matches('.')) {
+            Ok(ascii)
+                if !ascii.is_empty()
+                    && ascii
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c)) =>
+            {
+                Some(ascii)
+            }
+            _ => {
+                problems.push(format!("smtp.domains: {d:?} is not a domain"));
+                None
+            }
+        })
         .collect();
     if domains.is_empty() {
         problems.push("smtp.domains must name at least one domain".into());
-    }
-    for d in &domains {
-        if d.is_empty() || d.contains('@') || d.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            problems.push(format!("smtp.domains: {d:?} is not a domain"));
-        }
     }
     let positive = |name: &str, value: Option<u64>, default: u64, problems: &mut Vec<String>| {
         let value = value.unwrap_or(default);
@@ -487,7 +494,7 @@ mod tests {
             election_timeout_ms = 1000
             [smtp]
             listen = "localhost"
-            domains = []
+            domains = ["a b"]
             max_message_size = 0
             tls_cert = "smtp.pem"
             bare_newline = "strip"
@@ -506,7 +513,7 @@ mod tests {
             "cluster.key is required",
             "election_timeout_ms (1000) must be at least 4 x",
             "smtp.listen",
-            "smtp.domains must name at least one domain",
+            "smtp.domains: \"a b\" is not a domain",
             "smtp.max_message_size must be positive",
             "smtp.tls_cert and smtp.tls_key go together",
             "smtp.bare_newline",

@@ -279,9 +279,10 @@ fn tls_info(tls: &rustls::ServerConnection) -> TlsInfo {
         .negotiated_cipher_suite()
         .map(|suite| {
             let suite = suite.suite();
+            // IANA names TLS 1.3 suites TLS_..., rustls TLS13_...
             suite
                 .as_str()
-                .map(str::to_string)
+                .map(|name| name.replacen("TLS13_", "TLS_", 1))
                 .unwrap_or_else(|| format!("{suite:?}"))
         })
         .unwrap_or_default();

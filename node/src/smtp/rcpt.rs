@@ -51,13 +51,20 @@ pub fn rcpt<T: AsyncRead + AsyncWrite + Unpin>(
     Flow::Continue
 }
 
-/// The recipient's domain is one we accept mail for (ASCII case-insensitive).
+/// The recipient's domain is one we accept mail for. `domains` are in ASCII form,
+/// lower case; the recipient's domain is compared in the same form, so an
+/// internationalised domain matches whether written in Unicode or as `xn--`.
 fn is_local(address: &str, domains: &[String]) -> bool {
     let Some((_, domain)) = address.rsplit_once('@') else {
         return false;
     };
-    let domain = domain.trim_end_matches('.').to_lowercase();
-    domains.contains(&domain)
+    if domain.starts_with('[') {
+        return false;
+    }
+    match idna::domain_to_ascii(domain.trim_end_matches('.')) {
+        Ok(ascii) => domains.contains(&ascii),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -66,10 +73,14 @@ mod tests {
 
     #[test]
     fn only_listed_domains_are_local() {
-        let domains = vec!["example.test".to_string(), "exämple.test".to_string()];
+        let domains = vec![
+            "example.test".to_string(),
+            "xn--exmple-cua.test".to_string(),
+        ];
         assert!(is_local("a@example.test", &domains));
         assert!(is_local("a@EXAMPLE.test.", &domains));
         assert!(is_local("a@EXÄMPLE.test", &domains));
+        assert!(is_local("a@xn--exmple-cua.test", &domains));
         assert!(!is_local("a@sub.example.test", &domains));
         assert!(!is_local("a@example.test.evil", &domains));
         assert!(!is_local("a@[127.0.0.1]", &domains));

@@ -13,7 +13,7 @@ pub fn header(
     rcpt_to: &[String],
     now: OffsetDateTime,
 ) -> String {
-    let helo = client.helo.as_deref().map(clean).unwrap_or_default();
+    let helo = client.helo.as_deref().map(ascii_name).unwrap_or_default();
     let ip = match client.ip {
         std::net::IpAddr::V4(ip) => format!("[{ip}]"),
         std::net::IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
@@ -36,6 +36,18 @@ pub fn header(
         .unwrap_or_else(|_| now.unix_timestamp().to_string());
     h.push_str(&format!(";\r\n\t{date}\r\n"));
     h
+}
+
+/// A HELO name in ASCII: an internationalised name as `xn--`, anything else that is
+/// not ASCII replaced, so the header stays 7-bit whatever the client said.
+fn ascii_name(name: &str) -> String {
+    if name.is_ascii() {
+        return clean(name);
+    }
+    match idna::domain_to_ascii(name) {
+        Ok(ascii) => clean(&ascii),
+        Err(_) => clean(&name.replace(|c: char| !c.is_ascii(), "?")),
+    }
 }
 
 /// What a client chose (its HELO name, an address) made safe inside a header:
@@ -78,6 +90,13 @@ mod tests {
         assert!(h.contains("for <a@example.test>;"));
         assert!(h.ends_with("Fri, 28 Nov 2025 03:20:00 +0000\r\n"));
         assert_eq!(h.matches("\r\n").count(), 4);
+        let idn = Client {
+            helo: Some("clïent.test".into()),
+            ..client.clone()
+        };
+        let h = header("mx.test", &idn, "ESMTP", MessageId(1), &[], now);
+        assert!(h.starts_with("Received: from xn--clent-dta.test ("), "{h}");
+        assert!(h.is_ascii());
         assert!(h
             .split("\r\n")
             .skip(1)
