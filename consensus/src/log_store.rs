@@ -36,6 +36,8 @@ pub struct LogStore {
     syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
     /// Last committed index Raft told us about (`u64::MAX`: none yet).
     committed: Arc<AtomicU64>,
+    /// Bytes of entries appended since the last snapshot trigger reset it.
+    appended: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -50,7 +52,13 @@ impl LogStore {
             store,
             syncer,
             committed: Arc::new(AtomicU64::new(u64::MAX)),
+            appended: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Bytes appended to the log, for a snapshot trigger that counts bytes.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.appended.clone()
     }
 
     /// The committed index as Raft last saved it, shared for status reports.
@@ -206,6 +214,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| Ok((e.get_log_id().index, codec::encode(&e)?)))
             .collect::<bulwark_storage::Result<Vec<_>>>()
             .map_err(storage_error)?;
+        let bytes: usize = raw.iter().map(|(_, entry)| entry.len()).sum();
+        self.appended.fetch_add(bytes as u64, Ordering::Relaxed);
         self.blocking(move |s| s.append(&raw)).await?;
         self.syncer
             .send(callback)

@@ -29,6 +29,9 @@ pub struct RaftSettings {
     pub election_timeout_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_every: u64,
+    /// Also build one after this many bytes of entries: message bodies travel in
+    /// entries, so a count alone could let the log grow to many gigabytes.
+    pub snapshot_log_bytes: u64,
     /// Entries kept in the log after a snapshot, for lagging followers.
     pub keep_logs: u64,
     /// How long a proposal may wait for a commit before the caller is told to retry.
@@ -41,6 +44,7 @@ impl Default for RaftSettings {
             heartbeat_ms: 250,
             election_timeout_ms: 1500,
             snapshot_every: 10_000,
+            snapshot_log_bytes: 256 * 1024 * 1024,
             keep_logs: 1_000,
             commit_timeout_ms: 10_000,
         }
@@ -146,6 +150,7 @@ impl RaftNode {
         let snapshots = Arc::new(SnapshotStore::open(&layout::snapshots_dir(&cfg.data_dir))?);
         let log_store = LogStore::new(log);
         let committed = log_store.committed_index();
+        let appended = log_store.appended_bytes();
         let state_machine = StateMachine::new(state.clone(), snapshots.clone());
         let config = Arc::new(raft_config(id, &cfg)?);
         let (stop, stop_rx) = watch::channel(false);
@@ -226,6 +231,11 @@ impl RaftNode {
                 (raft, Some(network))
             }
         };
+        tasks.push(tokio::spawn(snapshot_by_bytes(
+            raft.clone(),
+            appended,
+            cfg.raft.snapshot_log_bytes,
+        )));
         let proposer = Proposer::start(raft.clone(), network, id, commit_timeout);
         Ok(RaftNode {
             id,
@@ -318,6 +328,28 @@ impl RaftNode {
         }
         for task in self.tasks {
             task.abort();
+        }
+    }
+}
+
+/// Builds a snapshot whenever `threshold` bytes of entries were appended since the
+/// last one this task asked for; openraft then purges the log up to it (keeping
+/// `keep_logs` entries). Runs until the node's tasks are aborted at shutdown.
+async fn snapshot_by_bytes(raft: Raft, appended: Arc<AtomicU64>, threshold: u64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if appended.load(Ordering::Relaxed) < threshold {
+            continue;
+        }
+        appended.store(0, Ordering::Relaxed);
+        tracing::info!(
+            threshold,
+            "raft log grew by the snapshot threshold: building a snapshot"
+        );
+        if let Err(e) = raft.trigger().snapshot().await {
+            tracing::warn!(error = %e, "snapshot trigger");
+            return;
         }
     }
 }

@@ -66,6 +66,8 @@ struct RawRaft {
     election_timeout_ms: Option<u64>,
     /// Take a snapshot after this many log entries.
     snapshot_every: Option<u64>,
+    /// Also take one after this many bytes of log entries (message bodies included).
+    snapshot_log_bytes: Option<u64>,
     /// Log entries kept after a snapshot for followers that lag a little.
     keep_logs: Option<u64>,
     /// How long a write waits for a quorum before the client is told to retry.
@@ -181,6 +183,7 @@ impl Config {
             heartbeat_ms: None,
             election_timeout_ms: None,
             snapshot_every: None,
+            snapshot_log_bytes: None,
             keep_logs: None,
             commit_timeout_ms: None,
         });
@@ -190,6 +193,7 @@ impl Config {
                 .election_timeout_ms
                 .unwrap_or(defaults.election_timeout_ms),
             snapshot_every: r.snapshot_every.unwrap_or(defaults.snapshot_every),
+            snapshot_log_bytes: r.snapshot_log_bytes.unwrap_or(defaults.snapshot_log_bytes),
             keep_logs: r.keep_logs.unwrap_or(defaults.keep_logs),
             commit_timeout_ms: r.commit_timeout_ms.unwrap_or(defaults.commit_timeout_ms),
         };
@@ -204,6 +208,9 @@ impl Config {
         }
         if raft.snapshot_every == 0 {
             problems.push("raft.snapshot_every must be positive".into());
+        }
+        if raft.snapshot_log_bytes < 1024 * 1024 {
+            problems.push("raft.snapshot_log_bytes must be at least 1 MiB".into());
         }
         if raft.commit_timeout_ms < 100 {
             problems.push("raft.commit_timeout_ms must be at least 100".into());

@@ -166,6 +166,12 @@ impl Node {
             .unwrap_or_else(|| panic!("no body stored for {id}"))
     }
 
+    /// Starts the stopped node again from the same config and data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => child.try_wait().unwrap().is_none(),
