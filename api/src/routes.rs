@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bulwark_consensus::RaftNode;
-use bulwark_storage::{Command, EventFilter, EventKind};
+use bulwark_storage::{Command, EventFilter, EventKind, MessageId};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -105,6 +105,7 @@ struct EventQuery {
     limit: Option<usize>,
     #[serde(rename = "type")]
     type_name: Option<String>,
+    message_id: Option<String>,
 }
 
 async fn list_events(
@@ -120,8 +121,16 @@ async fn list_events(
             "limit must be 1..={MAX_LIMIT}"
         )));
     }
+    let message_id = match q.message_id.as_deref() {
+        Some(id) => Some(
+            id.parse::<MessageId>()
+                .map_err(|e| ApiError::bad_request(format!("message_id: {e}")))?,
+        ),
+        None => None,
+    };
     let filter = EventFilter {
         type_name: q.type_name,
+        message_id,
     };
     let after = q.after.unwrap_or(0);
     let node = s.node.clone();

@@ -973,3 +973,43 @@ fn clients_event_fields_ids_and_received_header() {
         );
     }
 }
+
+#[test]
+fn clients_the_queued_id_finds_the_message_in_the_event_api() {
+    let node = Node::start("");
+    let mut s = Smtp::ehlo(node.smtp);
+    let first = s
+        .send_message(
+            "a@sender.test",
+            &["b@example.test"],
+            "Subject: one\r\n\r\n1\r\n",
+        )
+        .queued_id();
+    let second = s
+        .send_message(
+            "a@sender.test",
+            &["b@example.test"],
+            "Subject: two\r\n\r\n2\r\n",
+        )
+        .queued_id();
+    let client = reqwest::blocking::Client::new();
+    let get = |query: &str| {
+        client
+            .get(format!("{}/v1/events?{query}", node.api))
+            .bearer_auth(node.token())
+            .send()
+            .unwrap()
+    };
+    let page: serde_json::Value = get(&format!("message_id={second}")).json().unwrap();
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{page}");
+    assert_eq!(events[0]["message_id"], second.as_str());
+    assert_eq!(events[0]["email"]["subject"], "two");
+    let lower: serde_json::Value = get(&format!("message_id={}", first.to_lowercase()))
+        .json()
+        .unwrap();
+    assert_eq!(lower["events"][0]["message_id"], first.as_str());
+    let bad = get("message_id=not-an-id");
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().unwrap().contains("message_id"));
+}

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::codec;
-use crate::message::{AcceptedMessage, MessageReceived, Rejection};
+use crate::message::{AcceptedMessage, MessageId, MessageReceived, Rejection};
 
 /// SHA-256 digest linking each event to the one before it.
 pub type Hash = [u8; 32];
@@ -70,6 +70,14 @@ impl EventKind {
             EventKind::MessageRejected(_) | EventKind::RejectionsSuppressed { .. } => {
                 "message.rejected"
             }
+        }
+    }
+
+    /// The message this event is about, if any.
+    pub fn message_id(&self) -> Option<MessageId> {
+        match self {
+            EventKind::MessageReceived(m) => Some(m.message_id),
+            _ => None,
         }
     }
 

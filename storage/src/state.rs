@@ -41,13 +41,19 @@ impl Default for ChainHead {
 pub struct EventFilter {
     /// Dotted event type, e.g. `audit.note`.
     pub type_name: Option<String>,
+    /// Only events about this message.
+    pub message_id: Option<MessageId>,
 }
 
 impl EventFilter {
     fn matches(&self, event: &StoredEvent) -> bool {
+        let kind = &event.event.kind;
         self.type_name
             .as_deref()
-            .is_none_or(|t| t == event.event.kind.type_name())
+            .is_none_or(|t| t == kind.type_name())
+            && self
+                .message_id
+                .is_none_or(|id| kind.message_id() == Some(id))
     }
 }
 
@@ -617,6 +623,7 @@ mod tests {
         assert_eq!(queued.recipients[0].status, RecipientStatus::Pending);
         let filter = EventFilter {
             type_name: Some("message.received".into()),
+            message_id: Some(id),
         };
         let (events, _) = store.events(&filter, 0, 10).unwrap();
         assert_eq!(events.len(), 1);
