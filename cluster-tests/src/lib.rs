@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod load;
+pub mod smtp;
 pub mod tamper;
 pub mod tls;
 
