@@ -1,0 +1,415 @@
+#![forbid(unsafe_code)]
+//! bench_smtp: SMTP ingress throughput and latency of a Bulwark cluster.
+//!
+//! Starts a cluster of `--nodes` nodes from the `bulwark` binary next to this one
+//! (build both with `cargo build --release --workspace --bins`), then for every message
+//! size × session count runs a warm-up and a timed phase in which each session sends
+//! one message per connection (connect, EHLO, pipelined MAIL/RCPT/DATA, content, QUIT:
+//! what Postfix does by default) to the nodes round-robin. A message counts once its
+//! `250 … queued as ID` arrived, i.e. once a Raft quorum committed it.
+//!
+//! Prints a markdown table of accepted messages/s, the latency from the end of data
+//! (`.` written) to the `250` (p50, p99, max), the whole connection's p50, and errors
+//! by kind; then one with the CPU time each node process (and this load generator,
+//! which shares the machine) spent per accepted message, read from `/proc/<pid>/stat`.
+//!
+//! Every session connects from 127.0.0.1, so the nodes' per-IP session limit
+//! (`smtp.max_sessions_per_ip`, default 50) is raised to 1000 (`--max-sessions-per-ip`):
+//! the sessions stand for many sending MTAs, not one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use bulwark_cluster_tests::smtp::{self, ClientConfig, Message, Outcome, SmtpConnection};
+use bulwark_cluster_tests::{cpu_time, ClusterBuilder};
+use clap::Parser;
+use hdrhistogram::Histogram;
+
+/// Benchmark SMTP ingress (end of data to a quorum-committed `250`) on a local cluster.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Nodes in the cluster (1 or 3).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Message sizes in bytes (header and body), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![2048usize, 51200])]
+    sizes: Vec<usize>,
+    /// Concurrent SMTP session counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 50])]
+    sessions: Vec<usize>,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Unmeasured warm-up seconds before each phase.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Messages per connection (1: a new connection for every message, like Postfix).
+    #[arg(long, default_value_t = 1)]
+    per_connection: u32,
+    /// Send MAIL, RCPT and DATA one by one, waiting for each reply, instead of
+    /// pipelining them (RFC 2920).
+    #[arg(long)]
+    no_pipelining: bool,
+    /// `smtp.max_sessions_per_ip` of every node. Every session comes from 127.0.0.1,
+    /// so the default (50) would refuse sessions that stand for many sending MTAs.
+    #[arg(long, default_value_t = 1000)]
+    max_sessions_per_ip: usize,
+    /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+}
+
+/// What one phase measured.
+struct Phase {
+    size: usize,
+    sessions: usize,
+    stats: Stats,
+    elapsed: Duration,
+    /// CPU time per node id, then this process under id 0.
+    cpu: BTreeMap<u64, Duration>,
+    leader: Option<u64>,
+}
+
+/// What the sessions of one phase saw.
+struct Stats {
+    accepted: u64,
+    errors: BTreeMap<String, u64>,
+    /// End of data written to `250` read, µs.
+    end_of_data: Histogram<u64>,
+    /// Connect to `250` (first message of a connection) or MAIL to `250`, µs.
+    whole: Histogram<u64>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            accepted: 0,
+            errors: BTreeMap::new(),
+            end_of_data: histogram(),
+            whole: histogram(),
+        }
+    }
+
+    fn merge(&mut self, other: Stats) {
+        self.accepted += other.accepted;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_insert(0) += v;
+        }
+        let _ = self.end_of_data.add(other.end_of_data);
+        let _ = self.whole.add(other.whole);
+    }
+
+    fn record(&mut self, d: &smtp::Delivery) {
+        match &d.outcome {
+            Outcome::Accepted { .. } => {
+                self.accepted += 1;
+                if let Some(eod) = d.end_of_data {
+                    let _ = self.end_of_data.record(micros(eod));
+                }
+                let _ = self.whole.record(micros(d.elapsed));
+            }
+            other => *self.errors.entry(other.kind()).or_insert(0) += 1,
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 300_000_000, 3).expect("histogram bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.seconds > 0, "--seconds must be positive");
+    ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    ensure!(
+        args.per_connection >= 1,
+        "--per-connection must be at least 1"
+    );
+    ensure!(!args.sizes.is_empty() && !args.sessions.is_empty());
+    ensure!(
+        args.sessions.iter().all(|&s| s >= 1),
+        "--sessions must be positive"
+    );
+    let mut builder = ClusterBuilder::new(args.nodes)
+        .name("bench-smtp")
+        .smtp("max_sessions_per_ip", &args.max_sessions_per_ip.to_string());
+    if let Some(b) = &args.bin {
+        builder = builder.binary(b.clone());
+    }
+    let mut cluster = builder.start().await?;
+    let bin = cluster.binary().display().to_string();
+    if bin.contains("/debug/") {
+        eprintln!("warning: {bin} is a debug build; figures will not be representative");
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+    eprintln!(
+        "bench_smtp: {} node(s), leader {leader}, binary {bin}, {} s per phase after {} s \
+         warm-up, {} message(s) per connection, pipelining {}, {} CPUs",
+        args.nodes,
+        args.seconds,
+        args.warmup,
+        args.per_connection,
+        if args.no_pipelining { "off" } else { "on" },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let addrs: Arc<Vec<SocketAddr>> = Arc::new(
+        cluster
+            .ids()
+            .into_iter()
+            .map(|id| cluster.node(id).smtp_addr())
+            .collect(),
+    );
+    let config = ClientConfig {
+        pipelining: !args.no_pipelining,
+        ..ClientConfig::default()
+    };
+    let seq = Arc::new(AtomicU64::new(0));
+
+    let mut phases = Vec::new();
+    for &size in &args.sizes {
+        for &sessions in &args.sessions {
+            cluster.check_alive()?;
+            let run = |seconds| PhaseRun {
+                addrs: addrs.clone(),
+                config: config.clone(),
+                seq: seq.clone(),
+                size,
+                sessions,
+                per_connection: args.per_connection,
+                duration: Duration::from_secs(seconds),
+            };
+            if args.warmup > 0 {
+                run(args.warmup).go().await;
+            }
+            let pids: Vec<(u64, u32)> = cluster
+                .ids()
+                .into_iter()
+                .filter_map(|id| cluster.node(id).pid().map(|p| (id, p)))
+                .collect();
+            let cpu0 = cpu_snapshot(&pids)?;
+            let started = Instant::now();
+            let stats = run(args.seconds).go().await;
+            let elapsed = started.elapsed();
+            let cpu1 = cpu_snapshot(&pids)?;
+            let cpu = cpu1
+                .iter()
+                .map(|(id, t)| (*id, t.saturating_sub(cpu0[id])))
+                .collect();
+            let leader = cluster
+                .cluster_status(cluster.ids()[0])
+                .await
+                .ok()
+                .and_then(|s| s.leader_id);
+            let p = Phase {
+                size,
+                sessions,
+                stats,
+                elapsed,
+                cpu,
+                leader,
+            };
+            eprintln!("{}", row(args.nodes, &p));
+            phases.push(p);
+        }
+    }
+    let st = cluster
+        .wait_converged(&cluster.ids(), Duration::from_secs(300))
+        .await?;
+    eprintln!("bench_smtp: converged after the run: {}", st.summary());
+    cluster.shutdown().await?;
+
+    println!(
+        "| nodes | size | sessions | accepted msgs/s | EOD→250 p50 ms | p99 ms | max ms | \
+         connection p50 ms | errors |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for p in &phases {
+        println!("{}", row(args.nodes, p));
+    }
+    println!();
+    let ids: Vec<u64> = (1..=args.nodes as u64).collect();
+    let mut head = String::from("| nodes | size | sessions |");
+    let mut sep = String::from("|---:|---:|---:|");
+    for id in &ids {
+        head.push_str(&format!(" node {id} CPU ms/msg |"));
+        sep.push_str("---:|");
+    }
+    head.push_str(" load generator CPU ms/msg | leader |");
+    sep.push_str("---:|---:|");
+    println!("{head}\n{sep}");
+    for p in &phases {
+        let mut line = format!("| {} | {} | {} |", args.nodes, size(p.size), p.sessions);
+        for id in ids.iter().chain(std::iter::once(&0)) {
+            let ms = p.cpu.get(id).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+            line.push_str(&format!(" {:.3} |", ms / p.stats.accepted.max(1) as f64));
+        }
+        line.push_str(&format!(
+            " {} |",
+            p.leader.map_or("?".to_string(), |l| l.to_string())
+        ));
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn row(nodes: usize, p: &Phase) -> String {
+    let s = &p.stats;
+    let ms = |h: &Histogram<u64>, q: f64| {
+        if h.is_empty() {
+            f64::NAN
+        } else {
+            h.value_at_quantile(q) as f64 / 1e3
+        }
+    };
+    let errors = if s.errors.is_empty() {
+        "0".to_string()
+    } else {
+        s.errors
+            .iter()
+            .map(|(k, v)| format!("{v} × {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "| {nodes} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {errors} |",
+        size(p.size),
+        p.sessions,
+        s.accepted as f64 / p.elapsed.as_secs_f64(),
+        ms(&s.end_of_data, 0.50),
+        ms(&s.end_of_data, 0.99),
+        if s.end_of_data.is_empty() {
+            f64::NAN
+        } else {
+            s.end_of_data.max() as f64 / 1e3
+        },
+        ms(&s.whole, 0.50),
+    )
+}
+
+fn size(bytes: usize) -> String {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// CPU time of every node (by id) and of this process (id 0).
+fn cpu_snapshot(pids: &[(u64, u32)]) -> Result<BTreeMap<u64, Duration>> {
+    let mut m = BTreeMap::new();
+    for &(id, pid) in pids {
+        m.insert(
+            id,
+            cpu_time(pid).with_context(|| format!("CPU time of node {id}"))?,
+        );
+    }
+    m.insert(0, cpu_time(std::process::id())?);
+    Ok(m)
+}
+
+/// One phase: `sessions` tasks sending messages of `size` bytes until `duration` has
+/// passed; each connection goes to the next node in turn.
+struct PhaseRun {
+    addrs: Arc<Vec<SocketAddr>>,
+    config: ClientConfig,
+    seq: Arc<AtomicU64>,
+    size: usize,
+    sessions: usize,
+    per_connection: u32,
+    duration: Duration,
+}
+
+impl PhaseRun {
+    async fn go(self) -> Stats {
+        let end = Instant::now() + self.duration;
+        let this = Arc::new(self);
+        let mut tasks = Vec::with_capacity(this.sessions);
+        for s in 0..this.sessions {
+            let this = this.clone();
+            tasks.push(tokio::spawn(async move { this.session(s, end).await }));
+        }
+        let mut total = Stats::new();
+        for t in tasks {
+            match t.await {
+                Ok(stats) => total.merge(stats),
+                Err(e) => {
+                    *total
+                        .errors
+                        .entry(format!("session panicked: {e}"))
+                        .or_insert(0) += 1
+                }
+            }
+        }
+        total
+    }
+
+    /// One session task: connection after connection until `end` (each message and
+    /// each wait is bounded by the client's timeouts).
+    async fn session(&self, s: usize, end: Instant) -> Stats {
+        let mut stats = Stats::new();
+        let mut turn = s;
+        while Instant::now() < end {
+            let addr = self.addrs[turn % self.addrs.len()];
+            turn += 1;
+            let first = self.message();
+            if self.per_connection == 1 {
+                let d = smtp::send_one(addr, &first, &self.config).await;
+                self.after(&mut stats, &d).await;
+                continue;
+            }
+            let started = Instant::now();
+            let mut conn = match SmtpConnection::open(addr, &self.config).await {
+                Ok(conn) => conn,
+                Err(outcome) => {
+                    let d = smtp::Delivery {
+                        outcome,
+                        end_of_data: None,
+                        elapsed: started.elapsed(),
+                    };
+                    self.after(&mut stats, &d).await;
+                    continue;
+                }
+            };
+            let mut msg = first;
+            for k in 0..self.per_connection {
+                if k > 0 {
+                    if Instant::now() >= end || !conn.is_usable() {
+                        break;
+                    }
+                    msg = self.message();
+                }
+                let mut d = conn.send(&msg).await;
+                if k == 0 {
+                    d.elapsed = started.elapsed();
+                }
+                self.after(&mut stats, &d).await;
+            }
+            conn.quit().await;
+        }
+        stats
+    }
+
+    fn message(&self) -> Message {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        Message::generate(&format!("bench-{n}"), self.size, "user@example.test")
+    }
+
+    async fn after(&self, stats: &mut Stats, d: &smtp::Delivery) {
+        stats.record(d);
+        if !matches!(d.outcome, Outcome::Accepted { .. }) {
+            // Do not spin on a node that refuses connections.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
