@@ -39,6 +39,9 @@ fn index_of(key: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(bytes))
 }
 
+/// WAL kept before the column families holding it back are flushed.
+const MAX_WAL_BYTES: u64 = 128 * 1024 * 1024;
+
 fn synced() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
@@ -53,6 +56,10 @@ impl LogStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
+        // The meta column family is written rarely; without a cap its unflushed
+        // entries would keep every WAL file (message bodies included) alive until
+        // RocksDB's default cap of several write buffers per column family.
+        opts.set_max_total_wal_size(MAX_WAL_BYTES);
         let cfs =
             [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;

@@ -83,8 +83,11 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
         .map(|name| {
             let mut opts = Options::default();
             if *name == cf::BODIES {
+                // Bodies are written once and deleted after delivery: in blob files
+                // they are never rewritten by compaction.
                 opts.set_enable_blob_files(true);
-                opts.set_min_blob_size(64 * 1024);
+                opts.set_min_blob_size(8 * 1024);
+                opts.set_enable_blob_gc(true);
             }
             ColumnFamilyDescriptor::new(*name, opts)
         })
@@ -97,6 +100,7 @@ impl StateStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(256 * 1024 * 1024);
         let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())?;
         Self::with_db(db, dir)
     }

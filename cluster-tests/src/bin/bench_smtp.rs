@@ -60,6 +60,11 @@ struct Args {
     /// so the default (50) would refuse sessions that stand for many sending MTAs.
     #[arg(long, default_value_t = 1000)]
     max_sessions_per_ip: usize,
+    /// Offered load in messages per second over all sessions (0: as fast as the
+    /// sessions go). Latency at a fixed rate below saturation is what senders see
+    /// in normal operation; without a rate the tail is queueing at saturation.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
     #[arg(long)]
     bin: Option<PathBuf>,
@@ -155,12 +160,17 @@ async fn main() -> Result<()> {
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
     eprintln!(
         "bench_smtp: {} node(s), leader {leader}, binary {bin}, {} s per phase after {} s \
-         warm-up, {} message(s) per connection, pipelining {}, {} CPUs",
+         warm-up, {} message(s) per connection, pipelining {}, offered load {}, {} CPUs",
         args.nodes,
         args.seconds,
         args.warmup,
         args.per_connection,
         if args.no_pipelining { "off" } else { "on" },
+        if args.rate > 0 {
+            format!("{}/s", args.rate)
+        } else {
+            "unlimited".to_string()
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let addrs: Arc<Vec<SocketAddr>> = Arc::new(
@@ -188,6 +198,7 @@ async fn main() -> Result<()> {
                 sessions,
                 per_connection: args.per_connection,
                 duration: Duration::from_secs(seconds),
+                pacer: (args.rate > 0).then(|| Pacer::new(args.rate)),
             };
             if args.warmup > 0 {
                 run(args.warmup).go().await;
@@ -328,6 +339,33 @@ struct PhaseRun {
     sessions: usize,
     per_connection: u32,
     duration: Duration,
+    pacer: Option<Pacer>,
+}
+
+/// Spreads message starts evenly at a fixed rate over all sessions.
+struct Pacer {
+    next: std::sync::Mutex<Instant>,
+    interval: Duration,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Self {
+        Pacer {
+            next: std::sync::Mutex::new(Instant::now()),
+            interval: Duration::from_secs(1) / u32::try_from(rate).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Waits for this caller's turn.
+    async fn turn(&self) {
+        let at = {
+            let mut next = self.next.lock().expect("pacer lock");
+            let at = (*next).max(Instant::now());
+            *next = at + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
 }
 
 impl PhaseRun {
@@ -360,6 +398,9 @@ impl PhaseRun {
         let mut stats = Stats::new();
         let mut turn = s;
         while Instant::now() < end {
+            if let Some(pacer) = &self.pacer {
+                pacer.turn().await;
+            }
             let addr = self.addrs[turn % self.addrs.len()];
             turn += 1;
             let first = self.message();
