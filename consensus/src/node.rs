@@ -445,17 +445,18 @@ async fn rejoin(
                 return;
             }
             if let Some(t) = target {
-                tracing::warn!(
+                tracing::info!(
                     up_to = t,
-                    "started with an empty data directory in an existing cluster: \
-                     not voting until caught up"
+                    "empty data directory and the cluster has entries (a node joining \
+                     a cluster that just formed, or one that lost its data): not voting \
+                     until caught up"
                 );
             }
         }
         if let Some(t) = target {
             let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
             if applied >= t {
-                tracing::info!(applied, "caught up after losing data: voting again");
+                tracing::info!(applied, "caught up with the cluster: voting");
                 abstain.store(false, Ordering::Release);
                 return;
             }

@@ -57,9 +57,8 @@ async fn serve(config: Config) -> Result<()> {
     let api_listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("binding the API to {}", config.api_listen))?;
+    let smtp = smtp::Server::bind(config.smtp.clone()).await?;
     let node = Arc::new(RaftNode::start(config.node.clone()).await?);
-    let smtp =
-        smtp::Server::bind(config.smtp.clone(), node.proposer().clone(), config.node.id).await?;
     tracing::info!(
         node = config.node.id,
         data_dir = %data_dir.display(),
@@ -79,6 +78,7 @@ async fn serve(config: Config) -> Result<()> {
     }));
 
     let stop_smtp = CancellationToken::new();
+    let smtp = smtp.serve_with(node.proposer().clone(), config.node.id);
     let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
 
     let mut term = signal(SignalKind::terminate())?;

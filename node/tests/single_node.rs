@@ -88,7 +88,11 @@ fn notes_are_chained_listed_verified_and_survive_a_crash() {
     let config = dir.path().join("bulwark.toml");
     std::fs::write(
         &config,
-        format!("[node]\nid = 1\ndata_dir = \"data\"\n[api]\nlisten = \"{api}\"\n"),
+        format!(
+            "[node]\nid = 1\ndata_dir = \"data\"\n[api]\nlisten = \"{api}\"\n\
+             [smtp]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ),
     )
     .unwrap();
     let node = Node::start(dir.path(), Some(&config), &api);
@@ -168,7 +172,11 @@ fn bad_requests_get_problem_json_and_change_nothing() {
     let config = dir.path().join("bulwark.toml");
     std::fs::write(
         &config,
-        format!("[node]\ndata_dir = \"data\"\n[api]\nlisten = \"{api}\"\n"),
+        format!(
+            "[node]\ndata_dir = \"data\"\n[api]\nlisten = \"{api}\"\n\
+             [smtp]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ),
     )
     .unwrap();
     let node = Node::start(dir.path(), Some(&config), &api);

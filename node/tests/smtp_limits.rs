@@ -597,3 +597,31 @@ fn limits_memory_budget_gives_452_and_recovers() {
     assert_eq!(received_count(&node), 2);
     assert_eq!(rejection_reasons(&node, 1), vec!["insufficient_resources"]);
 }
+
+#[test]
+fn limits_a_busy_smtp_port_stops_the_node_at_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = dir.path().join("bulwark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = \"data\"\n[api]\nlisten = \"127.0.0.1:{}\"\n[smtp]\nlisten = \"{}\"\n",
+            common::free_port(),
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("binding SMTP to"), "{stderr}");
+    assert!(
+        !stderr.contains("RaftCore"),
+        "Raft was started before the check: {stderr}"
+    );
+}

@@ -119,7 +119,7 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
         },
         Request::Vote(rpc) => match check_sender(peer, &rpc.vote) {
             Ok(()) if ctx.abstain.load(Ordering::Acquire) => Response::Refused(
-                "rejoining after losing its data: not voting until caught up".into(),
+                "empty data directory: not voting until caught up with the cluster".into(),
             ),
             Ok(()) => Response::Vote(ctx.raft.vote(rpc).await),
             Err(refused) => refused,

@@ -32,8 +32,8 @@ pub struct Server {
 
 impl Server {
     /// Binds the listener and loads the STARTTLS certificate, so that a bad address
-    /// or certificate stops the node at start-up.
-    pub async fn bind(settings: Settings, proposer: Proposer, node: u64) -> Result<Server> {
+    /// or certificate stops the node at start-up, before Raft starts.
+    pub async fn bind(settings: Settings) -> Result<Bound> {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding SMTP to {}", settings.listen))?;
@@ -41,27 +41,11 @@ impl Server {
             Some((cert, key)) => Some(tls_acceptor(cert, key)?),
             None => None,
         };
-        let sessions = Arc::new(Semaphore::new(settings.max_sessions));
-        let shared = Arc::new(Shared {
-            tls,
-            ingress: Ingress::new(proposer.clone(), node),
-            rejections: RejectionLog::start(proposer),
-            shutdown: CancellationToken::new(),
-            budget: Budget::new(settings.max_buffered_bytes),
-            settings,
-        });
-        Ok(Server {
+        Ok(Bound {
             listener,
-            shared,
-            per_ip: Arc::new(PerIp::default()),
-            sessions,
+            tls,
+            settings,
         })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.shared.settings.listen)
     }
 
     /// Accepts connections until `stop` is cancelled; then idle sessions get `421`,
@@ -112,6 +96,43 @@ impl Server {
                 "SMTP sessions still running after the shutdown grace; closing them"
             );
             running.shutdown().await;
+        }
+    }
+}
+
+/// A bound listener waiting for the node's proposer.
+pub struct Bound {
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    settings: Settings,
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    /// The server, committing accepted mail through `proposer` as node `node`.
+    pub fn serve_with(self, proposer: Proposer, node: u64) -> Server {
+        let Bound {
+            listener,
+            tls,
+            settings,
+        } = self;
+        let sessions = Arc::new(Semaphore::new(settings.max_sessions));
+        let shared = Arc::new(Shared {
+            tls,
+            ingress: Ingress::new(proposer.clone(), node),
+            rejections: RejectionLog::start(proposer),
+            shutdown: CancellationToken::new(),
+            budget: Budget::new(settings.max_buffered_bytes),
+            settings,
+        });
+        Server {
+            listener,
+            shared,
+            per_ip: Arc::new(PerIp::default()),
+            sessions,
         }
     }
 }
