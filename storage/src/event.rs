@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::codec;
-use crate::message::{AcceptedMessage, MessageId, MessageReceived, Rejection};
+use crate::message::{
+    AcceptedMessage, DeliveryCommand, DeliveryReport, MessageId, MessageReceived, Rejection,
+};
 
 /// SHA-256 digest linking each event to the one before it.
 pub type Hash = [u8; 32];
@@ -45,6 +47,8 @@ pub enum Command {
     /// Store an accepted message's body, queue it for its recipients and record
     /// `message.received`, all in the same write. The operation id is the message id.
     AcceptMessage(Box<AcceptedMessage>),
+    /// Take a delivery lease or report a delivery attempt.
+    Delivery(Box<DeliveryCommand>),
 }
 
 /// What happened. The event log's `type` is [`EventKind::type_name`].
@@ -59,6 +63,32 @@ pub enum EventKind {
     /// Refusals came faster than they could be recorded one by one; this many were
     /// counted but not recorded individually.
     RejectionsSuppressed { count: u64 },
+    /// A node asked to deliver a message; `granted` says whether it may.
+    DeliveryLeased {
+        message_id: MessageId,
+        /// The node holding the lease after this event.
+        holder: u64,
+        until_ms: i64,
+        granted: bool,
+    },
+    /// A delivery attempt and what the next hop answered for each recipient.
+    DeliveryAttempted(Box<DeliveryReport>),
+    DeliverySucceeded {
+        message_id: MessageId,
+        recipients: Vec<String>,
+    },
+    DeliveryDeferred {
+        message_id: MessageId,
+        recipients: Vec<String>,
+        next_attempt_ms: i64,
+        reply: String,
+    },
+    /// Recipients that will not be delivered (5xx, or deferred for too long).
+    DeliveryFailed {
+        message_id: MessageId,
+        recipients: Vec<String>,
+        reply: String,
+    },
 }
 
 impl EventKind {
@@ -70,6 +100,11 @@ impl EventKind {
             EventKind::MessageRejected(_) | EventKind::RejectionsSuppressed { .. } => {
                 "message.rejected"
             }
+            EventKind::DeliveryLeased { .. } => "delivery.leased",
+            EventKind::DeliveryAttempted(_) => "delivery.attempted",
+            EventKind::DeliverySucceeded { .. } => "delivery.succeeded",
+            EventKind::DeliveryDeferred { .. } => "delivery.deferred",
+            EventKind::DeliveryFailed { .. } => "delivery.failed",
         }
     }
 
@@ -77,7 +112,14 @@ impl EventKind {
     pub fn message_id(&self) -> Option<MessageId> {
         match self {
             EventKind::MessageReceived(m) => Some(m.message_id),
-            _ => None,
+            EventKind::DeliveryAttempted(r) => Some(r.message_id),
+            EventKind::DeliveryLeased { message_id, .. }
+            | EventKind::DeliverySucceeded { message_id, .. }
+            | EventKind::DeliveryDeferred { message_id, .. }
+            | EventKind::DeliveryFailed { message_id, .. } => Some(*message_id),
+            EventKind::AuditNote { .. }
+            | EventKind::MessageRejected(_)
+            | EventKind::RejectionsSuppressed { .. } => None,
         }
     }
 
@@ -111,6 +153,86 @@ impl EventKind {
                     serde_json::json!({ "outcome": "failure", "reason": "suppressed" }),
                 );
                 out.insert("count".into(), (*count).into());
+            }
+            EventKind::DeliveryLeased {
+                message_id,
+                holder,
+                until_ms,
+                granted,
+            } => {
+                out.insert("message_id".into(), message_id.to_string().into());
+                out.insert(
+                    "lease".into(),
+                    serde_json::json!({
+                        "holder": holder,
+                        "until": rfc3339(*until_ms),
+                        "granted": granted,
+                    }),
+                );
+            }
+            EventKind::DeliveryAttempted(r) => {
+                out.insert("message_id".into(), r.message_id.to_string().into());
+                let results: Vec<_> = r
+                    .results
+                    .iter()
+                    .map(|x| {
+                        serde_json::json!({
+                            "address": x.address,
+                            "reply": x.reply,
+                            "outcome": match x.outcome {
+                                crate::message::RecipientOutcome::Delivered => "delivered",
+                                crate::message::RecipientOutcome::Deferred { .. } => "deferred",
+                                crate::message::RecipientOutcome::Failed => "failed",
+                            },
+                        })
+                    })
+                    .collect();
+                let mut destination = serde_json::json!({ "address": r.next_hop });
+                if let Some(tls) = &r.tls {
+                    destination["tls"] = serde_json::json!({
+                        "version": tls.version,
+                        "cipher": tls.cipher,
+                    });
+                }
+                out.insert("destination".into(), destination);
+                out.insert("results".into(), results.into());
+                out.insert("duration_ms".into(), r.duration_ms.into());
+            }
+            EventKind::DeliverySucceeded {
+                message_id,
+                recipients,
+            } => {
+                out.insert("message_id".into(), message_id.to_string().into());
+                out.insert(
+                    "email".into(),
+                    serde_json::json!({ "to": { "address": recipients } }),
+                );
+            }
+            EventKind::DeliveryDeferred {
+                message_id,
+                recipients,
+                next_attempt_ms,
+                reply,
+            } => {
+                out.insert("message_id".into(), message_id.to_string().into());
+                out.insert(
+                    "email".into(),
+                    serde_json::json!({ "to": { "address": recipients } }),
+                );
+                out.insert("next_attempt".into(), rfc3339(*next_attempt_ms).into());
+                out.insert("smtp".into(), serde_json::json!({ "reply": reply }));
+            }
+            EventKind::DeliveryFailed {
+                message_id,
+                recipients,
+                reply,
+            } => {
+                out.insert("message_id".into(), message_id.to_string().into());
+                out.insert(
+                    "email".into(),
+                    serde_json::json!({ "to": { "address": recipients } }),
+                );
+                out.insert("smtp".into(), serde_json::json!({ "reply": reply }));
             }
         }
     }
@@ -189,6 +311,9 @@ pub struct OpResult {
     pub hash: Hash,
     /// True when the operation had been applied before (a retried proposal).
     pub duplicate: bool,
+    /// Set when the state machine declined the command (e.g. a delivery lease held by
+    /// another node); the refusal is still an event.
+    pub refused: Option<String>,
 }
 
 /// An event as the state machine assigns it: its place in the log and its content.

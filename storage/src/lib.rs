@@ -23,6 +23,7 @@ pub mod event;
 pub mod layout;
 mod log;
 pub mod message;
+mod queue;
 mod snapshot;
 mod state;
 
@@ -32,8 +33,9 @@ pub use event::{
 };
 pub use log::LogStore;
 pub use message::{
-    AcceptedMessage, Action, Client, Envelope, MessageId, MessageReceived, QueueEntry, Rejection,
-    Timings, TlsInfo,
+    AcceptedMessage, Action, Client, DeliveryCommand, DeliveryReport, Envelope, Lease, MessageId,
+    MessageReceived, QueueEntry, QueuedRecipient, RecipientOutcome, RecipientResult,
+    RecipientStatus, Rejection, Timings, TlsInfo,
 };
 pub use snapshot::{SnapshotFile, SnapshotStore};
 pub use state::{EventFilter, StateDir, StateStore};

@@ -174,8 +174,47 @@ pub struct Rejection {
 /// Delivery state of one recipient.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientStatus {
-    /// Waiting for a delivery attempt.
+    /// Waiting for its first delivery attempt.
     Pending,
+    /// The next hop answered 4xx or could not be reached; try again at `next_attempt_ms`.
+    Deferred {
+        attempts: u32,
+        next_attempt_ms: i64,
+        last_reply: String,
+    },
+    /// The next hop accepted it.
+    Delivered { reply: String },
+    /// The next hop refused it for good (5xx), or it was deferred for too long.
+    Failed { reply: String },
+}
+
+impl RecipientStatus {
+    /// Delivered or failed: nothing more will be tried.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RecipientStatus::Delivered { .. } | RecipientStatus::Failed { .. }
+        )
+    }
+
+    /// Ready for an attempt at `now_ms`.
+    pub fn is_due(&self, now_ms: i64) -> bool {
+        match self {
+            RecipientStatus::Pending => true,
+            RecipientStatus::Deferred {
+                next_attempt_ms, ..
+            } => *next_attempt_ms <= now_ms,
+            _ => false,
+        }
+    }
+
+    /// Attempts made so far.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            RecipientStatus::Deferred { attempts, .. } => *attempts,
+            _ => 0,
+        }
+    }
 }
 
 /// One recipient of a queued message.
@@ -183,6 +222,14 @@ pub enum RecipientStatus {
 pub struct QueuedRecipient {
     pub address: String,
     pub status: RecipientStatus,
+}
+
+/// The node that may deliver a message, until when (its clock, as stamped on the
+/// operation that took the lease).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub node: u64,
+    pub until_ms: i64,
 }
 
 /// A message in the delivery queue (the `queue` column family's projection).
@@ -194,6 +241,67 @@ pub struct QueueEntry {
     pub time_ms: i64,
     pub mail_from: String,
     pub recipients: Vec<QueuedRecipient>,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    pub action: Action,
+    /// Who is delivering it now, if anyone.
+    pub lease: Option<Lease>,
+}
+
+impl QueueEntry {
+    /// Some recipient is ready for an attempt at `now_ms`.
+    pub fn is_due(&self, now_ms: i64) -> bool {
+        self.recipients.iter().any(|r| r.status.is_due(now_ms))
+    }
+
+    /// Nobody but `node` holds a lease that is still running at `now_ms`.
+    pub fn is_free_for(&self, node: u64, now_ms: i64) -> bool {
+        self.lease
+            .is_none_or(|l| l.node == node || l.until_ms <= now_ms)
+    }
+}
+
+/// What one delivery attempt did for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecipientOutcome {
+    Delivered,
+    Deferred { next_attempt_ms: i64 },
+    Failed,
+}
+
+/// One recipient's result in a delivery attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientResult {
+    pub address: String,
+    /// The next hop's reply (or what went wrong before it replied).
+    pub reply: String,
+    pub outcome: RecipientOutcome,
+}
+
+/// A delivery attempt as the node that made it reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryReport {
+    pub message_id: MessageId,
+    /// `host:port` of the next hop, or `maildir:PATH`.
+    pub next_hop: String,
+    pub tls: Option<TlsInfo>,
+    pub results: Vec<RecipientResult>,
+    pub duration_ms: u64,
+}
+
+/// Delivery work committed through Raft, so that one node at a time delivers a
+/// message and every attempt is on record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DeliveryCommand {
+    /// The proposing node asks to deliver the message until `until_ms`. Granted when
+    /// no other node holds a lease still running at the operation's time.
+    Lease {
+        message_id: MessageId,
+        until_ms: i64,
+    },
+    /// The outcome of an attempt: recipients move on, the lease is released, and a
+    /// message with every recipient done leaves the queue (its body is deleted).
+    Report(DeliveryReport),
 }
 
 /// Bodies are large: serialise them as one byte string, not a sequence of numbers.

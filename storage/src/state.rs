@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent, VerifyReport};
 use crate::layout::{self, cf};
-use crate::message::{AcceptedMessage, MessageId, QueueEntry, QueuedRecipient, RecipientStatus};
+use crate::message::{
+    AcceptedMessage, DeliveryCommand, MessageId, QueueEntry, QueuedRecipient, RecipientStatus,
+};
 use crate::{codec, snapshot, Error, Result};
 
 const META_CHAIN: &str = "chain";
@@ -147,6 +149,9 @@ impl StateStore {
         let mut head = *self.head.lock().expect("chain head lock");
         let mut batch = WriteBatch::default();
         let mut in_batch: HashMap<u128, OpResult> = HashMap::new();
+        // Queue entries changed by this batch (None: left the queue), so that later
+        // operations of the batch see earlier ones.
+        let mut queue: HashMap<MessageId, Option<QueueEntry>> = HashMap::new();
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
             let mut entry_results = Vec::with_capacity(ops.len());
@@ -155,50 +160,64 @@ impl StateStore {
                     entry_results.push(done);
                     continue;
                 }
-                let kind = match &op.command {
-                    Command::Record(kind) => kind.clone(),
+                let (kinds, refused) = match &op.command {
+                    Command::Record(kind) => (vec![kind.clone()], None),
                     Command::AcceptMessage(message) => {
-                        self.accept(&mut batch, message, op.time_ms, head.next_seq)?;
-                        EventKind::MessageReceived(Box::new(message.received.clone()))
+                        self.accept(&mut batch, &mut queue, message, op.time_ms, head.next_seq)?;
+                        let received =
+                            EventKind::MessageReceived(Box::new(message.received.clone()));
+                        (vec![received], None)
                     }
+                    Command::Delivery(command) => self.delivery(&mut queue, command, op)?,
                 };
-                let event = Event {
-                    seq: head.next_seq,
-                    time_ms: op.time_ms,
-                    node: op.node,
-                    raft_index: *raft_index,
-                    op_id: op.id,
-                    kind,
-                };
-                let hash = event.chain_hash(&head.hash)?;
-                let stored = StoredEvent {
-                    event,
-                    prev_hash: head.hash,
-                    hash,
-                };
-                batch.put_cf(
-                    self.cf(cf::EVENTS),
-                    head.next_seq.to_be_bytes(),
-                    codec::encode(&stored)?,
-                );
-                batch.put_cf(
-                    self.cf(cf::OP_IDS),
-                    op.id.to_be_bytes(),
-                    head.next_seq.to_be_bytes(),
-                );
+                let mut last = None;
+                for kind in kinds {
+                    let event = Event {
+                        seq: head.next_seq,
+                        time_ms: op.time_ms,
+                        node: op.node,
+                        raft_index: *raft_index,
+                        op_id: op.id,
+                        kind,
+                    };
+                    let hash = event.chain_hash(&head.hash)?;
+                    let stored = StoredEvent {
+                        event,
+                        prev_hash: head.hash,
+                        hash,
+                    };
+                    batch.put_cf(
+                        self.cf(cf::EVENTS),
+                        head.next_seq.to_be_bytes(),
+                        codec::encode(&stored)?,
+                    );
+                    last = Some((head.next_seq, hash));
+                    head = ChainHead {
+                        next_seq: head.next_seq + 1,
+                        hash,
+                    };
+                }
+                let (seq, hash) = last.expect("every operation records at least one event");
+                batch.put_cf(self.cf(cf::OP_IDS), op.id.to_be_bytes(), seq.to_be_bytes());
                 let result = OpResult {
-                    seq: head.next_seq,
+                    seq,
                     hash,
                     duplicate: false,
+                    refused,
                 };
                 in_batch.insert(op.id, result.clone());
                 entry_results.push(result);
-                head = ChainHead {
-                    next_seq: head.next_seq + 1,
-                    hash,
-                };
             }
             results.push(entry_results);
+        }
+        for (id, entry) in queue {
+            match entry {
+                Some(entry) => batch.put_cf(self.cf(cf::QUEUE), id.key(), codec::encode(&entry)?),
+                None => {
+                    batch.delete_cf(self.cf(cf::QUEUE), id.key());
+                    batch.delete_cf(self.cf(cf::BODIES), id.key());
+                }
+            }
         }
         batch.put_cf(self.cf(cf::META), META_CHAIN, codec::encode(&head)?);
         batch.put_cf(self.cf(cf::META), META_RAFT, applied);
@@ -207,10 +226,11 @@ impl StateStore {
         Ok(results)
     }
 
-    /// The body and queue records of an accepted message, into `batch`.
+    /// The body of an accepted message into `batch`, its queue entry into `queue`.
     fn accept(
         &self,
         batch: &mut WriteBatch,
+        queue: &mut HashMap<MessageId, Option<QueueEntry>>,
         message: &AcceptedMessage,
         time_ms: i64,
         seq: u64,
@@ -232,9 +252,56 @@ impl StateStore {
                     status: RecipientStatus::Pending,
                 })
                 .collect(),
+            eight_bit: received.envelope.eight_bit,
+            smtputf8: received.envelope.smtputf8,
+            action: received.action,
+            lease: None,
         };
-        batch.put_cf(self.cf(cf::QUEUE), key, codec::encode(&entry)?);
+        queue.insert(received.message_id, Some(entry));
         Ok(())
+    }
+
+    /// A delivery lease or report against the queue as this batch has left it.
+    fn delivery(
+        &self,
+        queue: &mut HashMap<MessageId, Option<QueueEntry>>,
+        command: &DeliveryCommand,
+        op: &Op,
+    ) -> Result<(Vec<EventKind>, Option<String>)> {
+        let id = match command {
+            DeliveryCommand::Lease { message_id, .. } => *message_id,
+            DeliveryCommand::Report(report) => report.message_id,
+        };
+        if !queue.contains_key(&id) {
+            let stored = self.queue_entry(id)?;
+            queue.insert(id, stored);
+        }
+        let entry = queue.get_mut(&id).expect("inserted above");
+        Ok(match command {
+            DeliveryCommand::Lease { until_ms, .. } => {
+                let (event, refused) =
+                    crate::queue::lease(entry, id, op.node, op.time_ms, *until_ms);
+                (vec![event], refused)
+            }
+            DeliveryCommand::Report(report) => (crate::queue::report(entry, op.node, report), None),
+        })
+    }
+
+    /// Queue entries with a recipient due at `now_ms` that `node` may take (no other
+    /// node's lease running), at most `limit`.
+    pub fn due_deliveries(&self, node: u64, now_ms: i64, limit: usize) -> Result<Vec<QueueEntry>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::QUEUE), IteratorMode::Start) {
+            let (_, value) = item?;
+            let entry: QueueEntry = codec::decode(&value)?;
+            if entry.is_due(now_ms) && entry.is_free_for(node, now_ms) {
+                out.push(entry);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The stored body of a message (its `Received` header included).
@@ -275,10 +342,17 @@ impl StateStore {
         let stored = self
             .event(seq)?
             .ok_or_else(|| Error::Decode(format!("op id points at missing event {seq}")))?;
+        let refused = match stored.event.kind {
+            EventKind::DeliveryLeased { granted: false, .. } => {
+                Some("the delivery lease was refused".to_string())
+            }
+            _ => None,
+        };
         Ok(Some(OpResult {
             seq,
             hash: stored.hash,
             duplicate: true,
+            refused,
         }))
     }
 
@@ -638,6 +712,85 @@ mod tests {
         assert_eq!(json["action"], "deliver");
         assert!(store.verify().unwrap().ok);
         assert!(store.message_body(MessageId(7)).unwrap().is_none());
+    }
+
+    #[test]
+    fn leases_and_reports_drive_the_queue_within_and_across_batches() {
+        use crate::message::{DeliveryReport, RecipientOutcome, RecipientResult};
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let received = crate::message::tests::sample();
+        let id = received.message_id;
+        let op = |n: u128, node: u64, time_ms: i64, command: Command| Op {
+            id: 1000 + n,
+            time_ms,
+            node,
+            command,
+        };
+        let lease = |until_ms| {
+            Command::Delivery(Box::new(DeliveryCommand::Lease {
+                message_id: id,
+                until_ms,
+            }))
+        };
+        let accept = Op {
+            id: id.0,
+            time_ms: 100,
+            node: 1,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                received,
+                body: b"body".to_vec(),
+            })),
+        };
+        // Accepted and leased twice in one batch: the second lease sees the first.
+        let first = [accept, op(1, 1, 110, lease(500)), op(2, 2, 120, lease(600))];
+        let results = store.apply(&[(1, &first[..])], b"1").unwrap();
+        assert_eq!(results[0][1].refused, None);
+        assert!(results[0][2].refused.is_some());
+        assert_eq!(store.due_deliveries(2, 130, 10).unwrap(), vec![]);
+        assert_eq!(store.due_deliveries(1, 130, 10).unwrap().len(), 1);
+        assert_eq!(store.due_deliveries(2, 500, 10).unwrap().len(), 1);
+        // A retried refused lease is still refused.
+        let again = store
+            .apply(&[(2, &[op(2, 2, 120, lease(600))][..])], b"2")
+            .unwrap();
+        assert!(again[0][0].duplicate && again[0][0].refused.is_some());
+        let report = Command::Delivery(Box::new(DeliveryCommand::Report(DeliveryReport {
+            message_id: id,
+            next_hop: "127.0.0.1:2600".into(),
+            tls: None,
+            results: vec![RecipientResult {
+                address: "bob@example.test".into(),
+                reply: "250 2.0.0 Ok".into(),
+                outcome: RecipientOutcome::Delivered,
+            }],
+            duration_ms: 4,
+        })));
+        let done = store
+            .apply(&[(3, &[op(3, 1, 200, report)][..])], b"3")
+            .unwrap();
+        assert_eq!(done[0][0].refused, None);
+        assert!(store.queue_entry(id).unwrap().is_none());
+        assert!(store.message_body(id).unwrap().is_none());
+        let filter = EventFilter {
+            type_name: None,
+            message_id: Some(id),
+        };
+        let (events, _) = store.events(&filter, 0, 100).unwrap();
+        let types: Vec<_> = events.iter().map(|e| e.event.kind.type_name()).collect();
+        assert_eq!(
+            types,
+            [
+                "message.received",
+                "delivery.leased",
+                "delivery.leased",
+                "delivery.attempted",
+                "delivery.succeeded"
+            ]
+        );
+        assert_eq!(done[0][0].seq, events[4].event.seq);
+        assert!(store.verify().unwrap().ok);
     }
 
     #[test]
