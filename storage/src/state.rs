@@ -272,11 +272,10 @@ impl StateStore {
             DeliveryCommand::Lease { message_id, .. } => *message_id,
             DeliveryCommand::Report(report) => report.message_id,
         };
-        if !queue.contains_key(&id) {
-            let stored = self.queue_entry(id)?;
-            queue.insert(id, stored);
-        }
-        let entry = queue.get_mut(&id).expect("inserted above");
+        let entry = match queue.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.queue_entry(id)?),
+        };
         Ok(match command {
             DeliveryCommand::Lease { until_ms, .. } => {
                 let (event, refused) =
