@@ -244,6 +244,9 @@ pub struct QueueEntry {
     pub eight_bit: bool,
     pub smtputf8: bool,
     pub action: Action,
+    /// The node that accepted it: it delivers it first; the others take over when it
+    /// has not (see [`QueueEntry::due_since`]).
+    pub received_by: u64,
     /// Who is delivering it now, if anyone.
     pub lease: Option<Lease>,
 }
@@ -252,6 +255,20 @@ impl QueueEntry {
     /// Some recipient is ready for an attempt at `now_ms`.
     pub fn is_due(&self, now_ms: i64) -> bool {
         self.recipients.iter().any(|r| r.status.is_due(now_ms))
+    }
+
+    /// Since when some recipient has been ready for an attempt.
+    pub fn due_since(&self) -> Option<i64> {
+        self.recipients
+            .iter()
+            .filter_map(|r| match r.status {
+                RecipientStatus::Pending => Some(self.time_ms),
+                RecipientStatus::Deferred {
+                    next_attempt_ms, ..
+                } => Some(next_attempt_ms),
+                _ => None,
+            })
+            .min()
     }
 
     /// Nobody but `node` holds a lease that is still running at `now_ms`.

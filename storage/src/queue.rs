@@ -158,6 +158,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             action: Action::Deliver,
+            received_by: 1,
             lease: None,
         })
     }

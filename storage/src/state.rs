@@ -163,7 +163,7 @@ impl StateStore {
                 let (kinds, refused) = match &op.command {
                     Command::Record(kind) => (vec![kind.clone()], None),
                     Command::AcceptMessage(message) => {
-                        self.accept(&mut batch, &mut queue, message, op.time_ms, head.next_seq)?;
+                        self.accept(&mut batch, &mut queue, message, op, head.next_seq)?;
                         let received =
                             EventKind::MessageReceived(Box::new(message.received.clone()));
                         (vec![received], None)
@@ -232,9 +232,10 @@ impl StateStore {
         batch: &mut WriteBatch,
         queue: &mut HashMap<MessageId, Option<QueueEntry>>,
         message: &AcceptedMessage,
-        time_ms: i64,
+        op: &Op,
         seq: u64,
     ) -> Result<()> {
+        let (time_ms, node) = (op.time_ms, op.node);
         let received = &message.received;
         let key = received.message_id.key();
         batch.put_cf(self.cf(cf::BODIES), key, codec::encode_bytes(&message.body));
@@ -255,6 +256,7 @@ impl StateStore {
             eight_bit: received.envelope.eight_bit,
             smtputf8: received.envelope.smtputf8,
             action: received.action,
+            received_by: node,
             lease: None,
         };
         queue.insert(received.message_id, Some(entry));
@@ -287,13 +289,24 @@ impl StateStore {
     }
 
     /// Queue entries with a recipient due at `now_ms` that `node` may take (no other
-    /// node's lease running), at most `limit`.
-    pub fn due_deliveries(&self, node: u64, now_ms: i64, limit: usize) -> Result<Vec<QueueEntry>> {
+    /// node's lease running): those it accepted, and others' once they have been due
+    /// for `takeover_ms` (their node may be down); at most `limit`.
+    pub fn due_deliveries(
+        &self,
+        node: u64,
+        now_ms: i64,
+        takeover_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(cf::QUEUE), IteratorMode::Start) {
             let (_, value) = item?;
             let entry: QueueEntry = codec::decode(&value)?;
-            if entry.is_due(now_ms) && entry.is_free_for(node, now_ms) {
+            let ours = entry.received_by == node
+                || entry
+                    .due_since()
+                    .is_some_and(|since| since.saturating_add(takeover_ms) <= now_ms);
+            if ours && entry.is_due(now_ms) && entry.is_free_for(node, now_ms) {
                 out.push(entry);
                 if out.len() >= limit {
                     break;
@@ -747,9 +760,12 @@ mod tests {
         let results = store.apply(&[(1, &first[..])], b"1").unwrap();
         assert_eq!(results[0][1].refused, None);
         assert!(results[0][2].refused.is_some());
-        assert_eq!(store.due_deliveries(2, 130, 10).unwrap(), vec![]);
-        assert_eq!(store.due_deliveries(1, 130, 10).unwrap().len(), 1);
-        assert_eq!(store.due_deliveries(2, 500, 10).unwrap().len(), 1);
+        assert_eq!(store.due_deliveries(2, 130, 0, 10).unwrap(), vec![]);
+        assert_eq!(store.due_deliveries(1, 130, 0, 10).unwrap().len(), 1);
+        // Node 2 takes over once node 1's lease has run out and the takeover delay
+        // has passed.
+        assert_eq!(store.due_deliveries(2, 500, 1000, 10).unwrap(), vec![]);
+        assert_eq!(store.due_deliveries(2, 1100, 1000, 10).unwrap().len(), 1);
         // A retried refused lease is still refused.
         let again = store
             .apply(&[(2, &[op(2, 2, 120, lease(600))][..])], b"2")
