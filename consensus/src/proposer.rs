@@ -84,14 +84,19 @@ impl Proposer {
 
     /// Stamps `command` with a new id, the current time and this node, and commits it.
     pub async fn propose(&self, command: Command) -> Result<OpResult, ProposeError> {
+        self.submit(self.stamp(command)).await
+    }
+
+    /// `command` as an operation with a new id, the current time and this node, to
+    /// submit (and resubmit with the same id, applied once) later.
+    pub fn stamp(&self, command: Command) -> Op {
         let time_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-        let op = Op {
+        Op {
             id: self.new_op_id(),
             time_ms,
             node: self.node,
             command,
-        };
-        self.submit(op).await
+        }
     }
 
     /// Commits an operation built by the caller (to retry one with the same id).

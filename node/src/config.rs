@@ -10,7 +10,7 @@ use std::time::Duration;
 use bulwark_consensus::{NodeConfig, PeerConfig, RaftSettings};
 use serde::Deserialize;
 
-use crate::smtp;
+use crate::{delivery, smtp};
 
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -21,6 +21,37 @@ struct Raw {
     api: Option<RawApi>,
     raft: Option<RawRaft>,
     smtp: Option<RawSmtp>,
+    delivery: Option<RawDelivery>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    /// Next hop (`host:port`) for accepted mail; absent: the Maildir below.
+    relay: Option<String>,
+    /// Maildir for accepted mail when there is no relay, relative to data_dir.
+    maildir: Option<PathBuf>,
+    /// Deliveries in progress at once on this node.
+    concurrency: Option<usize>,
+    /// Seconds a delivery lease lasts (renewed while sending).
+    lease_secs: Option<u64>,
+    /// Seconds another node waits before delivering a message its accepting node has
+    /// not delivered (that node may be down).
+    takeover_secs: Option<u64>,
+    /// First retry delay after a temporary failure, in seconds; doubles each time.
+    retry_initial_secs: Option<u64>,
+    /// Longest retry delay, in seconds.
+    retry_max_secs: Option<u64>,
+    /// Seconds after acceptance when a recipient still deferred fails for good.
+    max_age_secs: Option<u64>,
+    /// Seconds to connect to the next hop.
+    connect_timeout_secs: Option<u64>,
+    /// Seconds to wait for each reply of the next hop (RFC 5321: 5 minutes).
+    command_timeout_secs: Option<u64>,
+    /// Seconds to wait for the reply to the end of data (RFC 5321: 10 minutes).
+    data_timeout_secs: Option<u64>,
+    /// Milliseconds between scans of the queue for due messages.
+    poll_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,6 +159,7 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub admin_token_file: PathBuf,
     pub smtp: smtp::Settings,
+    pub delivery: delivery::Settings,
 }
 
 impl Config {
@@ -217,6 +249,12 @@ impl Config {
         }
 
         let smtp = validate_smtp(raw.smtp.unwrap_or_default(), base, &mut problems);
+        let delivery = validate_delivery(
+            raw.delivery.unwrap_or_default(),
+            &data_dir,
+            smtp.as_ref().map_or("localhost", |s| s.hostname.as_str()),
+            &mut problems,
+        );
 
         if !problems.is_empty() {
             return Err(problems);
@@ -231,8 +269,66 @@ impl Config {
             api_listen: api_listen.expect("checked above"),
             admin_token_file,
             smtp: smtp.expect("checked above"),
+            delivery: delivery.expect("checked above"),
         })
     }
+}
+
+fn validate_delivery(
+    d: RawDelivery,
+    data_dir: &Path,
+    hostname: &str,
+    problems: &mut Vec<String>,
+) -> Option<delivery::Settings> {
+    let start = problems.len();
+    let destination = match d.relay {
+        Some(relay) => {
+            if relay
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                problems.push(format!("delivery.relay: {relay:?} is not host:port"));
+            }
+            delivery::Destination::Relay(relay)
+        }
+        None => delivery::Destination::Maildir(
+            data_dir.join(d.maildir.unwrap_or_else(|| "delivered".into())),
+        ),
+    };
+    let mut secs = |name: &str, value: Option<u64>, default: u64| {
+        let value = value.unwrap_or(default);
+        if value == 0 {
+            problems.push(format!("delivery.{name} must be positive"));
+        }
+        Duration::from_secs(value)
+    };
+    let lease = secs("lease_secs", d.lease_secs, 30);
+    let takeover_after = secs("takeover_secs", d.takeover_secs, 20);
+    let retry_initial = secs("retry_initial_secs", d.retry_initial_secs, 300);
+    let retry_max = secs("retry_max_secs", d.retry_max_secs, 4000);
+    let max_age = secs("max_age_secs", d.max_age_secs, 5 * 86_400);
+    let connect_timeout = secs("connect_timeout_secs", d.connect_timeout_secs, 30);
+    let command_timeout = secs("command_timeout_secs", d.command_timeout_secs, 300);
+    let data_timeout = secs("data_timeout_secs", d.data_timeout_secs, 600);
+    let concurrency = d.concurrency.unwrap_or(16);
+    if concurrency == 0 {
+        problems.push("delivery.concurrency must be positive".into());
+    }
+    let poll = Duration::from_millis(d.poll_ms.unwrap_or(500).max(10));
+    (problems.len() == start).then(|| delivery::Settings {
+        destination,
+        hostname: hostname.to_string(),
+        concurrency,
+        lease,
+        takeover_after,
+        retry_initial,
+        retry_max,
+        max_age,
+        connect_timeout,
+        command_timeout,
+        data_timeout,
+        poll,
+    })
 }
 
 fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<smtp::Settings> {

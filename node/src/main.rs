@@ -3,6 +3,7 @@
 
 mod cert;
 mod config;
+mod delivery;
 mod scan;
 mod serve;
 mod smtp;

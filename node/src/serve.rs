@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::smtp;
+use crate::{delivery, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
@@ -80,6 +80,9 @@ async fn serve(config: Config) -> Result<()> {
     let stop_smtp = CancellationToken::new();
     let smtp = smtp.serve_with(node.proposer().clone(), config.node.id);
     let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
+    let stop_delivery = CancellationToken::new();
+    let delivery = delivery::Worker::new(node.clone(), config.delivery.clone());
+    let delivery = tokio::spawn(delivery.run(stop_delivery.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -92,6 +95,10 @@ async fn serve(config: Config) -> Result<()> {
     stop_smtp.cancel();
     if let Err(e) = smtp.await {
         tracing::warn!(error = %e, "SMTP server task");
+    }
+    stop_delivery.cancel();
+    if let Err(e) = delivery.await {
+        tracing::warn!(error = %e, "delivery task");
     }
     let _ = stop_api.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(10), api).await {

@@ -1,0 +1,57 @@
+//! Delivery: accepted mail leaves the replicated queue for the next hop, one node at
+//! a time per message.
+//!
+//! ```text
+//! worker.rs    finds due messages, takes a lease through Raft, renews it while
+//!              sending, reports the outcome through Raft
+//! relay.rs     the SMTP client to the next hop (RFC 5321), per-recipient results
+//! maildir.rs   the embedded default's local delivery (tmp/ then new/)
+//! schedule.rs  when a deferred recipient is tried again, and when to give up
+//! ```
+
+mod maildir;
+mod relay;
+mod schedule;
+mod worker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use worker::Worker;
+
+/// Where accepted mail goes.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    /// SMTP to this `host:port`.
+    Relay(String),
+    /// A Maildir (the embedded default).
+    Maildir(PathBuf),
+}
+
+/// The validated `[delivery]` section.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub destination: Destination,
+    /// Our name in EHLO.
+    pub hostname: String,
+    /// Deliveries in progress at once on this node.
+    pub concurrency: usize,
+    /// How long a lease lasts; it is renewed at a third of that while sending.
+    pub lease: Duration,
+    /// How long another node waits before delivering a message its accepting node
+    /// has not delivered (that node may be down).
+    pub takeover_after: Duration,
+    /// First retry delay after a 4xx; doubles with each attempt up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// A recipient still deferred this long after acceptance fails for good.
+    pub max_age: Duration,
+    /// Connecting to the next hop.
+    pub connect_timeout: Duration,
+    /// Each command's reply (RFC 5321 §4.5.3.2: 5 minutes).
+    pub command_timeout: Duration,
+    /// The reply to the end of data (RFC 5321 §4.5.3.2: 10 minutes).
+    pub data_timeout: Duration,
+    /// How often the queue is scanned for due messages.
+    pub poll: Duration,
+}
