@@ -52,6 +52,32 @@ struct RawDelivery {
     data_timeout_secs: Option<u64>,
     /// Milliseconds between scans of the queue for due messages.
     poll_ms: Option<u64>,
+    /// STARTTLS to the relay: `none`, `opportunistic` (default) or `required`.
+    tls: Option<String>,
+    /// Extra trust anchors (PEM) for `required` TLS, besides the web PKI roots.
+    tls_ca: Option<PathBuf>,
+    /// Name the relay's certificate must carry (default: the relay's host).
+    tls_name: Option<String>,
+    /// Connections open at once from this node to one next hop.
+    max_connections_per_destination: Option<usize>,
+    /// Seconds an unused connection stays open for the next message (0: never).
+    connection_cache_secs: Option<u64>,
+    /// Per-domain next hops: `"example.test" = { relay = "host:port" }`; a key
+    /// starting with `.` covers every subdomain.
+    routes: Option<BTreeMap<String, RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    /// Next hop `host:port` for the domain.
+    relay: String,
+    /// As `delivery.tls`; default: the `[delivery]` value.
+    tls: Option<String>,
+    /// As `delivery.tls_ca`; default: the `[delivery]` value.
+    tls_ca: Option<PathBuf>,
+    /// As `delivery.tls_name`; default: the route's host.
+    tls_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,6 +277,7 @@ impl Config {
         let smtp = validate_smtp(raw.smtp.unwrap_or_default(), base, &mut problems);
         let delivery = validate_delivery(
             raw.delivery.unwrap_or_default(),
+            base,
             &data_dir,
             smtp.as_ref().map_or("localhost", |s| s.hostname.as_str()),
             &mut problems,
@@ -276,25 +303,50 @@ impl Config {
 
 fn validate_delivery(
     d: RawDelivery,
+    base: &Path,
     data_dir: &Path,
     hostname: &str,
     problems: &mut Vec<String>,
 ) -> Option<delivery::Settings> {
     let start = problems.len();
-    let destination = match d.relay {
-        Some(relay) => {
-            if relay
-                .rsplit_once(':')
-                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-            {
-                problems.push(format!("delivery.relay: {relay:?} is not host:port"));
-            }
-            delivery::Destination::Relay(relay)
-        }
-        None => delivery::Destination::Maildir(
-            data_dir.join(d.maildir.unwrap_or_else(|| "delivered".into())),
+    let default_tls = d.tls.as_deref().unwrap_or("opportunistic");
+    let default_ca = d.tls_ca.map(|ca| relative_to(base, ca));
+    let default = match d.relay {
+        Some(relay) => relay_route(
+            "delivery",
+            relay,
+            default_tls,
+            default_ca.as_deref(),
+            d.tls_name,
+            problems,
         ),
+        None => Some(delivery::Route::Maildir(
+            data_dir.join(d.maildir.unwrap_or_else(|| "delivered".into())),
+        )),
     };
+    let mut domains = Vec::new();
+    for (domain, route) in d.routes.unwrap_or_default() {
+        let (dot, name) = match domain.strip_prefix('.') {
+            Some(rest) => (".", rest),
+            None => ("", domain.as_str()),
+        };
+        let Some(ascii) = smtp::ascii_domain(name).filter(|a| !a.is_empty()) else {
+            problems.push(format!("delivery.routes: {domain:?} is not a domain"));
+            continue;
+        };
+        let ca = route.tls_ca.map(|ca| relative_to(base, ca));
+        let built = relay_route(
+            &format!("delivery.routes.{domain:?}"),
+            route.relay,
+            route.tls.as_deref().unwrap_or(default_tls),
+            ca.as_deref().or(default_ca.as_deref()),
+            route.tls_name,
+            problems,
+        );
+        if let Some(built) = built {
+            domains.push((format!("{dot}{ascii}"), built));
+        }
+    }
     let mut secs = |name: &str, value: Option<u64>, default: u64| {
         let value = value.unwrap_or(default);
         if value == 0 {
@@ -315,8 +367,18 @@ fn validate_delivery(
         problems.push("delivery.concurrency must be positive".into());
     }
     let poll = Duration::from_millis(d.poll_ms.unwrap_or(500).max(10));
+    let max_connections_per_destination = d.max_connections_per_destination.unwrap_or(20);
+    if max_connections_per_destination == 0 {
+        problems.push("delivery.max_connections_per_destination must be positive".into());
+    }
+    let connection_cache = Duration::from_secs(d.connection_cache_secs.unwrap_or(5));
     (problems.len() == start).then(|| delivery::Settings {
-        destination,
+        routes: delivery::Routes {
+            default: default.expect("checked above"),
+            domains,
+        },
+        max_connections_per_destination,
+        connection_cache,
         hostname: hostname.to_string(),
         concurrency,
         lease,
@@ -328,6 +390,60 @@ fn validate_delivery(
         command_timeout,
         data_timeout,
         poll,
+    })
+}
+
+/// An SMTP next hop from its config: address, TLS policy, trust anchors and name.
+fn relay_route(
+    section: &str,
+    relay: String,
+    tls: &str,
+    ca: Option<&Path>,
+    tls_name: Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<delivery::Route> {
+    let start = problems.len();
+    let host = match relay.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        _ => {
+            problems.push(format!("{section}.relay: {relay:?} is not host:port"));
+            String::new()
+        }
+    };
+    let policy = delivery::TlsPolicy::parse(tls);
+    if policy.is_none() {
+        problems.push(format!(
+            "{section}.tls: {tls:?} is not none, opportunistic or required"
+        ));
+    }
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = ca {
+        match crate::tls::load_certs(ca) {
+            Ok(certs) => {
+                for cert in certs {
+                    if let Err(e) = roots.add(cert) {
+                        problems.push(format!("{section}.tls_ca {}: {e}", ca.display()));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("{section}.tls_ca: {e:#}")),
+        }
+    }
+    (problems.len() == start).then(|| {
+        let verified = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        delivery::Route::Relay(delivery::Relay {
+            address: relay,
+            tls: policy.expect("checked above"),
+            tls_name: tls_name.unwrap_or(host),
+            verified: std::sync::Arc::new(verified),
+        })
     })
 }
 
@@ -350,8 +466,8 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         .domains
         .unwrap_or_else(|| vec!["localhost".into(), "example.test".into()])
         .into_iter()
-        .filter_map(|d| match idna::domain_to_ascii(d.trim_end_matches('.')) {
-            Ok(ascii)
+        .filter_map(|d| match smtp::ascii_domain(&d) {
+            Some(ascii)
                 if !ascii.is_empty()
                     && ascii
                         .chars()

@@ -7,6 +7,7 @@ mod delivery;
 mod scan;
 mod serve;
 mod smtp;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

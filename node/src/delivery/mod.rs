@@ -4,34 +4,32 @@
 //! ```text
 //! worker.rs    finds due messages, takes a lease through Raft, renews it while
 //!              sending, reports the outcome through Raft
-//! relay.rs     the SMTP client to the next hop (RFC 5321), per-recipient results
+//! route.rs     which next hop a recipient's domain goes to, with what TLS policy
+//! client.rs    the SMTP client to the next hop (RFC 5321): STARTTLS, PIPELINING,
+//!              per-recipient results
+//! pool.rs      connections kept for the next message; a limit per destination
 //! maildir.rs   the embedded default's local delivery (tmp/ then new/)
 //! schedule.rs  when a deferred recipient is tried again, and when to give up
+//! dsn.rs       the delivery status notification to the sender of failed mail
 //! ```
 
+mod client;
+mod dsn;
 mod maildir;
-mod relay;
+mod pool;
+mod route;
 mod schedule;
 mod worker;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+pub use route::{Relay, Route, Routes, TlsPolicy};
 pub use worker::Worker;
-
-/// Where accepted mail goes.
-#[derive(Clone, Debug)]
-pub enum Destination {
-    /// SMTP to this `host:port`.
-    Relay(String),
-    /// A Maildir (the embedded default).
-    Maildir(PathBuf),
-}
 
 /// The validated `[delivery]` section.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub destination: Destination,
+    pub routes: Routes,
     /// Our name in EHLO.
     pub hostname: String,
     /// Deliveries in progress at once on this node.
@@ -52,6 +50,11 @@ pub struct Settings {
     pub command_timeout: Duration,
     /// The reply to the end of data (RFC 5321 §4.5.3.2: 10 minutes).
     pub data_timeout: Duration,
+    /// Connections open at once from this node to one next hop.
+    pub max_connections_per_destination: usize,
+    /// How long a connection to a next hop stays open, unused, for the next
+    /// message; zero: one message per connection.
+    pub connection_cache: Duration,
     /// How often the queue is scanned for due messages.
     pub poll: Duration,
 }

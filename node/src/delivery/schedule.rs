@@ -31,12 +31,17 @@ pub fn deferred(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::Destination;
+    use crate::delivery::{Route, Routes};
     use bulwark_storage::{Action, MessageId};
 
     fn settings() -> Settings {
         Settings {
-            destination: Destination::Relay("127.0.0.1:25".into()),
+            routes: Routes {
+                default: Route::Maildir("delivered".into()),
+                domains: Vec::new(),
+            },
+            max_connections_per_destination: 20,
+            connection_cache: Duration::from_secs(5),
             hostname: "mx.test".into(),
             concurrency: 1,
             lease: Duration::from_secs(30),

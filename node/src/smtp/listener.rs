@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use bulwark_consensus::Proposer;
-use bulwark_storage::{Client, Rejection, TlsInfo};
+use bulwark_storage::{Client, Rejection};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -284,48 +284,17 @@ async fn connection(
             return;
         }
     };
-    session.tls_started(tls_info(stream.get_ref().1));
+    let tls = stream.get_ref().1;
+    session.tls_started(crate::tls::info(tls, tls.server_name()));
     let mut conn = Conn::new(stream);
     session.run(&mut conn).await;
-}
-
-fn tls_info(tls: &rustls::ServerConnection) -> TlsInfo {
-    let version = match tls.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown".to_string(),
-    };
-    let cipher = tls
-        .negotiated_cipher_suite()
-        .map(|suite| {
-            let suite = suite.suite();
-            // IANA names TLS 1.3 suites TLS_..., rustls TLS13_...
-            suite
-                .as_str()
-                .map(|name| name.replacen("TLS13_", "TLS_", 1))
-                .unwrap_or_else(|| format!("{suite:?}"))
-        })
-        .unwrap_or_default();
-    TlsInfo {
-        version,
-        cipher,
-        sni: tls.server_name().map(str::to_string),
-    }
 }
 
 fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor> {
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("reading certificates from {}", cert.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("{} holds no certificate", cert.display());
-    }
+    let certs = crate::tls::load_certs(cert)?;
     let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
         std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
     ))

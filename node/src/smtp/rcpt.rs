@@ -61,10 +61,7 @@ fn is_local(address: &str, domains: &[String]) -> bool {
     if domain.starts_with('[') {
         return false;
     }
-    match idna::domain_to_ascii(domain.trim_end_matches('.')) {
-        Ok(ascii) => domains.contains(&ascii),
-        Err(_) => false,
-    }
+    super::ascii_domain(domain).is_some_and(|ascii| domains.contains(&ascii))
 }
 
 #[cfg(test)]
