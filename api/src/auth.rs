@@ -1,6 +1,11 @@
 //! Bearer-token authentication. Roles and API-managed tokens come with the API issue;
 //! for now there is the admin token, compared by its SHA-256 digest.
 
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
@@ -36,5 +41,23 @@ impl AdminToken {
         } else {
             Err(ApiError::unauthorized())
         }
+    }
+}
+
+/// The address of the caller's connection, recorded with the actions it takes. Only
+/// the peer address is used: a forwarding header is the client's word, not a fact.
+/// `None` when the router is served without connection info (as in unit tests).
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }

@@ -20,6 +20,14 @@ impl ApiError {
         }
     }
 
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            title: "not found",
+            detail: detail.into(),
+        }
+    }
+
     pub fn unauthorized() -> Self {
         ApiError {
             status: StatusCode::UNAUTHORIZED,

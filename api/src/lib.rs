@@ -1,4 +1,5 @@
-//! Bulwark's HTTP API (axum): health, cluster status, the audit trail.
+//! Bulwark's HTTP API (axum): health, cluster status, the audit trail, the delivery
+//! queue.
 //!
 //! Reads are served from the local node's applied state and say which Raft index
 //! they reflect; writes go through the consensus crate's proposer, which forwards to
@@ -10,6 +11,7 @@
 
 mod auth;
 mod error;
+mod queue;
 mod routes;
 
 pub use auth::AdminToken;
@@ -23,7 +25,9 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // With the peer address of each connection: audited actions record it.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

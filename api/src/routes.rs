@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bulwark_consensus::RaftNode;
 use bulwark_storage::{Command, EventFilter, EventKind, MessageId};
@@ -38,6 +38,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/notes", post(add_note))
         .route("/v1/events", get(list_events))
         .route("/v1/events/verify", get(verify_events))
+        .route("/v1/queue", get(crate::queue::list))
+        .route("/v1/queue/{id}", delete(crate::queue::delete))
+        .route("/v1/queue/{id}/retry", post(crate::queue::retry))
+        .route("/v1/queue/{id}/hold", post(crate::queue::hold))
+        .route("/v1/queue/{id}/release", post(crate::queue::release))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -98,6 +103,17 @@ async fn add_note(
     ))
 }
 
+/// The page size a listing asked for: [`DEFAULT_LIMIT`] if none, else 1..=[`MAX_LIMIT`].
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1..={MAX_LIMIT}"
+        )));
+    }
+    Ok(limit)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventQuery {
@@ -115,12 +131,7 @@ async fn list_events(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     s.admin.check(&headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::bad_request(format!(
-            "limit must be 1..={MAX_LIMIT}"
-        )));
-    }
+    let limit = page_limit(q.limit)?;
     let message_id = match q.message_id.as_deref() {
         Some(id) => Some(
             id.parse::<MessageId>()

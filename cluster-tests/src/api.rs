@@ -90,6 +90,52 @@ impl Event {
     pub fn field(&self, name: &str) -> &serde_json::Value {
         self.fields.get(name).unwrap_or(&serde_json::Value::Null)
     }
+
+    /// The event's time in milliseconds since the Unix epoch (see [`unix_ms`]).
+    pub fn time_ms(&self) -> Result<i64> {
+        unix_ms(&self.time).with_context(|| format!("event {}: bad time {:?}", self.seq, self.time))
+    }
+}
+
+/// Milliseconds since the Unix epoch of a UTC RFC 3339 time as the API writes it,
+/// `2023-11-14T22:13:20.123Z` (fraction optional, any number of digits; `Z` only).
+pub fn unix_ms(time: &str) -> Option<i64> {
+    let b = time.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(range)?;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' || !matches!(b[b.len() - 1], b'Z' | b'z') {
+        return None;
+    }
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let millis = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', frac @ ..] if !frac.is_empty() && frac.iter().all(u8::is_ascii_digit) => frac
+            .iter()
+            .chain(std::iter::repeat(&b'0'))
+            .take(3)
+            .fold(0, |acc, c| acc * 10 + i64::from(c - b'0')),
+        _ => return None,
+    };
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + millis)
 }
 
 /// One page of `GET /v1/events`.
@@ -481,6 +527,17 @@ impl ApiClient {
         }
     }
 
+    /// Up to [`MAX_PAGE`] events of node `id` about one message (its queue id, as in
+    /// `250 … queued as ID`), oldest first: `GET /v1/events?message_id=`.
+    pub async fn message_events(&self, id: u64, message_id: &str) -> Result<Vec<Event>> {
+        ensure!(
+            !message_id.is_empty() && message_id.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "not a queue id: {message_id:?}"
+        );
+        let path = format!("/v1/events?message_id={message_id}&limit={MAX_PAGE}");
+        Ok(self.get_authed::<EventsPage>(id, &path).await?.events)
+    }
+
     /// `GET /v1/events/verify` of node `id`.
     pub async fn verify(&self, id: u64) -> Result<VerifyReport> {
         self.get_authed(id, "/v1/events/verify").await
@@ -555,4 +612,33 @@ fn null_as_zero<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unix_ms;
+
+    #[test]
+    fn rfc3339_times_in_milliseconds() {
+        assert_eq!(unix_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(unix_ms("1970-01-01T00:00:00.5Z"), Some(500));
+        assert_eq!(unix_ms("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
+        assert_eq!(unix_ms("2000-02-29T12:00:00.000Z"), Some(951_825_600_000));
+        assert_eq!(unix_ms("1969-12-31T23:59:59.999Z"), Some(-1));
+        assert_eq!(
+            unix_ms("2023-11-14T22:13:20.123456Z"),
+            Some(1_700_000_000_123)
+        );
+        for bad in [
+            "",
+            "2023-11-14",
+            "2023-11-14T22:13:20.123",
+            "2023-11-14T22:13:20.Z",
+            "2023-13-14T22:13:20Z",
+            "2023-11-14T22:13:20+01:00",
+            "2023-11-14 22:13:20Z",
+        ] {
+            assert_eq!(unix_ms(bad), None, "{bad}");
+        }
+    }
 }

@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod load;
+pub mod sink;
 pub mod smtp;
 pub mod tamper;
 pub mod tls;
@@ -71,6 +72,7 @@ pub struct ClusterBuilder {
     foreign: Vec<u64>,
     bin: Option<PathBuf>,
     smtp: Vec<(String, String)>,
+    delivery: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -83,6 +85,7 @@ impl ClusterBuilder {
             foreign: Vec::new(),
             bin: None,
             smtp: Vec::new(),
+            delivery: Vec::new(),
         }
     }
 
@@ -110,6 +113,20 @@ impl ClusterBuilder {
     pub fn smtp(mut self, key: &str, value: &str) -> Self {
         self.smtp.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Adds `key = value` (value written as TOML, e.g. `"6"` or `"\"127.0.0.1:2525\""`)
+    /// to a `[delivery]` section of every config (e.g. `relay`, `concurrency`,
+    /// `lease_secs`, `takeover_secs`, `poll_ms`). Without any, the configs have no
+    /// `[delivery]` section and the nodes use their defaults (a Maildir in the data dir).
+    pub fn delivery(mut self, key: &str, value: &str) -> Self {
+        self.delivery.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets `[delivery] relay` to `addr`: every node relays accepted mail there.
+    pub fn relay(self, addr: SocketAddr) -> Self {
+        self.delivery("relay", &toml_str(&addr.to_string()))
     }
 
     /// Use this `bulwark` binary instead of locating it.
@@ -189,7 +206,7 @@ impl ClusterBuilder {
         }
         let peers: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.cluster_addr)).collect();
         for n in &nodes {
-            let config = n.config_toml(&peers, self.raft.as_ref(), &self.smtp);
+            let config = n.config_toml(&peers, self.raft.as_ref(), &self.smtp, &self.delivery);
             std::fs::write(&n.config_path, config)
                 .with_context(|| format!("writing {}", n.config_path.display()))?;
         }
@@ -326,6 +343,7 @@ impl Node {
         peers: &[(u64, SocketAddr)],
         raft: Option<&RaftTuning>,
         smtp: &[(String, String)],
+        delivery: &[(String, String)],
     ) -> String {
         let mut s = String::new();
         let peers = peers
@@ -355,6 +373,12 @@ impl Node {
         );
         for (key, value) in smtp {
             let _ = writeln!(s, "{key} = {value}");
+        }
+        if !delivery.is_empty() {
+            s.push_str("\n[delivery]\n");
+            for (key, value) in delivery {
+                let _ = writeln!(s, "{key} = {value}");
+            }
         }
         if let Some(r) = raft {
             s.push_str("\n[raft]\n");

@@ -4,6 +4,8 @@
 //! the format version. Add new event kinds at the end of [`EventKind`] (bincode
 //! encodes the variant index) and new commands at the end of [`Command`].
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -47,7 +49,8 @@ pub enum Command {
     /// Store an accepted message's body, queue it for its recipients and record
     /// `message.received`, all in the same write. The operation id is the message id.
     AcceptMessage(Box<AcceptedMessage>),
-    /// Take a delivery lease or report a delivery attempt.
+    /// Take a delivery lease, report a delivery attempt, or act on a queued message
+    /// for an administrator.
     Delivery(Box<DeliveryCommand>),
 }
 
@@ -89,6 +92,35 @@ pub enum EventKind {
         recipients: Vec<String>,
         reply: String,
     },
+    /// A delivery status notification about failed recipients was queued for the
+    /// message's envelope sender.
+    DeliveryBounced {
+        message_id: MessageId,
+        dsn_id: MessageId,
+        sender: String,
+        recipients: Vec<String>,
+    },
+    /// An API caller changed something (queue retry, hold, release, delete, ...), or
+    /// tried to and was refused.
+    ApiAction(Box<ApiAction>),
+}
+
+/// The `api.action` event: who did what, from where, to which message, and whether
+/// it was done.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiAction {
+    /// Dotted name of the action, e.g. `queue.hold`.
+    pub action: String,
+    /// The caller, as authenticated by the API.
+    pub user: String,
+    /// The caller's address as the API saw it (the peer of its connection).
+    pub client_ip: Option<IpAddr>,
+    pub message_id: Option<MessageId>,
+    /// Recipients concerned: made due by a retry, held or released, or dropped (never
+    /// to be delivered) by a delete.
+    pub recipients: Vec<String>,
+    /// Why the action was refused; `None`: it was done.
+    pub refused: Option<String>,
 }
 
 impl EventKind {
@@ -105,6 +137,8 @@ impl EventKind {
             EventKind::DeliverySucceeded { .. } => "delivery.succeeded",
             EventKind::DeliveryDeferred { .. } => "delivery.deferred",
             EventKind::DeliveryFailed { .. } => "delivery.failed",
+            EventKind::DeliveryBounced { .. } => "delivery.bounced",
+            EventKind::ApiAction(_) => "api.action",
         }
     }
 
@@ -116,7 +150,9 @@ impl EventKind {
             EventKind::DeliveryLeased { message_id, .. }
             | EventKind::DeliverySucceeded { message_id, .. }
             | EventKind::DeliveryDeferred { message_id, .. }
-            | EventKind::DeliveryFailed { message_id, .. } => Some(*message_id),
+            | EventKind::DeliveryFailed { message_id, .. }
+            | EventKind::DeliveryBounced { message_id, .. } => Some(*message_id),
+            EventKind::ApiAction(a) => a.message_id,
             EventKind::AuditNote { .. }
             | EventKind::MessageRejected(_)
             | EventKind::RejectionsSuppressed { .. } => None,
@@ -233,6 +269,49 @@ impl EventKind {
                     serde_json::json!({ "to": { "address": recipients } }),
                 );
                 out.insert("smtp".into(), serde_json::json!({ "reply": reply }));
+            }
+            EventKind::DeliveryBounced {
+                message_id,
+                dsn_id,
+                sender,
+                recipients,
+            } => {
+                out.insert("message_id".into(), message_id.to_string().into());
+                out.insert(
+                    "email".into(),
+                    serde_json::json!({
+                        "sender": { "address": sender },
+                        "to": { "address": recipients },
+                    }),
+                );
+                out.insert(
+                    "dsn".into(),
+                    serde_json::json!({ "message_id": dsn_id.to_string() }),
+                );
+            }
+            EventKind::ApiAction(a) => {
+                out.insert("action".into(), a.action.clone().into());
+                if let Some(id) = a.message_id {
+                    out.insert("message_id".into(), id.to_string().into());
+                }
+                out.insert("user".into(), serde_json::json!({ "name": a.user }));
+                if let Some(ip) = a.client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
+                if !a.recipients.is_empty() {
+                    out.insert(
+                        "email".into(),
+                        serde_json::json!({ "to": { "address": a.recipients } }),
+                    );
+                }
+                let mut event = serde_json::json!({
+                    "action": a.action,
+                    "outcome": if a.refused.is_some() { "failure" } else { "success" },
+                });
+                if let Some(reason) = &a.refused {
+                    event["reason"] = reason.clone().into();
+                }
+                out.insert("event".into(), event);
             }
         }
     }
@@ -453,5 +532,33 @@ mod tests {
         assert_eq!(json["message"], "note 4");
         assert_eq!(json["user"]["name"], "admin");
         assert_eq!(json["hash"], hex::encode([7u8; 32]));
+    }
+
+    #[test]
+    fn api_actions_say_who_did_what_from_where() {
+        let mut event = note(5);
+        event.kind = EventKind::ApiAction(Box::new(ApiAction {
+            action: "queue.delete".into(),
+            user: "admin".into(),
+            client_ip: Some("192.0.2.9".parse().unwrap()),
+            message_id: Some(MessageId(77)),
+            recipients: vec!["bob@example.test".into()],
+            refused: None,
+        }));
+        let stored = StoredEvent {
+            event,
+            prev_hash: [0; 32],
+            hash: [1; 32],
+        };
+        let json = stored.to_json();
+        assert_eq!(json["type"], "api.action");
+        assert_eq!(json["action"], "queue.delete");
+        assert_eq!(json["event"]["action"], "queue.delete");
+        assert_eq!(json["event"]["outcome"], "success");
+        assert_eq!(json["message_id"], MessageId(77).to_string());
+        assert_eq!(json["user"]["name"], "admin");
+        assert_eq!(json["source"]["ip"], "192.0.2.9");
+        assert_eq!(json["email"]["to"]["address"][0], "bob@example.test");
+        assert_eq!(stored.event.kind.message_id(), Some(MessageId(77)));
     }
 }

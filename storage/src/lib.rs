@@ -29,13 +29,15 @@ mod state;
 
 pub use error::{Error, Result};
 pub use event::{
-    Command, Event, EventKind, Hash, Op, OpId, OpResult, Proposal, StoredEvent, VerifyReport,
+    ApiAction, Command, Event, EventKind, Hash, Op, OpId, OpResult, Proposal, StoredEvent,
+    VerifyReport,
 };
 pub use log::LogStore;
 pub use message::{
-    AcceptedMessage, Action, Client, DeliveryCommand, DeliveryReport, Envelope, Lease, MessageId,
-    MessageReceived, QueueEntry, QueuedRecipient, RecipientOutcome, RecipientResult,
-    RecipientStatus, Rejection, Timings, TlsInfo,
+    AcceptedMessage, Action, Bounce, Client, DeliveryCommand, DeliveryReport, Envelope, Lease,
+    MessageId, MessageReceived, QueueAction, QueueEntry, QueueRecord, QueueStatus, QueuedRecipient,
+    RecipientOutcome, RecipientResult, RecipientStatus, Rejection, Timings, TlsInfo,
 };
+pub use queue::NOT_QUEUED;
 pub use snapshot::{SnapshotFile, SnapshotStore};
-pub use state::{EventFilter, StateDir, StateStore};
+pub use state::{EventFilter, QueueFilter, StateDir, StateStore};

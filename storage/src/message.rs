@@ -278,6 +278,119 @@ impl QueueEntry {
     }
 }
 
+/// What the `queue` column family stores for a message: its delivery state and an
+/// administrator's hold, kept apart so that delivery code deals in [`QueueEntry`]
+/// alone while the rules ([`QueueRecord::is_due`], the lease) respect the hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRecord {
+    pub entry: QueueEntry,
+    /// An administrator put the message on hold: it is not due and no lease is
+    /// granted on it until released (an attempt already running may finish).
+    pub held: bool,
+}
+
+impl QueueRecord {
+    /// A message that has just joined the queue.
+    pub fn new(entry: QueueEntry) -> Self {
+        QueueRecord { entry, held: false }
+    }
+
+    /// Not held, and some recipient is ready for an attempt at `now_ms`.
+    pub fn is_due(&self, now_ms: i64) -> bool {
+        !self.held && self.entry.is_due(now_ms)
+    }
+
+    /// Where the message stands at `now_ms`, as the queue API lists and filters it:
+    /// `held` first, then `leased` (a lease still running), then `deferred` (some
+    /// recipient has had a temporary failure), else `pending`.
+    pub fn status(&self, now_ms: i64) -> QueueStatus {
+        if self.held {
+            QueueStatus::Held
+        } else if self.entry.lease.is_some_and(|l| l.until_ms > now_ms) {
+            QueueStatus::Leased
+        } else if self
+            .entry
+            .recipients
+            .iter()
+            .any(|r| matches!(r.status, RecipientStatus::Deferred { .. }))
+        {
+            QueueStatus::Deferred
+        } else {
+            QueueStatus::Pending
+        }
+    }
+}
+
+/// A queued message's state, as [`QueueRecord::status`] sums it up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueStatus {
+    /// No attempt has failed yet: waiting for the first one.
+    Pending,
+    /// Some recipient is waiting for its next attempt after a temporary failure.
+    Deferred,
+    /// On hold by an administrator.
+    Held,
+    /// A node is delivering it now.
+    Leased,
+}
+
+impl QueueStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            QueueStatus::Pending => "pending",
+            QueueStatus::Deferred => "deferred",
+            QueueStatus::Held => "held",
+            QueueStatus::Leased => "leased",
+        }
+    }
+}
+
+/// Why a string is not a [`QueueStatus`].
+#[derive(Debug, thiserror::Error)]
+#[error("not a queue status: expected pending, deferred, held or leased")]
+pub struct BadQueueStatus;
+
+impl FromStr for QueueStatus {
+    type Err = BadQueueStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(QueueStatus::Pending),
+            "deferred" => Ok(QueueStatus::Deferred),
+            "held" => Ok(QueueStatus::Held),
+            "leased" => Ok(QueueStatus::Leased),
+            _ => Err(BadQueueStatus),
+        }
+    }
+}
+
+/// What an administrator does to a queued message (the queue API).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueAction {
+    /// Every deferred recipient becomes due at the operation's time; a hold is
+    /// released (asking for delivery now overrides it).
+    Retry,
+    /// No attempt starts until released; one already running may finish and report.
+    Hold,
+    /// Lifts a hold; the message is due again as its recipients' schedule says.
+    Release,
+    /// The message and its body leave the queue without a DSN: an administrator's
+    /// decision, recorded with the recipients that will not get it.
+    Delete,
+}
+
+impl QueueAction {
+    /// The `action` of the `api.action` event.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            QueueAction::Retry => "queue.retry",
+            QueueAction::Hold => "queue.hold",
+            QueueAction::Release => "queue.release",
+            QueueAction::Delete => "queue.delete",
+        }
+    }
+}
+
 /// What one delivery attempt did for one recipient.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientOutcome {
@@ -304,6 +417,25 @@ pub struct DeliveryReport {
     pub tls: Option<TlsInfo>,
     pub results: Vec<RecipientResult>,
     pub duration_ms: u64,
+    /// False when the same lease goes on to another next hop for the message's
+    /// remaining recipients; the last report of an attempt releases the lease.
+    pub release_lease: bool,
+}
+
+/// A delivery status notification (RFC 3464) to the envelope sender of a message
+/// whose recipients failed, queued in the same operation as the report that failed
+/// them: never lost, never sent twice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bounce {
+    /// The DSN's own message id.
+    pub message_id: MessageId,
+    /// Where it goes: the failed message's envelope sender (never the null sender).
+    pub recipient: String,
+    /// The failed recipients it reports.
+    pub failed: Vec<String>,
+    /// The DSN, CRLF lines, `multipart/report`.
+    #[serde(with = "serde_bytes_compat")]
+    pub body: Vec<u8>,
 }
 
 /// Delivery work committed through Raft, so that one node at a time delivers a
@@ -317,8 +449,22 @@ pub enum DeliveryCommand {
         until_ms: i64,
     },
     /// The outcome of an attempt: recipients move on, the lease is released, and a
-    /// message with every recipient done leaves the queue (its body is deleted).
-    Report(DeliveryReport),
+    /// message with every recipient done leaves the queue (its body is deleted). A
+    /// bounce is queued when the report fails recipients of a message that has a
+    /// sender to tell.
+    Report {
+        report: DeliveryReport,
+        bounce: Option<Box<Bounce>>,
+    },
+    /// An administrator's action on a queued message, made through the API by `user`
+    /// from `client_ip`. Refused when the message is not in the queue; recorded as an
+    /// `api.action` event either way.
+    Admin {
+        message_id: MessageId,
+        action: QueueAction,
+        user: String,
+        client_ip: Option<IpAddr>,
+    },
 }
 
 /// Bodies are large: serialise them as one byte string, not a sequence of numbers.

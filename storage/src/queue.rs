@@ -1,17 +1,24 @@
-//! The delivery queue's rules: who may deliver a message, and what an attempt's
-//! report does to its recipients. Pure functions over one queue entry, so that apply
-//! stays deterministic and the rules are tested on their own.
+//! The delivery queue's rules: who may deliver a message, what an attempt's report
+//! does to its recipients, and what an administrator's action does. Pure functions
+//! over one queue record, so that apply stays deterministic and the rules are tested
+//! on their own.
 
-use crate::event::EventKind;
+use std::net::IpAddr;
+
+use crate::event::{ApiAction, EventKind};
 use crate::message::{
-    DeliveryReport, Lease, MessageId, QueueEntry, RecipientOutcome, RecipientStatus,
+    DeliveryReport, Lease, MessageId, QueueAction, QueueRecord, RecipientOutcome, RecipientStatus,
 };
 
+/// Why a command about a message not in the queue is refused.
+pub const NOT_QUEUED: &str = "not in the queue";
+
 /// Grants `node` the lease on `entry` until `until_ms` unless another node holds one
-/// still running at `time_ms` (the operation's time). Returns the event and, when
-/// refused, why.
+/// still running at `time_ms` (the operation's time), or the message is held (the
+/// node already delivering it may still renew its running lease, to finish the
+/// attempt). Returns the event and, when refused, why.
 pub(crate) fn lease(
-    entry: &mut Option<QueueEntry>,
+    entry: &mut Option<QueueRecord>,
     message_id: MessageId,
     node: u64,
     time_ms: i64,
@@ -28,9 +35,21 @@ pub(crate) fn lease(
             Some(why),
         )
     };
-    let Some(e) = entry.as_mut() else {
-        return refused(node, until_ms, "not in the queue".into());
+    let Some(record) = entry.as_mut() else {
+        return refused(node, until_ms, NOT_QUEUED.into());
     };
+    let running_here = record
+        .entry
+        .lease
+        .is_some_and(|l| l.node == node && l.until_ms > time_ms);
+    if record.held && !running_here {
+        let (holder, until) = record
+            .entry
+            .lease
+            .map_or((node, until_ms), |l| (l.node, l.until_ms));
+        return refused(holder, until, "held by an administrator".into());
+    }
+    let e = &mut record.entry;
     if !e.is_free_for(node, time_ms) {
         let held = e.lease.expect("not free means leased");
         return refused(
@@ -56,12 +75,12 @@ pub(crate) fn lease(
 /// leaves the queue (`entry` becomes `None`). A report for a message no longer queued
 /// is still recorded.
 pub(crate) fn report(
-    entry: &mut Option<QueueEntry>,
+    entry: &mut Option<QueueRecord>,
     node: u64,
     report: &DeliveryReport,
 ) -> Vec<EventKind> {
     let mut events = vec![EventKind::DeliveryAttempted(Box::new(report.clone()))];
-    let Some(e) = entry.as_mut() else {
+    let Some(e) = entry.as_mut().map(|r| &mut r.entry) else {
         return events;
     };
     let (mut delivered, mut deferred, mut failed) = (Vec::new(), Vec::new(), Vec::new());
@@ -128,7 +147,7 @@ pub(crate) fn report(
             reply: failed_reply,
         });
     }
-    if e.lease.is_some_and(|l| l.node == node) {
+    if report.release_lease && e.lease.is_some_and(|l| l.node == node) {
         e.lease = None;
     }
     if e.recipients.iter().all(|r| r.status.is_final()) {
@@ -137,13 +156,83 @@ pub(crate) fn report(
     events
 }
 
+/// Applies an administrator's `action` at `time_ms` (the operation's time) and
+/// returns its `api.action` event and, when refused (the message is not in the
+/// queue), why. Holding a held message or releasing one that is not held changes
+/// nothing and succeeds, so that a client may repeat a request.
+pub(crate) fn admin(
+    entry: &mut Option<QueueRecord>,
+    message_id: MessageId,
+    action: QueueAction,
+    time_ms: i64,
+    user: &str,
+    client_ip: Option<IpAddr>,
+) -> (EventKind, Option<String>) {
+    let event = |recipients: Vec<String>, refused: Option<String>| {
+        EventKind::ApiAction(Box::new(ApiAction {
+            action: action.as_str().into(),
+            user: user.into(),
+            client_ip,
+            message_id: Some(message_id),
+            recipients,
+            refused,
+        }))
+    };
+    let Some(record) = entry.as_mut() else {
+        return (
+            event(Vec::new(), Some(NOT_QUEUED.into())),
+            Some(NOT_QUEUED.into()),
+        );
+    };
+    let waiting: Vec<String> = record
+        .entry
+        .recipients
+        .iter()
+        .filter(|r| !r.status.is_final())
+        .map(|r| r.address.clone())
+        .collect();
+    let recipients = match action {
+        QueueAction::Hold => {
+            record.held = true;
+            waiting
+        }
+        QueueAction::Release => {
+            record.held = false;
+            waiting
+        }
+        QueueAction::Retry => {
+            record.held = false;
+            let mut made_due = Vec::new();
+            for r in &mut record.entry.recipients {
+                match &mut r.status {
+                    RecipientStatus::Deferred {
+                        next_attempt_ms, ..
+                    } => {
+                        *next_attempt_ms = (*next_attempt_ms).min(time_ms);
+                        made_due.push(r.address.clone());
+                    }
+                    RecipientStatus::Pending => made_due.push(r.address.clone()),
+                    _ => {}
+                }
+            }
+            made_due
+        }
+        QueueAction::Delete => {
+            *entry = None;
+            waiting
+        }
+    };
+    (event(recipients, None), None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Action, QueuedRecipient, RecipientResult};
+    use crate::message::QueueStatus;
+    use crate::message::{Action, QueueEntry, QueuedRecipient, RecipientResult};
 
-    fn queued(recipients: &[&str]) -> Option<QueueEntry> {
-        Some(QueueEntry {
+    fn queued(recipients: &[&str]) -> Option<QueueRecord> {
+        Some(QueueRecord::new(QueueEntry {
             message_id: MessageId(9),
             received_seq: 1,
             time_ms: 1_000,
@@ -160,7 +249,7 @@ mod tests {
             action: Action::Deliver,
             received_by: 1,
             lease: None,
-        })
+        }))
     }
 
     fn result(address: &str, outcome: RecipientOutcome) -> RecipientResult {
@@ -178,6 +267,7 @@ mod tests {
             tls: None,
             results,
             duration_ms: 3,
+            release_lease: true,
         }
     }
 
@@ -191,7 +281,7 @@ mod tests {
         // After it expires, node 2 takes over.
         assert_eq!(lease(&mut e, MessageId(9), 2, 300, 400).1, None);
         assert_eq!(
-            e.unwrap().lease,
+            e.unwrap().entry.lease,
             Some(Lease {
                 node: 2,
                 until_ms: 400
@@ -229,7 +319,7 @@ mod tests {
                 "delivery.failed"
             ]
         );
-        let entry = e.clone().unwrap();
+        let entry = e.clone().unwrap().entry;
         assert_eq!(entry.lease, None);
         assert!(!entry.is_due(899) && entry.is_due(900));
         assert_eq!(entry.recipients[1].status.attempts(), 1);
@@ -240,7 +330,7 @@ mod tests {
             &attempt(vec![result("a@x", RecipientOutcome::Failed)]),
         );
         assert!(matches!(
-            e.as_ref().unwrap().recipients[0].status,
+            e.as_ref().unwrap().entry.recipients[0].status,
             RecipientStatus::Delivered { .. }
         ));
         report(
@@ -255,5 +345,177 @@ mod tests {
             &attempt(vec![result("b@x", RecipientOutcome::Delivered)]),
         );
         assert_eq!(events.len(), 1, "the attempt is still recorded");
+    }
+
+    fn deferred_until(e: &mut Option<QueueRecord>, address: &str, next_attempt_ms: i64) {
+        report(
+            e,
+            1,
+            &attempt(vec![result(
+                address,
+                RecipientOutcome::Deferred { next_attempt_ms },
+            )]),
+        );
+    }
+
+    fn api(
+        e: &mut Option<QueueRecord>,
+        action: QueueAction,
+        time_ms: i64,
+    ) -> (ApiAction, Option<String>) {
+        let (event, refused) = admin(
+            e,
+            MessageId(9),
+            action,
+            time_ms,
+            "admin",
+            Some("192.0.2.1".parse().unwrap()),
+        );
+        let a = match event {
+            EventKind::ApiAction(a) => a,
+            other => panic!("not an api.action: {other:?}"),
+        };
+        assert_eq!(a.refused, refused);
+        assert_eq!(a.action, action.as_str());
+        assert_eq!(
+            (a.user.as_str(), a.message_id),
+            ("admin", Some(MessageId(9)))
+        );
+        (*a, refused)
+    }
+
+    #[test]
+    fn a_held_message_is_never_due_nor_leased_until_released() {
+        let mut e = queued(&["a@x"]);
+        deferred_until(&mut e, "a@x", 500);
+        assert!(e.as_ref().unwrap().is_due(500));
+        let (event, refused) = api(&mut e, QueueAction::Hold, 200);
+        assert_eq!((event.recipients, refused), (vec!["a@x".to_string()], None));
+        let record = e.clone().unwrap();
+        assert!(record.held && !record.is_due(i64::MAX));
+        assert_eq!(record.status(600), QueueStatus::Held);
+        assert!(lease(&mut e, MessageId(9), 1, 600, 700).1.is_some());
+        assert_eq!(e.as_ref().unwrap().entry.lease, None);
+        // Holding again is harmless; releasing makes it due as scheduled.
+        assert_eq!(api(&mut e, QueueAction::Hold, 300).1, None);
+        assert_eq!(api(&mut e, QueueAction::Release, 400).1, None);
+        let record = e.clone().unwrap();
+        assert!(!record.held && !record.is_due(499) && record.is_due(500));
+        assert_eq!(record.status(400), QueueStatus::Deferred);
+        assert_eq!(lease(&mut e, MessageId(9), 1, 600, 700).1, None);
+        assert_eq!(e.as_ref().unwrap().status(650), QueueStatus::Leased);
+        assert_eq!(e.as_ref().unwrap().status(700), QueueStatus::Deferred);
+    }
+
+    #[test]
+    fn an_attempt_running_when_held_may_renew_its_lease_and_report() {
+        let mut e = queued(&["a@x", "b@x"]);
+        assert_eq!(lease(&mut e, MessageId(9), 1, 100, 200).1, None);
+        api(&mut e, QueueAction::Hold, 110);
+        // The holder renews while its lease runs; nobody else, and not after it ran out.
+        assert_eq!(lease(&mut e, MessageId(9), 1, 150, 250).1, None);
+        assert!(lease(&mut e, MessageId(9), 2, 300, 400).1.is_some());
+        assert!(lease(&mut e, MessageId(9), 1, 260, 400).1.is_some());
+        report(
+            &mut e,
+            1,
+            &attempt(vec![
+                result("a@x", RecipientOutcome::Delivered),
+                result(
+                    "b@x",
+                    RecipientOutcome::Deferred {
+                        next_attempt_ms: 900,
+                    },
+                ),
+            ]),
+        );
+        let record = e.unwrap();
+        assert!(record.held, "the report leaves the hold in place");
+        assert_eq!(record.entry.lease, None);
+        assert!(matches!(
+            record.entry.recipients[0].status,
+            RecipientStatus::Delivered { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_makes_deferred_recipients_due_now_and_lifts_a_hold() {
+        let mut e = queued(&["a@x", "b@x", "c@x"]);
+        report(
+            &mut e,
+            1,
+            &attempt(vec![
+                result("a@x", RecipientOutcome::Delivered),
+                result(
+                    "b@x",
+                    RecipientOutcome::Deferred {
+                        next_attempt_ms: 5_000,
+                    },
+                ),
+                result(
+                    "c@x",
+                    RecipientOutcome::Deferred {
+                        next_attempt_ms: 100,
+                    },
+                ),
+            ]),
+        );
+        api(&mut e, QueueAction::Hold, 200);
+        let (event, refused) = api(&mut e, QueueAction::Retry, 300);
+        assert_eq!(refused, None);
+        assert_eq!(event.recipients, ["b@x", "c@x"]);
+        let record = e.clone().unwrap();
+        assert!(!record.held && record.is_due(300));
+        let next: Vec<_> = record
+            .entry
+            .recipients
+            .iter()
+            .map(|r| match r.status {
+                RecipientStatus::Deferred {
+                    next_attempt_ms,
+                    attempts,
+                    ..
+                } => Some((next_attempt_ms, attempts)),
+                _ => None,
+            })
+            .collect();
+        // Never later than scheduled, attempts kept (the backoff goes on from there).
+        assert_eq!(next, [None, Some((300, 1)), Some((100, 1))]);
+    }
+
+    #[test]
+    fn delete_drops_the_message_and_actions_on_absent_messages_are_refused() {
+        let mut e = queued(&["a@x", "b@x"]);
+        report(
+            &mut e,
+            1,
+            &attempt(vec![result("a@x", RecipientOutcome::Delivered)]),
+        );
+        let (event, refused) = api(&mut e, QueueAction::Delete, 100);
+        assert_eq!(refused, None);
+        assert_eq!(
+            event.recipients,
+            ["b@x"],
+            "the recipients that lose the message"
+        );
+        assert!(e.is_none());
+        for action in [
+            QueueAction::Delete,
+            QueueAction::Retry,
+            QueueAction::Hold,
+            QueueAction::Release,
+        ] {
+            let (event, refused) = api(&mut e, action, 200);
+            assert_eq!(refused.as_deref(), Some(NOT_QUEUED));
+            assert!(event.recipients.is_empty());
+        }
+        // A report arriving after the delete is recorded and queues nothing.
+        let events = report(
+            &mut e,
+            1,
+            &attempt(vec![result("b@x", RecipientOutcome::Delivered)]),
+        );
+        assert_eq!(events.len(), 1);
+        assert!(e.is_none());
     }
 }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent, VerifyReport};
 use crate::layout::{self, cf};
 use crate::message::{
-    AcceptedMessage, DeliveryCommand, MessageId, QueueEntry, QueuedRecipient, RecipientStatus,
+    AcceptedMessage, Action, Bounce, DeliveryCommand, MessageId, QueueEntry, QueueRecord,
+    QueueStatus, QueuedRecipient, RecipientStatus,
 };
 use crate::{codec, snapshot, Error, Result};
 
@@ -59,9 +60,48 @@ impl EventFilter {
     }
 }
 
-/// Most events one query looks at before it returns a cursor to go on from, so a
-/// selective filter cannot turn one request into a scan of the whole log.
+/// Most events (or queue entries) one query looks at before it returns a cursor to go
+/// on from, so a selective filter cannot turn one request into a scan of everything.
 const MAX_SCAN: usize = 100_000;
+
+/// Which queued messages a listing wants. Addresses compare without regard to ASCII
+/// case; one starting with `@` matches every address of that domain, and `<>` (or
+/// the empty string) the null sender.
+#[derive(Clone, Debug, Default)]
+pub struct QueueFilter {
+    /// Envelope sender.
+    pub sender: Option<String>,
+    /// Some recipient, delivered or not.
+    pub recipient: Option<String>,
+    /// The message's [`QueueRecord::status`] at the time of the listing.
+    pub status: Option<QueueStatus>,
+}
+
+impl QueueFilter {
+    fn matches(&self, record: &QueueRecord, now_ms: i64) -> bool {
+        let e = &record.entry;
+        self.sender
+            .as_deref()
+            .is_none_or(|s| address_matches(s, &e.mail_from))
+            && self.recipient.as_deref().is_none_or(|want| {
+                e.recipients
+                    .iter()
+                    .any(|r| address_matches(want, &r.address))
+            })
+            && self.status.is_none_or(|s| record.status(now_ms) == s)
+    }
+}
+
+fn address_matches(pattern: &str, address: &str) -> bool {
+    if pattern == "<>" {
+        return address.is_empty();
+    }
+    if pattern.starts_with('@') && pattern.len() > 1 {
+        let (a, p) = (address.as_bytes(), pattern.as_bytes());
+        return a.len() > p.len() && a[a.len() - p.len()..].eq_ignore_ascii_case(p);
+    }
+    pattern.eq_ignore_ascii_case(address)
+}
 
 /// One generation of the state database.
 ///
@@ -151,7 +191,7 @@ impl StateStore {
         let mut in_batch: HashMap<u128, OpResult> = HashMap::new();
         // Queue entries changed by this batch (None: left the queue), so that later
         // operations of the batch see earlier ones.
-        let mut queue: HashMap<MessageId, Option<QueueEntry>> = HashMap::new();
+        let mut queue: HashMap<MessageId, Option<QueueRecord>> = HashMap::new();
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
             let mut entry_results = Vec::with_capacity(ops.len());
@@ -168,7 +208,9 @@ impl StateStore {
                             EventKind::MessageReceived(Box::new(message.received.clone()));
                         (vec![received], None)
                     }
-                    Command::Delivery(command) => self.delivery(&mut queue, command, op)?,
+                    Command::Delivery(command) => {
+                        self.delivery(&mut batch, &mut queue, command, op, head.next_seq)?
+                    }
                 };
                 let mut last = None;
                 for kind in kinds {
@@ -230,7 +272,7 @@ impl StateStore {
     fn accept(
         &self,
         batch: &mut WriteBatch,
-        queue: &mut HashMap<MessageId, Option<QueueEntry>>,
+        queue: &mut HashMap<MessageId, Option<QueueRecord>>,
         message: &AcceptedMessage,
         op: &Op,
         seq: u64,
@@ -259,38 +301,106 @@ impl StateStore {
             received_by: node,
             lease: None,
         };
-        queue.insert(received.message_id, Some(entry));
+        queue.insert(received.message_id, Some(QueueRecord::new(entry)));
         Ok(())
     }
 
-    /// A delivery lease or report against the queue as this batch has left it.
+    /// A delivery lease, report or administrator's action against the queue as this
+    /// batch has left it; a report's bounce joins the queue when the report failed
+    /// someone.
     fn delivery(
         &self,
-        queue: &mut HashMap<MessageId, Option<QueueEntry>>,
+        batch: &mut WriteBatch,
+        queue: &mut HashMap<MessageId, Option<QueueRecord>>,
         command: &DeliveryCommand,
         op: &Op,
+        seq: u64,
     ) -> Result<(Vec<EventKind>, Option<String>)> {
         let id = match command {
             DeliveryCommand::Lease { message_id, .. } => *message_id,
-            DeliveryCommand::Report(report) => report.message_id,
+            DeliveryCommand::Report { report, .. } => report.message_id,
+            DeliveryCommand::Admin { message_id, .. } => *message_id,
         };
         let entry = match queue.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.queue_entry(id)?),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.queue_record(id)?),
         };
-        Ok(match command {
+        match command {
             DeliveryCommand::Lease { until_ms, .. } => {
                 let (event, refused) =
                     crate::queue::lease(entry, id, op.node, op.time_ms, *until_ms);
-                (vec![event], refused)
+                Ok((vec![event], refused))
             }
-            DeliveryCommand::Report(report) => (crate::queue::report(entry, op.node, report), None),
-        })
+            DeliveryCommand::Admin {
+                action,
+                user,
+                client_ip,
+                ..
+            } => {
+                let (event, refused) =
+                    crate::queue::admin(entry, id, *action, op.time_ms, user, *client_ip);
+                Ok((vec![event], refused))
+            }
+            DeliveryCommand::Report { report, bounce } => {
+                let sender = entry.as_ref().map(|e| e.entry.mail_from.clone());
+                let mut events = crate::queue::report(entry, op.node, report);
+                let failed_now = events
+                    .iter()
+                    .any(|e| matches!(e, EventKind::DeliveryFailed { .. }));
+                if let (Some(bounce), Some(sender), true) = (bounce, sender, failed_now) {
+                    if !sender.is_empty() && bounce.recipient == sender {
+                        let seq = seq + events.len() as u64;
+                        self.queue_bounce(batch, queue, bounce, op, seq);
+                        events.push(EventKind::DeliveryBounced {
+                            message_id: id,
+                            dsn_id: bounce.message_id,
+                            sender,
+                            recipients: bounce.failed.clone(),
+                        });
+                    }
+                }
+                Ok((events, None))
+            }
+        }
     }
 
-    /// Queue entries with a recipient due at `now_ms` that `node` may take (no other
-    /// node's lease running): those it accepted, and others' once they have been due
-    /// for `takeover_ms` (their node may be down); at most `limit`.
+    /// A DSN into the queue, sent with the null sender (RFC 5321 §4.5.5) so that it
+    /// can never cause another bounce.
+    fn queue_bounce(
+        &self,
+        batch: &mut WriteBatch,
+        queue: &mut HashMap<MessageId, Option<QueueRecord>>,
+        bounce: &Bounce,
+        op: &Op,
+        seq: u64,
+    ) {
+        batch.put_cf(
+            self.cf(cf::BODIES),
+            bounce.message_id.key(),
+            codec::encode_bytes(&bounce.body),
+        );
+        let entry = QueueEntry {
+            message_id: bounce.message_id,
+            received_seq: seq,
+            time_ms: op.time_ms,
+            mail_from: String::new(),
+            recipients: vec![QueuedRecipient {
+                address: bounce.recipient.clone(),
+                status: RecipientStatus::Pending,
+            }],
+            // Quoted headers and replies may hold 8-bit text.
+            eight_bit: !bounce.body.is_ascii(),
+            smtputf8: !bounce.recipient.is_ascii(),
+            action: Action::Deliver,
+            received_by: op.node,
+            lease: None,
+        };
+        queue.insert(bounce.message_id, Some(QueueRecord::new(entry)));
+    }
+
+    /// Queue entries with a recipient due at `now_ms` that `node` may take (not held,
+    /// no other node's lease running): those it accepted, and others' once they have
+    /// been due for `takeover_ms` (their node may be down); at most `limit`.
     pub fn due_deliveries(
         &self,
         node: u64,
@@ -301,12 +411,16 @@ impl StateStore {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(cf::QUEUE), IteratorMode::Start) {
             let (_, value) = item?;
-            let entry: QueueEntry = codec::decode(&value)?;
+            let record: QueueRecord = codec::decode(&value)?;
+            if !record.is_due(now_ms) {
+                continue;
+            }
+            let entry = record.entry;
             let ours = entry.received_by == node
                 || entry
                     .due_since()
                     .is_some_and(|since| since.saturating_add(takeover_ms) <= now_ms);
-            if ours && entry.is_due(now_ms) && entry.is_free_for(node, now_ms) {
+            if ours && entry.is_free_for(node, now_ms) {
                 out.push(entry);
                 if out.len() >= limit {
                     break;
@@ -326,10 +440,56 @@ impl StateStore {
 
     /// A message's entry in the delivery queue.
     pub fn queue_entry(&self, id: MessageId) -> Result<Option<QueueEntry>> {
+        Ok(self.queue_record(id)?.map(|r| r.entry))
+    }
+
+    /// A message's record in the delivery queue: its entry and whether it is held.
+    pub fn queue_record(&self, id: MessageId) -> Result<Option<QueueRecord>> {
         match self.db.get_pinned_cf(self.cf(cf::QUEUE), id.key())? {
             Some(record) => Ok(Some(codec::decode(&record)?)),
             None => Ok(None),
         }
+    }
+
+    /// Up to `limit` queued messages after `after` (in arrival order: ids sort by
+    /// time) that match `filter` at `now_ms`, and the id to pass as `after` for the
+    /// next page (`None` when the queue has nothing further).
+    pub fn queue_list(
+        &self,
+        filter: &QueueFilter,
+        after: Option<MessageId>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<(Vec<QueueRecord>, Option<MessageId>)> {
+        // The largest id has nothing after it.
+        if after.is_some_and(|id| id.0 == u128::MAX) {
+            return Ok((Vec::new(), None));
+        }
+        let start = after.map(|id| (id.0 + 1).to_be_bytes());
+        let mode = match &start {
+            Some(key) => IteratorMode::From(key, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut iter = self.db.iterator_cf(self.cf(cf::QUEUE), mode);
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        while let Some(item) = iter.next() {
+            let (_, value) = item?;
+            let record: QueueRecord = codec::decode(&value)?;
+            let id = record.entry.message_id;
+            scanned += 1;
+            if filter.matches(&record, now_ms) {
+                out.push(record);
+                if out.len() >= limit {
+                    let more = iter.next().transpose()?.is_some();
+                    return Ok((out, more.then_some(id)));
+                }
+            }
+            if scanned >= MAX_SCAN {
+                return Ok((out, Some(id)));
+            }
+        }
+        Ok((out, None))
     }
 
     fn already_applied(
@@ -358,6 +518,7 @@ impl StateStore {
             EventKind::DeliveryLeased { granted: false, .. } => {
                 Some("the delivery lease was refused".to_string())
             }
+            EventKind::ApiAction(a) => a.refused,
             _ => None,
         };
         Ok(Some(OpResult {
@@ -771,17 +932,21 @@ mod tests {
             .apply(&[(2, &[op(2, 2, 120, lease(600))][..])], b"2")
             .unwrap();
         assert!(again[0][0].duplicate && again[0][0].refused.is_some());
-        let report = Command::Delivery(Box::new(DeliveryCommand::Report(DeliveryReport {
-            message_id: id,
-            next_hop: "127.0.0.1:2600".into(),
-            tls: None,
-            results: vec![RecipientResult {
-                address: "bob@example.test".into(),
-                reply: "250 2.0.0 Ok".into(),
-                outcome: RecipientOutcome::Delivered,
-            }],
-            duration_ms: 4,
-        })));
+        let report = Command::Delivery(Box::new(DeliveryCommand::Report {
+            report: DeliveryReport {
+                message_id: id,
+                next_hop: "127.0.0.1:2600".into(),
+                tls: None,
+                results: vec![RecipientResult {
+                    address: "bob@example.test".into(),
+                    reply: "250 2.0.0 Ok".into(),
+                    outcome: RecipientOutcome::Delivered,
+                }],
+                duration_ms: 4,
+                release_lease: true,
+            },
+            bounce: None,
+        }));
         let done = store
             .apply(&[(3, &[op(3, 1, 200, report)][..])], b"3")
             .unwrap();
@@ -805,6 +970,322 @@ mod tests {
             ]
         );
         assert_eq!(done[0][0].seq, events[4].event.seq);
+        assert!(store.verify().unwrap().ok);
+    }
+
+    #[test]
+    fn a_failing_report_queues_its_bounce_with_the_null_sender_once() {
+        use crate::message::{DeliveryReport, RecipientOutcome, RecipientResult};
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let received = crate::message::tests::sample();
+        let (id, sender) = (received.message_id, received.envelope.mail_from.clone());
+        let rcpt = received.envelope.rcpt_to[0].clone();
+        let accept = Op {
+            id: id.0,
+            time_ms: 100,
+            node: 1,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                received,
+                body: b"body".to_vec(),
+            })),
+        };
+        let dsn_id = MessageId(4242);
+        let failing = |op_id: u128, bounce_to: &str| Op {
+            id: op_id,
+            time_ms: 200,
+            node: 1,
+            command: Command::Delivery(Box::new(DeliveryCommand::Report {
+                report: DeliveryReport {
+                    message_id: id,
+                    next_hop: "127.0.0.1:2600".into(),
+                    tls: None,
+                    results: vec![RecipientResult {
+                        address: rcpt.clone(),
+                        reply: "550 5.1.1 no such user".into(),
+                        outcome: RecipientOutcome::Failed,
+                    }],
+                    duration_ms: 4,
+                    release_lease: true,
+                },
+                bounce: Some(Box::new(Bounce {
+                    message_id: dsn_id,
+                    recipient: bounce_to.into(),
+                    failed: vec![rcpt.clone()],
+                    body: b"dsn".to_vec(),
+                })),
+            })),
+        };
+        // A bounce addressed to anyone but the envelope sender is ignored.
+        store
+            .apply(&[(1, &[accept, failing(7, "someone@else.test")][..])], b"1")
+            .unwrap();
+        assert!(store.queue_entry(dsn_id).unwrap().is_none());
+        let again = failing(8, &sender);
+        let results = store.apply(&[(2, &[again.clone()][..])], b"2").unwrap();
+        assert_eq!(results[0][0].refused, None);
+        // The recipient had already failed: nothing failed now, nothing bounced.
+        assert!(store.queue_entry(dsn_id).unwrap().is_none());
+
+        let other = crate::message::tests::sample();
+        let other_id = MessageId(other.message_id.0 + 1);
+        let mut received = other;
+        received.message_id = other_id;
+        let accept = Op {
+            id: other_id.0,
+            time_ms: 300,
+            node: 2,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                received,
+                body: b"body".to_vec(),
+            })),
+        };
+        let mut report = failing(9, &sender);
+        if let Command::Delivery(command) = &mut report.command {
+            if let DeliveryCommand::Report { report, .. } = command.as_mut() {
+                report.message_id = other_id;
+            }
+        }
+        store
+            .apply(&[(3, &[accept, report.clone()][..])], b"3")
+            .unwrap();
+        let dsn = store.queue_entry(dsn_id).unwrap().expect("bounce queued");
+        assert_eq!(dsn.mail_from, "");
+        assert_eq!(dsn.recipients[0].address, sender);
+        assert_eq!(store.message_body(dsn_id).unwrap().unwrap(), b"dsn");
+        // The same report again (a retried proposal) queues nothing more.
+        let retried = store.apply(&[(4, &[report][..])], b"4").unwrap();
+        assert!(retried[0][0].duplicate);
+        let filter = EventFilter {
+            type_name: Some("delivery.bounced".into()),
+            message_id: None,
+        };
+        let (bounced, _) = store.events(&filter, 0, 100).unwrap();
+        assert_eq!(bounced.len(), 1);
+        let json = bounced[0].to_json();
+        assert_eq!(json["dsn"]["message_id"], dsn_id.to_string());
+        assert_eq!(json["email"]["sender"]["address"], sender);
+        assert!(store.verify().unwrap().ok);
+    }
+
+    #[test]
+    fn queue_admin_actions_apply_are_audited_and_listings_filter_and_page() {
+        use crate::message::{DeliveryReport, QueueAction, RecipientOutcome, RecipientResult};
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        // Three messages, in arrival order: a (alice → bob), b (carol → bob, dave),
+        // c (null sender → erin).
+        let accept = |n: u128, from: &str, to: &[&str]| {
+            let mut received = crate::message::tests::sample();
+            received.message_id = MessageId::new(1_764_300_000_000 + n as i64, n);
+            received.envelope.mail_from = from.into();
+            received.envelope.rcpt_to = to.iter().map(|t| t.to_string()).collect();
+            Op {
+                id: received.message_id.0,
+                time_ms: 100,
+                node: 1,
+                command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                    received,
+                    body: b"body".to_vec(),
+                })),
+            }
+        };
+        let ops = [
+            accept(1, "alice@sender.test", &["bob@example.test"]),
+            accept(
+                2,
+                "carol@other.test",
+                &["Bob@Example.test", "dave@example.test"],
+            ),
+            accept(3, "", &["erin@example.test"]),
+        ];
+        let ids: Vec<MessageId> = (1..=3)
+            .map(|n| MessageId::new(1_764_300_000_000 + n, n as u128))
+            .collect();
+        store.apply(&[(1, &ops[..])], b"1").unwrap();
+        let op = |n: u128, time_ms: i64, command: DeliveryCommand| Op {
+            id: 5000 + n,
+            time_ms,
+            node: 1,
+            command: Command::Delivery(Box::new(command)),
+        };
+        let admin = |id: MessageId, action| DeliveryCommand::Admin {
+            message_id: id,
+            action,
+            user: "admin".into(),
+            client_ip: Some("192.0.2.1".parse().unwrap()),
+        };
+        // b is deferred to 10_000 for both recipients.
+        let deferral = DeliveryCommand::Report {
+            report: DeliveryReport {
+                message_id: ids[1],
+                next_hop: "127.0.0.1:2600".into(),
+                tls: None,
+                results: ["Bob@Example.test", "dave@example.test"]
+                    .iter()
+                    .map(|a| RecipientResult {
+                        address: a.to_string(),
+                        reply: "451 4.3.0 try later".into(),
+                        outcome: RecipientOutcome::Deferred {
+                            next_attempt_ms: 10_000,
+                        },
+                    })
+                    .collect(),
+                duration_ms: 1,
+                release_lease: true,
+            },
+            bounce: None,
+        };
+        // In one batch: b deferred, a held, then a's hold seen by a lease after it.
+        let batch = [
+            op(1, 200, deferral),
+            op(2, 300, admin(ids[0], QueueAction::Hold)),
+            op(
+                3,
+                310,
+                DeliveryCommand::Lease {
+                    message_id: ids[0],
+                    until_ms: 1_000,
+                },
+            ),
+        ];
+        let results = store.apply(&[(2, &batch[..])], b"2").unwrap();
+        assert_eq!(results[0][1].refused, None);
+        assert!(
+            results[0][2].refused.is_some(),
+            "no lease on a held message"
+        );
+        assert!(store.queue_record(ids[0]).unwrap().unwrap().held);
+        let due: Vec<_> = store
+            .due_deliveries(1, 400, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.message_id)
+            .collect();
+        assert_eq!(due, [ids[2]], "a held, b deferred: only c is due");
+
+        let list = |filter: QueueFilter, after, limit| {
+            let (records, next) = store.queue_list(&filter, after, limit, 400).unwrap();
+            let ids: Vec<MessageId> = records.iter().map(|r| r.entry.message_id).collect();
+            (ids, next)
+        };
+        assert_eq!(list(QueueFilter::default(), None, 10), (ids.clone(), None));
+        // Pages of two, then the rest.
+        assert_eq!(
+            list(QueueFilter::default(), None, 2),
+            (ids[..2].to_vec(), Some(ids[1]))
+        );
+        assert_eq!(
+            list(QueueFilter::default(), Some(ids[1]), 2),
+            (ids[2..].to_vec(), None)
+        );
+        assert_eq!(
+            list(QueueFilter::default(), Some(MessageId(u128::MAX)), 2),
+            (vec![], None)
+        );
+        let by = |sender: Option<&str>, recipient: Option<&str>, status| QueueFilter {
+            sender: sender.map(String::from),
+            recipient: recipient.map(String::from),
+            status,
+        };
+        assert_eq!(
+            list(by(Some("ALICE@sender.test"), None, None), None, 10).0,
+            [ids[0]]
+        );
+        assert_eq!(list(by(Some("<>"), None, None), None, 10).0, [ids[2]]);
+        assert_eq!(
+            list(by(Some("@other.test"), None, None), None, 10).0,
+            [ids[1]]
+        );
+        assert_eq!(
+            list(by(None, Some("bob@example.test"), None), None, 10).0,
+            ids[..2]
+        );
+        assert_eq!(list(by(None, Some("@example.test"), None), None, 10).0, ids);
+        assert!(list(by(None, Some("@ample.test"), None), None, 10)
+            .0
+            .is_empty());
+        for (status, want) in [
+            (QueueStatus::Held, &ids[..1]),
+            (QueueStatus::Deferred, &ids[1..2]),
+            (QueueStatus::Pending, &ids[2..]),
+            (QueueStatus::Leased, &[][..]),
+        ] {
+            assert_eq!(
+                list(by(None, None, Some(status)), None, 10).0,
+                want,
+                "{status:?}"
+            );
+        }
+        assert_eq!(
+            list(
+                by(None, Some("dave@example.test"), Some(QueueStatus::Held)),
+                None,
+                10
+            )
+            .0,
+            Vec::<MessageId>::new()
+        );
+
+        // Retry b now, delete c, and try to hold c again: refused, still recorded.
+        let retry = op(4, 500, admin(ids[1], QueueAction::Retry));
+        let delete = op(5, 510, admin(ids[2], QueueAction::Delete));
+        let again = op(6, 520, admin(ids[2], QueueAction::Hold));
+        let results = store
+            .apply(&[(3, &[retry, delete, again.clone()][..])], b"3")
+            .unwrap();
+        assert_eq!(results[0][0].refused, None);
+        assert_eq!(results[0][1].refused, None);
+        assert_eq!(results[0][2].refused.as_deref(), Some(crate::NOT_QUEUED));
+        assert!(store.queue_record(ids[2]).unwrap().is_none());
+        assert!(store.message_body(ids[2]).unwrap().is_none());
+        let due: Vec<_> = store
+            .due_deliveries(1, 500, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.message_id)
+            .collect();
+        assert_eq!(due, [ids[1]]);
+        // A retried proposal of the refused action is refused the same way.
+        let retried = store.apply(&[(4, &[again][..])], b"4").unwrap();
+        assert!(retried[0][0].duplicate);
+        assert_eq!(retried[0][0].refused.as_deref(), Some(crate::NOT_QUEUED));
+
+        let filter = EventFilter {
+            type_name: Some("api.action".into()),
+            message_id: None,
+        };
+        let (events, _) = store.events(&filter, 0, 100).unwrap();
+        let seen: Vec<_> = events
+            .iter()
+            .map(|e| {
+                let json = e.to_json();
+                (
+                    json["action"].as_str().unwrap().to_string(),
+                    json["message_id"].as_str().unwrap().to_string(),
+                    json["event"]["outcome"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let row = |action: &str, id: MessageId, outcome: &str| {
+            (action.to_string(), id.to_string(), outcome.to_string())
+        };
+        assert_eq!(
+            seen,
+            [
+                row("queue.hold", ids[0], "success"),
+                row("queue.retry", ids[1], "success"),
+                row("queue.delete", ids[2], "success"),
+                row("queue.hold", ids[2], "failure"),
+            ]
+        );
+        let json = events[2].to_json();
+        assert_eq!(json["user"]["name"], "admin");
+        assert_eq!(json["source"]["ip"], "192.0.2.1");
+        assert_eq!(json["email"]["to"]["address"][0], "erin@example.test");
+        assert_eq!(events[3].to_json()["event"]["reason"], crate::NOT_QUEUED);
         assert!(store.verify().unwrap().ok);
     }
 

@@ -10,10 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_storage::TlsInfo;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::route::{Relay, TlsPolicy};
+
+/// The longest reply line accepted from a next hop (RFC 5321 §4.5.3.1.5: 512).
+const MAX_REPLY_LINE: usize = 4096;
 
 /// One reply of the next hop: code and full text (lines joined by a space).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,7 +356,10 @@ impl Connection {
         let mut line = String::new();
         loop {
             line.clear();
-            let read = tokio::time::timeout(timeout, self.io.read_line(&mut line)).await;
+            // At most one byte over the limit: a next hop that never ends its line
+            // cannot make us buffer without bound.
+            let mut limited = (&mut self.io).take(MAX_REPLY_LINE as u64 + 1);
+            let read = tokio::time::timeout(timeout, limited.read_line(&mut line)).await;
             match read {
                 Err(_) => return Err(Reply::local(451, "4.4.2 timeout waiting for the next hop")),
                 Ok(Err(e)) => {
@@ -370,7 +376,7 @@ impl Connection {
                 }
                 Ok(Ok(_)) => {}
             }
-            if line.len() > 4096 || text.len() > 64 * 1024 {
+            if line.len() > MAX_REPLY_LINE || !line.ends_with('\n') || text.len() > 64 * 1024 {
                 return Err(Reply::local(451, "4.5.0 the next hop's reply is too long"));
             }
             let code = line.get(..3).and_then(|c| c.parse::<u16>().ok());

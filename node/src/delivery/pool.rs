@@ -68,7 +68,7 @@ impl Pool {
     /// An idle connection to `relay`, or a new one once fewer than the limit are
     /// open to it; waits for one of the two.
     pub async fn get(&self, relay: &Relay, ehlo_name: &str, t: &Timeouts) -> Result<Pooled, Reply> {
-        let key = format!("{}|{:?}", relay.address, relay.tls);
+        let key = relay.key();
         let dest = self.destination(&key);
         loop {
             if let Some(idle) = self.take_idle(&dest) {

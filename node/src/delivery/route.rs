@@ -39,6 +39,19 @@ pub struct Relay {
     pub verified: Arc<rustls::ClientConfig>,
 }
 
+impl Relay {
+    /// See [`Route::key`].
+    pub fn key(&self) -> String {
+        format!(
+            "{}|{:?}|{}|{:p}",
+            self.address,
+            self.tls,
+            self.tls_name,
+            Arc::as_ptr(&self.verified)
+        )
+    }
+}
+
 /// Where mail for some recipients goes.
 #[derive(Clone, Debug)]
 pub enum Route {
@@ -48,6 +61,16 @@ pub enum Route {
 }
 
 impl Route {
+    /// What makes two routes the same: recipients are sent together, and a cached
+    /// connection is reused, only under the same address, TLS policy, name and trust
+    /// anchors.
+    pub fn key(&self) -> String {
+        match self {
+            Route::Relay(relay) => relay.key(),
+            Route::Maildir(root) => format!("maildir:{}", root.display()),
+        }
+    }
+
     /// How the route is named in events and logs.
     pub fn name(&self) -> String {
         match self {
@@ -93,7 +116,7 @@ impl Routes {
         let mut groups: Vec<(String, Route, Vec<&'a str>)> = Vec::new();
         for &address in recipients {
             let route = self.for_recipient(address);
-            let name = route.name();
+            let name = route.key();
             match groups.iter_mut().find(|(n, _, _)| *n == name) {
                 Some((_, _, list)) => list.push(address),
                 None => groups.push((name, route.clone(), vec![address])),
@@ -141,5 +164,15 @@ mod tests {
         let groups = routes.group(&["a@example.test", "b@elsewhere.org", "c@example.test"]);
         let names: Vec<_> = groups.iter().map(|(r, l)| (r.name(), l.len())).collect();
         assert_eq!(names, [("exact:25".into(), 2), ("default:25".into(), 1)]);
+        // The same address under another TLS policy is another route.
+        let mut strict = relay("default:25");
+        if let Route::Relay(r) = &mut strict {
+            r.tls = TlsPolicy::Required;
+        }
+        let routes = Routes {
+            default: relay("default:25"),
+            domains: vec![("bank.test".into(), strict)],
+        };
+        assert_eq!(routes.group(&["a@bank.test", "b@other.test"]).len(), 2);
     }
 }

@@ -68,9 +68,12 @@ impl Worker {
             }
             let state = self.node.state();
             let (id, now) = (self.node.id(), now_ms());
+            // Entries in progress here are listed too (this node's lease is running
+            // on them) and skipped below: ask for that many more.
+            let busy = self.busy.lock().expect("busy lock").len();
             let takeover = self.settings.takeover_after.as_millis() as i64;
             let due = tokio::task::spawn_blocking(move || {
-                state.due_deliveries(id, now, takeover, free * 2)
+                state.due_deliveries(id, now, takeover, free * 2 + busy)
             })
             .await;
             let due = match due {
@@ -103,7 +106,7 @@ impl Worker {
                 let worker = self.clone();
                 running.spawn(async move {
                     let id = entry.message_id;
-                    worker.attempt(entry).await;
+                    worker.attempt(id).await;
                     worker.busy.lock().expect("busy lock").remove(&id);
                     drop(permit);
                 });
@@ -113,36 +116,59 @@ impl Worker {
         self.pool.close_idle(true, &self.timeouts()).await;
     }
 
-    async fn lease(&self, id: MessageId) -> bool {
+    /// Takes or renews the lease on message `id`; the seq of the granting event.
+    async fn lease(&self, id: MessageId) -> Option<u64> {
         let until_ms = now_ms() + self.settings.lease.as_millis() as i64;
         let command = Command::Delivery(Box::new(DeliveryCommand::Lease {
             message_id: id,
             until_ms,
         }));
         match self.node.proposer().propose(command).await {
-            Ok(result) => result.refused.is_none(),
+            Ok(result) if result.refused.is_none() => Some(result.seq),
+            Ok(result) => {
+                tracing::debug!(%id, refused = ?result.refused, "delivery lease refused");
+                None
+            }
             Err(e) => {
                 tracing::debug!(%id, error = %e, "delivery lease not committed");
-                false
+                None
             }
         }
     }
 
-    /// One attempt for the due recipients of `entry`, under a lease: a transaction
-    /// per route their domains take, each reported as soon as it is done (so that
-    /// what was sent is on record before the next hop is tried).
-    async fn attempt(&self, entry: QueueEntry) {
-        let id = entry.message_id;
-        if !self.lease(id).await {
-            return;
+    /// The queue entry of `id` once this node has applied the event `seq`: a
+    /// follower learns of a commit after the leader, and an entry read before the
+    /// lease may predate the last attempt's report.
+    async fn entry_after(&self, id: MessageId, seq: u64) -> Option<QueueEntry> {
+        let deadline = Instant::now() + self.settings.lease / 3;
+        while self.node.state().chain_head().0 < seq {
+            if Instant::now() > deadline {
+                tracing::warn!(%id, seq, "lease granted but not applied here in time");
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let state = self.node.state();
-        let body = match tokio::task::spawn_blocking(move || state.message_body(id)).await {
-            Ok(Ok(Some(body))) => body,
+        match tokio::task::spawn_blocking(move || state.queue_entry(id)).await {
+            Ok(Ok(entry)) => entry,
             other => {
-                tracing::warn!(%id, result = ?other.map(|r| r.map(|b| b.map(|b| b.len()))), "queued message has no readable body");
-                return;
+                tracing::warn!(%id, result = ?other.map(|r| r.map(|e| e.is_some())), "reading a queue entry");
+                None
             }
+        }
+    }
+
+    /// One attempt for the due recipients of message `id`, under a lease: a
+    /// transaction per route their domains take, each reported as soon as it is done
+    /// (so that what was sent is on record before the next hop is tried). The lease
+    /// is renewed while sending and before each further route; once it is lost, or a
+    /// report cannot be committed, the attempt stops.
+    async fn attempt(&self, id: MessageId) {
+        let Some(seq) = self.lease(id).await else {
+            return;
+        };
+        let Some(entry) = self.entry_after(id, seq).await else {
+            return;
         };
         let now = now_ms();
         let due: Vec<&str> = entry
@@ -151,70 +177,121 @@ impl Worker {
             .filter(|r| r.status.is_due(now))
             .map(|r| r.address.as_str())
             .collect();
+        if due.is_empty() {
+            return;
+        }
+        let state = self.node.state();
+        let body = match tokio::task::spawn_blocking(move || state.message_body(id)).await {
+            Ok(Ok(Some(body))) => body,
+            other => {
+                tracing::error!(%id, result = ?other.map(|r| r.map(|b| b.map(|b| b.len()))), "queued message has no readable body");
+                let reply = Reply::local(451, "4.3.0 the stored message cannot be read");
+                let replies = client::every(&due, &reply);
+                self.finish(&entry, &[], None, None, replies, Instant::now(), true)
+                    .await;
+                return;
+            }
+        };
         let groups = self.settings.routes.group(&due);
         let last = groups.len().saturating_sub(1);
         for (i, (route, recipients)) in groups.into_iter().enumerate() {
+            if i > 0 && self.lease(id).await.is_none() {
+                tracing::warn!(%id, "delivery lease lost between next hops; the rest waits");
+                return;
+            }
             let started = Instant::now();
             let send = self.send(&route, &entry, &body, recipients);
             tokio::pin!(send);
             // Renew the lease at a third of its length while sending, so that a slow
             // next hop does not let another node start the same delivery.
             let renew_every = self.settings.lease / 3;
+            let mut lost = false;
             let (tls, replies) = loop {
                 tokio::select! {
                     done = &mut send => break done,
                     _ = tokio::time::sleep(renew_every) => {
-                        if !self.lease(id).await {
+                        if self.lease(id).await.is_none() {
                             tracing::warn!(%id, "delivery lease lost while sending");
+                            lost = true;
                         }
                     }
                 }
             };
-            let now = now_ms();
-            let results: Vec<RecipientResult> = replies
-                .into_iter()
-                .map(|(address, reply)| {
-                    let attempts = entry
-                        .recipients
-                        .iter()
-                        .find(|r| r.address == address)
-                        .map_or(0, |r| r.status.attempts());
-                    let outcome = if reply.is_positive() {
-                        RecipientOutcome::Delivered
-                    } else if reply.is_permanent() {
-                        RecipientOutcome::Failed
-                    } else {
-                        schedule::deferred(&self.settings, &entry, attempts, now)
-                    };
-                    RecipientResult {
-                        address,
-                        reply: reply.text,
-                        outcome,
-                    }
-                })
-                .collect();
-            let hop = route.name();
-            let remote = matches!(route, Route::Relay(_)).then_some(hop.as_str());
-            let failed: Vec<dsn::Failed> = results
-                .iter()
-                .filter(|r| r.outcome == RecipientOutcome::Failed)
-                .map(|r| dsn::Failed {
-                    address: &r.address,
-                    reply: &r.reply,
-                    remote,
-                })
-                .collect();
-            let bounce = dsn::bounce(&self.settings.hostname, &entry, &body, &failed, now);
-            let report = DeliveryReport {
-                message_id: id,
-                next_hop: hop.clone(),
-                tls,
-                results,
-                duration_ms: started.elapsed().as_millis() as u64,
-                release_lease: i == last,
-            };
-            self.report(report, bounce.map(Box::new)).await;
+            let reported = self
+                .finish(
+                    &entry,
+                    &body,
+                    Some(&route),
+                    tls,
+                    replies,
+                    started,
+                    i == last,
+                )
+                .await;
+            if lost || !reported {
+                return;
+            }
         }
+    }
+
+    /// Turns the replies of one transaction with `route` (None: none was tried)
+    /// into outcomes (and a bounce for the failed recipients) and commits the
+    /// report; false if it could not be committed.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        entry: &QueueEntry,
+        body: &[u8],
+        route: Option<&Route>,
+        tls: Option<TlsInfo>,
+        replies: Replies,
+        started: Instant,
+        release_lease: bool,
+    ) -> bool {
+        let now = now_ms();
+        let results: Vec<RecipientResult> = replies
+            .into_iter()
+            .map(|(address, reply)| {
+                let attempts = entry
+                    .recipients
+                    .iter()
+                    .find(|r| r.address == address)
+                    .map_or(0, |r| r.status.attempts());
+                let outcome = if reply.is_positive() {
+                    RecipientOutcome::Delivered
+                } else if reply.is_permanent() {
+                    RecipientOutcome::Failed
+                } else {
+                    schedule::deferred(&self.settings, entry, attempts, now)
+                };
+                RecipientResult {
+                    address,
+                    reply: clip(reply.text),
+                    outcome,
+                }
+            })
+            .collect();
+        let hop = route.map_or_else(|| "none".to_string(), Route::name);
+        let remote = matches!(route, Some(Route::Relay(_))).then_some(hop.as_str());
+        let failed: Vec<dsn::Failed> = results
+            .iter()
+            .filter(|r| r.outcome == RecipientOutcome::Failed)
+            .map(|r| dsn::Failed {
+                address: &r.address,
+                reply: &r.reply,
+                remote,
+            })
+            .collect();
+        let bounce = dsn::bounce(&self.settings.hostname, entry, body, &failed, now);
+        let report = DeliveryReport {
+            message_id: entry.message_id,
+            next_hop: hop.clone(),
+            tls,
+            results,
+            duration_ms: started.elapsed().as_millis() as u64,
+            release_lease,
+        };
+        self.report(report, bounce.map(Box::new)).await
     }
 
     /// Sends to one route: the TLS used and a reply per recipient.
@@ -303,14 +380,14 @@ impl Worker {
 
     /// Commits the report, retrying until it is committed or the node stops: a lost
     /// report would send the message again after the lease runs out.
-    async fn report(&self, report: DeliveryReport, bounce: Option<Box<Bounce>>) {
+    async fn report(&self, report: DeliveryReport, bounce: Option<Box<Bounce>>) -> bool {
         let command = Command::Delivery(Box::new(DeliveryCommand::Report { report, bounce }));
         let op = self.node.proposer().stamp(command);
         let mut pause = std::time::Duration::from_millis(100);
         for _ in 0..20 {
             match self.node.proposer().submit(op.clone()).await {
-                Ok(_) => return,
-                Err(bulwark_consensus::ProposeError::ShuttingDown) => return,
+                Ok(_) => return true,
+                Err(bulwark_consensus::ProposeError::ShuttingDown) => return false,
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery report not committed yet; retrying");
                     tokio::time::sleep(pause).await;
@@ -321,5 +398,21 @@ impl Worker {
         tracing::error!(
             "delivery report not committed after 20 tries; the message will be retried"
         );
+        false
     }
+}
+
+/// The most of a next hop's reply kept in reports: replies go into the replicated
+/// queue and the event log, once per recipient.
+const MAX_REPLY: usize = 512;
+
+fn clip(mut text: String) -> String {
+    if text.len() > MAX_REPLY {
+        let mut end = MAX_REPLY;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }

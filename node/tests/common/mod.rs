@@ -332,3 +332,129 @@ impl Smtp {
         self.read_reply()
     }
 }
+
+/// The last `n` lines of a log, for failure messages.
+pub fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The `type` of every event in `events`.
+pub fn types(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+impl Node {
+    /// Every event about message `id` (its queue id, as in `queued as ID`), oldest
+    /// first.
+    pub fn message_events(&self, id: &str) -> Vec<Value> {
+        let page: Value = reqwest::blocking::Client::new()
+            .get(format!("{}/v1/events?message_id={id}&limit=1000", self.api))
+            .bearer_auth(self.token())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let events = page["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no events in {page}"));
+        events.clone()
+    }
+
+    /// Waits (at most `within`) until the events about message `id` satisfy `done`,
+    /// and returns them; panics saying `what` it waited for and what it saw.
+    pub fn wait_message(
+        &self,
+        id: &str,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let events = self.message_events(id);
+            if done(&events) {
+                return events;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "message {id}: no {what} within {within:?}; its events: {:?}\n{:#?}\n\
+                     node log tail:\n{}",
+                    types(&events),
+                    events,
+                    tail(&self.log(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until message `id` has at least `n` events of type `kind`; returns them.
+    pub fn wait_message_event(
+        &self,
+        id: &str,
+        kind: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<Value> {
+        let events = self.wait_message(id, within, &format!("{n} {kind}"), |events| {
+            events.iter().filter(|e| e["type"] == kind).count() >= n
+        });
+        events.into_iter().filter(|e| e["type"] == kind).collect()
+    }
+
+    /// Stops the node and returns message `id`'s delivery queue entry, if it is still
+    /// queued, and whether its body is still stored.
+    pub fn stop_and_read_queue(&mut self, id: &str) -> (Option<bulwark_storage::QueueEntry>, bool) {
+        if self.child.is_some() {
+            self.terminate(Duration::from_secs(30));
+        }
+        let store = bulwark_storage::StateDir::open_offline(&self.data_dir()).unwrap();
+        let id = id.parse().unwrap();
+        (
+            store.queue_entry(id).unwrap(),
+            store.message_body(id).unwrap().is_some(),
+        )
+    }
+}
+
+impl Smtp {
+    /// As [`Smtp::send_message`], with MAIL parameters (`"BODY=8BITMIME"`, `"SMTPUTF8"`).
+    pub fn send_message_with(
+        &mut self,
+        from: &str,
+        params: &str,
+        to: &[&str],
+        body: &str,
+    ) -> Reply {
+        let mail = if params.is_empty() {
+            format!("MAIL FROM:<{from}>")
+        } else {
+            format!("MAIL FROM:<{from}> {params}")
+        };
+        let r = self.cmd(&mail);
+        assert_eq!(r.code, 250, "{mail}: {r:?}");
+        for rcpt in to {
+            let r = self.cmd(&format!("RCPT TO:<{rcpt}>"));
+            assert_eq!(r.code, 250, "RCPT TO:<{rcpt}>: {r:?}");
+        }
+        let r = self.cmd("DATA");
+        assert_eq!(r.code, 354, "{r:?}");
+        let mut data = String::new();
+        for line in body.split_inclusive("\r\n") {
+            if line.starts_with('.') {
+                data.push('.');
+            }
+            data.push_str(line);
+        }
+        if !data.ends_with("\r\n") {
+            data.push_str("\r\n");
+        }
+        data.push_str(".\r\n");
+        self.send(data.as_bytes());
+        self.read_reply()
+    }
+}

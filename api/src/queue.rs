@@ -1,0 +1,201 @@
+//! The delivery queue: listing with filters, and an administrator's retry, hold,
+//! release and delete. Each action is one Raft operation that records an `api.action`
+//! event naming the caller and its address, refused or not.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use bulwark_storage::event::rfc3339;
+use bulwark_storage::{
+    Command, DeliveryCommand, MessageId, QueueAction, QueueFilter, QueueRecord, QueueStatus,
+    RecipientStatus,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::ClientIp;
+use crate::routes::{page_limit, ApiState};
+use crate::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QueueQuery {
+    sender: Option<String>,
+    recipient: Option<String>,
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/queue`: `{"items": [...], "next": ID|null, "applied_index": N}`, oldest
+/// first, as this node has applied the queue.
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<QueueQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    s.admin.check(&headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = page_limit(q.limit)?;
+    let status = match q.status.as_deref() {
+        Some(s) => Some(
+            s.parse::<QueueStatus>()
+                .map_err(|e| ApiError::bad_request(format!("status: {e}")))?,
+        ),
+        None => None,
+    };
+    let after = match q.after.as_deref() {
+        Some(id) => Some(message_id("after", id)?),
+        None => None,
+    };
+    let filter = QueueFilter {
+        sender: q.sender,
+        recipient: q.recipient,
+        status,
+    };
+    let node = s.node.clone();
+    let applied = node.status().applied_index;
+    let now = now_ms();
+    let (records, next) =
+        tokio::task::spawn_blocking(move || node.state().queue_list(&filter, after, limit, now))
+            .await
+            .map_err(ApiError::internal)??;
+    let items: Vec<Value> = records.iter().map(|r| item(r, now)).collect();
+    Ok(Json(json!({
+        "items": items,
+        "next": next.map(|id| id.to_string()),
+        "applied_index": applied,
+    })))
+}
+
+/// One queued message as the API shows it.
+fn item(record: &QueueRecord, now_ms: i64) -> Value {
+    let e = &record.entry;
+    let recipients: Vec<Value> = e
+        .recipients
+        .iter()
+        .map(|r| {
+            let (status, attempts, next_attempt, last_reply) = match &r.status {
+                RecipientStatus::Pending => ("pending", Some(0), None, None),
+                RecipientStatus::Deferred {
+                    attempts,
+                    next_attempt_ms,
+                    last_reply,
+                } => (
+                    "deferred",
+                    Some(*attempts),
+                    Some(rfc3339(*next_attempt_ms)),
+                    Some(last_reply.as_str()),
+                ),
+                RecipientStatus::Delivered { reply } => {
+                    ("delivered", None, None, Some(reply.as_str()))
+                }
+                RecipientStatus::Failed { reply } => ("failed", None, None, Some(reply.as_str())),
+            };
+            json!({
+                "address": r.address,
+                "status": status,
+                "attempts": attempts,
+                "next_attempt": next_attempt,
+                "last_reply": last_reply,
+            })
+        })
+        .collect();
+    json!({
+        "id": e.message_id.to_string(),
+        "received": rfc3339(e.time_ms),
+        "sender": e.mail_from,
+        "recipients": recipients,
+        "status": record.status(now_ms).as_str(),
+        "held": record.held,
+        "lease": e.lease.map(|l| json!({ "node": l.node, "until": rfc3339(l.until_ms) })),
+        "received_by": e.received_by,
+    })
+}
+
+/// `POST /v1/queue/{id}/retry`.
+pub(crate) async fn retry(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    ip: ClientIp,
+    id: Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    act(state, headers, ip, id, QueueAction::Retry).await
+}
+
+/// `POST /v1/queue/{id}/hold`.
+pub(crate) async fn hold(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    ip: ClientIp,
+    id: Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    act(state, headers, ip, id, QueueAction::Hold).await
+}
+
+/// `POST /v1/queue/{id}/release`.
+pub(crate) async fn release(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    ip: ClientIp,
+    id: Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    act(state, headers, ip, id, QueueAction::Release).await
+}
+
+/// `DELETE /v1/queue/{id}`.
+pub(crate) async fn delete(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    ip: ClientIp,
+    id: Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    act(state, headers, ip, id, QueueAction::Delete).await
+}
+
+/// Commits `action` on message `id` for the authenticated caller: 200 with the
+/// `api.action` event's seq and hash, or 404 when the message is not in the queue
+/// (that refusal is on record too).
+async fn act(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
+    Path(id): Path<String>,
+    action: QueueAction,
+) -> Result<Json<Value>, ApiError> {
+    let user = s.admin.check(&headers)?;
+    let message_id = message_id("id", &id)?;
+    let result = s
+        .node
+        .proposer()
+        .propose(Command::Delivery(Box::new(DeliveryCommand::Admin {
+            message_id,
+            action,
+            user: user.to_string(),
+            client_ip,
+        })))
+        .await?;
+    if let Some(reason) = result.refused {
+        return Err(ApiError::not_found(format!(
+            "message {message_id}: {reason}"
+        )));
+    }
+    Ok(Json(json!({
+        "seq": result.seq,
+        "hash": hex::encode(result.hash),
+        "message_id": message_id.to_string(),
+        "action": action.as_str(),
+    })))
+}
+
+fn message_id(what: &str, text: &str) -> Result<MessageId, ApiError> {
+    text.parse::<MessageId>()
+        .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
