@@ -5,13 +5,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Node, Smtp};
+use common::{held_delivery, Node, Smtp};
 
 #[test]
 fn retention_a_log_that_grows_by_bytes_is_snapshotted() {
     let mut node = Node::start_with(
         "",
-        "[raft]\nsnapshot_every = 100000\nsnapshot_log_bytes = 1048576\nkeep_logs = 5",
+        &format!(
+            "[raft]\nsnapshot_every = 100000\nsnapshot_log_bytes = 1048576\nkeep_logs = 5\n{}",
+            held_delivery()
+        ),
     );
     let line = format!("{}\r\n", "b".repeat(998));
     let body = format!("Subject: bulk\r\n\r\n{}", line.repeat(200));

@@ -26,11 +26,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A `[delivery]` section whose next hop refuses connections and whose first retry
+/// is an hour away: accepted messages stay queued with their bodies, instead of the
+/// embedded default's Maildir delivery removing them while a test reads them.
+pub fn held_delivery() -> String {
+    format!(
+        "[delivery]\nrelay = \"127.0.0.1:{}\"\nretry_initial_secs = 3600\n",
+        free_port()
+    )
+}
+
 impl Node {
     /// Starts a single-node gateway whose `[smtp]` section is `listen` on a free port
-    /// plus `smtp_extra` (TOML lines), and waits until it is ready.
+    /// plus `smtp_extra` (TOML lines), and waits until it is ready. Delivery is held
+    /// (see [`held_delivery`]) so that the stored bodies stay readable.
     pub fn start(smtp_extra: &str) -> Node {
-        Self::start_with(smtp_extra, "")
+        Self::start_with(smtp_extra, &held_delivery())
     }
 
     /// As [`Node::start`], with more TOML sections appended to the config.
