@@ -25,6 +25,7 @@
 //! directory), `BULWARK_LOG_TAIL` (lines of each log printed on failure, default 80).
 
 pub mod api;
+pub mod dns;
 pub mod load;
 pub mod sink;
 pub mod smtp;
@@ -205,8 +206,17 @@ impl ClusterBuilder {
             nodes.push(node);
         }
         let peers: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.cluster_addr)).collect();
+        // Authentication asks DNS: a server on loopback that knows no names, so every
+        // lookup is answered at once (NXDOMAIN) and nothing leaves the machine.
+        let dns = dns::DnsServer::start(dns::Zone::new()).context("starting the test DNS")?;
         for n in &nodes {
-            let config = n.config_toml(&peers, self.raft.as_ref(), &self.smtp, &self.delivery);
+            let config = n.config_toml(
+                &peers,
+                self.raft.as_ref(),
+                &self.smtp,
+                &self.delivery,
+                dns.addr(),
+            );
             std::fs::write(&n.config_path, config)
                 .with_context(|| format!("writing {}", n.config_path.display()))?;
         }
@@ -225,6 +235,7 @@ impl ClusterBuilder {
             api,
             finished: false,
             dir: Some(dir),
+            _dns: dns,
             _lock: lock,
         };
         for id in ids.iter().copied() {
@@ -344,6 +355,7 @@ impl Node {
         raft: Option<&RaftTuning>,
         smtp: &[(String, String)],
         delivery: &[(String, String)],
+        dns: SocketAddr,
     ) -> String {
         let mut s = String::new();
         let peers = peers
@@ -394,6 +406,7 @@ impl Node {
                 }
             }
         }
+        let _ = write!(s, "\n[dns]\nnameservers = [\"{dns}\"]\n");
         s
     }
 }
@@ -419,6 +432,7 @@ pub struct Cluster {
     api: ApiClient,
     finished: bool,
     dir: Option<tempfile::TempDir>,
+    _dns: dns::DnsServer,
     _lock: Option<File>,
 }
 

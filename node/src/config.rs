@@ -10,7 +10,12 @@ use std::time::Duration;
 use bulwark_consensus::{NodeConfig, PeerConfig, RaftSettings};
 use serde::Deserialize;
 
+use crate::policy::Policy;
 use crate::{delivery, smtp};
+
+mod scanning;
+
+pub use scanning::{DnsConfig, ScanConfig};
 
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +27,9 @@ struct Raw {
     raft: Option<RawRaft>,
     smtp: Option<RawSmtp>,
     delivery: Option<RawDelivery>,
+    scan: Option<scanning::RawScan>,
+    dns: Option<scanning::RawDns>,
+    policy: Option<scanning::RawPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +194,9 @@ pub struct Config {
     pub admin_token_file: PathBuf,
     pub smtp: smtp::Settings,
     pub delivery: delivery::Settings,
+    pub scan: ScanConfig,
+    pub dns: DnsConfig,
+    pub policy: Policy,
 }
 
 impl Config {
@@ -283,6 +294,10 @@ impl Config {
             &mut problems,
         );
 
+        let scan = scanning::validate_scan(raw.scan.unwrap_or_default(), base, &mut problems);
+        let dns = scanning::validate_dns(raw.dns.unwrap_or_default(), &mut problems);
+        let policy = scanning::validate_policy(raw.policy.unwrap_or_default(), &mut problems);
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -297,6 +312,9 @@ impl Config {
             admin_token_file,
             smtp: smtp.expect("checked above"),
             delivery: delivery.expect("checked above"),
+            scan,
+            dns,
+            policy,
         })
     }
 }

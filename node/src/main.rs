@@ -1,17 +1,10 @@
 //! `bulwark`: the mail security gateway's one binary.
 #![forbid(unsafe_code)]
 
-mod cert;
-mod config;
-mod delivery;
-mod scan;
-mod serve;
-mod smtp;
-mod tls;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bulwark_node::{cert, config, serve};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

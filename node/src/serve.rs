@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::{delivery, smtp};
+use crate::{delivery, scan, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
@@ -78,7 +78,8 @@ async fn serve(config: Config) -> Result<()> {
     }));
 
     let stop_smtp = CancellationToken::new();
-    let smtp = smtp.serve_with(node.proposer().clone(), config.node.id);
+    let scanner = Arc::new(scan::Scanner::from_config(&config, config.policy.clone())?);
+    let smtp = smtp.serve_with(node.proposer().clone(), scanner, config.node.id);
     let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
     let stop_delivery = CancellationToken::new();
     let delivery = delivery::Worker::new(node.clone(), config.delivery.clone());

@@ -104,14 +104,22 @@ fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))
 }
 
-/// Checks that `d` is `body` as the client meant it, below our two headers and the
-/// node's `Received` header, byte for byte.
+/// Checks that `d` is `body` as the client meant it, below our headers, the
+/// node's `Authentication-Results` and its `Received` header, byte for byte.
 fn check_content(d: &Delivered, id: &str, body: &str) {
     let prefix = format!("X-Bulwark-Id: {id}\r\nX-Bulwark-Action: deliver\r\n");
     let data = String::from_utf8(d.data.clone()).expect("UTF-8 content");
     assert!(data.starts_with(&prefix), "{data:?}");
     assert!(data.ends_with(body), "content changed on the way: {data:?}");
-    let between = &data[prefix.len()..data.len() - body.len()];
+    let after_ours = &data[prefix.len()..data.len() - body.len()];
+    let score = after_ours
+        .strip_prefix("X-Bulwark-Score: ")
+        .expect("a score header");
+    let after_score = &score[score.find("\r\n").expect("CRLF") + 2..];
+    let results = after_score
+        .strip_prefix("Authentication-Results: mx.example.test;")
+        .expect("our Authentication-Results next");
+    let between = &results[results.find("\r\nReceived: ").expect("then Received") + 2..];
     assert!(between.starts_with("Received: "), "{between:?}");
     assert!(between.ends_with("\r\n"), "{between:?}");
     for line in between.trim_end_matches("\r\n").split("\r\n").skip(1) {

@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 
 use crate::codec;
 use crate::message::{
-    AcceptedMessage, DeliveryCommand, DeliveryReport, MessageId, MessageReceived, Rejection,
+    AcceptedMessage, DeliveryCommand, DeliveryReport, MessageId, MessageReceived, QuarantineRecord,
+    RejectedMessage, Rejection, Verdict,
 };
 
 /// SHA-256 digest linking each event to the one before it.
@@ -52,6 +53,9 @@ pub enum Command {
     /// Take a delivery lease, report a delivery attempt, or act on a queued message
     /// for an administrator.
     Delivery(Box<DeliveryCommand>),
+    /// Record the verdict of a message the policy refused at the end of data, and the
+    /// refusal; nothing of the message is stored.
+    RejectMessage(Box<RejectedMessage>),
 }
 
 /// What happened. The event log's `type` is [`EventKind::type_name`].
@@ -103,6 +107,10 @@ pub enum EventKind {
     /// An API caller changed something (queue retry, hold, release, delete, ...), or
     /// tried to and was refused.
     ApiAction(Box<ApiAction>),
+    /// The scanning pipeline's verdict on a message, committed with it.
+    ScanVerdict(Box<Verdict>),
+    /// A message was put in the quarantine by its verdict.
+    MessageQuarantined(Box<QuarantineRecord>),
 }
 
 /// The `api.action` event: who did what, from where, to which message, and whether
@@ -139,6 +147,8 @@ impl EventKind {
             EventKind::DeliveryFailed { .. } => "delivery.failed",
             EventKind::DeliveryBounced { .. } => "delivery.bounced",
             EventKind::ApiAction(_) => "api.action",
+            EventKind::ScanVerdict(_) => "scan.verdict",
+            EventKind::MessageQuarantined(_) => "message.quarantined",
         }
     }
 
@@ -153,6 +163,8 @@ impl EventKind {
             | EventKind::DeliveryFailed { message_id, .. }
             | EventKind::DeliveryBounced { message_id, .. } => Some(*message_id),
             EventKind::ApiAction(a) => a.message_id,
+            EventKind::ScanVerdict(v) => Some(v.message_id),
+            EventKind::MessageQuarantined(q) => Some(q.message_id),
             EventKind::AuditNote { .. }
             | EventKind::MessageRejected(_)
             | EventKind::RejectionsSuppressed { .. } => None,
@@ -313,8 +325,98 @@ impl EventKind {
                 }
                 out.insert("event".into(), event);
             }
+            EventKind::ScanVerdict(v) => verdict_fields(v, out),
+            EventKind::MessageQuarantined(q) => {
+                out.insert("message_id".into(), q.message_id.to_string().into());
+                let mut email = serde_json::json!({
+                    "sender": { "address": q.mail_from },
+                    "to": { "address": q.recipients },
+                });
+                if let Some(from) = &q.header_from {
+                    email["from"] = serde_json::json!({ "address": [from] });
+                }
+                if let Some(subject) = &q.subject {
+                    email["subject"] = subject.clone().into();
+                }
+                out.insert("email".into(), email);
+                out.insert("action".into(), "quarantine".into());
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({ "action": "quarantine", "reason": q.reason }),
+                );
+                out.insert("size".into(), q.size.into());
+                out.insert("score".into(), q.score.into());
+            }
         }
     }
+}
+
+/// `scan.*`: the verdict with every symbol, authentication result, finding and
+/// engine run; `action` at the top level as in `message.received`.
+fn verdict_fields(v: &Verdict, out: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::json;
+    out.insert("message_id".into(), v.message_id.to_string().into());
+    out.insert("action".into(), v.action.as_str().into());
+    out.insert(
+        "event".into(),
+        json!({ "action": v.action.as_str(), "reason": v.reason }),
+    );
+    let symbols: Vec<_> = v
+        .symbols
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "score": s.score,
+                "description": s.description,
+                "engine": s.engine,
+            })
+        })
+        .collect();
+    let authentication: Vec<_> = v
+        .authentication
+        .iter()
+        .map(|a| json!({ "method": a.method, "result": a.result, "detail": a.detail }))
+        .collect();
+    let findings: Vec<_> = v
+        .findings
+        .iter()
+        .map(|f| {
+            json!({
+                "kind": f.kind,
+                "name": f.name,
+                "location": f.location,
+                "engine": f.engine,
+            })
+        })
+        .collect();
+    let engines: Vec<_> = v
+        .engines
+        .iter()
+        .map(|e| {
+            json!({
+                "name": e.engine,
+                "version": e.version,
+                "ms": e.ms,
+                "timed_out": e.timed_out,
+            })
+        })
+        .collect();
+    out.insert(
+        "scan".into(),
+        json!({
+            "score": v.score,
+            "thresholds": {
+                "tag": v.thresholds.tag,
+                "quarantine": v.thresholds.quarantine,
+                "reject": v.thresholds.reject,
+            },
+            "symbols": symbols,
+            "authentication": authentication,
+            "findings": findings,
+            "engines": engines,
+        }),
+    );
 }
 
 fn received_fields(m: &MessageReceived, out: &mut serde_json::Map<String, serde_json::Value>) {

@@ -34,9 +34,10 @@ pub use event::{
 };
 pub use log::LogStore;
 pub use message::{
-    AcceptedMessage, Action, Bounce, Client, DeliveryCommand, DeliveryReport, Envelope, Lease,
-    MessageId, MessageReceived, QueueAction, QueueEntry, QueueRecord, QueueStatus, QueuedRecipient,
-    RecipientOutcome, RecipientResult, RecipientStatus, Rejection, Timings, TlsInfo,
+    AcceptedMessage, Action, AuthResult, Bounce, Client, DeliveryCommand, DeliveryReport,
+    EngineRun, Envelope, Finding, Lease, MessageId, MessageReceived, QuarantineRecord, QueueAction,
+    QueueEntry, QueueRecord, QueueStatus, QueuedRecipient, RecipientOutcome, RecipientResult,
+    RecipientStatus, RejectedMessage, Rejection, Symbol, Thresholds, Timings, TlsInfo, Verdict,
 };
 pub use queue::NOT_QUEUED;
 pub use snapshot::{SnapshotFile, SnapshotStore};

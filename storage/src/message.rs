@@ -109,14 +109,120 @@ pub struct Client {
 pub enum Action {
     /// Queue for delivery to the next hop.
     Deliver,
+    /// Deliver with the verdict in headers (and the subject prefixed, if configured).
+    Tag,
+    /// Keep it in the quarantine until someone releases or deletes it.
+    Quarantine,
+    /// Refuse it at the end of data with a 5xx (nothing stored but the verdict).
+    Reject,
 }
 
 impl Action {
     pub fn as_str(&self) -> &'static str {
         match self {
             Action::Deliver => "deliver",
+            Action::Tag => "tag",
+            Action::Quarantine => "quarantine",
+            Action::Reject => "reject",
         }
     }
+}
+
+/// The scanning pipeline's judgement of one message: the `scan.verdict` event. It is
+/// recorded once, by the node that received the message, and never recomputed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub message_id: MessageId,
+    pub action: Action,
+    /// Why this action, in words: `score 23.1 >= reject 20`, `malware
+    /// Eicar-Test-Signature`, `sender allow-listed`, ...
+    pub reason: String,
+    /// Sum of the symbols' scores.
+    pub score: f64,
+    pub thresholds: Thresholds,
+    pub symbols: Vec<Symbol>,
+    pub authentication: Vec<AuthResult>,
+    pub findings: Vec<Finding>,
+    /// Every engine that ran (or ran out of time), with its version and duration.
+    pub engines: Vec<EngineRun>,
+}
+
+/// The scores at which a message is tagged, quarantined and rejected, as the policy
+/// applied them to this message.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub tag: f64,
+    pub quarantine: f64,
+    pub reject: f64,
+}
+
+/// A rule or check that fired, with its score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Symbol {
+    pub name: String,
+    pub score: f64,
+    pub description: String,
+    /// The engine that reported it.
+    pub engine: String,
+}
+
+/// One authentication method's result, as in `Authentication-Results` (RFC 8601).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthResult {
+    /// `spf`, `dkim`, `dmarc`, `arc`.
+    pub method: String,
+    /// `pass`, `fail`, `softfail`, `none`, `temperror`, ...
+    pub result: String,
+    /// Properties such as `smtp.mailfrom=a@b.test` or `header.d=b.test`.
+    pub detail: String,
+}
+
+/// Something found in the content: malware, a blocked attachment, active content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// `malware`, `blocked_attachment`, `encrypted`, `active_content`, `bomb`.
+    pub kind: String,
+    /// Signature or rule name.
+    pub name: String,
+    /// Where in the message: `part 2/invoice.zip/a.exe`.
+    pub location: String,
+    pub engine: String,
+}
+
+/// One engine's run over the message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineRun {
+    pub engine: String,
+    /// Engine and rule set version.
+    pub version: String,
+    pub ms: u64,
+    /// It did not finish within the scan budget; its findings are missing.
+    pub timed_out: bool,
+}
+
+/// A message the policy rejected at the end of data: what is recorded instead of
+/// storing it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RejectedMessage {
+    pub rejection: Rejection,
+    pub verdict: Verdict,
+}
+
+/// A quarantined message's record (the `quarantine` column family; the body stays
+/// in `bodies`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    pub message_id: MessageId,
+    /// Sequence number of the `message.received` event.
+    pub received_seq: u64,
+    pub time_ms: i64,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub subject: Option<String>,
+    pub header_from: Option<String>,
+    pub size: u64,
+    pub score: f64,
+    pub reason: String,
 }
 
 /// Durations measured by the receiving node, in milliseconds.
@@ -155,6 +261,8 @@ pub struct AcceptedMessage {
     pub received: MessageReceived,
     #[serde(with = "serde_bytes_compat")]
     pub body: Vec<u8>,
+    /// The scanning pipeline's verdict, committed with the message.
+    pub verdict: Verdict,
 }
 
 /// A refusal worth auditing: the `message.rejected` event.
@@ -233,7 +341,7 @@ pub struct Lease {
 }
 
 /// A message in the delivery queue (the `queue` column family's projection).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueueEntry {
     pub message_id: MessageId,
     /// Sequence number of the `message.received` event.
@@ -244,6 +352,8 @@ pub struct QueueEntry {
     pub eight_bit: bool,
     pub smtputf8: bool,
     pub action: Action,
+    /// The verdict's score, for the `X-Bulwark-Score` header.
+    pub score: f64,
     /// The node that accepted it: it delivers it first; the others take over when it
     /// has not (see [`QueueEntry::due_since`]).
     pub received_by: u64,
@@ -281,7 +391,7 @@ impl QueueEntry {
 /// What the `queue` column family stores for a message: its delivery state and an
 /// administrator's hold, kept apart so that delivery code deals in [`QueueEntry`]
 /// alone while the rules ([`QueueRecord::is_due`], the lease) respect the hold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueueRecord {
     pub entry: QueueEntry,
     /// An administrator put the message on hold: it is not due and no lease is
@@ -533,11 +643,31 @@ pub(crate) mod tests {
         let encoded = crate::codec::encode(&AcceptedMessage {
             received: sample(),
             body: body.clone(),
+            verdict: verdict(sample().message_id),
         })
         .unwrap();
         assert!(encoded.len() < 1300, "{} bytes", encoded.len());
         let back: AcceptedMessage = crate::codec::decode(&encoded).unwrap();
         assert_eq!(back.body, body);
+    }
+
+    /// A clean verdict: deliver, nothing found.
+    pub(crate) fn verdict(message_id: MessageId) -> Verdict {
+        Verdict {
+            message_id,
+            action: Action::Deliver,
+            reason: "score 0.0 below tag 5.0".into(),
+            score: 0.0,
+            thresholds: Thresholds {
+                tag: 5.0,
+                quarantine: 10.0,
+                reject: 20.0,
+            },
+            symbols: Vec::new(),
+            authentication: Vec::new(),
+            findings: Vec::new(),
+            engines: Vec::new(),
+        }
     }
 
     pub(crate) fn sample() -> MessageReceived {

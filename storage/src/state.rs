@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent, VerifyReport};
 use crate::layout::{self, cf};
 use crate::message::{
-    AcceptedMessage, Action, Bounce, DeliveryCommand, MessageId, QueueEntry, QueueRecord,
-    QueueStatus, QueuedRecipient, RecipientStatus,
+    AcceptedMessage, Action, Bounce, DeliveryCommand, MessageId, QuarantineRecord, QueueEntry,
+    QueueRecord, QueueStatus, QueuedRecipient, RecipientStatus,
 };
 use crate::{codec, snapshot, Error, Result};
 
@@ -203,11 +203,17 @@ impl StateStore {
                 let (kinds, refused) = match &op.command {
                     Command::Record(kind) => (vec![kind.clone()], None),
                     Command::AcceptMessage(message) => {
-                        self.accept(&mut batch, &mut queue, message, op, head.next_seq)?;
-                        let received =
-                            EventKind::MessageReceived(Box::new(message.received.clone()));
-                        (vec![received], None)
+                        let kinds =
+                            self.accept(&mut batch, &mut queue, message, op, head.next_seq)?;
+                        (kinds, None)
                     }
+                    Command::RejectMessage(rejected) => (
+                        vec![
+                            EventKind::ScanVerdict(Box::new(rejected.verdict.clone())),
+                            EventKind::MessageRejected(Box::new(rejected.rejection.clone())),
+                        ],
+                        None,
+                    ),
                     Command::Delivery(command) => {
                         self.delivery(&mut batch, &mut queue, command, op, head.next_seq)?
                     }
@@ -276,11 +282,33 @@ impl StateStore {
         message: &AcceptedMessage,
         op: &Op,
         seq: u64,
-    ) -> Result<()> {
+    ) -> Result<Vec<EventKind>> {
         let (time_ms, node) = (op.time_ms, op.node);
         let received = &message.received;
+        let verdict = &message.verdict;
         let key = received.message_id.key();
         batch.put_cf(self.cf(cf::BODIES), key, codec::encode_bytes(&message.body));
+        let mut kinds = vec![
+            EventKind::MessageReceived(Box::new(received.clone())),
+            EventKind::ScanVerdict(Box::new(verdict.clone())),
+        ];
+        if verdict.action == Action::Quarantine {
+            let record = QuarantineRecord {
+                message_id: received.message_id,
+                received_seq: seq,
+                time_ms,
+                mail_from: received.envelope.mail_from.clone(),
+                recipients: received.envelope.rcpt_to.clone(),
+                subject: received.subject.clone(),
+                header_from: received.header_from.clone(),
+                size: received.size,
+                score: verdict.score,
+                reason: verdict.reason.clone(),
+            };
+            batch.put_cf(self.cf(cf::QUARANTINE), key, codec::encode(&record)?);
+            kinds.push(EventKind::MessageQuarantined(Box::new(record)));
+            return Ok(kinds);
+        }
         let entry = QueueEntry {
             message_id: received.message_id,
             received_seq: seq,
@@ -297,12 +325,13 @@ impl StateStore {
                 .collect(),
             eight_bit: received.envelope.eight_bit,
             smtputf8: received.envelope.smtputf8,
-            action: received.action,
+            action: verdict.action,
+            score: verdict.score,
             received_by: node,
             lease: None,
         };
         queue.insert(received.message_id, Some(QueueRecord::new(entry)));
-        Ok(())
+        Ok(kinds)
     }
 
     /// A delivery lease, report or administrator's action against the queue as this
@@ -392,6 +421,7 @@ impl StateStore {
             eight_bit: !bounce.body.is_ascii(),
             smtputf8: !bounce.recipient.is_ascii(),
             action: Action::Deliver,
+            score: 0.0,
             received_by: op.node,
             lease: None,
         };
@@ -434,6 +464,14 @@ impl StateStore {
     pub fn message_body(&self, id: MessageId) -> Result<Option<Vec<u8>>> {
         match self.db.get_pinned_cf(self.cf(cf::BODIES), id.key())? {
             Some(record) => Ok(Some(codec::decode_bytes(&record)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// A quarantined message's record.
+    pub fn quarantine_record(&self, id: MessageId) -> Result<Option<QuarantineRecord>> {
+        match self.db.get_pinned_cf(self.cf(cf::QUARANTINE), id.key())? {
+            Some(record) => Ok(Some(codec::decode(&record)?)),
             None => Ok(None),
         }
     }
@@ -851,6 +889,7 @@ mod tests {
             time_ms: 1_764_300_000_005,
             node: 2,
             command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict: crate::message::tests::verdict(received.message_id),
                 received,
                 body: b"Received: x\r\n\r\nhello\r\n".to_vec(),
             })),
@@ -861,9 +900,10 @@ mod tests {
                 b"x",
             )
             .unwrap();
-        assert_eq!(results[0][1].seq, 2);
+        // message.received (seq 2) then scan.verdict (seq 3).
+        assert_eq!(results[0][1].seq, 3);
         assert!(results[1][0].duplicate);
-        assert_eq!(store.chain_head().0, 2);
+        assert_eq!(store.chain_head().0, 3);
         assert_eq!(
             store.message_body(id).unwrap().unwrap(),
             b"Received: x\r\n\r\nhello\r\n"
@@ -912,6 +952,7 @@ mod tests {
             time_ms: 100,
             node: 1,
             command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict: crate::message::tests::verdict(received.message_id),
                 received,
                 body: b"body".to_vec(),
             })),
@@ -963,13 +1004,14 @@ mod tests {
             types,
             [
                 "message.received",
+                "scan.verdict",
                 "delivery.leased",
                 "delivery.leased",
                 "delivery.attempted",
                 "delivery.succeeded"
             ]
         );
-        assert_eq!(done[0][0].seq, events[4].event.seq);
+        assert_eq!(done[0][0].seq, events[5].event.seq);
         assert!(store.verify().unwrap().ok);
     }
 
@@ -987,6 +1029,7 @@ mod tests {
             time_ms: 100,
             node: 1,
             command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict: crate::message::tests::verdict(received.message_id),
                 received,
                 body: b"body".to_vec(),
             })),
@@ -1037,6 +1080,7 @@ mod tests {
             time_ms: 300,
             node: 2,
             command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict: crate::message::tests::verdict(received.message_id),
                 received,
                 body: b"body".to_vec(),
             })),
@@ -1087,6 +1131,7 @@ mod tests {
                 time_ms: 100,
                 node: 1,
                 command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                    verdict: crate::message::tests::verdict(received.message_id),
                     received,
                     body: b"body".to_vec(),
                 })),

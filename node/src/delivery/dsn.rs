@@ -7,6 +7,7 @@
 //! sender, so that it can never cause another one; messages that had the null sender
 //! get none.
 
+use crate::smtp::rewrite::one_line;
 use bulwark_storage::{Bounce, MessageId, QueueEntry};
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
@@ -47,7 +48,7 @@ pub fn bounce(
     let header = |out: &mut String, name: &str, value: &str| {
         out.push_str(name);
         out.push_str(": ");
-        out.push_str(&one_line(value));
+        out.push_str(&one_line(value, 900));
         out.push_str("\r\n");
     };
     header(
@@ -78,7 +79,7 @@ pub fn bounce(
         entry.message_id
     ));
     for f in failed {
-        out.push_str(&format!("<{}>: {}\r\n", f.address, one_line(f.reply)));
+        out.push_str(&format!("<{}>: {}\r\n", f.address, one_line(f.reply, 900)));
     }
 
     out.push_str(&format!("\r\n--{boundary}\r\n"));
@@ -158,23 +159,6 @@ fn status(reply: &str) -> String {
     }
 }
 
-/// A header value on one line: controls (CR and LF above all) become spaces, and
-/// the whole stays within the line limit of RFC 5322.
-fn one_line(value: &str) -> String {
-    let clean: String = value
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if clean.len() <= 900 {
-        return clean;
-    }
-    let mut end = 900;
-    while !clean.is_char_boundary(end) {
-        end -= 1;
-    }
-    clean[..end].to_string()
-}
-
 fn date(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -200,6 +184,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             action: Action::Deliver,
+            score: 0.0,
             received_by: 1,
             lease: None,
         }

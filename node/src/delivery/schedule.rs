@@ -67,6 +67,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             action: Action::Deliver,
+            score: 0.0,
             received_by: 1,
             lease: None,
         };

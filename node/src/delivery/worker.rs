@@ -303,9 +303,10 @@ impl Worker {
         recipients: Vec<&str>,
     ) -> (Option<TlsInfo>, Replies) {
         let headers = format!(
-            "X-Bulwark-Id: {}\r\nX-Bulwark-Action: {}\r\n",
+            "X-Bulwark-Id: {}\r\nX-Bulwark-Action: {}\r\nX-Bulwark-Score: {:.1}\r\n",
             entry.message_id,
-            entry.action.as_str()
+            entry.action.as_str(),
+            entry.score
         );
         match route {
             Route::Relay(relay) => {

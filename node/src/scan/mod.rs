@@ -1,37 +1,429 @@
 //! The scanning pipeline: the one place where an accepted message is judged before
 //! it is committed (DESIGN.md, "the mail's path").
 //!
-//! The engines (authentication, malware, attachments, spam, phishing) and the policy
-//! that turns their scores into an action arrive with issue #4. Until then no engine
-//! runs and every message's action is [`Action::Deliver`]; the SMTP ingress already
-//! calls [`judge`] for every message and records its verdict and time, so engines
-//! plug in here without touching the session code.
+//! The message is parsed once and its files unpacked once; the content engines
+//! ([`Engine`]) run on a blocking thread while authentication (DNS) runs beside them
+//! on the runtime. Everything has one time budget: an engine or lookup that has not
+//! answered by then is recorded as timed out (symbol `SCAN_TIMEOUT`) and the verdict
+//! is made from what did answer — a slow engine never holds a session. The policy
+//! then turns scores and findings into the action, and the whole verdict is
+//! committed with the message.
 
-use bulwark_storage::{Action, Client, Envelope};
+pub mod attachments;
+pub mod auth;
+pub mod contents;
+pub mod engine;
+pub mod malware;
+pub mod phishing;
+pub mod spam;
 
-/// What the pipeline decided about one message.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Verdict {
-    pub action: Action,
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulwark_storage::{EngineRun, Finding, MessageId, Symbol, Verdict};
+
+pub use engine::{Engine, FindingKind, Hit, Outcome, Parsed};
+
+use crate::config::Config;
+use crate::policy::{Facts, Policy};
+
+/// How the pipeline is set up (`[scan]` and `[policy]`).
+pub struct Settings {
+    /// Content engines, in the order they run.
+    pub engines: Vec<Box<dyn Engine>>,
+    /// Limits on unpacking MIME parts and archives.
+    pub limits: contents::Limits,
+    pub policy: Policy,
+    /// Time allowed for the whole scan of one message.
+    pub budget: Duration,
+    /// Our domains (IDNA ASCII), for the engines that look for impersonation.
+    pub local_domains: Vec<String>,
+    /// SPF, DKIM, DMARC and ARC, when on.
+    pub auth: Option<auth::Authenticator>,
 }
 
-/// A message as the scanners see it.
+/// A message to judge.
 pub struct Candidate<'a> {
-    pub envelope: &'a Envelope,
-    pub client: &'a Client,
+    pub id: MessageId,
+    pub mail_from: &'a str,
+    pub rcpt_to: &'a [String],
+    pub client_ip: std::net::IpAddr,
+    pub helo: &'a str,
     /// The content as received, without our `Received` header.
-    pub body: &'a [u8],
+    pub body: Arc<Vec<u8>>,
 }
 
-/// Judges one message.
-pub fn judge(candidate: &Candidate<'_>) -> Verdict {
-    tracing::trace!(
-        client = %candidate.client.ip,
-        recipients = candidate.envelope.rcpt_to.len(),
-        size = candidate.body.len(),
-        "no scanning engines configured: deliver"
-    );
-    Verdict {
-        action: Action::Deliver,
+/// The pipeline's result: the verdict to commit and what to change in the message.
+pub struct Judged {
+    pub verdict: Verdict,
+    /// The value of our `Authentication-Results` header, when authentication ran.
+    pub auth_header: Option<String>,
+    /// For a tagged message: the prefix to add to its subject.
+    pub subject_prefix: Option<String>,
+}
+
+/// The scanning pipeline, shared by every SMTP session of the node.
+pub struct Scanner {
+    content: Arc<ContentEngines>,
+    auth: Option<auth::Authenticator>,
+    policy: Policy,
+    budget: Duration,
+}
+
+struct ContentEngines {
+    engines: Vec<Box<dyn Engine>>,
+    limits: contents::Limits,
+    local_domains: Vec<String>,
+}
+
+/// The authentication engine's version as recorded in verdicts: the library doing it.
+const AUTH_VERSION: &str = "mail-auth 0.13.0";
+
+/// One engine's report as it arrives from the blocking thread.
+struct Report {
+    engine: &'static str,
+    version: String,
+    outcome: Outcome,
+    ms: u64,
+}
+
+impl Scanner {
+    /// The pipeline the configuration asks for: engines loaded with their rule and
+    /// signature files (a file that cannot be read or parsed is an error).
+    pub fn from_config(full: &Config, policy: Policy) -> anyhow::Result<Self> {
+        let config = &full.scan;
+        let auth = if config.authentication {
+            let auth = auth::Authenticator::new(
+                &full.dns.nameservers,
+                full.dns.timeout,
+                full.smtp.hostname.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("authentication: {e}"))?;
+            if auth.budget() > config.budget {
+                tracing::info!(
+                    scan_budget_ms = config.budget.as_millis() as u64,
+                    dns_worst_case_ms = auth.budget().as_millis() as u64,
+                    "slow DNS can make authentication time out within the scan budget"
+                );
+            }
+            Some(auth)
+        } else {
+            None
+        };
+        let malware = malware::MalwareEngine::new(&config.malware_hashes, &config.clamav_hashes)
+            .map_err(|e| anyhow::anyhow!("malware signatures: {e}"))?;
+        let blocked = config.blocked_extensions.clone().unwrap_or_else(|| {
+            attachments::DEFAULT_BLOCKED
+                .iter()
+                .map(|e| e.to_string())
+                .collect()
+        });
+        let (spam, skipped) =
+            spam::SpamEngine::new(&config.rules).map_err(|e| anyhow::anyhow!("spam rules: {e}"))?;
+        for line in skipped {
+            tracing::info!(%line, "spam rule skipped");
+        }
+        let engines: Vec<Box<dyn Engine>> = vec![
+            Box::new(malware),
+            Box::new(attachments::AttachmentEngine::new(blocked)),
+            Box::new(spam),
+            Box::new(phishing::PhishingEngine::new()),
+        ];
+        Ok(Scanner::new(Settings {
+            engines,
+            limits: contents::Limits {
+                max_depth: config.max_archive_depth,
+                max_files: config.max_archive_files,
+                max_total_bytes: config.max_unpacked_bytes,
+                max_ratio: config.max_ratio,
+            },
+            policy,
+            budget: config.budget,
+            local_domains: full.smtp.domains.clone(),
+            auth,
+        }))
     }
+
+    pub fn new(settings: Settings) -> Self {
+        Scanner {
+            content: Arc::new(ContentEngines {
+                engines: settings.engines,
+                limits: settings.limits,
+                local_domains: settings.local_domains,
+            }),
+            auth: settings.auth,
+            policy: settings.policy,
+            budget: settings.budget,
+        }
+    }
+
+    /// Judges one message within the time budget.
+    pub async fn judge(&self, candidate: &Candidate<'_>) -> Judged {
+        let deadline = tokio::time::Instant::now() + self.budget;
+        let (reports, authenticated) = tokio::join!(
+            self.run_content(candidate, deadline),
+            self.run_auth(candidate, deadline)
+        );
+
+        let mut symbols = Vec::new();
+        let mut findings = Vec::new();
+        let mut engines = Vec::new();
+        for report in &reports {
+            for hit in &report.outcome.hits {
+                symbols.push(Symbol {
+                    name: hit.symbol.clone(),
+                    score: hit.score,
+                    description: hit.description.clone(),
+                    engine: report.engine.to_string(),
+                });
+            }
+            for found in &report.outcome.findings {
+                findings.push(Finding {
+                    kind: found.kind.as_str().to_string(),
+                    name: found.name.clone(),
+                    location: found.location.clone(),
+                    engine: report.engine.to_string(),
+                });
+            }
+            engines.push(EngineRun {
+                engine: report.engine.to_string(),
+                version: report.version.clone(),
+                ms: report.ms,
+                timed_out: false,
+            });
+        }
+        let mut authentication = Vec::new();
+        let mut dmarc = None;
+        let mut auth_header = None;
+        match authenticated {
+            Some(Ok((outcome, ms))) => {
+                symbols.extend(outcome.hits.into_iter().map(|hit| Symbol {
+                    name: hit.symbol,
+                    score: hit.score,
+                    description: hit.description,
+                    engine: "auth".into(),
+                }));
+                authentication = outcome
+                    .results
+                    .into_iter()
+                    .map(|r| bulwark_storage::AuthResult {
+                        method: r.method.to_string(),
+                        result: r.result.to_string(),
+                        detail: r.detail,
+                    })
+                    .collect();
+                dmarc = outcome.dmarc_policy.map(|d| match d {
+                    auth::DmarcDisposition::Reject => bulwark_storage::Action::Reject,
+                    auth::DmarcDisposition::Quarantine => bulwark_storage::Action::Quarantine,
+                });
+                auth_header = Some(outcome.header);
+                engines.push(EngineRun {
+                    engine: "auth".into(),
+                    version: AUTH_VERSION.into(),
+                    ms,
+                    timed_out: false,
+                });
+            }
+            Some(Err(_)) => self.timed_out("auth", AUTH_VERSION, &mut engines, &mut symbols),
+            None => {}
+        }
+        for engine in &self.content.engines {
+            if !reports.iter().any(|r| r.engine == engine.name()) {
+                let version = engine.version();
+                self.timed_out(engine.name(), &version, &mut engines, &mut symbols);
+            }
+        }
+
+        let score = symbols.iter().map(|s| s.score).sum::<f64>();
+        let first = |kinds: &[FindingKind]| {
+            reports
+                .iter()
+                .flat_map(|r| &r.outcome.findings)
+                .find(|f| kinds.contains(&f.kind))
+                .map(|f| f.name.as_str())
+        };
+        let header_from = header_from(&candidate.body);
+        let decision = self.policy.decide(&Facts {
+            mail_from: candidate.mail_from,
+            header_from: header_from.as_deref(),
+            rcpt_to: candidate.rcpt_to,
+            client_ip: candidate.client_ip,
+            score,
+            malware: first(&[FindingKind::Malware]),
+            blocked_content: first(&[
+                FindingKind::BlockedAttachment,
+                FindingKind::ActiveContent,
+                FindingKind::Encrypted,
+                FindingKind::Bomb,
+            ]),
+            dmarc,
+        });
+        Judged {
+            verdict: Verdict {
+                message_id: candidate.id,
+                action: decision.action,
+                reason: decision.reason,
+                score,
+                thresholds: decision.thresholds,
+                symbols,
+                authentication,
+                findings,
+                engines,
+            },
+            subject_prefix: decision.subject_prefix,
+            auth_header,
+        }
+    }
+
+    /// Records that `engine` did not finish within the budget.
+    fn timed_out(
+        &self,
+        engine: &str,
+        version: &str,
+        engines: &mut Vec<EngineRun>,
+        symbols: &mut Vec<Symbol>,
+    ) {
+        let budget_ms = self.budget.as_millis() as u64;
+        engines.push(EngineRun {
+            engine: engine.to_string(),
+            version: version.to_string(),
+            ms: budget_ms,
+            timed_out: true,
+        });
+        symbols.push(Symbol {
+            name: "SCAN_TIMEOUT".into(),
+            score: 0.0,
+            description: format!("{engine} did not finish within the {budget_ms} ms scan budget"),
+            engine: engine.to_string(),
+        });
+    }
+
+    /// Authenticates the message unless authentication is off; `Err` when the
+    /// budget ran out first.
+    async fn run_auth(
+        &self,
+        candidate: &Candidate<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<(auth::AuthOutcome, u64), tokio::time::error::Elapsed>> {
+        let auth = self.auth.as_ref()?;
+        let started = Instant::now();
+        let checked = auth.check(
+            &candidate.body,
+            candidate.client_ip,
+            candidate.helo,
+            candidate.mail_from,
+        );
+        Some(
+            tokio::time::timeout_at(deadline, checked)
+                .await
+                .map(|outcome| (outcome, started.elapsed().as_millis() as u64)),
+        )
+    }
+
+    /// Runs the content engines on a blocking thread, collecting their reports as
+    /// they come until `deadline`.
+    async fn run_content(
+        &self,
+        candidate: &Candidate<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Vec<Report> {
+        if self.content.engines.is_empty() {
+            return Vec::new();
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let content = self.content.clone();
+        let body = candidate.body.clone();
+        let owned = Owned {
+            rcpt_to: candidate.rcpt_to.to_vec(),
+            client_ip: candidate.client_ip,
+        };
+        tokio::task::spawn_blocking(move || content.run(&owned, &body, &tx));
+        let mut reports = Vec::new();
+        let collect = async {
+            while let Some(report) = rx.recv().await {
+                reports.push(report);
+            }
+        };
+        if tokio::time::timeout_at(deadline, collect).await.is_err() {
+            tracing::warn!("scan budget spent before every engine finished");
+        }
+        reports
+    }
+}
+
+/// The envelope fields the blocking thread needs, owned.
+struct Owned {
+    rcpt_to: Vec<String>,
+    client_ip: std::net::IpAddr,
+}
+
+impl ContentEngines {
+    /// Parses and unpacks once, then runs every engine, sending each report as soon
+    /// as it is ready (the receiver may have given up: then the rest is skipped).
+    fn run(&self, owned: &Owned, body: &[u8], tx: &tokio::sync::mpsc::UnboundedSender<Report>) {
+        let started = Instant::now();
+        let parsed = mail_parser::MessageParser::default().parse(body);
+        let fallback;
+        let message = match &parsed {
+            Some(message) => message,
+            None => {
+                fallback = mail_parser::Message::default();
+                &fallback
+            }
+        };
+        let contents = contents::unpack(message, &self.limits);
+        let unpack_ms = started.elapsed().as_millis() as u64;
+        let view = Parsed {
+            rcpt_to: &owned.rcpt_to,
+            client_ip: owned.client_ip,
+            raw: body,
+            message,
+            contents: &contents,
+            local_domains: &self.local_domains,
+        };
+        let mut unpacked = Outcome {
+            hits: Vec::new(),
+            findings: contents.findings.clone(),
+        };
+        if parsed.is_none() {
+            unpacked.hits.push(Hit::new(
+                "MIME_UNPARSEABLE",
+                1.0,
+                "the message could not be parsed as MIME",
+            ));
+        }
+        let mut ok = tx
+            .send(Report {
+                engine: "unpack",
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                outcome: unpacked,
+                ms: unpack_ms,
+            })
+            .is_ok();
+        for engine in &self.engines {
+            if !ok {
+                break;
+            }
+            let started = Instant::now();
+            let outcome = engine.scan(&view);
+            ok = tx
+                .send(Report {
+                    engine: engine.name(),
+                    version: engine.version(),
+                    outcome,
+                    ms: started.elapsed().as_millis() as u64,
+                })
+                .is_ok();
+        }
+    }
+}
+
+/// The address of the `From` header, if any.
+fn header_from(body: &[u8]) -> Option<String> {
+    let message = mail_parser::MessageParser::default().parse_headers(body)?;
+    message
+        .from()
+        .and_then(|from| from.first())
+        .and_then(|addr| addr.address())
+        .map(str::to_string)
 }

@@ -1,31 +1,40 @@
 //! The acceptance path: at the end of data the message becomes one Raft operation,
 //! and the client hears `250` only once a quorum has committed it.
 
+use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use bulwark_consensus::Proposer;
 use bulwark_storage::{
-    AcceptedMessage, Command, Envelope, MessageId, MessageReceived, Op, Timings,
+    AcceptedMessage, Action, Command, Envelope, MessageId, MessageReceived, Op, RejectedMessage,
+    Rejection, Timings,
 };
 use time::OffsetDateTime;
 
-use super::received;
 use super::session::{Session, Transaction};
-use crate::scan;
+use super::{received, rewrite};
+use crate::scan::{self, Scanner};
 
 /// Turns finished transactions into committed messages.
 pub struct Ingress {
     proposer: Proposer,
+    scanner: Arc<Scanner>,
     node: u64,
 }
 
 impl Ingress {
-    pub fn new(proposer: Proposer, node: u64) -> Self {
-        Ingress { proposer, node }
+    pub fn new(proposer: Proposer, scanner: Arc<Scanner>, node: u64) -> Self {
+        Ingress {
+            proposer,
+            scanner,
+            node,
+        }
     }
 
-    /// Scans, commits and answers: `250 2.0.0 Ok: queued as ID` once committed,
-    /// `451 4.3.0` when no quorum committed it in time (the client retries).
+    /// Scans, commits and answers: `250 2.0.0 Ok: queued as ID` once committed
+    /// (delivered, tagged or quarantined: the sender is not told which), `554 5.7.1`
+    /// once the rejection is recorded, `451 4.3.0` when no quorum committed either
+    /// in time (the client retries).
     pub async fn accept(
         &self,
         session: &Session,
@@ -44,18 +53,70 @@ impl Ingress {
             eight_bit: tx.eight_bit,
         };
         let scan_started = StdInstant::now();
-        let verdict = scan::judge(&scan::Candidate {
-            envelope: &envelope,
-            client,
-            body: &body,
-        });
+        let body = Arc::new(body);
+        let judged = self
+            .scanner
+            .judge(&scan::Candidate {
+                id,
+                mail_from: &envelope.mail_from,
+                rcpt_to: &envelope.rcpt_to,
+                client_ip: client.ip,
+                helo: client.helo.as_deref().unwrap_or(""),
+                body: body.clone(),
+            })
+            .await;
         let scan_ms = scan_started.elapsed().as_millis() as u64;
-        let (subject, header_from, header_message_id) = headers(&body);
+        let body = Arc::try_unwrap(body).unwrap_or_else(|shared| shared.to_vec());
+        let verdict = judged.verdict;
 
-        let protocol = protocol(session.esmtp, envelope.smtputf8, client.tls.is_some());
+        if verdict.action == Action::Reject {
+            let reply = format!(
+                "554 5.7.1 Message rejected: {} (id {id})",
+                rewrite::one_line(&verdict.reason, 300)
+            );
+            let op = Op {
+                id: id.0,
+                time_ms,
+                node: self.node,
+                command: Command::RejectMessage(Box::new(RejectedMessage {
+                    rejection: Rejection {
+                        client: client.clone(),
+                        mail_from: Some(envelope.mail_from),
+                        rcpt_to: envelope.rcpt_to,
+                        reason: "policy".into(),
+                        reply: reply.clone(),
+                    },
+                    verdict,
+                })),
+            };
+            return match self.proposer.submit(op).await {
+                Ok(_) => {
+                    tracing::info!(%id, client = %client.ip, "message rejected by policy");
+                    reply
+                }
+                Err(e) => {
+                    tracing::warn!(%id, client = %client.ip, error = %e, "rejection not committed");
+                    NOT_STORED.to_string()
+                }
+            };
+        }
+
+        let (subject, header_from, header_message_id) = headers(&body);
         let hostname = &session.settings().hostname;
+        // RFC 8601 §5: results that claim to be ours but came from outside go.
+        let body = scan::auth::strip_own_results(&body, hostname).unwrap_or(body);
+        let body = match &judged.subject_prefix {
+            Some(prefix) if verdict.action == Action::Tag => rewrite::prefix_subject(&body, prefix),
+            _ => body,
+        };
+        let protocol = protocol(session.esmtp, envelope.smtputf8, client.tls.is_some());
         let received = received::header(hostname, client, &protocol, id, &envelope.rcpt_to, now);
-        let mut stored = Vec::with_capacity(received.len() + body.len());
+        let results = judged
+            .auth_header
+            .map(|value| format!("Authentication-Results: {value}\r\n"))
+            .unwrap_or_default();
+        let mut stored = Vec::with_capacity(results.len() + received.len() + body.len());
+        stored.extend_from_slice(results.as_bytes());
         stored.extend_from_slice(received.as_bytes());
         stored.extend_from_slice(&body);
         drop(body);
@@ -83,6 +144,7 @@ impl Ingress {
             command: Command::AcceptMessage(Box::new(AcceptedMessage {
                 received: record,
                 body: stored,
+                verdict,
             })),
         };
         match self.proposer.submit(op).await {
@@ -92,12 +154,15 @@ impl Ingress {
             }
             Err(e) => {
                 tracing::warn!(%id, client = %client.ip, error = %e, "message not committed");
-                "451 4.3.0 Error: the message could not be stored safely; try again later"
-                    .to_string()
+                NOT_STORED.to_string()
             }
         }
     }
 }
+
+/// The reply when nothing could be committed: the client keeps the message and
+/// tries again.
+const NOT_STORED: &str = "451 4.3.0 Error: the message could not be stored safely; try again later";
 
 /// `SMTP`/`ESMTP`, `S` with TLS, `UTF8` prefix with SMTPUTF8 (RFC 3848, RFC 6531).
 fn protocol(esmtp: bool, smtputf8: bool, tls: bool) -> String {

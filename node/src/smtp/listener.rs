@@ -21,6 +21,7 @@ use super::conn::Conn;
 use super::rejections::RejectionLog;
 use super::session::{Flow, Session, Shared};
 use super::{proxy, Settings};
+use crate::scan::Scanner;
 
 /// A bound SMTP listener, ready to run.
 pub struct Server {
@@ -112,8 +113,9 @@ impl Bound {
         self.listener.local_addr().unwrap_or(self.settings.listen)
     }
 
-    /// The server, committing accepted mail through `proposer` as node `node`.
-    pub fn serve_with(self, proposer: Proposer, node: u64) -> Server {
+    /// The server, judging mail with `scanner` and committing it through `proposer`
+    /// as node `node`.
+    pub fn serve_with(self, proposer: Proposer, scanner: Arc<Scanner>, node: u64) -> Server {
         let Bound {
             listener,
             tls,
@@ -122,7 +124,7 @@ impl Bound {
         let sessions = Arc::new(Semaphore::new(settings.max_sessions));
         let shared = Arc::new(Shared {
             tls,
-            ingress: Ingress::new(proposer.clone(), node),
+            ingress: Ingress::new(proposer.clone(), scanner, node),
             rejections: RejectionLog::start(proposer),
             shutdown: CancellationToken::new(),
             budget: Budget::new(settings.max_buffered_bytes),

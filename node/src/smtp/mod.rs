@@ -28,6 +28,7 @@ mod proxy;
 mod rcpt;
 mod received;
 mod rejections;
+pub mod rewrite;
 mod session;
 
 use std::net::SocketAddr;

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use bulwark_cluster_tests::dns::{DnsServer, Zone};
 use serde_json::Value;
 
 pub struct Node {
     child: Option<Child>,
+    _dns: Option<DnsServer>,
     dir: tempfile::TempDir,
     pub smtp: SocketAddr,
     pub api: String,
@@ -49,13 +51,22 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let api = format!("127.0.0.1:{}", free_port());
+        // Authentication asks DNS: a server on loopback that knows no names (every
+        // lookup answered at once with NXDOMAIN), unless the test brings its own.
+        let server = (!more.contains("[dns]"))
+            .then(|| DnsServer::start(Zone::new()).expect("starting the test DNS"));
+        let dns = server
+            .as_ref()
+            .map(|s| format!("[dns]\nnameservers = [\"{}\"]\n", s.addr()))
+            .unwrap_or_default();
         let config = format!(
-            "[node]\nid = 1\ndata_dir = \"data\"\n\n[api]\nlisten = \"{api}\"\n\n\
+            "[node]\nid = 1\ndata_dir = \"data\"\n\n[api]\nlisten = \"{api}\"\n\n{dns}\n\
              [smtp]\nlisten = \"{smtp}\"\nhostname = \"mx.example.test\"\n{smtp_extra}\n{more}\n"
         );
         std::fs::write(dir.path().join("bulwark.toml"), config).unwrap();
         let mut node = Node {
             child: None,
+            _dns: server,
             dir,
             smtp,
             api: format!("http://{api}"),

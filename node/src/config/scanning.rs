@@ -1,0 +1,335 @@
+//! The `[scan]`, `[dns]` and `[policy]` sections.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bulwark_storage::{Action, Thresholds};
+use serde::Deserialize;
+
+use super::relative_to;
+use crate::policy::{Overrides, Policy};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScan {
+    /// Milliseconds the whole scan of one message may take (default 10000).
+    budget_ms: Option<u64>,
+    /// SPF, DKIM, DMARC and ARC checks (default true; turn off only behind another
+    /// gateway that authenticates and whose results you trust).
+    authentication: Option<bool>,
+    /// Spam rule files in SpamAssassin's syntax, read after the built-in rules.
+    rules: Option<Vec<PathBuf>>,
+    /// Files of SHA-256 hashes of known malware, one a line (a name may follow).
+    malware_hashes: Option<Vec<PathBuf>>,
+    /// ClamAV hash signature files (`.hdb`, `.hsb`).
+    clamav_hashes: Option<Vec<PathBuf>>,
+    /// Attachment extensions to block, replacing the built-in list.
+    blocked_extensions: Option<Vec<String>>,
+    /// Archives inside archives opened at most this deep (default 5).
+    max_archive_depth: Option<u32>,
+    /// Files listed at most per message, archive members included (default 1000).
+    max_archive_files: Option<usize>,
+    /// Octets unpacked at most per message (default 100 MiB).
+    max_unpacked_bytes: Option<u64>,
+    /// Largest unpacked/packed ratio of an archive member (default 100).
+    max_ratio: Option<u64>,
+}
+
+/// The validated `[scan]` section: what the engines load at start.
+#[derive(Clone, Debug)]
+pub struct ScanConfig {
+    pub budget: Duration,
+    pub authentication: bool,
+    pub rules: Vec<PathBuf>,
+    pub malware_hashes: Vec<PathBuf>,
+    pub clamav_hashes: Vec<PathBuf>,
+    /// `None`: the built-in list.
+    pub blocked_extensions: Option<Vec<String>>,
+    pub max_archive_depth: u32,
+    pub max_archive_files: usize,
+    pub max_unpacked_bytes: u64,
+    pub max_ratio: u64,
+}
+
+pub(super) fn validate_scan(s: RawScan, base: &Path, problems: &mut Vec<String>) -> ScanConfig {
+    let budget_ms = s.budget_ms.unwrap_or(10_000);
+    if budget_ms < 10 {
+        problems.push("scan.budget_ms must be at least 10".into());
+    }
+    let paths = |list: Option<Vec<PathBuf>>| -> Vec<PathBuf> {
+        list.unwrap_or_default()
+            .into_iter()
+            .map(|p| relative_to(base, p))
+            .collect()
+    };
+    let blocked_extensions = s.blocked_extensions.map(|list| {
+        list.into_iter()
+            .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    });
+    if let Some(bad) = blocked_extensions
+        .iter()
+        .flatten()
+        .find(|e| e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        problems.push(format!(
+            "scan.blocked_extensions: {bad:?} is not a file extension"
+        ));
+    }
+    let config = ScanConfig {
+        budget: Duration::from_millis(budget_ms),
+        authentication: s.authentication.unwrap_or(true),
+        rules: paths(s.rules),
+        malware_hashes: paths(s.malware_hashes),
+        clamav_hashes: paths(s.clamav_hashes),
+        blocked_extensions,
+        max_archive_depth: s.max_archive_depth.unwrap_or(5),
+        max_archive_files: s.max_archive_files.unwrap_or(1000),
+        max_unpacked_bytes: s.max_unpacked_bytes.unwrap_or(100 << 20),
+        max_ratio: s.max_ratio.unwrap_or(100),
+    };
+    // Rule and signature files are read now too, so that check-config reports
+    // their mistakes with the rest.
+    if let Err(e) = crate::scan::spam::SpamEngine::new(&config.rules) {
+        problems.push(format!("scan.rules: {e}"));
+    }
+    if let Err(e) =
+        crate::scan::malware::MalwareEngine::new(&config.malware_hashes, &config.clamav_hashes)
+    {
+        problems.push(format!("scan.malware_hashes/clamav_hashes: {e}"));
+    }
+    if config.max_archive_files == 0 || config.max_unpacked_bytes == 0 || config.max_ratio == 0 {
+        problems.push(
+            "scan.max_archive_files, max_unpacked_bytes and max_ratio must be positive".into(),
+        );
+    }
+    config
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    /// Nameservers (`ip:port`, or an IP for port 53); absent: the system resolver
+    /// configuration.
+    nameservers: Option<Vec<String>>,
+    /// Milliseconds to wait for one answer (default 2000).
+    timeout_ms: Option<u64>,
+}
+
+/// The validated `[dns]` section.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    /// Empty: the system resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+}
+
+pub(super) fn validate_dns(d: RawDns, problems: &mut Vec<String>) -> DnsConfig {
+    let mut nameservers = Vec::new();
+    for server in d.nameservers.unwrap_or_default() {
+        let parsed = server
+            .parse::<SocketAddr>()
+            .or_else(|_| server.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+        match parsed {
+            Ok(addr) => nameservers.push(addr),
+            Err(_) => problems.push(format!(
+                "dns.nameservers: {server:?} is not an IP address or ip:port"
+            )),
+        }
+    }
+    let timeout_ms = d.timeout_ms.unwrap_or(2000);
+    if !(10..=30_000).contains(&timeout_ms) {
+        problems.push("dns.timeout_ms must be between 10 and 30000".into());
+    }
+    DnsConfig {
+        nameservers,
+        timeout: Duration::from_millis(timeout_ms),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    /// Score from which a message is tagged (default 5).
+    tag_score: Option<f64>,
+    /// Score from which a message is quarantined (default 10).
+    quarantine_score: Option<f64>,
+    /// Score from which a message is rejected at the end of data (default 20).
+    reject_score: Option<f64>,
+    /// Put before the subject of tagged messages (default: none).
+    subject_prefix: Option<String>,
+    /// What to do with malware: `reject` (default) or `quarantine`.
+    malware: Option<String>,
+    /// What to do with blocked attachments and active content: `reject`,
+    /// `quarantine` (default), `tag` or `deliver`.
+    attachments: Option<String>,
+    /// `enforce` (default): a failing message gets what the sender's DMARC policy
+    /// asks (reject or quarantine); `report`: only its score counts.
+    dmarc: Option<String>,
+    /// Senders (address, domain, `.domain` for subdomains too) and client networks
+    /// whose mail is not judged by score.
+    allow: Option<Vec<String>>,
+    /// Senders and client networks whose mail is rejected.
+    block: Option<Vec<String>>,
+    /// Per recipient domain: `"example.test" = { tag_score = 3.0 }`.
+    domains: Option<BTreeMap<String, RawOverrides>>,
+    /// Per recipient address.
+    recipients: Option<BTreeMap<String, RawOverrides>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOverrides {
+    tag_score: Option<f64>,
+    quarantine_score: Option<f64>,
+    reject_score: Option<f64>,
+    subject_prefix: Option<String>,
+}
+
+pub(super) fn validate_policy(p: RawPolicy, problems: &mut Vec<String>) -> Policy {
+    let defaults = Policy::default();
+    let thresholds = Thresholds {
+        tag: p.tag_score.unwrap_or(defaults.thresholds.tag),
+        quarantine: p.quarantine_score.unwrap_or(defaults.thresholds.quarantine),
+        reject: p.reject_score.unwrap_or(defaults.thresholds.reject),
+    };
+    check_thresholds("policy", &thresholds, problems);
+    let mut action = |field: &str, value: Option<String>, default: Action, allowed: &[Action]| {
+        let Some(value) = value else {
+            return default;
+        };
+        match allowed.iter().find(|a| a.as_str() == value) {
+            Some(action) => *action,
+            None => {
+                let names: Vec<_> = allowed.iter().map(|a| a.as_str()).collect();
+                problems.push(format!(
+                    "policy.{field}: {value:?} is not one of {}",
+                    names.join(", ")
+                ));
+                default
+            }
+        }
+    };
+    let malware = action(
+        "malware",
+        p.malware,
+        defaults.malware,
+        &[Action::Reject, Action::Quarantine],
+    );
+    let attachments = action(
+        "attachments",
+        p.attachments,
+        defaults.attachments,
+        &[
+            Action::Reject,
+            Action::Quarantine,
+            Action::Tag,
+            Action::Deliver,
+        ],
+    );
+    let dmarc_enforce = match p.dmarc.as_deref() {
+        None | Some("enforce") => true,
+        Some("report") => false,
+        Some(other) => {
+            problems.push(format!("policy.dmarc: {other:?} is not enforce or report"));
+            true
+        }
+    };
+    let mut policy = Policy {
+        thresholds,
+        subject_prefix: prefix("policy.subject_prefix", p.subject_prefix, problems)
+            .unwrap_or_default(),
+        malware,
+        attachments,
+        dmarc_enforce,
+        ..defaults
+    };
+    for (name, list, entries) in [
+        ("allow", &mut policy.allow, p.allow),
+        ("block", &mut policy.block, p.block),
+    ] {
+        for entry in entries.unwrap_or_default() {
+            if let Err(e) = list.add(&entry) {
+                problems.push(format!("policy.{name}: {e}"));
+            }
+        }
+    }
+    for (domain, raw) in p.domains.unwrap_or_default() {
+        let key = match crate::smtp::ascii_domain(&domain).filter(|d| !d.is_empty()) {
+            Some(key) => key,
+            None => {
+                problems.push(format!("policy.domains: {domain:?} is not a domain"));
+                continue;
+            }
+        };
+        let field = format!("policy.domains.{domain:?}");
+        let overrides = overrides(&field, raw, &thresholds, problems);
+        policy.domains.insert(key, overrides);
+    }
+    for (address, raw) in p.recipients.unwrap_or_default() {
+        let Some((local, domain)) = address.rsplit_once('@') else {
+            problems.push(format!("policy.recipients: {address:?} is not an address"));
+            continue;
+        };
+        let Some(domain) = crate::smtp::ascii_domain(domain).filter(|d| !d.is_empty()) else {
+            problems.push(format!("policy.recipients: {address:?} is not an address"));
+            continue;
+        };
+        let field = format!("policy.recipients.{address:?}");
+        let overrides = overrides(&field, raw, &thresholds, problems);
+        policy
+            .recipients
+            .insert(format!("{}@{domain}", local.to_lowercase()), overrides);
+    }
+    policy
+}
+
+fn overrides(
+    field: &str,
+    raw: RawOverrides,
+    defaults: &Thresholds,
+    problems: &mut Vec<String>,
+) -> Overrides {
+    let overrides = Overrides {
+        tag: raw.tag_score,
+        quarantine: raw.quarantine_score,
+        reject: raw.reject_score,
+        subject_prefix: prefix(
+            &format!("{field}.subject_prefix"),
+            raw.subject_prefix,
+            problems,
+        ),
+    };
+    let effective = Thresholds {
+        tag: overrides.tag.unwrap_or(defaults.tag),
+        quarantine: overrides.quarantine.unwrap_or(defaults.quarantine),
+        reject: overrides.reject.unwrap_or(defaults.reject),
+    };
+    check_thresholds(field, &effective, problems);
+    overrides
+}
+
+fn check_thresholds(field: &str, t: &Thresholds, problems: &mut Vec<String>) {
+    if !(t.tag.is_finite() && t.quarantine.is_finite() && t.reject.is_finite()) {
+        problems.push(format!("{field}: scores must be finite numbers"));
+    } else if !(t.tag <= t.quarantine && t.quarantine <= t.reject) {
+        problems.push(format!(
+            "{field}: tag_score ({}) <= quarantine_score ({}) <= reject_score ({}) must hold",
+            t.tag, t.quarantine, t.reject
+        ));
+    }
+}
+
+/// A subject prefix goes into a header: printable, one line, short.
+fn prefix(field: &str, value: Option<String>, problems: &mut Vec<String>) -> Option<String> {
+    let value = value?;
+    if value.chars().any(char::is_control) || value.len() > 64 {
+        problems.push(format!(
+            "{field}: must be one line of at most 64 bytes without control characters"
+        ));
+        return None;
+    }
+    Some(value)
+}

@@ -1,0 +1,14 @@
+//! The `bulwark` binary's crate: configuration, the SMTP ingress, the scanning
+//! pipeline and its policy, delivery, and the wiring of storage, consensus and the
+//! API into a running node. `main.rs` is the command line; this library is what it
+//! runs, and what the benchmarks, the corpus evaluation and the fuzz targets call.
+#![forbid(unsafe_code)]
+
+pub mod cert;
+pub mod config;
+pub mod delivery;
+pub mod policy;
+pub mod scan;
+pub mod serve;
+pub mod smtp;
+pub mod tls;

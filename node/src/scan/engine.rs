@@ -1,0 +1,118 @@
+//! What every scanning engine sees and returns: a message parsed once, its files
+//! unpacked once, and the symbols and findings an engine reports about it.
+
+use std::net::IpAddr;
+
+/// One message as the engines see it: the envelope, the client, the raw content,
+/// its parse and every file found in it (MIME parts and archive members).
+pub struct Parsed<'a> {
+    pub rcpt_to: &'a [String],
+    pub client_ip: IpAddr,
+    /// The content as received, without our `Received` header.
+    pub raw: &'a [u8],
+    pub message: &'a mail_parser::Message<'a>,
+    pub contents: &'a Contents,
+    /// Our own domains (`smtp.domains`), lowercase, IDNA ASCII.
+    pub local_domains: &'a [String],
+}
+
+/// Every leaf part of the message and every file inside its archives.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub files: Vec<File>,
+    /// What unpacking itself found: bombs, encryption, limits reached.
+    pub findings: Vec<Finding>,
+}
+
+/// A MIME leaf part or a file inside an archive.
+#[derive(Debug)]
+pub struct File {
+    /// Where it sits: `part 2` or `part 2/invoice.zip/docs/a.exe`.
+    pub location: String,
+    /// The file name it was given (attachment name or archive member), if any.
+    pub name: Option<String>,
+    /// The declared `Content-Type` (MIME parts only), lowercase, without parameters.
+    pub declared_type: Option<String>,
+    /// 0 for MIME parts, 1 inside an archive attached to the message, and so on.
+    pub depth: u32,
+    /// Whether the part is the text or HTML body rather than an attachment.
+    pub inline_body: bool,
+    /// The decoded content.
+    pub data: Vec<u8>,
+}
+
+/// A scored observation about a message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    /// Upper-case name such as `GTUBE`, `MISSING_DATE`, `SPF_FAIL`.
+    pub symbol: String,
+    pub score: f64,
+    pub description: String,
+}
+
+impl Hit {
+    pub fn new(symbol: impl Into<String>, score: f64, description: impl Into<String>) -> Self {
+        Hit {
+            symbol: symbol.into(),
+            score,
+            description: description.into(),
+        }
+    }
+}
+
+/// What kind of thing a [`Finding`] is; the policy acts on kinds, not on scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FindingKind {
+    /// A malware signature matched.
+    Malware,
+    /// An attachment of a blocked type or extension (also a double extension).
+    BlockedAttachment,
+    /// An archive that could not be opened because it is encrypted.
+    Encrypted,
+    /// An Office document with macros, a PDF with JavaScript or launch actions, an
+    /// HTML attachment that smuggles a payload.
+    ActiveContent,
+    /// Unpacking stopped at a limit (depth, file count, total size, ratio).
+    Bomb,
+}
+
+impl FindingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::Malware => "malware",
+            FindingKind::BlockedAttachment => "blocked_attachment",
+            FindingKind::Encrypted => "encrypted",
+            FindingKind::ActiveContent => "active_content",
+            FindingKind::Bomb => "bomb",
+        }
+    }
+}
+
+/// Something found in the content: what, where, and the name of the signature or
+/// rule that found it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    pub kind: FindingKind,
+    /// The signature or rule name, such as `Eicar-Test-Signature` or `extension:exe`.
+    pub name: String,
+    /// [`File::location`] of the file it concerns, or `message`.
+    pub location: String,
+}
+
+/// What one engine reports about one message.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub hits: Vec<Hit>,
+    pub findings: Vec<Finding>,
+}
+
+/// A content engine: synchronous, CPU-bound, judging a parsed message. Engines that
+/// need the network (authentication, DNS blocklists) are async and live beside.
+pub trait Engine: Send + Sync {
+    /// Short name used in events and timings: `malware`, `spam`, ...
+    fn name(&self) -> &'static str;
+    /// The engine's version and that of its rule or signature set, as recorded in
+    /// every verdict.
+    fn version(&self) -> String;
+    fn scan(&self, message: &Parsed<'_>) -> Outcome;
+}

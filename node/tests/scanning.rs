@@ -1,0 +1,440 @@
+//! The scanning pipeline seen from outside: real SMTP sessions to a real node, a
+//! next-hop sink and a DNS server on loopback. Each test shows the reply the client
+//! got, the `scan.verdict` event recorded, and what reached (or did not reach) the
+//! next hop.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bulwark_cluster_tests::dns::{DnsServer, Fault, Zone};
+use bulwark_cluster_tests::sink::{Sink, SinkConfig};
+use common::{Node, Smtp};
+use serde_json::Value;
+
+const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// `[delivery]` to `sink`, polled fast, and `extra` sections after it.
+fn relay_to(sink: &Sink, extra: &str) -> String {
+    format!(
+        "[delivery]\nrelay = \"{}\"\npoll_ms = 100\n\n{extra}",
+        sink.addr()
+    )
+}
+
+fn plain(subject: &str, text: &str) -> String {
+    format!(
+        "From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\
+         Date: Sat, 28 Nov 2026 07:00:00 +0000\r\nMessage-ID: <{}@sender.test>\r\n\r\n{text}\r\n",
+        rand_id()
+    )
+}
+
+fn rand_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Sends one message and returns the final reply.
+fn send(node: &Node, from: &str, body: &str) -> common::Reply {
+    let mut s = Smtp::ehlo(node.smtp);
+    let r = s.cmd(&format!("MAIL FROM:<{from}>"));
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = s.cmd("RCPT TO:<bob@example.test>");
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = s.cmd("DATA");
+    assert_eq!(r.code, 354, "{r:?}");
+    s.send(body.as_bytes());
+    s.send(b".\r\n");
+    s.read_reply()
+}
+
+/// The `scan.verdict` event of message `id` (waiting for it a little).
+fn verdict(node: &Node, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = node
+            .events("scan.verdict")
+            .into_iter()
+            .find(|e| e["message_id"] == id);
+        if let Some(v) = found {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "no scan.verdict for {id}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn symbols(verdict: &Value) -> Vec<String> {
+    verdict["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The id in a `554 5.7.1 Message rejected: ... (id ID)` reply.
+fn rejected_id(reply: &common::Reply) -> String {
+    let text = reply.text();
+    let start = text.rfind("(id ").expect("an id in the reply") + 4;
+    text[start..start + 26].to_string()
+}
+
+#[test]
+fn scanning_gtube_is_rejected_at_end_of_data_and_the_session_carries_on() {
+    let sink = Sink::start(SinkConfig::default());
+    let node = Node::start_with("", &relay_to(&sink, ""));
+    let mut s = Smtp::ehlo(node.smtp);
+    let reply = s.send_message(
+        "alice@sender.test",
+        &["bob@example.test"],
+        &plain("hi", GTUBE),
+    );
+    assert_eq!(reply.code, 554, "{reply:?}");
+    assert!(reply.text().contains("5.7.1"), "{reply:?}");
+    let id = rejected_id(&reply);
+    let v = verdict(&node, &id);
+    assert_eq!(v["action"], "reject", "{v:#}");
+    assert!(symbols(&v).contains(&"GTUBE".to_string()), "{v:#}");
+    assert!(v["scan"]["score"].as_f64().unwrap() >= 1000.0, "{v:#}");
+    assert_eq!(v["scan"]["thresholds"]["reject"], 20.0);
+    let engines: Vec<_> = v["scan"]["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    for engine in ["malware", "attachments", "spam", "phishing", "auth"] {
+        assert!(engines.contains(&engine.to_string()), "{engine}: {v:#}");
+    }
+    let rejected = node.wait_events("message.rejected", 1);
+    assert_eq!(rejected[0]["event"]["reason"], "policy", "{rejected:#?}");
+    assert_eq!(
+        rejected[0]["smtp"]["reply"],
+        format!("554 {}", reply.text().trim_end())
+    );
+    assert!(node
+        .message_events(&id)
+        .iter()
+        .all(|e| e["type"] != "message.received"));
+
+    // The same session goes on; a clean message is accepted and delivered.
+    let ok = s.send_message(
+        "alice@sender.test",
+        &["bob@example.test"],
+        &plain("hello", "see you"),
+    );
+    let ok_id = ok.queued_id();
+    let got = sink.wait_for(1, Duration::from_secs(15));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].header("X-Bulwark-Id").as_deref(),
+        Some(ok_id.as_str())
+    );
+    assert_eq!(
+        got[0].header("X-Bulwark-Action").as_deref(),
+        Some("deliver")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        sink.received().len(),
+        1,
+        "the rejected message was never delivered"
+    );
+}
+
+#[test]
+fn scanning_malware_is_rejected_whatever_its_name() {
+    let node = Node::start("");
+    let attachment = "WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLVNUQU5EQVJELUFOVElWSVJVUy1URVNULUZJTEUhJEgrSCo=";
+    let body = format!(
+        "From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: invoice\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nplease pay\r\n\
+         --b\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n\
+         Content-Disposition: attachment; filename=\"invoice.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{attachment}\r\n--b--\r\n"
+    );
+    assert!(
+        EICAR.len() == 68,
+        "the base64 above is the 68-byte EICAR test file"
+    );
+    let reply = send(&node, "alice@sender.test", &body);
+    assert_eq!(reply.code, 554, "{reply:?}");
+    assert!(
+        reply.text().contains("malware Eicar-Test-Signature"),
+        "{reply:?}"
+    );
+    let v = verdict(&node, &rejected_id(&reply));
+    let findings = v["scan"]["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["kind"] == "malware" && f["name"] == "Eicar-Test-Signature"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn scanning_tags_quarantines_and_rewrites_what_the_policy_says() {
+    let sink = Sink::start(SinkConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("local.cf");
+    std::fs::write(
+        &rules,
+        "body LOCAL_CHEAP_PILLS /cheap pills/i\nscore LOCAL_CHEAP_PILLS 6.0\n\
+         describe LOCAL_CHEAP_PILLS Talks about cheap pills\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "[scan]\nrules = [\"{}\"]\n\n[policy]\nsubject_prefix = \"[SPAM]\"\n",
+        rules.display()
+    );
+    let node = Node::start_with("", &relay_to(&sink, &extra));
+
+    // Tagged: delivered with the prefix, our headers and the forged results gone.
+    let forged = format!(
+        "Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=ceo@example.test\r\n\
+         Authentication-Results: elsewhere.test; spf=pass\r\n{}",
+        plain("offer", "Cheap pills, today only")
+    );
+    let tagged = send(&node, "alice@sender.test", &forged).queued_id();
+    let got = sink.wait_for(1, Duration::from_secs(15));
+    let d = &got[0];
+    assert_eq!(d.header("X-Bulwark-Id").as_deref(), Some(tagged.as_str()));
+    assert_eq!(d.header("X-Bulwark-Action").as_deref(), Some("tag"));
+    let score: f64 = d.header("X-Bulwark-Score").unwrap().parse().unwrap();
+    assert!((6.0..10.0).contains(&score), "{score}");
+    assert_eq!(d.header("Subject").as_deref(), Some("[SPAM] offer"));
+    let data = String::from_utf8_lossy(&d.data);
+    assert_eq!(
+        data.matches("Authentication-Results: mx.example.test;")
+            .count(),
+        1,
+        "only our own results remain: {data}"
+    );
+    assert!(!data.contains("smtp.mailfrom=ceo@example.test"), "{data}");
+    assert!(data.contains("Authentication-Results: elsewhere.test; spf=pass"));
+    let v = verdict(&node, &tagged);
+    assert_eq!(v["action"], "tag");
+    let hit = v["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "LOCAL_CHEAP_PILLS")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(hit["score"], 6.0);
+    assert_eq!(hit["description"], "Talks about cheap pills");
+
+    // Quarantined: a blocked attachment is accepted (the sender is not told) and
+    // kept, never delivered.
+    let exe = format!(
+        "From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: tool\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nrun this\r\n\
+         --b\r\nContent-Type: application/octet-stream; name=\"setup.exe\"\r\n\
+         Content-Disposition: attachment; filename=\"setup.exe\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAA=\r\n--b--\r\n"
+    );
+    let reply = send(&node, "alice@sender.test", &exe);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let held = reply.queued_id();
+    let q = node
+        .wait_message_event(&held, "message.quarantined", 1, Duration::from_secs(10))
+        .remove(0);
+    assert!(
+        q["event"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("blocked content"),
+        "{q:#}"
+    );
+    assert_eq!(verdict(&node, &held)["action"], "quarantine");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        sink.received()
+            .iter()
+            .all(|d| d.header("X-Bulwark-Id").as_deref() != Some(held.as_str())),
+        "a quarantined message reached the next hop"
+    );
+    assert!(node
+        .message_events(&held)
+        .iter()
+        .all(|e| !e["type"].as_str().unwrap().starts_with("delivery.")));
+}
+
+#[test]
+fn scanning_allow_and_block_lists_decide_before_scores() {
+    let node = Node::start_with(
+        "",
+        &format!(
+            "{}\n[policy]\nallow = [\"partner.test\"]\nblock = [\"spammer.test\"]\n",
+            common::held_delivery()
+        ),
+    );
+    let reply = send(&node, "news@partner.test", &plain("hi", GTUBE));
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let v = verdict(&node, &reply.queued_id());
+    assert_eq!(v["action"], "deliver");
+    assert_eq!(v["event"]["reason"], "allow-listed: partner.test");
+    assert!(
+        symbols(&v).contains(&"GTUBE".to_string()),
+        "still recorded: {v:#}"
+    );
+
+    let reply = send(&node, "x@spammer.test", &plain("hello", "nothing wrong"));
+    assert_eq!(reply.code, 554, "{reply:?}");
+    assert!(
+        reply.text().contains("block-listed: spammer.test"),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn scanning_authenticates_with_spf_and_dmarc_and_enforces_p_reject() {
+    let mut zone = Zone::new();
+    zone.txt("good.test", "v=spf1 ip4:127.0.0.0/8 -all")
+        .txt("_dmarc.good.test", "v=DMARC1; p=reject")
+        .txt("forged.test", "v=spf1 ip4:192.0.2.1 -all")
+        .txt("_dmarc.forged.test", "v=DMARC1; p=reject");
+    let dns = DnsServer::start(zone).unwrap();
+    let sink = Sink::start(SinkConfig::default());
+    let node = Node::start_with(
+        "",
+        &relay_to(
+            &sink,
+            &format!(
+                "[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 2000\n",
+                dns.addr()
+            ),
+        ),
+    );
+    let message = |domain: &str| {
+        format!(
+            "From: a@{domain}\r\nTo: bob@example.test\r\nSubject: hi\r\n\
+             Date: Sat, 28 Nov 2026 07:00:00 +0000\r\nMessage-ID: <{}@{domain}>\r\n\r\nhello\r\n",
+            rand_id()
+        )
+    };
+    let good = send(&node, "a@good.test", &message("good.test")).queued_id();
+    let got = sink.wait_for(1, Duration::from_secs(15));
+    let results = got[0].header("Authentication-Results").unwrap();
+    assert!(results.starts_with("mx.example.test;"), "{results}");
+    assert!(
+        results.contains("spf=pass smtp.mailfrom=a@good.test"),
+        "{results}"
+    );
+    assert!(results.contains("dmarc=pass"), "{results}");
+    let v = verdict(&node, &good);
+    let auth = v["scan"]["authentication"].as_array().unwrap();
+    assert!(
+        auth.iter()
+            .any(|a| a["method"] == "dmarc" && a["result"] == "pass"),
+        "{v:#}"
+    );
+
+    let reply = send(&node, "a@forged.test", &message("forged.test"));
+    assert_eq!(reply.code, 554, "{reply:?}");
+    assert!(reply.text().contains("DMARC"), "{reply:?}");
+    let v = verdict(&node, &rejected_id(&reply));
+    assert!(symbols(&v).contains(&"SPF_FAIL".to_string()), "{v:#}");
+    assert!(
+        symbols(&v).contains(&"DMARC_FAIL_REJECT".to_string()),
+        "{v:#}"
+    );
+    assert!(dns.query_count() > 0);
+}
+
+#[test]
+fn scanning_a_bad_policy_or_rule_file_is_reported_by_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("bad.cf");
+    std::fs::write(&rules, "body BROKEN\n").unwrap();
+    let config = dir.path().join("bulwark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[scan]\nrules = [\"{}\"]\nbudget_ms = 1\n\n[dns]\nnameservers = [\"not-an-ip\"]\n\n\
+             [policy]\ntag_score = 9.0\nquarantine_score = 5.0\nmalware = \"tag\"\n\
+             allow = [\"@nowhere\"]\nsubject_prefix = \"bad\\r\\nBcc: x@y.test\"\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "scan.budget_ms",
+        "dns.nameservers",
+        "tag_score (9) <= quarantine_score (5)",
+        "policy.malware",
+        "policy.allow",
+        "policy.subject_prefix",
+        "bad.cf:1",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn scanning_a_silent_nameserver_costs_the_budget_not_the_message() {
+    let mut zone = Zone::new();
+    zone.fault_everything(Fault::Silent);
+    let dns = DnsServer::start(zone).unwrap();
+    let node = Node::start_with(
+        "",
+        &format!(
+            "{}\n[scan]\nbudget_ms = 300\n\n[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 2000\n",
+            common::held_delivery(),
+            dns.addr()
+        ),
+    );
+    let started = Instant::now();
+    let reply = send(&node, "alice@sender.test", &plain("hi", "hello"));
+    let took = started.elapsed();
+    assert_eq!(reply.code, 250, "{reply:?}");
+    assert!(took < Duration::from_secs(3), "the reply took {took:?}");
+    let v = verdict(&node, &reply.queued_id());
+    assert_eq!(v["action"], "deliver");
+    let auth = v["scan"]["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "auth")
+        .cloned()
+        .unwrap();
+    assert_eq!(auth["timed_out"], true, "{v:#}");
+    let timeout = v["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "SCAN_TIMEOUT")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(timeout["engine"], "auth");
+    let spam = v["scan"]["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "spam")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        spam["timed_out"], false,
+        "the content engines still ran: {v:#}"
+    );
+}
