@@ -35,7 +35,9 @@ fn main() {
     )
     .unwrap();
     let config = Config::load(&config).expect("config");
-    let scanner = Scanner::from_config(&config, config.policy.clone()).expect("scanner");
+    let resolver =
+        bulwark_node::dns::resolver(&config.dns.nameservers, config.dns.timeout).expect("resolver");
+    let scanner = Scanner::from_config(&config, config.policy.clone(), resolver).expect("scanner");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

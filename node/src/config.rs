@@ -78,8 +78,12 @@ struct RawDelivery {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
-    /// Next hop `host:port` for the domain.
-    relay: String,
+    /// Next hop `host:port` for the domain (or `mx = true`).
+    relay: Option<String>,
+    /// Deliver to the recipient domain's MX hosts, looked up through `[dns]`.
+    mx: Option<bool>,
+    /// Port of the MX hosts (default 25).
+    port: Option<u16>,
     /// As `delivery.tls`; default: the `[delivery]` value.
     tls: Option<String>,
     /// As `delivery.tls_ca`; default: the `[delivery]` value.
@@ -353,14 +357,17 @@ fn validate_delivery(
             continue;
         };
         let ca = route.tls_ca.map(|ca| relative_to(base, ca));
-        let built = relay_route(
-            &format!("delivery.routes.{domain:?}"),
-            route.relay,
-            route.tls.as_deref().unwrap_or(default_tls),
-            ca.as_deref().or(default_ca.as_deref()),
-            route.tls_name,
-            problems,
-        );
+        let section = format!("delivery.routes.{domain:?}");
+        let tls = route.tls.as_deref().unwrap_or(default_tls);
+        let ca = ca.as_deref().or(default_ca.as_deref());
+        let built = match (route.relay, route.mx.unwrap_or(false)) {
+            (Some(relay), false) => relay_route(&section, relay, tls, ca, route.tls_name, problems),
+            (None, true) => mx_route(&section, route.port.unwrap_or(25), tls, ca, problems),
+            _ => {
+                problems.push(format!("{section}: give either relay or mx = true"));
+                None
+            }
+        };
         if let Some(built) = built {
             domains.push((format!("{dot}{ascii}"), built));
         }
@@ -411,6 +418,60 @@ fn validate_delivery(
     })
 }
 
+/// A route to the recipient domain's MX hosts.
+fn mx_route(
+    section: &str,
+    port: u16,
+    tls: &str,
+    ca: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> Option<delivery::Route> {
+    let start = problems.len();
+    let policy = delivery::TlsPolicy::parse(tls);
+    if policy.is_none() {
+        problems.push(format!(
+            "{section}.tls: {tls:?} is not none, opportunistic or required"
+        ));
+    }
+    let verified = client_config(section, ca, problems);
+    (problems.len() == start).then(|| {
+        delivery::Route::Mx(delivery::Mx {
+            domain: String::new(),
+            port,
+            tls: policy.expect("checked above"),
+            verified,
+        })
+    })
+}
+
+/// The TLS client of `required`: the web PKI roots plus the CA file, if any.
+fn client_config(
+    section: &str,
+    ca: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = ca {
+        match crate::tls::load_certs(ca) {
+            Ok(certs) => {
+                for cert in certs {
+                    if let Err(e) = roots.add(cert) {
+                        problems.push(format!("{section}.tls_ca {}: {e}", ca.display()));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("{section}.tls_ca: {e:#}")),
+        }
+    }
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
 /// An SMTP next hop from its config: address, TLS policy, trust anchors and name.
 fn relay_route(
     section: &str,
@@ -437,30 +498,13 @@ fn relay_route(
             "{section}.tls: {tls:?} is not none, opportunistic or required"
         ));
     }
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(ca) = ca {
-        match crate::tls::load_certs(ca) {
-            Ok(certs) => {
-                for cert in certs {
-                    if let Err(e) = roots.add(cert) {
-                        problems.push(format!("{section}.tls_ca {}: {e}", ca.display()));
-                    }
-                }
-            }
-            Err(e) => problems.push(format!("{section}.tls_ca: {e:#}")),
-        }
-    }
+    let verified = client_config(section, ca, problems);
     (problems.len() == start).then(|| {
-        let verified = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         delivery::Route::Relay(delivery::Relay {
             address: relay,
             tls: policy.expect("checked above"),
             tls_name: tls_name.unwrap_or(host),
-            verified: std::sync::Arc::new(verified),
+            verified,
         })
     })
 }

@@ -7,6 +7,7 @@
 pub mod cert;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod policy;
 pub mod scan;
 pub mod serve;

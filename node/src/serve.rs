@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::{delivery, scan, smtp};
+use crate::{delivery, dns, scan, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
@@ -78,11 +78,17 @@ async fn serve(config: Config) -> Result<()> {
     }));
 
     let stop_smtp = CancellationToken::new();
-    let scanner = Arc::new(scan::Scanner::from_config(&config, config.policy.clone())?);
+    let resolver = dns::resolver(&config.dns.nameservers, config.dns.timeout)
+        .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
+    let scanner = Arc::new(scan::Scanner::from_config(
+        &config,
+        config.policy.clone(),
+        resolver.clone(),
+    )?);
     let smtp = smtp.serve_with(node.proposer().clone(), scanner, config.node.id);
     let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
     let stop_delivery = CancellationToken::new();
-    let delivery = delivery::Worker::new(node.clone(), config.delivery.clone());
+    let delivery = delivery::Worker::new(node.clone(), config.delivery.clone(), resolver);
     let delivery = tokio::spawn(delivery.run(stop_delivery.clone()));
 
     let mut term = signal(SignalKind::terminate())?;

@@ -312,3 +312,95 @@ fn connections_are_reused_and_limited_per_destination() {
         ids.len()
     );
 }
+
+#[test]
+fn mx_routes_follow_preference_implicit_mx_and_null_mx() {
+    use bulwark_cluster_tests::dns::{DnsServer, Record, Zone};
+    let sink = Sink::start(SinkConfig::default());
+    let port = sink.addr().port();
+    let mut zone = Zone::new();
+    zone.add(
+        "partner.test",
+        Record::Mx {
+            preference: 10,
+            exchange: "mx1.partner.test".into(),
+        },
+    )
+    .add(
+        "partner.test",
+        Record::Mx {
+            preference: 20,
+            exchange: "mx2.partner.test".into(),
+        },
+    )
+    // The preferred exchange refuses connections; the second one is the sink.
+    .add("mx1.partner.test", Record::A("127.0.0.3".parse().unwrap()))
+    .add("mx2.partner.test", Record::A("127.0.0.1".parse().unwrap()))
+    .add("implicit.test", Record::A("127.0.0.1".parse().unwrap()))
+    .add(
+        "nullmx.test",
+        Record::Mx {
+            preference: 0,
+            exchange: ".".into(),
+        },
+    );
+    let dns = DnsServer::start(zone).unwrap();
+    let routes = format!(
+        "\n[delivery.routes]\n\"partner.test\" = {{ mx = true, port = {port}, tls = \"none\" }}\n\
+         \"implicit.test\" = {{ mx = true, port = {port} }}\n\
+         \"nullmx.test\" = {{ mx = true, port = {port} }}\n\
+         \"nowhere.test\" = {{ mx = true, port = {port} }}\n\n\
+         [dns]\nnameservers = [\"{}\"]\n",
+        dns.addr()
+    );
+    let node = Node::start_with(
+        "domains = [\"partner.test\", \"implicit.test\", \"nullmx.test\", \"nowhere.test\"]",
+        &delivery(sink.addr(), &routes),
+    );
+    let to = [
+        "a@partner.test",
+        "b@implicit.test",
+        "c@nullmx.test",
+        "d@nowhere.test",
+    ];
+    let id = send(&node, "alice@sender.test", &to);
+
+    let got = wait_for(&sink, 2, "MX deliveries", id_is(&id));
+    let mut rcpts: Vec<&str> = got.iter().map(|d| d.rcpt_to[0].as_str()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["a@partner.test", "b@implicit.test"]);
+
+    // The null MX and the missing domain fail for good (a bounce per route).
+    let bounces = wait_for(&sink, 2, "bounces", |d| d.mail_from.is_empty());
+    let text: String = bounces
+        .iter()
+        .map(|b| String::from_utf8_lossy(&b.data).to_string())
+        .collect();
+    assert!(
+        text.contains("Final-Recipient: rfc822; c@nullmx.test"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.10"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; d@nowhere.test"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.2"), "{text}");
+
+    let events = node.wait_message(&id, WAIT, "delivery.bounced", |e| {
+        !of_type(e, "delivery.bounced").is_empty()
+    });
+    let hops: Vec<&str> = of_type(&events, "delivery.attempted")
+        .iter()
+        .map(|e| e["destination"]["address"].as_str().unwrap())
+        .collect();
+    for hop in [
+        "mx:partner.test",
+        "mx:implicit.test",
+        "mx:nullmx.test",
+        "mx:nowhere.test",
+    ] {
+        assert!(hops.contains(&hop), "{hop} missing from {hops:?}");
+    }
+    assert!(dns.query_count() >= 4);
+}

@@ -151,22 +151,33 @@ fn check_event(event: &Value, id: &str, helo: &str, from: &str, to: &[&str], pro
 /// lines) and what follows it.
 fn split_received(stored: &[u8]) -> (String, &[u8]) {
     assert!(
+        stored.starts_with(b"Authentication-Results: mx.example.test;"),
+        "{:?}",
+        String::from_utf8_lossy(stored)
+    );
+    let (_, stored) = split_header(stored);
+    assert!(
         stored.starts_with(b"Received: "),
         "{:?}",
         String::from_utf8_lossy(stored)
     );
+    split_header(stored)
+}
+
+/// The first (folded) header field of `stored` and what follows it.
+fn split_header(stored: &[u8]) -> (String, &[u8]) {
     let mut end = 0;
     loop {
         let nl = stored[end..]
             .windows(2)
             .position(|w| w == b"\r\n")
-            .expect("a CRLF ends the Received header");
+            .expect("a CRLF ends the header field");
         end += nl + 2;
         if stored.get(end) != Some(&b'\t') {
             break;
         }
     }
-    let header = String::from_utf8(stored[..end].to_vec()).expect("a UTF-8 Received header");
+    let header = String::from_utf8(stored[..end].to_vec()).expect("a UTF-8 header field");
     (header, &stored[end..])
 }
 
@@ -1002,8 +1013,11 @@ fn clients_the_queued_id_finds_the_message_in_the_event_api() {
     };
     let page: serde_json::Value = get(&format!("message_id={second}")).json().unwrap();
     let events = page["events"].as_array().unwrap();
-    assert_eq!(events.len(), 1, "{page}");
-    assert_eq!(events[0]["message_id"], second.as_str());
+    // Its reception and its verdict, committed together.
+    assert_eq!(events.len(), 2, "{page}");
+    assert_eq!(events[0]["type"], "message.received");
+    assert_eq!(events[1]["type"], "scan.verdict");
+    assert!(events.iter().all(|e| e["message_id"] == second.as_str()));
     assert_eq!(events[0]["email"]["subject"], "two");
     let lower: serde_json::Value = get(&format!("message_id={}", first.to_lowercase()))
         .json()

@@ -16,6 +16,7 @@
 mod client;
 mod dsn;
 mod maildir;
+mod mx;
 mod pool;
 mod route;
 mod schedule;
@@ -23,7 +24,7 @@ mod worker;
 
 use std::time::Duration;
 
-pub use route::{Relay, Route, Routes, TlsPolicy};
+pub use route::{Mx, Relay, Route, Routes, TlsPolicy};
 pub use worker::Worker;
 
 /// The validated `[delivery]` section.

@@ -52,10 +52,23 @@ impl Relay {
     }
 }
 
+/// Mail for a domain goes to the hosts its MX records name (RFC 5321 §5.1), in
+/// order of preference, on `port`; the certificate must name the MX host.
+#[derive(Clone, Debug)]
+pub struct Mx {
+    /// The recipient domain, IDNA ASCII; set when recipients are grouped.
+    pub domain: String,
+    pub port: u16,
+    pub tls: TlsPolicy,
+    pub verified: Arc<rustls::ClientConfig>,
+}
+
 /// Where mail for some recipients goes.
 #[derive(Clone, Debug)]
 pub enum Route {
     Relay(Relay),
+    /// Looked up in DNS, per recipient domain.
+    Mx(Mx),
     /// A Maildir (the embedded default).
     Maildir(PathBuf),
 }
@@ -67,6 +80,13 @@ impl Route {
     pub fn key(&self) -> String {
         match self {
             Route::Relay(relay) => relay.key(),
+            Route::Mx(mx) => format!(
+                "mx:{}:{}|{:?}|{:p}",
+                mx.domain,
+                mx.port,
+                mx.tls,
+                Arc::as_ptr(&mx.verified)
+            ),
             Route::Maildir(root) => format!("maildir:{}", root.display()),
         }
     }
@@ -75,6 +95,7 @@ impl Route {
     pub fn name(&self) -> String {
         match self {
             Route::Relay(relay) => relay.address.clone(),
+            Route::Mx(mx) => format!("mx:{}", mx.domain),
             Route::Maildir(root) => format!("maildir:{}", root.display()),
         }
     }
@@ -93,10 +114,7 @@ impl Routes {
     /// The route for `address`: its exact domain first, then the closest parent
     /// `.domain` entry, then the default.
     pub fn for_recipient(&self, address: &str) -> &Route {
-        let domain = address
-            .rsplit_once('@')
-            .and_then(|(_, d)| crate::smtp::ascii_domain(d))
-            .unwrap_or_default();
+        let domain = domain_of(address);
         if let Some((_, route)) = self.domains.iter().find(|(key, _)| *key == domain) {
             return route;
         }
@@ -111,19 +129,31 @@ impl Routes {
         &self.default
     }
 
-    /// Recipients grouped by route, in the order of first appearance.
+    /// Recipients grouped by route, in the order of first appearance; an MX route
+    /// makes one group per recipient domain.
     pub fn group<'a>(&self, recipients: &[&'a str]) -> Vec<(Route, Vec<&'a str>)> {
         let mut groups: Vec<(String, Route, Vec<&'a str>)> = Vec::new();
         for &address in recipients {
-            let route = self.for_recipient(address);
+            let mut route = self.for_recipient(address).clone();
+            if let Route::Mx(mx) = &mut route {
+                mx.domain = domain_of(address);
+            }
             let name = route.key();
             match groups.iter_mut().find(|(n, _, _)| *n == name) {
                 Some((_, _, list)) => list.push(address),
-                None => groups.push((name, route.clone(), vec![address])),
+                None => groups.push((name, route, vec![address])),
             }
         }
         groups.into_iter().map(|(_, r, list)| (r, list)).collect()
     }
+}
+
+/// The domain of `address`, lowercase IDNA ASCII (empty if it has none).
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .and_then(|(_, d)| crate::smtp::ascii_domain(d))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

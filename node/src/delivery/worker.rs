@@ -17,12 +17,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{self, Outgoing, Replies, Reply, Timeouts};
 use super::pool::Pool;
-use super::route::{Relay, Route};
-use super::{dsn, maildir, schedule, Settings};
+use super::route::{Mx, Relay, Route};
+use super::{dsn, maildir, mx, schedule, Settings};
+use crate::dns::TokioResolver;
 
 pub struct Worker {
     node: Arc<RaftNode>,
     settings: Settings,
+    /// For routes that look up MX records.
+    resolver: TokioResolver,
     /// Connections to next hops, kept between messages.
     pool: Pool,
     /// Messages this node is delivering now.
@@ -34,13 +37,14 @@ fn now_ms() -> i64 {
 }
 
 impl Worker {
-    pub fn new(node: Arc<RaftNode>, settings: Settings) -> Arc<Worker> {
+    pub fn new(node: Arc<RaftNode>, settings: Settings, resolver: TokioResolver) -> Arc<Worker> {
         let pool = Pool::new(
             settings.max_connections_per_destination,
             settings.connection_cache,
         );
         Arc::new(Worker {
             node,
+            resolver,
             pool,
             settings,
             busy: Mutex::new(HashSet::new()),
@@ -272,7 +276,7 @@ impl Worker {
             })
             .collect();
         let hop = route.map_or_else(|| "none".to_string(), Route::name);
-        let remote = matches!(route, Some(Route::Relay(_))).then_some(hop.as_str());
+        let remote = matches!(route, Some(Route::Relay(_) | Route::Mx(_))).then_some(hop.as_str());
         let failed: Vec<dsn::Failed> = results
             .iter()
             .filter(|r| r.outcome == RecipientOutcome::Failed)
@@ -309,7 +313,7 @@ impl Worker {
             entry.score
         );
         match route {
-            Route::Relay(relay) => {
+            Route::Relay(_) | Route::Mx(_) => {
                 let message = Outgoing {
                     mail_from: &entry.mail_from,
                     recipients,
@@ -318,7 +322,12 @@ impl Worker {
                     headers: headers.as_bytes(),
                     body,
                 };
-                self.relay(relay, &message).await
+                let sent = match route {
+                    Route::Mx(mx) => self.via_mx(mx, &message).await,
+                    Route::Relay(relay) => self.transaction(relay, &message).await,
+                    Route::Maildir(_) => unreachable!("matched above"),
+                };
+                sent.unwrap_or_else(|reply| (None, client::every(&message.recipients, &reply)))
             }
             Route::Maildir(root) => {
                 let (root, id, time_ms) = (root.clone(), entry.message_id, entry.time_ms);
@@ -342,33 +351,70 @@ impl Worker {
 
     /// One transaction with an SMTP next hop, on a cached connection when there is
     /// one; a cached connection found stale before the transaction began is
-    /// replaced by a new one.
-    async fn relay(&self, relay: &Relay, message: &Outgoing<'_>) -> (Option<TlsInfo>, Replies) {
+    /// replaced by a new one. `Err`: no connection could be made (the reply says
+    /// why), so another host may be tried.
+    async fn transaction(
+        &self,
+        relay: &Relay,
+        message: &Outgoing<'_>,
+    ) -> Result<(Option<TlsInfo>, Replies), Reply> {
         let t = self.timeouts();
         let hostname = &self.settings.hostname;
         let mut fresh_tried = false;
         loop {
-            let mut pooled = match self.pool.get(relay, hostname, &t).await {
-                Ok(pooled) => pooled,
-                Err(reply) => return (None, client::every(&message.recipients, &reply)),
-            };
+            let mut pooled = self.pool.get(relay, hostname, &t).await?;
             fresh_tried |= !pooled.reused;
             let sent = pooled.conn.send(message, &t).await;
             let tls = pooled.conn.tls().cloned();
             match sent {
                 Ok(replies) => {
                     self.pool.put(pooled);
-                    return (tls, replies);
+                    return Ok((tls, replies));
                 }
                 Err(failure) if failure.before_mail && !fresh_tried => {
                     tracing::debug!(next_hop = %relay.address, reply = %failure.reply.text, "cached connection went stale");
                 }
                 Err(failure) => {
                     self.pool.put(pooled);
-                    return (tls, client::every(&message.recipients, &failure.reply));
+                    return Ok((tls, client::every(&message.recipients, &failure.reply)));
                 }
             }
         }
+    }
+
+    /// Tries the MX hosts of the route's domain in order of preference, each of
+    /// their addresses in turn, until one takes the connection.
+    async fn via_mx(
+        &self,
+        mx: &Mx,
+        message: &Outgoing<'_>,
+    ) -> Result<(Option<TlsInfo>, Replies), Reply> {
+        let mut last = Reply::local(451, &format!("4.4.4 no MX host of {} answered", mx.domain));
+        for host in mx::exchanges(&self.resolver, &mx.domain).await? {
+            let addresses = match mx::addresses(&self.resolver, &host).await {
+                Ok(addresses) => addresses,
+                Err(reply) => {
+                    last = reply;
+                    continue;
+                }
+            };
+            for ip in addresses {
+                let relay = Relay {
+                    address: std::net::SocketAddr::new(ip, mx.port).to_string(),
+                    tls: mx.tls,
+                    tls_name: host.clone(),
+                    verified: mx.verified.clone(),
+                };
+                match self.transaction(&relay, message).await {
+                    Ok(done) => return Ok(done),
+                    Err(reply) => {
+                        tracing::debug!(domain = %mx.domain, %host, %ip, reply = %reply.text, "MX host not reachable; trying the next");
+                        last = reply;
+                    }
+                }
+            }
+        }
+        Err(last)
     }
 
     fn timeouts(&self) -> Timeouts {

@@ -19,15 +19,12 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::dns::TokioResolver;
 use mail_auth::arc::ArcError;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
-use mail_auth::hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
 use mail_auth::hickory_resolver::proto::rr::{Name, RData};
-use mail_auth::hickory_resolver::system_conf::read_system_conf;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, Error,
@@ -36,10 +33,6 @@ use mail_auth::{
 
 use super::engine::Hit;
 
-/// Times hickory tries a lookup that failed or timed out before giving up.
-const DNS_ATTEMPTS: usize = 2;
-/// Answers the resolver keeps, shared by every message.
-const DNS_CACHE_ENTRIES: u64 = 16_384;
 /// Budget of the first phase (SPF, DKIM, ARC at once), in per-lookup timeouts.
 const PHASE_ONE_TIMEOUTS: u32 = 3;
 /// Budget of the second phase (DMARC, which needs the first), in per-lookup timeouts.
@@ -100,41 +93,25 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// An authenticator that asks `nameservers` (UDP, with TCP for truncated answers),
-    /// or the system's resolvers when the list is empty, allowing `timeout` per lookup.
-    /// `authserv_id` names this host in the header (`smtp.hostname`).
+    /// An authenticator with its own resolver asking `nameservers` (the system's
+    /// when empty), allowing `timeout` per lookup. `authserv_id` names this host in
+    /// the header (`smtp.hostname`).
     pub fn new(
         nameservers: &[SocketAddr],
         timeout: Duration,
         authserv_id: String,
     ) -> Result<Self, String> {
-        let (config, mut options) = if nameservers.is_empty() {
-            read_system_conf().map_err(|e| format!("reading the system DNS configuration: {e}"))?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|addr| {
-                    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                        .into_iter()
-                        .map(|mut connection| {
-                            connection.port = addr.port();
-                            connection
-                        })
-                        .collect();
-                    NameServerConfig::new(addr.ip(), true, connections)
-                })
-                .collect();
-            let mut options = ResolverOpts::default();
-            options.use_hosts_file = ResolveHosts::Never;
-            (ResolverConfig::from_name_servers(servers), options)
-        };
-        options.timeout = timeout;
-        options.attempts = DNS_ATTEMPTS;
-        options.cache_size = DNS_CACHE_ENTRIES;
-        options.edns0 = true;
-        options.try_tcp_on_error = true;
-        let resolver = MessageAuthenticator::new(config, options)
-            .map_err(|e| format!("building the DNS resolver: {e}"))?;
+        let resolver = crate::dns::resolver(nameservers, timeout)?;
+        Self::with_resolver(resolver, timeout, authserv_id)
+    }
+
+    /// An authenticator sharing `resolver` (whose per-lookup timeout is `timeout`).
+    pub fn with_resolver(
+        resolver: TokioResolver,
+        timeout: Duration,
+        authserv_id: String,
+    ) -> Result<Self, String> {
+        let resolver = MessageAuthenticator(resolver);
         let authserv_id = token(&authserv_id);
         if authserv_id.is_empty() {
             return Err("the authserv-id (smtp.hostname) is empty".to_string());

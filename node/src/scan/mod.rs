@@ -90,11 +90,15 @@ struct Report {
 impl Scanner {
     /// The pipeline the configuration asks for: engines loaded with their rule and
     /// signature files (a file that cannot be read or parsed is an error).
-    pub fn from_config(full: &Config, policy: Policy) -> anyhow::Result<Self> {
+    pub fn from_config(
+        full: &Config,
+        policy: Policy,
+        resolver: crate::dns::TokioResolver,
+    ) -> anyhow::Result<Self> {
         let config = &full.scan;
         let auth = if config.authentication {
-            let auth = auth::Authenticator::new(
-                &full.dns.nameservers,
+            let auth = auth::Authenticator::with_resolver(
+                resolver,
                 full.dns.timeout,
                 full.smtp.hostname.clone(),
             )
