@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bulwark_cluster_tests::dns::{DnsServer, Fault, Zone};
+use bulwark_cluster_tests::dns::{DnsServer, Fault, Record, Zone};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig};
 use common::{Node, Smtp};
 use serde_json::Value;
@@ -436,5 +436,58 @@ fn scanning_a_silent_nameserver_costs_the_budget_not_the_message() {
     assert_eq!(
         spam["timed_out"], false,
         "the content engines still ran: {v:#}"
+    );
+}
+
+#[test]
+fn scanning_a_link_domain_on_a_blocklist_scores() {
+    let mut zone = Zone::new();
+    zone.add(
+        "bad-links.test.uribl.example",
+        Record::A("127.0.0.2".parse().unwrap()),
+    );
+    let dns = DnsServer::start(zone).unwrap();
+    let node = Node::start_with(
+        "",
+        &format!(
+            "{}\n[scan]\nblocklists = [\"zen.example=3.0\", \"uribl.example=6.0:domain\"]\n\n\
+             [dns]\nnameservers = [\"{}\"]\n",
+            common::held_delivery(),
+            dns.addr()
+        ),
+    );
+    let listed = send(
+        &node,
+        "alice@sender.test",
+        &plain("offer", "see https://www.bad-links.test/deal now"),
+    );
+    let v = verdict(&node, &listed.queued_id());
+    let hit = v["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "URIBL_URIBL_EXAMPLE")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(hit["score"], 6.0);
+    assert!(hit["description"]
+        .as_str()
+        .unwrap()
+        .contains("bad-links.test"));
+    assert_eq!(v["action"], "tag", "{v:#}");
+
+    let clean = send(
+        &node,
+        "alice@sender.test",
+        &plain("hello", "see https://docs.good.test/ now"),
+    );
+    let v = verdict(&node, &clean.queued_id());
+    assert!(
+        !symbols(&v).iter().any(|s| s.starts_with("URIBL_")),
+        "{v:#}"
+    );
+    assert!(
+        !symbols(&v).iter().any(|s| s.starts_with("RBL_")),
+        "a loopback client is never looked up: {v:#}"
     );
 }

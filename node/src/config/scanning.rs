@@ -25,6 +25,9 @@ pub(super) struct RawScan {
     malware_hashes: Option<Vec<PathBuf>>,
     /// ClamAV hash signature files (`.hdb`, `.hsb`).
     clamav_hashes: Option<Vec<PathBuf>>,
+    /// DNS blocklists: `"zone=score"` for client IPs, `"zone=score:domain"` for link
+    /// domains, optionally `:127.0.0.2,127.0.0.4` for the answers that count.
+    blocklists: Option<Vec<String>>,
     /// Attachment extensions to block, replacing the built-in list.
     blocked_extensions: Option<Vec<String>>,
     /// Archives inside archives opened at most this deep (default 5).
@@ -45,6 +48,7 @@ pub struct ScanConfig {
     pub rules: Vec<PathBuf>,
     pub malware_hashes: Vec<PathBuf>,
     pub clamav_hashes: Vec<PathBuf>,
+    pub blocklists: Vec<crate::scan::blocklists::Zone>,
     /// `None`: the built-in list.
     pub blocked_extensions: Option<Vec<String>>,
     pub max_archive_depth: u32,
@@ -84,6 +88,18 @@ pub(super) fn validate_scan(s: RawScan, base: &Path, problems: &mut Vec<String>)
         rules: paths(s.rules),
         malware_hashes: paths(s.malware_hashes),
         clamav_hashes: paths(s.clamav_hashes),
+        blocklists: s
+            .blocklists
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|spec| match crate::scan::blocklists::parse_zone(spec) {
+                Ok(zone) => Some(zone),
+                Err(e) => {
+                    problems.push(format!("scan.blocklists: {e}"));
+                    None
+                }
+            })
+            .collect(),
         blocked_extensions,
         max_archive_depth: s.max_archive_depth.unwrap_or(5),
         max_archive_files: s.max_archive_files.unwrap_or(1000),

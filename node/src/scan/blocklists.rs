@@ -25,6 +25,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mail_auth::hickory_resolver::lookup::Lookup;
+use mail_auth::hickory_resolver::net::NetError;
 use mail_auth::hickory_resolver::proto::rr::{Name, RData, RecordType};
 use tokio::task::JoinSet;
 
@@ -312,12 +314,7 @@ enum Answer {
 }
 
 impl Answer {
-    fn read(
-        result: Result<
-            mail_auth::hickory_resolver::lookup::Lookup,
-            mail_auth::hickory_resolver::net::NetError,
-        >,
-    ) -> Answer {
+    fn read(result: Result<Lookup, NetError>) -> Answer {
         let lookup = match result {
             Ok(lookup) => lookup,
             Err(error) if error.is_no_records_found() => return Answer::NotListed,
@@ -482,6 +479,7 @@ fn reversed(ip: IpAddr) -> String {
     }
 }
 
+/// The 32 nibbles of an IPv6 address, last first, dot-separated (RFC 5782 §2.4).
 fn reversed_nibbles(ip: Ipv6Addr) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(64);

@@ -11,6 +11,7 @@
 
 pub mod attachments;
 pub mod auth;
+pub mod blocklists;
 pub mod contents;
 pub mod engine;
 pub mod malware;
@@ -40,6 +41,8 @@ pub struct Settings {
     pub local_domains: Vec<String>,
     /// SPF, DKIM, DMARC and ARC, when on.
     pub auth: Option<auth::Authenticator>,
+    /// DNS blocklists, when any are configured.
+    pub blocklists: Option<blocklists::Blocklists>,
 }
 
 /// A message to judge.
@@ -66,6 +69,7 @@ pub struct Judged {
 pub struct Scanner {
     content: Arc<ContentEngines>,
     auth: Option<auth::Authenticator>,
+    blocklists: Option<blocklists::Blocklists>,
     policy: Policy,
     budget: Duration,
 }
@@ -78,6 +82,8 @@ struct ContentEngines {
 
 /// The authentication engine's version as recorded in verdicts: the library doing it.
 const AUTH_VERSION: &str = "mail-auth 0.13.0";
+/// The blocklist engine's version as recorded in verdicts.
+const DNSBL_VERSION: &str = "dnsbl:1";
 
 /// One engine's report as it arrives from the blocking thread.
 struct Report {
@@ -96,6 +102,8 @@ impl Scanner {
         resolver: crate::dns::TokioResolver,
     ) -> anyhow::Result<Self> {
         let config = &full.scan;
+        let blocklists = (!config.blocklists.is_empty())
+            .then(|| blocklists::Blocklists::new(config.blocklists.clone(), resolver.clone()));
         let auth = if config.authentication {
             let auth = auth::Authenticator::with_resolver(
                 resolver,
@@ -145,6 +153,7 @@ impl Scanner {
             budget: config.budget,
             local_domains: full.smtp.domains.clone(),
             auth,
+            blocklists,
         }))
     }
 
@@ -156,6 +165,7 @@ impl Scanner {
                 local_domains: settings.local_domains,
             }),
             auth: settings.auth,
+            blocklists: settings.blocklists,
             policy: settings.policy,
             budget: settings.budget,
         }
@@ -164,9 +174,11 @@ impl Scanner {
     /// Judges one message within the time budget.
     pub async fn judge(&self, candidate: &Candidate<'_>) -> Judged {
         let deadline = tokio::time::Instant::now() + self.budget;
-        let (reports, authenticated) = tokio::join!(
-            self.run_content(candidate, deadline),
-            self.run_auth(candidate, deadline)
+        let (links_tx, links_rx) = tokio::sync::oneshot::channel();
+        let (reports, authenticated, listed) = tokio::join!(
+            self.run_content(candidate, deadline, links_tx),
+            self.run_auth(candidate, deadline),
+            self.run_blocklists(candidate, deadline, links_rx)
         );
 
         let mut symbols = Vec::new();
@@ -229,6 +241,24 @@ impl Scanner {
                 });
             }
             Some(Err(_)) => self.timed_out("auth", AUTH_VERSION, &mut engines, &mut symbols),
+            None => {}
+        }
+        match listed {
+            Some(Ok((outcome, ms))) => {
+                symbols.extend(outcome.hits.into_iter().map(|hit| Symbol {
+                    name: hit.symbol,
+                    score: hit.score,
+                    description: hit.description,
+                    engine: "dnsbl".into(),
+                }));
+                engines.push(EngineRun {
+                    engine: "dnsbl".into(),
+                    version: DNSBL_VERSION.into(),
+                    ms,
+                    timed_out: false,
+                });
+            }
+            Some(Err(_)) => self.timed_out("dnsbl", DNSBL_VERSION, &mut engines, &mut symbols),
             None => {}
         }
         for engine in &self.content.engines {
@@ -302,6 +332,27 @@ impl Scanner {
         });
     }
 
+    /// Looks the client and the message's link domains up in the blocklists, once
+    /// the content thread has found the links; `Err` when the budget ran out first.
+    async fn run_blocklists(
+        &self,
+        candidate: &Candidate<'_>,
+        deadline: tokio::time::Instant,
+        links: tokio::sync::oneshot::Receiver<Vec<String>>,
+    ) -> Option<Result<(Outcome, u64), tokio::time::error::Elapsed>> {
+        let lists = self.blocklists.as_ref()?;
+        let started = Instant::now();
+        let checked = async {
+            let links = links.await.unwrap_or_default();
+            lists.check(candidate.client_ip, &links).await
+        };
+        Some(
+            tokio::time::timeout_at(deadline, checked)
+                .await
+                .map(|outcome| (outcome, started.elapsed().as_millis() as u64)),
+        )
+    }
+
     /// Authenticates the message unless authentication is off; `Err` when the
     /// budget ran out first.
     async fn run_auth(
@@ -330,10 +381,8 @@ impl Scanner {
         &self,
         candidate: &Candidate<'_>,
         deadline: tokio::time::Instant,
+        links: tokio::sync::oneshot::Sender<Vec<String>>,
     ) -> Vec<Report> {
-        if self.content.engines.is_empty() {
-            return Vec::new();
-        }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let content = self.content.clone();
         let body = candidate.body.clone();
@@ -341,7 +390,10 @@ impl Scanner {
             rcpt_to: candidate.rcpt_to.to_vec(),
             client_ip: candidate.client_ip,
         };
-        tokio::task::spawn_blocking(move || content.run(&owned, &body, &tx));
+        let want_links = self.blocklists.is_some();
+        tokio::task::spawn_blocking(move || {
+            content.run(&owned, &body, &tx, want_links.then_some(links))
+        });
         let mut reports = Vec::new();
         let collect = async {
             while let Some(report) = rx.recv().await {
@@ -364,7 +416,13 @@ struct Owned {
 impl ContentEngines {
     /// Parses and unpacks once, then runs every engine, sending each report as soon
     /// as it is ready (the receiver may have given up: then the rest is skipped).
-    fn run(&self, owned: &Owned, body: &[u8], tx: &tokio::sync::mpsc::UnboundedSender<Report>) {
+    fn run(
+        &self,
+        owned: &Owned,
+        body: &[u8],
+        tx: &tokio::sync::mpsc::UnboundedSender<Report>,
+        links: Option<tokio::sync::oneshot::Sender<Vec<String>>>,
+    ) {
         let started = Instant::now();
         let parsed = mail_parser::MessageParser::default().parse(body);
         let fallback;
@@ -375,6 +433,10 @@ impl ContentEngines {
                 &fallback
             }
         };
+        if let Some(links) = links {
+            // The blocklist lookups wait for these; they go first.
+            let _ = links.send(spam::link_hosts(message));
+        }
         let contents = contents::unpack(message, &self.limits);
         let unpack_ms = started.elapsed().as_millis() as u64;
         let view = Parsed {
