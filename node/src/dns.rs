@@ -18,10 +18,29 @@ const DNS_ATTEMPTS: usize = 2;
 const DNS_CACHE_ENTRIES: u64 = 16_384;
 
 /// A resolver that asks `nameservers` (UDP, with TCP for truncated answers), or the
-/// system's resolvers when the list is empty, allowing `timeout` per lookup.
+/// system's resolvers when the list is empty (the local server when the system has
+/// no configuration), allowing `timeout` per lookup.
 pub fn resolver(nameservers: &[SocketAddr], timeout: Duration) -> Result<TokioResolver, String> {
-    let (config, mut options) = if nameservers.is_empty() {
-        read_system_conf().map_err(|e| format!("reading the system DNS configuration: {e}"))?
+    let system = if nameservers.is_empty() {
+        match read_system_conf() {
+            Ok(system) => Some(system),
+            Err(e) => {
+                // As the C library does without /etc/resolv.conf: the local server.
+                tracing::warn!(error = %e, "no system DNS configuration; asking 127.0.0.1:53");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let local = [SocketAddr::from(([127, 0, 0, 1], 53))];
+    let nameservers = if nameservers.is_empty() && system.is_none() {
+        &local[..]
+    } else {
+        nameservers
+    };
+    let (config, mut options) = if let Some(system) = system {
+        system
     } else {
         let servers = nameservers
             .iter()
