@@ -233,15 +233,13 @@ fn scanning_tags_quarantines_and_rewrites_what_the_policy_says() {
 
     // Quarantined: a blocked attachment is accepted (the sender is not told) and
     // kept, never delivered.
-    let exe = format!(
-        "From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: tool\r\n\
+    let exe = "From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: tool\r\n\
          MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
          --b\r\nContent-Type: text/plain\r\n\r\nrun this\r\n\
          --b\r\nContent-Type: application/octet-stream; name=\"setup.exe\"\r\n\
          Content-Disposition: attachment; filename=\"setup.exe\"\r\n\
-         Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAA=\r\n--b--\r\n"
-    );
-    let reply = send(&node, "alice@sender.test", &exe);
+         Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAA=\r\n--b--\r\n";
+    let reply = send(&node, "alice@sender.test", exe);
     assert_eq!(reply.code, 250, "{reply:?}");
     let held = reply.queued_id();
     let q = node
