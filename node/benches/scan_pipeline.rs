@@ -62,6 +62,7 @@ async fn bench(scanner: &Scanner, name: &str, body: Vec<u8>, n: u32) {
         rcpt_to: &rcpt,
         client_ip: "192.0.2.7".parse().unwrap(),
         helo: "mx.sender.test",
+        header_from: Some("alice@sender.test"),
         body: body.clone(),
     };
     // Warm-up: fills the DNS cache, faults in the rule sets.

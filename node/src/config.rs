@@ -427,12 +427,7 @@ fn mx_route(
     problems: &mut Vec<String>,
 ) -> Option<delivery::Route> {
     let start = problems.len();
-    let policy = delivery::TlsPolicy::parse(tls);
-    if policy.is_none() {
-        problems.push(format!(
-            "{section}.tls: {tls:?} is not none, opportunistic or required"
-        ));
-    }
+    let policy = tls_policy(section, tls, problems);
     let verified = client_config(section, ca, problems);
     (problems.len() == start).then(|| {
         delivery::Route::Mx(delivery::Mx {
@@ -442,6 +437,17 @@ fn mx_route(
             verified,
         })
     })
+}
+
+/// A route's `tls` value, or a problem.
+fn tls_policy(section: &str, tls: &str, problems: &mut Vec<String>) -> Option<delivery::TlsPolicy> {
+    let policy = delivery::TlsPolicy::parse(tls);
+    if policy.is_none() {
+        problems.push(format!(
+            "{section}.tls: {tls:?} is not none, opportunistic or required"
+        ));
+    }
+    policy
 }
 
 /// The TLS client of `required`: the web PKI roots plus the CA file, if any.
@@ -492,12 +498,7 @@ fn relay_route(
             String::new()
         }
     };
-    let policy = delivery::TlsPolicy::parse(tls);
-    if policy.is_none() {
-        problems.push(format!(
-            "{section}.tls: {tls:?} is not none, opportunistic or required"
-        ));
-    }
+    let policy = tls_policy(section, tls, problems);
     let verified = client_config(section, ca, problems);
     (problems.len() == start).then(|| {
         delivery::Route::Relay(delivery::Relay {

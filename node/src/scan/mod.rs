@@ -52,6 +52,8 @@ pub struct Candidate<'a> {
     pub rcpt_to: &'a [String],
     pub client_ip: std::net::IpAddr,
     pub helo: &'a str,
+    /// The address of the `From` header, if any (the ingress has parsed it already).
+    pub header_from: Option<&'a str>,
     /// The content as received, without our `Received` header.
     pub body: Arc<Vec<u8>>,
 }
@@ -276,10 +278,9 @@ impl Scanner {
                 .find(|f| kinds.contains(&f.kind))
                 .map(|f| f.name.as_str())
         };
-        let header_from = header_from(&candidate.body);
         let decision = self.policy.decide(&Facts {
             mail_from: candidate.mail_from,
-            header_from: header_from.as_deref(),
+            header_from: candidate.header_from,
             rcpt_to: candidate.rcpt_to,
             client_ip: candidate.client_ip,
             score,
@@ -482,14 +483,4 @@ impl ContentEngines {
                 .is_ok();
         }
     }
-}
-
-/// The address of the `From` header, if any.
-fn header_from(body: &[u8]) -> Option<String> {
-    let message = mail_parser::MessageParser::default().parse_headers(body)?;
-    message
-        .from()
-        .and_then(|from| from.first())
-        .and_then(|addr| addr.address())
-        .map(str::to_string)
 }

@@ -52,6 +52,7 @@ impl Ingress {
             smtputf8: tx.smtputf8,
             eight_bit: tx.eight_bit,
         };
+        let (subject, header_from, header_message_id) = headers(&body);
         let scan_started = StdInstant::now();
         let body = Arc::new(body);
         let judged = self
@@ -62,6 +63,7 @@ impl Ingress {
                 rcpt_to: &envelope.rcpt_to,
                 client_ip: client.ip,
                 helo: client.helo.as_deref().unwrap_or(""),
+                header_from: header_from.as_deref(),
                 body: body.clone(),
             })
             .await;
@@ -101,7 +103,6 @@ impl Ingress {
             };
         }
 
-        let (subject, header_from, header_message_id) = headers(&body);
         let hostname = &session.settings().hostname;
         // RFC 8601 §5: results that claim to be ours but came from outside go.
         let body = scan::auth::strip_own_results(&body, hostname).unwrap_or(body);
