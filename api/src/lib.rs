@@ -1,5 +1,5 @@
 //! Bulwark's HTTP API (axum): health, cluster status, the audit trail, the delivery
-//! queue.
+//! queue, the Bayesian classifier's training.
 //!
 //! Reads are served from the local node's applied state and say which Raft index
 //! they reflect; writes go through the consensus crate's proposer, which forwards to
@@ -10,11 +10,13 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod bayes;
 mod error;
 mod queue;
 mod routes;
 
 pub use auth::AdminToken;
+pub use bayes::Tokenizer;
 pub use error::ApiError;
 pub use routes::{router, ApiState};
 

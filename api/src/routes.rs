@@ -27,6 +27,7 @@ const MAX_LIMIT: usize = 1000;
 pub struct ApiState {
     pub node: Arc<RaftNode>,
     pub admin: AdminToken,
+    pub tokenizer: crate::Tokenizer,
 }
 
 /// The API's routes.
@@ -43,6 +44,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/queue/{id}/retry", post(crate::queue::retry))
         .route("/v1/queue/{id}/hold", post(crate::queue::hold))
         .route("/v1/queue/{id}/release", post(crate::queue::release))
+        .route("/v1/bayes", get(crate::bayes::counts))
+        .route(
+            "/v1/bayes/{lesson}",
+            post(crate::bayes::learn).layer(DefaultBodyLimit::max(crate::bayes::MAX_LESSON)),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -74,6 +74,7 @@ pub struct ClusterBuilder {
     bin: Option<PathBuf>,
     smtp: Vec<(String, String)>,
     delivery: Vec<(String, String)>,
+    scan: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -87,6 +88,7 @@ impl ClusterBuilder {
             bin: None,
             smtp: Vec::new(),
             delivery: Vec::new(),
+            scan: Vec::new(),
         }
     }
 
@@ -122,6 +124,12 @@ impl ClusterBuilder {
     /// `[delivery]` section and the nodes use their defaults (a Maildir in the data dir).
     pub fn delivery(mut self, key: &str, value: &str) -> Self {
         self.delivery.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds `key = value` (written as TOML) to a `[scan]` section of every config.
+    pub fn scan(mut self, key: &str, value: &str) -> Self {
+        self.scan.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -213,8 +221,11 @@ impl ClusterBuilder {
             let config = n.config_toml(
                 &peers,
                 self.raft.as_ref(),
-                &self.smtp,
-                &self.delivery,
+                &[
+                    ("smtp", &self.smtp),
+                    ("delivery", &self.delivery),
+                    ("scan", &self.scan),
+                ],
                 dns.addr(),
             );
             std::fs::write(&n.config_path, config)
@@ -353,8 +364,7 @@ impl Node {
         &self,
         peers: &[(u64, SocketAddr)],
         raft: Option<&RaftTuning>,
-        smtp: &[(String, String)],
-        delivery: &[(String, String)],
+        sections: &[(&str, &Vec<(String, String)>)],
         dns: SocketAddr,
     ) -> String {
         let mut s = String::new();
@@ -378,17 +388,18 @@ impl Node {
             key = toml_str(&self.key_path.display().to_string()),
             api = toml_str(&self.api_addr.to_string()),
         );
-        let _ = write!(
-            s,
-            "\n[smtp]\nlisten = {}\n",
-            toml_str(&self.smtp_addr.to_string())
-        );
-        for (key, value) in smtp {
-            let _ = writeln!(s, "{key} = {value}");
-        }
-        if !delivery.is_empty() {
-            s.push_str("\n[delivery]\n");
-            for (key, value) in delivery {
+        for (name, lines) in sections {
+            // `[smtp]` is always there, with `listen` on a free port.
+            if *name == "smtp" {
+                let _ = write!(
+                    s,
+                    "\n[smtp]\nlisten = {}\n",
+                    toml_str(&self.smtp_addr.to_string())
+                );
+            } else if !lines.is_empty() {
+                let _ = write!(s, "\n[{name}]\n");
+            }
+            for (key, value) in lines.iter() {
                 let _ = writeln!(s, "{key} = {value}");
             }
         }

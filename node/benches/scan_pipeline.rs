@@ -37,7 +37,8 @@ fn main() {
     let config = Config::load(&config).expect("config");
     let resolver =
         bulwark_node::dns::resolver(&config.dns.nameservers, config.dns.timeout).expect("resolver");
-    let scanner = Scanner::from_config(&config, config.policy.clone(), resolver).expect("scanner");
+    let scanner =
+        Scanner::from_config(&config, config.policy.clone(), resolver, None).expect("scanner");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

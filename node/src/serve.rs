@@ -69,9 +69,11 @@ async fn serve(config: Config) -> Result<()> {
     );
 
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let tokenizer = scan::bayes::Tokenizer::new(config.scan.limits());
     let state = ApiState {
         node: node.clone(),
         admin: AdminToken::new(&token),
+        tokenizer: Arc::new(move |raw: &[u8]| tokenizer.tokens(raw)),
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, state, async {
         let _ = api_stopped.await;
@@ -80,10 +82,12 @@ async fn serve(config: Config) -> Result<()> {
     let stop_smtp = CancellationToken::new();
     let resolver = dns::resolver(&config.dns.nameservers, config.dns.timeout)
         .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
+    let counts: Arc<dyn scan::bayes::TokenCounts> = Arc::new(ReplicatedCounts(node.clone()));
     let scanner = Arc::new(scan::Scanner::from_config(
         &config,
         config.policy.clone(),
         resolver.clone(),
+        Some(counts),
     )?);
     let smtp = smtp.serve_with(node.proposer().clone(), scanner, config.node.id);
     let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
@@ -119,6 +123,20 @@ async fn serve(config: Config) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The Bayesian counts of the node's live state (the one after a snapshot install
+/// too), as every node of the cluster has applied them.
+struct ReplicatedCounts(Arc<RaftNode>);
+
+impl scan::bayes::TokenCounts for ReplicatedCounts {
+    fn totals(&self) -> (u64, u64) {
+        self.0.state().bayes_totals()
+    }
+
+    fn counts(&self, tokens: &[u64]) -> Vec<(u32, u32)> {
+        self.0.state().bayes_counts(tokens)
+    }
 }
 
 /// Records the node id at first start and refuses to start under another id: a data

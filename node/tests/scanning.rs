@@ -489,3 +489,144 @@ fn scanning_a_link_domain_on_a_blocklist_scores() {
         "a loopback client is never looked up: {v:#}"
     );
 }
+
+/// A clamd on 127.0.0.1 speaking INSTREAM: a stream holding `marker` is reported as
+/// `Test.Marker FOUND`, anything else `OK`. Serves `sessions` connections, then stops.
+fn fake_clamd(marker: &'static [u8], sessions: usize) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(sessions) {
+            let Ok(mut stream) = stream else { return };
+            let mut command = [0u8; 10];
+            if stream.read_exact(&mut command).is_err() || &command != b"zINSTREAM\0" {
+                continue;
+            }
+            let mut data = Vec::new();
+            loop {
+                let mut len = [0u8; 4];
+                if stream.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let len = u32::from_be_bytes(len) as usize;
+                if len == 0 {
+                    break;
+                }
+                let mut chunk = vec![0u8; len];
+                if stream.read_exact(&mut chunk).is_err() {
+                    break;
+                }
+                data.extend_from_slice(&chunk);
+            }
+            let found = data.windows(marker.len()).any(|w| w == marker);
+            let reply: &[u8] = if found {
+                b"stream: Test.Marker FOUND\0"
+            } else {
+                b"stream: OK\0"
+            };
+            let _ = stream.write_all(reply);
+        }
+    });
+    addr
+}
+
+#[test]
+fn scanning_yara_rules_and_clamd_find_malware_and_a_dead_clamd_fails_as_configured() {
+    let sink = Sink::start(SinkConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("local.yar");
+    std::fs::write(
+        &rules,
+        "rule Invoice_Dropper { strings: $a = \"invoice-dropper-v2\" condition: $a }\n\
+         rule Weak_Hint { meta: score = 3 strings: $a = \"weak-hint-token\" condition: $a }\n",
+    )
+    .unwrap();
+    let clamd = fake_clamd(b"CLAMD-TEST-MARKER", 3);
+    let scan = format!(
+        "[scan]\nyara_rules = [\"{}\"]\n\n[scan.clamd]\naddress = \"{clamd}\"\ntimeout_ms = 2000\n",
+        rules.display()
+    );
+    let node = Node::start_with("", &relay_to(&sink, &scan));
+
+    let reply = send(
+        &node,
+        "a@sender.test",
+        &plain("pay", "see invoice-dropper-v2 here"),
+    );
+    assert_eq!(reply.code, 554, "{reply:?}");
+    let v = verdict(&node, &rejected_id(&reply));
+    assert_eq!(v["action"], "reject", "{v:#}");
+    assert_eq!(
+        v["scan"]["findings"][0]["name"], "YARA:Invoice_Dropper",
+        "{v:#}"
+    );
+
+    let reply = send(
+        &node,
+        "a@sender.test",
+        &plain("x", "carrying CLAMD-TEST-MARKER"),
+    );
+    assert_eq!(reply.code, 554, "{reply:?}");
+    let v = verdict(&node, &rejected_id(&reply));
+    assert!(symbols(&v).contains(&"CLAMD_VIRUS".to_string()), "{v:#}");
+    let finding = &v["scan"]["findings"].as_array().unwrap()[0];
+    assert_eq!(finding["engine"], "clamd", "{v:#}");
+    assert!(
+        finding["name"].as_str().unwrap().contains("Test.Marker"),
+        "{v:#}"
+    );
+
+    // A weak YARA hint adds its score and nothing else; clamd saw it clean.
+    let id = send(
+        &node,
+        "a@sender.test",
+        &plain("hi", "a weak-hint-token only"),
+    )
+    .queued_id();
+    let v = verdict(&node, &id);
+    assert_eq!(v["action"], "deliver", "{v:#}");
+    let yara = v["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["engine"] == "yara")
+        .cloned()
+        .unwrap_or_else(|| panic!("no yara symbol: {v:#}"));
+    assert_eq!(yara["score"], 3.0);
+    let engines: Vec<_> = v["scan"]["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        engines.contains(&"clamd".into()) && engines.contains(&"yara".into()),
+        "{v:#}"
+    );
+    sink.wait_for(1, Duration::from_secs(15));
+    drop(node);
+
+    // clamd gone (its three sessions are served): open lets mail through with a
+    // record of why; closed refuses it as malware.
+    for (fail_closed, code) in [(false, 250), (true, 554)] {
+        let scan = format!(
+            "[scan.clamd]\naddress = \"{clamd}\"\ntimeout_ms = 500\nfail_closed = {fail_closed}\n"
+        );
+        let node = Node::start_with("", &relay_to(&sink, &scan));
+        let reply = send(&node, "a@sender.test", &plain("hi", "nothing here"));
+        assert_eq!(reply.code, code, "fail_closed = {fail_closed}: {reply:?}");
+        let id = if code == 250 {
+            reply.queued_id()
+        } else {
+            rejected_id(&reply)
+        };
+        let v = verdict(&node, &id);
+        let want = if fail_closed {
+            "CLAMD_FAIL"
+        } else {
+            "CLAMD_UNAVAILABLE"
+        };
+        assert!(symbols(&v).contains(&want.to_string()), "{v:#}");
+    }
+}

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use crate::bayes::{BayesLesson, BayesTrained};
 use crate::codec;
 use crate::message::{
     AcceptedMessage, DeliveryCommand, DeliveryReport, MessageId, MessageReceived, QuarantineRecord,
@@ -56,6 +57,9 @@ pub enum Command {
     /// Record the verdict of a message the policy refused at the end of data, and the
     /// refusal; nothing of the message is stored.
     RejectMessage(Box<RejectedMessage>),
+    /// Learn a message as spam or ham for the Bayesian classifier, or forget it, and
+    /// record `bayes.trained`.
+    TrainBayes(Box<BayesLesson>),
 }
 
 /// What happened. The event log's `type` is [`EventKind::type_name`].
@@ -111,6 +115,8 @@ pub enum EventKind {
     ScanVerdict(Box<Verdict>),
     /// A message was put in the quarantine by its verdict.
     MessageQuarantined(Box<QuarantineRecord>),
+    /// The Bayesian classifier learned or forgot a message.
+    BayesTrained(Box<BayesTrained>),
 }
 
 /// The `api.action` event: who did what, from where, to which message, and whether
@@ -149,6 +155,7 @@ impl EventKind {
             EventKind::ApiAction(_) => "api.action",
             EventKind::ScanVerdict(_) => "scan.verdict",
             EventKind::MessageQuarantined(_) => "message.quarantined",
+            EventKind::BayesTrained(_) => "bayes.trained",
         }
     }
 
@@ -165,6 +172,7 @@ impl EventKind {
             EventKind::ApiAction(a) => a.message_id,
             EventKind::ScanVerdict(v) => Some(v.message_id),
             EventKind::MessageQuarantined(q) => Some(q.message_id),
+            EventKind::BayesTrained(b) => b.message_id,
             EventKind::AuditNote { .. }
             | EventKind::MessageRejected(_)
             | EventKind::RejectionsSuppressed { .. } => None,
@@ -346,6 +354,32 @@ impl EventKind {
                 );
                 out.insert("size".into(), q.size.into());
                 out.insert("score".into(), q.score.into());
+            }
+            EventKind::BayesTrained(b) => {
+                if let Some(id) = b.message_id {
+                    out.insert("message_id".into(), id.to_string().into());
+                }
+                out.insert("user".into(), serde_json::json!({ "name": b.user }));
+                if let Some(ip) = b.client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
+                let action = if b.class.is_some() { "learn" } else { "forget" };
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({ "action": action, "outcome": "success" }),
+                );
+                out.insert(
+                    "bayes".into(),
+                    serde_json::json!({
+                        "class": b.class.map(|c| c.as_str()),
+                        "previous": b.previous.map(|c| c.as_str()),
+                        "changed": b.changed(),
+                        "digest": hex::encode(b.digest),
+                        "tokens": b.tokens,
+                        "spam_messages": b.spam_messages,
+                        "ham_messages": b.ham_messages,
+                    }),
+                );
             }
         }
     }

@@ -43,8 +43,13 @@ pub mod cf {
     pub const QUARANTINE: &str = "quarantine";
     /// Secondary indexes of the event log (message, sender, recipient, ...).
     pub const INDEX: &str = "index";
+    /// The Bayesian classifier's token counts and learned messages
+    /// ([`crate::bayes`]).
+    pub const BAYES: &str = "bayes";
 
-    pub const ALL: [&str; 7] = [EVENTS, OP_IDS, META, BODIES, QUEUE, QUARANTINE, INDEX];
+    pub const ALL: [&str; 8] = [
+        EVENTS, OP_IDS, META, BODIES, QUEUE, QUARANTINE, INDEX, BAYES,
+    ];
 }
 
 /// Writes `contents` to `path` so that a crash leaves either the old or the new file:

@@ -17,6 +17,7 @@
 //! for those) and never be named `rocksdb` outside this crate.
 #![forbid(unsafe_code)]
 
+pub mod bayes;
 pub mod codec;
 mod error;
 pub mod event;
@@ -27,6 +28,7 @@ mod queue;
 mod snapshot;
 mod state;
 
+pub use bayes::{BayesClass, BayesCounts, BayesLesson, BayesTrained};
 pub use error::{Error, Result};
 pub use event::{
     ApiAction, Command, Event, EventKind, Hash, Op, OpId, OpResult, Proposal, StoredEvent,

@@ -9,6 +9,7 @@ use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
+use crate::bayes::{self, BayesClass, BayesCounts, BayesLesson, LessonBatch};
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent, VerifyReport};
 use crate::layout::{self, cf};
 use crate::message::{
@@ -117,6 +118,8 @@ pub struct StateStore {
     db: DB,
     dir: PathBuf,
     head: Mutex<ChainHead>,
+    /// The Bayesian token counts, as the `bayes` column family holds them.
+    bayes: RwLock<BayesCounts>,
 }
 
 fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
@@ -166,10 +169,12 @@ impl StateStore {
             Some(bytes) => codec::decode(&bytes)?,
             None => ChainHead::default(),
         };
+        let bayes = load_bayes(&db)?;
         Ok(StateStore {
             db,
             dir: dir.to_path_buf(),
             head: Mutex::new(head),
+            bayes: RwLock::new(bayes),
         })
     }
 
@@ -192,6 +197,7 @@ impl StateStore {
         // Queue entries changed by this batch (None: left the queue), so that later
         // operations of the batch see earlier ones.
         let mut queue: HashMap<MessageId, Option<QueueRecord>> = HashMap::new();
+        let mut lessons: Option<LessonBatch> = None;
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
             let mut entry_results = Vec::with_capacity(ops.len());
@@ -217,6 +223,7 @@ impl StateStore {
                     Command::Delivery(command) => {
                         self.delivery(&mut batch, &mut queue, command, op, head.next_seq)?
                     }
+                    Command::TrainBayes(lesson) => (vec![self.learn(&mut lessons, lesson)?], None),
                 };
                 let mut last = None;
                 for kind in kinds {
@@ -267,11 +274,68 @@ impl StateStore {
                 }
             }
         }
+        if let Some(lessons) = &lessons {
+            let bayes_cf = self.cf(cf::BAYES);
+            for (token, counts) in lessons.rows() {
+                let key = bayes::token_key(token);
+                if counts == (0, 0) {
+                    batch.delete_cf(bayes_cf, key);
+                } else {
+                    batch.put_cf(bayes_cf, key, codec::encode(&counts)?);
+                }
+            }
+            for (digest, class) in &lessons.seen {
+                let key = bayes::message_key(digest);
+                match class {
+                    Some(class) => batch.put_cf(bayes_cf, key, codec::encode(class)?),
+                    None => batch.delete_cf(bayes_cf, key),
+                }
+            }
+            batch.put_cf(
+                bayes_cf,
+                bayes::TOTALS_KEY,
+                codec::encode(&lessons.totals())?,
+            );
+        }
         batch.put_cf(self.cf(cf::META), META_CHAIN, codec::encode(&head)?);
         batch.put_cf(self.cf(cf::META), META_RAFT, applied);
         self.db.write(batch)?;
         *self.head.lock().expect("chain head lock") = head;
+        if let Some(lessons) = lessons {
+            lessons.commit(&mut self.bayes.write().expect("bayes lock"));
+        }
         Ok(results)
+    }
+
+    /// A Bayesian lesson on top of the batch's earlier ones.
+    fn learn(&self, lessons: &mut Option<LessonBatch>, lesson: &BayesLesson) -> Result<EventKind> {
+        let memory = self.bayes.read().expect("bayes lock");
+        let lessons = lessons.get_or_insert_with(|| LessonBatch::new(&memory));
+        let previous = match lessons.seen.get(&lesson.digest) {
+            Some(class) => *class,
+            None => self
+                .db
+                .get_cf(self.cf(cf::BAYES), bayes::message_key(&lesson.digest))?
+                .map(|bytes| codec::decode::<BayesClass>(&bytes))
+                .transpose()?,
+        };
+        let trained = lessons.apply(&memory, lesson, previous);
+        Ok(EventKind::BayesTrained(Box::new(trained)))
+    }
+
+    /// Messages learned as spam and as ham.
+    pub fn bayes_totals(&self) -> (u64, u64) {
+        self.bayes.read().expect("bayes lock").totals()
+    }
+
+    /// The spam and ham counts of each token, in the order given.
+    pub fn bayes_counts(&self, tokens: &[u64]) -> Vec<(u32, u32)> {
+        self.bayes.read().expect("bayes lock").counts(tokens)
+    }
+
+    /// Distinct tokens with a count.
+    pub fn bayes_distinct_tokens(&self) -> usize {
+        self.bayes.read().expect("bayes lock").distinct_tokens()
     }
 
     /// The body of an accepted message into `batch`, its queue entry into `queue`.
@@ -706,6 +770,22 @@ impl StateStore {
         layout::sync_dir(dir)?;
         Ok(())
     }
+}
+
+/// The `bayes` column family into memory.
+fn load_bayes(db: &DB) -> Result<BayesCounts> {
+    let mut counts = BayesCounts::new();
+    for item in db.iterator_cf(cf_handle(db, cf::BAYES), IteratorMode::Start) {
+        let (key, value) = item?;
+        if key.as_ref() == bayes::TOTALS_KEY {
+            counts.set_totals(codec::decode(&value)?);
+        } else if let Some((b'w', token)) = key.split_first() {
+            if let Ok(token) = <[u8; 8]>::try_from(token) {
+                counts.set(u64::from_be_bytes(token), codec::decode(&value)?);
+            }
+        }
+    }
+    Ok(counts)
 }
 
 fn cf_handle<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -1356,5 +1436,121 @@ mod tests {
         let reopened = StateDir::open(&dir.path().join("b")).unwrap();
         assert_eq!(reopened.current().chain_head().0, 10);
         assert!(reopened.current().verify().unwrap().ok);
+    }
+
+    fn lesson(id: u128, digest: u8, class: Option<BayesClass>, tokens: &[u64]) -> Op {
+        Op {
+            id,
+            time_ms: 1000 + id as i64,
+            node: 1,
+            command: Command::TrainBayes(Box::new(BayesLesson {
+                digest: [digest; 32],
+                class,
+                tokens: tokens.to_vec(),
+                message_id: None,
+                user: "admin".into(),
+                client_ip: None,
+            })),
+        }
+    }
+
+    #[test]
+    fn bayes_lessons_count_each_message_once_move_forget_and_survive_reopen_and_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spam, ham) = (Some(BayesClass::Spam), Some(BayesClass::Ham));
+        let state = StateDir::open(&dir.path().join("a")).unwrap();
+        let store = state.current();
+        // In one batch: message 1 as spam, again as spam (no change), message 2 as
+        // ham, then message 1 moved to ham; the batch sees its own earlier lessons.
+        let first = [
+            lesson(1, 1, spam, &[10, 11]),
+            lesson(2, 1, spam, &[10, 11]),
+            lesson(3, 2, ham, &[11, 12]),
+            lesson(4, 1, ham, &[10, 11]),
+        ];
+        store.apply(&[(1, &first[..])], b"1").unwrap();
+        assert_eq!(store.bayes_totals(), (0, 2));
+        assert_eq!(
+            store.bayes_counts(&[10, 11, 12, 13]),
+            [(0, 1), (0, 2), (0, 1), (0, 0)]
+        );
+        // In a later batch: message 3 as spam, message 2 forgotten, an unknown
+        // message forgotten (nothing to take back).
+        let second = [
+            lesson(5, 3, spam, &[12, 13]),
+            lesson(6, 2, None, &[11, 12]),
+            lesson(7, 9, None, &[10]),
+        ];
+        store.apply(&[(2, &second[..])], b"2").unwrap();
+        let want_counts = [(0, 1), (0, 1), (1, 0), (1, 0)];
+        assert_eq!(store.bayes_totals(), (1, 1));
+        assert_eq!(store.bayes_counts(&[10, 11, 12, 13]), want_counts);
+        assert_eq!(store.bayes_distinct_tokens(), 4);
+
+        let (events, _) = store
+            .events(
+                &EventFilter {
+                    type_name: Some("bayes.trained".into()),
+                    message_id: None,
+                },
+                0,
+                100,
+            )
+            .unwrap();
+        let seen: Vec<_> = events
+            .iter()
+            .map(|e| {
+                let json = e.to_json();
+                let b = &json["bayes"];
+                (
+                    b["class"].as_str().map(str::to_string),
+                    b["previous"].as_str().map(str::to_string),
+                    b["changed"].as_bool().unwrap(),
+                    b["spam_messages"].as_u64().unwrap(),
+                    b["ham_messages"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let row = |class: Option<&str>, previous: Option<&str>, changed, s, h| {
+            (
+                class.map(str::to_string),
+                previous.map(str::to_string),
+                changed,
+                s,
+                h,
+            )
+        };
+        assert_eq!(
+            seen,
+            [
+                row(Some("spam"), None, true, 1, 0),
+                row(Some("spam"), Some("spam"), false, 1, 0),
+                row(Some("ham"), None, true, 1, 1),
+                row(Some("ham"), Some("spam"), true, 0, 2),
+                row(Some("spam"), None, true, 1, 2),
+                row(None, Some("ham"), true, 1, 1),
+                row(None, None, false, 1, 1),
+            ]
+        );
+        assert_eq!(events[0].to_json()["user"]["name"], "admin");
+
+        store.checkpoint(&dir.path().join("cp")).unwrap();
+        drop(store);
+        drop(state);
+        let reopened = StateDir::open(&dir.path().join("a")).unwrap().current();
+        assert_eq!(reopened.bayes_totals(), (1, 1));
+        assert_eq!(reopened.bayes_counts(&[10, 11, 12, 13]), want_counts);
+        // The forgotten message learned again counts again.
+        reopened
+            .apply(&[(3, &[lesson(8, 2, spam, &[11, 12])][..])], b"3")
+            .unwrap();
+        assert_eq!(reopened.bayes_totals(), (2, 1));
+        assert_eq!(reopened.bayes_counts(&[11, 12]), [(1, 1), (2, 0)]);
+
+        let other = StateDir::open(&dir.path().join("b")).unwrap();
+        let installed = other.install(&dir.path().join("cp")).unwrap();
+        assert_eq!(installed.bayes_totals(), (1, 1));
+        assert_eq!(installed.bayes_counts(&[10, 11, 12, 13]), want_counts);
+        assert!(installed.verify().unwrap().ok);
     }
 }

@@ -38,6 +38,34 @@ pub(super) struct RawScan {
     max_unpacked_bytes: Option<u64>,
     /// Largest unpacked/packed ratio of an archive member (default 100).
     max_ratio: Option<u64>,
+    /// The Bayesian classifier (default true); it scores once it has learned
+    /// `bayes_min_messages` spam and as many ham (default 200, as SpamAssassin).
+    bayes: Option<bool>,
+    bayes_min_messages: Option<u64>,
+    /// YARA rule files, compiled at start by boreal.
+    yara_rules: Option<Vec<PathBuf>>,
+    /// A clamd to send every message to.
+    clamd: Option<RawClamd>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClamd {
+    /// `ip:port` of its TCPSocket, or the path of its LocalSocket.
+    address: String,
+    /// Milliseconds allowed for one message (default 30000).
+    timeout_ms: Option<u64>,
+    /// When clamd cannot answer: true treats the message as malware, false (the
+    /// default) lets it through with a `CLAMD_UNAVAILABLE` symbol.
+    fail_closed: Option<bool>,
+}
+
+/// The validated `[scan.clamd]` section.
+#[derive(Clone, Debug)]
+pub struct ClamdConfig {
+    pub address: crate::scan::clamd::ClamdAddress,
+    pub timeout: Duration,
+    pub fail_closed: bool,
 }
 
 /// The validated `[scan]` section: what the engines load at start.
@@ -55,6 +83,22 @@ pub struct ScanConfig {
     pub max_archive_files: usize,
     pub max_unpacked_bytes: u64,
     pub max_ratio: u64,
+    pub bayes: bool,
+    pub bayes_min_messages: u64,
+    pub yara_rules: Vec<PathBuf>,
+    pub clamd: Option<ClamdConfig>,
+}
+
+impl ScanConfig {
+    /// The limits on unpacking one message.
+    pub fn limits(&self) -> crate::scan::contents::Limits {
+        crate::scan::contents::Limits {
+            max_depth: self.max_archive_depth,
+            max_files: self.max_archive_files,
+            max_total_bytes: self.max_unpacked_bytes,
+            max_ratio: self.max_ratio,
+        }
+    }
 }
 
 pub(super) fn validate_scan(s: RawScan, base: &Path, problems: &mut Vec<String>) -> ScanConfig {
@@ -105,6 +149,10 @@ pub(super) fn validate_scan(s: RawScan, base: &Path, problems: &mut Vec<String>)
         max_archive_files: s.max_archive_files.unwrap_or(1000),
         max_unpacked_bytes: s.max_unpacked_bytes.unwrap_or(100 << 20),
         max_ratio: s.max_ratio.unwrap_or(100),
+        bayes: s.bayes.unwrap_or(true),
+        bayes_min_messages: s.bayes_min_messages.unwrap_or(200),
+        yara_rules: paths(s.yara_rules),
+        clamd: s.clamd.and_then(|c| validate_clamd(c, problems)),
     };
     // Rule and signature files are read now too, so that check-config reports
     // their mistakes with the rest.
@@ -116,12 +164,39 @@ pub(super) fn validate_scan(s: RawScan, base: &Path, problems: &mut Vec<String>)
     {
         problems.push(format!("scan.malware_hashes/clamav_hashes: {e}"));
     }
+    if let Err(e) = crate::scan::yara::YaraEngine::new(&config.yara_rules) {
+        problems.push(format!("scan.yara_rules: {e}"));
+    }
     if config.max_archive_files == 0 || config.max_unpacked_bytes == 0 || config.max_ratio == 0 {
         problems.push(
             "scan.max_archive_files, max_unpacked_bytes and max_ratio must be positive".into(),
         );
     }
     config
+}
+
+fn validate_clamd(c: RawClamd, problems: &mut Vec<String>) -> Option<ClamdConfig> {
+    use crate::scan::clamd::ClamdAddress;
+    let address = if c.address.starts_with('/') {
+        ClamdAddress::Unix(PathBuf::from(&c.address))
+    } else if let Ok(address) = c.address.parse::<SocketAddr>() {
+        ClamdAddress::Tcp(address)
+    } else {
+        problems.push(format!(
+            "scan.clamd.address: {:?} is neither ip:port nor an absolute socket path",
+            c.address
+        ));
+        return None;
+    };
+    let timeout_ms = c.timeout_ms.unwrap_or(30_000);
+    if !(100..=600_000).contains(&timeout_ms) {
+        problems.push("scan.clamd.timeout_ms must be between 100 and 600000".into());
+    }
+    Some(ClamdConfig {
+        address,
+        timeout: Duration::from_millis(timeout_ms),
+        fail_closed: c.fail_closed.unwrap_or(false),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]

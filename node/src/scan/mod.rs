@@ -11,12 +11,15 @@
 
 pub mod attachments;
 pub mod auth;
+pub mod bayes;
 pub mod blocklists;
+pub mod clamd;
 pub mod contents;
 pub mod engine;
 pub mod malware;
 pub mod phishing;
 pub mod spam;
+pub mod yara;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +46,8 @@ pub struct Settings {
     pub auth: Option<auth::Authenticator>,
     /// DNS blocklists, when any are configured.
     pub blocklists: Option<blocklists::Blocklists>,
+    /// A clamd to send each message to, when configured.
+    pub clamd: Option<clamd::Clamd>,
 }
 
 /// A message to judge.
@@ -72,6 +77,7 @@ pub struct Scanner {
     content: Arc<ContentEngines>,
     auth: Option<auth::Authenticator>,
     blocklists: Option<blocklists::Blocklists>,
+    clamd: Option<clamd::Clamd>,
     policy: Policy,
     budget: Duration,
 }
@@ -86,6 +92,8 @@ struct ContentEngines {
 const AUTH_VERSION: &str = "mail-auth 0.13.0";
 /// The blocklist engine's version as recorded in verdicts.
 const DNSBL_VERSION: &str = "dnsbl:1";
+/// The clamd client's version as recorded in verdicts: the protocol it speaks.
+const CLAMD_VERSION: &str = "clamd INSTREAM";
 
 /// One engine's report as it arrives from the blocking thread.
 struct Report {
@@ -97,11 +105,13 @@ struct Report {
 
 impl Scanner {
     /// The pipeline the configuration asks for: engines loaded with their rule and
-    /// signature files (a file that cannot be read or parsed is an error).
+    /// signature files (a file that cannot be read or parsed is an error), the
+    /// Bayesian classifier reading `bayes` (the node's replicated counts) when on.
     pub fn from_config(
         full: &Config,
         policy: Policy,
         resolver: crate::dns::TokioResolver,
+        bayes: Option<Arc<dyn bayes::TokenCounts>>,
     ) -> anyhow::Result<Self> {
         let config = &full.scan;
         let blocklists = (!config.blocklists.is_empty())
@@ -137,25 +147,41 @@ impl Scanner {
         for line in skipped {
             tracing::info!(%line, "spam rule skipped");
         }
-        let engines: Vec<Box<dyn Engine>> = vec![
+        let mut engines: Vec<Box<dyn Engine>> = vec![
             Box::new(malware),
             Box::new(attachments::AttachmentEngine::new(blocked)),
             Box::new(spam),
             Box::new(phishing::PhishingEngine::new()),
         ];
+        if !config.yara_rules.is_empty() {
+            let yara = yara::YaraEngine::new(&config.yara_rules)
+                .map_err(|e| anyhow::anyhow!("YARA rules: {e}"))?
+                .with_timeout(config.budget);
+            for warning in yara.warnings() {
+                tracing::warn!(%warning, "YARA rules");
+            }
+            tracing::info!(rules = yara.rules(), "YARA rules loaded");
+            engines.push(Box::new(yara));
+        }
+        if let (true, Some(counts)) = (config.bayes, bayes) {
+            engines.push(Box::new(bayes::BayesEngine::new(
+                counts,
+                config.bayes_min_messages,
+            )));
+        }
+        let clamd = config
+            .clamd
+            .as_ref()
+            .map(|c| clamd::Clamd::new(c.address.clone(), c.timeout, c.fail_closed));
         Ok(Scanner::new(Settings {
             engines,
-            limits: contents::Limits {
-                max_depth: config.max_archive_depth,
-                max_files: config.max_archive_files,
-                max_total_bytes: config.max_unpacked_bytes,
-                max_ratio: config.max_ratio,
-            },
+            limits: full.scan.limits(),
             policy,
             budget: config.budget,
             local_domains: full.smtp.domains.clone(),
             auth,
             blocklists,
+            clamd,
         }))
     }
 
@@ -168,6 +194,7 @@ impl Scanner {
             }),
             auth: settings.auth,
             blocklists: settings.blocklists,
+            clamd: settings.clamd,
             policy: settings.policy,
             budget: settings.budget,
         }
@@ -177,11 +204,23 @@ impl Scanner {
     pub async fn judge(&self, candidate: &Candidate<'_>) -> Judged {
         let deadline = tokio::time::Instant::now() + self.budget;
         let (links_tx, links_rx) = tokio::sync::oneshot::channel();
-        let (reports, authenticated, listed) = tokio::join!(
+        let (mut reports, authenticated, listed, clamd) = tokio::join!(
             self.run_content(candidate, deadline, links_tx),
             self.run_auth(candidate, deadline),
-            self.run_blocklists(candidate, deadline, links_rx)
+            self.run_blocklists(candidate, deadline, links_rx),
+            self.run_clamd(candidate, deadline)
         );
+        let mut clamd_timed_out = false;
+        match clamd {
+            Some(Ok((outcome, ms))) => reports.push(Report {
+                engine: "clamd",
+                version: CLAMD_VERSION.into(),
+                outcome,
+                ms,
+            }),
+            Some(Err(_)) => clamd_timed_out = true,
+            None => {}
+        }
 
         let mut symbols = Vec::new();
         let mut findings = Vec::new();
@@ -262,6 +301,9 @@ impl Scanner {
             }
             Some(Err(_)) => self.timed_out("dnsbl", DNSBL_VERSION, &mut engines, &mut symbols),
             None => {}
+        }
+        if clamd_timed_out {
+            self.timed_out("clamd", CLAMD_VERSION, &mut engines, &mut symbols);
         }
         for engine in &self.content.engines {
             if !reports.iter().any(|r| r.engine == engine.name()) {
@@ -349,6 +391,22 @@ impl Scanner {
         };
         Some(
             tokio::time::timeout_at(deadline, checked)
+                .await
+                .map(|outcome| (outcome, started.elapsed().as_millis() as u64)),
+        )
+    }
+
+    /// Has clamd scan the message when one is configured; `Err` when the scan
+    /// budget ran out before clamd's own timeout.
+    async fn run_clamd(
+        &self,
+        candidate: &Candidate<'_>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<(Outcome, u64), tokio::time::error::Elapsed>> {
+        let clamd = self.clamd.as_ref()?;
+        let started = Instant::now();
+        Some(
+            tokio::time::timeout_at(deadline, clamd.scan(&candidate.body))
                 .await
                 .map(|outcome| (outcome, started.elapsed().as_millis() as u64)),
         )

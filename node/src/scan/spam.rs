@@ -24,7 +24,7 @@ use super::engine::{Engine, Hit, Outcome, Parsed};
 use heuristics::{Facts, BUILTINS};
 use rules::{HeaderForm, HeaderSource, HeaderTest, Loader, RuleSet, Test};
 
-pub(crate) use content::{link_hosts, registrable_domain};
+pub(crate) use content::{host_of, link_hosts, registrable_domain, view};
 
 /// The rules Bulwark ships, loaded before the administrator's files.
 const DEFAULT_RULES: &str = include_str!("default.cf");

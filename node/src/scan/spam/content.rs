@@ -17,7 +17,7 @@ const MAX_URLS: usize = 1000;
 
 /// What the rules and heuristics read from one message.
 #[derive(Debug, Default)]
-pub(super) struct View {
+pub(crate) struct View {
     /// Subject, then the text of every text part and the rendered text of every HTML
     /// part shown as the body, one paragraph a line.
     pub body: String,
@@ -26,7 +26,7 @@ pub(super) struct View {
     /// Every URL in the text and every link target, in order, without duplicates.
     pub uris: Vec<String>,
     /// The links of the HTML parts with the text shown for them.
-    pub links: Vec<Link>,
+    pub(super) links: Vec<Link>,
     /// Non-blank characters the HTML hides from the reader.
     pub invisible_chars: usize,
     /// Plain-text body parts.
@@ -36,7 +36,7 @@ pub(super) struct View {
 }
 
 /// Reads a message once for the rules.
-pub(super) fn view(message: &Message<'_>) -> View {
+pub(crate) fn view(message: &Message<'_>) -> View {
     let mut view = View::default();
     let mut uris = Uris::default();
     if let Some(subject) = message.subject() {

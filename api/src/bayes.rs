@@ -1,0 +1,145 @@
+//! The Bayesian classifier's training: learn a message as spam or ham, forget it,
+//! and read the counts. A lesson is one Raft operation recording `bayes.trained`
+//! with the caller and its address, so every node learns it alike.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use bulwark_storage::{BayesClass, BayesLesson, Command, MessageId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::auth::ClientIp;
+use crate::routes::ApiState;
+use crate::ApiError;
+
+/// Largest message accepted for learning.
+pub(crate) const MAX_LESSON: usize = 32 * 1024 * 1024;
+
+/// Turns a raw message into the classifier's token hashes: the scanning pipeline's
+/// tokenizer, supplied by the node so that learning and scanning see the same tokens.
+pub type Tokenizer = Arc<dyn Fn(&[u8]) -> Vec<u64> + Send + Sync>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LessonQuery {
+    /// A message the gateway holds (quarantined or queued), instead of a body.
+    message_id: Option<String>,
+}
+
+/// `POST /v1/bayes/{spam|ham|forget}`: the request body is the message
+/// (message/rfc822), or empty with `?message_id=` naming a stored message.
+pub(crate) async fn learn(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
+    Path(lesson): Path<String>,
+    query: Result<Query<LessonQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let user = s.admin.check(&headers)?;
+    let class = match lesson.as_str() {
+        "spam" => Some(BayesClass::Spam),
+        "ham" => Some(BayesClass::Ham),
+        "forget" => None,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no lesson {other:?}: spam, ham or forget"
+            )))
+        }
+    };
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        title: "bad request body",
+        detail: format!(
+            "{} (a message to learn is at most {MAX_LESSON} bytes)",
+            e.body_text()
+        ),
+    })?;
+    let (raw, message_id) = match query.message_id {
+        Some(id) => {
+            if !body.is_empty() {
+                return Err(ApiError::bad_request(
+                    "give the message as the body or name it with message_id, not both",
+                ));
+            }
+            let id = id
+                .parse::<MessageId>()
+                .map_err(|e| ApiError::bad_request(format!("message_id: {e}")))?;
+            let state = s.node.state();
+            let raw = tokio::task::spawn_blocking(move || state.message_body(id))
+                .await
+                .map_err(ApiError::internal)??
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("message {id} is not held by the gateway"))
+                })?;
+            (Bytes::from(raw), Some(id))
+        }
+        None if body.is_empty() => {
+            return Err(ApiError::bad_request(
+                "the request body is empty: send the message (message/rfc822) or name a \
+                 stored one with message_id",
+            ))
+        }
+        None => (body, None),
+    };
+    let tokenizer = s.tokenizer.clone();
+    let (digest, tokens) = tokio::task::spawn_blocking(move || {
+        let digest: [u8; 32] = Sha256::digest(&raw).into();
+        (digest, tokenizer(&raw))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    if tokens.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            title: "not a message",
+            detail: "the body gives no tokens: it is not an RFC 5322 message".into(),
+        });
+    }
+    let token_count = tokens.len();
+    let result = s
+        .node
+        .proposer()
+        .propose(Command::TrainBayes(Box::new(BayesLesson {
+            digest,
+            class,
+            tokens,
+            message_id,
+            user: user.to_string(),
+            client_ip,
+        })))
+        .await?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({
+            "seq": result.seq,
+            "hash": hex::encode(result.hash),
+            "lesson": lesson,
+            "digest": hex::encode(digest),
+            "tokens": token_count,
+            "message_id": message_id.map(|id| id.to_string()),
+        })),
+    ))
+}
+
+/// `GET /v1/bayes`: what this node's classifier has learned.
+pub(crate) async fn counts(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    s.admin.check(&headers)?;
+    let state = s.node.state();
+    let (spam, ham) = state.bayes_totals();
+    Ok(Json(json!({
+        "spam_messages": spam,
+        "ham_messages": ham,
+        "tokens": state.bayes_distinct_tokens(),
+    })))
+}

@@ -1,0 +1,1057 @@
+//! The Bayesian classifier: a message becomes a set of tokens, each token's spam and
+//! ham counts become a probability (Gary Robinson's f(w)), and the most telling
+//! probabilities are combined with Fisher's method into one spam probability, reported
+//! as one of the `BAYES_*` symbols SpamAssassin users know.
+//!
+//! This module is the pure part: tokenizer and arithmetic. Where the counts live is
+//! behind [`TokenCounts`]; in the cluster they are replicated (learning is a Raft
+//! command, `bulwark_storage::bayes`), so every node that scores a message reads the
+//! same counts and scores it alike.
+//!
+//! Tokens are stored, so their form is a contract: a token is a string, hashed with
+//! [`token_hash`] (the first 8 bytes of its SHA-256, big-endian). Changing how a
+//! message is turned into token strings, or the hash, invalidates every count trained
+//! so far and must bump the `bayes:` version. The strings are:
+//!
+//! - body words (the rendered body, subject first): lowercase, 3 to 24 characters, made
+//!   of letters, digits and `' - . _ @ $`, trimmed of that punctuation at both ends,
+//!   and holding a letter or `$` (so dates and bare numbers are left out); a longer
+//!   word becomes `long:` and its first 7 characters;
+//! - header words, prefixed by the header's name: `Subject:`, `From:` (display name
+//!   words, the address, its domain and registrable domain), `Reply-To:` (domains),
+//!   `Message-ID:` (domains), `X-Mailer:` and `User-Agent:` (words), `Content-Type:`
+//!   (every part's type), `Charset:`, `Encoding:` (transfer encodings);
+//! - `Url:` and the host and registrable domain of every link;
+//! - `Meta:` facts: `html_only`, `text_and_html`, `invisible_text`, `no_subject`,
+//!   `list` (mailing-list headers), `url_ip`, `urls:<bucket>`;
+//! - `Attach:` and the declared type and the extension (`Attach:.pdf`) of every file
+//!   that is not the body, `Attach:archived` for files inside archives, and `Finding:`
+//!   and the kind of every unpacking finding.
+//!
+//! The header and meta tokens are taken before the body's words, so the cap of
+//! [`MAX_TOKENS`] a message never crowds them out.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use mail_parser::{Address, Message, MimeHeaders};
+use sha2::{Digest, Sha256};
+
+pub use bulwark_storage::BayesCounts;
+
+use super::contents::{unpack, Limits};
+use super::engine::{Engine, Hit, Outcome, Parsed};
+use super::spam::{host_of, registrable_domain, view};
+
+/// Distinct tokens taken from one message at most.
+pub const MAX_TOKENS: usize = 3000;
+/// Shortest word kept, in characters.
+const MIN_WORD: usize = 3;
+/// Longest word kept as it is, in characters; longer ones are cut to [`LONG_KEEP`].
+const MAX_WORD: usize = 24;
+/// Characters of an over-long word kept in its `long:` token.
+const LONG_KEEP: usize = 7;
+/// Punctuation a word may hold besides letters and digits.
+const WORD_PUNCT: &[char] = &['\'', '-', '.', '_', '@', '$'];
+/// Punctuation trimmed from both ends of a word.
+const WORD_TRIM: &[char] = &['\'', '-', '.', '_', '@'];
+
+/// Robinson's strength of the background belief (s): how many sightings a token needs
+/// before its own counts outweigh [`BACKGROUND`].
+const STRENGTH: f64 = 1.0;
+/// Robinson's background belief (x): the probability of a token never seen.
+const BACKGROUND: f64 = 0.5;
+/// A token takes part only if its probability is further than this from 0.5.
+const MIN_INTEREST: f64 = 0.1;
+/// Tokens combined per message at most, the most telling first.
+const MAX_INTERESTING: usize = 150;
+
+/// The symbols, each with the upper bound (exclusive) of its probability band and its
+/// score; the last band reaches 1.
+const BANDS: &[(f64, &str, f64)] = &[
+    (0.01, "BAYES_00", -1.5),
+    (0.05, "BAYES_05", -0.5),
+    (0.20, "BAYES_20", -0.1),
+    (0.80, "BAYES_50", 0.0),
+    (0.95, "BAYES_80", 2.0),
+    (0.99, "BAYES_95", 3.0),
+    (f64::INFINITY, "BAYES_99", 3.5),
+];
+
+/// The stable hash of a token string: the first 8 bytes of its SHA-256, big-endian.
+pub fn token_hash(token: &str) -> u64 {
+    let digest = Sha256::digest(token.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// The tokens of a message (see the module documentation), hashed, sorted and
+/// without duplicates; at most [`MAX_TOKENS`].
+pub fn tokens(parsed: &Parsed<'_>) -> Vec<u64> {
+    let message = parsed.message;
+    let view = view(message);
+    let mut tokens = Collector::default();
+
+    tokens.headers(message);
+    if view.html_parts > 0 && view.text_parts == 0 {
+        tokens.add("Meta:", "html_only");
+    }
+    if view.html_parts > 0 && view.text_parts > 0 {
+        tokens.add("Meta:", "text_and_html");
+    }
+    if view.invisible_chars > 0 {
+        tokens.add("Meta:", "invisible_text");
+    }
+    for file in parsed.contents.files.iter().filter(|f| !f.inline_body) {
+        if let Some(declared) = &file.declared_type {
+            tokens.add("Attach:", declared);
+        }
+        let extension = file.name.as_deref().and_then(|n| n.rsplit_once('.'));
+        if let Some((_, extension)) = extension {
+            if (1..=8).contains(&extension.len())
+                && extension.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                tokens.add("Attach:.", extension);
+            }
+        }
+        if file.depth > 0 {
+            tokens.add("Attach:", "archived");
+        }
+    }
+    for finding in &parsed.contents.findings {
+        tokens.add("Finding:", finding.kind.as_str());
+    }
+    let bucket = match view.uris.len() {
+        0 => "0",
+        1 => "1",
+        2..=4 => "2-4",
+        5..=9 => "5-9",
+        _ => "10+",
+    };
+    tokens.add("Meta:urls:", bucket);
+    for host in view.uris.iter().filter_map(|uri| host_of(uri)) {
+        if host.parse::<IpAddr>().is_ok() {
+            tokens.add("Meta:", "url_ip");
+        }
+        tokens.domain("Url:", &host);
+    }
+    tokens.words("", &view.body);
+    let mut hashes: Vec<u64> = tokens.seen.into_iter().collect();
+    hashes.sort_unstable();
+    hashes
+}
+
+/// Gathers the distinct tokens of one message, hashed, up to [`MAX_TOKENS`].
+struct Collector {
+    seen: HashSet<u64>,
+    /// The token being built, reused.
+    buf: String,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Collector {
+            // Room for the tokens of a typical message without growing.
+            seen: HashSet::with_capacity(1024),
+            buf: String::new(),
+        }
+    }
+}
+
+impl Collector {
+    fn is_full(&self) -> bool {
+        self.seen.len() >= MAX_TOKENS
+    }
+
+    /// Adds `prefix` followed by `value` lowercased.
+    fn add(&mut self, prefix: &str, value: &str) {
+        self.buf.clear();
+        self.buf.push_str(prefix);
+        push_lowercase(&mut self.buf, value);
+        if !self.is_full() {
+            self.seen.insert(token_hash(&self.buf));
+        }
+    }
+
+    /// Adds every word of `text`, each after `prefix`, until the cap.
+    fn words(&mut self, prefix: &str, text: &str) {
+        let long_prefix = format!("{prefix}long:");
+        let pieces = text.split(|c: char| !(c.is_alphanumeric() || WORD_PUNCT.contains(&c)));
+        for piece in pieces {
+            if self.is_full() {
+                return;
+            }
+            let word = piece.trim_matches(WORD_TRIM);
+            if !word.chars().any(|c| c.is_alphabetic() || c == '$') {
+                continue;
+            }
+            let length = word.chars().count();
+            if length > MAX_WORD {
+                let cut = word
+                    .char_indices()
+                    .nth(LONG_KEEP)
+                    .map_or(word.len(), |(i, _)| i);
+                self.add(&long_prefix, &word[..cut]);
+            } else if length >= MIN_WORD {
+                self.add(prefix, word);
+            }
+        }
+    }
+
+    /// Adds a host and, when it differs, the domain its owner registered.
+    fn domain(&mut self, prefix: &str, host: &str) {
+        let host = host.trim_end_matches('.').to_lowercase();
+        if host.is_empty() {
+            return;
+        }
+        self.add(prefix, &host);
+        let registered = registrable_domain(&host);
+        if registered != host {
+            self.add(prefix, registered);
+        }
+    }
+
+    /// The domain of every address of a header.
+    fn address_domains(&mut self, prefix: &str, address: Option<&Address<'_>>) {
+        let Some(address) = address else {
+            return;
+        };
+        let addrs: Vec<_> = match address {
+            Address::List(list) => list.iter().collect(),
+            Address::Group(groups) => groups.iter().flat_map(|g| &g.addresses).collect(),
+        };
+        for addr in addrs {
+            if let Some((_, domain)) = addr.address().and_then(|a| a.rsplit_once('@')) {
+                self.domain(prefix, domain);
+            }
+        }
+    }
+
+    fn headers(&mut self, message: &Message<'_>) {
+        match message.subject() {
+            Some(subject) if !subject.trim().is_empty() => self.words("Subject:", subject),
+            _ => self.add("Meta:", "no_subject"),
+        }
+        if let Some(from) = message.from().and_then(Address::first) {
+            if let Some(name) = from.name() {
+                self.words("From:", name);
+            }
+            if let Some(address) = from.address() {
+                self.add("From:", address);
+            }
+        }
+        self.address_domains("From:", message.from());
+        self.address_domains("Reply-To:", message.reply_to());
+        if let Some((_, domain)) = message.message_id().and_then(|id| id.rsplit_once('@')) {
+            self.domain("Message-ID:", domain);
+        }
+        for name in ["X-Mailer", "User-Agent"] {
+            if let Some(value) = message.header_raw(name) {
+                self.words(&format!("{name}:"), value);
+            }
+        }
+        if message.header_raw("List-Id").is_some()
+            || message.header_raw("List-Unsubscribe").is_some()
+        {
+            self.add("Meta:", "list");
+        }
+        for part in &message.parts {
+            if let Some(content_type) = part.content_type() {
+                match content_type.subtype() {
+                    Some(subtype) => {
+                        let full = format!("{}/{subtype}", content_type.ctype());
+                        self.add("Content-Type:", &full);
+                    }
+                    None => self.add("Content-Type:", content_type.ctype()),
+                }
+                if let Some(charset) = content_type.attribute("charset") {
+                    self.add("Charset:", charset);
+                }
+            }
+            if let Some(encoding) = part.content_transfer_encoding() {
+                self.add("Encoding:", encoding);
+            }
+        }
+    }
+}
+
+/// Appends `text` lowercased.
+fn push_lowercase(out: &mut String, text: &str) {
+    if text.is_ascii() {
+        let start = out.len();
+        out.push_str(text);
+        out[start..].make_ascii_lowercase();
+    } else {
+        out.extend(text.chars().flat_map(char::to_lowercase));
+    }
+}
+
+/// Where the trained counts are read from.
+pub trait TokenCounts: Send + Sync {
+    /// How many spam and how many ham messages were trained.
+    fn totals(&self) -> (u64, u64);
+    /// The spam and ham counts of each token, in the order given; `(0, 0)` for a
+    /// token never trained.
+    fn counts(&self, tokens: &[u64]) -> Vec<(u32, u32)>;
+}
+
+impl TokenCounts for BayesCounts {
+    fn totals(&self) -> (u64, u64) {
+        BayesCounts::totals(self)
+    }
+
+    fn counts(&self, tokens: &[u64]) -> Vec<(u32, u32)> {
+        BayesCounts::counts(self, tokens)
+    }
+}
+
+/// Turns whole messages into tokens, for learning: parsed and unpacked as the
+/// pipeline does before it scans, so a message learned and the same message scanned
+/// give the same tokens.
+#[derive(Clone)]
+pub struct Tokenizer {
+    limits: Limits,
+}
+
+impl Tokenizer {
+    pub fn new(limits: Limits) -> Self {
+        Tokenizer { limits }
+    }
+
+    /// The tokens of a raw RFC 5322 message; empty when it is not one (it does not
+    /// start with a header field, after an mbox `From ` line if any, or cannot be
+    /// parsed).
+    pub fn tokens(&self, raw: &[u8]) -> Vec<u64> {
+        if !starts_with_header_field(raw) {
+            return Vec::new();
+        }
+        let Some(message) = mail_parser::MessageParser::default().parse(raw) else {
+            return Vec::new();
+        };
+        let contents = unpack(&message, &self.limits);
+        tokens(&Parsed {
+            rcpt_to: &[],
+            client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            raw,
+            message: &message,
+            contents: &contents,
+            local_domains: &[],
+        })
+    }
+}
+
+/// Whether `raw` starts with `field-name:` (RFC 5322: printable ASCII but `:`),
+/// after one mbox `From ` line if there is one.
+fn starts_with_header_field(raw: &[u8]) -> bool {
+    let raw = match raw.strip_prefix(b"From ") {
+        Some(rest) => rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(&[][..], |end| &rest[end + 1..]),
+        None => raw,
+    };
+    let name = raw.iter().take_while(|&&b| b != b':').count();
+    name > 0 && name < raw.len() && raw[..name].iter().all(|b| (33..=126).contains(b))
+}
+
+/// What the classifier made of one message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Classification {
+    /// The probability that the message is spam, 0 to 1.
+    pub probability: f64,
+    /// Tokens combined (the most telling ones, at most 150).
+    pub used: usize,
+    /// Tokens of the message that were seen in training.
+    pub known: usize,
+}
+
+/// The Bayesian engine: scores a message against the trained counts once at least
+/// `min_messages` of each class have been trained.
+pub struct BayesEngine {
+    counts: Arc<dyn TokenCounts>,
+    min_messages: u64,
+}
+
+impl BayesEngine {
+    /// An engine reading `counts` that stays silent until `min_messages` spam and
+    /// `min_messages` ham have been trained (SpamAssassin waits for 200 of each).
+    pub fn new(counts: Arc<dyn TokenCounts>, min_messages: u64) -> Self {
+        BayesEngine {
+            counts,
+            min_messages,
+        }
+    }
+
+    /// The spam probability of a message given its [`tokens`]; `None` while too few
+    /// messages are trained or when no token of the message tells anything.
+    pub fn classify(&self, tokens: &[u64]) -> Option<Classification> {
+        let totals = self.counts.totals();
+        self.classify_with(totals, tokens)
+    }
+
+    fn is_trained(&self, (spam, ham): (u64, u64)) -> bool {
+        spam >= self.min_messages.max(1) && ham >= self.min_messages.max(1)
+    }
+
+    fn classify_with(&self, totals: (u64, u64), tokens: &[u64]) -> Option<Classification> {
+        if !self.is_trained(totals) {
+            return None;
+        }
+        let (spam_total, ham_total) = totals;
+        let counts = self.counts.counts(tokens);
+        let mut known = 0;
+        // (distance from 0.5, token, probability)
+        let mut telling: Vec<(f64, u64, f64)> = Vec::new();
+        for (&token, &(spam, ham)) in tokens.iter().zip(&counts) {
+            if spam == 0 && ham == 0 {
+                continue;
+            }
+            known += 1;
+            let probability = token_probability(spam, ham, spam_total, ham_total);
+            let distance = (probability - 0.5).abs();
+            if distance > MIN_INTEREST {
+                telling.push((distance, token, probability));
+            }
+        }
+        if telling.is_empty() {
+            return None;
+        }
+        // The token breaks ties, so every node picks the same tokens in the same order.
+        let most_telling =
+            |a: &(f64, u64, f64), b: &(f64, u64, f64)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        if telling.len() > MAX_INTERESTING {
+            telling.select_nth_unstable_by(MAX_INTERESTING, most_telling);
+            telling.truncate(MAX_INTERESTING);
+        }
+        telling.sort_unstable_by(most_telling);
+        let probabilities: Vec<f64> = telling.iter().map(|t| t.2).collect();
+        Some(Classification {
+            probability: combine(&probabilities),
+            used: probabilities.len(),
+            known,
+        })
+    }
+}
+
+impl Engine for BayesEngine {
+    fn name(&self) -> &'static str {
+        "bayes"
+    }
+
+    fn version(&self) -> String {
+        let (spam, ham) = self.counts.totals();
+        format!("bayes:1 spam={spam} ham={ham}")
+    }
+
+    fn scan(&self, message: &Parsed<'_>) -> Outcome {
+        let totals = self.counts.totals();
+        if !self.is_trained(totals) {
+            return Outcome::default();
+        }
+        let tokens = tokens(message);
+        let hits = self
+            .classify_with(totals, &tokens)
+            .map(|c| band_hit(&c, tokens.len()))
+            .into_iter()
+            .collect();
+        Outcome {
+            hits,
+            findings: Vec::new(),
+        }
+    }
+}
+
+/// The `BAYES_*` symbol of a classification.
+fn band_hit(classification: &Classification, tokens: usize) -> Hit {
+    let p = classification.probability;
+    let (_, symbol, score) = BANDS
+        .iter()
+        .find(|(upper, _, _)| p < *upper)
+        .unwrap_or(&BANDS[BANDS.len() - 1]);
+    Hit::new(
+        *symbol,
+        *score,
+        format!(
+            "Bayes spam probability {p:.4} ({} of {tokens} tokens used)",
+            classification.used
+        ),
+    )
+}
+
+/// Robinson's f(w): the token's spam probability from its counts, pulled towards
+/// [`BACKGROUND`] while it has been seen only a few times. At least one count is not 0.
+fn token_probability(spam: u32, ham: u32, spam_total: u64, ham_total: u64) -> f64 {
+    let spam_ratio = (f64::from(spam) / spam_total as f64).min(1.0);
+    let ham_ratio = (f64::from(ham) / ham_total as f64).min(1.0);
+    let p = spam_ratio / (spam_ratio + ham_ratio);
+    let seen = f64::from(spam) + f64::from(ham);
+    (STRENGTH * BACKGROUND + seen * p) / (STRENGTH + seen)
+}
+
+/// Fisher's method as Robinson applies it: how unlikely the probabilities are if the
+/// tokens were hammy (S) and if they were spammy (H), folded into one spam
+/// probability `(1 + S - H) / 2`. Each probability is strictly between 0 and 1.
+fn combine(probabilities: &[f64]) -> f64 {
+    let degrees = 2 * probabilities.len() as u32;
+    let (mut ln_spam, mut ln_ham) = (0.0, 0.0);
+    for &p in probabilities {
+        ln_spam += p.ln();
+        ln_ham += (1.0 - p).ln();
+    }
+    let spamminess = 1.0 - chi2_q(-2.0 * ln_ham, degrees);
+    let hamminess = 1.0 - chi2_q(-2.0 * ln_spam, degrees);
+    ((1.0 + spamminess - hamminess) / 2.0).clamp(0.0, 1.0)
+}
+
+/// The probability that a chi-square variable with `degrees` (even) degrees of
+/// freedom is at least `x`: for 2k degrees, `e^-m · Σ_{i<k} m^i / i!` with `m = x/2`.
+fn chi2_q(x: f64, degrees: u32) -> f64 {
+    let m = x / 2.0;
+    let mut term = (-m).exp();
+    let mut sum = term;
+    for i in 1..degrees / 2 {
+        term *= m / f64::from(i);
+        sum += term;
+    }
+    sum.min(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::engine::{Contents, File, Finding, FindingKind};
+    use super::*;
+    use bulwark_storage::BayesClass;
+    use mail_parser::MessageParser;
+    use std::net::Ipv4Addr;
+
+    fn with_parsed<T>(raw: &str, contents: &Contents, f: impl FnOnce(&Parsed<'_>) -> T) -> T {
+        let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
+        let parsed = Parsed {
+            rcpt_to: &[],
+            client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            raw: raw.as_bytes(),
+            message: &message,
+            contents,
+            local_domains: &[],
+        };
+        f(&parsed)
+    }
+
+    /// Whether `tokens` (sorted) hold the token string `token`.
+    fn has(tokens: &[u64], token: &str) -> bool {
+        tokens.binary_search(&token_hash(token)).is_ok()
+    }
+
+    fn tokens_of(raw: &str) -> Vec<u64> {
+        with_parsed(raw, &Contents::default(), tokens)
+    }
+
+    fn plain(subject: &str, body: &str) -> String {
+        format!(
+            "From: Alice Example <alice@mail.example.org>\r\n\
+             To: bob@example.net\r\n\
+             Subject: {subject}\r\n\
+             Message-ID: <1@mail.example.org>\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             \r\n\
+             {body}\r\n"
+        )
+    }
+
+    /// The header tokens of every message [`plain`] writes, subject aside.
+    const PLAIN_HEADERS: &[&str] = &[
+        "From:alice",
+        "From:example",
+        "From:alice@mail.example.org",
+        "From:mail.example.org",
+        "From:example.org",
+        "Message-ID:mail.example.org",
+        "Message-ID:example.org",
+        "Content-Type:text/plain",
+        "Charset:utf-8",
+    ];
+
+    /// Checks that `tokens` are exactly `expected` hashed, naming what is missing.
+    fn assert_exactly(tokens: &[u64], expected: &[&str]) {
+        let missing: Vec<&&str> = expected.iter().filter(|t| !has(tokens, t)).collect();
+        assert!(missing.is_empty(), "missing {missing:?}");
+        let mut hashes: Vec<u64> = expected.iter().map(|t| token_hash(t)).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        assert_eq!(
+            tokens,
+            hashes,
+            "{} tokens, {} expected",
+            tokens.len(),
+            hashes.len()
+        );
+    }
+
+    const KNOWN: &str = "Buy cheap viagra at https://shop.example.co.uk/x today, it's \
+        2025-12-30 and $100 off!\r\nAn extraordinarilyincrediblylongword here. ok.";
+
+    #[test]
+    fn known_message_gives_exactly_these_tokens() {
+        let tokens = tokens_of(&plain("Cheap VIAGRA now", KNOWN));
+        let mut expected = PLAIN_HEADERS.to_vec();
+        expected.extend([
+            "Subject:cheap",
+            "Subject:viagra",
+            "Subject:now",
+            "Meta:urls:1",
+            "Url:shop.example.co.uk",
+            "Url:example.co.uk",
+            "cheap",
+            "viagra",
+            "now",
+            "buy",
+            "https",
+            "shop.example.co.uk",
+            "today",
+            "it's",
+            "and",
+            "$100",
+            "off",
+            "long:extraor",
+            "here",
+        ]);
+        assert_exactly(&tokens, &expected);
+        assert_eq!(tokens.len(), 28);
+    }
+
+    #[test]
+    fn token_hashes_are_the_first_eight_bytes_of_sha256() {
+        // printf '%s' 'Subject:viagra' | sha256sum
+        assert_eq!(token_hash("Subject:viagra"), 0x7bcd_0e5d_e6e1_153d);
+        assert_eq!(token_hash("From:example.org"), 0x1407_a9ee_1e15_737d);
+        let tokens = tokens_of(&plain("Cheap VIAGRA now", KNOWN));
+        assert!(tokens.contains(&0x7bcd_0e5d_e6e1_153d));
+        assert!(tokens.contains(&0x1407_a9ee_1e15_737d));
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]),
+            "sorted and distinct"
+        );
+    }
+
+    #[test]
+    fn repeated_words_count_once() {
+        let tokens = tokens_of(&plain("free", "free Free FREE free. -free- FrEe!"));
+        let mut expected = PLAIN_HEADERS.to_vec();
+        expected.extend(["Subject:free", "Meta:urls:0", "free"]);
+        assert_exactly(&tokens, &expected);
+    }
+
+    #[test]
+    fn short_numeric_and_long_words() {
+        let body = "ab 12345 3.14 abc Ünïcödé ÀBCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let tokens = tokens_of(&plain("x", body));
+        let mut expected = PLAIN_HEADERS.to_vec();
+        // No `Subject:x` (too short) and no `Meta:no_subject` (there is one).
+        expected.extend(["Meta:urls:0", "abc", "ünïcödé", "long:àbcdefg"]);
+        assert_exactly(&tokens, &expected);
+    }
+
+    #[test]
+    fn tokens_are_capped_and_headers_survive_the_cap() {
+        let body: Vec<String> = (0..5000).map(|i| format!("word{i}")).collect();
+        let tokens = tokens_of(&plain("Cheap VIAGRA now", &body.join(" ")));
+        assert_eq!(tokens.len(), MAX_TOKENS);
+        assert!(has(&tokens, "Subject:viagra"));
+        assert!(has(&tokens, "From:example.org"));
+        assert!(has(&tokens, "word0"));
+        assert!(!has(&tokens, "word4999"));
+    }
+
+    #[test]
+    fn html_only_message_reads_the_rendered_text() {
+        let raw = "From: shop@shop.example\r\nSubject: Deal\r\nMIME-Version: 1.0\r\n\
+            Content-Type: text/html; charset=utf-8\r\n\r\n\
+            <html><body><p>Hello <b>friend</b></p>\
+            <a href=\"http://198.51.100.7/win\">click here</a></body></html>\r\n";
+        let tokens = tokens_of(raw);
+        for expected in [
+            "Meta:html_only",
+            "Meta:url_ip",
+            "Url:198.51.100.7",
+            "Content-Type:text/html",
+            "hello",
+            "friend",
+            "click",
+            "here",
+            "Subject:deal",
+        ] {
+            assert!(has(&tokens, expected), "{expected}");
+        }
+        for absent in [
+            "href",
+            "html",
+            "body",
+            "Meta:no_subject",
+            "Meta:text_and_html",
+        ] {
+            assert!(!has(&tokens, absent), "{absent}");
+        }
+    }
+
+    #[test]
+    fn attachments_and_findings_become_tokens() {
+        let contents = Contents {
+            files: vec![
+                File {
+                    location: "part 1".into(),
+                    name: None,
+                    declared_type: Some("text/plain".into()),
+                    depth: 0,
+                    inline_body: true,
+                    data: Vec::new(),
+                },
+                File {
+                    location: "part 2".into(),
+                    name: Some("Invoice.PDF".into()),
+                    declared_type: Some("application/pdf".into()),
+                    depth: 0,
+                    inline_body: false,
+                    data: Vec::new(),
+                },
+                File {
+                    location: "part 3/a.zip/run.exe".into(),
+                    name: Some("run.exe".into()),
+                    declared_type: None,
+                    depth: 1,
+                    inline_body: false,
+                    data: Vec::new(),
+                },
+            ],
+            findings: vec![Finding {
+                kind: FindingKind::Encrypted,
+                name: "encrypted".into(),
+                location: "part 3".into(),
+            }],
+        };
+        let tokens = with_parsed(&plain("Invoice", "see attached"), &contents, tokens);
+        for expected in [
+            "Attach:application/pdf",
+            "Attach:.pdf",
+            "Attach:.exe",
+            "Attach:archived",
+            "Finding:encrypted",
+        ] {
+            assert!(has(&tokens, expected), "{expected}");
+        }
+        assert!(
+            !has(&tokens, "Attach:text/plain"),
+            "the body is no attachment"
+        );
+    }
+
+    #[test]
+    fn chi_square_survival_matches_known_values() {
+        assert!((chi2_q(2.0, 2) - (-1.0f64).exp()).abs() < 1e-15);
+        assert!((chi2_q(4.0, 4) - 3.0 * (-2.0f64).exp()).abs() < 1e-15);
+        // Table values: the 5% critical points for 4 and 10 degrees of freedom.
+        assert!((chi2_q(9.487_729, 4) - 0.05).abs() < 1e-6);
+        assert!((chi2_q(18.307_038, 10) - 0.05).abs() < 1e-6);
+        // The 1% critical point for 300 degrees of freedom: many terms, no overflow.
+        assert!((chi2_q(359.906_2, 300) - 0.01).abs() < 1e-4);
+        assert_eq!(chi2_q(0.0, 10), 1.0);
+        assert!(chi2_q(5000.0, 300) < 1e-300);
+    }
+
+    #[test]
+    fn robinson_probability_and_fisher_combination() {
+        assert_eq!(token_probability(1, 0, 10, 10), 0.75);
+        assert_eq!(token_probability(5, 5, 10, 10), 0.5);
+        assert_eq!(token_probability(10, 20, 100, 200), 0.5);
+        assert!(token_probability(100, 0, 100, 100) > 0.99);
+        assert!(token_probability(0, 100, 100, 100) < 0.01);
+        assert!(combine(&[0.99; 10]) > 0.99);
+        assert!(combine(&[0.01; 10]) < 0.01);
+        assert!((combine(&[0.9, 0.1, 0.8, 0.2]) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bands_follow_spamassassin() {
+        let symbol = |p: f64| {
+            let c = Classification {
+                probability: p,
+                used: 1,
+                known: 1,
+            };
+            band_hit(&c, 1).symbol
+        };
+        assert_eq!(symbol(0.0), "BAYES_00");
+        assert_eq!(symbol(0.009), "BAYES_00");
+        assert_eq!(symbol(0.01), "BAYES_05");
+        assert_eq!(symbol(0.1), "BAYES_20");
+        assert_eq!(symbol(0.5), "BAYES_50");
+        assert_eq!(symbol(0.9), "BAYES_80");
+        assert_eq!(symbol(0.97), "BAYES_95");
+        assert_eq!(symbol(0.99), "BAYES_99");
+        assert_eq!(symbol(1.0), "BAYES_99");
+    }
+
+    /// SplitMix64: a small seeded generator for reproducible test corpora.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn pick<'a>(&mut self, list: &[&'a str]) -> &'a str {
+            list[(self.next() % list.len() as u64) as usize]
+        }
+
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+
+    const SPAM_WORDS: &[&str] = &[
+        "viagra",
+        "casino",
+        "winner",
+        "lottery",
+        "pills",
+        "discount",
+        "bitcoin",
+        "prize",
+        "urgent",
+        "offer",
+        "free",
+        "guaranteed",
+        "cash",
+        "credit",
+        "loan",
+        "unsubscribe",
+        "limited",
+        "exclusive",
+        "bonus",
+        "million",
+        "investment",
+        "click",
+        "deal",
+        "cheap",
+        "pharmacy",
+        "weight",
+        "claim",
+        "congratulations",
+        "risk-free",
+        "$$$",
+    ];
+    const HAM_WORDS: &[&str] = &[
+        "meeting",
+        "agenda",
+        "minutes",
+        "project",
+        "review",
+        "budget",
+        "schedule",
+        "report",
+        "deadline",
+        "team",
+        "draft",
+        "release",
+        "patch",
+        "thanks",
+        "lunch",
+        "tuesday",
+        "quarterly",
+        "customer",
+        "invoice",
+        "design",
+        "document",
+        "question",
+        "wiki",
+        "repository",
+        "build",
+        "test",
+        "conference",
+        "slides",
+        "colleague",
+        "feedback",
+    ];
+    const COMMON_WORDS: &[&str] = &[
+        "the", "and", "with", "this", "that", "have", "from", "will", "your", "about", "there",
+        "their", "what", "which", "when", "would", "make", "like", "time", "just", "know", "take",
+        "people", "into", "year", "good", "some", "could", "them", "other", "than", "then", "now",
+        "look", "only", "come", "over", "think", "also", "back",
+    ];
+
+    fn generated(rng: &mut Rng, spam: bool) -> String {
+        let (names, domains, own, link) = if spam {
+            (
+                &[
+                    "Lucky Winner",
+                    "Pharmacy Deals",
+                    "Crypto Desk",
+                    "Support Team",
+                ][..],
+                &[
+                    "promo-deals.biz",
+                    "cheap-meds.info",
+                    "win-prize.top",
+                    "mail.example.org",
+                ][..],
+                SPAM_WORDS,
+                "http://offers.win-prize.top/claim",
+            )
+        } else {
+            (
+                &[
+                    "Alice Example",
+                    "Bob Builder",
+                    "Carol Partner",
+                    "Support Team",
+                ][..],
+                &[
+                    "example.org",
+                    "partner.example",
+                    "mail.example.org",
+                    "win-prize.top",
+                ][..],
+                HAM_WORDS,
+                "https://wiki.example.org/meetings",
+            )
+        };
+        let mut subject = Vec::new();
+        for _ in 0..4 {
+            subject.push(if rng.chance(50) {
+                rng.pick(own)
+            } else {
+                rng.pick(COMMON_WORDS)
+            });
+        }
+        let mut body = Vec::new();
+        for i in 0..80 {
+            if i % 12 == 11 {
+                body.push("\r\n".to_owned());
+            }
+            let word = if rng.chance(30) {
+                rng.pick(own)
+            } else {
+                rng.pick(COMMON_WORDS)
+            };
+            body.push(word.to_owned());
+        }
+        if rng.chance(70) {
+            body.push(link.to_owned());
+        }
+        format!(
+            "From: {} <user{}@{}>\r\nTo: bob@example.net\r\nSubject: {}\r\n\
+             Message-ID: <{}@{}>\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
+            rng.pick(names),
+            rng.next() % 50,
+            rng.pick(domains),
+            subject.join(" "),
+            rng.next(),
+            rng.pick(domains),
+            body.join(" "),
+        )
+    }
+
+    fn trained(per_class: usize, seed: u64) -> BayesCounts {
+        let mut rng = Rng(seed);
+        let mut counts = BayesCounts::new();
+        for _ in 0..per_class {
+            counts.learn(&tokens_of(&generated(&mut rng, true)), BayesClass::Spam);
+            counts.learn(&tokens_of(&generated(&mut rng, false)), BayesClass::Ham);
+        }
+        counts
+    }
+
+    fn scan(engine: &BayesEngine, raw: &str) -> Vec<Hit> {
+        with_parsed(raw, &Contents::default(), |parsed| engine.scan(parsed).hits)
+    }
+
+    #[test]
+    fn trained_classifier_separates_unseen_spam_and_ham() {
+        let engine = BayesEngine::new(Arc::new(trained(300, 1)), 200);
+        assert_eq!(engine.name(), "bayes");
+        assert_eq!(engine.version(), "bayes:1 spam=300 ham=300");
+        let mut rng = Rng(2);
+        for _ in 0..50 {
+            let spam = generated(&mut rng, true);
+            let hits = scan(&engine, &spam);
+            assert_eq!(hits.len(), 1, "{hits:?}");
+            assert!(
+                ["BAYES_95", "BAYES_99"].contains(&hits[0].symbol.as_str()),
+                "{hits:?}\n{spam}"
+            );
+            assert!(hits[0].score >= 3.0);
+            let probability: f64 = hits[0].description["Bayes spam probability ".len()..]
+                .split(' ')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap();
+            assert!(probability >= 0.95, "{}", hits[0].description);
+
+            let ham = generated(&mut rng, false);
+            let hits = scan(&engine, &ham);
+            assert_eq!(hits.len(), 1, "{hits:?}");
+            assert!(
+                ["BAYES_00", "BAYES_05"].contains(&hits[0].symbol.as_str()),
+                "{hits:?}\n{ham}"
+            );
+            assert!(hits[0].score < 0.0);
+        }
+    }
+
+    #[test]
+    fn silent_below_the_training_minimum() {
+        let counts = Arc::new(trained(150, 1));
+        let engine = BayesEngine::new(counts.clone(), 200);
+        assert_eq!(engine.version(), "bayes:1 spam=150 ham=150");
+        let spam = generated(&mut Rng(2), true);
+        assert!(scan(&engine, &spam).is_empty());
+        assert_eq!(engine.classify(&tokens_of(&spam)), None);
+        let engine = BayesEngine::new(counts, 150);
+        assert_eq!(scan(&engine, &spam).len(), 1);
+        let empty = BayesEngine::new(Arc::new(BayesCounts::new()), 0);
+        assert!(scan(&empty, &spam).is_empty(), "nothing trained at all");
+    }
+
+    #[test]
+    fn unknown_tokens_give_no_symbol() {
+        let engine = BayesEngine::new(Arc::new(trained(200, 1)), 200);
+        assert_eq!(engine.classify(&[1, 2, 3]), None);
+        assert_eq!(engine.classify(&[]), None);
+    }
+
+    #[test]
+    fn classification_does_not_depend_on_token_order() {
+        let engine = BayesEngine::new(Arc::new(trained(200, 1)), 200);
+        let mut tokens = tokens_of(&generated(&mut Rng(3), true));
+        let forward = engine.classify(&tokens).unwrap();
+        tokens.reverse();
+        assert_eq!(engine.classify(&tokens).unwrap(), forward);
+        assert!(forward.used <= MAX_INTERESTING && forward.used <= forward.known);
+    }
+
+    #[test]
+    fn the_tokenizer_takes_messages_with_or_without_an_mbox_line_and_nothing_else() {
+        let tokenizer = Tokenizer::new(Limits::default());
+        let message = plain("Cheap VIAGRA now", KNOWN);
+        let tokens = tokenizer.tokens(message.as_bytes());
+        assert_eq!(tokens, tokens_of(&message));
+        assert!(!tokens.is_empty());
+        let mbox = format!("From alice@mail.example.org  Sat Nov 28 07:00:00 2026\r\n{message}");
+        assert_eq!(tokenizer.tokens(mbox.as_bytes()), tokens);
+        for not_a_message in [&b""[..], &[0xff; 64], b"hello world\r\n", b": no name\r\n"] {
+            assert!(
+                tokenizer.tokens(not_a_message).is_empty(),
+                "{not_a_message:?}"
+            );
+        }
+    }
+}

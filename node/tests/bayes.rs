@@ -1,0 +1,315 @@
+//! The Bayesian classifier seen from outside: messages learned over the HTTP API
+//! change how the next messages sent over SMTP are scored, each lesson is an audited
+//! `bayes.trained` event, a message counts once, and every malformed request gets a
+//! clear problem+json answer without changing the counts.
+
+mod common;
+
+use common::{Node, Smtp};
+use reqwest::blocking::{Client, Response};
+use serde_json::Value;
+
+const SPAM_WORDS: &[&str] = &[
+    "viagra",
+    "pharmacy",
+    "discount",
+    "pills",
+    "casino",
+    "jackpot",
+    "winner",
+    "lottery",
+    "bitcoin",
+    "investment",
+    "guaranteed",
+    "refinance",
+    "unclaimed",
+    "inheritance",
+    "rolex",
+    "replica",
+    "slimming",
+    "miracle",
+];
+const HAM_WORDS: &[&str] = &[
+    "meeting",
+    "agenda",
+    "quarterly",
+    "report",
+    "budget",
+    "review",
+    "project",
+    "deadline",
+    "minutes",
+    "schedule",
+    "roadmap",
+    "retrospective",
+    "invoice",
+    "contract",
+    "onboarding",
+    "architecture",
+    "migration",
+    "release",
+];
+
+/// Message number `n` of a class: 12 words of its vocabulary, picked by `n`, and a
+/// Message-ID of its own so each is a different message.
+fn message(words: &[&str], n: usize, tag: &str) -> String {
+    let picked: Vec<&str> = (0..12)
+        .map(|i| words[(n * 7 + i * 5) % words.len()])
+        .collect();
+    format!(
+        "From: Sender {n} <sender{n}@{tag}.test>\r\nTo: bob@example.test\r\n\
+         Subject: {} {}\r\nDate: Sat, 28 Nov 2026 07:00:00 +0000\r\n\
+         Message-ID: <{tag}-{n}@{tag}.test>\r\n\r\n{}\r\n",
+        picked[0],
+        picked[1],
+        picked.join(" ")
+    )
+}
+
+struct Api {
+    base: String,
+    token: String,
+    client: Client,
+}
+
+impl Api {
+    fn new(node: &Node) -> Api {
+        Api {
+            base: node.api.clone(),
+            token: node.token(),
+            client: Client::new(),
+        }
+    }
+
+    fn learn_raw(&self, lesson: &str, body: Vec<u8>) -> Response {
+        self.client
+            .post(format!("{}/v1/bayes/{lesson}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "message/rfc822")
+            .body(body)
+            .send()
+            .unwrap()
+    }
+
+    /// Learns `body` as `lesson` and returns the answer, asserting 200.
+    fn learn(&self, lesson: &str, body: &str) -> Value {
+        let r = self.learn_raw(lesson, body.as_bytes().to_vec());
+        assert_eq!(r.status(), 200, "{lesson}");
+        r.json().unwrap()
+    }
+
+    fn counts(&self) -> (u64, u64, u64) {
+        let v: Value = self
+            .client
+            .get(format!("{}/v1/bayes", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (
+            v["spam_messages"].as_u64().unwrap(),
+            v["ham_messages"].as_u64().unwrap(),
+            v["tokens"].as_u64().unwrap(),
+        )
+    }
+}
+
+/// The problem+json answer of a refused request, with its status.
+fn problem(r: Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let content_type = r.headers()["content-type"].clone();
+    let body: Value = r.json().unwrap();
+    assert_eq!(
+        content_type, "application/problem+json",
+        "status {status}: {body}"
+    );
+    (status, body)
+}
+
+fn bayes_symbol(node: &Node, id: &str) -> Option<String> {
+    let verdict = node
+        .wait_message_event(id, "scan.verdict", 1, std::time::Duration::from_secs(10))
+        .pop()
+        .unwrap();
+    verdict["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["engine"] == "bayes")
+        .map(|s| s["name"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn learned_messages_change_the_scores_of_the_next_ones_and_each_lesson_is_audited() {
+    let node = Node::start_with(
+        "domains = [\"example.test\"]",
+        &format!(
+            "{}\n[scan]\nbayes_min_messages = 10\n",
+            common::held_delivery()
+        ),
+    );
+    let api = Api::new(&node);
+    let mut smtp = Smtp::ehlo(node.smtp);
+
+    // Untrained: the engine says nothing.
+    let id = smtp
+        .send_message(
+            "x@spam.test",
+            &["bob@example.test"],
+            &message(SPAM_WORDS, 100, "spam"),
+        )
+        .queued_id();
+    assert_eq!(bayes_symbol(&node, &id), None);
+
+    for n in 0..10 {
+        let answer = api.learn("spam", &message(SPAM_WORDS, n, "spam"));
+        assert!(answer["tokens"].as_u64().unwrap() > 10, "{answer}");
+        assert_eq!(answer["lesson"], "spam");
+        api.learn("ham", &message(HAM_WORDS, n, "ham"));
+    }
+    let (spam, ham, tokens) = api.counts();
+    assert_eq!((spam, ham), (10, 10));
+    assert!(tokens > 40, "{tokens} distinct tokens");
+
+    // Unseen messages of each kind now get the far ends of the scale.
+    let spammy = smtp
+        .send_message(
+            "x@spam.test",
+            &["bob@example.test"],
+            &message(SPAM_WORDS, 101, "spam"),
+        )
+        .queued_id();
+    assert_eq!(bayes_symbol(&node, &spammy).as_deref(), Some("BAYES_99"));
+    let hammy = smtp
+        .send_message(
+            "y@ham.test",
+            &["bob@example.test"],
+            &message(HAM_WORDS, 101, "ham"),
+        )
+        .queued_id();
+    assert_eq!(bayes_symbol(&node, &hammy).as_deref(), Some("BAYES_00"));
+
+    // The same message again changes nothing; as the other class it moves; forgotten
+    // it leaves; a stored message is learned by its id.
+    let first = message(SPAM_WORDS, 0, "spam");
+    api.learn("spam", &first);
+    assert_eq!((api.counts().0, api.counts().1), (10, 10));
+    api.learn("ham", &first);
+    assert_eq!((api.counts().0, api.counts().1), (9, 11));
+    api.learn("forget", &first);
+    assert_eq!((api.counts().0, api.counts().1), (9, 10));
+    let by_id: Value = api
+        .client
+        .post(format!("{}/v1/bayes/spam?message_id={spammy}", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(by_id["message_id"], spammy.as_str(), "{by_id}");
+    assert_eq!((api.counts().0, api.counts().1), (10, 10));
+
+    let events = node.events("bayes.trained");
+    assert_eq!(events.len(), 24);
+    let last_four: Vec<(Value, Value, Value)> = events[20..]
+        .iter()
+        .map(|e| {
+            let b = &e["bayes"];
+            (
+                b["class"].clone(),
+                b["previous"].clone(),
+                b["changed"].clone(),
+            )
+        })
+        .collect();
+    let row = |c: Value, p: Value, ch: bool| (c, p, Value::Bool(ch));
+    assert_eq!(
+        last_four,
+        [
+            row("spam".into(), "spam".into(), false),
+            row("ham".into(), "spam".into(), true),
+            row(Value::Null, "ham".into(), true),
+            row("spam".into(), Value::Null, true),
+        ]
+    );
+    assert_eq!(events[23]["message_id"], spammy.as_str());
+    assert_eq!(events[23]["user"]["name"], "admin");
+    assert_eq!(events[23]["source"]["ip"], "127.0.0.1");
+    assert_eq!(events[23]["event"]["action"], "learn");
+    assert_eq!(events[22]["event"]["action"], "forget");
+
+    // The counts are the replicated state's: they survive a restart.
+    let before = api.counts();
+    let mut node = node;
+    node.terminate(std::time::Duration::from_secs(30));
+    node.restart();
+    assert_eq!(Api::new(&node).counts(), before);
+}
+
+#[test]
+fn malformed_lessons_are_refused_clearly_and_change_nothing() {
+    let node = Node::start("domains = [\"example.test\"]");
+    let api = Api::new(&node);
+    api.learn("spam", &message(SPAM_WORDS, 1, "spam"));
+    let before = api.counts();
+
+    let (status, p) = problem(api.learn_raw("eggs", b"Subject: x\r\n\r\nx\r\n".to_vec()));
+    assert_eq!(status, 404);
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("spam, ham or forget"),
+        "{p}"
+    );
+
+    let (status, p) = problem(api.learn_raw("spam", Vec::new()));
+    assert_eq!(status, 400);
+    assert!(p["detail"].as_str().unwrap().contains("empty"), "{p}");
+
+    let (status, p) = problem(api.learn_raw("spam", vec![0xff; 64]));
+    assert_eq!(status, 422, "{p}");
+
+    let too_big = vec![b'a'; 32 * 1024 * 1024 + 1];
+    let (status, p) = problem(api.learn_raw("spam", too_big));
+    assert_eq!(status, 413, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("at most"), "{p}");
+
+    let both = api
+        .client
+        .post(format!(
+            "{}/v1/bayes/ham?message_id=0000000000000000000000000",
+            api.base
+        ))
+        .bearer_auth(&api.token)
+        .body("Subject: x\r\n\r\nx\r\n")
+        .send()
+        .unwrap();
+    let (status, p) = problem(both);
+    assert_eq!(status, 400);
+    assert!(p["detail"].as_str().unwrap().contains("not both"), "{p}");
+
+    let by_id = |id: &str| {
+        api.client
+            .post(format!("{}/v1/bayes/ham?message_id={id}", api.base))
+            .bearer_auth(&api.token)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(problem(by_id("nonsense")).0, 400);
+    let (status, p) = problem(by_id("00000000000000000000000000"));
+    assert_eq!(status, 404);
+    assert!(p["detail"].as_str().unwrap().contains("not held"), "{p}");
+
+    let anonymous = api
+        .client
+        .post(format!("{}/v1/bayes/spam", api.base))
+        .body(message(SPAM_WORDS, 2, "spam"))
+        .send()
+        .unwrap();
+    assert_eq!(problem(anonymous).0, 401);
+
+    assert_eq!(api.counts(), before);
+    assert_eq!(node.events("bayes.trained").len(), 1);
+}
