@@ -1,6 +1,7 @@
 //! The scanning pipeline alone: every engine (authentication against a DNS server on
 //! loopback whose answers are cached after the first message, malware, attachments,
-//! spam rules, phishing) and the policy, one message after another on one core.
+//! spam rules, phishing, the Bayesian classifier with 600 messages learned) and the
+//! policy, one message after another on one core.
 //!
 //! `cargo bench --bench scan_pipeline` prints, for a 10 KB text message and a 1 MB
 //! message with a zip attachment, messages per second of wall time and per second of
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bulwark_cluster_tests::dns::{DnsServer, Record, Zone};
 use bulwark_node::config::Config;
-use bulwark_node::scan::{Candidate, Scanner};
-use bulwark_storage::MessageId;
+use bulwark_node::scan::{bayes, Candidate, Scanner};
+use bulwark_storage::{BayesClass, BayesCounts, MessageId};
 
 fn main() {
     let mut zone = Zone::new();
@@ -37,8 +38,14 @@ fn main() {
     let config = Config::load(&config).expect("config");
     let resolver =
         bulwark_node::dns::resolver(&config.dns.nameservers, config.dns.timeout).expect("resolver");
-    let scanner =
-        Scanner::from_config(&config, config.policy.clone(), resolver, None).expect("scanner");
+    let counts = trained(&bayes::Tokenizer::new(config.scan.limits()));
+    let scanner = Scanner::from_config(
+        &config,
+        config.policy.clone(),
+        resolver,
+        Some(std::sync::Arc::new(counts)),
+    )
+    .expect("scanner");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -84,6 +91,31 @@ async fn bench(scanner: &Scanner, name: &str, body: Vec<u8>, n: u32) {
         n as f64 / cpu.as_secs_f64(),
         first.verdict.action.as_str()
     );
+}
+
+/// Counts learned from 300 spam and 300 ham of 200 words each, drawn from 5,000
+/// words per class: enough for the classifier to score, and a table of about 10,000
+/// tokens to read.
+fn trained(tokenizer: &bayes::Tokenizer) -> BayesCounts {
+    let mut counts = BayesCounts::new();
+    let mut seed = 1u64;
+    for i in 0..600 {
+        let (class, letter) = if i % 2 == 0 {
+            (BayesClass::Spam, 's')
+        } else {
+            (BayesClass::Ham, 'h')
+        };
+        let mut body = String::new();
+        for _ in 0..200 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            body.push_str(&format!("w{letter}{} ", (seed >> 33) % 5000));
+        }
+        let message = format!("{HEADERS}Content-Type: text/plain\r\n\r\n{body}\r\n");
+        counts.learn(&tokenizer.tokens(message.as_bytes()), class);
+    }
+    counts
 }
 
 /// User + system CPU time of this process, from /proc.

@@ -619,3 +619,43 @@ fn delivery_sink_speaks_starttls() {
     assert!(got[0].tls);
     assert_eq!(got[0].data, b"Subject: tls\r\n\r\nhi\r\n");
 }
+
+#[test]
+fn delivery_breaks_lines_over_998_octets_as_postfix_does() {
+    let sink = Sink::start(SinkConfig::default());
+    let node = Node::start_with("", &delivery(Some(sink.addr()), ""));
+    // A 2,500-octet line (accepted at ingress: under max_data_line_length) and a
+    // line of exactly 998.
+    let long = "x".repeat(2500);
+    let exact = "y".repeat(998);
+    let body = format!("Subject: long lines\r\n\r\n{long}\r\n{exact}\r\nend\r\n");
+    let mut s = Smtp::ehlo(node.smtp);
+    let id = s
+        .send_message(SENDER, &["bob@example.test"], &body)
+        .queued_id();
+
+    let got = wait_at_sink(&sink, &node, &id, 1);
+    let lines: Vec<&[u8]> = got[0]
+        .data
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .collect();
+    assert!(
+        lines.iter().all(|l| l.len() <= 998),
+        "a line over 998 reached the sink"
+    );
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with(b"xxx"))
+        .expect("the long line");
+    assert_eq!(lines[start].len(), 998);
+    assert_eq!(lines[start + 1].len(), 998);
+    assert_eq!(lines[start + 2].len(), 1 + 2500 - 998 - 997);
+    let rejoined: Vec<u8> = [lines[start], &lines[start + 1][1..], &lines[start + 2][1..]].concat();
+    assert_eq!(
+        rejoined,
+        long.as_bytes(),
+        "each continuation is one space and the rest"
+    );
+    assert_eq!(lines[start + 3], exact.as_bytes(), "998 octets pass whole");
+}

@@ -86,9 +86,10 @@ impl SnapshotStore {
     /// A fresh, empty directory to receive a snapshot into.
     pub fn incoming_dir(&self) -> Result<PathBuf> {
         let n = self.incoming.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .dir
-            .join(format!("incoming-{}-{n}", std::process::id()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = self.dir.join(format!("incoming-{now}-{n}"));
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
         }

@@ -512,18 +512,34 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// Doubles the dot at the start of every line (RFC 5321 §4.5.2). The stored content
-/// has CRLF line endings only (the ingress makes sure of it), so nothing inside it
-/// can end the data early at the next hop.
+/// Longest line sent, not counting its CRLF (RFC 5321 §4.5.3.1.6).
+const MAX_LINE: usize = 998;
+
+/// Doubles the dot at the start of every line (RFC 5321 §4.5.2) and breaks lines
+/// longer than [`MAX_LINE`] by inserting CRLF SPACE, as Postfix does
+/// (`smtp_line_length_limit`): the ingress accepts such lines, a next hop may not,
+/// and a space-led continuation does the least damage to headers and MIME. The
+/// stored content has CRLF line endings only (the ingress makes sure of it), so
+/// nothing inside it can end the data early at the next hop.
 fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 2);
-    let mut line_start = true;
+    let mut line = 0;
     for &b in body {
-        if line_start && b == b'.' {
+        if b == b'\r' || b == b'\n' {
+            out.push(b);
+            line = 0;
+            continue;
+        }
+        if line == MAX_LINE {
+            out.extend_from_slice(b"\r\n ");
+            line = 1;
+        }
+        if line == 0 && b == b'.' {
             out.push(b'.');
+            line += 1;
         }
         out.push(b);
-        line_start = b == b'\n';
+        line += 1;
     }
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -542,6 +558,32 @@ mod tests {
             b"..a\r\nb.\r\n..\r\n...c\r\n"
         );
         assert_eq!(dot_stuff(b"no newline"), b"no newline\r\n");
+    }
+
+    #[test]
+    fn long_lines_are_broken_with_crlf_space() {
+        let exact = [b'a'; MAX_LINE];
+        let sent = dot_stuff(&[&exact[..], b"\r\n"].concat());
+        assert_eq!(
+            sent,
+            [&exact[..], b"\r\n"].concat(),
+            "998 octets pass as they are"
+        );
+
+        let long = [b'b'; 2 * MAX_LINE + 10];
+        let sent = dot_stuff(&[b"Subject: x\r\n\r\n", &long[..], b"\r\n"].concat());
+        let lines: Vec<&[u8]> = sent.split(|&b| b == b'\n').collect();
+        assert_eq!(lines[2].len(), MAX_LINE + 1, "998 octets and the CR");
+        assert_eq!(lines[3][0], b' ');
+        assert!(lines.iter().all(|l| l.len() <= MAX_LINE + 1));
+        let breaks = sent.windows(3).filter(|w| *w == b"\r\n ").count();
+        assert_eq!(breaks, 2, "two breaks for 2 × 998 + 10 octets");
+
+        // A stuffed dot counts: the sent line stays within the limit.
+        let dotted = [&b"."[..], &[b'c'; MAX_LINE][..], b"\r\n"].concat();
+        let sent = dot_stuff(&dotted);
+        assert!(sent.starts_with(b".."));
+        assert!(sent.split(|&b| b == b'\n').all(|l| l.len() <= MAX_LINE + 1));
     }
 
     #[test]
