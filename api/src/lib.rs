@@ -12,6 +12,7 @@
 mod auth;
 mod bayes;
 mod error;
+mod messages;
 mod queue;
 mod routes;
 

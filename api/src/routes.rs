@@ -39,6 +39,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/notes", post(add_note))
         .route("/v1/events", get(list_events))
         .route("/v1/events/verify", get(verify_events))
+        .route("/v1/messages/{id}", get(crate::messages::trace))
         .route("/v1/queue", get(crate::queue::list))
         .route("/v1/queue/{id}", delete(crate::queue::delete))
         .route("/v1/queue/{id}/retry", post(crate::queue::retry))

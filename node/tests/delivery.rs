@@ -659,3 +659,101 @@ fn delivery_breaks_lines_over_998_octets_as_postfix_does() {
     );
     assert_eq!(lines[start + 3], exact.as_bytes(), "998 octets pass whole");
 }
+
+/// `GET /v1/messages/{id}` of `node`: status and JSON.
+fn trace(node: &Node, id: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request =
+        reqwest::blocking::Client::new().get(format!("{}/v1/messages/{id}", node.api));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().unwrap();
+    (response.status().as_u16(), response.json().unwrap())
+}
+
+#[test]
+fn delivery_end_to_end_trace_shows_received_verdict_attempted_succeeded() {
+    let sink = Sink::start(SinkConfig::default());
+    let node = Node::start_with(
+        "domains = [\"example.test\"]",
+        &delivery(Some(sink.addr()), "\n[policy]\nreject_score = 2000.0\n"),
+    );
+    let token = node.token();
+    let mut s = Smtp::ehlo(node.smtp);
+    let body = "From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\n\
+                Subject: traced\r\nMessage-ID: <traced@sender.test>\r\n\r\nhello\r\n";
+    let id = s
+        .send_message(SENDER, &["bob@example.test", "carol@example.test"], body)
+        .queued_id();
+    let got = wait_at_sink(&sink, &node, &id, 1);
+    assert_eq!(got[0].header("X-Bulwark-Id").as_deref(), Some(id.as_str()));
+    assert_eq!(
+        got[0].header("X-Bulwark-Action").as_deref(),
+        Some("deliver")
+    );
+    assert!(got[0].header("Authentication-Results").is_some());
+
+    node.wait_message_event(&id, "delivery.succeeded", 1, WAIT);
+    let (status, t) = trace(&node, &id, Some(&token));
+    assert_eq!(status, 200, "{t:#}");
+    assert_eq!(t["id"], id.as_str());
+    assert_eq!(t["state"], "delivered", "{t:#}");
+    assert_eq!(t["received"]["sender"], SENDER);
+    assert_eq!(t["received"]["subject"], "traced");
+    assert_eq!(t["received"]["source"]["ip"], "127.0.0.1");
+    assert_eq!(t["verdict"]["action"], "deliver");
+    assert!(
+        t["verdict"]["engines"].as_array().unwrap().len() >= 4,
+        "{t:#}"
+    );
+    for rcpt in ["bob@example.test", "carol@example.test"] {
+        assert_eq!(t["recipients"][rcpt]["status"], "delivered", "{t:#}");
+    }
+    let kinds: Vec<&str> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .filter(|k| *k != "delivery.leased")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "message.received",
+            "scan.verdict",
+            "delivery.attempted",
+            "delivery.succeeded"
+        ],
+        "{t:#}"
+    );
+    let seqs: Vec<u64> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+
+    // A quarantined message: GTUBE scores 1000, over the quarantine score and under
+    // this node's reject score.
+    let gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+    let held = s
+        .send_message(
+            SENDER,
+            &["bob@example.test"],
+            &format!("Subject: q\r\n\r\n{gtube}\r\n"),
+        )
+        .queued_id();
+    let (status, t) = trace(&node, &held, Some(&token));
+    assert_eq!(status, 200);
+    assert_eq!(t["state"], "quarantined", "{t:#}");
+    assert_eq!(t["verdict"]["action"], "quarantine", "{t:#}");
+
+    // Refused: unknown id, a malformed one, no token.
+    assert_eq!(
+        trace(&node, "00000000000000000000000000", Some(&token)).0,
+        404
+    );
+    assert_eq!(trace(&node, "not-an-id", Some(&token)).0, 400);
+    assert_eq!(trace(&node, &id, None).0, 401);
+}

@@ -20,6 +20,8 @@ use crate::{codec, snapshot, Error, Result};
 
 const META_CHAIN: &str = "chain";
 const META_RAFT: &str = "raft_applied";
+/// Present once the index of events by message covers every event.
+const META_MESSAGE_INDEX: &str = "index_by_message";
 const CURRENT: &str = "CURRENT";
 
 /// The head of the hash chain: persisted with every applied batch.
@@ -147,6 +149,7 @@ impl StateStore {
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(256 * 1024 * 1024);
         let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())?;
+        index_events_by_message(&db)?;
         Self::with_db(db, dir)
     }
 
@@ -246,6 +249,9 @@ impl StateStore {
                         head.next_seq.to_be_bytes(),
                         codec::encode(&stored)?,
                     );
+                    if let Some(id) = stored.event.kind.message_id() {
+                        batch.put_cf(self.cf(cf::INDEX), message_index_key(id, head.next_seq), []);
+                    }
                     last = Some((head.next_seq, hash));
                     head = ChainHead {
                         next_seq: head.next_seq + 1,
@@ -321,6 +327,41 @@ impl StateStore {
         };
         let trained = lessons.apply(&memory, lesson, previous);
         Ok(EventKind::BayesTrained(Box::new(trained)))
+    }
+
+    /// Events about message `id` after seq `after`, through the index by message.
+    fn message_events(
+        &self,
+        id: MessageId,
+        filter: &EventFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+        let prefix = message_index_key(id, 0);
+        let start = message_index_key(id, after.saturating_add(1));
+        let iter = self.db.iterator_cf(
+            self.cf(cf::INDEX),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (key, _) = item?;
+            if !key.starts_with(&prefix[..17]) {
+                break;
+            }
+            let seq = seq_of(&key[17..])?;
+            let stored = self.event(seq)?.ok_or_else(|| Error::Layout {
+                path: self.dir.clone(),
+                reason: format!("index names event {seq}, which is not stored"),
+            })?;
+            if filter.matches(&stored) {
+                out.push(stored);
+                if out.len() >= limit {
+                    return Ok((out, Some(seq)));
+                }
+            }
+        }
+        Ok((out, None))
     }
 
     /// Messages learned as spam and as ham.
@@ -658,6 +699,9 @@ impl StateStore {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+        if let Some(id) = filter.message_id {
+            return self.message_events(id, filter, after, limit);
+        }
         let mut out = Vec::new();
         let start = after.saturating_add(1).to_be_bytes();
         let iter = self.db.iterator_cf(
@@ -770,6 +814,40 @@ impl StateStore {
         layout::sync_dir(dir)?;
         Ok(())
     }
+}
+
+/// Key of the index of events by message: `m`, the message id, the event's seq.
+fn message_index_key(id: MessageId, seq: u64) -> [u8; 25] {
+    let mut key = [b'm'; 25];
+    key[1..17].copy_from_slice(&id.key());
+    key[17..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Builds the index of events by message of a database written before it existed
+/// (once: the mark is stored with it). Read-only databases are left as they are.
+fn index_events_by_message(db: &DB) -> Result<()> {
+    if db
+        .get_cf(cf_handle(db, cf::META), META_MESSAGE_INDEX)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    for item in db.iterator_cf(cf_handle(db, cf::EVENTS), IteratorMode::Start) {
+        let (key, value) = item?;
+        let stored: StoredEvent = codec::decode(&value)?;
+        if let Some(id) = stored.event.kind.message_id() {
+            batch.put_cf(
+                cf_handle(db, cf::INDEX),
+                message_index_key(id, seq_of(&key)?),
+                [],
+            );
+        }
+    }
+    batch.put_cf(cf_handle(db, cf::META), META_MESSAGE_INDEX, [1]);
+    db.write(batch)?;
+    Ok(())
 }
 
 /// The `bayes` column family into memory.
@@ -1552,5 +1630,73 @@ mod tests {
         assert_eq!(installed.bayes_totals(), (1, 1));
         assert_eq!(installed.bayes_counts(&[10, 11, 12, 13]), want_counts);
         assert!(installed.verify().unwrap().ok);
+    }
+
+    #[test]
+    fn events_of_a_message_come_from_the_index_in_order_and_old_stores_are_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let accept = |n: u128, seed: u128| {
+            let mut received = crate::message::tests::sample();
+            received.message_id = MessageId(seed);
+            Op {
+                id: n,
+                time_ms: 1_764_300_000_000 + n as i64,
+                node: 1,
+                command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                    verdict: crate::message::tests::verdict(received.message_id),
+                    received,
+                    body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                })),
+            }
+        };
+        let (a, b) = (MessageId(1 << 80), MessageId(2 << 80));
+        let ops = [
+            accept(1, a.0),
+            note(2, "between"),
+            accept(3, b.0),
+            Op {
+                id: 4,
+                time_ms: 1_764_300_000_010,
+                node: 1,
+                command: Command::Delivery(Box::new(DeliveryCommand::Lease {
+                    message_id: a,
+                    until_ms: 1_764_300_060_000,
+                })),
+            },
+        ];
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        store.apply(&[(1, &ops[..])], b"1").unwrap();
+        let of = |store: &StateStore, id, after, limit| {
+            let filter = EventFilter {
+                type_name: None,
+                message_id: Some(id),
+            };
+            let (events, next) = store.events(&filter, after, limit).unwrap();
+            let seqs: Vec<u64> = events.iter().map(|e| e.event.seq).collect();
+            (seqs, next)
+        };
+        // a: received 1, verdict 2, lease 6; b: received 4, verdict 5; the note is 3.
+        assert_eq!(of(&store, a, 0, 10), (vec![1, 2, 6], None));
+        assert_eq!(of(&store, b, 0, 10), (vec![4, 5], None));
+        assert_eq!(of(&store, a, 0, 2), (vec![1, 2], Some(2)));
+        assert_eq!(of(&store, a, 2, 2), (vec![6], None));
+        assert_eq!(of(&store, MessageId(9), 0, 10), (vec![], None));
+
+        // A store written before the index: the index is built at the next open.
+        store
+            .db
+            .delete_range_cf(store.cf(cf::INDEX), &[0u8][..], &[0xffu8; 26][..])
+            .unwrap();
+        store
+            .db
+            .delete_cf(store.cf(cf::META), META_MESSAGE_INDEX)
+            .unwrap();
+        assert_eq!(of(&store, a, 0, 10), (vec![], None));
+        drop(store);
+        drop(state);
+        let store = StateDir::open(dir.path()).unwrap().current();
+        assert_eq!(of(&store, a, 0, 10), (vec![1, 2, 6], None));
+        assert_eq!(of(&store, b, 0, 10), (vec![4, 5], None));
     }
 }
