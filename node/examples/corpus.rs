@@ -8,10 +8,13 @@
 //! ```
 //!
 //! With `--cross-validate`, only the training sets are used: the classifier learns
-//! the even-numbered messages of `easy-ham-1` and `spam-1` and the odd-numbered ones
-//! are judged. That is where scores are tuned (with `--dump FILE`, one line per
+//! the first half of `easy-ham-1` and `spam-1` (in file order, which is the order
+//! they were collected in) and the second half is judged, as newer mail would be.
+//! That is where scores and tokens are tuned (with `--dump FILE`, one line per
 //! message: set, action, score, symbols), so the figures on the other sets stay
-//! those of messages nothing was ever fitted to.
+//! those of messages nothing was ever fitted to. (An interleaved split, even files
+//! learned and odd ones judged, hides how spam drifts over time: a change it
+//! favoured did worse on the later sets.)
 //!
 //! Each set is a directory of raw RFC 5322 messages (`*.txt`). Every message goes
 //! through the whole pipeline as the SMTP ingress runs it (authentication against a
@@ -63,16 +66,17 @@ fn main() {
         ("spam-1", BayesClass::Spam),
     ] {
         let messages = read_set(&root.join(set));
+        let half = messages.len() / 2;
         let mut held_out = Vec::new();
         for (i, message) in messages.into_iter().enumerate() {
-            if cross_validate && i % 2 == 1 {
+            if cross_validate && i >= half {
                 held_out.push(message);
             } else {
                 counts.learn(&tokenizer.tokens(&message), class);
             }
         }
         if cross_validate {
-            judged_sets.push((format!("{set} (odd)"), held_out));
+            judged_sets.push((format!("{set} (second half)"), held_out));
         }
     }
     if !cross_validate {
