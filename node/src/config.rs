@@ -39,7 +39,7 @@ struct RawDelivery {
     relay: Option<String>,
     /// Maildir for accepted mail when there is no relay, relative to data_dir.
     maildir: Option<PathBuf>,
-    /// Deliveries in progress at once on this node.
+    /// Deliveries in progress at once on this node (default 32).
     concurrency: Option<usize>,
     /// Seconds a delivery lease lasts (renewed while sending).
     lease_secs: Option<u64>,
@@ -387,7 +387,7 @@ fn validate_delivery(
     let connect_timeout = secs("connect_timeout_secs", d.connect_timeout_secs, 30);
     let command_timeout = secs("command_timeout_secs", d.command_timeout_secs, 300);
     let data_timeout = secs("data_timeout_secs", d.data_timeout_secs, 600);
-    let concurrency = d.concurrency.unwrap_or(16);
+    let concurrency = d.concurrency.unwrap_or(32);
     if concurrency == 0 {
         problems.push("delivery.concurrency must be positive".into());
     }

@@ -11,7 +11,7 @@ use bulwark_storage::{
     Bounce, Command, DeliveryCommand, DeliveryReport, MessageId, QueueEntry, RecipientOutcome,
     RecipientResult, TlsInfo,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,9 @@ pub struct Worker {
     pool: Pool,
     /// Messages this node is delivering now.
     busy: Mutex<HashSet<MessageId>>,
+    /// Rung when an attempt ends: its slot is free, so the queue is looked at again
+    /// at once instead of after `poll`.
+    slot_freed: Notify,
 }
 
 fn now_ms() -> i64 {
@@ -48,6 +51,7 @@ impl Worker {
             pool,
             settings,
             busy: Mutex::new(HashSet::new()),
+            slot_freed: Notify::new(),
         })
     }
 
@@ -60,6 +64,7 @@ impl Worker {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(self.settings.poll) => {}
+                _ = self.slot_freed.notified() => {}
             }
             while running.try_join_next().is_some() {}
             self.pool.close_idle(false, &self.timeouts()).await;
@@ -113,6 +118,7 @@ impl Worker {
                     worker.attempt(id).await;
                     worker.busy.lock().expect("busy lock").remove(&id);
                     drop(permit);
+                    worker.slot_freed.notify_one();
                 });
             }
         }

@@ -33,11 +33,11 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use mail_parser::{Address, Message, MimeHeaders};
+use rustc_hash::FxHashSet;
 use sha2::{Digest, Sha256};
 
 pub use bulwark_storage::BayesCounts;
@@ -151,7 +151,9 @@ pub fn tokens(parsed: &Parsed<'_>) -> Vec<u64> {
 
 /// Gathers the distinct tokens of one message, hashed, up to [`MAX_TOKENS`].
 struct Collector {
-    seen: HashSet<u64>,
+    seen: FxHashSet<u64>,
+    /// The token strings taken so far: a word met again is not hashed again.
+    texts: FxHashSet<String>,
     /// The token being built, reused.
     buf: String,
 }
@@ -160,7 +162,8 @@ impl Default for Collector {
     fn default() -> Self {
         Collector {
             // Room for the tokens of a typical message without growing.
-            seen: HashSet::with_capacity(1024),
+            seen: FxHashSet::with_capacity_and_hasher(1024, Default::default()),
+            texts: FxHashSet::with_capacity_and_hasher(1024, Default::default()),
             buf: String::new(),
         }
     }
@@ -176,8 +179,9 @@ impl Collector {
         self.buf.clear();
         self.buf.push_str(prefix);
         push_lowercase(&mut self.buf, value);
-        if !self.is_full() {
+        if !self.is_full() && !self.texts.contains(self.buf.as_str()) {
             self.seen.insert(token_hash(&self.buf));
+            self.texts.insert(self.buf.clone());
         }
     }
 
