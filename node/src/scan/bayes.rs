@@ -33,11 +33,11 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use mail_parser::{Address, Message, MimeHeaders};
-use rustc_hash::FxHashSet;
 use sha2::{Digest, Sha256};
 
 pub use bulwark_storage::BayesCounts;
@@ -151,9 +151,9 @@ pub fn tokens(parsed: &Parsed<'_>) -> Vec<u64> {
 
 /// Gathers the distinct tokens of one message, hashed, up to [`MAX_TOKENS`].
 struct Collector {
-    seen: FxHashSet<u64>,
+    seen: HashSet<u64>,
     /// The token strings taken so far: a word met again is not hashed again.
-    texts: FxHashSet<String>,
+    texts: HashSet<String>,
     /// The token being built, reused.
     buf: String,
 }
@@ -162,8 +162,8 @@ impl Default for Collector {
     fn default() -> Self {
         Collector {
             // Room for the tokens of a typical message without growing.
-            seen: FxHashSet::with_capacity_and_hasher(1024, Default::default()),
-            texts: FxHashSet::with_capacity_and_hasher(1024, Default::default()),
+            seen: HashSet::with_capacity(1024),
+            texts: HashSet::with_capacity(1024),
             buf: String::new(),
         }
     }

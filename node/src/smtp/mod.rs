@@ -18,7 +18,7 @@
 mod accept;
 mod bdat;
 mod budget;
-pub mod command;
+mod command;
 mod conn;
 mod data;
 mod ehlo;
