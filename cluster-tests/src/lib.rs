@@ -27,6 +27,7 @@
 pub mod api;
 pub mod dns;
 pub mod load;
+pub mod samples;
 pub mod sink;
 pub mod smtp;
 pub mod tamper;

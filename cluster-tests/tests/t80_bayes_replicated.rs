@@ -11,57 +11,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use bulwark_cluster_tests::samples::{vocabulary_message, HAM_WORDS, SPAM_WORDS};
 use bulwark_cluster_tests::smtp::{ClientConfig, Message, Outcome, SmtpConnection};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder};
 use serde_json::Value;
 
 const PER_CLASS: usize = 12;
-const SPAM_WORDS: &[&str] = &[
-    "viagra",
-    "pharmacy",
-    "discount",
-    "pills",
-    "casino",
-    "jackpot",
-    "winner",
-    "lottery",
-    "bitcoin",
-    "investment",
-    "guaranteed",
-    "refinance",
-    "unclaimed",
-    "inheritance",
-];
-const HAM_WORDS: &[&str] = &[
-    "meeting",
-    "agenda",
-    "quarterly",
-    "report",
-    "budget",
-    "review",
-    "project",
-    "deadline",
-    "minutes",
-    "schedule",
-    "roadmap",
-    "retrospective",
-    "invoice",
-    "contract",
-];
-
-fn message(words: &[&str], n: usize, tag: &str) -> String {
-    let picked: Vec<&str> = (0..10)
-        .map(|i| words[(n * 5 + i * 3) % words.len()])
-        .collect();
-    format!(
-        "From: Sender {n} <sender{n}@{tag}.test>\r\nTo: user@example.test\r\n\
-         Subject: {} {}\r\nMessage-ID: <{tag}-{n}@{tag}.test>\r\n\r\n{}\r\n",
-        picked[0],
-        picked[1],
-        picked.join(" ")
-    )
-}
-
 async fn learn(cluster: &Cluster, id: u64, lesson: &str, body: String) -> Result<()> {
     let api = cluster.api();
     let response = api
@@ -132,19 +87,25 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
             cluster,
             teachers[n % 2],
             "spam",
-            message(SPAM_WORDS, n, "spam"),
+            vocabulary_message(SPAM_WORDS, n, "spam"),
         )
         .await?;
         learn(
             cluster,
             teachers[(n + 1) % 2],
             "ham",
-            message(HAM_WORDS, n, "ham"),
+            vocabulary_message(HAM_WORDS, n, "ham"),
         )
         .await?;
     }
     // Learned again on the other node: counted once.
-    learn(cluster, follower, "spam", message(SPAM_WORDS, 0, "spam")).await?;
+    learn(
+        cluster,
+        follower,
+        "spam",
+        vocabulary_message(SPAM_WORDS, 0, "spam"),
+    )
+    .await?;
 
     cluster.restart(stopped).await?;
     let want = (PER_CLASS as u64, PER_CLASS as u64);
@@ -188,7 +149,7 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
     let mut results = Vec::new();
     for id in cluster.ids() {
         let mut msg = Message::generate(&format!("t80-{id}"), 0, "user@example.test");
-        msg.content = message(SPAM_WORDS, 99, "spam").into_bytes();
+        msg.content = vocabulary_message(SPAM_WORDS, 99, "spam").into_bytes();
         let addr = cluster.node(id).smtp_addr();
         let mut conn = SmtpConnection::open(addr, &ClientConfig::default())
             .await

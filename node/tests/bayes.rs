@@ -5,66 +5,10 @@
 
 mod common;
 
+use bulwark_cluster_tests::samples::{vocabulary_message, HAM_WORDS, SPAM_WORDS};
 use common::{Node, Smtp};
 use reqwest::blocking::{Client, Response};
 use serde_json::Value;
-
-const SPAM_WORDS: &[&str] = &[
-    "viagra",
-    "pharmacy",
-    "discount",
-    "pills",
-    "casino",
-    "jackpot",
-    "winner",
-    "lottery",
-    "bitcoin",
-    "investment",
-    "guaranteed",
-    "refinance",
-    "unclaimed",
-    "inheritance",
-    "rolex",
-    "replica",
-    "slimming",
-    "miracle",
-];
-const HAM_WORDS: &[&str] = &[
-    "meeting",
-    "agenda",
-    "quarterly",
-    "report",
-    "budget",
-    "review",
-    "project",
-    "deadline",
-    "minutes",
-    "schedule",
-    "roadmap",
-    "retrospective",
-    "invoice",
-    "contract",
-    "onboarding",
-    "architecture",
-    "migration",
-    "release",
-];
-
-/// Message number `n` of a class: 12 words of its vocabulary, picked by `n`, and a
-/// Message-ID of its own so each is a different message.
-fn message(words: &[&str], n: usize, tag: &str) -> String {
-    let picked: Vec<&str> = (0..12)
-        .map(|i| words[(n * 7 + i * 5) % words.len()])
-        .collect();
-    format!(
-        "From: Sender {n} <sender{n}@{tag}.test>\r\nTo: bob@example.test\r\n\
-         Subject: {} {}\r\nDate: Sat, 28 Nov 2026 07:00:00 +0000\r\n\
-         Message-ID: <{tag}-{n}@{tag}.test>\r\n\r\n{}\r\n",
-        picked[0],
-        picked[1],
-        picked.join(" ")
-    )
-}
 
 struct Api {
     base: String,
@@ -157,16 +101,16 @@ fn learned_messages_change_the_scores_of_the_next_ones_and_each_lesson_is_audite
         .send_message(
             "x@spam.test",
             &["bob@example.test"],
-            &message(SPAM_WORDS, 100, "spam"),
+            &vocabulary_message(SPAM_WORDS, 100, "spam"),
         )
         .queued_id();
     assert_eq!(bayes_symbol(&node, &id), None);
 
     for n in 0..10 {
-        let answer = api.learn("spam", &message(SPAM_WORDS, n, "spam"));
+        let answer = api.learn("spam", &vocabulary_message(SPAM_WORDS, n, "spam"));
         assert!(answer["tokens"].as_u64().unwrap() > 10, "{answer}");
         assert_eq!(answer["lesson"], "spam");
-        api.learn("ham", &message(HAM_WORDS, n, "ham"));
+        api.learn("ham", &vocabulary_message(HAM_WORDS, n, "ham"));
     }
     let (spam, ham, tokens) = api.counts();
     assert_eq!((spam, ham), (10, 10));
@@ -177,7 +121,7 @@ fn learned_messages_change_the_scores_of_the_next_ones_and_each_lesson_is_audite
         .send_message(
             "x@spam.test",
             &["bob@example.test"],
-            &message(SPAM_WORDS, 101, "spam"),
+            &vocabulary_message(SPAM_WORDS, 101, "spam"),
         )
         .queued_id();
     assert_eq!(bayes_symbol(&node, &spammy).as_deref(), Some("BAYES_99"));
@@ -185,14 +129,14 @@ fn learned_messages_change_the_scores_of_the_next_ones_and_each_lesson_is_audite
         .send_message(
             "y@ham.test",
             &["bob@example.test"],
-            &message(HAM_WORDS, 101, "ham"),
+            &vocabulary_message(HAM_WORDS, 101, "ham"),
         )
         .queued_id();
     assert_eq!(bayes_symbol(&node, &hammy).as_deref(), Some("BAYES_00"));
 
     // The same message again changes nothing; as the other class it moves; forgotten
     // it leaves; a stored message is learned by its id.
-    let first = message(SPAM_WORDS, 0, "spam");
+    let first = vocabulary_message(SPAM_WORDS, 0, "spam");
     api.learn("spam", &first);
     assert_eq!((api.counts().0, api.counts().1), (10, 10));
     api.learn("ham", &first);
@@ -251,7 +195,7 @@ fn learned_messages_change_the_scores_of_the_next_ones_and_each_lesson_is_audite
 fn malformed_lessons_are_refused_clearly_and_change_nothing() {
     let node = Node::start("domains = [\"example.test\"]");
     let api = Api::new(&node);
-    api.learn("spam", &message(SPAM_WORDS, 1, "spam"));
+    api.learn("spam", &vocabulary_message(SPAM_WORDS, 1, "spam"));
     let before = api.counts();
 
     let (status, p) = problem(api.learn_raw("eggs", b"Subject: x\r\n\r\nx\r\n".to_vec()));
@@ -305,7 +249,7 @@ fn malformed_lessons_are_refused_clearly_and_change_nothing() {
     let anonymous = api
         .client
         .post(format!("{}/v1/bayes/spam", api.base))
-        .body(message(SPAM_WORDS, 2, "spam"))
+        .body(vocabulary_message(SPAM_WORDS, 2, "spam"))
         .send()
         .unwrap();
     assert_eq!(problem(anonymous).0, 401);

@@ -77,6 +77,27 @@ fn symbols(verdict: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The first symbol of `verdict` whose `field` is `value`.
+fn symbol_where(verdict: &Value, field: &str, value: &str) -> Value {
+    verdict["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[field] == value)
+        .cloned()
+        .unwrap_or_else(|| panic!("no symbol with {field} = {value}: {verdict:#}"))
+}
+
+/// The names of the engines that ran for `verdict`.
+fn engine_names(verdict: &Value) -> Vec<String> {
+    verdict["scan"]["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The id in a `554 5.7.1 Message rejected: ... (id ID)` reply.
 fn rejected_id(reply: &common::Reply) -> String {
     let text = reply.text();
@@ -102,12 +123,7 @@ fn scanning_gtube_is_rejected_at_end_of_data_and_the_session_carries_on() {
     assert!(symbols(&v).contains(&"GTUBE".to_string()), "{v:#}");
     assert!(v["scan"]["score"].as_f64().unwrap() >= 1000.0, "{v:#}");
     assert_eq!(v["scan"]["thresholds"]["reject"], 20.0);
-    let engines: Vec<_> = v["scan"]["engines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap().to_string())
-        .collect();
+    let engines = engine_names(&v);
     for engine in ["malware", "attachments", "spam", "phishing", "auth"] {
         assert!(engines.contains(&engine.to_string()), "{engine}: {v:#}");
     }
@@ -221,13 +237,7 @@ fn scanning_tags_quarantines_and_rewrites_what_the_policy_says() {
     assert!(data.contains("Authentication-Results: elsewhere.test; spf=pass"));
     let v = verdict(&node, &tagged);
     assert_eq!(v["action"], "tag");
-    let hit = v["scan"]["symbols"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "LOCAL_CHEAP_PILLS")
-        .cloned()
-        .unwrap_or_else(|| panic!("{v:#}"));
+    let hit = symbol_where(&v, "name", "LOCAL_CHEAP_PILLS");
     assert_eq!(hit["score"], 6.0);
     assert_eq!(hit["description"], "Talks about cheap pills");
 
@@ -416,13 +426,7 @@ fn scanning_a_silent_nameserver_costs_the_budget_not_the_message() {
         .cloned()
         .unwrap();
     assert_eq!(auth["timed_out"], true, "{v:#}");
-    let timeout = v["scan"]["symbols"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "SCAN_TIMEOUT")
-        .cloned()
-        .unwrap_or_else(|| panic!("{v:#}"));
+    let timeout = symbol_where(&v, "name", "SCAN_TIMEOUT");
     assert_eq!(timeout["engine"], "auth");
     let spam = v["scan"]["engines"]
         .as_array()
@@ -460,13 +464,7 @@ fn scanning_a_link_domain_on_a_blocklist_scores() {
         &plain("offer", "see https://www.bad-links.test/deal now"),
     );
     let v = verdict(&node, &listed.queued_id());
-    let hit = v["scan"]["symbols"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "URIBL_URIBL_EXAMPLE")
-        .cloned()
-        .unwrap_or_else(|| panic!("{v:#}"));
+    let hit = symbol_where(&v, "name", "URIBL_URIBL_EXAMPLE");
     assert_eq!(hit["score"], 6.0);
     assert!(hit["description"]
         .as_str()
@@ -586,20 +584,9 @@ fn scanning_yara_rules_and_clamd_find_malware_and_a_dead_clamd_fails_as_configur
     .queued_id();
     let v = verdict(&node, &id);
     assert_eq!(v["action"], "deliver", "{v:#}");
-    let yara = v["scan"]["symbols"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["engine"] == "yara")
-        .cloned()
-        .unwrap_or_else(|| panic!("no yara symbol: {v:#}"));
+    let yara = symbol_where(&v, "engine", "yara");
     assert_eq!(yara["score"], 3.0);
-    let engines: Vec<_> = v["scan"]["engines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap().to_string())
-        .collect();
+    let engines = engine_names(&v);
     assert!(
         engines.contains(&"clamd".into()) && engines.contains(&"yara".into()),
         "{v:#}"
