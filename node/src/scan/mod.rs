@@ -488,7 +488,12 @@ impl ContentEngines {
         let message = match &parsed {
             Some(message) => message,
             None => {
-                fallback = mail_parser::Message::default();
+                // What does not parse as a message (empty, say) is judged as one
+                // without headers or body: the parser's accessors need a root part.
+                fallback = mail_parser::Message {
+                    parts: vec![mail_parser::MessagePart::default()],
+                    ..Default::default()
+                };
                 &fallback
             }
         };

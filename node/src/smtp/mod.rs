@@ -18,7 +18,7 @@
 mod accept;
 mod bdat;
 mod budget;
-mod command;
+pub mod command;
 mod conn;
 mod data;
 mod ehlo;
