@@ -11,8 +11,9 @@
 //! the first half of `easy-ham-1` and `spam-1` (in file order, which is the order
 //! they were collected in) and the second half is judged, as newer mail would be.
 //! That is where scores and tokens are tuned (with `--dump FILE`, one line per
-//! message: set, action, score, symbols), so the figures on the other sets stay
-//! those of messages nothing was ever fitted to. (An interleaved split, even files
+//! message: set, file, action, score, symbols; `--rules FILE` adds a rule file to
+//! try), so the figures on the other sets stay those of messages nothing was ever
+//! fitted to. (An interleaved split, even files
 //! learned and odd ones judged, hides how spam drifts over time: a change it
 //! favoured did worse on the later sets.)
 //!
@@ -35,14 +36,17 @@ fn main() {
     let mut root = None;
     let mut cross_validate = false;
     let mut dump = None;
+    let mut rules = Vec::new();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--cross-validate" => cross_validate = true,
             "--dump" => dump = Some(PathBuf::from(args.next().expect("--dump FILE"))),
+            "--rules" => rules.push(PathBuf::from(args.next().expect("--rules FILE"))),
             _ => root = Some(PathBuf::from(arg)),
         }
     }
-    let root = root.expect("usage: corpus DATA_DIR [--cross-validate] [--dump FILE]");
+    let root =
+        root.expect("usage: corpus DATA_DIR [--cross-validate] [--dump FILE] [--rules FILE]...");
     let mut dump = dump.map(|p| std::fs::File::create(p).expect("dump file"));
     let dns = DnsServer::start(Zone::new()).expect("DNS server");
     let dir = tempfile::tempdir().unwrap();
@@ -51,8 +55,10 @@ fn main() {
         &path,
         format!(
             "[smtp]\nhostname = \"mx.example.test\"\ndomains = [\"example.test\"]\n\
-             [dns]\nnameservers = [\"{}\"]\ntimeout_ms = 200\n",
-            dns.addr()
+             [dns]\nnameservers = [\"{}\"]\ntimeout_ms = 200\n\
+             [scan]\nrules = {:?}\n",
+            dns.addr(),
+            rules
         ),
     )
     .unwrap();
@@ -68,9 +74,9 @@ fn main() {
         let messages = read_set(&root.join(set));
         let half = messages.len() / 2;
         let mut held_out = Vec::new();
-        for (i, message) in messages.into_iter().enumerate() {
+        for (i, (name, message)) in messages.into_iter().enumerate() {
             if cross_validate && i >= half {
-                held_out.push(message);
+                held_out.push((name, message));
             } else {
                 counts.learn(&tokenizer.tokens(&message), class);
             }
@@ -105,7 +111,7 @@ fn main() {
     for (set, messages) in judged_sets {
         let mut by_action = [0usize; 4];
         let mut symbols: std::collections::BTreeMap<String, usize> = Default::default();
-        for (i, body) in messages.iter().enumerate() {
+        for (i, (name, body)) in messages.iter().enumerate() {
             let header_from = mail_parser::MessageParser::default()
                 .parse_headers(body)
                 .and_then(|m| {
@@ -138,7 +144,7 @@ fn main() {
                 let names: Vec<&str> = verdict.symbols.iter().map(|s| s.name.as_str()).collect();
                 writeln!(
                     out,
-                    "{set}\t{}\t{:.2}\t{}",
+                    "{set}\t{name}\t{}\t{:.2}\t{}",
                     verdict.action.as_str(),
                     verdict.score,
                     names.join(" ")
@@ -148,7 +154,7 @@ fn main() {
         }
         let n = messages.len();
         let flagged = by_action[1] + by_action[2] + by_action[3];
-        let long = messages.iter().filter(|m| has_long_line(m)).count();
+        let long = messages.iter().filter(|(_, m)| has_long_line(m)).count();
         println!(
             "| {set} | {n} | {} | {} | {} | {} | {:.2}% | {long} |",
             by_action[0],
@@ -169,8 +175,8 @@ fn main() {
 }
 
 /// Every `*.txt` message of a set as an SMTP client would send it: without the
-/// mbox `From ` line the corpus keeps, bare LF made CRLF.
-fn read_set(dir: &Path) -> Vec<Vec<u8>> {
+/// mbox `From ` line the corpus keeps, bare LF made CRLF; with its file name.
+fn read_set(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut paths: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(Result::ok)
@@ -181,6 +187,7 @@ fn read_set(dir: &Path) -> Vec<Vec<u8>> {
     paths
         .into_iter()
         .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
             let raw = std::fs::read(&p).unwrap();
             let raw = match raw.strip_prefix(b"From ") {
                 Some(rest) => rest
@@ -196,7 +203,7 @@ fn read_set(dir: &Path) -> Vec<Vec<u8>> {
                 }
                 out.push(b);
             }
-            out
+            (name, out)
         })
         .collect()
 }

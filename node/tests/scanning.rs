@@ -617,3 +617,67 @@ fn scanning_yara_rules_and_clamd_find_malware_and_a_dead_clamd_fails_as_configur
         assert!(symbols(&v).contains(&want.to_string()), "{v:#}");
     }
 }
+
+#[test]
+fn scanning_a_message_without_headers_or_empty_gets_a_whole_verdict() {
+    let sink = Sink::start(SinkConfig::default());
+    let node = Node::start_with("", &relay_to(&sink, ""));
+    for body in ["just some words and no header at all\r\n", ""] {
+        let id = send(&node, "alice@sender.test", body).queued_id();
+        let v = verdict(&node, &id);
+        let names = symbols(&v);
+        for missing in ["MISSING_FROM", "MISSING_DATE", "MISSING_MESSAGE_ID"] {
+            assert!(names.iter().any(|n| n == missing), "{missing}: {v:#}");
+        }
+        assert!(
+            v["scan"]["engines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["timed_out"] == false),
+            "every engine finished: {v:#}"
+        );
+        assert!(engine_names(&v).iter().any(|n| n == "spam"), "{v:#}");
+    }
+    sink.wait_for(2, Duration::from_secs(15));
+}
+
+#[test]
+fn scanning_the_built_in_rules_know_bulk_mail_of_the_old_school() {
+    let sink = Sink::start(SinkConfig::default());
+    let node = Node::start_with("", &relay_to(&sink, ""));
+    let bulk = format!(
+        "From: =?iso-2022-jp?B?c2FsZXM=?=@offers.test\r\nTo: bob@example.test\r\n\
+         Subject: Lower your mortgage today          8812XQ\r\n\
+         Date: Sat, 28 Nov 2026 07:00:00 +0000\r\nMessage-ID: <{}@offers.test>\r\n\r\n\
+         Call toll free 1-888-555-0199 to save $12,500 on your loan.\r\n\
+         To be removed from our list, reply with REMOVE in the subject.\r\n",
+        rand_id()
+    );
+    let id = send(&node, "sales@offers.test", &bulk).queued_id();
+    let v = verdict(&node, &id);
+    let names = symbols(&v);
+    let rules = [
+        "FROM_ENCODED_ADDR",
+        "SUBJ_TRAILING_JUNK",
+        "SUBJ_MONEY",
+        "TOLL_FREE",
+        "MONEY_AMOUNT",
+        "FINANCE_OFFER",
+        "OPT_OUT_REMOVE",
+    ];
+    for rule in rules {
+        assert!(names.iter().any(|n| n == rule), "{rule}: {names:?}");
+    }
+    assert_ne!(v["action"], "deliver", "{v:#}");
+    // A plain note between colleagues hits none of them.
+    let note = plain("lunch", "Shall we meet at noon? I'll bring the slides.");
+    let id = send(&node, "alice@sender.test", &note).queued_id();
+    let v = verdict(&node, &id);
+    assert_eq!(v["action"], "deliver", "{v:#}");
+    let names = symbols(&v);
+    assert!(
+        !rules.iter().any(|r| names.contains(&r.to_string())),
+        "{names:?}"
+    );
+}
