@@ -54,10 +54,15 @@ const MIN_WORD: usize = 3;
 const MAX_WORD: usize = 24;
 /// Characters of an over-long word kept in its `long:` token.
 const LONG_KEEP: usize = 7;
-/// Punctuation a word may hold besides letters and digits.
-const WORD_PUNCT: &[char] = &['\'', '-', '.', '_', '@', '$'];
+/// Whether `c` may be part of a word: letters, digits and `' - . _ @ $`.
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || is_trimmed(c) || c == '$'
+}
+
 /// Punctuation trimmed from both ends of a word.
-const WORD_TRIM: &[char] = &['\'', '-', '.', '_', '@'];
+fn is_trimmed(c: char) -> bool {
+    matches!(c, '\'' | '-' | '.' | '_' | '@')
+}
 
 /// Robinson's strength of the background belief (s): how many sightings a token needs
 /// before its own counts outweigh [`BACKGROUND`].
@@ -71,7 +76,7 @@ const MAX_INTERESTING: usize = 150;
 
 /// The symbols, each with the upper bound (exclusive) of its probability band and its
 /// score; the last band reaches 1. The bands are SpamAssassin's; the spam scores are
-/// higher than its (3.5 for BAYES_99), as Rspamd's (up to 5.1), because our rule set
+/// higher than its (2.0 for BAYES_80, 3.5 for BAYES_99), as Rspamd's (up to 5.1), because our rule set
 /// is far smaller than SpamAssassin's: they were chosen by validation on the
 /// training sets of the public corpus only (`examples/corpus.rs --cross-validate`),
 /// where no easy ham reached the tag score with them.
@@ -79,8 +84,10 @@ const BANDS: &[(f64, &str, f64)] = &[
     (0.01, "BAYES_00", -1.5),
     (0.05, "BAYES_05", -0.5),
     (0.20, "BAYES_20", -0.1),
-    (0.80, "BAYES_50", 0.0),
-    (0.95, "BAYES_80", 3.0),
+    (0.40, "BAYES_40", 0.0),
+    (0.60, "BAYES_50", 0.8),
+    (0.80, "BAYES_60", 1.5),
+    (0.95, "BAYES_80", 4.0),
     (0.99, "BAYES_95", 4.5),
     (f64::INFINITY, "BAYES_99", 5.0),
 ];
@@ -97,7 +104,7 @@ pub fn token_hash(token: &str) -> u64 {
 /// without duplicates; at most [`MAX_TOKENS`].
 pub fn tokens(parsed: &Parsed<'_>) -> Vec<u64> {
     let message = parsed.message;
-    let view = view(message);
+    let view = parsed.view;
     let mut tokens = Collector::default();
 
     tokens.headers(message);
@@ -144,16 +151,20 @@ pub fn tokens(parsed: &Parsed<'_>) -> Vec<u64> {
         tokens.domain("Url:", &host);
     }
     tokens.words("", &view.body);
-    let mut hashes: Vec<u64> = tokens.seen.into_iter().collect();
+    let mut hashes = tokens.hashes;
     hashes.sort_unstable();
+    // Two strings of one hash count once, as they would in the stored counts.
+    hashes.dedup();
     hashes
 }
 
 /// Gathers the distinct tokens of one message, hashed, up to [`MAX_TOKENS`].
 struct Collector {
-    seen: HashSet<u64>,
-    /// The token strings taken so far: a word met again is not hashed again.
-    texts: HashSet<String>,
+    /// The hash of every token string in `texts`.
+    hashes: Vec<u64>,
+    /// The token strings taken so far: a word met again is not hashed again. The
+    /// hasher is seeded per process, so crafted words cannot make the set slow.
+    texts: HashSet<String, foldhash::fast::RandomState>,
     /// The token being built, reused.
     buf: String,
 }
@@ -162,8 +173,8 @@ impl Default for Collector {
     fn default() -> Self {
         Collector {
             // Room for the tokens of a typical message without growing.
-            seen: HashSet::with_capacity(1024),
-            texts: HashSet::with_capacity(1024),
+            hashes: Vec::with_capacity(1024),
+            texts: HashSet::with_capacity_and_hasher(1024, Default::default()),
             buf: String::new(),
         }
     }
@@ -171,7 +182,7 @@ impl Default for Collector {
 
 impl Collector {
     fn is_full(&self) -> bool {
-        self.seen.len() >= MAX_TOKENS
+        self.hashes.len() >= MAX_TOKENS
     }
 
     /// Adds `prefix` followed by `value` lowercased.
@@ -180,7 +191,7 @@ impl Collector {
         self.buf.push_str(prefix);
         push_lowercase(&mut self.buf, value);
         if !self.is_full() && !self.texts.contains(self.buf.as_str()) {
-            self.seen.insert(token_hash(&self.buf));
+            self.hashes.push(token_hash(&self.buf));
             self.texts.insert(self.buf.clone());
         }
     }
@@ -188,16 +199,19 @@ impl Collector {
     /// Adds every word of `text`, each after `prefix`, until the cap.
     fn words(&mut self, prefix: &str, text: &str) {
         let long_prefix = format!("{prefix}long:");
-        let pieces = text.split(|c: char| !(c.is_alphanumeric() || WORD_PUNCT.contains(&c)));
-        for piece in pieces {
+        for piece in text.split(|c: char| !is_word_char(c)) {
             if self.is_full() {
                 return;
             }
-            let word = piece.trim_matches(WORD_TRIM);
-            if !word.chars().any(|c| c.is_alphabetic() || c == '$') {
+            let word = piece.trim_matches(is_trimmed);
+            if word.len() < MIN_WORD || !word.chars().any(|c| c.is_alphabetic() || c == '$') {
                 continue;
             }
-            let length = word.chars().count();
+            let length = if word.is_ascii() {
+                word.len()
+            } else {
+                word.chars().count()
+            };
             if length > MAX_WORD {
                 let cut = word
                     .char_indices()
@@ -341,12 +355,14 @@ impl Tokenizer {
             return Vec::new();
         };
         let contents = unpack(&message, &self.limits);
+        let view = view(&message);
         tokens(&Parsed {
             rcpt_to: &[],
             client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             raw,
             message: &message,
             contents: &contents,
+            view: &view,
             local_domains: &[],
         })
     }
@@ -538,12 +554,14 @@ mod tests {
 
     fn with_parsed<T>(raw: &str, contents: &Contents, f: impl FnOnce(&Parsed<'_>) -> T) -> T {
         let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
+        let view = view(&message);
         let parsed = Parsed {
             rcpt_to: &[],
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             raw: raw.as_bytes(),
             message: &message,
             contents,
+            view: &view,
             local_domains: &[],
         };
         f(&parsed)
@@ -796,7 +814,9 @@ mod tests {
         assert_eq!(symbol(0.009), "BAYES_00");
         assert_eq!(symbol(0.01), "BAYES_05");
         assert_eq!(symbol(0.1), "BAYES_20");
+        assert_eq!(symbol(0.3), "BAYES_40");
         assert_eq!(symbol(0.5), "BAYES_50");
+        assert_eq!(symbol(0.7), "BAYES_60");
         assert_eq!(symbol(0.9), "BAYES_80");
         assert_eq!(symbol(0.97), "BAYES_95");
         assert_eq!(symbol(0.99), "BAYES_99");

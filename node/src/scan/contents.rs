@@ -548,12 +548,14 @@ pub(crate) mod tests {
     ) -> super::super::engine::Outcome {
         let message = mail_parser::MessageParser::default().parse(raw).unwrap();
         let contents = unpack(&message, &Limits::default());
+        let view = crate::scan::spam::view(&message);
         let parsed = super::super::engine::Parsed {
             rcpt_to: &[],
             client_ip: std::net::IpAddr::from([192, 0, 2, 1]),
             raw,
             message: &message,
             contents: &contents,
+            view: &view,
             local_domains: &[],
         };
         engine.scan(&parsed)

@@ -12,6 +12,8 @@ pub struct Parsed<'a> {
     pub raw: &'a [u8],
     pub message: &'a mail_parser::Message<'a>,
     pub contents: &'a Contents,
+    /// The text the rules and the classifier read, rendered once.
+    pub view: &'a super::spam::View,
     /// Our own domains (`smtp.domains`), lowercase, IDNA ASCII.
     pub local_domains: &'a [String],
 }

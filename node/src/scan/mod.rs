@@ -502,13 +502,15 @@ impl ContentEngines {
             let _ = links.send(spam::link_hosts(message));
         }
         let contents = contents::unpack(message, &self.limits);
+        let view = spam::view(message);
         let unpack_ms = started.elapsed().as_millis() as u64;
-        let view = Parsed {
+        let input = Parsed {
             rcpt_to: &owned.rcpt_to,
             client_ip: owned.client_ip,
             raw: body,
             message,
             contents: &contents,
+            view: &view,
             local_domains: &self.local_domains,
         };
         let mut unpacked = Outcome {
@@ -535,7 +537,7 @@ impl ContentEngines {
                 break;
             }
             let started = Instant::now();
-            let outcome = engine.scan(&view);
+            let outcome = engine.scan(&input);
             ok = tx
                 .send(Report {
                     engine: engine.name(),

@@ -362,12 +362,14 @@ mod tests {
         let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
         let contents = Contents::default();
         let ours = vec!["example.test".to_owned(), "bulwark-corp.test".to_owned()];
+        let view = crate::scan::spam::view(&message);
         let parsed = Parsed {
             rcpt_to: rcpt,
             client_ip: client,
             raw: raw.as_bytes(),
             message: &message,
             contents: &contents,
+            view: &view,
             local_domains: &ours,
         };
         PhishingEngine::new().scan(&parsed).hits

@@ -24,6 +24,7 @@ use super::engine::{Engine, Hit, Outcome, Parsed};
 use heuristics::{Facts, BUILTINS};
 use rules::{HeaderForm, HeaderSource, HeaderTest, Loader, RuleSet, Test};
 
+pub use content::View;
 pub(crate) use content::{host_of, link_hosts, registrable_domain, view};
 
 /// The rules Bulwark ships, loaded before the administrator's files.
@@ -62,12 +63,8 @@ impl SpamEngine {
     /// has no `Received` header).
     fn evaluate(&self, parsed: &Parsed<'_>, now: i64) -> Vec<Hit> {
         let message = parsed.message;
-        let view = content::view(message);
-        let facts = Facts {
-            message,
-            view: &view,
-            now,
-        };
+        let view = parsed.view;
+        let facts = Facts { message, view, now };
         let headers = Headers::read(message);
         let rules = &self.rules;
         let mut fired = vec![false; rules.rules.len()];
@@ -258,12 +255,14 @@ mod tests {
     fn hits(engine: &SpamEngine, raw: &str) -> Vec<Hit> {
         let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
         let contents = Contents::default();
+        let view = view(&message);
         let parsed = Parsed {
             rcpt_to: &[],
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             raw: raw.as_bytes(),
             message: &message,
             contents: &contents,
+            view: &view,
             local_domains: &[],
         };
         engine.evaluate(&parsed, NOW)

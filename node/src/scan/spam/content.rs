@@ -17,7 +17,7 @@ const MAX_URLS: usize = 1000;
 
 /// What the rules and heuristics read from one message.
 #[derive(Debug, Default)]
-pub(crate) struct View {
+pub struct View {
     /// Subject, then the text of every text part and the rendered text of every HTML
     /// part shown as the body, one paragraph a line.
     pub body: String,
