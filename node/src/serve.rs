@@ -49,6 +49,11 @@ fn init_logging() {
 }
 
 async fn serve(config: Config) -> Result<()> {
+    // Before anything listens: a SIGTERM that lands while the node is starting is
+    // then held until it can shut down in order, instead of killing the process
+    // under a client that has already been answered.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let data_dir = &config.node.data_dir;
     fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     check_node_id(data_dir, config.node.id)?;
@@ -95,8 +100,6 @@ async fn serve(config: Config) -> Result<()> {
     let delivery = delivery::Worker::new(node.clone(), config.delivery.clone(), resolver);
     let delivery = tokio::spawn(delivery.run(stop_delivery.clone()));
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
