@@ -1,5 +1,5 @@
 //! Bulwark's HTTP API (axum): health, cluster status, the audit trail, the delivery
-//! queue, the Bayesian classifier's training.
+//! queue, the quarantine, the Bayesian classifier's training.
 //!
 //! Reads are served from the local node's applied state and say which Raft index
 //! they reflect; writes go through the consensus crate's proposer, which forwards to
@@ -13,12 +13,14 @@ mod auth;
 mod bayes;
 mod error;
 mod messages;
+mod quarantine;
 mod queue;
 mod routes;
 
 pub use auth::AdminToken;
 pub use bayes::Tokenizer;
 pub use error::ApiError;
+pub use quarantine::Previewer;
 pub use routes::{router, ApiState};
 
 /// Serves the API on `listener` until `shutdown` completes, then lets in-flight

@@ -28,6 +28,7 @@ pub struct ApiState {
     pub node: Arc<RaftNode>,
     pub admin: AdminToken,
     pub tokenizer: crate::Tokenizer,
+    pub preview: crate::Previewer,
 }
 
 /// The API's routes.
@@ -40,6 +41,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", get(list_events))
         .route("/v1/events/verify", get(verify_events))
         .route("/v1/messages/{id}", get(crate::messages::trace))
+        .route("/v1/quarantine", get(crate::quarantine::list))
+        .route(
+            "/v1/quarantine/{id}",
+            get(crate::quarantine::detail).delete(crate::quarantine::delete),
+        )
+        .route("/v1/quarantine/{id}/raw", get(crate::quarantine::raw))
+        .route(
+            "/v1/quarantine/{id}/release",
+            post(crate::quarantine::release),
+        )
         .route("/v1/queue", get(crate::queue::list))
         .route("/v1/queue/{id}", delete(crate::queue::delete))
         .route("/v1/queue/{id}/retry", post(crate::queue::retry))

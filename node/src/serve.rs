@@ -79,6 +79,10 @@ async fn serve(config: Config) -> Result<()> {
         node: node.clone(),
         admin: AdminToken::new(&token),
         tokenizer: Arc::new(move |raw: &[u8]| tokenizer.tokens(raw)),
+        preview: {
+            let limits = config.scan.limits();
+            Arc::new(move |raw: &[u8]| scan::preview::preview(raw, &limits))
+        },
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, state, async {
         let _ = api_stopped.await;

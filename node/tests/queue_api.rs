@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, Node, Smtp};
+use common::{free_port, Api, Node, Smtp};
 use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::Value;
 
@@ -25,51 +25,7 @@ fn deferring_node() -> Node {
     )
 }
 
-struct Api<'a> {
-    node: &'a Node,
-    client: Client,
-    token: String,
-}
-
-impl<'a> Api<'a> {
-    fn new(node: &'a Node) -> Self {
-        Api {
-            node,
-            client: Client::new(),
-            token: node.token(),
-        }
-    }
-
-    /// Sends the request with the admin token; the status and the JSON body (a
-    /// problem+json body for errors, checked to say so).
-    fn send(&self, request: RequestBuilder) -> (u16, Value) {
-        let response = request.bearer_auth(&self.token).send().unwrap();
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        let body: Value = response.json().unwrap();
-        if status >= 400 {
-            assert_eq!(content_type, "application/problem+json", "{body}");
-            assert_eq!(body["status"], status, "{body}");
-        }
-        (status, body)
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        self.send(self.client.get(format!("{}{path}", self.node.api)))
-    }
-
-    fn post(&self, path: &str) -> (u16, Value) {
-        self.send(self.client.post(format!("{}{path}", self.node.api)))
-    }
-
-    fn delete(&self, path: &str) -> (u16, Value) {
-        self.send(self.client.delete(format!("{}{path}", self.node.api)))
-    }
-
+impl Api<'_> {
     /// The ids a listing returns, and its `next` cursor.
     fn list(&self, query: &str) -> (Vec<String>, Value) {
         let (status, page) = self.get(&format!("/v1/queue?{query}"));

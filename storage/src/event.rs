@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use crate::bayes::{BayesLesson, BayesTrained};
 use crate::codec;
 use crate::message::{
-    AcceptedMessage, DeliveryCommand, DeliveryReport, MessageId, MessageReceived, QuarantineRecord,
-    RejectedMessage, Rejection, Verdict,
+    AcceptedMessage, DeliveryCommand, DeliveryReport, MessageId, MessageReceived, QuarantineAction,
+    QuarantineCommand, QuarantineDecided, QuarantineRecord, RejectedMessage, Rejection, Verdict,
 };
 
 /// SHA-256 digest linking each event to the one before it.
@@ -60,6 +60,10 @@ pub enum Command {
     /// Learn a message as spam or ham for the Bayesian classifier, or forget it, and
     /// record `bayes.trained`.
     TrainBayes(Box<BayesLesson>),
+    /// Release a quarantined message to the delivery queue or delete it, and record
+    /// `quarantine.released` or `quarantine.deleted` (an `api.action` refusal when it
+    /// is not in the quarantine).
+    Quarantine(Box<QuarantineCommand>),
 }
 
 /// What happened. The event log's `type` is [`EventKind::type_name`].
@@ -117,6 +121,8 @@ pub enum EventKind {
     MessageQuarantined(Box<QuarantineRecord>),
     /// The Bayesian classifier learned or forgot a message.
     BayesTrained(Box<BayesTrained>),
+    /// An administrator released or deleted a quarantined message.
+    QuarantineDecided(Box<QuarantineDecided>),
 }
 
 /// The `api.action` event: who did what, from where, to which message, and whether
@@ -156,6 +162,10 @@ impl EventKind {
             EventKind::ScanVerdict(_) => "scan.verdict",
             EventKind::MessageQuarantined(_) => "message.quarantined",
             EventKind::BayesTrained(_) => "bayes.trained",
+            EventKind::QuarantineDecided(q) => match q.decision.action {
+                QuarantineAction::Release => "quarantine.released",
+                QuarantineAction::Delete => "quarantine.deleted",
+            },
         }
     }
 
@@ -173,6 +183,7 @@ impl EventKind {
             EventKind::ScanVerdict(v) => Some(v.message_id),
             EventKind::MessageQuarantined(q) => Some(q.message_id),
             EventKind::BayesTrained(b) => b.message_id,
+            EventKind::QuarantineDecided(q) => Some(q.decision.message_id),
             EventKind::AuditNote { .. }
             | EventKind::MessageRejected(_)
             | EventKind::RejectionsSuppressed { .. } => None,
@@ -354,6 +365,30 @@ impl EventKind {
                 );
                 out.insert("size".into(), q.size.into());
                 out.insert("score".into(), q.score.into());
+            }
+            EventKind::QuarantineDecided(q) => {
+                let d = &q.decision;
+                out.insert("message_id".into(), d.message_id.to_string().into());
+                out.insert("action".into(), d.action.as_str().into());
+                out.insert("user".into(), serde_json::json!({ "name": d.user }));
+                if let Some(ip) = d.client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
+                out.insert(
+                    "email".into(),
+                    serde_json::json!({
+                        "sender": { "address": q.mail_from },
+                        "to": { "address": q.recipients },
+                    }),
+                );
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({
+                        "action": d.action.as_str(),
+                        "outcome": "success",
+                        "reason": d.reason,
+                    }),
+                );
             }
             EventKind::BayesTrained(b) => {
                 if let Some(id) = b.message_id {

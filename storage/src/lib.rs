@@ -37,10 +37,13 @@ pub use event::{
 pub use log::LogStore;
 pub use message::{
     AcceptedMessage, Action, AuthResult, Bounce, Client, DeliveryCommand, DeliveryReport,
-    EngineRun, Envelope, Finding, Lease, MessageId, MessageReceived, QuarantineRecord, QueueAction,
-    QueueEntry, QueueRecord, QueueStatus, QueuedRecipient, RecipientOutcome, RecipientResult,
-    RecipientStatus, RejectedMessage, Rejection, Symbol, Thresholds, Timings, TlsInfo, Verdict,
+    EngineRun, Envelope, Finding, Lease, MessageId, MessageReceived, QuarantineAction,
+    QuarantineCommand, QuarantineDecided, QuarantineRecord, QueueAction, QueueEntry, QueueRecord,
+    QueueStatus, QueuedRecipient, RecipientOutcome, RecipientResult, RecipientStatus,
+    RejectedMessage, Rejection, Symbol, Thresholds, Timings, TlsInfo, Verdict,
 };
 pub use queue::NOT_QUEUED;
 pub use snapshot::{SnapshotFile, SnapshotStore};
-pub use state::{EventFilter, QueueFilter, StateDir, StateStore};
+pub use state::{
+    EventFilter, QuarantineFilter, QueueFilter, StateDir, StateStore, NOT_QUARANTINED,
+};

@@ -501,6 +501,48 @@ impl QueueAction {
     }
 }
 
+/// What an administrator does to a quarantined message (the quarantine API).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuarantineAction {
+    /// The message leaves the quarantine for the delivery queue: delivered to its
+    /// recipients as if its verdict had said deliver; the verdict stays on record.
+    Release,
+    /// The message and its body are removed; nobody receives it.
+    Delete,
+}
+
+impl QuarantineAction {
+    /// The `action` of the `api.action` event recording a refusal.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            QuarantineAction::Release => "quarantine.release",
+            QuarantineAction::Delete => "quarantine.delete",
+        }
+    }
+}
+
+/// An administrator's decision on a quarantined message, as proposed by the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineCommand {
+    pub message_id: MessageId,
+    pub action: QuarantineAction,
+    /// Why, in the caller's words (recorded with the decision).
+    pub reason: String,
+    /// The caller, as authenticated by the API.
+    pub user: String,
+    /// The caller's address as the API saw it.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The `quarantine.released` or `quarantine.deleted` event: the decision and the
+/// recipients it concerned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineDecided {
+    pub decision: QuarantineCommand,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+}
+
 /// What one delivery attempt did for one recipient.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientOutcome {

@@ -10,11 +10,14 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBat
 use serde::{Deserialize, Serialize};
 
 use crate::bayes::{self, BayesClass, BayesCounts, BayesLesson, LessonBatch};
-use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent, VerifyReport};
+use crate::event::{
+    ApiAction, Command, Event, EventKind, Hash, Op, OpResult, StoredEvent, VerifyReport,
+};
 use crate::layout::{self, cf};
 use crate::message::{
-    AcceptedMessage, Action, Bounce, DeliveryCommand, MessageId, QuarantineRecord, QueueEntry,
-    QueueRecord, QueueStatus, QueuedRecipient, RecipientStatus,
+    AcceptedMessage, Action, Bounce, DeliveryCommand, MessageId, QuarantineAction,
+    QuarantineCommand, QuarantineDecided, QuarantineRecord, QueueEntry, QueueRecord, QueueStatus,
+    QueuedRecipient, RecipientStatus,
 };
 use crate::{codec, snapshot, Error, Result};
 
@@ -63,6 +66,9 @@ impl EventFilter {
     }
 }
 
+/// Why a release or deletion of a message not in the quarantine is refused.
+pub const NOT_QUARANTINED: &str = "not in the quarantine";
+
 /// Most events (or queue entries) one query looks at before it returns a cursor to go
 /// on from, so a selective filter cannot turn one request into a scan of everything.
 const MAX_SCAN: usize = 100_000;
@@ -92,6 +98,39 @@ impl QueueFilter {
                     .any(|r| address_matches(want, &r.address))
             })
             && self.status.is_none_or(|s| record.status(now_ms) == s)
+    }
+}
+
+/// Which quarantined messages a listing wants; addresses as in [`QueueFilter`].
+#[derive(Clone, Debug, Default)]
+pub struct QuarantineFilter {
+    /// Envelope sender.
+    pub sender: Option<String>,
+    /// Some recipient.
+    pub recipient: Option<String>,
+    /// Words of the verdict's reason, without regard to case (`malware`, `score`).
+    pub reason: Option<String>,
+    /// Quarantined at or after this time (Unix milliseconds).
+    pub since_ms: Option<i64>,
+    /// Quarantined before this time.
+    pub until_ms: Option<i64>,
+}
+
+impl QuarantineFilter {
+    fn matches(&self, record: &QuarantineRecord) -> bool {
+        self.sender
+            .as_deref()
+            .is_none_or(|s| address_matches(s, &record.mail_from))
+            && self
+                .recipient
+                .as_deref()
+                .is_none_or(|want| record.recipients.iter().any(|r| address_matches(want, r)))
+            && self
+                .reason
+                .as_deref()
+                .is_none_or(|want| record.reason.to_lowercase().contains(&want.to_lowercase()))
+            && self.since_ms.is_none_or(|t| record.time_ms >= t)
+            && self.until_ms.is_none_or(|t| record.time_ms < t)
     }
 }
 
@@ -200,6 +239,8 @@ impl StateStore {
         // Queue entries changed by this batch (None: left the queue), so that later
         // operations of the batch see earlier ones.
         let mut queue: HashMap<MessageId, Option<QueueRecord>> = HashMap::new();
+        // Quarantine records likewise (None: left the quarantine).
+        let mut quarantine: HashMap<MessageId, Option<QuarantineRecord>> = HashMap::new();
         let mut lessons: Option<LessonBatch> = None;
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
@@ -212,8 +253,14 @@ impl StateStore {
                 let (kinds, refused) = match &op.command {
                     Command::Record(kind) => (vec![kind.clone()], None),
                     Command::AcceptMessage(message) => {
-                        let kinds =
-                            self.accept(&mut batch, &mut queue, message, op, head.next_seq)?;
+                        let kinds = self.accept(
+                            &mut batch,
+                            &mut queue,
+                            &mut quarantine,
+                            message,
+                            op,
+                            head.next_seq,
+                        )?;
                         (kinds, None)
                     }
                     Command::RejectMessage(rejected) => (
@@ -227,6 +274,9 @@ impl StateStore {
                         self.delivery(&mut batch, &mut queue, command, op, head.next_seq)?
                     }
                     Command::TrainBayes(lesson) => (vec![self.learn(&mut lessons, lesson)?], None),
+                    Command::Quarantine(command) => {
+                        self.decide(&mut batch, &mut queue, &mut quarantine, command, op)?
+                    }
                 };
                 let mut last = None;
                 for kind in kinds {
@@ -270,6 +320,14 @@ impl StateStore {
                 entry_results.push(result);
             }
             results.push(entry_results);
+        }
+        for (id, record) in quarantine {
+            match record {
+                Some(record) => {
+                    batch.put_cf(self.cf(cf::QUARANTINE), id.key(), codec::encode(&record)?)
+                }
+                None => batch.delete_cf(self.cf(cf::QUARANTINE), id.key()),
+            }
         }
         for (id, entry) in queue {
             match entry {
@@ -384,6 +442,7 @@ impl StateStore {
         &self,
         batch: &mut WriteBatch,
         queue: &mut HashMap<MessageId, Option<QueueRecord>>,
+        quarantine: &mut HashMap<MessageId, Option<QuarantineRecord>>,
         message: &AcceptedMessage,
         op: &Op,
         seq: u64,
@@ -410,8 +469,8 @@ impl StateStore {
                 score: verdict.score,
                 reason: verdict.reason.clone(),
             };
-            batch.put_cf(self.cf(cf::QUARANTINE), key, codec::encode(&record)?);
-            kinds.push(EventKind::MessageQuarantined(Box::new(record)));
+            kinds.push(EventKind::MessageQuarantined(Box::new(record.clone())));
+            quarantine.insert(received.message_id, Some(record));
             return Ok(kinds);
         }
         let entry = QueueEntry {
@@ -496,6 +555,91 @@ impl StateStore {
                 Ok((events, None))
             }
         }
+    }
+
+    /// An administrator's release or deletion of a quarantined message, against the
+    /// quarantine as this batch has left it. A released message joins the queue as
+    /// the node that proposed the release received it, to be delivered as it is;
+    /// a deleted one loses its body.
+    fn decide(
+        &self,
+        batch: &mut WriteBatch,
+        queue: &mut HashMap<MessageId, Option<QueueRecord>>,
+        quarantine: &mut HashMap<MessageId, Option<QuarantineRecord>>,
+        command: &QuarantineCommand,
+        op: &Op,
+    ) -> Result<(Vec<EventKind>, Option<String>)> {
+        let id = command.message_id;
+        let held = match quarantine.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.quarantine_record(id)?),
+        };
+        let Some(record) = held.take() else {
+            let refused = NOT_QUARANTINED.to_string();
+            let event = EventKind::ApiAction(Box::new(ApiAction {
+                action: command.action.as_str().into(),
+                user: command.user.clone(),
+                client_ip: command.client_ip,
+                message_id: Some(id),
+                recipients: Vec::new(),
+                refused: Some(refused.clone()),
+            }));
+            return Ok((vec![event], Some(refused)));
+        };
+        match command.action {
+            QuarantineAction::Release => {
+                // The envelope's extensions are on the message.received event.
+                let envelope = match self.event(record.received_seq)? {
+                    Some(StoredEvent {
+                        event:
+                            Event {
+                                kind: EventKind::MessageReceived(m),
+                                ..
+                            },
+                        ..
+                    }) if m.message_id == id => Some(m.envelope),
+                    _ => None,
+                };
+                let (eight_bit, smtputf8) = match envelope {
+                    Some(e) => (e.eight_bit, e.smtputf8),
+                    // Its event purged: 8BITMIME is harmless to ask for, and SMTPUTF8
+                    // is needed exactly when an address is not ASCII.
+                    None => (
+                        true,
+                        !record.mail_from.is_ascii()
+                            || record.recipients.iter().any(|r| !r.is_ascii()),
+                    ),
+                };
+                let entry = QueueEntry {
+                    message_id: id,
+                    received_seq: record.received_seq,
+                    time_ms: op.time_ms,
+                    mail_from: record.mail_from.clone(),
+                    recipients: record
+                        .recipients
+                        .iter()
+                        .map(|address| QueuedRecipient {
+                            address: address.clone(),
+                            status: RecipientStatus::Pending,
+                        })
+                        .collect(),
+                    eight_bit,
+                    smtputf8,
+                    action: Action::Deliver,
+                    score: record.score,
+                    received_by: op.node,
+                    lease: None,
+                };
+                queue.insert(id, Some(QueueRecord::new(entry)));
+            }
+            QuarantineAction::Delete => batch.delete_cf(self.cf(cf::BODIES), id.key()),
+        }
+        let event = EventKind::QuarantineDecided(Box::new(QuarantineDecided {
+            decision: command.clone(),
+            mail_from: record.mail_from,
+            recipients: record.recipients,
+        }));
+        Ok((vec![event], None))
     }
 
     /// A DSN into the queue, sent with the null sender (RFC 5321 §4.5.5) so that it
@@ -622,6 +766,45 @@ impl StateStore {
             let id = record.entry.message_id;
             scanned += 1;
             if filter.matches(&record, now_ms) {
+                out.push(record);
+                if out.len() >= limit {
+                    let more = iter.next().transpose()?.is_some();
+                    return Ok((out, more.then_some(id)));
+                }
+            }
+            if scanned >= MAX_SCAN {
+                return Ok((out, Some(id)));
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// Up to `limit` quarantined messages after `after` (oldest first: ids sort by
+    /// time) that match `filter`, and the id to pass as `after` for the next page
+    /// (`None` when there is nothing further).
+    pub fn quarantine_list(
+        &self,
+        filter: &QuarantineFilter,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<(Vec<QuarantineRecord>, Option<MessageId>)> {
+        if after.is_some_and(|id| id.0 == u128::MAX) {
+            return Ok((Vec::new(), None));
+        }
+        let start = after.map(|id| (id.0 + 1).to_be_bytes());
+        let mode = match &start {
+            Some(key) => IteratorMode::From(key, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut iter = self.db.iterator_cf(self.cf(cf::QUARANTINE), mode);
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        while let Some(item) = iter.next() {
+            let (_, value) = item?;
+            let record: QuarantineRecord = codec::decode(&value)?;
+            let id = record.message_id;
+            scanned += 1;
+            if filter.matches(&record) {
                 out.push(record);
                 if out.len() >= limit {
                     let more = iter.next().transpose()?.is_some();
@@ -1083,6 +1266,150 @@ mod tests {
         assert_eq!(json["action"], "deliver");
         assert!(store.verify().unwrap().ok);
         assert!(store.message_body(MessageId(7)).unwrap().is_none());
+    }
+
+    #[test]
+    fn quarantined_messages_are_released_to_the_queue_or_deleted_once_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        // Three quarantined messages, a second apart; the second from another sender.
+        let accept = |n: u128| {
+            let mut received = crate::message::tests::sample();
+            received.message_id = MessageId::new(1_764_300_000_000 + n as i64 * 1000, n);
+            if n == 2 {
+                received.envelope.mail_from = "mallory@bad.test".into();
+            }
+            let mut verdict = crate::message::tests::verdict(received.message_id);
+            verdict.action = Action::Quarantine;
+            verdict.reason = if n == 3 {
+                "malware: EICAR"
+            } else {
+                "score 12.0"
+            }
+            .into();
+            Op {
+                id: n,
+                time_ms: 1_764_300_000_000 + n as i64 * 1000,
+                node: 1,
+                command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                    verdict,
+                    received,
+                    body: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+                })),
+            }
+        };
+        let ids: Vec<MessageId> = (1..=3)
+            .map(|n| MessageId::new(1_764_300_000_000 + n as i64 * 1000, n))
+            .collect();
+        store
+            .apply(&[(1, &[accept(1), accept(2), accept(3)][..])], b"1")
+            .unwrap();
+        assert!(store.queue_entry(ids[0]).unwrap().is_none());
+
+        // Listing: all, by sender, by reason, by time, and in pages.
+        let all = QuarantineFilter::default();
+        let (page, next) = store.quarantine_list(&all, None, 2).unwrap();
+        let listed: Vec<MessageId> = page.iter().map(|r| r.message_id).collect();
+        assert_eq!(listed, ids[..2]);
+        let (rest, end) = store.quarantine_list(&all, next, 2).unwrap();
+        assert_eq!(rest[0].message_id, ids[2]);
+        assert_eq!(end, None);
+        let by = |f: QuarantineFilter| -> Vec<MessageId> {
+            let (records, _) = store.quarantine_list(&f, None, 10).unwrap();
+            records.iter().map(|r| r.message_id).collect()
+        };
+        let sender = QuarantineFilter {
+            sender: Some("@BAD.test".into()),
+            ..Default::default()
+        };
+        assert_eq!(by(sender), [ids[1]]);
+        let reason = QuarantineFilter {
+            reason: Some("MALWARE".into()),
+            ..Default::default()
+        };
+        assert_eq!(by(reason), [ids[2]]);
+        let window = QuarantineFilter {
+            since_ms: Some(1_764_300_002_000),
+            until_ms: Some(1_764_300_003_000),
+            ..Default::default()
+        };
+        assert_eq!(by(window), [ids[1]]);
+
+        // Release the first twice in one batch (once done, once refused), delete the
+        // second, and release one never quarantined.
+        let decide = |op: u128, id: MessageId, action: QuarantineAction| Op {
+            id: 100 + op,
+            time_ms: 1_764_300_010_000,
+            node: 3,
+            command: Command::Quarantine(Box::new(QuarantineCommand {
+                message_id: id,
+                action,
+                reason: "false positive".into(),
+                user: "admin".into(),
+                client_ip: Some("192.0.2.9".parse().unwrap()),
+            })),
+        };
+        let results = store
+            .apply(
+                &[(
+                    2,
+                    &[
+                        decide(1, ids[0], QuarantineAction::Release),
+                        decide(2, ids[0], QuarantineAction::Release),
+                        decide(3, ids[1], QuarantineAction::Delete),
+                        decide(4, MessageId(7), QuarantineAction::Delete),
+                    ][..],
+                )],
+                b"2",
+            )
+            .unwrap();
+        let refused: Vec<Option<&str>> = results[0].iter().map(|r| r.refused.as_deref()).collect();
+        assert_eq!(
+            refused,
+            [None, Some(NOT_QUARANTINED), None, Some(NOT_QUARANTINED)]
+        );
+        // Released: in the queue for every recipient, due now, with its envelope's
+        // extensions; out of the quarantine; body kept for delivery.
+        let queued = store.queue_entry(ids[0]).unwrap().unwrap();
+        assert_eq!(queued.recipients[0].address, "bob@example.test");
+        assert_eq!(queued.recipients[0].status, RecipientStatus::Pending);
+        assert!(queued.eight_bit);
+        assert_eq!(queued.action, Action::Deliver);
+        assert_eq!(queued.received_by, 3);
+        assert!(store.quarantine_record(ids[0]).unwrap().is_none());
+        assert!(store.message_body(ids[0]).unwrap().is_some());
+        // Deleted: gone with its body, never queued.
+        assert!(store.quarantine_record(ids[1]).unwrap().is_none());
+        assert!(store.message_body(ids[1]).unwrap().is_none());
+        assert!(store.queue_entry(ids[1]).unwrap().is_none());
+        let (left, _) = store.quarantine_list(&all, None, 10).unwrap();
+        assert_eq!(left.len(), 1);
+
+        // On record: who, from where, why, and the refusals as api.action.
+        let of = |id: MessageId| {
+            let filter = EventFilter {
+                type_name: None,
+                message_id: Some(id),
+            };
+            let (events, _) = store.events(&filter, 0, 10).unwrap();
+            events.iter().map(|e| e.to_json()).collect::<Vec<_>>()
+        };
+        let first = of(ids[0]);
+        let released: Vec<_> = first
+            .iter()
+            .filter(|e| e["type"] == "quarantine.released")
+            .collect();
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0]["user"]["name"], "admin");
+        assert_eq!(released[0]["source"]["ip"], "192.0.2.9");
+        assert_eq!(released[0]["event"]["reason"], "false positive");
+        assert_eq!(released[0]["email"]["to"]["address"][0], "bob@example.test");
+        let refusal = first.iter().find(|e| e["type"] == "api.action").unwrap();
+        assert_eq!(refusal["event"]["outcome"], "failure");
+        assert_eq!(refusal["action"], "quarantine.release");
+        assert!(of(ids[1]).iter().any(|e| e["type"] == "quarantine.deleted"));
+        assert!(store.verify().unwrap().ok);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod contents;
 pub mod engine;
 pub mod malware;
 pub mod phishing;
+pub mod preview;
 pub mod spam;
 pub mod yara;
 

@@ -25,7 +25,7 @@ use heuristics::{Facts, BUILTINS};
 use rules::{HeaderForm, HeaderSource, HeaderTest, Loader, RuleSet, Test};
 
 pub use content::View;
-pub(crate) use content::{host_of, link_hosts, registrable_domain, view};
+pub(crate) use content::{host_of, html_text, link_hosts, registrable_domain, truncate, view};
 
 /// The rules Bulwark ships, loaded before the administrator's files.
 const DEFAULT_RULES: &str = include_str!("default.cf");
@@ -136,13 +136,7 @@ impl<'a> Headers<'a> {
     fn read(message: &'a Message<'a>) -> Self {
         let list = message
             .headers_raw()
-            .map(|(name, raw)| {
-                let decoded = match MessageStream::new(raw.as_bytes()).parse_unstructured() {
-                    HeaderValue::Text(text) => text.trim().to_owned(),
-                    _ => String::new(),
-                };
-                (name.to_ascii_lowercase(), name, decoded, raw)
-            })
+            .map(|(name, raw)| (name.to_ascii_lowercase(), name, decoded(raw), raw))
             .collect();
         Headers { message, list }
     }
@@ -212,6 +206,14 @@ impl<'a> Headers<'a> {
             }
         }
         (out, present)
+    }
+}
+
+/// A header field's value as text: encoded words decoded, folding undone, trimmed.
+pub(crate) fn decoded(raw: &str) -> String {
+    match MessageStream::new(raw.as_bytes()).parse_unstructured() {
+        HeaderValue::Text(text) => text.trim().to_owned(),
+        _ => String::new(),
     }
 }
 

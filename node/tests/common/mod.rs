@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bulwark_cluster_tests::dns::{DnsServer, Zone};
+use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::Value;
 
 pub struct Node {
@@ -478,5 +479,70 @@ impl Smtp {
         data.push_str(".\r\n");
         self.send(data.as_bytes());
         self.read_reply()
+    }
+}
+
+/// The node's HTTP API with its admin token.
+pub struct Api<'a> {
+    node: &'a Node,
+    pub client: Client,
+    token: String,
+}
+
+impl<'a> Api<'a> {
+    pub fn new(node: &'a Node) -> Self {
+        Api {
+            node,
+            client: Client::new(),
+            token: node.token(),
+        }
+    }
+
+    /// Sends the request with the admin token; the status and the JSON body (a
+    /// problem+json body for errors, checked to say so).
+    pub fn send(&self, request: RequestBuilder) -> (u16, Value) {
+        let response = request.bearer_auth(&self.token).send().unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body: Value = response.json().unwrap();
+        if status >= 400 {
+            assert_eq!(content_type, "application/problem+json", "{body}");
+            assert_eq!(body["status"], status, "{body}");
+        }
+        (status, body)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.get(format!("{}{path}", self.node.api)))
+    }
+
+    pub fn post(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.post(format!("{}{path}", self.node.api)))
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.delete(format!("{}{path}", self.node.api)))
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.client.post(self.url(path)).json(body))
+    }
+
+    /// The full URL of `path` on this node's API.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.node.api)
+    }
+
+    /// `path` fetched with the admin token, as it came.
+    pub fn get_raw(&self, path: &str) -> reqwest::blocking::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap()
     }
 }

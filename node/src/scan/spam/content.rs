@@ -294,7 +294,12 @@ fn push_line(out: &mut String, text: &str) {
 }
 
 /// The longest prefix of `text` of at most `limit` bytes ending on a character.
-fn truncate(text: &str, limit: usize) -> &str {
+/// The text a reader sees of an HTML document, one paragraph a line.
+pub(crate) fn html_text(markup: &str) -> String {
+    html::render(markup).text
+}
+
+pub(crate) fn truncate(text: &str, limit: usize) -> &str {
     if text.len() <= limit {
         return text;
     }

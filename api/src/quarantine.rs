@@ -1,0 +1,307 @@
+//! The quarantine: listing with filters, the detail of one message with its verdict
+//! and a safe preview, the raw message, and an administrator's release or deletion.
+//! Each decision is one Raft operation recorded as `quarantine.released` or
+//! `quarantine.deleted` with the caller, its address and the reason given.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulwark_storage::event::rfc3339;
+use bulwark_storage::{
+    Command, EventFilter, MessageId, QuarantineAction, QuarantineCommand, QuarantineFilter,
+    QuarantineRecord,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::auth::ClientIp;
+use crate::routes::{page_limit, ApiState};
+use crate::ApiError;
+
+/// Renders a stored message for reading without running any of it: headers, text,
+/// HTML turned into text, and the list of attachments. Supplied by the node, which
+/// parses mail the way its scanning pipeline does.
+pub type Previewer = Arc<dyn Fn(&[u8]) -> Value + Send + Sync>;
+
+/// Longest reason accepted with a release or deletion.
+const MAX_REASON: usize = 1024;
+/// Events read to find a message's verdict.
+const VERDICT_EVENTS: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    sender: Option<String>,
+    recipient: Option<String>,
+    reason: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/quarantine`: `{"items": [...], "next": ID|null, "applied_index": N}`,
+/// oldest first, as this node has applied the quarantine.
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    s.admin.check(&headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = page_limit(q.limit)?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| message_id("after", a))
+        .transpose()?;
+    let filter = QuarantineFilter {
+        sender: q.sender,
+        recipient: q.recipient,
+        reason: q.reason,
+        since_ms: q
+            .since
+            .as_deref()
+            .map(|t| time_ms("since", t))
+            .transpose()?,
+        until_ms: q
+            .until
+            .as_deref()
+            .map(|t| time_ms("until", t))
+            .transpose()?,
+    };
+    let node = s.node.clone();
+    let applied = node.status().applied_index;
+    let (records, next) =
+        tokio::task::spawn_blocking(move || node.state().quarantine_list(&filter, after, limit))
+            .await
+            .map_err(ApiError::internal)??;
+    let items: Vec<Value> = records.iter().map(item).collect();
+    Ok(Json(json!({
+        "items": items,
+        "next": next.map(|id| id.to_string()),
+        "applied_index": applied,
+    })))
+}
+
+/// `GET /v1/quarantine/{id}`: the record, the verdict that put the message there and
+/// a preview of its content.
+pub(crate) async fn detail(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.admin.check(&headers)?;
+    let id = message_id("id", &id)?;
+    let node = s.node.clone();
+    let applied = node.status().applied_index;
+    let (record, body, verdict) = tokio::task::spawn_blocking(move || {
+        let state = node.state();
+        let Some(record) = state.quarantine_record(id)? else {
+            return Ok::<_, bulwark_storage::Error>((None, None, None));
+        };
+        let body = state.message_body(id)?;
+        let filter = EventFilter {
+            type_name: Some("scan.verdict".into()),
+            message_id: Some(id),
+        };
+        let (events, _) = state.events(&filter, 0, VERDICT_EVENTS)?;
+        Ok((Some(record), body, events.first().map(|e| e.to_json())))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let record = record.ok_or_else(|| not_quarantined(id))?;
+    let preview = match body {
+        Some(body) => {
+            let preview = s.preview.clone();
+            tokio::task::spawn_blocking(move || preview(&body))
+                .await
+                .map_err(ApiError::internal)?
+        }
+        None => Value::Null,
+    };
+    let mut out = item(&record);
+    out["verdict"] = verdict.unwrap_or(Value::Null);
+    out["preview"] = preview;
+    out["applied_index"] = applied.into();
+    Ok(Json(out))
+}
+
+/// `GET /v1/quarantine/{id}/raw`: the message as received, as a download
+/// (`message/rfc822`, never rendered inline).
+pub(crate) async fn raw(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    s.admin.check(&headers)?;
+    let id = message_id("id", &id)?;
+    let node = s.node.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let state = node.state();
+        match state.quarantine_record(id)? {
+            Some(_) => state.message_body(id),
+            None => Ok(None),
+        }
+    })
+    .await
+    .map_err(ApiError::internal)??
+    .ok_or_else(|| not_quarantined(id))?;
+    let disposition = format!("attachment; filename=\"{id}.eml\"");
+    let disposition = HeaderValue::from_str(&disposition).map_err(ApiError::internal)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("message/rfc822"),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        Bytes::from(body),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReleaseRequest {
+    reason: String,
+}
+
+/// `POST /v1/quarantine/{id}/release` with `{"reason": "..."}`: the message joins the
+/// delivery queue.
+pub(crate) async fn release(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    ip: ClientIp,
+    id: Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let request: ReleaseRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("body: {e} (expected {{\"reason\": \"...\"}})"))
+    })?;
+    if request.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("a release needs a reason"));
+    }
+    decide(
+        state,
+        headers,
+        ip,
+        id,
+        QuarantineAction::Release,
+        request.reason,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteQuery {
+    reason: Option<String>,
+}
+
+/// `DELETE /v1/quarantine/{id}[?reason=...]`: the message and its body are removed.
+pub(crate) async fn delete(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    ip: ClientIp,
+    id: Path<String>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let reason = q.reason.unwrap_or_default();
+    decide(state, headers, ip, id, QuarantineAction::Delete, reason).await
+}
+
+/// Commits `action` on message `id` for the authenticated caller: 200 with the
+/// event's seq and hash, or 404 when the message is not in the quarantine (that
+/// refusal is on record too).
+async fn decide(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
+    Path(id): Path<String>,
+    action: QuarantineAction,
+    reason: String,
+) -> Result<Json<Value>, ApiError> {
+    let user = s.admin.check(&headers)?;
+    let message_id = message_id("id", &id)?;
+    if reason.len() > MAX_REASON {
+        return Err(ApiError::bad_request(format!(
+            "reason is {} bytes, at most {MAX_REASON} allowed",
+            reason.len()
+        )));
+    }
+    let result = s
+        .node
+        .proposer()
+        .propose(Command::Quarantine(Box::new(QuarantineCommand {
+            message_id,
+            action,
+            reason,
+            user: user.to_string(),
+            client_ip,
+        })))
+        .await?;
+    if let Some(refused) = result.refused {
+        return Err(ApiError::not_found(format!(
+            "message {message_id}: {refused}"
+        )));
+    }
+    Ok(Json(json!({
+        "seq": result.seq,
+        "hash": hex::encode(result.hash),
+        "message_id": message_id.to_string(),
+        "action": action.as_str(),
+    })))
+}
+
+/// One quarantined message as the listing shows it.
+fn item(record: &QuarantineRecord) -> Value {
+    json!({
+        "id": record.message_id.to_string(),
+        "quarantined": rfc3339(record.time_ms),
+        "sender": record.mail_from,
+        "recipients": record.recipients,
+        "subject": record.subject,
+        "from": record.header_from,
+        "size": record.size,
+        "score": record.score,
+        "reason": record.reason,
+    })
+}
+
+fn not_quarantined(id: MessageId) -> ApiError {
+    ApiError::not_found(format!(
+        "message {id}: {}",
+        bulwark_storage::NOT_QUARANTINED
+    ))
+}
+
+fn message_id(what: &str, text: &str) -> Result<MessageId, ApiError> {
+    text.parse::<MessageId>()
+        .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+}
+
+/// An RFC 3339 time as Unix milliseconds.
+fn time_ms(what: &str, text: &str) -> Result<i64, ApiError> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{what}: {e} (expected RFC 3339, e.g. 2026-11-28T09:00:00Z)"
+        ))
+    })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| ApiError::bad_request(format!("{what}: out of range")))
+}
