@@ -30,6 +30,16 @@ struct Raw {
     scan: Option<scanning::RawScan>,
     dns: Option<scanning::RawDns>,
     policy: Option<scanning::RawPolicy>,
+    quarantine: Option<RawQuarantine>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuarantine {
+    /// Days a quarantined message is kept (fractions allowed); 0: until someone acts.
+    retention_days: Option<f64>,
+    /// How often the leader looks for messages past the retention, in seconds.
+    check_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +211,7 @@ pub struct Config {
     pub scan: ScanConfig,
     pub dns: DnsConfig,
     pub policy: Policy,
+    pub quarantine: crate::quarantine::Settings,
 }
 
 impl Config {
@@ -301,6 +312,7 @@ impl Config {
         let scan = scanning::validate_scan(raw.scan.unwrap_or_default(), base, &mut problems);
         let dns = scanning::validate_dns(raw.dns.unwrap_or_default(), &mut problems);
         let policy = scanning::validate_policy(raw.policy.unwrap_or_default(), &mut problems);
+        let quarantine = validate_quarantine(raw.quarantine.unwrap_or_default(), &mut problems);
 
         if !problems.is_empty() {
             return Err(problems);
@@ -319,7 +331,32 @@ impl Config {
             scan,
             dns,
             policy,
+            quarantine,
         })
+    }
+}
+
+fn validate_quarantine(
+    q: RawQuarantine,
+    problems: &mut Vec<String>,
+) -> crate::quarantine::Settings {
+    let defaults = crate::quarantine::Settings::default();
+    let days = q.retention_days.unwrap_or(defaults.retention_days);
+    // Up to 100 years: beyond that, keep forever with 0.
+    if !(0.0..=36_500.0).contains(&days) {
+        problems.push(format!(
+            "quarantine.retention_days must be 0 (keep until someone acts) to 36500, not {days}"
+        ));
+    }
+    let check_secs = q.check_secs.unwrap_or(defaults.check_every.as_secs());
+    if check_secs == 0 {
+        problems.push("quarantine.check_secs must be positive".into());
+    }
+    crate::quarantine::Settings {
+        retention: (days > 0.0 && days <= 36_500.0)
+            .then(|| Duration::from_secs_f64(days * 86_400.0)),
+        retention_days: days,
+        check_every: Duration::from_secs(check_secs.max(1)),
     }
 }
 
@@ -780,6 +817,9 @@ mod tests {
             max_message_size = 0
             tls_cert = "smtp.pem"
             bare_newline = "strip"
+            [quarantine]
+            retention_days = -1
+            check_secs = 0
             "#,
         )
         .unwrap_err();
@@ -799,6 +839,8 @@ mod tests {
             "smtp.max_message_size must be positive",
             "smtp.tls_cert and smtp.tls_key go together",
             "smtp.bare_newline",
+            "quarantine.retention_days must be 0 (keep until someone acts) to 36500, not -1",
+            "quarantine.check_secs must be positive",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod delivery;
 pub mod dns;
 pub mod policy;
+pub mod quarantine;
 pub mod scan;
 pub mod serve;
 pub mod smtp;

@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::{delivery, dns, scan, smtp};
+use crate::{delivery, dns, quarantine, scan, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
@@ -103,6 +103,11 @@ async fn serve(config: Config) -> Result<()> {
     let stop_delivery = CancellationToken::new();
     let delivery = delivery::Worker::new(node.clone(), config.delivery.clone(), resolver);
     let delivery = tokio::spawn(delivery.run(stop_delivery.clone()));
+    let retention = tokio::spawn(quarantine::run(
+        node.clone(),
+        config.quarantine.clone(),
+        stop_delivery.clone(),
+    ));
 
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -117,6 +122,9 @@ async fn serve(config: Config) -> Result<()> {
     stop_delivery.cancel();
     if let Err(e) = delivery.await {
         tracing::warn!(error = %e, "delivery task");
+    }
+    if let Err(e) = retention.await {
+        tracing::warn!(error = %e, "quarantine retention task");
     }
     let _ = stop_api.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(10), api).await {

@@ -225,6 +225,39 @@ fn quarantine_lists_previews_releases_and_deletes_with_an_audit_trail() {
     assert_eq!(status, 404);
 }
 
+#[test]
+fn quarantine_retention_removes_what_it_held_too_long_and_records_it() {
+    let sink = Sink::start(SinkConfig::default());
+    // About two seconds of retention, checked every second.
+    let node = Node::start_with(
+        "",
+        &format!(
+            "[delivery]\nrelay = \"{}\"\npoll_ms = 100\n\n\
+             [quarantine]\nretention_days = 0.000025\ncheck_secs = 1\n",
+            sink.addr()
+        ),
+    );
+    let api = Api::new(&node);
+    let old = send(&node, "alice@sender.test", PROGRAM);
+    node.wait_message_event(&old, "message.quarantined", 1, WAIT);
+    assert_eq!(listed(&api, "").0, [old.as_str()]);
+    let expired = node.wait_message_event(&old, "quarantine.expired", 1, WAIT);
+    assert_eq!(expired[0]["user"]["name"], "retention");
+    assert_eq!(
+        expired[0]["event"]["reason"],
+        "held longer than 0.000025 days"
+    );
+    assert_eq!(listed(&api, "").0.len(), 0);
+    assert_eq!(api.get(&format!("/v1/quarantine/{old}/raw")).0, 404);
+    let runs = node.events("quarantine.retention");
+    assert!(
+        runs.iter().any(|r| r["quarantine"]["expired"] == 1),
+        "{runs:#?}"
+    );
+    // Expired, never delivered.
+    assert!(sink.received().is_empty());
+}
+
 /// The id of a message that was never quarantined: one sent clean, once delivered.
 fn delivered_id(node: &Node, sink: &Sink) -> String {
     let clean = "From: <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: lunch\r\n\

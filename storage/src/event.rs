@@ -14,7 +14,8 @@ use crate::bayes::{BayesLesson, BayesTrained};
 use crate::codec;
 use crate::message::{
     AcceptedMessage, DeliveryCommand, DeliveryReport, MessageId, MessageReceived, QuarantineAction,
-    QuarantineCommand, QuarantineDecided, QuarantineRecord, RejectedMessage, Rejection, Verdict,
+    QuarantineCommand, QuarantineDecided, QuarantineExpiry, QuarantineRecord, RejectedMessage,
+    Rejection, Verdict,
 };
 
 /// SHA-256 digest linking each event to the one before it.
@@ -64,6 +65,8 @@ pub enum Command {
     /// `quarantine.released` or `quarantine.deleted` (an `api.action` refusal when it
     /// is not in the quarantine).
     Quarantine(Box<QuarantineCommand>),
+    /// Remove what the quarantine has held longer than its retention.
+    ExpireQuarantine(Box<QuarantineExpiry>),
 }
 
 /// What happened. The event log's `type` is [`EventKind::type_name`].
@@ -123,6 +126,12 @@ pub enum EventKind {
     BayesTrained(Box<BayesTrained>),
     /// An administrator released or deleted a quarantined message.
     QuarantineDecided(Box<QuarantineDecided>),
+    /// A run of the quarantine's retention: how many messages it removed.
+    QuarantineRetention {
+        before_ms: i64,
+        expired: u32,
+        reason: String,
+    },
 }
 
 /// The `api.action` event: who did what, from where, to which message, and whether
@@ -165,7 +174,9 @@ impl EventKind {
             EventKind::QuarantineDecided(q) => match q.decision.action {
                 QuarantineAction::Release => "quarantine.released",
                 QuarantineAction::Delete => "quarantine.deleted",
+                QuarantineAction::Expire => "quarantine.expired",
             },
+            EventKind::QuarantineRetention { .. } => "quarantine.retention",
         }
     }
 
@@ -185,6 +196,7 @@ impl EventKind {
             EventKind::BayesTrained(b) => b.message_id,
             EventKind::QuarantineDecided(q) => Some(q.decision.message_id),
             EventKind::AuditNote { .. }
+            | EventKind::QuarantineRetention { .. }
             | EventKind::MessageRejected(_)
             | EventKind::RejectionsSuppressed { .. } => None,
         }
@@ -388,6 +400,20 @@ impl EventKind {
                         "outcome": "success",
                         "reason": d.reason,
                     }),
+                );
+            }
+            EventKind::QuarantineRetention {
+                before_ms,
+                expired,
+                reason,
+            } => {
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({ "action": "quarantine.retention", "reason": reason }),
+                );
+                out.insert(
+                    "quarantine".into(),
+                    serde_json::json!({ "before": rfc3339(*before_ms), "expired": expired }),
                 );
             }
             EventKind::BayesTrained(b) => {

@@ -38,9 +38,9 @@ pub use log::LogStore;
 pub use message::{
     AcceptedMessage, Action, AuthResult, Bounce, Client, DeliveryCommand, DeliveryReport,
     EngineRun, Envelope, Finding, Lease, MessageId, MessageReceived, QuarantineAction,
-    QuarantineCommand, QuarantineDecided, QuarantineRecord, QueueAction, QueueEntry, QueueRecord,
-    QueueStatus, QueuedRecipient, RecipientOutcome, RecipientResult, RecipientStatus,
-    RejectedMessage, Rejection, Symbol, Thresholds, Timings, TlsInfo, Verdict,
+    QuarantineCommand, QuarantineDecided, QuarantineExpiry, QuarantineRecord, QueueAction,
+    QueueEntry, QueueRecord, QueueStatus, QueuedRecipient, RecipientOutcome, RecipientResult,
+    RecipientStatus, RejectedMessage, Rejection, Symbol, Thresholds, Timings, TlsInfo, Verdict,
 };
 pub use queue::NOT_QUEUED;
 pub use snapshot::{SnapshotFile, SnapshotStore};

@@ -509,6 +509,9 @@ pub enum QuarantineAction {
     Release,
     /// The message and its body are removed; nobody receives it.
     Delete,
+    /// Removed like [`QuarantineAction::Delete`], by the retention (never proposed by a
+    /// caller: see [`QuarantineExpiry`]).
+    Expire,
 }
 
 impl QuarantineAction {
@@ -517,6 +520,7 @@ impl QuarantineAction {
         match self {
             QuarantineAction::Release => "quarantine.release",
             QuarantineAction::Delete => "quarantine.delete",
+            QuarantineAction::Expire => "quarantine.expire",
         }
     }
 }
@@ -532,6 +536,17 @@ pub struct QuarantineCommand {
     pub user: String,
     /// The caller's address as the API saw it.
     pub client_ip: Option<IpAddr>,
+}
+
+/// The quarantine's retention: messages quarantined before `before_ms` (Unix
+/// milliseconds) are removed with their bodies, the oldest first, at most `max` per
+/// command; each is recorded as `quarantine.expired` with `reason`, and the run as
+/// `quarantine.retention`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineExpiry {
+    pub before_ms: i64,
+    pub max: u32,
+    pub reason: String,
 }
 
 /// The `quarantine.released` or `quarantine.deleted` event: the decision and the

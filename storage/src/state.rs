@@ -16,8 +16,8 @@ use crate::event::{
 use crate::layout::{self, cf};
 use crate::message::{
     AcceptedMessage, Action, Bounce, DeliveryCommand, MessageId, QuarantineAction,
-    QuarantineCommand, QuarantineDecided, QuarantineRecord, QueueEntry, QueueRecord, QueueStatus,
-    QueuedRecipient, RecipientStatus,
+    QuarantineCommand, QuarantineDecided, QuarantineExpiry, QuarantineRecord, QueueEntry,
+    QueueRecord, QueueStatus, QueuedRecipient, RecipientStatus,
 };
 use crate::{codec, snapshot, Error, Result};
 
@@ -276,6 +276,9 @@ impl StateStore {
                     Command::TrainBayes(lesson) => (vec![self.learn(&mut lessons, lesson)?], None),
                     Command::Quarantine(command) => {
                         self.decide(&mut batch, &mut queue, &mut quarantine, command, op)?
+                    }
+                    Command::ExpireQuarantine(expiry) => {
+                        (self.expire(&mut batch, &mut quarantine, expiry)?, None)
                     }
                 };
                 let mut last = None;
@@ -632,7 +635,9 @@ impl StateStore {
                 };
                 queue.insert(id, Some(QueueRecord::new(entry)));
             }
-            QuarantineAction::Delete => batch.delete_cf(self.cf(cf::BODIES), id.key()),
+            QuarantineAction::Delete | QuarantineAction::Expire => {
+                batch.delete_cf(self.cf(cf::BODIES), id.key())
+            }
         }
         let event = EventKind::QuarantineDecided(Box::new(QuarantineDecided {
             decision: command.clone(),
@@ -640,6 +645,53 @@ impl StateStore {
             recipients: record.recipients,
         }));
         Ok((vec![event], None))
+    }
+
+    /// The retention's run: what was quarantined before `expiry.before_ms`, oldest
+    /// first, out with its body.
+    fn expire(
+        &self,
+        batch: &mut WriteBatch,
+        quarantine: &mut HashMap<MessageId, Option<QuarantineRecord>>,
+        expiry: &QuarantineExpiry,
+    ) -> Result<Vec<EventKind>> {
+        // Ids sort by the time of reception, which comes before the quarantine's.
+        let end = MessageId::new(expiry.before_ms, 0).key();
+        let mut events = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::QUARANTINE), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            if key.as_ref() >= end.as_slice() || events.len() >= expiry.max as usize {
+                break;
+            }
+            let record: QuarantineRecord = codec::decode(&value)?;
+            let id = record.message_id;
+            // Released or deleted earlier in this batch.
+            if matches!(quarantine.get(&id), Some(None)) || record.time_ms >= expiry.before_ms {
+                continue;
+            }
+            quarantine.insert(id, None);
+            batch.delete_cf(self.cf(cf::BODIES), id.key());
+            events.push(EventKind::QuarantineDecided(Box::new(QuarantineDecided {
+                decision: QuarantineCommand {
+                    message_id: id,
+                    action: QuarantineAction::Expire,
+                    reason: expiry.reason.clone(),
+                    user: "retention".into(),
+                    client_ip: None,
+                },
+                mail_from: record.mail_from,
+                recipients: record.recipients,
+            })));
+        }
+        events.push(EventKind::QuarantineRetention {
+            before_ms: expiry.before_ms,
+            expired: events.len() as u32,
+            reason: expiry.reason.clone(),
+        });
+        Ok(events)
     }
 
     /// A DSN into the queue, sent with the null sender (RFC 5321 §4.5.5) so that it
@@ -1409,6 +1461,49 @@ mod tests {
         assert_eq!(refusal["event"]["outcome"], "failure");
         assert_eq!(refusal["action"], "quarantine.release");
         assert!(of(ids[1]).iter().any(|e| e["type"] == "quarantine.deleted"));
+
+        // Retention: what was quarantined before the cut expires, body and all; a
+        // second run finds nothing and says so.
+        let expire = |op: u128, before_ms: i64| Op {
+            id: 200 + op,
+            time_ms: 1_764_400_000_000,
+            node: 1,
+            command: Command::ExpireQuarantine(Box::new(QuarantineExpiry {
+                before_ms,
+                max: 100,
+                reason: "held longer than 30 days".into(),
+            })),
+        };
+        store
+            .apply(
+                &[(
+                    3,
+                    &[expire(1, 1_764_300_003_000), expire(2, 1_764_300_004_000)][..],
+                )],
+                b"3",
+            )
+            .unwrap();
+        // The first cut is the third message's quarantine time: not before it.
+        let runs: Vec<serde_json::Value> = {
+            let filter = EventFilter {
+                type_name: Some("quarantine.retention".into()),
+                message_id: None,
+            };
+            let (events, _) = store.events(&filter, 0, 10).unwrap();
+            events.iter().map(|e| e.to_json()).collect()
+        };
+        let expired: Vec<&serde_json::Value> =
+            runs.iter().map(|r| &r["quarantine"]["expired"]).collect();
+        assert_eq!(expired, [0, 1]);
+        assert!(store.quarantine_record(ids[2]).unwrap().is_none());
+        assert!(store.message_body(ids[2]).unwrap().is_none());
+        let gone = of(ids[2]);
+        let last = gone.last().unwrap();
+        assert_eq!(last["type"], "quarantine.expired");
+        assert_eq!(last["user"]["name"], "retention");
+        assert_eq!(last["event"]["reason"], "held longer than 30 days");
+        // The released message is not the retention's to touch.
+        assert!(store.message_body(ids[0]).unwrap().is_some());
         assert!(store.verify().unwrap().ok);
     }
 

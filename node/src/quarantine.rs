@@ -1,0 +1,94 @@
+//! The quarantine's retention (`[quarantine]`): what has been held longer than
+//! `retention_days` is removed with its body by a replicated command, so every node
+//! removes the same messages and each removal is on record (`quarantine.expired`).
+//! The leader proposes it; were two nodes to propose at once, the second finds
+//! nothing left to remove.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_consensus::RaftNode;
+use bulwark_storage::{Command, QuarantineExpiry, QuarantineFilter};
+use tokio_util::sync::CancellationToken;
+
+/// Messages removed per command: one Raft entry stays small.
+const PER_COMMAND: u32 = 1000;
+/// Commands per check at most, so that a large backlog is worked off over a few checks.
+const COMMANDS_PER_CHECK: usize = 100;
+
+/// `[quarantine]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// How long a message stays; `None` (`retention_days = 0`): until someone acts.
+    pub retention: Option<Duration>,
+    /// `retention_days` as configured, for the reason recorded with each removal.
+    pub retention_days: f64,
+    /// How often the leader looks for messages past the retention.
+    pub check_every: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            retention: Some(Duration::from_secs(30 * 86_400)),
+            retention_days: 30.0,
+            check_every: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Applies the retention until `stop` is cancelled.
+pub async fn run(node: Arc<RaftNode>, settings: Settings, stop: CancellationToken) {
+    let Some(retention) = settings.retention else {
+        return;
+    };
+    let reason = format!("held longer than {} days", settings.retention_days);
+    let mut tick = tokio::time::interval(settings.check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        let before_ms = now_ms().saturating_sub(retention.as_millis() as i64);
+        for _ in 0..COMMANDS_PER_CHECK {
+            match oldest_before(&node, before_ms).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "quarantine retention: reading the quarantine");
+                    break;
+                }
+            }
+            let command = Command::ExpireQuarantine(Box::new(QuarantineExpiry {
+                before_ms,
+                max: PER_COMMAND,
+                reason: reason.clone(),
+            }));
+            if let Err(e) = node.proposer().propose(command).await {
+                tracing::warn!(error = %e, "quarantine retention: proposing the removal");
+                break;
+            }
+        }
+    }
+}
+
+/// Whether the oldest quarantined message was quarantined before `before_ms`.
+async fn oldest_before(node: &Arc<RaftNode>, before_ms: i64) -> anyhow::Result<bool> {
+    let node = node.clone();
+    let (oldest, _) = tokio::task::spawn_blocking(move || {
+        node.state()
+            .quarantine_list(&QuarantineFilter::default(), None, 1)
+    })
+    .await??;
+    Ok(oldest.first().is_some_and(|r| r.time_ms < before_ms))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
