@@ -56,38 +56,153 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     s.admin.check(&headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let applied = s.node.status().applied_index;
+    let (records, next) = matching(&s, q).await?;
+    let items: Vec<Value> = records.iter().map(item).collect();
+    Ok(Json(json!({
+        "items": items,
+        "next": next.map(|id| id.to_string()),
+        "applied_index": applied,
+    })))
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<QuarantineFilter, ApiError> {
+        Ok(QuarantineFilter {
+            sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
+            reason: self.reason.clone(),
+            since_ms: self
+                .since
+                .as_deref()
+                .map(|t| time_ms("since", t))
+                .transpose()?,
+            until_ms: self
+                .until
+                .as_deref()
+                .map(|t| time_ms("until", t))
+                .transpose()?,
+        })
+    }
+}
+
+/// One page of the quarantined messages `q` asks for, and the cursor after it.
+async fn matching(
+    s: &ApiState,
+    q: ListQuery,
+) -> Result<(Vec<QuarantineRecord>, Option<MessageId>), ApiError> {
     let limit = page_limit(q.limit)?;
     let after = q
         .after
         .as_deref()
         .map(|a| message_id("after", a))
         .transpose()?;
-    let filter = QuarantineFilter {
-        sender: q.sender,
-        recipient: q.recipient,
-        reason: q.reason,
-        since_ms: q
-            .since
-            .as_deref()
-            .map(|t| time_ms("since", t))
-            .transpose()?,
-        until_ms: q
-            .until
-            .as_deref()
-            .map(|t| time_ms("until", t))
-            .transpose()?,
-    };
+    let filter = q.filter()?;
     let node = s.node.clone();
-    let applied = node.status().applied_index;
-    let (records, next) =
+    let page =
         tokio::task::spawn_blocking(move || node.state().quarantine_list(&filter, after, limit))
             .await
             .map_err(ApiError::internal)??;
-    let items: Vec<Value> = records.iter().map(item).collect();
+    Ok(page)
+}
+
+/// `POST /v1/quarantine/release?FILTERS` with `{"reason": "..."}`: releases one page
+/// of the matching messages (`limit`, default 100); `next` says where the next page
+/// starts, `null` when there is none.
+pub(crate) async fn release_matching(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    ip: ClientIp,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let reason = reason_of(&body, true)?;
+    bulk(state, headers, ip, query, QuarantineAction::Release, reason).await
+}
+
+/// `POST /v1/quarantine/delete?FILTERS` with `{"reason": "..."}` (or no body):
+/// deletes one page of the matching messages, as [`release_matching`] releases them.
+pub(crate) async fn delete_matching(
+    state: State<ApiState>,
+    headers: HeaderMap,
+    ip: ClientIp,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let reason = reason_of(&body, false)?;
+    bulk(state, headers, ip, query, QuarantineAction::Delete, reason).await
+}
+
+/// The `reason` of a `{"reason": "..."}` body; required (not blank) when `required`,
+/// else the body may be empty.
+fn reason_of(body: &[u8], required: bool) -> Result<String, ApiError> {
+    if body.is_empty() && !required {
+        return Ok(String::new());
+    }
+    let request: ReasonRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("body: {e} (expected {{\"reason\": \"...\"}})"))
+    })?;
+    if required && request.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("a release needs a reason"));
+    }
+    Ok(request.reason)
+}
+
+/// Takes `action` on one page of the messages `query` matches, each as its own
+/// recorded decision; at least one filter is required, so that no call acts on the
+/// whole quarantine by accident (`until=` a time to come matches everything).
+async fn bulk(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    action: QuarantineAction,
+    reason: String,
+) -> Result<Json<Value>, ApiError> {
+    let user = s.admin.check(&headers)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_reason(&reason)?;
+    if q.sender.is_none()
+        && q.recipient.is_none()
+        && q.reason.is_none()
+        && q.since.is_none()
+        && q.until.is_none()
+    {
+        return Err(ApiError::bad_request(
+            "give at least one filter: sender, recipient, reason, since or until",
+        ));
+    }
+    let (records, next) = matching(&s, q).await?;
+    let mut proposals = tokio::task::JoinSet::new();
+    for (index, record) in records.iter().enumerate() {
+        let proposer = s.node.proposer().clone();
+        let command = Command::Quarantine(Box::new(QuarantineCommand {
+            message_id: record.message_id,
+            action,
+            reason: reason.clone(),
+            user: user.to_string(),
+            client_ip,
+        }));
+        proposals.spawn(async move { (index, proposer.propose(command).await) });
+    }
+    let mut done = vec![false; records.len()];
+    while let Some(joined) = proposals.join_next().await {
+        let (index, result) = joined.map_err(ApiError::internal)?;
+        done[index] = result?.refused.is_none();
+    }
+    let ids = |want: bool| -> Vec<String> {
+        records
+            .iter()
+            .zip(&done)
+            .filter(|(_, d)| **d == want)
+            .map(|(r, _)| r.message_id.to_string())
+            .collect()
+    };
     Ok(Json(json!({
-        "items": items,
+        "action": action.as_str(),
+        "done": ids(true),
+        "refused": ids(false),
         "next": next.map(|id| id.to_string()),
-        "applied_index": applied,
     })))
 }
 
@@ -176,7 +291,7 @@ pub(crate) async fn raw(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ReleaseRequest {
+struct ReasonRequest {
     reason: String,
 }
 
@@ -189,21 +304,8 @@ pub(crate) async fn release(
     id: Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let request: ReleaseRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("body: {e} (expected {{\"reason\": \"...\"}})"))
-    })?;
-    if request.reason.trim().is_empty() {
-        return Err(ApiError::bad_request("a release needs a reason"));
-    }
-    decide(
-        state,
-        headers,
-        ip,
-        id,
-        QuarantineAction::Release,
-        request.reason,
-    )
-    .await
+    let reason = reason_of(&body, true)?;
+    decide(state, headers, ip, id, QuarantineAction::Release, reason).await
 }
 
 #[derive(Deserialize)]
@@ -238,12 +340,7 @@ async fn decide(
 ) -> Result<Json<Value>, ApiError> {
     let user = s.admin.check(&headers)?;
     let message_id = message_id("id", &id)?;
-    if reason.len() > MAX_REASON {
-        return Err(ApiError::bad_request(format!(
-            "reason is {} bytes, at most {MAX_REASON} allowed",
-            reason.len()
-        )));
-    }
+    check_reason(&reason)?;
     let result = s
         .node
         .proposer()
@@ -281,6 +378,16 @@ fn item(record: &QuarantineRecord) -> Value {
         "score": record.score,
         "reason": record.reason,
     })
+}
+
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.len() > MAX_REASON {
+        return Err(ApiError::bad_request(format!(
+            "reason is {} bytes, at most {MAX_REASON} allowed",
+            reason.len()
+        )));
+    }
+    Ok(())
 }
 
 fn not_quarantined(id: MessageId) -> ApiError {

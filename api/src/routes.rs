@@ -43,6 +43,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/messages/{id}", get(crate::messages::trace))
         .route("/v1/quarantine", get(crate::quarantine::list))
         .route(
+            "/v1/quarantine/release",
+            post(crate::quarantine::release_matching),
+        )
+        .route(
+            "/v1/quarantine/delete",
+            post(crate::quarantine::delete_matching),
+        )
+        .route(
             "/v1/quarantine/{id}",
             get(crate::quarantine::detail).delete(crate::quarantine::delete),
         )

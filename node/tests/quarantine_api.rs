@@ -226,6 +226,77 @@ fn quarantine_lists_previews_releases_and_deletes_with_an_audit_trail() {
 }
 
 #[test]
+fn quarantine_bulk_release_and_delete_act_on_what_the_filters_match_page_by_page() {
+    let sink = Sink::start(SinkConfig::default());
+    let node = Node::start_with(
+        "",
+        &format!("[delivery]\nrelay = \"{}\"\npoll_ms = 100\n", sink.addr()),
+    );
+    let api = Api::new(&node);
+    let spam: Vec<String> = (0..3)
+        .map(|i| send(&node, &format!("s{i}@spam.test"), PROGRAM))
+        .collect();
+    let wanted: Vec<String> = (0..2)
+        .map(|i| send(&node, &format!("w{i}@partner.test"), PROGRAM))
+        .collect();
+    for id in spam.iter().chain(&wanted) {
+        node.wait_message_event(id, "message.quarantined", 1, WAIT);
+    }
+
+    // No filter, no reason for a release, a bad filter: refused, nothing touched.
+    let reason = json!({ "reason": "campaign" });
+    for (path, body) in [
+        ("/v1/quarantine/delete", json!({})),
+        (
+            "/v1/quarantine/release?sender=@partner.test",
+            json!({ "reason": "" }),
+        ),
+        ("/v1/quarantine/delete?since=soon", reason.clone()),
+    ] {
+        let (status, problem) = api.post_json(path, &body);
+        assert_eq!(status, 400, "{path}: {problem}");
+    }
+    assert_eq!(listed(&api, "").0.len(), 5);
+
+    // Delete the campaign two at a time.
+    let (status, page) = api.post_json("/v1/quarantine/delete?sender=@spam.test&limit=2", &reason);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["action"], "quarantine.delete");
+    assert_eq!(page["done"], json!(spam[..2]));
+    assert_eq!(page["refused"], json!([]));
+    let next = page["next"].as_str().unwrap();
+    let (status, page) = api.post_json(
+        &format!("/v1/quarantine/delete?sender=@spam.test&limit=2&after={next}"),
+        &reason,
+    );
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["done"], json!([spam[2]]));
+    assert_eq!(page["next"], Value::Null);
+    assert_eq!(listed(&api, "").0, wanted);
+    for id in &spam {
+        let deleted = node.wait_message_event(id, "quarantine.deleted", 1, WAIT);
+        assert_eq!(deleted[0]["event"]["reason"], "campaign");
+        assert_eq!(api.get(&format!("/v1/quarantine/{id}/raw")).0, 404);
+    }
+
+    // Release the partner's messages: both reach the next hop.
+    let (status, page) = api.post_json(
+        "/v1/quarantine/release?sender=@partner.test",
+        &json!({ "reason": "partner confirmed" }),
+    );
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["done"], json!(wanted));
+    let got = sink.wait_for(2, WAIT);
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|d| d.header("X-Bulwark-Id").unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, wanted);
+    assert_eq!(listed(&api, "").0.len(), 0);
+}
+
+#[test]
 fn quarantine_retention_removes_what_it_held_too_long_and_records_it() {
     let sink = Sink::start(SinkConfig::default());
     // About two seconds of retention, checked every second.
