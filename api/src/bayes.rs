@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::auth::ClientIp;
+use crate::auth::{Access, ClientIp};
 use crate::routes::ApiState;
 use crate::ApiError;
 
@@ -42,7 +42,7 @@ pub(crate) async fn learn(
     query: Result<Query<LessonQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let user = s.admin.check(&headers)?;
+    let user = s.caller(&headers, Access::Act)?.name;
     let class = match lesson.as_str() {
         "spam" => Some(BayesClass::Spam),
         "ham" => Some(BayesClass::Ham),
@@ -134,7 +134,7 @@ pub(crate) async fn counts(
     State(s): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    s.admin.check(&headers)?;
+    s.caller(&headers, Access::Messages)?;
     let state = s.node.state();
     let (spam, ham) = state.bayes_totals();
     Ok(Json(json!({

@@ -36,6 +36,22 @@ impl ApiError {
         }
     }
 
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            title: "forbidden",
+            detail: detail.into(),
+        }
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::CONFLICT,
+            title: "conflict",
+            detail: detail.into(),
+        }
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,5 +1,6 @@
 //! Bulwark's HTTP API (axum): health, cluster status, the audit trail, the delivery
-//! queue, the quarantine, the Bayesian classifier's training.
+//! queue, the quarantine, the Bayesian classifier's training, and the tokens that
+//! give each caller a role.
 //!
 //! Reads are served from the local node's applied state and say which Raft index
 //! they reflect; writes go through the consensus crate's proposer, which forwards to
@@ -16,6 +17,7 @@ mod messages;
 mod quarantine;
 mod queue;
 mod routes;
+mod tokens;
 
 pub use auth::AdminToken;
 pub use bayes::Tokenizer;

@@ -8,6 +8,7 @@ use axum::Json;
 use bulwark_storage::{EventFilter, MessageId};
 use serde_json::{json, Map, Value};
 
+use crate::auth::Access;
 use crate::routes::ApiState;
 use crate::ApiError;
 
@@ -21,7 +22,7 @@ pub(crate) async fn trace(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    s.admin.check(&headers)?;
+    s.caller(&headers, Access::Messages)?;
     let id = id
         .parse::<MessageId>()
         .map_err(|e| ApiError::bad_request(format!("id: {e}")))?;

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::auth::ClientIp;
+use crate::auth::{Access, ClientIp};
 use crate::routes::{page_limit, ApiState};
 use crate::ApiError;
 
@@ -54,7 +54,7 @@ pub(crate) async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    s.admin.check(&headers)?;
+    s.caller(&headers, Access::Messages)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let applied = s.node.status().applied_index;
     let (records, next) = matching(&s, q).await?;
@@ -159,7 +159,7 @@ async fn bulk(
     action: QuarantineAction,
     reason: String,
 ) -> Result<Json<Value>, ApiError> {
-    let user = s.admin.check(&headers)?;
+    let user = s.caller(&headers, Access::Act)?.name;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_reason(&reason)?;
     if q.sender.is_none()
@@ -207,13 +207,13 @@ async fn bulk(
 }
 
 /// `GET /v1/quarantine/{id}`: the record, the verdict that put the message there and
-/// a preview of its content.
+/// a preview of its content (withheld from roles that may not read contents).
 pub(crate) async fn detail(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    s.admin.check(&headers)?;
+    let caller = s.caller(&headers, Access::Messages)?;
     let id = message_id("id", &id)?;
     let node = s.node.clone();
     let applied = node.status().applied_index;
@@ -233,7 +233,12 @@ pub(crate) async fn detail(
     .await
     .map_err(ApiError::internal)??;
     let record = record.ok_or_else(|| not_quarantined(id))?;
+    // Metadata for every role that reads messages; what the message says only for
+    // those that may read contents.
     let preview = match body {
+        Some(_) if !Access::Content.allows(caller.role) => json!({
+            "withheld": format!("the {} role may not read message contents", caller.role.as_str())
+        }),
         Some(body) => {
             let preview = s.preview.clone();
             tokio::task::spawn_blocking(move || preview(&body))
@@ -256,7 +261,7 @@ pub(crate) async fn raw(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    s.admin.check(&headers)?;
+    s.caller(&headers, Access::Content)?;
     let id = message_id("id", &id)?;
     let node = s.node.clone();
     let body = tokio::task::spawn_blocking(move || {
@@ -338,7 +343,7 @@ async fn decide(
     action: QuarantineAction,
     reason: String,
 ) -> Result<Json<Value>, ApiError> {
-    let user = s.admin.check(&headers)?;
+    let user = s.caller(&headers, Access::Act)?.name;
     let message_id = message_id("id", &id)?;
     check_reason(&reason)?;
     let result = s

@@ -14,7 +14,7 @@ use bulwark_storage::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::ClientIp;
+use crate::auth::{Access, ClientIp};
 use crate::routes::{page_limit, ApiState};
 use crate::ApiError;
 
@@ -35,7 +35,7 @@ pub(crate) async fn list(
     headers: HeaderMap,
     query: Result<Query<QueueQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    s.admin.check(&headers)?;
+    s.caller(&headers, Access::Messages)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
     let status = match q.status.as_deref() {
@@ -164,7 +164,7 @@ async fn act(
     Path(id): Path<String>,
     action: QueueAction,
 ) -> Result<Json<Value>, ApiError> {
-    let user = s.admin.check(&headers)?;
+    let user = s.caller(&headers, Access::Act)?.name;
     let message_id = message_id("id", &id)?;
     let result = s
         .node

@@ -12,6 +12,7 @@ use bulwark_storage::{Command, EventFilter, EventKind, MessageId};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::Access;
 use crate::{AdminToken, ApiError};
 
 /// Largest request body accepted.
@@ -64,6 +65,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/queue/{id}/retry", post(crate::queue::retry))
         .route("/v1/queue/{id}/hold", post(crate::queue::hold))
         .route("/v1/queue/{id}/release", post(crate::queue::release))
+        .route(
+            "/v1/tokens",
+            get(crate::tokens::list).post(crate::tokens::create),
+        )
+        .route("/v1/tokens/{name}", delete(crate::tokens::revoke))
         .route("/v1/bayes", get(crate::bayes::counts))
         .route(
             "/v1/bayes/{lesson}",
@@ -103,7 +109,7 @@ async fn add_note(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let caller = s.admin.check(&headers)?;
+    let caller = s.caller(&headers, Access::Note)?.name;
     let note: NoteRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     if note.text.trim().is_empty() {
@@ -155,7 +161,7 @@ async fn list_events(
     headers: HeaderMap,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    s.admin.check(&headers)?;
+    s.caller(&headers, Access::Events)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
     let message_id = match q.message_id.as_deref() {
@@ -186,7 +192,7 @@ async fn verify_events(
     State(s): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Json<bulwark_storage::VerifyReport>, ApiError> {
-    s.admin.check(&headers)?;
+    s.caller(&headers, Access::Events)?;
     let node = s.node.clone();
     let report = tokio::task::spawn_blocking(move || node.state().verify())
         .await

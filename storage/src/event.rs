@@ -17,6 +17,7 @@ use crate::message::{
     QuarantineCommand, QuarantineDecided, QuarantineExpiry, QuarantineRecord, RejectedMessage,
     Rejection, Verdict,
 };
+use crate::token::{TokenChanged, TokenCommand};
 
 /// SHA-256 digest linking each event to the one before it.
 pub type Hash = [u8; 32];
@@ -67,6 +68,9 @@ pub enum Command {
     Quarantine(Box<QuarantineCommand>),
     /// Remove what the quarantine has held longer than its retention.
     ExpireQuarantine(Box<QuarantineExpiry>),
+    /// Create or revoke an API token and record `token.created` or `token.revoked`
+    /// (an `api.action` refusal when the name is taken or unknown).
+    Token(Box<TokenCommand>),
 }
 
 /// What happened. The event log's `type` is [`EventKind::type_name`].
@@ -132,6 +136,8 @@ pub enum EventKind {
         expired: u32,
         reason: String,
     },
+    /// An API token was created or revoked.
+    TokenChanged(Box<TokenChanged>),
 }
 
 /// The `api.action` event: who did what, from where, to which message, and whether
@@ -177,6 +183,8 @@ impl EventKind {
                 QuarantineAction::Expire => "quarantine.expired",
             },
             EventKind::QuarantineRetention { .. } => "quarantine.retention",
+            EventKind::TokenChanged(t) if t.created => "token.created",
+            EventKind::TokenChanged(_) => "token.revoked",
         }
     }
 
@@ -197,6 +205,7 @@ impl EventKind {
             EventKind::QuarantineDecided(q) => Some(q.decision.message_id),
             EventKind::AuditNote { .. }
             | EventKind::QuarantineRetention { .. }
+            | EventKind::TokenChanged(_)
             | EventKind::MessageRejected(_)
             | EventKind::RejectionsSuppressed { .. } => None,
         }
@@ -414,6 +423,26 @@ impl EventKind {
                 out.insert(
                     "quarantine".into(),
                     serde_json::json!({ "before": rfc3339(*before_ms), "expired": expired }),
+                );
+            }
+            EventKind::TokenChanged(t) => {
+                let action = if t.created {
+                    "token.create"
+                } else {
+                    "token.revoke"
+                };
+                out.insert("action".into(), action.into());
+                out.insert("user".into(), serde_json::json!({ "name": t.user }));
+                if let Some(ip) = t.client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({ "action": action, "outcome": "success" }),
+                );
+                out.insert(
+                    "token".into(),
+                    serde_json::json!({ "name": t.name, "role": t.role.as_str() }),
                 );
             }
             EventKind::BayesTrained(b) => {

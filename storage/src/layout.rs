@@ -46,9 +46,11 @@ pub mod cf {
     /// The Bayesian classifier's token counts and learned messages
     /// ([`crate::bayes`]).
     pub const BAYES: &str = "bayes";
+    /// API tokens by digest and by name ([`crate::token`]).
+    pub const TOKENS: &str = "tokens";
 
-    pub const ALL: [&str; 8] = [
-        EVENTS, OP_IDS, META, BODIES, QUEUE, QUARANTINE, INDEX, BAYES,
+    pub const ALL: [&str; 9] = [
+        EVENTS, OP_IDS, META, BODIES, QUEUE, QUARANTINE, INDEX, BAYES, TOKENS,
     ];
 }
 

@@ -27,6 +27,7 @@ pub mod message;
 mod queue;
 mod snapshot;
 mod state;
+pub mod token;
 
 pub use bayes::{BayesClass, BayesCounts, BayesLesson, BayesTrained};
 pub use error::{Error, Result};
@@ -47,3 +48,4 @@ pub use snapshot::{SnapshotFile, SnapshotStore};
 pub use state::{
     EventFilter, QuarantineFilter, QueueFilter, StateDir, StateStore, NOT_QUARANTINED,
 };
+pub use token::{ApiToken, Role, TokenChanged, TokenCommand};

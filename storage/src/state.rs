@@ -19,6 +19,7 @@ use crate::message::{
     QuarantineCommand, QuarantineDecided, QuarantineExpiry, QuarantineRecord, QueueEntry,
     QueueRecord, QueueStatus, QueuedRecipient, RecipientStatus,
 };
+use crate::token::{self, ApiToken, TokenChanged, TokenCommand};
 use crate::{codec, snapshot, Error, Result};
 
 const META_CHAIN: &str = "chain";
@@ -202,7 +203,12 @@ impl StateStore {
             });
         }
         let opts = Options::default();
-        let db = DB::open_cf_for_read_only(&opts, dir, cf::ALL, false)?;
+        // A database written before a column family existed opens without it.
+        let present = DB::list_cf(&opts, dir)?;
+        let families = cf::ALL
+            .iter()
+            .filter(|name| present.iter().any(|p| p == *name));
+        let db = DB::open_cf_for_read_only(&opts, dir, families, false)?;
         Self::with_db(db, dir)
     }
 
@@ -241,6 +247,8 @@ impl StateStore {
         let mut queue: HashMap<MessageId, Option<QueueRecord>> = HashMap::new();
         // Quarantine records likewise (None: left the quarantine).
         let mut quarantine: HashMap<MessageId, Option<QuarantineRecord>> = HashMap::new();
+        // API tokens created (Some) or revoked (None) by this batch, by name.
+        let mut tokens: HashMap<String, Option<ApiToken>> = HashMap::new();
         let mut lessons: Option<LessonBatch> = None;
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
@@ -280,6 +288,7 @@ impl StateStore {
                     Command::ExpireQuarantine(expiry) => {
                         (self.expire(&mut batch, &mut quarantine, expiry)?, None)
                     }
+                    Command::Token(command) => self.token(&mut batch, &mut tokens, command)?,
                 };
                 let mut last = None;
                 for kind in kinds {
@@ -692,6 +701,124 @@ impl StateStore {
             reason: expiry.reason.clone(),
         });
         Ok(events)
+    }
+
+    /// An API token's creation or revocation, against the tokens as this batch has
+    /// left them. Stored under its digest (for authentication) and its name.
+    fn token(
+        &self,
+        batch: &mut WriteBatch,
+        tokens: &mut HashMap<String, Option<ApiToken>>,
+        command: &TokenCommand,
+    ) -> Result<(Vec<EventKind>, Option<String>)> {
+        let name = match command {
+            TokenCommand::Create { token, .. } => &token.name,
+            TokenCommand::Revoke { name, .. } => name,
+        };
+        let current = match tokens.get(name) {
+            Some(token) => token.clone(),
+            None => self.token_named(name)?,
+        };
+        let refusal = |action: &str, user: &str, client_ip, reason: &str| {
+            let event = EventKind::ApiAction(Box::new(ApiAction {
+                action: action.into(),
+                user: user.into(),
+                client_ip,
+                message_id: None,
+                recipients: Vec::new(),
+                refused: Some(format!("{reason}: {name}")),
+            }));
+            (vec![event], Some(format!("{reason}: {name}")))
+        };
+        let tokens_cf = self.cf(cf::TOKENS);
+        match (command, current) {
+            (TokenCommand::Create { token, client_ip }, None) => {
+                let record = codec::encode(token)?;
+                batch.put_cf(tokens_cf, token::digest_key(&token.digest), &record);
+                batch.put_cf(tokens_cf, token::name_key(&token.name), &record);
+                tokens.insert(name.clone(), Some(token.clone()));
+                let event = EventKind::TokenChanged(Box::new(TokenChanged {
+                    name: token.name.clone(),
+                    role: token.role,
+                    created: true,
+                    user: token.created_by.clone(),
+                    client_ip: *client_ip,
+                }));
+                Ok((vec![event], None))
+            }
+            (TokenCommand::Create { token, client_ip }, Some(_)) => Ok(refusal(
+                "token.create",
+                &token.created_by,
+                *client_ip,
+                token::TOKEN_TAKEN,
+            )),
+            (
+                TokenCommand::Revoke {
+                    user, client_ip, ..
+                },
+                Some(existing),
+            ) => {
+                batch.delete_cf(tokens_cf, token::digest_key(&existing.digest));
+                batch.delete_cf(tokens_cf, token::name_key(&existing.name));
+                tokens.insert(name.clone(), None);
+                let event = EventKind::TokenChanged(Box::new(TokenChanged {
+                    name: existing.name,
+                    role: existing.role,
+                    created: false,
+                    user: user.clone(),
+                    client_ip: *client_ip,
+                }));
+                Ok((vec![event], None))
+            }
+            (
+                TokenCommand::Revoke {
+                    user, client_ip, ..
+                },
+                None,
+            ) => Ok(refusal(
+                "token.revoke",
+                user,
+                *client_ip,
+                token::NO_SUCH_TOKEN,
+            )),
+        }
+    }
+
+    /// The API token whose SHA-256 is `digest`, if one is live.
+    pub fn token_by_digest(&self, digest: &Hash) -> Result<Option<ApiToken>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(cf::TOKENS), token::digest_key(digest))?
+        {
+            Some(record) => Ok(Some(codec::decode(&record)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The API token named `name`, if one is live.
+    pub fn token_named(&self, name: &str) -> Result<Option<ApiToken>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(cf::TOKENS), token::name_key(name))?
+        {
+            Some(record) => Ok(Some(codec::decode(&record)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every live API token, by name.
+    pub fn tokens(&self) -> Result<Vec<ApiToken>> {
+        let prefix = token::name_key("");
+        let mode = IteratorMode::From(&prefix, Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::TOKENS), mode) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push(codec::decode(&value)?);
+        }
+        Ok(out)
     }
 
     /// A DSN into the queue, sent with the null sender (RFC 5321 §4.5.5) so that it
@@ -1504,6 +1631,105 @@ mod tests {
         assert_eq!(last["event"]["reason"], "held longer than 30 days");
         // The released message is not the retention's to touch.
         assert!(store.message_body(ids[0]).unwrap().is_some());
+        assert!(store.verify().unwrap().ok);
+    }
+
+    #[test]
+    fn tokens_are_created_once_found_by_digest_listed_and_revoked() {
+        use crate::token::{Role, NO_SUCH_TOKEN, TOKEN_TAKEN};
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let create = |id: u128, name: &str, role: Role, digest: u8| Op {
+            id,
+            time_ms: 1_764_300_000_000,
+            node: 1,
+            command: Command::Token(Box::new(TokenCommand::Create {
+                token: ApiToken {
+                    name: name.into(),
+                    role,
+                    digest: [digest; 32],
+                    created_ms: 1_764_300_000_000,
+                    created_by: "admin".into(),
+                },
+                client_ip: None,
+            })),
+        };
+        let revoke = |id: u128, name: &str| Op {
+            id,
+            time_ms: 1_764_300_000_000,
+            node: 1,
+            command: Command::Token(Box::new(TokenCommand::Revoke {
+                name: name.into(),
+                user: "admin".into(),
+                client_ip: Some("192.0.2.9".parse().unwrap()),
+            })),
+        };
+        let results = store
+            .apply(
+                &[(
+                    1,
+                    &[
+                        create(1, "splunk", Role::Siem, 1),
+                        create(2, "splunk", Role::Admin, 2),
+                        create(3, "audit", Role::Auditor, 3),
+                    ][..],
+                )],
+                b"1",
+            )
+            .unwrap();
+        let refused: Vec<Option<String>> = results[0].iter().map(|r| r.refused.clone()).collect();
+        assert_eq!(
+            refused,
+            [None, Some(format!("{TOKEN_TAKEN}: splunk")), None]
+        );
+        let found = store.token_by_digest(&[1; 32]).unwrap().unwrap();
+        assert_eq!((found.name.as_str(), found.role), ("splunk", Role::Siem));
+        assert!(store.token_by_digest(&[2; 32]).unwrap().is_none());
+        let names: Vec<String> = store
+            .tokens()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["audit", "splunk"]);
+
+        // Revoked (and created again under the same name within one batch).
+        let results = store
+            .apply(
+                &[(
+                    2,
+                    &[
+                        revoke(4, "splunk"),
+                        revoke(5, "splunk"),
+                        create(6, "splunk", Role::Siem, 4),
+                    ][..],
+                )],
+                b"2",
+            )
+            .unwrap();
+        assert_eq!(
+            results[0][1].refused,
+            Some(format!("{NO_SUCH_TOKEN}: splunk"))
+        );
+        assert!(store.token_by_digest(&[1; 32]).unwrap().is_none());
+        assert_eq!(
+            store.token_by_digest(&[4; 32]).unwrap().unwrap().name,
+            "splunk"
+        );
+        let filter = EventFilter {
+            type_name: Some("token.revoked".into()),
+            message_id: None,
+        };
+        let (events, _) = store.events(&filter, 0, 10).unwrap();
+        let json = events[0].to_json();
+        assert_eq!(json["token"]["name"], "splunk");
+        assert_eq!(json["token"]["role"], "siem");
+        assert_eq!(json["source"]["ip"], "192.0.2.9");
+        assert!(
+            !json.to_string().contains("0101010101"),
+            "no digest: {json}"
+        );
         assert!(store.verify().unwrap().ok);
     }
 

@@ -498,6 +498,15 @@ impl<'a> Api<'a> {
         }
     }
 
+    /// The same API, called with `token` instead of the admin's.
+    pub fn with_token(&self, token: &str) -> Api<'a> {
+        Api {
+            node: self.node,
+            client: self.client.clone(),
+            token: token.to_string(),
+        }
+    }
+
     /// Sends the request with the admin token; the status and the JSON body (a
     /// problem+json body for errors, checked to say so).
     pub fn send(&self, request: RequestBuilder) -> (u16, Value) {

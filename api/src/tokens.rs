@@ -1,0 +1,159 @@
+//! API tokens (admin only): create one with a role, list them, revoke one. The token
+//! is made here from 32 random bytes and shown once in the creation's answer; the
+//! cluster keeps only its SHA-256. Each creation and revocation is a Raft operation
+//! recorded as `token.created` or `token.revoked` with the caller and its address.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use bulwark_storage::event::rfc3339;
+use bulwark_storage::token::{NO_SUCH_TOKEN, TOKEN_TAKEN};
+use bulwark_storage::{ApiToken, Command, Role, TokenCommand};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{digest, Access, ClientIp};
+use crate::routes::ApiState;
+use crate::ApiError;
+
+/// Longest token name.
+const MAX_NAME: usize = 64;
+/// Prefix of every token made here, so that one found in a file or a log is
+/// recognisable.
+const TOKEN_PREFIX: &str = "bwk_";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    name: String,
+    role: String,
+}
+
+/// `POST /v1/tokens` with `{"name": "...", "role": "admin|operator|auditor|siem"}`:
+/// 201 with the token (shown this once), or 409 when the name is taken.
+pub(crate) async fn create(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let caller = s.caller(&headers, Access::Tokens)?;
+    let request: CreateRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body: {e} (expected {{\"name\": \"...\", \"role\": \"...\"}})"
+        ))
+    })?;
+    check_name(&request.name)?;
+    let role: Role = request.role.parse().map_err(ApiError::bad_request)?;
+    let secret: [u8; 32] = rand::random();
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let result = s
+        .node
+        .proposer()
+        .propose(Command::Token(Box::new(TokenCommand::Create {
+            token: ApiToken {
+                name: request.name.clone(),
+                role,
+                digest: digest(&token),
+                created_ms: now_ms,
+                created_by: caller.name,
+            },
+            client_ip,
+        })))
+        .await?;
+    if result.refused.is_some() {
+        return Err(ApiError::conflict(format!(
+            "{TOKEN_TAKEN}: {}",
+            request.name
+        )));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": request.name,
+            "role": role.as_str(),
+            "token": token,
+            "seq": result.seq,
+            "hash": hex::encode(result.hash),
+        })),
+    ))
+}
+
+/// `GET /v1/tokens`: every live token's name, role, and who made it when (never the
+/// token or its digest).
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    s.caller(&headers, Access::Tokens)?;
+    let node = s.node.clone();
+    let tokens = tokio::task::spawn_blocking(move || node.state().tokens())
+        .await
+        .map_err(ApiError::internal)??;
+    let tokens: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "role": t.role.as_str(),
+                "created": rfc3339(t.created_ms),
+                "created_by": t.created_by,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// `DELETE /v1/tokens/{name}`: the token stops working on every node once applied;
+/// 404 when there is none of that name.
+pub(crate) async fn revoke(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.caller(&headers, Access::Tokens)?;
+    check_name(&name)?;
+    let result = s
+        .node
+        .proposer()
+        .propose(Command::Token(Box::new(TokenCommand::Revoke {
+            name: name.clone(),
+            user: caller.name,
+            client_ip,
+        })))
+        .await?;
+    if result.refused.is_some() {
+        return Err(ApiError::not_found(format!("{NO_SUCH_TOKEN}: {name}")));
+    }
+    Ok(Json(json!({
+        "name": name,
+        "seq": result.seq,
+        "hash": hex::encode(result.hash),
+    })))
+}
+
+/// A token name: 1 to 64 of `A-Z a-z 0-9 . _ -`, and not `admin` (the admin token's).
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(ApiError::bad_request(format!(
+            "a token name is 1 to {MAX_NAME} of A-Z a-z 0-9 . _ -, not {name:?}"
+        )));
+    }
+    if name == "admin" {
+        return Err(ApiError::bad_request(
+            "\"admin\" names the admin token of api.admin_token_file",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! API tokens, replicated: a named bearer token with a role, created and revoked
+//! through Raft so that every node accepts the same tokens. Only the SHA-256 of a
+//! token is stored (column family `tokens`, under its digest and under its name);
+//! the token itself is shown once, to whoever created it.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Hash;
+
+/// What a token may do. The admin token file's token is `Admin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Everything, tokens included.
+    Admin,
+    /// Quarantine and queue: read, preview, release, delete, retry, hold; training.
+    Operator,
+    /// Reads: events, message traces, queue and quarantine metadata (not contents);
+    /// writes audit notes.
+    Auditor,
+    /// Reads events only: list, export, stream, verify.
+    Siem,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+            Role::Siem => "siem",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "operator" => Ok(Role::Operator),
+            "auditor" => Ok(Role::Auditor),
+            "siem" => Ok(Role::Siem),
+            other => Err(format!(
+                "{other:?} is not a role (admin, operator, auditor, siem)"
+            )),
+        }
+    }
+}
+
+/// A stored token: its name, role and digest, and who made it when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the token.
+    pub digest: Hash,
+    pub created_ms: i64,
+    pub created_by: String,
+}
+
+/// A token's creation or revocation, as the API proposes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TokenCommand {
+    /// Refused when the name is taken.
+    Create {
+        token: ApiToken,
+        client_ip: Option<IpAddr>,
+    },
+    /// Refused when no token has that name.
+    Revoke {
+        name: String,
+        user: String,
+        client_ip: Option<IpAddr>,
+    },
+}
+
+/// The `token.created` or `token.revoked` event: which token, its role, who did it and
+/// from where (never the token nor its digest).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenChanged {
+    pub name: String,
+    pub role: Role,
+    pub created: bool,
+    pub user: String,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// Why a creation is refused.
+pub const TOKEN_TAKEN: &str = "a token of that name exists";
+/// Why a revocation is refused.
+pub const NO_SUCH_TOKEN: &str = "no token of that name";
+
+/// Key of a token under its digest.
+pub(crate) fn digest_key(digest: &Hash) -> Vec<u8> {
+    let mut key = b"d/".to_vec();
+    key.extend_from_slice(digest);
+    key
+}
+
+/// Key of a token under its name.
+pub(crate) fn name_key(name: &str) -> Vec<u8> {
+    let mut key = b"n/".to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
