@@ -13,6 +13,7 @@
 mod auth;
 mod bayes;
 mod error;
+mod events;
 mod messages;
 mod quarantine;
 mod queue;

@@ -41,6 +41,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/notes", post(add_note))
         .route("/v1/events", get(list_events))
         .route("/v1/events/verify", get(verify_events))
+        .route("/v1/events/export", get(crate::events::export))
+        .route("/v1/events/stream", get(crate::events::tail))
         .route("/v1/messages/{id}", get(crate::messages::trace))
         .route("/v1/quarantine", get(crate::quarantine::list))
         .route(

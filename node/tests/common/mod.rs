@@ -47,8 +47,22 @@ impl Node {
         Self::start_with(smtp_extra, &held_delivery())
     }
 
-    /// As [`Node::start`], with more TOML sections appended to the config.
+    /// As [`Node::start`], with more TOML sections appended to the config. A port
+    /// picked free and taken by someone else before the node bound it is picked again.
     pub fn start_with(smtp_extra: &str, more: &str) -> Node {
+        const ATTEMPTS: usize = 5;
+        for attempt in 1..=ATTEMPTS {
+            let mut node = Self::configure(smtp_extra, more);
+            match node.spawn() {
+                Ok(()) => return node,
+                Err(log) if log.contains("Address already in use") && attempt < ATTEMPTS => {}
+                Err(log) => panic!("the node exited while starting; log:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn configure(smtp_extra: &str, more: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let api = format!("127.0.0.1:{}", free_port());
@@ -65,18 +79,17 @@ impl Node {
              [smtp]\nlisten = \"{smtp}\"\nhostname = \"mx.example.test\"\n{smtp_extra}\n{more}\n"
         );
         std::fs::write(dir.path().join("bulwark.toml"), config).unwrap();
-        let mut node = Node {
+        Node {
             child: None,
             _dns: server,
             dir,
             smtp,
             api: format!("http://{api}"),
-        };
-        node.spawn();
-        node
+        }
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process and waits until it is ready; its log if it exits first.
+    fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.path().join("node.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
             .arg("serve")
@@ -92,8 +105,16 @@ impl Node {
         while Instant::now() < deadline {
             if let Ok(r) = reqwest::blocking::get(format!("{}/readyz", self.api)) {
                 if r.status() == 200 {
-                    return;
+                    return Ok(());
                 }
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() {
+                self.child = None;
+                return Err(self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -192,7 +213,9 @@ impl Node {
     /// Starts the stopped node again from the same config and data.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
-        self.spawn();
+        if let Err(log) = self.spawn() {
+            panic!("the node exited while restarting; log:\n{log}");
+        }
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -1,0 +1,174 @@
+//! The audit trail for machines: `export` streams every matching event as NDJSON,
+//! page by page from the store, so that no answer holds the log in memory; `stream`
+//! is a live tail as server-sent events, resumable with `Last-Event-ID`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bulwark_storage::{EventFilter, MessageId, StoredEvent};
+use futures::stream::{self, Stream};
+use serde::Deserialize;
+
+use crate::auth::Access;
+use crate::routes::ApiState;
+use crate::ApiError;
+
+/// Events read from the store per step of an export or a stream.
+const PAGE: usize = 1000;
+/// How often a stream with nothing new looks again.
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExportQuery {
+    after: Option<u64>,
+    #[serde(rename = "type")]
+    type_name: Option<String>,
+    message_id: Option<String>,
+}
+
+impl ExportQuery {
+    fn filter(&self) -> Result<EventFilter, ApiError> {
+        let message_id = match self.message_id.as_deref() {
+            Some(id) => Some(
+                id.parse::<MessageId>()
+                    .map_err(|e| ApiError::bad_request(format!("message_id: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(EventFilter {
+            type_name: self.type_name.clone(),
+            message_id,
+        })
+    }
+}
+
+/// One page of events after `after` from the node's store, and the cursor to go on
+/// from (`None`: the end of the log as it stands).
+async fn page(
+    s: &ApiState,
+    filter: &EventFilter,
+    after: u64,
+) -> Result<(Vec<StoredEvent>, Option<u64>), ApiError> {
+    let node = s.node.clone();
+    let filter = filter.clone();
+    let page = tokio::task::spawn_blocking(move || node.state().events(&filter, after, PAGE))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(page)
+}
+
+/// `GET /v1/events/export?after&type&message_id`: every matching event up to the end
+/// of the log at the time of reading, one JSON object a line (`application/x-ndjson`).
+pub(crate) async fn export(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    s.caller(&headers, Access::Events)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filter = q.filter()?;
+    // Pages are read as the client takes them; an error after the first line can
+    // only end the body early, which the client sees as a truncated export.
+    let lines = stream::try_unfold(Some(q.after.unwrap_or(0)), move |cursor| {
+        let (s, filter) = (s.clone(), filter.clone());
+        async move {
+            let Some(after) = cursor else {
+                return Ok::<_, ApiError>(None);
+            };
+            let (events, next) = page(&s, &filter, after).await?;
+            let mut chunk = Vec::new();
+            for event in &events {
+                serde_json::to_writer(&mut chunk, &event.to_json()).map_err(ApiError::internal)?;
+                chunk.push(b'\n');
+            }
+            Ok(Some((Bytes::from(chunk), next)))
+        }
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamQuery {
+    after: Option<u64>,
+    #[serde(rename = "type")]
+    type_name: Option<String>,
+}
+
+/// `GET /v1/events/stream?after&type`: every event after `after` (or after the
+/// `Last-Event-ID` a reconnecting client sends), then each new one as it is applied
+/// on this node; each a server-sent event whose id is its seq and whose data is its
+/// JSON. Without either, the tail starts at the end of the log.
+pub(crate) async fn tail(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    s.caller(&headers, Access::Events)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let resume = match headers.get("last-event-id") {
+        Some(id) => Some(
+            id.to_str()
+                .ok()
+                .and_then(|id| id.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not an event seq"))?,
+        ),
+        None => None,
+    };
+    let start = match resume.or(q.after) {
+        Some(after) => after,
+        None => s.node.state().chain_head().0,
+    };
+    let filter = EventFilter {
+        type_name: q.type_name,
+        message_id: None,
+    };
+    let events = stream::unfold(
+        (start, Vec::<StoredEvent>::new()),
+        move |(mut after, mut pending)| {
+            let (s, filter) = (s.clone(), filter.clone());
+            async move {
+                while pending.is_empty() {
+                    match page(&s, &filter, after).await {
+                        Ok((events, next)) => {
+                            let last = events.last().map(|e| e.event.seq);
+                            pending = events;
+                            pending.reverse();
+                            // A page cut short by the scan limit moves the cursor on
+                            // even when nothing in it matched.
+                            after = next.or(last).unwrap_or(after);
+                        }
+                        Err(e) => tracing::warn!(
+                            problem = %e,
+                            "events stream: reading the log failed; retrying"
+                        ),
+                    }
+                    if pending.is_empty() {
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+                let event = pending.pop().expect("not empty");
+                let sse = SseEvent::default()
+                    .id(event.event.seq.to_string())
+                    .event(event.event.kind.type_name())
+                    .data(event.to_json().to_string());
+                Some((Ok(sse), (after, pending)))
+            }
+        },
+    );
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
