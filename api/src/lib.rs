@@ -15,6 +15,7 @@ mod bayes;
 mod error;
 mod events;
 mod messages;
+mod metrics;
 mod quarantine;
 mod queue;
 mod routes;
@@ -23,6 +24,7 @@ mod tokens;
 pub use auth::AdminToken;
 pub use bayes::Tokenizer;
 pub use error::ApiError;
+pub use metrics::Metrics;
 pub use quarantine::Previewer;
 pub use routes::{router, ApiState};
 

@@ -30,12 +30,15 @@ pub struct ApiState {
     pub admin: AdminToken,
     pub tokenizer: crate::Tokenizer,
     pub preview: crate::Previewer,
+    pub metrics: std::sync::Arc<crate::Metrics>,
 }
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/readyz", get(readyz))
         .route("/v1/cluster", get(cluster))
         .route("/v1/notes", post(add_note))
@@ -78,6 +81,10 @@ pub fn router(state: ApiState) -> Router {
             post(crate::bayes::learn).layer(DefaultBodyLimit::max(crate::bayes::MAX_LESSON)),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::time_requests,
+        ))
         .with_state(state)
 }
 

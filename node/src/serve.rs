@@ -73,6 +73,20 @@ async fn serve(config: Config) -> Result<()> {
         "bulwark is running"
     );
 
+    let resolver = dns::resolver(&config.dns.nameservers, config.dns.timeout)
+        .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
+    let counts: Arc<dyn scan::bayes::TokenCounts> = Arc::new(ReplicatedCounts(node.clone()));
+    let scanner = Arc::new(scan::Scanner::from_config(
+        &config,
+        config.policy.clone(),
+        resolver.clone(),
+        Some(counts),
+    )?);
+    let mut registry = prometheus_client::registry::Registry::default();
+    scanner.register_metrics(&mut registry);
+    let smtp = smtp.serve_with(node.proposer().clone(), scanner, config.node.id);
+    smtp.register_metrics(&mut registry);
+
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let tokenizer = scan::bayes::Tokenizer::new(config.scan.limits());
     let state = ApiState {
@@ -83,22 +97,13 @@ async fn serve(config: Config) -> Result<()> {
             let limits = config.scan.limits();
             Arc::new(move |raw: &[u8]| scan::preview::preview(raw, &limits))
         },
+        metrics: bulwark_api::Metrics::new(registry, node.clone()),
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, state, async {
         let _ = api_stopped.await;
     }));
 
     let stop_smtp = CancellationToken::new();
-    let resolver = dns::resolver(&config.dns.nameservers, config.dns.timeout)
-        .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
-    let counts: Arc<dyn scan::bayes::TokenCounts> = Arc::new(ReplicatedCounts(node.clone()));
-    let scanner = Arc::new(scan::Scanner::from_config(
-        &config,
-        config.policy.clone(),
-        resolver.clone(),
-        Some(counts),
-    )?);
-    let smtp = smtp.serve_with(node.proposer().clone(), scanner, config.node.id);
     let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
     let stop_delivery = CancellationToken::new();
     let delivery = delivery::Worker::new(node.clone(), config.delivery.clone(), resolver);

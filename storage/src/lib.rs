@@ -46,6 +46,7 @@ pub use message::{
 pub use queue::NOT_QUEUED;
 pub use snapshot::{SnapshotFile, SnapshotStore};
 pub use state::{
-    EventFilter, QuarantineFilter, QueueFilter, StateDir, StateStore, NOT_QUARANTINED,
+    AppliedCounts, EventFilter, QuarantineFilter, QueueFilter, StateDir, StateStore,
+    NOT_QUARANTINED,
 };
 pub use token::{ApiToken, Role, TokenChanged, TokenCommand};

@@ -162,6 +162,16 @@ pub struct StateStore {
     head: Mutex<ChainHead>,
     /// The Bayesian token counts, as the `bayes` column family holds them.
     bayes: RwLock<BayesCounts>,
+    /// Events applied since this store was opened, by type, and verdicts by action:
+    /// what `/metrics` reports.
+    applied: Mutex<AppliedCounts>,
+}
+
+/// Events applied by type, and scan verdicts by action, since a store was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppliedCounts {
+    pub events: std::collections::BTreeMap<&'static str, u64>,
+    pub verdicts: std::collections::BTreeMap<&'static str, u64>,
 }
 
 fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
@@ -223,6 +233,7 @@ impl StateStore {
             dir: dir.to_path_buf(),
             head: Mutex::new(head),
             bayes: RwLock::new(bayes),
+            applied: Mutex::new(AppliedCounts::default()),
         })
     }
 
@@ -249,6 +260,7 @@ impl StateStore {
         let mut quarantine: HashMap<MessageId, Option<QuarantineRecord>> = HashMap::new();
         // API tokens created (Some) or revoked (None) by this batch, by name.
         let mut tokens: HashMap<String, Option<ApiToken>> = HashMap::new();
+        let mut counted = AppliedCounts::default();
         let mut lessons: Option<LessonBatch> = None;
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
@@ -314,6 +326,11 @@ impl StateStore {
                     if let Some(id) = stored.event.kind.message_id() {
                         batch.put_cf(self.cf(cf::INDEX), message_index_key(id, head.next_seq), []);
                     }
+                    let kind = &stored.event.kind;
+                    *counted.events.entry(kind.type_name()).or_default() += 1;
+                    if let EventKind::ScanVerdict(v) = kind {
+                        *counted.verdicts.entry(v.action.as_str()).or_default() += 1;
+                    }
                     last = Some((head.next_seq, hash));
                     head = ChainHead {
                         next_seq: head.next_seq + 1,
@@ -377,6 +394,15 @@ impl StateStore {
         batch.put_cf(self.cf(cf::META), META_RAFT, applied);
         self.db.write(batch)?;
         *self.head.lock().expect("chain head lock") = head;
+        {
+            let mut applied = self.applied.lock().expect("applied counts lock");
+            for (kind, n) in counted.events {
+                *applied.events.entry(kind).or_default() += n;
+            }
+            for (action, n) in counted.verdicts {
+                *applied.verdicts.entry(action).or_default() += n;
+            }
+        }
         if let Some(lessons) = lessons {
             lessons.commit(&mut self.bayes.write().expect("bayes lock"));
         }
@@ -782,6 +808,27 @@ impl StateStore {
                 token::NO_SUCH_TOKEN,
             )),
         }
+    }
+
+    /// Events applied by type and verdicts by action since this store was opened.
+    pub fn applied_counts(&self) -> AppliedCounts {
+        self.applied.lock().expect("applied counts lock").clone()
+    }
+
+    /// Messages in the delivery queue and in the quarantine, counted.
+    pub fn depths(&self) -> Result<(u64, u64)> {
+        let count = |name: &str| -> Result<u64> {
+            let mut n = 0;
+            let mut iter = self.db.raw_iterator_cf(self.cf(name));
+            iter.seek_to_first();
+            while iter.valid() {
+                n += 1;
+                iter.next();
+            }
+            iter.status()?;
+            Ok(n)
+        };
+        Ok((count(cf::QUEUE)?, count(cf::QUARANTINE)?))
     }
 
     /// The API token whose SHA-256 is `digest`, if one is live.

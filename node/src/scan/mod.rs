@@ -29,6 +29,9 @@ use bulwark_storage::{EngineRun, Finding, MessageId, Symbol, Verdict};
 
 pub use engine::{Engine, FindingKind, Hit, Outcome, Parsed};
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
 use crate::config::Config;
 use crate::policy::{Facts, Policy};
 
@@ -81,6 +84,8 @@ pub struct Scanner {
     clamd: Option<clamd::Clamd>,
     policy: Policy,
     budget: Duration,
+    /// How long each message's scan took (see [`Scanner::register_metrics`]).
+    durations: Histogram,
 }
 
 struct ContentEngines {
@@ -198,11 +203,23 @@ impl Scanner {
             clamd: settings.clamd,
             policy: settings.policy,
             budget: settings.budget,
+            // 1 ms to about 32 s.
+            durations: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }
+    }
+
+    /// Adds the scan-time histogram to `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "bulwark_scan_duration_seconds",
+            "Time the scanning pipeline took per message",
+            self.durations.clone(),
+        );
     }
 
     /// Judges one message within the time budget.
     pub async fn judge(&self, candidate: &Candidate<'_>) -> Judged {
+        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.budget;
         let (links_tx, links_rx) = tokio::sync::oneshot::channel();
         let (mut reports, authenticated, listed, clamd) = tokio::join!(
@@ -336,6 +353,7 @@ impl Scanner {
             ]),
             dmarc,
         });
+        self.durations.observe(started.elapsed().as_secs_f64());
         Judged {
             verdict: Verdict {
                 message_id: candidate.id,

@@ -49,6 +49,20 @@ impl Server {
         })
     }
 
+    /// Adds the session counts to `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "bulwark_smtp_sessions",
+            "SMTP sessions opened since start",
+            self.shared.opened.clone(),
+        );
+        registry.register(
+            "bulwark_smtp_sessions_open",
+            "SMTP sessions open now",
+            self.shared.open.clone(),
+        );
+    }
+
     /// Accepts connections until `stop` is cancelled; then idle sessions get `421`,
     /// transactions in flight have `shutdown_grace` to finish, and the rest are cut.
     pub async fn run(self, stop: CancellationToken) {
@@ -128,6 +142,8 @@ impl Bound {
             rejections: RejectionLog::start(proposer),
             shutdown: CancellationToken::new(),
             budget: Budget::new(settings.max_buffered_bytes),
+            opened: Default::default(),
+            open: Default::default(),
             settings,
         });
         Server {
@@ -136,6 +152,15 @@ impl Bound {
             per_ip: Arc::new(PerIp::default()),
             sessions,
         }
+    }
+}
+
+/// Counts a session out of the open ones when it ends, however it ends.
+struct OpenSession<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenSession<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -219,6 +244,9 @@ async fn connection(
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 ) {
+    shared.opened.inc();
+    shared.open.inc();
+    let _open = OpenSession(&shared.open);
     let settings = &shared.settings;
     let mut client = client_of(peer, None);
     if settings.proxy_protocol {

@@ -27,6 +27,9 @@ pub struct Shared {
     pub budget: Arc<Budget>,
     /// Cancelled at SIGTERM: idle sessions answer 421, transactions may finish.
     pub shutdown: CancellationToken,
+    /// Sessions opened since start, and open now.
+    pub opened: prometheus_client::metrics::counter::Counter,
+    pub open: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// What the command loop tells its caller.
