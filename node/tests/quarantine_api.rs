@@ -46,18 +46,9 @@ fn send(node: &Node, from: &str, body: &str) -> String {
     reply.queued_id()
 }
 
-/// The ids of a listing's items, and its `next` cursor.
+/// The ids of a quarantine listing's items, and its `next` cursor.
 fn listed(api: &Api, query: &str) -> (Vec<String>, Value) {
-    let (status, page) = api.get(&format!("/v1/quarantine?{query}"));
-    assert_eq!(status, 200, "{query}: {page}");
-    assert!(page["applied_index"].as_u64().unwrap() > 0, "{page}");
-    let ids = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
-    (ids, page["next"].clone())
+    api.listed(&format!("/v1/quarantine?{query}"))
 }
 
 #[test]

@@ -28,16 +28,7 @@ fn deferring_node() -> Node {
 impl Api<'_> {
     /// The ids a listing returns, and its `next` cursor.
     fn list(&self, query: &str) -> (Vec<String>, Value) {
-        let (status, page) = self.get(&format!("/v1/queue?{query}"));
-        assert_eq!(status, 200, "{query}: {page}");
-        assert!(page["applied_index"].as_u64().unwrap() > 0, "{page}");
-        let ids = page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["id"].as_str().unwrap().to_string())
-            .collect();
-        (ids, page["next"].clone())
+        self.listed(&format!("/v1/queue?{query}"))
     }
 
     /// The listing's item for message `id`.

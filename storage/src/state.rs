@@ -974,35 +974,9 @@ impl StateStore {
         limit: usize,
         now_ms: i64,
     ) -> Result<(Vec<QueueRecord>, Option<MessageId>)> {
-        // The largest id has nothing after it.
-        if after.is_some_and(|id| id.0 == u128::MAX) {
-            return Ok((Vec::new(), None));
-        }
-        let start = after.map(|id| (id.0 + 1).to_be_bytes());
-        let mode = match &start {
-            Some(key) => IteratorMode::From(key, Direction::Forward),
-            None => IteratorMode::Start,
-        };
-        let mut iter = self.db.iterator_cf(self.cf(cf::QUEUE), mode);
-        let mut out = Vec::new();
-        let mut scanned = 0usize;
-        while let Some(item) = iter.next() {
-            let (_, value) = item?;
-            let record: QueueRecord = codec::decode(&value)?;
-            let id = record.entry.message_id;
-            scanned += 1;
-            if filter.matches(&record, now_ms) {
-                out.push(record);
-                if out.len() >= limit {
-                    let more = iter.next().transpose()?.is_some();
-                    return Ok((out, more.then_some(id)));
-                }
-            }
-            if scanned >= MAX_SCAN {
-                return Ok((out, Some(id)));
-            }
-        }
-        Ok((out, None))
+        self.page_by_id(cf::QUEUE, after, limit, |record: &QueueRecord| {
+            (record.entry.message_id, filter.matches(record, now_ms))
+        })
     }
 
     /// Up to `limit` quarantined messages after `after` (oldest first: ids sort by
@@ -1014,6 +988,23 @@ impl StateStore {
         after: Option<MessageId>,
         limit: usize,
     ) -> Result<(Vec<QuarantineRecord>, Option<MessageId>)> {
+        self.page_by_id(cf::QUARANTINE, after, limit, |record: &QuarantineRecord| {
+            (record.message_id, filter.matches(record))
+        })
+    }
+
+    /// One page of the records of column family `name` (keyed by message id, so in
+    /// arrival order) after `after` for which `read` says keep, at most `limit`, and
+    /// the id to go on from: `None` at the end, else the last id read (a page also
+    /// ends after [`MAX_SCAN`] records read, so a selective filter stays bounded).
+    fn page_by_id<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        after: Option<MessageId>,
+        limit: usize,
+        read: impl Fn(&T) -> (MessageId, bool),
+    ) -> Result<(Vec<T>, Option<MessageId>)> {
+        // The largest id has nothing after it.
         if after.is_some_and(|id| id.0 == u128::MAX) {
             return Ok((Vec::new(), None));
         }
@@ -1022,15 +1013,15 @@ impl StateStore {
             Some(key) => IteratorMode::From(key, Direction::Forward),
             None => IteratorMode::Start,
         };
-        let mut iter = self.db.iterator_cf(self.cf(cf::QUARANTINE), mode);
+        let mut iter = self.db.iterator_cf(self.cf(name), mode);
         let mut out = Vec::new();
         let mut scanned = 0usize;
         while let Some(item) = iter.next() {
             let (_, value) = item?;
-            let record: QuarantineRecord = codec::decode(&value)?;
-            let id = record.message_id;
+            let record: T = codec::decode(&value)?;
+            let (id, keep) = read(&record);
             scanned += 1;
-            if filter.matches(&record) {
+            if keep {
                 out.push(record);
                 if out.len() >= limit {
                     let more = iter.next().transpose()?.is_some();

@@ -560,6 +560,20 @@ impl<'a> Api<'a> {
         self.send(self.client.delete(format!("{}{path}", self.node.api)))
     }
 
+    /// The ids of a listing's `items` (`path` with its query), and its `next` cursor.
+    pub fn listed(&self, path: &str) -> (Vec<String>, Value) {
+        let (status, page) = self.get(path);
+        assert_eq!(status, 200, "{path}: {page}");
+        assert!(page["applied_index"].as_u64().unwrap() > 0, "{page}");
+        let ids = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect();
+        (ids, page["next"].clone())
+    }
+
     pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         self.send(self.client.post(self.url(path)).json(body))
     }
