@@ -11,12 +11,14 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use bulwark_storage::{EventFilter, MessageId, StoredEvent};
 use futures::stream::{self, Stream};
 use serde::Deserialize;
+use serde_json::{json, Value};
 
 use crate::auth::Access;
-use crate::routes::ApiState;
+use crate::routes::{page_limit, time_ms, ApiState};
 use crate::ApiError;
 
 /// Events read from the store per step of an export or a stream.
@@ -26,14 +28,21 @@ const POLL: Duration = Duration::from_millis(200);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ExportQuery {
+pub(crate) struct EventQuery {
     after: Option<u64>,
+    limit: Option<usize>,
     #[serde(rename = "type")]
     type_name: Option<String>,
     message_id: Option<String>,
+    sender: Option<String>,
+    recipient: Option<String>,
+    action: Option<String>,
+    client_ip: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
 }
 
-impl ExportQuery {
+impl EventQuery {
     fn filter(&self) -> Result<EventFilter, ApiError> {
         let message_id = match self.message_id.as_deref() {
             Some(id) => Some(
@@ -42,11 +51,58 @@ impl ExportQuery {
             ),
             None => None,
         };
+        let client_ip = match self.client_ip.as_deref() {
+            Some(ip) => Some(
+                ip.parse()
+                    .map_err(|e| ApiError::bad_request(format!("client_ip: {e}")))?,
+            ),
+            None => None,
+        };
         Ok(EventFilter {
             type_name: self.type_name.clone(),
             message_id,
+            sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
+            action: self.action.clone(),
+            client_ip,
+            since_ms: self
+                .since
+                .as_deref()
+                .map(|t| time_ms("since", t))
+                .transpose()?,
+            until_ms: self
+                .until
+                .as_deref()
+                .map(|t| time_ms("until", t))
+                .transpose()?,
         })
     }
+}
+
+/// `GET /v1/events?after&limit&type&message_id&sender&recipient&action&client_ip&since&until`:
+/// `{"events": [...], "next": SEQ|null, "applied_index": N}`. A page also ends after
+/// a bounded number of events read, with `next` to go on from, so a selective
+/// filter answers quickly with fewer events rather than slowly with more.
+pub(crate) async fn list(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<EventQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    s.caller(&headers, Access::Events)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = page_limit(q.limit)?;
+    let filter = q.filter()?;
+    let after = q.after.unwrap_or(0);
+    let node = s.node.clone();
+    let applied = node.status().applied_index;
+    let (events, next) =
+        tokio::task::spawn_blocking(move || node.state().events(&filter, after, limit))
+            .await
+            .map_err(ApiError::internal)??;
+    let events: Vec<Value> = events.iter().map(|e| e.to_json()).collect();
+    Ok(Json(
+        json!({ "events": events, "next": next, "applied_index": applied }),
+    ))
 }
 
 /// One page of events after `after` from the node's store, and the cursor to go on
@@ -64,15 +120,20 @@ async fn page(
     Ok(page)
 }
 
-/// `GET /v1/events/export?after&type&message_id`: every matching event up to the end
+/// `GET /v1/events/export?` the filters of [`list`] but `limit`: every matching event up to the end
 /// of the log at the time of reading, one JSON object a line (`application/x-ndjson`).
 pub(crate) async fn export(
     State(s): State<ApiState>,
     headers: HeaderMap,
-    query: Result<Query<ExportQuery>, QueryRejection>,
+    query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     s.caller(&headers, Access::Events)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if q.limit.is_some() {
+        return Err(ApiError::bad_request(
+            "the export has no limit: it streams every matching event (list pages with /v1/events)",
+        ));
+    }
     let filter = q.filter()?;
     // Pages are read as the client takes them; an error after the first line can
     // only end the body early, which the client sees as a truncated export.
@@ -135,7 +196,7 @@ pub(crate) async fn tail(
     };
     let filter = EventFilter {
         type_name: q.type_name,
-        message_id: None,
+        ..Default::default()
     };
     let events = stream::unfold(
         (start, Vec::<StoredEvent>::new()),

@@ -33,6 +33,7 @@ pub(crate) async fn trace(
         let filter = EventFilter {
             type_name: None,
             message_id: Some(id),
+            ..Default::default()
         };
         let (events, more) = state.events(&filter, 0, MAX_EVENTS)?;
         let queued = state.queue_record(id)?;

@@ -18,11 +18,9 @@ use bulwark_storage::{
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use crate::auth::{Access, ClientIp};
-use crate::routes::{page_limit, ApiState};
+use crate::routes::{page_limit, time_ms, ApiState};
 use crate::ApiError;
 
 /// Renders a stored message for reading without running any of it: headers, text,
@@ -226,6 +224,7 @@ pub(crate) async fn detail(
         let filter = EventFilter {
             type_name: Some("scan.verdict".into()),
             message_id: Some(id),
+            ..Default::default()
         };
         let (events, _) = state.events(&filter, 0, VERDICT_EVENTS)?;
         Ok((Some(record), body, events.first().map(|e| e.to_json())))
@@ -405,15 +404,4 @@ fn not_quarantined(id: MessageId) -> ApiError {
 fn message_id(what: &str, text: &str) -> Result<MessageId, ApiError> {
     text.parse::<MessageId>()
         .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
-}
-
-/// An RFC 3339 time as Unix milliseconds.
-fn time_ms(what: &str, text: &str) -> Result<i64, ApiError> {
-    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{what}: {e} (expected RFC 3339, e.g. 2026-11-28T09:00:00Z)"
-        ))
-    })?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| ApiError::bad_request(format!("{what}: out of range")))
 }

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bulwark_consensus::RaftNode;
-use bulwark_storage::{Command, EventFilter, EventKind, MessageId};
+use bulwark_storage::{Command, EventKind};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -42,7 +42,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/cluster", get(cluster))
         .route("/v1/notes", post(add_note))
-        .route("/v1/events", get(list_events))
+        .route("/v1/events", get(crate::events::list))
         .route("/v1/events/verify", get(verify_events))
         .route("/v1/events/export", get(crate::events::export))
         .route("/v1/events/stream", get(crate::events::tail))
@@ -155,46 +155,16 @@ pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     Ok(limit)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventQuery {
-    after: Option<u64>,
-    limit: Option<usize>,
-    #[serde(rename = "type")]
-    type_name: Option<String>,
-    message_id: Option<String>,
-}
-
-async fn list_events(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    s.caller(&headers, Access::Events)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = page_limit(q.limit)?;
-    let message_id = match q.message_id.as_deref() {
-        Some(id) => Some(
-            id.parse::<MessageId>()
-                .map_err(|e| ApiError::bad_request(format!("message_id: {e}")))?,
-        ),
-        None => None,
-    };
-    let filter = EventFilter {
-        type_name: q.type_name,
-        message_id,
-    };
-    let after = q.after.unwrap_or(0);
-    let node = s.node.clone();
-    let applied = node.status().applied_index;
-    let (events, next) =
-        tokio::task::spawn_blocking(move || node.state().events(&filter, after, limit))
-            .await
-            .map_err(ApiError::internal)??;
-    let events: Vec<_> = events.iter().map(|e| e.to_json()).collect();
-    Ok(Json(
-        json!({ "events": events, "next": next, "applied_index": applied }),
-    ))
+/// An RFC 3339 time as Unix milliseconds; `what` names the parameter in the error.
+pub(crate) fn time_ms(what: &str, text: &str) -> Result<i64, ApiError> {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{what}: {e} (expected RFC 3339, e.g. 2026-11-28T09:00:00Z)"
+        ))
+    })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| ApiError::bad_request(format!("{what}: out of range")))
 }
 
 async fn verify_events(

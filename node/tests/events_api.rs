@@ -132,3 +132,70 @@ fn events_export_streams_ndjson_and_the_tail_resumes_from_last_event_id() {
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
 }
+
+#[test]
+fn events_filter_by_sender_recipient_action_client_ip_and_time() {
+    let node = Node::start("");
+    let api = Api::new(&node);
+    let mut s = common::Smtp::ehlo(node.smtp);
+    let plain = "Subject: hello\r\n\r\nhello\r\n";
+    let kept = s
+        .send_message("alice@a.test", &["bob@example.test"], plain)
+        .queued_id();
+    let gtube = "Subject: test\r\n\r\n\
+        XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n";
+    s.send(b"MAIL FROM:<eve@evil.test>\r\nRCPT TO:<carol@example.test>\r\nDATA\r\n");
+    for _ in 0..3 {
+        s.read_reply();
+    }
+    s.send(format!("{gtube}.\r\n").as_bytes());
+    assert_eq!(s.read_reply().code, 554);
+    node.wait_events("message.rejected", 1);
+    let marker = note(&api, "after the mail");
+
+    let types = |query: &str| -> Vec<String> {
+        let (status, page) = api.get(&format!("/v1/events?{query}"));
+        assert_eq!(status, 200, "{query}: {page}");
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(types("sender=eve@evil.test"), ["message.rejected"]);
+    assert_eq!(types("sender=@A.TEST"), ["message.received"]);
+    assert_eq!(types("recipient=carol@example.test"), ["message.rejected"]);
+    assert_eq!(
+        types("recipient=@example.test&type=message.received"),
+        ["message.received"]
+    );
+    assert_eq!(types("action=reject"), ["scan.verdict"]);
+    assert_eq!(types("action=deliver&type=scan.verdict"), ["scan.verdict"]);
+    assert!(types("client_ip=127.0.0.1").contains(&"message.received".to_string()));
+    assert!(types("client_ip=::ffff:192.0.2.1").is_empty());
+    assert!(types("until=2000-01-01T00:00:00Z").is_empty());
+    // Since the note's own time: the note and nothing older than it.
+    let (_, page) = api.get(&format!("/v1/events?type=audit.note&after={}", marker - 1));
+    let since = page["events"][0]["time"].as_str().unwrap().to_string();
+    let (_, page) = api.get(&format!("/v1/events?since={since}"));
+    assert!(page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["seq"].as_u64().unwrap() >= marker));
+    // The export takes the same filters.
+    let exported = export(&api, "sender=eve@evil.test");
+    assert_eq!(exported.len(), 1);
+    assert_eq!(exported[0]["type"], "message.rejected");
+    let verdict = export(&api, &format!("message_id={kept}&type=scan.verdict"));
+    assert_eq!(verdict[0]["action"], "deliver");
+    for bad in [
+        "/v1/events?client_ip=localhost",
+        "/v1/events?since=today",
+        "/v1/events/export?limit=10",
+    ] {
+        let (status, problem) = api.get(bad);
+        assert_eq!(status, 400, "{bad}: {problem}");
+    }
+}

@@ -46,24 +46,75 @@ impl Default for ChainHead {
     }
 }
 
-/// Which events a query wants.
+/// Which events a query wants. The fields named after the API's JSON (sender,
+/// recipient, action, client IP) are matched against each event's JSON
+/// ([`StoredEvent::to_json`]): addresses as in [`QueueFilter`], the IP as an address.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
     /// Dotted event type, e.g. `audit.note`.
     pub type_name: Option<String>,
     /// Only events about this message.
     pub message_id: Option<MessageId>,
+    /// `email.sender.address`.
+    pub sender: Option<String>,
+    /// One of `email.to.address`.
+    pub recipient: Option<String>,
+    /// `action`: a verdict's (`deliver`, `tag`, `quarantine`, `reject`) or an API
+    /// action's (`queue.hold`, ...).
+    pub action: Option<String>,
+    /// `source.ip`.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// Recorded at or after this time (Unix milliseconds).
+    pub since_ms: Option<i64>,
+    /// Recorded before this time.
+    pub until_ms: Option<i64>,
 }
 
 impl EventFilter {
     fn matches(&self, event: &StoredEvent) -> bool {
         let kind = &event.event.kind;
-        self.type_name
+        let time = event.event.time_ms;
+        let plain = self
+            .type_name
             .as_deref()
             .is_none_or(|t| t == kind.type_name())
             && self
                 .message_id
                 .is_none_or(|id| kind.message_id() == Some(id))
+            && self.since_ms.is_none_or(|t| time >= t)
+            && self.until_ms.is_none_or(|t| time < t);
+        if !plain {
+            return false;
+        }
+        if self.sender.is_none()
+            && self.recipient.is_none()
+            && self.action.is_none()
+            && self.client_ip.is_none()
+        {
+            return true;
+        }
+        let json = event.to_json();
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+        self.sender.as_deref().is_none_or(|want| {
+            text(&json["email"]["sender"]["address"]).is_some_and(|a| address_matches(want, &a))
+        }) && self.recipient.as_deref().is_none_or(|want| {
+            json["email"]["to"]["address"]
+                .as_array()
+                .is_some_and(|list| {
+                    list.iter()
+                        .filter_map(|a| a.as_str())
+                        .any(|a| address_matches(want, a))
+                })
+        }) && self
+            .action
+            .as_deref()
+            .is_none_or(|want| json["action"].as_str() == Some(want))
+            && self.client_ip.is_none_or(|want| {
+                json["source"]["ip"]
+                    .as_str()
+                    .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                    == Some(want)
+            })
     }
 }
 
@@ -1473,6 +1524,7 @@ mod tests {
         let filter = EventFilter {
             type_name: Some("message.received".into()),
             message_id: Some(id),
+            ..Default::default()
         };
         let (events, _) = store.events(&filter, 0, 10).unwrap();
         assert_eq!(events.len(), 1);
@@ -1608,6 +1660,7 @@ mod tests {
             let filter = EventFilter {
                 type_name: None,
                 message_id: Some(id),
+                ..Default::default()
             };
             let (events, _) = store.events(&filter, 0, 10).unwrap();
             events.iter().map(|e| e.to_json()).collect::<Vec<_>>()
@@ -1653,6 +1706,7 @@ mod tests {
             let filter = EventFilter {
                 type_name: Some("quarantine.retention".into()),
                 message_id: None,
+                ..Default::default()
             };
             let (events, _) = store.events(&filter, 0, 10).unwrap();
             events.iter().map(|e| e.to_json()).collect()
@@ -1758,6 +1812,7 @@ mod tests {
         let filter = EventFilter {
             type_name: Some("token.revoked".into()),
             message_id: None,
+            ..Default::default()
         };
         let (events, _) = store.events(&filter, 0, 10).unwrap();
         let json = events[0].to_json();
@@ -1841,6 +1896,7 @@ mod tests {
         let filter = EventFilter {
             type_name: None,
             message_id: Some(id),
+            ..Default::default()
         };
         let (events, _) = store.events(&filter, 0, 100).unwrap();
         let types: Vec<_> = events.iter().map(|e| e.event.kind.type_name()).collect();
@@ -1948,6 +2004,7 @@ mod tests {
         let filter = EventFilter {
             type_name: Some("delivery.bounced".into()),
             message_id: None,
+            ..Default::default()
         };
         let (bounced, _) = store.events(&filter, 0, 100).unwrap();
         assert_eq!(bounced.len(), 1);
@@ -2145,6 +2202,7 @@ mod tests {
         let filter = EventFilter {
             type_name: Some("api.action".into()),
             message_id: None,
+            ..Default::default()
         };
         let (events, _) = store.events(&filter, 0, 100).unwrap();
         let seen: Vec<_> = events
@@ -2256,6 +2314,7 @@ mod tests {
                 &EventFilter {
                     type_name: Some("bayes.trained".into()),
                     message_id: None,
+                    ..Default::default()
                 },
                 0,
                 100,
@@ -2357,6 +2416,7 @@ mod tests {
             let filter = EventFilter {
                 type_name: None,
                 message_id: Some(id),
+                ..Default::default()
             };
             let (events, next) = store.events(&filter, after, limit).unwrap();
             let seqs: Vec<u64> = events.iter().map(|e| e.event.seq).collect();
