@@ -204,6 +204,10 @@ pub(crate) async fn tail(
             let (s, filter) = (s.clone(), filter.clone());
             async move {
                 while pending.is_empty() {
+                    // Everything up to the head as it stands before the read is seen
+                    // by it: a page that reaches the end moves the cursor there, so
+                    // a filter that matches nothing does not rescan the log.
+                    let head = s.node.state().chain_head().0;
                     match page(&s, &filter, after).await {
                         Ok((events, next)) => {
                             let last = events.last().map(|e| e.event.seq);
@@ -211,7 +215,10 @@ pub(crate) async fn tail(
                             pending.reverse();
                             // A page cut short by the scan limit moves the cursor on
                             // even when nothing in it matched.
-                            after = next.or(last).unwrap_or(after);
+                            after = match next {
+                                Some(next) => next,
+                                None => last.unwrap_or(after).max(head),
+                            };
                         }
                         Err(e) => tracing::warn!(
                             problem = %e,
