@@ -160,11 +160,12 @@ async fn bulk(
     let user = s.caller(&headers, Access::Act)?.name;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_reason(&reason)?;
-    if q.sender.is_none()
-        && q.recipient.is_none()
-        && q.reason.is_none()
-        && q.since.is_none()
-        && q.until.is_none()
+    let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+    if !(given(&q.sender)
+        || given(&q.recipient)
+        || given(&q.reason)
+        || given(&q.since)
+        || given(&q.until))
     {
         return Err(ApiError::bad_request(
             "give at least one filter: sender, recipient, reason, since or until",

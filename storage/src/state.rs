@@ -15,7 +15,7 @@ use crate::event::{
 };
 use crate::layout::{self, cf};
 use crate::message::{
-    AcceptedMessage, Action, Bounce, DeliveryCommand, MessageId, QuarantineAction,
+    AcceptedMessage, Action, Bounce, DeliveryCommand, Envelope, MessageId, QuarantineAction,
     QuarantineCommand, QuarantineDecided, QuarantineExpiry, QuarantineRecord, QueueEntry,
     QueueRecord, QueueStatus, QueuedRecipient, RecipientStatus,
 };
@@ -312,6 +312,8 @@ impl StateStore {
         // API tokens created (Some) or revoked (None) by this batch, by name.
         let mut tokens: HashMap<String, Option<ApiToken>> = HashMap::new();
         let mut counted = AppliedCounts::default();
+        // Envelopes of the messages accepted by this batch.
+        let mut received: HashMap<MessageId, Envelope> = HashMap::new();
         let mut lessons: Option<LessonBatch> = None;
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
@@ -332,6 +334,11 @@ impl StateStore {
                             op,
                             head.next_seq,
                         )?;
+                        // A release later in this batch reads the envelope from here.
+                        received.insert(
+                            message.received.message_id,
+                            message.received.envelope.clone(),
+                        );
                         (kinds, None)
                     }
                     Command::RejectMessage(rejected) => (
@@ -345,9 +352,14 @@ impl StateStore {
                         self.delivery(&mut batch, &mut queue, command, op, head.next_seq)?
                     }
                     Command::TrainBayes(lesson) => (vec![self.learn(&mut lessons, lesson)?], None),
-                    Command::Quarantine(command) => {
-                        self.decide(&mut batch, &mut queue, &mut quarantine, command, op)?
-                    }
+                    Command::Quarantine(command) => self.decide(
+                        &mut batch,
+                        &mut queue,
+                        &mut quarantine,
+                        &received,
+                        command,
+                        op,
+                    )?,
                     Command::ExpireQuarantine(expiry) => {
                         (self.expire(&mut batch, &mut quarantine, expiry)?, None)
                     }
@@ -655,6 +667,7 @@ impl StateStore {
         batch: &mut WriteBatch,
         queue: &mut HashMap<MessageId, Option<QueueRecord>>,
         quarantine: &mut HashMap<MessageId, Option<QuarantineRecord>>,
+        received: &HashMap<MessageId, Envelope>,
         command: &QuarantineCommand,
         op: &Op,
     ) -> Result<(Vec<EventKind>, Option<String>)> {
@@ -677,18 +690,14 @@ impl StateStore {
         };
         match command.action {
             QuarantineAction::Release => {
-                // The envelope's extensions are on the message.received event.
-                let envelope = match self.event(record.received_seq)? {
-                    Some(StoredEvent {
-                        event:
-                            Event {
-                                kind: EventKind::MessageReceived(m),
-                                ..
-                            },
-                        ..
-                    }) if m.message_id == id => Some(m.envelope),
-                    _ => None,
+                // The envelope's extensions are on the message.received event: in
+                // this batch's writes if it came in the same batch, else stored.
+                let in_batch = received.get(&id).cloned();
+                let stored = match in_batch {
+                    Some(envelope) => Some(envelope),
+                    None => self.stored_envelope(id, record.received_seq)?,
                 };
+                let envelope = stored;
                 let (eight_bit, smtputf8) = match envelope {
                     Some(e) => (e.eight_bit, e.smtputf8),
                     // Its event purged: 8BITMIME is harmless to ask for, and SMTPUTF8
@@ -733,6 +742,21 @@ impl StateStore {
         Ok((vec![event], None))
     }
 
+    /// The envelope of message `id` from its stored `message.received` event.
+    fn stored_envelope(&self, id: MessageId, seq: u64) -> Result<Option<Envelope>> {
+        Ok(match self.event(seq)? {
+            Some(StoredEvent {
+                event:
+                    Event {
+                        kind: EventKind::MessageReceived(m),
+                        ..
+                    },
+                ..
+            }) if m.message_id == id => Some(m.envelope),
+            _ => None,
+        })
+    }
+
     /// The retention's run: what was quarantined before `expiry.before_ms`, oldest
     /// first, out with its body.
     fn expire(
@@ -742,22 +766,37 @@ impl StateStore {
         expiry: &QuarantineExpiry,
     ) -> Result<Vec<EventKind>> {
         // Ids sort by the time of reception, which comes before the quarantine's.
-        let end = MessageId::new(expiry.before_ms, 0).key();
-        let mut events = Vec::new();
+        let end = MessageId::new(expiry.before_ms, 0);
+        let max = expiry.max as usize;
+        let due = |r: &QuarantineRecord| r.message_id < end && r.time_ms < expiry.before_ms;
+        // The candidates as this batch has left the quarantine: stored records not
+        // released or deleted by it, and those it quarantined itself; the oldest `max`
+        // of them, so that every node picks the same ones however its entries were
+        // grouped into batches.
+        let mut candidates: std::collections::BTreeMap<MessageId, QuarantineRecord> = quarantine
+            .values()
+            .flatten()
+            .filter(|r| due(r))
+            .map(|r| (r.message_id, r.clone()))
+            .collect();
+        let mut from_disk = 0;
         for item in self
             .db
             .iterator_cf(self.cf(cf::QUARANTINE), IteratorMode::Start)
         {
             let (key, value) = item?;
-            if key.as_ref() >= end.as_slice() || events.len() >= expiry.max as usize {
+            if key.as_ref() >= end.key().as_slice() || from_disk >= max {
                 break;
             }
             let record: QuarantineRecord = codec::decode(&value)?;
-            let id = record.message_id;
-            // Released or deleted earlier in this batch.
-            if matches!(quarantine.get(&id), Some(None)) || record.time_ms >= expiry.before_ms {
+            if quarantine.contains_key(&record.message_id) || !due(&record) {
                 continue;
             }
+            from_disk += 1;
+            candidates.insert(record.message_id, record);
+        }
+        let mut events = Vec::new();
+        for (id, record) in candidates.into_iter().take(max) {
             quarantine.insert(id, None);
             batch.delete_cf(self.cf(cf::BODIES), id.key());
             events.push(EventKind::QuarantineDecided(Box::new(QuarantineDecided {
@@ -1724,6 +1763,75 @@ mod tests {
         // The released message is not the retention's to touch.
         assert!(store.message_body(ids[0]).unwrap().is_some());
         assert!(store.verify().unwrap().ok);
+    }
+
+    #[test]
+    fn a_batch_that_quarantines_and_releases_or_expires_acts_as_separate_batches_would() {
+        let accept = |n: u128| {
+            let mut received = crate::message::tests::sample();
+            received.message_id = MessageId::new(1_764_300_000_000, n);
+            received.envelope.eight_bit = false;
+            let mut verdict = crate::message::tests::verdict(received.message_id);
+            verdict.action = Action::Quarantine;
+            Op {
+                id: n,
+                time_ms: 1_764_300_000_000,
+                node: 1,
+                command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                    verdict,
+                    received,
+                    body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                })),
+            }
+        };
+        let release = Op {
+            id: 10,
+            time_ms: 1_764_300_001_000,
+            node: 1,
+            command: Command::Quarantine(Box::new(QuarantineCommand {
+                message_id: MessageId::new(1_764_300_000_000, 1),
+                action: QuarantineAction::Release,
+                reason: "ok".into(),
+                user: "admin".into(),
+                client_ip: None,
+            })),
+        };
+        let expire = Op {
+            id: 11,
+            time_ms: 1_764_300_001_000,
+            node: 1,
+            command: Command::ExpireQuarantine(Box::new(QuarantineExpiry {
+                before_ms: 1_764_300_000_500,
+                max: 10,
+                reason: "old".into(),
+            })),
+        };
+        let ops = [accept(1), accept(2), release, expire];
+        let outcome = |batches: &[&[Op]]| {
+            let dir = tempfile::tempdir().unwrap();
+            let state = StateDir::open(dir.path()).unwrap();
+            let store = state.current();
+            for (i, ops) in batches.iter().enumerate() {
+                store.apply(&[(i as u64 + 1, ops)], b"x").unwrap();
+            }
+            let queued = store
+                .queue_entry(MessageId::new(1_764_300_000_000, 1))
+                .unwrap()
+                .map(|e| (e.eight_bit, e.smtputf8));
+            let left = store
+                .quarantine_list(&QuarantineFilter::default(), None, 10)
+                .unwrap()
+                .0
+                .len();
+            // Events name their Raft index, so the chain hashes differ; their number may not.
+            (queued, left, store.chain_head().0)
+        };
+        let together = outcome(&[&ops[..]]);
+        let apart = outcome(&[&ops[..1], &ops[1..2], &ops[2..3], &ops[3..]]);
+        assert_eq!(together, apart);
+        // Released with the envelope as received (no 8BITMIME); the other expired.
+        assert_eq!(together.0, Some((false, false)));
+        assert_eq!(together.1, 0);
     }
 
     #[test]
