@@ -65,16 +65,8 @@ impl EventQuery {
             recipient: self.recipient.clone(),
             action: self.action.clone(),
             client_ip,
-            since_ms: self
-                .since
-                .as_deref()
-                .map(|t| time_ms("since", t))
-                .transpose()?,
-            until_ms: self
-                .until
-                .as_deref()
-                .map(|t| time_ms("until", t))
-                .transpose()?,
+            since_ms: time_ms("since", self.since.as_deref())?,
+            until_ms: time_ms("until", self.until.as_deref())?,
         })
     }
 }

@@ -70,16 +70,8 @@ impl ListQuery {
             sender: self.sender.clone(),
             recipient: self.recipient.clone(),
             reason: self.reason.clone(),
-            since_ms: self
-                .since
-                .as_deref()
-                .map(|t| time_ms("since", t))
-                .transpose()?,
-            until_ms: self
-                .until
-                .as_deref()
-                .map(|t| time_ms("until", t))
-                .transpose()?,
+            since_ms: time_ms("since", self.since.as_deref())?,
+            until_ms: time_ms("until", self.until.as_deref())?,
         })
     }
 }

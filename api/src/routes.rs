@@ -155,15 +155,20 @@ pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     Ok(limit)
 }
 
-/// An RFC 3339 time as Unix milliseconds; `what` names the parameter in the error.
-pub(crate) fn time_ms(what: &str, text: &str) -> Result<i64, ApiError> {
+/// An RFC 3339 time parameter, if given, as Unix milliseconds; `what` names the
+/// parameter in the error.
+pub(crate) fn time_ms(what: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
     use time::format_description::well_known::Rfc3339;
+    let Some(text) = text else {
+        return Ok(None);
+    };
     let t = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
         ApiError::bad_request(format!(
             "{what}: {e} (expected RFC 3339, e.g. 2026-11-28T09:00:00Z)"
         ))
     })?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
+        .map(Some)
         .map_err(|_| ApiError::bad_request(format!("{what}: out of range")))
 }
 
