@@ -21,6 +21,7 @@ pub mod bayes;
 pub mod codec;
 mod error;
 pub mod event;
+mod index;
 pub mod layout;
 mod log;
 pub mod message;
@@ -35,6 +36,7 @@ pub use event::{
     ApiAction, Command, Event, EventKind, Hash, Op, OpId, OpResult, Proposal, StoredEvent,
     VerifyReport,
 };
+pub use index::EventFilter;
 pub use log::LogStore;
 pub use message::{
     AcceptedMessage, Action, AuthResult, Bounce, Client, DeliveryCommand, DeliveryReport,
@@ -46,7 +48,6 @@ pub use message::{
 pub use queue::NOT_QUEUED;
 pub use snapshot::{SnapshotFile, SnapshotStore};
 pub use state::{
-    AppliedCounts, EventFilter, QuarantineFilter, QueueFilter, StateDir, StateStore,
-    NOT_QUARANTINED,
+    AppliedCounts, QuarantineFilter, QueueFilter, StateDir, StateStore, NOT_QUARANTINED,
 };
 pub use token::{ApiToken, Role, TokenChanged, TokenCommand};

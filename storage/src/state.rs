@@ -13,6 +13,7 @@ use crate::bayes::{self, BayesClass, BayesCounts, BayesLesson, LessonBatch};
 use crate::event::{
     ApiAction, Command, Event, EventKind, Hash, Op, OpResult, StoredEvent, VerifyReport,
 };
+use crate::index::{self, EventClock, EventFilter, Indexer, MAX_SCAN};
 use crate::layout::{self, cf};
 use crate::message::{
     AcceptedMessage, Action, Bounce, DeliveryCommand, Envelope, MessageId, QuarantineAction,
@@ -24,8 +25,13 @@ use crate::{codec, snapshot, Error, Result};
 
 const META_CHAIN: &str = "chain";
 const META_RAFT: &str = "raft_applied";
-/// Present once the index of events by message covers every event.
+/// Written by an older build: the index of events by message alone.
 const META_MESSAGE_INDEX: &str = "index_by_message";
+/// The layout version of a whole [`index`] of the events (absent: to be built).
+const META_INDEX: &str = "index_events";
+const INDEX_VERSION: u8 = 1;
+/// The [`index::EventClock`] as of the last applied batch.
+const META_EVENT_CLOCK: &str = "event_clock";
 const CURRENT: &str = "CURRENT";
 
 /// The head of the hash chain: persisted with every applied batch.
@@ -46,84 +52,8 @@ impl Default for ChainHead {
     }
 }
 
-/// Which events a query wants. The fields named after the API's JSON (sender,
-/// recipient, action, client IP) are matched against each event's JSON
-/// ([`StoredEvent::to_json`]): addresses as in [`QueueFilter`], the IP as an address.
-#[derive(Clone, Debug, Default)]
-pub struct EventFilter {
-    /// Dotted event type, e.g. `audit.note`.
-    pub type_name: Option<String>,
-    /// Only events about this message.
-    pub message_id: Option<MessageId>,
-    /// `email.sender.address`.
-    pub sender: Option<String>,
-    /// One of `email.to.address`.
-    pub recipient: Option<String>,
-    /// `action`: a verdict's (`deliver`, `tag`, `quarantine`, `reject`) or an API
-    /// action's (`queue.hold`, ...).
-    pub action: Option<String>,
-    /// `source.ip`.
-    pub client_ip: Option<std::net::IpAddr>,
-    /// Recorded at or after this time (Unix milliseconds).
-    pub since_ms: Option<i64>,
-    /// Recorded before this time.
-    pub until_ms: Option<i64>,
-}
-
-impl EventFilter {
-    fn matches(&self, event: &StoredEvent) -> bool {
-        let kind = &event.event.kind;
-        let time = event.event.time_ms;
-        let plain = self
-            .type_name
-            .as_deref()
-            .is_none_or(|t| t == kind.type_name())
-            && self
-                .message_id
-                .is_none_or(|id| kind.message_id() == Some(id))
-            && self.since_ms.is_none_or(|t| time >= t)
-            && self.until_ms.is_none_or(|t| time < t);
-        if !plain {
-            return false;
-        }
-        if self.sender.is_none()
-            && self.recipient.is_none()
-            && self.action.is_none()
-            && self.client_ip.is_none()
-        {
-            return true;
-        }
-        let json = event.to_json();
-        let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-        self.sender.as_deref().is_none_or(|want| {
-            text(&json["email"]["sender"]["address"]).is_some_and(|a| address_matches(want, &a))
-        }) && self.recipient.as_deref().is_none_or(|want| {
-            json["email"]["to"]["address"]
-                .as_array()
-                .is_some_and(|list| {
-                    list.iter()
-                        .filter_map(|a| a.as_str())
-                        .any(|a| address_matches(want, a))
-                })
-        }) && self
-            .action
-            .as_deref()
-            .is_none_or(|want| json["action"].as_str() == Some(want))
-            && self.client_ip.is_none_or(|want| {
-                json["source"]["ip"]
-                    .as_str()
-                    .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-                    == Some(want)
-            })
-    }
-}
-
 /// Why a release or deletion of a message not in the quarantine is refused.
 pub const NOT_QUARANTINED: &str = "not in the quarantine";
-
-/// Most events (or queue entries) one query looks at before it returns a cursor to go
-/// on from, so a selective filter cannot turn one request into a scan of everything.
-const MAX_SCAN: usize = 100_000;
 
 /// Which queued messages a listing wants. Addresses compare without regard to ASCII
 /// case; one starting with `@` matches every address of that domain, and `<>` (or
@@ -186,7 +116,7 @@ impl QuarantineFilter {
     }
 }
 
-fn address_matches(pattern: &str, address: &str) -> bool {
+pub(crate) fn address_matches(pattern: &str, address: &str) -> bool {
     if pattern == "<>" {
         return address.is_empty();
     }
@@ -211,6 +141,9 @@ pub struct StateStore {
     db: DB,
     dir: PathBuf,
     head: Mutex<ChainHead>,
+    /// The clock of the event index, if the index covers every event (a database
+    /// written before it, opened read-only, is queried by scanning).
+    clock: Mutex<Option<EventClock>>,
     /// The Bayesian token counts, as the `bayes` column family holds them.
     bayes: RwLock<BayesCounts>,
     /// Events applied since this store was opened, by type, and verdicts by action:
@@ -250,7 +183,7 @@ impl StateStore {
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(256 * 1024 * 1024);
         let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())?;
-        index_events_by_message(&db)?;
+        build_index(&db)?;
         Self::with_db(db, dir)
     }
 
@@ -279,10 +212,19 @@ impl StateStore {
             None => ChainHead::default(),
         };
         let bayes = load_bayes(&db)?;
+        let meta = cf_handle(&db, cf::META);
+        let clock = match db.get_cf(meta, META_INDEX)?.as_deref() {
+            Some([INDEX_VERSION]) => match db.get_cf(meta, META_EVENT_CLOCK)? {
+                Some(bytes) => Some(codec::decode(&bytes)?),
+                None => Some(EventClock::default()),
+            },
+            _ => None,
+        };
         Ok(StateStore {
             db,
             dir: dir.to_path_buf(),
             head: Mutex::new(head),
+            clock: Mutex::new(clock),
             bayes: RwLock::new(bayes),
             applied: Mutex::new(AppliedCounts::default()),
         })
@@ -302,6 +244,12 @@ impl StateStore {
     /// per operation, per entry.
     pub fn apply(&self, entries: &[(u64, &[Op])], applied: &[u8]) -> Result<Vec<Vec<OpResult>>> {
         let mut head = *self.head.lock().expect("chain head lock");
+        let clock = self
+            .clock
+            .lock()
+            .expect("event clock lock")
+            .unwrap_or_default();
+        let mut indexer = Indexer::new(self.cf(cf::INDEX), clock);
         let mut batch = WriteBatch::default();
         let mut in_batch: HashMap<u128, OpResult> = HashMap::new();
         // Queue entries changed by this batch (None: left the queue), so that later
@@ -386,9 +334,7 @@ impl StateStore {
                         head.next_seq.to_be_bytes(),
                         codec::encode(&stored)?,
                     );
-                    if let Some(id) = stored.event.kind.message_id() {
-                        batch.put_cf(self.cf(cf::INDEX), message_index_key(id, head.next_seq), []);
-                    }
+                    indexer.add(&mut batch, &stored);
                     let kind = &stored.event.kind;
                     *counted.events.entry(kind.type_name()).or_default() += 1;
                     if let EventKind::ScanVerdict(v) = kind {
@@ -455,6 +401,16 @@ impl StateStore {
         }
         batch.put_cf(self.cf(cf::META), META_CHAIN, codec::encode(&head)?);
         batch.put_cf(self.cf(cf::META), META_RAFT, applied);
+        if indexer.clock != clock {
+            batch.put_cf(
+                self.cf(cf::META),
+                META_EVENT_CLOCK,
+                codec::encode(&indexer.clock)?,
+            );
+            // Before the write: a query meanwhile may widen its time range, never
+            // narrow it past an event just written.
+            *self.clock.lock().expect("event clock lock") = Some(indexer.clock);
+        }
         self.db.write(batch)?;
         *self.head.lock().expect("chain head lock") = head;
         {
@@ -486,41 +442,6 @@ impl StateStore {
         };
         let trained = lessons.apply(&memory, lesson, previous);
         Ok(EventKind::BayesTrained(Box::new(trained)))
-    }
-
-    /// Events about message `id` after seq `after`, through the index by message.
-    fn message_events(
-        &self,
-        id: MessageId,
-        filter: &EventFilter,
-        after: u64,
-        limit: usize,
-    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
-        let prefix = message_index_key(id, 0);
-        let start = message_index_key(id, after.saturating_add(1));
-        let iter = self.db.iterator_cf(
-            self.cf(cf::INDEX),
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in iter {
-            let (key, _) = item?;
-            if !key.starts_with(&prefix[..17]) {
-                break;
-            }
-            let seq = seq_of(&key[17..])?;
-            let stored = self.event(seq)?.ok_or_else(|| Error::Layout {
-                path: self.dir.clone(),
-                reason: format!("index names event {seq}, which is not stored"),
-            })?;
-            if filter.matches(&stored) {
-                out.push(stored);
-                if out.len() >= limit {
-                    return Ok((out, Some(seq)));
-                }
-            }
-        }
-        Ok((out, None))
     }
 
     /// Messages learned as spam and as ham.
@@ -1189,32 +1110,9 @@ impl StateStore {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
-        if let Some(id) = filter.message_id {
-            return self.message_events(id, filter, after, limit);
-        }
-        let mut out = Vec::new();
-        let start = after.saturating_add(1).to_be_bytes();
-        let iter = self.db.iterator_cf(
-            self.cf(cf::EVENTS),
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        let mut scanned = 0usize;
-        for item in iter {
-            let (key, value) = item?;
-            let stored: StoredEvent = codec::decode(&value)?;
-            let last_seen = seq_of(&key)?;
-            scanned += 1;
-            if filter.matches(&stored) {
-                out.push(stored);
-                if out.len() >= limit {
-                    return Ok((out, Some(last_seen)));
-                }
-            }
-            if scanned >= MAX_SCAN {
-                return Ok((out, Some(last_seen)));
-            }
-        }
-        Ok((out, None))
+        let clock = *self.clock.lock().expect("event clock lock");
+        let index = clock.map(|clock| (self.cf(cf::INDEX), clock));
+        index::query(&self.db, self.cf(cf::EVENTS), index, filter, after, limit)
     }
 
     /// Walks the whole event log checking sequence numbers, links and hashes, then
@@ -1306,36 +1204,18 @@ impl StateStore {
     }
 }
 
-/// Key of the index of events by message: `m`, the message id, the event's seq.
-fn message_index_key(id: MessageId, seq: u64) -> [u8; 25] {
-    let mut key = [b'm'; 25];
-    key[1..17].copy_from_slice(&id.key());
-    key[17..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
-
-/// Builds the index of events by message of a database written before it existed
-/// (once: the mark is stored with it). Read-only databases are left as they are.
-fn index_events_by_message(db: &DB) -> Result<()> {
-    if db
-        .get_cf(cf_handle(db, cf::META), META_MESSAGE_INDEX)?
-        .is_some()
-    {
+/// Indexes the events of a database written before the index or by an older layout
+/// of it (once: the mark is stored with it). Read-only databases are left as they are.
+fn build_index(db: &DB) -> Result<()> {
+    let meta = cf_handle(db, cf::META);
+    if db.get_cf(meta, META_INDEX)?.as_deref() == Some(&[INDEX_VERSION]) {
         return Ok(());
     }
+    let clock = index::rebuild(db, cf_handle(db, cf::EVENTS), cf_handle(db, cf::INDEX))?;
     let mut batch = WriteBatch::default();
-    for item in db.iterator_cf(cf_handle(db, cf::EVENTS), IteratorMode::Start) {
-        let (key, value) = item?;
-        let stored: StoredEvent = codec::decode(&value)?;
-        if let Some(id) = stored.event.kind.message_id() {
-            batch.put_cf(
-                cf_handle(db, cf::INDEX),
-                message_index_key(id, seq_of(&key)?),
-                [],
-            );
-        }
-    }
-    batch.put_cf(cf_handle(db, cf::META), META_MESSAGE_INDEX, [1]);
+    batch.put_cf(meta, META_EVENT_CLOCK, codec::encode(&clock)?);
+    batch.put_cf(meta, META_INDEX, [INDEX_VERSION]);
+    batch.delete_cf(meta, META_MESSAGE_INDEX);
     db.write(batch)?;
     Ok(())
 }
@@ -2542,15 +2422,192 @@ mod tests {
             .db
             .delete_range_cf(store.cf(cf::INDEX), &[0u8][..], &[0xffu8; 26][..])
             .unwrap();
-        store
-            .db
-            .delete_cf(store.cf(cf::META), META_MESSAGE_INDEX)
-            .unwrap();
+        store.db.delete_cf(store.cf(cf::META), META_INDEX).unwrap();
         assert_eq!(of(&store, a, 0, 10), (vec![], None));
         drop(store);
         drop(state);
         let store = StateDir::open(dir.path()).unwrap().current();
         assert_eq!(of(&store, a, 0, 10), (vec![1, 2, 6], None));
         assert_eq!(of(&store, b, 0, 10), (vec![4, 5], None));
+    }
+
+    /// Every page of `filter` from `query` (the index, or a scan), as seqs.
+    fn all_pages(
+        query: impl Fn(&EventFilter, u64, usize) -> (Vec<StoredEvent>, Option<u64>),
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Vec<u64> {
+        let (mut seqs, mut after) = (Vec::new(), 0);
+        for _ in 0..10_000 {
+            let (events, next) = query(filter, after, limit);
+            assert!(events.len() <= limit);
+            seqs.extend(events.iter().map(|e| e.event.seq));
+            match next {
+                Some(next) => {
+                    assert!(next > after, "the cursor moves on");
+                    after = next;
+                }
+                None => return seqs,
+            }
+        }
+        panic!("pagination did not end");
+    }
+
+    #[test]
+    fn indexed_queries_answer_exactly_what_a_scan_of_the_log_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(dir.path()).unwrap().current();
+        let senders = [
+            "a@One.test",
+            "B@one.test",
+            "c@two.test",
+            "",
+            "d@x@three.test",
+        ];
+        let recipients = ["r1@in.test", "R2@in.test", "r3@other.test", "r4@IN.test"];
+        let actions = [Action::Deliver, Action::Tag, Action::Quarantine];
+        let base = 1_764_300_000_000i64;
+        let mut ops = Vec::new();
+        for n in 0..600u128 {
+            let i = n as usize;
+            let mut received = crate::message::tests::sample();
+            received.message_id = MessageId::new(base, n + 1);
+            received.envelope.mail_from = senders[i % senders.len()].into();
+            received.envelope.rcpt_to = (0..1 + i % 3)
+                .map(|k| recipients[(i + k) % recipients.len()].to_string())
+                .collect();
+            received.client.ip = format!("192.0.2.{}", i % 7).parse().unwrap();
+            received.action = actions[i % actions.len()];
+            let mut verdict = crate::message::tests::verdict(received.message_id);
+            verdict.action = received.action;
+            // Three nodes' clocks: one a few seconds behind the others.
+            let skew = if i % 5 == 0 {
+                -4_000
+            } else {
+                (i % 3) as i64 * 10
+            };
+            ops.push(Op {
+                id: n + 1,
+                time_ms: base + i as i64 * 1_000 + skew,
+                node: 1 + (i % 3) as u64,
+                command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                    received,
+                    verdict,
+                    body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                })),
+            });
+        }
+        for (k, chunk) in ops.chunks(37).enumerate() {
+            store.apply(&[(k as u64 + 1, chunk)], b"x").unwrap();
+        }
+        let indexed = |f: &EventFilter, after, limit| store.events(f, after, limit).unwrap();
+        let scanned = |f: &EventFilter, after, limit| {
+            index::query(&store.db, store.cf(cf::EVENTS), None, f, after, limit).unwrap()
+        };
+        let at = |s: i64| Some(base + s * 1_000);
+        let mut filters = vec![EventFilter::default()];
+        for sender in [
+            "a@one.test",
+            "@ONE.test",
+            "<>",
+            "@x@three.test",
+            "@three.test",
+            "nobody@one.test",
+        ] {
+            filters.push(EventFilter {
+                sender: Some(sender.into()),
+                ..Default::default()
+            });
+        }
+        for recipient in ["r2@in.test", "@in.test", "@other.test"] {
+            filters.push(EventFilter {
+                recipient: Some(recipient.into()),
+                ..Default::default()
+            });
+        }
+        for (since, until) in [
+            (at(0), None),
+            (at(100), at(128)),
+            (None, at(48)),
+            (at(599), None),
+            (at(700), None),
+            (at(-10), at(-5)),
+        ] {
+            filters.push(EventFilter {
+                since_ms: since,
+                until_ms: until,
+                ..Default::default()
+            });
+            filters.push(EventFilter {
+                sender: Some("@one.test".into()),
+                action: Some("quarantine".into()),
+                since_ms: since,
+                until_ms: until,
+                ..Default::default()
+            });
+        }
+        filters.push(EventFilter {
+            type_name: Some("scan.verdict".into()),
+            action: Some("tag".into()),
+            ..Default::default()
+        });
+        filters.push(EventFilter {
+            recipient: Some("@in.test".into()),
+            client_ip: Some("192.0.2.3".parse().unwrap()),
+            type_name: Some("message.received".into()),
+            ..Default::default()
+        });
+        filters.push(EventFilter {
+            message_id: Some(MessageId::new(base, 42)),
+            ..Default::default()
+        });
+        for filter in &filters {
+            let want = all_pages(scanned, filter, 1_000_000);
+            assert_eq!(all_pages(indexed, filter, 7), want, "{filter:?}");
+            assert_eq!(all_pages(indexed, filter, 1000), want, "{filter:?}");
+        }
+        // The cases the filters were chosen for are not empty: 120 messages from the
+        // null sender, 40 of them quarantined (an event that names the sender too).
+        let count = |f: EventFilter| all_pages(scanned, &f, 1000).len();
+        assert_eq!(
+            count(EventFilter {
+                sender: Some("<>".into()),
+                ..Default::default()
+            }),
+            160
+        );
+        assert!(
+            count(EventFilter {
+                since_ms: at(100),
+                until_ms: at(128),
+                ..Default::default()
+            }) > 0
+        );
+
+        // Reopened, the clock and the index come back; rebuilt, they are the same.
+        let dir_path = store.dir().to_path_buf();
+        let clock = *store.clock.lock().unwrap();
+        assert_eq!(clock.map(|c| c.lag_ms), Some(3_020));
+        drop(store);
+        let reopened = StateStore::open(&dir_path).unwrap();
+        assert_eq!(*reopened.clock.lock().unwrap(), clock);
+        reopened
+            .db
+            .delete_cf(reopened.cf(cf::META), META_INDEX)
+            .unwrap();
+        drop(reopened);
+        let rebuilt = StateStore::open(&dir_path).unwrap();
+        assert_eq!(*rebuilt.clock.lock().unwrap(), clock);
+        for filter in &filters {
+            let scanned = |f: &EventFilter, after, limit| {
+                index::query(&rebuilt.db, rebuilt.cf(cf::EVENTS), None, f, after, limit).unwrap()
+            };
+            let indexed = |f: &EventFilter, after, limit| rebuilt.events(f, after, limit).unwrap();
+            assert_eq!(
+                all_pages(indexed, filter, 5),
+                all_pages(scanned, filter, 1000),
+                "{filter:?}"
+            );
+        }
     }
 }

@@ -1,0 +1,306 @@
+//! Filtered queries over a large event log, through the secondary indexes.
+//!
+//! `cargo bench --workspace --bench event_query` records about 1,000,000 events (the
+//! received, verdict, quarantined and rejected events of some 480,000 messages from
+//! 20,000 senders in 2,000 domains to 10,000 recipients in 50 domains, from 30,000
+//! client addresses, over 28 days of three nodes' slightly skewed clocks) into a state
+//! database through [`StateStore::apply`], as Raft would, then times the queries the
+//! API serves (a page of at most 100 events) and prints, for each, the events found,
+//! the first run and the median and slowest of the next 30.
+//!
+//! `-- --events N` records N events instead; `-- --dir DIR` keeps the database in DIR
+//! and reuses it when run again.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bulwark_storage::{
+    AcceptedMessage, Action, Client, Command, Envelope, EventFilter, MessageId, MessageReceived,
+    Op, RejectedMessage, Rejection, StateDir, Thresholds, Timings, Verdict,
+};
+
+const BASE_MS: i64 = 1_764_300_000_000;
+/// Time between two messages: 480,000 messages span about 28 days.
+const STEP_MS: i64 = 5_000;
+/// Operations per applied batch, about what Raft hands the state machine under load.
+const BATCH: usize = 500;
+const RUNS: usize = 30;
+const LIMIT: usize = 100;
+
+/// The properties of message `n`, drawn from a fixed pseudo-random sequence.
+struct Shape {
+    sender: String,
+    recipients: Vec<String>,
+    ip: String,
+    action: Action,
+    time_ms: i64,
+}
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+fn shape(n: u64) -> Shape {
+    let r = |salt: u64| mix(n.wrapping_mul(31).wrapping_add(salt));
+    let sender = r(1) % 20_000;
+    let recipients = (0..1 + r(2) % 3)
+        .map(|k| {
+            let who = r(10 + k) % 10_000;
+            format!("user{who}@dept{}.example.test", who % 50)
+        })
+        .collect();
+    let ip = r(3) % 30_000;
+    let action = match r(4) % 100 {
+        0..85 => Action::Deliver,
+        85..93 => Action::Tag,
+        93..97 => Action::Quarantine,
+        _ => Action::Reject,
+    };
+    // One node's clock runs up to two seconds behind the others'.
+    let skew = if n % 3 == 2 {
+        -((r(5) % 2_000) as i64)
+    } else {
+        0
+    };
+    Shape {
+        sender: format!("s{sender}@sender{}.test", sender % 2_000),
+        recipients,
+        ip: format!("10.{}.{}.{}", ip >> 16, (ip >> 8) & 255, ip & 255),
+        action,
+        time_ms: BASE_MS + n as i64 * STEP_MS + skew,
+    }
+}
+
+fn message_id(n: u64) -> MessageId {
+    MessageId::new(BASE_MS + n as i64 * STEP_MS, u128::from(n) + 1)
+}
+
+fn op(n: u64) -> Op {
+    let s = shape(n);
+    let client = Client {
+        ip: s.ip.parse().expect("address"),
+        port: 40_000,
+        helo: Some("mail.sender.test".into()),
+        tls: None,
+        proxy: None,
+    };
+    let verdict = Verdict {
+        message_id: message_id(n),
+        action: s.action,
+        reason: format!("score {} ({})", n % 30, s.action.as_str()),
+        score: (n % 30) as f64,
+        thresholds: Thresholds {
+            tag: 5.0,
+            quarantine: 10.0,
+            reject: 20.0,
+        },
+        symbols: Vec::new(),
+        authentication: Vec::new(),
+        findings: Vec::new(),
+        engines: Vec::new(),
+    };
+    let command = if s.action == Action::Reject {
+        Command::RejectMessage(Box::new(RejectedMessage {
+            rejection: Rejection {
+                client,
+                mail_from: Some(s.sender),
+                rcpt_to: s.recipients,
+                reason: "spam".into(),
+                reply: "554 5.7.1 Message refused as spam".into(),
+            },
+            verdict,
+        }))
+    } else {
+        Command::AcceptMessage(Box::new(AcceptedMessage {
+            received: MessageReceived {
+                message_id: message_id(n),
+                envelope: Envelope {
+                    mail_from: s.sender.clone(),
+                    rcpt_to: s.recipients,
+                    smtputf8: false,
+                    eight_bit: true,
+                },
+                client,
+                protocol: "ESMTPS".into(),
+                size: 10_240,
+                subject: Some(format!("Invoice {n}")),
+                header_from: Some(s.sender),
+                header_message_id: Some(format!("<{n}@sender.test>")),
+                action: s.action,
+                timings: Timings {
+                    session_ms: 40,
+                    transfer_ms: 5,
+                    scan_ms: 1,
+                },
+            },
+            body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            verdict,
+        }))
+    };
+    Op {
+        id: u128::from(n) + 1,
+        time_ms: s.time_ms,
+        node: 1 + n % 3,
+        command,
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut want, mut keep) = (1_000_000u64, None::<PathBuf>);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--events" => {
+                want = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--events N")
+            }
+            "--dir" => keep = args.next().map(PathBuf::from),
+            // cargo bench passes --bench.
+            _ => {}
+        }
+    }
+    let temp = tempfile::tempdir().expect("temporary directory");
+    let dir = keep.unwrap_or_else(|| temp.path().to_path_buf());
+    let state = StateDir::open(&dir).expect("state database");
+    let store = state.current();
+
+    let (mut events, _) = store.chain_head();
+    let mut messages = events / 2;
+    if events < want {
+        let started = Instant::now();
+        let before = events;
+        let mut next = 0u64;
+        while events < want {
+            let ops: Vec<Op> = (next..next + BATCH as u64).map(op).collect();
+            next += BATCH as u64;
+            store.apply(&[(next, &ops[..])], b"bench").expect("apply");
+            events = store.chain_head().0;
+        }
+        messages = next;
+        let took = started.elapsed();
+        println!(
+            "recorded {} events ({} messages) in {:.1} s: {:.0} events/s applied, indexes included",
+            events - before,
+            messages,
+            took.as_secs_f64(),
+            (events - before) as f64 / took.as_secs_f64()
+        );
+    }
+    println!("{events} events in {}", dir.display());
+
+    // The queries name values the log holds: those of a message in its middle.
+    let middle = messages / 2;
+    let s = shape(middle);
+    let domain = |address: &str| address[address.rfind('@').unwrap_or(0)..].to_string();
+    let hour = |from: i64| (Some(from), Some(from + 3_600_000));
+    let (since, until) = hour(s.time_ms);
+    let queries: Vec<(String, EventFilter)> = vec![
+        (
+            format!("sender={}", s.sender),
+            EventFilter {
+                sender: Some(s.sender.clone()),
+                ..Default::default()
+            },
+        ),
+        (
+            format!("recipient={}", s.recipients[0]),
+            EventFilter {
+                recipient: Some(s.recipients[0].clone()),
+                ..Default::default()
+            },
+        ),
+        (
+            format!("recipient={}", domain(&s.recipients[0])),
+            EventFilter {
+                recipient: Some(domain(&s.recipients[0])),
+                ..Default::default()
+            },
+        ),
+        (
+            format!("client_ip={}", s.ip),
+            EventFilter {
+                client_ip: Some(s.ip.parse().expect("address")),
+                ..Default::default()
+            },
+        ),
+        (
+            format!("message_id={}", message_id(middle)),
+            EventFilter {
+                message_id: Some(message_id(middle)),
+                ..Default::default()
+            },
+        ),
+        (
+            "action=quarantine".into(),
+            EventFilter {
+                action: Some("quarantine".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "type=message.rejected, one hour mid-log".into(),
+            EventFilter {
+                type_name: Some("message.rejected".into()),
+                since_ms: since,
+                until_ms: until,
+                ..Default::default()
+            },
+        ),
+        (
+            format!("sender={} action=quarantine", domain(&s.sender)),
+            EventFilter {
+                sender: Some(domain(&s.sender)),
+                action: Some("quarantine".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            format!(
+                "sender={} recipient={}",
+                domain(&s.sender),
+                domain(&s.recipients[0])
+            ),
+            EventFilter {
+                sender: Some(domain(&s.sender)),
+                recipient: Some(domain(&s.recipients[0])),
+                ..Default::default()
+            },
+        ),
+        (
+            "action=tag type=message.quarantined (none)".into(),
+            EventFilter {
+                action: Some("tag".into()),
+                type_name: Some("message.quarantined".into()),
+                ..Default::default()
+            },
+        ),
+    ];
+
+    println!(
+        "\n{:<58} {:>7} {:>10} {:>11} {:>8}",
+        "query (a page of at most 100)", "events", "first ms", "median ms", "max ms"
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for (name, filter) in &queries {
+        let timed = || {
+            let started = Instant::now();
+            let (found, _) = store.events(filter, 0, LIMIT).expect("query");
+            (found.len(), started.elapsed())
+        };
+        let (found, first) = timed();
+        let mut times: Vec<Duration> = (0..RUNS).map(|_| timed().1).collect();
+        times.sort();
+        println!(
+            "{name:<58} {found:>7} {:>10.2} {:>11.2} {:>8.2}",
+            ms(first),
+            ms(times[RUNS / 2]),
+            ms(times[RUNS - 1])
+        );
+    }
+}
