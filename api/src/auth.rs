@@ -50,6 +50,8 @@ pub(crate) enum Access {
     Note,
     /// Creating, listing and revoking tokens: admin.
     Tokens,
+    /// Adding, promoting and removing cluster members: admin.
+    Cluster,
 }
 
 impl Access {
@@ -74,6 +76,7 @@ impl Access {
             Access::Act => "act on messages",
             Access::Note => "write audit notes",
             Access::Tokens => "manage tokens",
+            Access::Cluster => "change the cluster's membership",
         }
     }
 }

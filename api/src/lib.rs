@@ -12,6 +12,7 @@
 
 mod auth;
 mod bayes;
+mod cluster;
 mod error;
 mod events;
 mod messages;

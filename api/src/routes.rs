@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bulwark_consensus::RaftNode;
@@ -40,7 +43,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(crate::metrics::scrape))
         .route("/readyz", get(readyz))
-        .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster", get(crate::cluster::status))
+        .route("/v1/cluster/members", post(crate::cluster::add))
+        .route("/v1/cluster/members/{id}", delete(crate::cluster::remove))
+        .route(
+            "/v1/cluster/members/{id}/promote",
+            post(crate::cluster::promote),
+        )
         .route("/v1/notes", post(add_note))
         .route("/v1/events", get(crate::events::list))
         .route("/v1/events/verify", get(verify_events))
@@ -85,7 +94,70 @@ pub fn router(state: ApiState) -> Router {
             metrics,
             crate::metrics::time_requests,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            consistency,
+        ))
         .with_state(state)
+}
+
+/// How long a `?consistent=true` read may wait for the leader's confirmation and for
+/// this node to apply up to it.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The response header stating the Raft log index this node had applied when it
+/// started reading: the answer reflects at least every entry up to it.
+pub const APPLIED_INDEX_HEADER: &str = "bulwark-applied-index";
+
+/// Reads are served from this node's state. With `?consistent=true` (any route) the
+/// node first waits until it has applied every entry the leader had committed when
+/// the request arrived, as the leader confirms with a quorum, so the answer reflects
+/// every write acknowledged before it (a linearizable read). Every answer states the
+/// applied index it was read at in [`APPLIED_INDEX_HEADER`].
+async fn consistency(
+    State(s): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let query = request.uri().query().unwrap_or("");
+    let mut consistent = false;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "consistent" {
+            rest.push(pair);
+            continue;
+        }
+        consistent = match value {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "consistent: {other:?} (expected true or false)"
+                )))
+            }
+        };
+    }
+    if rest.len() != query.split('&').filter(|p| !p.is_empty()).count() {
+        let path = request.uri().path();
+        let rewritten = if rest.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", rest.join("&"))
+        };
+        let mut parts = request.uri().clone().into_parts();
+        parts.path_and_query = Some(rewritten.parse().map_err(ApiError::internal)?);
+        *request.uri_mut() = Uri::from_parts(parts).map_err(ApiError::internal)?;
+    }
+    let applied = if consistent {
+        s.node.linearizable_read(READ_TIMEOUT).await?
+    } else {
+        s.node.applied_index()
+    };
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert(APPLIED_INDEX_HEADER, HeaderValue::from(applied));
+    Ok(response)
 }
 
 async fn healthz() -> &'static str {
@@ -100,10 +172,6 @@ async fn readyz(State(s): State<ApiState>) -> Result<Json<serde_json::Value>, Ap
             "no leader known, or not yet applied up to the commit index",
         ))
     }
-}
-
-async fn cluster(State(s): State<ApiState>) -> Json<bulwark_consensus::ClusterStatus> {
-    Json(s.node.status())
 }
 
 #[derive(Deserialize)]

@@ -69,6 +69,8 @@ pub struct RaftTuning {
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
     nodes: usize,
+    /// Nodes prepared but neither started nor members: to be added through the API.
+    standby: usize,
     name: String,
     raft: Option<RaftTuning>,
     foreign: Vec<u64>,
@@ -83,6 +85,7 @@ impl ClusterBuilder {
     pub fn new(nodes: usize) -> Self {
         Self {
             nodes,
+            standby: 0,
             name: "cluster".into(),
             raft: None,
             foreign: Vec::new(),
@@ -96,6 +99,14 @@ impl ClusterBuilder {
     /// A name for the temporary directory and messages (e.g. the test's name).
     pub fn name(mut self, name: &str) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Prepares `n` more nodes (ids after the members', with certificates and
+    /// configs naming the members and themselves as peers) that are not started and
+    /// not members: start one with [`Cluster::restart`], then add it through the API.
+    pub fn standby(mut self, n: usize) -> Self {
+        self.standby = n;
         self
     }
 
@@ -171,7 +182,7 @@ impl ClusterBuilder {
         let certs = root.join("certs");
         let foreign = root.join("foreign-certs");
         run_bin(&bin, &["cert", "ca", "--out"], &[&certs]).await?;
-        let ids: Vec<u64> = (1..=self.nodes as u64).collect();
+        let ids: Vec<u64> = (1..=(self.nodes + self.standby) as u64).collect();
         for id in &ids {
             node_cert(&bin, &certs, *id).await?;
         }
@@ -185,7 +196,7 @@ impl ClusterBuilder {
             }
         }
 
-        let ports = free_ports(3 * self.nodes)?;
+        let ports = free_ports(3 * ids.len())?;
         let mut nodes = Vec::new();
         for (k, id) in ids.iter().copied().enumerate() {
             let dir = root.join(format!("n{id}"));
@@ -214,13 +225,21 @@ impl ClusterBuilder {
                 .with_context(|| format!("creating {}", node.data_dir.display()))?;
             nodes.push(node);
         }
-        let peers: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.cluster_addr)).collect();
+        let members = self.nodes;
+        let peers_of = |node: &Node| -> Vec<(u64, SocketAddr)> {
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(k, n)| *k < members || n.id == node.id)
+                .map(|(_, n)| (n.id, n.cluster_addr))
+                .collect()
+        };
         // Authentication asks DNS: a server on loopback that knows no names, so every
         // lookup is answered at once (NXDOMAIN) and nothing leaves the machine.
         let dns = dns::DnsServer::start(dns::Zone::new()).context("starting the test DNS")?;
         for n in &nodes {
             let config = n.config_toml(
-                &peers,
+                &peers_of(n),
                 self.raft.as_ref(),
                 &[
                     ("smtp", &self.smtp),
@@ -250,10 +269,10 @@ impl ClusterBuilder {
             _dns: dns,
             _lock: lock,
         };
-        for id in ids.iter().copied() {
+        for id in ids.iter().copied().take(members) {
             cluster.spawn(id)?;
         }
-        for id in ids {
+        for id in ids.into_iter().take(members) {
             cluster.wait_healthy(id, HEALTH_TIMEOUT).await?;
         }
         Ok(cluster)
@@ -650,7 +669,7 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<u64> {
         let end = Instant::now() + timeout;
-        let majority = self.nodes.len() / 2 + 1;
+        let mut majority = self.nodes.len() / 2 + 1;
         loop {
             self.check_alive()?;
             let running = self.running_ids();
@@ -658,6 +677,12 @@ impl Cluster {
             for (&id, s) in &st {
                 if s.leader_id != Some(id) || Some(id) == exclude {
                     continue;
+                }
+                // A majority of the voters the leader knows (members change through
+                // the API), else of the nodes the harness made.
+                let voters = s.members.iter().filter(|m| m.voter).count();
+                if voters > 0 {
+                    majority = voters / 2 + 1;
                 }
                 let votes = st.values().filter(|o| o.leader_id == Some(id)).count();
                 if votes >= majority {

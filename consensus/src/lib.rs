@@ -15,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 mod error;
+mod leader;
 mod log_store;
 mod network;
 mod node;
@@ -24,6 +25,7 @@ pub mod tls;
 pub mod types;
 
 pub use error::{Error, ProposeError};
+pub use leader::{LeaderCall, LeaderCallError, PROMOTE_MAX_LAG};
 pub use node::{ClusterStatus, MemberStatus, NodeConfig, PeerConfig, RaftNode, RaftSettings};
 pub use proposer::Proposer;
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulwark_storage::{layout, LogStore as Store, SnapshotStore, StateDir, StateStore};
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::leader::{LeaderCall, LeaderCallError};
 use crate::log_store::LogStore;
 use crate::network::{serve, NetworkFactory, ServerContext};
 use crate::state_machine::StateMachine;
@@ -105,6 +106,8 @@ pub struct RaftNode {
     raft: Raft,
     state: Arc<StateDir>,
     proposer: Proposer,
+    /// How this node reaches the leader (None: a single-node cluster).
+    network: Option<NetworkFactory>,
     committed: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -236,12 +239,13 @@ impl RaftNode {
             appended,
             cfg.raft.snapshot_log_bytes,
         )));
-        let proposer = Proposer::start(raft.clone(), network, id, commit_timeout);
+        let proposer = Proposer::start(raft.clone(), network.clone(), id, commit_timeout);
         Ok(RaftNode {
             id,
             raft,
             state,
             proposer,
+            network,
             committed,
             stop,
             tasks,
@@ -263,6 +267,44 @@ impl RaftNode {
     /// The live state (event log and projections), read locally.
     pub fn state(&self) -> Arc<StateStore> {
         self.state.current()
+    }
+
+    /// Asks the leader (here or over the network) to answer `call`; see [`LeaderCall`].
+    pub async fn leader_call(
+        &self,
+        call: LeaderCall,
+        timeout: Duration,
+    ) -> Result<u64, LeaderCallError> {
+        crate::leader::call(&self.raft, self.network.as_ref(), &call, timeout).await
+    }
+
+    /// Waits until this node has applied every entry committed before the call, as
+    /// confirmed by the leader with a quorum: a read of the local state after this
+    /// sees every write acknowledged before it started. Returns that log index.
+    pub async fn linearizable_read(&self, timeout: Duration) -> Result<u64, LeaderCallError> {
+        let started = Instant::now();
+        let index = self.leader_call(LeaderCall::ReadIndex, timeout).await?;
+        let remaining = timeout.saturating_sub(started.elapsed());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map_err(|_| {
+                LeaderCallError::Unavailable(format!(
+                    "not applied up to the read index {index} within {} ms",
+                    timeout.as_millis()
+                ))
+            })?;
+        Ok(index)
+    }
+
+    /// The index of the last log entry applied to this node's state (0: none yet).
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
     }
 
     /// True when the node knows a leader and has applied everything it knows committed.

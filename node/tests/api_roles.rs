@@ -136,6 +136,28 @@ fn roles_allow_what_they_should_refuse_the_rest_and_revocation_is_immediate() {
         );
     }
     assert_eq!(status(&operator, "POST", "/v1/tokens"), 403);
+    // The membership is the admin's alone; a single node is its only voter.
+    for api in [&operator, &auditor, &siem] {
+        assert_eq!(status(api, "POST", "/v1/cluster/members"), 403);
+        assert_eq!(status(api, "POST", "/v1/cluster/members/2/promote"), 403);
+        assert_eq!(status(api, "DELETE", "/v1/cluster/members/1"), 403);
+    }
+    let (code, problem) = admin.post_json("/v1/cluster/members/2/promote", &json!({}));
+    assert_eq!(code, 404, "{problem}");
+    let (code, problem) = admin.delete("/v1/cluster/members/1");
+    assert_eq!(code, 409, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("only voter"),
+        "{problem}"
+    );
+    let (code, problem) =
+        admin.post_json("/v1/cluster/members", &json!({ "id": 0, "addr": "x:1" }));
+    assert_eq!(code, 400, "{problem}");
+    // Linearizable reads on a single node: the node confirms its own leadership.
+    let response = auditor.get_raw("/v1/queue?consistent=true");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers().contains_key("bulwark-applied-index"));
+    assert_eq!(status(&auditor, "GET", "/v1/queue?consistent=yes"), 400);
     let (code, done) = operator.post_json(&release, &json!({ "reason": "customer asked" }));
     assert_eq!(code, 200, "{done}");
     let released = node.wait_message_event(&held, "quarantine.released", 1, WAIT);

@@ -138,6 +138,26 @@ pub enum EventKind {
     },
     /// An API token was created or revoked.
     TokenChanged(Box<TokenChanged>),
+    /// An administrator added, promoted or removed a cluster member through the API,
+    /// or tried to and was refused (an `api.action`).
+    MembershipChanged(Box<MembershipChanged>),
+}
+
+/// A change of the cluster's membership asked through the API: an `api.action` whose
+/// `action` is `cluster.add_learner`, `cluster.promote` or `cluster.remove`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MembershipChanged {
+    pub action: String,
+    /// The node added, promoted or removed.
+    pub member: u64,
+    /// Its cluster address, when it was added.
+    pub addr: Option<String>,
+    /// Raft log index of the membership entry, when the change was made.
+    pub log_index: Option<u64>,
+    pub user: String,
+    pub client_ip: Option<IpAddr>,
+    /// Why the change was refused or failed; `None`: it was made.
+    pub refused: Option<String>,
 }
 
 /// The `api.action` event: who did what, from where, to which message, and whether
@@ -185,6 +205,7 @@ impl EventKind {
             EventKind::QuarantineRetention { .. } => "quarantine.retention",
             EventKind::TokenChanged(t) if t.created => "token.created",
             EventKind::TokenChanged(_) => "token.revoked",
+            EventKind::MembershipChanged(_) => "api.action",
         }
     }
 
@@ -206,6 +227,7 @@ impl EventKind {
             EventKind::AuditNote { .. }
             | EventKind::QuarantineRetention { .. }
             | EventKind::TokenChanged(_)
+            | EventKind::MembershipChanged(_)
             | EventKind::MessageRejected(_)
             | EventKind::RejectionsSuppressed { .. } => None,
         }
@@ -361,6 +383,28 @@ impl EventKind {
                     "outcome": if a.refused.is_some() { "failure" } else { "success" },
                 });
                 if let Some(reason) = &a.refused {
+                    event["reason"] = reason.clone().into();
+                }
+                out.insert("event".into(), event);
+            }
+            EventKind::MembershipChanged(m) => {
+                out.insert("action".into(), m.action.clone().into());
+                out.insert("user".into(), serde_json::json!({ "name": m.user }));
+                if let Some(ip) = m.client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
+                out.insert(
+                    "cluster".into(),
+                    serde_json::json!({
+                        "member": { "id": m.member, "addr": m.addr },
+                        "log_index": m.log_index,
+                    }),
+                );
+                let mut event = serde_json::json!({
+                    "action": m.action,
+                    "outcome": if m.refused.is_some() { "failure" } else { "success" },
+                });
+                if let Some(reason) = &m.refused {
                     event["reason"] = reason.clone().into();
                 }
                 out.insert("event".into(), event);

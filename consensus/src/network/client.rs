@@ -24,6 +24,7 @@ use tokio_rustls::TlsConnector;
 
 use super::frame::{read_frame, write_frame};
 use super::message::{ForwardRefused, Request, Response};
+use crate::leader::{LeaderCall, LeaderCallError};
 use crate::tls::node_id_of;
 use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
 
@@ -137,7 +138,7 @@ impl NetworkFactory {
         Ok(response)
     }
 
-    /// Sends operations to `leader` to commit; connections are pooled per leader.
+    /// Sends operations to `leader` to commit.
     pub async fn forward(
         &self,
         leader: NodeId,
@@ -145,6 +146,40 @@ impl NetworkFactory {
         ops: Vec<Op>,
         ttl: Duration,
     ) -> Result<Result<Vec<OpResult>, ForwardRefused>, CallError> {
+        match self
+            .ask_leader(leader, addr, &Request::Forward(ops), ttl)
+            .await?
+        {
+            Response::Forward(result) => Ok(result),
+            other => Err(unexpected(addr, &other)),
+        }
+    }
+
+    /// Sends a call only the leader can answer to `leader`.
+    pub async fn leader_call(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        call: LeaderCall,
+        ttl: Duration,
+    ) -> Result<Result<u64, LeaderCallError>, CallError> {
+        match self
+            .ask_leader(leader, addr, &Request::Leader(call), ttl)
+            .await?
+        {
+            Response::Leader(result) => Ok(result),
+            other => Err(unexpected(addr, &other)),
+        }
+    }
+
+    /// One request to `leader` and its response; connections are pooled per leader.
+    async fn ask_leader(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        request: &Request,
+        ttl: Duration,
+    ) -> Result<Response, CallError> {
         let pooled = self
             .pool
             .lock()
@@ -155,16 +190,13 @@ impl NetworkFactory {
             Some(conn) => conn,
             None => self.connect(leader, addr).await?,
         };
-        let response = Self::exchange(&mut conn, addr, &Request::Forward(ops), ttl).await?;
+        let response = Self::exchange(&mut conn, addr, request, ttl).await?;
         let mut pool = self.pool.lock().expect("pool lock");
         let idle = pool.entry(addr.to_string()).or_default();
         if idle.len() < POOL_PER_PEER {
             idle.push(conn);
         }
-        match response {
-            Response::Forward(result) => Ok(result),
-            other => Err(unexpected(addr, &other)),
-        }
+        Ok(response)
     }
 
     /// Asks a peer whether it already belongs to a cluster, and how far it applied.

@@ -7,6 +7,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::leader::{LeaderCall, LeaderCallError};
 use crate::types::{NodeId, SnapshotMeta, TypeConfig, Vote};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -23,6 +24,8 @@ pub enum Request {
         meta: SnapshotMeta,
         files: Vec<SnapshotFile>,
     },
+    /// A call only the leader can answer.
+    Leader(LeaderCall),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,6 +42,7 @@ pub enum Response {
     /// The request was refused before reaching Raft (e.g. it claims another node's
     /// identity than the certificate it came with).
     Refused(String),
+    Leader(Result<u64, LeaderCallError>),
 }
 
 /// Why a forwarded write was not committed by the node it was sent to.

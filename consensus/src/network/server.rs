@@ -29,12 +29,29 @@ const MAX_SNAPSHOT_BYTES: u64 = 1 << 40;
 pub struct ServerContext {
     pub raft: Raft,
     pub acceptor: TlsAcceptor,
-    /// Node ids allowed to connect (the configured peers).
+    /// Node ids allowed to connect besides the members of the cluster: the
+    /// configured peers.
     pub peers: Arc<BTreeSet<NodeId>>,
     pub snapshots: Arc<SnapshotStore>,
     /// While true this node refuses to vote: it lost its data and has not yet caught
     /// up (see `node::rejoin`).
     pub abstain: Arc<AtomicBool>,
+}
+
+impl ServerContext {
+    /// May node `peer` talk to this one: a configured peer, or a member (a node added
+    /// through the API is in the membership, not in this node's configuration).
+    fn accepts(&self, peer: NodeId) -> bool {
+        self.peers.contains(&peer)
+            || self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&peer)
+                .is_some()
+    }
 }
 
 /// Accepts peer connections until `shutdown` turns true.
@@ -82,8 +99,8 @@ async fn handle(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(node_id_of);
-    let Some(peer) = peer.filter(|p| ctx.peers.contains(p)) else {
-        tracing::warn!(%remote, ?peer, "refused a cluster connection: certificate is not a configured peer's");
+    let Some(peer) = peer.filter(|p| ctx.accepts(*p)) else {
+        tracing::warn!(%remote, ?peer, "refused a cluster connection: certificate is not a configured peer's or a member's");
         return Ok(());
     };
     loop {
@@ -138,6 +155,7 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
             applied: ctx.raft.metrics().borrow().last_applied.map(|l| l.index),
         },
         Request::Snapshot { .. } => Response::Refused("snapshot header out of place".into()),
+        Request::Leader(call) => Response::Leader(crate::leader::answer(&ctx.raft, &call).await),
     }
 }
 

@@ -1,0 +1,174 @@
+//! The cluster: its status, and changes of membership. A node joins as a learner
+//! (it receives the log but does not vote), is promoted to voter once it has caught
+//! up, and can be removed; each change is a Raft membership entry made by the leader
+//! (whichever node is asked) and recorded as an `api.action` event.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use bulwark_consensus::{LeaderCall, LeaderCallError};
+use bulwark_storage::{Command, EventKind, MembershipChanged};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{Access, ClientIp};
+use crate::routes::ApiState;
+use crate::ApiError;
+
+/// How long a membership change may take: adding a learner commits one entry, but a
+/// promotion waits for the joint configuration to commit too.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl From<LeaderCallError> for ApiError {
+    fn from(e: LeaderCallError) -> Self {
+        match e {
+            LeaderCallError::NotFound(detail) => ApiError::not_found(detail),
+            LeaderCallError::Refused(detail) => ApiError::conflict(detail),
+            LeaderCallError::NotLeader(_) | LeaderCallError::Unavailable(_) => {
+                ApiError::unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+/// `GET /v1/cluster`: members, roles, leader, term, indexes, lags, chain head.
+pub(crate) async fn status(State(s): State<ApiState>) -> Json<bulwark_consensus::ClusterStatus> {
+    Json(s.node.status())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    id: u64,
+    /// The new node's cluster listener, `host:port`.
+    addr: String,
+}
+
+/// `POST /v1/cluster/members {"id": 4, "addr": "10.0.0.4:7001"}`: the node becomes
+/// a learner; the leader starts sending it the log (or a snapshot).
+pub(crate) async fn add(
+    State(s): State<ApiState>,
+    ClientIp(client_ip): ClientIp,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.caller(&headers, Access::Cluster)?;
+    let request: AddMember =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    if request.id == 0 {
+        return Err(ApiError::bad_request("id: node ids start at 1"));
+    }
+    if !valid_addr(&request.addr) {
+        return Err(ApiError::bad_request(format!(
+            "addr: {:?} is not host:port",
+            request.addr
+        )));
+    }
+    let change = Change {
+        action: "cluster.add_learner",
+        member: request.id,
+        addr: Some(request.addr.clone()),
+    };
+    let call = LeaderCall::AddLearner {
+        id: request.id,
+        addr: request.addr,
+    };
+    change.make(&s, call, caller.name, client_ip).await
+}
+
+/// `POST /v1/cluster/members/{id}/promote`: the learner becomes a voter (refused
+/// while it is more than a few entries behind).
+pub(crate) async fn promote(
+    State(s): State<ApiState>,
+    ClientIp(client_ip): ClientIp,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.caller(&headers, Access::Cluster)?;
+    let change = Change {
+        action: "cluster.promote",
+        member: id,
+        addr: None,
+    };
+    change
+        .make(&s, LeaderCall::Promote { id }, caller.name, client_ip)
+        .await
+}
+
+/// `DELETE /v1/cluster/members/{id}`: the member leaves the cluster (a voter leaves
+/// the quorum too; the last voter cannot be removed).
+pub(crate) async fn remove(
+    State(s): State<ApiState>,
+    ClientIp(client_ip): ClientIp,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = s.caller(&headers, Access::Cluster)?;
+    let change = Change {
+        action: "cluster.remove",
+        member: id,
+        addr: None,
+    };
+    change
+        .make(&s, LeaderCall::Remove { id }, caller.name, client_ip)
+        .await
+}
+
+/// `host:port` with a port number.
+fn valid_addr(addr: &str) -> bool {
+    addr.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+    })
+}
+
+struct Change {
+    action: &'static str,
+    member: u64,
+    addr: Option<String>,
+}
+
+impl Change {
+    /// Asks the leader for the change, records it (done or refused), and answers
+    /// with the cluster as this node now sees it.
+    async fn make(
+        self,
+        s: &ApiState,
+        call: LeaderCall,
+        user: String,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<Json<Value>, ApiError> {
+        let result = s.node.leader_call(call, CHANGE_TIMEOUT).await;
+        let refused = match &result {
+            Ok(_) => None,
+            Err(LeaderCallError::NotFound(e) | LeaderCallError::Refused(e)) => Some(e.clone()),
+            // Not known to be made or not: nothing to record; the caller retries.
+            Err(_) => None,
+        };
+        if result.is_ok() || refused.is_some() {
+            s.node
+                .proposer()
+                .propose(Command::Record(EventKind::MembershipChanged(Box::new(
+                    MembershipChanged {
+                        action: self.action.into(),
+                        member: self.member,
+                        addr: self.addr,
+                        log_index: result.as_ref().ok().copied(),
+                        user,
+                        client_ip,
+                        refused,
+                    },
+                ))))
+                .await?;
+        }
+        let index = result?;
+        Ok(Json(json!({
+            "action": self.action,
+            "member": self.member,
+            "log_index": index,
+            "cluster": s.node.status(),
+        })))
+    }
+}
