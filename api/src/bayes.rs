@@ -25,8 +25,9 @@ pub(crate) const MAX_LESSON: usize = 32 * 1024 * 1024;
 /// tokenizer, supplied by the node so that learning and scanning see the same tokens.
 pub type Tokenizer = Arc<dyn Fn(&[u8]) -> Vec<u64> + Send + Sync>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LessonQuery {
     /// A message the gateway holds (quarantined or queued), instead of a body.
     message_id: Option<String>,
@@ -34,6 +35,7 @@ pub(crate) struct LessonQuery {
 
 /// `POST /v1/bayes/{spam|ham|forget}`: the request body is the message
 /// (message/rfc822), or empty with `?message_id=` naming a stored message.
+#[utoipa::path(post, path = "/v1/bayes/{lesson}", tag = "bayes", params(("lesson" = String, Path, description = "spam, ham or forget"), LessonQuery), request_body(content = String, content_type = "message/rfc822"), responses((status = 200, description = "learned"), (status = 400, description = "not a message")), operation_id = "bayes_learn")]
 pub(crate) async fn learn(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -130,6 +132,7 @@ pub(crate) async fn learn(
 }
 
 /// `GET /v1/bayes`: what this node's classifier has learned.
+#[utoipa::path(get, path = "/v1/bayes", tag = "bayes", responses((status = 200, description = "messages learned and distinct tokens")), operation_id = "bayes_counts")]
 pub(crate) async fn counts(
     State(s): State<ApiState>,
     headers: HeaderMap,

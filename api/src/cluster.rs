@@ -35,11 +35,12 @@ impl From<LeaderCallError> for ApiError {
 }
 
 /// `GET /v1/cluster`: members, roles, leader, term, indexes, lags, chain head.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security(), responses((status = 200, description = "members, leader, term, commit and applied indexes, lags, chain head")), operation_id = "cluster_status")]
 pub(crate) async fn status(State(s): State<ApiState>) -> Json<bulwark_consensus::ClusterStatus> {
     Json(s.node.status())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddMember {
     id: u64,
@@ -49,6 +50,7 @@ struct AddMember {
 
 /// `POST /v1/cluster/members {"id": 4, "addr": "10.0.0.4:7001"}`: the node becomes
 /// a learner; the leader starts sending it the log (or a snapshot).
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", request_body = AddMember, responses((status = 200, description = "added as a learner"), (status = 400, description = "malformed"), (status = 409, description = "already a member"), (status = 503, description = "no leader answered")), operation_id = "cluster_add")]
 pub(crate) async fn add(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
@@ -81,6 +83,7 @@ pub(crate) async fn add(
 
 /// `POST /v1/cluster/members/{id}/promote`: the learner becomes a voter (refused
 /// while it is more than a few entries behind).
+#[utoipa::path(post, path = "/v1/cluster/members/{id}/promote", tag = "cluster", params(("id" = u64, Path, description = "node id")), responses((status = 200, description = "now a voter"), (status = 404, description = "not a member"), (status = 409, description = "already a voter, or still behind")), operation_id = "cluster_promote")]
 pub(crate) async fn promote(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
@@ -100,6 +103,7 @@ pub(crate) async fn promote(
 
 /// `DELETE /v1/cluster/members/{id}`: the member leaves the cluster (a voter leaves
 /// the quorum too; the last voter cannot be removed).
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path, description = "node id")), responses((status = 200, description = "removed"), (status = 404, description = "not a member"), (status = 409, description = "the only voter")), operation_id = "cluster_remove")]
 pub(crate) async fn remove(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,

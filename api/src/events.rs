@@ -26,8 +26,9 @@ const PAGE: usize = 1000;
 /// How often a stream with nothing new looks again.
 const POLL: Duration = Duration::from_millis(200);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventQuery {
     after: Option<u64>,
     limit: Option<usize>,
@@ -75,6 +76,7 @@ impl EventQuery {
 /// `{"events": [...], "next": SEQ|null, "applied_index": N}`. A page also ends after
 /// a bounded number of events read, with `next` to go on from, so a selective
 /// filter answers quickly with fewer events rather than slowly with more.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery), responses((status = 200, description = "{events, next, applied_index}"), (status = 400, description = "a malformed filter")), operation_id = "events_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -114,6 +116,7 @@ async fn page(
 
 /// `GET /v1/events/export?` the filters of [`list`] but `limit`: every matching event up to the end
 /// of the log at the time of reading, one JSON object a line (`application/x-ndjson`).
+#[utoipa::path(get, path = "/v1/events/export", tag = "events", params(EventQuery), responses((status = 200, description = "every matching event, one JSON object a line", content_type = "application/x-ndjson")), operation_id = "events_export")]
 pub(crate) async fn export(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -154,8 +157,9 @@ pub(crate) async fn export(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StreamQuery {
     after: Option<u64>,
     #[serde(rename = "type")]
@@ -166,6 +170,7 @@ pub(crate) struct StreamQuery {
 /// `Last-Event-ID` a reconnecting client sends), then each new one as it is applied
 /// on this node; each a server-sent event whose id is its seq and whose data is its
 /// JSON. Without either, the tail starts at the end of the log.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "resume after this seq")), responses((status = 200, description = "server-sent events, id = seq", content_type = "text/event-stream")), operation_id = "events_tail")]
 pub(crate) async fn tail(
     State(s): State<ApiState>,
     headers: HeaderMap,

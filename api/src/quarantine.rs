@@ -33,8 +33,9 @@ const MAX_REASON: usize = 1024;
 /// Events read to find a message's verdict.
 const VERDICT_EVENTS: usize = 100;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     sender: Option<String>,
     recipient: Option<String>,
@@ -47,6 +48,7 @@ pub(crate) struct ListQuery {
 
 /// `GET /v1/quarantine`: `{"items": [...], "next": ID|null, "applied_index": N}`,
 /// oldest first, as this node has applied the quarantine.
+#[utoipa::path(get, path = "/v1/quarantine", tag = "quarantine", params(ListQuery), responses((status = 200, description = "{items, next, applied_index}")), operation_id = "quarantine_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -99,6 +101,7 @@ async fn matching(
 /// `POST /v1/quarantine/release?FILTERS` with `{"reason": "..."}`: releases one page
 /// of the matching messages (`limit`, default 100); `next` says where the next page
 /// starts, `null` when there is none.
+#[utoipa::path(post, path = "/v1/quarantine/release", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page released, each with its outcome; next"), (status = 400, description = "no filter")), operation_id = "quarantine_release_matching")]
 pub(crate) async fn release_matching(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -112,6 +115,7 @@ pub(crate) async fn release_matching(
 
 /// `POST /v1/quarantine/delete?FILTERS` with `{"reason": "..."}` (or no body):
 /// deletes one page of the matching messages, as [`release_matching`] releases them.
+#[utoipa::path(post, path = "/v1/quarantine/delete", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page deleted, each with its outcome; next"), (status = 400, description = "no filter")), operation_id = "quarantine_delete_matching")]
 pub(crate) async fn delete_matching(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -199,6 +203,7 @@ async fn bulk(
 
 /// `GET /v1/quarantine/{id}`: the record, the verdict that put the message there and
 /// a preview of its content (withheld from roles that may not read contents).
+#[utoipa::path(get, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "record, verdict and a safe preview"), (status = 404, description = "not in the quarantine")), operation_id = "quarantine_detail")]
 pub(crate) async fn detail(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -248,6 +253,7 @@ pub(crate) async fn detail(
 
 /// `GET /v1/quarantine/{id}/raw`: the message as received, as a download
 /// (`message/rfc822`, never rendered inline).
+#[utoipa::path(get, path = "/v1/quarantine/{id}/raw", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "the message as received", content_type = "message/rfc822"), (status = 404, description = "not in the quarantine")), operation_id = "quarantine_raw")]
 pub(crate) async fn raw(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -286,7 +292,7 @@ pub(crate) async fn raw(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReasonRequest {
     reason: String,
@@ -294,6 +300,7 @@ struct ReasonRequest {
 
 /// `POST /v1/quarantine/{id}/release` with `{"reason": "..."}`: the message joins the
 /// delivery queue.
+#[utoipa::path(post, path = "/v1/quarantine/{id}/release", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), request_body = ReasonRequest, responses((status = 200, description = "queued for delivery"), (status = 404, description = "not in the quarantine")), operation_id = "quarantine_release")]
 pub(crate) async fn release(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -305,13 +312,15 @@ pub(crate) async fn release(
     decide(state, headers, ip, id, QuarantineAction::Release, reason).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DeleteQuery {
     reason: Option<String>,
 }
 
 /// `DELETE /v1/quarantine/{id}[?reason=...]`: the message and its body are removed.
+#[utoipa::path(delete, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`"), DeleteQuery), responses((status = 200, description = "deleted with its body"), (status = 404, description = "not in the quarantine")), operation_id = "quarantine_delete")]
 pub(crate) async fn delete(
     state: State<ApiState>,
     headers: HeaderMap,

@@ -18,8 +18,9 @@ use crate::auth::{Access, ClientIp};
 use crate::routes::{page_limit, ApiState};
 use crate::ApiError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct QueueQuery {
     sender: Option<String>,
     recipient: Option<String>,
@@ -30,6 +31,7 @@ pub(crate) struct QueueQuery {
 
 /// `GET /v1/queue`: `{"items": [...], "next": ID|null, "applied_index": N}`, oldest
 /// first, as this node has applied the queue.
+#[utoipa::path(get, path = "/v1/queue", tag = "queue", params(QueueQuery), responses((status = 200, description = "{items, next, applied_index}")), operation_id = "queue_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -115,6 +117,7 @@ fn item(record: &QueueRecord, now_ms: i64) -> Value {
 }
 
 /// `POST /v1/queue/{id}/retry`.
+#[utoipa::path(post, path = "/v1/queue/{id}/retry", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "due now"), (status = 404, description = "not in the queue")), operation_id = "queue_retry")]
 pub(crate) async fn retry(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -125,6 +128,7 @@ pub(crate) async fn retry(
 }
 
 /// `POST /v1/queue/{id}/hold`.
+#[utoipa::path(post, path = "/v1/queue/{id}/hold", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "held"), (status = 404, description = "not in the queue")), operation_id = "queue_hold")]
 pub(crate) async fn hold(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -135,6 +139,7 @@ pub(crate) async fn hold(
 }
 
 /// `POST /v1/queue/{id}/release`.
+#[utoipa::path(post, path = "/v1/queue/{id}/release", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "no longer held"), (status = 404, description = "not in the queue")), operation_id = "queue_release")]
 pub(crate) async fn release(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -145,6 +150,7 @@ pub(crate) async fn release(
 }
 
 /// `DELETE /v1/queue/{id}`.
+#[utoipa::path(delete, path = "/v1/queue/{id}", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "dropped, no DSN"), (status = 404, description = "not in the queue")), operation_id = "queue_delete")]
 pub(crate) async fn delete(
     state: State<ApiState>,
     headers: HeaderMap,

@@ -2,18 +2,22 @@
 
 use std::sync::Arc;
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bulwark_consensus::RaftNode;
 use bulwark_storage::{Command, EventKind};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Access;
 use crate::{AdminToken, ApiError};
@@ -36,59 +40,104 @@ pub struct ApiState {
     pub metrics: std::sync::Arc<crate::Metrics>,
 }
 
+/// The OpenAPI document's frame; the paths come from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Bulwark",
+        description = "The mail security gateway's HTTP API: the audit trail, message \
+                       traces, the quarantine, the delivery queue and the cluster. \
+                       Errors are application/problem+json. Any call takes \
+                       `?consistent=true` for a linearizable read, and every answer \
+                       states the Raft log index it was read at in the \
+                       `Bulwark-Applied-Index` header."
+    ),
+    modifiers(&BearerToken),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// The `bearer` security scheme every authenticated call names.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_default()
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
+/// Every route with its documentation: the router and the OpenAPI document are both
+/// made from this, so neither can have a route the other lacks.
+fn documented() -> OpenApiRouter<ApiState> {
+    let learn = OpenApiRouter::new()
+        .routes(routes!(crate::bayes::learn))
+        .layer(DefaultBodyLimit::max(crate::bayes::MAX_LESSON));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(crate::metrics::scrape))
+        .routes(routes!(openapi_json))
+        .routes(routes!(crate::cluster::status))
+        .routes(routes!(crate::cluster::add))
+        .routes(routes!(crate::cluster::remove))
+        .routes(routes!(crate::cluster::promote))
+        .routes(routes!(add_note))
+        .routes(routes!(crate::events::list))
+        .routes(routes!(verify_events))
+        .routes(routes!(crate::events::export))
+        .routes(routes!(crate::events::tail))
+        .routes(routes!(crate::messages::trace))
+        .routes(routes!(crate::quarantine::list))
+        .routes(routes!(crate::quarantine::release_matching))
+        .routes(routes!(crate::quarantine::delete_matching))
+        .routes(routes!(
+            crate::quarantine::detail,
+            crate::quarantine::delete
+        ))
+        .routes(routes!(crate::quarantine::raw))
+        .routes(routes!(crate::quarantine::release))
+        .routes(routes!(crate::queue::list))
+        .routes(routes!(crate::queue::delete))
+        .routes(routes!(crate::queue::retry))
+        .routes(routes!(crate::queue::hold))
+        .routes(routes!(crate::queue::release))
+        .routes(routes!(crate::tokens::list, crate::tokens::create))
+        .routes(routes!(crate::tokens::revoke))
+        .routes(routes!(crate::bayes::counts))
+        .merge(learn)
+}
+
+/// The OpenAPI document of [`documented`], built once.
+fn openapi_document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        documented()
+            .into_openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serialises")
+    })
+}
+
+/// The OpenAPI 3.1 document of this API, generated from the code (no token needed).
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "health", security(), responses((status = 200, description = "this document")), operation_id = "openapi_json")]
+async fn openapi_json() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi_document(),
+    )
+}
+
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
     let metrics = state.metrics.clone();
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(crate::metrics::scrape))
-        .route("/readyz", get(readyz))
-        .route("/v1/cluster", get(crate::cluster::status))
-        .route("/v1/cluster/members", post(crate::cluster::add))
-        .route("/v1/cluster/members/{id}", delete(crate::cluster::remove))
-        .route(
-            "/v1/cluster/members/{id}/promote",
-            post(crate::cluster::promote),
-        )
-        .route("/v1/notes", post(add_note))
-        .route("/v1/events", get(crate::events::list))
-        .route("/v1/events/verify", get(verify_events))
-        .route("/v1/events/export", get(crate::events::export))
-        .route("/v1/events/stream", get(crate::events::tail))
-        .route("/v1/messages/{id}", get(crate::messages::trace))
-        .route("/v1/quarantine", get(crate::quarantine::list))
-        .route(
-            "/v1/quarantine/release",
-            post(crate::quarantine::release_matching),
-        )
-        .route(
-            "/v1/quarantine/delete",
-            post(crate::quarantine::delete_matching),
-        )
-        .route(
-            "/v1/quarantine/{id}",
-            get(crate::quarantine::detail).delete(crate::quarantine::delete),
-        )
-        .route("/v1/quarantine/{id}/raw", get(crate::quarantine::raw))
-        .route(
-            "/v1/quarantine/{id}/release",
-            post(crate::quarantine::release),
-        )
-        .route("/v1/queue", get(crate::queue::list))
-        .route("/v1/queue/{id}", delete(crate::queue::delete))
-        .route("/v1/queue/{id}/retry", post(crate::queue::retry))
-        .route("/v1/queue/{id}/hold", post(crate::queue::hold))
-        .route("/v1/queue/{id}/release", post(crate::queue::release))
-        .route(
-            "/v1/tokens",
-            get(crate::tokens::list).post(crate::tokens::create),
-        )
-        .route("/v1/tokens/{name}", delete(crate::tokens::revoke))
-        .route("/v1/bayes", get(crate::bayes::counts))
-        .route(
-            "/v1/bayes/{lesson}",
-            post(crate::bayes::learn).layer(DefaultBodyLimit::max(crate::bayes::MAX_LESSON)),
-        )
+    let (router, _) = documented().split_for_parts();
+    router
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,
@@ -160,10 +209,12 @@ async fn consistency(
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health", security(), responses((status = 200, description = "the process answers")), operation_id = "healthz")]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", security(), responses((status = 200, description = "a leader is known and the node applied up to the commit index"), (status = 503, description = "not ready")), operation_id = "readyz")]
 async fn readyz(State(s): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
     if s.node.is_ready() {
         Ok(Json(json!({ "ready": true })))
@@ -174,13 +225,14 @@ async fn readyz(State(s): State<ApiState>) -> Result<Json<serde_json::Value>, Ap
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NoteRequest {
     text: String,
 }
 
 /// Appends an administrator's note to the audit trail.
+#[utoipa::path(post, path = "/v1/notes", tag = "events", request_body = NoteRequest, responses((status = 201, description = "recorded: the event's seq and hash"), (status = 400, description = "empty or too long")), operation_id = "add_note")]
 async fn add_note(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -240,6 +292,7 @@ pub(crate) fn time_ms(what: &str, text: Option<&str>) -> Result<Option<i64>, Api
         .map_err(|_| ApiError::bad_request(format!("{what}: out of range")))
 }
 
+#[utoipa::path(get, path = "/v1/events/verify", tag = "events", responses((status = 200, description = "the hash chain walked: ok, checked, head, first_bad_seq")), operation_id = "verify_events")]
 async fn verify_events(
     State(s): State<ApiState>,
     headers: HeaderMap,

@@ -24,7 +24,7 @@ const MAX_NAME: usize = 64;
 /// recognisable.
 const TOKEN_PREFIX: &str = "bwk_";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
     name: String,
@@ -33,6 +33,7 @@ struct CreateRequest {
 
 /// `POST /v1/tokens` with `{"name": "...", "role": "admin|operator|auditor|siem"}`:
 /// 201 with the token (shown this once), or 409 when the name is taken.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateRequest, responses((status = 201, description = "the token, shown once"), (status = 409, description = "the name is taken")), operation_id = "tokens_create")]
 pub(crate) async fn create(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -86,6 +87,7 @@ pub(crate) async fn create(
 
 /// `GET /v1/tokens`: every live token's name, role, and who made it when (never the
 /// token or its digest).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, description = "names, roles, who made them when")), operation_id = "tokens_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -111,6 +113,7 @@ pub(crate) async fn list(
 
 /// `DELETE /v1/tokens/{name}`: the token stops working on every node once applied;
 /// 404 when there is none of that name.
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "token name")), responses((status = 200, description = "revoked"), (status = 404, description = "no such token")), operation_id = "tokens_revoke")]
 pub(crate) async fn revoke(
     State(s): State<ApiState>,
     headers: HeaderMap,

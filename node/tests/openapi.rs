@@ -1,0 +1,156 @@
+//! The OpenAPI document, seen from outside: served without a token, OpenAPI 3.1, and
+//! true to the router. Every documented operation is routed (a request to it gets an
+//! answer from its handler, not the router's own 404 or 405); the document holds
+//! exactly the operations of the API; every path parameter is declared; the calls that
+//! need no token say so and answer without one, the others name the bearer scheme.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Api, Node};
+use serde_json::Value;
+
+/// Every operation of the API, as `METHOD path`.
+const OPERATIONS: [&str; 31] = [
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /v1/openapi.json",
+    "GET /v1/cluster",
+    "POST /v1/cluster/members",
+    "DELETE /v1/cluster/members/{id}",
+    "POST /v1/cluster/members/{id}/promote",
+    "POST /v1/notes",
+    "GET /v1/events",
+    "GET /v1/events/verify",
+    "GET /v1/events/export",
+    "GET /v1/events/stream",
+    "GET /v1/messages/{id}",
+    "GET /v1/quarantine",
+    "POST /v1/quarantine/release",
+    "POST /v1/quarantine/delete",
+    "GET /v1/quarantine/{id}",
+    "DELETE /v1/quarantine/{id}",
+    "GET /v1/quarantine/{id}/raw",
+    "POST /v1/quarantine/{id}/release",
+    "GET /v1/queue",
+    "DELETE /v1/queue/{id}",
+    "POST /v1/queue/{id}/retry",
+    "POST /v1/queue/{id}/hold",
+    "POST /v1/queue/{id}/release",
+    "GET /v1/tokens",
+    "POST /v1/tokens",
+    "DELETE /v1/tokens/{name}",
+    "GET /v1/bayes",
+    "POST /v1/bayes/{lesson}",
+];
+
+/// Calls that need no token.
+const PUBLIC: [&str; 5] = [
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /v1/openapi.json",
+    "GET /v1/cluster",
+];
+
+#[test]
+fn the_openapi_document_covers_every_route_and_only_routes() {
+    let node = Node::start("");
+    let api = Api::new(&node);
+    let response = api.client.get(api.url("/v1/openapi.json")).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let doc: Value = response.json().unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["title"], "Bulwark");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(doc["security"][0]["bearer"], Value::Array(Vec::new()));
+
+    let mut documented = BTreeSet::new();
+    let mut operation_ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let name = format!("{} {path}", method.to_uppercase());
+            // Every `{param}` of the path is declared as a path parameter.
+            for param in path.split('/').filter_map(|s| s.strip_prefix('{')) {
+                let param = param.trim_end_matches('}');
+                let declared = operation["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == param && p["in"] == "path"));
+                assert!(declared, "{name}: {{{param}}} is not declared");
+            }
+            let public = operation["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .all(|r| r.as_object().is_some_and(|r| r.is_empty()))
+            });
+            assert_eq!(
+                public,
+                PUBLIC.contains(&name.as_str()),
+                "{name}: {operation}"
+            );
+            let id = operation["operationId"].as_str().unwrap().to_string();
+            assert!(
+                operation_ids.insert(id.clone()),
+                "{name}: operationId {id} twice"
+            );
+            documented.insert(name);
+        }
+    }
+    let known: BTreeSet<String> = OPERATIONS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(documented, known);
+
+    // Each documented operation reaches its handler (harmless arguments: nothing here
+    // exists, so nothing changes).
+    for name in &documented {
+        let (method, path) = name.split_once(' ').unwrap();
+        let path = path
+            .replace("{id}", "99")
+            .replace("{name}", "nobody")
+            .replace("{lesson}", "forget");
+        let path = if path == "/v1/events/stream" {
+            "/v1/events/stream?after=0".to_string()
+        } else {
+            path
+        };
+        let url = api.url(&path);
+        let request = match method {
+            "GET" => api.client.get(url),
+            "POST" => api.client.post(url),
+            "DELETE" => api.client.delete(url),
+            other => panic!("{other}"),
+        };
+        let public = PUBLIC.contains(&name.as_str());
+        let request = if public {
+            request
+        } else {
+            request.bearer_auth(node.token())
+        };
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert_ne!(status, 405, "{name}: the router has no such method");
+        assert!(
+            status != 404 || content_type == "application/problem+json",
+            "{name}: the router has no such route ({status}, {content_type:?})"
+        );
+        if public {
+            assert_eq!(status, 200, "{name} without a token");
+        }
+    }
+    // And a route that does not exist is the router's 404, which the loop tells apart.
+    let response = api.client.get(api.url("/v1/nothing")).send().unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert!(response.headers().get("content-type").is_none());
+}
