@@ -2481,7 +2481,7 @@ mod tests {
             let mut verdict = crate::message::tests::verdict(received.message_id);
             verdict.action = received.action;
             // Three nodes' clocks: one a few seconds behind the others.
-            let skew = if i % 5 == 0 {
+            let skew = if i.is_multiple_of(5) {
                 -4_000
             } else {
                 (i % 3) as i64 * 10
