@@ -29,16 +29,30 @@ pub use metrics::Metrics;
 pub use quarantine::Previewer;
 pub use routes::{router, ApiState};
 
-/// Serves the API on `listener` until `shutdown` completes, then lets in-flight
-/// requests finish.
+/// Serves the API on `listener` (over TLS with `tls`) until `shutdown` completes,
+/// then lets in-flight requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // With the peer address of each connection: audited actions record it.
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let Some(tls) = tls else {
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.graceful_shutdown(None);
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    axum_server::from_tcp_rustls(listener.into_std()?, config)
+        .handle(handle)
+        .serve(app)
         .await
 }

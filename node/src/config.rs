@@ -134,6 +134,9 @@ struct RawApi {
     listen: Option<String>,
     /// File holding the admin bearer token, relative to data_dir; created at first start.
     admin_token_file: Option<PathBuf>,
+    /// Certificate chain (PEM); with `tls_key`, the API is served over HTTPS only.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +208,8 @@ struct RawSmtp {
 pub struct Config {
     pub node: NodeConfig,
     pub api_listen: SocketAddr,
+    /// Certificate chain and key of the API's HTTPS (`[api] tls_cert`, `tls_key`).
+    pub api_tls: Option<(PathBuf, PathBuf)>,
     pub admin_token_file: PathBuf,
     pub smtp: smtp::Settings,
     pub delivery: delivery::Settings,
@@ -253,7 +258,10 @@ impl Config {
         let api = raw.api.unwrap_or(RawApi {
             listen: None,
             admin_token_file: None,
+            tls_cert: None,
+            tls_key: None,
         });
+        let api_tls = tls_pair("api", api.tls_cert, api.tls_key, base, &mut problems);
         let api_listen = parse_addr(
             "api.listen",
             api.listen.as_deref().unwrap_or("127.0.0.1:8080"),
@@ -325,6 +333,7 @@ impl Config {
                 raft,
             },
             api_listen: api_listen.expect("checked above"),
+            api_tls,
             admin_token_file,
             smtp: smtp.expect("checked above"),
             delivery: delivery.expect("checked above"),
@@ -634,25 +643,7 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         problems
             .push("smtp.max_data_line_length must be at least 1000 (RFC 5321 §4.5.3.1.6)".into());
     }
-    let tls = match (s.tls_cert, s.tls_key) {
-        (None, None) => None,
-        (Some(cert), Some(key)) => {
-            let (cert, key) = (relative_to(base, cert), relative_to(base, key));
-            for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
-                if !path.is_file() {
-                    problems.push(format!(
-                        "smtp.{name}: {} is not a readable file",
-                        path.display()
-                    ));
-                }
-            }
-            Some((cert, key))
-        }
-        _ => {
-            problems.push("smtp.tls_cert and smtp.tls_key go together".into());
-            None
-        }
-    };
+    let tls = tls_pair("smtp", s.tls_cert, s.tls_key, base, problems);
     let require_tls = s.require_tls.unwrap_or(false);
     if require_tls && tls.is_none() {
         problems.push("smtp.require_tls needs smtp.tls_cert and smtp.tls_key".into());
@@ -688,6 +679,38 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
         max_buffered_bytes,
     })
+}
+
+/// A certificate chain and key given as `SECTION.tls_cert` and `SECTION.tls_key`:
+/// both or neither, each a readable file (relative to the config's directory).
+fn tls_pair(
+    section: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<(PathBuf, PathBuf)> {
+    match (cert, key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (relative_to(base, cert), relative_to(base, key));
+            for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
+                if !path.is_file() {
+                    problems.push(format!(
+                        "{section}.{name}: {} is not a readable file",
+                        path.display()
+                    ));
+                }
+            }
+            Some((cert, key))
+        }
+        _ => {
+            problems.push(format!(
+                "{section}.tls_cert and {section}.tls_key go together"
+            ));
+            None
+        }
+    }
 }
 
 fn relative_to(base: &Path, path: PathBuf) -> PathBuf {

@@ -59,6 +59,13 @@ async fn serve(config: Config) -> Result<()> {
     check_node_id(data_dir, config.node.id)?;
     let token = admin_token(&config.admin_token_file)?;
 
+    let api_tls = match &config.api_tls {
+        Some((cert, key)) => Some(
+            crate::tls::server_config(cert, key, &[b"h2", b"http/1.1"])
+                .context("the API's TLS certificate and key")?,
+        ),
+        None => None,
+    };
     let api_listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .with_context(|| format!("binding the API to {}", config.api_listen))?;
@@ -99,7 +106,7 @@ async fn serve(config: Config) -> Result<()> {
         },
         metrics: bulwark_api::Metrics::new(registry, node.clone()),
     };
-    let api = tokio::spawn(bulwark_api::serve(api_listener, state, async {
+    let api = tokio::spawn(bulwark_api::serve(api_listener, api_tls, state, async {
         let _ = api_stopped.await;
     }));
 

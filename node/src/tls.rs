@@ -46,3 +46,25 @@ pub fn info(state: &rustls::CommonState, sni: Option<&str>) -> TlsInfo {
         sni: sni.map(str::to_string),
     }
 }
+
+/// A TLS server configuration from a certificate chain and its key (PEM files),
+/// offering the `alpn` protocols in order.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+    use anyhow::Context as _;
+    let certs = load_certs(cert)?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
+    ))
+    .with_context(|| format!("reading the key from {}", key.display()))?
+    .with_context(|| format!("{} holds no private key", key.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not match")?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(std::sync::Arc::new(config))
+}

@@ -95,7 +95,7 @@ fn check_config_reports_every_problem_and_accepts_a_good_file() {
     let d = dir.path();
     std::fs::write(
         d.join("bad.toml"),
-        "[node]\nid = 0\n[cluster]\nlisten = \"x\"\n[api]\nlisten = \"y\"\n",
+        "[node]\nid = 0\n[cluster]\nlisten = \"x\"\n[api]\nlisten = \"y\"\ntls_cert = \"api.pem\"\n",
     )
     .unwrap();
     let out = bulwark(&["check-config", "bad.toml"], d);
@@ -107,6 +107,7 @@ fn check_config_reports_every_problem_and_accepts_a_good_file() {
         "cluster.peers",
         "cluster.ca",
         "api.listen",
+        "api.tls_cert and api.tls_key go together",
     ] {
         assert!(report.contains(expected), "missing {expected}:\n{report}");
     }

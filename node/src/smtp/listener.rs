@@ -324,15 +324,7 @@ fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor> {
-    let certs = crate::tls::load_certs(cert)?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
-    ))
-    .with_context(|| format!("reading the key from {}", key.display()))?
-    .with_context(|| format!("{} holds no private key", key.display()))?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the STARTTLS certificate and key do not match")?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    let config =
+        crate::tls::server_config(cert, key, &[]).context("the STARTTLS certificate and key")?;
+    Ok(tokio_rustls::TlsAcceptor::from(config))
 }
