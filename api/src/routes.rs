@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::Access;
+use crate::auth::{Access, ClientIp};
 use crate::{AdminToken, ApiError};
 
 /// Largest request body accepted.
@@ -235,6 +235,7 @@ struct NoteRequest {
 #[utoipa::path(post, path = "/v1/notes", tag = "events", request_body = NoteRequest, responses((status = 201, description = "recorded: the event's seq and hash"), (status = 400, description = "empty or too long")), operation_id = "add_note")]
 async fn add_note(
     State(s): State<ApiState>,
+    ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -253,9 +254,10 @@ async fn add_note(
     let result = s
         .node
         .proposer()
-        .propose(Command::Record(EventKind::AuditNote {
+        .propose(Command::Record(EventKind::Note {
             author: caller.to_string(),
             text: note.text,
+            client_ip,
         }))
         .await?;
     Ok((

@@ -164,7 +164,9 @@ fn roles_allow_what_they_should_refuse_the_rest_and_revocation_is_immediate() {
     assert_eq!(released[0]["user"]["name"], "ops-desk");
     let notes = node.events("audit.note");
     assert!(
-        notes.iter().any(|n| n["user"]["name"] == "audit.2026"),
+        notes
+            .iter()
+            .any(|n| n["user"]["name"] == "audit.2026" && n["source"]["ip"] == "127.0.0.1"),
         "{notes:#?}"
     );
 

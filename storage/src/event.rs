@@ -141,6 +141,13 @@ pub enum EventKind {
     /// An administrator added, promoted or removed a cluster member through the API,
     /// or tried to and was refused (an `api.action`).
     MembershipChanged(Box<MembershipChanged>),
+    /// A note written through the API, with the address it came from (notes recorded
+    /// before addresses were kept are [`EventKind::AuditNote`]).
+    Note {
+        author: String,
+        text: String,
+        client_ip: Option<IpAddr>,
+    },
 }
 
 /// A change of the cluster's membership asked through the API: an `api.action` whose
@@ -182,7 +189,7 @@ impl EventKind {
     /// Dotted event type, as in the API's `type` field.
     pub fn type_name(&self) -> &'static str {
         match self {
-            EventKind::AuditNote { .. } => "audit.note",
+            EventKind::AuditNote { .. } | EventKind::Note { .. } => "audit.note",
             EventKind::MessageReceived(_) => "message.received",
             EventKind::MessageRejected(_) | EventKind::RejectionsSuppressed { .. } => {
                 "message.rejected"
@@ -225,6 +232,7 @@ impl EventKind {
             EventKind::BayesTrained(b) => b.message_id,
             EventKind::QuarantineDecided(q) => Some(q.decision.message_id),
             EventKind::AuditNote { .. }
+            | EventKind::Note { .. }
             | EventKind::QuarantineRetention { .. }
             | EventKind::TokenChanged(_)
             | EventKind::MembershipChanged(_)
@@ -239,6 +247,17 @@ impl EventKind {
             EventKind::AuditNote { author, text } => {
                 out.insert("message".into(), text.clone().into());
                 out.insert("user".into(), serde_json::json!({ "name": author }));
+            }
+            EventKind::Note {
+                author,
+                text,
+                client_ip,
+            } => {
+                out.insert("message".into(), text.clone().into());
+                out.insert("user".into(), serde_json::json!({ "name": author }));
+                if let Some(ip) = client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
             }
             EventKind::MessageReceived(m) => received_fields(m, out),
             EventKind::MessageRejected(r) => {
