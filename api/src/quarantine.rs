@@ -109,7 +109,7 @@ pub(crate) async fn release_matching(
     query: Result<Query<ListQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let reason = reason_of(&body, true)?;
+    let reason = reason_of(&body, true);
     bulk(state, headers, ip, query, QuarantineAction::Release, reason).await
 }
 
@@ -123,7 +123,7 @@ pub(crate) async fn delete_matching(
     query: Result<Query<ListQuery>, QueryRejection>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let reason = reason_of(&body, false)?;
+    let reason = reason_of(&body, false);
     bulk(state, headers, ip, query, QuarantineAction::Delete, reason).await
 }
 
@@ -142,7 +142,8 @@ fn reason_of(body: &[u8], required: bool) -> Result<String, ApiError> {
     Ok(request.reason)
 }
 
-/// Takes `action` on one page of the messages `query` matches, each as its own
+/// Takes `action` on one page of the messages `query` matches (`reason`: the body's,
+/// or why it could not be read, told only to an authorised caller), each as its own
 /// recorded decision; at least one filter is required, so that no call acts on the
 /// whole quarantine by accident (`until=` a time to come matches everything).
 async fn bulk(
@@ -151,9 +152,10 @@ async fn bulk(
     ClientIp(client_ip): ClientIp,
     query: Result<Query<ListQuery>, QueryRejection>,
     action: QuarantineAction,
-    reason: String,
+    reason: Result<String, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let user = s.caller(&headers, Access::Act)?.name;
+    let reason = reason?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_reason(&reason)?;
     let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
@@ -308,7 +310,7 @@ pub(crate) async fn release(
     id: Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let reason = reason_of(&body, true)?;
+    let reason = reason_of(&body, true);
     decide(state, headers, ip, id, QuarantineAction::Release, reason).await
 }
 
@@ -328,8 +330,9 @@ pub(crate) async fn delete(
     id: Path<String>,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let reason = q.reason.unwrap_or_default();
+    let reason = query
+        .map(|Query(q)| q.reason.unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.body_text()));
     decide(state, headers, ip, id, QuarantineAction::Delete, reason).await
 }
 
@@ -342,9 +345,10 @@ async fn decide(
     ClientIp(client_ip): ClientIp,
     Path(id): Path<String>,
     action: QuarantineAction,
-    reason: String,
+    reason: Result<String, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let user = s.caller(&headers, Access::Act)?.name;
+    let reason = reason?;
     let message_id = message_id("id", &id)?;
     check_reason(&reason)?;
     let result = s

@@ -190,4 +190,10 @@ fn roles_allow_what_they_should_refuse_the_rest_and_revocation_is_immediate() {
 
     // No token, a wrong one.
     assert_eq!(admin.with_token("bwk_nope").get("/v1/events").0, 401);
+    // Who is calling is checked before what the call says: a stranger's malformed
+    // release is a 401, not a 400 that would tell it the route's rules.
+    let stranger = admin.with_token("bwk_nope");
+    assert_eq!(stranger.post(&format!("{quarantined}/release")).0, 401);
+    assert_eq!(stranger.post("/v1/quarantine/release").0, 401);
+    assert_eq!(stranger.delete(&format!("{quarantined}?bogus=1")).0, 401);
 }
