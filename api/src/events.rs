@@ -217,10 +217,16 @@ pub(crate) async fn tail(
                                 None => last.unwrap_or(after).max(head),
                             };
                         }
-                        Err(e) => tracing::warn!(
-                            problem = %e,
-                            "events stream: reading the log failed; retrying"
-                        ),
+                        Err(e) => {
+                            // Ended rather than retried here: the client reconnects
+                            // with Last-Event-ID, and sees that the node has trouble.
+                            tracing::warn!(
+                                problem = %e,
+                                after,
+                                "events stream: reading the log failed; ending the stream"
+                            );
+                            return None;
+                        }
                     }
                     if pending.is_empty() {
                         tokio::time::sleep(POLL).await;
