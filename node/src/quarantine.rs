@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_consensus::RaftNode;
-use bulwark_storage::{Command, QuarantineExpiry, QuarantineFilter};
+use bulwark_storage::{Command, QuarantineExpiry};
 use tokio_util::sync::CancellationToken;
 
 /// Messages removed per command: one Raft entry stays small.
@@ -55,7 +55,7 @@ pub async fn run(node: Arc<RaftNode>, settings: Settings, stop: CancellationToke
         }
         let before_ms = now_ms().saturating_sub(retention.as_millis() as i64);
         for _ in 0..COMMANDS_PER_CHECK {
-            match oldest_before(&node, before_ms).await {
+            match any_due(&node, before_ms).await {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -76,15 +76,10 @@ pub async fn run(node: Arc<RaftNode>, settings: Settings, stop: CancellationToke
     }
 }
 
-/// Whether the oldest quarantined message was quarantined before `before_ms`.
-async fn oldest_before(node: &Arc<RaftNode>, before_ms: i64) -> anyhow::Result<bool> {
+/// Whether some quarantined message is past the cut-off `before_ms`.
+async fn any_due(node: &Arc<RaftNode>, before_ms: i64) -> anyhow::Result<bool> {
     let node = node.clone();
-    let (oldest, _) = tokio::task::spawn_blocking(move || {
-        node.state()
-            .quarantine_list(&QuarantineFilter::default(), None, 1)
-    })
-    .await??;
-    Ok(oldest.first().is_some_and(|r| r.time_ms < before_ms))
+    Ok(tokio::task::spawn_blocking(move || node.state().quarantine_due(before_ms)).await??)
 }
 
 fn now_ms() -> i64 {

@@ -686,10 +686,9 @@ impl StateStore {
         quarantine: &mut HashMap<MessageId, Option<QuarantineRecord>>,
         expiry: &QuarantineExpiry,
     ) -> Result<Vec<EventKind>> {
-        // Ids sort by the time of reception, which comes before the quarantine's.
-        let end = MessageId::new(expiry.before_ms, 0);
+        let end = expiry_end(expiry.before_ms);
         let max = expiry.max as usize;
-        let due = |r: &QuarantineRecord| r.message_id < end && r.time_ms < expiry.before_ms;
+        let due = |r: &QuarantineRecord| expiry_due(r, expiry.before_ms);
         // The candidates as this batch has left the quarantine: stored records not
         // released or deleted by it, and those it quarantined itself; the oldest `max`
         // of them, so that every node picks the same ones however its entries were
@@ -1088,6 +1087,26 @@ impl StateStore {
         Ok(self.db.get_cf(self.cf(cf::META), META_RAFT)?)
     }
 
+    /// Whether a retention with cut-off `before_ms` would remove anything: the same
+    /// test as the replicated removal applies, so a check that says yes is followed by
+    /// a removal that removes something.
+    pub fn quarantine_due(&self, before_ms: i64) -> Result<bool> {
+        let end = expiry_end(before_ms);
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::QUARANTINE), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            if key.as_ref() >= end.key().as_slice() {
+                break;
+            }
+            if expiry_due(&codec::decode(&value)?, before_ms) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Number of events and the hash of the last one.
     pub fn chain_head(&self) -> (u64, Hash) {
         let head = *self.head.lock().expect("chain head lock");
@@ -1218,6 +1237,18 @@ fn build_index(db: &DB) -> Result<()> {
     batch.delete_cf(meta, META_MESSAGE_INDEX);
     db.write(batch)?;
     Ok(())
+}
+
+/// Ids sort by the time of reception, which comes before the quarantine's: no record
+/// at or after this id is due for a retention cut-off at `before_ms`.
+fn expiry_end(before_ms: i64) -> MessageId {
+    MessageId::new(before_ms, 0)
+}
+
+/// Whether a retention with cut-off `before_ms` removes `record`: received and
+/// quarantined before it (two clocks, which may disagree).
+fn expiry_due(record: &QuarantineRecord, before_ms: i64) -> bool {
+    record.message_id < expiry_end(before_ms) && record.time_ms < before_ms
 }
 
 /// The `bayes` column family into memory.
@@ -1611,6 +1642,9 @@ mod tests {
                 reason: "held longer than 30 days".into(),
             })),
         };
+        // The check the leader makes first agrees with the removal.
+        assert!(!store.quarantine_due(1_764_300_003_000).unwrap());
+        assert!(store.quarantine_due(1_764_300_004_000).unwrap());
         store
             .apply(
                 &[(
@@ -1620,6 +1654,7 @@ mod tests {
                 b"3",
             )
             .unwrap();
+        assert!(!store.quarantine_due(1_764_300_004_000).unwrap());
         // The first cut is the third message's quarantine time: not before it.
         let runs: Vec<serde_json::Value> = {
             let filter = EventFilter {
@@ -1642,6 +1677,18 @@ mod tests {
         assert_eq!(last["event"]["reason"], "held longer than 30 days");
         // The released message is not the retention's to touch.
         assert!(store.message_body(ids[0]).unwrap().is_some());
+
+        // Two clocks: received (its id) after a cut it was quarantined before. Neither
+        // the check nor the removal takes it until the cut passes both.
+        let mut skewed = accept(4);
+        if let Command::AcceptMessage(m) = &mut skewed.command {
+            m.received.message_id = MessageId::new(1_764_300_020_000, 4);
+            m.verdict.message_id = m.received.message_id;
+        }
+        skewed.time_ms = 1_764_300_010_000;
+        store.apply(&[(4, &[skewed][..])], b"4").unwrap();
+        assert!(!store.quarantine_due(1_764_300_015_000).unwrap());
+        assert!(store.quarantine_due(1_764_300_025_000).unwrap());
         assert!(store.verify().unwrap().ok);
     }
 
