@@ -182,23 +182,30 @@ async fn bulk(
         }));
         proposals.spawn(async move { (index, proposer.propose(command).await) });
     }
-    let mut done = vec![false; records.len()];
+    // Each message's outcome: done, refused (no longer in the quarantine), or not
+    // known to be committed (no quorum in time: the caller may retry those).
+    let mut outcome: Vec<Result<bool, String>> = vec![Ok(false); records.len()];
     while let Some(joined) = proposals.join_next().await {
         let (index, result) = joined.map_err(ApiError::internal)?;
-        done[index] = result?.refused.is_none();
+        outcome[index] = result
+            .map(|r| r.refused.is_none())
+            .map_err(|e| e.to_string());
     }
-    let ids = |want: bool| -> Vec<String> {
+    let ids = |want: &dyn Fn(&Result<bool, String>) -> bool| -> Vec<String> {
         records
             .iter()
-            .zip(&done)
-            .filter(|(_, d)| **d == want)
+            .zip(&outcome)
+            .filter(|(_, o)| want(o))
             .map(|(r, _)| r.message_id.to_string())
             .collect()
     };
+    let error = outcome.iter().find_map(|o| o.as_ref().err());
     Ok(Json(json!({
         "action": action.as_str(),
-        "done": ids(true),
-        "refused": ids(false),
+        "done": ids(&|o| o == &Ok(true)),
+        "refused": ids(&|o| o == &Ok(false)),
+        "failed": ids(&|o| o.is_err()),
+        "error": error,
         "next": next.map(|id| id.to_string()),
     })))
 }

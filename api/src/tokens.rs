@@ -153,7 +153,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
             "a token name is 1 to {MAX_NAME} of A-Z a-z 0-9 . _ -, not {name:?}"
         )));
     }
-    if name == "admin" {
+    if name.eq_ignore_ascii_case("admin") {
         return Err(ApiError::bad_request(
             "\"admin\" names the admin token of api.admin_token_file",
         ));

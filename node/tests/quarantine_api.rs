@@ -255,6 +255,10 @@ fn quarantine_bulk_release_and_delete_act_on_what_the_filters_match_page_by_page
     assert_eq!(page["action"], "quarantine.delete");
     assert_eq!(page["done"], json!(spam[..2]));
     assert_eq!(page["refused"], json!([]));
+    assert_eq!(
+        (&page["failed"], &page["error"]),
+        (&json!([]), &Value::Null)
+    );
     let next = page["next"].as_str().unwrap();
     let (status, page) = api.post_json(
         &format!("/v1/quarantine/delete?sender=@spam.test&limit=2&after={next}"),
