@@ -202,27 +202,21 @@ impl Collector for NodeReadings {
                 ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
             }
         }
-        if let Ok((queued, quarantined)) = state.depths() {
-            for (name, help, value) in [
-                (
-                    "bulwark_queue_messages",
-                    "Messages in the delivery queue",
-                    queued,
-                ),
-                (
-                    "bulwark_quarantine_messages",
-                    "Messages in the quarantine",
-                    quarantined,
-                ),
-            ] {
-                let gauge = ConstGauge::new(value as i64);
-                gauge.encode(encoder.encode_descriptor(
-                    name,
-                    help,
-                    None,
-                    gauge.metric_type(),
-                )?)?;
-            }
+        let (queued, quarantined) = state.depths();
+        for (name, help, value) in [
+            (
+                "bulwark_queue_messages",
+                "Messages in the delivery queue",
+                queued,
+            ),
+            (
+                "bulwark_quarantine_messages",
+                "Messages in the quarantine",
+                quarantined,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
         Ok(())
     }

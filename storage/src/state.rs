@@ -149,6 +149,8 @@ pub struct StateStore {
     /// Events applied since this store was opened, by type, and verdicts by action:
     /// what `/metrics` reports.
     applied: Mutex<AppliedCounts>,
+    /// Messages in the queue and in the quarantine ([`StateStore::depths`]).
+    depths: Mutex<(u64, u64)>,
 }
 
 /// Events applied by type, and scan verdicts by action, since a store was opened.
@@ -220,11 +222,24 @@ impl StateStore {
             },
             _ => None,
         };
+        let count = |name: &str| -> Result<u64> {
+            let mut n = 0;
+            let mut iter = db.raw_iterator_cf(cf_handle(&db, name));
+            iter.seek_to_first();
+            while iter.valid() {
+                n += 1;
+                iter.next();
+            }
+            iter.status()?;
+            Ok(n)
+        };
+        let depths = (count(cf::QUEUE)?, count(cf::QUARANTINE)?);
         Ok(StateStore {
             db,
             dir: dir.to_path_buf(),
             head: Mutex::new(head),
             clock: Mutex::new(clock),
+            depths: Mutex::new(depths),
             bayes: RwLock::new(bayes),
             applied: Mutex::new(AppliedCounts::default()),
         })
@@ -359,6 +374,14 @@ impl StateStore {
             }
             results.push(entry_results);
         }
+        // How the batch changes the number of queued and quarantined messages.
+        let mut depth_change = (0i64, 0i64);
+        for (id, record) in &quarantine {
+            depth_change.1 += self.presence_change(cf::QUARANTINE, *id, record.is_some())?;
+        }
+        for (id, entry) in &queue {
+            depth_change.0 += self.presence_change(cf::QUEUE, *id, entry.is_some())?;
+        }
         for (id, record) in quarantine {
             match record {
                 Some(record) => {
@@ -414,6 +437,11 @@ impl StateStore {
         self.db.write(batch)?;
         *self.head.lock().expect("chain head lock") = head;
         {
+            let mut depths = self.depths.lock().expect("depths lock");
+            depths.0 = depths.0.saturating_add_signed(depth_change.0);
+            depths.1 = depths.1.saturating_add_signed(depth_change.1);
+        }
+        {
             let mut applied = self.applied.lock().expect("applied counts lock");
             for (kind, n) in counted.events {
                 *applied.events.entry(kind).or_default() += n;
@@ -426,6 +454,12 @@ impl StateStore {
             lessons.commit(&mut self.bayes.write().expect("bayes lock"));
         }
         Ok(results)
+    }
+
+    /// +1 if `id` becomes present in column family `name`, -1 if it leaves it, else 0.
+    fn presence_change(&self, name: &str, id: MessageId, present: bool) -> Result<i64> {
+        let stored = self.db.get_pinned_cf(self.cf(name), id.key())?.is_some();
+        Ok(i64::from(present) - i64::from(stored))
     }
 
     /// A Bayesian lesson on top of the batch's earlier ones.
@@ -825,20 +859,10 @@ impl StateStore {
         self.applied.lock().expect("applied counts lock").clone()
     }
 
-    /// Messages in the delivery queue and in the quarantine, counted.
-    pub fn depths(&self) -> Result<(u64, u64)> {
-        let count = |name: &str| -> Result<u64> {
-            let mut n = 0;
-            let mut iter = self.db.raw_iterator_cf(self.cf(name));
-            iter.seek_to_first();
-            while iter.valid() {
-                n += 1;
-                iter.next();
-            }
-            iter.status()?;
-            Ok(n)
-        };
-        Ok((count(cf::QUEUE)?, count(cf::QUARANTINE)?))
+    /// Messages in the delivery queue and in the quarantine: counted when the store
+    /// opened, then kept by every applied batch.
+    pub fn depths(&self) -> (u64, u64) {
+        *self.depths.lock().expect("depths lock")
     }
 
     /// The API token whose SHA-256 is `digest`, if one is live.
@@ -1690,6 +1714,13 @@ mod tests {
         assert!(!store.quarantine_due(1_764_300_015_000).unwrap());
         assert!(store.quarantine_due(1_764_300_025_000).unwrap());
         assert!(store.verify().unwrap().ok);
+        // Released to the queue (1), deleted, expired, and the skewed one held (1).
+        assert_eq!(store.depths(), walked_depths(&store));
+        assert_eq!(store.depths(), (1, 1));
+        let dir_path = store.dir().to_path_buf();
+        drop(store);
+        drop(state);
+        assert_eq!(StateStore::open(&dir_path).unwrap().depths(), (1, 1));
     }
 
     #[test]
@@ -1750,8 +1781,10 @@ mod tests {
                 .unwrap()
                 .0
                 .len();
+            // The counts kept batch by batch are what a walk of the store counts.
+            assert_eq!(store.depths(), walked_depths(&store));
             // Events name their Raft index, so the chain hashes differ; their number may not.
-            (queued, left, store.chain_head().0)
+            (queued, left, store.chain_head().0, store.depths())
         };
         let together = outcome(&[&ops[..]]);
         let apart = outcome(&[&ops[..1], &ops[1..2], &ops[2..3], &ops[3..]]);
@@ -1759,6 +1792,18 @@ mod tests {
         // Released with the envelope as received (no 8BITMIME); the other expired.
         assert_eq!(together.0, Some((false, false)));
         assert_eq!(together.1, 0);
+        assert_eq!(together.3, (1, 0));
+    }
+
+    /// Messages in the queue and in the quarantine, counted key by key.
+    fn walked_depths(store: &StateStore) -> (u64, u64) {
+        let count = |name| {
+            store
+                .db
+                .iterator_cf(store.cf(name), IteratorMode::Start)
+                .count() as u64
+        };
+        (count(cf::QUEUE), count(cf::QUARANTINE))
     }
 
     #[test]
