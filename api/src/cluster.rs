@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use bulwark_consensus::{LeaderCall, LeaderCallError};
+use bulwark_consensus::{LeaderCall, LeaderCallError, MembershipChange};
 use bulwark_storage::{Command, EventKind, MembershipChanged};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -69,16 +69,11 @@ pub(crate) async fn add(
             request.addr
         )));
     }
-    let change = Change {
-        action: "cluster.add_learner",
-        member: request.id,
-        addr: Some(request.addr.clone()),
-    };
-    let call = LeaderCall::AddLearner {
+    let call = MembershipChange::AddLearner {
         id: request.id,
         addr: request.addr,
     };
-    change.make(&s, call, caller.name, client_ip).await
+    change(&s, call, caller.name, client_ip).await
 }
 
 /// `POST /v1/cluster/members/{id}/promote`: the learner becomes a voter (refused
@@ -91,14 +86,7 @@ pub(crate) async fn promote(
     Path(id): Path<u64>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.caller(&headers, Access::Cluster)?;
-    let change = Change {
-        action: "cluster.promote",
-        member: id,
-        addr: None,
-    };
-    change
-        .make(&s, LeaderCall::Promote { id }, caller.name, client_ip)
-        .await
+    change(&s, MembershipChange::Promote { id }, caller.name, client_ip).await
 }
 
 /// `DELETE /v1/cluster/members/{id}`: the member leaves the cluster (a voter leaves
@@ -111,14 +99,7 @@ pub(crate) async fn remove(
     Path(id): Path<u64>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.caller(&headers, Access::Cluster)?;
-    let change = Change {
-        action: "cluster.remove",
-        member: id,
-        addr: None,
-    };
-    change
-        .make(&s, LeaderCall::Remove { id }, caller.name, client_ip)
-        .await
+    change(&s, MembershipChange::Remove { id }, caller.name, client_ip).await
 }
 
 /// `host:port` with a port number.
@@ -128,51 +109,51 @@ fn valid_addr(addr: &str) -> bool {
     })
 }
 
-struct Change {
-    action: &'static str,
-    member: u64,
-    addr: Option<String>,
-}
-
-impl Change {
-    /// Asks the leader for the change, records it (done or refused), and answers
-    /// with the cluster as this node now sees it.
-    async fn make(
-        self,
-        s: &ApiState,
-        call: LeaderCall,
-        user: String,
-        client_ip: Option<std::net::IpAddr>,
-    ) -> Result<Json<Value>, ApiError> {
-        let result = s.node.leader_call(call, CHANGE_TIMEOUT).await;
-        let refused = match &result {
-            Ok(_) => None,
-            Err(LeaderCallError::NotFound(e) | LeaderCallError::Refused(e)) => Some(e.clone()),
-            // Not known to be made or not: nothing to record; the caller retries.
-            Err(_) => None,
-        };
-        if result.is_ok() || refused.is_some() {
-            s.node
-                .proposer()
-                .propose(Command::Record(EventKind::MembershipChanged(Box::new(
-                    MembershipChanged {
-                        action: self.action.into(),
-                        member: self.member,
-                        addr: self.addr,
-                        log_index: result.as_ref().ok().copied(),
-                        user,
-                        client_ip,
-                        refused,
-                    },
-                ))))
-                .await?;
-        }
-        let index = result?;
-        Ok(Json(json!({
-            "action": self.action,
-            "member": self.member,
-            "log_index": index,
-            "cluster": s.node.status(),
-        })))
+/// Asks the leader for a membership change, records it (made or refused), and
+/// answers with the cluster as this node now sees it.
+async fn change(
+    s: &ApiState,
+    change: MembershipChange,
+    user: String,
+    client_ip: Option<std::net::IpAddr>,
+) -> Result<Json<Value>, ApiError> {
+    let member = change.member();
+    let (action, addr) = match &change {
+        MembershipChange::AddLearner { addr, .. } => ("cluster.add_learner", Some(addr.clone())),
+        MembershipChange::Promote { .. } => ("cluster.promote", None),
+        MembershipChange::Remove { .. } => ("cluster.remove", None),
+    };
+    let result = s
+        .node
+        .leader_call(LeaderCall::Membership(change), CHANGE_TIMEOUT)
+        .await;
+    let refused = match &result {
+        Ok(_) => None,
+        Err(LeaderCallError::NotFound(e) | LeaderCallError::Refused(e)) => Some(e.clone()),
+        // Not known to be made or not: nothing to record; the caller retries.
+        Err(_) => None,
+    };
+    if result.is_ok() || refused.is_some() {
+        s.node
+            .proposer()
+            .propose(Command::Record(EventKind::MembershipChanged(Box::new(
+                MembershipChanged {
+                    action: action.into(),
+                    member,
+                    addr,
+                    log_index: result.as_ref().ok().copied(),
+                    user,
+                    client_ip,
+                    refused,
+                },
+            ))))
+            .await?;
     }
+    let index = result?;
+    Ok(Json(json!({
+        "action": action,
+        "member": member,
+        "log_index": index,
+        "cluster": s.node.status(),
+    })))
 }

@@ -22,12 +22,29 @@ pub const PROMOTE_MAX_LAG: u64 = 100;
 pub enum LeaderCall {
     /// The log index every read that starts now must see applied.
     ReadIndex,
+    Membership(MembershipChange),
+}
+
+/// A change of the cluster's membership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
     /// Start replicating to node `id` at `addr` (its cluster listener), as a learner.
     AddLearner { id: NodeId, addr: String },
     /// Make learner `id` a voter.
     Promote { id: NodeId },
     /// Remove member `id` (voter or learner) from the cluster.
     Remove { id: NodeId },
+}
+
+impl MembershipChange {
+    /// The node the change is about.
+    pub fn member(&self) -> NodeId {
+        match self {
+            MembershipChange::AddLearner { id, .. }
+            | MembershipChange::Promote { id }
+            | MembershipChange::Remove { id } => *id,
+        }
+    }
 }
 
 /// Why a [`LeaderCall`] was not done.
@@ -50,15 +67,18 @@ pub enum LeaderCallError {
 /// Answers `call` on this node, which must lead; returns the log index it stands for
 /// (the read index, or the index of the membership entry).
 pub(crate) async fn answer(raft: &Raft, call: &LeaderCall) -> Result<u64, LeaderCallError> {
-    if let LeaderCall::ReadIndex = call {
-        return match raft.ensure_linearizable().await {
-            Ok(log) => Ok(log.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(LeaderCallError::NotLeader(f.leader_id))
+    let change = match call {
+        LeaderCall::ReadIndex => {
+            return match raft.ensure_linearizable().await {
+                Ok(log) => Ok(log.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Err(LeaderCallError::NotLeader(f.leader_id))
+                }
+                Err(e) => Err(LeaderCallError::Unavailable(e.to_string())),
             }
-            Err(e) => Err(LeaderCallError::Unavailable(e.to_string())),
-        };
-    }
+        }
+        LeaderCall::Membership(change) => change,
+    };
     let metrics = raft.metrics().borrow().clone();
     if metrics.current_leader != Some(metrics.id) {
         return Err(LeaderCallError::NotLeader(metrics.current_leader));
@@ -66,9 +86,8 @@ pub(crate) async fn answer(raft: &Raft, call: &LeaderCall) -> Result<u64, Leader
     let membership = metrics.membership_config.membership().clone();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let is_member = |id: &NodeId| membership.get_node(id).is_some();
-    let written = match call {
-        LeaderCall::ReadIndex => unreachable!("answered above"),
-        LeaderCall::AddLearner { id, addr } => {
+    let written = match change {
+        MembershipChange::AddLearner { id, addr } => {
             if is_member(id) {
                 return Err(LeaderCallError::Refused(format!(
                     "node {id} is already a member"
@@ -76,7 +95,7 @@ pub(crate) async fn answer(raft: &Raft, call: &LeaderCall) -> Result<u64, Leader
             }
             raft.add_learner(*id, BasicNode::new(addr), false).await
         }
-        LeaderCall::Promote { id } => {
+        MembershipChange::Promote { id } => {
             if voters.contains(id) {
                 return Err(LeaderCallError::Refused(format!(
                     "node {id} is already a voter"
@@ -102,7 +121,7 @@ pub(crate) async fn answer(raft: &Raft, call: &LeaderCall) -> Result<u64, Leader
             raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
                 .await
         }
-        LeaderCall::Remove { id } => {
+        MembershipChange::Remove { id } => {
             if !is_member(id) {
                 return Err(not_member(*id));
             }

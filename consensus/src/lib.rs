@@ -25,7 +25,7 @@ pub mod tls;
 pub mod types;
 
 pub use error::{Error, ProposeError};
-pub use leader::{LeaderCall, LeaderCallError, PROMOTE_MAX_LAG};
+pub use leader::{LeaderCall, LeaderCallError, MembershipChange, PROMOTE_MAX_LAG};
 pub use node::{ClusterStatus, MemberStatus, NodeConfig, PeerConfig, RaftNode, RaftSettings};
 pub use proposer::Proposer;
 
