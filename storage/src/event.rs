@@ -397,14 +397,7 @@ impl EventKind {
                         serde_json::json!({ "to": { "address": a.recipients } }),
                     );
                 }
-                let mut event = serde_json::json!({
-                    "action": a.action,
-                    "outcome": if a.refused.is_some() { "failure" } else { "success" },
-                });
-                if let Some(reason) = &a.refused {
-                    event["reason"] = reason.clone().into();
-                }
-                out.insert("event".into(), event);
+                out.insert("event".into(), action_outcome(&a.action, &a.refused));
             }
             EventKind::MembershipChanged(m) => {
                 out.insert("action".into(), m.action.clone().into());
@@ -419,14 +412,7 @@ impl EventKind {
                         "log_index": m.log_index,
                     }),
                 );
-                let mut event = serde_json::json!({
-                    "action": m.action,
-                    "outcome": if m.refused.is_some() { "failure" } else { "success" },
-                });
-                if let Some(reason) = &m.refused {
-                    event["reason"] = reason.clone().into();
-                }
-                out.insert("event".into(), event);
+                out.insert("event".into(), action_outcome(&m.action, &m.refused));
             }
             EventKind::ScanVerdict(v) => verdict_fields(v, out),
             EventKind::MessageQuarantined(q) => {
@@ -540,6 +526,18 @@ impl EventKind {
 
 /// `scan.*`: the verdict with every symbol, authentication result, finding and
 /// engine run; `action` at the top level as in `message.received`.
+/// `event.action`, `event.outcome` and, when refused, `event.reason` of an API action.
+fn action_outcome(action: &str, refused: &Option<String>) -> serde_json::Value {
+    let mut event = serde_json::json!({
+        "action": action,
+        "outcome": if refused.is_some() { "failure" } else { "success" },
+    });
+    if let Some(reason) = refused {
+        event["reason"] = reason.clone().into();
+    }
+    event
+}
+
 fn verdict_fields(v: &Verdict, out: &mut serde_json::Map<String, serde_json::Value>) {
     use serde_json::json;
     out.insert("message_id".into(), v.message_id.to_string().into());
