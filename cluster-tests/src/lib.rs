@@ -28,6 +28,7 @@ pub mod api;
 pub mod dns;
 pub mod load;
 pub mod samples;
+pub mod siem;
 pub mod sink;
 pub mod smtp;
 pub mod tamper;
@@ -78,6 +79,8 @@ pub struct ClusterBuilder {
     smtp: Vec<(String, String)>,
     delivery: Vec<(String, String)>,
     scan: Vec<(String, String)>,
+    /// TOML appended to every config as written (e.g. `[[siem.exporters]]` tables).
+    extra: String,
 }
 
 impl ClusterBuilder {
@@ -93,6 +96,7 @@ impl ClusterBuilder {
             smtp: Vec::new(),
             delivery: Vec::new(),
             scan: Vec::new(),
+            extra: String::new(),
         }
     }
 
@@ -142,6 +146,13 @@ impl ClusterBuilder {
     /// Adds `key = value` (written as TOML) to a `[scan]` section of every config.
     pub fn scan(mut self, key: &str, value: &str) -> Self {
         self.scan.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Appends `text` (whole TOML tables, e.g. `[[siem.exporters]]`) to every config.
+    pub fn toml(mut self, text: &str) -> Self {
+        self.extra.push('\n');
+        self.extra.push_str(text);
         self
     }
 
@@ -247,7 +258,7 @@ impl ClusterBuilder {
                     ("scan", &self.scan),
                 ],
                 dns.addr(),
-            );
+            ) + &self.extra;
             std::fs::write(&n.config_path, config)
                 .with_context(|| format!("writing {}", n.config_path.display()))?;
         }

@@ -14,6 +14,7 @@ use crate::policy::Policy;
 use crate::{delivery, smtp};
 
 mod scanning;
+mod siem;
 
 pub use scanning::{DnsConfig, ScanConfig};
 
@@ -31,6 +32,7 @@ struct Raw {
     dns: Option<scanning::RawDns>,
     policy: Option<scanning::RawPolicy>,
     quarantine: Option<RawQuarantine>,
+    siem: Option<siem::RawSiem>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +219,8 @@ pub struct Config {
     pub dns: DnsConfig,
     pub policy: Policy,
     pub quarantine: crate::quarantine::Settings,
+    /// `[[siem.exporters]]`.
+    pub siem: Vec<crate::siem::Exporter>,
 }
 
 impl Config {
@@ -321,6 +325,7 @@ impl Config {
         let dns = scanning::validate_dns(raw.dns.unwrap_or_default(), &mut problems);
         let policy = scanning::validate_policy(raw.policy.unwrap_or_default(), &mut problems);
         let quarantine = validate_quarantine(raw.quarantine.unwrap_or_default(), &mut problems);
+        let siem = siem::validate_siem(raw.siem.unwrap_or_default(), base, &mut problems);
 
         if !problems.is_empty() {
             return Err(problems);
@@ -341,6 +346,7 @@ impl Config {
             dns,
             policy,
             quarantine,
+            siem,
         })
     }
 }

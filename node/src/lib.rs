@@ -12,5 +12,6 @@ pub mod policy;
 pub mod quarantine;
 pub mod scan;
 pub mod serve;
+pub mod siem;
 pub mod smtp;
 pub mod tls;

@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::{delivery, dns, quarantine, scan, smtp};
+use crate::{delivery, dns, quarantine, scan, siem, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
@@ -93,6 +93,7 @@ async fn serve(config: Config) -> Result<()> {
     scanner.register_metrics(&mut registry);
     let smtp = smtp.serve_with(node.proposer().clone(), scanner, config.node.id);
     smtp.register_metrics(&mut registry);
+    let siem_metrics = siem::Metrics::register(&mut registry);
 
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let tokenizer = scan::bayes::Tokenizer::new(config.scan.limits());
@@ -121,6 +122,14 @@ async fn serve(config: Config) -> Result<()> {
         stop_delivery.clone(),
     ));
 
+    let exporters = tokio::spawn(siem::run(
+        node.clone(),
+        config.siem.clone(),
+        config.smtp.hostname.clone(),
+        siem_metrics,
+        stop_delivery.clone(),
+    ));
+
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
@@ -137,6 +146,9 @@ async fn serve(config: Config) -> Result<()> {
     }
     if let Err(e) = retention.await {
         tracing::warn!(error = %e, "quarantine retention task");
+    }
+    if let Err(e) = exporters.await {
+        tracing::warn!(error = %e, "SIEM exporters task");
     }
     let _ = stop_api.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(10), api).await {

@@ -71,6 +71,11 @@ pub enum Command {
     /// Create or revoke an API token and record `token.created` or `token.revoked`
     /// (an `api.action` refusal when the name is taken or unknown).
     Token(Box<TokenCommand>),
+    /// Move an event exporter's cursor forward: its receiver has accepted every event
+    /// it was to get up to `seq`. Records no event (where an export stands is not a
+    /// decision; recording it would give the exporter an event to ship per batch), and
+    /// never moves a cursor back or past the end of the log.
+    ExportCursor { exporter: String, seq: u64 },
 }
 
 /// What happened. The event log's `type` is [`EventKind::type_name`].
@@ -671,7 +676,8 @@ fn client_fields(c: &crate::message::Client, out: &mut serde_json::Map<String, s
 /// The result of applying one operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpResult {
-    /// Sequence number of the event the operation recorded.
+    /// Sequence number of the (last) event the operation recorded; for an operation
+    /// that records none, the last event of the log when it was applied.
     pub seq: u64,
     /// Chain hash of that event.
     pub hash: Hash,

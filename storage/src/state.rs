@@ -32,6 +32,8 @@ const META_INDEX: &str = "index_events";
 const INDEX_VERSION: u8 = 1;
 /// The [`index::EventClock`] as of the last applied batch.
 const META_EVENT_CLOCK: &str = "event_clock";
+/// Prefix of the keys holding each exporter's cursor (`export_cursor/NAME`, u64 BE).
+const META_EXPORT_CURSOR: &str = "export_cursor/";
 const CURRENT: &str = "CURRENT";
 
 /// The head of the hash chain: persisted with every applied batch.
@@ -278,6 +280,8 @@ impl StateStore {
         // Envelopes of the messages accepted by this batch.
         let mut received: HashMap<MessageId, Envelope> = HashMap::new();
         let mut lessons: Option<LessonBatch> = None;
+        // Export cursors moved by this batch, by exporter.
+        let mut cursors: HashMap<String, u64> = HashMap::new();
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
             let mut entry_results = Vec::with_capacity(ops.len());
@@ -327,6 +331,17 @@ impl StateStore {
                         (self.expire(&mut batch, &mut quarantine, expiry)?, None)
                     }
                     Command::Token(command) => self.token(&mut batch, &mut tokens, command)?,
+                    Command::ExportCursor { exporter, seq } => {
+                        let current = match cursors.get(exporter) {
+                            Some(seq) => *seq,
+                            None => self.export_cursor(exporter)?,
+                        };
+                        let seq = (*seq).min(head.next_seq - 1).max(current);
+                        if seq != current {
+                            cursors.insert(exporter.clone(), seq);
+                        }
+                        (Vec::new(), None)
+                    }
                 };
                 let mut last = None;
                 for kind in kinds {
@@ -361,8 +376,14 @@ impl StateStore {
                         hash,
                     };
                 }
-                let (seq, hash) = last.expect("every operation records at least one event");
-                batch.put_cf(self.cf(cf::OP_IDS), op.id.to_be_bytes(), seq.to_be_bytes());
+                let (seq, hash) = match last {
+                    Some((seq, hash)) => {
+                        batch.put_cf(self.cf(cf::OP_IDS), op.id.to_be_bytes(), seq.to_be_bytes());
+                        (seq, hash)
+                    }
+                    // Nothing recorded (a cursor): applying it again changes nothing.
+                    None => (head.next_seq - 1, head.hash),
+                };
                 let result = OpResult {
                     seq,
                     hash,
@@ -420,6 +441,13 @@ impl StateStore {
                 bayes_cf,
                 bayes::TOTALS_KEY,
                 codec::encode(&lessons.totals())?,
+            );
+        }
+        for (exporter, seq) in &cursors {
+            batch.put_cf(
+                self.cf(cf::META),
+                format!("{META_EXPORT_CURSOR}{exporter}"),
+                seq.to_be_bytes(),
             );
         }
         batch.put_cf(self.cf(cf::META), META_CHAIN, codec::encode(&head)?);
@@ -1137,6 +1165,44 @@ impl StateStore {
         (head.next_seq - 1, head.hash)
     }
 
+    /// The seq up to which exporter `name` has shipped the log (0: nothing yet).
+    pub fn export_cursor(&self, name: &str) -> Result<u64> {
+        match self
+            .db
+            .get_cf(self.cf(cf::META), format!("{META_EXPORT_CURSOR}{name}"))?
+        {
+            Some(bytes) => {
+                Ok(u64::from_be_bytes(bytes.as_slice().try_into().map_err(
+                    |_| Error::Decode(format!("export cursor of {name}")),
+                )?))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Every exporter's cursor, by name (those that have shipped something).
+    pub fn export_cursors(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let prefix = META_EXPORT_CURSOR.as_bytes();
+        let iter = self.db.iterator_cf(
+            self.cf(cf::META),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            let Some(name) = key.strip_prefix(prefix) else {
+                break;
+            };
+            let seq = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Decode("export cursor".into()))?;
+            out.push((String::from_utf8_lossy(name).into_owned(), seq));
+        }
+        Ok(out)
+    }
+
     /// One event by sequence number.
     pub fn event(&self, seq: u64) -> Result<Option<StoredEvent>> {
         match self.db.get_cf(self.cf(cf::EVENTS), seq.to_be_bytes())? {
@@ -1422,6 +1488,50 @@ mod tests {
                 text: text.into(),
             }),
         }
+    }
+
+    #[test]
+    fn export_cursors_only_move_forward_within_the_log_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let cursor = |id: u128, exporter: &str, seq: u64| Op {
+            id,
+            time_ms: 1_700_000_000_000,
+            node: 1,
+            command: Command::ExportCursor {
+                exporter: exporter.into(),
+                seq,
+            },
+        };
+        {
+            let state = StateDir::open(dir.path()).unwrap();
+            let store = state.current();
+            let ops = [note(1, "a"), note(2, "b"), note(3, "c")];
+            store.apply(&[(1, &ops[..])], b"1").unwrap();
+            assert_eq!(store.export_cursor("soc").unwrap(), 0);
+            // In one batch: forward, back (ignored), past the log's end (clamped).
+            let ops = [
+                cursor(10, "soc", 2),
+                cursor(11, "soc", 1),
+                cursor(12, "hec", 99),
+                note(4, "d"),
+            ];
+            let results = store.apply(&[(2, &ops[..])], b"2").unwrap();
+            // No event: the result names the log's end when it was applied.
+            assert_eq!(results[0][0].seq, 3);
+            assert_eq!(results[0][3].seq, 4);
+            assert_eq!(store.export_cursor("soc").unwrap(), 2);
+            assert_eq!(store.export_cursor("hec").unwrap(), 3);
+            let ops = [cursor(13, "soc", 1)];
+            store.apply(&[(3, &ops[..])], b"3").unwrap();
+            assert_eq!(store.export_cursor("soc").unwrap(), 2);
+            assert_eq!(store.chain_head().0, 4, "cursors record no event");
+            assert!(store.verify().unwrap().ok);
+        }
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(
+            state.current().export_cursors().unwrap(),
+            vec![("hec".to_string(), 3), ("soc".to_string(), 2)]
+        );
     }
 
     #[test]

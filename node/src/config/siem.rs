@@ -1,0 +1,362 @@
+//! `[[siem.exporters]]`: where the event log is shipped.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::siem::{Exporter, Filter, HecSettings, Kind, Payload, SyslogSettings, WebhookSettings};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSiem {
+    exporters: Option<Vec<RawExporter>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExporter {
+    /// Unique; the replicated cursor is kept under it.
+    name: Option<String>,
+    /// `syslog`, `hec` or `webhook`.
+    kind: Option<String>,
+    /// syslog: the receiver's `host:port`.
+    address: Option<String>,
+    /// syslog: `json` (default) or `cef`.
+    format: Option<String>,
+    /// syslog: RFC 5425 TLS (default false).
+    tls: Option<bool>,
+    /// Extra trust anchors (PEM) besides the web PKI roots, for syslog TLS and https.
+    tls_ca: Option<PathBuf>,
+    /// syslog TLS: the name the receiver's certificate must carry (default: the host).
+    tls_name: Option<String>,
+    /// syslog: RFC 5424 facility number (default 13, log audit).
+    facility: Option<u8>,
+    /// hec: the collector's base URL; webhook: the URL to POST to.
+    url: Option<String>,
+    /// hec: the HEC token, or a file holding it.
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    /// hec: wait for indexer acknowledgement (default true).
+    ack: Option<bool>,
+    /// hec: seconds to wait for it (default 60).
+    ack_timeout_secs: Option<u64>,
+    /// hec: index and sourcetype of the events (default: the token's index;
+    /// `bulwark:event`).
+    index: Option<String>,
+    sourcetype: Option<String>,
+    /// webhook: the HMAC key, or a file holding it; at least 16 bytes.
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    /// Event types to ship (`scan.verdict`, `delivery.*`); default: all.
+    types: Option<Vec<String>>,
+    /// Actions to ship (`reject`, `quarantine`, ...); default: any.
+    actions: Option<Vec<String>>,
+    /// Events per batch (default 500, at most 10000).
+    batch: Option<usize>,
+    /// Seconds a connection or request may take (default 10).
+    timeout_secs: Option<u64>,
+    /// Longest pause between tries while the receiver fails, in seconds (default 60).
+    retry_max_secs: Option<u64>,
+    /// Milliseconds between looks at the log when there is nothing new (default 200).
+    poll_ms: Option<u64>,
+}
+
+pub(super) fn validate_siem(
+    raw: RawSiem,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Vec<Exporter> {
+    let mut names = BTreeSet::new();
+    let mut exporters = Vec::new();
+    for (n, raw) in raw.exporters.unwrap_or_default().into_iter().enumerate() {
+        let start = problems.len();
+        let name = raw.name.clone().unwrap_or_default();
+        let section = if name.is_empty() {
+            format!("siem.exporters[{n}]")
+        } else {
+            format!("siem.exporters[{n}] ({name})")
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            problems.push(format!(
+                "{section}: name must be 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+        } else if !names.insert(name.clone()) {
+            problems.push(format!(
+                "{section}: the name {name:?} is taken by another exporter"
+            ));
+        }
+        let kind = build_kind(&section, &raw, base, problems);
+        let filter = Filter {
+            types: raw.types.unwrap_or_default(),
+            actions: raw.actions.unwrap_or_default(),
+        };
+        for t in &filter.types {
+            let family = t.strip_suffix('*');
+            let body = family.unwrap_or(t);
+            let valid = !t.is_empty()
+                && body
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+                && family.is_none_or(|f| f.is_empty() || f.ends_with('.'));
+            if !valid {
+                problems.push(format!(
+                    "{section}: types: {t:?} is neither a type (scan.verdict) nor a family (delivery.*)"
+                ));
+            }
+        }
+        let batch = raw.batch.unwrap_or(500);
+        if !(1..=10_000).contains(&batch) {
+            problems.push(format!("{section}: batch must be 1 to 10000, not {batch}"));
+        }
+        let retry_max = raw.retry_max_secs.unwrap_or(60);
+        if retry_max == 0 {
+            problems.push(format!("{section}: retry_max_secs must be positive"));
+        }
+        if let (Some(kind), true) = (kind, problems.len() == start) {
+            exporters.push(Exporter {
+                name,
+                kind,
+                filter,
+                batch,
+                retry_max: Duration::from_secs(retry_max),
+                poll: Duration::from_millis(raw.poll_ms.unwrap_or(200).clamp(10, 60_000)),
+            });
+        }
+    }
+    exporters
+}
+
+/// The kind-specific part, with a problem for every field that belongs to another kind.
+fn build_kind(
+    section: &str,
+    raw: &RawExporter,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<Kind> {
+    let kind = raw.kind.as_deref().unwrap_or_default();
+    let given: [(&str, bool, &[&str]); 13] = [
+        ("address", raw.address.is_some(), &["syslog"]),
+        ("format", raw.format.is_some(), &["syslog"]),
+        ("tls", raw.tls.is_some(), &["syslog"]),
+        ("tls_name", raw.tls_name.is_some(), &["syslog"]),
+        ("facility", raw.facility.is_some(), &["syslog"]),
+        ("url", raw.url.is_some(), &["hec", "webhook"]),
+        (
+            "token",
+            raw.token.is_some() || raw.token_file.is_some(),
+            &["hec"],
+        ),
+        ("ack", raw.ack.is_some(), &["hec"]),
+        ("ack_timeout_secs", raw.ack_timeout_secs.is_some(), &["hec"]),
+        ("index", raw.index.is_some(), &["hec"]),
+        ("sourcetype", raw.sourcetype.is_some(), &["hec"]),
+        (
+            "secret",
+            raw.secret.is_some() || raw.secret_file.is_some(),
+            &["webhook"],
+        ),
+        (
+            "tls_ca",
+            raw.tls_ca.is_some(),
+            &["syslog", "hec", "webhook"],
+        ),
+    ];
+    if !["syslog", "hec", "webhook"].contains(&kind) {
+        problems.push(format!(
+            "{section}: kind must be syslog, hec or webhook, not {kind:?}"
+        ));
+        return None;
+    }
+    for (field, present, kinds) in given {
+        if present && !kinds.contains(&kind) {
+            problems.push(format!(
+                "{section}: {field} is not a setting of kind = {kind:?}"
+            ));
+        }
+    }
+    let timeout = Duration::from_secs(raw.timeout_secs.unwrap_or(10).max(1));
+    let ca = raw.tls_ca.clone().map(|ca| super::relative_to(base, ca));
+    let tls = super::client_config(section, ca.as_deref(), problems);
+    match kind {
+        "syslog" => {
+            let address = raw.address.clone().unwrap_or_default();
+            let host = match address.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                _ => {
+                    problems.push(format!(
+                        "{section}: address must be host:port, not {address:?}"
+                    ));
+                    return None;
+                }
+            };
+            let payload = match raw.format.as_deref().unwrap_or("json") {
+                "json" => Payload::Json,
+                "cef" => Payload::Cef,
+                other => {
+                    problems.push(format!(
+                        "{section}: format must be json or cef, not {other:?}"
+                    ));
+                    return None;
+                }
+            };
+            let facility = raw.facility.unwrap_or(13);
+            if facility > 23 {
+                problems.push(format!(
+                    "{section}: facility must be 0 to 23, not {facility}"
+                ));
+            }
+            if raw.tls_ca.is_some() && raw.tls != Some(true) {
+                problems.push(format!("{section}: tls_ca needs tls = true"));
+            }
+            let tls = match raw.tls.unwrap_or(false) {
+                false => None,
+                true => {
+                    let name = raw.tls_name.clone().unwrap_or(host);
+                    match rustls::pki_types::ServerName::try_from(name.clone()) {
+                        Ok(name) => Some((tls, name)),
+                        Err(e) => {
+                            problems.push(format!("{section}: tls_name {name:?}: {e}"));
+                            None
+                        }
+                    }
+                }
+            };
+            Some(Kind::Syslog(SyslogSettings {
+                address,
+                tls,
+                payload,
+                facility,
+                timeout,
+            }))
+        }
+        "hec" => {
+            let url = http_url(section, raw.url.as_deref(), true, problems);
+            let token = secret(
+                section,
+                "token",
+                &raw.token,
+                &raw.token_file,
+                base,
+                problems,
+            );
+            let (url, token) = (url?, token?);
+            if token.is_empty() {
+                problems.push(format!("{section}: the token is empty"));
+            }
+            Some(Kind::Hec(HecSettings {
+                url,
+                token: String::from_utf8_lossy(&token).trim().to_string(),
+                ack: raw.ack.unwrap_or(true),
+                ack_timeout: Duration::from_secs(raw.ack_timeout_secs.unwrap_or(60).max(1)),
+                index: raw.index.clone(),
+                sourcetype: raw
+                    .sourcetype
+                    .clone()
+                    .unwrap_or_else(|| "bulwark:event".into()),
+                tls,
+                timeout,
+            }))
+        }
+        _ => {
+            let url = http_url(section, raw.url.as_deref(), false, problems);
+            let secret = secret(
+                section,
+                "secret",
+                &raw.secret,
+                &raw.secret_file,
+                base,
+                problems,
+            );
+            let (url, secret) = (url?, secret?);
+            if secret.len() < 16 {
+                problems.push(format!("{section}: the secret must be at least 16 bytes"));
+            }
+            Some(Kind::Webhook(WebhookSettings {
+                url,
+                secret,
+                tls,
+                timeout,
+            }))
+        }
+    }
+}
+
+/// An http(s) URL; as a base (`/` at the end) for the collector's paths.
+fn http_url(
+    section: &str,
+    url: Option<&str>,
+    base: bool,
+    problems: &mut Vec<String>,
+) -> Option<reqwest::Url> {
+    let Some(url) = url else {
+        problems.push(format!("{section}: url is required"));
+        return None;
+    };
+    let with_slash;
+    let text = if base && !url.ends_with('/') {
+        with_slash = format!("{url}/");
+        &with_slash
+    } else {
+        url
+    };
+    match reqwest::Url::parse(text) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
+            Some(parsed)
+        }
+        Ok(_) => {
+            problems.push(format!("{section}: url {url:?} is not an http(s) URL"));
+            None
+        }
+        Err(e) => {
+            problems.push(format!("{section}: url {url:?}: {e}"));
+            None
+        }
+    }
+}
+
+/// A secret given inline or in a file (trailing whitespace of the file dropped).
+fn secret(
+    section: &str,
+    field: &str,
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<Vec<u8>> {
+    match (inline, file) {
+        (Some(value), None) => Some(value.as_bytes().to_vec()),
+        (None, Some(path)) => {
+            let path = super::relative_to(base, path.clone());
+            match std::fs::read(&path) {
+                Ok(mut bytes) => {
+                    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                        bytes.pop();
+                    }
+                    Some(bytes)
+                }
+                Err(e) => {
+                    problems.push(format!("{section}: {field}_file {}: {e}", path.display()));
+                    None
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            problems.push(format!("{section}: give {field} or {field}_file, not both"));
+            None
+        }
+        (None, None) => {
+            problems.push(format!("{section}: {field} or {field}_file is required"));
+            None
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! SIEM export (`[[siem.exporters]]`) from a real node to receivers on 127.0.0.1:
+//! syslog over TCP (JSON) and TLS (CEF), Splunk HEC with indexer acknowledgement, and
+//! a signed webhook. Every event arrives once, in order, as the API shows it; a
+//! receiver that is down gets everything once it is back; bad exporter settings are
+//! all reported by check-config.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bulwark_cluster_tests::siem::{seqs, wait_for_seqs, HttpReceiver, SyslogReceiver};
+use common::{Api, Node, Smtp};
+use serde_json::Value;
+
+const HEC_TOKEN: &str = "11111111-2222-3333-4444-555555555555";
+const SECRET: &str = "a-webhook-secret-of-32-bytes-len";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every event in the node's log, in order.
+fn log(api: &Api) -> Vec<Value> {
+    let (status, page) = api.get("/v1/events?limit=1000");
+    assert_eq!(status, 200, "{page}");
+    assert!(page["next"].is_null(), "the test's log fits one page");
+    page["events"].as_array().unwrap().clone()
+}
+
+/// Waits until each receiver holds every event of the log and the log has stopped
+/// growing; returns the log.
+fn settle(
+    rt: &tokio::runtime::Runtime,
+    api: &Api,
+    receivers: &[(&str, &dyn Fn() -> Vec<u64>)],
+) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let before = log(api);
+        let want = seqs(&before);
+        for (what, received) in receivers {
+            rt.block_on(wait_for_seqs(what, &want, WAIT, received))
+                .unwrap();
+        }
+        let after = log(api);
+        if after.len() == before.len() {
+            return after;
+        }
+        assert!(Instant::now() < deadline, "the log kept growing");
+    }
+}
+
+fn metric(node: &Node, name: &str, exporter: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("{}/metrics", node.api))
+        .unwrap()
+        .text()
+        .unwrap();
+    let prefix = format!("{name}{{exporter=\"{exporter}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits until each exporter's replicated cursor has reached `head`: its receiver
+/// accepted (for HEC: acknowledged) everything up to there.
+fn wait_cursors(node: &Node, exporters: &[&str], head: usize) {
+    let deadline = Instant::now() + WAIT;
+    for exporter in exporters {
+        while metric(node, "bulwark_siem_cursor", exporter) < head as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "{exporter}: cursor not at {head}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn tls_pair(dir: &std::path::Path) -> std::sync::Arc<rustls::ServerConfig> {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("siem-ca.pem"), generated.cert.pem()).unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(generated.key_pair.serialize_der()).unwrap();
+    std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![generated.cert.der().clone()], key)
+        .unwrap(),
+    )
+}
+
+#[test]
+fn every_event_reaches_each_receiver_once_in_order_in_its_format() {
+    let rt = runtime();
+    let certs = tempfile::tempdir().unwrap();
+    let server_tls = tls_pair(certs.path());
+    let plain = rt.block_on(SyslogReceiver::start(None)).unwrap();
+    let tls = rt
+        .block_on(SyslogReceiver::start(Some(server_tls)))
+        .unwrap();
+    let http = rt
+        .block_on(HttpReceiver::start(HEC_TOKEN, SECRET.as_bytes()))
+        .unwrap();
+    let ca = certs.path().join("siem-ca.pem");
+    let exporters = format!(
+        r#"
+[[siem.exporters]]
+name = "soc-json"
+kind = "syslog"
+address = "{plain}"
+batch = 7
+
+[[siem.exporters]]
+name = "soc-cef"
+kind = "syslog"
+address = "{tls}"
+tls = true
+tls_name = "localhost"
+tls_ca = "{ca}"
+format = "cef"
+facility = 16
+
+[[siem.exporters]]
+name = "splunk"
+kind = "hec"
+url = "{http}"
+token = "{HEC_TOKEN}"
+index = "mail"
+
+[[siem.exporters]]
+name = "hook"
+kind = "webhook"
+url = "{http}/hook"
+secret = "{SECRET}"
+
+[[siem.exporters]]
+name = "notes-only"
+kind = "webhook"
+url = "{http}/hook"
+secret = "{SECRET}"
+types = ["audit.*"]
+"#,
+        plain = plain.addr(),
+        tls = tls.addr(),
+        ca = ca.display(),
+        http = http.url(),
+    );
+    let node = Node::start_with(
+        "domains = [\"example.test\"]\n",
+        &(common::held_delivery() + &exporters),
+    );
+    let api = Api::new(&node);
+    let odd_note = "pipe | equals = backslash \\ and\na second line";
+    for text in ["first note", odd_note] {
+        let (status, body) = api.post_json("/v1/notes", &serde_json::json!({ "text": text }));
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut smtp = Smtp::ehlo(node.smtp);
+    let reply = smtp.send_message(
+        "alice@sender.test",
+        &["bob@example.test"],
+        "From: alice@sender.test\r\nTo: bob@example.test\r\n\
+         Subject: =?utf-8?q?pipe=7Cequals=3Dback=5Cslash=0Anewline?=\r\n\r\nHello.\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let reply = smtp.send_message(
+        "carol@sender.test",
+        &["bob@example.test", "dave@example.test"],
+        "From: carol@sender.test\r\nSubject: plain\r\n\r\nHi.\r\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let (status, body) = api.post_json("/v1/notes", &serde_json::json!({ "text": "last" }));
+    assert_eq!(status, 201, "{body}");
+
+    let syslog_seqs = |r: &SyslogReceiver| -> Vec<u64> {
+        r.messages()
+            .iter()
+            .filter_map(|m| {
+                let seq = match m.payload.starts_with("CEF:") {
+                    true => m
+                        .payload
+                        .split(' ')
+                        .find_map(|f| f.strip_prefix("externalId="))?
+                        .to_string(),
+                    false => serde_json::from_str::<Value>(&m.payload).ok()?["seq"].to_string(),
+                };
+                seq.parse().ok()
+            })
+            .collect()
+    };
+    let events = settle(
+        &rt,
+        &api,
+        &[
+            ("syslog json", &|| syslog_seqs(&plain)),
+            ("syslog cef", &|| syslog_seqs(&tls)),
+            ("hec", &|| seqs(&http.hec_events())),
+            ("webhook", &|| seqs(&http.webhook_events("hook"))),
+        ],
+    );
+    let all: Vec<u64> = seqs(&events);
+    assert_eq!(all, (1..=all.len() as u64).collect::<Vec<_>>());
+    assert!(
+        all.len() >= 7,
+        "3 notes, 2 messages received with their verdicts: {all:?}"
+    );
+
+    // Syslog JSON: once each, in order, the API's JSON exactly, with a header that
+    // says what it is.
+    let messages = plain.messages();
+    assert_eq!(syslog_seqs(&plain), all, "syslog json: once each, in order");
+    for (message, event) in messages.iter().zip(&events) {
+        let payload: Value = serde_json::from_str(&message.payload).unwrap();
+        assert_eq!(&payload, event);
+        assert_eq!(message.msgid, event["type"].as_str().unwrap());
+        assert_eq!(message.hostname, "mx.example.test");
+        assert!([13 * 8 + 4, 13 * 8 + 5, 13 * 8 + 6].contains(&message.pri));
+    }
+    assert!(plain.errors().is_empty(), "{:?}", plain.errors());
+
+    // CEF over TLS, with each special character escaped where it stands.
+    assert_eq!(syslog_seqs(&tls), all, "syslog cef: once each, in order");
+    let cef: Vec<String> = tls.messages().into_iter().map(|m| m.payload).collect();
+    assert!(cef.iter().all(|l| l.starts_with("CEF:0|Bulwark|Bulwark|")));
+    assert!(cef.iter().all(|l| !l.contains('\n')));
+    assert!(
+        cef.iter()
+            .any(|l| l.contains(r"msg=pipe | equals \= backslash \\ and\na second line")),
+        "{cef:#?}"
+    );
+    let subject = cef
+        .iter()
+        .find(|l| l.contains("|message.received|"))
+        .unwrap();
+    assert!(
+        subject.contains(r"msg=pipe|equals\=back\\slash\nnewline"),
+        "{subject}"
+    );
+    assert!(subject.contains("suser=alice@sender.test"), "{subject}");
+    assert!(subject.contains("duser=bob@example.test"), "{subject}");
+    assert!(tls.messages().iter().all(|m| m.pri / 8 == 16));
+
+    // HEC: acknowledged batches, the API's JSON as the event.
+    assert_eq!(seqs(&http.hec_events()), all, "hec: once each, in order");
+    assert_eq!(http.hec_events(), events);
+
+    // Webhook: signed (a wrong signature would be refused), and the chain continues
+    // across batches so the receiver can check it.
+    let hooked = http.webhook_events("hook");
+    assert_eq!(hooked, events);
+    for pair in hooked.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
+    }
+    assert!(http.refused().is_empty(), "{:?}", http.refused());
+    let notes: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "audit.note")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs(&http.webhook_events("notes-only")), notes);
+
+    // What the exporters say about themselves.
+    let head = all.len() as f64;
+    for exporter in ["soc-json", "soc-cef", "splunk", "hook", "notes-only"] {
+        assert_eq!(metric(&node, "bulwark_siem_running", exporter), 1.0);
+        let deadline = Instant::now() + WAIT;
+        while metric(&node, "bulwark_siem_cursor", exporter) < head {
+            assert!(
+                Instant::now() < deadline,
+                "{exporter}: cursor not at {head}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(
+        metric(&node, "bulwark_siem_events_sent_total", "hook"),
+        head
+    );
+    assert_eq!(
+        metric(&node, "bulwark_siem_events_sent_total", "notes-only"),
+        notes.len() as f64
+    );
+}
+
+#[test]
+fn a_receiver_that_was_down_gets_everything_once_it_is_back() {
+    let rt = runtime();
+    let mut syslog = rt.block_on(SyslogReceiver::start(None)).unwrap();
+    let http = rt
+        .block_on(HttpReceiver::start(HEC_TOKEN, SECRET.as_bytes()))
+        .unwrap();
+    let exporters = format!(
+        r#"
+[[siem.exporters]]
+name = "soc"
+kind = "syslog"
+address = "{syslog}"
+retry_max_secs = 1
+
+[[siem.exporters]]
+name = "splunk"
+kind = "hec"
+url = "{http}"
+token = "{HEC_TOKEN}"
+batch = 5
+retry_max_secs = 1
+
+[[siem.exporters]]
+name = "hook"
+kind = "webhook"
+url = "{http}/hook"
+secret = "{SECRET}"
+batch = 3
+retry_max_secs = 1
+"#,
+        syslog = syslog.addr(),
+        http = http.url(),
+    );
+    let node = Node::start_with("", &(common::held_delivery() + &exporters));
+    let api = Api::new(&node);
+    let note = |text: &str| {
+        let (status, body) = api.post_json("/v1/notes", &serde_json::json!({ "text": text }));
+        assert_eq!(status, 201, "{body}");
+    };
+    let syslog_seqs = |r: &SyslogReceiver| -> Vec<u64> {
+        r.messages()
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<Value>(&m.payload).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    note("before");
+    let before = settle(
+        &rt,
+        &api,
+        &[
+            ("syslog", &|| syslog_seqs(&syslog)),
+            ("hec", &|| seqs(&http.hec_events())),
+            ("webhook", &|| seqs(&http.webhook_events("hook"))),
+        ],
+    );
+    // Accepted and acknowledged: taking the receivers down now interrupts nothing.
+    wait_cursors(&node, &["soc", "splunk", "hook"], before.len());
+    let shipped = (syslog.messages().len(), http.hec_events().len());
+
+    // Down: the syslog listener closed, the HTTP endpoints answering 503.
+    syslog.stop();
+    http.set_up(false);
+    for n in 0..20 {
+        note(&format!("while down {n}"));
+    }
+    let deadline = Instant::now() + WAIT;
+    for exporter in ["soc", "splunk", "hook"] {
+        while metric(&node, "bulwark_siem_batch_failures_total", exporter) < 2.0 {
+            assert!(
+                Instant::now() < deadline,
+                "{exporter}: no failed tries counted"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(metric(&node, "bulwark_siem_lag_events", exporter) >= 20.0);
+    }
+    assert_eq!(
+        (syslog.messages().len(), http.hec_events().len()),
+        shipped,
+        "nothing arrives while down"
+    );
+    assert!(http.webhook_events("hook").len() < 20);
+
+    // Back: everything, without a gap, and nothing twice.
+    rt.block_on(syslog.restart()).unwrap();
+    http.set_up(true);
+    note("after");
+    let events = settle(
+        &rt,
+        &api,
+        &[
+            ("syslog", &|| syslog_seqs(&syslog)),
+            ("hec", &|| seqs(&http.hec_events())),
+            ("webhook", &|| seqs(&http.webhook_events("hook"))),
+        ],
+    );
+    let all = seqs(&events);
+    assert_eq!(syslog_seqs(&syslog), all);
+    assert_eq!(seqs(&http.hec_events()), all);
+    assert_eq!(seqs(&http.webhook_events("hook")), all);
+    for exporter in ["soc", "splunk", "hook"] {
+        let deadline = Instant::now() + WAIT;
+        while metric(&node, "bulwark_siem_lag_events", exporter) > 0.0 {
+            assert!(Instant::now() < deadline, "{exporter}: lag stays");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn check_config_reports_every_bad_exporter_setting_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        r#"
+[[siem.exporters]]
+name = "dup"
+kind = "syslog"
+address = "no-port"
+format = "xml"
+url = "http://x"
+
+[[siem.exporters]]
+name = "dup"
+kind = "hec"
+url = "ftp://splunk"
+
+[[siem.exporters]]
+name = "hook"
+kind = "webhook"
+url = "https://siem.example/hook"
+secret = "short"
+types = ["Scan Verdict", "delivery*"]
+batch = 0
+
+[[siem.exporters]]
+name = "what"
+kind = "kafka"
+
+[[siem.exporters]]
+kind = "syslog"
+address = "127.0.0.1:514"
+facility = 24
+tls_ca = "missing.pem"
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["check-config", "bad.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "siem.exporters[0] (dup): address must be host:port",
+        "siem.exporters[0] (dup): url is not a setting of kind = \"syslog\"",
+        "siem.exporters[1] (dup): the name \"dup\" is taken",
+        "siem.exporters[1] (dup): url \"ftp://splunk\" is not an http(s) URL",
+        "siem.exporters[1] (dup): token or token_file is required",
+        "siem.exporters[2] (hook): the secret must be at least 16 bytes",
+        "siem.exporters[2] (hook): types: \"Scan Verdict\"",
+        "siem.exporters[2] (hook): types: \"delivery*\"",
+        "siem.exporters[2] (hook): batch must be 1 to 10000",
+        "siem.exporters[3] (what): kind must be syslog, hec or webhook",
+        "siem.exporters[4]: name must be",
+        "siem.exporters[4]: facility must be 0 to 23",
+        "siem.exporters[4]: tls_ca needs tls = true",
+        "missing.pem",
+    ] {
+        assert!(
+            report.contains(expected),
+            "missing {expected:?} in:\n{report}"
+        );
+    }
+}
