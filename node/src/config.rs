@@ -33,6 +33,14 @@ struct Raw {
     policy: Option<scanning::RawPolicy>,
     quarantine: Option<RawQuarantine>,
     siem: Option<siem::RawSiem>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    /// Seconds between signed checkpoints of the event chain (default 3600; 0: none).
+    checkpoint_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +229,7 @@ pub struct Config {
     pub quarantine: crate::quarantine::Settings,
     /// `[[siem.exporters]]`.
     pub siem: Vec<crate::siem::Exporter>,
+    pub audit: crate::audit::Settings,
 }
 
 impl Config {
@@ -326,6 +335,7 @@ impl Config {
         let policy = scanning::validate_policy(raw.policy.unwrap_or_default(), &mut problems);
         let quarantine = validate_quarantine(raw.quarantine.unwrap_or_default(), &mut problems);
         let siem = siem::validate_siem(raw.siem.unwrap_or_default(), base, &mut problems);
+        let audit = validate_audit(raw.audit.unwrap_or_default());
 
         if !problems.is_empty() {
             return Err(problems);
@@ -347,7 +357,19 @@ impl Config {
             policy,
             quarantine,
             siem,
+            audit,
         })
+    }
+}
+
+fn validate_audit(a: RawAudit) -> crate::audit::Settings {
+    let defaults = crate::audit::Settings::default();
+    crate::audit::Settings {
+        checkpoint_every: match a.checkpoint_secs {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => defaults.checkpoint_every,
+        },
     }
 }
 

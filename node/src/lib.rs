@@ -4,6 +4,7 @@
 //! runs, and what the benchmarks, the corpus evaluation and the fuzz targets call.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod cert;
 pub mod config;
 pub mod delivery;

@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::{delivery, dns, quarantine, scan, siem, smtp};
+use crate::{audit, delivery, dns, quarantine, scan, siem, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
@@ -58,6 +58,7 @@ async fn serve(config: Config) -> Result<()> {
     fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     check_node_id(data_dir, config.node.id)?;
     let token = admin_token(&config.admin_token_file)?;
+    let signing_key = audit::signing_key(data_dir)?;
 
     let api_tls = match &config.api_tls {
         Some((cert, key)) => Some(
@@ -122,6 +123,12 @@ async fn serve(config: Config) -> Result<()> {
         stop_delivery.clone(),
     ));
 
+    let checkpoints = tokio::spawn(audit::run(
+        node.clone(),
+        signing_key,
+        config.audit.clone(),
+        stop_delivery.clone(),
+    ));
     let exporters = tokio::spawn(siem::run(
         node.clone(),
         config.siem.clone(),
@@ -146,6 +153,9 @@ async fn serve(config: Config) -> Result<()> {
     }
     if let Err(e) = retention.await {
         tracing::warn!(error = %e, "quarantine retention task");
+    }
+    if let Err(e) = checkpoints.await {
+        tracing::warn!(error = %e, "audit checkpoint task");
     }
     if let Err(e) = exporters.await {
         tracing::warn!(error = %e, "SIEM exporters task");

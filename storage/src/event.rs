@@ -153,6 +153,39 @@ pub enum EventKind {
         text: String,
         client_ip: Option<IpAddr>,
     },
+    /// The leader's signed statement of where the chain stood (`audit.checkpoint`):
+    /// a history rewritten and re-chained after it no longer matches it, and cannot
+    /// be made to without the signing node's key.
+    ChainCheckpoint(Box<ChainCheckpoint>),
+}
+
+/// `audit.checkpoint`: event `seq` of the log has chain hash `hash`, signed with the
+/// Ed25519 key of node `node` over [`ChainCheckpoint::message`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainCheckpoint {
+    pub seq: u64,
+    pub hash: Hash,
+    pub node: u64,
+    /// The signer's Ed25519 public key (32 bytes).
+    pub public_key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+impl ChainCheckpoint {
+    /// What is signed: `"bulwark.checkpoint" ‖ seq (8 bytes, big-endian) ‖ hash`.
+    pub fn message(seq: u64, hash: &Hash) -> Vec<u8> {
+        let mut message = b"bulwark.checkpoint".to_vec();
+        message.extend_from_slice(&seq.to_be_bytes());
+        message.extend_from_slice(hash);
+        message
+    }
+
+    /// True when `signature` is the public key's over [`ChainCheckpoint::message`].
+    pub fn signature_is_valid(&self) -> bool {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.public_key)
+            .verify(&Self::message(self.seq, &self.hash), &self.signature)
+            .is_ok()
+    }
 }
 
 /// A change of the cluster's membership asked through the API: an `api.action` whose
@@ -218,6 +251,7 @@ impl EventKind {
             EventKind::TokenChanged(t) if t.created => "token.created",
             EventKind::TokenChanged(_) => "token.revoked",
             EventKind::MembershipChanged(_) => "api.action",
+            EventKind::ChainCheckpoint(_) => "audit.checkpoint",
         }
     }
 
@@ -237,6 +271,7 @@ impl EventKind {
             EventKind::BayesTrained(b) => b.message_id,
             EventKind::QuarantineDecided(q) => Some(q.decision.message_id),
             EventKind::AuditNote { .. }
+            | EventKind::ChainCheckpoint(_)
             | EventKind::Note { .. }
             | EventKind::QuarantineRetention { .. }
             | EventKind::TokenChanged(_)
@@ -263,6 +298,18 @@ impl EventKind {
                 if let Some(ip) = client_ip {
                     out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
                 }
+            }
+            EventKind::ChainCheckpoint(c) => {
+                out.insert(
+                    "checkpoint".into(),
+                    serde_json::json!({
+                        "seq": c.seq,
+                        "hash": hex::encode(c.hash),
+                        "node": c.node,
+                        "public_key": hex::encode(&c.public_key),
+                        "signature": hex::encode(&c.signature),
+                    }),
+                );
             }
             EventKind::MessageReceived(m) => received_fields(m, out),
             EventKind::MessageRejected(r) => {
@@ -768,6 +815,12 @@ pub fn rfc3339(time_ms: i64) -> String {
 pub struct VerifyReport {
     pub ok: bool,
     pub checked: u64,
+    /// Signed checkpoints found and checked (signature, and the hash they name).
+    #[serde(default)]
+    pub checkpoints: u64,
+    /// The keys that signed them, as `node:hex public key`.
+    #[serde(default)]
+    pub signers: Vec<String>,
     /// Hash of the last event checked (hex); all zeros for an empty log.
     pub head: String,
     pub first_bad_seq: Option<u64>,

@@ -1230,9 +1230,13 @@ impl StateStore {
         let mut prev: Hash = [0; 32];
         let mut expected_seq = 1u64;
         let mut checked = 0u64;
+        // (seq of the checkpoint event, what it states), checked after the walk.
+        let mut checkpoints: Vec<(u64, crate::event::ChainCheckpoint)> = Vec::new();
         let bad = |seq: u64, checked: u64, prev: &Hash, problem: String| VerifyReport {
             ok: false,
             checked,
+            checkpoints: 0,
+            signers: Vec::new(),
             head: hex::encode(prev),
             first_bad_seq: Some(seq),
             problem: Some(problem),
@@ -1279,6 +1283,9 @@ impl StateStore {
                     "hash does not match the event's content".into(),
                 ));
             }
+            if let EventKind::ChainCheckpoint(c) = stored.event.kind {
+                checkpoints.push((seq, *c));
+            }
             prev = stored.hash;
             checked += 1;
             expected_seq += 1;
@@ -1295,9 +1302,48 @@ impl StateStore {
                 ),
             ));
         }
+        let mut signers = std::collections::BTreeSet::new();
+        for (at, checkpoint) in &checkpoints {
+            if !checkpoint.signature_is_valid() {
+                return Ok(bad(
+                    *at,
+                    checked,
+                    &prev,
+                    format!(
+                        "checkpoint signature of node {} is not valid",
+                        checkpoint.node
+                    ),
+                ));
+            }
+            let named = match checkpoint.seq < *at {
+                true => self.event(checkpoint.seq)?.map(|e| e.hash),
+                false => None,
+            };
+            if named != Some(checkpoint.hash) {
+                return Ok(bad(
+                    *at,
+                    checked,
+                    &prev,
+                    format!(
+                        "the checkpoint signed by node {} names hash {} for event {}, which \
+                         the log does not hold: the history before it was rewritten",
+                        checkpoint.node,
+                        hex::encode(checkpoint.hash),
+                        checkpoint.seq
+                    ),
+                ));
+            }
+            signers.insert(format!(
+                "{}:{}",
+                checkpoint.node,
+                hex::encode(&checkpoint.public_key)
+            ));
+        }
         Ok(VerifyReport {
             ok: true,
             checked,
+            checkpoints: checkpoints.len() as u64,
+            signers: signers.into_iter().collect(),
             head: hex::encode(prev),
             first_bad_seq: None,
             problem: None,
@@ -1531,6 +1577,120 @@ mod tests {
         assert_eq!(
             state.current().export_cursors().unwrap(),
             vec![("hec".to_string(), 3), ("soc".to_string(), 2)]
+        );
+    }
+
+    /// Rewrites the whole log as someone with the disk would: `edit` each event, then
+    /// recompute every hash and link and the stored chain head.
+    fn rechain(store: &StateStore, edit: impl Fn(&mut StoredEvent)) {
+        let mut prev: Hash = [0; 32];
+        let mut events = Vec::new();
+        for item in store
+            .db
+            .iterator_cf(store.cf(cf::EVENTS), IteratorMode::Start)
+        {
+            let (key, value) = item.unwrap();
+            events.push((key.to_vec(), codec::decode::<StoredEvent>(&value).unwrap()));
+        }
+        let mut next_seq = 1;
+        for (key, mut stored) in events {
+            edit(&mut stored);
+            stored.prev_hash = prev;
+            stored.hash = stored.event.chain_hash(&prev).unwrap();
+            prev = stored.hash;
+            next_seq = stored.event.seq + 1;
+            store
+                .db
+                .put_cf(store.cf(cf::EVENTS), key, codec::encode(&stored).unwrap())
+                .unwrap();
+        }
+        let head = ChainHead {
+            next_seq,
+            hash: prev,
+        };
+        store
+            .db
+            .put_cf(
+                store.cf(cf::META),
+                META_CHAIN,
+                codec::encode(&head).unwrap(),
+            )
+            .unwrap();
+        *store.head.lock().unwrap() = head;
+    }
+
+    #[test]
+    fn signed_checkpoints_expose_a_rewritten_and_rechained_history() {
+        use crate::event::ChainCheckpoint;
+        use ring::signature::KeyPair;
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let ops = [note(1, "a"), note(2, "b")];
+        store.apply(&[(1, &ops[..])], b"1").unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let key = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let (seq, hash) = store.chain_head();
+        let checkpoint = ChainCheckpoint {
+            seq,
+            hash,
+            node: 3,
+            public_key: key.public_key().as_ref().to_vec(),
+            signature: key
+                .sign(&ChainCheckpoint::message(seq, &hash))
+                .as_ref()
+                .to_vec(),
+        };
+        let signed = Op {
+            id: 3,
+            time_ms: 1_700_000_000_003,
+            node: 3,
+            command: Command::Record(EventKind::ChainCheckpoint(Box::new(checkpoint))),
+        };
+        let ops = [signed, note(4, "c")];
+        store.apply(&[(2, &ops[..])], b"2").unwrap();
+        let report = store.verify().unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.checkpoints, 1);
+        assert_eq!(
+            report.signers,
+            vec![format!("3:{}", hex::encode(key.public_key().as_ref()))]
+        );
+        let json = store.event(3).unwrap().unwrap().to_json();
+        assert_eq!(json["type"], "audit.checkpoint");
+        assert_eq!(json["checkpoint"]["seq"], 2);
+        assert_eq!(json["checkpoint"]["hash"], hex::encode(hash));
+
+        // A note before the checkpoint rewritten, the chain recomputed: every link
+        // holds, the checkpoint does not.
+        rechain(&store, |e| {
+            if let EventKind::AuditNote { text, .. } = &mut e.event.kind {
+                if text == "a" {
+                    *text = "rewritten".into();
+                }
+            }
+        });
+        let report = store.verify().unwrap();
+        assert!(!report.ok);
+        assert_eq!(report.first_bad_seq, Some(3));
+        assert!(
+            report.problem.as_deref().unwrap().contains("rewritten"),
+            "{report:?}"
+        );
+
+        // The checkpoint re-made for the new history without the key: a bad signature.
+        let forged_hash = store.event(2).unwrap().unwrap().hash;
+        rechain(&store, |e| {
+            if let EventKind::ChainCheckpoint(c) = &mut e.event.kind {
+                c.hash = forged_hash;
+            }
+        });
+        let report = store.verify().unwrap();
+        assert!(!report.ok);
+        assert!(
+            report.problem.as_deref().unwrap().contains("signature"),
+            "{report:?}"
         );
     }
 
