@@ -1,9 +1,16 @@
-//! Signed checkpoints of the event chain (`[audit] checkpoint_secs`): every so often
+//! The event log's own upkeep (`[audit]`): signed checkpoints and retention.
+//!
+//! Signed checkpoints of the event chain (`checkpoint_secs`): every so often
 //! the leader signs where the chain stands with its node key and records it as an
 //! `audit.checkpoint` event. Rewriting history before a checkpoint and re-chaining
 //! it then shows in `bulwark audit verify` and `GET /v1/events/verify`, unless the
 //! checkpoint is forged too, which takes the signing node's key; the SIEM keeps
 //! copies of the checkpoints out of reach of whoever holds the disks.
+//!
+//! Retention (`retention_days`, `max_events`): the leader removes the oldest events
+//! by a replicated command that records `audit.purged` (which events, and the hash
+//! the chain now starts from), never silently; and never what a configured SIEM
+//! exporter has not yet shipped, unless `retention_ignores_exporters`.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bulwark_consensus::RaftNode;
-use bulwark_storage::{ChainCheckpoint, Command, EventKind};
+use bulwark_storage::{ChainCheckpoint, Command, EventFilter, EventKind, EventPurge};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use tokio_util::sync::CancellationToken;
 
@@ -22,12 +29,27 @@ use tokio_util::sync::CancellationToken;
 pub struct Settings {
     /// How often the leader signs a checkpoint; `None` (`checkpoint_secs = 0`): never.
     pub checkpoint_every: Option<Duration>,
+    /// Events older than this are removed; `None`: kept whatever their age.
+    pub retention: Option<Duration>,
+    /// `retention_days` as configured, for the recorded reason.
+    pub retention_days: f64,
+    /// Most events kept; `None`: no limit.
+    pub max_events: Option<u64>,
+    /// Remove events even if an exporter has not shipped them yet.
+    pub retention_ignores_exporters: bool,
+    /// How often the leader applies the retention.
+    pub retention_check_every: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             checkpoint_every: Some(Duration::from_secs(3600)),
+            retention: None,
+            retention_days: 0.0,
+            max_events: None,
+            retention_ignores_exporters: false,
+            retention_check_every: Duration::from_secs(600),
         }
     }
 }
@@ -109,5 +131,194 @@ pub async fn run(
             Ok(done) => tracing::debug!(seq, at = done.seq, "audit checkpoint recorded"),
             Err(e) => tracing::warn!(error = %e, "audit checkpoint: proposing"),
         }
+    }
+}
+
+/// Events removed per command: one Raft entry and one apply stay small.
+const PURGE_PER_COMMAND: u32 = 10_000;
+/// Commands per retention run at most; a large backlog goes over a few runs.
+const PURGE_COMMANDS_PER_RUN: usize = 100;
+
+/// Applies the event log's retention while this node leads, until `stop` is
+/// cancelled. `exporters` are the configured SIEM exporters, whose cursors hold the
+/// purge back.
+pub async fn retention(
+    node: Arc<RaftNode>,
+    settings: Settings,
+    exporters: Vec<String>,
+    stop: CancellationToken,
+) {
+    if settings.retention.is_none() && settings.max_events.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(settings.retention_check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        for _ in 0..PURGE_COMMANDS_PER_RUN {
+            let plan = {
+                let (node, settings, exporters) =
+                    (node.clone(), settings.clone(), exporters.clone());
+                tokio::task::spawn_blocking(move || plan(&node, &settings, &exporters)).await
+            };
+            let Plan { keep, purged, held } = match plan {
+                Ok(Ok(plan)) => plan,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "event retention: reading the log");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "event retention");
+                    return;
+                }
+            };
+            if let Some((exporter, cursor)) = &held {
+                tracing::warn!(
+                    exporter = %exporter,
+                    cursor,
+                    "event retention held back: the exporter has not shipped what would go"
+                );
+            }
+            if keep <= purged + 1 {
+                break;
+            }
+            let command = Command::PurgeEvents(Box::new(EventPurge {
+                before_seq: keep,
+                max: PURGE_PER_COMMAND,
+                reason: reason(&settings),
+            }));
+            if let Err(e) = node.proposer().propose(command).await {
+                tracing::warn!(error = %e, "event retention: proposing the purge");
+                break;
+            }
+        }
+    }
+}
+
+/// Why events are removed, as recorded with the purge.
+fn reason(settings: &Settings) -> String {
+    let mut reasons = Vec::new();
+    if settings.retention.is_some() {
+        reasons.push(format!("older than {} days", settings.retention_days));
+    }
+    if let Some(max) = settings.max_events {
+        reasons.push(format!("beyond the newest {max} events"));
+    }
+    reasons.join("; ")
+}
+
+/// What one retention step is to do.
+struct Plan {
+    /// The first seq to keep.
+    keep: u64,
+    /// The last seq purged so far.
+    purged: u64,
+    /// The exporter (with its cursor) that holds the purge back, if one does.
+    held: Option<(String, u64)>,
+}
+
+fn plan(
+    node: &RaftNode,
+    settings: &Settings,
+    exporters: &[String],
+) -> bulwark_storage::Result<Plan> {
+    let state = node.state();
+    let head = state.chain_head().0;
+    let (purged, _) = state.purged_through()?;
+    let first_young = match settings.retention {
+        Some(age) => {
+            let cutoff = now_ms().saturating_sub(age.as_millis() as i64);
+            let filter = EventFilter {
+                since_ms: Some(cutoff),
+                ..EventFilter::default()
+            };
+            let (young, _) = state.events(&filter, purged, 1)?;
+            Some(young.first().map_or(head + 1, |e| e.event.seq))
+        }
+        None => None,
+    };
+    let mut cursors = Vec::new();
+    if !settings.retention_ignores_exporters {
+        for name in exporters {
+            cursors.push((name.clone(), state.export_cursor(name)?));
+        }
+    }
+    let (keep, held) = first_to_keep(head, purged, settings.max_events, first_young, &cursors);
+    Ok(Plan { keep, purged, held })
+}
+
+/// The first seq the log keeps: after what `max_events` allows (trimmed to nine
+/// tenths, so the purge's own event does not call for another) and what is older
+/// than the age limit (`first_young`: the first event recorded since), but never
+/// past an exporter's cursor.
+fn first_to_keep(
+    head: u64,
+    purged: u64,
+    max_events: Option<u64>,
+    first_young: Option<u64>,
+    cursors: &[(String, u64)],
+) -> (u64, Option<(String, u64)>) {
+    let mut keep = purged + 1;
+    if let Some(max) = max_events {
+        if head - purged > max {
+            let target = max - max / 10;
+            keep = keep.max((head + 1).saturating_sub(target));
+        }
+    }
+    if let Some(first_young) = first_young {
+        keep = keep.max(first_young);
+    }
+    keep = keep.min(head + 1);
+    let mut held = None;
+    for (name, cursor) in cursors {
+        if cursor + 1 < keep {
+            keep = cursor + 1;
+            held = Some((name.clone(), *cursor));
+        }
+    }
+    (keep, held)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_to_keep;
+
+    #[test]
+    fn the_retention_keeps_what_size_age_and_exporters_ask_for() {
+        // Within the limit: nothing goes.
+        assert_eq!(first_to_keep(100, 0, Some(100), None, &[]), (1, None));
+        // Beyond it: down to nine tenths.
+        assert_eq!(first_to_keep(101, 0, Some(100), None, &[]), (12, None));
+        assert_eq!(first_to_keep(250, 150, Some(100), None, &[]), (151, None));
+        // Age: everything before the first young event; all of it if none is young.
+        assert_eq!(first_to_keep(100, 10, None, Some(40), &[]), (40, None));
+        assert_eq!(first_to_keep(100, 10, None, Some(101), &[]), (101, None));
+        // Both: the later start.
+        assert_eq!(
+            first_to_keep(200, 0, Some(100), Some(150), &[]),
+            (150, None)
+        );
+        // An exporter behind holds it back, and says so; one ahead does not.
+        let cursors = [("ahead".to_string(), 190), ("behind".to_string(), 60)];
+        assert_eq!(
+            first_to_keep(200, 0, None, Some(150), &cursors),
+            (61, Some(("behind".to_string(), 60)))
+        );
+        assert_eq!(
+            first_to_keep(200, 0, None, Some(150), &cursors[..1]),
+            (150, None)
+        );
     }
 }

@@ -129,6 +129,12 @@ async fn serve(config: Config) -> Result<()> {
         config.audit.clone(),
         stop_delivery.clone(),
     ));
+    let event_retention = tokio::spawn(audit::retention(
+        node.clone(),
+        config.audit.clone(),
+        config.siem.iter().map(|e| e.name.clone()).collect(),
+        stop_delivery.clone(),
+    ));
     let exporters = tokio::spawn(siem::run(
         node.clone(),
         config.siem.clone(),
@@ -156,6 +162,9 @@ async fn serve(config: Config) -> Result<()> {
     }
     if let Err(e) = checkpoints.await {
         tracing::warn!(error = %e, "audit checkpoint task");
+    }
+    if let Err(e) = event_retention.await {
+        tracing::warn!(error = %e, "event retention task");
     }
     if let Err(e) = exporters.await {
         tracing::warn!(error = %e, "SIEM exporters task");

@@ -113,3 +113,85 @@ fn the_leader_signs_checkpoints_that_both_verifiers_check() {
     let three = wait_checkpoints(&Api::new(&node), 3);
     assert_eq!(three[2]["checkpoint"]["public_key"], c["public_key"]);
 }
+
+#[test]
+fn the_retention_purges_on_record_only_what_the_exporters_have_shipped() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let secret = "retention-test-webhook-secret";
+    let http = rt
+        .block_on(bulwark_cluster_tests::siem::HttpReceiver::start(
+            "unused",
+            secret.as_bytes(),
+        ))
+        .unwrap();
+    http.set_up(false);
+    let config = format!(
+        "[audit]\nmax_events = 20\nretention_check_secs = 1\n\n\
+         [[siem.exporters]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}/hook\"\n\
+         secret = \"{secret}\"\nretry_max_secs = 1\n",
+        http.url()
+    );
+    let mut node = Node::start_with("", &(common::held_delivery() + &config));
+    let api = Api::new(&node);
+    for n in 0..30 {
+        let (status, body) = api.post_json(
+            "/v1/notes",
+            &serde_json::json!({ "text": format!("note {n}") }),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    // The exporter's receiver is down: nothing may go, however far over the limit.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, first) = api.get("/v1/events?limit=1");
+    assert_eq!(first["events"][0]["seq"], 1, "{first}");
+    assert!(node.log().contains("event retention held back"));
+
+    // Shipped: the oldest go, down to nine tenths of the limit, on record.
+    http.set_up(true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let purged = loop {
+        let (_, page) = api.get("/v1/events?type=audit.purged");
+        if let Some(event) = page["events"].get(0) {
+            break event.clone();
+        }
+        assert!(Instant::now() < deadline, "no purge");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let through = purged["purge"]["through_seq"].as_u64().unwrap();
+    assert_eq!(purged["purge"]["first_seq"], 1);
+    assert_eq!(through, 30 - 18, "30 notes, the newest 18 kept: {purged}");
+    assert_eq!(purged["event"]["reason"], "beyond the newest 20 events");
+    let (_, page) = api.get("/v1/events?limit=1000");
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events[0]["seq"], through + 1);
+    assert_eq!(events[0]["prev_hash"], purged["purge"]["through_hash"]);
+    assert!(events.len() <= 20, "{} events kept", events.len());
+    let (status, report) = api.get("/v1/events/verify");
+    assert_eq!(status, 200);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["purged_through"], through);
+    // The exporter shipped every event before it went, and the purge too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !bulwark_cluster_tests::siem::seqs(&http.webhook_events("hook"))
+        .contains(&purged["seq"].as_u64().unwrap())
+    {
+        assert!(Instant::now() < deadline, "the purge was not exported");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shipped = bulwark_cluster_tests::siem::seqs(&http.webhook_events("hook"));
+    assert!((1..=through).all(|s| shipped.contains(&s)));
+
+    node.terminate(Duration::from_secs(30));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(node.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offline["purged_through"], through, "{offline}");
+}

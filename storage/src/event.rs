@@ -76,6 +76,28 @@ pub enum Command {
     /// decision; recording it would give the exporter an event to ship per batch), and
     /// never moves a cursor back or past the end of the log.
     ExportCursor { exporter: String, seq: u64 },
+    /// Remove the oldest events of the log (the event log's retention) and record
+    /// `audit.purged` saying which, so the chain's new start is on record.
+    PurgeEvents(Box<EventPurge>),
+}
+
+/// Which events a retention run removes: those before `before_seq`, at most `max`,
+/// never one recorded in the same batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventPurge {
+    pub before_seq: u64,
+    pub max: u32,
+    pub reason: String,
+}
+
+/// `audit.purged`: events `first_seq..=through_seq` were removed; the chain now starts
+/// after `through_seq`, whose hash was `through_hash`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventsPurged {
+    pub first_seq: u64,
+    pub through_seq: u64,
+    pub through_hash: Hash,
+    pub reason: String,
 }
 
 /// What happened. The event log's `type` is [`EventKind::type_name`].
@@ -157,6 +179,8 @@ pub enum EventKind {
     /// a history rewritten and re-chained after it no longer matches it, and cannot
     /// be made to without the signing node's key.
     ChainCheckpoint(Box<ChainCheckpoint>),
+    /// The event log's retention removed its oldest events.
+    EventsPurged(Box<EventsPurged>),
 }
 
 /// `audit.checkpoint`: event `seq` of the log has chain hash `hash`, signed with the
@@ -252,6 +276,7 @@ impl EventKind {
             EventKind::TokenChanged(_) => "token.revoked",
             EventKind::MembershipChanged(_) => "api.action",
             EventKind::ChainCheckpoint(_) => "audit.checkpoint",
+            EventKind::EventsPurged(_) => "audit.purged",
         }
     }
 
@@ -272,6 +297,7 @@ impl EventKind {
             EventKind::QuarantineDecided(q) => Some(q.decision.message_id),
             EventKind::AuditNote { .. }
             | EventKind::ChainCheckpoint(_)
+            | EventKind::EventsPurged(_)
             | EventKind::Note { .. }
             | EventKind::QuarantineRetention { .. }
             | EventKind::TokenChanged(_)
@@ -298,6 +324,18 @@ impl EventKind {
                 if let Some(ip) = client_ip {
                     out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
                 }
+            }
+            EventKind::EventsPurged(p) => {
+                out.insert(
+                    "purge".into(),
+                    serde_json::json!({
+                        "first_seq": p.first_seq,
+                        "through_seq": p.through_seq,
+                        "through_hash": hex::encode(p.through_hash),
+                        "count": p.through_seq + 1 - p.first_seq,
+                    }),
+                );
+                out.insert("event".into(), serde_json::json!({ "reason": p.reason }));
             }
             EventKind::ChainCheckpoint(c) => {
                 out.insert(
@@ -821,6 +859,10 @@ pub struct VerifyReport {
     /// The keys that signed them, as `node:hex public key`.
     #[serde(default)]
     pub signers: Vec<String>,
+    /// The last event removed by the log's retention (0: none); the walk starts after
+    /// it, from the hash it had.
+    #[serde(default)]
+    pub purged_through: u64,
     /// Hash of the last event checked (hex); all zeros for an empty log.
     pub head: String,
     pub first_bad_seq: Option<u64>,

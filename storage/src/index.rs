@@ -263,6 +263,31 @@ impl<'a> Indexer<'a> {
     /// The postings of `stored` into `batch`.
     pub(crate) fn add(&mut self, batch: &mut WriteBatch, stored: &StoredEvent) {
         let (seq, time) = (stored.event.seq, stored.event.time_ms);
+        self.collect_terms(stored);
+        for term in self.terms.iter() {
+            batch.put_cf(self.cf, posting(term, seq), []);
+        }
+        if time > self.clock.max_ms {
+            self.clock.max_ms = time;
+            batch.put_cf(self.cf, time_key(time, seq), []);
+        } else {
+            self.clock.lag_ms = self.clock.lag_ms.max(self.clock.max_ms - time);
+        }
+    }
+
+    /// Deletes the postings of `stored`, an event being purged, in `batch`. The
+    /// clock stays: its bounds still hold for the events that remain.
+    pub(crate) fn remove(&mut self, batch: &mut WriteBatch, stored: &StoredEvent) {
+        let (seq, time) = (stored.event.seq, stored.event.time_ms);
+        self.collect_terms(stored);
+        for term in self.terms.iter() {
+            batch.delete_cf(self.cf, posting(term, seq));
+        }
+        batch.delete_cf(self.cf, time_key(time, seq));
+    }
+
+    /// The terms `stored` is indexed under, sorted, into `self.terms`.
+    fn collect_terms(&mut self, stored: &StoredEvent) {
         let kind = &stored.event.kind;
         let terms = &mut self.terms;
         terms.clear();
@@ -285,15 +310,6 @@ impl<'a> Indexer<'a> {
         }
         terms.sort_unstable();
         terms.dedup();
-        for term in terms.iter() {
-            batch.put_cf(self.cf, posting(term, seq), []);
-        }
-        if time > self.clock.max_ms {
-            self.clock.max_ms = time;
-            batch.put_cf(self.cf, time_key(time, seq), []);
-        } else {
-            self.clock.lag_ms = self.clock.lag_ms.max(self.clock.max_ms - time);
-        }
     }
 }
 

@@ -33,8 +33,8 @@ pub mod token;
 pub use bayes::{BayesClass, BayesCounts, BayesLesson, BayesTrained};
 pub use error::{Error, Result};
 pub use event::{
-    ApiAction, ChainCheckpoint, Command, Event, EventKind, Hash, MembershipChanged, Op, OpId,
-    OpResult, Proposal, StoredEvent, VerifyReport,
+    ApiAction, ChainCheckpoint, Command, Event, EventKind, EventPurge, EventsPurged, Hash,
+    MembershipChanged, Op, OpId, OpResult, Proposal, StoredEvent, VerifyReport,
 };
 pub use index::EventFilter;
 pub use log::LogStore;

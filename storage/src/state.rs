@@ -32,6 +32,8 @@ const META_INDEX: &str = "index_events";
 const INDEX_VERSION: u8 = 1;
 /// The [`index::EventClock`] as of the last applied batch.
 const META_EVENT_CLOCK: &str = "event_clock";
+/// The last event removed by the log's retention and its hash: `(seq, hash)`.
+const META_PURGED: &str = "events_purged";
 /// Prefix of the keys holding each exporter's cursor (`export_cursor/NAME`, u64 BE).
 const META_EXPORT_CURSOR: &str = "export_cursor/";
 const CURRENT: &str = "CURRENT";
@@ -282,6 +284,10 @@ impl StateStore {
         let mut lessons: Option<LessonBatch> = None;
         // Export cursors moved by this batch, by exporter.
         let mut cursors: HashMap<String, u64> = HashMap::new();
+        // Where the log starts after this batch's purges (None: not purged by it).
+        let mut purged: Option<(u64, Hash)> = None;
+        // Purges remove only events written before this batch.
+        let stored_through = head.next_seq - 1;
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
             let mut entry_results = Vec::with_capacity(ops.len());
@@ -331,6 +337,16 @@ impl StateStore {
                         (self.expire(&mut batch, &mut quarantine, expiry)?, None)
                     }
                     Command::Token(command) => self.token(&mut batch, &mut tokens, command)?,
+                    Command::PurgeEvents(purge) => {
+                        let kind = self.purge(
+                            &mut batch,
+                            &mut indexer,
+                            &mut purged,
+                            purge,
+                            stored_through,
+                        )?;
+                        (kind.into_iter().collect(), None)
+                    }
                     Command::ExportCursor { exporter, seq } => {
                         let current = match cursors.get(exporter) {
                             Some(seq) => *seq,
@@ -443,6 +459,9 @@ impl StateStore {
                 codec::encode(&lessons.totals())?,
             );
         }
+        if let Some(purged) = &purged {
+            batch.put_cf(self.cf(cf::META), META_PURGED, codec::encode(purged)?);
+        }
         for (exporter, seq) in &cursors {
             batch.put_cf(
                 self.cf(cf::META),
@@ -482,6 +501,56 @@ impl StateStore {
             lessons.commit(&mut self.bayes.write().expect("bayes lock"));
         }
         Ok(results)
+    }
+
+    /// Removes the events `purge` names, with their postings, up to `stored_through`
+    /// (the last event already in the database); the `audit.purged` event, or none
+    /// when there is nothing to remove.
+    fn purge(
+        &self,
+        batch: &mut WriteBatch,
+        indexer: &mut Indexer,
+        purged: &mut Option<(u64, Hash)>,
+        purge: &crate::event::EventPurge,
+        stored_through: u64,
+    ) -> Result<Option<EventKind>> {
+        let (done, _) = match purged {
+            Some(p) => *p,
+            None => self.purged_through()?,
+        };
+        let first = done + 1;
+        let through = (purge.before_seq.saturating_sub(1))
+            .min(stored_through)
+            .min(done + u64::from(purge.max));
+        if through < first {
+            return Ok(None);
+        }
+        let mut through_hash = [0; 32];
+        for seq in first..=through {
+            let stored = self
+                .event(seq)?
+                .ok_or_else(|| Error::Decode(format!("event {seq} missing before the purge")))?;
+            indexer.remove(batch, &stored);
+            batch.delete_cf(self.cf(cf::EVENTS), seq.to_be_bytes());
+            through_hash = stored.hash;
+        }
+        *purged = Some((through, through_hash));
+        Ok(Some(EventKind::EventsPurged(Box::new(
+            crate::event::EventsPurged {
+                first_seq: first,
+                through_seq: through,
+                through_hash,
+                reason: purge.reason.clone(),
+            },
+        ))))
+    }
+
+    /// The last event the log's retention removed and its hash (0 and zeros: none).
+    pub fn purged_through(&self) -> Result<(u64, Hash)> {
+        match self.db.get_cf(self.cf(cf::META), META_PURGED)? {
+            Some(bytes) => codec::decode(&bytes),
+            None => Ok((0, [0; 32])),
+        }
     }
 
     /// +1 if `id` becomes present in column family `name`, -1 if it leaves it, else 0.
@@ -1116,9 +1185,20 @@ impl StateStore {
                 .try_into()
                 .map_err(|_| Error::Decode("op id index value".into()))?,
         );
-        let stored = self
-            .event(seq)?
-            .ok_or_else(|| Error::Decode(format!("op id points at missing event {seq}")))?;
+        let Some(stored) = self.event(seq)? else {
+            // Removed by the log's retention since: applied, long ago.
+            if seq <= self.purged_through()?.0 {
+                return Ok(Some(OpResult {
+                    seq,
+                    hash: [0; 32],
+                    duplicate: true,
+                    refused: None,
+                }));
+            }
+            return Err(Error::Decode(format!(
+                "op id points at missing event {seq}"
+            )));
+        };
         let refused = match stored.event.kind {
             EventKind::DeliveryLeased { granted: false, .. } => {
                 Some("the delivery lease was refused".to_string())
@@ -1227,8 +1307,9 @@ impl StateStore {
     /// Walks the whole event log checking sequence numbers, links and hashes, then
     /// that the stored chain head is the last event.
     pub fn verify(&self) -> Result<VerifyReport> {
-        let mut prev: Hash = [0; 32];
-        let mut expected_seq = 1u64;
+        let (purged_through, prev_anchor) = self.purged_through()?;
+        let mut prev = prev_anchor;
+        let mut expected_seq = purged_through + 1;
         let mut checked = 0u64;
         // (seq of the checkpoint event, what it states), checked after the walk.
         let mut checkpoints: Vec<(u64, crate::event::ChainCheckpoint)> = Vec::new();
@@ -1237,6 +1318,7 @@ impl StateStore {
             checked,
             checkpoints: 0,
             signers: Vec::new(),
+            purged_through,
             head: hex::encode(prev),
             first_bad_seq: Some(seq),
             problem: Some(problem),
@@ -1315,9 +1397,15 @@ impl StateStore {
                     ),
                 ));
             }
-            let named = match checkpoint.seq < *at {
-                true => self.event(checkpoint.seq)?.map(|e| e.hash),
-                false => None,
+            let named = if checkpoint.seq >= *at {
+                None
+            } else if checkpoint.seq > purged_through {
+                self.event(checkpoint.seq)?.map(|e| e.hash)
+            } else if checkpoint.seq == purged_through {
+                Some(prev_anchor)
+            } else {
+                // The event it names was purged: only its signature can be checked.
+                Some(checkpoint.hash)
             };
             if named != Some(checkpoint.hash) {
                 return Ok(bad(
@@ -1344,6 +1432,7 @@ impl StateStore {
             checked,
             checkpoints: checkpoints.len() as u64,
             signers: signers.into_iter().collect(),
+            purged_through,
             head: hex::encode(prev),
             first_bad_seq: None,
             problem: None,
@@ -1692,6 +1781,89 @@ mod tests {
             report.problem.as_deref().unwrap().contains("signature"),
             "{report:?}"
         );
+    }
+
+    #[test]
+    fn purges_remove_the_oldest_events_and_their_postings_and_the_chain_verifies_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let purge = |id: u128, before_seq: u64, max: u32| Op {
+            id,
+            time_ms: 1_700_000_000_000,
+            node: 1,
+            command: Command::PurgeEvents(Box::new(crate::event::EventPurge {
+                before_seq,
+                max,
+                reason: "test".into(),
+            })),
+        };
+        let notes = EventFilter {
+            type_name: Some("audit.note".into()),
+            ..EventFilter::default()
+        };
+        let seqs = |store: &StateStore, filter: &EventFilter| -> Vec<u64> {
+            let (page, _) = store.events(filter, 0, 100).unwrap();
+            page.iter().map(|e| e.event.seq).collect()
+        };
+        {
+            let state = StateDir::open(dir.path()).unwrap();
+            let store = state.current();
+            let ops: Vec<Op> = (1..=10).map(|n| note(n, &format!("n{n}"))).collect();
+            store.apply(&[(1, &ops[..])], b"1").unwrap();
+            let hash_4 = store.event(4).unwrap().unwrap().hash;
+            let results = store
+                .apply(&[(2, &[purge(100, 5, 1000)][..])], b"2")
+                .unwrap();
+            assert_eq!(results[0][0].seq, 11);
+            let event = store.event(11).unwrap().unwrap().to_json();
+            assert_eq!(event["type"], "audit.purged");
+            assert_eq!(event["purge"]["first_seq"], 1);
+            assert_eq!(event["purge"]["through_seq"], 4);
+            assert_eq!(event["purge"]["count"], 4);
+            assert_eq!(event["purge"]["through_hash"], hex::encode(hash_4));
+            assert_eq!(store.purged_through().unwrap(), (4, hash_4));
+            assert_eq!(
+                seqs(&store, &EventFilter::default()),
+                (5..=11).collect::<Vec<_>>()
+            );
+            // By the index: the purged events' postings went with them.
+            assert_eq!(seqs(&store, &notes), (5..=10).collect::<Vec<_>>());
+            let report = store.verify().unwrap();
+            assert!(report.ok, "{report:?}");
+            assert_eq!((report.checked, report.purged_through), (7, 4));
+
+            // At most `max`; and never what the same batch records.
+            store
+                .apply(&[(3, &[purge(101, 100, 2)][..])], b"3")
+                .unwrap();
+            assert_eq!(store.purged_through().unwrap().0, 6);
+            let ops = [note(20, "new"), purge(102, 1000, 1000)];
+            store.apply(&[(4, &ops[..])], b"4").unwrap();
+            assert_eq!(store.purged_through().unwrap().0, 12);
+            assert_eq!(seqs(&store, &EventFilter::default()), vec![13, 14]);
+            assert_eq!(seqs(&store, &notes), vec![13]);
+            // Nothing left to remove: no event.
+            let (before, _) = store.chain_head();
+            store
+                .apply(&[(5, &[purge(103, 13, 1000)][..])], b"5")
+                .unwrap();
+            assert_eq!(store.chain_head().0, before);
+            // A retried operation whose event was purged is still a duplicate.
+            let again = store.apply(&[(6, &[note(1, "n1")][..])], b"6").unwrap();
+            assert!(again[0][0].duplicate);
+            assert_eq!(store.chain_head().0, before);
+        }
+        let state = StateDir::open(dir.path()).unwrap();
+        let report = state.current().verify().unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.checked, report.purged_through), (2, 12));
+        // The retention's start is checked too: a missing first event is a gap.
+        let store = state.current();
+        store
+            .db
+            .delete_cf(store.cf(cf::EVENTS), 13u64.to_be_bytes())
+            .unwrap();
+        let report = store.verify().unwrap();
+        assert_eq!(report.first_bad_seq, Some(13), "{report:?}");
     }
 
     #[test]
