@@ -169,7 +169,30 @@ impl ClusterBuilder {
 
     /// Generates certificates and configs, spawns every node and waits until each
     /// answers `/healthz`. Does not wait for a leader: see [`Cluster::wait_for_leader`].
+    /// Ports are picked free and bound by the nodes a moment later; when another
+    /// process took one meanwhile, the whole cluster is set up again on new ports.
     pub async fn start(self) -> Result<Cluster> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match self.clone().start_once().await {
+                Err(e)
+                    if attempt < ATTEMPTS
+                        && format!("{e:#}").contains("Address already in use") =>
+                {
+                    eprintln!(
+                        "cluster {}: a port picked free was taken before a node bound it; \
+                         starting again on new ports",
+                        self.name
+                    );
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(self) -> Result<Cluster> {
         ensure!(self.nodes >= 1, "a cluster needs at least one node");
         let bin = match self.bin {
             Some(b) => b,
