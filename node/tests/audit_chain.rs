@@ -33,6 +33,19 @@ fn wait_checkpoints(api: &Api, n: usize) -> Vec<Value> {
     }
 }
 
+/// Stops the node and runs `bulwark audit verify` on its data dir: the report, which
+/// must say the chain is whole.
+fn stop_and_verify(node: &mut Node) -> Value {
+    node.terminate(Duration::from_secs(30));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(node.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn the_leader_signs_checkpoints_that_both_verifiers_check() {
     let mut node = Node::start_with(
@@ -96,14 +109,7 @@ fn the_leader_signs_checkpoints_that_both_verifiers_check() {
         std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    node.terminate(Duration::from_secs(30));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(["audit", "verify", "--data-dir"])
-        .arg(node.data_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let offline = stop_and_verify(&mut node);
     assert_eq!(offline["checkpoints"], 2, "{offline}");
     assert_eq!(offline["signers"], serde_json::json!([signer]));
     node.restart();
@@ -185,13 +191,6 @@ fn the_retention_purges_on_record_only_what_the_exporters_have_shipped() {
     let shipped = bulwark_cluster_tests::siem::seqs(&http.webhook_events("hook"));
     assert!((1..=through).all(|s| shipped.contains(&s)));
 
-    node.terminate(Duration::from_secs(30));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
-        .args(["audit", "verify", "--data-dir"])
-        .arg(node.data_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let offline = stop_and_verify(&mut node);
     assert_eq!(offline["purged_through"], through, "{offline}");
 }

@@ -359,6 +359,73 @@ fn scanning_authenticates_with_spf_and_dmarc_and_enforces_p_reject() {
 }
 
 #[test]
+fn behind_a_trusted_relay_spf_judges_the_host_it_received_the_message_from() {
+    let mut zone = Zone::new();
+    zone.txt("remote.test", "v=spf1 ip4:192.0.2.10 -all");
+    let dns = DnsServer::start(zone).unwrap();
+    let sink = Sink::start(SinkConfig::default());
+    // The test's client (127.0.0.1) is our relay.
+    let node = Node::start_with(
+        "",
+        &relay_to(
+            &sink,
+            &format!(
+                "[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 2000\n\n\
+                 [scan]\ntrusted_relays = [\"127.0.0.0/8\", \"10.9.0.1\"]\n",
+                dns.addr()
+            ),
+        ),
+    );
+    let message = |received: &str| {
+        format!(
+            "{received}From: a@remote.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\
+             Date: Sat, 28 Nov 2026 07:00:00 +0000\r\nMessage-ID: <{}@remote.test>\r\n\r\nhello\r\n",
+            rand_id()
+        )
+    };
+    // Our relay received it from the sender's host, which SPF allows.
+    let relayed = send(
+        &node,
+        "a@remote.test",
+        &message(
+            "Received: from mail.remote.test (mail.remote.test [192.0.2.10])\r\n\
+             \tby relay.example.test with ESMTP; Sat, 28 Nov 2026 07:00:01 +0000\r\n",
+        ),
+    )
+    .queued_id();
+    let v = verdict(&node, &relayed);
+    assert!(
+        symbols(&v).contains(&"RCVD_VIA_TRUSTED_RELAY".to_string()),
+        "{v:#}"
+    );
+    let spf: Vec<&Value> = v["scan"]["authentication"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["method"] == "spf")
+        .collect();
+    assert!(spf.iter().any(|a| a["result"] == "pass"), "{v:#}");
+    // Without such a header the relay itself is judged, and SPF does not allow it.
+    let direct = send(&node, "a@remote.test", &message("")).queued_id();
+    let v = verdict(&node, &direct);
+    assert!(
+        !symbols(&v).contains(&"RCVD_VIA_TRUSTED_RELAY".to_string()),
+        "{v:#}"
+    );
+    assert!(symbols(&v).contains(&"SPF_FAIL".to_string()), "{v:#}");
+    let got = sink.wait_for(2, Duration::from_secs(15));
+    let first = got
+        .iter()
+        .find(|m| String::from_utf8_lossy(&m.data).contains(&relayed))
+        .unwrap();
+    let results = first.header("Authentication-Results").unwrap();
+    assert!(
+        results.contains("spf=pass smtp.mailfrom=a@remote.test"),
+        "{results}"
+    );
+}
+
+#[test]
 fn scanning_a_bad_policy_or_rule_file_is_reported_by_check_config() {
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("bad.cf");
@@ -367,7 +434,7 @@ fn scanning_a_bad_policy_or_rule_file_is_reported_by_check_config() {
     std::fs::write(
         &config,
         format!(
-            "[scan]\nrules = [\"{}\"]\nbudget_ms = 1\n\n[dns]\nnameservers = [\"not-an-ip\"]\n\n\
+            "[scan]\nrules = [\"{}\"]\nbudget_ms = 1\ntrusted_relays = [\"10.0.0.0/33\"]\n\n[dns]\nnameservers = [\"not-an-ip\"]\n\n\
              [policy]\ntag_score = 9.0\nquarantine_score = 5.0\nmalware = \"tag\"\n\
              allow = [\"@nowhere\"]\nsubject_prefix = \"bad\\r\\nBcc: x@y.test\"\n",
             rules.display()
@@ -390,6 +457,7 @@ fn scanning_a_bad_policy_or_rule_file_is_reported_by_check_config() {
         "policy.allow",
         "policy.subject_prefix",
         "bad.cf:1",
+        "scan.trusted_relays: \"10.0.0.0/33\"",
     ] {
         assert!(
             text.contains(expected),

@@ -46,6 +46,10 @@ pub(super) struct RawScan {
     yara_rules: Option<Vec<PathBuf>>,
     /// A clamd to send every message to.
     clamd: Option<RawClamd>,
+    /// Our own relays in front of the gateway (addresses or networks): mail from
+    /// them is judged by SPF and the IP blocklists as from the host they received
+    /// it from, read from their `Received` headers.
+    trusted_relays: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +91,7 @@ pub struct ScanConfig {
     pub bayes_min_messages: u64,
     pub yara_rules: Vec<PathBuf>,
     pub clamd: Option<ClamdConfig>,
+    pub trusted_relays: Vec<ipnet::IpNet>,
 }
 
 impl ScanConfig {
@@ -126,7 +131,20 @@ pub(super) fn validate_scan(s: RawScan, base: &Path, problems: &mut Vec<String>)
             "scan.blocked_extensions: {bad:?} is not a file extension"
         ));
     }
+    let mut trusted_relays = Vec::new();
+    for relay in s.trusted_relays.unwrap_or_default() {
+        let parsed = relay
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| relay.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_relays.push(net),
+            Err(_) => problems.push(format!(
+                "scan.trusted_relays: {relay:?} is neither an address nor a network (10.0.0.0/8)"
+            )),
+        }
+    }
     let config = ScanConfig {
+        trusted_relays,
         budget: Duration::from_millis(budget_ms),
         authentication: s.authentication.unwrap_or(true),
         rules: paths(s.rules),

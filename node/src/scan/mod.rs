@@ -17,6 +17,7 @@ pub mod clamd;
 pub mod contents;
 pub mod engine;
 pub mod malware;
+pub mod origin;
 pub mod phishing;
 pub mod preview;
 pub mod spam;
@@ -52,6 +53,8 @@ pub struct Settings {
     pub blocklists: Option<blocklists::Blocklists>,
     /// A clamd to send each message to, when configured.
     pub clamd: Option<clamd::Clamd>,
+    /// Our relays: mail from them is judged by where they received it from.
+    pub trusted_relays: Vec<ipnet::IpNet>,
 }
 
 /// A message to judge.
@@ -82,6 +85,7 @@ pub struct Scanner {
     auth: Option<auth::Authenticator>,
     blocklists: Option<blocklists::Blocklists>,
     clamd: Option<clamd::Clamd>,
+    trusted_relays: Vec<ipnet::IpNet>,
     policy: Policy,
     budget: Duration,
     /// How long each message's scan took (see [`Scanner::register_metrics`]).
@@ -188,6 +192,7 @@ impl Scanner {
             auth,
             blocklists,
             clamd,
+            trusted_relays: config.trusted_relays.clone(),
         }))
     }
 
@@ -201,6 +206,7 @@ impl Scanner {
             auth: settings.auth,
             blocklists: settings.blocklists,
             clamd: settings.clamd,
+            trusted_relays: settings.trusted_relays,
             policy: settings.policy,
             budget: settings.budget,
             // 1 ms to about 32 s.
@@ -219,6 +225,23 @@ impl Scanner {
 
     /// Judges one message within the time budget.
     pub async fn judge(&self, candidate: &Candidate<'_>) -> Judged {
+        let from = origin::origin(
+            &self.trusted_relays,
+            candidate.client_ip,
+            candidate.helo,
+            &candidate.body,
+        );
+        // From here on the client is the origin: SPF, blocklists and the policy's
+        // address lists judge the sender's host, not our relay.
+        let candidate = &Candidate {
+            id: candidate.id,
+            mail_from: candidate.mail_from,
+            rcpt_to: candidate.rcpt_to,
+            client_ip: from.ip,
+            helo: &from.helo,
+            header_from: candidate.header_from,
+            body: candidate.body.clone(),
+        };
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.budget;
         let (links_tx, links_rx) = tokio::sync::oneshot::channel();
@@ -241,6 +264,17 @@ impl Scanner {
         }
 
         let mut symbols = Vec::new();
+        if let Some(relay) = from.via {
+            symbols.push(Symbol {
+                name: "RCVD_VIA_TRUSTED_RELAY".into(),
+                score: 0.0,
+                description: format!(
+                    "judged as from {} (HELO {}), which handed it to our relay {relay}",
+                    from.ip, from.helo
+                ),
+                engine: "origin".into(),
+            });
+        }
         let mut findings = Vec::new();
         let mut engines = Vec::new();
         for report in &reports {
