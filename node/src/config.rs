@@ -559,6 +559,19 @@ fn client_config(
     ca: Option<&Path>,
     problems: &mut Vec<String>,
 ) -> std::sync::Arc<rustls::ClientConfig> {
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(root_store(section, ca, problems))
+            .with_no_client_auth(),
+    )
+}
+
+/// The web PKI roots and those of `ca`.
+fn root_store(
+    section: &str,
+    ca: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -574,11 +587,7 @@ fn client_config(
             Err(e) => problems.push(format!("{section}.tls_ca: {e:#}")),
         }
     }
-    std::sync::Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+    roots
 }
 
 /// An SMTP next hop from its config: address, TLS policy, trust anchors and name.

@@ -20,6 +20,15 @@ pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
+/// The private key of a PEM file.
+pub fn load_key(path: &Path) -> anyhow::Result<rustls::pki_types::PrivateKeyDer<'static>> {
+    rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+    ))
+    .with_context(|| format!("reading the key from {}", path.display()))?
+    .with_context(|| format!("{} holds no private key", path.display()))
+}
+
 /// Version and IANA cipher suite name of an established session, with the server
 /// name that was asked for.
 pub fn info(state: &rustls::CommonState, sni: Option<&str>) -> TlsInfo {
@@ -56,11 +65,7 @@ pub fn server_config(
 ) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
     use anyhow::Context as _;
     let certs = load_certs(cert)?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
-    ))
-    .with_context(|| format!("reading the key from {}", key.display()))?
-    .with_context(|| format!("{} holds no private key", key.display()))?;
+    let key = load_key(key)?;
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)

@@ -83,20 +83,40 @@ fn wait_cursors(node: &Node, exporters: &[&str], head: usize) {
     }
 }
 
-fn tls_pair(dir: &std::path::Path) -> std::sync::Arc<rustls::ServerConfig> {
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("siem-ca.pem"), generated.cert.pem()).unwrap();
-    let key =
-        rustls::pki_types::PrivateKeyDer::try_from(generated.key_pair.serialize_der()).unwrap();
-    std::sync::Arc::new(
-        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
+/// The TLS syslog receiver's configuration: a self-signed certificate for
+/// `localhost` (written to `siem-ca.pem` for the exporter to trust), and client
+/// certificates required, from a CA whose signed `client.pem`/`client.key` are
+/// written for the exporter to present.
+fn tls_receiver(dir: &std::path::Path) -> std::sync::Arc<rustls::ServerConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("siem-ca.pem"), server.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(server.key_pair.serialize_der()).unwrap();
+
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["bulwark-node-1".to_string()])
         .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![generated.cert.der().clone()], key)
-        .unwrap(),
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(dir.join("client.pem"), client.pem()).unwrap();
+    std::fs::write(dir.join("client.key"), client_key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .unwrap();
+    std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server.cert.der().clone()], key)
+            .unwrap(),
     )
 }
 
@@ -104,7 +124,7 @@ fn tls_pair(dir: &std::path::Path) -> std::sync::Arc<rustls::ServerConfig> {
 fn every_event_reaches_each_receiver_once_in_order_in_its_format() {
     let rt = runtime();
     let certs = tempfile::tempdir().unwrap();
-    let server_tls = tls_pair(certs.path());
+    let server_tls = tls_receiver(certs.path());
     let plain = rt.block_on(SyslogReceiver::start(None)).unwrap();
     let tls = rt
         .block_on(SyslogReceiver::start(Some(server_tls)))
@@ -128,6 +148,8 @@ address = "{tls}"
 tls = true
 tls_name = "localhost"
 tls_ca = "{ca}"
+tls_cert = "{client}.pem"
+tls_key = "{client}.key"
 format = "cef"
 facility = 16
 
@@ -154,6 +176,7 @@ types = ["audit.*"]
         plain = plain.addr(),
         tls = tls.addr(),
         ca = ca.display(),
+        client = certs.path().join("client").display(),
         http = http.url(),
     );
     let node = Node::start_with(
@@ -424,6 +447,7 @@ url = "http://x"
 name = "dup"
 kind = "hec"
 url = "ftp://splunk"
+tls_cert = "client.pem"
 
 [[siem.exporters]]
 name = "hook"
@@ -466,7 +490,8 @@ tls_ca = "missing.pem"
         "siem.exporters[3] (what): kind must be syslog, hec or webhook",
         "siem.exporters[4]: name must be",
         "siem.exporters[4]: facility must be 0 to 23",
-        "siem.exporters[4]: tls_ca needs tls = true",
+        "siem.exporters[4]: tls_ca and tls_cert need tls = true",
+        "siem.exporters[1] (dup): tls_cert is not a setting of kind = \"hec\"",
         "missing.pem",
     ] {
         assert!(

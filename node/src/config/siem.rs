@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -31,6 +32,10 @@ struct RawExporter {
     tls_ca: Option<PathBuf>,
     /// syslog TLS: the name the receiver's certificate must carry (default: the host).
     tls_name: Option<String>,
+    /// syslog TLS: our client certificate (PEM) and key, for receivers that ask for
+    /// one (mutual TLS, RFC 5425 section 5.2).
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     /// syslog: RFC 5424 facility number (default 13, log audit).
     facility: Option<u8>,
     /// hec: the collector's base URL; webhook: the URL to POST to.
@@ -141,11 +146,16 @@ fn build_kind(
     problems: &mut Vec<String>,
 ) -> Option<Kind> {
     let kind = raw.kind.as_deref().unwrap_or_default();
-    let given: [(&str, bool, &[&str]); 13] = [
+    let given: [(&str, bool, &[&str]); 14] = [
         ("address", raw.address.is_some(), &["syslog"]),
         ("format", raw.format.is_some(), &["syslog"]),
         ("tls", raw.tls.is_some(), &["syslog"]),
         ("tls_name", raw.tls_name.is_some(), &["syslog"]),
+        (
+            "tls_cert",
+            raw.tls_cert.is_some() || raw.tls_key.is_some(),
+            &["syslog"],
+        ),
         ("facility", raw.facility.is_some(), &["syslog"]),
         ("url", raw.url.is_some(), &["hec", "webhook"]),
         (
@@ -215,9 +225,21 @@ fn build_kind(
                     "{section}: facility must be 0 to 23, not {facility}"
                 ));
             }
-            if raw.tls_ca.is_some() && raw.tls != Some(true) {
-                problems.push(format!("{section}: tls_ca needs tls = true"));
+            if (raw.tls_ca.is_some() || raw.tls_cert.is_some()) && raw.tls != Some(true) {
+                problems.push(format!("{section}: tls_ca and tls_cert need tls = true"));
             }
+            let tls = match super::tls_pair(
+                section,
+                raw.tls_cert.clone(),
+                raw.tls_key.clone(),
+                base,
+                problems,
+            ) {
+                Some((cert, key)) => {
+                    client_with_cert(section, ca.as_deref(), &cert, &key, problems)
+                }
+                None => tls,
+            };
             let tls = match raw.tls.unwrap_or(false) {
                 false => None,
                 true => {
@@ -287,6 +309,34 @@ fn build_kind(
                 tls,
                 timeout,
             }))
+        }
+    }
+}
+
+/// A TLS client configuration that presents `cert` (with `key`) when asked.
+fn client_with_cert(
+    section: &str,
+    ca: Option<&Path>,
+    cert: &Path,
+    key: &Path,
+    problems: &mut Vec<String>,
+) -> Arc<rustls::ClientConfig> {
+    let roots = super::root_store(section, ca, problems);
+    let built = crate::tls::load_certs(cert).and_then(|certs| {
+        let key = crate::tls::load_key(key)?;
+        Ok(rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)?)
+    });
+    match built {
+        Ok(config) => Arc::new(config),
+        Err(e) => {
+            problems.push(format!("{section}: tls_cert and tls_key: {e:#}"));
+            Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
         }
     }
 }
