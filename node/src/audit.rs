@@ -238,8 +238,13 @@ fn plan(
                 since_ms: Some(cutoff),
                 ..EventFilter::default()
             };
-            let (young, _) = state.events(&filter, purged, 1)?;
-            Some(young.first().map_or(head + 1, |e| e.event.seq))
+            let (young, next) = state.events(&filter, purged, 1)?;
+            Some(match (young.first(), next) {
+                (Some(event), _) => event.event.seq,
+                // The query's scan limit was reached: all older up to there.
+                (None, Some(scanned)) => scanned + 1,
+                (None, None) => head + 1,
+            })
         }
         None => None,
     };

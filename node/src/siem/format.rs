@@ -34,7 +34,7 @@ impl Level {
                 _ => Level::Info,
             },
             "message.quarantined" | "delivery.failed" | "delivery.bounced" => Level::Warning,
-            "message.rejected" | "rejections.suppressed" => Level::Notice,
+            "message.rejected" => Level::Notice,
             _ if event["event"]["outcome"] == "failure" => Level::Warning,
             _ => Level::Info,
         }
