@@ -70,6 +70,11 @@ enum AuditCommand {
     Verify {
         #[arg(long)]
         data_dir: PathBuf,
+        /// A key the chain's checkpoints may be signed with, as the report's `signers`
+        /// name it (`NODE:HEX`); repeatable. Given any, a checkpoint signed by another
+        /// key fails the check.
+        #[arg(long = "trusted-signer", value_name = "NODE:HEX")]
+        trusted_signers: Vec<String>,
     },
 }
 
@@ -83,8 +88,12 @@ fn main() -> ExitCode {
         },
         Commands::CheckConfig { file } => return check_config(&file),
         Commands::Audit {
-            command: AuditCommand::Verify { data_dir },
-        } => return audit_verify(&data_dir),
+            command:
+                AuditCommand::Verify {
+                    data_dir,
+                    trusted_signers,
+                },
+        } => return audit_verify(&data_dir, &trusted_signers),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,10 +120,26 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn audit_verify(data_dir: &std::path::Path) -> ExitCode {
+fn audit_verify(data_dir: &std::path::Path, trusted: &[String]) -> ExitCode {
     let report = bulwark_storage::StateDir::open_offline(data_dir).and_then(|state| state.verify());
     match report {
-        Ok(report) => {
+        Ok(mut report) => {
+            let unknown: Vec<&String> = report
+                .signers
+                .iter()
+                .filter(|signer| !trusted.is_empty() && !trusted.contains(signer))
+                .collect();
+            if report.ok && !unknown.is_empty() {
+                report.ok = false;
+                report.problem = Some(format!(
+                    "checkpoints signed by keys not trusted: {}",
+                    unknown
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             println!(
                 "{}",
                 serde_json::to_string(&report).expect("report serialises")

@@ -112,6 +112,24 @@ fn the_leader_signs_checkpoints_that_both_verifiers_check() {
     let offline = stop_and_verify(&mut node);
     assert_eq!(offline["checkpoints"], 2, "{offline}");
     assert_eq!(offline["signers"], serde_json::json!([signer]));
+    // An auditor who pinned the node's key passes; one expecting another key does not.
+    let pinned = |key: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+            .args(["audit", "verify", "--trusted-signer", key, "--data-dir"])
+            .arg(node.data_dir())
+            .output()
+            .unwrap()
+    };
+    assert!(pinned(&signer).status.success());
+    let other = format!("1:{}", "ab".repeat(32));
+    let refused = pinned(&other);
+    assert_eq!(refused.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert!(
+        report["problem"].as_str().unwrap().contains(&signer),
+        "{report}"
+    );
     node.restart();
     let (status, body) =
         Api::new(&node).post_json("/v1/notes", &serde_json::json!({ "text": "four" }));
