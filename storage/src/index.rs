@@ -275,15 +275,15 @@ impl<'a> Indexer<'a> {
         }
     }
 
-    /// Deletes the postings of `stored`, an event being purged, in `batch`. The
-    /// clock stays: its bounds still hold for the events that remain.
+    /// Deletes the postings of `stored`, an event being purged, in `batch`. Its time
+    /// key (if it set a new maximum) stays, and so does the clock: a time range that
+    /// starts there starts before the events that remain, never after one of them.
     pub(crate) fn remove(&mut self, batch: &mut WriteBatch, stored: &StoredEvent) {
-        let (seq, time) = (stored.event.seq, stored.event.time_ms);
+        let seq = stored.event.seq;
         self.collect_terms(stored);
         for term in self.terms.iter() {
             batch.delete_cf(self.cf, posting(term, seq));
         }
-        batch.delete_cf(self.cf, time_key(time, seq));
     }
 
     /// The terms `stored` is indexed under, sorted, into `self.terms`.

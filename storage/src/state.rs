@@ -286,8 +286,13 @@ impl StateStore {
         let mut cursors: HashMap<String, u64> = HashMap::new();
         // Where the log starts after this batch's purges (None: not purged by it).
         let mut purged: Option<(u64, Hash)> = None;
-        // Purges remove only events written before this batch.
-        let stored_through = head.next_seq - 1;
+        // Events this batch records, kept when it also purges: a purge reaches every
+        // event before it in the log, whichever batches the entries came in.
+        let purging = entries.iter().any(|(_, ops)| {
+            ops.iter()
+                .any(|op| matches!(op.command, Command::PurgeEvents(_)))
+        });
+        let mut recorded: HashMap<u64, StoredEvent> = HashMap::new();
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {
             let mut entry_results = Vec::with_capacity(ops.len());
@@ -343,7 +348,7 @@ impl StateStore {
                             &mut indexer,
                             &mut purged,
                             purge,
-                            stored_through,
+                            (head.next_seq - 1, &recorded),
                         )?;
                         (kind.into_iter().collect(), None)
                     }
@@ -381,6 +386,9 @@ impl StateStore {
                         codec::encode(&stored)?,
                     );
                     indexer.add(&mut batch, &stored);
+                    if purging {
+                        recorded.insert(stored.event.seq, stored.clone());
+                    }
                     let kind = &stored.event.kind;
                     *counted.events.entry(kind.type_name()).or_default() += 1;
                     if let EventKind::ScanVerdict(v) = kind {
@@ -503,33 +511,39 @@ impl StateStore {
         Ok(results)
     }
 
-    /// Removes the events `purge` names, with their postings, up to `stored_through`
-    /// (the last event already in the database); the `audit.purged` event, or none
-    /// when there is nothing to remove.
+    /// Removes the events `purge` names, with their postings, up to the last event
+    /// recorded before it (`head`: its seq, and the events this batch has recorded so
+    /// far, which are not in the database yet); the `audit.purged` event, or none when
+    /// there is nothing to remove. What it removes depends on the log alone, never on
+    /// how its entries were batched.
     fn purge(
         &self,
         batch: &mut WriteBatch,
         indexer: &mut Indexer,
         purged: &mut Option<(u64, Hash)>,
         purge: &crate::event::EventPurge,
-        stored_through: u64,
+        head: (u64, &HashMap<u64, StoredEvent>),
     ) -> Result<Option<EventKind>> {
+        let (last, recorded) = head;
         let (done, _) = match purged {
             Some(p) => *p,
             None => self.purged_through()?,
         };
         let first = done + 1;
         let through = (purge.before_seq.saturating_sub(1))
-            .min(stored_through)
+            .min(last)
             .min(done + u64::from(purge.max));
         if through < first {
             return Ok(None);
         }
         let mut through_hash = [0; 32];
         for seq in first..=through {
-            let stored = self
-                .event(seq)?
-                .ok_or_else(|| Error::Decode(format!("event {seq} missing before the purge")))?;
+            let stored = match recorded.get(&seq) {
+                Some(stored) => stored.clone(),
+                None => self.event(seq)?.ok_or_else(|| {
+                    Error::Decode(format!("event {seq} missing before the purge"))
+                })?,
+            };
             indexer.remove(batch, &stored);
             batch.delete_cf(self.cf(cf::EVENTS), seq.to_be_bytes());
             through_hash = stored.hash;
@@ -1831,16 +1845,16 @@ mod tests {
             assert!(report.ok, "{report:?}");
             assert_eq!((report.checked, report.purged_through), (7, 4));
 
-            // At most `max`; and never what the same batch records.
+            // At most `max`; and everything recorded before it, in this batch too.
             store
                 .apply(&[(3, &[purge(101, 100, 2)][..])], b"3")
                 .unwrap();
             assert_eq!(store.purged_through().unwrap().0, 6);
             let ops = [note(20, "new"), purge(102, 1000, 1000)];
             store.apply(&[(4, &ops[..])], b"4").unwrap();
-            assert_eq!(store.purged_through().unwrap().0, 12);
-            assert_eq!(seqs(&store, &EventFilter::default()), vec![13, 14]);
-            assert_eq!(seqs(&store, &notes), vec![13]);
+            assert_eq!(store.purged_through().unwrap().0, 13);
+            assert_eq!(seqs(&store, &EventFilter::default()), vec![14]);
+            assert!(seqs(&store, &notes).is_empty());
             // Nothing left to remove: no event.
             let (before, _) = store.chain_head();
             store
@@ -1855,15 +1869,47 @@ mod tests {
         let state = StateDir::open(dir.path()).unwrap();
         let report = state.current().verify().unwrap();
         assert!(report.ok, "{report:?}");
-        assert_eq!((report.checked, report.purged_through), (2, 12));
+        assert_eq!((report.checked, report.purged_through), (1, 13));
         // The retention's start is checked too: a missing first event is a gap.
         let store = state.current();
         store
             .db
-            .delete_cf(store.cf(cf::EVENTS), 13u64.to_be_bytes())
+            .delete_cf(store.cf(cf::EVENTS), 14u64.to_be_bytes())
             .unwrap();
         let report = store.verify().unwrap();
-        assert_eq!(report.first_bad_seq, Some(13), "{report:?}");
+        assert_eq!(report.first_bad_seq, Some(14), "{report:?}");
+    }
+
+    #[test]
+    fn a_purge_removes_the_same_events_however_the_entries_are_batched() {
+        let purge = Op {
+            id: 100,
+            time_ms: 1_700_000_000_000,
+            node: 1,
+            command: Command::PurgeEvents(Box::new(crate::event::EventPurge {
+                before_seq: 100,
+                max: 1000,
+                reason: "test".into(),
+            })),
+        };
+        let notes: Vec<Op> = (1..=5).map(|n| note(n, &format!("n{n}"))).collect();
+        let after = [note(6, "after")];
+        let purges = [purge];
+        let entries: [(u64, &[Op]); 3] = [(1, &notes[..]), (2, &purges[..]), (3, &after[..])];
+        let (one, apart) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let together = StateDir::open(one.path()).unwrap().current();
+        together.apply(&entries, b"3").unwrap();
+        let separately = StateDir::open(apart.path()).unwrap().current();
+        for entry in &entries {
+            separately.apply(&[*entry], b"n").unwrap();
+        }
+        assert_eq!(together.chain_head(), separately.chain_head());
+        assert_eq!(together.purged_through().unwrap().0, 5);
+        assert_eq!(
+            together.purged_through().unwrap(),
+            separately.purged_through().unwrap()
+        );
+        assert!(together.verify().unwrap().ok);
     }
 
     #[test]
