@@ -1327,6 +1327,8 @@ impl StateStore {
         let mut checked = 0u64;
         // (seq of the checkpoint event, what it states), checked after the walk.
         let mut checkpoints: Vec<(u64, crate::event::ChainCheckpoint)> = Vec::new();
+        // What the last `audit.purged` in the log says the chain starts from.
+        let mut last_purge: Option<(u64, Hash)> = None;
         let bad = |seq: u64, checked: u64, prev: &Hash, problem: String| VerifyReport {
             ok: false,
             checked,
@@ -1379,8 +1381,10 @@ impl StateStore {
                     "hash does not match the event's content".into(),
                 ));
             }
-            if let EventKind::ChainCheckpoint(c) = stored.event.kind {
-                checkpoints.push((seq, *c));
+            match stored.event.kind {
+                EventKind::ChainCheckpoint(c) => checkpoints.push((seq, *c)),
+                EventKind::EventsPurged(p) => last_purge = Some((p.through_seq, p.through_hash)),
+                _ => {}
             }
             prev = stored.hash;
             checked += 1;
@@ -1395,6 +1399,19 @@ impl StateStore {
                 format!(
                     "chain head says {} events, log has {checked}",
                     head.next_seq - 1
+                ),
+            ));
+        }
+        // The start of a purged log is on record: the newest purge event (always kept)
+        // names it, so events removed and the start rewritten by hand show.
+        if purged_through > 0 && last_purge != Some((purged_through, prev_anchor)) {
+            return Ok(bad(
+                purged_through + 1,
+                checked,
+                &prev,
+                format!(
+                    "the log starts after event {purged_through}, which no audit.purged \
+                     event records"
                 ),
             ));
         }
@@ -1870,12 +1887,46 @@ mod tests {
         let report = state.current().verify().unwrap();
         assert!(report.ok, "{report:?}");
         assert_eq!((report.checked, report.purged_through), (1, 13));
-        // The retention's start is checked too: a missing first event is a gap.
+        // Events removed by hand, the purge's record with them, and the start
+        // rewritten to match: every link holds, but no audit.purged names that start.
         let store = state.current();
+        let ops = [note(30, "x"), note(31, "y")];
+        store.apply(&[(7, &ops[..])], b"7").unwrap();
+        let saved = store
+            .db
+            .get_cf(store.cf(cf::META), META_PURGED)
+            .unwrap()
+            .unwrap();
+        let start = store.event(16).unwrap().unwrap().prev_hash;
+        for seq in [14u64, 15] {
+            store
+                .db
+                .delete_cf(store.cf(cf::EVENTS), seq.to_be_bytes())
+                .unwrap();
+        }
         store
             .db
-            .delete_cf(store.cf(cf::EVENTS), 14u64.to_be_bytes())
+            .put_cf(
+                store.cf(cf::META),
+                META_PURGED,
+                codec::encode(&(15u64, start)).unwrap(),
+            )
             .unwrap();
+        let report = store.verify().unwrap();
+        assert!(!report.ok);
+        assert!(
+            report
+                .problem
+                .as_deref()
+                .unwrap()
+                .contains("no audit.purged"),
+            "{report:?}"
+        );
+        store
+            .db
+            .put_cf(store.cf(cf::META), META_PURGED, saved)
+            .unwrap();
+        // With the start put back, the removed events are a gap.
         let report = store.verify().unwrap();
         assert_eq!(report.first_bad_seq, Some(14), "{report:?}");
     }
