@@ -129,6 +129,11 @@ fn audit_verify(data_dir: &std::path::Path, trusted: &[String]) -> ExitCode {
                 .iter()
                 .filter(|signer| !trusted.is_empty() && !trusted.contains(signer))
                 .collect();
+            if report.ok && !trusted.is_empty() && report.checkpoints == 0 {
+                report.ok = false;
+                report.problem =
+                    Some("no signed checkpoint to check the trusted signers against".into());
+            }
             if report.ok && !unknown.is_empty() {
                 report.ok = false;
                 report.problem = Some(format!(

@@ -211,4 +211,12 @@ fn the_retention_purges_on_record_only_what_the_exporters_have_shipped() {
 
     let offline = stop_and_verify(&mut node);
     assert_eq!(offline["purged_through"], through, "{offline}");
+    // Keys pinned but no checkpoint to check them against: not a pass.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .args(["audit", "verify", "--trusted-signer", "1:00", "--data-dir"])
+        .arg(node.data_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no signed checkpoint"));
 }

@@ -191,7 +191,17 @@ fn build_kind(
             ));
         }
     }
-    let timeout = Duration::from_secs(raw.timeout_secs.unwrap_or(10).max(1));
+    let timeout_secs = raw.timeout_secs.unwrap_or(10);
+    let ack_timeout_secs = raw.ack_timeout_secs.unwrap_or(60);
+    for (field, value) in [
+        ("timeout_secs", timeout_secs),
+        ("ack_timeout_secs", ack_timeout_secs),
+    ] {
+        if !(1..=3600).contains(&value) {
+            problems.push(format!("{section}: {field} must be 1 to 3600, not {value}"));
+        }
+    }
+    let timeout = Duration::from_secs(timeout_secs.clamp(1, 3600));
     let ca = raw.tls_ca.clone().map(|ca| super::relative_to(base, ca));
     let tls = super::client_config(section, ca.as_deref(), problems);
     match kind {
@@ -272,14 +282,20 @@ fn build_kind(
                 problems,
             );
             let (url, token) = (url?, token?);
+            let token = String::from_utf8_lossy(&token).trim().to_string();
             if token.is_empty() {
                 problems.push(format!("{section}: the token is empty"));
             }
+            if url.path().contains("/services/collector") {
+                problems.push(format!(
+                    "{section}: url is the collector's base (https://host:8088), without /services/collector"
+                ));
+            }
             Some(Kind::Hec(HecSettings {
                 url,
-                token: String::from_utf8_lossy(&token).trim().to_string(),
+                token,
                 ack: raw.ack.unwrap_or(true),
-                ack_timeout: Duration::from_secs(raw.ack_timeout_secs.unwrap_or(60).max(1)),
+                ack_timeout: Duration::from_secs(ack_timeout_secs.clamp(1, 3600)),
                 index: raw.index.clone(),
                 sourcetype: raw
                     .sourcetype

@@ -161,10 +161,9 @@ pub fn cef(event: &Value, hostname: &str) -> String {
     ext.push(("dvchost", hostname.to_string()));
     let email = &event["email"];
     let user = text(&event["user"]["name"]);
-    let fields: [(&str, &Value); 13] = [
+    let fields: [(&str, &Value); 12] = [
         ("externalId", &event["seq"]),
         ("deviceExternalId", &event["node"]),
-        ("src", &event["source"]["ip"]),
         ("spt", &event["source"]["port"]),
         ("shost", &event["source"]["domain"]),
         ("duser", &email["to"]["address"]),
@@ -181,6 +180,10 @@ pub fn cef(event: &Value, hostname: &str) -> String {
             ext.push((key, value));
         }
     }
+    // CEF keeps IPv6 addresses apart from `src`.
+    if let Some(ip) = text(&event["source"]["ip"]) {
+        ext.push((if ip.contains(':') { "c6a2" } else { "src" }, ip));
+    }
     if let Some(sender) = text(&email["sender"]["address"]).or_else(|| user.clone()) {
         ext.push(("suser", sender));
     }
@@ -194,7 +197,7 @@ pub fn cef(event: &Value, hostname: &str) -> String {
         ext.push(("cs5", user));
     }
     if let Some(score) = text(&event["scan"]["score"]).or_else(|| text(&event["score"])) {
-        ext.push(("cn1", score));
+        ext.push(("cfp1", score));
     }
     let labels = [
         ("cs1", "cs1Label", "messageId"),
@@ -202,7 +205,8 @@ pub fn cef(event: &Value, hostname: &str) -> String {
         ("cs3", "cs3Label", "prevHash"),
         ("cs4", "cs4Label", "headerFrom"),
         ("cs5", "cs5Label", "user"),
-        ("cn1", "cn1Label", "score"),
+        ("cfp1", "cfp1Label", "score"),
+        ("c6a2", "c6a2Label", "sourceIPv6"),
     ];
     for (field, label, value) in labels {
         if ext.iter().any(|(k, _)| *k == field) {
@@ -295,7 +299,7 @@ mod tests {
         assert!(line.contains("cs1=0190aa cs2=ab cs3=cd"), "{line}");
         assert!(line.contains("cs1Label=messageId"), "{line}");
         assert!(
-            line.contains("cn1=12.5") && line.contains("cn1Label=score"),
+            line.contains("cfp1=12.5") && line.contains("cfp1Label=score"),
             "{line}"
         );
         assert!(line.contains("externalId=42 deviceExternalId=2"), "{line}");

@@ -66,9 +66,12 @@ impl Sink {
             return Ok(());
         }
         let Some(ack_id) = answer["ackId"].as_u64() else {
-            return Err(SendError::Refused(
-                "the collector gave no ackId: turn indexer acknowledgement on for the token, or ack = false".into(),
-            ));
+            // Accepted, and sending it again would only index it twice.
+            tracing::warn!(
+                "the collector gave no ackId: turn indexer acknowledgement on for the \
+                 token, or set ack = false; the batch counts as accepted on its 200"
+            );
+            return Ok(());
         };
         let deadline = Instant::now() + self.settings.ack_timeout;
         let mut pause = Duration::from_millis(50);

@@ -17,9 +17,8 @@ mod webhook;
 
 use std::time::Duration;
 
-pub use format::{cef, syslog_frame, Level, Payload};
+pub use format::Payload;
 pub use runner::{run, Metrics};
-pub use webhook::signature as webhook_signature;
 
 /// One `[[siem.exporters]]` entry, validated.
 #[derive(Clone, Debug)]
@@ -82,6 +81,9 @@ fn http_client(
         .use_preconfigured_tls(rustls::ClientConfig::clone(tls))
         .timeout(timeout)
         .connect_timeout(timeout)
+        // A redirect would turn the POST into a GET without the batch, and its 2xx
+        // would count the batch as accepted: a 3xx is a failure instead.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| SendError::Refused(format!("HTTP client: {e}")))
 }

@@ -145,8 +145,9 @@ async fn export(
     let _ = metrics.sent.get_or_create(&label);
     let _ = metrics.failures.get_or_create(&label);
     let running = metrics.running.get_or_create(&label).clone();
-    // Whether this node has caught up with the log since it became leader.
-    let mut caught_up = false;
+    // The term in which this node caught up with the log as leader (a leadership
+    // lost and won back between two looks is a new term, and catches up again).
+    let mut caught_up: Option<u64> = None;
     let mut pause = RETRY_INITIAL;
     // The seq of a batch the receiver accepted whose cursor is not stored yet: it is
     // stored before anything more is sent, so a Raft that cannot commit never makes
@@ -195,19 +196,20 @@ async fn export(
             .lag
             .get_or_create(&label)
             .set(head.saturating_sub(cursor) as i64);
+        let term = node.raft().metrics().borrow().current_term;
         if !node.is_leader() {
-            caught_up = false;
+            caught_up = None;
             running.set(0);
             if sleep_or_stop(exporter.poll, &stop).await {
                 return;
             }
             continue;
         }
-        if !caught_up {
+        if caught_up != Some(term) {
             // The last leader's cursor may be committed but not yet applied here.
             match node.linearizable_read(CATCH_UP).await {
                 Ok(_) => {
-                    caught_up = true;
+                    caught_up = Some(term);
                     running.set(1);
                     tracing::info!(exporter = %exporter.name, cursor, "SIEM exporter running on this node");
                 }
@@ -244,6 +246,16 @@ async fn export(
                 return;
             }
         };
+        if let Some(first) = events.first().and_then(|e| e["seq"].as_u64()) {
+            if first > cursor + 1 && cursor < purged_through(&node) {
+                tracing::warn!(
+                    exporter = %exporter.name,
+                    from = cursor + 1,
+                    to = first - 1,
+                    "events the exporter had not shipped were purged (retention_ignores_exporters, or an exporter added later)"
+                );
+            }
+        }
         if !events.is_empty() {
             let sent = tokio::select! {
                 sent = sink.send(&events) => sent,
@@ -301,6 +313,11 @@ fn collect(
         }
     }
     Ok((events, through))
+}
+
+/// The last event the log's retention removed (0: none, or unreadable).
+fn purged_through(node: &RaftNode) -> u64 {
+    node.state().purged_through().map_or(0, |(seq, _)| seq)
 }
 
 /// Sleeps for `pause`; true if `stop` was cancelled meanwhile.

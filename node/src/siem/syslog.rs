@@ -4,8 +4,10 @@
 //! stack has taken every byte. Before each batch the connection is checked for an
 //! end of stream (a receiver never writes, so anything readable means it closed),
 //! so a receiver that went away is noticed before a batch is written into a dead
-//! socket; a receiver that crashes with events in its own buffers loses them, which
-//! only an acknowledging protocol (HEC with acknowledgement, the webhook) rules out.
+//! socket. Still, what sat in either side's buffers when a connection broke (the
+//! receiver crashed, the network reset it) is lost: syslog over TCP is at-most-once
+//! at that moment, which only an acknowledging protocol (HEC with acknowledgement,
+//! the webhook) rules out.
 
 use std::sync::Arc;
 use std::time::Duration;
