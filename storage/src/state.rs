@@ -1321,7 +1321,14 @@ impl StateStore {
     /// Walks the whole event log checking sequence numbers, links and hashes, then
     /// that the stored chain head is the last event.
     pub fn verify(&self) -> Result<VerifyReport> {
-        let (purged_through, prev_anchor) = self.purged_through()?;
+        // One point in time for the start, the events and the head: a purge or an
+        // append meanwhile cannot make a whole log look broken.
+        let snapshot = self.db.snapshot();
+        let (purged_through, prev_anchor): (u64, Hash) =
+            match snapshot.get_cf(self.cf(cf::META), META_PURGED)? {
+                Some(bytes) => codec::decode(&bytes)?,
+                None => (0, [0; 32]),
+            };
         let mut prev = prev_anchor;
         let mut expected_seq = purged_through + 1;
         let mut checked = 0u64;
@@ -1339,10 +1346,7 @@ impl StateStore {
             first_bad_seq: Some(seq),
             problem: Some(problem),
         };
-        for item in self
-            .db
-            .iterator_cf(self.cf(cf::EVENTS), IteratorMode::Start)
-        {
+        for item in snapshot.iterator_cf(self.cf(cf::EVENTS), IteratorMode::Start) {
             let (key, value) = item?;
             let seq = seq_of(&key)?;
             if seq != expected_seq {
@@ -1390,7 +1394,13 @@ impl StateStore {
             checked += 1;
             expected_seq += 1;
         }
-        let head = *self.head.lock().expect("chain head lock");
+        let head: ChainHead = match snapshot.get_cf(self.cf(cf::META), META_CHAIN)? {
+            Some(bytes) => codec::decode(&bytes)?,
+            None => ChainHead {
+                next_seq: 1,
+                hash: [0; 32],
+            },
+        };
         if head.next_seq != expected_seq || head.hash != prev {
             return Ok(bad(
                 expected_seq,
@@ -1431,7 +1441,10 @@ impl StateStore {
             let named = if checkpoint.seq >= *at {
                 None
             } else if checkpoint.seq > purged_through {
-                self.event(checkpoint.seq)?.map(|e| e.hash)
+                match snapshot.get_cf(self.cf(cf::EVENTS), checkpoint.seq.to_be_bytes())? {
+                    Some(bytes) => Some(codec::decode::<StoredEvent>(&bytes)?.hash),
+                    None => None,
+                }
             } else if checkpoint.seq == purged_through {
                 Some(prev_anchor)
             } else {
