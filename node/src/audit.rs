@@ -233,7 +233,7 @@ fn plan(
     let (purged, _) = state.purged_through()?;
     let first_young = match settings.retention {
         Some(age) => {
-            let cutoff = now_ms().saturating_sub(age.as_millis() as i64);
+            let cutoff = crate::now_ms().saturating_sub(age.as_millis() as i64);
             let filter = EventFilter {
                 since_ms: Some(cutoff),
                 ..EventFilter::default()
@@ -288,12 +288,6 @@ fn first_to_keep(
         }
     }
     (keep, held)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -373,11 +373,12 @@ impl Config {
 fn validate_audit(a: RawAudit, problems: &mut Vec<String>) -> crate::audit::Settings {
     let defaults = crate::audit::Settings::default();
     let days = a.retention_days.unwrap_or(0.0);
-    if !(0.0..=36_500.0).contains(&days) {
-        problems.push(format!(
-            "audit.retention_days must be 0 (keep whatever the age) to 36500, not {days}"
-        ));
-    }
+    let retention = retention_days(
+        "audit.retention_days",
+        days,
+        "keep whatever the age",
+        problems,
+    );
     if a.max_events.is_some_and(|m| m < 10) {
         problems.push("audit.max_events must be at least 10".into());
     }
@@ -393,13 +394,28 @@ fn validate_audit(a: RawAudit, problems: &mut Vec<String>) -> crate::audit::Sett
             Some(secs) => Some(Duration::from_secs(secs)),
             None => defaults.checkpoint_every,
         },
-        retention: (days > 0.0 && days <= 36_500.0)
-            .then(|| Duration::from_secs_f64(days * 86_400.0)),
+        retention,
         retention_days: days,
         max_events: a.max_events,
         retention_ignores_exporters: a.retention_ignores_exporters.unwrap_or(false),
         retention_check_every: Duration::from_secs(check_secs.max(1)),
     }
+}
+
+/// A retention in days (fractions allowed): 0 means none, up to 100 years.
+fn retention_days(
+    field: &str,
+    days: f64,
+    zero_means: &str,
+    problems: &mut Vec<String>,
+) -> Option<Duration> {
+    if !(0.0..=36_500.0).contains(&days) {
+        problems.push(format!(
+            "{field} must be 0 ({zero_means}) to 36500, not {days}"
+        ));
+        return None;
+    }
+    (days > 0.0).then(|| Duration::from_secs_f64(days * 86_400.0))
 }
 
 fn validate_quarantine(
@@ -408,19 +424,18 @@ fn validate_quarantine(
 ) -> crate::quarantine::Settings {
     let defaults = crate::quarantine::Settings::default();
     let days = q.retention_days.unwrap_or(defaults.retention_days);
-    // Up to 100 years: beyond that, keep forever with 0.
-    if !(0.0..=36_500.0).contains(&days) {
-        problems.push(format!(
-            "quarantine.retention_days must be 0 (keep until someone acts) to 36500, not {days}"
-        ));
-    }
+    let retention = retention_days(
+        "quarantine.retention_days",
+        days,
+        "keep until someone acts",
+        problems,
+    );
     let check_secs = q.check_secs.unwrap_or(defaults.check_every.as_secs());
     if check_secs == 0 {
         problems.push("quarantine.check_secs must be positive".into());
     }
     crate::quarantine::Settings {
-        retention: (days > 0.0 && days <= 36_500.0)
-            .then(|| Duration::from_secs_f64(days * 86_400.0)),
+        retention,
         retention_days: days,
         check_every: Duration::from_secs(check_secs.max(1)),
     }

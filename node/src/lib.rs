@@ -16,3 +16,8 @@ pub mod serve;
 pub mod siem;
 pub mod smtp;
 pub mod tls;
+
+/// The wall clock in Unix milliseconds, as events and leases record time.
+pub(crate) fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}

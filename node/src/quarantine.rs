@@ -53,7 +53,7 @@ pub async fn run(node: Arc<RaftNode>, settings: Settings, stop: CancellationToke
         if !node.is_leader() {
             continue;
         }
-        let before_ms = now_ms().saturating_sub(retention.as_millis() as i64);
+        let before_ms = crate::now_ms().saturating_sub(retention.as_millis() as i64);
         for _ in 0..COMMANDS_PER_CHECK {
             match any_due(&node, before_ms).await {
                 Ok(true) => {}
@@ -80,10 +80,4 @@ pub async fn run(node: Arc<RaftNode>, settings: Settings, stop: CancellationToke
 async fn any_due(node: &Arc<RaftNode>, before_ms: i64) -> anyhow::Result<bool> {
     let node = node.clone();
     Ok(tokio::task::spawn_blocking(move || node.state().quarantine_due(before_ms)).await??)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

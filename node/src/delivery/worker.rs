@@ -35,10 +35,6 @@ pub struct Worker {
     slot_freed: Notify,
 }
 
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 impl Worker {
     pub fn new(node: Arc<RaftNode>, settings: Settings, resolver: TokioResolver) -> Arc<Worker> {
         let pool = Pool::new(
@@ -76,7 +72,7 @@ impl Worker {
                 continue;
             }
             let state = self.node.state();
-            let (id, now) = (self.node.id(), now_ms());
+            let (id, now) = (self.node.id(), crate::now_ms());
             // Entries in progress here are listed too (this node's lease is running
             // on them) and skipped below: ask for that many more.
             let busy = self.busy.lock().expect("busy lock").len();
@@ -128,7 +124,7 @@ impl Worker {
 
     /// Takes or renews the lease on message `id`; the seq of the granting event.
     async fn lease(&self, id: MessageId) -> Option<u64> {
-        let until_ms = now_ms() + self.settings.lease.as_millis() as i64;
+        let until_ms = crate::now_ms() + self.settings.lease.as_millis() as i64;
         let command = Command::Delivery(Box::new(DeliveryCommand::Lease {
             message_id: id,
             until_ms,
@@ -180,7 +176,7 @@ impl Worker {
         let Some(entry) = self.entry_after(id, seq).await else {
             return;
         };
-        let now = now_ms();
+        let now = crate::now_ms();
         let due: Vec<&str> = entry
             .recipients
             .iter()
@@ -258,7 +254,7 @@ impl Worker {
         started: Instant,
         release_lease: bool,
     ) -> bool {
-        let now = now_ms();
+        let now = crate::now_ms();
         let results: Vec<RecipientResult> = replies
             .into_iter()
             .map(|(address, reply)| {
