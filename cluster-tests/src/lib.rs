@@ -27,6 +27,7 @@
 pub mod api;
 pub mod dns;
 pub mod load;
+pub mod mta;
 pub mod samples;
 pub mod siem;
 pub mod sink;

@@ -4,13 +4,13 @@
 //! once only if an attempt ended ambiguously (connection lost after the end of data).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use bulwark_cluster_tests::smtp::{self, ClientConfig, Message, Outcome, Stage};
+use bulwark_cluster_tests::mta::{self, Log, MtaLoad, Targets};
+use bulwark_cluster_tests::smtp::{self, ClientConfig, Outcome};
 use bulwark_cluster_tests::ClusterBuilder;
 
 const MESSAGES: usize = 2_000;
@@ -23,159 +23,22 @@ const KILL_AFTER: u64 = 500;
 const MAX_ATTEMPTS: usize = 25;
 /// No attempt starts after this; every attempt is bounded by the client's timeouts.
 const LOAD_DEADLINE: Duration = Duration::from_secs(75);
-/// A node that refused a connection is skipped for this long.
-const DOWN_FOR: Duration = Duration::from_secs(2);
 
-/// One attempt to deliver one message.
-#[derive(Debug, Clone)]
-struct Attempt {
-    node: u64,
-    outcome: Outcome,
-    elapsed: Duration,
-}
-
-/// Everything the generator did for one message.
-#[derive(Debug, Clone, Default)]
-struct Log {
-    attempts: Vec<Attempt>,
-}
-
-impl Log {
-    fn acked(&self) -> Option<&str> {
-        self.attempts.iter().find_map(|a| match &a.outcome {
-            Outcome::Accepted { id } => Some(id.as_str()),
-            _ => None,
-        })
+fn mta_load() -> MtaLoad {
+    MtaLoad {
+        prefix: "t60".into(),
+        messages: MESSAGES,
+        sessions: SESSIONS,
+        size: SIZE,
+        rcpt: RCPT.into(),
+        max_attempts: MAX_ATTEMPTS,
+        deadline: LOAD_DEADLINE,
+        pace: Duration::ZERO,
+        client: ClientConfig {
+            timeout: Duration::from_secs(20),
+            ..ClientConfig::default()
+        },
     }
-
-    fn ambiguous(&self) -> usize {
-        self.attempts
-            .iter()
-            .filter(|a| matches!(a.outcome, Outcome::Ambiguous { .. }))
-            .count()
-    }
-
-    fn history(&self) -> String {
-        self.attempts
-            .iter()
-            .map(|a| {
-                format!(
-                    "node {}: {} ({} ms)",
-                    a.node,
-                    a.outcome,
-                    a.elapsed.as_millis()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
-
-fn token(n: usize) -> String {
-    format!("t60-{n:05}")
-}
-
-/// The nodes' SMTP addresses and which of them refused connections lately.
-struct Targets {
-    nodes: Vec<(u64, SocketAddr)>,
-    down_until: Mutex<HashMap<u64, Instant>>,
-}
-
-impl Targets {
-    /// Attempt `attempt` of message `n`: the next node in turn that is not known to be
-    /// down, so a retry goes to another node than the attempt before.
-    fn pick(&self, n: usize, attempt: usize) -> (u64, SocketAddr) {
-        let down = self.down_until.lock().expect("down list");
-        let now = Instant::now();
-        let len = self.nodes.len();
-        (0..len)
-            .map(|k| self.nodes[(n + attempt + k) % len])
-            .find(|(id, _)| down.get(id).is_none_or(|&until| until <= now))
-            .unwrap_or(self.nodes[(n + attempt) % len])
-    }
-
-    fn mark_down(&self, node: u64) {
-        self.down_until
-            .lock()
-            .expect("down list")
-            .insert(node, Instant::now() + DOWN_FOR);
-    }
-}
-
-/// Delivers message `n` until accepted, refused for good, out of attempts or past the
-/// deadline. Retries 4xx, failed and ambiguous attempts with the same token.
-async fn deliver(n: usize, targets: &Targets, config: &ClientConfig, end: Instant) -> Log {
-    let msg = Message::generate(&token(n), SIZE, RCPT);
-    let mut log = Log::default();
-    for attempt in 0..MAX_ATTEMPTS {
-        if Instant::now() >= end {
-            break;
-        }
-        let (node, addr) = targets.pick(n, attempt);
-        let d = smtp::send_one(addr, &msg, config).await;
-        if let Outcome::Failed {
-            stage: Stage::Connect,
-            ..
-        } = d.outcome
-        {
-            targets.mark_down(node);
-        }
-        let retry = d.outcome.is_retryable();
-        let done = matches!(d.outcome, Outcome::Accepted { .. });
-        log.attempts.push(Attempt {
-            node,
-            outcome: d.outcome,
-            elapsed: d.elapsed,
-        });
-        if done || !retry {
-            break;
-        }
-        // Back off a little more after each failure (a cluster without a leader
-        // answers 451 quickly), never longer than half a second.
-        let pause =
-            Duration::from_millis(25 * (attempt as u64 + 1)).min(Duration::from_millis(500));
-        tokio::time::sleep(pause).await;
-    }
-    log
-}
-
-/// Runs the sessions; `acked` counts accepted messages as they happen.
-async fn generate(targets: Arc<Targets>, acked: Arc<AtomicU64>) -> Vec<Log> {
-    let config = ClientConfig {
-        timeout: Duration::from_secs(20),
-        ..ClientConfig::default()
-    };
-    let end = Instant::now() + LOAD_DEADLINE;
-    let next = Arc::new(AtomicUsize::new(0));
-    let logs = Arc::new(Mutex::new(vec![Log::default(); MESSAGES]));
-    let mut tasks = Vec::new();
-    for _ in 0..SESSIONS {
-        let (targets, acked, next, logs, config) = (
-            targets.clone(),
-            acked.clone(),
-            next.clone(),
-            logs.clone(),
-            config.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::SeqCst);
-                if n >= MESSAGES || Instant::now() >= end {
-                    return;
-                }
-                let log = deliver(n, &targets, &config, end).await;
-                if log.acked().is_some() {
-                    acked.fetch_add(1, Ordering::SeqCst);
-                }
-                logs.lock().expect("logs")[n] = log;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("session task panicked");
-    }
-    let logs = std::mem::take(&mut *logs.lock().expect("logs"));
-    logs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,17 +54,21 @@ async fn t60_smtp_leader_kill9_loses_no_accepted_message() -> Result<()> {
 
 async fn run(cluster: &mut bulwark_cluster_tests::Cluster) -> Result<()> {
     cluster.wait_for_leader(Duration::from_secs(60)).await?;
-    let targets = Arc::new(Targets {
-        nodes: cluster
+    let targets = Arc::new(Targets::new(
+        cluster
             .ids()
             .into_iter()
             .map(|id| (id, cluster.node(id).smtp_addr()))
             .collect(),
-        down_until: Mutex::new(HashMap::new()),
-    });
+    ));
     let acked = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let load = tokio::spawn(generate(targets, acked.clone()));
+    let load = tokio::spawn(mta::run(
+        mta_load(),
+        targets,
+        acked.clone(),
+        Arc::new(AtomicBool::new(false)),
+    ));
 
     // Kill the leader once KILL_AFTER messages were accepted.
     let wait_end = Instant::now() + Duration::from_secs(60);
@@ -266,7 +133,7 @@ async fn run(cluster: &mut bulwark_cluster_tests::Cluster) -> Result<()> {
         .iter()
         .enumerate()
         .filter(|(_, l)| l.acked().is_none())
-        .map(|(n, l)| format!("{}: {}", token(n), l.history()))
+        .map(|(n, l)| format!("{}: {}", mta_load().token(n), l.history()))
         .collect();
     println!(
         "t60: {MESSAGES} messages of {SIZE} B over {SESSIONS} sessions in {:.1} s: {} accepted, \
@@ -334,9 +201,7 @@ async fn check_node(
             .header_message_id
             .as_deref()
             .and_then(smtp::token_of)
-            .and_then(|t| t.strip_prefix("t60-"))
-            .and_then(|t| t.parse::<usize>().ok())
-            .filter(|&n| n < MESSAGES)
+            .and_then(|t| mta_load().number_of(t))
             .with_context(|| format!("node {id}: a message that is not ours: {r:?}"))?;
         ensure!(
             by_id.insert(r.id.clone(), n).is_none(),
@@ -348,7 +213,7 @@ async fn check_node(
     let lost: Vec<String> = acked_ids
         .iter()
         .filter(|(qid, n)| by_id.get(*qid) != Some(n))
-        .map(|(qid, &n)| format!("{} as {qid}: {}", token(n), logs[n].history()))
+        .map(|(qid, &n)| format!("{} as {qid}: {}", mta_load().token(n), logs[n].history()))
         .collect();
     ensure!(
         lost.is_empty(),
@@ -368,7 +233,7 @@ async fn check_node(
         .map(|(&n, &count)| {
             format!(
                 "{} stored {count} time(s) without a 250: {}",
-                token(n),
+                mta_load().token(n),
                 logs[n].history()
             )
         })

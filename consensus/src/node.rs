@@ -109,6 +109,8 @@ pub struct RaftNode {
     /// How this node reaches the leader (None: a single-node cluster).
     network: Option<NetworkFactory>,
     committed: Arc<AtomicU64>,
+    /// Set when this node, stopping, hands its leadership over.
+    handing_over: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -159,6 +161,7 @@ impl RaftNode {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let commit_timeout = Duration::from_millis(cfg.raft.commit_timeout_ms);
+        let handing_over = Arc::new(AtomicBool::new(false));
 
         let (raft, network) = match &cfg.cluster {
             None => {
@@ -212,6 +215,7 @@ impl RaftNode {
                     peers: Arc::new(peers.peers.keys().copied().collect::<BTreeSet<_>>()),
                     snapshots: snapshots.clone(),
                     abstain: abstain.clone(),
+                    handing_over: handing_over.clone(),
                 };
                 tasks.push(tokio::spawn(serve(listener, ctx, stop_rx.clone())));
                 tasks.push(tokio::spawn(bootstrap(
@@ -239,7 +243,13 @@ impl RaftNode {
             appended,
             cfg.raft.snapshot_log_bytes,
         )));
-        let proposer = Proposer::start(raft.clone(), network.clone(), id, commit_timeout);
+        let proposer = Proposer::start(
+            raft.clone(),
+            network.clone(),
+            id,
+            commit_timeout,
+            handing_over.clone(),
+        );
         Ok(RaftNode {
             id,
             raft,
@@ -247,6 +257,7 @@ impl RaftNode {
             proposer,
             network,
             committed,
+            handing_over,
             stop,
             tasks,
         })
@@ -362,6 +373,56 @@ impl RaftNode {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// Before this node stops: if it leads, hands the leadership to a voter that holds
+    /// its whole log, so the cluster does not wait an election timeout for a new leader
+    /// (Raft's leadership transfer). From the call on, nothing more is appended here
+    /// (forwarded writes are sent back to retry with the next leader, local proposals
+    /// wait for it) and this node no longer stands for election. The chosen voter is
+    /// told to stand at once and wins with its own vote and this node's. A leader
+    /// elected less than its lease ago refuses that vote; the candidate's higher term
+    /// then makes it step down, and the candidate is asked again. Returns the new
+    /// leader, or None if this node did not lead or no leader took over within
+    /// `timeout` (the others then elect one as after a crash, once this node stopped).
+    pub async fn hand_over_leadership(&self, timeout: Duration) -> Option<NodeId> {
+        let network = self.network.as_ref()?;
+        if !self.is_leader() {
+            return None;
+        }
+        self.handing_over.store(true, Ordering::Release);
+        self.raft.runtime_config().elect(false);
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut target: Option<(NodeId, String)> = None;
+        let mut asked: Option<Instant> = None;
+        while Instant::now() < deadline {
+            let m = self.raft.metrics().borrow().clone();
+            if let Some(next) = m.current_leader.filter(|l| *l != self.id) {
+                tracing::info!(
+                    leader = next,
+                    ms = started.elapsed().as_millis() as u64,
+                    "leadership handed over"
+                );
+                return Some(next);
+            }
+            if m.state == ServerState::Leader {
+                target = caught_up_voter(&m, self.id).or(target);
+            }
+            let due = asked.is_none_or(|at| at.elapsed() >= ASK_AGAIN);
+            if let (Some((id, addr)), true) = (&target, due) {
+                asked = Some(Instant::now());
+                if let Err(e) = network.timeout_now(*id, addr).await {
+                    tracing::warn!(target = id, error = %e, "handing the leadership over");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(
+            ms = timeout.as_millis() as u64,
+            "no leader took over in time: stopping anyway (the others elect one)"
+        );
+        None
+    }
+
     /// Stops the network and Raft; storage closes when the last handle drops.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -372,6 +433,25 @@ impl RaftNode {
             task.abort();
         }
     }
+}
+
+/// How long a stopping leader waits for the voter it asked to win before asking again.
+const ASK_AGAIN: Duration = Duration::from_millis(500);
+
+/// A voter other than `me` that holds the leader's whole log (so it can win at once),
+/// with its address.
+fn caught_up_voter(
+    m: &openraft::RaftMetrics<NodeId, BasicNode>,
+    me: NodeId,
+) -> Option<(NodeId, String)> {
+    let last = m.last_log_index?;
+    let membership = m.membership_config.membership();
+    let replication = m.replication.as_ref()?;
+    membership
+        .voter_ids()
+        .filter(|id| *id != me)
+        .find(|id| replication.get(id).copied().flatten().map(|l| l.index) == Some(last))
+        .and_then(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
 }
 
 /// Builds a snapshot whenever `threshold` bytes of entries were appended since the

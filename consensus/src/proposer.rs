@@ -9,12 +9,13 @@
 //! On a follower the batch is forwarded to the leader over the cluster network;
 //! callers never need to know who leads.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulwark_storage::{Command, Op, OpResult, Proposal};
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::network::{ForwardRefused, NetworkFactory};
@@ -52,6 +53,9 @@ struct Submitter {
     raft: Raft,
     network: Option<NetworkFactory>,
     commit_timeout: Duration,
+    /// Set while this node, stopping, hands its leadership over (see
+    /// `RaftNode::hand_over_leadership`): nothing more is appended here.
+    handing_over: Arc<AtomicBool>,
 }
 
 impl Proposer {
@@ -60,12 +64,14 @@ impl Proposer {
         network: Option<NetworkFactory>,
         node: NodeId,
         commit_timeout: Duration,
+        handing_over: Arc<AtomicBool>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let submitter = Arc::new(Submitter {
             raft,
             network,
             commit_timeout,
+            handing_over,
         });
         tokio::spawn(run(rx, submitter));
         Proposer {
@@ -151,6 +157,12 @@ async fn run(mut rx: mpsc::Receiver<Pending>, submitter: Arc<Submitter>) {
 }
 
 impl Submitter {
+    /// This node leads but is handing the leadership over: wait for the next leader.
+    fn holding(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
+            && self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
     /// Commits `ops` as one entry, here if we lead, else through the leader; retries
     /// (same op ids, so at most once) until the commit timeout.
     async fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, ProposeError> {
@@ -158,38 +170,40 @@ impl Submitter {
         let deadline = started + self.commit_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let write = tokio::time::timeout(
-                remaining,
-                self.raft.client_write(Proposal { ops: ops.clone() }),
-            );
-            let Ok(written) = write.await else {
-                // No quorum answered in time. The entry may still commit later; a
-                // retry with the same op ids would then be a duplicate, applied once.
-                return Err(ProposeError::Timeout(self.commit_timeout.as_millis() as u64));
-            };
-            let leader = match written {
-                Ok(resp) => return Ok(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    f.leader_id.zip(f.leader_node)
-                }
-                Err(RaftError::APIError(e)) => {
-                    tracing::warn!(error = %e, "proposal refused");
-                    None
-                }
-                Err(RaftError::Fatal(e)) => return Err(ProposeError::Fatal(e.to_string())),
-            };
-            if let (Some((leader, node)), Some(network)) = (leader, &self.network) {
-                let ttl = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100));
-                match network.forward(leader, &node.addr, ops.clone(), ttl).await {
-                    Ok(Ok(results)) => return Ok(results),
-                    Ok(Err(ForwardRefused::NotLeader(_))) => {}
-                    Ok(Err(ForwardRefused::Failed(e))) => {
-                        tracing::warn!(leader, error = %e, "forwarded proposal failed")
+            if !self.holding() {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let write = tokio::time::timeout(
+                    remaining,
+                    self.raft.client_write(Proposal { ops: ops.clone() }),
+                );
+                let Ok(written) = write.await else {
+                    // No quorum answered in time. The entry may still commit later; a
+                    // retry with the same op ids would then be a duplicate, applied once.
+                    return Err(ProposeError::Timeout(self.commit_timeout.as_millis() as u64));
+                };
+                let leader = match written {
+                    Ok(resp) => return Ok(resp.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        f.leader_id.zip(f.leader_node)
                     }
-                    Err(e) => tracing::debug!(leader, error = %e, "forwarding to the leader"),
+                    Err(RaftError::APIError(e)) => {
+                        tracing::warn!(error = %e, "proposal refused");
+                        None
+                    }
+                    Err(RaftError::Fatal(e)) => return Err(ProposeError::Fatal(e.to_string())),
+                };
+                if let (Some((leader, node)), Some(network)) = (leader, &self.network) {
+                    let ttl = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(100));
+                    match network.forward(leader, &node.addr, ops.clone(), ttl).await {
+                        Ok(Ok(results)) => return Ok(results),
+                        Ok(Err(ForwardRefused::NotLeader(_))) => {}
+                        Ok(Err(ForwardRefused::Failed(e))) => {
+                            tracing::warn!(leader, error = %e, "forwarded proposal failed")
+                        }
+                        Err(e) => tracing::debug!(leader, error = %e, "forwarding to the leader"),
+                    }
                 }
             }
             if Instant::now() + pause >= deadline {

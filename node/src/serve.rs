@@ -143,12 +143,17 @@ async fn serve(config: Config) -> Result<()> {
         stop_delivery.clone(),
     ));
 
+    // Under systemd (`Type=notify`): started once SMTP, the API and Raft listen.
+    notify_systemd(sd_notify::NotifyState::Ready);
+
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    // In order: SMTP stops accepting and drains (its commits still need Raft), then
-    // the API, then Raft and the stores.
+    notify_systemd(sd_notify::NotifyState::Stopping);
+    // In order: SMTP stops accepting and drains (its commits still need Raft), the
+    // workers stop, a leader hands its leadership to a caught-up peer, then the API
+    // stops, then Raft and the stores.
     stop_smtp.cancel();
     if let Err(e) = smtp.await {
         tracing::warn!(error = %e, "SMTP server task");
@@ -169,6 +174,9 @@ async fn serve(config: Config) -> Result<()> {
     if let Err(e) = exporters.await {
         tracing::warn!(error = %e, "SIEM exporters task");
     }
+    if let Some(next) = node.hand_over_leadership(HAND_OVER_TIMEOUT).await {
+        tracing::info!(leader = next, "node {next} leads now");
+    }
     let _ = stop_api.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(10), api).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server"),
@@ -181,6 +189,17 @@ async fn serve(config: Config) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a stopping leader tries to hand its leadership over before it stops
+/// anyway (the others then elect a leader after their election timeout).
+const HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Tells systemd about the service's state; nothing without `NOTIFY_SOCKET`.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "telling systemd the service's state");
+    }
 }
 
 /// The Bayesian counts of the node's live state (the one after a snapshot install

@@ -199,6 +199,19 @@ impl NetworkFactory {
         Ok(response)
     }
 
+    /// Asks `target`, which holds this leader's whole log, to start an election now.
+    pub async fn timeout_now(&self, target: NodeId, addr: &str) -> Result<(), CallError> {
+        let mut conn = self.connect(target, addr).await?;
+        match Self::exchange(&mut conn, addr, &Request::TimeoutNow, CONNECT_TIMEOUT).await? {
+            Response::TimeoutNow(Ok(())) => Ok(()),
+            Response::TimeoutNow(Err(reason)) => Err(CallError::Refused {
+                addr: addr.to_string(),
+                reason,
+            }),
+            other => Err(unexpected(addr, &other)),
+        }
+    }
+
     /// Asks a peer whether it already belongs to a cluster, and how far it applied.
     pub async fn status(
         &self,

@@ -26,6 +26,9 @@ pub enum Request {
     },
     /// A call only the leader can answer.
     Leader(LeaderCall),
+    /// From the leader, which is stopping: this node holds the whole log, so start an
+    /// election now (Raft's leadership transfer).
+    TimeoutNow,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,6 +46,8 @@ pub enum Response {
     /// identity than the certificate it came with).
     Refused(String),
     Leader(Result<u64, LeaderCallError>),
+    /// An election was started (or why not).
+    TimeoutNow(Result<(), String>),
 }
 
 /// Why a forwarded write was not committed by the node it was sent to.

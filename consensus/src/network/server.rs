@@ -36,6 +36,9 @@ pub struct ServerContext {
     /// While true this node refuses to vote: it lost its data and has not yet caught
     /// up (see `node::rejoin`).
     pub abstain: Arc<AtomicBool>,
+    /// Set while this node, stopping, hands its leadership over: forwarded writes are
+    /// sent back (their senders retry with the next leader) so the log stops growing.
+    pub handing_over: Arc<AtomicBool>,
 }
 
 impl ServerContext {
@@ -141,6 +144,9 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
             Ok(()) => Response::Vote(ctx.raft.vote(rpc).await),
             Err(refused) => refused,
         },
+        Request::Forward(_) if ctx.handing_over.load(Ordering::Acquire) => {
+            Response::Forward(Err(ForwardRefused::NotLeader(None)))
+        }
         Request::Forward(ops) => {
             Response::Forward(match ctx.raft.client_write(Proposal { ops }).await {
                 Ok(resp) => Ok(resp.data),
@@ -156,7 +162,29 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
         },
         Request::Snapshot { .. } => Response::Refused("snapshot header out of place".into()),
         Request::Leader(call) => Response::Leader(crate::leader::answer(&ctx.raft, &call).await),
+        Request::TimeoutNow => Response::TimeoutNow(timeout_now(ctx, peer).await),
     }
+}
+
+/// Starts an election because the leader, `peer`, asked: it is stopping and this node
+/// holds its whole log. Only the leader this node follows may ask (or, once it stepped
+/// down for this node's higher term, any member while no leader is known), and never
+/// a node that is still catching up after losing its data.
+async fn timeout_now(ctx: &ServerContext, peer: NodeId) -> Result<(), String> {
+    let leader = ctx.raft.metrics().borrow().current_leader;
+    if leader.is_some_and(|l| l != peer) {
+        return Err(format!(
+            "node {peer} is not the leader this node follows ({leader:?})"
+        ));
+    }
+    if ctx.abstain.load(Ordering::Acquire) {
+        return Err("empty data directory: not standing until caught up".into());
+    }
+    tracing::info!(
+        from = peer,
+        "the leader is stopping and hands over: starting an election"
+    );
+    ctx.raft.trigger().elect().await.map_err(|e| e.to_string())
 }
 
 async fn receive_snapshot(

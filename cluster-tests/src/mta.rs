@@ -1,0 +1,222 @@
+//! An SMTP load that behaves like the MTAs in front of a gateway: each message is
+//! sent until a node accepts it, a 4xx reply, a refused or broken connection and an
+//! attempt that ended without a final reply are tried again (on the next node in
+//! turn), a 5xx ends it. Everything each message went through is kept, so tests can
+//! check what the cluster stored or delivered against what its clients were told.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::smtp::{self, ClientConfig, Message, Outcome, Stage};
+
+/// A node that refused a connection is skipped for this long.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct MtaLoad {
+    /// Token prefix: message `n` carries `Message-ID: <PREFIX-NNNNN@load.test>`.
+    pub prefix: String,
+    /// Most messages; fewer if the load is stopped or runs out of time.
+    pub messages: usize,
+    /// Concurrent sessions.
+    pub sessions: usize,
+    /// Bytes of each message.
+    pub size: usize,
+    pub rcpt: String,
+    /// Attempts per message before the generator gives up on it.
+    pub max_attempts: usize,
+    /// No attempt starts after this; each is bounded by the client's timeouts.
+    pub deadline: Duration,
+    /// Pause of a session between two messages (zero: as fast as the nodes answer).
+    pub pace: Duration,
+    pub client: ClientConfig,
+}
+
+impl MtaLoad {
+    /// The token of message `n`.
+    pub fn token(&self, n: usize) -> String {
+        format!("{}-{n:05}", self.prefix)
+    }
+
+    /// The message number of a token of this load.
+    pub fn number_of(&self, token: &str) -> Option<usize> {
+        token
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+            .filter(|&n| n < self.messages)
+    }
+}
+
+/// One attempt to deliver one message.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub node: u64,
+    pub outcome: Outcome,
+    pub elapsed: Duration,
+}
+
+/// Everything the generator did for one message.
+#[derive(Debug, Clone, Default)]
+pub struct Log {
+    pub attempts: Vec<Attempt>,
+}
+
+impl Log {
+    /// The queue id of the `250`, if one came.
+    pub fn acked(&self) -> Option<&str> {
+        self.attempts.iter().find_map(|a| match &a.outcome {
+            Outcome::Accepted { id } => Some(id.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Attempts that ended after the end of data without a final reply.
+    pub fn ambiguous(&self) -> usize {
+        self.attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, Outcome::Ambiguous { .. }))
+            .count()
+    }
+
+    pub fn history(&self) -> String {
+        self.attempts
+            .iter()
+            .map(|a| {
+                format!(
+                    "node {}: {} ({} ms)",
+                    a.node,
+                    a.outcome,
+                    a.elapsed.as_millis()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// The nodes' SMTP addresses and which of them refused connections lately.
+pub struct Targets {
+    nodes: Vec<(u64, SocketAddr)>,
+    down_until: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Targets {
+    pub fn new(nodes: Vec<(u64, SocketAddr)>) -> Self {
+        Targets {
+            nodes,
+            down_until: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Attempt `attempt` of message `n`: the next node in turn that is not known to be
+    /// down, so a retry goes to another node than the attempt before.
+    fn pick(&self, n: usize, attempt: usize) -> (u64, SocketAddr) {
+        let down = self.down_until.lock().expect("down list");
+        let now = Instant::now();
+        let len = self.nodes.len();
+        (0..len)
+            .map(|k| self.nodes[(n + attempt + k) % len])
+            .find(|(id, _)| down.get(id).is_none_or(|&until| until <= now))
+            .unwrap_or(self.nodes[(n + attempt) % len])
+    }
+
+    fn mark_down(&self, node: u64) {
+        self.down_until
+            .lock()
+            .expect("down list")
+            .insert(node, Instant::now() + DOWN_FOR);
+    }
+}
+
+/// Delivers message `n` until accepted, refused for good, out of attempts or past
+/// `end`. Retries 4xx, failed and ambiguous attempts with the same token.
+async fn deliver(n: usize, load: &MtaLoad, targets: &Targets, end: Instant) -> Log {
+    let msg = Message::generate(&load.token(n), load.size, &load.rcpt);
+    let mut log = Log::default();
+    for attempt in 0..load.max_attempts {
+        if Instant::now() >= end {
+            break;
+        }
+        let (node, addr) = targets.pick(n, attempt);
+        let d = smtp::send_one(addr, &msg, &load.client).await;
+        if let Outcome::Failed {
+            stage: Stage::Connect,
+            ..
+        } = d.outcome
+        {
+            targets.mark_down(node);
+        }
+        let retry = d.outcome.is_retryable();
+        let done = matches!(d.outcome, Outcome::Accepted { .. });
+        log.attempts.push(Attempt {
+            node,
+            outcome: d.outcome,
+            elapsed: d.elapsed,
+        });
+        if done || !retry {
+            break;
+        }
+        // Back off a little more after each failure (a cluster without a leader
+        // answers 451 quickly), never longer than half a second.
+        let pause =
+            Duration::from_millis(25 * (attempt as u64 + 1)).min(Duration::from_millis(500));
+        tokio::time::sleep(pause).await;
+    }
+    log
+}
+
+/// Runs the sessions until every message was dealt with, the deadline passed or
+/// `stop` was set; `acked` counts accepted messages as they happen. Returns one log
+/// per message begun (message `n` at index `n`).
+pub async fn run(
+    load: MtaLoad,
+    targets: Arc<Targets>,
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Vec<Log> {
+    let load = Arc::new(load);
+    let end = Instant::now() + load.deadline;
+    let next = Arc::new(AtomicUsize::new(0));
+    let logs = Arc::new(Mutex::new(vec![Log::default(); load.messages]));
+    let mut tasks = Vec::new();
+    for _ in 0..load.sessions {
+        let (load, targets, acked, stop, next, logs) = (
+            load.clone(),
+            targets.clone(),
+            acked.clone(),
+            stop.clone(),
+            next.clone(),
+            logs.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if stop.load(Ordering::SeqCst) || Instant::now() >= end {
+                    return;
+                }
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                if n >= load.messages {
+                    return;
+                }
+                let log = deliver(n, &load, &targets, end).await;
+                if log.acked().is_some() {
+                    acked.fetch_add(1, Ordering::SeqCst);
+                }
+                logs.lock().expect("logs")[n] = log;
+                tokio::time::sleep(load.pace).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("session task panicked");
+    }
+    let begun = next.load(Ordering::SeqCst).min(load.messages);
+    let mut logs = std::mem::take(&mut *logs.lock().expect("logs"));
+    logs.truncate(begun);
+    logs
+}
