@@ -25,6 +25,7 @@
 //! directory), `BULWARK_LOG_TAIL` (lines of each log printed on failure, default 80).
 
 pub mod api;
+pub mod disk;
 pub mod dns;
 pub mod load;
 pub mod mta;
@@ -836,6 +837,51 @@ impl Cluster {
                     self.log_tail(id, log_tail_lines())
                 );
             }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits (bounded) for node `id` to exit on its own and returns its status.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            let node = self.node_mut(id)?;
+            let child = node
+                .child
+                .as_mut()
+                .with_context(|| format!("node {id} is not running"))?;
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < end,
+                "node {id} still running {timeout:?} later; log:\n{}",
+                self.log_tail(id, log_tail_lines())
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until node `id` answers `/readyz` with 200 and has applied everything the
+    /// leader had committed when the wait began.
+    pub async fn wait_caught_up(&mut self, id: u64, timeout: Duration) -> Result<()> {
+        let leader = self.wait_for_leader(timeout).await?;
+        let target = self.cluster_status(leader).await?.commit_index;
+        let end = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            let applied = self.api.status(id).await.map_or(0, |s| s.applied_index);
+            let ready = self.api.readyz(id).await.ok() == Some(200);
+            if ready && applied >= target {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < end,
+                "node {id} not caught up within {timeout:?}: applied {applied} of {target}, \
+                 ready {ready}; log:\n{}",
+                self.log_tail(id, log_tail_lines())
+            );
             tokio::time::sleep(POLL).await;
         }
     }

@@ -122,7 +122,7 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
         }
         cluster.restart(id).await?;
         let t1 = Instant::now();
-        caught_up(cluster, id).await?;
+        cluster.wait_caught_up(id, CATCH_UP).await?;
         println!(
             "t100: node {id} back, ready and caught up {} ms after its start",
             t1.elapsed().as_millis()
@@ -263,29 +263,4 @@ async fn steady(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
-}
-
-/// Waits until node `id` answers `/readyz` with 200 and has applied everything the
-/// leader had committed when the wait began.
-async fn caught_up(cluster: &mut Cluster, id: u64) -> Result<()> {
-    let leader = cluster.wait_for_leader(CATCH_UP).await?;
-    let target = cluster.cluster_status(leader).await?.commit_index;
-    let end = Instant::now() + CATCH_UP;
-    loop {
-        cluster.check_alive()?;
-        let applied = cluster
-            .cluster_status(id)
-            .await
-            .map_or(0, |s| s.applied_index);
-        let ready = cluster.api().readyz(id).await.ok() == Some(200);
-        if ready && applied >= target {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < end,
-            "node {id} not caught up within {CATCH_UP:?}: applied {applied} of {target}, \
-             ready {ready}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

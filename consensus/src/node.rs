@@ -440,10 +440,7 @@ const ASK_AGAIN: Duration = Duration::from_millis(500);
 
 /// A voter other than `me` that holds the leader's whole log (so it can win at once),
 /// with its address.
-fn caught_up_voter(
-    m: &openraft::RaftMetrics<NodeId, BasicNode>,
-    me: NodeId,
-) -> Option<(NodeId, String)> {
+fn caught_up_voter(m: &crate::types::RaftMetrics, me: NodeId) -> Option<(NodeId, String)> {
     let last = m.last_log_index?;
     let membership = m.membership_config.membership();
     let replication = m.replication.as_ref()?;

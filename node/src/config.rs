@@ -219,6 +219,9 @@ struct RawSmtp {
     /// Most octets of message content all sessions together hold in memory until it
     /// is committed (at least max_message_size); beyond it a message gets 452 4.3.1.
     max_buffered_bytes: Option<u64>,
+    /// Megabytes the data directory's file system must keep free; below it MAIL gets
+    /// 452 4.3.1 (default: twice max_message_size, at least 256).
+    min_free_disk_mb: Option<u64>,
 }
 
 /// A validated configuration.
@@ -715,6 +718,9 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
              smtp.max_message_size ({max_message_size})"
         ));
     }
+    let min_free_disk = s
+        .min_free_disk_mb
+        .map_or((2 * max_message_size).max(256 << 20), |mb| mb << 20);
     let max_line_length = s.max_line_length.unwrap_or(2048);
     if max_line_length < 512 {
         problems.push("smtp.max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
@@ -759,6 +765,7 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         bare_newline,
         shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
         max_buffered_bytes,
+        min_free_disk,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cert;
 pub mod config;
 pub mod delivery;
+pub mod disk;
 pub mod dns;
 pub mod policy;
 pub mod quarantine;

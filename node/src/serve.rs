@@ -14,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::{audit, delivery, dns, quarantine, scan, siem, smtp};
+use crate::{audit, delivery, disk, dns, quarantine, scan, siem, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
@@ -92,7 +92,14 @@ async fn serve(config: Config) -> Result<()> {
     )?);
     let mut registry = prometheus_client::registry::Registry::default();
     scanner.register_metrics(&mut registry);
-    let smtp = smtp.serve_with(node.proposer().clone(), scanner, config.node.id);
+    let disk = disk::DiskSpace::new(data_dir, config.smtp.min_free_disk);
+    disk.register_metrics(&mut registry);
+    let smtp = smtp.serve_with(
+        node.proposer().clone(),
+        scanner,
+        config.node.id,
+        disk.clone(),
+    );
     smtp.register_metrics(&mut registry);
     let siem_metrics = siem::Metrics::register(&mut registry);
 
@@ -115,6 +122,7 @@ async fn serve(config: Config) -> Result<()> {
     let stop_smtp = CancellationToken::new();
     let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
     let stop_delivery = CancellationToken::new();
+    let disk_watch = tokio::spawn(disk.watch(stop_delivery.clone()));
     let delivery = delivery::Worker::new(node.clone(), config.delivery.clone(), resolver);
     let delivery = tokio::spawn(delivery.run(stop_delivery.clone()));
     let retention = tokio::spawn(quarantine::run(
@@ -146,9 +154,18 @@ async fn serve(config: Config) -> Result<()> {
     // Under systemd (`Type=notify`): started once SMTP, the API and Raft listen.
     notify_systemd(sd_notify::NotifyState::Ready);
 
+    let mut failed = None;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        reason = raft_stopped(node.raft().metrics()) => {
+            tracing::error!(
+                error = %reason,
+                "Raft stopped (a full disk or a storage failure): shutting down, to be \
+                 started again by the service manager once the cause is fixed"
+            );
+            failed = Some(reason);
+        }
     }
     notify_systemd(sd_notify::NotifyState::Stopping);
     // In order: SMTP stops accepting and drains (its commits still need Raft), the
@@ -174,6 +191,9 @@ async fn serve(config: Config) -> Result<()> {
     if let Err(e) = exporters.await {
         tracing::warn!(error = %e, "SIEM exporters task");
     }
+    if let Err(e) = disk_watch.await {
+        tracing::warn!(error = %e, "disk space watch");
+    }
     if let Some(next) = node.hand_over_leadership(HAND_OVER_TIMEOUT).await {
         tracing::info!(leader = next, "node {next} leads now");
     }
@@ -188,7 +208,26 @@ async fn serve(config: Config) -> Result<()> {
         Err(node) => node.raft().shutdown().await.unwrap_or(()),
     }
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        Some(reason) => bail!("Raft stopped: {reason}"),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when this node's Raft has stopped on a fatal error (its storage could
+/// not write, say): the node can then neither take nor replicate mail, and only a
+/// restart, once the cause is gone, brings it back.
+async fn raft_stopped(
+    mut metrics: tokio::sync::watch::Receiver<bulwark_consensus::types::RaftMetrics>,
+) -> String {
+    loop {
+        if let Err(e) = &metrics.borrow_and_update().running_state {
+            return e.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "Raft's metrics channel closed".into();
+        }
+    }
 }
 
 /// How long a stopping leader tries to hand its leadership over before it stops

@@ -243,6 +243,7 @@ mod tests {
             hostname: "mx.test".into(),
             domains: vec!["example.test".into()],
             max_message_size: 100,
+            min_free_disk: 0,
             max_recipients: 10,
             tls: None,
             require_tls: false,

@@ -21,6 +21,7 @@ use super::conn::Conn;
 use super::rejections::RejectionLog;
 use super::session::{Flow, Session, Shared};
 use super::{proxy, Settings};
+use crate::disk::DiskSpace;
 use crate::scan::Scanner;
 
 /// A bound SMTP listener, ready to run.
@@ -128,8 +129,14 @@ impl Bound {
     }
 
     /// The server, judging mail with `scanner` and committing it through `proposer`
-    /// as node `node`.
-    pub fn serve_with(self, proposer: Proposer, scanner: Arc<Scanner>, node: u64) -> Server {
+    /// as node `node`, taking mail only while `disk` has room.
+    pub fn serve_with(
+        self,
+        proposer: Proposer,
+        scanner: Arc<Scanner>,
+        node: u64,
+        disk: Arc<DiskSpace>,
+    ) -> Server {
         let Bound {
             listener,
             tls,
@@ -142,6 +149,7 @@ impl Bound {
             rejections: RejectionLog::start(proposer),
             shutdown: CancellationToken::new(),
             budget: Budget::new(settings.max_buffered_bytes),
+            disk,
             opened: Default::default(),
             open: Default::default(),
             settings,

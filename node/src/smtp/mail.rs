@@ -24,6 +24,7 @@ pub fn mail<T: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut smtputf8 = false;
     let mut eight_bit = false;
+    let mut announced = 0;
     for param in &params {
         if !s.esmtp {
             return s.error(conn, "555 5.5.4 Error: parameters need EHLO");
@@ -41,6 +42,7 @@ pub fn mail<T: AsyncRead + AsyncWrite + Unpin>(
                     s.reject_with("message_too_big", &reply, Some(from), Vec::new());
                     return Flow::Continue;
                 }
+                announced = size;
             }
             ("BODY", Some(value)) if value.eq_ignore_ascii_case("8BITMIME") => eight_bit = true,
             ("BODY", Some(value)) if value.eq_ignore_ascii_case("7BIT") => {}
@@ -50,6 +52,12 @@ pub fn mail<T: AsyncRead + AsyncWrite + Unpin>(
                 return s.error(conn, &reply);
             }
         }
+    }
+    if !s.shared.disk.has_room_for(announced) {
+        let reply = "452 4.3.1 Error: insufficient system storage; try again later";
+        conn.reply(reply);
+        s.reject_with("insufficient_storage", reply, Some(from), Vec::new());
+        return Flow::Continue;
     }
     if !smtputf8 && !from.is_ascii() {
         return s.error(conn, "553 5.6.7 Error: a non-ASCII address needs SMTPUTF8");

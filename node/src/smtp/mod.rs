@@ -89,4 +89,6 @@ pub struct Settings {
     /// Most octets of message content all sessions together hold in memory until
     /// it is committed; beyond it a message gets 452 4.3.1.
     pub max_buffered_bytes: u64,
+    /// Free octets the data directory must keep; below it MAIL gets 452 4.3.1.
+    pub min_free_disk: u64,
 }

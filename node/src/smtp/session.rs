@@ -25,6 +25,8 @@ pub struct Shared {
     pub rejections: RejectionLog,
     /// Memory for message content, shared by all sessions.
     pub budget: Arc<Budget>,
+    /// Free space on the data directory.
+    pub disk: Arc<crate::disk::DiskSpace>,
     /// Cancelled at SIGTERM: idle sessions answer 421, transactions may finish.
     pub shutdown: CancellationToken,
     /// Sessions opened since start, and open now.
