@@ -52,6 +52,8 @@ pub(crate) enum Access {
     Tokens,
     /// Adding, promoting and removing cluster members: admin.
     Cluster,
+    /// Writing a backup of the node's state: admin.
+    Backup,
 }
 
 impl Access {
@@ -77,6 +79,7 @@ impl Access {
             Access::Note => "write audit notes",
             Access::Tokens => "manage tokens",
             Access::Cluster => "change the cluster's membership",
+            Access::Backup => "take backups",
         }
     }
 }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod backup;
 mod bayes;
 mod cluster;
 mod error;

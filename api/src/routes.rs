@@ -87,6 +87,7 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(crate::cluster::add))
         .routes(routes!(crate::cluster::remove))
         .routes(routes!(crate::cluster::promote))
+        .routes(routes!(crate::backup::backup))
         .routes(routes!(add_note))
         .routes(routes!(crate::events::list))
         .routes(routes!(verify_events))

@@ -444,7 +444,12 @@ impl ApiClient {
         }
     }
 
-    async fn get_authed<T: serde::de::DeserializeOwned>(&self, id: u64, path: &str) -> Result<T> {
+    /// `GET path` on node `id` with its admin token; the 2xx body as JSON.
+    pub async fn get_authed<T: serde::de::DeserializeOwned>(
+        &self,
+        id: u64,
+        path: &str,
+    ) -> Result<T> {
         let url = format!("{}{path}", self.endpoint(id)?.base);
         let token = self.token(id)?;
         let resp = self

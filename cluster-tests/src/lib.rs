@@ -83,6 +83,8 @@ pub struct ClusterBuilder {
     scan: Vec<(String, String)>,
     /// TOML appended to every config as written (e.g. `[[siem.exporters]]` tables).
     extra: String,
+    /// A backup every member is restored from (`bulwark restore`) before its first start.
+    restore_from: Option<PathBuf>,
 }
 
 impl ClusterBuilder {
@@ -99,7 +101,15 @@ impl ClusterBuilder {
             delivery: Vec::new(),
             scan: Vec::new(),
             extra: String::new(),
+            restore_from: None,
         }
+    }
+
+    /// A new cluster from a backup: every member's empty data directory is seeded
+    /// from `backup` with `bulwark restore` before its first start.
+    pub fn restore_from(mut self, backup: &Path) -> Self {
+        self.restore_from = Some(backup.to_path_buf());
+        self
     }
 
     /// A name for the temporary directory and messages (e.g. the test's name).
@@ -305,6 +315,16 @@ impl ClusterBuilder {
             _dns: dns,
             _lock: lock,
         };
+        if let Some(backup) = &self.restore_from {
+            for n in cluster.nodes.iter().take(members) {
+                run_bin(
+                    &cluster.bin,
+                    &["restore", "--config"],
+                    &[&n.config_path, Path::new("--from"), backup],
+                )
+                .await?;
+            }
+        }
         for id in ids.iter().copied().take(members) {
             cluster.spawn(id)?;
         }

@@ -59,6 +59,8 @@ pub struct Attempt {
     pub node: u64,
     pub outcome: Outcome,
     pub elapsed: Duration,
+    /// When the attempt ended.
+    pub ended: Instant,
 }
 
 /// Everything the generator did for one message.
@@ -70,8 +72,13 @@ pub struct Log {
 impl Log {
     /// The queue id of the `250`, if one came.
     pub fn acked(&self) -> Option<&str> {
+        self.acked_at().map(|(id, _)| id)
+    }
+
+    /// The queue id of the `250` and when it came.
+    pub fn acked_at(&self) -> Option<(&str, Instant)> {
         self.attempts.iter().find_map(|a| match &a.outcome {
-            Outcome::Accepted { id } => Some(id.as_str()),
+            Outcome::Accepted { id } => Some((id.as_str(), a.ended)),
             _ => None,
         })
     }
@@ -158,6 +165,7 @@ async fn deliver(n: usize, load: &MtaLoad, targets: &Targets, end: Instant) -> L
             node,
             outcome: d.outcome,
             elapsed: d.elapsed,
+            ended: Instant::now(),
         });
         if done || !retry {
             break;

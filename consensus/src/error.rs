@@ -16,6 +16,11 @@ pub enum Error {
     },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("{0}")]
+    Backup(String),
+    /// No leader confirmed in time what this node must have applied.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Why a proposed operation got no answer. Every variant means "not known to be

@@ -14,6 +14,7 @@
 // only add allocations on the hot path of every apply.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 mod error;
 mod leader;
 mod log_store;

@@ -21,6 +21,14 @@ const LAST_PURGED: &str = "last_purged";
 /// entries cannot outlast the RPC timeout (RAFT-NOTES pitfall 1).
 const MAX_BYTES_PER_READ: usize = 4 * 1024 * 1024;
 
+/// Seeds an empty log restored from a backup: it starts after `last` (as if purged
+/// up to it, which is also committed), with `vote` saved. Synced.
+pub(crate) fn seed(store: &Store, last: LogId, vote: Vote) -> bulwark_storage::Result<()> {
+    store.put_meta(LAST_PURGED, &codec::encode(&last)?, true)?;
+    store.put_meta(COMMITTED, &codec::encode(&Some(last))?, true)?;
+    store.put_meta(VOTE, &codec::encode(&vote)?, true)
+}
+
 /// Raft log storage.
 ///
 /// To ensure correctness:

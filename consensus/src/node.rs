@@ -275,6 +275,11 @@ impl RaftNode {
         &self.raft
     }
 
+    /// The live state's directory (backups checkpoint it).
+    pub(crate) fn state_dir(&self) -> &Arc<StateDir> {
+        &self.state
+    }
+
     /// The live state (event log and projections), read locally.
     pub fn state(&self) -> Arc<StateStore> {
         self.state.current()

@@ -14,9 +14,9 @@ use crate::types::{
 };
 
 /// What the state records about Raft next to the data, in the same write batch.
-type Applied = (Option<LogId>, StoredMembership);
+pub(crate) type Applied = (Option<LogId>, StoredMembership);
 
-fn decode_applied(bytes: Option<Vec<u8>>) -> Result<Applied, StorageError> {
+pub(crate) fn decode_applied(bytes: Option<Vec<u8>>) -> Result<Applied, StorageError> {
     match bytes {
         Some(bytes) => codec::decode(&bytes).map_err(storage_error),
         None => Ok((None, StoredMembership::default())),

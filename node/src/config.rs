@@ -572,7 +572,7 @@ fn tls_policy(section: &str, tls: &str, problems: &mut Vec<String>) -> Option<de
 }
 
 /// The TLS client of `required`: the web PKI roots plus the CA file, if any.
-fn client_config(
+pub(crate) fn client_config(
     section: &str,
     ca: Option<&Path>,
     problems: &mut Vec<String>,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bulwark_node::{cert, config, serve};
+use bulwark_node::{cert, config, ops, serve};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -32,6 +32,33 @@ enum Commands {
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
+    },
+    /// Online backup of the running node FILE describes: it writes a consistent copy of
+    /// its state (every write acknowledged before the call) into DIR on its machine.
+    Backup {
+        /// The node's configuration file (TOML): its API address and admin token.
+        #[arg(long)]
+        config: PathBuf,
+        /// A new or empty directory on the node's machine.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Seed the stopped node FILE describes, whose data directory is empty, from a
+    /// backup: restore every node of a new cluster from the same backup, then start them.
+    Restore {
+        /// The node's configuration file (TOML): its id, data directory and peers.
+        #[arg(long)]
+        config: PathBuf,
+        /// A directory written by `bulwark backup`.
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Exit 0 if the node FILE describes is ready (answers /readyz with 200), 1 if
+    /// not: a health check for containers and scripts.
+    Ready {
+        /// The node's configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Audit-trail tools.
     Audit {
@@ -87,6 +114,13 @@ fn main() -> ExitCode {
             CertCommand::Node { ca, id, san, out } => cert::make_node(&ca, id, &san, &out),
         },
         Commands::CheckConfig { file } => return check_config(&file),
+        Commands::Backup { config, to } => ops::backup(&config, &to),
+        Commands::Restore { config, from } => ops::restore(&config, &from),
+        Commands::Ready { config } => match ops::ready(&config) {
+            Ok(true) => return ExitCode::SUCCESS,
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Commands::Audit {
             command:
                 AuditCommand::Verify {

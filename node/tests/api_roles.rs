@@ -142,7 +142,18 @@ fn roles_allow_what_they_should_refuse_the_rest_and_revocation_is_immediate() {
         assert_eq!(status(api, "POST", "/v1/cluster/members"), 403);
         assert_eq!(status(api, "POST", "/v1/cluster/members/2/promote"), 403);
         assert_eq!(status(api, "DELETE", "/v1/cluster/members/1"), 403);
+        assert_eq!(status(api, "POST", "/v1/backup"), 403);
     }
+    // Backups too; a destination must be an absolute path on the node's machine.
+    let (code, problem) = admin.post_json("/v1/backup", &json!({ "to": "backups/today" }));
+    assert_eq!(code, 400, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not an absolute path"),
+        "{problem}"
+    );
     let (code, problem) = admin.post_json("/v1/cluster/members/2/promote", &json!({}));
     assert_eq!(code, 404, "{problem}");
     let (code, problem) = admin.delete("/v1/cluster/members/1");

@@ -12,7 +12,7 @@ use common::{Api, Node};
 use serde_json::Value;
 
 /// Every operation of the API, as `METHOD path`.
-const OPERATIONS: [&str; 31] = [
+const OPERATIONS: [&str; 32] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -21,6 +21,7 @@ const OPERATIONS: [&str; 31] = [
     "POST /v1/cluster/members",
     "DELETE /v1/cluster/members/{id}",
     "POST /v1/cluster/members/{id}/promote",
+    "POST /v1/backup",
     "POST /v1/notes",
     "GET /v1/events",
     "GET /v1/events/verify",

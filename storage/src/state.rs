@@ -1233,6 +1233,16 @@ impl StateStore {
         Ok(self.db.get_cf(self.cf(cf::META), META_RAFT)?)
     }
 
+    /// Replaces the caller's applied-state record (a restore gives the state a new
+    /// cluster's membership). Synced.
+    pub fn set_applied(&self, applied: &[u8]) -> Result<()> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(cf::META), META_RAFT, applied, &opts)?;
+        Ok(())
+    }
+
     /// Whether a retention with cut-off `before_ms` would remove anything: the same
     /// test as the replicated removal applies, so a check that says yes is followed by
     /// a removal that removes something.
@@ -1619,6 +1629,40 @@ impl StateDir {
             reason: "no state/CURRENT: not a Bulwark data directory".into(),
         })?;
         StateStore::open_read_only(&root.join(name))
+    }
+
+    /// Writes a consistent copy of the live state under `to` in a data directory's
+    /// layout (`state/CURRENT`, `state/gen-000001/`), so what reads a stopped node's
+    /// data directory reads the copy too, and returns the copy opened read-only.
+    pub fn backup_into(&self, to: &Path) -> Result<StateStore> {
+        let root = layout::state_root(to);
+        fs::create_dir_all(&root).map_err(Error::io(&root))?;
+        let name = generation_name(1);
+        self.current().checkpoint(&root.join(&name))?;
+        layout::write_atomic(&root.join(CURRENT), name.as_bytes())?;
+        layout::sync_dir(to)?;
+        StateStore::open_read_only(&root.join(name))
+    }
+
+    /// Copies the state of a backup made by [`StateDir::backup_into`] into the data
+    /// directory `data_dir`, which must hold no state yet, and opens it.
+    pub fn restore_from(backup: &Path, data_dir: &Path) -> Result<StateStore> {
+        let name =
+            Self::current_name(&layout::state_root(backup))?.ok_or_else(|| Error::Layout {
+                path: backup.to_path_buf(),
+                reason: "no state/CURRENT: not a Bulwark backup".into(),
+            })?;
+        let root = layout::state_root(data_dir);
+        if Self::current_name(&root)?.is_some() {
+            return Err(Error::Layout {
+                path: root,
+                reason: "already holds a state: restore only into an empty data directory".into(),
+            });
+        }
+        let dir = root.join(&name);
+        snapshot::link_or_copy_tree(&layout::state_root(backup).join(&name), &dir)?;
+        layout::write_atomic(&root.join(CURRENT), name.as_bytes())?;
+        StateStore::open(&dir)
     }
 
     /// The live state.

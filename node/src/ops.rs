@@ -1,0 +1,159 @@
+//! Operations on a node from its own machine: `bulwark backup` and `bulwark ready`
+//! ask the running node over its API (as the admin, with the token file its config
+//! names), `bulwark restore` seeds a stopped node's empty data directory from a
+//! backup.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bulwark_consensus::backup::{self, BackupManifest};
+
+use crate::config::Config;
+
+/// How long `bulwark ready` waits for an answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `bulwark backup` waits for the node to write the backup.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn load(config: &Path) -> Result<Config> {
+    Config::load(config).map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))
+}
+
+/// The node's API from its own machine: a wildcard listen address is reached on the
+/// loopback address of its family. HTTPS when the API has a certificate, trusting the
+/// web PKI roots and the cluster CA (the certificate must name the address used).
+struct LocalApi {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl LocalApi {
+    fn new(config: &Config, timeout: Duration) -> Result<Self> {
+        let ip = match config.api_listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let addr = SocketAddr::new(ip, config.api_listen.port());
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none());
+        let scheme = if config.api_tls.is_some() {
+            let mut problems = Vec::new();
+            let ca = config.node.cluster.as_ref().map(|c| c.ca.as_path());
+            let tls = crate::config::client_config("api", ca, &mut problems);
+            if !problems.is_empty() {
+                bail!("{}", problems.join("\n"));
+            }
+            builder = builder.use_preconfigured_tls(rustls::ClientConfig::clone(&tls));
+            "https"
+        } else {
+            "http"
+        };
+        Ok(LocalApi {
+            base: format!("{scheme}://{addr}"),
+            client: builder.build().context("HTTP client")?,
+        })
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `bulwark ready --config FILE`: whether the node answers `/readyz` with 200 (a
+/// leader is known and it applied what is committed). For health checks.
+pub fn ready(config: &Path) -> Result<bool> {
+    let config = load(config)?;
+    let api = LocalApi::new(&config, READY_TIMEOUT)?;
+    runtime()?.block_on(async {
+        match api.client.get(format!("{}/readyz", api.base)).send().await {
+            Ok(response) => Ok(response.status() == reqwest::StatusCode::OK),
+            Err(e) => {
+                eprintln!("bulwark: {}/readyz: {e}", api.base);
+                Ok(false)
+            }
+        }
+    })
+}
+
+/// `bulwark backup --config FILE --to DIR`: the running node writes a consistent
+/// backup of its state into DIR (a new or empty directory on its machine).
+pub fn backup(config: &Path, to: &Path) -> Result<()> {
+    let config = load(config)?;
+    let to = std::path::absolute(to).with_context(|| format!("{}", to.display()))?;
+    let token = std::fs::read_to_string(&config.admin_token_file).with_context(|| {
+        format!(
+            "reading the admin token {}",
+            config.admin_token_file.display()
+        )
+    })?;
+    let api = LocalApi::new(&config, BACKUP_TIMEOUT)?;
+    let manifest: BackupManifest = runtime()?.block_on(async {
+        let response = api
+            .client
+            .post(format!("{}/v1/backup", api.base))
+            .bearer_auth(token.trim())
+            .json(&serde_json::json!({ "to": to }))
+            .send()
+            .await
+            .with_context(|| format!("asking the node at {} for a backup", api.base))?;
+        let status = response.status();
+        let body = response.text().await?;
+        if !status.is_success() {
+            bail!("the node answered {status}: {body}");
+        }
+        serde_json::from_str(&body).with_context(|| format!("the node's answer: {body}"))
+    })?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&manifest).expect("manifest serialises")
+    );
+    eprintln!(
+        "backup of node {} in {}: {} events up to log entry {}, {} bytes",
+        manifest.node_id,
+        to.display(),
+        manifest.event_count,
+        manifest.applied_index,
+        manifest.bytes
+    );
+    Ok(())
+}
+
+/// `bulwark restore --config FILE --from DIR`: seeds the stopped node's empty data
+/// directory from the backup in DIR, as a member of the cluster its config describes
+/// (every node of a new cluster is restored from the same backup).
+pub fn restore(config: &Path, from: &Path) -> Result<()> {
+    let config = load(config)?;
+    let voters: BTreeMap<u64, String> = match &config.node.cluster {
+        Some(cluster) => cluster.peers.clone(),
+        None => BTreeMap::from([(config.node.id, String::new())]),
+    };
+    let manifest = backup::restore(from, &config.node.data_dir, config.node.id, &voters)
+        .with_context(|| {
+            format!(
+                "restoring {} into {}",
+                from.display(),
+                config.node.data_dir.display()
+            )
+        })?;
+    eprintln!(
+        "node {} restored from {} (taken on node {}): {} events up to log entry {}, chain \
+         head {}; voters {:?}. Start it with `bulwark serve`, and every other node of the \
+         new cluster restored from the same backup.",
+        config.node.id,
+        from.display(),
+        manifest.node_id,
+        manifest.event_count,
+        manifest.applied_index,
+        manifest.chain_head,
+        voters.keys().collect::<Vec<_>>()
+    );
+    Ok(())
+}
