@@ -15,6 +15,39 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// The layout of the databases this build writes. Each database records the format
+/// it was written in (`data_format` in its meta column family); a build opens formats
+/// up to its own and refuses a newer one, so a node rolled back past a format change
+/// stops with a clear error instead of misreading its data. A build that changes the
+/// format raises it and converts older data when it opens it.
+pub const DATA_FORMAT: u32 = 1;
+/// The meta key holding a database's format.
+pub const DATA_FORMAT_KEY: &str = "data_format";
+
+/// Checks the format a database at `path` recorded (`None`: none yet, it is new or
+/// older than formats). Returns whether this build should record its own.
+pub fn check_format(stored: Option<&[u8]>, path: &Path) -> Result<bool> {
+    let Some(bytes) = stored else {
+        return Ok(true);
+    };
+    let format = <[u8; 4]>::try_from(bytes)
+        .map(u32::from_be_bytes)
+        .map_err(|_| Error::Layout {
+            path: path.to_path_buf(),
+            reason: format!("data_format of {} bytes", bytes.len()),
+        })?;
+    if format > DATA_FORMAT {
+        return Err(Error::Layout {
+            path: path.to_path_buf(),
+            reason: format!(
+                "written by a newer Bulwark (data format {format}); this build reads formats \
+                 up to {DATA_FORMAT}: run the newer release"
+            ),
+        });
+    }
+    Ok(format < DATA_FORMAT)
+}
+
 pub fn raft_log_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("raft-log")
 }

@@ -7,7 +7,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
-use crate::{Error, Result};
+use crate::{layout, Error, Result};
 
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
@@ -63,7 +63,15 @@ impl LogStore {
         let cfs =
             [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(LogStore { db: Arc::new(db) })
+        let store = LogStore { db: Arc::new(db) };
+        if layout::check_format(store.get_meta(layout::DATA_FORMAT_KEY)?.as_deref(), dir)? {
+            store.put_meta(
+                layout::DATA_FORMAT_KEY,
+                &layout::DATA_FORMAT.to_be_bytes(),
+                true,
+            )?;
+        }
+        Ok(store)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -182,6 +190,36 @@ mod tests {
 
     fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<(u64, Vec<u8>)> {
         range.map(|i| (i, vec![i as u8; 10])).collect()
+    }
+
+    #[test]
+    fn a_log_records_its_data_format_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            log.get_meta(layout::DATA_FORMAT_KEY).unwrap().unwrap(),
+            layout::DATA_FORMAT.to_be_bytes()
+        );
+        log.put_meta(
+            layout::DATA_FORMAT_KEY,
+            &(layout::DATA_FORMAT + 1).to_be_bytes(),
+            true,
+        )
+        .unwrap();
+        log.append(&entries(1..=3)).unwrap();
+        drop(log);
+        let refused = LogStore::open(dir.path())
+            .err()
+            .expect("a newer format")
+            .to_string();
+        assert!(refused.contains("newer Bulwark"), "{refused}");
+        // Nothing was changed by the refusal: the newer build still finds its data.
+        let db = DB::open_cf(&Options::default(), dir.path(), [CF_LOG, CF_META]).unwrap();
+        assert_eq!(
+            db.iterator_cf(db.cf_handle(CF_LOG).unwrap(), rocksdb::IteratorMode::Start)
+                .count(),
+            3
+        );
     }
 
     #[test]

@@ -189,6 +189,14 @@ impl StateStore {
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(256 * 1024 * 1024);
         let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())?;
+        let meta = cf_handle(&db, cf::META);
+        if layout::check_format(db.get_cf(meta, layout::DATA_FORMAT_KEY)?.as_deref(), dir)? {
+            db.put_cf(
+                meta,
+                layout::DATA_FORMAT_KEY,
+                layout::DATA_FORMAT.to_be_bytes(),
+            )?;
+        }
         build_index(&db)?;
         Self::with_db(db, dir)
     }
@@ -209,6 +217,11 @@ impl StateStore {
             .iter()
             .filter(|name| present.iter().any(|p| p == *name));
         let db = DB::open_cf_for_read_only(&opts, dir, families, false)?;
+        layout::check_format(
+            db.get_cf(cf_handle(&db, cf::META), layout::DATA_FORMAT_KEY)?
+                .as_deref(),
+            dir,
+        )?;
         Self::with_db(db, dir)
     }
 
@@ -1710,6 +1723,42 @@ mod tests {
                 author: "admin".into(),
                 text: text.into(),
             }),
+        }
+    }
+
+    #[test]
+    fn a_state_of_a_newer_data_format_is_refused_online_and_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = layout::state_root(dir.path());
+        {
+            let state = StateDir::open(&root).unwrap();
+            let store = state.current();
+            let meta = store.cf(cf::META);
+            assert_eq!(
+                store
+                    .db
+                    .get_cf(meta, layout::DATA_FORMAT_KEY)
+                    .unwrap()
+                    .unwrap(),
+                layout::DATA_FORMAT.to_be_bytes()
+            );
+            store
+                .db
+                .put_cf(
+                    meta,
+                    layout::DATA_FORMAT_KEY,
+                    (layout::DATA_FORMAT + 1).to_be_bytes(),
+                )
+                .unwrap();
+        }
+        for refused in [
+            StateDir::open(&root).err().map(|e| e.to_string()),
+            StateDir::open_offline(dir.path())
+                .err()
+                .map(|e| e.to_string()),
+        ] {
+            let refused = refused.expect("a newer format is refused");
+            assert!(refused.contains("newer Bulwark"), "{refused}");
         }
     }
 
