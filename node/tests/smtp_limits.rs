@@ -627,3 +627,40 @@ fn limits_a_busy_smtp_port_stops_the_node_at_start_with_a_clear_error() {
         "Raft was started before the check: {stderr}"
     );
 }
+
+#[test]
+fn limits_mail_waits_for_room_on_the_data_disk() {
+    // A floor above the free space: every MAIL gets 452 4.3.1, the session goes on.
+    let full = Node::start("min_free_disk_mb = 1000000000");
+    let mut s = Smtp::ehlo(full.smtp);
+    for _ in 0..2 {
+        let r = s.cmd("MAIL FROM:<a@sender.test>");
+        assert_eq!(r.code, 452, "{r:?}");
+        assert!(r.text().starts_with("4.3.1 "), "{r:?}");
+        assert!(r.text().contains("insufficient system storage"), "{r:?}");
+    }
+    assert_eq!(s.cmd("NOOP").code, 250);
+    assert_eq!(received_count(&full), 0);
+    assert!(rejection_reasons(&full, 2)
+        .iter()
+        .all(|r| r == "insufficient_storage"));
+
+    // A floor 1 GiB below the free space (RocksDB reserves room for its logs as the
+    // node starts): mail is taken, unless its announced SIZE would take the disk
+    // below the floor.
+    let free = rustix::fs::statvfs(std::env::temp_dir()).unwrap();
+    let free_mb = (free.f_bavail * free.f_frsize) >> 20;
+    assert!(free_mb > 3072, "this test needs 3 GiB free, has {free_mb} MiB");
+    let node = Node::start(&format!(
+        "min_free_disk_mb = {}\nmax_message_size = {big}\nmax_buffered_bytes = {big}",
+        free_mb - 1024,
+        big = 3_u64 << 30
+    ));
+    let mut s = Smtp::ehlo(node.smtp);
+    let r = s.cmd(&format!("MAIL FROM:<a@sender.test> SIZE={}", 2_u64 << 30));
+    assert_eq!(r.code, 452, "{r:?}");
+    assert!(r.text().starts_with("4.3.1 "), "{r:?}");
+    let reply = s.send_message("a@sender.test", &["bob@example.test"], MSG);
+    assert_eq!(reply.code, 250, "{reply:?}");
+    assert_eq!(received_count(&node), 1);
+}

@@ -17,9 +17,9 @@
 //! (`smtp.max_sessions_per_ip`, default 50) is raised to 1000 (`--max-sessions-per-ip`):
 //! the sessions stand for many sending MTAs, not one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -187,6 +187,7 @@ async fn main() -> Result<()> {
     let seq = Arc::new(AtomicU64::new(0));
 
     let mut phases = Vec::new();
+    let mut warm_accepted = 0;
     for &size in &args.sizes {
         for &sessions in &args.sessions {
             cluster.check_alive()?;
@@ -201,7 +202,7 @@ async fn main() -> Result<()> {
                 pacer: (args.rate > 0).then(|| Pacer::new(args.rate)),
             };
             if args.warmup > 0 {
-                run(args.warmup).go().await;
+                warm_accepted += run(args.warmup).go().await.accepted;
             }
             let pids: Vec<(u64, u32)> = cluster
                 .ids()
@@ -238,6 +239,20 @@ async fn main() -> Result<()> {
         .wait_converged(&cluster.ids(), Duration::from_secs(300))
         .await?;
     eprintln!("bench_smtp: converged after the run: {}", st.summary());
+    let accepted = warm_accepted + phases.iter().map(|p| p.stats.accepted).sum::<u64>();
+    let drained = drain(&cluster, Duration::from_secs(600)).await?;
+    eprintln!(
+        "bench_smtp: delivery queue empty {} s after the run",
+        drained.as_secs()
+    );
+    let footprint: Vec<Footprint> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| {
+            let node = cluster.node(id);
+            Footprint::of(id, node.data_dir(), node.pid())
+        })
+        .collect();
     cluster.shutdown().await?;
 
     println!(
@@ -271,7 +286,116 @@ async fn main() -> Result<()> {
         ));
         println!("{line}");
     }
+    println!();
+    println!(
+        "After {accepted} accepted messages (warm-ups included), all delivered (to the \
+         leader's Maildir, not counted); hard-linked files counted once:"
+    );
+    println!();
+    println!(
+        "| node | raft log MB | state MB | snapshots MB | data bytes per message | peak RSS MB |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for f in &footprint {
+        let mb = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
+            f.id,
+            mb(f.raft_log),
+            mb(f.state),
+            mb(f.snapshots),
+            (f.raft_log + f.state + f.snapshots) as f64 / accepted.max(1) as f64,
+            f.peak_rss_kb
+                .map_or("?".to_string(), |kb| format!("{:.0}", kb as f64 / 1024.0))
+        );
+    }
     Ok(())
+}
+
+/// What a node holds on disk and in memory after the run.
+struct Footprint {
+    id: u64,
+    raft_log: u64,
+    state: u64,
+    snapshots: u64,
+    /// Peak resident memory (`VmHWM`), kB.
+    peak_rss_kb: Option<u64>,
+}
+
+impl Footprint {
+    fn of(id: u64, data_dir: &Path, pid: Option<u32>) -> Self {
+        let peak_rss_kb = pid.and_then(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        });
+        // Snapshots hard-link the state's files: each file is counted once, where it
+        // is met first (the state before the snapshots).
+        let mut seen = HashSet::new();
+        Footprint {
+            id,
+            raft_log: tree_bytes(&data_dir.join("raft-log"), &mut seen),
+            state: tree_bytes(&data_dir.join("state"), &mut seen),
+            snapshots: tree_bytes(&data_dir.join("snapshots"), &mut seen),
+            peak_rss_kb,
+        }
+    }
+}
+
+/// Bytes of the files under `dir` not in `seen` (by device and inode), which it
+/// extends.
+fn tree_bytes(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        match entry.metadata() {
+            Ok(m) if m.is_dir() => total += tree_bytes(&entry.path(), seen),
+            Ok(m) if seen.insert((m.dev(), m.ino())) => total += m.len(),
+            _ => {}
+        }
+    }
+    total
+}
+
+/// Waits until every node's delivery queue is empty (`bulwark_queue_messages 0`):
+/// delivered bodies are deleted, so the footprint is what stays per message.
+async fn drain(cluster: &bulwark_cluster_tests::Cluster, timeout: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut queued = 0;
+        for id in cluster.ids() {
+            let text = cluster
+                .api()
+                .http()
+                .get(format!("{}/metrics", cluster.node(id).api_url()))
+                .send()
+                .await?
+                .text()
+                .await?;
+            queued += text
+                .lines()
+                .find_map(|l| l.strip_prefix("bulwark_queue_messages "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .context("bulwark_queue_messages in /metrics")?;
+        }
+        if queued == 0 {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < timeout,
+            "{queued} messages still queued {timeout:?} after the run"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn row(nodes: usize, p: &Phase) -> String {
