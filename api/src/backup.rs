@@ -49,7 +49,8 @@ pub(crate) async fn backup(
         }
         Err(e) => tracing::warn!(to = %to.display(), error = %e, "backup failed"),
     }
-    s.node
+    let recorded = s
+        .node
         .proposer()
         .propose(Command::Record(EventKind::ApiAction(Box::new(ApiAction {
             action: "node.backup".into(),
@@ -59,7 +60,12 @@ pub(crate) async fn backup(
             recipients: Vec::new(),
             refused,
         }))))
-        .await?;
+        .await;
+    // The backup's own outcome is the answer; a record that could not be committed
+    // is logged (the backup exists, or failed, either way).
+    if let Err(e) = recorded {
+        tracing::error!(to = %to.display(), error = %e, "the node.backup event could not be recorded");
+    }
     match result {
         Ok(manifest) => Ok(Json(manifest)),
         Err(bulwark_consensus::Error::Unavailable(e)) => Err(ApiError::unavailable(e)),

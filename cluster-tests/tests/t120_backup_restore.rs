@@ -10,7 +10,8 @@
 //!   written there;
 //! - the restored cluster elects a leader, serves the same events (chain verified by
 //!   the API), the same quarantine, and takes new mail;
-//! - a restore over a data directory that holds a node's data is refused.
+//! - a restore over a data directory that holds a node's data is refused, and so is
+//!   restoring one wiped member while its peers run ahead of the backup.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -228,6 +229,31 @@ async fn t120_backup_under_load_restores_as_a_new_cluster() -> Result<()> {
         up.status,
         down.status,
         String::from_utf8_lossy(&down.stderr).trim()
+    );
+
+    // Node 3's data lost; restoring it alone from the backup would bring back a member
+    // that forgot what it acknowledged since: refused while its peers run ahead.
+    restored.wipe(3)?;
+    let out = bulwark(
+        &bin,
+        &[
+            "restore".as_ref(),
+            "--config".as_ref(),
+            stopped.as_os_str(),
+            "--from".as_ref(),
+            backup.as_os_str(),
+        ],
+    )
+    .await?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && said.contains("add a new node"),
+        "restoring one member of a living cluster: {} {said}",
+        out.status
+    );
+    println!(
+        "t120: restoring one member of a living cluster refused: {}",
+        said.trim()
     );
     restored.shutdown().await
 }

@@ -22,9 +22,11 @@ use bulwark_storage::{codec, layout, LogStore as Store, StateDir};
 use openraft::{BasicNode, Membership};
 use serde::{Deserialize, Serialize};
 
+use crate::network::NetworkFactory;
 use crate::state_machine::Applied;
+use crate::tls::TlsIdentity;
 use crate::types::{NodeId, StoredMembership, Vote};
-use crate::{Error, RaftNode};
+use crate::{Error, NodeConfig, PeerConfig, RaftNode};
 
 /// The file of a backup that says what it holds.
 pub const MANIFEST: &str = "bulwark-backup.json";
@@ -65,9 +67,22 @@ impl RaftNode {
         let state = self.state_dir().clone();
         let to = to.to_path_buf();
         let node_id = self.id();
-        tokio::task::spawn_blocking(move || write_backup(&state, &to, node_id))
-            .await
-            .map_err(|e| Error::Backup(format!("backup task: {e}")))?
+        let existed = to.exists();
+        let written = tokio::task::spawn_blocking({
+            let to = to.clone();
+            move || write_backup(&state, &to, node_id)
+        })
+        .await
+        .map_err(|e| Error::Backup(format!("backup task: {e}")))?;
+        if written.is_err() {
+            // No half backup left behind to be taken for a whole one; an empty
+            // directory given stays, empty.
+            let _ = fs::remove_dir_all(&to);
+            if existed {
+                let _ = fs::create_dir(&to);
+            }
+        }
+        written
     }
 }
 
@@ -137,37 +152,100 @@ pub fn read_manifest(dir: &Path) -> Result<BackupManifest, Error> {
     Ok(manifest)
 }
 
-/// Seeds the empty data directory `data_dir` of node `id` from the backup in `backup`
-/// for a new cluster whose voters are `voters` (id → cluster address; for a single
-/// node without a cluster, itself with an empty address). Returns the backup's
-/// manifest. The node must not be running.
-pub fn restore(
-    backup: &Path,
-    data_dir: &Path,
-    id: NodeId,
-    voters: &BTreeMap<NodeId, String>,
-) -> Result<BackupManifest, Error> {
+/// Seeds the empty data directory of the node `cfg` describes from the backup in
+/// `backup`, for a new cluster whose voters are `cfg`'s peers (a single node without
+/// a cluster: itself). Refused when the data directory holds Raft data, and when a
+/// peer answers that it belongs to a running cluster already past the backup: a
+/// restored member of a living cluster would have forgotten entries it helped commit
+/// (add a new node instead). Every node of the new cluster is restored from the same
+/// backup. The node must not be running. Returns the backup's manifest.
+pub async fn restore(backup: &Path, cfg: &NodeConfig) -> Result<BackupManifest, Error> {
     let manifest = read_manifest(backup)?;
+    let id = cfg.id;
+    let voters: BTreeMap<NodeId, String> = match &cfg.cluster {
+        Some(cluster) => cluster.peers.clone(),
+        None => BTreeMap::from([(id, String::new())]),
+    };
     if !voters.contains_key(&id) {
         return Err(Error::Backup(format!(
             "node {id} is not among the new cluster's voters"
         )));
     }
-    let log_dir = layout::raft_log_dir(data_dir);
-    if log_dir.exists() {
-        return Err(Error::Backup(format!(
-            "{} exists: restore only into an empty data directory",
-            log_dir.display()
-        )));
+    let data_dir = &cfg.data_dir;
+    for held in [
+        layout::raft_log_dir(data_dir),
+        layout::state_root(data_dir),
+        layout::snapshots_dir(data_dir),
+        layout::restore_marker(data_dir),
+    ] {
+        if held.exists() {
+            return Err(Error::Backup(format!(
+                "{} exists: restore only into an empty data directory",
+                held.display()
+            )));
+        }
     }
+    if let Some(cluster) = &cfg.cluster {
+        refuse_living_cluster(cluster, id, manifest.applied_index).await?;
+    }
+    fs::create_dir_all(data_dir)
+        .map_err(|e| Error::Backup(format!("{}: {e}", data_dir.display())))?;
+    let marker = layout::restore_marker(data_dir);
+    layout::write_atomic(&marker, backup.display().to_string().as_bytes())?;
+    let (backup, data_dir) = (backup.to_path_buf(), data_dir.to_path_buf());
+    let applied_index = manifest.applied_index;
+    tokio::task::spawn_blocking(move || seed(&backup, &data_dir, id, &voters, applied_index))
+        .await
+        .map_err(|e| Error::Backup(format!("restore task: {e}")))??;
+    fs::remove_file(&marker).map_err(|e| Error::Backup(format!("{}: {e}", marker.display())))?;
+    layout::sync_dir(&cfg.data_dir)?;
+    Ok(manifest)
+}
+
+/// Refuses a restore when a peer belongs to a cluster that applied more than the
+/// backup holds. Peers that do not answer are taken for nodes of the new cluster,
+/// not started yet.
+async fn refuse_living_cluster(
+    cluster: &PeerConfig,
+    id: NodeId,
+    applied: u64,
+) -> Result<(), Error> {
+    let tls = TlsIdentity::load(&cluster.ca, &cluster.cert, &cluster.key)?;
+    let network = NetworkFactory::new(tls.client);
+    for (peer, addr) in cluster.peers.iter().filter(|(p, _)| **p != id) {
+        match network.status(*peer, addr).await {
+            Ok((true, Some(theirs))) if theirs > applied => {
+                return Err(Error::Backup(format!(
+                    "node {peer} at {addr} is running in a cluster that has applied entry \
+                     {theirs}, past the backup's {applied}: restoring one member of a living \
+                     cluster would lose what it acknowledged since; add a new node to it \
+                     instead, or stop every node before restoring them all"
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(peer, error = %e, "restore: peer not answering"),
+        }
+    }
+    Ok(())
+}
+
+/// Copies the backup's state into `data_dir`, gives it the new voters, and starts the
+/// Raft log after its last entry with the vote at that entry's term.
+fn seed(
+    backup: &Path,
+    data_dir: &Path,
+    id: NodeId,
+    voters: &BTreeMap<NodeId, String>,
+    applied_index: u64,
+) -> Result<(), Error> {
     let state = StateDir::restore_from(backup, data_dir)?;
     let (applied, _) = decode_applied(state.applied()?)?;
     let applied =
         applied.ok_or_else(|| Error::Backup("the backup holds no applied entry".into()))?;
-    if applied.index != manifest.applied_index {
+    if applied.index != applied_index {
         return Err(Error::Backup(format!(
-            "the backup's state holds entry {} but its manifest says {}",
-            applied.index, manifest.applied_index
+            "the backup's state holds entry {} but its manifest says {applied_index}",
+            applied.index
         )));
     }
     let nodes: BTreeMap<NodeId, BasicNode> = voters
@@ -177,9 +255,9 @@ pub fn restore(
     let ids: BTreeSet<NodeId> = voters.keys().copied().collect();
     let membership = StoredMembership::new(Some(applied), Membership::new(vec![ids], nodes));
     state.set_applied(&codec::encode(&(Some(applied), membership))?)?;
-    let log = Store::open(&log_dir)?;
+    let log = Store::open(&layout::raft_log_dir(data_dir))?;
     crate::log_store::seed(&log, applied, Vote::new(applied.leader_id.term, id))?;
-    Ok(manifest)
+    Ok(())
 }
 
 fn decode_applied(bytes: Option<Vec<u8>>) -> Result<Applied, Error> {

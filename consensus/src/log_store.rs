@@ -24,9 +24,19 @@ const MAX_BYTES_PER_READ: usize = 4 * 1024 * 1024;
 /// Seeds an empty log restored from a backup: it starts after `last` (as if purged
 /// up to it, which is also committed), with `vote` saved. Synced.
 pub(crate) fn seed(store: &Store, last: LogId, vote: Vote) -> bulwark_storage::Result<()> {
-    store.put_meta(LAST_PURGED, &codec::encode(&last)?, true)?;
-    store.put_meta(COMMITTED, &codec::encode(&Some(last))?, true)?;
-    store.put_meta(VOTE, &codec::encode(&vote)?, true)
+    let (purged, committed, vote) = (
+        codec::encode(&last)?,
+        codec::encode(&Some(last))?,
+        codec::encode(&vote)?,
+    );
+    store.put_metas(
+        &[
+            (LAST_PURGED, &purged),
+            (COMMITTED, &committed),
+            (VOTE, &vote),
+        ],
+        true,
+    )
 }
 
 /// Raft log storage.

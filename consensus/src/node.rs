@@ -111,6 +111,8 @@ pub struct RaftNode {
     committed: Arc<AtomicU64>,
     /// Set when this node, stopping, hands its leadership over.
     handing_over: Arc<AtomicBool>,
+    /// Set at SIGTERM: the node no longer stands for election.
+    stopping: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -149,6 +151,14 @@ impl RaftNode {
     /// bootstrap.
     pub async fn start(cfg: NodeConfig) -> Result<Self, Error> {
         let id = cfg.id;
+        let marker = layout::restore_marker(&cfg.data_dir);
+        if marker.exists() {
+            return Err(Error::Backup(format!(
+                "{} exists: a restore into this data directory did not finish; empty the \
+                 directory and restore again",
+                marker.display()
+            )));
+        }
         let log = Store::open(&layout::raft_log_dir(&cfg.data_dir))?;
         let fresh = log.last()?.is_none() && log.get_meta("vote")?.is_none();
         let state = Arc::new(StateDir::open(&layout::state_root(&cfg.data_dir))?);
@@ -162,6 +172,7 @@ impl RaftNode {
         let mut tasks = Vec::new();
         let commit_timeout = Duration::from_millis(cfg.raft.commit_timeout_ms);
         let handing_over = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
 
         let (raft, network) = match &cfg.cluster {
             None => {
@@ -216,6 +227,7 @@ impl RaftNode {
                     snapshots: snapshots.clone(),
                     abstain: abstain.clone(),
                     handing_over: handing_over.clone(),
+                    stopping: stopping.clone(),
                 };
                 tasks.push(tokio::spawn(serve(listener, ctx, stop_rx.clone())));
                 tasks.push(tokio::spawn(bootstrap(
@@ -258,6 +270,7 @@ impl RaftNode {
             network,
             committed,
             handing_over,
+            stopping,
             stop,
             tasks,
         })
@@ -378,19 +391,36 @@ impl RaftNode {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// Marks this node as stopping (call it first thing at SIGTERM): from now on it
+    /// does not stand for election, and refuses to when a stopping leader asks.
+    pub fn begin_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.raft.runtime_config().elect(false);
+    }
+
     /// Before this node stops: if it leads, hands the leadership to a voter that holds
     /// its whole log, so the cluster does not wait an election timeout for a new leader
     /// (Raft's leadership transfer). From the call on, nothing more is appended here
-    /// (forwarded writes are sent back to retry with the next leader, local proposals
-    /// wait for it) and this node no longer stands for election. The chosen voter is
-    /// told to stand at once and wins with its own vote and this node's. A leader
-    /// elected less than its lease ago refuses that vote; the candidate's higher term
-    /// then makes it step down, and the candidate is asked again. Returns the new
-    /// leader, or None if this node did not lead or no leader took over within
-    /// `timeout` (the others then elect one as after a crash, once this node stopped).
+    /// (forwarded writes and membership changes are sent back to retry with the next
+    /// leader, local proposals wait for it) and this node no longer stands for
+    /// election. The chosen voter is told to stand at once, once it holds the last
+    /// entry; in a cluster of three it wins with its own vote and this node's. A
+    /// leader elected less than its lease ago refuses that vote; the candidate's
+    /// higher term then makes it step down, and the candidate is asked again. A voter
+    /// that cannot be asked (unreachable, an older release, stopping too) is passed
+    /// over for the next. Returns the new leader, or None if this node did not lead or
+    /// no leader took over within `timeout`; then heartbeats stop, so the others'
+    /// leases run out and they elect a leader while this node finishes stopping.
     pub async fn hand_over_leadership(&self, timeout: Duration) -> Option<NodeId> {
         let network = self.network.as_ref()?;
-        if !self.is_leader() {
+        let m = self.raft.metrics().borrow().clone();
+        let others = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != self.id)
+            .count();
+        if m.state != ServerState::Leader || others == 0 {
             return None;
         }
         self.handing_over.store(true, Ordering::Release);
@@ -398,8 +428,9 @@ impl RaftNode {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut target: Option<(NodeId, String)> = None;
+        let mut passed_over = BTreeSet::new();
         let mut asked: Option<Instant> = None;
-        while Instant::now() < deadline {
+        loop {
             let m = self.raft.metrics().borrow().clone();
             if let Some(next) = m.current_leader.filter(|l| *l != self.id) {
                 tracing::info!(
@@ -409,21 +440,30 @@ impl RaftNode {
                 );
                 return Some(next);
             }
+            if Instant::now() >= deadline || m.running_state.is_err() || passed_over.len() >= others
+            {
+                break;
+            }
             if m.state == ServerState::Leader {
-                target = caught_up_voter(&m, self.id).or(target);
+                target = caught_up_voter(&m, self.id, &passed_over).or(target);
             }
             let due = asked.is_none_or(|at| at.elapsed() >= ASK_AGAIN);
-            if let (Some((id, addr)), true) = (&target, due) {
+            if let (Some((id, addr)), true) = (target.clone(), due) {
                 asked = Some(Instant::now());
-                if let Err(e) = network.timeout_now(*id, addr).await {
-                    tracing::warn!(target = id, error = %e, "handing the leadership over");
+                let last = m.last_log_index.unwrap_or(0);
+                if let Err(e) = network.timeout_now(id, &addr, last).await {
+                    tracing::warn!(target = id, error = %e, "handing the leadership over: trying another voter");
+                    passed_over.insert(id);
+                    target = None;
+                    asked = None;
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.raft.runtime_config().heartbeat(false);
         tracing::warn!(
-            ms = timeout.as_millis() as u64,
-            "no leader took over in time: stopping anyway (the others elect one)"
+            ms = started.elapsed().as_millis() as u64,
+            "no leader took over: heartbeats stopped, the others elect one"
         );
         None
     }
@@ -443,15 +483,19 @@ impl RaftNode {
 /// How long a stopping leader waits for the voter it asked to win before asking again.
 const ASK_AGAIN: Duration = Duration::from_millis(500);
 
-/// A voter other than `me` that holds the leader's whole log (so it can win at once),
-/// with its address.
-fn caught_up_voter(m: &crate::types::RaftMetrics, me: NodeId) -> Option<(NodeId, String)> {
+/// A voter other than `me` and those passed over that holds the leader's whole log
+/// (so it can win at once), with its address.
+fn caught_up_voter(
+    m: &crate::types::RaftMetrics,
+    me: NodeId,
+    passed_over: &BTreeSet<NodeId>,
+) -> Option<(NodeId, String)> {
     let last = m.last_log_index?;
     let membership = m.membership_config.membership();
     let replication = m.replication.as_ref()?;
     membership
         .voter_ids()
-        .filter(|id| *id != me)
+        .filter(|id| *id != me && !passed_over.contains(id))
         .find(|id| replication.get(id).copied().flatten().map(|l| l.index) == Some(last))
         .and_then(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
 }

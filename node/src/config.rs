@@ -718,9 +718,14 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
              smtp.max_message_size ({max_message_size})"
         ));
     }
-    let min_free_disk = s
-        .min_free_disk_mb
-        .map_or((2 * max_message_size).max(256 << 20), |mb| mb << 20);
+    let min_free_disk = match s.min_free_disk_mb.map(|mb| mb.checked_mul(1 << 20)) {
+        None => max_message_size.saturating_mul(2).max(256 << 20),
+        Some(Some(bytes)) => bytes,
+        Some(None) => {
+            problems.push("smtp.min_free_disk_mb is too large".into());
+            0
+        }
+    };
     let max_line_length = s.max_line_length.unwrap_or(2048);
     if max_line_length < 512 {
         problems.push("smtp.max_line_length must be at least 512 (RFC 5321 §4.5.3.1.4)".into());

@@ -32,6 +32,18 @@ impl DiskSpace {
             free: AtomicU64::new(u64::MAX),
             gauge: Gauge::default(),
         });
+        if let Ok(st) = rustix::fs::statvfs(path) {
+            let size = st.f_blocks.saturating_mul(st.f_frsize);
+            if size < min_free {
+                tracing::error!(
+                    size_mb = size >> 20,
+                    min_free_mb = min_free >> 20,
+                    path = %path.display(),
+                    "the data directory's file system is smaller than smtp.min_free_disk_mb: \
+                     this node will refuse all mail"
+                );
+            }
+        }
         disk.refresh();
         disk
     }
@@ -78,13 +90,17 @@ impl DiskSpace {
         }
     }
 
-    /// Reads the free space every second until `stop`.
+    /// Reads the free space every second until `stop` (off the runtime's threads: on
+    /// a network file system the call can block).
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(EVERY);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => self.refresh(),
+                _ = tick.tick() => {
+                    let disk = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || disk.refresh()).await;
+                }
             }
         }
     }

@@ -3,7 +3,6 @@
 //! names), `bulwark restore` seeds a stopped node's empty data directory from a
 //! backup.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -131,11 +130,15 @@ pub fn backup(config: &Path, to: &Path) -> Result<()> {
 /// (every node of a new cluster is restored from the same backup).
 pub fn restore(config: &Path, from: &Path) -> Result<()> {
     let config = load(config)?;
-    let voters: BTreeMap<u64, String> = match &config.node.cluster {
-        Some(cluster) => cluster.peers.clone(),
-        None => BTreeMap::from([(config.node.id, String::new())]),
+    let voters: Vec<u64> = match &config.node.cluster {
+        Some(cluster) => cluster.peers.keys().copied().collect(),
+        None => vec![config.node.id],
     };
-    let manifest = backup::restore(from, &config.node.data_dir, config.node.id, &voters)
+    std::fs::create_dir_all(&config.node.data_dir)
+        .with_context(|| format!("creating {}", config.node.data_dir.display()))?;
+    crate::serve::check_node_id(&config.node.data_dir, config.node.id)?;
+    let manifest = runtime()?
+        .block_on(backup::restore(from, &config.node))
         .with_context(|| {
             format!(
                 "restoring {} into {}",
@@ -153,7 +156,7 @@ pub fn restore(config: &Path, from: &Path) -> Result<()> {
         manifest.event_count,
         manifest.applied_index,
         manifest.chain_head,
-        voters.keys().collect::<Vec<_>>()
+        voters
     );
     Ok(())
 }

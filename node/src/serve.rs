@@ -168,6 +168,7 @@ async fn serve(config: Config) -> Result<()> {
         }
     }
     notify_systemd(sd_notify::NotifyState::Stopping);
+    node.begin_stopping();
     // In order: SMTP stops accepting and drains (its commits still need Raft), the
     // workers stop, a leader hands its leadership to a caught-up peer, then the API
     // stops, then Raft and the stores.
@@ -257,7 +258,7 @@ impl scan::bayes::TokenCounts for ReplicatedCounts {
 
 /// Records the node id at first start and refuses to start under another id: a data
 /// directory belongs to one node for life.
-fn check_node_id(data_dir: &Path, id: u64) -> Result<()> {
+pub(crate) fn check_node_id(data_dir: &Path, id: u64) -> Result<()> {
     let path = data_dir.join("node.id");
     match fs::read_to_string(&path) {
         Ok(stored) => {

@@ -650,7 +650,10 @@ fn limits_mail_waits_for_room_on_the_data_disk() {
     // below the floor.
     let free = rustix::fs::statvfs(std::env::temp_dir()).unwrap();
     let free_mb = (free.f_bavail * free.f_frsize) >> 20;
-    assert!(free_mb > 3072, "this test needs 3 GiB free, has {free_mb} MiB");
+    assert!(
+        free_mb > 3072,
+        "this test needs 3 GiB free, has {free_mb} MiB"
+    );
     let node = Node::start(&format!(
         "min_free_disk_mb = {}\nmax_message_size = {big}\nmax_buffered_bytes = {big}",
         free_mb - 1024,

@@ -48,6 +48,12 @@ pub fn check_format(stored: Option<&[u8]>, path: &Path) -> Result<bool> {
     Ok(format < DATA_FORMAT)
 }
 
+/// Present while `bulwark restore` seeds a data directory; a node does not start
+/// from a directory that holds it (an interrupted restore).
+pub fn restore_marker(data_dir: &Path) -> PathBuf {
+    data_dir.join("restore-incomplete")
+}
+
 pub fn raft_log_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("raft-log")
 }

@@ -175,8 +175,15 @@ impl LogStore {
     /// Stores a small value; `durable` syncs it (and every earlier write) to disk
     /// before returning.
     pub fn put_meta(&self, name: &str, value: &[u8], durable: bool) -> Result<()> {
+        self.put_metas(&[(name, value)], durable)
+    }
+
+    /// Writes several meta values in one batch: all or none.
+    pub fn put_metas(&self, values: &[(&str, &[u8])], durable: bool) -> Result<()> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META), name, value);
+        for (name, value) in values {
+            batch.put_cf(self.cf(CF_META), name, value);
+        }
         let mut opts = WriteOptions::default();
         opts.set_sync(durable);
         self.db.write_opt(batch, &opts)?;

@@ -199,10 +199,17 @@ impl NetworkFactory {
         Ok(response)
     }
 
-    /// Asks `target`, which holds this leader's whole log, to start an election now.
-    pub async fn timeout_now(&self, target: NodeId, addr: &str) -> Result<(), CallError> {
+    /// Asks `target`, which holds this leader's whole log (up to `last_log_index`), to
+    /// start an election now.
+    pub async fn timeout_now(
+        &self,
+        target: NodeId,
+        addr: &str,
+        last_log_index: u64,
+    ) -> Result<(), CallError> {
         let mut conn = self.connect(target, addr).await?;
-        match Self::exchange(&mut conn, addr, &Request::TimeoutNow, CONNECT_TIMEOUT).await? {
+        let request = Request::TimeoutNow { last_log_index };
+        match Self::exchange(&mut conn, addr, &request, CONNECT_TIMEOUT).await? {
             Response::TimeoutNow(Ok(())) => Ok(()),
             Response::TimeoutNow(Err(reason)) => Err(CallError::Refused {
                 addr: addr.to_string(),

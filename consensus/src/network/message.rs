@@ -26,9 +26,12 @@ pub enum Request {
     },
     /// A call only the leader can answer.
     Leader(LeaderCall),
-    /// From the leader, which is stopping: this node holds the whole log, so start an
-    /// election now (Raft's leadership transfer).
-    TimeoutNow,
+    /// From the leader, which is stopping: this node holds (or is about to hold) the
+    /// whole log, up to this index, so start an election now (Raft's leadership
+    /// transfer).
+    TimeoutNow {
+        last_log_index: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

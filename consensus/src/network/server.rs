@@ -36,9 +36,12 @@ pub struct ServerContext {
     /// While true this node refuses to vote: it lost its data and has not yet caught
     /// up (see `node::rejoin`).
     pub abstain: Arc<AtomicBool>,
-    /// Set while this node, stopping, hands its leadership over: forwarded writes are
-    /// sent back (their senders retry with the next leader) so the log stops growing.
+    /// Set while this node, stopping, hands its leadership over: forwarded writes and
+    /// membership changes are sent back (their senders retry with the next leader) so
+    /// the log stops growing.
     pub handing_over: Arc<AtomicBool>,
+    /// Set once this node is stopping: it no longer stands for election.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl ServerContext {
@@ -161,25 +164,47 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
             applied: ctx.raft.metrics().borrow().last_applied.map(|l| l.index),
         },
         Request::Snapshot { .. } => Response::Refused("snapshot header out of place".into()),
+        Request::Leader(crate::leader::LeaderCall::Membership(_))
+            if ctx.handing_over.load(Ordering::Acquire) =>
+        {
+            Response::Leader(Err(crate::leader::LeaderCallError::NotLeader(None)))
+        }
         Request::Leader(call) => Response::Leader(crate::leader::answer(&ctx.raft, &call).await),
-        Request::TimeoutNow => Response::TimeoutNow(timeout_now(ctx, peer).await),
+        Request::TimeoutNow { last_log_index } => {
+            Response::TimeoutNow(timeout_now(ctx, peer, last_log_index).await)
+        }
     }
 }
 
-/// Starts an election because the leader, `peer`, asked: it is stopping and this node
-/// holds its whole log. Only the leader this node follows may ask (or, once it stepped
-/// down for this node's higher term, any member while no leader is known), and never
-/// a node that is still catching up after losing its data.
-async fn timeout_now(ctx: &ServerContext, peer: NodeId) -> Result<(), String> {
-    let leader = ctx.raft.metrics().borrow().current_leader;
-    if leader.is_some_and(|l| l != peer) {
+/// How long a node asked to stand waits for the leader's last entries to reach it.
+const CATCH_UP_TO_STAND: Duration = Duration::from_secs(1);
+
+/// Starts an election because the leader, `peer`, asked: it is stopping, and this
+/// node holds its log up to `last_log_index` (or will within a moment). Only the
+/// leader this node follows may ask, or, when the first try failed and the leader
+/// stepped down for this node's higher term, the same node again while this node is
+/// still a candidate. Never a node that is itself stopping, or still catching up after
+/// losing its data.
+async fn timeout_now(ctx: &ServerContext, peer: NodeId, last_log_index: u64) -> Result<(), String> {
+    let m = ctx.raft.metrics().borrow().clone();
+    let own_candidacy = m.current_leader.is_none() && m.vote.leader_id().voted_for() == Some(m.id);
+    if m.current_leader != Some(peer) && !own_candidacy {
         return Err(format!(
-            "node {peer} is not the leader this node follows ({leader:?})"
+            "node {peer} is not the leader this node follows ({:?})",
+            m.current_leader
         ));
+    }
+    if ctx.stopping.load(Ordering::Acquire) {
+        return Err("this node is stopping too".into());
     }
     if ctx.abstain.load(Ordering::Acquire) {
         return Err("empty data directory: not standing until caught up".into());
     }
+    ctx.raft
+        .wait(Some(CATCH_UP_TO_STAND))
+        .log_index_at_least(Some(last_log_index), "the stopping leader's log")
+        .await
+        .map_err(|_| format!("the log did not reach entry {last_log_index} in time"))?;
     tracing::info!(
         from = peer,
         "the leader is stopping and hands over: starting an election"

@@ -436,7 +436,12 @@ impl Worker {
         for _ in 0..20 {
             match self.node.proposer().submit(op.clone()).await {
                 Ok(_) => return true,
-                Err(bulwark_consensus::ProposeError::ShuttingDown) => return false,
+                // Raft stopped for good (a full disk): the node is on its way out, and
+                // the lease runs out for another node to deliver again.
+                Err(
+                    bulwark_consensus::ProposeError::ShuttingDown
+                    | bulwark_consensus::ProposeError::Fatal(_),
+                ) => return false,
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery report not committed yet; retrying");
                     tokio::time::sleep(pause).await;
