@@ -427,8 +427,18 @@ impl RaftNode {
         self.raft.runtime_config().elect(false);
         let started = Instant::now();
         let deadline = started + timeout;
-        let mut target: Option<(NodeId, String)> = None;
+        // Entries proposed just before the flag commit within moments: let them, so the
+        // voter asked holds the very last one.
+        let settle = started + SETTLE;
+        while Instant::now() < settle {
+            let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+            if self.committed.load(Ordering::Relaxed) == last {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let mut passed_over = BTreeSet::new();
+        let mut stood_for: BTreeMap<NodeId, u32> = BTreeMap::new();
         let mut asked: Option<Instant> = None;
         loop {
             let m = self.raft.metrics().borrow().clone();
@@ -440,22 +450,45 @@ impl RaftNode {
                 );
                 return Some(next);
             }
-            if Instant::now() >= deadline || m.running_state.is_err() || passed_over.len() >= others
-            {
+            if Instant::now() >= deadline || m.running_state.is_err() {
                 break;
             }
-            if m.state == ServerState::Leader {
-                target = caught_up_voter(&m, self.id, &passed_over).or(target);
+            if passed_over.len() >= others {
+                // Every voter refused or stood in vain (a candidacy that had not
+                // settled yet, say): ask them all again.
+                passed_over.clear();
+                stood_for.clear();
             }
-            let due = asked.is_none_or(|at| at.elapsed() >= ASK_AGAIN);
-            if let (Some((id, addr)), true) = (target.clone(), due) {
-                asked = Some(Instant::now());
-                let last = m.last_log_index.unwrap_or(0);
-                if let Err(e) = network.timeout_now(id, &addr, last).await {
-                    tracing::warn!(target = id, error = %e, "handing the leadership over: trying another voter");
-                    passed_over.insert(id);
-                    target = None;
-                    asked = None;
+            if asked.is_none_or(|at| at.elapsed() >= ASK_AGAIN) {
+                if let Some((id, addr)) = next_voter(&m, self.id, &passed_over) {
+                    asked = Some(Instant::now());
+                    // What the voter must hold: every committed entry (once this node
+                    // stepped down, entries it alone holds may never reach anyone).
+                    let committed = self.committed.load(Ordering::Relaxed);
+                    let last = m.last_log_index.unwrap_or(0);
+                    let needed = if committed == u64::MAX {
+                        last
+                    } else {
+                        committed.min(last)
+                    };
+                    match network.timeout_now(id, &addr, needed).await {
+                        // A voter that stood twice without winning lacks entries the
+                        // others hold (they refuse it): the next one is asked.
+                        Ok(()) => {
+                            let stood = stood_for.entry(id).or_insert(0);
+                            *stood += 1;
+                            if *stood >= 2 {
+                                passed_over.insert(id);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(target = id, error = %e, "handing the leadership over: trying another voter");
+                            passed_over.insert(id);
+                            if passed_over.len() < others {
+                                asked = None;
+                            }
+                        }
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -483,20 +516,29 @@ impl RaftNode {
 /// How long a stopping leader waits for the voter it asked to win before asking again.
 const ASK_AGAIN: Duration = Duration::from_millis(500);
 
-/// A voter other than `me` and those passed over that holds the leader's whole log
-/// (so it can win at once), with its address.
-fn caught_up_voter(
+/// How long a stopping leader lets entries proposed before it stopped taking them
+/// commit before it asks a voter to stand.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// The voter to ask to stand, other than `me` and those passed over, with its address:
+/// while this node leads, the one holding most of its log; once it stepped down (for
+/// the higher term of a voter that could not win at once), any.
+fn next_voter(
     m: &crate::types::RaftMetrics,
     me: NodeId,
     passed_over: &BTreeSet<NodeId>,
 ) -> Option<(NodeId, String)> {
-    let last = m.last_log_index?;
     let membership = m.membership_config.membership();
-    let replication = m.replication.as_ref()?;
+    let matched = |id: &NodeId| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(id).copied().flatten())
+            .map_or(0, |l| l.index)
+    };
     membership
         .voter_ids()
         .filter(|id| *id != me && !passed_over.contains(id))
-        .find(|id| replication.get(id).copied().flatten().map(|l| l.index) == Some(last))
+        .max_by_key(matched)
         .and_then(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
 }
 

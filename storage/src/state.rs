@@ -190,14 +190,17 @@ impl StateStore {
         opts.set_max_total_wal_size(256 * 1024 * 1024);
         let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())?;
         let meta = cf_handle(&db, cf::META);
-        if layout::check_format(db.get_cf(meta, layout::DATA_FORMAT_KEY)?.as_deref(), dir)? {
+        let record =
+            layout::check_format(db.get_cf(meta, layout::DATA_FORMAT_KEY)?.as_deref(), dir)?;
+        build_index(&db)?;
+        // Recorded once every conversion is done: an interrupted one runs again.
+        if record {
             db.put_cf(
                 meta,
                 layout::DATA_FORMAT_KEY,
                 layout::DATA_FORMAT.to_be_bytes(),
             )?;
         }
-        build_index(&db)?;
         Self::with_db(db, dir)
     }
 

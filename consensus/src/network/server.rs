@@ -180,15 +180,13 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
 const CATCH_UP_TO_STAND: Duration = Duration::from_secs(1);
 
 /// Starts an election because the leader, `peer`, asked: it is stopping, and this
-/// node holds its log up to `last_log_index` (or will within a moment). Only the
-/// leader this node follows may ask, or, when the first try failed and the leader
-/// stepped down for this node's higher term, the same node again while this node is
-/// still a candidate. Never a node that is itself stopping, or still catching up after
-/// losing its data.
+/// node holds its committed log up to `last_log_index` (or will within a moment). Only
+/// the leader this node follows may ask, or any member while no leader is known (the
+/// stopping leader stepped down after a first try failed: it asks again). Never a
+/// node that is itself stopping, or still catching up after losing its data.
 async fn timeout_now(ctx: &ServerContext, peer: NodeId, last_log_index: u64) -> Result<(), String> {
     let m = ctx.raft.metrics().borrow().clone();
-    let own_candidacy = m.current_leader.is_none() && m.vote.leader_id().voted_for() == Some(m.id);
-    if m.current_leader != Some(peer) && !own_candidacy {
+    if m.current_leader.is_some_and(|l| l != peer) {
         return Err(format!(
             "node {peer} is not the leader this node follows ({:?})",
             m.current_leader
