@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::{ensure, Context, Result};
+
 use crate::smtp::{self, ClientConfig, Message, Outcome, Stage};
+use crate::Cluster;
 
 /// A node that refused a connection is skipped for this long.
 const DOWN_FOR: Duration = Duration::from_secs(2);
@@ -121,6 +124,15 @@ impl Targets {
         }
     }
 
+    /// The SMTP listeners of nodes `ids` of `cluster`.
+    pub fn of(cluster: &Cluster, ids: &[u64]) -> Self {
+        Self::new(
+            ids.iter()
+                .map(|&id| (id, cluster.node(id).smtp_addr()))
+                .collect(),
+        )
+    }
+
     /// Attempt `attempt` of message `n`: the next node in turn that is not known to be
     /// down, so a retry goes to another node than the attempt before.
     fn pick(&self, n: usize, attempt: usize) -> (u64, SocketAddr) {
@@ -227,4 +239,64 @@ pub async fn run(
     let mut logs = std::mem::take(&mut *logs.lock().expect("logs"));
     logs.truncate(begun);
     logs
+}
+
+/// A load running in the background until [`Running::finish`].
+pub struct Running {
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Log>>,
+    deadline: Duration,
+}
+
+impl Running {
+    /// Starts `load` against `targets`.
+    pub fn start(load: MtaLoad, targets: Targets) -> Self {
+        let acked = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = load.deadline;
+        let task = tokio::spawn(run(load, Arc::new(targets), acked.clone(), stop.clone()));
+        Running {
+            acked,
+            stop,
+            task,
+            deadline,
+        }
+    }
+
+    /// Messages accepted so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` messages more than now were accepted, within `within`,
+    /// failing if the load ends first or a node of `cluster` exits on its own.
+    pub async fn wait_for(&self, more: u64, within: Duration, cluster: &mut Cluster) -> Result<()> {
+        let target = self.acked() + more;
+        let end = Instant::now() + within;
+        while self.acked() < target {
+            ensure!(
+                !self.task.is_finished(),
+                "the load ended early, after {} accepted messages",
+                self.acked()
+            );
+            ensure!(
+                Instant::now() < end,
+                "only {} messages accepted; waited {within:?} for {target}",
+                self.acked()
+            );
+            cluster.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops taking new messages, lets those begun finish, and returns every log.
+    pub async fn finish(self) -> Result<Vec<Log>> {
+        self.stop.store(true, Ordering::SeqCst);
+        tokio::time::timeout(self.deadline + Duration::from_secs(60), self.task)
+            .await
+            .context("the load generator did not stop")?
+            .context("the load generator panicked")
+    }
 }

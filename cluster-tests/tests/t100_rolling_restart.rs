@@ -13,12 +13,10 @@
 //!   hop (an SMTP sink in the test).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use bulwark_cluster_tests::mta::{self, MtaLoad, Targets};
+use anyhow::{bail, ensure, Result};
+use bulwark_cluster_tests::mta::{MtaLoad, Running, Targets};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig};
 use bulwark_cluster_tests::smtp::{self, ClientConfig, Outcome};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder};
@@ -33,6 +31,8 @@ const MAX_ATTEMPTS: usize = 40;
 const LOAD_DEADLINE: Duration = Duration::from_secs(240);
 /// Accepted messages before the first node is stopped, and between two restarts.
 const STEADY: u64 = 150;
+/// How long those may take.
+const WAIT: Duration = Duration::from_secs(60);
 /// Once a stopping leader has exited, the others must agree on its successor this
 /// fast: below the election timeout (1.5 s at least), so it was handed over.
 const HANDED_OVER_WITHIN: Duration = Duration::from_millis(1_000);
@@ -76,23 +76,14 @@ async fn t100_rolling_restart_under_load_loses_nothing() -> Result<()> {
 
 async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
     let first = cluster.wait_for_leader(Duration::from_secs(60)).await?;
-    let targets = Arc::new(Targets::new(
-        cluster
-            .ids()
-            .into_iter()
-            .map(|id| (id, cluster.node(id).smtp_addr()))
-            .collect(),
-    ));
-    let acked = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let generator = tokio::spawn(mta::run(load(), targets, acked.clone(), stop.clone()));
+    let mtas = Running::start(load(), Targets::of(cluster, &cluster.ids()));
 
     // The leader first, then the others in turn.
     let mut order = vec![first];
     order.extend(cluster.others(first));
     for id in order {
-        steady(cluster, &acked, &generator).await?;
+        mtas.wait_for(STEADY, WAIT, cluster).await?;
         let was_leader = cluster.cluster_status(id).await?.leader_id == Some(id);
         let t0 = Instant::now();
         let status = cluster.terminate(id).await?;
@@ -128,11 +119,8 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
             t1.elapsed().as_millis()
         );
     }
-    steady(cluster, &acked, &generator).await?;
-    stop.store(true, Ordering::SeqCst);
-    let logs = tokio::time::timeout(LOAD_DEADLINE + Duration::from_secs(60), generator)
-        .await
-        .context("the load generator did not stop")??;
+    mtas.wait_for(STEADY, WAIT, cluster).await?;
+    let logs = mtas.finish().await?;
     let elapsed = started.elapsed();
 
     // What the MTAs saw.
@@ -236,31 +224,6 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
             report.ok,
             "node {id}: the event chain does not verify: {report:?}"
         );
-    }
-    Ok(())
-}
-
-/// Waits until `STEADY` more messages were accepted.
-async fn steady(
-    cluster: &mut Cluster,
-    acked: &AtomicU64,
-    generator: &tokio::task::JoinHandle<Vec<mta::Log>>,
-) -> Result<()> {
-    let target = acked.load(Ordering::SeqCst) + STEADY;
-    let end = Instant::now() + Duration::from_secs(60);
-    while acked.load(Ordering::SeqCst) < target {
-        ensure!(
-            !generator.is_finished(),
-            "the load ended early, after {} accepted messages",
-            acked.load(Ordering::SeqCst)
-        );
-        ensure!(
-            Instant::now() < end,
-            "only {} messages accepted; waited 60 s for {target}",
-            acked.load(Ordering::SeqCst)
-        );
-        cluster.check_alive()?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }

@@ -13,13 +13,11 @@
 //! and checks nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use bulwark_cluster_tests::disk::SmallDisk;
-use bulwark_cluster_tests::mta::{self, MtaLoad, Targets};
+use bulwark_cluster_tests::mta::{MtaLoad, Running, Targets};
 use bulwark_cluster_tests::smtp::{self, ClientConfig, Message, Outcome, Stage};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder};
 
@@ -86,17 +84,8 @@ async fn t110_full_disk_on_one_node_loses_nothing() -> Result<()> {
 async fn run(cluster: &mut Cluster, disk: &mut SmallDisk) -> Result<()> {
     cluster.restart(SMALL).await?;
     cluster.wait_caught_up(SMALL, WAIT).await?;
-    let targets = Arc::new(Targets::new(
-        cluster
-            .ids()
-            .into_iter()
-            .map(|id| (id, cluster.node(id).smtp_addr()))
-            .collect(),
-    ));
-    let acked = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let generator = tokio::spawn(mta::run(load(), targets, acked.clone(), stop.clone()));
-    steady(cluster, &acked).await?;
+    let mtas = Running::start(load(), Targets::of(cluster, &cluster.ids()));
+    mtas.wait_for(STEADY, WAIT, cluster).await?;
 
     // 1. Below the floor: 452 at MAIL on node 3, the others accept.
     disk.fill_leaving(LOW_MB << 20)?;
@@ -127,7 +116,7 @@ async fn run(cluster: &mut Cluster, disk: &mut SmallDisk) -> Result<()> {
     );
     println!("t110: node {SMALL} below the floor answers MAIL with: {refused}");
     let applied_before = cluster.cluster_status(SMALL).await?.applied_index;
-    steady(cluster, &acked).await?;
+    mtas.wait_for(STEADY, WAIT, cluster).await?;
     let applied_after = cluster.cluster_status(SMALL).await?.applied_index;
     ensure!(
         applied_after > applied_before,
@@ -145,22 +134,9 @@ async fn run(cluster: &mut Cluster, disk: &mut SmallDisk) -> Result<()> {
         pace: Duration::ZERO,
         ..load()
     };
-    let big_stop = Arc::new(AtomicBool::new(false));
-    let big_load = tokio::spawn(mta::run(
-        big.clone(),
-        Arc::new(Targets::new(
-            cluster
-                .others(SMALL)
-                .into_iter()
-                .map(|id| (id, cluster.node(id).smtp_addr()))
-                .collect(),
-        )),
-        Arc::new(AtomicU64::new(0)),
-        big_stop.clone(),
-    ));
+    let big_load = Running::start(big.clone(), Targets::of(cluster, &cluster.others(SMALL)));
     let status = cluster.wait_exit(SMALL, WAIT).await?;
-    big_stop.store(true, Ordering::SeqCst);
-    let big_logs = big_load.await.context("the large-message load panicked")?;
+    let big_logs = big_load.finish().await?;
     println!(
         "t110: node {SMALL}'s disk full: it stopped {} ms later with {status}",
         t0.elapsed().as_millis()
@@ -175,7 +151,7 @@ async fn run(cluster: &mut Cluster, disk: &mut SmallDisk) -> Result<()> {
         "node {SMALL} did not say why it stopped:\n{log}"
     );
     cluster.wait_for_leader(WAIT).await?;
-    steady(cluster, &acked).await?;
+    mtas.wait_for(STEADY, WAIT, cluster).await?;
 
     // 3. Space back: it starts again and catches up.
     disk.clear()?;
@@ -194,11 +170,8 @@ async fn run(cluster: &mut Cluster, disk: &mut SmallDisk) -> Result<()> {
         "t110: space back ({free} MB free); node {SMALL} restarted, caught up and takes mail \
          again"
     );
-    steady(cluster, &acked).await?;
-    stop.store(true, Ordering::SeqCst);
-    let logs = tokio::time::timeout(LOAD_DEADLINE + Duration::from_secs(60), generator)
-        .await
-        .context("the load generator did not stop")??;
+    mtas.wait_for(STEADY, WAIT, cluster).await?;
+    let logs = mtas.finish().await?;
 
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     let mut acked_ids = BTreeSet::from([probe_id]);
@@ -266,21 +239,5 @@ async fn run(cluster: &mut Cluster, disk: &mut SmallDisk) -> Result<()> {
         "t110: every accepted message on all three nodes: {}",
         all.summary()
     );
-    Ok(())
-}
-
-/// Waits until `STEADY` more messages were accepted.
-async fn steady(cluster: &mut Cluster, acked: &AtomicU64) -> Result<()> {
-    let target = acked.load(Ordering::SeqCst) + STEADY;
-    let end = Instant::now() + WAIT;
-    while acked.load(Ordering::SeqCst) < target {
-        ensure!(
-            Instant::now() < end,
-            "only {} messages accepted; waited {WAIT:?} for {target}",
-            acked.load(Ordering::SeqCst)
-        );
-        cluster.check_alive()?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     Ok(())
 }

@@ -16,12 +16,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use bulwark_cluster_tests::mta::{self, MtaLoad, Targets};
+use bulwark_cluster_tests::mta::{MtaLoad, Running, Targets};
 use bulwark_cluster_tests::smtp::{self, ClientConfig, Message, Outcome};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder, VerifyReport};
 use serde_json::Value;
@@ -285,21 +283,8 @@ async fn take(
         cluster.post_note(1 + n % 3, &text).await?;
         notes.push(text);
     }
-    let targets = Arc::new(Targets::new(
-        cluster
-            .ids()
-            .into_iter()
-            .map(|id| (id, cluster.node(id).smtp_addr()))
-            .collect(),
-    ));
-    let acked = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let generator = tokio::spawn(mta::run(load(), targets, acked.clone(), stop.clone()));
-    let end = Instant::now() + WAIT;
-    while acked.load(Ordering::SeqCst) < 300 {
-        ensure!(Instant::now() < end, "the load did not get going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mtas = Running::start(load(), Targets::of(cluster, &cluster.ids()));
+    mtas.wait_for(300, WAIT, cluster).await?;
 
     let config = cluster.node(FROM).config_path().to_path_buf();
     let bin = cluster.binary().to_path_buf();
@@ -354,16 +339,8 @@ async fn take(
         manifest["applied_index"],
         manifest["bytes"]
     );
-    let after = acked.load(Ordering::SeqCst);
-    while acked.load(Ordering::SeqCst) < after + 100 {
-        ensure!(
-            Instant::now() < end + WAIT,
-            "the load stalled after the backup"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::SeqCst);
-    let logs = generator.await.context("the load panicked")?;
+    mtas.wait_for(100, WAIT, cluster).await?;
+    let logs = mtas.finish().await?;
     let before: BTreeSet<String> = logs
         .iter()
         .filter_map(|l| l.acked_at())

@@ -54,13 +54,7 @@ async fn t60_smtp_leader_kill9_loses_no_accepted_message() -> Result<()> {
 
 async fn run(cluster: &mut bulwark_cluster_tests::Cluster) -> Result<()> {
     cluster.wait_for_leader(Duration::from_secs(60)).await?;
-    let targets = Arc::new(Targets::new(
-        cluster
-            .ids()
-            .into_iter()
-            .map(|id| (id, cluster.node(id).smtp_addr()))
-            .collect(),
-    ));
+    let targets = Arc::new(Targets::of(cluster, &cluster.ids()));
     let acked = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let load = tokio::spawn(mta::run(
