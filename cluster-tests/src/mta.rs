@@ -40,6 +40,26 @@ pub struct MtaLoad {
 }
 
 impl MtaLoad {
+    /// `messages` messages of `size` bytes to `user@example.test` over `sessions`
+    /// sessions, as fast as the nodes answer; 40 attempts per message, no attempt
+    /// begun after 4 minutes, each bounded by a 20 s client timeout.
+    pub fn new(prefix: &str, messages: usize, sessions: usize, size: usize) -> Self {
+        MtaLoad {
+            prefix: prefix.into(),
+            messages,
+            sessions,
+            size,
+            rcpt: "user@example.test".into(),
+            max_attempts: 40,
+            deadline: Duration::from_secs(240),
+            pace: Duration::ZERO,
+            client: ClientConfig {
+                timeout: Duration::from_secs(20),
+                ..ClientConfig::default()
+            },
+        }
+    }
+
     /// The token of message `n`.
     pub fn token(&self, n: usize) -> String {
         format!("{}-{n:05}", self.prefix)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Result};
 use bulwark_cluster_tests::mta::{MtaLoad, Running, Targets};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig};
-use bulwark_cluster_tests::smtp::{self, ClientConfig, Outcome};
+use bulwark_cluster_tests::smtp::{self, Outcome};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder};
 
 /// Upper bound of the load; it is stopped once the last node is back.
@@ -41,18 +41,10 @@ const DELIVERED_WITHIN: Duration = Duration::from_secs(120);
 
 fn load() -> MtaLoad {
     MtaLoad {
-        prefix: "t100".into(),
-        messages: MESSAGES,
-        sessions: SESSIONS,
-        size: SIZE,
-        rcpt: "user@example.test".into(),
         max_attempts: MAX_ATTEMPTS,
         deadline: LOAD_DEADLINE,
         pace: PACE,
-        client: ClientConfig {
-            timeout: Duration::from_secs(20),
-            ..ClientConfig::default()
-        },
+        ..MtaLoad::new("t100", MESSAGES, SESSIONS, SIZE)
     }
 }
 

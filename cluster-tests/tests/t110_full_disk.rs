@@ -43,18 +43,9 @@ const BIG_SIZE: usize = 512 * 1024;
 
 fn load() -> MtaLoad {
     MtaLoad {
-        prefix: "t110".into(),
-        messages: MESSAGES,
-        sessions: SESSIONS,
-        size: SIZE,
-        rcpt: "user@example.test".into(),
-        max_attempts: 40,
         deadline: LOAD_DEADLINE,
         pace: PACE,
-        client: ClientConfig {
-            timeout: Duration::from_secs(20),
-            ..ClientConfig::default()
-        },
+        ..MtaLoad::new("t110", MESSAGES, SESSIONS, SIZE)
     }
 }
 

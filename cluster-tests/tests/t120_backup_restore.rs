@@ -31,18 +31,9 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn load() -> MtaLoad {
     MtaLoad {
-        prefix: "t120".into(),
-        messages: 20_000,
-        sessions: 4,
-        size: 2_048,
-        rcpt: "user@example.test".into(),
-        max_attempts: 40,
         deadline: Duration::from_secs(180),
         pace: Duration::from_millis(20),
-        client: ClientConfig {
-            timeout: Duration::from_secs(20),
-            ..ClientConfig::default()
-        },
+        ..MtaLoad::new("t120", 20_000, 4, 2_048)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bulwark_cluster_tests::mta::{self, Log, MtaLoad, Targets};
-use bulwark_cluster_tests::smtp::{self, ClientConfig, Outcome};
+use bulwark_cluster_tests::smtp::{self, Outcome};
 use bulwark_cluster_tests::ClusterBuilder;
 
 const MESSAGES: usize = 2_000;
@@ -26,18 +26,10 @@ const LOAD_DEADLINE: Duration = Duration::from_secs(75);
 
 fn mta_load() -> MtaLoad {
     MtaLoad {
-        prefix: "t60".into(),
-        messages: MESSAGES,
-        sessions: SESSIONS,
-        size: SIZE,
         rcpt: RCPT.into(),
         max_attempts: MAX_ATTEMPTS,
         deadline: LOAD_DEADLINE,
-        pace: Duration::ZERO,
-        client: ClientConfig {
-            timeout: Duration::from_secs(20),
-            ..ClientConfig::default()
-        },
+        ..MtaLoad::new("t60", MESSAGES, SESSIONS, SIZE)
     }
 }
 
