@@ -250,7 +250,7 @@ async fn connection(
     per_ip: Arc<PerIp>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     shared.opened.inc();
     shared.open.inc();
@@ -274,6 +274,9 @@ async fn connection(
         }
     }
     let Some(_slot) = per_ip.acquire(client.ip, settings.max_sessions_per_ip) else {
+        // A refused connection gives its place back before the client hears of
+        // the refusal, so a client that connects next never finds it taken.
+        drop(permit);
         let reply = format!(
             "421 4.7.0 {} Error: too many connections from {}",
             settings.hostname, client.ip
