@@ -90,6 +90,11 @@ fn main() {
             judged_sets.push((set.to_string(), read_set(&root.join(set))));
         }
     }
+    let (spam, ham) = counts.totals();
+    eprintln!(
+        "classifier: {} distinct tokens after learning {spam} spam and {ham} ham",
+        counts.distinct_tokens()
+    );
     let resolver =
         bulwark_node::dns::resolver(&config.dns.nameservers, config.dns.timeout).expect("resolver");
     let scanner = Scanner::from_config(
