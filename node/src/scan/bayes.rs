@@ -9,12 +9,12 @@
 //! same counts and scores it alike.
 //!
 //! Tokens are stored, so their form is a contract: a token is a string, hashed with
-//! [`token_hash`] (the first 8 bytes of its SHA-256, big-endian), or a pair of words. Changing how a
-//! message is turned into token strings, or the hash, invalidates every count trained
-//! so far and must bump the `bayes:` version. Adding a new kind of token does not
-//! (counts trained before simply lack it, as for a token never seen); `bayes:2`
-//! added the word pairs and the balanced sightings of [`token_probability`]. The
-//! strings are:
+//! [`token_hash`] (the first 8 bytes of its SHA-256, big-endian), or a pair of words
+//! ([`pair_hash`]). Changing how a message is turned into token strings, or the
+//! hashes, invalidates every count trained so far and must bump the `bayes:` version.
+//! Adding a new kind of token does not (counts trained before simply lack it, as for a
+//! token never seen); `bayes:2` added the word pairs and the balanced sightings of
+//! `token_probability`. The strings are:
 //!
 //! - body words (the rendered body, subject first): lowercase, 3 to 24 characters, made
 //!   of letters, digits and `' - . _ @ $`, trimmed of that punctuation at both ends,
@@ -179,9 +179,10 @@ pub fn tokens(parsed: &Parsed<'_>) -> Vec<u64> {
 struct Collector {
     /// Every token's hash, each once.
     hashes: Vec<u64>,
-    /// The token strings taken so far, by a quick 64-bit hash seeded per message
-    /// (so crafted words can neither collide nor make the map slow), and their
-    /// token hashes: a word met again is neither copied nor hashed again.
+    /// The token strings taken so far, by a quick 64-bit hash with a random seed (so
+    /// a sender cannot craft words that collide or make the map slow), and their
+    /// token hashes: a word met again is neither copied nor hashed with SHA-256
+    /// again.
     texts: HashMap<u64, u64, foldhash::fast::RandomState>,
     /// The quick hash of `texts`.
     quick: foldhash::fast::RandomState,
