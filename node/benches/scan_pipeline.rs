@@ -95,7 +95,7 @@ async fn bench(scanner: &Scanner, name: &str, body: Vec<u8>, n: u32) {
 
 /// Counts learned from 300 spam and 300 ham of 200 words each, drawn from 5,000
 /// words per class: enough for the classifier to score, and a table of about 10,000
-/// tokens to read.
+/// words and 120,000 word pairs to read.
 fn trained(tokenizer: &bayes::Tokenizer) -> BayesCounts {
     let mut counts = BayesCounts::new();
     let mut seed = 1u64;

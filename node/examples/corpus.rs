@@ -52,6 +52,10 @@ fn main() {
             _ => root = Some(PathBuf::from(arg)),
         }
     }
+    assert!(
+        !(cross_validate && site_ham),
+        "--site-ham judges the test sets, --cross-validate only the training sets: one or the other"
+    );
     let root = root.expect(
         "usage: corpus DATA_DIR [--cross-validate | --site-ham] [--dump FILE] [--rules FILE]...",
     );

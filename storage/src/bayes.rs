@@ -84,8 +84,8 @@ impl BayesTrained {
 pub struct BayesCounts {
     spam: u64,
     ham: u64,
-    /// Keyed by token hashes (SHA-256 derived, so not chosen freely by a sender),
-    /// with a hasher seeded per process that is far quicker than SipHash for them.
+    /// Keyed by token hashes, with a hasher seeded at random that is far quicker than
+    /// SipHash for them (read a few thousand times per scanned message).
     tokens: HashMap<u64, (u32, u32), foldhash::fast::RandomState>,
 }
 

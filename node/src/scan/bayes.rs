@@ -12,9 +12,11 @@
 //! [`token_hash`] (the first 8 bytes of its SHA-256, big-endian), or a pair of words
 //! ([`pair_hash`]). Changing how a message is turned into token strings, or the
 //! hashes, invalidates every count trained so far and must bump the `bayes:` version.
-//! Adding a new kind of token does not (counts trained before simply lack it, as for a
-//! token never seen); `bayes:2` added the word pairs and the balanced sightings of
-//! `token_probability`. The strings are:
+//! Adding a new kind of token keeps them usable (counts trained before simply lack
+//! it, as for a token never seen), with one flaw: forgetting or moving a message
+//! learned before takes away tokens of the new kind it never added (counts stop at
+//! zero, but come out of other messages' counts). `bayes:2` added the word pairs and
+//! the balanced sightings of `token_probability`. The strings are:
 //!
 //! - body words (the rendered body, subject first): lowercase, 3 to 24 characters, made
 //!   of letters, digits and `' - . _ @ $`, trimmed of that punctuation at both ends,
@@ -78,6 +80,10 @@ const STRENGTH: f64 = 1.0;
 const BACKGROUND: f64 = 0.5;
 /// A token takes part only if its probability is further than this from 0.5.
 const MIN_INTEREST: f64 = 0.1;
+/// How many of its own a sighting in the less trained class counts for at most (see
+/// `token_probability`): the balance of the corpus it was measured on (2,500 hams
+/// and 500 spams: a spam sighting counts for three).
+const MAX_SIGHTING_WEIGHT: f64 = 3.0;
 /// Tokens combined per message at most, the most telling first.
 const MAX_INTERESTING: usize = 150;
 
@@ -109,7 +115,9 @@ pub fn token_hash(token: &str) -> u64 {
 
 /// The hash of a pair of body words, from the hashes of its two words (SplitMix64's
 /// finaliser over the first rotated by half and the second, so order counts). A
-/// SHA-256 of every pair's string would cost as much as the rest of the scan.
+/// SHA-256 of every pair's string would cost as much as the rest of the scan. Unlike
+/// a string token's, a pair's hash can be aimed at a chosen value with about 2^32
+/// work; all that buys a sender is a pair counted as another token.
 pub fn pair_hash(first: u64, second: u64) -> u64 {
     let mut z = first.rotate_left(32) ^ second;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -177,14 +185,16 @@ pub fn tokens(parsed: &Parsed<'_>) -> Vec<u64> {
 
 /// Gathers the distinct tokens of one message, hashed, up to [`MAX_TOKENS`].
 struct Collector {
-    /// Every token's hash, each once.
+    /// The tokens' hashes (two strings of one hash are deduplicated at the end).
     hashes: Vec<u64>,
-    /// The token strings taken so far, by a quick 64-bit hash with a random seed (so
-    /// a sender cannot craft words that collide or make the map slow), and their
-    /// token hashes: a word met again is neither copied nor hashed with SHA-256
-    /// again.
+    /// The token strings taken so far, by a quick 64-bit hash of the string, and
+    /// their token hashes: a word met again is neither copied nor hashed with SHA-256
+    /// again. Two strings of one message sharing a quick hash (about one message in
+    /// 10^13 by chance; the seed is random, though foldhash claims no resistance to a
+    /// determined attacker) would give the second the first one's token: a token
+    /// lost, nothing else.
     texts: HashMap<u64, u64, foldhash::fast::RandomState>,
-    /// The quick hash of `texts`.
+    /// The hasher of `texts`' keys.
     quick: foldhash::fast::RandomState,
     /// The word pairs taken so far.
     pairs: HashSet<u64, foldhash::fast::RandomState>,
@@ -561,12 +571,16 @@ fn band_hit(classification: &Classification, tokens: usize) -> Hit {
 /// had been trained alike (each count scaled to the mean of the two totals): sites
 /// learn far more ham than spam (the corpus five times more), and raw counts would
 /// let a word seen in three hams of 2,500 look surer than one seen in two spams of
-/// 500, pulling spam written in ordinary words towards ham.
+/// 500, pulling spam written in ordinary words towards ham. A sighting in the smaller
+/// class weighs at most [`MAX_SIGHTING_WEIGHT`] times its own, so that a site with
+/// 200 spams and 20,000 hams does not take one spam's word for fifty.
 fn token_probability(spam: u32, ham: u32, spam_total: u64, ham_total: u64) -> f64 {
     let spam_ratio = (f64::from(spam) / spam_total as f64).min(1.0);
     let ham_ratio = (f64::from(ham) / ham_total as f64).min(1.0);
     let p = spam_ratio / (spam_ratio + ham_ratio);
-    let seen = (spam_ratio + ham_ratio) * (spam_total + ham_total) as f64 / 2.0;
+    let mean = (spam_total + ham_total) as f64 / 2.0;
+    let smaller = spam_total.min(ham_total) as f64;
+    let seen = (spam_ratio + ham_ratio) * mean.min(MAX_SIGHTING_WEIGHT * smaller);
     (STRENGTH * BACKGROUND + seen * p) / (STRENGTH + seen)
 }
 
@@ -893,6 +907,10 @@ mod tests {
         let rare_spam = token_probability(2, 0, 500, 2500);
         assert!(rare_ham < 0.5 && rare_spam > 0.5);
         assert!(rare_spam - 0.5 > 0.5 - rare_ham, "{rare_spam} {rare_ham}");
+        // One spam sighting at the training minimum beside a hundred times more ham
+        // counts for three, not fifty: (0.5 + 3) / (1 + 3).
+        let one_spam = token_probability(1, 0, 200, 20_000);
+        assert!((one_spam - 0.875).abs() < 1e-12, "{one_spam}");
         assert!(token_probability(100, 0, 100, 100) > 0.99);
         assert!(token_probability(0, 100, 100, 100) < 0.01);
         assert!(combine(&[0.99; 10]) > 0.99);

@@ -275,7 +275,7 @@ async fn connection(
     }
     let Some(_slot) = per_ip.acquire(client.ip, settings.max_sessions_per_ip) else {
         // A refused connection gives its place back before the client hears of
-        // the refusal, so a client that connects next never finds it taken.
+        // the refusal, so a client that connects after hearing it finds it free.
         drop(permit);
         let reply = format!(
             "421 4.7.0 {} Error: too many connections from {}",
