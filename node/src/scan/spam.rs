@@ -718,6 +718,29 @@ mod tests {
     }
 
     #[test]
+    fn text_in_east_asian_charsets_is_decoded_and_not_shouting() {
+        let (engine, _, _dir) = engine_with("body T_WORLD /你好，世界/\n");
+        // Subject "会议通知", body "你好，世界。会议通知", in GB2312, base64: the
+        // rule's words are in the body only.
+        let raw = "From: Alice Example <alice@example.org>\r\n\
+             To: Bob <bob@example.net>\r\n\
+             Subject: =?gb2312?B?u+HS6c2o1qo=?=\r\n\
+             Date: Wed, 31 Dec 2025 23:59:00 +0000\r\n\
+             Message-ID: <1234@mail.example.org>\r\n\
+             MIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=gb2312\r\n\
+             Content-Transfer-Encoding: base64\r\n\
+             \r\n\
+             xOO6w6OsysC956Gju+HS6c2o1qo=\r\n";
+        assert!(fired(&hits(&engine, raw), "T_WORLD"));
+        // Ten letters of a script without cases, none lower-case: not capitals.
+        let chinese = message("", "重要通知您的账户已经更新", "ok");
+        assert!(!fired(&hits(&engine, &chinese), "SUBJ_ALL_CAPS"));
+        let shouting = message("", "IMPORTANT NOTICE", "ok");
+        assert!(fired(&hits(&engine, &shouting), "SUBJ_ALL_CAPS"));
+    }
+
+    #[test]
     fn phishing_style_links() {
         let (engine, _) = SpamEngine::new(&[]).unwrap();
         let raw = message(

@@ -38,8 +38,8 @@ const PAST_SLACK_SECS: i64 = 4 * 24 * 3600;
 /// Hidden characters that make HTML suspicious; newsletters hide a preview line of
 /// up to about this much.
 const INVISIBLE_CHARS_MIN: usize = 150;
-/// Letters a subject needs before "all capitals" means anything.
-const CAPS_SUBJECT_MIN_LETTERS: usize = 10;
+/// Capital letters a subject needs before "all capitals" means anything.
+const CAPS_SUBJECT_MIN_CAPITALS: usize = 10;
 
 /// What one message gives the checks.
 pub(super) struct Facts<'a> {
@@ -92,9 +92,11 @@ impl Facts<'_> {
             }),
             Heuristic::SubjectAllCaps => {
                 let subject = self.message.subject()?;
-                let letters = subject.chars().filter(|c| c.is_alphabetic()).count();
+                // Only scripts with cases count: a subject in Chinese has no
+                // lower-case letter and is not shouting.
+                let capitals = subject.chars().filter(|c| c.is_uppercase()).count();
                 let lower = subject.chars().any(char::is_lowercase);
-                (letters >= CAPS_SUBJECT_MIN_LETTERS && !lower)
+                (capitals >= CAPS_SUBJECT_MIN_CAPITALS && !lower)
                     .then(|| "subject in capitals".to_owned())
             }
         }
