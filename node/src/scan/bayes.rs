@@ -16,15 +16,20 @@
 //! it, as for a token never seen), with one flaw: forgetting or moving a message
 //! learned before takes away tokens of the new kind it never added (counts stop at
 //! zero, but come out of other messages' counts). `bayes:2` added the word pairs and
-//! the balanced sightings of `token_probability`. The strings are:
+//! the balanced sightings of `token_probability`; `bayes:3` cut Chinese, Japanese and
+//! Korean text into two-character pieces (before, a run of it was one word, mostly
+//! `long:`). The strings are:
 //!
 //! - body words (the rendered body, subject first): lowercase, 3 to 24 characters, made
 //!   of letters, digits and `' - . _ @ $`, trimmed of that punctuation at both ends,
 //!   and holding a letter or `$` (so dates and bare numbers are left out); a longer
-//!   word becomes `long:` and its first 7 characters;
+//!   word becomes `long:` and its first 7 characters; runs of Han, Kana or Hangul
+//!   inside words are taken out of them and become every two characters that follow
+//!   each other (a run of one, that one), wherever words are taken;
 //! - body word pairs: two such words that follow each other (words of other forms
-//!   in between are skipped, long ones too), stored not as a string but as
-//!   [`pair_hash`] of the two words' hashes;
+//!   in between are skipped, long ones too; a word holding Han, Kana or Hangul ends
+//!   the chain, and the words cut out of it make no pairs), stored not as a string
+//!   but as [`pair_hash`] of the two words' hashes;
 //! - header words, prefixed by the header's name: `Subject:`, `From:` (display name
 //!   words, the address, its domain and registrable domain), `Reply-To:` (domains),
 //!   `Message-ID:` (domains), `X-Mailer:` and `User-Agent:` (words), `Content-Type:`
@@ -71,6 +76,28 @@ fn is_word_char(c: char) -> bool {
 /// Punctuation trimmed from both ends of a word.
 fn is_trimmed(c: char) -> bool {
     matches!(c, '\'' | '-' | '.' | '_' | '@')
+}
+
+/// Whether `c` belongs to a script written without spaces between words, or whose
+/// words are too long to be seen twice whole: Han ideographs, Hiragana, Katakana and
+/// Hangul. Runs of them become overlapping two-character tokens, as SpamAssassin's
+/// tokenizer and Lucene's CJK analyser cut them.
+fn is_cjk(c: char) -> bool {
+    matches!(c,
+        '\u{1100}'..='\u{11FF}'     // Hangul Jamo
+        | '\u{3005}'..='\u{3007}'   // 々 〆 〇
+        | '\u{3031}'..='\u{3035}'   // Kana repeat marks
+        | '\u{3040}'..='\u{30FF}'   // Hiragana, Katakana
+        | '\u{3130}'..='\u{318F}'   // Hangul compatibility Jamo
+        | '\u{31F0}'..='\u{31FF}'   // Katakana phonetic extensions
+        | '\u{3400}'..='\u{4DBF}'   // CJK extension A
+        | '\u{4E00}'..='\u{9FFF}'   // CJK unified ideographs
+        | '\u{AC00}'..='\u{D7AF}'   // Hangul syllables
+        | '\u{F900}'..='\u{FAFF}'   // CJK compatibility ideographs
+        | '\u{FF66}'..='\u{FF9F}'   // halfwidth Katakana
+        | '\u{20000}'..='\u{2FA1F}' // CJK extensions B to F, supplement
+        | '\u{30000}'..='\u{323AF}' // CJK extensions G and H
+    )
 }
 
 /// Robinson's strength of the background belief (s): how many sightings a token needs
@@ -240,7 +267,10 @@ impl Collector {
     }
 
     /// Adds every word of `text`, each after `prefix`, until the cap; with `pairs`,
-    /// each word also as a pair with the word kept before it.
+    /// each word also as a pair with the word kept before it. Runs of Chinese,
+    /// Japanese or Korean script are cut out of the words they are in and added as
+    /// their overlapping two-character pieces (see [`is_cjk`]); such a word ends the
+    /// chain of pairs, and what is cut out of it makes none.
     fn words(&mut self, prefix: &str, text: &str, pairs: bool) {
         let long_prefix = format!("{prefix}long:");
         let mut previous = None;
@@ -248,33 +278,76 @@ impl Collector {
             if self.is_full() {
                 return;
             }
-            let word = piece.trim_matches(is_trimmed);
-            if word.len() < MIN_WORD || !word.chars().any(|c| c.is_alphabetic() || c == '$') {
-                continue;
-            }
-            let length = if word.is_ascii() {
-                word.len()
-            } else {
-                word.chars().count()
-            };
-            if length > MAX_WORD {
-                let cut = word
-                    .char_indices()
-                    .nth(LONG_KEEP)
-                    .map_or(word.len(), |(i, _)| i);
-                self.add(&long_prefix, &word[..cut]);
-            } else if length >= MIN_WORD {
-                let hash = self.add(prefix, word);
-                if pairs {
-                    if let (Some(first), Some(second)) = (previous, hash) {
-                        let pair = pair_hash(first, second);
-                        if !self.is_full() && self.pairs.insert(pair) {
-                            self.hashes.push(pair);
-                        }
-                    }
+            if piece.is_ascii() || !piece.chars().any(is_cjk) {
+                let hash = self.word(prefix, &long_prefix, piece);
+                if pairs && hash.is_some() {
+                    self.pair(previous, hash);
                     previous = hash;
                 }
+                continue;
             }
+            previous = None;
+            let mut rest = piece;
+            while let Some(start) = rest.find(is_cjk) {
+                self.word(prefix, &long_prefix, &rest[..start]);
+                let run = &rest[start..];
+                let end = run.find(|c: char| !is_cjk(c)).unwrap_or(run.len());
+                self.cjk_run(prefix, &run[..end]);
+                rest = &run[end..];
+            }
+            self.word(prefix, &long_prefix, rest);
+        }
+    }
+
+    /// Adds one word (see the module documentation for which are kept); returns its
+    /// token's hash when it was kept as a word of its own (not cut to `long:`).
+    fn word(&mut self, prefix: &str, long_prefix: &str, piece: &str) -> Option<u64> {
+        let word = piece.trim_matches(is_trimmed);
+        if word.len() < MIN_WORD || !word.chars().any(|c| c.is_alphabetic() || c == '$') {
+            return None;
+        }
+        let length = if word.is_ascii() {
+            word.len()
+        } else {
+            word.chars().count()
+        };
+        if length > MAX_WORD {
+            let cut = word
+                .char_indices()
+                .nth(LONG_KEEP)
+                .map_or(word.len(), |(i, _)| i);
+            self.add(long_prefix, &word[..cut]);
+            None
+        } else if length >= MIN_WORD {
+            self.add(prefix, word)
+        } else {
+            None
+        }
+    }
+
+    /// Adds the pair of two words that follow each other, when both were kept.
+    fn pair(&mut self, first: Option<u64>, second: Option<u64>) {
+        if let (Some(first), Some(second)) = (first, second) {
+            let pair = pair_hash(first, second);
+            if !self.is_full() && self.pairs.insert(pair) {
+                self.hashes.push(pair);
+            }
+        }
+    }
+
+    /// Adds a run of Chinese, Japanese or Korean characters: every two characters
+    /// that follow each other, or the one character of a run of one.
+    fn cjk_run(&mut self, prefix: &str, run: &str) {
+        if run.chars().nth(1).is_none() {
+            self.add(prefix, run);
+            return;
+        }
+        let mut chars = run.char_indices().peekable();
+        while let Some((start, _)) = chars.next() {
+            let Some(&(second, c)) = chars.peek() else {
+                return;
+            };
+            self.add(prefix, &run[start..second + c.len_utf8()]);
         }
     }
 
@@ -526,7 +599,7 @@ impl Engine for BayesEngine {
 
     fn version(&self) -> String {
         let (spam, ham) = self.counts.totals();
-        format!("bayes:2 spam={spam} ham={ham}")
+        format!("bayes:3 spam={spam} ham={ham}")
     }
 
     fn scan(&self, message: &Parsed<'_>) -> Outcome {
@@ -787,6 +860,73 @@ mod tests {
         // No `Subject:x` (too short) and no `Meta:no_subject` (there is one).
         expected.extend(["Meta:urls:0", "abc", "ünïcödé", "long:àbcdefg"]);
         assert_exactly(&tokens, &expected, &[("abc", "ünïcödé")]);
+    }
+
+    #[test]
+    fn chinese_japanese_and_korean_text_becomes_two_character_pieces() {
+        let body = "明天开会。Meeting 会议室B, 楼 ハローWorld 안녕하세요 ok thanks";
+        let tokens = tokens_of(&plain("会议通知", body));
+        let mut expected = PLAIN_HEADERS.to_vec();
+        expected.extend([
+            "Subject:会议",
+            "Subject:议通",
+            "Subject:通知",
+            "Meta:urls:0",
+            "会议",
+            "议通",
+            "通知",
+            "明天",
+            "天开",
+            "开会",
+            "meeting",
+            "议室",
+            "楼",
+            "ハロ",
+            "ロー",
+            "world",
+            "안녕",
+            "녕하",
+            "하세",
+            "세요",
+            "thanks",
+        ]);
+        // No whole run ("明天开会", "会议室") and no pair across one ("meeting",
+        // "thanks").
+        assert_exactly(&tokens, &expected, &[]);
+    }
+
+    #[test]
+    fn text_in_a_chinese_charset_gives_the_tokens_of_the_same_text_in_utf8() {
+        let message = |charset: &str, subject: &str, body: &str| {
+            format!(
+                "From: Alice Example <alice@mail.example.org>\r\n\
+                 Subject: =?{charset}?B?{subject}?=\r\n\
+                 Message-ID: <1@mail.example.org>\r\n\
+                 Content-Type: text/plain; charset={charset}\r\n\
+                 Content-Transfer-Encoding: base64\r\n\
+                 \r\n\
+                 {body}\r\n"
+            )
+        };
+        // "会议通知" and "你好，世界。会议通知".
+        let gb2312 = tokens_of(&message(
+            "gb2312",
+            "u+HS6c2o1qo=",
+            "xOO6w6OsysC956Gju+HS6c2o1qo=",
+        ));
+        let utf8 = tokens_of(&message(
+            "utf-8",
+            "5Lya6K6u6YCa55+l",
+            "5L2g5aW977yM5LiW55WM44CC5Lya6K6u6YCa55+l",
+        ));
+        for token in ["Subject:会议", "你好", "世界", "会议", "通知"] {
+            assert!(has(&gb2312, token), "{token}");
+        }
+        let only = |a: &[u64], b: &[u64]| -> Vec<u64> {
+            a.iter().filter(|t| !b.contains(t)).copied().collect()
+        };
+        assert_eq!(only(&gb2312, &utf8), [token_hash("Charset:gb2312")]);
+        assert_eq!(only(&utf8, &gb2312), [token_hash("Charset:utf-8")]);
     }
 
     #[test]
@@ -1124,7 +1264,7 @@ mod tests {
     fn trained_classifier_separates_unseen_spam_and_ham() {
         let engine = BayesEngine::new(Arc::new(trained(300, 1)), 200);
         assert_eq!(engine.name(), "bayes");
-        assert_eq!(engine.version(), "bayes:2 spam=300 ham=300");
+        assert_eq!(engine.version(), "bayes:3 spam=300 ham=300");
         let mut rng = Rng(2);
         for _ in 0..50 {
             let spam = generated(&mut rng, true);
@@ -1157,7 +1297,7 @@ mod tests {
     fn silent_below_the_training_minimum() {
         let counts = Arc::new(trained(150, 1));
         let engine = BayesEngine::new(counts.clone(), 200);
-        assert_eq!(engine.version(), "bayes:2 spam=150 ham=150");
+        assert_eq!(engine.version(), "bayes:3 spam=150 ham=150");
         let spam = generated(&mut Rng(2), true);
         assert!(scan(&engine, &spam).is_empty());
         assert_eq!(engine.classify(&tokens_of(&spam)), None);
