@@ -33,6 +33,9 @@ pub struct Worker {
     /// Rung when an attempt ends: its slot is free, so the queue is looked at again
     /// at once instead of after `poll`.
     slot_freed: Notify,
+    /// Cancelled once the node stops taking new deliveries: a report that cannot be
+    /// committed is then tried no more (see `report`).
+    stopping: CancellationToken,
 }
 
 impl Worker {
@@ -48,11 +51,13 @@ impl Worker {
             settings,
             busy: Mutex::new(HashSet::new()),
             slot_freed: Notify::new(),
+            stopping: CancellationToken::new(),
         })
     }
 
     /// Delivers until `stop` is cancelled, then lets attempts in progress finish
-    /// (each is bounded by the next hop timeouts) and reports them.
+    /// (each is bounded by the next hop timeouts) and reports them, each report
+    /// tried once more at most.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut running = JoinSet::new();
@@ -118,6 +123,7 @@ impl Worker {
                 });
             }
         }
+        self.stopping.cancel();
         while running.join_next().await.is_some() {}
         self.pool.close_idle(true, &self.timeouts()).await;
     }
@@ -428,7 +434,11 @@ impl Worker {
     }
 
     /// Commits the report, retrying until it is committed or the node stops: a lost
-    /// report would send the message again after the lease runs out.
+    /// report would send the message again after the lease runs out. A node that is
+    /// stopping makes one more try and no more: its peers may be gone already (the
+    /// last node of a cluster shut down), and a report that cannot be committed must
+    /// not hold the process past its stop; the message is then delivered again, not
+    /// lost.
     async fn report(&self, report: DeliveryReport, bounce: Option<Box<Bounce>>) -> bool {
         let command = Command::Delivery(Box::new(DeliveryCommand::Report { report, bounce }));
         let op = self.node.proposer().stamp(command);
@@ -442,9 +452,20 @@ impl Worker {
                     bulwark_consensus::ProposeError::ShuttingDown
                     | bulwark_consensus::ProposeError::Fatal(_),
                 ) => return false,
+                Err(e) if self.stopping.is_cancelled() => {
+                    tracing::warn!(
+                        error = %e,
+                        "node stopping: delivery report not committed; the message will be \
+                         delivered again once its lease runs out"
+                    );
+                    return false;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery report not committed yet; retrying");
-                    tokio::time::sleep(pause).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.stopping.cancelled() => {}
+                    }
                     pause = (pause * 2).min(std::time::Duration::from_secs(5));
                 }
             }
