@@ -57,7 +57,7 @@ impl Worker {
 
     /// Delivers until `stop` is cancelled, then lets attempts in progress finish
     /// (each is bounded by the next hop timeouts) and reports them, each report
-    /// tried once more at most.
+    /// waited for [`STOPPING_REPORT_WAIT`] at most.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut running = JoinSet::new();
@@ -435,28 +435,43 @@ impl Worker {
 
     /// Commits the report, retrying until it is committed or the node stops: a lost
     /// report would send the message again after the lease runs out. A node that is
-    /// stopping makes one more try and no more: its peers may be gone already (the
-    /// last node of a cluster shut down), and a report that cannot be committed must
-    /// not hold the process past its stop; the message is then delivered again, not
-    /// lost.
+    /// stopping waits [`STOPPING_REPORT_WAIT`] for it and no more: its peers may be
+    /// gone already (the last node of a cluster shut down), and a report that cannot
+    /// be committed must not hold the process past its stop; the message is then
+    /// delivered again, not lost.
     async fn report(&self, report: DeliveryReport, bounce: Option<Box<Bounce>>) -> bool {
         let command = Command::Delivery(Box::new(DeliveryCommand::Report { report, bounce }));
         let op = self.node.proposer().stamp(command);
         let mut pause = std::time::Duration::from_millis(100);
         for _ in 0..20 {
-            match self.node.proposer().submit(op.clone()).await {
+            let submit = self.node.proposer().submit(op.clone());
+            tokio::pin!(submit);
+            let result = tokio::select! {
+                result = &mut submit => result,
+                _ = self.stopping.cancelled() => {
+                    match tokio::time::timeout(STOPPING_REPORT_WAIT, &mut submit).await {
+                        Ok(result) => result,
+                        Err(_) => Err(bulwark_consensus::ProposeError::ShuttingDown),
+                    }
+                }
+            };
+            match result {
                 Ok(_) => return true,
-                // Raft stopped for good (a full disk): the node is on its way out, and
-                // the lease runs out for another node to deliver again.
-                Err(
-                    bulwark_consensus::ProposeError::ShuttingDown
-                    | bulwark_consensus::ProposeError::Fatal(_),
-                ) => return false,
-                Err(e) if self.stopping.is_cancelled() => {
+                // Raft stopped for good (a full disk), or this node is stopping: the
+                // lease runs out for another node (or this one, restarted) to deliver
+                // again.
+                Err(e)
+                    if self.stopping.is_cancelled()
+                        || matches!(
+                            e,
+                            bulwark_consensus::ProposeError::ShuttingDown
+                                | bulwark_consensus::ProposeError::Fatal(_)
+                        ) =>
+                {
                     tracing::warn!(
                         error = %e,
-                        "node stopping: delivery report not committed; the message will be \
-                         delivered again once its lease runs out"
+                        "delivery report not committed; the message will be delivered \
+                         again once its lease runs out"
                     );
                     return false;
                 }
@@ -476,6 +491,10 @@ impl Worker {
         false
     }
 }
+
+/// How long a stopping node waits for a delivery report to commit: milliseconds do
+/// with a quorum, and without one the wait must not hold the stop.
+const STOPPING_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The most of a next hop's reply kept in reports: replies go into the replicated
 /// queue and the event log, once per recipient.
