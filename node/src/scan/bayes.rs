@@ -80,8 +80,8 @@ fn is_trimmed(c: char) -> bool {
 
 /// Whether `c` belongs to a script written without spaces between words, or whose
 /// words are too long to be seen twice whole: Han ideographs, Hiragana, Katakana and
-/// Hangul. Runs of them become overlapping two-character tokens, as SpamAssassin's
-/// tokenizer and Lucene's CJK analyser cut them.
+/// Hangul. Runs of them become overlapping two-character tokens, as Lucene's CJK
+/// analyser cuts them.
 fn is_cjk(c: char) -> bool {
     matches!(c,
         '\u{1100}'..='\u{11FF}'     // Hangul Jamo
