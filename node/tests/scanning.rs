@@ -195,6 +195,126 @@ fn scanning_malware_is_rejected_whatever_its_name() {
     );
 }
 
+/// EICAR as an attachment, encoded as `encoding` with `body`, in a multipart whose
+/// final boundary line is `close`.
+fn eicar_wrapped(encoding: &str, body: &str, close: &str) -> String {
+    format!(
+        "From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: invoice\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nplease pay\r\n\
+         --b\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n\
+         {encoding}\r\n{body}\r\n{close}"
+    )
+}
+
+#[test]
+fn scanning_malware_is_rejected_however_its_encoding_is_damaged() {
+    let node = Node::start("");
+    let encoded = "WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLVNUQU5EQVJELUFOVElWSVJVUy1URVNULUZJTEUhJEgrSCo=";
+    let (head, tail) = encoded.split_at(40);
+    let base64 = "Content-Transfer-Encoding: base64\r\n";
+    let close = "--b--\r\n";
+    let variants = [
+        (
+            "a stray `!` first",
+            eicar_wrapped(base64, &format!("!{encoded}"), close),
+        ),
+        (
+            "a stray `*` within",
+            eicar_wrapped(base64, &format!("{head}*{tail}"), close),
+        ),
+        (
+            "a stray `%` within",
+            eicar_wrapped(base64, &format!("{head}%{tail}"), close),
+        ),
+        (
+            "a control character",
+            eicar_wrapped(base64, &format!("{head}\u{1}{tail}"), close),
+        ),
+        (
+            "a leading `.`",
+            eicar_wrapped(base64, &format!(".{encoded}"), close),
+        ),
+        (
+            "junk after the padding",
+            eicar_wrapped(base64, &format!("{encoded}\r\n!!junk"), close),
+        ),
+        (
+            "base64 after the padding",
+            eicar_wrapped(base64, &format!("{encoded}QUJD"), close),
+        ),
+        (
+            "no padding",
+            eicar_wrapped(base64, encoded.trim_end_matches('='), close),
+        ),
+        (
+            "lines of odd lengths",
+            eicar_wrapped(base64, &format!("{head}\r\n{tail}"), close),
+        ),
+        (
+            "no final boundary",
+            eicar_wrapped(base64, &format!("!{encoded}"), ""),
+        ),
+        (
+            "a second, conflicting transfer encoding",
+            eicar_wrapped(
+                &format!("Content-Transfer-Encoding: 7bit\r\n{base64}"),
+                &format!("!{encoded}"),
+                close,
+            ),
+        ),
+        (
+            "a final boundary with trailing characters",
+            eicar_wrapped(base64, &format!("*{encoded}"), "--b--junk\r\n"),
+        ),
+        (
+            "uuencode",
+            eicar_wrapped(
+                "Content-Transfer-Encoding: x-uuencode\r\n",
+                "begin 644 invoice.pdf\r\n\
+                 M6#5/(5`E0$%06S1<4%I8-30H4%XI-T-#*3=])$5)0T%2+5-404Y$05)$+4%.\r\n\
+                 75$E625)54RU415-4+49)3$4A)$@K2\"H`\r\n`\r\nend",
+                close,
+            ),
+        ),
+    ];
+    // mail-parser 0.11.9 panics on an attached message holding an attached message
+    // as the last part: the scan must not end with it.
+    let nested = format!(
+        "From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: fwd\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\
+         Content-Type: message/rfc822\r\n\r\nSubject: innermost\r\n\
+         Content-Type: application/pdf; name=\"invoice.pdf\"\r\n{base64}\r\n{encoded}\r\n--b--\r\n"
+    );
+    let variants: Vec<(&str, String)> = variants
+        .into_iter()
+        .chain([("nested attached messages", nested)])
+        .collect();
+    let mut s = Smtp::ehlo(node.smtp);
+    for (what, body) in &variants {
+        let reply = s.send_message("alice@sender.test", &["bob@example.test"], body);
+        assert_eq!(reply.code, 554, "{what}: {reply:?}");
+        assert!(
+            reply.text().contains("malware Eicar-Test-Signature"),
+            "{what}: {reply:?}"
+        );
+        let v = verdict(&node, &rejected_id(&reply));
+        assert!(
+            v["scan"]["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["kind"] == "malware" && f["name"] == "Eicar-Test-Signature"),
+            "{what}: {v:#}"
+        );
+    }
+    // The session goes on: the same message without the malware is accepted.
+    let clean = eicar_wrapped(base64, "aGVsbG8=", close);
+    let reply = s.send_message("alice@sender.test", &["bob@example.test"], &clean);
+    assert_eq!(reply.code, 250, "{reply:?}");
+}
+
 #[test]
 fn scanning_tags_quarantines_and_rewrites_what_the_policy_says() {
     let sink = Sink::start(SinkConfig::default());

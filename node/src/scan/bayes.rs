@@ -482,11 +482,11 @@ impl Tokenizer {
         if !starts_with_header_field(raw) {
             return Vec::new();
         }
-        let Some(message) = mail_parser::MessageParser::default().parse(raw) else {
+        let Some(message) = super::parse(raw) else {
             return Vec::new();
         };
         let contents = unpack(&message, &self.limits);
-        let view = view(&message);
+        let view = view(&message, &contents);
         tokens(&Parsed {
             rcpt_to: &[],
             client_ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
@@ -695,7 +695,7 @@ mod tests {
 
     fn with_parsed<T>(raw: &str, contents: &Contents, f: impl FnOnce(&Parsed<'_>) -> T) -> T {
         let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
-        let view = view(&message);
+        let view = view(&message, contents);
         let parsed = Parsed {
             rcpt_to: &[],
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
@@ -982,6 +982,7 @@ mod tests {
                     declared_type: Some("text/plain".into()),
                     depth: 0,
                     inline_body: true,
+                    other_reading: false,
                     data: Vec::new(),
                 },
                 File {
@@ -990,6 +991,7 @@ mod tests {
                     declared_type: Some("application/pdf".into()),
                     depth: 0,
                     inline_body: false,
+                    other_reading: false,
                     data: Vec::new(),
                 },
                 File {
@@ -998,6 +1000,7 @@ mod tests {
                     declared_type: None,
                     depth: 1,
                     inline_body: false,
+                    other_reading: false,
                     data: Vec::new(),
                 },
             ],

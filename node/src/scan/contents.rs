@@ -10,11 +10,12 @@
 
 use std::io::{Cursor, Read};
 
-use mail_parser::decoders::base64::base64_decode;
-use mail_parser::decoders::quoted_printable::quoted_printable_decode;
+use mail_parser::decoders::charsets::map::charset_decoder;
 use mail_parser::{Encoding, Message, MessagePart, MimeHeaders, PartType};
 
+use super::decode::{self, TransferEncoding};
 use super::engine::{Contents, File, Finding, FindingKind};
+use super::mime;
 
 /// How far unpacking may go before it stops with a [`FindingKind::Bomb`] finding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +52,9 @@ const RATIO_FLOOR: u64 = 1024 * 1024;
 /// thousands of them.
 const MAX_FINDINGS: usize = 64;
 
-/// Lists every file of `message`, opening archives within `limits`.
+/// Lists every file of `message`, opening archives within `limits`: the parts as
+/// mail-parser reads them, then every part or decoding that the second reading
+/// ([`mime`], [`decode`]) finds and the first did not (invariant 7).
 pub fn unpack(message: &Message<'_>, limits: &Limits) -> Contents {
     let mut unpacker = Unpacker {
         limits,
@@ -61,6 +64,7 @@ pub fn unpack(message: &Message<'_>, limits: &Limits) -> Contents {
         stopped: false,
     };
     unpacker.message(message, "");
+    unpacker.other_readings(&message.raw_message);
     unpacker.contents
 }
 
@@ -127,11 +131,82 @@ impl Unpacker<'_> {
                         declared_type: declared_type(part),
                         depth: 0,
                         inline_body,
+                        other_reading: false,
                         data,
                     });
                 }
             }
         }
+    }
+
+    /// Lists what the second reading of `raw` finds that the first did not: a part
+    /// only it splits out, a decoding mail-parser refused or made differently, a
+    /// second `Content-Transfer-Encoding`, a second reading of the same base64.
+    fn other_readings(&mut self, raw: &[u8]) {
+        for leaf in mime::leaves(raw, self.limits.max_files) {
+            let encodings = if leaf.encodings.is_empty() {
+                vec![TransferEncoding::Identity]
+            } else {
+                leaf.encodings.clone()
+            };
+            for encoding in encodings {
+                let readings = encoding.decode(&leaf.body);
+                for (n, data) in std::iter::once(readings.first)
+                    .chain(readings.second)
+                    .enumerate()
+                {
+                    if self.stopped || self.known(&data, &leaf) {
+                        continue;
+                    }
+                    let location = match n {
+                        0 => format!("reading 2 part {} ({})", leaf.path, encoding.as_str()),
+                        _ => format!(
+                            "reading 2 part {} ({}, read past its end)",
+                            leaf.path,
+                            encoding.as_str()
+                        ),
+                    };
+                    if !self.admit(&location) {
+                        return;
+                    }
+                    // A text body read differently is still a body: the rules read
+                    // it with the others; an attachment stays an attachment.
+                    let inline_body = leaf.name.is_none()
+                        && matches!(leaf.content_type.as_str(), "text/plain" | "text/html");
+                    self.add(File {
+                        location,
+                        name: leaf.name.clone(),
+                        declared_type: Some(leaf.content_type.clone()),
+                        depth: 0,
+                        inline_body,
+                        other_reading: true,
+                        data,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether `data`, a reading of `leaf`, is already listed as a MIME part: as
+    /// it is, or (for text, which mail-parser lists in UTF-8) once decoded from
+    /// its charset.
+    fn known(&self, data: &[u8], leaf: &mime::Leaf<'_>) -> bool {
+        let parts = || self.contents.files.iter().filter(|f| f.depth == 0);
+        if parts().any(|f| f.data == data) {
+            return true;
+        }
+        if !leaf.content_type.starts_with("text/") {
+            return false;
+        }
+        let text = match leaf
+            .charset
+            .as_deref()
+            .and_then(|c| charset_decoder(c.as_bytes()))
+        {
+            Some(decode) => decode(data),
+            None => String::from_utf8_lossy(data).into_owned(),
+        };
+        parts().any(|f| f.data == text.as_bytes())
     }
 
     /// Lists `file`, already admitted, and, if it is an archive, what it holds.
@@ -251,6 +326,7 @@ impl Unpacker<'_> {
             declared_type: None,
             depth,
             inline_body: false,
+            other_reading: false,
             data,
         });
     }
@@ -415,13 +491,18 @@ fn attachment_bytes(message: &Message<'_>, part: &MessagePart<'_>) -> Vec<u8> {
         let raw = message
             .raw_message
             .get(part.offset_body as usize..part.offset_end as usize);
-        let decoded = match (part.encoding, raw) {
-            (Encoding::Base64, Some(raw)) => base64_decode(raw),
-            (Encoding::QuotedPrintable, Some(raw)) => quoted_printable_decode(raw),
-            _ => None,
-        };
-        if let Some(decoded) = decoded {
-            return decoded;
+        match (part.encoding, raw) {
+            (Encoding::Base64, Some(raw)) => return decode::base64(raw).first,
+            // Also a part whose encoding mail-parser could not decode: the bytes
+            // as sent, not their UTF-8 rendering.
+            (Encoding::None, Some(raw)) => return raw.to_vec(),
+            (Encoding::QuotedPrintable, Some(raw)) => {
+                // mail-parser's own reading of the text; the other is the second
+                // reading's.
+                let readings = decode::quoted_printable(raw);
+                return readings.second.unwrap_or(readings.first);
+            }
+            _ => {}
         }
     }
     part.contents().to_vec()
@@ -548,7 +629,7 @@ pub(crate) mod tests {
     ) -> super::super::engine::Outcome {
         let message = mail_parser::MessageParser::default().parse(raw).unwrap();
         let contents = unpack(&message, &Limits::default());
-        let view = crate::scan::spam::view(&message);
+        let view = crate::scan::spam::view(&message, &contents);
         let parsed = super::super::engine::Parsed {
             rcpt_to: &[],
             client_ip: std::net::IpAddr::from([192, 0, 2, 1]),

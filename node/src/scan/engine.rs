@@ -39,6 +39,9 @@ pub struct File {
     pub depth: u32,
     /// Whether the part is the text or HTML body rather than an attachment.
     pub inline_body: bool,
+    /// Whether only the second reading of the message found it (a part or a
+    /// decoding mail-parser does not make; see `contents::unpack`).
+    pub other_reading: bool,
     /// The decoded content.
     pub data: Vec<u8>,
 }

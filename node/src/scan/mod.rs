@@ -15,8 +15,10 @@ pub mod bayes;
 pub mod blocklists;
 pub mod clamd;
 pub mod contents;
+pub mod decode;
 pub mod engine;
 pub mod malware;
+pub mod mime;
 pub mod origin;
 pub mod phishing;
 pub mod preview;
@@ -519,6 +521,19 @@ impl Scanner {
     }
 }
 
+/// Parses a message with mail-parser, `None` when it does not parse. mail-parser
+/// 0.11.9 panics on some nestings of attached messages (an attacker's way past
+/// every content engine if the panic ended the scan); such a message is judged as
+/// one that does not parse: its bytes still go to the second reading.
+pub fn parse(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
+    std::panic::catch_unwind(|| mail_parser::MessageParser::default().parse(raw)).unwrap_or_else(
+        |_| {
+            tracing::warn!("mail-parser panicked on a message; judged as unparseable");
+            None
+        },
+    )
+}
+
 /// The envelope fields the blocking thread needs, owned.
 struct Owned {
     rcpt_to: Vec<String>,
@@ -536,15 +551,17 @@ impl ContentEngines {
         links: Option<tokio::sync::oneshot::Sender<Vec<String>>>,
     ) {
         let started = Instant::now();
-        let parsed = mail_parser::MessageParser::default().parse(body);
+        let parsed = parse(body);
         let fallback;
         let message = match &parsed {
             Some(message) => message,
             None => {
                 // What does not parse as a message (empty, say) is judged as one
-                // without headers or body: the parser's accessors need a root part.
+                // without headers: the parser's accessors need a root part, and the
+                // second reading of the unpacker still reads the bytes.
                 fallback = mail_parser::Message {
                     parts: vec![mail_parser::MessagePart::default()],
+                    raw_message: body.into(),
                     ..Default::default()
                 };
                 &fallback
@@ -555,7 +572,7 @@ impl ContentEngines {
             let _ = links.send(spam::link_hosts(message));
         }
         let contents = contents::unpack(message, &self.limits);
-        let view = spam::view(message);
+        let view = spam::view(message, &contents);
         let unpack_ms = started.elapsed().as_millis() as u64;
         let input = Parsed {
             rcpt_to: &owned.rcpt_to,

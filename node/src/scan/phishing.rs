@@ -362,7 +362,7 @@ mod tests {
         let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
         let contents = Contents::default();
         let ours = vec!["example.test".to_owned(), "bulwark-corp.test".to_owned()];
-        let view = crate::scan::spam::view(&message);
+        let view = crate::scan::spam::view(&message, &contents);
         let parsed = Parsed {
             rcpt_to: rcpt,
             client_ip: client,

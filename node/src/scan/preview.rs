@@ -25,7 +25,7 @@ const MAX_ATTACHMENTS: usize = 500;
 /// The preview of a raw message (see the module documentation). `truncated` says
 /// whether anything was cut to the limits above.
 pub fn preview(raw: &[u8], limits: &Limits) -> Value {
-    let Some(message) = mail_parser::MessageParser::default().parse(raw) else {
+    let Some(message) = super::parse(raw) else {
         return json!({
             "headers": [], "text": null, "html_text": null, "attachments": [],
             "truncated": false, "parsed": false,

@@ -257,7 +257,7 @@ mod tests {
     fn hits(engine: &SpamEngine, raw: &str) -> Vec<Hit> {
         let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
         let contents = Contents::default();
-        let view = view(&message);
+        let view = view(&message, &contents);
         let parsed = Parsed {
             rcpt_to: &[],
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),

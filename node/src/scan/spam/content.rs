@@ -9,6 +9,7 @@ use mail_parser::{Message, PartType};
 use memchr::memmem;
 
 use super::html::{self, push_collapsed, Link};
+use crate::scan::engine::Contents;
 
 /// Text read from one body part at most (SpamAssassin stops at 50 000 by default).
 const PART_TEXT_LIMIT: usize = 64 * 1024;
@@ -35,8 +36,9 @@ pub struct View {
     pub html_parts: usize,
 }
 
-/// Reads a message once for the rules.
-pub(crate) fn view(message: &Message<'_>) -> View {
+/// Reads a message once for the rules: its text and HTML bodies, then every body
+/// text only the second reading found (`contents::unpack`).
+pub(crate) fn view(message: &Message<'_>, contents: &Contents) -> View {
     let mut view = View::default();
     let mut uris = Uris::default();
     if let Some(subject) = message.subject() {
@@ -77,6 +79,28 @@ pub(crate) fn view(message: &Message<'_>) -> View {
                 view.invisible_chars += rendered.invisible_chars;
             }
             _ => {}
+        }
+    }
+    for file in contents
+        .files
+        .iter()
+        .filter(|f| f.other_reading && f.inline_body)
+    {
+        let text = String::from_utf8_lossy(&file.data);
+        let text = truncate(&text, PART_TEXT_LIMIT);
+        push_line(&mut view.rawbody, text);
+        if file.declared_type.as_deref() == Some("text/html") {
+            let rendered = html::render(text);
+            push_line(&mut view.body, &rendered.text);
+            uris.find_in_text(&rendered.text);
+            for link in &rendered.links {
+                uris.add_href(&link.href);
+            }
+            view.links.extend(rendered.links);
+            view.invisible_chars += rendered.invisible_chars;
+        } else {
+            render_plain(text, &mut view.body);
+            uris.find_in_text(text);
         }
     }
     view.uris = uris.list;
