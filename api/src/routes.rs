@@ -39,6 +39,8 @@ pub struct ApiState {
     pub tokenizer: crate::Tokenizer,
     pub preview: crate::Previewer,
     pub metrics: std::sync::Arc<crate::Metrics>,
+    /// The only directory backups are written into (`[backup] dir`).
+    pub backup_dir: std::path::PathBuf,
 }
 
 /// The OpenAPI document's frame; the paths come from the handlers' annotations.
