@@ -133,7 +133,8 @@ fn openapi_document() -> &'static str {
 /// - `consistent` (any call, see [`consistency`]): 400 when it is neither `true` nor
 ///   `false`, 503 when the leader could not confirm the read in time;
 /// - 401 on every call that needs a token (none, or not a valid one);
-/// - 400 also for a request body that does not parse, 413 for one too big.
+/// - 400 also for a request body that does not parse, 413 for one too big;
+/// - a success without a declared body is a JSON object (every handler's `Json`).
 fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
     use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Required, ResponseBuilder, Type};
@@ -149,6 +150,7 @@ fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
         .schema(Some(ObjectBuilder::new().schema_type(Type::Boolean)))
         .build();
     let problem = || Content::new(Some(Ref::from_schema_name("Problem")));
+    let json_object = || Content::new(Some(ObjectBuilder::new().schema_type(Type::Object)));
     let add = |op: &mut Operation, status: &str, description: &str| {
         op.responses
             .responses
@@ -190,11 +192,16 @@ fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
                 add(op, "413", "the request body is too big");
             }
             for (status, answer) in op.responses.responses.iter_mut() {
-                if let (true, RefOr::T(answer)) = (status.starts_with(['4', '5']), answer) {
+                let RefOr::T(answer) = answer else { continue };
+                if status.starts_with(['4', '5']) {
                     answer.content.clear();
                     answer
                         .content
                         .insert("application/problem+json".into(), problem());
+                } else if status.starts_with('2') && answer.content.is_empty() {
+                    answer
+                        .content
+                        .insert("application/json".into(), json_object());
                 }
             }
         }
@@ -314,7 +321,7 @@ async fn consistency(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "health", security(), responses((status = 200, description = "the process answers")), operation_id = "healthz")]
+#[utoipa::path(get, path = "/healthz", tag = "health", security(), responses((status = 200, description = "the process answers", body = String, content_type = "text/plain")), operation_id = "healthz")]
 async fn healthz() -> &'static str {
     "ok\n"
 }

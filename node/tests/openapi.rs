@@ -158,7 +158,7 @@ fn the_openapi_document_covers_every_route_and_only_routes() {
 
 /// Every operation declares the answers it can give besides its own: 401 where it
 /// needs a token, 400 where it takes parameters or a body, 413 where it takes a body,
-/// each error as problem+json; numeric parameters carry their bounds, and the node
+/// each error as problem+json, each success with its media type; numeric parameters carry their bounds, and the node
 /// holds to them (a seq past int64, a page size out of range, a node id of 0 or past
 /// int64: 400), as it does for a path parameter that does not decode and a body too
 /// big (problem+json, not axum's plain text).
@@ -196,6 +196,10 @@ fn every_operation_declares_its_error_answers_and_the_node_keeps_to_the_bounds()
                 assert!(has("413"), "{name} lacks 413");
             }
             for (status, answer) in answers {
+                if status.starts_with('2') {
+                    let declared = answer["content"].as_object().map_or(0, |c| c.len());
+                    assert!(declared > 0, "{name} {status}: no media type");
+                }
                 if status.starts_with(['4', '5']) {
                     assert_eq!(
                         answer["content"]["application/problem+json"]["schema"]["$ref"],
