@@ -31,12 +31,13 @@ pub type Tokenizer = Arc<dyn Fn(&[u8]) -> Vec<u64> + Send + Sync>;
 #[into_params(parameter_in = Query)]
 pub(crate) struct LessonQuery {
     /// A message the gateway holds (quarantined or queued), instead of a body.
+    #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     message_id: Option<String>,
 }
 
 /// `POST /v1/bayes/{spam|ham|forget}`: the request body is the message
 /// (message/rfc822), or empty with `?message_id=` naming a stored message.
-#[utoipa::path(post, path = "/v1/bayes/{lesson}", tag = "bayes", params(("lesson" = String, Path, description = "spam, ham or forget"), LessonQuery), request_body(content = String, content_type = "message/rfc822"), responses((status = 200, description = "learned"), (status = 400, description = "not a message"), (status = 403, description = "a role that may not act on messages"), (status = 404, description = "no such lesson, or no such message")), operation_id = "bayes_learn")]
+#[utoipa::path(post, path = "/v1/bayes/{lesson}", tag = "bayes", params(("lesson" = String, Path, description = "spam, ham or forget", pattern = "^(spam|ham|forget)$"), LessonQuery), request_body(content = String, content_type = "message/rfc822"), responses((status = 200, description = "learned"), (status = 400, description = "no body and no message_id, both, or a malformed message_id"), (status = 422, description = "the body gives no tokens: not an RFC 5322 message"), (status = 403, description = "a role that may not act on messages"), (status = 404, description = "no such lesson, or no such message")), operation_id = "bayes_learn")]
 pub(crate) async fn learn(
     State(s): State<ApiState>,
     headers: HeaderMap,

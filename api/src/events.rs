@@ -38,6 +38,8 @@ pub(crate) struct EventQuery {
     limit: Option<usize>,
     #[serde(rename = "type")]
     type_name: Option<String>,
+    /// Events about this message (its id, as in `250 2.0.0 Ok: queued as ID`).
+    #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     message_id: Option<String>,
     sender: Option<String>,
     recipient: Option<String>,

@@ -43,6 +43,7 @@ pub(crate) struct ListQuery {
     since: Option<String>,
     until: Option<String>,
     /// Messages after this id (a page's `next`).
+    #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     after: Option<String>,
     /// Messages in a page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -215,7 +216,7 @@ async fn bulk(
 
 /// `GET /v1/quarantine/{id}`: the record, the verdict that put the message there and
 /// a preview of its content (withheld from roles that may not read contents).
-#[utoipa::path(get, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "record, verdict and a safe preview"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role")), operation_id = "quarantine_detail")]
+#[utoipa::path(get, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "record, verdict and a safe preview"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role")), operation_id = "quarantine_detail")]
 pub(crate) async fn detail(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -265,7 +266,7 @@ pub(crate) async fn detail(
 
 /// `GET /v1/quarantine/{id}/raw`: the message as received, as a download
 /// (`message/rfc822`, never rendered inline).
-#[utoipa::path(get, path = "/v1/quarantine/{id}/raw", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "the message as received", content_type = "message/rfc822"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not read message contents")), operation_id = "quarantine_raw")]
+#[utoipa::path(get, path = "/v1/quarantine/{id}/raw", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "the message as received", content_type = "message/rfc822"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not read message contents")), operation_id = "quarantine_raw")]
 pub(crate) async fn raw(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -312,7 +313,7 @@ struct ReasonRequest {
 
 /// `POST /v1/quarantine/{id}/release` with `{"reason": "..."}`: the message joins the
 /// delivery queue.
-#[utoipa::path(post, path = "/v1/quarantine/{id}/release", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), request_body = ReasonRequest, responses((status = 200, description = "queued for delivery"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or no reason"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_release")]
+#[utoipa::path(post, path = "/v1/quarantine/{id}/release", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), request_body = ReasonRequest, responses((status = 200, description = "queued for delivery"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or no reason"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_release")]
 pub(crate) async fn release(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -332,7 +333,7 @@ pub(crate) struct DeleteQuery {
 }
 
 /// `DELETE /v1/quarantine/{id}[?reason=...]`: the message and its body are removed.
-#[utoipa::path(delete, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`"), DeleteQuery), responses((status = 200, description = "deleted with its body"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or a reason too long"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_delete")]
+#[utoipa::path(delete, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), DeleteQuery), responses((status = 200, description = "deleted with its body"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or a reason too long"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_delete")]
 pub(crate) async fn delete(
     state: State<ApiState>,
     headers: HeaderMap,

@@ -27,6 +27,7 @@ pub(crate) struct QueueQuery {
     recipient: Option<String>,
     status: Option<String>,
     /// Messages after this id (a page's `next`).
+    #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     after: Option<String>,
     /// Messages in a page, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -121,7 +122,7 @@ fn item(record: &QueueRecord, now_ms: i64) -> Value {
 }
 
 /// `POST /v1/queue/{id}/retry`.
-#[utoipa::path(post, path = "/v1/queue/{id}/retry", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "due now"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_retry")]
+#[utoipa::path(post, path = "/v1/queue/{id}/retry", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "due now"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_retry")]
 pub(crate) async fn retry(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -132,7 +133,7 @@ pub(crate) async fn retry(
 }
 
 /// `POST /v1/queue/{id}/hold`.
-#[utoipa::path(post, path = "/v1/queue/{id}/hold", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "held"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_hold")]
+#[utoipa::path(post, path = "/v1/queue/{id}/hold", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "held"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_hold")]
 pub(crate) async fn hold(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -143,7 +144,7 @@ pub(crate) async fn hold(
 }
 
 /// `POST /v1/queue/{id}/release`.
-#[utoipa::path(post, path = "/v1/queue/{id}/release", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "no longer held"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_release")]
+#[utoipa::path(post, path = "/v1/queue/{id}/release", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "no longer held"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_release")]
 pub(crate) async fn release(
     state: State<ApiState>,
     headers: HeaderMap,
@@ -154,7 +155,7 @@ pub(crate) async fn release(
 }
 
 /// `DELETE /v1/queue/{id}`.
-#[utoipa::path(delete, path = "/v1/queue/{id}", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "dropped, no DSN"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_delete")]
+#[utoipa::path(delete, path = "/v1/queue/{id}", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "dropped, no DSN"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_delete")]
 pub(crate) async fn delete(
     state: State<ApiState>,
     headers: HeaderMap,

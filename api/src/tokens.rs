@@ -113,7 +113,7 @@ pub(crate) async fn list(
 
 /// `DELETE /v1/tokens/{name}`: the token stops working on every node once applied;
 /// 404 when there is none of that name.
-#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "token name")), responses((status = 200, description = "revoked"), (status = 404, description = "no such token"), (status = 400, description = "not a token name"), (status = 403, description = "not the admin role")), operation_id = "tokens_revoke")]
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "token name", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "revoked"), (status = 404, description = "no such token"), (status = 400, description = "not a token name"), (status = 403, description = "not the admin role")), operation_id = "tokens_revoke")]
 pub(crate) async fn revoke(
     State(s): State<ApiState>,
     headers: HeaderMap,
