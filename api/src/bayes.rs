@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bulwark_storage::{BayesClass, BayesLesson, Command, MessageId};
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{Access, ClientIp};
+use crate::extract::PathParam;
 use crate::routes::ApiState;
 use crate::ApiError;
 
@@ -30,17 +31,18 @@ pub type Tokenizer = Arc<dyn Fn(&[u8]) -> Vec<u64> + Send + Sync>;
 #[into_params(parameter_in = Query)]
 pub(crate) struct LessonQuery {
     /// A message the gateway holds (quarantined or queued), instead of a body.
+    #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     message_id: Option<String>,
 }
 
 /// `POST /v1/bayes/{spam|ham|forget}`: the request body is the message
 /// (message/rfc822), or empty with `?message_id=` naming a stored message.
-#[utoipa::path(post, path = "/v1/bayes/{lesson}", tag = "bayes", params(("lesson" = String, Path, description = "spam, ham or forget"), LessonQuery), request_body(content = String, content_type = "message/rfc822"), responses((status = 200, description = "learned"), (status = 400, description = "not a message")), operation_id = "bayes_learn")]
+#[utoipa::path(post, path = "/v1/bayes/{lesson}", tag = "bayes", params(("lesson" = String, Path, description = "spam, ham or forget", pattern = "^(spam|ham|forget)$"), LessonQuery), request_body(content = String, content_type = "message/rfc822"), responses((status = 200, description = "learned"), (status = 400, description = "no body and no message_id, both, or a malformed message_id"), (status = 422, description = "the body gives no tokens: not an RFC 5322 message"), (status = 403, description = "a role that may not act on messages"), (status = 404, description = "no such lesson, or no such message")), operation_id = "bayes_learn")]
 pub(crate) async fn learn(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
-    Path(lesson): Path<String>,
+    PathParam(lesson): PathParam<String>,
     query: Result<Query<LessonQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -132,7 +134,7 @@ pub(crate) async fn learn(
 }
 
 /// `GET /v1/bayes`: what this node's classifier has learned.
-#[utoipa::path(get, path = "/v1/bayes", tag = "bayes", responses((status = 200, description = "messages learned and distinct tokens")), operation_id = "bayes_counts")]
+#[utoipa::path(get, path = "/v1/bayes", tag = "bayes", responses((status = 200, description = "messages learned and distinct tokens"), (status = 403, description = "the siem role")), operation_id = "bayes_counts")]
 pub(crate) async fn counts(
     State(s): State<ApiState>,
     headers: HeaderMap,

@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use bulwark_consensus::{LeaderCall, LeaderCallError, MembershipChange};
@@ -15,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{Access, ClientIp};
+use crate::extract::{Body, PathParam};
 use crate::routes::ApiState;
 use crate::ApiError;
 
@@ -43,6 +43,8 @@ pub(crate) async fn status(State(s): State<ApiState>) -> Json<bulwark_consensus:
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddMember {
+    /// The new node's id (`[node] id` in its config).
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
     id: u64,
     /// The new node's cluster listener, `host:port`.
     addr: String,
@@ -50,19 +52,17 @@ struct AddMember {
 
 /// `POST /v1/cluster/members {"id": 4, "addr": "10.0.0.4:7001"}`: the node becomes
 /// a learner; the leader starts sending it the log (or a snapshot).
-#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", request_body = AddMember, responses((status = 200, description = "added as a learner"), (status = 400, description = "malformed"), (status = 409, description = "already a member"), (status = 503, description = "no leader answered")), operation_id = "cluster_add")]
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", request_body = AddMember, responses((status = 200, description = "added as a learner"), (status = 400, description = "malformed"), (status = 403, description = "not the admin role"), (status = 409, description = "already a member"), (status = 503, description = "no leader answered")), operation_id = "cluster_add")]
 pub(crate) async fn add(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.caller(&headers, Access::Cluster)?;
     let request: AddMember =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
-    if request.id == 0 {
-        return Err(ApiError::bad_request("id: node ids start at 1"));
-    }
+    node_id(request.id)?;
     if !valid_addr(&request.addr) {
         return Err(ApiError::bad_request(format!(
             "addr: {:?} is not host:port",
@@ -78,28 +78,41 @@ pub(crate) async fn add(
 
 /// `POST /v1/cluster/members/{id}/promote`: the learner becomes a voter (refused
 /// while it is more than a few entries behind).
-#[utoipa::path(post, path = "/v1/cluster/members/{id}/promote", tag = "cluster", params(("id" = u64, Path, description = "node id")), responses((status = 200, description = "now a voter"), (status = 404, description = "not a member"), (status = 409, description = "already a voter, or still behind")), operation_id = "cluster_promote")]
+#[utoipa::path(post, path = "/v1/cluster/members/{id}/promote", tag = "cluster", params(("id" = u64, Path, description = "node id", minimum = 1, maximum = 9223372036854775807_i64)), responses((status = 200, description = "now a voter"), (status = 400, description = "not a node id"), (status = 403, description = "not the admin role"), (status = 404, description = "not a member"), (status = 409, description = "already a voter, or still behind"), (status = 503, description = "no leader answered")), operation_id = "cluster_promote")]
 pub(crate) async fn promote(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    PathParam(id): PathParam<u64>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.caller(&headers, Access::Cluster)?;
+    let id = node_id(id)?;
     change(&s, MembershipChange::Promote { id }, caller.name, client_ip).await
 }
 
 /// `DELETE /v1/cluster/members/{id}`: the member leaves the cluster (a voter leaves
 /// the quorum too; the last voter cannot be removed).
-#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path, description = "node id")), responses((status = 200, description = "removed"), (status = 404, description = "not a member"), (status = 409, description = "the only voter")), operation_id = "cluster_remove")]
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path, description = "node id", minimum = 1, maximum = 9223372036854775807_i64)), responses((status = 200, description = "removed"), (status = 400, description = "not a node id"), (status = 403, description = "not the admin role"), (status = 503, description = "no leader answered"), (status = 404, description = "not a member"), (status = 409, description = "the only voter")), operation_id = "cluster_remove")]
 pub(crate) async fn remove(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
-    Path(id): Path<u64>,
+    PathParam(id): PathParam<u64>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.caller(&headers, Access::Cluster)?;
+    let id = node_id(id)?;
     change(&s, MembershipChange::Remove { id }, caller.name, client_ip).await
+}
+
+/// A node id as the configs give it: 1 to `i64::MAX` (a TOML integer).
+fn node_id(id: u64) -> Result<u64, ApiError> {
+    if id == 0 || id > i64::MAX as u64 {
+        return Err(ApiError::bad_request(format!(
+            "id: node ids are 1 to {}, not {id}",
+            i64::MAX
+        )));
+    }
+    Ok(id)
 }
 
 /// `host:port` with a port number.

@@ -1,3 +1,4 @@
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bulwark_consensus::ProposeError;
@@ -73,6 +74,35 @@ impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
         // Not known to be committed: the client should retry.
         ApiError::unavailable(e.to_string())
+    }
+}
+
+/// A request body that could not be read: too large (413) or cut short (400).
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        ApiError {
+            status: e.status(),
+            title: "bad request body",
+            detail: e.body_text(),
+        }
+    }
+}
+
+/// A query string that does not parse into the call's parameters.
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
+/// A path parameter that does not parse (not a number, not UTF-8).
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError {
+            status: e.status(),
+            title: "bad request",
+            detail: e.body_text(),
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Access;
-use crate::routes::{page_limit, time_ms, ApiState};
+use crate::routes::{page_limit, seq, time_ms, ApiState, MAX_SEQ};
 use crate::ApiError;
 
 /// Events read from the store per step of an export or a stream.
@@ -30,10 +30,16 @@ const POLL: Duration = Duration::from_millis(200);
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct EventQuery {
+    /// Events after this seq (a page's `next`).
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     after: Option<u64>,
+    /// Events in a page, 1 to 1000 (default 100); not with the export.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     #[serde(rename = "type")]
     type_name: Option<String>,
+    /// Events about this message (its id, as in `250 2.0.0 Ok: queued as ID`).
+    #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     message_id: Option<String>,
     sender: Option<String>,
     recipient: Option<String>,
@@ -86,7 +92,7 @@ pub(crate) async fn list(
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
     let filter = q.filter()?;
-    let after = q.after.unwrap_or(0);
+    let after = seq("after", q.after)?.unwrap_or(0);
     let node = s.node.clone();
     let applied = node.status().applied_index;
     let (events, next) =
@@ -116,7 +122,7 @@ async fn page(
 
 /// `GET /v1/events/export?` the filters of [`list`] but `limit`: every matching event up to the end
 /// of the log at the time of reading, one JSON object a line (`application/x-ndjson`).
-#[utoipa::path(get, path = "/v1/events/export", tag = "events", params(EventQuery), responses((status = 200, description = "every matching event, one JSON object a line", content_type = "application/x-ndjson")), operation_id = "events_export")]
+#[utoipa::path(get, path = "/v1/events/export", tag = "events", params(EventQuery), responses((status = 200, description = "every matching event, one JSON object a line", content_type = "application/x-ndjson"), (status = 400, description = "a malformed filter, or a limit")), operation_id = "events_export")]
 pub(crate) async fn export(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -130,9 +136,10 @@ pub(crate) async fn export(
         ));
     }
     let filter = q.filter()?;
+    let after = seq("after", q.after)?.unwrap_or(0);
     // Pages are read as the client takes them; an error after the first line can
     // only end the body early, which the client sees as a truncated export.
-    let lines = stream::try_unfold(Some(q.after.unwrap_or(0)), move |cursor| {
+    let lines = stream::try_unfold(Some(after), move |cursor| {
         let (s, filter) = (s.clone(), filter.clone());
         async move {
             let Some(after) = cursor else {
@@ -161,6 +168,8 @@ pub(crate) async fn export(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct StreamQuery {
+    /// Events after this seq; absent (and no `Last-Event-ID`): from the end of the log.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     after: Option<u64>,
     #[serde(rename = "type")]
     type_name: Option<String>,
@@ -170,7 +179,7 @@ pub(crate) struct StreamQuery {
 /// `Last-Event-ID` a reconnecting client sends), then each new one as it is applied
 /// on this node; each a server-sent event whose id is its seq and whose data is its
 /// JSON. Without either, the tail starts at the end of the log.
-#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "resume after this seq")), responses((status = 200, description = "server-sent events, id = seq", content_type = "text/event-stream")), operation_id = "events_tail")]
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "resume after this seq", minimum = 0, maximum = 9223372036854775807_i64)), responses((status = 200, description = "server-sent events, id = seq", content_type = "text/event-stream"), (status = 400, description = "a malformed after, type or Last-Event-ID")), operation_id = "events_tail")]
 pub(crate) async fn tail(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -183,11 +192,12 @@ pub(crate) async fn tail(
             id.to_str()
                 .ok()
                 .and_then(|id| id.trim().parse::<u64>().ok())
+                .filter(|id| *id <= MAX_SEQ)
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID is not an event seq"))?,
         ),
         None => None,
     };
-    let start = match resume.or(q.after) {
+    let start = match resume.or(seq("after", q.after)?) {
         Some(after) => after,
         None => s.node.state().chain_head().0,
     };

@@ -16,6 +16,7 @@ mod bayes;
 mod cluster;
 mod error;
 mod events;
+mod extract;
 mod messages;
 mod metrics;
 mod quarantine;

@@ -2,13 +2,14 @@
 //! and every event about it from reception to its final state, as this node has
 //! applied them.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use bulwark_storage::{EventFilter, MessageId};
 use serde_json::{json, Map, Value};
 
 use crate::auth::Access;
+use crate::extract::PathParam;
 use crate::routes::ApiState;
 use crate::ApiError;
 
@@ -17,11 +18,11 @@ use crate::ApiError;
 const MAX_EVENTS: usize = 1000;
 
 /// `GET /v1/messages/{id}`.
-#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "envelope, verdict, recipients' states and events in order"), (status = 404, description = "no such message")), operation_id = "messages_trace")]
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "envelope, verdict, recipients' states and events in order"), (status = 404, description = "no such message"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role")), operation_id = "messages_trace")]
 pub(crate) async fn trace(
     State(s): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<Value>, ApiError> {
     s.caller(&headers, Access::Messages)?;
     let id = id

@@ -62,7 +62,7 @@ impl Metrics {
 
 /// `GET /metrics`, unauthenticated like `/healthz` (it says how busy the node is,
 /// never what a message says).
-#[utoipa::path(get, path = "/metrics", tag = "health", security(), responses((status = 200, description = "OpenMetrics text")), operation_id = "metrics_scrape")]
+#[utoipa::path(get, path = "/metrics", tag = "health", security(), responses((status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text")), operation_id = "metrics_scrape")]
 pub(crate) async fn scrape(State(s): State<ApiState>) -> Result<Response, ApiError> {
     let metrics = s.metrics.clone();
     // The collector reads RocksDB: off the async threads.

@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{Access, ClientIp};
+use crate::extract::{Body, PathParam};
 use crate::routes::{page_limit, time_ms, ApiState};
 use crate::ApiError;
 
@@ -42,13 +42,17 @@ pub(crate) struct ListQuery {
     reason: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    /// Messages after this id (a page's `next`).
+    #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     after: Option<String>,
+    /// Messages in a page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// `GET /v1/quarantine`: `{"items": [...], "next": ID|null, "applied_index": N}`,
 /// oldest first, as this node has applied the quarantine.
-#[utoipa::path(get, path = "/v1/quarantine", tag = "quarantine", params(ListQuery), responses((status = 200, description = "{items, next, applied_index}")), operation_id = "quarantine_list")]
+#[utoipa::path(get, path = "/v1/quarantine", tag = "quarantine", params(ListQuery), responses((status = 200, description = "{items, next, applied_index}"), (status = 400, description = "a malformed filter"), (status = 403, description = "the siem role")), operation_id = "quarantine_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -101,13 +105,13 @@ async fn matching(
 /// `POST /v1/quarantine/release?FILTERS` with `{"reason": "..."}`: releases one page
 /// of the matching messages (`limit`, default 100); `next` says where the next page
 /// starts, `null` when there is none.
-#[utoipa::path(post, path = "/v1/quarantine/release", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page released, each with its outcome; next"), (status = 400, description = "no filter")), operation_id = "quarantine_release_matching")]
+#[utoipa::path(post, path = "/v1/quarantine/release", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page released, each with its outcome; next"), (status = 400, description = "no filter"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_release_matching")]
 pub(crate) async fn release_matching(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     query: Result<Query<ListQuery>, QueryRejection>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let reason = reason_of(&body, true);
     bulk(state, headers, ip, query, QuarantineAction::Release, reason).await
@@ -115,13 +119,13 @@ pub(crate) async fn release_matching(
 
 /// `POST /v1/quarantine/delete?FILTERS` with `{"reason": "..."}` (or no body):
 /// deletes one page of the matching messages, as [`release_matching`] releases them.
-#[utoipa::path(post, path = "/v1/quarantine/delete", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page deleted, each with its outcome; next"), (status = 400, description = "no filter")), operation_id = "quarantine_delete_matching")]
+#[utoipa::path(post, path = "/v1/quarantine/delete", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page deleted, each with its outcome; next"), (status = 400, description = "no filter"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_delete_matching")]
 pub(crate) async fn delete_matching(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     query: Result<Query<ListQuery>, QueryRejection>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let reason = reason_of(&body, false);
     bulk(state, headers, ip, query, QuarantineAction::Delete, reason).await
@@ -212,11 +216,11 @@ async fn bulk(
 
 /// `GET /v1/quarantine/{id}`: the record, the verdict that put the message there and
 /// a preview of its content (withheld from roles that may not read contents).
-#[utoipa::path(get, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "record, verdict and a safe preview"), (status = 404, description = "not in the quarantine")), operation_id = "quarantine_detail")]
+#[utoipa::path(get, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "record, verdict and a safe preview"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role")), operation_id = "quarantine_detail")]
 pub(crate) async fn detail(
     State(s): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.caller(&headers, Access::Messages)?;
     let id = message_id("id", &id)?;
@@ -262,11 +266,11 @@ pub(crate) async fn detail(
 
 /// `GET /v1/quarantine/{id}/raw`: the message as received, as a download
 /// (`message/rfc822`, never rendered inline).
-#[utoipa::path(get, path = "/v1/quarantine/{id}/raw", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "the message as received", content_type = "message/rfc822"), (status = 404, description = "not in the quarantine")), operation_id = "quarantine_raw")]
+#[utoipa::path(get, path = "/v1/quarantine/{id}/raw", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "the message as received", content_type = "message/rfc822"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not read message contents")), operation_id = "quarantine_raw")]
 pub(crate) async fn raw(
     State(s): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     s.caller(&headers, Access::Content)?;
     let id = message_id("id", &id)?;
@@ -296,7 +300,7 @@ pub(crate) async fn raw(
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        Bytes::from(body),
+        axum::body::Bytes::from(body),
     )
         .into_response())
 }
@@ -309,13 +313,13 @@ struct ReasonRequest {
 
 /// `POST /v1/quarantine/{id}/release` with `{"reason": "..."}`: the message joins the
 /// delivery queue.
-#[utoipa::path(post, path = "/v1/quarantine/{id}/release", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), request_body = ReasonRequest, responses((status = 200, description = "queued for delivery"), (status = 404, description = "not in the quarantine")), operation_id = "quarantine_release")]
+#[utoipa::path(post, path = "/v1/quarantine/{id}/release", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), request_body = ReasonRequest, responses((status = 200, description = "queued for delivery"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or no reason"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_release")]
 pub(crate) async fn release(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
-    id: Path<String>,
-    body: Bytes,
+    id: PathParam<String>,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let reason = reason_of(&body, true);
     decide(state, headers, ip, id, QuarantineAction::Release, reason).await
@@ -329,12 +333,12 @@ pub(crate) struct DeleteQuery {
 }
 
 /// `DELETE /v1/quarantine/{id}[?reason=...]`: the message and its body are removed.
-#[utoipa::path(delete, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`"), DeleteQuery), responses((status = 200, description = "deleted with its body"), (status = 404, description = "not in the quarantine")), operation_id = "quarantine_delete")]
+#[utoipa::path(delete, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), DeleteQuery), responses((status = 200, description = "deleted with its body"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or a reason too long"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_delete")]
 pub(crate) async fn delete(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
-    id: Path<String>,
+    id: PathParam<String>,
     query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let reason = query
@@ -350,7 +354,7 @@ async fn decide(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     action: QuarantineAction,
     reason: Result<String, ApiError>,
 ) -> Result<Json<Value>, ApiError> {

@@ -3,7 +3,7 @@
 //! event naming the caller and its address, refused or not.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use bulwark_storage::event::rfc3339;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{Access, ClientIp};
+use crate::extract::PathParam;
 use crate::routes::{page_limit, ApiState};
 use crate::ApiError;
 
@@ -25,13 +26,17 @@ pub(crate) struct QueueQuery {
     sender: Option<String>,
     recipient: Option<String>,
     status: Option<String>,
+    /// Messages after this id (a page's `next`).
+    #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
     after: Option<String>,
+    /// Messages in a page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// `GET /v1/queue`: `{"items": [...], "next": ID|null, "applied_index": N}`, oldest
 /// first, as this node has applied the queue.
-#[utoipa::path(get, path = "/v1/queue", tag = "queue", params(QueueQuery), responses((status = 200, description = "{items, next, applied_index}")), operation_id = "queue_list")]
+#[utoipa::path(get, path = "/v1/queue", tag = "queue", params(QueueQuery), responses((status = 200, description = "{items, next, applied_index}"), (status = 400, description = "a malformed filter"), (status = 403, description = "the siem role")), operation_id = "queue_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -117,45 +122,45 @@ fn item(record: &QueueRecord, now_ms: i64) -> Value {
 }
 
 /// `POST /v1/queue/{id}/retry`.
-#[utoipa::path(post, path = "/v1/queue/{id}/retry", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "due now"), (status = 404, description = "not in the queue")), operation_id = "queue_retry")]
+#[utoipa::path(post, path = "/v1/queue/{id}/retry", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "due now"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_retry")]
 pub(crate) async fn retry(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
-    id: Path<String>,
+    id: PathParam<String>,
 ) -> Result<Json<Value>, ApiError> {
     act(state, headers, ip, id, QueueAction::Retry).await
 }
 
 /// `POST /v1/queue/{id}/hold`.
-#[utoipa::path(post, path = "/v1/queue/{id}/hold", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "held"), (status = 404, description = "not in the queue")), operation_id = "queue_hold")]
+#[utoipa::path(post, path = "/v1/queue/{id}/hold", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "held"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_hold")]
 pub(crate) async fn hold(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
-    id: Path<String>,
+    id: PathParam<String>,
 ) -> Result<Json<Value>, ApiError> {
     act(state, headers, ip, id, QueueAction::Hold).await
 }
 
 /// `POST /v1/queue/{id}/release`.
-#[utoipa::path(post, path = "/v1/queue/{id}/release", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "no longer held"), (status = 404, description = "not in the queue")), operation_id = "queue_release")]
+#[utoipa::path(post, path = "/v1/queue/{id}/release", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "no longer held"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_release")]
 pub(crate) async fn release(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
-    id: Path<String>,
+    id: PathParam<String>,
 ) -> Result<Json<Value>, ApiError> {
     act(state, headers, ip, id, QueueAction::Release).await
 }
 
 /// `DELETE /v1/queue/{id}`.
-#[utoipa::path(delete, path = "/v1/queue/{id}", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`")), responses((status = 200, description = "dropped, no DSN"), (status = 404, description = "not in the queue")), operation_id = "queue_delete")]
+#[utoipa::path(delete, path = "/v1/queue/{id}", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "dropped, no DSN"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_delete")]
 pub(crate) async fn delete(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
-    id: Path<String>,
+    id: PathParam<String>,
 ) -> Result<Json<Value>, ApiError> {
     act(state, headers, ip, id, QueueAction::Delete).await
 }
@@ -167,7 +172,7 @@ async fn act(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     action: QueueAction,
 ) -> Result<Json<Value>, ApiError> {
     let user = s.caller(&headers, Access::Act)?.name;

@@ -20,6 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::{Access, ClientIp};
+use crate::extract::Body;
 use crate::{AdminToken, ApiError};
 
 /// Largest request body accepted.
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub tokenizer: crate::Tokenizer,
     pub preview: crate::Previewer,
     pub metrics: std::sync::Arc<crate::Metrics>,
+    /// The only directory backups are written into (`[backup] dir`).
+    pub backup_dir: std::path::PathBuf,
 }
 
 /// The OpenAPI document's frame; the paths come from the handlers' annotations.
@@ -118,11 +121,119 @@ fn documented() -> OpenApiRouter<ApiState> {
 fn openapi_document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        documented()
-            .into_openapi()
-            .to_pretty_json()
+        let mut doc = documented().into_openapi();
+        declare_common_answers(&mut doc);
+        doc.to_pretty_json()
             .expect("the OpenAPI document serialises")
     })
+}
+
+/// Declares on every operation the answers that do not come from its handler alone,
+/// and gives every error answer the problem+json schema:
+/// - `consistent` (any call, see [`consistency`]): 400 when it is neither `true` nor
+///   `false`, 503 when the leader could not confirm the read in time;
+/// - 401 on every call that needs a token (none, or not a valid one);
+/// - 400 also for a request body that does not parse, 413 for one too big;
+/// - a success without a declared body is a JSON object (every handler's `Json`).
+fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+    use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Required, ResponseBuilder, Type};
+
+    let consistent = ParameterBuilder::new()
+        .name("consistent")
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .description(Some(
+            "true: a linearizable read (the node first applies what the leader had \
+             committed when the call arrived)",
+        ))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::Boolean)))
+        .build();
+    let problem = || Content::new(Some(Ref::from_schema_name("Problem")));
+    let json_object = || Content::new(Some(ObjectBuilder::new().schema_type(Type::Object)));
+    let add = |op: &mut Operation, status: &str, description: &str| {
+        op.responses
+            .responses
+            .entry(status.to_string())
+            .or_insert_with(|| {
+                ResponseBuilder::new()
+                    .description(description)
+                    .build()
+                    .into()
+            });
+    };
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            op.parameters
+                .get_or_insert_with(Vec::new)
+                .push(consistent.clone());
+            let malformed = if op.request_body.is_some() {
+                "a malformed request body or parameter (consistent=...)"
+            } else {
+                "a malformed parameter (consistent=...)"
+            };
+            add(op, "400", malformed);
+            add(op, "503", "no leader confirmed a consistent read in time");
+            let public = op
+                .security
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|r| *r == Default::default()));
+            if !public {
+                add(op, "401", "no token, or not a valid one");
+            }
+            if op.request_body.is_some() {
+                add(op, "413", "the request body is too big");
+            }
+            for (status, answer) in op.responses.responses.iter_mut() {
+                let RefOr::T(answer) = answer else { continue };
+                if status.starts_with(['4', '5']) {
+                    answer.content.clear();
+                    answer
+                        .content
+                        .insert("application/problem+json".into(), problem());
+                } else if status.starts_with('2') && answer.content.is_empty() {
+                    answer
+                        .content
+                        .insert("application/json".into(), json_object());
+                }
+            }
+        }
+    }
+    // The answer of every error, as ApiError writes it (RFC 9457).
+    let text = |description: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description))
+    };
+    let problem_schema = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some("An error (RFC 9457 application/problem+json)"))
+        .property("type", text("always about:blank"))
+        .property("title", text("the HTTP status's phrase, e.g. bad request"))
+        .property(
+            "status",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(400))
+                .maximum(Some(599))
+                .description(Some("the HTTP status code")),
+        )
+        .property("detail", text("what was wrong, for a person"))
+        .required("type")
+        .required("title")
+        .required("status")
+        .required("detail");
+    doc.components
+        .get_or_insert_default()
+        .schemas
+        .insert("Problem".into(), RefOr::T(problem_schema.into()));
 }
 
 /// The OpenAPI 3.1 document of this API, generated from the code (no token needed).
@@ -210,7 +321,7 @@ async fn consistency(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "health", security(), responses((status = 200, description = "the process answers")), operation_id = "healthz")]
+#[utoipa::path(get, path = "/healthz", tag = "health", security(), responses((status = 200, description = "the process answers", body = String, content_type = "text/plain")), operation_id = "healthz")]
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -233,12 +344,12 @@ struct NoteRequest {
 }
 
 /// Appends an administrator's note to the audit trail.
-#[utoipa::path(post, path = "/v1/notes", tag = "events", request_body = NoteRequest, responses((status = 201, description = "recorded: the event's seq and hash"), (status = 400, description = "empty or too long")), operation_id = "add_note")]
+#[utoipa::path(post, path = "/v1/notes", tag = "events", request_body = NoteRequest, responses((status = 201, description = "recorded: the event's seq and hash"), (status = 400, description = "empty or too long"), (status = 403, description = "the siem role")), operation_id = "add_note")]
 async fn add_note(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    Body(body): Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let caller = s.caller(&headers, Access::Note)?.name;
     let note: NoteRequest =
@@ -265,6 +376,21 @@ async fn add_note(
         StatusCode::CREATED,
         Json(json!({ "seq": result.seq, "hash": hex::encode(result.hash) })),
     ))
+}
+
+/// The largest event seq a cursor may name: the OpenAPI document declares seqs as
+/// int64, and no log reaches past it.
+pub(crate) const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// An event seq given as a cursor (`after`, `Last-Event-ID`), if any: at most
+/// [`MAX_SEQ`]; `what` names the parameter in the error.
+pub(crate) fn seq(what: &str, value: Option<u64>) -> Result<Option<u64>, ApiError> {
+    match value {
+        Some(v) if v > MAX_SEQ => Err(ApiError::bad_request(format!(
+            "{what} must be 0..={MAX_SEQ}, not {v}"
+        ))),
+        v => Ok(v),
+    }
 }
 
 /// The page size a listing asked for: [`DEFAULT_LIMIT`] if none, else 1..=[`MAX_LIMIT`].

@@ -3,8 +3,7 @@
 //! cluster keeps only its SHA-256. Each creation and revocation is a Raft operation
 //! recorded as `token.created` or `token.revoked` with the caller and its address.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -15,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{digest, Access, ClientIp};
+use crate::extract::{Body, PathParam};
 use crate::routes::ApiState;
 use crate::ApiError;
 
@@ -33,12 +33,12 @@ struct CreateRequest {
 
 /// `POST /v1/tokens` with `{"name": "...", "role": "admin|operator|auditor|siem"}`:
 /// 201 with the token (shown this once), or 409 when the name is taken.
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateRequest, responses((status = 201, description = "the token, shown once"), (status = 409, description = "the name is taken")), operation_id = "tokens_create")]
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateRequest, responses((status = 201, description = "the token, shown once"), (status = 409, description = "the name is taken"), (status = 400, description = "a malformed name or role"), (status = 403, description = "not the admin role")), operation_id = "tokens_create")]
 pub(crate) async fn create(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let caller = s.caller(&headers, Access::Tokens)?;
     let request: CreateRequest = serde_json::from_slice(&body).map_err(|e| {
@@ -87,7 +87,7 @@ pub(crate) async fn create(
 
 /// `GET /v1/tokens`: every live token's name, role, and who made it when (never the
 /// token or its digest).
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, description = "names, roles, who made them when")), operation_id = "tokens_list")]
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, description = "names, roles, who made them when"), (status = 403, description = "not the admin role")), operation_id = "tokens_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -113,12 +113,12 @@ pub(crate) async fn list(
 
 /// `DELETE /v1/tokens/{name}`: the token stops working on every node once applied;
 /// 404 when there is none of that name.
-#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "token name")), responses((status = 200, description = "revoked"), (status = 404, description = "no such token")), operation_id = "tokens_revoke")]
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "token name", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "revoked"), (status = 404, description = "no such token"), (status = 400, description = "not a token name"), (status = 403, description = "not the admin role")), operation_id = "tokens_revoke")]
 pub(crate) async fn revoke(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
-    Path(name): Path<String>,
+    PathParam(name): PathParam<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.caller(&headers, Access::Tokens)?;
     check_name(&name)?;

@@ -86,7 +86,15 @@ async fn quarantine_ids(cluster: &Cluster, id: u64) -> Result<BTreeSet<String>> 
 async fn t120_backup_under_load_restores_as_a_new_cluster() -> Result<()> {
     let place = tempfile::tempdir()?;
     let backup = place.path().join("backup");
-    let mut cluster = ClusterBuilder::new(3).name("t120-backup").start().await?;
+    // The nodes write backups into `place` only (`[backup] dir`).
+    let mut cluster = ClusterBuilder::new(3)
+        .name("t120-backup")
+        .toml(&format!(
+            "[backup]\ndir = {}\n",
+            serde_json::to_string(&place.path().display().to_string())?
+        ))
+        .start()
+        .await?;
     let (before, quarantined, notes, manifest) = take(&mut cluster, &backup).await?;
     let bin = cluster.binary().to_path_buf();
     cluster.shutdown().await?;

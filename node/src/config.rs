@@ -34,6 +34,16 @@ struct Raw {
     quarantine: Option<RawQuarantine>,
     siem: Option<siem::RawSiem>,
     audit: Option<RawAudit>,
+    backup: Option<RawBackup>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    /// The directory `POST /v1/backup` and `bulwark backup` write backups into, and
+    /// nowhere else; relative to data_dir (default `backups` there). Created at the
+    /// first backup if missing.
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +242,8 @@ pub struct Config {
     /// Certificate chain and key of the API's HTTPS (`[api] tls_cert`, `tls_key`).
     pub api_tls: Option<(PathBuf, PathBuf)>,
     pub admin_token_file: PathBuf,
+    /// Where backups may be written (`[backup] dir`).
+    pub backup_dir: PathBuf,
     pub smtp: smtp::Settings,
     pub delivery: delivery::Settings,
     pub scan: ScanConfig,
@@ -293,6 +305,17 @@ impl Config {
         );
         let admin_token_file =
             data_dir.join(api.admin_token_file.unwrap_or_else(|| "admin.token".into()));
+        let backup_dir = data_dir.join(
+            raw.backup
+                .and_then(|b| b.dir)
+                .unwrap_or_else(|| "backups".into()),
+        );
+        if data_dir.starts_with(&backup_dir) {
+            problems.push(format!(
+                "backup.dir ({}) must not be the data directory or hold it",
+                backup_dir.display()
+            ));
+        }
 
         let defaults = RaftSettings::default();
         let r = raw.raft.unwrap_or(RawRaft {
@@ -361,6 +384,7 @@ impl Config {
             api_listen: api_listen.expect("checked above"),
             api_tls,
             admin_token_file,
+            backup_dir,
             smtp: smtp.expect("checked above"),
             delivery: delivery.expect("checked above"),
             scan,
@@ -911,6 +935,26 @@ mod tests {
         assert_eq!(c.smtp.domains, vec!["localhost", "example.test"]);
         assert_eq!(c.smtp.max_message_size, 26_214_400);
         assert!(c.smtp.tls.is_none());
+        assert_eq!(c.backup_dir, PathBuf::from("bulwark-data/backups"));
+    }
+
+    #[test]
+    fn the_backup_directory_is_relative_to_the_data_directory_and_apart_from_it() {
+        let c =
+            parse("[node]\ndata_dir = \"/srv/b\"\n[backup]\ndir = \"/var/backups/b\"\n").unwrap();
+        assert_eq!(c.backup_dir, PathBuf::from("/var/backups/b"));
+        let c = parse("[node]\ndata_dir = \"/srv/b\"\n[backup]\ndir = \"saved\"\n").unwrap();
+        assert_eq!(c.backup_dir, PathBuf::from("/srv/b/saved"));
+        for dir in ["", "/srv", "/"] {
+            let problems = parse(&format!(
+                "[node]\ndata_dir = \"/srv/b\"\n[backup]\ndir = \"{dir}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                problems[0].contains("must not be the data directory or hold it"),
+                "{dir:?}: {problems:?}"
+            );
+        }
     }
 
     #[test]

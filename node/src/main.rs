@@ -39,7 +39,8 @@ enum Commands {
         /// The node's configuration file (TOML): its API address and admin token.
         #[arg(long)]
         config: PathBuf,
-        /// A new or empty directory on the node's machine.
+        /// A new or empty directory on the node's machine, inside the backup directory
+        /// of its config (`[backup] dir`, by default `backups` in its data directory).
         #[arg(long)]
         to: PathBuf,
     },

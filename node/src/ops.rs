@@ -83,7 +83,9 @@ pub fn ready(config: &Path) -> Result<bool> {
 }
 
 /// `bulwark backup --config FILE --to DIR`: the running node writes a consistent
-/// backup of its state into DIR (a new or empty directory on its machine).
+/// backup of its state into DIR (a new or empty directory on its machine, inside the
+/// backup directory its config names: `[backup] dir`, by default `backups` in its
+/// data directory).
 pub fn backup(config: &Path, to: &Path) -> Result<()> {
     let config = load(config)?;
     let to = std::path::absolute(to).with_context(|| format!("{}", to.display()))?;
@@ -106,7 +108,12 @@ pub fn backup(config: &Path, to: &Path) -> Result<()> {
         let status = response.status();
         let body = response.text().await?;
         if !status.is_success() {
-            bail!("the node answered {status}: {body}");
+            // The problem's detail says why (outside the backup directory, not empty).
+            let detail = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|p| p["detail"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            bail!("the node answered {status}: {detail}");
         }
         serde_json::from_str(&body).with_context(|| format!("the node's answer: {body}"))
     })?;

@@ -114,6 +114,7 @@ async fn serve(config: Config) -> Result<()> {
             Arc::new(move |raw: &[u8]| scan::preview::preview(raw, &limits))
         },
         metrics: bulwark_api::Metrics::new(registry, node.clone()),
+        backup_dir: config.backup_dir.clone(),
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, api_tls, state, async {
         let _ = api_stopped.await;

@@ -155,3 +155,122 @@ fn the_openapi_document_covers_every_route_and_only_routes() {
     assert_eq!(response.status().as_u16(), 404);
     assert!(response.headers().get("content-type").is_none());
 }
+
+/// Every operation declares the answers it can give besides its own: 401 where it
+/// needs a token, 400 where it takes parameters or a body, 413 where it takes a body,
+/// each error as problem+json, each success with its media type; numeric parameters carry their bounds, and the node
+/// holds to them (a seq past int64, a page size out of range, a node id of 0 or past
+/// int64: 400), as it does for a path parameter that does not decode and a body too
+/// big (problem+json, not axum's plain text).
+#[test]
+fn every_operation_declares_its_error_answers_and_the_node_keeps_to_the_bounds() {
+    let node = Node::start("");
+    let api = Api::new(&node);
+    let doc: Value = api
+        .client
+        .get(api.url("/v1/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        doc["components"]["schemas"]["Problem"]["required"],
+        serde_json::json!(["type", "title", "status", "detail"])
+    );
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let name = format!("{} {path}", method.to_uppercase());
+            let answers = operation["responses"].as_object().unwrap();
+            let has = |status: &str| answers.contains_key(status);
+            if !PUBLIC.contains(&name.as_str()) {
+                assert!(has("401"), "{name} lacks 401");
+            }
+            let takes_parameters = operation["parameters"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty());
+            if takes_parameters || operation.get("requestBody").is_some() {
+                assert!(has("400"), "{name} lacks 400");
+            }
+            if operation.get("requestBody").is_some() {
+                assert!(has("413"), "{name} lacks 413");
+            }
+            for (status, answer) in answers {
+                if status.starts_with('2') {
+                    let declared = answer["content"].as_object().map_or(0, |c| c.len());
+                    assert!(declared > 0, "{name} {status}: no media type");
+                }
+                if status.starts_with(['4', '5']) {
+                    assert_eq!(
+                        answer["content"]["application/problem+json"]["schema"]["$ref"],
+                        "#/components/schemas/Problem",
+                        "{name} {status}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, OPERATIONS.len());
+    let after = doc["paths"]["/v1/events"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "after")
+        .unwrap()
+        .clone();
+    assert_eq!(after["schema"]["format"], "int64", "{after}");
+    assert_eq!(after["schema"]["minimum"], 0, "{after}");
+    assert_eq!(after["schema"]["maximum"], i64::MAX, "{after}");
+
+    let status_of = |request: reqwest::blocking::RequestBuilder| {
+        let response = request.bearer_auth(node.token()).send().unwrap();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (response.status().as_u16(), content_type)
+    };
+    let problem = |status: u16| (status, "application/problem+json".to_string());
+    for (path, expected) in [
+        ("/v1/events?after=9223372036854775807", 200),
+        ("/v1/events?after=9223372036854775808", 400),
+        ("/v1/events?after=18446744073709551616", 400),
+        ("/v1/events?after=-1", 400),
+        ("/v1/events/export?after=9223372036854775808", 400),
+        ("/v1/events/stream?after=9223372036854775808", 400),
+        ("/v1/events?limit=0", 400),
+        ("/v1/events?limit=-1", 400),
+        ("/v1/events?limit=1001", 400),
+        ("/v1/events?limit=1000", 200),
+        ("/v1/quarantine?limit=0", 400),
+        ("/v1/queue?limit=1001", 400),
+        ("/v1/events?consistent=maybe", 400),
+        ("/v1/messages/%FF", 400),
+        ("/v1/quarantine/%FF%FE", 400),
+    ] {
+        let (status, content_type) = status_of(api.client.get(api.url(path)));
+        assert_eq!(status, expected, "{path}");
+        if expected != 200 {
+            assert_eq!(content_type, "application/problem+json", "{path}");
+        }
+    }
+    let (status, _) = status_of(
+        api.client
+            .get(api.url("/v1/events/stream"))
+            .header("last-event-id", "9223372036854775808"),
+    );
+    assert_eq!(status, 400);
+    for id in ["0", "9223372036854775808", "x"] {
+        let promote = api.url(&format!("/v1/cluster/members/{id}/promote"));
+        assert_eq!(status_of(api.client.post(promote)), problem(400), "{id}");
+        let remove = api.url(&format!("/v1/cluster/members/{id}"));
+        assert_eq!(status_of(api.client.delete(remove)), problem(400), "{id}");
+    }
+    let too_big = vec![b'x'; 3 * 1024 * 1024];
+    assert_eq!(
+        status_of(api.client.post(api.url("/v1/notes")).body(too_big)),
+        problem(413)
+    );
+}
