@@ -169,7 +169,14 @@ pub fn tokens(parsed: &Parsed<'_>) -> Vec<u64> {
     if view.invisible_chars > 0 {
         tokens.add("Meta:", "invisible_text");
     }
-    for file in parsed.contents.files.iter().filter(|f| !f.inline_body) {
+    // Attachments as mail-parser lists them; a second reading's files are for the
+    // content engines (its body text reaches the classifier through the view).
+    for file in parsed
+        .contents
+        .files
+        .iter()
+        .filter(|f| !f.inline_body && !f.other_reading)
+    {
         if let Some(declared) = &file.declared_type {
             tokens.add("Attach:", declared);
         }

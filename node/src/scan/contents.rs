@@ -151,6 +151,7 @@ impl Unpacker<'_> {
             };
             for encoding in encodings {
                 let readings = encoding.decode(&leaf.body);
+                let two = readings.second.is_some();
                 for (n, data) in std::iter::once(readings.first)
                     .chain(readings.second)
                     .enumerate()
@@ -158,20 +159,26 @@ impl Unpacker<'_> {
                     if self.stopped || self.known(&data, &leaf) {
                         continue;
                     }
-                    let location = match n {
-                        0 => format!("reading 2 part {} ({})", leaf.path, encoding.as_str()),
-                        _ => format!(
-                            "reading 2 part {} ({}, read past its end)",
-                            leaf.path,
-                            encoding.as_str()
-                        ),
+                    let how = match (encoding, n) {
+                        (TransferEncoding::Base64, 1) => "base64, read past the padding",
+                        (TransferEncoding::QuotedPrintable, 1) => {
+                            "quoted-printable, blanks at line ends dropped"
+                        }
+                        _ => encoding.as_str(),
                     };
+                    let location = format!("reading 2 part {} ({how})", leaf.path);
                     if !self.admit(&location) {
                         return;
                     }
                     // A text body read differently is still a body: the rules read
-                    // it with the others; an attachment stays an attachment.
+                    // it with the others; an attachment stays an attachment. Python's
+                    // reading of quoted-printable, which keeps blanks clients drop,
+                    // is the same words with stray `=`: a file for the content
+                    // engines, not more text for the rules.
+                    let python_only_qp =
+                        encoding == TransferEncoding::QuotedPrintable && two && n == 0;
                     let inline_body = leaf.name.is_none()
+                        && !python_only_qp
                         && matches!(leaf.content_type.as_str(), "text/plain" | "text/html");
                     self.add(File {
                         location,
