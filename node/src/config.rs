@@ -774,6 +774,27 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
     })
 }
 
+/// A list of networks (`10.0.0.0/8`) or single addresses; each item that is neither
+/// is reported.
+fn networks(name: &str, list: Vec<String>, problems: &mut Vec<String>) -> Vec<ipnet::IpNet> {
+    list.into_iter()
+        .filter_map(|item| {
+            let parsed = item
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    problems.push(format!(
+                        "{name}: {item:?} is neither an address nor a network (10.0.0.0/8)"
+                    ));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// A certificate chain and key given as `SECTION.tls_cert` and `SECTION.tls_key`:
 /// both or neither, each a readable file (relative to the config's directory).
 fn tls_pair(
