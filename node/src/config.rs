@@ -214,6 +214,9 @@ struct RawSmtp {
     proxy_protocol: Option<bool>,
     /// `normalize` (bare CR/LF stored as CRLF) or `reject` (550 5.5.2).
     bare_newline: Option<String>,
+    /// Client networks (or addresses) whose recipients may route through the local
+    /// part (`%`, `!`, a second `@`) or a source route; others get 550 5.7.1.
+    allow_routing_from: Option<Vec<String>>,
     /// Seconds running transactions may take to finish after SIGTERM.
     shutdown_grace_secs: Option<u64>,
     /// Most octets of message content all sessions together hold in memory until it
@@ -750,6 +753,11 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
             smtp::BareNewline::Normalize
         }
     };
+    let allow_routing_from = networks(
+        "smtp.allow_routing_from",
+        s.allow_routing_from.unwrap_or_default(),
+        problems,
+    );
     (problems.len() == start).then(|| smtp::Settings {
         listen: listen.expect("checked above"),
         hostname,
@@ -768,6 +776,7 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         greet_delay: Duration::from_millis(s.greet_delay_ms.unwrap_or(0)),
         proxy_protocol: s.proxy_protocol.unwrap_or(false),
         bare_newline,
+        allow_routing_from,
         shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
         max_buffered_bytes,
         min_free_disk,
@@ -981,6 +990,29 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn smtp_allow_routing_from_takes_networks_and_addresses() {
+        let problems =
+            parse("[smtp]\nallow_routing_from = [\"10.0.0.0/8\", \"nowhere\", \"10.0.0.0/99\"]\n")
+                .unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "smtp.allow_routing_from: \"nowhere\" is neither",
+            "smtp.allow_routing_from: \"10.0.0.0/99\" is neither",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let c = parse("[smtp]\nallow_routing_from = [\"10.1.2.3/8\", \"2001:db8::1\"]\n").unwrap();
+        let nets: Vec<String> = c
+            .smtp
+            .allow_routing_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "2001:db8::1/128"]);
+        assert!(Config::embedded().smtp.allow_routing_from.is_empty());
     }
 
     #[test]

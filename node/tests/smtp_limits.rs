@@ -667,3 +667,112 @@ fn limits_mail_waits_for_room_on_the_data_disk() {
     assert_eq!(reply.code, 250, "{reply:?}");
     assert_eq!(received_count(&node), 1);
 }
+
+/// The recipients of accepted message `id`, as stored.
+fn recipients_of(node: &Node, id: &str) -> serde_json::Value {
+    let received = node.events("message.received");
+    let event = received
+        .iter()
+        .find(|e| e["message_id"] == id)
+        .unwrap_or_else(|| panic!("no message.received for {id} in {received:#?}"));
+    event["email"]["to"]["address"].clone()
+}
+
+#[test]
+fn limits_routing_through_the_local_part_is_refused_unless_trusted() {
+    let node = Node::start("allow_routing_from = [\"127.0.5.0/24\"]");
+    let routed = [
+        "victim%foreign.test@example.test",
+        "foreign.test!victim@example.test",
+        "victim@foreign.test@example.test",
+        "\"victim@foreign.test\"@example.test",
+        "@relay.test,@other.test:victim@example.test",
+    ];
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    for to in routed {
+        let r = s.cmd(&format!("RCPT TO:<{to}>"));
+        assert_eq!((r.code, &r.text()[..6]), (550, "5.7.1 "), "{to}: {r:?}");
+        assert!(r.text().contains("routing"), "{r:?}");
+    }
+    // The transaction carries on with the plain recipient only.
+    assert_eq!(s.cmd("RCPT TO:<bob@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(format!("{MSG}.\r\n").as_bytes());
+    let id = s.read_reply().queued_id();
+    assert_eq!(
+        recipients_of(&node, &id),
+        serde_json::json!(["bob@example.test"])
+    );
+    let reasons = rejection_reasons(&node, routed.len());
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "routing_refused").count(),
+        routed.len(),
+        "{reasons:?}"
+    );
+
+    // From a network in allow_routing_from the same recipients are taken (a source
+    // route is dropped, RFC 5321 §C); foreign domains are still relaying.
+    let mut trusted = connect_from("127.0.5.1", node.smtp);
+    assert_eq!(trusted.read_reply().code, 220);
+    assert_eq!(trusted.cmd("EHLO trusted.test").code, 250);
+    assert_eq!(trusted.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    for to in routed {
+        let r = trusted.cmd(&format!("RCPT TO:<{to}>"));
+        assert_eq!(r.code, 250, "{to}: {r:?}");
+    }
+    let r = trusted.cmd("RCPT TO:<victim%example.test@foreign.test>");
+    assert_eq!((r.code, &r.text()[..6]), (554, "5.7.1 "), "{r:?}");
+    assert_eq!(trusted.cmd("DATA").code, 354);
+    trusted.send(format!("{MSG}.\r\n").as_bytes());
+    let id = trusted.read_reply().queued_id();
+    assert_eq!(
+        recipients_of(&node, &id),
+        serde_json::json!([
+            "victim%foreign.test@example.test",
+            "foreign.test!victim@example.test",
+            "victim@foreign.test@example.test",
+            "\"victim@foreign.test\"@example.test",
+            "victim@example.test",
+        ])
+    );
+}
+
+#[test]
+fn limits_lookalikes_of_local_domains_are_mapped_or_refused() {
+    let node = Node::start("");
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test> SMTPUTF8").code, 250);
+    // Fullwidth letters: the same domain after UTS #46 mapping, taken in that form.
+    assert_eq!(s.cmd("RCPT TO:<bob@ｅｘａｍｐｌｅ.ｔｅｓｔ>").code, 250);
+    // Characters that vanish in the mapping: a lookalike, refused.
+    for lookalike in [
+        "carol@exa\u{200B}mple.test",
+        "dave@exam\u{00AD}ple.test",
+        "erin@example\u{200D}.test",
+    ] {
+        let r = s.cmd(&format!("RCPT TO:<{lookalike}>"));
+        assert_eq!(
+            (r.code, &r.text()[..6]),
+            (550, "5.7.1 "),
+            "{lookalike:?}: {r:?}"
+        );
+        assert!(r.text().contains("invisible"), "{r:?}");
+    }
+    // A Cyrillic е spells another domain: not ours, relaying.
+    let r = s.cmd("RCPT TO:<frank@\u{0435}xample.test>");
+    assert_eq!((r.code, &r.text()[..6]), (554, "5.7.1 "), "{r:?}");
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(format!("{MSG}.\r\n").as_bytes());
+    let id = s.read_reply().queued_id();
+    assert_eq!(
+        recipients_of(&node, &id),
+        serde_json::json!(["bob@example.test"])
+    );
+    let reasons = rejection_reasons(&node, 4);
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "lookalike_domain").count(),
+        3,
+        "{reasons:?}"
+    );
+}

@@ -257,6 +257,7 @@ mod tests {
             greet_delay: Duration::ZERO,
             proxy_protocol: false,
             bare_newline: bare,
+            allow_routing_from: Vec::new(),
             shutdown_grace: Duration::from_secs(1),
             max_buffered_bytes: 1 << 20,
         }

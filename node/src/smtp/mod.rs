@@ -84,6 +84,9 @@ pub struct Settings {
     /// Expect a HAProxy PROXY protocol v2 header on every connection.
     pub proxy_protocol: bool,
     pub bare_newline: BareNewline,
+    /// Client networks whose recipients may route through the local part (`%`,
+    /// `!`, a second `@`) or a source route; from any other, RCPT gets `550 5.7.1`.
+    pub allow_routing_from: Vec<ipnet::IpNet>,
     /// How long in-flight transactions may run after SIGTERM.
     pub shutdown_grace: Duration,
     /// Most octets of message content all sessions together hold in memory until

@@ -167,7 +167,11 @@ impl Session {
             Command::Ehlo(name) => ehlo::ehlo(self, conn, name, true),
             Command::Helo(name) => ehlo::ehlo(self, conn, name, false),
             Command::Mail { from, params } => mail::mail(self, conn, from, params),
-            Command::Rcpt { to, params } => rcpt::rcpt(self, conn, to, params),
+            Command::Rcpt {
+                to,
+                source_route,
+                params,
+            } => rcpt::rcpt(self, conn, to, source_route, params),
             Command::Data => data::data(self, conn).await,
             Command::Bdat { size, last } => bdat::bdat(self, conn, size, last).await,
             Command::Rset => {
