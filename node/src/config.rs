@@ -214,6 +214,8 @@ struct RawSmtp {
     proxy_protocol: Option<bool>,
     /// `normalize` (bare CR/LF stored as CRLF) or `reject` (550 5.5.2).
     bare_newline: Option<String>,
+    /// `reject` (NUL octets in content: 554 5.6.0) or `strip` (removed).
+    nul_bytes: Option<String>,
     /// Client networks (or addresses) whose recipients may route through the local
     /// part (`%`, `!`, a second `@`) or a source route; others get 550 5.7.1.
     allow_routing_from: Option<Vec<String>>,
@@ -753,6 +755,16 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
             smtp::BareNewline::Normalize
         }
     };
+    let nul_bytes = match s.nul_bytes.as_deref().unwrap_or("reject") {
+        "reject" => smtp::NulBytes::Reject,
+        "strip" => smtp::NulBytes::Strip,
+        other => {
+            problems.push(format!(
+                "smtp.nul_bytes: {other:?} is not \"reject\" or \"strip\""
+            ));
+            smtp::NulBytes::Reject
+        }
+    };
     let allow_routing_from = networks(
         "smtp.allow_routing_from",
         s.allow_routing_from.unwrap_or_default(),
@@ -776,6 +788,7 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         greet_delay: Duration::from_millis(s.greet_delay_ms.unwrap_or(0)),
         proxy_protocol: s.proxy_protocol.unwrap_or(false),
         bare_newline,
+        nul_bytes,
         allow_routing_from,
         shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
         max_buffered_bytes,
@@ -1013,6 +1026,18 @@ mod tests {
             .collect();
         assert_eq!(nets, ["10.0.0.0/8", "2001:db8::1/128"]);
         assert!(Config::embedded().smtp.allow_routing_from.is_empty());
+    }
+
+    #[test]
+    fn smtp_nul_bytes_is_reject_or_strip() {
+        let problems = parse("[smtp]\nnul_bytes = \"keep\"\n").unwrap_err();
+        assert_eq!(
+            problems,
+            ["smtp.nul_bytes: \"keep\" is not \"reject\" or \"strip\""]
+        );
+        let c = parse("[smtp]\nnul_bytes = \"strip\"\n").unwrap();
+        assert_eq!(c.smtp.nul_bytes, smtp::NulBytes::Strip);
+        assert_eq!(Config::embedded().smtp.nul_bytes, smtp::NulBytes::Reject);
     }
 
     #[test]

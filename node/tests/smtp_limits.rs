@@ -776,3 +776,73 @@ fn limits_lookalikes_of_local_domains_are_mapped_or_refused() {
         "{reasons:?}"
     );
 }
+
+#[test]
+fn limits_bdat_over_the_size_limit_is_refused_as_soon_as_declared() {
+    let node = Node::start("max_message_size = 2000");
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    // The refusal comes before the chunk is sent.
+    let r = s.cmd("BDAT 5000000");
+    assert_eq!((r.code, &r.text()[..6]), (552, "5.3.4 "), "{r:?}");
+    // The chunk still follows the command: it is read and dropped, in step.
+    s.send(&vec![b'x'; 5_000_000]);
+    assert_eq!(s.cmd("NOOP").code, 250);
+    // The transaction is over.
+    s.send(b"BDAT 5 LAST\r\nhello");
+    assert_eq!(s.read_reply().code, 503);
+
+    // Cumulative: the chunk that takes the total over the limit is refused at once.
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    s.send(format!("BDAT 1500\r\n{}", "y".repeat(1500)).as_bytes());
+    assert_eq!(s.read_reply().code, 250);
+    let r = s.cmd("BDAT 600");
+    assert_eq!((r.code, &r.text()[..6]), (552, "5.3.4 "), "{r:?}");
+    s.send("z".repeat(600).as_bytes());
+    assert_eq!(s.cmd("NOOP").code, 250);
+
+    // The session still takes mail, in chunks within the limit.
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    s.send(format!("BDAT {} LAST\r\n{MSG}", MSG.len()).as_bytes());
+    s.read_reply().queued_id();
+    assert_eq!(received_count(&node), 1);
+    let reasons = rejection_reasons(&node, 2);
+    assert_eq!(reasons, vec!["message_too_big", "message_too_big"]);
+}
+
+#[test]
+fn limits_nul_bytes_are_refused_or_stripped() {
+    let with_nul = "Subject: nul\r\n\r\nhello\0world\r\n";
+    // Default: refused with 554 5.6.0, in DATA and in BDAT; the session goes on.
+    let node = Node::start("");
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(format!("{with_nul}.\r\n").as_bytes());
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..6]), (554, "5.6.0 "), "{r:?}");
+    assert!(r.text().contains("NUL"), "{r:?}");
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    s.send(format!("BDAT {} LAST\r\n{with_nul}", with_nul.len()).as_bytes());
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..6]), (554, "5.6.0 "), "{r:?}");
+    s.send_message("a@sender.test", &["b@example.test"], MSG)
+        .queued_id();
+    assert_eq!(received_count(&node), 1);
+    assert_eq!(rejection_reasons(&node, 2), vec!["nul_bytes", "nul_bytes"]);
+
+    // strip: taken, stored without them.
+    let mut node = Node::start("nul_bytes = \"strip\"");
+    let mut s = Smtp::ehlo(node.smtp);
+    let id = s
+        .send_message("a@sender.test", &["b@example.test"], with_nul)
+        .queued_id();
+    let body = node.stop_and_read_body(&id);
+    assert!(!body.contains(&0), "a NUL was stored");
+    assert!(body.ends_with(b"\r\n\r\nhelloworld\r\n"));
+}

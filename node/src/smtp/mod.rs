@@ -53,6 +53,17 @@ pub enum BareNewline {
     Reject,
 }
 
+/// What happens to a message whose content holds NUL octets, which neither RFC 5322
+/// text nor 8BITMIME allows and which the next hop or a mail client may read as the
+/// end of a string, seeing less than the scanner saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NulBytes {
+    /// Refuse it with `554 5.6.0`.
+    Reject,
+    /// Remove them before scanning and storing (Postfix's `message_strip_characters = \0`).
+    Strip,
+}
+
 /// The validated `[smtp]` section.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -84,6 +95,7 @@ pub struct Settings {
     /// Expect a HAProxy PROXY protocol v2 header on every connection.
     pub proxy_protocol: bool,
     pub bare_newline: BareNewline,
+    pub nul_bytes: NulBytes,
     /// Client networks whose recipients may route through the local part (`%`,
     /// `!`, a second `@`) or a source route; from any other, RCPT gets `550 5.7.1`.
     pub allow_routing_from: Vec<ipnet::IpNet>,
