@@ -197,6 +197,13 @@ struct RawSmtp {
     max_sessions: Option<usize>,
     /// Most SMTP sessions from one client address at once.
     max_sessions_per_ip: Option<usize>,
+    /// Most SMTP sessions from one client network (/24 for IPv4, /64 for IPv6) at
+    /// once; more get 421 4.7.0.
+    max_sessions_per_network: Option<usize>,
+    /// Seconds a session must have waited for a command, outside a transaction,
+    /// before a new connection arriving at a full table may take its place (the
+    /// session gets 421 4.7.0).
+    shed_idle_after_secs: Option<u64>,
     /// Longest command line in octets, CRLF included (RFC 5321 asks for at least 512).
     max_line_length: Option<usize>,
     /// Longest line of message content in octets, CRLF included (RFC 5321: 1000).
@@ -205,6 +212,12 @@ struct RawSmtp {
     max_errors: Option<u32>,
     /// Seconds allowed for one whole command line to arrive (RFC 5321: 5 minutes).
     command_timeout_secs: Option<u64>,
+    /// Seconds allowed for the PROXY header and for the first command after the
+    /// greeting (at most command_timeout_secs).
+    first_command_timeout_secs: Option<u64>,
+    /// Seconds allowed for a command when the session table is nine tenths full;
+    /// from half full the command timeout shortens towards it.
+    stress_timeout_secs: Option<u64>,
     /// Seconds allowed for the whole content of one message (RFC 5321: 10 minutes).
     data_timeout_secs: Option<u64>,
     /// Pause before the greeting in milliseconds; clients that talk first are refused.
@@ -708,6 +721,12 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         50,
         problems,
     );
+    let max_sessions_per_network = positive(
+        "max_sessions_per_network",
+        s.max_sessions_per_network.map(|v| v as u64),
+        200,
+        problems,
+    );
     let max_errors = positive("max_errors", s.max_errors.map(u64::from), 10, problems);
     let command_timeout = positive(
         "command_timeout_secs",
@@ -715,6 +734,13 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         300,
         problems,
     );
+    let first_command_timeout = positive(
+        "first_command_timeout_secs",
+        s.first_command_timeout_secs,
+        30,
+        problems,
+    );
+    let stress_timeout = positive("stress_timeout_secs", s.stress_timeout_secs, 10, problems);
     let data_timeout = positive("data_timeout_secs", s.data_timeout_secs, 600, problems);
     let max_buffered_bytes = s.max_buffered_bytes.unwrap_or(512 * 1024 * 1024);
     if max_buffered_bytes < max_message_size {
@@ -780,10 +806,14 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         require_tls,
         max_sessions: max_sessions as usize,
         max_sessions_per_ip: max_sessions_per_ip as usize,
+        max_sessions_per_network: max_sessions_per_network as usize,
+        shed_idle_after: Duration::from_secs(s.shed_idle_after_secs.unwrap_or(2)),
         max_line_length,
         max_data_line_length,
         max_errors: max_errors as u32,
         command_timeout: Duration::from_secs(command_timeout),
+        first_command_timeout: Duration::from_secs(first_command_timeout),
+        stress_timeout: Duration::from_secs(stress_timeout),
         data_timeout: Duration::from_secs(data_timeout),
         greet_delay: Duration::from_millis(s.greet_delay_ms.unwrap_or(0)),
         proxy_protocol: s.proxy_protocol.unwrap_or(false),
@@ -1038,6 +1068,32 @@ mod tests {
         let c = parse("[smtp]\nnul_bytes = \"strip\"\n").unwrap();
         assert_eq!(c.smtp.nul_bytes, smtp::NulBytes::Strip);
         assert_eq!(Config::embedded().smtp.nul_bytes, smtp::NulBytes::Reject);
+    }
+
+    #[test]
+    fn smtp_session_limits_and_timeouts_are_checked_together() {
+        let problems = parse(
+            r#"
+            [smtp]
+            max_sessions_per_network = 0
+            first_command_timeout_secs = 0
+            stress_timeout_secs = 0
+            "#,
+        )
+        .unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "smtp.max_sessions_per_network must be positive",
+            "smtp.first_command_timeout_secs must be positive",
+            "smtp.stress_timeout_secs must be positive",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let d = Config::embedded().smtp;
+        assert_eq!(d.max_sessions_per_network, 200);
+        assert_eq!(d.first_command_timeout, Duration::from_secs(30));
+        assert_eq!(d.stress_timeout, Duration::from_secs(10));
+        assert_eq!(d.shed_idle_after, Duration::from_secs(2));
     }
 
     #[test]

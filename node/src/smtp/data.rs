@@ -268,6 +268,10 @@ mod tests {
             bare_newline: bare,
             nul_bytes: NulBytes::Reject,
             allow_routing_from: Vec::new(),
+            max_sessions_per_network: 10,
+            shed_idle_after: Duration::from_secs(2),
+            first_command_timeout: Duration::from_secs(5),
+            stress_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(1),
             max_buffered_bytes: 1 << 20,
         }
