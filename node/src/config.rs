@@ -207,6 +207,13 @@ struct RawSmtp {
     max_sessions: Option<usize>,
     /// Most SMTP sessions from one client address at once.
     max_sessions_per_ip: Option<usize>,
+    /// Most SMTP sessions from one client network (/24 for IPv4, /64 for IPv6) at
+    /// once; more get 421 4.7.0.
+    max_sessions_per_network: Option<usize>,
+    /// Seconds a session must have waited for a command, outside a transaction,
+    /// before a new connection arriving at a full table may take its place (the
+    /// session gets 421 4.7.0).
+    shed_idle_after_secs: Option<u64>,
     /// Longest command line in octets, CRLF included (RFC 5321 asks for at least 512).
     max_line_length: Option<usize>,
     /// Longest line of message content in octets, CRLF included (RFC 5321: 1000).
@@ -215,6 +222,12 @@ struct RawSmtp {
     max_errors: Option<u32>,
     /// Seconds allowed for one whole command line to arrive (RFC 5321: 5 minutes).
     command_timeout_secs: Option<u64>,
+    /// Seconds allowed for the PROXY header and for the first command after the
+    /// greeting (at most command_timeout_secs).
+    first_command_timeout_secs: Option<u64>,
+    /// Seconds allowed for a command when the session table is nine tenths full;
+    /// from half full the command timeout shortens towards it.
+    stress_timeout_secs: Option<u64>,
     /// Seconds allowed for the whole content of one message (RFC 5321: 10 minutes).
     data_timeout_secs: Option<u64>,
     /// Pause before the greeting in milliseconds; clients that talk first are refused.
@@ -224,6 +237,11 @@ struct RawSmtp {
     proxy_protocol: Option<bool>,
     /// `normalize` (bare CR/LF stored as CRLF) or `reject` (550 5.5.2).
     bare_newline: Option<String>,
+    /// `reject` (NUL octets in content: 554 5.6.0) or `strip` (removed).
+    nul_bytes: Option<String>,
+    /// Client networks (or addresses) whose recipients may route through the local
+    /// part (`%`, `!`, a second `@`) or a source route; others get 550 5.7.1.
+    allow_routing_from: Option<Vec<String>>,
     /// Seconds running transactions may take to finish after SIGTERM.
     shutdown_grace_secs: Option<u64>,
     /// Most octets of message content all sessions together hold in memory until it
@@ -727,6 +745,12 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         50,
         problems,
     );
+    let max_sessions_per_network = positive(
+        "max_sessions_per_network",
+        s.max_sessions_per_network.map(|v| v as u64),
+        200,
+        problems,
+    );
     let max_errors = positive("max_errors", s.max_errors.map(u64::from), 10, problems);
     let command_timeout = positive(
         "command_timeout_secs",
@@ -734,6 +758,13 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         300,
         problems,
     );
+    let first_command_timeout = positive(
+        "first_command_timeout_secs",
+        s.first_command_timeout_secs,
+        30,
+        problems,
+    );
+    let stress_timeout = positive("stress_timeout_secs", s.stress_timeout_secs, 10, problems);
     let data_timeout = positive("data_timeout_secs", s.data_timeout_secs, 600, problems);
     let max_buffered_bytes = s.max_buffered_bytes.unwrap_or(512 * 1024 * 1024);
     if max_buffered_bytes < max_message_size {
@@ -774,6 +805,21 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
             smtp::BareNewline::Normalize
         }
     };
+    let nul_bytes = match s.nul_bytes.as_deref().unwrap_or("reject") {
+        "reject" => smtp::NulBytes::Reject,
+        "strip" => smtp::NulBytes::Strip,
+        other => {
+            problems.push(format!(
+                "smtp.nul_bytes: {other:?} is not \"reject\" or \"strip\""
+            ));
+            smtp::NulBytes::Reject
+        }
+    };
+    let allow_routing_from = networks(
+        "smtp.allow_routing_from",
+        s.allow_routing_from.unwrap_or_default(),
+        problems,
+    );
     (problems.len() == start).then(|| smtp::Settings {
         listen: listen.expect("checked above"),
         hostname,
@@ -784,18 +830,45 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         require_tls,
         max_sessions: max_sessions as usize,
         max_sessions_per_ip: max_sessions_per_ip as usize,
+        max_sessions_per_network: max_sessions_per_network as usize,
+        shed_idle_after: Duration::from_secs(s.shed_idle_after_secs.unwrap_or(2)),
         max_line_length,
         max_data_line_length,
         max_errors: max_errors as u32,
         command_timeout: Duration::from_secs(command_timeout),
+        first_command_timeout: Duration::from_secs(first_command_timeout),
+        stress_timeout: Duration::from_secs(stress_timeout),
         data_timeout: Duration::from_secs(data_timeout),
         greet_delay: Duration::from_millis(s.greet_delay_ms.unwrap_or(0)),
         proxy_protocol: s.proxy_protocol.unwrap_or(false),
         bare_newline,
+        nul_bytes,
+        allow_routing_from,
         shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
         max_buffered_bytes,
         min_free_disk,
     })
+}
+
+/// A list of networks (`10.0.0.0/8`) or single addresses; each item that is neither
+/// is reported.
+fn networks(name: &str, list: Vec<String>, problems: &mut Vec<String>) -> Vec<ipnet::IpNet> {
+    list.into_iter()
+        .filter_map(|item| {
+            let parsed = item
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    problems.push(format!(
+                        "{name}: {item:?} is neither an address nor a network (10.0.0.0/8)"
+                    ));
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// A certificate chain and key given as `SECTION.tls_cert` and `SECTION.tls_key`:
@@ -1004,6 +1077,67 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn smtp_allow_routing_from_takes_networks_and_addresses() {
+        let problems =
+            parse("[smtp]\nallow_routing_from = [\"10.0.0.0/8\", \"nowhere\", \"10.0.0.0/99\"]\n")
+                .unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "smtp.allow_routing_from: \"nowhere\" is neither",
+            "smtp.allow_routing_from: \"10.0.0.0/99\" is neither",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let c = parse("[smtp]\nallow_routing_from = [\"10.1.2.3/8\", \"2001:db8::1\"]\n").unwrap();
+        let nets: Vec<String> = c
+            .smtp
+            .allow_routing_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "2001:db8::1/128"]);
+        assert!(Config::embedded().smtp.allow_routing_from.is_empty());
+    }
+
+    #[test]
+    fn smtp_nul_bytes_is_reject_or_strip() {
+        let problems = parse("[smtp]\nnul_bytes = \"keep\"\n").unwrap_err();
+        assert_eq!(
+            problems,
+            ["smtp.nul_bytes: \"keep\" is not \"reject\" or \"strip\""]
+        );
+        let c = parse("[smtp]\nnul_bytes = \"strip\"\n").unwrap();
+        assert_eq!(c.smtp.nul_bytes, smtp::NulBytes::Strip);
+        assert_eq!(Config::embedded().smtp.nul_bytes, smtp::NulBytes::Reject);
+    }
+
+    #[test]
+    fn smtp_session_limits_and_timeouts_are_checked_together() {
+        let problems = parse(
+            r#"
+            [smtp]
+            max_sessions_per_network = 0
+            first_command_timeout_secs = 0
+            stress_timeout_secs = 0
+            "#,
+        )
+        .unwrap_err();
+        let all = problems.join("\n");
+        for expected in [
+            "smtp.max_sessions_per_network must be positive",
+            "smtp.first_command_timeout_secs must be positive",
+            "smtp.stress_timeout_secs must be positive",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let d = Config::embedded().smtp;
+        assert_eq!(d.max_sessions_per_network, 200);
+        assert_eq!(d.first_command_timeout, Duration::from_secs(30));
+        assert_eq!(d.stress_timeout, Duration::from_secs(10));
+        assert_eq!(d.shed_idle_after, Duration::from_secs(2));
     }
 
     #[test]

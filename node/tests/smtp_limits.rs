@@ -667,3 +667,346 @@ fn limits_mail_waits_for_room_on_the_data_disk() {
     assert_eq!(reply.code, 250, "{reply:?}");
     assert_eq!(received_count(&node), 1);
 }
+
+/// Connects to `to` from each of `sources` in turn (loopback addresses), all on one
+/// runtime, and returns the connections without reading anything.
+fn connect_all_from(sources: &[String], to: SocketAddr) -> Vec<Smtp> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    sources
+        .iter()
+        .map(|local| {
+            let stream = rt.block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+                socket.connect(to).await.unwrap()
+            });
+            let stream = stream.into_std().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            Smtp::from_stream(stream)
+        })
+        .collect()
+}
+
+/// The recipients of accepted message `id`, as stored.
+fn recipients_of(node: &Node, id: &str) -> serde_json::Value {
+    let received = node.events("message.received");
+    let event = received
+        .iter()
+        .find(|e| e["message_id"] == id)
+        .unwrap_or_else(|| panic!("no message.received for {id} in {received:#?}"));
+    event["email"]["to"]["address"].clone()
+}
+
+/// Every sample of a `/metrics` scrape: `name{labels}` → value.
+fn scrape(node: &Node) -> std::collections::HashMap<String, f64> {
+    let text = reqwest::blocking::get(format!("{}/metrics", node.api))
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn limits_routing_through_the_local_part_is_refused_unless_trusted() {
+    let node = Node::start("allow_routing_from = [\"127.0.5.0/24\"]");
+    let routed = [
+        "victim%foreign.test@example.test",
+        "foreign.test!victim@example.test",
+        "victim@foreign.test@example.test",
+        "\"victim@foreign.test\"@example.test",
+        "@relay.test,@other.test:victim@example.test",
+    ];
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    for to in routed {
+        let r = s.cmd(&format!("RCPT TO:<{to}>"));
+        assert_eq!((r.code, &r.text()[..6]), (550, "5.7.1 "), "{to}: {r:?}");
+        assert!(r.text().contains("routing"), "{r:?}");
+    }
+    // The transaction carries on with the plain recipient only.
+    assert_eq!(s.cmd("RCPT TO:<bob@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(format!("{MSG}.\r\n").as_bytes());
+    let id = s.read_reply().queued_id();
+    assert_eq!(
+        recipients_of(&node, &id),
+        serde_json::json!(["bob@example.test"])
+    );
+    let reasons = rejection_reasons(&node, routed.len());
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "routing_refused").count(),
+        routed.len(),
+        "{reasons:?}"
+    );
+
+    // From a network in allow_routing_from the same recipients are taken (a source
+    // route is dropped, RFC 5321 §C); foreign domains are still relaying.
+    let mut trusted = connect_from("127.0.5.1", node.smtp);
+    assert_eq!(trusted.read_reply().code, 220);
+    assert_eq!(trusted.cmd("EHLO trusted.test").code, 250);
+    assert_eq!(trusted.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    for to in routed {
+        let r = trusted.cmd(&format!("RCPT TO:<{to}>"));
+        assert_eq!(r.code, 250, "{to}: {r:?}");
+    }
+    let r = trusted.cmd("RCPT TO:<victim%example.test@foreign.test>");
+    assert_eq!((r.code, &r.text()[..6]), (554, "5.7.1 "), "{r:?}");
+    assert_eq!(trusted.cmd("DATA").code, 354);
+    trusted.send(format!("{MSG}.\r\n").as_bytes());
+    let id = trusted.read_reply().queued_id();
+    assert_eq!(
+        recipients_of(&node, &id),
+        serde_json::json!([
+            "victim%foreign.test@example.test",
+            "foreign.test!victim@example.test",
+            "victim@foreign.test@example.test",
+            "\"victim@foreign.test\"@example.test",
+            "victim@example.test",
+        ])
+    );
+}
+
+#[test]
+fn limits_lookalikes_of_local_domains_are_mapped_or_refused() {
+    let node = Node::start("");
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test> SMTPUTF8").code, 250);
+    // Fullwidth letters: the same domain after UTS #46 mapping, taken in that form.
+    assert_eq!(s.cmd("RCPT TO:<bob@ｅｘａｍｐｌｅ.ｔｅｓｔ>").code, 250);
+    // Characters that vanish in the mapping: a lookalike, refused.
+    for lookalike in [
+        "carol@exa\u{200B}mple.test",
+        "dave@exam\u{00AD}ple.test",
+        "erin@example\u{200D}.test",
+    ] {
+        let r = s.cmd(&format!("RCPT TO:<{lookalike}>"));
+        assert_eq!(
+            (r.code, &r.text()[..6]),
+            (550, "5.7.1 "),
+            "{lookalike:?}: {r:?}"
+        );
+        assert!(r.text().contains("invisible"), "{r:?}");
+    }
+    // A Cyrillic е spells another domain: not ours, relaying.
+    let r = s.cmd("RCPT TO:<frank@\u{0435}xample.test>");
+    assert_eq!((r.code, &r.text()[..6]), (554, "5.7.1 "), "{r:?}");
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(format!("{MSG}.\r\n").as_bytes());
+    let id = s.read_reply().queued_id();
+    assert_eq!(
+        recipients_of(&node, &id),
+        serde_json::json!(["bob@example.test"])
+    );
+    let reasons = rejection_reasons(&node, 4);
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "lookalike_domain").count(),
+        3,
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn limits_idle_connections_from_one_network_leave_room_for_others() {
+    let node = Node::start("");
+    // 1,000 connections that never send a command, 50 from each of 20 addresses
+    // (the per-address limit), all in 127.0.0.0/24.
+    let sources: Vec<String> = (2..22)
+        .flat_map(|i| std::iter::repeat_n(format!("127.0.0.{i}"), 50))
+        .collect();
+    let mut idle = connect_all_from(&sources, node.smtp);
+    let mut greeted = Vec::new();
+    for (i, s) in idle.iter_mut().enumerate() {
+        let r = s.read_reply();
+        match r.code {
+            220 => greeted.push(i),
+            421 => {
+                assert!(r.text().starts_with("4.7.0 "), "{r:?}");
+                assert!(
+                    r.text().contains("too many connections from 127.0.0.0/24"),
+                    "{r:?}"
+                );
+            }
+            _ => panic!("{r:?}"),
+        }
+    }
+    // max_sessions_per_network (200) of them hold a session; the rest were refused.
+    assert_eq!(greeted.len(), 200);
+    // A client from another network speaks and is served at once.
+    let started = Instant::now();
+    let mut client = connect_from("127.0.1.1", node.smtp);
+    assert_eq!(client.read_reply().code, 220);
+    assert_eq!(client.cmd("EHLO client.test").code, 250);
+    client
+        .send_message("a@sender.test", &["b@example.test"], MSG)
+        .queued_id();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The idle sessions that were let in are unharmed.
+    let first = &mut idle[greeted[0]];
+    assert_eq!(first.cmd("EHLO idle.test").code, 250);
+    assert_eq!(first.cmd("NOOP").code, 250);
+    assert!(rejection_reasons(&node, 800).contains(&"too_many_sessions_from_network".to_string()));
+}
+
+#[test]
+fn limits_a_full_table_sheds_the_longest_idle_session() {
+    let node = Node::start("max_sessions = 1001\nshed_idle_after_secs = 1");
+    // The oldest session is in a transaction: it is never shed.
+    let mut busy = Smtp::ehlo(node.smtp);
+    assert_eq!(busy.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(busy.cmd("RCPT TO:<b@example.test>").code, 250);
+    // 1,000 idle connections, 50 from each of 20 addresses in 20 networks, fill
+    // the table.
+    let sources: Vec<String> = (10..30)
+        .flat_map(|n| std::iter::repeat_n(format!("127.0.{n}.2"), 50))
+        .collect();
+    let mut idle = connect_all_from(&sources, node.smtp);
+    for s in idle.iter_mut() {
+        let r = s.read_reply();
+        assert_eq!(r.code, 220, "{r:?}");
+    }
+    let m = scrape(&node);
+    assert_eq!(m["bulwark_smtp_sessions_open"], 1001.0);
+    // Full: commands get the stress timeout (10 s) instead of 300 s.
+    assert_eq!(m["bulwark_smtp_command_timeout_seconds"], 10.0);
+    // The idle sessions must have waited shed_idle_after_secs to be shed.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // A client that speaks gets a place at once and sends its message.
+    let started = Instant::now();
+    let mut client = connect_from("127.0.100.1", node.smtp);
+    let r = client.read_reply();
+    assert_eq!(r.code, 220, "{r:?}");
+    assert_eq!(client.cmd("EHLO client.test").code, 250);
+    client
+        .send_message("a@sender.test", &["b@example.test"], MSG)
+        .queued_id();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The longest idle session made room: 421 4.7.0, closed.
+    let r = idle[0].read_reply();
+    assert_eq!((r.code, &r.text()[..6]), (421, "4.7.0 "), "{r:?}");
+    assert!(r.text().contains("idle"), "{r:?}");
+    assert!(idle[0].is_closed());
+    // The others and the transaction carry on.
+    assert_eq!(idle[1].cmd("NOOP").code, 250);
+    assert_eq!(busy.cmd("DATA").code, 354);
+    busy.send(format!("{MSG}.\r\n").as_bytes());
+    busy.read_reply().queued_id();
+    assert_eq!(scrape(&node)["bulwark_smtp_sessions_shed_total"], 1.0);
+    assert!(rejection_reasons(&node, 1).contains(&"idle_session_shed".to_string()));
+}
+
+#[test]
+fn limits_first_command_and_stress_timeouts_are_short() {
+    let node =
+        Node::start("max_sessions = 10\nfirst_command_timeout_secs = 1\nstress_timeout_secs = 2");
+    // Silent after the greeting: closed after first_command_timeout_secs, not 300 s.
+    let started = Instant::now();
+    let mut silent = Smtp::connect(node.smtp);
+    let r = silent.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (421, "4.4.2"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(silent.is_closed());
+    // Once it spoke, a client has the full command timeout while the table is empty.
+    let mut talker = Smtp::ehlo(node.smtp);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(talker.cmd("NOOP").code, 250);
+    assert_eq!(scrape(&node)["bulwark_smtp_command_timeout_seconds"], 300.0);
+    // With nine of ten places taken, a command gets stress_timeout_secs.
+    let mut others: Vec<Smtp> = (0..8).map(|_| Smtp::ehlo(node.smtp)).collect();
+    assert_eq!(talker.cmd("NOOP").code, 250);
+    let started = Instant::now();
+    assert_eq!(scrape(&node)["bulwark_smtp_command_timeout_seconds"], 2.0);
+    let r = talker.read_reply();
+    assert_eq!((r.code, &r.text()[..5]), (421, "4.4.2"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // As the table empties, the full timeout comes back, and mail flows.
+    drop(talker);
+    others.truncate(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scrape(&node)["bulwark_smtp_command_timeout_seconds"] != 300.0 {
+        assert!(Instant::now() < deadline, "the timeout never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    others[0]
+        .send_message("a@sender.test", &["b@example.test"], MSG)
+        .queued_id();
+}
+
+#[test]
+fn limits_bdat_over_the_size_limit_is_refused_as_soon_as_declared() {
+    let node = Node::start("max_message_size = 2000");
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    // The refusal comes before the chunk is sent.
+    let r = s.cmd("BDAT 5000000");
+    assert_eq!((r.code, &r.text()[..6]), (552, "5.3.4 "), "{r:?}");
+    // The chunk still follows the command: it is read and dropped, in step.
+    s.send(&vec![b'x'; 5_000_000]);
+    assert_eq!(s.cmd("NOOP").code, 250);
+    // The transaction is over.
+    s.send(b"BDAT 5 LAST\r\nhello");
+    assert_eq!(s.read_reply().code, 503);
+
+    // Cumulative: the chunk that takes the total over the limit is refused at once.
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    s.send(format!("BDAT 1500\r\n{}", "y".repeat(1500)).as_bytes());
+    assert_eq!(s.read_reply().code, 250);
+    let r = s.cmd("BDAT 600");
+    assert_eq!((r.code, &r.text()[..6]), (552, "5.3.4 "), "{r:?}");
+    s.send("z".repeat(600).as_bytes());
+    assert_eq!(s.cmd("NOOP").code, 250);
+
+    // The session still takes mail, in chunks within the limit.
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    s.send(format!("BDAT {} LAST\r\n{MSG}", MSG.len()).as_bytes());
+    s.read_reply().queued_id();
+    assert_eq!(received_count(&node), 1);
+    let reasons = rejection_reasons(&node, 2);
+    assert_eq!(reasons, vec!["message_too_big", "message_too_big"]);
+}
+
+#[test]
+fn limits_nul_bytes_are_refused_or_stripped() {
+    let with_nul = "Subject: nul\r\n\r\nhello\0world\r\n";
+    // Default: refused with 554 5.6.0, in DATA and in BDAT; the session goes on.
+    let node = Node::start("");
+    let mut s = Smtp::ehlo(node.smtp);
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(format!("{with_nul}.\r\n").as_bytes());
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..6]), (554, "5.6.0 "), "{r:?}");
+    assert!(r.text().contains("NUL"), "{r:?}");
+    assert_eq!(s.cmd("MAIL FROM:<a@sender.test>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<b@example.test>").code, 250);
+    s.send(format!("BDAT {} LAST\r\n{with_nul}", with_nul.len()).as_bytes());
+    let r = s.read_reply();
+    assert_eq!((r.code, &r.text()[..6]), (554, "5.6.0 "), "{r:?}");
+    s.send_message("a@sender.test", &["b@example.test"], MSG)
+        .queued_id();
+    assert_eq!(received_count(&node), 1);
+    assert_eq!(rejection_reasons(&node, 2), vec!["nul_bytes", "nul_bytes"]);
+
+    // strip: taken, stored without them.
+    let mut node = Node::start("nul_bytes = \"strip\"");
+    let mut s = Smtp::ehlo(node.smtp);
+    let id = s
+        .send_message("a@sender.test", &["b@example.test"], with_nul)
+        .queued_id();
+    let body = node.stop_and_read_body(&id);
+    assert!(!body.contains(&0), "a NUL was stored");
+    assert!(body.ends_with(b"\r\n\r\nhelloworld\r\n"));
+}

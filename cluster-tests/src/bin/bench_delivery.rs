@@ -78,7 +78,8 @@ struct Args {
     /// `[delivery] poll_ms` of every node (node default: 500).
     #[arg(long)]
     poll_ms: Option<u64>,
-    /// `smtp.max_sessions_per_ip` of every node: every session comes from 127.0.0.1.
+    /// `smtp.max_sessions_per_ip` and `smtp.max_sessions_per_network` of every node:
+    /// every session comes from 127.0.0.1.
     #[arg(long, default_value_t = 1000)]
     max_sessions_per_ip: usize,
     /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
@@ -309,6 +310,10 @@ async fn start_cluster(args: &Args, sink: SocketAddr) -> Result<Cluster> {
     let mut builder = ClusterBuilder::new(args.nodes)
         .name("bench-delivery")
         .smtp("max_sessions_per_ip", &args.max_sessions_per_ip.to_string())
+        .smtp(
+            "max_sessions_per_network",
+            &args.max_sessions_per_ip.to_string(),
+        )
         .relay(sink);
     if let Some(c) = args.concurrency {
         builder = builder.delivery("concurrency", &c.to_string());

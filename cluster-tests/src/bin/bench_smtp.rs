@@ -14,7 +14,8 @@
 //! which shares the machine) spent per accepted message, read from `/proc/<pid>/stat`.
 //!
 //! Every session connects from 127.0.0.1, so the nodes' per-IP session limit
-//! (`smtp.max_sessions_per_ip`, default 50) is raised to 1000 (`--max-sessions-per-ip`):
+//! (`smtp.max_sessions_per_ip`, default 50) is raised to 1000 (`--max-sessions-per-ip`),
+//! and the per-network one (`smtp.max_sessions_per_network`, default 200) with it:
 //! the sessions stand for many sending MTAs, not one.
 
 use std::collections::{BTreeMap, HashSet};
@@ -56,8 +57,9 @@ struct Args {
     /// pipelining them (RFC 2920).
     #[arg(long)]
     no_pipelining: bool,
-    /// `smtp.max_sessions_per_ip` of every node. Every session comes from 127.0.0.1,
-    /// so the default (50) would refuse sessions that stand for many sending MTAs.
+    /// `smtp.max_sessions_per_ip` and `smtp.max_sessions_per_network` of every node.
+    /// Every session comes from 127.0.0.1, so the defaults (50, 200) would refuse
+    /// sessions that stand for many sending MTAs.
     #[arg(long, default_value_t = 1000)]
     max_sessions_per_ip: usize,
     /// Offered load in messages per second over all sessions (0: as fast as the
@@ -148,7 +150,11 @@ async fn main() -> Result<()> {
     );
     let mut builder = ClusterBuilder::new(args.nodes)
         .name("bench-smtp")
-        .smtp("max_sessions_per_ip", &args.max_sessions_per_ip.to_string());
+        .smtp("max_sessions_per_ip", &args.max_sessions_per_ip.to_string())
+        .smtp(
+            "max_sessions_per_network",
+            &args.max_sessions_per_ip.to_string(),
+        );
     if let Some(b) = &args.bin {
         builder = builder.binary(b.clone());
     }

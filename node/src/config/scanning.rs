@@ -131,18 +131,11 @@ pub(super) fn validate_scan(s: RawScan, base: &Path, problems: &mut Vec<String>)
             "scan.blocked_extensions: {bad:?} is not a file extension"
         ));
     }
-    let mut trusted_relays = Vec::new();
-    for relay in s.trusted_relays.unwrap_or_default() {
-        let parsed = relay
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| relay.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(net) => trusted_relays.push(net),
-            Err(_) => problems.push(format!(
-                "scan.trusted_relays: {relay:?} is neither an address nor a network (10.0.0.0/8)"
-            )),
-        }
-    }
+    let trusted_relays = super::networks(
+        "scan.trusted_relays",
+        s.trusted_relays.unwrap_or_default(),
+        problems,
+    );
     let config = ScanConfig {
         trusted_relays,
         budget: Duration::from_millis(budget_ms),

@@ -18,7 +18,6 @@ use super::session::{Flow, Session};
 pub struct Chunks {
     body: Vec<u8>,
     reservation: Reservation,
-    too_big: bool,
     over_budget: bool,
     started: StdInstant,
     deadline: Instant,
@@ -52,23 +51,31 @@ pub async fn bdat<T: AsyncRead + AsyncWrite + Unpin>(
     let chunks = tx.chunks.get_or_insert_with(|| Chunks {
         body: Vec::new(),
         reservation,
-        too_big: false,
         over_budget: false,
         started: StdInstant::now(),
         deadline: Instant::now() + data_timeout,
     });
     let deadline = chunks.deadline;
-    let total = chunks.body.len() as u64 + size;
+    let total = (chunks.body.len() as u64).saturating_add(size);
     if total > max {
-        chunks.too_big = true;
-    } else if !chunks.too_big && !chunks.over_budget && !chunks.reservation.cover(total) {
-        chunks.over_budget = true;
+        // Refused as soon as the size is declared (RFC 3030 §2: a failed chunk ends
+        // the transaction; later BDATs get 503). The chunk follows the command
+        // whatever we answer: it is read and dropped, to stay in step.
+        let reply = format!("552 5.3.4 Error: message exceeds the size limit of {max} octets");
+        conn.reply(&reply);
+        s.reject("message_too_big", &reply);
+        s.tx = None;
+        if let Err(flow) = skip(s, conn, size, deadline).await {
+            return flow;
+        }
+        return Flow::Continue;
     }
-    if chunks.too_big || chunks.over_budget {
+    if !chunks.over_budget && !chunks.reservation.cover(total) {
+        chunks.over_budget = true;
         chunks.body = Vec::new();
         chunks.reservation.release();
     }
-    let result = if chunks.too_big || chunks.over_budget {
+    let result = if chunks.over_budget {
         conn.read_exact_with(size, deadline, |_| {}).await
     } else {
         let body = &mut chunks.body;
@@ -88,9 +95,8 @@ pub async fn bdat<T: AsyncRead + AsyncWrite + Unpin>(
             .and_then(|tx| tx.chunks.take())
             .expect("chunks were started above");
     let mut content = Content::new(chunks.reservation);
-    content.too_big = chunks.too_big;
     content.over_budget = chunks.over_budget;
-    if !chunks.too_big && !chunks.over_budget {
+    if !chunks.over_budget {
         let mut body = Vec::with_capacity(chunks.body.len() + 2);
         content.bare_newline = canonical_newlines(&chunks.body, &mut body);
         if !body.ends_with(b"\r\n") {

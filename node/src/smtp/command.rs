@@ -5,10 +5,22 @@
 pub enum Command {
     Ehlo(String),
     Helo(String),
-    Mail { from: String, params: Vec<Param> },
-    Rcpt { to: String, params: Vec<Param> },
+    Mail {
+        from: String,
+        params: Vec<Param>,
+    },
+    /// `source_route`: the path named hosts to route through (`<@a,@b:user@dom>`),
+    /// dropped from `to`.
+    Rcpt {
+        to: String,
+        source_route: bool,
+        params: Vec<Param>,
+    },
     Data,
-    Bdat { size: u64, last: bool },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -93,6 +105,7 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
             };
             Ok(Command::Rcpt {
                 to,
+                source_route: path.starts_with("<@"),
                 params: parse_params(params)?,
             })
         }
@@ -282,6 +295,7 @@ mod tests {
             p("RCPT TO:<@relay.test:user@example.test>"),
             Ok(Command::Rcpt {
                 to: "user@example.test".into(),
+                source_route: true,
                 params: vec![]
             })
         );
@@ -289,6 +303,7 @@ mod tests {
             p("RCPT TO:<Postmaster>"),
             Ok(Command::Rcpt {
                 to: "postmaster".into(),
+                source_route: false,
                 params: vec![]
             })
         );
@@ -296,6 +311,7 @@ mod tests {
             p("RCPT TO:<\"odd > name\"@example.test>"),
             Ok(Command::Rcpt {
                 to: "\"odd > name\"@example.test".into(),
+                source_route: false,
                 params: vec![]
             })
         );
@@ -303,6 +319,7 @@ mod tests {
             p("RCPT TO:<josé@exämple.test>"),
             Ok(Command::Rcpt {
                 to: "josé@exämple.test".into(),
+                source_route: false,
                 params: vec![]
             })
         );

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::budget::Reservation;
 use super::conn::{Conn, ConnError};
 use super::session::{Flow, Session};
-use super::{BareNewline, Settings};
+use super::{BareNewline, NulBytes, Settings};
 
 /// The content of a message as received, and what was wrong with it.
 pub struct Content {
@@ -178,10 +178,11 @@ impl Session {
     pub async fn finish<T: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut Conn<T>,
-        content: Content,
+        mut content: Content,
         transfer_started: StdInstant,
     ) -> Flow {
         let settings = self.settings();
+        let nul = memchr::memchr(0, &content.body).is_some();
         let refusal = if content.too_big {
             Some((
                 "message_too_big",
@@ -208,6 +209,11 @@ impl Session {
                 "bare_newline",
                 "550 5.5.2 Error: bare <CR> or <LF> received".to_string(),
             ))
+        } else if nul && settings.nul_bytes == NulBytes::Reject {
+            Some((
+                "nul_bytes",
+                "554 5.6.0 Error: NUL octets in the message content".to_string(),
+            ))
         } else {
             None
         };
@@ -216,6 +222,9 @@ impl Session {
             self.reject(reason, &reply);
             self.tx = None;
             return Flow::Continue;
+        }
+        if nul {
+            content.body.retain(|&b| b != 0);
         }
         let tx = self
             .tx
@@ -257,6 +266,12 @@ mod tests {
             greet_delay: Duration::ZERO,
             proxy_protocol: false,
             bare_newline: bare,
+            nul_bytes: NulBytes::Reject,
+            allow_routing_from: Vec::new(),
+            max_sessions_per_network: 10,
+            shed_idle_after: Duration::from_secs(2),
+            first_command_timeout: Duration::from_secs(5),
+            stress_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(1),
             max_buffered_bytes: 1 << 20,
         }

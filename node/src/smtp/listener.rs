@@ -1,17 +1,16 @@
-//! The SMTP listener: accepts connections within the session limits, reads the
-//! PROXY header when configured, refuses early talkers, greets, and runs sessions;
-//! at shutdown it stops accepting and gives running transactions a grace period.
+//! The SMTP listener: accepts connections within the session limits (table.rs),
+//! reads the PROXY header when configured, refuses early talkers, greets, and runs
+//! sessions; at shutdown it stops accepting and gives running transactions a grace
+//! period.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bulwark_consensus::Proposer;
 use bulwark_storage::{Client, Rejection};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +19,7 @@ use super::budget::Budget;
 use super::conn::Conn;
 use super::rejections::RejectionLog;
 use super::session::{Flow, Session, Shared};
+use super::table::{Refusal, Seat, Table};
 use super::{proxy, Settings};
 use crate::disk::DiskSpace;
 use crate::scan::Scanner;
@@ -28,8 +28,6 @@ use crate::scan::Scanner;
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
-    per_ip: Arc<PerIp>,
-    sessions: Arc<Semaphore>,
 }
 
 impl Server {
@@ -62,6 +60,16 @@ impl Server {
             "SMTP sessions open now",
             self.shared.open.clone(),
         );
+        registry.register(
+            "bulwark_smtp_sessions_shed",
+            "Idle SMTP sessions closed to make room for a new connection",
+            self.shared.table.shed.clone(),
+        );
+        registry.register(
+            "bulwark_smtp_command_timeout_seconds",
+            "Time allowed for an SMTP command now (shorter as the session table fills)",
+            self.shared.table.timeout_now.clone(),
+        );
     }
 
     /// Accepts connections until `stop` is cancelled; then idle sessions get `421`,
@@ -84,12 +92,11 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let shared = self.shared.clone();
-            match self.sessions.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let per_ip = self.per_ip.clone();
-                    running.spawn(connection(shared, per_ip, stream, peer, permit));
+            match shared.table.admit() {
+                Some(seat) => {
+                    running.spawn(connection(shared, stream, peer, seat));
                 }
-                Err(_) => {
+                None => {
                     running.spawn(refuse_busy(shared, stream, peer));
                 }
             }
@@ -142,7 +149,6 @@ impl Bound {
             tls,
             settings,
         } = self;
-        let sessions = Arc::new(Semaphore::new(settings.max_sessions));
         let shared = Arc::new(Shared {
             tls,
             ingress: Ingress::new(proposer.clone(), scanner, node),
@@ -152,14 +158,10 @@ impl Bound {
             disk,
             opened: Default::default(),
             open: Default::default(),
+            table: Table::new(&settings),
             settings,
         });
-        Server {
-            listener,
-            shared,
-            per_ip: Arc::new(PerIp::default()),
-            sessions,
-        }
+        Server { listener, shared }
     }
 }
 
@@ -169,42 +171,6 @@ struct OpenSession<'a>(&'a prometheus_client::metrics::gauge::Gauge);
 impl Drop for OpenSession<'_> {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// Sessions per client address.
-#[derive(Default)]
-struct PerIp(Mutex<HashMap<IpAddr, usize>>);
-
-struct IpSlot {
-    table: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let mut table = self.0.lock().expect("per-ip lock");
-        let count = table.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(IpSlot {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut table = self.table.0.lock().expect("per-ip lock");
-        if let Some(count) = table.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                table.remove(&self.ip);
-            }
-        }
     }
 }
 
@@ -245,22 +211,22 @@ fn record(shared: &Shared, client: Client, reason: &str, reply: &str) {
     });
 }
 
-async fn connection(
-    shared: Arc<Shared>,
-    per_ip: Arc<PerIp>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, mut seat: Seat) {
     shared.opened.inc();
     shared.open.inc();
     let _open = OpenSession(&shared.open);
     let settings = &shared.settings;
     let mut client = client_of(peer, None);
     if settings.proxy_protocol {
-        let header =
-            tokio::time::timeout(settings.command_timeout, proxy::read_header(&mut stream));
-        match header.await {
+        let timeout = settings
+            .first_command_timeout
+            .min(shared.table.command_timeout());
+        let header = tokio::time::timeout(timeout, proxy::read_header(&mut stream));
+        let header = tokio::select! {
+            header = header => header,
+            _ = seat.shed() => return,
+        };
+        match header {
             Ok(Ok(Some(addr))) => client = client_of(addr, Some(peer.ip())),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
@@ -273,18 +239,30 @@ async fn connection(
             }
         }
     }
-    let Some(_slot) = per_ip.acquire(client.ip, settings.max_sessions_per_ip) else {
+    if let Err(refusal) = seat.claim(client.ip) {
         // A refused connection gives its place back before the client hears of
         // the refusal, so a client that connects after hearing it finds it free.
-        drop(permit);
-        let reply = format!(
-            "421 4.7.0 {} Error: too many connections from {}",
-            settings.hostname, client.ip
-        );
+        drop(seat);
+        let (reply, reason) = match refusal {
+            Refusal::Address => (
+                format!(
+                    "421 4.7.0 {} Error: too many connections from {}",
+                    settings.hostname, client.ip
+                ),
+                "too_many_sessions_from_ip",
+            ),
+            Refusal::Network(network) => (
+                format!(
+                    "421 4.7.0 {} Error: too many connections from {network}",
+                    settings.hostname
+                ),
+                "too_many_sessions_from_network",
+            ),
+        };
         say_and_close(&mut stream, &reply).await;
-        record(&shared, client, "too_many_sessions_from_ip", &reply);
+        record(&shared, client, reason, &reply);
         return;
-    };
+    }
     if !settings.greet_delay.is_zero() {
         let mut probe = [0u8; 1];
         match tokio::time::timeout(settings.greet_delay, stream.peek(&mut probe)).await {
@@ -301,7 +279,7 @@ async fn connection(
             Ok(_) => return,
         }
     }
-    let mut session = Session::new(shared.clone(), client);
+    let mut session = Session::new(shared.clone(), client, seat);
     let mut conn = Conn::new(stream);
     conn.reply(&format!("220 {} ESMTP Bulwark", settings.hostname));
     if session.run(&mut conn).await != Flow::StartTls {
@@ -311,7 +289,7 @@ async fn connection(
         return;
     };
     let handshake = tokio::time::timeout(
-        settings.command_timeout,
+        shared.table.command_timeout(),
         acceptor.accept(conn.into_stream()),
     );
     let stream = match handshake.await {

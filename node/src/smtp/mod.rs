@@ -4,7 +4,8 @@
 //! The path of a connection, one file a step:
 //!
 //! ```text
-//! listener.rs   accept, connection limits, PROXY protocol (proxy.rs), early talkers
+//! listener.rs   accept, PROXY protocol (proxy.rs), early talkers
+//! table.rs      session limits in total, per address and network; idle sessions shed
 //! session.rs    the command loop and its state; one file per verb:
 //!               ehlo.rs, mail.rs, rcpt.rs, data.rs, bdat.rs, starttls (session.rs)
 //! conn.rs       buffered reads with line limits and deadlines, pipelined replies
@@ -30,6 +31,7 @@ mod received;
 mod rejections;
 pub mod rewrite;
 mod session;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +55,17 @@ pub enum BareNewline {
     Reject,
 }
 
+/// What happens to a message whose content holds NUL octets, which neither RFC 5322
+/// text nor 8BITMIME allows and which the next hop or a mail client may read as the
+/// end of a string, seeing less than the scanner saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NulBytes {
+    /// Refuse it with `554 5.6.0`.
+    Reject,
+    /// Remove them before scanning and storing (Postfix's `message_strip_characters = \0`).
+    Strip,
+}
+
 /// The validated `[smtp]` section.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -69,6 +82,11 @@ pub struct Settings {
     pub require_tls: bool,
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
+    /// Most sessions from one client network (/24 for IPv4, /64 for IPv6).
+    pub max_sessions_per_network: usize,
+    /// A session waiting this long for a command outside a transaction may lose its
+    /// place to a new connection when all places are taken.
+    pub shed_idle_after: Duration,
     /// Longest command line, CRLF included.
     pub max_line_length: usize,
     /// Longest line of message content, CRLF included.
@@ -77,6 +95,11 @@ pub struct Settings {
     pub max_errors: u32,
     /// Time allowed for one whole command line to arrive.
     pub command_timeout: Duration,
+    /// Time allowed for the PROXY header and for the first command after the
+    /// greeting (at most `command_timeout`).
+    pub first_command_timeout: Duration,
+    /// The command timeout when the session table is nearly full.
+    pub stress_timeout: Duration,
     /// Time allowed for the whole content of one message (DATA or all BDAT chunks).
     pub data_timeout: Duration,
     /// Pause before the greeting; a client that talks during it is refused.
@@ -84,6 +107,10 @@ pub struct Settings {
     /// Expect a HAProxy PROXY protocol v2 header on every connection.
     pub proxy_protocol: bool,
     pub bare_newline: BareNewline,
+    pub nul_bytes: NulBytes,
+    /// Client networks whose recipients may route through the local part (`%`,
+    /// `!`, a second `@`) or a source route; from any other, RCPT gets `550 5.7.1`.
+    pub allow_routing_from: Vec<ipnet::IpNet>,
     /// How long in-flight transactions may run after SIGTERM.
     pub shutdown_grace: Duration,
     /// Most octets of message content all sessions together hold in memory until

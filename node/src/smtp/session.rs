@@ -15,6 +15,7 @@ use super::budget::Budget;
 use super::command::{self, Command, ParseError};
 use super::conn::{Conn, ConnError};
 use super::rejections::RejectionLog;
+use super::table::{Seat, Table};
 use super::{bdat, data, ehlo, mail, rcpt, BareNewline, Settings};
 
 /// What every session of one listener shares.
@@ -32,6 +33,8 @@ pub struct Shared {
     /// Sessions opened since start, and open now.
     pub opened: prometheus_client::metrics::counter::Counter,
     pub open: prometheus_client::metrics::gauge::Gauge,
+    /// The places of all sessions: limits, shedding, timeouts under pressure.
+    pub table: Arc<Table>,
 }
 
 /// What the command loop tells its caller.
@@ -63,6 +66,10 @@ pub struct Session {
     errors: u32,
     /// NOOP, RSET, VRFY and HELP commands so far.
     junk: u32,
+    /// Commands so far, of any kind.
+    commands: u64,
+    /// This session's place in the session table.
+    seat: Seat,
 }
 
 /// Junk commands (NOOP, RSET, VRFY, HELP) a session may send before each further one
@@ -71,7 +78,7 @@ pub struct Session {
 const JUNK_LIMIT: u32 = 100;
 
 impl Session {
-    pub fn new(shared: Arc<Shared>, client: Client) -> Self {
+    pub fn new(shared: Arc<Shared>, client: Client, seat: Seat) -> Self {
         Session {
             shared,
             client,
@@ -80,6 +87,8 @@ impl Session {
             tx: None,
             errors: 0,
             junk: 0,
+            commands: 0,
+            seat,
         }
     }
 
@@ -113,12 +122,24 @@ impl Session {
             return Flow::Close;
         }
         let settings = self.settings();
-        let deadline = Instant::now() + settings.command_timeout;
+        let mut timeout = self.shared.table.command_timeout();
+        if self.commands == 0 {
+            timeout = timeout.min(settings.first_command_timeout);
+        }
+        let deadline = Instant::now() + timeout;
         let max_line = settings.max_line_length;
+        if idle {
+            self.seat.waiting();
+        }
         let line = tokio::select! {
             line = conn.read_line(max_line, deadline) => line,
             _ = shutdown.cancelled(), if idle => return Flow::Continue,
+            _ = self.seat.shed(), if idle => return self.shed(conn),
         };
+        if idle && !self.seat.busy() {
+            return self.shed(conn);
+        }
+        self.commands += 1;
         let line = match line {
             Ok(line) => line,
             Err(ConnError::Timeout) => {
@@ -167,7 +188,11 @@ impl Session {
             Command::Ehlo(name) => ehlo::ehlo(self, conn, name, true),
             Command::Helo(name) => ehlo::ehlo(self, conn, name, false),
             Command::Mail { from, params } => mail::mail(self, conn, from, params),
-            Command::Rcpt { to, params } => rcpt::rcpt(self, conn, to, params),
+            Command::Rcpt {
+                to,
+                source_route,
+                params,
+            } => rcpt::rcpt(self, conn, to, source_route, params),
             Command::Data => data::data(self, conn).await,
             Command::Bdat { size, last } => bdat::bdat(self, conn, size, last).await,
             Command::Rset => {
@@ -196,6 +221,17 @@ impl Session {
             }
             Command::StartTls => self.starttls(conn),
         }
+    }
+
+    /// The session was idle and lost its place to a new connection.
+    fn shed<T: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<T>) -> Flow {
+        let reply = format!(
+            "421 4.7.0 {} Error: too many connections; closing an idle session",
+            self.settings().hostname
+        );
+        conn.reply(&reply);
+        self.reject("idle_session_shed", &reply);
+        Flow::Close
     }
 
     /// RFC 3207: `220`, then the caller runs the TLS handshake on the bare stream;
