@@ -408,29 +408,15 @@ mod tests {
 
     #[test]
     fn transfer_encoding_names_as_clients_read_them() {
-        assert_eq!(
-            TransferEncoding::from_header(" Base64 "),
-            TransferEncoding::Base64
-        );
-        assert_eq!(
-            TransferEncoding::from_header("base64 (sent by X)"),
-            TransferEncoding::Base64
-        );
-        assert_eq!(
-            TransferEncoding::from_header("\"quoted-printable\""),
-            TransferEncoding::QuotedPrintable
-        );
-        assert_eq!(
-            TransferEncoding::from_header("x-uue"),
-            TransferEncoding::Uuencode
-        );
-        assert_eq!(
-            TransferEncoding::from_header("8bit"),
-            TransferEncoding::Identity
-        );
-        assert_eq!(
-            TransferEncoding::from_header("gzip"),
-            TransferEncoding::Identity
-        );
+        for (value, encoding) in [
+            (" Base64 ", TransferEncoding::Base64),
+            ("base64 (sent by X)", TransferEncoding::Base64),
+            ("\"quoted-printable\"", TransferEncoding::QuotedPrintable),
+            ("x-uue", TransferEncoding::Uuencode),
+            ("8bit", TransferEncoding::Identity),
+            ("gzip", TransferEncoding::Identity),
+        ] {
+            assert_eq!(TransferEncoding::from_header(value), encoding, "{value}");
+        }
     }
 }

@@ -58,25 +58,11 @@ pub(crate) fn view(message: &Message<'_>, contents: &Contents) -> View {
         match &part.body {
             PartType::Text(text) if shown_as_body => {
                 view.text_parts += 1;
-                let text = truncate(text, PART_TEXT_LIMIT);
-                push_line(&mut view.rawbody, text);
-                render_plain(text, &mut view.body);
-                uris.find_in_text(text);
+                read_plain(text, &mut view, &mut uris);
             }
             PartType::Html(markup) => {
                 view.html_parts += 1;
-                let markup = truncate(markup, PART_TEXT_LIMIT);
-                push_line(&mut view.rawbody, markup);
-                let rendered = html::render(markup);
-                if shown_as_body {
-                    push_line(&mut view.body, &rendered.text);
-                }
-                uris.find_in_text(&rendered.text);
-                for link in &rendered.links {
-                    uris.add_href(&link.href);
-                }
-                view.links.extend(rendered.links);
-                view.invisible_chars += rendered.invisible_chars;
+                read_html(markup, shown_as_body, &mut view, &mut uris);
             }
             _ => {}
         }
@@ -87,24 +73,39 @@ pub(crate) fn view(message: &Message<'_>, contents: &Contents) -> View {
         .filter(|f| f.other_reading && f.inline_body)
     {
         let text = String::from_utf8_lossy(&file.data);
-        let text = truncate(&text, PART_TEXT_LIMIT);
-        push_line(&mut view.rawbody, text);
         if file.declared_type.as_deref() == Some("text/html") {
-            let rendered = html::render(text);
-            push_line(&mut view.body, &rendered.text);
-            uris.find_in_text(&rendered.text);
-            for link in &rendered.links {
-                uris.add_href(&link.href);
-            }
-            view.links.extend(rendered.links);
-            view.invisible_chars += rendered.invisible_chars;
+            read_html(&text, true, &mut view, &mut uris);
         } else {
-            render_plain(text, &mut view.body);
-            uris.find_in_text(text);
+            read_plain(&text, &mut view, &mut uris);
         }
     }
     view.uris = uris.list;
     view
+}
+
+/// Adds a plain-text body part to the view.
+fn read_plain(text: &str, view: &mut View, uris: &mut Uris) {
+    let text = truncate(text, PART_TEXT_LIMIT);
+    push_line(&mut view.rawbody, text);
+    render_plain(text, &mut view.body);
+    uris.find_in_text(text);
+}
+
+/// Adds an HTML part to the view: its markup to the raw body, its links, and its
+/// rendered text to the body when it is `shown_as_body`.
+fn read_html(markup: &str, shown_as_body: bool, view: &mut View, uris: &mut Uris) {
+    let markup = truncate(markup, PART_TEXT_LIMIT);
+    push_line(&mut view.rawbody, markup);
+    let rendered = html::render(markup);
+    if shown_as_body {
+        push_line(&mut view.body, &rendered.text);
+    }
+    uris.find_in_text(&rendered.text);
+    for link in &rendered.links {
+        uris.add_href(&link.href);
+    }
+    view.links.extend(rendered.links);
+    view.invisible_chars += rendered.invisible_chars;
 }
 
 /// The hosts of every URL written in the message's text and HTML parts (link
