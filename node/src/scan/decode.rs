@@ -97,13 +97,34 @@ pub fn base64(raw: &[u8]) -> Readings {
     let mut first = Base64Groups::with_capacity(raw.len());
     let mut second: Option<Base64Groups> = None;
     let mut pads = 0u8;
-    for (at, &ch) in raw.iter().enumerate() {
+    let mut at = 0;
+    while at < raw.len() {
+        // The common case first: whole groups of four characters of the alphabet.
+        if first.pending == 0 {
+            while let Some(&[a, b, c, d]) = raw.get(at..at + 4) {
+                let values = [a, b, c, d].map(|ch| BASE64[ch as usize]);
+                if values.iter().any(|&v| v == INVALID) {
+                    break;
+                }
+                let [_, x, y, z] = values
+                    .iter()
+                    .fold(0u32, |group, &v| (group << 6) | u32::from(v))
+                    .to_be_bytes();
+                first.out.extend_from_slice(&[x, y, z]);
+                pads = 0;
+                at += 4;
+            }
+        }
+        let Some(&ch) = raw.get(at) else {
+            break;
+        };
+        at += 1;
         if ch == b'=' {
             pads = pads.saturating_add(1);
             if first.pending >= 2 && first.pending + pads >= 4 {
                 // Padding ends the first reading. If anything of the alphabet follows,
                 // the second reading goes on from the same state.
-                let rest = &raw[at + 1..];
+                let rest = &raw[at..];
                 if rest.iter().any(|&c| BASE64[c as usize] != INVALID) {
                     let mut on = first.clone();
                     on.flush();
