@@ -103,7 +103,7 @@ pub fn base64(raw: &[u8]) -> Readings {
         if first.pending == 0 {
             while let Some(&[a, b, c, d]) = raw.get(at..at + 4) {
                 let values = [a, b, c, d].map(|ch| BASE64[ch as usize]);
-                if values.iter().any(|&v| v == INVALID) {
+                if values.contains(&INVALID) {
                     break;
                 }
                 let [_, x, y, z] = values
