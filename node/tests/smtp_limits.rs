@@ -25,6 +25,17 @@ fn rejection_reasons(node: &Node, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Waits for `wait` refusals on record, then checks that `expected` of them give
+/// `reason`.
+fn assert_refusals(node: &Node, wait: usize, reason: &str, expected: usize) {
+    let reasons = rejection_reasons(node, wait);
+    assert_eq!(
+        reasons.iter().filter(|r| *r == reason).count(),
+        expected,
+        "{reason}: {reasons:?}"
+    );
+}
+
 #[test]
 fn limits_relay_is_denied_and_the_session_carries_on() {
     let node = Node::start("");
@@ -136,12 +147,7 @@ fn limits_message_size_recipients_and_line_length() {
     assert_eq!(s.cmd("NOOP").code, 250);
     assert_eq!(received_count(&node2), 0);
 
-    let reasons = rejection_reasons(&node, 3);
-    assert_eq!(
-        reasons.iter().filter(|r| *r == "message_too_big").count(),
-        3,
-        "{reasons:?}"
-    );
+    assert_refusals(&node, 3, "message_too_big", 3);
 }
 
 #[test]
@@ -741,12 +747,7 @@ fn limits_routing_through_the_local_part_is_refused_unless_trusted() {
         recipients_of(&node, &id),
         serde_json::json!(["bob@example.test"])
     );
-    let reasons = rejection_reasons(&node, routed.len());
-    assert_eq!(
-        reasons.iter().filter(|r| *r == "routing_refused").count(),
-        routed.len(),
-        "{reasons:?}"
-    );
+    assert_refusals(&node, routed.len(), "routing_refused", routed.len());
 
     // From a network in allow_routing_from the same recipients are taken (a source
     // route is dropped, RFC 5321 §C); foreign domains are still relaying.
@@ -806,12 +807,7 @@ fn limits_lookalikes_of_local_domains_are_mapped_or_refused() {
         recipients_of(&node, &id),
         serde_json::json!(["bob@example.test"])
     );
-    let reasons = rejection_reasons(&node, 4);
-    assert_eq!(
-        reasons.iter().filter(|r| *r == "lookalike_domain").count(),
-        3,
-        "{reasons:?}"
-    );
+    assert_refusals(&node, 4, "lookalike_domain", 3);
 }
 
 #[test]
