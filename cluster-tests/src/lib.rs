@@ -29,6 +29,7 @@ pub mod disk;
 pub mod dns;
 pub mod load;
 pub mod mta;
+pub mod ports;
 pub mod samples;
 pub mod siem;
 pub mod sink;
@@ -40,7 +41,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -242,7 +243,7 @@ impl ClusterBuilder {
             }
         }
 
-        let ports = free_ports(3 * ids.len())?;
+        let ports: Vec<u16> = (0..3 * ids.len()).map(|_| ports::free()).collect();
         let mut nodes = Vec::new();
         for (k, id) in ids.iter().copied().enumerate() {
             let dir = root.join(format!("n{id}"));
@@ -1127,17 +1128,6 @@ fn parse_last_json(stdout: &str) -> Option<VerifyReport> {
         .find_map(|l| serde_json::from_str(l.trim()).ok())
 }
 
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    // Hold all listeners until every port is chosen so none is handed out twice.
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("reserving loopback ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bulwark_cluster_tests::ports::free as free_port;
 use serde_json::{json, Value};
 
 struct Node {
@@ -61,13 +62,6 @@ impl Node {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::new()

@@ -21,13 +21,7 @@ pub struct Node {
     pub api: String,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use bulwark_cluster_tests::ports::free as free_port;
 
 /// A `[delivery]` section whose next hop refuses connections and whose first retry
 /// is an hour away: accepted messages stay queued with their bodies, instead of the
