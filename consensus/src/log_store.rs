@@ -105,7 +105,7 @@ impl LogStore {
         &self,
         name: &'static str,
     ) -> Result<Option<T>, StorageError> {
-        self.blocking(move |s| s.get_meta(name)?.map(|b| codec::decode(&b)).transpose())
+        self.blocking(move |s| Ok(s.get_meta(name)?.map(|b| codec::decode(&b)).transpose()?))
             .await
     }
 
@@ -152,7 +152,8 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
 }
 
 fn decode_entries(raw: Vec<(u64, Vec<u8>)>) -> bulwark_storage::Result<Vec<Entry>> {
-    raw.iter().map(|(_, bytes)| codec::decode(bytes)).collect()
+    let entries: Result<_, _> = raw.iter().map(|(_, bytes)| codec::decode(bytes)).collect();
+    Ok(entries?)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -182,9 +183,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId> = self.read_meta(LAST_PURGED).await?;
         let last = self
             .blocking(|s| {
-                s.last()?
+                Ok(s.last()?
                     .map(|(_, b)| codec::decode::<Entry>(&b))
-                    .transpose()
+                    .transpose()?)
             })
             .await?;
         let last_log_id = last.map(|e| *e.get_log_id()).or(last_purged);

@@ -10,14 +10,11 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("record encoding: {0}")]
-    Encode(String),
+    #[error(transparent)]
+    Record(#[from] bulwark_model::Error),
+    /// A key or value of the engine's own layout that does not read.
     #[error("record decoding: {0}")]
     Decode(String),
-    #[error("record has format version {found}, this build reads up to {supported}")]
-    UnknownVersion { found: u8, supported: u8 },
-    #[error("empty record")]
-    Empty,
     #[error("the log has a gap: expected index {expected}, found {found}")]
     LogGap { expected: u64, found: u64 },
     #[error("invalid data directory {path}: {reason}")]

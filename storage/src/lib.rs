@@ -1,8 +1,8 @@
 //! Bulwark's event-sourced store.
 //!
-//! This crate owns everything that touches disk: the versioned encoding of every
-//! record, the event schema and its hash chain, and the two RocksDB databases of a
-//! node:
+//! This crate owns everything that touches disk: the two RocksDB databases of a node,
+//! over the schema, encoding and rules of [`bulwark_model`] (re-exported here, so
+//! `bulwark_storage::event` and `bulwark_model::event` are one module):
 //!
 //! * the **Raft log** ([`LogStore`]): log entries, vote, committed and purge marks,
 //!   written with a synced WAL before any call returns;
@@ -17,37 +17,16 @@
 //! for those) and never be named `rocksdb` outside this crate.
 #![forbid(unsafe_code)]
 
-pub mod bayes;
-pub mod codec;
 mod error;
-pub mod event;
 mod index;
 pub mod layout;
 mod log;
-pub mod message;
-mod queue;
 mod snapshot;
 mod state;
-pub mod token;
 
-pub use bayes::{BayesClass, BayesCounts, BayesLesson, BayesTrained};
+pub use bulwark_model::*;
 pub use error::{Error, Result};
-pub use event::{
-    ApiAction, ChainCheckpoint, Command, Event, EventKind, EventPurge, EventsPurged, Hash,
-    MembershipChanged, Op, OpId, OpResult, Proposal, StoredEvent, VerifyReport,
-};
 pub use index::EventFilter;
 pub use log::LogStore;
-pub use message::{
-    AcceptedMessage, Action, AuthResult, Bounce, Client, DeliveryCommand, DeliveryReport,
-    EngineRun, Envelope, Finding, Lease, MessageId, MessageReceived, QuarantineAction,
-    QuarantineCommand, QuarantineDecided, QuarantineExpiry, QuarantineRecord, QueueAction,
-    QueueEntry, QueueRecord, QueueStatus, QueuedRecipient, RecipientOutcome, RecipientResult,
-    RecipientStatus, RejectedMessage, Rejection, Symbol, Thresholds, Timings, TlsInfo, Verdict,
-};
-pub use queue::NOT_QUEUED;
 pub use snapshot::{SnapshotFile, SnapshotStore};
-pub use state::{
-    AppliedCounts, QuarantineFilter, QueueFilter, StateDir, StateStore, NOT_QUARANTINED,
-};
-pub use token::{ApiToken, Role, TokenChanged, TokenCommand};
+pub use state::{AppliedCounts, QuarantineFilter, QueueFilter, StateDir, StateStore};

@@ -146,7 +146,7 @@ impl BayesCounts {
     }
 
     /// Sets one token's counts; `(0, 0)` removes it.
-    pub(crate) fn set(&mut self, token: u64, counts: (u32, u32)) {
+    pub fn set(&mut self, token: u64, counts: (u32, u32)) {
         if counts == (0, 0) {
             self.tokens.remove(&token);
         } else {
@@ -154,7 +154,7 @@ impl BayesCounts {
         }
     }
 
-    pub(crate) fn set_totals(&mut self, (spam, ham): (u64, u64)) {
+    pub fn set_totals(&mut self, (spam, ham): (u64, u64)) {
         self.spam = spam;
         self.ham = ham;
     }
@@ -162,30 +162,30 @@ impl BayesCounts {
 
 /// Keys of the `bayes` column family: a token's counts, a learned message's class,
 /// the message totals.
-pub(crate) fn token_key(token: u64) -> [u8; 9] {
+pub fn token_key(token: u64) -> [u8; 9] {
     let mut key = [b'w'; 9];
     key[1..].copy_from_slice(&token.to_be_bytes());
     key
 }
 
-pub(crate) fn message_key(digest: &Hash) -> [u8; 33] {
+pub fn message_key(digest: &Hash) -> [u8; 33] {
     let mut key = [b'm'; 33];
     key[1..].copy_from_slice(digest);
     key
 }
 
-pub(crate) const TOTALS_KEY: &[u8] = b"n";
+pub const TOTALS_KEY: &[u8] = b"n";
 
 /// The lessons of one applied batch before it is written: the counts of the tokens
 /// they touch and the classes of the messages they name, as the batch leaves them.
-pub(crate) struct LessonBatch {
+pub struct LessonBatch {
     counts: BayesCounts,
     touched: HashSet<u64>,
-    pub(crate) seen: HashMap<Hash, Option<BayesClass>>,
+    pub seen: HashMap<Hash, Option<BayesClass>>,
 }
 
 impl LessonBatch {
-    pub(crate) fn new(memory: &BayesCounts) -> Self {
+    pub fn new(memory: &BayesCounts) -> Self {
         let mut counts = BayesCounts::new();
         counts.set_totals(memory.totals());
         LessonBatch {
@@ -197,7 +197,7 @@ impl LessonBatch {
 
     /// Applies `lesson` on top of what the batch has changed so far, `previous`
     /// being the class the message had before it.
-    pub(crate) fn apply(
+    pub fn apply(
         &mut self,
         memory: &BayesCounts,
         lesson: &BayesLesson,
@@ -232,16 +232,16 @@ impl LessonBatch {
     }
 
     /// Every token row the batch changed, with its new counts.
-    pub(crate) fn rows(&self) -> impl Iterator<Item = (u64, (u32, u32))> + '_ {
+    pub fn rows(&self) -> impl Iterator<Item = (u64, (u32, u32))> + '_ {
         self.touched.iter().map(|&t| (t, self.counts.get(t)))
     }
 
-    pub(crate) fn totals(&self) -> (u64, u64) {
+    pub fn totals(&self) -> (u64, u64) {
         self.counts.totals()
     }
 
     /// Makes the in-memory counts what the written batch holds.
-    pub(crate) fn commit(self, memory: &mut BayesCounts) {
+    pub fn commit(self, memory: &mut BayesCounts) {
         for (token, counts) in self.rows() {
             memory.set(token, counts);
         }

@@ -671,8 +671,9 @@ mod serde_bytes_compat {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::samples::{received as sample, verdict};
 
     #[test]
     fn message_ids_round_trip_and_sort_by_time() {
@@ -706,54 +707,5 @@ pub(crate) mod tests {
         assert!(encoded.len() < 1300, "{} bytes", encoded.len());
         let back: AcceptedMessage = crate::codec::decode(&encoded).unwrap();
         assert_eq!(back.body, body);
-    }
-
-    /// A clean verdict: deliver, nothing found.
-    pub(crate) fn verdict(message_id: MessageId) -> Verdict {
-        Verdict {
-            message_id,
-            action: Action::Deliver,
-            reason: "score 0.0 below tag 5.0".into(),
-            score: 0.0,
-            thresholds: Thresholds {
-                tag: 5.0,
-                quarantine: 10.0,
-                reject: 20.0,
-            },
-            symbols: Vec::new(),
-            authentication: Vec::new(),
-            findings: Vec::new(),
-            engines: Vec::new(),
-        }
-    }
-
-    pub(crate) fn sample() -> MessageReceived {
-        MessageReceived {
-            message_id: MessageId::new(1_764_300_000_000, 42),
-            envelope: Envelope {
-                mail_from: "alice@sender.test".into(),
-                rcpt_to: vec!["bob@example.test".into()],
-                smtputf8: false,
-                eight_bit: true,
-            },
-            client: Client {
-                ip: "192.0.2.7".parse().unwrap(),
-                port: 40000,
-                helo: Some("mail.sender.test".into()),
-                tls: None,
-                proxy: None,
-            },
-            protocol: "ESMTP".into(),
-            size: 1000,
-            subject: Some("Hello".into()),
-            header_from: Some("alice@sender.test".into()),
-            header_message_id: Some("<1@sender.test>".into()),
-            action: Action::Deliver,
-            timings: Timings {
-                session_ms: 5,
-                transfer_ms: 1,
-                scan_ms: 0,
-            },
-        }
     }
 }

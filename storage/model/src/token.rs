@@ -94,14 +94,14 @@ pub const TOKEN_TAKEN: &str = "a token of that name exists";
 pub const NO_SUCH_TOKEN: &str = "no token of that name";
 
 /// Key of a token under its digest.
-pub(crate) fn digest_key(digest: &Hash) -> Vec<u8> {
+pub fn digest_key(digest: &Hash) -> Vec<u8> {
     let mut key = b"d/".to_vec();
     key.extend_from_slice(digest);
     key
 }
 
 /// Key of a token under its name.
-pub(crate) fn name_key(name: &str) -> Vec<u8> {
+pub fn name_key(name: &str) -> Vec<u8> {
     let mut key = b"n/".to_vec();
     key.extend_from_slice(name.as_bytes());
     key

@@ -1,23 +1,106 @@
 //! The delivery queue's rules: who may deliver a message, what an attempt's report
-//! does to its recipients, and what an administrator's action does. Pure functions
-//! over one queue record, so that apply stays deterministic and the rules are tested
-//! on their own.
+//! does to its recipients, when a failure bounces to the sender, and what an
+//! administrator's action does. Functions over one queue record, so that the rules
+//! are tested on their own.
 
 use std::net::IpAddr;
 
-use crate::event::{ApiAction, EventKind};
+use super::{Changes, Outcome, Stored, Write};
+use crate::event::{ApiAction, EventKind, Op};
 use crate::message::{
-    DeliveryReport, Lease, MessageId, QueueAction, QueueRecord, RecipientOutcome, RecipientStatus,
+    Action, Bounce, DeliveryCommand, DeliveryReport, Lease, MessageId, QueueAction, QueueEntry,
+    QueueRecord, QueuedRecipient, RecipientOutcome, RecipientStatus,
 };
 
 /// Why a command about a message not in the queue is refused.
 pub const NOT_QUEUED: &str = "not in the queue";
 
+/// A delivery lease, report or administrator's action against the queue as the batch
+/// has left it, as operation `op` whose first event gets sequence number `seq`. A
+/// report that fails someone queues its bounce to the sender, when it carries one.
+pub fn delivery<'a, S: Stored>(
+    changes: &mut Changes<'a>,
+    store: &S,
+    command: &'a DeliveryCommand,
+    op: &Op,
+    seq: u64,
+) -> Result<Outcome, S::Error> {
+    let id = match command {
+        DeliveryCommand::Lease { message_id, .. } => *message_id,
+        DeliveryCommand::Report { report, .. } => report.message_id,
+        DeliveryCommand::Admin { message_id, .. } => *message_id,
+    };
+    let entry = changes.queued(store, id)?;
+    Ok(match command {
+        DeliveryCommand::Lease { until_ms, .. } => {
+            let (event, refused) = lease(entry, id, op.node, op.time_ms, *until_ms);
+            (vec![event], refused)
+        }
+        DeliveryCommand::Admin {
+            action,
+            user,
+            client_ip,
+            ..
+        } => {
+            let (event, refused) = admin(entry, id, *action, op.time_ms, user, *client_ip);
+            (vec![event], refused)
+        }
+        DeliveryCommand::Report { report, bounce } => {
+            let sender = entry.as_ref().map(|e| e.entry.mail_from.clone());
+            let mut events = self::report(entry, op.node, report);
+            let failed_now = events
+                .iter()
+                .any(|e| matches!(e, EventKind::DeliveryFailed { .. }));
+            if let (Some(bounce), Some(sender), true) = (bounce, sender, failed_now) {
+                if !sender.is_empty() && bounce.recipient == sender {
+                    let seq = seq + events.len() as u64;
+                    queue_bounce(changes, bounce, op, seq);
+                    events.push(EventKind::DeliveryBounced {
+                        message_id: id,
+                        dsn_id: bounce.message_id,
+                        sender,
+                        recipients: bounce.failed.clone(),
+                    });
+                }
+            }
+            (events, None)
+        }
+    })
+}
+
+/// A DSN into the queue, sent with the null sender (RFC 5321 §4.5.5) so that it can
+/// never cause another bounce.
+fn queue_bounce<'a>(changes: &mut Changes<'a>, bounce: &'a Bounce, op: &Op, seq: u64) {
+    changes
+        .writes
+        .push(Write::Body(bounce.message_id, &bounce.body));
+    let entry = QueueEntry {
+        message_id: bounce.message_id,
+        received_seq: seq,
+        time_ms: op.time_ms,
+        mail_from: String::new(),
+        recipients: vec![QueuedRecipient {
+            address: bounce.recipient.clone(),
+            status: RecipientStatus::Pending,
+        }],
+        // Quoted headers and replies may hold 8-bit text.
+        eight_bit: !bounce.body.is_ascii(),
+        smtputf8: !bounce.recipient.is_ascii(),
+        action: Action::Deliver,
+        score: 0.0,
+        received_by: op.node,
+        lease: None,
+    };
+    changes
+        .queue
+        .insert(bounce.message_id, Some(QueueRecord::new(entry)));
+}
+
 /// Grants `node` the lease on `entry` until `until_ms` unless another node holds one
 /// still running at `time_ms` (the operation's time), or the message is held (the
 /// node already delivering it may still renew its running lease, to finish the
 /// attempt). Returns the event and, when refused, why.
-pub(crate) fn lease(
+fn lease(
     entry: &mut Option<QueueRecord>,
     message_id: MessageId,
     node: u64,
@@ -74,7 +157,7 @@ pub(crate) fn lease(
 /// outcome, `node`'s lease is released, and a message with every recipient done
 /// leaves the queue (`entry` becomes `None`). A report for a message no longer queued
 /// is still recorded.
-pub(crate) fn report(
+fn report(
     entry: &mut Option<QueueRecord>,
     node: u64,
     report: &DeliveryReport,
@@ -160,7 +243,7 @@ pub(crate) fn report(
 /// returns its `api.action` event and, when refused (the message is not in the
 /// queue), why. Holding a held message or releasing one that is not held changes
 /// nothing and succeeds, so that a client may repeat a request.
-pub(crate) fn admin(
+fn admin(
     entry: &mut Option<QueueRecord>,
     message_id: MessageId,
     action: QueueAction,
@@ -228,8 +311,8 @@ pub(crate) fn admin(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::QueueStatus;
-    use crate::message::{Action, QueueEntry, QueuedRecipient, RecipientResult};
+    use crate::message::{QueueStatus, RecipientResult};
+    use crate::rules::memory::{op, Memory};
 
     fn queued(recipients: &[&str]) -> Option<QueueRecord> {
         Some(QueueRecord::new(QueueEntry {
@@ -518,5 +601,41 @@ mod tests {
         );
         assert_eq!(events.len(), 1);
         assert!(e.is_none());
+    }
+
+    #[test]
+    fn a_report_failing_someone_bounces_to_the_sender_once_with_the_null_sender() {
+        let bounce = Bounce {
+            message_id: MessageId(10),
+            recipient: "a@sender.test".into(),
+            failed: vec!["c@x".into()],
+            body: b"Subject: Undelivered Mail\r\n\r\n".to_vec(),
+        };
+        let report = |outcome| DeliveryCommand::Report {
+            report: attempt(vec![result("c@x", outcome)]),
+            bounce: Some(Box::new(bounce.clone())),
+        };
+        let mut store = Memory::default();
+        store.queue.insert(MessageId(9), queued(&["b@x", "c@x"]).unwrap());
+        let deferred = report(RecipientOutcome::Deferred {
+            next_attempt_ms: 9_000,
+        });
+        let failed = report(RecipientOutcome::Failed);
+        let mut changes = Changes::default();
+        let (kinds, _) = delivery(&mut changes, &store, &deferred, &op(1, 2_000), 5).unwrap();
+        assert!(!kinds.iter().any(|k| k.type_name() == "delivery.bounced"));
+        let (kinds, _) = delivery(&mut changes, &store, &failed, &op(1, 3_000), 5).unwrap();
+        let names: Vec<_> = kinds.iter().map(EventKind::type_name).collect();
+        assert_eq!(names.last(), Some(&"delivery.bounced"));
+        // Failed already: a repeated report fails no one anew and bounces nothing.
+        let (kinds, _) = delivery(&mut changes, &store, &failed, &op(1, 4_000), 9).unwrap();
+        assert!(!kinds.iter().any(|k| k.type_name() == "delivery.bounced"));
+        assert_eq!(changes.writes, [Write::Body(bounce.message_id, &bounce.body)]);
+        store.commit(changes);
+        let dsn = &store.queue[&bounce.message_id].entry;
+        assert_eq!(dsn.mail_from, "", "the null sender");
+        assert_eq!(dsn.recipients[0].address, "a@sender.test");
+        assert_eq!(dsn.received_seq, 5 + names.len() as u64 - 1);
+        assert_eq!(store.bodies[&bounce.message_id], bounce.body);
     }
 }

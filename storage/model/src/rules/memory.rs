@@ -1,0 +1,103 @@
+//! A stored state in memory, for the rules' tests: what a database would answer,
+//! without one.
+
+use std::collections::BTreeMap;
+
+use super::{Changes, Stored, Write};
+use crate::event::{Command, EventKind, Op};
+use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
+use crate::token::ApiToken;
+
+#[derive(Debug, Default)]
+pub struct Memory {
+    pub queue: BTreeMap<MessageId, QueueRecord>,
+    pub quarantine: BTreeMap<MessageId, QuarantineRecord>,
+    pub tokens: BTreeMap<String, ApiToken>,
+    /// The `message.received` events' envelopes, by message and sequence number.
+    pub received: BTreeMap<(MessageId, u64), Envelope>,
+    pub bodies: BTreeMap<MessageId, Vec<u8>>,
+}
+
+impl Stored for Memory {
+    type Error = crate::Error;
+
+    fn queue_record(&self, id: MessageId) -> crate::Result<Option<QueueRecord>> {
+        Ok(self.queue.get(&id).cloned())
+    }
+
+    fn quarantine_record(&self, id: MessageId) -> crate::Result<Option<QuarantineRecord>> {
+        Ok(self.quarantine.get(&id).cloned())
+    }
+
+    fn token_named(&self, name: &str) -> crate::Result<Option<ApiToken>> {
+        Ok(self.tokens.get(name).cloned())
+    }
+
+    fn received_envelope(&self, id: MessageId, seq: u64) -> crate::Result<Option<Envelope>> {
+        Ok(self.received.get(&(id, seq)).cloned())
+    }
+
+    fn quarantined_before(
+        &self,
+        end: MessageId,
+        visit: &mut dyn FnMut(QuarantineRecord) -> bool,
+    ) -> crate::Result<()> {
+        for record in self.quarantine.range(..end).map(|(_, r)| r.clone()) {
+            if !visit(record) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An operation proposed by `node` at `time_ms`; the rules read only those two, the
+/// command comes to them on its own.
+pub fn op(node: u64, time_ms: i64) -> Op {
+    Op {
+        id: 1,
+        time_ms,
+        node,
+        command: Command::Record(EventKind::AuditNote {
+            author: "test".into(),
+            text: "the rules under test".into(),
+        }),
+    }
+}
+
+impl Memory {
+    /// Writes a batch's changes, as the storage engine does.
+    pub fn commit(&mut self, changes: Changes<'_>) {
+        for write in changes.writes {
+            match write {
+                Write::Body(id, body) => {
+                    self.bodies.insert(id, body.to_vec());
+                }
+                Write::DropBody(id) => {
+                    self.bodies.remove(&id);
+                }
+                Write::Token(token) => {
+                    self.tokens.insert(token.name.clone(), token);
+                }
+                Write::DropToken(token) => {
+                    self.tokens.remove(&token.name);
+                }
+            }
+        }
+        for (id, record) in changes.quarantine {
+            match record {
+                Some(record) => self.quarantine.insert(id, record),
+                None => self.quarantine.remove(&id),
+            };
+        }
+        for (id, record) in changes.queue {
+            match record {
+                Some(record) => self.queue.insert(id, record),
+                None => {
+                    self.bodies.remove(&id);
+                    self.queue.remove(&id)
+                }
+            };
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The state machine's rules: what each replicated operation does to the records it
+//! touches, and which events it records.
+//!
+//! A batch of operations reads what is stored through [`Stored`] and collects what it
+//! changes in [`Changes`], whose reads fall through to the store: a later operation of
+//! the batch sees what an earlier one did, so a batch does exactly what separate
+//! batches would. The storage engine turns the changes into one atomic write.
+//!
+//! Every rule is deterministic: the time, the proposing node and the sequence number
+//! come from the operation and the caller, never from a clock. One module a record:
+//! [`accept`] (a scanned message into the queue or the quarantine), [`queue`] (leases,
+//! attempt reports, bounces and an administrator's queue actions), [`quarantine`]
+//! (release, deletion and expiry) and [`tokens`] (API tokens).
+
+use std::collections::HashMap;
+
+use crate::event::EventKind;
+use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
+use crate::token::ApiToken;
+
+pub mod accept;
+pub mod quarantine;
+pub mod queue;
+pub mod tokens;
+
+#[cfg(test)]
+mod memory;
+
+pub use quarantine::NOT_QUARANTINED;
+pub use queue::NOT_QUEUED;
+
+/// What an operation did: the events it records and, when it was refused, why.
+pub type Outcome = (Vec<EventKind>, Option<String>);
+
+/// The stored state as it was before the batch: what the rules read.
+pub trait Stored {
+    /// The store's error, which a record that does not decode becomes.
+    type Error: From<crate::Error>;
+
+    /// A message's record in the delivery queue.
+    fn queue_record(&self, id: MessageId) -> Result<Option<QueueRecord>, Self::Error>;
+
+    /// A quarantined message's record.
+    fn quarantine_record(&self, id: MessageId) -> Result<Option<QuarantineRecord>, Self::Error>;
+
+    /// The live API token named `name`.
+    fn token_named(&self, name: &str) -> Result<Option<ApiToken>, Self::Error>;
+
+    /// The envelope of message `id` from its `message.received` event, recorded with
+    /// sequence number `seq` (`None` when the retention has removed it).
+    fn received_envelope(&self, id: MessageId, seq: u64) -> Result<Option<Envelope>, Self::Error>;
+
+    /// Hands the quarantined records with an id before `end` to `visit`, oldest
+    /// first, until `visit` says stop (returns `false`) or none is left.
+    fn quarantined_before(
+        &self,
+        end: MessageId,
+        visit: &mut dyn FnMut(QuarantineRecord) -> bool,
+    ) -> Result<(), Self::Error>;
+}
+
+/// A write the rules ask of the store beside the queue and quarantine records: a
+/// message body or an API token stored or removed. Applied in the order listed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write<'a> {
+    /// Stores a message's body (a received message, a bounce).
+    Body(MessageId, &'a [u8]),
+    /// Removes a message's body (deleted or expired from the quarantine).
+    DropBody(MessageId),
+    /// Stores a token under its digest (to authenticate) and its name (to list).
+    Token(ApiToken),
+    /// Removes both keys of a token.
+    DropToken(ApiToken),
+}
+
+/// What a batch changes, as its operations so far have left it. Reads fall through
+/// to the [`Stored`] state for what the batch has not touched.
+#[derive(Debug, Default)]
+pub struct Changes<'a> {
+    /// Queue records by message (`None`: left the queue, its body with it).
+    pub queue: HashMap<MessageId, Option<QueueRecord>>,
+    /// Quarantine records by message (`None`: left the quarantine).
+    pub quarantine: HashMap<MessageId, Option<QuarantineRecord>>,
+    /// API tokens created (`Some`) or revoked (`None`) by name.
+    tokens: HashMap<String, Option<ApiToken>>,
+    /// Envelopes of the messages this batch accepted: a release later in the batch
+    /// reads its message's envelope from here, its event not being stored yet.
+    received: HashMap<MessageId, Envelope>,
+    /// Bodies and tokens to store or remove, in order.
+    pub writes: Vec<Write<'a>>,
+}
+
+impl Changes<'_> {
+    /// Message `id`'s queue record as the batch has left it, to read or change.
+    fn queued<S: Stored>(
+        &mut self,
+        store: &S,
+        id: MessageId,
+    ) -> Result<&mut Option<QueueRecord>, S::Error> {
+        Ok(match self.queue.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(store.queue_record(id)?),
+        })
+    }
+
+    /// Message `id`'s quarantine record as the batch has left it, to read or change.
+    fn quarantined<S: Stored>(
+        &mut self,
+        store: &S,
+        id: MessageId,
+    ) -> Result<&mut Option<QuarantineRecord>, S::Error> {
+        Ok(match self.quarantine.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(store.quarantine_record(id)?)
+            }
+        })
+    }
+
+    /// The token named `name` as the batch has left it.
+    fn token<S: Stored>(&self, store: &S, name: &str) -> Result<Option<ApiToken>, S::Error> {
+        match self.tokens.get(name) {
+            Some(token) => Ok(token.clone()),
+            None => store.token_named(name),
+        }
+    }
+}

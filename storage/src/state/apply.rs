@@ -1,0 +1,412 @@
+//! One batch of Raft entries applied: each operation checked against the operation ids
+//! already applied, handed to its rule, its events chained and indexed, and
+//! everything the batch changed written in one atomic RocksDB write.
+
+use std::collections::HashMap;
+
+use bulwark_model::rules::{self, Changes, Outcome, Write};
+use rocksdb::WriteBatch;
+
+use super::{
+    AppliedCounts, ChainHead, StateStore, META_CHAIN, META_EVENT_CLOCK, META_EXPORT_CURSOR,
+    META_PURGED, META_RAFT,
+};
+use crate::bayes::{self, BayesClass, BayesLesson, LessonBatch};
+use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent};
+use crate::index::{EventClock, Indexer};
+use crate::layout::cf;
+use crate::message::MessageId;
+use crate::token;
+use crate::{codec, Error, Result};
+
+/// One batch being applied: what the rules changed and what the engine keeps beside
+/// it. Reads of the rules fall through [`Changes`] to the store.
+struct Batch<'s, 'a> {
+    write: WriteBatch,
+    indexer: Indexer<'s>,
+    /// The event index's clock before the batch.
+    clock: EventClock,
+    head: ChainHead,
+    changes: Changes<'a>,
+    /// Results of the operations applied by this batch, by operation id.
+    done: HashMap<u128, OpResult>,
+    counted: AppliedCounts,
+    lessons: Option<LessonBatch>,
+    /// Export cursors moved by this batch, by exporter.
+    cursors: HashMap<String, u64>,
+    /// Where the log starts after this batch's purges (`None`: not purged by it).
+    purged: Option<(u64, Hash)>,
+    /// Events this batch records, kept when it also purges: a purge reaches every
+    /// event before it in the log, whichever batches the entries came in.
+    recorded: Option<HashMap<u64, StoredEvent>>,
+}
+
+impl StateStore {
+    /// Applies entries `(raft index, operations)` in order and stores `applied` (the
+    /// caller's record of what has been applied) in the same batch. Returns one result
+    /// per operation, per entry.
+    pub fn apply<'a>(
+        &self,
+        entries: &[(u64, &'a [Op])],
+        applied: &[u8],
+    ) -> Result<Vec<Vec<OpResult>>> {
+        let mut batch = self.batch(entries);
+        let mut results = Vec::with_capacity(entries.len());
+        for (raft_index, ops) in entries {
+            let mut entry_results = Vec::with_capacity(ops.len());
+            for op in ops.iter() {
+                let result = match self.already_applied(op.id, &batch.done)? {
+                    Some(done) => done,
+                    None => {
+                        let (kinds, refused) = self.execute(&mut batch, op)?;
+                        self.record(&mut batch, *raft_index, op, kinds, refused)?
+                    }
+                };
+                entry_results.push(result);
+            }
+            results.push(entry_results);
+        }
+        self.commit(batch, applied)?;
+        Ok(results)
+    }
+
+    fn batch<'a>(&self, entries: &[(u64, &'a [Op])]) -> Batch<'_, 'a> {
+        let clock = self
+            .clock
+            .lock()
+            .expect("event clock lock")
+            .unwrap_or_default();
+        let purging = entries.iter().any(|(_, ops)| {
+            ops.iter()
+                .any(|op| matches!(op.command, Command::PurgeEvents(_)))
+        });
+        Batch {
+            write: WriteBatch::default(),
+            indexer: Indexer::new(self.cf(cf::INDEX), clock),
+            clock,
+            head: *self.head.lock().expect("chain head lock"),
+            changes: Changes::default(),
+            done: HashMap::new(),
+            counted: AppliedCounts::default(),
+            lessons: None,
+            cursors: HashMap::new(),
+            purged: None,
+            recorded: purging.then(HashMap::new),
+        }
+    }
+
+    /// Operation `op` by its rule: the events to record and, when refused, why.
+    fn execute<'a>(&self, batch: &mut Batch<'_, 'a>, op: &'a Op) -> Result<Outcome> {
+        let seq = batch.head.next_seq;
+        let changes = &mut batch.changes;
+        Ok(match &op.command {
+            Command::Record(kind) => (vec![kind.clone()], None),
+            Command::AcceptMessage(message) => {
+                (rules::accept::accept(changes, message, op, seq), None)
+            }
+            Command::RejectMessage(rejected) => (
+                vec![
+                    EventKind::ScanVerdict(Box::new(rejected.verdict.clone())),
+                    EventKind::MessageRejected(Box::new(rejected.rejection.clone())),
+                ],
+                None,
+            ),
+            Command::Delivery(command) => rules::queue::delivery(changes, self, command, op, seq)?,
+            Command::Quarantine(command) => rules::quarantine::decide(changes, self, command, op)?,
+            Command::ExpireQuarantine(expiry) => {
+                (rules::quarantine::expire(changes, self, expiry)?, None)
+            }
+            Command::Token(command) => rules::tokens::token(changes, self, command)?,
+            Command::TrainBayes(lesson) => (vec![self.learn(&mut batch.lessons, lesson)?], None),
+            Command::PurgeEvents(purge) => {
+                let no_events = HashMap::new();
+                let recorded = batch.recorded.as_ref().unwrap_or(&no_events);
+                let kind = self.purge(
+                    &mut batch.write,
+                    &mut batch.indexer,
+                    &mut batch.purged,
+                    purge,
+                    (seq - 1, recorded),
+                )?;
+                (kind.into_iter().collect(), None)
+            }
+            Command::ExportCursor { exporter, seq: to } => {
+                let current = match batch.cursors.get(exporter) {
+                    Some(seq) => *seq,
+                    None => self.export_cursor(exporter)?,
+                };
+                let to = (*to).min(seq - 1).max(current);
+                if to != current {
+                    batch.cursors.insert(exporter.clone(), to);
+                }
+                (Vec::new(), None)
+            }
+        })
+    }
+
+    /// Chains, stores and indexes the events `kinds` of operation `op`, and returns
+    /// the operation's result.
+    fn record(
+        &self,
+        batch: &mut Batch<'_, '_>,
+        raft_index: u64,
+        op: &Op,
+        kinds: Vec<EventKind>,
+        refused: Option<String>,
+    ) -> Result<OpResult> {
+        let mut last = None;
+        for kind in kinds {
+            let head = batch.head;
+            let event = Event {
+                seq: head.next_seq,
+                time_ms: op.time_ms,
+                node: op.node,
+                raft_index,
+                op_id: op.id,
+                kind,
+            };
+            let hash = event.chain_hash(&head.hash)?;
+            let stored = StoredEvent {
+                event,
+                prev_hash: head.hash,
+                hash,
+            };
+            batch.write.put_cf(
+                self.cf(cf::EVENTS),
+                head.next_seq.to_be_bytes(),
+                codec::encode(&stored)?,
+            );
+            batch.indexer.add(&mut batch.write, &stored);
+            let kind = &stored.event.kind;
+            *batch.counted.events.entry(kind.type_name()).or_default() += 1;
+            if let EventKind::ScanVerdict(v) = kind {
+                *batch.counted.verdicts.entry(v.action.as_str()).or_default() += 1;
+            }
+            if let Some(recorded) = &mut batch.recorded {
+                recorded.insert(head.next_seq, stored);
+            }
+            last = Some((head.next_seq, hash));
+            batch.head = ChainHead {
+                next_seq: head.next_seq + 1,
+                hash,
+            };
+        }
+        let (seq, hash) = match last {
+            Some((seq, hash)) => {
+                batch
+                    .write
+                    .put_cf(self.cf(cf::OP_IDS), op.id.to_be_bytes(), seq.to_be_bytes());
+                (seq, hash)
+            }
+            // Nothing recorded (a cursor): applying it again changes nothing.
+            None => (batch.head.next_seq - 1, batch.head.hash),
+        };
+        let result = OpResult {
+            seq,
+            hash,
+            duplicate: false,
+            refused,
+        };
+        batch.done.insert(op.id, result.clone());
+        Ok(result)
+    }
+
+    /// Writes everything `batch` changed, with `applied`, in one write, then updates
+    /// what is kept in memory (chain head, depths, counts, Bayes).
+    fn commit(&self, batch: Batch<'_, '_>, applied: &[u8]) -> Result<()> {
+        let Batch {
+            mut write,
+            indexer,
+            clock,
+            head,
+            changes,
+            counted,
+            lessons,
+            cursors,
+            purged,
+            ..
+        } = batch;
+        // How the batch changes the number of queued and quarantined messages.
+        let mut depth_change = (0i64, 0i64);
+        for (id, record) in &changes.quarantine {
+            depth_change.1 += self.presence_change(cf::QUARANTINE, *id, record.is_some())?;
+        }
+        for (id, entry) in &changes.queue {
+            depth_change.0 += self.presence_change(cf::QUEUE, *id, entry.is_some())?;
+        }
+        self.write_changes(&mut write, changes)?;
+        if let Some(lessons) = &lessons {
+            let bayes_cf = self.cf(cf::BAYES);
+            for (token, counts) in lessons.rows() {
+                let key = bayes::token_key(token);
+                if counts == (0, 0) {
+                    write.delete_cf(bayes_cf, key);
+                } else {
+                    write.put_cf(bayes_cf, key, codec::encode(&counts)?);
+                }
+            }
+            for (digest, class) in &lessons.seen {
+                let key = bayes::message_key(digest);
+                match class {
+                    Some(class) => write.put_cf(bayes_cf, key, codec::encode(class)?),
+                    None => write.delete_cf(bayes_cf, key),
+                }
+            }
+            write.put_cf(
+                bayes_cf,
+                bayes::TOTALS_KEY,
+                codec::encode(&lessons.totals())?,
+            );
+        }
+        let meta = self.cf(cf::META);
+        if let Some(purged) = &purged {
+            write.put_cf(meta, META_PURGED, codec::encode(purged)?);
+        }
+        for (exporter, seq) in &cursors {
+            write.put_cf(
+                meta,
+                format!("{META_EXPORT_CURSOR}{exporter}"),
+                seq.to_be_bytes(),
+            );
+        }
+        write.put_cf(meta, META_CHAIN, codec::encode(&head)?);
+        write.put_cf(meta, META_RAFT, applied);
+        if indexer.clock != clock {
+            write.put_cf(meta, META_EVENT_CLOCK, codec::encode(&indexer.clock)?);
+            // Before the write: a query meanwhile may widen its time range, never
+            // narrow it past an event just written.
+            *self.clock.lock().expect("event clock lock") = Some(indexer.clock);
+        }
+        self.db.write(write)?;
+        *self.head.lock().expect("chain head lock") = head;
+        {
+            let mut depths = self.depths.lock().expect("depths lock");
+            depths.0 = depths.0.saturating_add_signed(depth_change.0);
+            depths.1 = depths.1.saturating_add_signed(depth_change.1);
+        }
+        {
+            let mut applied = self.applied.lock().expect("applied counts lock");
+            for (kind, n) in counted.events {
+                *applied.events.entry(kind).or_default() += n;
+            }
+            for (action, n) in counted.verdicts {
+                *applied.verdicts.entry(action).or_default() += n;
+            }
+        }
+        if let Some(lessons) = lessons {
+            lessons.commit(&mut self.bayes.write().expect("bayes lock"));
+        }
+        Ok(())
+    }
+
+    /// The rules' changes into `write`: bodies and tokens in the order written, then
+    /// the quarantine and queue records (a message leaving the queue takes its body).
+    fn write_changes(&self, write: &mut WriteBatch, changes: Changes<'_>) -> Result<()> {
+        let (bodies, tokens) = (self.cf(cf::BODIES), self.cf(cf::TOKENS));
+        for change in changes.writes {
+            match change {
+                Write::Body(id, body) => write.put_cf(bodies, id.key(), codec::encode_bytes(body)),
+                Write::DropBody(id) => write.delete_cf(bodies, id.key()),
+                Write::Token(token) => {
+                    let record = codec::encode(&token)?;
+                    write.put_cf(tokens, token::digest_key(&token.digest), &record);
+                    write.put_cf(tokens, token::name_key(&token.name), &record);
+                }
+                Write::DropToken(token) => {
+                    write.delete_cf(tokens, token::digest_key(&token.digest));
+                    write.delete_cf(tokens, token::name_key(&token.name));
+                }
+            }
+        }
+        for (id, record) in changes.quarantine {
+            match record {
+                Some(record) => {
+                    write.put_cf(self.cf(cf::QUARANTINE), id.key(), codec::encode(&record)?)
+                }
+                None => write.delete_cf(self.cf(cf::QUARANTINE), id.key()),
+            }
+        }
+        for (id, entry) in changes.queue {
+            match entry {
+                Some(entry) => write.put_cf(self.cf(cf::QUEUE), id.key(), codec::encode(&entry)?),
+                None => {
+                    write.delete_cf(self.cf(cf::QUEUE), id.key());
+                    write.delete_cf(bodies, id.key());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// +1 if `id` becomes present in column family `name`, -1 if it leaves it, else 0.
+    fn presence_change(&self, name: &str, id: MessageId, present: bool) -> Result<i64> {
+        let stored = self.db.get_pinned_cf(self.cf(name), id.key())?.is_some();
+        Ok(i64::from(present) - i64::from(stored))
+    }
+
+    /// A Bayesian lesson on top of the batch's earlier ones.
+    fn learn(&self, lessons: &mut Option<LessonBatch>, lesson: &BayesLesson) -> Result<EventKind> {
+        let memory = self.bayes.read().expect("bayes lock");
+        let lessons = lessons.get_or_insert_with(|| LessonBatch::new(&memory));
+        let previous = match lessons.seen.get(&lesson.digest) {
+            Some(class) => *class,
+            None => self
+                .db
+                .get_cf(self.cf(cf::BAYES), bayes::message_key(&lesson.digest))?
+                .map(|bytes| codec::decode::<BayesClass>(&bytes))
+                .transpose()?,
+        };
+        let trained = lessons.apply(&memory, lesson, previous);
+        Ok(EventKind::BayesTrained(Box::new(trained)))
+    }
+
+    /// The result of operation `id` if it was applied before, in this batch or an
+    /// earlier one: applying it again changes nothing.
+    fn already_applied(
+        &self,
+        id: u128,
+        in_batch: &HashMap<u128, OpResult>,
+    ) -> Result<Option<OpResult>> {
+        if let Some(done) = in_batch.get(&id) {
+            return Ok(Some(OpResult {
+                duplicate: true,
+                ..done.clone()
+            }));
+        }
+        let Some(seq) = self.db.get_cf(self.cf(cf::OP_IDS), id.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let seq = u64::from_be_bytes(
+            seq.as_slice()
+                .try_into()
+                .map_err(|_| Error::Decode("op id index value".into()))?,
+        );
+        let Some(stored) = self.event(seq)? else {
+            // Removed by the log's retention since: applied, long ago.
+            if seq <= self.purged_through()?.0 {
+                return Ok(Some(OpResult {
+                    seq,
+                    hash: [0; 32],
+                    duplicate: true,
+                    refused: None,
+                }));
+            }
+            return Err(Error::Decode(format!(
+                "op id points at missing event {seq}"
+            )));
+        };
+        let refused = match stored.event.kind {
+            EventKind::DeliveryLeased { granted: false, .. } => {
+                Some("the delivery lease was refused".to_string())
+            }
+            EventKind::ApiAction(a) => a.refused,
+            _ => None,
+        };
+        Ok(Some(OpResult {
+            seq,
+            hash: stored.hash,
+            duplicate: true,
+            refused,
+        }))
+    }
+}

@@ -1,0 +1,348 @@
+//! The state database: the event log, message bodies and the projections built from
+//! events (queue, quarantine, tokens, Bayesian counts, indexes), one generation at a
+//! time.
+//!
+//! What each operation does to the records is decided by the rules in
+//! [`bulwark_model::rules`]; this module is the engine around them:
+//! - [`apply`]: one batch of Raft entries into one atomic RocksDB write;
+//! - [`purge`]: the log's retention, which removes events with their postings;
+//! - [`reads`]: lookups and paged listings for the API and the delivery workers,
+//!   with the listings' [`filters`];
+//! - [`verify`]: the walk of the hash chain and its signed checkpoints;
+//! - [`generations`]: the live generation and its replacement by a snapshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use bulwark_model::rules::Stored;
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::bayes::{self, BayesCounts};
+use crate::event::{Event, EventKind, Hash, StoredEvent};
+use crate::index::{self, EventClock};
+use crate::layout::{self, cf};
+use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
+use crate::token::ApiToken;
+use crate::{codec, Error, Result};
+
+mod apply;
+mod filters;
+mod generations;
+mod purge;
+mod reads;
+#[cfg(test)]
+mod tests;
+mod verify;
+
+pub use filters::{QuarantineFilter, QueueFilter};
+pub(crate) use filters::address_matches;
+pub use generations::StateDir;
+
+const META_CHAIN: &str = "chain";
+const META_RAFT: &str = "raft_applied";
+/// Written by an older build: the index of events by message alone.
+const META_MESSAGE_INDEX: &str = "index_by_message";
+/// The layout version of a whole [`index`] of the events (absent: to be built).
+const META_INDEX: &str = "index_events";
+const INDEX_VERSION: u8 = 1;
+/// The [`index::EventClock`] as of the last applied batch.
+const META_EVENT_CLOCK: &str = "event_clock";
+/// The last event removed by the log's retention and its hash: `(seq, hash)`.
+const META_PURGED: &str = "events_purged";
+/// Prefix of the keys holding each exporter's cursor (`export_cursor/NAME`, u64 BE).
+const META_EXPORT_CURSOR: &str = "export_cursor/";
+
+/// The head of the hash chain: persisted with every applied batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ChainHead {
+    /// Sequence number the next event gets (the first event is 1).
+    next_seq: u64,
+    /// Hash of the last event (all zeros before the first).
+    hash: Hash,
+}
+
+impl Default for ChainHead {
+    fn default() -> Self {
+        ChainHead {
+            next_seq: 1,
+            hash: [0; 32],
+        }
+    }
+}
+
+/// One generation of the state database.
+///
+/// To ensure correctness:
+/// - [`StateStore::apply`] writes the events, the projections, the chain head and the
+///   caller's applied-state record (Raft's last applied log id and membership) in one
+///   `WriteBatch`: after a crash the state is exactly that of some applied prefix,
+///   and Raft re-applies the rest from its log;
+/// - apply is deterministic: everything that could differ between nodes (time,
+///   proposing node, operation id) comes in the [`Op`];
+/// - an operation id applied once is never applied again.
+pub struct StateStore {
+    db: DB,
+    dir: PathBuf,
+    head: Mutex<ChainHead>,
+    /// The clock of the event index, if the index covers every event (a database
+    /// written before it, opened read-only, is queried by scanning).
+    clock: Mutex<Option<EventClock>>,
+    /// The Bayesian token counts, as the `bayes` column family holds them.
+    bayes: RwLock<BayesCounts>,
+    /// Events applied since this store was opened, by type, and verdicts by action:
+    /// what `/metrics` reports.
+    applied: Mutex<AppliedCounts>,
+    /// Messages in the queue and in the quarantine ([`StateStore::depths`]).
+    depths: Mutex<(u64, u64)>,
+}
+
+/// Events applied by type, and scan verdicts by action, since a store was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppliedCounts {
+    pub events: std::collections::BTreeMap<&'static str, u64>,
+    pub verdicts: std::collections::BTreeMap<&'static str, u64>,
+}
+
+fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
+    cf::ALL
+        .iter()
+        .map(|name| {
+            let mut opts = Options::default();
+            if *name == cf::BODIES {
+                // Bodies are written once and deleted after delivery: in blob files
+                // they are never rewritten by compaction.
+                opts.set_enable_blob_files(true);
+                opts.set_min_blob_size(8 * 1024);
+                opts.set_enable_blob_gc(true);
+            }
+            ColumnFamilyDescriptor::new(*name, opts)
+        })
+        .collect()
+}
+
+impl StateStore {
+    fn open(dir: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(256 * 1024 * 1024);
+        let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())?;
+        let meta = cf_handle(&db, cf::META);
+        let record =
+            layout::check_format(db.get_cf(meta, layout::DATA_FORMAT_KEY)?.as_deref(), dir)?;
+        build_index(&db)?;
+        // Recorded once every conversion is done: an interrupted one runs again.
+        if record {
+            db.put_cf(
+                meta,
+                layout::DATA_FORMAT_KEY,
+                layout::DATA_FORMAT.to_be_bytes(),
+            )?;
+        }
+        Self::with_db(db, dir)
+    }
+
+    /// Opens a state database without writing to it: a stopped node's, a backup's or a
+    /// snapshot's.
+    pub fn open_read_only(dir: &Path) -> Result<Self> {
+        if !dir.join("CURRENT").is_file() {
+            return Err(Error::Layout {
+                path: dir.to_path_buf(),
+                reason: "not a state database".into(),
+            });
+        }
+        let opts = Options::default();
+        // A database written before a column family existed opens without it.
+        let present = DB::list_cf(&opts, dir)?;
+        let families = cf::ALL
+            .iter()
+            .filter(|name| present.iter().any(|p| p == *name));
+        let db = DB::open_cf_for_read_only(&opts, dir, families, false)?;
+        layout::check_format(
+            db.get_cf(cf_handle(&db, cf::META), layout::DATA_FORMAT_KEY)?
+                .as_deref(),
+            dir,
+        )?;
+        Self::with_db(db, dir)
+    }
+
+    fn with_db(db: DB, dir: &Path) -> Result<Self> {
+        let head = match db.get_cf(cf_handle(&db, cf::META), META_CHAIN)? {
+            Some(bytes) => codec::decode(&bytes)?,
+            None => ChainHead::default(),
+        };
+        let bayes = load_bayes(&db)?;
+        let meta = cf_handle(&db, cf::META);
+        let clock = match db.get_cf(meta, META_INDEX)?.as_deref() {
+            Some([INDEX_VERSION]) => match db.get_cf(meta, META_EVENT_CLOCK)? {
+                Some(bytes) => Some(codec::decode(&bytes)?),
+                None => Some(EventClock::default()),
+            },
+            _ => None,
+        };
+        let count = |name: &str| -> Result<u64> {
+            let mut n = 0;
+            let mut iter = db.raw_iterator_cf(cf_handle(&db, name));
+            iter.seek_to_first();
+            while iter.valid() {
+                n += 1;
+                iter.next();
+            }
+            iter.status()?;
+            Ok(n)
+        };
+        let depths = (count(cf::QUEUE)?, count(cf::QUARANTINE)?);
+        Ok(StateStore {
+            db,
+            dir: dir.to_path_buf(),
+            head: Mutex::new(head),
+            clock: Mutex::new(clock),
+            depths: Mutex::new(depths),
+            bayes: RwLock::new(bayes),
+            applied: Mutex::new(AppliedCounts::default()),
+        })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        cf_handle(&self.db, name)
+    }
+
+    /// Where this generation lives.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Events applied by type and verdicts by action since this store was opened.
+    pub fn applied_counts(&self) -> AppliedCounts {
+        self.applied.lock().expect("applied counts lock").clone()
+    }
+
+    /// Messages in the delivery queue and in the quarantine: counted when the store
+    /// opened, then kept by every applied batch.
+    pub fn depths(&self) -> (u64, u64) {
+        *self.depths.lock().expect("depths lock")
+    }
+
+    /// The caller's applied-state record written by the last [`StateStore::apply`].
+    pub fn applied(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(cf::META), META_RAFT)?)
+    }
+
+    /// Replaces the caller's applied-state record (a restore gives the state a new
+    /// cluster's membership). Synced.
+    pub fn set_applied(&self, applied: &[u8]) -> Result<()> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(cf::META), META_RAFT, applied, &opts)?;
+        Ok(())
+    }
+
+    /// Number of events and the hash of the last one.
+    pub fn chain_head(&self) -> (u64, Hash) {
+        let head = *self.head.lock().expect("chain head lock");
+        (head.next_seq - 1, head.hash)
+    }
+
+    /// Writes a consistent point-in-time copy of this database to `dir` (which must not
+    /// exist): SST files are hard links, so this is cheap even for a large state.
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        Checkpoint::new(&self.db)?.create_checkpoint(dir)?;
+        layout::sync_dir(dir)?;
+        Ok(())
+    }
+}
+
+/// What the rules read: the state as the last applied batch left it.
+impl Stored for StateStore {
+    type Error = Error;
+
+    fn queue_record(&self, id: MessageId) -> Result<Option<QueueRecord>> {
+        StateStore::queue_record(self, id)
+    }
+
+    fn quarantine_record(&self, id: MessageId) -> Result<Option<QuarantineRecord>> {
+        StateStore::quarantine_record(self, id)
+    }
+
+    fn token_named(&self, name: &str) -> Result<Option<ApiToken>> {
+        StateStore::token_named(self, name)
+    }
+
+    fn received_envelope(&self, id: MessageId, seq: u64) -> Result<Option<Envelope>> {
+        Ok(match self.event(seq)? {
+            Some(StoredEvent {
+                event:
+                    Event {
+                        kind: EventKind::MessageReceived(m),
+                        ..
+                    },
+                ..
+            }) if m.message_id == id => Some(m.envelope),
+            _ => None,
+        })
+    }
+
+    fn quarantined_before(
+        &self,
+        end: MessageId,
+        visit: &mut dyn FnMut(QuarantineRecord) -> bool,
+    ) -> Result<()> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::QUARANTINE), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            if key.as_ref() >= end.key().as_slice() || !visit(codec::decode(&value)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Indexes the events of a database written before the index or by an older layout
+/// of it (once: the mark is stored with it). Read-only databases are left as they are.
+fn build_index(db: &DB) -> Result<()> {
+    let meta = cf_handle(db, cf::META);
+    if db.get_cf(meta, META_INDEX)?.as_deref() == Some(&[INDEX_VERSION]) {
+        return Ok(());
+    }
+    let clock = index::rebuild(db, cf_handle(db, cf::EVENTS), cf_handle(db, cf::INDEX))?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(meta, META_EVENT_CLOCK, codec::encode(&clock)?);
+    batch.put_cf(meta, META_INDEX, [INDEX_VERSION]);
+    batch.delete_cf(meta, META_MESSAGE_INDEX);
+    db.write(batch)?;
+    Ok(())
+}
+
+/// The `bayes` column family into memory.
+fn load_bayes(db: &DB) -> Result<BayesCounts> {
+    let mut counts = BayesCounts::new();
+    for item in db.iterator_cf(cf_handle(db, cf::BAYES), IteratorMode::Start) {
+        let (key, value) = item?;
+        if key.as_ref() == bayes::TOTALS_KEY {
+            counts.set_totals(codec::decode(&value)?);
+        } else if let Some((b'w', token)) = key.split_first() {
+            if let Ok(token) = <[u8; 8]>::try_from(token) {
+                counts.set(u64::from_be_bytes(token), codec::decode(&value)?);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+fn cf_handle<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column family created at open")
+}
+
+fn seq_of(key: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| Error::Decode(format!("event key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}

@@ -1,0 +1,279 @@
+//! What the API, the delivery workers and the exporters read from the state: single
+//! records, paged listings, the events and the exporters' cursors.
+
+use rocksdb::{Direction, IteratorMode};
+
+use super::filters::{QuarantineFilter, QueueFilter};
+use super::{StateStore, META_EXPORT_CURSOR};
+use crate::event::{Hash, StoredEvent};
+use crate::index::{self, EventFilter, MAX_SCAN};
+use crate::layout::cf;
+use crate::message::{MessageId, QuarantineRecord, QueueEntry, QueueRecord};
+use crate::rules::quarantine::{expiry_due, expiry_end};
+use crate::token::{self, ApiToken};
+use crate::{codec, Error, Result};
+
+impl StateStore {
+    /// Messages learned as spam and as ham.
+    pub fn bayes_totals(&self) -> (u64, u64) {
+        self.bayes.read().expect("bayes lock").totals()
+    }
+
+    /// The spam and ham counts of each token, in the order given.
+    pub fn bayes_counts(&self, tokens: &[u64]) -> Vec<(u32, u32)> {
+        self.bayes.read().expect("bayes lock").counts(tokens)
+    }
+
+    /// Distinct tokens with a count.
+    pub fn bayes_distinct_tokens(&self) -> usize {
+        self.bayes.read().expect("bayes lock").distinct_tokens()
+    }
+
+    /// The API token whose SHA-256 is `digest`, if one is live.
+    pub fn token_by_digest(&self, digest: &Hash) -> Result<Option<ApiToken>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(cf::TOKENS), token::digest_key(digest))?
+        {
+            Some(record) => Ok(Some(codec::decode(&record)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The API token named `name`, if one is live.
+    pub fn token_named(&self, name: &str) -> Result<Option<ApiToken>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(cf::TOKENS), token::name_key(name))?
+        {
+            Some(record) => Ok(Some(codec::decode(&record)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every live API token, by name.
+    pub fn tokens(&self) -> Result<Vec<ApiToken>> {
+        let prefix = token::name_key("");
+        let mode = IteratorMode::From(&prefix, Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::TOKENS), mode) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push(codec::decode(&value)?);
+        }
+        Ok(out)
+    }
+
+    /// Queue entries with a recipient due at `now_ms` that `node` may take (not held,
+    /// no other node's lease running): those it accepted, and others' once they have
+    /// been due for `takeover_ms` (their node may be down); at most `limit`.
+    pub fn due_deliveries(
+        &self,
+        node: u64,
+        now_ms: i64,
+        takeover_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::QUEUE), IteratorMode::Start) {
+            let (_, value) = item?;
+            let record: QueueRecord = codec::decode(&value)?;
+            if !record.is_due(now_ms) {
+                continue;
+            }
+            let entry = record.entry;
+            let ours = entry.received_by == node
+                || entry
+                    .due_since()
+                    .is_some_and(|since| since.saturating_add(takeover_ms) <= now_ms);
+            if ours && entry.is_free_for(node, now_ms) {
+                out.push(entry);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored body of a message (its `Received` header included).
+    pub fn message_body(&self, id: MessageId) -> Result<Option<Vec<u8>>> {
+        match self.db.get_pinned_cf(self.cf(cf::BODIES), id.key())? {
+            Some(record) => Ok(Some(codec::decode_bytes(&record)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// A quarantined message's record.
+    pub fn quarantine_record(&self, id: MessageId) -> Result<Option<QuarantineRecord>> {
+        match self.db.get_pinned_cf(self.cf(cf::QUARANTINE), id.key())? {
+            Some(record) => Ok(Some(codec::decode(&record)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A message's entry in the delivery queue.
+    pub fn queue_entry(&self, id: MessageId) -> Result<Option<QueueEntry>> {
+        Ok(self.queue_record(id)?.map(|r| r.entry))
+    }
+
+    /// A message's record in the delivery queue: its entry and whether it is held.
+    pub fn queue_record(&self, id: MessageId) -> Result<Option<QueueRecord>> {
+        match self.db.get_pinned_cf(self.cf(cf::QUEUE), id.key())? {
+            Some(record) => Ok(Some(codec::decode(&record)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` queued messages after `after` (in arrival order: ids sort by
+    /// time) that match `filter` at `now_ms`, and the id to pass as `after` for the
+    /// next page (`None` when the queue has nothing further).
+    pub fn queue_list(
+        &self,
+        filter: &QueueFilter,
+        after: Option<MessageId>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<(Vec<QueueRecord>, Option<MessageId>)> {
+        self.page_by_id(cf::QUEUE, after, limit, |record: &QueueRecord| {
+            (record.entry.message_id, filter.matches(record, now_ms))
+        })
+    }
+
+    /// Up to `limit` quarantined messages after `after` (oldest first: ids sort by
+    /// time) that match `filter`, and the id to pass as `after` for the next page
+    /// (`None` when there is nothing further).
+    pub fn quarantine_list(
+        &self,
+        filter: &QuarantineFilter,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<(Vec<QuarantineRecord>, Option<MessageId>)> {
+        self.page_by_id(cf::QUARANTINE, after, limit, |record: &QuarantineRecord| {
+            (record.message_id, filter.matches(record))
+        })
+    }
+
+    /// One page of the records of column family `name` (keyed by message id, so in
+    /// arrival order) after `after` for which `read` says keep, at most `limit`, and
+    /// the id to go on from: `None` at the end, else the last id read (a page also
+    /// ends after [`MAX_SCAN`] records read, so a selective filter stays bounded).
+    fn page_by_id<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        after: Option<MessageId>,
+        limit: usize,
+        read: impl Fn(&T) -> (MessageId, bool),
+    ) -> Result<(Vec<T>, Option<MessageId>)> {
+        // The largest id has nothing after it.
+        if after.is_some_and(|id| id.0 == u128::MAX) {
+            return Ok((Vec::new(), None));
+        }
+        let start = after.map(|id| (id.0 + 1).to_be_bytes());
+        let mode = match &start {
+            Some(key) => IteratorMode::From(key, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut iter = self.db.iterator_cf(self.cf(name), mode);
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        while let Some(item) = iter.next() {
+            let (_, value) = item?;
+            let record: T = codec::decode(&value)?;
+            let (id, keep) = read(&record);
+            scanned += 1;
+            if keep {
+                out.push(record);
+                if out.len() >= limit {
+                    let more = iter.next().transpose()?.is_some();
+                    return Ok((out, more.then_some(id)));
+                }
+            }
+            if scanned >= MAX_SCAN {
+                return Ok((out, Some(id)));
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// Whether a retention with cut-off `before_ms` would remove anything: the same
+    /// test as the replicated removal applies, so a check that says yes is followed by
+    /// a removal that removes something.
+    pub fn quarantine_due(&self, before_ms: i64) -> Result<bool> {
+        let end = expiry_end(before_ms);
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf::QUARANTINE), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            if key.as_ref() >= end.key().as_slice() {
+                break;
+            }
+            if expiry_due(&codec::decode(&value)?, before_ms) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The seq up to which exporter `name` has shipped the log (0: nothing yet).
+    pub fn export_cursor(&self, name: &str) -> Result<u64> {
+        match self
+            .db
+            .get_cf(self.cf(cf::META), format!("{META_EXPORT_CURSOR}{name}"))?
+        {
+            Some(bytes) => {
+                Ok(u64::from_be_bytes(bytes.as_slice().try_into().map_err(
+                    |_| Error::Decode(format!("export cursor of {name}")),
+                )?))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Every exporter's cursor, by name (those that have shipped something).
+    pub fn export_cursors(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let prefix = META_EXPORT_CURSOR.as_bytes();
+        let iter = self.db.iterator_cf(
+            self.cf(cf::META),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            let Some(name) = key.strip_prefix(prefix) else {
+                break;
+            };
+            let seq = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Decode("export cursor".into()))?;
+            out.push((String::from_utf8_lossy(name).into_owned(), seq));
+        }
+        Ok(out)
+    }
+
+    /// One event by sequence number.
+    pub fn event(&self, seq: u64) -> Result<Option<StoredEvent>> {
+        match self.db.get_cf(self.cf(cf::EVENTS), seq.to_be_bytes())? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` events with seq > `after` that match `filter`, and the cursor to
+    /// pass as `after` for the next page (`None` when the log has nothing further).
+    pub fn events(
+        &self,
+        filter: &EventFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+        let clock = *self.clock.lock().expect("event clock lock");
+        let index = clock.map(|clock| (self.cf(cf::INDEX), clock));
+        index::query(&self.db, self.cf(cf::EVENTS), index, filter, after, limit)
+    }
+}

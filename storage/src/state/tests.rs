@@ -1,0 +1,1652 @@
+//! The state database through its public operations on a real RocksDB directory:
+//! apply, the reads, purges, checkpoints and generations together. The rules alone
+//! are tested in `bulwark_model::rules`, without a database.
+
+
+use bulwark_model::samples;
+use rocksdb::IteratorMode;
+
+use super::*;
+use crate::bayes::{BayesClass, BayesLesson};
+use crate::event::{Command, EventPurge, Op};
+use crate::index::EventFilter;
+use crate::message::{
+    AcceptedMessage, Action, Bounce, DeliveryCommand, QuarantineAction, QuarantineCommand,
+    QuarantineExpiry, QueueStatus, RecipientStatus,
+};
+use crate::token::TokenCommand;
+use crate::NOT_QUARANTINED;
+
+fn note(id: u128, text: &str) -> Op {
+    Op {
+        id,
+        time_ms: 1_700_000_000_000 + id as i64,
+        node: 1,
+        command: Command::Record(EventKind::AuditNote {
+            author: "admin".into(),
+            text: text.into(),
+        }),
+    }
+}
+
+#[test]
+fn a_state_of_a_newer_data_format_is_refused_online_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = layout::state_root(dir.path());
+    {
+        let state = StateDir::open(&root).unwrap();
+        let store = state.current();
+        let meta = store.cf(cf::META);
+        assert_eq!(
+            store
+                .db
+                .get_cf(meta, layout::DATA_FORMAT_KEY)
+                .unwrap()
+                .unwrap(),
+            layout::DATA_FORMAT.to_be_bytes()
+        );
+        store
+            .db
+            .put_cf(
+                meta,
+                layout::DATA_FORMAT_KEY,
+                (layout::DATA_FORMAT + 1).to_be_bytes(),
+            )
+            .unwrap();
+    }
+    for refused in [
+        StateDir::open(&root).err().map(|e| e.to_string()),
+        StateDir::open_offline(dir.path())
+            .err()
+            .map(|e| e.to_string()),
+    ] {
+        let refused = refused.expect("a newer format is refused");
+        assert!(refused.contains("newer Bulwark"), "{refused}");
+    }
+}
+
+#[test]
+fn export_cursors_only_move_forward_within_the_log_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let cursor = |id: u128, exporter: &str, seq: u64| Op {
+        id,
+        time_ms: 1_700_000_000_000,
+        node: 1,
+        command: Command::ExportCursor {
+            exporter: exporter.into(),
+            seq,
+        },
+    };
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let ops = [note(1, "a"), note(2, "b"), note(3, "c")];
+        store.apply(&[(1, &ops[..])], b"1").unwrap();
+        assert_eq!(store.export_cursor("soc").unwrap(), 0);
+        // In one batch: forward, back (ignored), past the log's end (clamped).
+        let ops = [
+            cursor(10, "soc", 2),
+            cursor(11, "soc", 1),
+            cursor(12, "hec", 99),
+            note(4, "d"),
+        ];
+        let results = store.apply(&[(2, &ops[..])], b"2").unwrap();
+        // No event: the result names the log's end when it was applied.
+        assert_eq!(results[0][0].seq, 3);
+        assert_eq!(results[0][3].seq, 4);
+        assert_eq!(store.export_cursor("soc").unwrap(), 2);
+        assert_eq!(store.export_cursor("hec").unwrap(), 3);
+        let ops = [cursor(13, "soc", 1)];
+        store.apply(&[(3, &ops[..])], b"3").unwrap();
+        assert_eq!(store.export_cursor("soc").unwrap(), 2);
+        assert_eq!(store.chain_head().0, 4, "cursors record no event");
+        assert!(store.verify().unwrap().ok);
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    assert_eq!(
+        state.current().export_cursors().unwrap(),
+        vec![("hec".to_string(), 3), ("soc".to_string(), 2)]
+    );
+}
+
+/// Rewrites the whole log as someone with the disk would: `edit` each event, then
+/// recompute every hash and link and the stored chain head.
+fn rechain(store: &StateStore, edit: impl Fn(&mut StoredEvent)) {
+    let mut prev: Hash = [0; 32];
+    let mut events = Vec::new();
+    for item in store
+        .db
+        .iterator_cf(store.cf(cf::EVENTS), IteratorMode::Start)
+    {
+        let (key, value) = item.unwrap();
+        events.push((key.to_vec(), codec::decode::<StoredEvent>(&value).unwrap()));
+    }
+    let mut next_seq = 1;
+    for (key, mut stored) in events {
+        edit(&mut stored);
+        stored.prev_hash = prev;
+        stored.hash = stored.event.chain_hash(&prev).unwrap();
+        prev = stored.hash;
+        next_seq = stored.event.seq + 1;
+        store
+            .db
+            .put_cf(store.cf(cf::EVENTS), key, codec::encode(&stored).unwrap())
+            .unwrap();
+    }
+    let head = ChainHead {
+        next_seq,
+        hash: prev,
+    };
+    store
+        .db
+        .put_cf(
+            store.cf(cf::META),
+            META_CHAIN,
+            codec::encode(&head).unwrap(),
+        )
+        .unwrap();
+    *store.head.lock().unwrap() = head;
+}
+
+#[test]
+fn signed_checkpoints_expose_a_rewritten_and_rechained_history() {
+    use crate::event::ChainCheckpoint;
+    use ring::signature::KeyPair;
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let ops = [note(1, "a"), note(2, "b")];
+    store.apply(&[(1, &ops[..])], b"1").unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let key = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let (seq, hash) = store.chain_head();
+    let checkpoint = ChainCheckpoint {
+        seq,
+        hash,
+        node: 3,
+        public_key: key.public_key().as_ref().to_vec(),
+        signature: key
+            .sign(&ChainCheckpoint::message(seq, &hash))
+            .as_ref()
+            .to_vec(),
+    };
+    let signed = Op {
+        id: 3,
+        time_ms: 1_700_000_000_003,
+        node: 3,
+        command: Command::Record(EventKind::ChainCheckpoint(Box::new(checkpoint))),
+    };
+    let ops = [signed, note(4, "c")];
+    store.apply(&[(2, &ops[..])], b"2").unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.checkpoints, 1);
+    assert_eq!(
+        report.signers,
+        vec![format!("3:{}", hex::encode(key.public_key().as_ref()))]
+    );
+    let json = store.event(3).unwrap().unwrap().to_json();
+    assert_eq!(json["type"], "audit.checkpoint");
+    assert_eq!(json["checkpoint"]["seq"], 2);
+    assert_eq!(json["checkpoint"]["hash"], hex::encode(hash));
+
+    // A note before the checkpoint rewritten, the chain recomputed: every link
+    // holds, the checkpoint does not.
+    rechain(&store, |e| {
+        if let EventKind::AuditNote { text, .. } = &mut e.event.kind {
+            if text == "a" {
+                *text = "rewritten".into();
+            }
+        }
+    });
+    let report = store.verify().unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.first_bad_seq, Some(3));
+    assert!(
+        report.problem.as_deref().unwrap().contains("rewritten"),
+        "{report:?}"
+    );
+
+    // The checkpoint re-made for the new history without the key: a bad signature.
+    let forged_hash = store.event(2).unwrap().unwrap().hash;
+    rechain(&store, |e| {
+        if let EventKind::ChainCheckpoint(c) = &mut e.event.kind {
+            c.hash = forged_hash;
+        }
+    });
+    let report = store.verify().unwrap();
+    assert!(!report.ok);
+    assert!(
+        report.problem.as_deref().unwrap().contains("signature"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn purges_remove_the_oldest_events_and_their_postings_and_the_chain_verifies_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let purge = |id: u128, before_seq: u64, max: u32| Op {
+        id,
+        time_ms: 1_700_000_000_000,
+        node: 1,
+        command: Command::PurgeEvents(Box::new(EventPurge {
+            before_seq,
+            max,
+            reason: "test".into(),
+        })),
+    };
+    let notes = EventFilter {
+        type_name: Some("audit.note".into()),
+        ..EventFilter::default()
+    };
+    let seqs = |store: &StateStore, filter: &EventFilter| -> Vec<u64> {
+        let (page, _) = store.events(filter, 0, 100).unwrap();
+        page.iter().map(|e| e.event.seq).collect()
+    };
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let ops: Vec<Op> = (1..=10).map(|n| note(n, &format!("n{n}"))).collect();
+        store.apply(&[(1, &ops[..])], b"1").unwrap();
+        let hash_4 = store.event(4).unwrap().unwrap().hash;
+        let results = store
+            .apply(&[(2, &[purge(100, 5, 1000)][..])], b"2")
+            .unwrap();
+        assert_eq!(results[0][0].seq, 11);
+        let event = store.event(11).unwrap().unwrap().to_json();
+        assert_eq!(event["type"], "audit.purged");
+        assert_eq!(event["purge"]["first_seq"], 1);
+        assert_eq!(event["purge"]["through_seq"], 4);
+        assert_eq!(event["purge"]["count"], 4);
+        assert_eq!(event["purge"]["through_hash"], hex::encode(hash_4));
+        assert_eq!(store.purged_through().unwrap(), (4, hash_4));
+        assert_eq!(
+            seqs(&store, &EventFilter::default()),
+            (5..=11).collect::<Vec<_>>()
+        );
+        // By the index: the purged events' postings went with them.
+        assert_eq!(seqs(&store, &notes), (5..=10).collect::<Vec<_>>());
+        let report = store.verify().unwrap();
+        assert!(report.ok, "{report:?}");
+        assert_eq!((report.checked, report.purged_through), (7, 4));
+
+        // At most `max`; and everything recorded before it, in this batch too.
+        store
+            .apply(&[(3, &[purge(101, 100, 2)][..])], b"3")
+            .unwrap();
+        assert_eq!(store.purged_through().unwrap().0, 6);
+        let ops = [note(20, "new"), purge(102, 1000, 1000)];
+        store.apply(&[(4, &ops[..])], b"4").unwrap();
+        assert_eq!(store.purged_through().unwrap().0, 13);
+        assert_eq!(seqs(&store, &EventFilter::default()), vec![14]);
+        assert!(seqs(&store, &notes).is_empty());
+        // Nothing left to remove: no event.
+        let (before, _) = store.chain_head();
+        store
+            .apply(&[(5, &[purge(103, 13, 1000)][..])], b"5")
+            .unwrap();
+        assert_eq!(store.chain_head().0, before);
+        // A retried operation whose event was purged is still a duplicate.
+        let again = store.apply(&[(6, &[note(1, "n1")][..])], b"6").unwrap();
+        assert!(again[0][0].duplicate);
+        assert_eq!(store.chain_head().0, before);
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    let report = state.current().verify().unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.checked, report.purged_through), (1, 13));
+    // Events removed by hand, the purge's record with them, and the start
+    // rewritten to match: every link holds, but no audit.purged names that start.
+    let store = state.current();
+    let ops = [note(30, "x"), note(31, "y")];
+    store.apply(&[(7, &ops[..])], b"7").unwrap();
+    let saved = store
+        .db
+        .get_cf(store.cf(cf::META), META_PURGED)
+        .unwrap()
+        .unwrap();
+    let start = store.event(16).unwrap().unwrap().prev_hash;
+    for seq in [14u64, 15] {
+        store
+            .db
+            .delete_cf(store.cf(cf::EVENTS), seq.to_be_bytes())
+            .unwrap();
+    }
+    store
+        .db
+        .put_cf(
+            store.cf(cf::META),
+            META_PURGED,
+            codec::encode(&(15u64, start)).unwrap(),
+        )
+        .unwrap();
+    let report = store.verify().unwrap();
+    assert!(!report.ok);
+    assert!(
+        report
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("no audit.purged"),
+        "{report:?}"
+    );
+    store
+        .db
+        .put_cf(store.cf(cf::META), META_PURGED, saved)
+        .unwrap();
+    // With the start put back, the removed events are a gap.
+    let report = store.verify().unwrap();
+    assert_eq!(report.first_bad_seq, Some(14), "{report:?}");
+}
+
+#[test]
+fn a_purge_removes_the_same_events_however_the_entries_are_batched() {
+    let purge = Op {
+        id: 100,
+        time_ms: 1_700_000_000_000,
+        node: 1,
+        command: Command::PurgeEvents(Box::new(EventPurge {
+            before_seq: 100,
+            max: 1000,
+            reason: "test".into(),
+        })),
+    };
+    let notes: Vec<Op> = (1..=5).map(|n| note(n, &format!("n{n}"))).collect();
+    let after = [note(6, "after")];
+    let purges = [purge];
+    let entries: [(u64, &[Op]); 3] = [(1, &notes[..]), (2, &purges[..]), (3, &after[..])];
+    let (one, apart) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let together = StateDir::open(one.path()).unwrap().current();
+    together.apply(&entries, b"3").unwrap();
+    let separately = StateDir::open(apart.path()).unwrap().current();
+    for entry in &entries {
+        separately.apply(&[*entry], b"n").unwrap();
+    }
+    assert_eq!(together.chain_head(), separately.chain_head());
+    assert_eq!(together.purged_through().unwrap().0, 5);
+    assert_eq!(
+        together.purged_through().unwrap(),
+        separately.purged_through().unwrap()
+    );
+    assert!(together.verify().unwrap().ok);
+}
+
+#[test]
+fn apply_chains_events_and_ignores_retried_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let first = [note(1, "a"), note(2, "b")];
+    let again = [note(2, "b"), note(3, "c"), note(3, "c")];
+    let results = store
+        .apply(&[(5, &first[..]), (6, &again[..])], b"applied-6")
+        .unwrap();
+    assert_eq!(
+        results[0].iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        results[1]
+            .iter()
+            .map(|r| (r.seq, r.duplicate))
+            .collect::<Vec<_>>(),
+        vec![(2, true), (3, false), (3, true)]
+    );
+    let (count, head) = store.chain_head();
+    assert_eq!(count, 3);
+    assert_eq!(head, results[1][1].hash);
+    let report = store.verify().unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.checked, 3);
+    assert_eq!(store.applied().unwrap().unwrap(), b"applied-6");
+    let (page, next) = store.events(&EventFilter::default(), 1, 1).unwrap();
+    assert_eq!(page[0].event.seq, 2);
+    assert_eq!(next, Some(2));
+    let (rest, next) = store.events(&EventFilter::default(), 2, 10).unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(next, None);
+}
+
+#[test]
+fn accepting_a_message_stores_body_queue_and_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let received = samples::received();
+    let id = received.message_id;
+    let accept = Op {
+        id: id.0,
+        time_ms: 1_764_300_000_005,
+        node: 2,
+        command: Command::AcceptMessage(Box::new(AcceptedMessage {
+            verdict: samples::verdict(received.message_id),
+            received,
+            body: b"Received: x\r\n\r\nhello\r\n".to_vec(),
+        })),
+    };
+    let results = store
+        .apply(
+            &[(3, &[note(1, "a"), accept.clone()][..]), (4, &[accept][..])],
+            b"x",
+        )
+        .unwrap();
+    // message.received (seq 2) then scan.verdict (seq 3).
+    assert_eq!(results[0][1].seq, 3);
+    assert!(results[1][0].duplicate);
+    assert_eq!(store.chain_head().0, 3);
+    assert_eq!(
+        store.message_body(id).unwrap().unwrap(),
+        b"Received: x\r\n\r\nhello\r\n"
+    );
+    let queued = store.queue_entry(id).unwrap().unwrap();
+    assert_eq!(queued.received_seq, 2);
+    assert_eq!(queued.recipients[0].address, "bob@example.test");
+    assert_eq!(queued.recipients[0].status, RecipientStatus::Pending);
+    let filter = EventFilter {
+        type_name: Some("message.received".into()),
+        message_id: Some(id),
+        ..Default::default()
+    };
+    let (events, _) = store.events(&filter, 0, 10).unwrap();
+    assert_eq!(events.len(), 1);
+    let json = events[0].to_json();
+    assert_eq!(json["message_id"], id.to_string());
+    assert_eq!(json["email"]["to"]["address"][0], "bob@example.test");
+    assert_eq!(json["source"]["ip"], "192.0.2.7");
+    assert_eq!(json["action"], "deliver");
+    assert!(store.verify().unwrap().ok);
+    assert!(store.message_body(MessageId(7)).unwrap().is_none());
+}
+
+#[test]
+fn quarantined_messages_are_released_to_the_queue_or_deleted_once_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    // Three quarantined messages, a second apart; the second from another sender.
+    let accept = |n: u128| {
+        let mut received = samples::received();
+        received.message_id = MessageId::new(1_764_300_000_000 + n as i64 * 1000, n);
+        if n == 2 {
+            received.envelope.mail_from = "mallory@bad.test".into();
+        }
+        let mut verdict = samples::verdict(received.message_id);
+        verdict.action = Action::Quarantine;
+        verdict.reason = if n == 3 {
+            "malware: EICAR"
+        } else {
+            "score 12.0"
+        }
+        .into();
+        Op {
+            id: n,
+            time_ms: 1_764_300_000_000 + n as i64 * 1000,
+            node: 1,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict,
+                received,
+                body: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+            })),
+        }
+    };
+    let ids: Vec<MessageId> = (1..=3)
+        .map(|n| MessageId::new(1_764_300_000_000 + n as i64 * 1000, n))
+        .collect();
+    store
+        .apply(&[(1, &[accept(1), accept(2), accept(3)][..])], b"1")
+        .unwrap();
+    assert!(store.queue_entry(ids[0]).unwrap().is_none());
+
+    // Listing: all, by sender, by reason, by time, and in pages.
+    let all = QuarantineFilter::default();
+    let (page, next) = store.quarantine_list(&all, None, 2).unwrap();
+    let listed: Vec<MessageId> = page.iter().map(|r| r.message_id).collect();
+    assert_eq!(listed, ids[..2]);
+    let (rest, end) = store.quarantine_list(&all, next, 2).unwrap();
+    assert_eq!(rest[0].message_id, ids[2]);
+    assert_eq!(end, None);
+    let by = |f: QuarantineFilter| -> Vec<MessageId> {
+        let (records, _) = store.quarantine_list(&f, None, 10).unwrap();
+        records.iter().map(|r| r.message_id).collect()
+    };
+    let sender = QuarantineFilter {
+        sender: Some("@BAD.test".into()),
+        ..Default::default()
+    };
+    assert_eq!(by(sender), [ids[1]]);
+    let reason = QuarantineFilter {
+        reason: Some("MALWARE".into()),
+        ..Default::default()
+    };
+    assert_eq!(by(reason), [ids[2]]);
+    let window = QuarantineFilter {
+        since_ms: Some(1_764_300_002_000),
+        until_ms: Some(1_764_300_003_000),
+        ..Default::default()
+    };
+    assert_eq!(by(window), [ids[1]]);
+
+    // Release the first twice in one batch (once done, once refused), delete the
+    // second, and release one never quarantined.
+    let decide = |op: u128, id: MessageId, action: QuarantineAction| Op {
+        id: 100 + op,
+        time_ms: 1_764_300_010_000,
+        node: 3,
+        command: Command::Quarantine(Box::new(QuarantineCommand {
+            message_id: id,
+            action,
+            reason: "false positive".into(),
+            user: "admin".into(),
+            client_ip: Some("192.0.2.9".parse().unwrap()),
+        })),
+    };
+    let results = store
+        .apply(
+            &[(
+                2,
+                &[
+                    decide(1, ids[0], QuarantineAction::Release),
+                    decide(2, ids[0], QuarantineAction::Release),
+                    decide(3, ids[1], QuarantineAction::Delete),
+                    decide(4, MessageId(7), QuarantineAction::Delete),
+                ][..],
+            )],
+            b"2",
+        )
+        .unwrap();
+    let refused: Vec<Option<&str>> = results[0].iter().map(|r| r.refused.as_deref()).collect();
+    assert_eq!(
+        refused,
+        [None, Some(NOT_QUARANTINED), None, Some(NOT_QUARANTINED)]
+    );
+    // Released: in the queue for every recipient, due now, with its envelope's
+    // extensions; out of the quarantine; body kept for delivery.
+    let queued = store.queue_entry(ids[0]).unwrap().unwrap();
+    assert_eq!(queued.recipients[0].address, "bob@example.test");
+    assert_eq!(queued.recipients[0].status, RecipientStatus::Pending);
+    assert!(queued.eight_bit);
+    assert_eq!(queued.action, Action::Deliver);
+    assert_eq!(queued.received_by, 3);
+    assert!(store.quarantine_record(ids[0]).unwrap().is_none());
+    assert!(store.message_body(ids[0]).unwrap().is_some());
+    // Deleted: gone with its body, never queued.
+    assert!(store.quarantine_record(ids[1]).unwrap().is_none());
+    assert!(store.message_body(ids[1]).unwrap().is_none());
+    assert!(store.queue_entry(ids[1]).unwrap().is_none());
+    let (left, _) = store.quarantine_list(&all, None, 10).unwrap();
+    assert_eq!(left.len(), 1);
+
+    // On record: who, from where, why, and the refusals as api.action.
+    let of = |id: MessageId| {
+        let filter = EventFilter {
+            type_name: None,
+            message_id: Some(id),
+            ..Default::default()
+        };
+        let (events, _) = store.events(&filter, 0, 10).unwrap();
+        events.iter().map(|e| e.to_json()).collect::<Vec<_>>()
+    };
+    let first = of(ids[0]);
+    let released: Vec<_> = first
+        .iter()
+        .filter(|e| e["type"] == "quarantine.released")
+        .collect();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0]["user"]["name"], "admin");
+    assert_eq!(released[0]["source"]["ip"], "192.0.2.9");
+    assert_eq!(released[0]["event"]["reason"], "false positive");
+    assert_eq!(released[0]["email"]["to"]["address"][0], "bob@example.test");
+    let refusal = first.iter().find(|e| e["type"] == "api.action").unwrap();
+    assert_eq!(refusal["event"]["outcome"], "failure");
+    assert_eq!(refusal["action"], "quarantine.release");
+    assert!(of(ids[1]).iter().any(|e| e["type"] == "quarantine.deleted"));
+
+    // Retention: what was quarantined before the cut expires, body and all; a
+    // second run finds nothing and says so.
+    let expire = |op: u128, before_ms: i64| Op {
+        id: 200 + op,
+        time_ms: 1_764_400_000_000,
+        node: 1,
+        command: Command::ExpireQuarantine(Box::new(QuarantineExpiry {
+            before_ms,
+            max: 100,
+            reason: "held longer than 30 days".into(),
+        })),
+    };
+    // The check the leader makes first agrees with the removal.
+    assert!(!store.quarantine_due(1_764_300_003_000).unwrap());
+    assert!(store.quarantine_due(1_764_300_004_000).unwrap());
+    store
+        .apply(
+            &[(
+                3,
+                &[expire(1, 1_764_300_003_000), expire(2, 1_764_300_004_000)][..],
+            )],
+            b"3",
+        )
+        .unwrap();
+    assert!(!store.quarantine_due(1_764_300_004_000).unwrap());
+    // The first cut is the third message's quarantine time: not before it.
+    let runs: Vec<serde_json::Value> = {
+        let filter = EventFilter {
+            type_name: Some("quarantine.retention".into()),
+            message_id: None,
+            ..Default::default()
+        };
+        let (events, _) = store.events(&filter, 0, 10).unwrap();
+        events.iter().map(|e| e.to_json()).collect()
+    };
+    let expired: Vec<&serde_json::Value> =
+        runs.iter().map(|r| &r["quarantine"]["expired"]).collect();
+    assert_eq!(expired, [0, 1]);
+    assert!(store.quarantine_record(ids[2]).unwrap().is_none());
+    assert!(store.message_body(ids[2]).unwrap().is_none());
+    let gone = of(ids[2]);
+    let last = gone.last().unwrap();
+    assert_eq!(last["type"], "quarantine.expired");
+    assert_eq!(last["user"]["name"], "retention");
+    assert_eq!(last["event"]["reason"], "held longer than 30 days");
+    // The released message is not the retention's to touch.
+    assert!(store.message_body(ids[0]).unwrap().is_some());
+
+    // Two clocks: received (its id) after a cut it was quarantined before. Neither
+    // the check nor the removal takes it until the cut passes both.
+    let mut skewed = accept(4);
+    if let Command::AcceptMessage(m) = &mut skewed.command {
+        m.received.message_id = MessageId::new(1_764_300_020_000, 4);
+        m.verdict.message_id = m.received.message_id;
+    }
+    skewed.time_ms = 1_764_300_010_000;
+    store.apply(&[(4, &[skewed][..])], b"4").unwrap();
+    assert!(!store.quarantine_due(1_764_300_015_000).unwrap());
+    assert!(store.quarantine_due(1_764_300_025_000).unwrap());
+    assert!(store.verify().unwrap().ok);
+    // Released to the queue (1), deleted, expired, and the skewed one held (1).
+    assert_eq!(store.depths(), walked_depths(&store));
+    assert_eq!(store.depths(), (1, 1));
+    let dir_path = store.dir().to_path_buf();
+    drop(store);
+    drop(state);
+    assert_eq!(StateStore::open(&dir_path).unwrap().depths(), (1, 1));
+}
+
+#[test]
+fn a_batch_that_quarantines_and_releases_or_expires_acts_as_separate_batches_would() {
+    let accept = |n: u128| {
+        let mut received = samples::received();
+        received.message_id = MessageId::new(1_764_300_000_000, n);
+        received.envelope.eight_bit = false;
+        let mut verdict = samples::verdict(received.message_id);
+        verdict.action = Action::Quarantine;
+        Op {
+            id: n,
+            time_ms: 1_764_300_000_000,
+            node: 1,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict,
+                received,
+                body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            })),
+        }
+    };
+    let release = Op {
+        id: 10,
+        time_ms: 1_764_300_001_000,
+        node: 1,
+        command: Command::Quarantine(Box::new(QuarantineCommand {
+            message_id: MessageId::new(1_764_300_000_000, 1),
+            action: QuarantineAction::Release,
+            reason: "ok".into(),
+            user: "admin".into(),
+            client_ip: None,
+        })),
+    };
+    let expire = Op {
+        id: 11,
+        time_ms: 1_764_300_001_000,
+        node: 1,
+        command: Command::ExpireQuarantine(Box::new(QuarantineExpiry {
+            before_ms: 1_764_300_000_500,
+            max: 10,
+            reason: "old".into(),
+        })),
+    };
+    let ops = [accept(1), accept(2), release, expire];
+    let outcome = |batches: &[&[Op]]| {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        for (i, ops) in batches.iter().enumerate() {
+            store.apply(&[(i as u64 + 1, ops)], b"x").unwrap();
+        }
+        let queued = store
+            .queue_entry(MessageId::new(1_764_300_000_000, 1))
+            .unwrap()
+            .map(|e| (e.eight_bit, e.smtputf8));
+        let left = store
+            .quarantine_list(&QuarantineFilter::default(), None, 10)
+            .unwrap()
+            .0
+            .len();
+        // The counts kept batch by batch are what a walk of the store counts.
+        assert_eq!(store.depths(), walked_depths(&store));
+        // Events name their Raft index, so the chain hashes differ; their number may not.
+        (queued, left, store.chain_head().0, store.depths())
+    };
+    let together = outcome(&[&ops[..]]);
+    let apart = outcome(&[&ops[..1], &ops[1..2], &ops[2..3], &ops[3..]]);
+    assert_eq!(together, apart);
+    // Released with the envelope as received (no 8BITMIME); the other expired.
+    assert_eq!(together.0, Some((false, false)));
+    assert_eq!(together.1, 0);
+    assert_eq!(together.3, (1, 0));
+}
+
+/// Messages in the queue and in the quarantine, counted key by key.
+fn walked_depths(store: &StateStore) -> (u64, u64) {
+    let count = |name| {
+        store
+            .db
+            .iterator_cf(store.cf(name), IteratorMode::Start)
+            .count() as u64
+    };
+    (count(cf::QUEUE), count(cf::QUARANTINE))
+}
+
+#[test]
+fn tokens_are_created_once_found_by_digest_listed_and_revoked() {
+    use crate::token::{Role, NO_SUCH_TOKEN, TOKEN_TAKEN};
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let create = |id: u128, name: &str, role: Role, digest: u8| Op {
+        id,
+        time_ms: 1_764_300_000_000,
+        node: 1,
+        command: Command::Token(Box::new(TokenCommand::Create {
+            token: ApiToken {
+                name: name.into(),
+                role,
+                digest: [digest; 32],
+                created_ms: 1_764_300_000_000,
+                created_by: "admin".into(),
+            },
+            client_ip: None,
+        })),
+    };
+    let revoke = |id: u128, name: &str| Op {
+        id,
+        time_ms: 1_764_300_000_000,
+        node: 1,
+        command: Command::Token(Box::new(TokenCommand::Revoke {
+            name: name.into(),
+            user: "admin".into(),
+            client_ip: Some("192.0.2.9".parse().unwrap()),
+        })),
+    };
+    let results = store
+        .apply(
+            &[(
+                1,
+                &[
+                    create(1, "splunk", Role::Siem, 1),
+                    create(2, "splunk", Role::Admin, 2),
+                    create(3, "audit", Role::Auditor, 3),
+                ][..],
+            )],
+            b"1",
+        )
+        .unwrap();
+    let refused: Vec<Option<String>> = results[0].iter().map(|r| r.refused.clone()).collect();
+    assert_eq!(
+        refused,
+        [None, Some(format!("{TOKEN_TAKEN}: splunk")), None]
+    );
+    let found = store.token_by_digest(&[1; 32]).unwrap().unwrap();
+    assert_eq!((found.name.as_str(), found.role), ("splunk", Role::Siem));
+    assert!(store.token_by_digest(&[2; 32]).unwrap().is_none());
+    let names: Vec<String> = store
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["audit", "splunk"]);
+
+    // Revoked (and created again under the same name within one batch).
+    let results = store
+        .apply(
+            &[(
+                2,
+                &[
+                    revoke(4, "splunk"),
+                    revoke(5, "splunk"),
+                    create(6, "splunk", Role::Siem, 4),
+                ][..],
+            )],
+            b"2",
+        )
+        .unwrap();
+    assert_eq!(
+        results[0][1].refused,
+        Some(format!("{NO_SUCH_TOKEN}: splunk"))
+    );
+    assert!(store.token_by_digest(&[1; 32]).unwrap().is_none());
+    assert_eq!(
+        store.token_by_digest(&[4; 32]).unwrap().unwrap().name,
+        "splunk"
+    );
+    let filter = EventFilter {
+        type_name: Some("token.revoked".into()),
+        message_id: None,
+        ..Default::default()
+    };
+    let (events, _) = store.events(&filter, 0, 10).unwrap();
+    let json = events[0].to_json();
+    assert_eq!(json["token"]["name"], "splunk");
+    assert_eq!(json["token"]["role"], "siem");
+    assert_eq!(json["source"]["ip"], "192.0.2.9");
+    assert!(
+        !json.to_string().contains("0101010101"),
+        "no digest: {json}"
+    );
+    assert!(store.verify().unwrap().ok);
+}
+
+#[test]
+fn leases_and_reports_drive_the_queue_within_and_across_batches() {
+    use crate::message::{DeliveryReport, RecipientOutcome, RecipientResult};
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let received = samples::received();
+    let id = received.message_id;
+    let op = |n: u128, node: u64, time_ms: i64, command: Command| Op {
+        id: 1000 + n,
+        time_ms,
+        node,
+        command,
+    };
+    let lease = |until_ms| {
+        Command::Delivery(Box::new(DeliveryCommand::Lease {
+            message_id: id,
+            until_ms,
+        }))
+    };
+    let accept = Op {
+        id: id.0,
+        time_ms: 100,
+        node: 1,
+        command: Command::AcceptMessage(Box::new(AcceptedMessage {
+            verdict: samples::verdict(received.message_id),
+            received,
+            body: b"body".to_vec(),
+        })),
+    };
+    // Accepted and leased twice in one batch: the second lease sees the first.
+    let first = [accept, op(1, 1, 110, lease(500)), op(2, 2, 120, lease(600))];
+    let results = store.apply(&[(1, &first[..])], b"1").unwrap();
+    assert_eq!(results[0][1].refused, None);
+    assert!(results[0][2].refused.is_some());
+    assert_eq!(store.due_deliveries(2, 130, 0, 10).unwrap(), vec![]);
+    assert_eq!(store.due_deliveries(1, 130, 0, 10).unwrap().len(), 1);
+    // Node 2 takes over once node 1's lease has run out and the takeover delay
+    // has passed.
+    assert_eq!(store.due_deliveries(2, 500, 1000, 10).unwrap(), vec![]);
+    assert_eq!(store.due_deliveries(2, 1100, 1000, 10).unwrap().len(), 1);
+    // A retried refused lease is still refused.
+    let again = store
+        .apply(&[(2, &[op(2, 2, 120, lease(600))][..])], b"2")
+        .unwrap();
+    assert!(again[0][0].duplicate && again[0][0].refused.is_some());
+    let report = Command::Delivery(Box::new(DeliveryCommand::Report {
+        report: DeliveryReport {
+            message_id: id,
+            next_hop: "127.0.0.1:2600".into(),
+            tls: None,
+            results: vec![RecipientResult {
+                address: "bob@example.test".into(),
+                reply: "250 2.0.0 Ok".into(),
+                outcome: RecipientOutcome::Delivered,
+            }],
+            duration_ms: 4,
+            release_lease: true,
+        },
+        bounce: None,
+    }));
+    let done = store
+        .apply(&[(3, &[op(3, 1, 200, report)][..])], b"3")
+        .unwrap();
+    assert_eq!(done[0][0].refused, None);
+    assert!(store.queue_entry(id).unwrap().is_none());
+    assert!(store.message_body(id).unwrap().is_none());
+    let filter = EventFilter {
+        type_name: None,
+        message_id: Some(id),
+        ..Default::default()
+    };
+    let (events, _) = store.events(&filter, 0, 100).unwrap();
+    let types: Vec<_> = events.iter().map(|e| e.event.kind.type_name()).collect();
+    assert_eq!(
+        types,
+        [
+            "message.received",
+            "scan.verdict",
+            "delivery.leased",
+            "delivery.leased",
+            "delivery.attempted",
+            "delivery.succeeded"
+        ]
+    );
+    assert_eq!(done[0][0].seq, events[5].event.seq);
+    assert!(store.verify().unwrap().ok);
+}
+
+#[test]
+fn a_failing_report_queues_its_bounce_with_the_null_sender_once() {
+    use crate::message::{DeliveryReport, RecipientOutcome, RecipientResult};
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let received = samples::received();
+    let (id, sender) = (received.message_id, received.envelope.mail_from.clone());
+    let rcpt = received.envelope.rcpt_to[0].clone();
+    let accept = Op {
+        id: id.0,
+        time_ms: 100,
+        node: 1,
+        command: Command::AcceptMessage(Box::new(AcceptedMessage {
+            verdict: samples::verdict(received.message_id),
+            received,
+            body: b"body".to_vec(),
+        })),
+    };
+    let dsn_id = MessageId(4242);
+    let failing = |op_id: u128, bounce_to: &str| Op {
+        id: op_id,
+        time_ms: 200,
+        node: 1,
+        command: Command::Delivery(Box::new(DeliveryCommand::Report {
+            report: DeliveryReport {
+                message_id: id,
+                next_hop: "127.0.0.1:2600".into(),
+                tls: None,
+                results: vec![RecipientResult {
+                    address: rcpt.clone(),
+                    reply: "550 5.1.1 no such user".into(),
+                    outcome: RecipientOutcome::Failed,
+                }],
+                duration_ms: 4,
+                release_lease: true,
+            },
+            bounce: Some(Box::new(Bounce {
+                message_id: dsn_id,
+                recipient: bounce_to.into(),
+                failed: vec![rcpt.clone()],
+                body: b"dsn".to_vec(),
+            })),
+        })),
+    };
+    // A bounce addressed to anyone but the envelope sender is ignored.
+    store
+        .apply(&[(1, &[accept, failing(7, "someone@else.test")][..])], b"1")
+        .unwrap();
+    assert!(store.queue_entry(dsn_id).unwrap().is_none());
+    let again = failing(8, &sender);
+    let results = store.apply(&[(2, &[again.clone()][..])], b"2").unwrap();
+    assert_eq!(results[0][0].refused, None);
+    // The recipient had already failed: nothing failed now, nothing bounced.
+    assert!(store.queue_entry(dsn_id).unwrap().is_none());
+
+    let other = samples::received();
+    let other_id = MessageId(other.message_id.0 + 1);
+    let mut received = other;
+    received.message_id = other_id;
+    let accept = Op {
+        id: other_id.0,
+        time_ms: 300,
+        node: 2,
+        command: Command::AcceptMessage(Box::new(AcceptedMessage {
+            verdict: samples::verdict(received.message_id),
+            received,
+            body: b"body".to_vec(),
+        })),
+    };
+    let mut report = failing(9, &sender);
+    if let Command::Delivery(command) = &mut report.command {
+        if let DeliveryCommand::Report { report, .. } = command.as_mut() {
+            report.message_id = other_id;
+        }
+    }
+    store
+        .apply(&[(3, &[accept, report.clone()][..])], b"3")
+        .unwrap();
+    let dsn = store.queue_entry(dsn_id).unwrap().expect("bounce queued");
+    assert_eq!(dsn.mail_from, "");
+    assert_eq!(dsn.recipients[0].address, sender);
+    assert_eq!(store.message_body(dsn_id).unwrap().unwrap(), b"dsn");
+    // The same report again (a retried proposal) queues nothing more.
+    let retried = store.apply(&[(4, &[report][..])], b"4").unwrap();
+    assert!(retried[0][0].duplicate);
+    let filter = EventFilter {
+        type_name: Some("delivery.bounced".into()),
+        message_id: None,
+        ..Default::default()
+    };
+    let (bounced, _) = store.events(&filter, 0, 100).unwrap();
+    assert_eq!(bounced.len(), 1);
+    let json = bounced[0].to_json();
+    assert_eq!(json["dsn"]["message_id"], dsn_id.to_string());
+    assert_eq!(json["email"]["sender"]["address"], sender);
+    assert!(store.verify().unwrap().ok);
+}
+
+#[test]
+fn queue_admin_actions_apply_are_audited_and_listings_filter_and_page() {
+    use crate::message::{DeliveryReport, QueueAction, RecipientOutcome, RecipientResult};
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    // Three messages, in arrival order: a (alice → bob), b (carol → bob, dave),
+    // c (null sender → erin).
+    let accept = |n: u128, from: &str, to: &[&str]| {
+        let mut received = samples::received();
+        received.message_id = MessageId::new(1_764_300_000_000 + n as i64, n);
+        received.envelope.mail_from = from.into();
+        received.envelope.rcpt_to = to.iter().map(|t| t.to_string()).collect();
+        Op {
+            id: received.message_id.0,
+            time_ms: 100,
+            node: 1,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict: samples::verdict(received.message_id),
+                received,
+                body: b"body".to_vec(),
+            })),
+        }
+    };
+    let ops = [
+        accept(1, "alice@sender.test", &["bob@example.test"]),
+        accept(
+            2,
+            "carol@other.test",
+            &["Bob@Example.test", "dave@example.test"],
+        ),
+        accept(3, "", &["erin@example.test"]),
+    ];
+    let ids: Vec<MessageId> = (1..=3)
+        .map(|n| MessageId::new(1_764_300_000_000 + n, n as u128))
+        .collect();
+    store.apply(&[(1, &ops[..])], b"1").unwrap();
+    let op = |n: u128, time_ms: i64, command: DeliveryCommand| Op {
+        id: 5000 + n,
+        time_ms,
+        node: 1,
+        command: Command::Delivery(Box::new(command)),
+    };
+    let admin = |id: MessageId, action| DeliveryCommand::Admin {
+        message_id: id,
+        action,
+        user: "admin".into(),
+        client_ip: Some("192.0.2.1".parse().unwrap()),
+    };
+    // b is deferred to 10_000 for both recipients.
+    let deferral = DeliveryCommand::Report {
+        report: DeliveryReport {
+            message_id: ids[1],
+            next_hop: "127.0.0.1:2600".into(),
+            tls: None,
+            results: ["Bob@Example.test", "dave@example.test"]
+                .iter()
+                .map(|a| RecipientResult {
+                    address: a.to_string(),
+                    reply: "451 4.3.0 try later".into(),
+                    outcome: RecipientOutcome::Deferred {
+                        next_attempt_ms: 10_000,
+                    },
+                })
+                .collect(),
+            duration_ms: 1,
+            release_lease: true,
+        },
+        bounce: None,
+    };
+    // In one batch: b deferred, a held, then a's hold seen by a lease after it.
+    let batch = [
+        op(1, 200, deferral),
+        op(2, 300, admin(ids[0], QueueAction::Hold)),
+        op(
+            3,
+            310,
+            DeliveryCommand::Lease {
+                message_id: ids[0],
+                until_ms: 1_000,
+            },
+        ),
+    ];
+    let results = store.apply(&[(2, &batch[..])], b"2").unwrap();
+    assert_eq!(results[0][1].refused, None);
+    assert!(
+        results[0][2].refused.is_some(),
+        "no lease on a held message"
+    );
+    assert!(store.queue_record(ids[0]).unwrap().unwrap().held);
+    let due: Vec<_> = store
+        .due_deliveries(1, 400, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.message_id)
+        .collect();
+    assert_eq!(due, [ids[2]], "a held, b deferred: only c is due");
+
+    let list = |filter: QueueFilter, after, limit| {
+        let (records, next) = store.queue_list(&filter, after, limit, 400).unwrap();
+        let ids: Vec<MessageId> = records.iter().map(|r| r.entry.message_id).collect();
+        (ids, next)
+    };
+    assert_eq!(list(QueueFilter::default(), None, 10), (ids.clone(), None));
+    // Pages of two, then the rest.
+    assert_eq!(
+        list(QueueFilter::default(), None, 2),
+        (ids[..2].to_vec(), Some(ids[1]))
+    );
+    assert_eq!(
+        list(QueueFilter::default(), Some(ids[1]), 2),
+        (ids[2..].to_vec(), None)
+    );
+    assert_eq!(
+        list(QueueFilter::default(), Some(MessageId(u128::MAX)), 2),
+        (vec![], None)
+    );
+    let by = |sender: Option<&str>, recipient: Option<&str>, status| QueueFilter {
+        sender: sender.map(String::from),
+        recipient: recipient.map(String::from),
+        status,
+    };
+    assert_eq!(
+        list(by(Some("ALICE@sender.test"), None, None), None, 10).0,
+        [ids[0]]
+    );
+    assert_eq!(list(by(Some("<>"), None, None), None, 10).0, [ids[2]]);
+    assert_eq!(
+        list(by(Some("@other.test"), None, None), None, 10).0,
+        [ids[1]]
+    );
+    assert_eq!(
+        list(by(None, Some("bob@example.test"), None), None, 10).0,
+        ids[..2]
+    );
+    assert_eq!(list(by(None, Some("@example.test"), None), None, 10).0, ids);
+    assert!(list(by(None, Some("@ample.test"), None), None, 10)
+        .0
+        .is_empty());
+    for (status, want) in [
+        (QueueStatus::Held, &ids[..1]),
+        (QueueStatus::Deferred, &ids[1..2]),
+        (QueueStatus::Pending, &ids[2..]),
+        (QueueStatus::Leased, &[][..]),
+    ] {
+        assert_eq!(
+            list(by(None, None, Some(status)), None, 10).0,
+            want,
+            "{status:?}"
+        );
+    }
+    assert_eq!(
+        list(
+            by(None, Some("dave@example.test"), Some(QueueStatus::Held)),
+            None,
+            10
+        )
+        .0,
+        Vec::<MessageId>::new()
+    );
+
+    // Retry b now, delete c, and try to hold c again: refused, still recorded.
+    let retry = op(4, 500, admin(ids[1], QueueAction::Retry));
+    let delete = op(5, 510, admin(ids[2], QueueAction::Delete));
+    let again = op(6, 520, admin(ids[2], QueueAction::Hold));
+    let results = store
+        .apply(&[(3, &[retry, delete, again.clone()][..])], b"3")
+        .unwrap();
+    assert_eq!(results[0][0].refused, None);
+    assert_eq!(results[0][1].refused, None);
+    assert_eq!(results[0][2].refused.as_deref(), Some(crate::NOT_QUEUED));
+    assert!(store.queue_record(ids[2]).unwrap().is_none());
+    assert!(store.message_body(ids[2]).unwrap().is_none());
+    let due: Vec<_> = store
+        .due_deliveries(1, 500, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.message_id)
+        .collect();
+    assert_eq!(due, [ids[1]]);
+    // A retried proposal of the refused action is refused the same way.
+    let retried = store.apply(&[(4, &[again][..])], b"4").unwrap();
+    assert!(retried[0][0].duplicate);
+    assert_eq!(retried[0][0].refused.as_deref(), Some(crate::NOT_QUEUED));
+
+    let filter = EventFilter {
+        type_name: Some("api.action".into()),
+        message_id: None,
+        ..Default::default()
+    };
+    let (events, _) = store.events(&filter, 0, 100).unwrap();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let json = e.to_json();
+            (
+                json["action"].as_str().unwrap().to_string(),
+                json["message_id"].as_str().unwrap().to_string(),
+                json["event"]["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let row = |action: &str, id: MessageId, outcome: &str| {
+        (action.to_string(), id.to_string(), outcome.to_string())
+    };
+    assert_eq!(
+        seen,
+        [
+            row("queue.hold", ids[0], "success"),
+            row("queue.retry", ids[1], "success"),
+            row("queue.delete", ids[2], "success"),
+            row("queue.hold", ids[2], "failure"),
+        ]
+    );
+    let json = events[2].to_json();
+    assert_eq!(json["user"]["name"], "admin");
+    assert_eq!(json["source"]["ip"], "192.0.2.1");
+    assert_eq!(json["email"]["to"]["address"][0], "erin@example.test");
+    assert_eq!(events[3].to_json()["event"]["reason"], crate::NOT_QUEUED);
+    assert!(store.verify().unwrap().ok);
+}
+
+#[test]
+fn chain_head_survives_reopen_and_checkpoint_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops: Vec<Op> = (1..=10).map(|i| note(i, "x")).collect();
+    {
+        let state = StateDir::open(&dir.path().join("a")).unwrap();
+        state.current().apply(&[(1, &ops[..])], b"a").unwrap();
+        state.current().checkpoint(&dir.path().join("cp")).unwrap();
+    }
+    let state = StateDir::open(&dir.path().join("a")).unwrap();
+    assert_eq!(state.current().chain_head().0, 10);
+
+    let other = StateDir::open(&dir.path().join("b")).unwrap();
+    other.current().apply(&[(1, &ops[..2])], b"b").unwrap();
+    let installed = other.install(&dir.path().join("cp")).unwrap();
+    assert_eq!(installed.chain_head(), state.current().chain_head());
+    assert_eq!(installed.applied().unwrap().unwrap(), b"a");
+    drop(installed);
+    drop(other);
+    let reopened = StateDir::open(&dir.path().join("b")).unwrap();
+    assert_eq!(reopened.current().chain_head().0, 10);
+    assert!(reopened.current().verify().unwrap().ok);
+}
+
+fn lesson(id: u128, digest: u8, class: Option<BayesClass>, tokens: &[u64]) -> Op {
+    Op {
+        id,
+        time_ms: 1000 + id as i64,
+        node: 1,
+        command: Command::TrainBayes(Box::new(BayesLesson {
+            digest: [digest; 32],
+            class,
+            tokens: tokens.to_vec(),
+            message_id: None,
+            user: "admin".into(),
+            client_ip: None,
+        })),
+    }
+}
+
+#[test]
+fn bayes_lessons_count_each_message_once_move_forget_and_survive_reopen_and_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spam, ham) = (Some(BayesClass::Spam), Some(BayesClass::Ham));
+    let state = StateDir::open(&dir.path().join("a")).unwrap();
+    let store = state.current();
+    // In one batch: message 1 as spam, again as spam (no change), message 2 as
+    // ham, then message 1 moved to ham; the batch sees its own earlier lessons.
+    let first = [
+        lesson(1, 1, spam, &[10, 11]),
+        lesson(2, 1, spam, &[10, 11]),
+        lesson(3, 2, ham, &[11, 12]),
+        lesson(4, 1, ham, &[10, 11]),
+    ];
+    store.apply(&[(1, &first[..])], b"1").unwrap();
+    assert_eq!(store.bayes_totals(), (0, 2));
+    assert_eq!(
+        store.bayes_counts(&[10, 11, 12, 13]),
+        [(0, 1), (0, 2), (0, 1), (0, 0)]
+    );
+    // In a later batch: message 3 as spam, message 2 forgotten, an unknown
+    // message forgotten (nothing to take back).
+    let second = [
+        lesson(5, 3, spam, &[12, 13]),
+        lesson(6, 2, None, &[11, 12]),
+        lesson(7, 9, None, &[10]),
+    ];
+    store.apply(&[(2, &second[..])], b"2").unwrap();
+    let want_counts = [(0, 1), (0, 1), (1, 0), (1, 0)];
+    assert_eq!(store.bayes_totals(), (1, 1));
+    assert_eq!(store.bayes_counts(&[10, 11, 12, 13]), want_counts);
+    assert_eq!(store.bayes_distinct_tokens(), 4);
+
+    let (events, _) = store
+        .events(
+            &EventFilter {
+                type_name: Some("bayes.trained".into()),
+                message_id: None,
+                ..Default::default()
+            },
+            0,
+            100,
+        )
+        .unwrap();
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let json = e.to_json();
+            let b = &json["bayes"];
+            (
+                b["class"].as_str().map(str::to_string),
+                b["previous"].as_str().map(str::to_string),
+                b["changed"].as_bool().unwrap(),
+                b["spam_messages"].as_u64().unwrap(),
+                b["ham_messages"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let row = |class: Option<&str>, previous: Option<&str>, changed, s, h| {
+        (
+            class.map(str::to_string),
+            previous.map(str::to_string),
+            changed,
+            s,
+            h,
+        )
+    };
+    assert_eq!(
+        seen,
+        [
+            row(Some("spam"), None, true, 1, 0),
+            row(Some("spam"), Some("spam"), false, 1, 0),
+            row(Some("ham"), None, true, 1, 1),
+            row(Some("ham"), Some("spam"), true, 0, 2),
+            row(Some("spam"), None, true, 1, 2),
+            row(None, Some("ham"), true, 1, 1),
+            row(None, None, false, 1, 1),
+        ]
+    );
+    assert_eq!(events[0].to_json()["user"]["name"], "admin");
+
+    store.checkpoint(&dir.path().join("cp")).unwrap();
+    drop(store);
+    drop(state);
+    let reopened = StateDir::open(&dir.path().join("a")).unwrap().current();
+    assert_eq!(reopened.bayes_totals(), (1, 1));
+    assert_eq!(reopened.bayes_counts(&[10, 11, 12, 13]), want_counts);
+    // The forgotten message learned again counts again.
+    reopened
+        .apply(&[(3, &[lesson(8, 2, spam, &[11, 12])][..])], b"3")
+        .unwrap();
+    assert_eq!(reopened.bayes_totals(), (2, 1));
+    assert_eq!(reopened.bayes_counts(&[11, 12]), [(1, 1), (2, 0)]);
+
+    let other = StateDir::open(&dir.path().join("b")).unwrap();
+    let installed = other.install(&dir.path().join("cp")).unwrap();
+    assert_eq!(installed.bayes_totals(), (1, 1));
+    assert_eq!(installed.bayes_counts(&[10, 11, 12, 13]), want_counts);
+    assert!(installed.verify().unwrap().ok);
+}
+
+#[test]
+fn events_of_a_message_come_from_the_index_in_order_and_old_stores_are_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let accept = |n: u128, seed: u128| {
+        let mut received = samples::received();
+        received.message_id = MessageId(seed);
+        Op {
+            id: n,
+            time_ms: 1_764_300_000_000 + n as i64,
+            node: 1,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict: samples::verdict(received.message_id),
+                received,
+                body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            })),
+        }
+    };
+    let (a, b) = (MessageId(1 << 80), MessageId(2 << 80));
+    let ops = [
+        accept(1, a.0),
+        note(2, "between"),
+        accept(3, b.0),
+        Op {
+            id: 4,
+            time_ms: 1_764_300_000_010,
+            node: 1,
+            command: Command::Delivery(Box::new(DeliveryCommand::Lease {
+                message_id: a,
+                until_ms: 1_764_300_060_000,
+            })),
+        },
+    ];
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    store.apply(&[(1, &ops[..])], b"1").unwrap();
+    let of = |store: &StateStore, id, after, limit| {
+        let filter = EventFilter {
+            type_name: None,
+            message_id: Some(id),
+            ..Default::default()
+        };
+        let (events, next) = store.events(&filter, after, limit).unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.event.seq).collect();
+        (seqs, next)
+    };
+    // a: received 1, verdict 2, lease 6; b: received 4, verdict 5; the note is 3.
+    assert_eq!(of(&store, a, 0, 10), (vec![1, 2, 6], None));
+    assert_eq!(of(&store, b, 0, 10), (vec![4, 5], None));
+    assert_eq!(of(&store, a, 0, 2), (vec![1, 2], Some(2)));
+    assert_eq!(of(&store, a, 2, 2), (vec![6], None));
+    assert_eq!(of(&store, MessageId(9), 0, 10), (vec![], None));
+
+    // A store written before the index: the index is built at the next open.
+    store
+        .db
+        .delete_range_cf(store.cf(cf::INDEX), &[0u8][..], &[0xffu8; 26][..])
+        .unwrap();
+    store.db.delete_cf(store.cf(cf::META), META_INDEX).unwrap();
+    assert_eq!(of(&store, a, 0, 10), (vec![], None));
+    drop(store);
+    drop(state);
+    let store = StateDir::open(dir.path()).unwrap().current();
+    assert_eq!(of(&store, a, 0, 10), (vec![1, 2, 6], None));
+    assert_eq!(of(&store, b, 0, 10), (vec![4, 5], None));
+}
+
+/// Every page of `filter` from `query` (the index, or a scan), as seqs.
+fn all_pages(
+    query: impl Fn(&EventFilter, u64, usize) -> (Vec<StoredEvent>, Option<u64>),
+    filter: &EventFilter,
+    limit: usize,
+) -> Vec<u64> {
+    let (mut seqs, mut after) = (Vec::new(), 0);
+    for _ in 0..10_000 {
+        let (events, next) = query(filter, after, limit);
+        assert!(events.len() <= limit);
+        seqs.extend(events.iter().map(|e| e.event.seq));
+        match next {
+            Some(next) => {
+                assert!(next > after, "the cursor moves on");
+                after = next;
+            }
+            None => return seqs,
+        }
+    }
+    panic!("pagination did not end");
+}
+
+#[test]
+fn indexed_queries_answer_exactly_what_a_scan_of_the_log_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateDir::open(dir.path()).unwrap().current();
+    let senders = [
+        "a@One.test",
+        "B@one.test",
+        "c@two.test",
+        "",
+        "d@x@three.test",
+    ];
+    let recipients = ["r1@in.test", "R2@in.test", "r3@other.test", "r4@IN.test"];
+    let actions = [Action::Deliver, Action::Tag, Action::Quarantine];
+    let base = 1_764_300_000_000i64;
+    let mut ops = Vec::new();
+    for n in 0..600u128 {
+        let i = n as usize;
+        let mut received = samples::received();
+        received.message_id = MessageId::new(base, n + 1);
+        received.envelope.mail_from = senders[i % senders.len()].into();
+        received.envelope.rcpt_to = (0..1 + i % 3)
+            .map(|k| recipients[(i + k) % recipients.len()].to_string())
+            .collect();
+        received.client.ip = format!("192.0.2.{}", i % 7).parse().unwrap();
+        received.action = actions[i % actions.len()];
+        let mut verdict = samples::verdict(received.message_id);
+        verdict.action = received.action;
+        // Three nodes' clocks: one a few seconds behind the others.
+        let skew = if i.is_multiple_of(5) {
+            -4_000
+        } else {
+            (i % 3) as i64 * 10
+        };
+        ops.push(Op {
+            id: n + 1,
+            time_ms: base + i as i64 * 1_000 + skew,
+            node: 1 + (i % 3) as u64,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                received,
+                verdict,
+                body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            })),
+        });
+    }
+    for (k, chunk) in ops.chunks(37).enumerate() {
+        store.apply(&[(k as u64 + 1, chunk)], b"x").unwrap();
+    }
+    let indexed = |f: &EventFilter, after, limit| store.events(f, after, limit).unwrap();
+    let scanned = |f: &EventFilter, after, limit| {
+        index::query(&store.db, store.cf(cf::EVENTS), None, f, after, limit).unwrap()
+    };
+    let at = |s: i64| Some(base + s * 1_000);
+    let mut filters = vec![EventFilter::default()];
+    for sender in [
+        "a@one.test",
+        "@ONE.test",
+        "<>",
+        "@x@three.test",
+        "@three.test",
+        "nobody@one.test",
+    ] {
+        filters.push(EventFilter {
+            sender: Some(sender.into()),
+            ..Default::default()
+        });
+    }
+    for recipient in ["r2@in.test", "@in.test", "@other.test"] {
+        filters.push(EventFilter {
+            recipient: Some(recipient.into()),
+            ..Default::default()
+        });
+    }
+    for (since, until) in [
+        (at(0), None),
+        (at(100), at(128)),
+        (None, at(48)),
+        (at(599), None),
+        (at(700), None),
+        (at(-10), at(-5)),
+    ] {
+        filters.push(EventFilter {
+            since_ms: since,
+            until_ms: until,
+            ..Default::default()
+        });
+        filters.push(EventFilter {
+            sender: Some("@one.test".into()),
+            action: Some("quarantine".into()),
+            since_ms: since,
+            until_ms: until,
+            ..Default::default()
+        });
+    }
+    filters.push(EventFilter {
+        type_name: Some("scan.verdict".into()),
+        action: Some("tag".into()),
+        ..Default::default()
+    });
+    filters.push(EventFilter {
+        recipient: Some("@in.test".into()),
+        client_ip: Some("192.0.2.3".parse().unwrap()),
+        type_name: Some("message.received".into()),
+        ..Default::default()
+    });
+    filters.push(EventFilter {
+        message_id: Some(MessageId::new(base, 42)),
+        ..Default::default()
+    });
+    for filter in &filters {
+        let want = all_pages(scanned, filter, 1_000_000);
+        assert_eq!(all_pages(indexed, filter, 7), want, "{filter:?}");
+        assert_eq!(all_pages(indexed, filter, 1000), want, "{filter:?}");
+    }
+    // The cases the filters were chosen for are not empty: 120 messages from the
+    // null sender, 40 of them quarantined (an event that names the sender too).
+    let count = |f: EventFilter| all_pages(scanned, &f, 1000).len();
+    assert_eq!(
+        count(EventFilter {
+            sender: Some("<>".into()),
+            ..Default::default()
+        }),
+        160
+    );
+    assert!(
+        count(EventFilter {
+            since_ms: at(100),
+            until_ms: at(128),
+            ..Default::default()
+        }) > 0
+    );
+
+    // Reopened, the clock and the index come back; rebuilt, they are the same.
+    let dir_path = store.dir().to_path_buf();
+    let clock = *store.clock.lock().unwrap();
+    assert_eq!(clock.map(|c| c.lag_ms), Some(3_020));
+    drop(store);
+    let reopened = StateStore::open(&dir_path).unwrap();
+    assert_eq!(*reopened.clock.lock().unwrap(), clock);
+    reopened
+        .db
+        .delete_cf(reopened.cf(cf::META), META_INDEX)
+        .unwrap();
+    drop(reopened);
+    let rebuilt = StateStore::open(&dir_path).unwrap();
+    assert_eq!(*rebuilt.clock.lock().unwrap(), clock);
+    for filter in &filters {
+        let scanned = |f: &EventFilter, after, limit| {
+            index::query(&rebuilt.db, rebuilt.cf(cf::EVENTS), None, f, after, limit).unwrap()
+        };
+        let indexed = |f: &EventFilter, after, limit| rebuilt.events(f, after, limit).unwrap();
+        assert_eq!(
+            all_pages(indexed, filter, 5),
+            all_pages(scanned, filter, 1000),
+            "{filter:?}"
+        );
+    }
+}
