@@ -31,9 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use bulwark_cluster_tests::bench::{self, CpuClock};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig, Stage};
 use bulwark_cluster_tests::smtp::{self, ClientConfig, Message, Outcome};
-use bulwark_cluster_tests::{cpu_time, Cluster, ClusterBuilder};
+use bulwark_cluster_tests::{Cluster, ClusterBuilder};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -134,11 +135,7 @@ impl Target {
 
     fn pids(&self) -> Vec<(u64, u32)> {
         match self {
-            Target::Cluster(c) => c
-                .ids()
-                .into_iter()
-                .filter_map(|id| c.node(id).pid().map(|p| (id, p)))
-                .collect(),
+            Target::Cluster(c) => bench::node_pids(c),
             Target::External(_) => Vec::new(),
         }
     }
@@ -366,13 +363,12 @@ async fn measure(
     if let Target::Cluster(c) = target {
         c.check_alive()?;
     }
-    let pids = target.pids();
-    let cpu0 = cpu_snapshot(&pids)?;
+    let clock = CpuClock::start(target.pids())?;
     let before = arrived(arrivals);
     let report = send_all(addrs.clone(), seq.clone(), size, count, args.sessions).await;
     let expected = before + report.accepted.len();
     let waited = wait_arrivals(target, arrivals, expected, stall).await;
-    let cpu1 = cpu_snapshot(&pids)?;
+    let spent = clock.spent()?;
     if let Err(e) = &waited {
         eprintln!("bench_delivery: {e:#}");
     }
@@ -429,12 +425,9 @@ async fn measure(
         (Some(f), Some(l)) => l.saturating_duration_since(f),
         _ => Duration::ZERO,
     };
-    let cpu_ms = cpu1
+    let cpu_ms = spent
         .iter()
-        .map(|(id, t)| {
-            let spent = t.saturating_sub(cpu0[id]).as_secs_f64() * 1e3;
-            (*id, spent / delivered.max(1) as f64)
-        })
+        .map(|(id, t)| (*id, t.as_secs_f64() * 1e3 / delivered.max(1) as f64))
         .collect();
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
     Ok(Row {
@@ -609,17 +602,4 @@ fn histogram() -> Histogram<u64> {
 
 fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).max(1)
-}
-
-/// CPU time of every node (by id) and of this process (id 0: load generator and sink).
-fn cpu_snapshot(pids: &[(u64, u32)]) -> Result<BTreeMap<u64, Duration>> {
-    let mut m = BTreeMap::new();
-    for &(id, pid) in pids {
-        m.insert(
-            id,
-            cpu_time(pid).with_context(|| format!("CPU time of node {id}"))?,
-        );
-    }
-    m.insert(0, cpu_time(std::process::id())?);
-    Ok(m)
 }

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
-use bulwark_cluster_tests::{cpu_time, ApiClient, ClusterBuilder};
+use anyhow::{ensure, Result};
+use bulwark_cluster_tests::bench::{self, CpuClock};
+use bulwark_cluster_tests::{ApiClient, ClusterBuilder};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -87,24 +88,11 @@ async fn main() -> Result<()> {
             if args.warmup > 0 {
                 run_phase(&client, payload, writers, Duration::from_secs(args.warmup)).await;
             }
-            let pids: Vec<(u64, u32)> = cluster
-                .ids()
-                .into_iter()
-                .filter_map(|id| cluster.node(id).pid().map(|p| (id, p)))
-                .collect();
-            let cpu0 = cpu_snapshot(&pids)?;
+            let clock = CpuClock::start(bench::node_pids(&cluster))?;
             let (ok, errors, elapsed, hist) =
                 run_phase(&client, payload, writers, Duration::from_secs(args.seconds)).await;
-            let cpu1 = cpu_snapshot(&pids)?;
-            let cpu = cpu1
-                .iter()
-                .map(|(id, t)| (*id, t.saturating_sub(cpu0[id])))
-                .collect();
-            let leader = cluster
-                .cluster_status(cluster.ids()[0])
-                .await
-                .ok()
-                .and_then(|s| s.leader_id);
+            let cpu = clock.spent()?;
+            let leader = bench::leader(&cluster).await;
             let p = Phase {
                 payload,
                 writers,
@@ -131,27 +119,16 @@ async fn main() -> Result<()> {
         println!("{}", row(p));
     }
     println!();
-    let ids: Vec<u64> = (1..=args.nodes as u64).collect();
-    let mut head = String::from("| payload | writers |");
-    let mut sep = String::from("|---:|---:|");
-    for id in &ids {
-        head.push_str(&format!(" node {id} CPU ms/write |"));
-        sep.push_str("---:|");
-    }
-    head.push_str(" load generator CPU ms/write | leader |");
-    sep.push_str("---:|---:|");
-    println!("{head}\n{sep}");
+    println!(
+        "{}",
+        bench::cpu_table_head(&["payload", "writers"], args.nodes, "write")
+    );
     for p in &phases {
-        let mut line = format!("| {} | {} |", size(p.payload), p.writers);
-        for id in ids.iter().chain(std::iter::once(&0)) {
-            let ms = p.cpu.get(id).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
-            line.push_str(&format!(" {:.3} |", ms / p.ok.max(1) as f64));
-        }
-        line.push_str(&format!(
-            " {} |",
-            p.leader.map_or("?".to_string(), |l| l.to_string())
-        ));
-        println!("{line}");
+        let cells = [size(p.payload), p.writers.to_string()];
+        println!(
+            "{}",
+            bench::cpu_table_row(&cells, args.nodes, &p.cpu, p.ok, p.leader)
+        );
     }
     let errors: BTreeMap<&str, u64> = phases
         .iter()
@@ -185,19 +162,6 @@ fn size(bytes: usize) -> String {
     } else {
         format!("{bytes} B")
     }
-}
-
-/// CPU time of every node (by id) and of this process (id 0).
-fn cpu_snapshot(pids: &[(u64, u32)]) -> Result<BTreeMap<u64, Duration>> {
-    let mut m = BTreeMap::new();
-    for &(id, pid) in pids {
-        m.insert(
-            id,
-            cpu_time(pid).with_context(|| format!("CPU time of node {id}"))?,
-        );
-    }
-    m.insert(0, cpu_time(std::process::id())?);
-    Ok(m)
 }
 
 /// Runs `writers` writers for `duration`; each request goes to the next node in turn.

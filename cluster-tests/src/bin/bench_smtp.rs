@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use bulwark_cluster_tests::bench::{self, CpuClock};
 use bulwark_cluster_tests::smtp::{self, ClientConfig, Message, Outcome, SmtpConnection};
-use bulwark_cluster_tests::{cpu_time, ClusterBuilder};
+use bulwark_cluster_tests::ClusterBuilder;
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -210,25 +211,12 @@ async fn main() -> Result<()> {
             if args.warmup > 0 {
                 warm_accepted += run(args.warmup).go().await.accepted;
             }
-            let pids: Vec<(u64, u32)> = cluster
-                .ids()
-                .into_iter()
-                .filter_map(|id| cluster.node(id).pid().map(|p| (id, p)))
-                .collect();
-            let cpu0 = cpu_snapshot(&pids)?;
+            let clock = CpuClock::start(bench::node_pids(&cluster))?;
             let started = Instant::now();
             let stats = run(args.seconds).go().await;
             let elapsed = started.elapsed();
-            let cpu1 = cpu_snapshot(&pids)?;
-            let cpu = cpu1
-                .iter()
-                .map(|(id, t)| (*id, t.saturating_sub(cpu0[id])))
-                .collect();
-            let leader = cluster
-                .cluster_status(cluster.ids()[0])
-                .await
-                .ok()
-                .and_then(|s| s.leader_id);
+            let cpu = clock.spent()?;
+            let leader = bench::leader(&cluster).await;
             let p = Phase {
                 size,
                 sessions,
@@ -270,27 +258,14 @@ async fn main() -> Result<()> {
         println!("{}", row(args.nodes, p));
     }
     println!();
-    let ids: Vec<u64> = (1..=args.nodes as u64).collect();
-    let mut head = String::from("| nodes | size | sessions |");
-    let mut sep = String::from("|---:|---:|---:|");
-    for id in &ids {
-        head.push_str(&format!(" node {id} CPU ms/msg |"));
-        sep.push_str("---:|");
-    }
-    head.push_str(" load generator CPU ms/msg | leader |");
-    sep.push_str("---:|---:|");
-    println!("{head}\n{sep}");
+    println!(
+        "{}",
+        bench::cpu_table_head(&["nodes", "size", "sessions"], args.nodes, "msg")
+    );
     for p in &phases {
-        let mut line = format!("| {} | {} | {} |", args.nodes, size(p.size), p.sessions);
-        for id in ids.iter().chain(std::iter::once(&0)) {
-            let ms = p.cpu.get(id).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
-            line.push_str(&format!(" {:.3} |", ms / p.stats.accepted.max(1) as f64));
-        }
-        line.push_str(&format!(
-            " {} |",
-            p.leader.map_or("?".to_string(), |l| l.to_string())
-        ));
-        println!("{line}");
+        let cells = [args.nodes.to_string(), size(p.size), p.sessions.to_string()];
+        let row = bench::cpu_table_row(&cells, args.nodes, &p.cpu, p.stats.accepted, p.leader);
+        println!("{row}");
     }
     println!();
     println!(
@@ -444,19 +419,6 @@ fn size(bytes: usize) -> String {
     } else {
         format!("{bytes} B")
     }
-}
-
-/// CPU time of every node (by id) and of this process (id 0).
-fn cpu_snapshot(pids: &[(u64, u32)]) -> Result<BTreeMap<u64, Duration>> {
-    let mut m = BTreeMap::new();
-    for &(id, pid) in pids {
-        m.insert(
-            id,
-            cpu_time(pid).with_context(|| format!("CPU time of node {id}"))?,
-        );
-    }
-    m.insert(0, cpu_time(std::process::id())?);
-    Ok(m)
 }
 
 /// One phase: `sessions` tasks sending messages of `size` bytes until `duration` has

@@ -1,0 +1,173 @@
+//! What the benchmarks in `src/bin/` (`bench_raft`, `bench_smtp`, `bench_delivery`)
+//! share, so that they measure and print their figures one way.
+//!
+//! What it owns: the CPU time of the node processes and of this one, read from
+//! `/proc/<pid>/stat`, and the table of CPU time per unit of work that more than one
+//! benchmark prints.
+//!
+//! What it must never do: change a benchmark's flags, defaults or printed format on
+//! its own. The READMEs quote them, and figures are compared across runs and commits.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::Cluster;
+
+/// The process id of every running node of `cluster`, by node id: what a
+/// [`CpuClock`] samples for a cluster.
+pub fn node_pids(cluster: &Cluster) -> Vec<(u64, u32)> {
+    cluster
+        .ids()
+        .into_iter()
+        .filter_map(|id| cluster.node(id).pid().map(|p| (id, p)))
+        .collect()
+}
+
+/// CPU time (user + system) consumed so far by process `pid`, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("{path}: unexpected format"))?
+        .1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    ensure!(f.len() > 12, "{path}: too few fields");
+    let utime: u64 = f[11].parse().with_context(|| format!("{path}: utime"))?;
+    let stime: u64 = f[12].parse().with_context(|| format!("{path}: stime"))?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_secs_f64((utime + stime) as f64 / hz as f64))
+}
+
+/// The CPU time that a set of node processes and this process (under id 0: the load
+/// generator, and the sink where the benchmark runs one) spend from [`CpuClock::start`]
+/// on. The load generator shares the machine with the nodes, so its share is printed
+/// too.
+pub struct CpuClock {
+    pids: Vec<(u64, u32)>,
+    start: BTreeMap<u64, Duration>,
+}
+
+impl CpuClock {
+    /// Samples the CPU time so far of the processes in `pids` (node id, process id)
+    /// and of this one.
+    pub fn start(pids: Vec<(u64, u32)>) -> Result<Self> {
+        let start = cpu_snapshot(&pids)?;
+        Ok(CpuClock { pids, start })
+    }
+
+    /// The CPU time each process spent since [`CpuClock::start`], by node id, this
+    /// process under id 0.
+    pub fn spent(&self) -> Result<BTreeMap<u64, Duration>> {
+        let now = cpu_snapshot(&self.pids)?;
+        Ok(now
+            .iter()
+            .map(|(id, t)| (*id, t.saturating_sub(self.start[id])))
+            .collect())
+    }
+}
+
+/// CPU time of every node (by id) and of this process (id 0).
+fn cpu_snapshot(pids: &[(u64, u32)]) -> Result<BTreeMap<u64, Duration>> {
+    let mut m = BTreeMap::new();
+    for &(id, pid) in pids {
+        m.insert(
+            id,
+            cpu_time(pid).with_context(|| format!("CPU time of node {id}"))?,
+        );
+    }
+    m.insert(0, cpu_time(std::process::id())?);
+    Ok(m)
+}
+
+/// The leader as the first node sees it, or `None` when it does not answer: printed
+/// beside each phase's CPU figures, since the leader does most of the work.
+pub async fn leader(cluster: &Cluster) -> Option<u64> {
+    cluster
+        .cluster_status(cluster.ids()[0])
+        .await
+        .ok()
+        .and_then(|s| s.leader_id)
+}
+
+/// The head (names, then alignment) of the markdown table of CPU time per unit of
+/// work that `bench_raft` and `bench_smtp` print, one row a phase: `columns` that
+/// name the phase, then the CPU milliseconds per `unit` of each of `nodes` nodes and
+/// of the load generator, then the leader.
+pub fn cpu_table_head(columns: &[&str], nodes: usize, unit: &str) -> String {
+    let mut head = String::from("|");
+    let mut sep = String::from("|");
+    for c in columns {
+        head.push_str(&format!(" {c} |"));
+        sep.push_str("---:|");
+    }
+    for id in 1..=nodes {
+        head.push_str(&format!(" node {id} CPU ms/{unit} |"));
+        sep.push_str("---:|");
+    }
+    head.push_str(&format!(" load generator CPU ms/{unit} | leader |"));
+    sep.push_str("---:|---:|");
+    format!("{head}\n{sep}")
+}
+
+/// One row of the table [`cpu_table_head`] heads: `cells` under its columns, then
+/// the CPU time in `spent` (by node id, this process under 0) of each of `nodes`
+/// nodes and of this process divided by the `done` units of work of the phase, and
+/// the `leader` after the phase.
+pub fn cpu_table_row(
+    cells: &[String],
+    nodes: usize,
+    spent: &BTreeMap<u64, Duration>,
+    done: u64,
+    leader: Option<u64>,
+) -> String {
+    let mut line = String::from("|");
+    for c in cells {
+        line.push_str(&format!(" {c} |"));
+    }
+    for id in (1..=nodes as u64).chain(std::iter::once(0)) {
+        let ms = spent.get(&id).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        line.push_str(&format!(" {:.3} |", ms / done.max(1) as f64));
+    }
+    line.push_str(&format!(
+        " {} |",
+        leader.map_or("?".to_string(), |l| l.to_string())
+    ));
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_table_has_a_column_per_node_and_divides_by_the_work() {
+        assert_eq!(
+            cpu_table_head(&["size", "writers"], 2, "write"),
+            "| size | writers | node 1 CPU ms/write | node 2 CPU ms/write | \
+             load generator CPU ms/write | leader |\n|---:|---:|---:|---:|---:|---:|"
+        );
+        let spent = BTreeMap::from([
+            (0, Duration::from_millis(10)),
+            (1, Duration::from_millis(40)),
+        ]);
+        assert_eq!(
+            cpu_table_row(&["1 KiB".into(), "64".into()], 2, &spent, 20, Some(1)),
+            "| 1 KiB | 64 | 2.000 | NaN | 0.500 | 1 |"
+        );
+        assert_eq!(
+            cpu_table_row(&["1 KiB".into()], 1, &spent, 0, None),
+            "| 1 KiB | 40.000 | 10.000 | ? |"
+        );
+    }
+
+    #[test]
+    fn this_process_has_a_cpu_time() {
+        let clock = CpuClock::start(Vec::new()).expect("own /proc/self/stat");
+        let spent = clock.spent().expect("own /proc/self/stat");
+        assert_eq!(spent.keys().copied().collect::<Vec<_>>(), vec![0]);
+    }
+}
