@@ -3,7 +3,8 @@
 //!
 //! What it owns: the CPU time of the node processes and of this one, read from
 //! `/proc/<pid>/stat`, and the table of CPU time per unit of work that more than one
-//! benchmark prints.
+//! benchmark prints; latency histograms in microseconds, their quantiles in
+//! milliseconds and the size labels of the printed tables.
 //!
 //! What it must never do: change a benchmark's flags, defaults or printed format on
 //! its own. The READMEs quote them, and figures are compared across runs and commits.
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use hdrhistogram::Histogram;
 
 use crate::Cluster;
 
@@ -139,9 +141,68 @@ pub fn cpu_table_row(
     line
 }
 
+/// A latency histogram in microseconds, from 1 µs to `max`, to three significant
+/// digits.
+pub fn histogram(max: Duration) -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, micros(max), 3).expect("histogram bounds")
+}
+
+/// `d` in whole microseconds, at least 1: the lowest value a [`histogram`] records.
+pub fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+/// The `q` quantile of `h` (µs) in milliseconds, or NaN when `h` is empty: a phase
+/// in which nothing succeeded has no latency, not one of 0 ms.
+pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        f64::NAN
+    } else {
+        h.value_at_quantile(q) as f64 / 1e3
+    }
+}
+
+/// The largest value of `h` (µs) in milliseconds, or NaN when `h` is empty.
+pub fn max_ms(h: &Histogram<u64>) -> f64 {
+    if h.is_empty() {
+        f64::NAN
+    } else {
+        h.max() as f64 / 1e3
+    }
+}
+
+/// A message or payload size as the tables print it: whole KiB as `64 KiB`, any
+/// other size in bytes (`2000 B`).
+pub fn size_label(bytes: usize) -> String {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_labelled_in_kib_when_whole() {
+        assert_eq!(size_label(65536), "64 KiB");
+        assert_eq!(size_label(51200), "50 KiB");
+        assert_eq!(size_label(2000), "2000 B");
+        assert_eq!(size_label(512), "512 B");
+    }
+
+    #[test]
+    fn empty_histograms_have_no_latency() {
+        let mut h = histogram(Duration::from_secs(1));
+        assert!(quantile_ms(&h, 0.5).is_nan());
+        assert!(max_ms(&h).is_nan());
+        h.record(micros(Duration::from_micros(1500)))
+            .expect("in bounds");
+        assert_eq!(quantile_ms(&h, 0.5), 1.5);
+        assert_eq!(max_ms(&h), 1.5);
+    }
 
     #[test]
     fn cpu_table_has_a_column_per_node_and_divides_by_the_work() {

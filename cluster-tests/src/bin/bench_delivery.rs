@@ -141,6 +141,9 @@ impl Target {
     }
 }
 
+/// The longest time from a `250` to the sink the latency histogram holds.
+const LATENCY_MAX: Duration = Duration::from_secs(3600);
+
 /// One message accepted by the system under test.
 struct Sent {
     /// When its `250` was read.
@@ -287,7 +290,7 @@ async fn main() -> Result<()> {
                 .join(", ");
             println!(
                 "| {} | {nodes} | {:.3} |",
-                size_label(row.size),
+                bench::size_label(row.size),
                 row.cpu_ms.get(&0).copied().unwrap_or(f64::NAN)
             );
         }
@@ -385,7 +388,7 @@ async fn measure(
         stamps.len()
     );
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut latency = histogram();
+    let mut latency = bench::histogram(LATENCY_MAX);
     let (mut id_mismatch, mut foreign) = (0, 0);
     let mut first_250 = None::<Instant>;
     let mut last_arrival = None::<Instant>;
@@ -412,7 +415,7 @@ async fn measure(
         {
             id_mismatch += 1;
         }
-        let _ = latency.record(micros(at.saturating_duration_since(sent.at)));
+        let _ = latency.record(bench::micros(at.saturating_duration_since(sent.at)));
         last_arrival = Some(last_arrival.map_or(*at, |l| l.max(*at)));
     }
     let delivered = seen.len();
@@ -549,13 +552,6 @@ async fn send_all(
 }
 
 fn table_row(system: &str, sessions: usize, r: &Row) -> String {
-    let ms = |q: f64| {
-        if r.latency.is_empty() {
-            f64::NAN
-        } else {
-            r.latency.value_at_quantile(q) as f64 / 1e3
-        }
-    };
     let mut errors: Vec<String> = r.errors.iter().map(|(k, v)| format!("{v} × {k}")).collect();
     if r.id_mismatch > 0 {
         errors.push(format!("{} × X-Bulwark-Id ≠ queue id", r.id_mismatch));
@@ -570,36 +566,16 @@ fn table_row(system: &str, sessions: usize, r: &Row) -> String {
     };
     format!(
         "| {system} | {} | {sessions} | {} of {} in {:.1} s | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {errors} |",
-        size_label(r.size),
+        bench::size_label(r.size),
         r.accepted,
         r.offered,
         r.wall.as_secs_f64(),
         r.ingest_rate,
         r.e2e_rate,
-        ms(0.50),
-        ms(0.99),
-        if r.latency.is_empty() {
-            f64::NAN
-        } else {
-            r.latency.max() as f64 / 1e3
-        },
+        bench::quantile_ms(&r.latency, 0.50),
+        bench::quantile_ms(&r.latency, 0.99),
+        bench::max_ms(&r.latency),
         r.missing,
         r.duplicates,
     )
-}
-
-fn size_label(bytes: usize) -> String {
-    if bytes >= 1024 && bytes.is_multiple_of(1024) {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).max(1)
 }

@@ -44,6 +44,9 @@ struct Args {
     bin: Option<PathBuf>,
 }
 
+/// The longest write latency the histograms hold.
+const LATENCY_MAX: Duration = Duration::from_secs(120);
+
 /// What one phase measured.
 struct Phase {
     payload: usize,
@@ -124,7 +127,7 @@ async fn main() -> Result<()> {
         bench::cpu_table_head(&["payload", "writers"], args.nodes, "write")
     );
     for p in &phases {
-        let cells = [size(p.payload), p.writers.to_string()];
+        let cells = [bench::size_label(p.payload), p.writers.to_string()];
         println!(
             "{}",
             bench::cpu_table_row(&cells, args.nodes, &p.cpu, p.ok, p.leader)
@@ -147,21 +150,13 @@ fn row(p: &Phase) -> String {
     let errors: u64 = p.errors.values().sum();
     format!(
         "| {} | {} | {:.1} | {:.2} | {:.2} | {} |",
-        size(p.payload),
+        bench::size_label(p.payload),
         p.writers,
         p.ok as f64 / p.elapsed.as_secs_f64(),
         p.hist.value_at_quantile(0.50) as f64 / 1e3,
         p.hist.value_at_quantile(0.99) as f64 / 1e3,
         errors
     )
-}
-
-fn size(bytes: usize) -> String {
-    if bytes >= 1024 && bytes.is_multiple_of(1024) {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} B")
-    }
 }
 
 /// Runs `writers` writers for `duration`; each request goes to the next node in turn.
@@ -183,7 +178,7 @@ async fn run_phase(
         let ids = ids.clone();
         let seq = seq.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram");
+            let mut hist = bench::histogram(LATENCY_MAX);
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut ok = 0u64;
             let mut i = w;
@@ -195,7 +190,7 @@ async fn run_phase(
                 match client.post_note_once(node, &text).await {
                     Ok(_) => {
                         ok += 1;
-                        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                        let _ = hist.record(bench::micros(t0.elapsed()));
                     }
                     Err(e) => {
                         *errors.entry(e.kind()).or_insert(0) += 1;
@@ -209,7 +204,7 @@ async fn run_phase(
     }
     let mut ok = 0;
     let mut errors = BTreeMap::new();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram");
+    let mut hist = bench::histogram(LATENCY_MAX);
     for t in tasks {
         match t.await {
             Ok((o, e, h)) => {

@@ -99,8 +99,8 @@ impl Stats {
         Stats {
             accepted: 0,
             errors: BTreeMap::new(),
-            end_of_data: histogram(),
-            whole: histogram(),
+            end_of_data: bench::histogram(LATENCY_MAX),
+            whole: bench::histogram(LATENCY_MAX),
         }
     }
 
@@ -118,22 +118,17 @@ impl Stats {
             Outcome::Accepted { .. } => {
                 self.accepted += 1;
                 if let Some(eod) = d.end_of_data {
-                    let _ = self.end_of_data.record(micros(eod));
+                    let _ = self.end_of_data.record(bench::micros(eod));
                 }
-                let _ = self.whole.record(micros(d.elapsed));
+                let _ = self.whole.record(bench::micros(d.elapsed));
             }
             other => *self.errors.entry(other.kind()).or_insert(0) += 1,
         }
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 300_000_000, 3).expect("histogram bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).max(1)
-}
+/// The longest latency the histograms hold.
+const LATENCY_MAX: Duration = Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -263,7 +258,11 @@ async fn main() -> Result<()> {
         bench::cpu_table_head(&["nodes", "size", "sessions"], args.nodes, "msg")
     );
     for p in &phases {
-        let cells = [args.nodes.to_string(), size(p.size), p.sessions.to_string()];
+        let cells = [
+            args.nodes.to_string(),
+            bench::size_label(p.size),
+            p.sessions.to_string(),
+        ];
         let row = bench::cpu_table_row(&cells, args.nodes, &p.cpu, p.stats.accepted, p.leader);
         println!("{row}");
     }
@@ -381,13 +380,6 @@ async fn drain(cluster: &bulwark_cluster_tests::Cluster, timeout: Duration) -> R
 
 fn row(nodes: usize, p: &Phase) -> String {
     let s = &p.stats;
-    let ms = |h: &Histogram<u64>, q: f64| {
-        if h.is_empty() {
-            f64::NAN
-        } else {
-            h.value_at_quantile(q) as f64 / 1e3
-        }
-    };
     let errors = if s.errors.is_empty() {
         "0".to_string()
     } else {
@@ -399,26 +391,14 @@ fn row(nodes: usize, p: &Phase) -> String {
     };
     format!(
         "| {nodes} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {errors} |",
-        size(p.size),
+        bench::size_label(p.size),
         p.sessions,
         s.accepted as f64 / p.elapsed.as_secs_f64(),
-        ms(&s.end_of_data, 0.50),
-        ms(&s.end_of_data, 0.99),
-        if s.end_of_data.is_empty() {
-            f64::NAN
-        } else {
-            s.end_of_data.max() as f64 / 1e3
-        },
-        ms(&s.whole, 0.50),
+        bench::quantile_ms(&s.end_of_data, 0.50),
+        bench::quantile_ms(&s.end_of_data, 0.99),
+        bench::max_ms(&s.end_of_data),
+        bench::quantile_ms(&s.whole, 0.50),
     )
-}
-
-fn size(bytes: usize) -> String {
-    if bytes >= 1024 && bytes.is_multiple_of(1024) {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} B")
-    }
 }
 
 /// One phase: `sessions` tasks sending messages of `size` bytes until `duration` has
