@@ -1,21 +1,68 @@
 //! What the benchmarks in `src/bin/` (`bench_raft`, `bench_smtp`, `bench_delivery`)
-//! share, so that they measure and print their figures one way.
+//! share, so that they read their flags, measure and print their figures one way.
 //!
-//! What it owns: the CPU time of the node processes and of this one, read from
-//! `/proc/<pid>/stat`, and the table of CPU time per unit of work that more than one
-//! benchmark prints; latency histograms in microseconds, their quantiles in
-//! milliseconds and the size labels of the printed tables.
+//! What it owns: the flags the benchmarks mean the same by (`--seconds` and `--warmup`
+//! of the timed phases, `--bin`) and starting a benchmark's cluster (warning when the
+//! binary is a debug build, waiting for a leader); the CPU time of the node processes
+//! and of this one, read from `/proc/<pid>/stat`, and the table of CPU time per unit
+//! of work that more than one benchmark prints; latency histograms in microseconds,
+//! their quantiles in milliseconds and the size labels of the printed tables.
 //!
 //! What it must never do: change a benchmark's flags, defaults or printed format on
 //! its own. The READMEs quote them, and figures are compared across runs and commits.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use hdrhistogram::Histogram;
 
-use crate::Cluster;
+use crate::{Cluster, ClusterBuilder};
+
+/// How long each phase of a timed benchmark runs (`--seconds`, `--warmup`).
+#[derive(clap::Args, Debug)]
+pub struct PhaseTimes {
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Unmeasured warm-up seconds before each phase.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+}
+
+/// The `bulwark` binary a benchmark starts its cluster from (`--bin`).
+#[derive(clap::Args, Debug)]
+pub struct Binary {
+    /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
+}
+
+/// Starts the cluster `builder` describes, from the binary `--bin` names when given,
+/// and waits for its first leader, which it returns with the cluster. Warns on stderr
+/// when the binary is a debug build: its figures say little about a release.
+pub async fn start(mut builder: ClusterBuilder, bin: &Binary) -> Result<(Cluster, u64)> {
+    if let Some(b) = &bin.bin {
+        builder = builder.binary(b.clone());
+    }
+    let mut cluster = builder.start().await?;
+    let path = cluster.binary().display().to_string();
+    if path.contains("/debug/") {
+        eprintln!("warning: {path} is a debug build; figures will not be representative");
+    }
+    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+    Ok((cluster, leader))
+}
+
+/// Raises a cluster's `smtp.max_sessions_per_ip` and `smtp.max_sessions_per_network`
+/// to `sessions`: a benchmark's sessions all come from 127.0.0.1 but stand for many
+/// sending MTAs, which the defaults (50, 200) would refuse.
+pub fn allow_sessions(builder: ClusterBuilder, sessions: usize) -> ClusterBuilder {
+    builder
+        .smtp("max_sessions_per_ip", &sessions.to_string())
+        .smtp("max_sessions_per_network", &sessions.to_string())
+}
 
 /// The process id of every running node of `cluster`, by node id: what a
 /// [`CpuClock`] samples for a cluster.

@@ -6,7 +6,7 @@
 //! nodes on free loopback ports in a temporary directory, killing (SIGKILL), stopping
 //! (SIGTERM), restarting and wiping nodes, and talking to their HTTP API
 //! ([`api::ApiClient`]). The tests in `tests/` and the benchmarks in `src/bin/` use it;
-//! what only the benchmarks share (CPU sampling, figures) is in [`bench`].
+//! what only the benchmarks share (their flags, CPU sampling, figures) is in [`bench`].
 //!
 //! What it must never do: link the product crates. The product is tested from the
 //! outside, as an operator runs it; the only private knowledge used is the documented

@@ -25,7 +25,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,9 +82,8 @@ struct Args {
     /// every session comes from 127.0.0.1.
     #[arg(long, default_value_t = 1000)]
     max_sessions_per_ip: usize,
-    /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
-    #[arg(long)]
-    bin: Option<PathBuf>,
+    #[command(flatten)]
+    binary: bench::Binary,
 }
 
 /// When each message arrived at the sink, in the order of [`Sink::received`].
@@ -307,14 +305,11 @@ fn target_label(args: &Args) -> String {
 
 async fn start_cluster(args: &Args, sink: SocketAddr) -> Result<Cluster> {
     ensure!(args.nodes >= 1, "--nodes must be at least 1");
-    let mut builder = ClusterBuilder::new(args.nodes)
-        .name("bench-delivery")
-        .smtp("max_sessions_per_ip", &args.max_sessions_per_ip.to_string())
-        .smtp(
-            "max_sessions_per_network",
-            &args.max_sessions_per_ip.to_string(),
-        )
-        .relay(sink);
+    let mut builder = bench::allow_sessions(
+        ClusterBuilder::new(args.nodes).name("bench-delivery"),
+        args.max_sessions_per_ip,
+    )
+    .relay(sink);
     if let Some(c) = args.concurrency {
         builder = builder.delivery("concurrency", &c.to_string());
     }
@@ -324,15 +319,8 @@ async fn start_cluster(args: &Args, sink: SocketAddr) -> Result<Cluster> {
     if let Some(p) = args.poll_ms {
         builder = builder.delivery("poll_ms", &p.to_string());
     }
-    if let Some(b) = &args.bin {
-        builder = builder.binary(b.clone());
-    }
-    let mut cluster = builder.start().await?;
+    let (cluster, leader) = bench::start(builder, &args.binary).await?;
     let bin = cluster.binary().display().to_string();
-    if bin.contains("/debug/") {
-        eprintln!("warning: {bin} is a debug build; figures will not be representative");
-    }
-    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
     eprintln!(
         "bench_delivery: cluster up, leader {leader}, binary {bin}, delivery: concurrency {}, \
          max_connections_per_destination {}, poll_ms {}",

@@ -9,7 +9,6 @@
 //! each node process (and this load generator) spent per committed write.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,12 +23,8 @@ use hdrhistogram::Histogram;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Measured seconds per phase.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Unmeasured warm-up seconds before each phase.
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
+    #[command(flatten)]
+    times: bench::PhaseTimes,
     /// Note sizes in bytes, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1024usize, 65536])]
     payloads: Vec<usize>,
@@ -39,9 +34,8 @@ struct Args {
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
-    #[arg(long)]
-    bin: Option<PathBuf>,
+    #[command(flatten)]
+    binary: bench::Binary,
 }
 
 /// The longest write latency the histograms hold.
@@ -63,23 +57,16 @@ struct Phase {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.seconds > 0, "--seconds must be positive");
+    ensure!(args.times.seconds > 0, "--seconds must be positive");
     ensure!(!args.payloads.is_empty() && !args.writers.is_empty());
-    let mut builder = ClusterBuilder::new(args.nodes).name("bench");
-    if let Some(b) = &args.bin {
-        builder = builder.binary(b.clone());
-    }
-    let mut cluster = builder.start().await?;
+    let builder = ClusterBuilder::new(args.nodes).name("bench");
+    let (mut cluster, leader) = bench::start(builder, &args.binary).await?;
     let bin = cluster.binary().display().to_string();
-    if bin.contains("/debug/") {
-        eprintln!("warning: {bin} is a debug build; figures will not be representative");
-    }
-    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
     eprintln!(
         "bench_raft: {} nodes, leader {leader}, binary {bin}, {} s per phase after {} s warm-up, {} CPUs",
         args.nodes,
-        args.seconds,
-        args.warmup,
+        args.times.seconds,
+        args.times.warmup,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
@@ -88,12 +75,23 @@ async fn main() -> Result<()> {
         for &writers in &args.writers {
             cluster.check_alive()?;
             let client = cluster.client();
-            if args.warmup > 0 {
-                run_phase(&client, payload, writers, Duration::from_secs(args.warmup)).await;
+            if args.times.warmup > 0 {
+                run_phase(
+                    &client,
+                    payload,
+                    writers,
+                    Duration::from_secs(args.times.warmup),
+                )
+                .await;
             }
             let clock = CpuClock::start(bench::node_pids(&cluster))?;
-            let (ok, errors, elapsed, hist) =
-                run_phase(&client, payload, writers, Duration::from_secs(args.seconds)).await;
+            let (ok, errors, elapsed, hist) = run_phase(
+                &client,
+                payload,
+                writers,
+                Duration::from_secs(args.times.seconds),
+            )
+            .await;
             let cpu = clock.spent()?;
             let leader = bench::leader(&cluster).await;
             let p = Phase {

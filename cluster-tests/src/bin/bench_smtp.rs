@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,12 +45,8 @@ struct Args {
     /// Concurrent SMTP session counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 50])]
     sessions: Vec<usize>,
-    /// Measured seconds per phase.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Unmeasured warm-up seconds before each phase.
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
+    #[command(flatten)]
+    times: bench::PhaseTimes,
     /// Messages per connection (1: a new connection for every message, like Postfix).
     #[arg(long, default_value_t = 1)]
     per_connection: u32,
@@ -68,9 +64,8 @@ struct Args {
     /// in normal operation; without a rate the tail is queueing at saturation.
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
-    #[arg(long)]
-    bin: Option<PathBuf>,
+    #[command(flatten)]
+    binary: bench::Binary,
 }
 
 /// What one phase measured.
@@ -133,7 +128,7 @@ const LATENCY_MAX: Duration = Duration::from_secs(300);
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.seconds > 0, "--seconds must be positive");
+    ensure!(args.times.seconds > 0, "--seconds must be positive");
     ensure!(args.nodes >= 1, "--nodes must be at least 1");
     ensure!(
         args.per_connection >= 1,
@@ -144,28 +139,18 @@ async fn main() -> Result<()> {
         args.sessions.iter().all(|&s| s >= 1),
         "--sessions must be positive"
     );
-    let mut builder = ClusterBuilder::new(args.nodes)
-        .name("bench-smtp")
-        .smtp("max_sessions_per_ip", &args.max_sessions_per_ip.to_string())
-        .smtp(
-            "max_sessions_per_network",
-            &args.max_sessions_per_ip.to_string(),
-        );
-    if let Some(b) = &args.bin {
-        builder = builder.binary(b.clone());
-    }
-    let mut cluster = builder.start().await?;
+    let builder = bench::allow_sessions(
+        ClusterBuilder::new(args.nodes).name("bench-smtp"),
+        args.max_sessions_per_ip,
+    );
+    let (mut cluster, leader) = bench::start(builder, &args.binary).await?;
     let bin = cluster.binary().display().to_string();
-    if bin.contains("/debug/") {
-        eprintln!("warning: {bin} is a debug build; figures will not be representative");
-    }
-    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
     eprintln!(
         "bench_smtp: {} node(s), leader {leader}, binary {bin}, {} s per phase after {} s \
          warm-up, {} message(s) per connection, pipelining {}, offered load {}, {} CPUs",
         args.nodes,
-        args.seconds,
-        args.warmup,
+        args.times.seconds,
+        args.times.warmup,
         args.per_connection,
         if args.no_pipelining { "off" } else { "on" },
         if args.rate > 0 {
@@ -203,12 +188,12 @@ async fn main() -> Result<()> {
                 duration: Duration::from_secs(seconds),
                 pacer: (args.rate > 0).then(|| Pacer::new(args.rate)),
             };
-            if args.warmup > 0 {
-                warm_accepted += run(args.warmup).go().await.accepted;
+            if args.times.warmup > 0 {
+                warm_accepted += run(args.times.warmup).go().await.accepted;
             }
             let clock = CpuClock::start(bench::node_pids(&cluster))?;
             let started = Instant::now();
-            let stats = run(args.seconds).go().await;
+            let stats = run(args.times.seconds).go().await;
             let elapsed = started.elapsed();
             let cpu = clock.spent()?;
             let leader = bench::leader(&cluster).await;
