@@ -5,7 +5,8 @@
 //! What it owns: generating certificates and configs (through `bulwark cert`), spawning
 //! nodes on free loopback ports in a temporary directory, killing (SIGKILL), stopping
 //! (SIGTERM), restarting and wiping nodes, and talking to their HTTP API
-//! ([`api::ApiClient`]). The tests in `tests/` and the `bench_raft` benchmark use it.
+//! ([`api::ApiClient`]). The tests in `tests/` and the benchmarks in `src/bin/` use it;
+//! what only the benchmarks share (their flags, CPU sampling, figures) is in [`bench`].
 //!
 //! What it must never do: link the product crates. The product is tested from the
 //! outside, as an operator runs it; the only private knowledge used is the documented
@@ -25,6 +26,7 @@
 //! directory), `BULWARK_LOG_TAIL` (lines of each log printed on failure, default 80).
 
 pub mod api;
+pub mod bench;
 pub mod disk;
 pub mod dns;
 pub mod load;
@@ -1037,23 +1039,6 @@ pub fn bulwark_bin() -> Result<PathBuf> {
             .with_context(|| format!("{} has no parent", dir.display()))?;
     }
     Ok(dir.join("bulwark"))
-}
-
-/// CPU time (user + system) consumed so far by process `pid`, from `/proc/<pid>/stat`.
-pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let rest = stat
-        .rsplit_once(')')
-        .with_context(|| format!("{path}: unexpected format"))?
-        .1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    ensure!(f.len() > 12, "{path}: too few fields");
-    let utime: u64 = f[11].parse().with_context(|| format!("{path}: utime"))?;
-    let stime: u64 = f[12].parse().with_context(|| format!("{path}: stime"))?;
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Ok(Duration::from_secs_f64((utime + stime) as f64 / hz as f64))
 }
 
 fn describe(st: &BTreeMap<u64, ClusterStatus>, errors: &[String]) -> String {

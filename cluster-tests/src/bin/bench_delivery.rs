@@ -25,15 +25,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use bulwark_cluster_tests::bench::{self, CpuClock};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig, Stage};
 use bulwark_cluster_tests::smtp::{self, ClientConfig, Message, Outcome};
-use bulwark_cluster_tests::{cpu_time, Cluster, ClusterBuilder};
+use bulwark_cluster_tests::{Cluster, ClusterBuilder};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -82,9 +82,8 @@ struct Args {
     /// every session comes from 127.0.0.1.
     #[arg(long, default_value_t = 1000)]
     max_sessions_per_ip: usize,
-    /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
-    #[arg(long)]
-    bin: Option<PathBuf>,
+    #[command(flatten)]
+    binary: bench::Binary,
 }
 
 /// When each message arrived at the sink, in the order of [`Sink::received`].
@@ -134,15 +133,14 @@ impl Target {
 
     fn pids(&self) -> Vec<(u64, u32)> {
         match self {
-            Target::Cluster(c) => c
-                .ids()
-                .into_iter()
-                .filter_map(|id| c.node(id).pid().map(|p| (id, p)))
-                .collect(),
+            Target::Cluster(c) => bench::node_pids(c),
             Target::External(_) => Vec::new(),
         }
     }
 }
+
+/// The longest time from a `250` to the sink the latency histogram holds.
+const LATENCY_MAX: Duration = Duration::from_secs(3600);
 
 /// One message accepted by the system under test.
 struct Sent {
@@ -290,7 +288,7 @@ async fn main() -> Result<()> {
                 .join(", ");
             println!(
                 "| {} | {nodes} | {:.3} |",
-                size_label(row.size),
+                bench::size_label(row.size),
                 row.cpu_ms.get(&0).copied().unwrap_or(f64::NAN)
             );
         }
@@ -307,14 +305,11 @@ fn target_label(args: &Args) -> String {
 
 async fn start_cluster(args: &Args, sink: SocketAddr) -> Result<Cluster> {
     ensure!(args.nodes >= 1, "--nodes must be at least 1");
-    let mut builder = ClusterBuilder::new(args.nodes)
-        .name("bench-delivery")
-        .smtp("max_sessions_per_ip", &args.max_sessions_per_ip.to_string())
-        .smtp(
-            "max_sessions_per_network",
-            &args.max_sessions_per_ip.to_string(),
-        )
-        .relay(sink);
+    let mut builder = bench::allow_sessions(
+        ClusterBuilder::new(args.nodes).name("bench-delivery"),
+        args.max_sessions_per_ip,
+    )
+    .relay(sink);
     if let Some(c) = args.concurrency {
         builder = builder.delivery("concurrency", &c.to_string());
     }
@@ -324,15 +319,8 @@ async fn start_cluster(args: &Args, sink: SocketAddr) -> Result<Cluster> {
     if let Some(p) = args.poll_ms {
         builder = builder.delivery("poll_ms", &p.to_string());
     }
-    if let Some(b) = &args.bin {
-        builder = builder.binary(b.clone());
-    }
-    let mut cluster = builder.start().await?;
+    let (cluster, leader) = bench::start(builder, &args.binary).await?;
     let bin = cluster.binary().display().to_string();
-    if bin.contains("/debug/") {
-        eprintln!("warning: {bin} is a debug build; figures will not be representative");
-    }
-    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
     eprintln!(
         "bench_delivery: cluster up, leader {leader}, binary {bin}, delivery: concurrency {}, \
          max_connections_per_destination {}, poll_ms {}",
@@ -366,13 +354,12 @@ async fn measure(
     if let Target::Cluster(c) = target {
         c.check_alive()?;
     }
-    let pids = target.pids();
-    let cpu0 = cpu_snapshot(&pids)?;
+    let clock = CpuClock::start(target.pids())?;
     let before = arrived(arrivals);
     let report = send_all(addrs.clone(), seq.clone(), size, count, args.sessions).await;
     let expected = before + report.accepted.len();
     let waited = wait_arrivals(target, arrivals, expected, stall).await;
-    let cpu1 = cpu_snapshot(&pids)?;
+    let spent = clock.spent()?;
     if let Err(e) = &waited {
         eprintln!("bench_delivery: {e:#}");
     }
@@ -389,7 +376,7 @@ async fn measure(
         stamps.len()
     );
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut latency = histogram();
+    let mut latency = bench::histogram(LATENCY_MAX);
     let (mut id_mismatch, mut foreign) = (0, 0);
     let mut first_250 = None::<Instant>;
     let mut last_arrival = None::<Instant>;
@@ -416,7 +403,7 @@ async fn measure(
         {
             id_mismatch += 1;
         }
-        let _ = latency.record(micros(at.saturating_duration_since(sent.at)));
+        let _ = latency.record(bench::micros(at.saturating_duration_since(sent.at)));
         last_arrival = Some(last_arrival.map_or(*at, |l| l.max(*at)));
     }
     let delivered = seen.len();
@@ -429,12 +416,9 @@ async fn measure(
         (Some(f), Some(l)) => l.saturating_duration_since(f),
         _ => Duration::ZERO,
     };
-    let cpu_ms = cpu1
+    let cpu_ms = spent
         .iter()
-        .map(|(id, t)| {
-            let spent = t.saturating_sub(cpu0[id]).as_secs_f64() * 1e3;
-            (*id, spent / delivered.max(1) as f64)
-        })
+        .map(|(id, t)| (*id, t.as_secs_f64() * 1e3 / delivered.max(1) as f64))
         .collect();
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
     Ok(Row {
@@ -556,13 +540,6 @@ async fn send_all(
 }
 
 fn table_row(system: &str, sessions: usize, r: &Row) -> String {
-    let ms = |q: f64| {
-        if r.latency.is_empty() {
-            f64::NAN
-        } else {
-            r.latency.value_at_quantile(q) as f64 / 1e3
-        }
-    };
     let mut errors: Vec<String> = r.errors.iter().map(|(k, v)| format!("{v} × {k}")).collect();
     if r.id_mismatch > 0 {
         errors.push(format!("{} × X-Bulwark-Id ≠ queue id", r.id_mismatch));
@@ -577,49 +554,16 @@ fn table_row(system: &str, sessions: usize, r: &Row) -> String {
     };
     format!(
         "| {system} | {} | {sessions} | {} of {} in {:.1} s | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {errors} |",
-        size_label(r.size),
+        bench::size_label(r.size),
         r.accepted,
         r.offered,
         r.wall.as_secs_f64(),
         r.ingest_rate,
         r.e2e_rate,
-        ms(0.50),
-        ms(0.99),
-        if r.latency.is_empty() {
-            f64::NAN
-        } else {
-            r.latency.max() as f64 / 1e3
-        },
+        bench::quantile_ms(&r.latency, 0.50),
+        bench::quantile_ms(&r.latency, 0.99),
+        bench::max_ms(&r.latency),
         r.missing,
         r.duplicates,
     )
-}
-
-fn size_label(bytes: usize) -> String {
-    if bytes >= 1024 && bytes.is_multiple_of(1024) {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).max(1)
-}
-
-/// CPU time of every node (by id) and of this process (id 0: load generator and sink).
-fn cpu_snapshot(pids: &[(u64, u32)]) -> Result<BTreeMap<u64, Duration>> {
-    let mut m = BTreeMap::new();
-    for &(id, pid) in pids {
-        m.insert(
-            id,
-            cpu_time(pid).with_context(|| format!("CPU time of node {id}"))?,
-        );
-    }
-    m.insert(0, cpu_time(std::process::id())?);
-    Ok(m)
 }

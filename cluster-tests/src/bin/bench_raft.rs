@@ -9,13 +9,13 @@
 //! each node process (and this load generator) spent per committed write.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
-use bulwark_cluster_tests::{cpu_time, ApiClient, ClusterBuilder};
+use anyhow::{ensure, Result};
+use bulwark_cluster_tests::bench::{self, CpuClock};
+use bulwark_cluster_tests::{ApiClient, ClusterBuilder};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -23,12 +23,8 @@ use hdrhistogram::Histogram;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Measured seconds per phase.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Unmeasured warm-up seconds before each phase.
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
+    #[command(flatten)]
+    times: bench::PhaseTimes,
     /// Note sizes in bytes, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1024usize, 65536])]
     payloads: Vec<usize>,
@@ -38,10 +34,12 @@ struct Args {
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
-    #[arg(long)]
-    bin: Option<PathBuf>,
+    #[command(flatten)]
+    binary: bench::Binary,
 }
+
+/// The longest write latency the histograms hold.
+const LATENCY_MAX: Duration = Duration::from_secs(120);
 
 /// What one phase measured.
 struct Phase {
@@ -59,23 +57,16 @@ struct Phase {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.seconds > 0, "--seconds must be positive");
+    ensure!(args.times.seconds > 0, "--seconds must be positive");
     ensure!(!args.payloads.is_empty() && !args.writers.is_empty());
-    let mut builder = ClusterBuilder::new(args.nodes).name("bench");
-    if let Some(b) = &args.bin {
-        builder = builder.binary(b.clone());
-    }
-    let mut cluster = builder.start().await?;
+    let builder = ClusterBuilder::new(args.nodes).name("bench");
+    let (mut cluster, leader) = bench::start(builder, &args.binary).await?;
     let bin = cluster.binary().display().to_string();
-    if bin.contains("/debug/") {
-        eprintln!("warning: {bin} is a debug build; figures will not be representative");
-    }
-    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
     eprintln!(
         "bench_raft: {} nodes, leader {leader}, binary {bin}, {} s per phase after {} s warm-up, {} CPUs",
         args.nodes,
-        args.seconds,
-        args.warmup,
+        args.times.seconds,
+        args.times.warmup,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
@@ -84,27 +75,25 @@ async fn main() -> Result<()> {
         for &writers in &args.writers {
             cluster.check_alive()?;
             let client = cluster.client();
-            if args.warmup > 0 {
-                run_phase(&client, payload, writers, Duration::from_secs(args.warmup)).await;
+            if args.times.warmup > 0 {
+                run_phase(
+                    &client,
+                    payload,
+                    writers,
+                    Duration::from_secs(args.times.warmup),
+                )
+                .await;
             }
-            let pids: Vec<(u64, u32)> = cluster
-                .ids()
-                .into_iter()
-                .filter_map(|id| cluster.node(id).pid().map(|p| (id, p)))
-                .collect();
-            let cpu0 = cpu_snapshot(&pids)?;
-            let (ok, errors, elapsed, hist) =
-                run_phase(&client, payload, writers, Duration::from_secs(args.seconds)).await;
-            let cpu1 = cpu_snapshot(&pids)?;
-            let cpu = cpu1
-                .iter()
-                .map(|(id, t)| (*id, t.saturating_sub(cpu0[id])))
-                .collect();
-            let leader = cluster
-                .cluster_status(cluster.ids()[0])
-                .await
-                .ok()
-                .and_then(|s| s.leader_id);
+            let clock = CpuClock::start(bench::node_pids(&cluster))?;
+            let (ok, errors, elapsed, hist) = run_phase(
+                &client,
+                payload,
+                writers,
+                Duration::from_secs(args.times.seconds),
+            )
+            .await;
+            let cpu = clock.spent()?;
+            let leader = bench::leader(&cluster).await;
             let p = Phase {
                 payload,
                 writers,
@@ -131,27 +120,16 @@ async fn main() -> Result<()> {
         println!("{}", row(p));
     }
     println!();
-    let ids: Vec<u64> = (1..=args.nodes as u64).collect();
-    let mut head = String::from("| payload | writers |");
-    let mut sep = String::from("|---:|---:|");
-    for id in &ids {
-        head.push_str(&format!(" node {id} CPU ms/write |"));
-        sep.push_str("---:|");
-    }
-    head.push_str(" load generator CPU ms/write | leader |");
-    sep.push_str("---:|---:|");
-    println!("{head}\n{sep}");
+    println!(
+        "{}",
+        bench::cpu_table_head(&["payload", "writers"], args.nodes, "write")
+    );
     for p in &phases {
-        let mut line = format!("| {} | {} |", size(p.payload), p.writers);
-        for id in ids.iter().chain(std::iter::once(&0)) {
-            let ms = p.cpu.get(id).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
-            line.push_str(&format!(" {:.3} |", ms / p.ok.max(1) as f64));
-        }
-        line.push_str(&format!(
-            " {} |",
-            p.leader.map_or("?".to_string(), |l| l.to_string())
-        ));
-        println!("{line}");
+        let cells = [bench::size_label(p.payload), p.writers.to_string()];
+        println!(
+            "{}",
+            bench::cpu_table_row(&cells, args.nodes, &p.cpu, p.ok, p.leader)
+        );
     }
     let errors: BTreeMap<&str, u64> = phases
         .iter()
@@ -170,34 +148,13 @@ fn row(p: &Phase) -> String {
     let errors: u64 = p.errors.values().sum();
     format!(
         "| {} | {} | {:.1} | {:.2} | {:.2} | {} |",
-        size(p.payload),
+        bench::size_label(p.payload),
         p.writers,
         p.ok as f64 / p.elapsed.as_secs_f64(),
         p.hist.value_at_quantile(0.50) as f64 / 1e3,
         p.hist.value_at_quantile(0.99) as f64 / 1e3,
         errors
     )
-}
-
-fn size(bytes: usize) -> String {
-    if bytes >= 1024 && bytes.is_multiple_of(1024) {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-/// CPU time of every node (by id) and of this process (id 0).
-fn cpu_snapshot(pids: &[(u64, u32)]) -> Result<BTreeMap<u64, Duration>> {
-    let mut m = BTreeMap::new();
-    for &(id, pid) in pids {
-        m.insert(
-            id,
-            cpu_time(pid).with_context(|| format!("CPU time of node {id}"))?,
-        );
-    }
-    m.insert(0, cpu_time(std::process::id())?);
-    Ok(m)
 }
 
 /// Runs `writers` writers for `duration`; each request goes to the next node in turn.
@@ -219,7 +176,7 @@ async fn run_phase(
         let ids = ids.clone();
         let seq = seq.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram");
+            let mut hist = bench::histogram(LATENCY_MAX);
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut ok = 0u64;
             let mut i = w;
@@ -231,7 +188,7 @@ async fn run_phase(
                 match client.post_note_once(node, &text).await {
                     Ok(_) => {
                         ok += 1;
-                        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                        let _ = hist.record(bench::micros(t0.elapsed()));
                     }
                     Err(e) => {
                         *errors.entry(e.kind()).or_insert(0) += 1;
@@ -245,7 +202,7 @@ async fn run_phase(
     }
     let mut ok = 0;
     let mut errors = BTreeMap::new();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram");
+    let mut hist = bench::histogram(LATENCY_MAX);
     for t in tasks {
         match t.await {
             Ok((o, e, h)) => {

@@ -20,14 +20,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use bulwark_cluster_tests::bench::{self, CpuClock};
 use bulwark_cluster_tests::smtp::{self, ClientConfig, Message, Outcome, SmtpConnection};
-use bulwark_cluster_tests::{cpu_time, ClusterBuilder};
+use bulwark_cluster_tests::ClusterBuilder;
 use clap::Parser;
 use hdrhistogram::Histogram;
 
@@ -44,12 +45,8 @@ struct Args {
     /// Concurrent SMTP session counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 50])]
     sessions: Vec<usize>,
-    /// Measured seconds per phase.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Unmeasured warm-up seconds before each phase.
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
+    #[command(flatten)]
+    times: bench::PhaseTimes,
     /// Messages per connection (1: a new connection for every message, like Postfix).
     #[arg(long, default_value_t = 1)]
     per_connection: u32,
@@ -67,9 +64,8 @@ struct Args {
     /// in normal operation; without a rate the tail is queueing at saturation.
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// The `bulwark` binary (default: `$BULWARK_BIN`, else next to this program).
-    #[arg(long)]
-    bin: Option<PathBuf>,
+    #[command(flatten)]
+    binary: bench::Binary,
 }
 
 /// What one phase measured.
@@ -98,8 +94,8 @@ impl Stats {
         Stats {
             accepted: 0,
             errors: BTreeMap::new(),
-            end_of_data: histogram(),
-            whole: histogram(),
+            end_of_data: bench::histogram(LATENCY_MAX),
+            whole: bench::histogram(LATENCY_MAX),
         }
     }
 
@@ -117,27 +113,22 @@ impl Stats {
             Outcome::Accepted { .. } => {
                 self.accepted += 1;
                 if let Some(eod) = d.end_of_data {
-                    let _ = self.end_of_data.record(micros(eod));
+                    let _ = self.end_of_data.record(bench::micros(eod));
                 }
-                let _ = self.whole.record(micros(d.elapsed));
+                let _ = self.whole.record(bench::micros(d.elapsed));
             }
             other => *self.errors.entry(other.kind()).or_insert(0) += 1,
         }
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 300_000_000, 3).expect("histogram bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    (d.as_micros() as u64).max(1)
-}
+/// The longest latency the histograms hold.
+const LATENCY_MAX: Duration = Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.seconds > 0, "--seconds must be positive");
+    ensure!(args.times.seconds > 0, "--seconds must be positive");
     ensure!(args.nodes >= 1, "--nodes must be at least 1");
     ensure!(
         args.per_connection >= 1,
@@ -148,28 +139,18 @@ async fn main() -> Result<()> {
         args.sessions.iter().all(|&s| s >= 1),
         "--sessions must be positive"
     );
-    let mut builder = ClusterBuilder::new(args.nodes)
-        .name("bench-smtp")
-        .smtp("max_sessions_per_ip", &args.max_sessions_per_ip.to_string())
-        .smtp(
-            "max_sessions_per_network",
-            &args.max_sessions_per_ip.to_string(),
-        );
-    if let Some(b) = &args.bin {
-        builder = builder.binary(b.clone());
-    }
-    let mut cluster = builder.start().await?;
+    let builder = bench::allow_sessions(
+        ClusterBuilder::new(args.nodes).name("bench-smtp"),
+        args.max_sessions_per_ip,
+    );
+    let (mut cluster, leader) = bench::start(builder, &args.binary).await?;
     let bin = cluster.binary().display().to_string();
-    if bin.contains("/debug/") {
-        eprintln!("warning: {bin} is a debug build; figures will not be representative");
-    }
-    let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
     eprintln!(
         "bench_smtp: {} node(s), leader {leader}, binary {bin}, {} s per phase after {} s \
          warm-up, {} message(s) per connection, pipelining {}, offered load {}, {} CPUs",
         args.nodes,
-        args.seconds,
-        args.warmup,
+        args.times.seconds,
+        args.times.warmup,
         args.per_connection,
         if args.no_pipelining { "off" } else { "on" },
         if args.rate > 0 {
@@ -207,28 +188,15 @@ async fn main() -> Result<()> {
                 duration: Duration::from_secs(seconds),
                 pacer: (args.rate > 0).then(|| Pacer::new(args.rate)),
             };
-            if args.warmup > 0 {
-                warm_accepted += run(args.warmup).go().await.accepted;
+            if args.times.warmup > 0 {
+                warm_accepted += run(args.times.warmup).go().await.accepted;
             }
-            let pids: Vec<(u64, u32)> = cluster
-                .ids()
-                .into_iter()
-                .filter_map(|id| cluster.node(id).pid().map(|p| (id, p)))
-                .collect();
-            let cpu0 = cpu_snapshot(&pids)?;
+            let clock = CpuClock::start(bench::node_pids(&cluster))?;
             let started = Instant::now();
-            let stats = run(args.seconds).go().await;
+            let stats = run(args.times.seconds).go().await;
             let elapsed = started.elapsed();
-            let cpu1 = cpu_snapshot(&pids)?;
-            let cpu = cpu1
-                .iter()
-                .map(|(id, t)| (*id, t.saturating_sub(cpu0[id])))
-                .collect();
-            let leader = cluster
-                .cluster_status(cluster.ids()[0])
-                .await
-                .ok()
-                .and_then(|s| s.leader_id);
+            let cpu = clock.spent()?;
+            let leader = bench::leader(&cluster).await;
             let p = Phase {
                 size,
                 sessions,
@@ -270,27 +238,18 @@ async fn main() -> Result<()> {
         println!("{}", row(args.nodes, p));
     }
     println!();
-    let ids: Vec<u64> = (1..=args.nodes as u64).collect();
-    let mut head = String::from("| nodes | size | sessions |");
-    let mut sep = String::from("|---:|---:|---:|");
-    for id in &ids {
-        head.push_str(&format!(" node {id} CPU ms/msg |"));
-        sep.push_str("---:|");
-    }
-    head.push_str(" load generator CPU ms/msg | leader |");
-    sep.push_str("---:|---:|");
-    println!("{head}\n{sep}");
+    println!(
+        "{}",
+        bench::cpu_table_head(&["nodes", "size", "sessions"], args.nodes, "msg")
+    );
     for p in &phases {
-        let mut line = format!("| {} | {} | {} |", args.nodes, size(p.size), p.sessions);
-        for id in ids.iter().chain(std::iter::once(&0)) {
-            let ms = p.cpu.get(id).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
-            line.push_str(&format!(" {:.3} |", ms / p.stats.accepted.max(1) as f64));
-        }
-        line.push_str(&format!(
-            " {} |",
-            p.leader.map_or("?".to_string(), |l| l.to_string())
-        ));
-        println!("{line}");
+        let cells = [
+            args.nodes.to_string(),
+            bench::size_label(p.size),
+            p.sessions.to_string(),
+        ];
+        let row = bench::cpu_table_row(&cells, args.nodes, &p.cpu, p.stats.accepted, p.leader);
+        println!("{row}");
     }
     println!();
     println!(
@@ -406,13 +365,6 @@ async fn drain(cluster: &bulwark_cluster_tests::Cluster, timeout: Duration) -> R
 
 fn row(nodes: usize, p: &Phase) -> String {
     let s = &p.stats;
-    let ms = |h: &Histogram<u64>, q: f64| {
-        if h.is_empty() {
-            f64::NAN
-        } else {
-            h.value_at_quantile(q) as f64 / 1e3
-        }
-    };
     let errors = if s.errors.is_empty() {
         "0".to_string()
     } else {
@@ -424,39 +376,14 @@ fn row(nodes: usize, p: &Phase) -> String {
     };
     format!(
         "| {nodes} | {} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {errors} |",
-        size(p.size),
+        bench::size_label(p.size),
         p.sessions,
         s.accepted as f64 / p.elapsed.as_secs_f64(),
-        ms(&s.end_of_data, 0.50),
-        ms(&s.end_of_data, 0.99),
-        if s.end_of_data.is_empty() {
-            f64::NAN
-        } else {
-            s.end_of_data.max() as f64 / 1e3
-        },
-        ms(&s.whole, 0.50),
+        bench::quantile_ms(&s.end_of_data, 0.50),
+        bench::quantile_ms(&s.end_of_data, 0.99),
+        bench::max_ms(&s.end_of_data),
+        bench::quantile_ms(&s.whole, 0.50),
     )
-}
-
-fn size(bytes: usize) -> String {
-    if bytes >= 1024 && bytes.is_multiple_of(1024) {
-        format!("{} KiB", bytes / 1024)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
-/// CPU time of every node (by id) and of this process (id 0).
-fn cpu_snapshot(pids: &[(u64, u32)]) -> Result<BTreeMap<u64, Duration>> {
-    let mut m = BTreeMap::new();
-    for &(id, pid) in pids {
-        m.insert(
-            id,
-            cpu_time(pid).with_context(|| format!("CPU time of node {id}"))?,
-        );
-    }
-    m.insert(0, cpu_time(std::process::id())?);
-    Ok(m)
 }
 
 /// One phase: `sessions` tasks sending messages of `size` bytes until `duration` has
