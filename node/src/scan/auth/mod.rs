@@ -38,14 +38,19 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::dns::TokioResolver;
+use bulwark_storage::Action;
+use futures::future::BoxFuture;
 use mail_auth::{AuthenticatedMessage, MessageAuthenticator, SpfOutput, SpfResult};
 
-use super::engine::Hit;
+use super::engine::{Authentication, Checked, Hit, LinkHosts, NetworkEngine, Outcome};
+use super::Candidate;
+use crate::dns::TokioResolver;
 use arc::arc_verdict;
 use results::{header_value, token};
 use spf::spf_domain;
 
+/// The version recorded in verdicts: the library doing the work.
+const VERSION: &str = "mail-auth 0.13.0";
 /// Budget of the first phase (SPF, DKIM, ARC at once), in per-lookup timeouts.
 const PHASE_ONE_TIMEOUTS: u32 = 3;
 /// Budget of the second phase (DMARC, which needs the first), in per-lookup timeouts.
@@ -231,6 +236,61 @@ impl Authenticator {
             }
         }
         report.finish(&self.authserv_id)
+    }
+}
+
+impl NetworkEngine for Authenticator {
+    fn name(&self) -> &'static str {
+        "auth"
+    }
+
+    fn version(&self) -> String {
+        VERSION.to_string()
+    }
+
+    fn budget(&self) -> Duration {
+        Authenticator::budget(self)
+    }
+
+    fn check<'a>(
+        &'a self,
+        message: &'a Candidate<'a>,
+        _links: &'a LinkHosts,
+    ) -> BoxFuture<'a, Checked> {
+        Box::pin(async move {
+            let outcome = Authenticator::check(
+                self,
+                &message.body,
+                message.client_ip,
+                message.helo,
+                message.mail_from,
+            )
+            .await;
+            let results = outcome
+                .results
+                .into_iter()
+                .map(|r| bulwark_storage::AuthResult {
+                    method: r.method.to_string(),
+                    result: r.result.to_string(),
+                    detail: r.detail,
+                })
+                .collect();
+            let dmarc = outcome.dmarc_policy.map(|d| match d {
+                DmarcDisposition::Reject => Action::Reject,
+                DmarcDisposition::Quarantine => Action::Quarantine,
+            });
+            Checked {
+                outcome: Outcome {
+                    hits: outcome.hits,
+                    findings: Vec::new(),
+                },
+                authentication: Some(Authentication {
+                    results,
+                    header: outcome.header,
+                    dmarc,
+                }),
+            }
+        })
     }
 }
 
