@@ -140,102 +140,95 @@ impl Authenticator {
 
     /// Authenticates `raw` (the message as received, before we add headers) sent by
     /// `client_ip` after `HELO helo` and `MAIL FROM:<mail_from>` (empty or `<>` for
-    /// the null sender).
-    pub async fn check(
-        &self,
-        raw: &[u8],
+    /// the null sender). The verifiers' state is large: the future is on the heap,
+    /// not in every caller's.
+    pub fn check<'a>(
+        &'a self,
+        raw: &'a [u8],
         client_ip: IpAddr,
-        helo: &str,
-        mail_from: &str,
-    ) -> AuthOutcome {
-        // The verifiers' state is large; keep it on the heap, not in every caller's
-        // future.
-        Box::pin(self.check_unboxed(raw, client_ip, helo, mail_from)).await
-    }
+        helo: &'a str,
+        mail_from: &'a str,
+    ) -> BoxFuture<'a, AuthOutcome> {
+        Box::pin(async move {
+            let helo = helo.trim().trim_end_matches('.');
+            let mail_from = envelope_sender(mail_from);
+            let message = AuthenticatedMessage::parse(raw);
+            let phase_one = self.timeout * PHASE_ONE_TIMEOUTS;
+            let (helo_spf, from_spf, dkim, arc) = tokio::join!(
+                within(phase_one, self.spf_helo(client_ip, helo)),
+                within(phase_one, self.spf_mail_from(client_ip, helo, mail_from)),
+                within(phase_one, async {
+                    match &message {
+                        Some(message) => self.resolver.verify_dkim(message).await,
+                        None => Vec::new(),
+                    }
+                }),
+                within(phase_one, async {
+                    match &message {
+                        Some(message) => {
+                            Some(arc_verdict(&self.resolver.verify_arc(message).await))
+                        }
+                        None => None,
+                    }
+                }),
+            );
 
-    async fn check_unboxed(
-        &self,
-        raw: &[u8],
-        client_ip: IpAddr,
-        helo: &str,
-        mail_from: &str,
-    ) -> AuthOutcome {
-        let helo = helo.trim().trim_end_matches('.');
-        let mail_from = envelope_sender(mail_from);
-        let message = AuthenticatedMessage::parse(raw);
-        let phase_one = self.timeout * PHASE_ONE_TIMEOUTS;
-        let (helo_spf, from_spf, dkim, arc) = tokio::join!(
-            within(phase_one, self.spf_helo(client_ip, helo)),
-            within(phase_one, self.spf_mail_from(client_ip, helo, mail_from)),
-            within(phase_one, async {
-                match &message {
-                    Some(message) => self.resolver.verify_dkim(message).await,
-                    None => Vec::new(),
-                }
-            }),
-            within(phase_one, async {
-                match &message {
-                    Some(message) => Some(arc_verdict(&self.resolver.verify_arc(message).await)),
-                    None => None,
-                }
-            }),
-        );
-
-        let mut report = Report::default();
-        let spf_domain = spf_domain(helo, mail_from);
-        let mail_from_spf = from_spf.clone().unwrap_or_else(|| {
-            SpfOutput::new(spf_domain.to_string()).with_result(SpfResult::TempError)
-        });
-        if !helo.is_empty() {
-            report.spf("helo", helo, helo, helo_spf.as_ref().map(SpfOutput::result));
-        }
-        let identity = if mail_from.is_empty() {
-            format!("postmaster@{helo}")
-        } else {
-            mail_from.to_string()
-        };
-        report.spf(
-            "mailfrom",
-            &identity,
-            spf_domain,
-            from_spf.as_ref().map(SpfOutput::result),
-        );
-        report.spf_hits(mail_from_spf.result(), &identity, client_ip);
-
-        match (&dkim, &message) {
-            (Some(outputs), _) => report.dkim(outputs),
-            (None, Some(message)) => report.dkim_timed_out(message),
-            (None, None) => {}
-        }
-        report.dkim_hits();
-
-        let phase_two = self.timeout * PHASE_TWO_TIMEOUTS;
-        let dmarc = match &message {
-            Some(message) => {
-                let dkim = dkim.as_deref().unwrap_or_default();
-                within(
-                    phase_two,
-                    self.dmarc(message, dkim, spf_domain, &mail_from_spf),
-                )
-                .await
+            let mut report = Report::default();
+            let spf_domain = spf_domain(helo, mail_from);
+            let mail_from_spf = from_spf.clone().unwrap_or_else(|| {
+                SpfOutput::new(spf_domain.to_string()).with_result(SpfResult::TempError)
+            });
+            if !helo.is_empty() {
+                report.spf("helo", helo, helo, helo_spf.as_ref().map(SpfOutput::result));
             }
-            None => Some(None),
-        };
-        match dmarc {
-            Some(Some((output, record))) => report.dmarc(&output, record.as_ref(), raw),
-            Some(None) => report.push("dmarc", "none", String::new()),
-            None => report.dmarc_timed_out(),
-        }
+            let identity = if mail_from.is_empty() {
+                format!("postmaster@{helo}")
+            } else {
+                mail_from.to_string()
+            };
+            report.spf(
+                "mailfrom",
+                &identity,
+                spf_domain,
+                from_spf.as_ref().map(SpfOutput::result),
+            );
+            report.spf_hits(mail_from_spf.result(), &identity, client_ip);
 
-        match arc {
-            Some(Some(verdict)) => report.arc(verdict),
-            Some(None) => report.push("arc", "none", String::new()),
-            None => {
-                report.push("arc", "temperror", "(DNS timeout)".to_string());
-                report.temp_errors.push("arc".to_string());
+            match (&dkim, &message) {
+                (Some(outputs), _) => report.dkim(outputs),
+                (None, Some(message)) => report.dkim_timed_out(message),
+                (None, None) => {}
             }
-        }
-        report.finish(&self.authserv_id)
+            report.dkim_hits();
+
+            let phase_two = self.timeout * PHASE_TWO_TIMEOUTS;
+            let dmarc = match &message {
+                Some(message) => {
+                    let dkim = dkim.as_deref().unwrap_or_default();
+                    within(
+                        phase_two,
+                        self.dmarc(message, dkim, spf_domain, &mail_from_spf),
+                    )
+                    .await
+                }
+                None => Some(None),
+            };
+            match dmarc {
+                Some(Some((output, record))) => report.dmarc(&output, record.as_ref(), raw),
+                Some(None) => report.push("dmarc", "none", String::new()),
+                None => report.dmarc_timed_out(),
+            }
+
+            match arc {
+                Some(Some(verdict)) => report.arc(verdict),
+                Some(None) => report.push("arc", "none", String::new()),
+                None => {
+                    report.push("arc", "temperror", "(DNS timeout)".to_string());
+                    report.temp_errors.push("arc".to_string());
+                }
+            }
+            report.finish(&self.authserv_id)
+        })
     }
 }
 
