@@ -267,37 +267,7 @@ impl Scanner {
             self.run_content(candidate, deadline, links_tx),
             join_all(checks)
         );
-
-        // What each engine did, in the order the verdict records it: the content
-        // engines that reported, the network engines, the content engines that ran
-        // out of time.
-        let late: Vec<Run> = self
-            .content
-            .engines
-            .iter()
-            .filter(|engine| !reported.iter().any(|r| r.engine == engine.name()))
-            .map(|engine| Run {
-                engine: engine.name(),
-                version: engine.version(),
-                report: None,
-            })
-            .collect();
-        let mut runs = reported;
-        let mut authentication = None;
-        for (engine, checked) in self.network.iter().zip(checked) {
-            let report = checked.map(|(checked, ms)| {
-                if checked.authentication.is_some() {
-                    authentication = checked.authentication;
-                }
-                (checked.outcome, ms)
-            });
-            runs.push(Run {
-                engine: engine.name(),
-                version: engine.version(),
-                report,
-            });
-        }
-        runs.extend(late);
+        let (runs, authentication) = self.runs(reported, checked);
 
         let mut symbols = Vec::new();
         if let Some(relay) = from.via {
@@ -311,36 +281,7 @@ impl Scanner {
                 engine: "origin".into(),
             });
         }
-        let mut findings = Vec::new();
-        let mut engines = Vec::new();
-        for run in &runs {
-            let Some((outcome, ms)) = &run.report else {
-                self.timed_out(run.engine, &run.version, &mut engines, &mut symbols);
-                continue;
-            };
-            for hit in &outcome.hits {
-                symbols.push(Symbol {
-                    name: hit.symbol.clone(),
-                    score: hit.score,
-                    description: hit.description.clone(),
-                    engine: run.engine.to_string(),
-                });
-            }
-            for found in &outcome.findings {
-                findings.push(Finding {
-                    kind: found.kind.as_str().to_string(),
-                    name: found.name.clone(),
-                    location: found.location.clone(),
-                    engine: run.engine.to_string(),
-                });
-            }
-            engines.push(EngineRun {
-                engine: run.engine.to_string(),
-                version: run.version.clone(),
-                ms: *ms,
-                timed_out: false,
-            });
-        }
+        let (findings, engines) = self.record(&runs, &mut symbols);
 
         let score = symbols.iter().map(|s| s.score).sum::<f64>();
         let first = |kinds: &[FindingKind]| {
@@ -387,27 +328,88 @@ impl Scanner {
         }
     }
 
-    /// Records that `engine` did not finish within the budget.
-    fn timed_out(
+    /// What each engine did, in the order the verdict records it: the content
+    /// engines that reported, the network engines, the content engines that ran out
+    /// of time; and what authentication found, if it ran in time.
+    fn runs(
         &self,
-        engine: &str,
-        version: &str,
-        engines: &mut Vec<EngineRun>,
-        symbols: &mut Vec<Symbol>,
-    ) {
+        reported: Vec<Run>,
+        checked: Vec<Option<(Checked, u64)>>,
+    ) -> (Vec<Run>, Option<Authentication>) {
+        let late: Vec<Run> = self
+            .content
+            .engines
+            .iter()
+            .filter(|engine| !reported.iter().any(|r| r.engine == engine.name()))
+            .map(|engine| Run {
+                engine: engine.name(),
+                version: engine.version(),
+                report: None,
+            })
+            .collect();
+        let mut runs = reported;
+        let mut authentication = None;
+        for (engine, checked) in self.network.iter().zip(checked) {
+            let report = checked.map(|(checked, ms)| {
+                if checked.authentication.is_some() {
+                    authentication = checked.authentication;
+                }
+                (checked.outcome, ms)
+            });
+            runs.push(Run {
+                engine: engine.name(),
+                version: engine.version(),
+                report,
+            });
+        }
+        runs.extend(late);
+        (runs, authentication)
+    }
+
+    /// The findings and engine runs the verdict records of `runs`, their hits added
+    /// to `symbols`. An engine that did not finish within the budget is recorded as
+    /// timed out after the whole budget, with a 0-score `SCAN_TIMEOUT`.
+    fn record(&self, runs: &[Run], symbols: &mut Vec<Symbol>) -> (Vec<Finding>, Vec<EngineRun>) {
         let budget_ms = self.budget.as_millis() as u64;
-        engines.push(EngineRun {
-            engine: engine.to_string(),
-            version: version.to_string(),
-            ms: budget_ms,
-            timed_out: true,
-        });
-        symbols.push(Symbol {
-            name: "SCAN_TIMEOUT".into(),
-            score: 0.0,
-            description: format!("{engine} did not finish within the {budget_ms} ms scan budget"),
-            engine: engine.to_string(),
-        });
+        let mut findings = Vec::new();
+        let mut engines = Vec::new();
+        for run in runs {
+            engines.push(EngineRun {
+                engine: run.engine.to_string(),
+                version: run.version.clone(),
+                ms: run.report.as_ref().map_or(budget_ms, |(_, ms)| *ms),
+                timed_out: run.report.is_none(),
+            });
+            let Some((outcome, _)) = &run.report else {
+                symbols.push(Symbol {
+                    name: "SCAN_TIMEOUT".into(),
+                    score: 0.0,
+                    description: format!(
+                        "{} did not finish within the {budget_ms} ms scan budget",
+                        run.engine
+                    ),
+                    engine: run.engine.to_string(),
+                });
+                continue;
+            };
+            for hit in &outcome.hits {
+                symbols.push(Symbol {
+                    name: hit.symbol.clone(),
+                    score: hit.score,
+                    description: hit.description.clone(),
+                    engine: run.engine.to_string(),
+                });
+            }
+            for found in &outcome.findings {
+                findings.push(Finding {
+                    kind: found.kind.as_str().to_string(),
+                    name: found.name.clone(),
+                    location: found.location.clone(),
+                    engine: run.engine.to_string(),
+                });
+            }
+        }
+        (findings, engines)
     }
 
     /// Runs the content engines on a blocking thread, collecting their reports as
