@@ -157,7 +157,7 @@ pub trait NetworkEngine: Send + Sync {
 }
 
 /// What a network engine reports about one message.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Checked {
     /// Hits and findings, as a content engine reports them.
     pub outcome: Outcome,
@@ -188,7 +188,6 @@ pub struct Authentication {
 
 /// The hosts of the message's links (see [`super::spam::link_hosts`]), which the
 /// content thread sends once it has parsed the message.
-#[derive(Clone)]
 pub struct LinkHosts(Shared<oneshot::Receiver<Vec<String>>>);
 
 impl LinkHosts {
