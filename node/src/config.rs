@@ -515,7 +515,7 @@ fn validate_delivery(
             Some(rest) => (".", rest),
             None => ("", domain.as_str()),
         };
-        let Some(ascii) = smtp::ascii_domain(name).filter(|a| !a.is_empty()) else {
+        let Some(ascii) = crate::mail::ascii_domain(name).filter(|a| !a.is_empty()) else {
             problems.push(format!("delivery.routes: {domain:?} is not a domain"));
             continue;
         };
@@ -701,7 +701,7 @@ fn validate_smtp(s: RawSmtp, base: &Path, problems: &mut Vec<String>) -> Option<
         .domains
         .unwrap_or_else(|| vec!["localhost".into(), "example.test".into()])
         .into_iter()
-        .filter_map(|d| match smtp::ascii_domain(&d) {
+        .filter_map(|d| match crate::mail::ascii_domain(&d) {
             Some(ascii)
                 if !ascii.is_empty()
                     && ascii

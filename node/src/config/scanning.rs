@@ -359,7 +359,7 @@ pub(super) fn validate_policy(p: RawPolicy, problems: &mut Vec<String>) -> Polic
         }
     }
     for (domain, raw) in p.domains.unwrap_or_default() {
-        let key = match crate::smtp::ascii_domain(&domain).filter(|d| !d.is_empty()) {
+        let key = match crate::mail::ascii_domain(&domain).filter(|d| !d.is_empty()) {
             Some(key) => key,
             None => {
                 problems.push(format!("policy.domains: {domain:?} is not a domain"));
@@ -375,7 +375,7 @@ pub(super) fn validate_policy(p: RawPolicy, problems: &mut Vec<String>) -> Polic
             problems.push(format!("policy.recipients: {address:?} is not an address"));
             continue;
         };
-        let Some(domain) = crate::smtp::ascii_domain(domain).filter(|d| !d.is_empty()) else {
+        let Some(domain) = crate::mail::ascii_domain(domain).filter(|d| !d.is_empty()) else {
             problems.push(format!("policy.recipients: {address:?} is not an address"));
             continue;
         };

@@ -7,7 +7,7 @@
 //! sender, so that it can never cause another one; messages that had the null sender
 //! get none.
 
-use crate::smtp::rewrite::one_line;
+use crate::mail::one_line;
 use bulwark_storage::{Bounce, MessageId, QueueEntry};
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;

@@ -152,7 +152,7 @@ impl Routes {
 fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')
-        .and_then(|(_, d)| crate::smtp::ascii_domain(d))
+        .and_then(|(_, d)| crate::mail::ascii_domain(d))
         .unwrap_or_default()
 }
 

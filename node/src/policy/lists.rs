@@ -30,7 +30,7 @@ impl List {
         } else if let Ok(net) = entry.parse::<IpNet>() {
             self.networks.push(net.trunc());
         } else if let Some((local, domain)) = entry.rsplit_once('@') {
-            let domain = crate::smtp::ascii_domain(domain).filter(|d| !d.is_empty());
+            let domain = crate::mail::ascii_domain(domain).filter(|d| !d.is_empty());
             match (local.is_empty(), domain) {
                 (false, Some(domain)) => self
                     .addresses
@@ -42,7 +42,7 @@ impl List {
                 Some(rest) => (".", rest),
                 None => ("", entry),
             };
-            let domain = crate::smtp::ascii_domain(name)
+            let domain = crate::mail::ascii_domain(name)
                 .filter(|d| {
                     !d.is_empty()
                         && d.split('.').all(|label| !label.is_empty())
@@ -64,7 +64,7 @@ impl List {
             let Some((local, domain)) = sender.rsplit_once('@') else {
                 continue;
             };
-            let Some(domain) = crate::smtp::ascii_domain(domain) else {
+            let Some(domain) = crate::mail::ascii_domain(domain) else {
                 continue;
             };
             let address = format!("{}@{domain}", local.to_lowercase());

@@ -164,7 +164,7 @@ impl Policy {
             let address = rcpt.to_lowercase();
             let domain = address
                 .rsplit_once('@')
-                .and_then(|(_, d)| crate::smtp::ascii_domain(d))
+                .and_then(|(_, d)| crate::mail::ascii_domain(d))
                 .unwrap_or_default();
             let by_domain = self.domains.get(&domain);
             let by_rcpt = self.recipients.get(&address);

@@ -25,15 +25,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use mail_auth::hickory_resolver::lookup::Lookup;
 use mail_auth::hickory_resolver::net::NetError;
 use mail_auth::hickory_resolver::proto::rr::{Name, RData, RecordType};
 use tokio::task::JoinSet;
 
-use super::engine::{Hit, Outcome};
+use super::engine::{Checked, Hit, LinkHosts, NetworkEngine, Outcome};
 use super::spam::registrable_domain;
+use super::Candidate;
 use crate::dns::TokioResolver;
 
+/// The version recorded in verdicts.
+const VERSION: &str = "dnsbl:1";
 /// Distinct registrable link domains asked about per message, in the order the
 /// message names them (SpamAssassin's `uridnsbl_max_domains` is also 20).
 pub const MAX_LINK_DOMAINS: usize = 20;
@@ -288,6 +292,38 @@ impl Blocklists {
             }
         }
         questions
+    }
+}
+
+impl NetworkEngine for Blocklists {
+    fn name(&self) -> &'static str {
+        "dnsbl"
+    }
+
+    fn version(&self) -> String {
+        VERSION.to_string()
+    }
+
+    fn budget(&self) -> Duration {
+        self.lookup_timeout
+    }
+
+    fn wants_links(&self) -> bool {
+        true
+    }
+
+    /// Waits for the content thread's link hosts, then looks them and the client up.
+    fn check<'a>(
+        &'a self,
+        message: &'a Candidate<'a>,
+        links: &'a LinkHosts,
+    ) -> BoxFuture<'a, Checked> {
+        Box::pin(async move {
+            let links = links.get().await;
+            Blocklists::check(self, message.client_ip, &links)
+                .await
+                .into()
+        })
     }
 }
 

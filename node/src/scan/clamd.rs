@@ -28,8 +28,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::engine::{Finding, FindingKind, Hit, Outcome};
+use futures::future::BoxFuture;
 
+use super::engine::{Checked, Finding, FindingKind, Hit, LinkHosts, NetworkEngine, Outcome};
+use super::Candidate;
+
+/// The version recorded in verdicts: the protocol spoken.
+const VERSION: &str = "clamd INSTREAM";
 /// The largest chunk sent at once.
 const CHUNK: usize = 64 * 1024;
 
@@ -143,6 +148,28 @@ impl Clamd {
                 instream(stream, message).await
             }
         }
+    }
+}
+
+impl NetworkEngine for Clamd {
+    fn name(&self) -> &'static str {
+        "clamd"
+    }
+
+    fn version(&self) -> String {
+        VERSION.to_string()
+    }
+
+    fn budget(&self) -> Duration {
+        self.timeout
+    }
+
+    fn check<'a>(
+        &'a self,
+        message: &'a Candidate<'a>,
+        _links: &'a LinkHosts,
+    ) -> BoxFuture<'a, Checked> {
+        Box::pin(async move { self.scan(&message.body).await.into() })
     }
 }
 

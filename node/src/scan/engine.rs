@@ -1,7 +1,15 @@
 //! What every scanning engine sees and returns: a message parsed once, its files
-//! unpacked once, and the symbols and findings an engine reports about it.
+//! unpacked once, and the symbols and findings an engine reports about it. Content
+//! engines ([`Engine`]) judge the parsed message on a blocking thread; network
+//! engines ([`NetworkEngine`]) ask DNS or a daemon about it on the runtime.
 
 use std::net::IpAddr;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::oneshot;
+
+use super::Candidate;
 
 /// One message as the engines see it: the envelope, the client, the raw content,
 /// its parse and every file found in it (MIME parts and archive members).
@@ -112,7 +120,7 @@ pub struct Outcome {
 }
 
 /// A content engine: synchronous, CPU-bound, judging a parsed message. Engines that
-/// need the network (authentication, DNS blocklists) are async and live beside.
+/// need the network are [`NetworkEngine`]s and run beside.
 pub trait Engine: Send + Sync {
     /// Short name used in events and timings: `malware`, `spam`, ...
     fn name(&self) -> &'static str;
@@ -120,4 +128,76 @@ pub trait Engine: Send + Sync {
     /// every verdict.
     fn version(&self) -> String;
     fn scan(&self, message: &Parsed<'_>) -> Outcome;
+}
+
+/// An engine that waits on the network rather than the CPU (authentication, DNS
+/// blocklists, clamd): it runs on the runtime while the content engines run on
+/// their thread, and reads the message as received, unparsed.
+///
+/// To ensure a slow peer never holds a session: `check` bounds its own time
+/// ([`NetworkEngine::budget`]) whatever the peer does, and the pipeline records the
+/// engine as timed out (`SCAN_TIMEOUT`) if the scan budget runs out first.
+pub trait NetworkEngine: Send + Sync {
+    /// Short name used in events and timings: `auth`, `dnsbl`, `clamd`.
+    fn name(&self) -> &'static str;
+    /// The engine's version, as recorded in every verdict.
+    fn version(&self) -> String;
+    /// The longest `check` takes however slow its peer is, CPU aside.
+    fn budget(&self) -> Duration;
+    /// Whether `check` reads the message's [`LinkHosts`] (the content thread then
+    /// finds them before anything else).
+    fn wants_links(&self) -> bool {
+        false
+    }
+    fn check<'a>(
+        &'a self,
+        message: &'a Candidate<'a>,
+        links: &'a LinkHosts,
+    ) -> BoxFuture<'a, Checked>;
+}
+
+/// What a network engine reports about one message.
+#[derive(Debug)]
+pub struct Checked {
+    /// Hits and findings, as a content engine reports them.
+    pub outcome: Outcome,
+    /// What authentication adds to the verdict beyond its hits.
+    pub authentication: Option<Authentication>,
+}
+
+impl From<Outcome> for Checked {
+    fn from(outcome: Outcome) -> Self {
+        Checked {
+            outcome,
+            authentication: None,
+        }
+    }
+}
+
+/// Authentication's part of a verdict beyond its hits.
+#[derive(Debug)]
+pub struct Authentication {
+    /// One result per method and identity, in header order.
+    pub results: Vec<bulwark_storage::AuthResult>,
+    /// The value of our `Authentication-Results` header.
+    pub header: String,
+    /// What the sender's DMARC policy asks for a message that fails DMARC
+    /// (quarantine or reject), if anything.
+    pub dmarc: Option<bulwark_storage::Action>,
+}
+
+/// The hosts of the message's links (see [`super::spam::link_hosts`]), which the
+/// content thread sends once it has parsed the message.
+pub struct LinkHosts(Shared<oneshot::Receiver<Vec<String>>>);
+
+impl LinkHosts {
+    /// The hosts sent to `receiver`; none if its sender is dropped without sending.
+    pub fn new(receiver: oneshot::Receiver<Vec<String>>) -> Self {
+        LinkHosts(receiver.shared())
+    }
+
+    /// Waits for the hosts.
+    pub async fn get(&self) -> Vec<String> {
+        self.0.clone().await.unwrap_or_default()
+    }
 }

@@ -2,10 +2,11 @@
 //! it is committed (DESIGN.md, "the mail's path").
 //!
 //! The message is parsed once and its files unpacked once; the content engines
-//! ([`Engine`]) run on a blocking thread while authentication (DNS) runs beside them
-//! on the runtime. Everything has one time budget: an engine or lookup that has not
-//! answered by then is recorded as timed out (symbol `SCAN_TIMEOUT`) and the verdict
-//! is made from what did answer — a slow engine never holds a session. The policy
+//! ([`Engine`]) run on a blocking thread while the network engines
+//! ([`NetworkEngine`]: authentication, DNS blocklists, clamd) run beside them on the
+//! runtime. Everything has one time budget: an engine that has not answered by then
+//! is recorded as timed out (symbol `SCAN_TIMEOUT`) and the verdict is made from what
+//! did answer — a slow engine never holds a session. The policy
 //! then turns scores and findings into the action, and the whole verdict is
 //! committed with the message.
 
@@ -25,12 +26,16 @@ pub mod preview;
 pub mod spam;
 pub mod yara;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulwark_storage::{EngineRun, Finding, MessageId, Symbol, Verdict};
+use futures::future::join_all;
 
-pub use engine::{Engine, FindingKind, Hit, Outcome, Parsed};
+pub use engine::{
+    Authentication, Checked, Engine, FindingKind, Hit, LinkHosts, NetworkEngine, Outcome, Parsed,
+};
 
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -84,9 +89,8 @@ pub struct Judged {
 /// The scanning pipeline, shared by every SMTP session of the node.
 pub struct Scanner {
     content: Arc<ContentEngines>,
-    auth: Option<auth::Authenticator>,
-    blocklists: Option<blocklists::Blocklists>,
-    clamd: Option<clamd::Clamd>,
+    /// In the order the verdict records them, after the content engines.
+    network: Vec<Box<dyn NetworkEngine>>,
     trusted_relays: Vec<ipnet::IpNet>,
     policy: Policy,
     budget: Duration,
@@ -100,19 +104,13 @@ struct ContentEngines {
     local_domains: Vec<String>,
 }
 
-/// The authentication engine's version as recorded in verdicts: the library doing it.
-const AUTH_VERSION: &str = "mail-auth 0.13.0";
-/// The blocklist engine's version as recorded in verdicts.
-const DNSBL_VERSION: &str = "dnsbl:1";
-/// The clamd client's version as recorded in verdicts: the protocol it speaks.
-const CLAMD_VERSION: &str = "clamd INSTREAM";
-
-/// One engine's report as it arrives from the blocking thread.
-struct Report {
+/// One engine's part in a verdict: what it reported and how many ms it took, or
+/// `None` when the scan budget ran out first. Content engines send theirs from the
+/// blocking thread as they finish.
+struct Run {
     engine: &'static str,
     version: String,
-    outcome: Outcome,
-    ms: u64,
+    report: Option<(Outcome, u64)>,
 }
 
 impl Scanner {
@@ -135,13 +133,6 @@ impl Scanner {
                 full.smtp.hostname.clone(),
             )
             .map_err(|e| anyhow::anyhow!("authentication: {e}"))?;
-            if auth.budget() > config.budget {
-                tracing::info!(
-                    scan_budget_ms = config.budget.as_millis() as u64,
-                    dns_worst_case_ms = auth.budget().as_millis() as u64,
-                    "slow DNS can make authentication time out within the scan budget"
-                );
-            }
             Some(auth)
         } else {
             None
@@ -199,15 +190,35 @@ impl Scanner {
     }
 
     pub fn new(settings: Settings) -> Self {
+        let network: Vec<Box<dyn NetworkEngine>> = [
+            settings
+                .clamd
+                .map(|e| Box::new(e) as Box<dyn NetworkEngine>),
+            settings.auth.map(|e| Box::new(e) as Box<dyn NetworkEngine>),
+            settings
+                .blocklists
+                .map(|e| Box::new(e) as Box<dyn NetworkEngine>),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for engine in &network {
+            if engine.budget() > settings.budget {
+                tracing::info!(
+                    engine = engine.name(),
+                    scan_budget_ms = settings.budget.as_millis() as u64,
+                    worst_case_ms = engine.budget().as_millis() as u64,
+                    "a slow peer can make this engine time out within the scan budget"
+                );
+            }
+        }
         Scanner {
             content: Arc::new(ContentEngines {
                 engines: settings.engines,
                 limits: settings.limits,
                 local_domains: settings.local_domains,
             }),
-            auth: settings.auth,
-            blocklists: settings.blocklists,
-            clamd: settings.clamd,
+            network,
             trusted_relays: settings.trusted_relays,
             policy: settings.policy,
             budget: settings.budget,
@@ -247,23 +258,16 @@ impl Scanner {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.budget;
         let (links_tx, links_rx) = tokio::sync::oneshot::channel();
-        let (mut reports, authenticated, listed, clamd) = tokio::join!(
+        let links = LinkHosts::new(links_rx);
+        let checks = self
+            .network
+            .iter()
+            .map(|engine| timed(deadline, engine.check(candidate, &links)));
+        let (reported, checked) = tokio::join!(
             self.run_content(candidate, deadline, links_tx),
-            self.run_auth(candidate, deadline),
-            self.run_blocklists(candidate, deadline, links_rx),
-            self.run_clamd(candidate, deadline)
+            join_all(checks)
         );
-        let mut clamd_timed_out = false;
-        match clamd {
-            Some(Ok((outcome, ms))) => reports.push(Report {
-                engine: "clamd",
-                version: CLAMD_VERSION.into(),
-                outcome,
-                ms,
-            }),
-            Some(Err(_)) => clamd_timed_out = true,
-            None => {}
-        }
+        let (runs, authentication) = self.runs(reported, checked);
 
         let mut symbols = Vec::new();
         if let Some(relay) = from.via {
@@ -277,100 +281,13 @@ impl Scanner {
                 engine: "origin".into(),
             });
         }
-        let mut findings = Vec::new();
-        let mut engines = Vec::new();
-        for report in &reports {
-            for hit in &report.outcome.hits {
-                symbols.push(Symbol {
-                    name: hit.symbol.clone(),
-                    score: hit.score,
-                    description: hit.description.clone(),
-                    engine: report.engine.to_string(),
-                });
-            }
-            for found in &report.outcome.findings {
-                findings.push(Finding {
-                    kind: found.kind.as_str().to_string(),
-                    name: found.name.clone(),
-                    location: found.location.clone(),
-                    engine: report.engine.to_string(),
-                });
-            }
-            engines.push(EngineRun {
-                engine: report.engine.to_string(),
-                version: report.version.clone(),
-                ms: report.ms,
-                timed_out: false,
-            });
-        }
-        let mut authentication = Vec::new();
-        let mut dmarc = None;
-        let mut auth_header = None;
-        match authenticated {
-            Some(Ok((outcome, ms))) => {
-                symbols.extend(outcome.hits.into_iter().map(|hit| Symbol {
-                    name: hit.symbol,
-                    score: hit.score,
-                    description: hit.description,
-                    engine: "auth".into(),
-                }));
-                authentication = outcome
-                    .results
-                    .into_iter()
-                    .map(|r| bulwark_storage::AuthResult {
-                        method: r.method.to_string(),
-                        result: r.result.to_string(),
-                        detail: r.detail,
-                    })
-                    .collect();
-                dmarc = outcome.dmarc_policy.map(|d| match d {
-                    auth::DmarcDisposition::Reject => bulwark_storage::Action::Reject,
-                    auth::DmarcDisposition::Quarantine => bulwark_storage::Action::Quarantine,
-                });
-                auth_header = Some(outcome.header);
-                engines.push(EngineRun {
-                    engine: "auth".into(),
-                    version: AUTH_VERSION.into(),
-                    ms,
-                    timed_out: false,
-                });
-            }
-            Some(Err(_)) => self.timed_out("auth", AUTH_VERSION, &mut engines, &mut symbols),
-            None => {}
-        }
-        match listed {
-            Some(Ok((outcome, ms))) => {
-                symbols.extend(outcome.hits.into_iter().map(|hit| Symbol {
-                    name: hit.symbol,
-                    score: hit.score,
-                    description: hit.description,
-                    engine: "dnsbl".into(),
-                }));
-                engines.push(EngineRun {
-                    engine: "dnsbl".into(),
-                    version: DNSBL_VERSION.into(),
-                    ms,
-                    timed_out: false,
-                });
-            }
-            Some(Err(_)) => self.timed_out("dnsbl", DNSBL_VERSION, &mut engines, &mut symbols),
-            None => {}
-        }
-        if clamd_timed_out {
-            self.timed_out("clamd", CLAMD_VERSION, &mut engines, &mut symbols);
-        }
-        for engine in &self.content.engines {
-            if !reports.iter().any(|r| r.engine == engine.name()) {
-                let version = engine.version();
-                self.timed_out(engine.name(), &version, &mut engines, &mut symbols);
-            }
-        }
+        let (findings, engines) = self.record(&runs, &mut symbols);
 
         let score = symbols.iter().map(|s| s.score).sum::<f64>();
         let first = |kinds: &[FindingKind]| {
-            reports
-                .iter()
-                .flat_map(|r| &r.outcome.findings)
+            runs.iter()
+                .filter_map(|r| r.report.as_ref())
+                .flat_map(|(outcome, _)| &outcome.findings)
                 .find(|f| kinds.contains(&f.kind))
                 .map(|f| f.name.as_str())
         };
@@ -387,9 +304,13 @@ impl Scanner {
                 FindingKind::Encrypted,
                 FindingKind::Bomb,
             ]),
-            dmarc,
+            dmarc: authentication.as_ref().and_then(|a| a.dmarc),
         });
         self.durations.observe(started.elapsed().as_secs_f64());
+        let (authentication, auth_header) = match authentication {
+            Some(a) => (a.results, Some(a.header)),
+            None => (Vec::new(), None),
+        };
         Judged {
             verdict: Verdict {
                 message_id: candidate.id,
@@ -407,86 +328,88 @@ impl Scanner {
         }
     }
 
-    /// Records that `engine` did not finish within the budget.
-    fn timed_out(
+    /// What each engine did, in the order the verdict records it: the content
+    /// engines that reported, the network engines, the content engines that ran out
+    /// of time; and what authentication found, if it ran in time.
+    fn runs(
         &self,
-        engine: &str,
-        version: &str,
-        engines: &mut Vec<EngineRun>,
-        symbols: &mut Vec<Symbol>,
-    ) {
+        reported: Vec<Run>,
+        checked: Vec<Option<(Checked, u64)>>,
+    ) -> (Vec<Run>, Option<Authentication>) {
+        let late: Vec<Run> = self
+            .content
+            .engines
+            .iter()
+            .filter(|engine| !reported.iter().any(|r| r.engine == engine.name()))
+            .map(|engine| Run {
+                engine: engine.name(),
+                version: engine.version(),
+                report: None,
+            })
+            .collect();
+        let mut runs = reported;
+        let mut authentication = None;
+        for (engine, checked) in self.network.iter().zip(checked) {
+            let report = checked.map(|(checked, ms)| {
+                if checked.authentication.is_some() {
+                    authentication = checked.authentication;
+                }
+                (checked.outcome, ms)
+            });
+            runs.push(Run {
+                engine: engine.name(),
+                version: engine.version(),
+                report,
+            });
+        }
+        runs.extend(late);
+        (runs, authentication)
+    }
+
+    /// The findings and engine runs the verdict records of `runs`, their hits added
+    /// to `symbols`. An engine that did not finish within the budget is recorded as
+    /// timed out after the whole budget, with a 0-score `SCAN_TIMEOUT`.
+    fn record(&self, runs: &[Run], symbols: &mut Vec<Symbol>) -> (Vec<Finding>, Vec<EngineRun>) {
         let budget_ms = self.budget.as_millis() as u64;
-        engines.push(EngineRun {
-            engine: engine.to_string(),
-            version: version.to_string(),
-            ms: budget_ms,
-            timed_out: true,
-        });
-        symbols.push(Symbol {
-            name: "SCAN_TIMEOUT".into(),
-            score: 0.0,
-            description: format!("{engine} did not finish within the {budget_ms} ms scan budget"),
-            engine: engine.to_string(),
-        });
-    }
-
-    /// Looks the client and the message's link domains up in the blocklists, once
-    /// the content thread has found the links; `Err` when the budget ran out first.
-    async fn run_blocklists(
-        &self,
-        candidate: &Candidate<'_>,
-        deadline: tokio::time::Instant,
-        links: tokio::sync::oneshot::Receiver<Vec<String>>,
-    ) -> Option<Result<(Outcome, u64), tokio::time::error::Elapsed>> {
-        let lists = self.blocklists.as_ref()?;
-        let started = Instant::now();
-        let checked = async {
-            let links = links.await.unwrap_or_default();
-            lists.check(candidate.client_ip, &links).await
-        };
-        Some(
-            tokio::time::timeout_at(deadline, checked)
-                .await
-                .map(|outcome| (outcome, started.elapsed().as_millis() as u64)),
-        )
-    }
-
-    /// Has clamd scan the message when one is configured; `Err` when the scan
-    /// budget ran out before clamd's own timeout.
-    async fn run_clamd(
-        &self,
-        candidate: &Candidate<'_>,
-        deadline: tokio::time::Instant,
-    ) -> Option<Result<(Outcome, u64), tokio::time::error::Elapsed>> {
-        let clamd = self.clamd.as_ref()?;
-        let started = Instant::now();
-        Some(
-            tokio::time::timeout_at(deadline, clamd.scan(&candidate.body))
-                .await
-                .map(|outcome| (outcome, started.elapsed().as_millis() as u64)),
-        )
-    }
-
-    /// Authenticates the message unless authentication is off; `Err` when the
-    /// budget ran out first.
-    async fn run_auth(
-        &self,
-        candidate: &Candidate<'_>,
-        deadline: tokio::time::Instant,
-    ) -> Option<Result<(auth::AuthOutcome, u64), tokio::time::error::Elapsed>> {
-        let auth = self.auth.as_ref()?;
-        let started = Instant::now();
-        let checked = auth.check(
-            &candidate.body,
-            candidate.client_ip,
-            candidate.helo,
-            candidate.mail_from,
-        );
-        Some(
-            tokio::time::timeout_at(deadline, checked)
-                .await
-                .map(|outcome| (outcome, started.elapsed().as_millis() as u64)),
-        )
+        let mut findings = Vec::new();
+        let mut engines = Vec::new();
+        for run in runs {
+            engines.push(EngineRun {
+                engine: run.engine.to_string(),
+                version: run.version.clone(),
+                ms: run.report.as_ref().map_or(budget_ms, |(_, ms)| *ms),
+                timed_out: run.report.is_none(),
+            });
+            let Some((outcome, _)) = &run.report else {
+                symbols.push(Symbol {
+                    name: "SCAN_TIMEOUT".into(),
+                    score: 0.0,
+                    description: format!(
+                        "{} did not finish within the {budget_ms} ms scan budget",
+                        run.engine
+                    ),
+                    engine: run.engine.to_string(),
+                });
+                continue;
+            };
+            for hit in &outcome.hits {
+                symbols.push(Symbol {
+                    name: hit.symbol.clone(),
+                    score: hit.score,
+                    description: hit.description.clone(),
+                    engine: run.engine.to_string(),
+                });
+            }
+            for found in &outcome.findings {
+                findings.push(Finding {
+                    kind: found.kind.as_str().to_string(),
+                    name: found.name.clone(),
+                    location: found.location.clone(),
+                    engine: run.engine.to_string(),
+                });
+            }
+        }
+        (findings, engines)
     }
 
     /// Runs the content engines on a blocking thread, collecting their reports as
@@ -496,7 +419,7 @@ impl Scanner {
         candidate: &Candidate<'_>,
         deadline: tokio::time::Instant,
         links: tokio::sync::oneshot::Sender<Vec<String>>,
-    ) -> Vec<Report> {
+    ) -> Vec<Run> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let content = self.content.clone();
         let body = candidate.body.clone();
@@ -504,7 +427,7 @@ impl Scanner {
             rcpt_to: candidate.rcpt_to.to_vec(),
             client_ip: candidate.client_ip,
         };
-        let want_links = self.blocklists.is_some();
+        let want_links = self.network.iter().any(|e| e.wants_links());
         tokio::task::spawn_blocking(move || {
             content.run(&owned, &body, &tx, want_links.then_some(links))
         });
@@ -519,6 +442,17 @@ impl Scanner {
         }
         reports
     }
+}
+
+/// `check`'s output and how many ms it took, or `None` when `deadline` comes first:
+/// the one time limit every network engine gets.
+async fn timed<T>(
+    deadline: tokio::time::Instant,
+    check: impl Future<Output = T>,
+) -> Option<(T, u64)> {
+    let started = Instant::now();
+    let output = tokio::time::timeout_at(deadline, check).await.ok()?;
+    Some((output, started.elapsed().as_millis() as u64))
 }
 
 /// Parses a message with mail-parser, `None` when it does not parse. mail-parser
@@ -547,7 +481,7 @@ impl ContentEngines {
         &self,
         owned: &Owned,
         body: &[u8],
-        tx: &tokio::sync::mpsc::UnboundedSender<Report>,
+        tx: &tokio::sync::mpsc::UnboundedSender<Run>,
         links: Option<tokio::sync::oneshot::Sender<Vec<String>>>,
     ) {
         let started = Instant::now();
@@ -568,7 +502,7 @@ impl ContentEngines {
             }
         };
         if let Some(links) = links {
-            // The blocklist lookups wait for these; they go first.
+            // A network engine waits for these; they go first.
             let _ = links.send(spam::link_hosts(message));
         }
         let contents = contents::unpack(message, &self.limits);
@@ -595,11 +529,10 @@ impl ContentEngines {
             ));
         }
         let mut ok = tx
-            .send(Report {
+            .send(Run {
                 engine: "unpack",
                 version: env!("CARGO_PKG_VERSION").to_string(),
-                outcome: unpacked,
-                ms: unpack_ms,
+                report: Some((unpacked, unpack_ms)),
             })
             .is_ok();
         for engine in &self.engines {
@@ -609,11 +542,10 @@ impl ContentEngines {
             let started = Instant::now();
             let outcome = engine.scan(&input);
             ok = tx
-                .send(Report {
+                .send(Run {
                     engine: engine.name(),
                     version: engine.version(),
-                    outcome,
-                    ms: started.elapsed().as_millis() as u64,
+                    report: Some((outcome, started.elapsed().as_millis() as u64)),
                 })
                 .is_ok();
         }

@@ -11,8 +11,9 @@ use bulwark_storage::{
 };
 use time::OffsetDateTime;
 
+use super::received;
 use super::session::{Session, Transaction};
-use super::{received, rewrite};
+use crate::mail;
 use crate::scan::{self, Scanner};
 
 /// Turns finished transactions into committed messages.
@@ -74,7 +75,7 @@ impl Ingress {
         if verdict.action == Action::Reject {
             let reply = format!(
                 "554 5.7.1 Message rejected: {} (id {id})",
-                rewrite::one_line(&verdict.reason, 300)
+                mail::one_line(&verdict.reason, 300)
             );
             let op = Op {
                 id: id.0,
@@ -105,9 +106,9 @@ impl Ingress {
 
         let hostname = &session.settings().hostname;
         // RFC 8601 §5: results that claim to be ours but came from outside go.
-        let body = scan::auth::strip_own_results(&body, hostname).unwrap_or(body);
+        let body = mail::strip_own_results(&body, hostname).unwrap_or(body);
         let body = match &judged.subject_prefix {
-            Some(prefix) if verdict.action == Action::Tag => rewrite::prefix_subject(&body, prefix),
+            Some(prefix) if verdict.action == Action::Tag => mail::prefix_subject(&body, prefix),
             _ => body,
         };
         let protocol = protocol(session.esmtp, envelope.smtputf8, client.tls.is_some());

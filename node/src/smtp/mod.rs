@@ -29,7 +29,6 @@ mod proxy;
 mod rcpt;
 mod received;
 mod rejections;
-pub mod rewrite;
 mod session;
 mod table;
 
@@ -38,12 +37,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use listener::Server;
-
-/// A domain in the form domains are compared in: IDNA ASCII, lower case, without a
-/// trailing dot; `None` when it is not a valid domain name.
-pub fn ascii_domain(domain: &str) -> Option<String> {
-    idna::domain_to_ascii(domain.trim_end_matches('.')).ok()
-}
 
 /// How a bare CR or LF (one not part of CRLF) in a message is handled. Either way,
 /// only CRLF.CRLF ends the data, so a message can never be smuggled past it.

@@ -111,7 +111,8 @@ fn recipient(address: &str, domains: &[String]) -> Recipient {
     if domain.starts_with('[') {
         return Recipient::Foreign;
     }
-    let ours = |domain: &str| super::ascii_domain(domain).is_some_and(|a| domains.contains(&a));
+    let ours =
+        |domain: &str| crate::mail::ascii_domain(domain).is_some_and(|a| domains.contains(&a));
     if !ours(domain) {
         // Not ours as spelled; ours once what cannot be seen is dropped: a lookalike.
         let seen: String = domain.chars().filter(|&c| visible(c)).collect();
