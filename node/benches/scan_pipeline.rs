@@ -40,7 +40,8 @@ fn main() {
         bulwark_node::dns::resolver(&config.dns.nameservers, config.dns.timeout).expect("resolver");
     let counts = trained(&bayes::Tokenizer::new(config.scan.limits()));
     let scanner = Scanner::from_config(
-        &config,
+        &config.scan,
+        config.site(),
         config.policy.clone(),
         resolver,
         Some(std::sync::Arc::new(counts)),

@@ -129,7 +129,8 @@ fn main() {
     let resolver =
         bulwark_node::dns::resolver(&config.dns.nameservers, config.dns.timeout).expect("resolver");
     let scanner = Scanner::from_config(
-        &config,
+        &config.scan,
+        config.site(),
         config.policy.clone(),
         resolver,
         Some(Arc::new(counts)),

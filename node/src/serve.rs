@@ -85,7 +85,8 @@ async fn serve(config: Config) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
     let counts: Arc<dyn scan::bayes::TokenCounts> = Arc::new(ReplicatedCounts(node.clone()));
     let scanner = Arc::new(scan::Scanner::from_config(
-        &config,
+        &config.scan,
+        config.site(),
         config.policy.clone(),
         resolver.clone(),
         Some(counts),

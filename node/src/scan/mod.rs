@@ -30,7 +30,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulwark_storage::{EngineRun, Finding, MessageId, Symbol, Verdict};
+use bulwark_model::{EngineRun, Finding, MessageId, Symbol, Verdict};
 use futures::future::join_all;
 
 pub use engine::{
@@ -40,8 +40,20 @@ pub use engine::{
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::config::Config;
+use crate::config::ScanConfig;
 use crate::policy::{Facts, Policy};
+
+/// What the scanner takes from outside `[scan]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Site<'a> {
+    /// Our name (`[smtp] hostname`): the authserv-id of the Authentication-Results
+    /// header and the name DKIM and ARC results are recorded under.
+    pub hostname: &'a str,
+    /// Our domains (`[smtp] domains`), for the engines that look for impersonation.
+    pub domains: &'a [String],
+    /// How long one DNS lookup may take (`[dns] timeout_ms`).
+    pub dns_timeout: Duration,
+}
 
 /// How the pipeline is set up (`[scan]` and `[policy]`).
 pub struct Settings {
@@ -118,19 +130,19 @@ impl Scanner {
     /// signature files (a file that cannot be read or parsed is an error), the
     /// Bayesian classifier reading `bayes` (the node's replicated counts) when on.
     pub fn from_config(
-        full: &Config,
+        config: &ScanConfig,
+        site: Site<'_>,
         policy: Policy,
         resolver: crate::dns::TokioResolver,
         bayes: Option<Arc<dyn bayes::TokenCounts>>,
     ) -> anyhow::Result<Self> {
-        let config = &full.scan;
         let blocklists = (!config.blocklists.is_empty())
             .then(|| blocklists::Blocklists::new(config.blocklists.clone(), resolver.clone()));
         let auth = if config.authentication {
             let auth = auth::Authenticator::with_resolver(
                 resolver,
-                full.dns.timeout,
-                full.smtp.hostname.clone(),
+                site.dns_timeout,
+                site.hostname.to_string(),
             )
             .map_err(|e| anyhow::anyhow!("authentication: {e}"))?;
             Some(auth)
@@ -178,10 +190,10 @@ impl Scanner {
             .map(|c| clamd::Clamd::new(c.address.clone(), c.timeout, c.fail_closed));
         Ok(Scanner::new(Settings {
             engines,
-            limits: full.scan.limits(),
+            limits: config.limits(),
             policy,
             budget: config.budget,
-            local_domains: full.smtp.domains.clone(),
+            local_domains: site.domains.to_vec(),
             auth,
             blocklists,
             clamd,

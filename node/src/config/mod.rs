@@ -1,0 +1,342 @@
+//! The TOML configuration: parsed strictly, then validated with every problem
+//! reported at once.
+//!
+//! One file a section, each turning its part of the file into the runtime settings of
+//! the code it configures: [`cluster`] (`[cluster]`, `[raft]`), [`smtp`],
+//! [`delivery`], [`scanning`] (`[scan]`, `[dns]`, `[policy]`), [`quarantine`],
+//! [`audit`] and [`siem`]. This file holds the whole file's shape, `[node]`, `[api]`
+//! and `[backup]`, and the checks the sections share.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bulwark_consensus::NodeConfig;
+use serde::Deserialize;
+
+use crate::policy::Policy;
+
+mod audit;
+mod cluster;
+mod delivery;
+mod quarantine;
+mod scanning;
+mod siem;
+mod smtp;
+#[cfg(test)]
+mod tests;
+
+pub use scanning::{DnsConfig, ScanConfig};
+
+/// The configuration file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node: Option<RawNode>,
+    cluster: Option<cluster::RawCluster>,
+    api: Option<RawApi>,
+    raft: Option<cluster::RawRaft>,
+    smtp: Option<smtp::RawSmtp>,
+    delivery: Option<delivery::RawDelivery>,
+    scan: Option<scanning::RawScan>,
+    dns: Option<scanning::RawDns>,
+    policy: Option<scanning::RawPolicy>,
+    quarantine: Option<quarantine::RawQuarantine>,
+    siem: Option<siem::RawSiem>,
+    audit: Option<audit::RawAudit>,
+    backup: Option<RawBackup>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    /// The directory `POST /v1/backup` and `bulwark backup` write backups into, and
+    /// nowhere else; relative to data_dir (default `backups` there). Created at the
+    /// first backup if missing.
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    /// This node's id: a positive integer, unique in the cluster, never reused.
+    id: Option<u64>,
+    /// Where the node keeps its data. Like every relative path in a config file, it
+    /// is relative to the file's own directory.
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    /// Address of the HTTP API.
+    listen: Option<String>,
+    /// File holding the admin bearer token, relative to data_dir; created at first start.
+    admin_token_file: Option<PathBuf>,
+    /// Certificate chain (PEM); with `tls_key`, the API is served over HTTPS only.
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub api_listen: SocketAddr,
+    /// Certificate chain and key of the API's HTTPS (`[api] tls_cert`, `tls_key`).
+    pub api_tls: Option<(PathBuf, PathBuf)>,
+    pub admin_token_file: PathBuf,
+    /// Where backups may be written (`[backup] dir`).
+    pub backup_dir: PathBuf,
+    pub smtp: crate::smtp::Settings,
+    pub delivery: crate::delivery::Settings,
+    pub scan: ScanConfig,
+    pub dns: DnsConfig,
+    pub policy: Policy,
+    pub quarantine: crate::quarantine::Settings,
+    /// `[[siem.exporters]]`.
+    pub siem: Vec<crate::siem::Exporter>,
+    pub audit: crate::audit::Settings,
+}
+
+impl Config {
+    /// The embedded default: a single-node cluster in `./bulwark-data`.
+    pub fn embedded() -> Config {
+        Self::validate(Raw::default(), Path::new(".")).expect("the embedded default is valid")
+    }
+
+    /// What the scanner takes from the sections beside `[scan]`.
+    pub fn site(&self) -> crate::scan::Site<'_> {
+        crate::scan::Site {
+            hostname: &self.smtp.hostname,
+            domains: &self.smtp.domains,
+            dns_timeout: self.dns.timeout,
+        }
+    }
+
+    /// Reads and validates `path`, reporting every problem found.
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let raw: Raw =
+            toml::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::validate(raw, base)
+    }
+
+    fn validate(raw: Raw, base: &Path) -> Result<Config, Vec<String>> {
+        let mut problems = Vec::new();
+        let node = raw.node.unwrap_or(RawNode {
+            id: None,
+            data_dir: None,
+        });
+        let id = node.id.unwrap_or(1);
+        if id == 0 {
+            problems.push("node.id must be a positive integer".to_string());
+        }
+        let data_dir = relative_to(
+            base,
+            node.data_dir
+                .unwrap_or_else(|| PathBuf::from("bulwark-data")),
+        );
+
+        let cluster = raw
+            .cluster
+            .map(|c| cluster::validate_cluster(c, id, base, &mut problems));
+
+        let api = raw.api.unwrap_or(RawApi {
+            listen: None,
+            admin_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+        });
+        let api_tls = tls_pair("api", api.tls_cert, api.tls_key, base, &mut problems);
+        let api_listen = parse_addr(
+            "api.listen",
+            api.listen.as_deref().unwrap_or("127.0.0.1:8080"),
+            &mut problems,
+        );
+        let admin_token_file =
+            data_dir.join(api.admin_token_file.unwrap_or_else(|| "admin.token".into()));
+        let backup_dir = data_dir.join(
+            raw.backup
+                .and_then(|b| b.dir)
+                .unwrap_or_else(|| "backups".into()),
+        );
+        if data_dir.starts_with(&backup_dir) {
+            problems.push(format!(
+                "backup.dir ({}) must not be the data directory or hold it",
+                backup_dir.display()
+            ));
+        }
+
+        let raft = cluster::validate_raft(raw.raft, &mut problems);
+
+        let smtp = smtp::validate_smtp(raw.smtp.unwrap_or_default(), base, &mut problems);
+        let delivery = delivery::validate_delivery(
+            raw.delivery.unwrap_or_default(),
+            base,
+            &data_dir,
+            smtp.as_ref().map_or("localhost", |s| s.hostname.as_str()),
+            &mut problems,
+        );
+
+        let scan = scanning::validate_scan(raw.scan.unwrap_or_default(), base, &mut problems);
+        let dns = scanning::validate_dns(raw.dns.unwrap_or_default(), &mut problems);
+        let policy = scanning::validate_policy(raw.policy.unwrap_or_default(), &mut problems);
+        let quarantine =
+            quarantine::validate_quarantine(raw.quarantine.unwrap_or_default(), &mut problems);
+        let siem = siem::validate_siem(raw.siem.unwrap_or_default(), base, &mut problems);
+        let audit = audit::validate_audit(raw.audit.unwrap_or_default(), &mut problems);
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            node: NodeConfig {
+                id,
+                data_dir,
+                cluster: cluster.flatten(),
+                raft,
+            },
+            api_listen: api_listen.expect("checked above"),
+            api_tls,
+            admin_token_file,
+            backup_dir,
+            smtp: smtp.expect("checked above"),
+            delivery: delivery.expect("checked above"),
+            scan,
+            dns,
+            policy,
+            quarantine,
+            siem,
+            audit,
+        })
+    }
+}
+
+/// A retention in days (fractions allowed): 0 means none, up to 100 years.
+fn retention_days(
+    field: &str,
+    days: f64,
+    zero_means: &str,
+    problems: &mut Vec<String>,
+) -> Option<Duration> {
+    if !(0.0..=36_500.0).contains(&days) {
+        problems.push(format!(
+            "{field} must be 0 ({zero_means}) to 36500, not {days}"
+        ));
+        return None;
+    }
+    (days > 0.0).then(|| Duration::from_secs_f64(days * 86_400.0))
+}
+
+/// A list of networks (`10.0.0.0/8`) or single addresses; each item that is neither
+/// is reported.
+fn networks(name: &str, list: Vec<String>, problems: &mut Vec<String>) -> Vec<ipnet::IpNet> {
+    list.into_iter()
+        .filter_map(|item| {
+            let parsed = item
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => Some(net.trunc()),
+                Err(_) => {
+                    problems.push(format!(
+                        "{name}: {item:?} is neither an address nor a network (10.0.0.0/8)"
+                    ));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// A certificate chain and key given as `SECTION.tls_cert` and `SECTION.tls_key`:
+/// both or neither, each a readable file (relative to the config's directory).
+fn tls_pair(
+    section: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<(PathBuf, PathBuf)> {
+    match (cert, key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (relative_to(base, cert), relative_to(base, key));
+            for (name, path) in [("tls_cert", &cert), ("tls_key", &key)] {
+                if !path.is_file() {
+                    problems.push(format!(
+                        "{section}.{name}: {} is not a readable file",
+                        path.display()
+                    ));
+                }
+            }
+            Some((cert, key))
+        }
+        _ => {
+            problems.push(format!(
+                "{section}.tls_cert and {section}.tls_key go together"
+            ));
+            None
+        }
+    }
+}
+
+fn relative_to(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_relative() && base != Path::new(".") && base != Path::new("") {
+        base.join(path)
+    } else {
+        path
+    }
+}
+
+fn parse_addr(field: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    match value.parse() {
+        Ok(addr) => Some(addr),
+        Err(e) => {
+            problems.push(format!(
+                "{field}: {value:?} is not an address (host:port): {e}"
+            ));
+            None
+        }
+    }
+}
+
+/// The TLS client of `required`: the web PKI roots plus the CA file, if any.
+pub(crate) fn client_config(
+    section: &str,
+    ca: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(root_store(section, ca, problems))
+            .with_no_client_auth(),
+    )
+}
+
+/// The web PKI roots and those of `ca`.
+fn root_store(
+    section: &str,
+    ca: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = ca {
+        match crate::tls::load_certs(ca) {
+            Ok(certs) => {
+                for cert in certs {
+                    if let Err(e) = roots.add(cert) {
+                        problems.push(format!("{section}.tls_ca {}: {e}", ca.display()));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("{section}.tls_ca: {e:#}")),
+        }
+    }
+    roots
+}

@@ -1,0 +1,166 @@
+//! The configuration as a whole: the embedded default, every problem reported at
+//! once, and the checks that span sections.
+
+use super::*;
+use crate::smtp;
+
+fn parse(text: &str) -> Result<Config, Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bulwark.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path)
+}
+
+#[test]
+fn embedded_default_is_single_node() {
+    let c = Config::embedded();
+    assert_eq!(c.node.id, 1);
+    assert!(c.node.cluster.is_none());
+    assert_eq!(c.api_listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        c.admin_token_file,
+        PathBuf::from("bulwark-data/admin.token")
+    );
+    assert_eq!(c.smtp.listen.to_string(), "127.0.0.1:2525");
+    assert_eq!(c.smtp.domains, vec!["localhost", "example.test"]);
+    assert_eq!(c.smtp.max_message_size, 26_214_400);
+    assert!(c.smtp.tls.is_none());
+    assert_eq!(c.backup_dir, PathBuf::from("bulwark-data/backups"));
+}
+
+#[test]
+fn the_backup_directory_is_relative_to_the_data_directory_and_apart_from_it() {
+    let c = parse("[node]\ndata_dir = \"/srv/b\"\n[backup]\ndir = \"/var/backups/b\"\n").unwrap();
+    assert_eq!(c.backup_dir, PathBuf::from("/var/backups/b"));
+    let c = parse("[node]\ndata_dir = \"/srv/b\"\n[backup]\ndir = \"saved\"\n").unwrap();
+    assert_eq!(c.backup_dir, PathBuf::from("/srv/b/saved"));
+    for dir in ["", "/srv", "/"] {
+        let problems = parse(&format!(
+            "[node]\ndata_dir = \"/srv/b\"\n[backup]\ndir = \"{dir}\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            problems[0].contains("must not be the data directory or hold it"),
+            "{dir:?}: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let problems = parse(
+        r#"
+        [node]
+        id = 0
+        [api]
+        listen = "nowhere"
+        [cluster]
+        peers = { "x" = "127.0.0.1:1", "2" = "127.0.0.1:2" }
+        ca = "missing-ca.pem"
+        [raft]
+        heartbeat_ms = 500
+        election_timeout_ms = 1000
+        [smtp]
+        listen = "localhost"
+        domains = ["a b"]
+        max_message_size = 0
+        tls_cert = "smtp.pem"
+        bare_newline = "strip"
+        [quarantine]
+        retention_days = -1
+        check_secs = 0
+        "#,
+    )
+    .unwrap_err();
+    let all = problems.join("\n");
+    for expected in [
+        "node.id must be a positive integer",
+        "api.listen",
+        "cluster.listen is required",
+        "key \"x\" is not a positive node id",
+        "does not list this node",
+        "cluster.ca",
+        "cluster.cert is required",
+        "cluster.key is required",
+        "election_timeout_ms (1000) must be at least 4 x",
+        "smtp.listen",
+        "smtp.domains: \"a b\" is not a domain",
+        "smtp.max_message_size must be positive",
+        "smtp.tls_cert and smtp.tls_key go together",
+        "smtp.bare_newline",
+        "quarantine.retention_days must be 0 (keep until someone acts) to 36500, not -1",
+        "quarantine.check_secs must be positive",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn smtp_allow_routing_from_takes_networks_and_addresses() {
+    let problems =
+        parse("[smtp]\nallow_routing_from = [\"10.0.0.0/8\", \"nowhere\", \"10.0.0.0/99\"]\n")
+            .unwrap_err();
+    let all = problems.join("\n");
+    for expected in [
+        "smtp.allow_routing_from: \"nowhere\" is neither",
+        "smtp.allow_routing_from: \"10.0.0.0/99\" is neither",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    let c = parse("[smtp]\nallow_routing_from = [\"10.1.2.3/8\", \"2001:db8::1\"]\n").unwrap();
+    let nets: Vec<String> = c
+        .smtp
+        .allow_routing_from
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "2001:db8::1/128"]);
+    assert!(Config::embedded().smtp.allow_routing_from.is_empty());
+}
+
+#[test]
+fn smtp_nul_bytes_is_reject_or_strip() {
+    let problems = parse("[smtp]\nnul_bytes = \"keep\"\n").unwrap_err();
+    assert_eq!(
+        problems,
+        ["smtp.nul_bytes: \"keep\" is not \"reject\" or \"strip\""]
+    );
+    let c = parse("[smtp]\nnul_bytes = \"strip\"\n").unwrap();
+    assert_eq!(c.smtp.nul_bytes, smtp::NulBytes::Strip);
+    assert_eq!(Config::embedded().smtp.nul_bytes, smtp::NulBytes::Reject);
+}
+
+#[test]
+fn smtp_session_limits_and_timeouts_are_checked_together() {
+    let problems = parse(
+        r#"
+        [smtp]
+        max_sessions_per_network = 0
+        first_command_timeout_secs = 0
+        stress_timeout_secs = 0
+        "#,
+    )
+    .unwrap_err();
+    let all = problems.join("\n");
+    for expected in [
+        "smtp.max_sessions_per_network must be positive",
+        "smtp.first_command_timeout_secs must be positive",
+        "smtp.stress_timeout_secs must be positive",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    let d = Config::embedded().smtp;
+    assert_eq!(d.max_sessions_per_network, 200);
+    assert_eq!(d.first_command_timeout, Duration::from_secs(30));
+    assert_eq!(d.stress_timeout, Duration::from_secs(10));
+    assert_eq!(d.shed_idle_after, Duration::from_secs(2));
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let problems = parse("[node]\nid = 1\ncolour = \"red\"\n").unwrap_err();
+    assert!(
+        problems[0].contains("unknown field `colour`"),
+        "{problems:?}"
+    );
+}
