@@ -8,7 +8,7 @@
 //! get none.
 
 use crate::mail::one_line;
-use bulwark_storage::{Bounce, MessageId, QueueEntry};
+use bulwark_model::{Bounce, MessageId, QueueEntry};
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
 
@@ -169,7 +169,7 @@ fn date(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_storage::{Action, QueuedRecipient, RecipientStatus};
+    use bulwark_model::{Action, QueuedRecipient, RecipientStatus};
 
     fn entry(mail_from: &str) -> QueueEntry {
         QueueEntry {

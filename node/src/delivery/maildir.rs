@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use bulwark_storage::MessageId;
+use bulwark_model::MessageId;
 
 /// Writes `parts` (concatenated) as one message into the Maildir at `root`.
 pub fn deliver(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bulwark_storage::{QueueEntry, RecipientOutcome};
+use bulwark_model::{QueueEntry, RecipientOutcome};
 
 use super::Settings;
 
@@ -32,7 +32,7 @@ pub fn deferred(
 mod tests {
     use super::*;
     use crate::delivery::{Route, Routes};
-    use bulwark_storage::{Action, MessageId};
+    use bulwark_model::{Action, MessageId};
 
     fn settings() -> Settings {
         Settings {

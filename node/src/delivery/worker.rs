@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bulwark_consensus::RaftNode;
-use bulwark_storage::{
+use bulwark_model::{
     Bounce, Command, DeliveryCommand, DeliveryReport, MessageId, QueueEntry, RecipientOutcome,
     RecipientResult, TlsInfo,
 };

@@ -22,7 +22,7 @@ mod lists;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use bulwark_storage::{Action, Thresholds};
+use bulwark_model::{Action, Thresholds};
 
 pub use lists::List;
 

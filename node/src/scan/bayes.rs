@@ -5,7 +5,7 @@
 //!
 //! This module is the pure part: tokenizer and arithmetic. Where the counts live is
 //! behind [`TokenCounts`]; in the cluster they are replicated (learning is a Raft
-//! command, `bulwark_storage::bayes`), so every node that scores a message reads the
+//! command, `bulwark_model::bayes`), so every node that scores a message reads the
 //! same counts and scores it alike.
 //!
 //! Tokens are stored, so their form is a contract: a token is a string, hashed with
@@ -54,7 +54,7 @@ use std::sync::Arc;
 use mail_parser::{Address, Message, MimeHeaders};
 use sha2::{Digest, Sha256};
 
-pub use bulwark_storage::BayesCounts;
+pub use bulwark_model::BayesCounts;
 
 use super::contents::{unpack, Limits};
 use super::engine::{Engine, Hit, Outcome, Parsed};
@@ -696,7 +696,7 @@ fn chi2_q(x: f64, degrees: u32) -> f64 {
 mod tests {
     use super::super::engine::{Contents, File, Finding, FindingKind};
     use super::*;
-    use bulwark_storage::BayesClass;
+    use bulwark_model::BayesClass;
     use mail_parser::MessageParser;
     use std::net::Ipv4Addr;
 

@@ -178,12 +178,12 @@ impl From<Outcome> for Checked {
 #[derive(Debug)]
 pub struct Authentication {
     /// One result per method and identity, in header order.
-    pub results: Vec<bulwark_storage::AuthResult>,
+    pub results: Vec<bulwark_model::AuthResult>,
     /// The value of our `Authentication-Results` header.
     pub header: String,
     /// What the sender's DMARC policy asks for a message that fails DMARC
     /// (quarantine or reject), if anything.
-    pub dmarc: Option<bulwark_storage::Action>,
+    pub dmarc: Option<bulwark_model::Action>,
 }
 
 /// The hosts of the message's links (see [`super::spam::link_hosts`]), which the

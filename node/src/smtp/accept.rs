@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use bulwark_consensus::Proposer;
-use bulwark_storage::{
+use bulwark_model::{
     AcceptedMessage, Action, Command, Envelope, MessageId, MessageReceived, Op, RejectedMessage,
     Rejection, Timings,
 };

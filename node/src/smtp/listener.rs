@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bulwark_consensus::Proposer;
-use bulwark_storage::{Client, Rejection};
+use bulwark_model::{Client, Rejection};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;

@@ -1,6 +1,6 @@
 //! The `Received` header we prepend to every accepted message (RFC 5321 §4.4).
 
-use bulwark_storage::{Client, MessageId};
+use bulwark_model::{Client, MessageId};
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bulwark_consensus::Proposer;
-use bulwark_storage::{Command, EventKind, Rejection};
+use bulwark_model::{Command, EventKind, Rejection};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 

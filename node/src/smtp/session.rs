@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use bulwark_storage::{Client, Rejection};
+use bulwark_model::{Client, Rejection};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -251,7 +251,7 @@ impl Session {
     }
 
     /// After the TLS handshake: the session starts over (RFC 3207 §4.2), EHLO first.
-    pub fn tls_started(&mut self, tls: bulwark_storage::TlsInfo) {
+    pub fn tls_started(&mut self, tls: bulwark_model::TlsInfo) {
         self.client.tls = Some(tls);
         self.client.helo = None;
         self.esmtp = false;

@@ -38,7 +38,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use bulwark_storage::Action;
+use bulwark_model::Action;
 use futures::future::BoxFuture;
 use mail_auth::{AuthenticatedMessage, MessageAuthenticator, SpfOutput, SpfResult};
 
@@ -262,7 +262,7 @@ impl NetworkEngine for Authenticator {
             let results = outcome
                 .results
                 .into_iter()
-                .map(|r| bulwark_storage::AuthResult {
+                .map(|r| bulwark_model::AuthResult {
                     method: r.method.to_string(),
                     result: r.result.to_string(),
                     detail: r.detail,
