@@ -34,6 +34,7 @@ fn scanner() -> &'static (Scanner, tokio::runtime::Runtime) {
             auth: None,
             blocklists: None,
             clamd: None,
+            trusted_relays: Vec::new(),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
