@@ -254,7 +254,8 @@ fn seed(
         .collect();
     let ids: BTreeSet<NodeId> = voters.keys().copied().collect();
     let membership = StoredMembership::new(Some(applied), Membership::new(vec![ids], nodes));
-    let record = codec::encode(&(Some(applied), membership)).map_err(bulwark_storage::Error::from)?;
+    let record =
+        codec::encode(&(Some(applied), membership)).map_err(bulwark_storage::Error::from)?;
     state.set_applied(&record)?;
     let log = Store::open(&layout::raft_log_dir(data_dir))?;
     crate::log_store::seed(&log, applied, Vote::new(applied.leader_id.term, id))?;

@@ -62,7 +62,6 @@ impl Node {
     }
 }
 
-
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::new()
 }

@@ -45,11 +45,7 @@ impl StateStore {
     /// Applies entries `(raft index, operations)` in order and stores `applied` (the
     /// caller's record of what has been applied) in the same batch. Returns one result
     /// per operation, per entry.
-    pub fn apply<'a>(
-        &self,
-        entries: &[(u64, &'a [Op])],
-        applied: &[u8],
-    ) -> Result<Vec<Vec<OpResult>>> {
+    pub fn apply(&self, entries: &[(u64, &[Op])], applied: &[u8]) -> Result<Vec<Vec<OpResult>>> {
         let mut batch = self.batch(entries);
         let mut results = Vec::with_capacity(entries.len());
         for (raft_index, ops) in entries {

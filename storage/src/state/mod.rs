@@ -36,8 +36,8 @@ mod reads;
 mod tests;
 mod verify;
 
-pub use filters::{QuarantineFilter, QueueFilter};
 pub(crate) use filters::address_matches;
+pub use filters::{QuarantineFilter, QueueFilter};
 pub use generations::StateDir;
 
 const META_CHAIN: &str = "chain";

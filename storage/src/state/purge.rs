@@ -50,14 +50,12 @@ impl StateStore {
             through_hash = stored.hash;
         }
         *purged = Some((through, through_hash));
-        Ok(Some(EventKind::EventsPurged(Box::new(
-            EventsPurged {
-                first_seq: first,
-                through_seq: through,
-                through_hash,
-                reason: purge.reason.clone(),
-            },
-        ))))
+        Ok(Some(EventKind::EventsPurged(Box::new(EventsPurged {
+            first_seq: first,
+            through_seq: through,
+            through_hash,
+            reason: purge.reason.clone(),
+        }))))
     }
 
     /// The last event the log's retention removed and its hash (0 and zeros: none).

@@ -2,7 +2,6 @@
 //! apply, the reads, purges, checkpoints and generations together. The rules alone
 //! are tested in `bulwark_model::rules`, without a database.
 
-
 use bulwark_model::samples;
 use rocksdb::IteratorMode;
 

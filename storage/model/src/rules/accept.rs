@@ -107,7 +107,10 @@ mod tests {
         assert_eq!(record.entry.received_seq, 7);
         assert_eq!(record.entry.received_by, 2);
         assert_eq!(record.entry.action, Action::Tag);
-        assert_eq!(record.entry.recipients, pending(&["bob@example.test".into()]));
+        assert_eq!(
+            record.entry.recipients,
+            pending(&["bob@example.test".into()])
+        );
         assert_eq!(record.status(op().time_ms), QueueStatus::Pending);
         assert_eq!(store.bodies[&id], message.body);
         assert!(store.quarantine.is_empty());

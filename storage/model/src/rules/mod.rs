@@ -111,9 +111,7 @@ impl Changes<'_> {
     ) -> Result<&mut Option<QuarantineRecord>, S::Error> {
         Ok(match self.quarantine.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(store.quarantine_record(id)?)
-            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(store.quarantine_record(id)?),
         })
     }
 

@@ -320,7 +320,11 @@ mod tests {
         store.commit(changes);
         let left: Vec<MessageId> = store.quarantine.keys().copied().collect();
         assert_eq!(left, [held(5).message_id, held(6).message_id]);
-        assert_eq!(store.bodies.len(), 1 + 1, "message 5's, and message 1's released");
+        assert_eq!(
+            store.bodies.len(),
+            1 + 1,
+            "message 5's, and message 1's released"
+        );
     }
 
     #[test]

@@ -157,11 +157,7 @@ fn lease(
 /// outcome, `node`'s lease is released, and a message with every recipient done
 /// leaves the queue (`entry` becomes `None`). A report for a message no longer queued
 /// is still recorded.
-fn report(
-    entry: &mut Option<QueueRecord>,
-    node: u64,
-    report: &DeliveryReport,
-) -> Vec<EventKind> {
+fn report(entry: &mut Option<QueueRecord>, node: u64, report: &DeliveryReport) -> Vec<EventKind> {
     let mut events = vec![EventKind::DeliveryAttempted(Box::new(report.clone()))];
     let Some(e) = entry.as_mut().map(|r| &mut r.entry) else {
         return events;
@@ -616,7 +612,9 @@ mod tests {
             bounce: Some(Box::new(bounce.clone())),
         };
         let mut store = Memory::default();
-        store.queue.insert(MessageId(9), queued(&["b@x", "c@x"]).unwrap());
+        store
+            .queue
+            .insert(MessageId(9), queued(&["b@x", "c@x"]).unwrap());
         let deferred = report(RecipientOutcome::Deferred {
             next_attempt_ms: 9_000,
         });
@@ -630,7 +628,10 @@ mod tests {
         // Failed already: a repeated report fails no one anew and bounces nothing.
         let (kinds, _) = delivery(&mut changes, &store, &failed, &op(1, 4_000), 9).unwrap();
         assert!(!kinds.iter().any(|k| k.type_name() == "delivery.bounced"));
-        assert_eq!(changes.writes, [Write::Body(bounce.message_id, &bounce.body)]);
+        assert_eq!(
+            changes.writes,
+            [Write::Body(bounce.message_id, &bounce.body)]
+        );
         store.commit(changes);
         let dsn = &store.queue[&bounce.message_id].entry;
         assert_eq!(dsn.mail_from, "", "the null sender");
