@@ -1,14 +1,26 @@
 //! The scanning pipeline: the one place where an accepted message is judged before
 //! it is committed (DESIGN.md, "the mail's path").
 //!
-//! The message is parsed once and its files unpacked once; the content engines
-//! ([`Engine`]) run on a blocking thread while the network engines
+//! For the content engines ([`Engine`]) the message is parsed once by mail-parser
+//! and its files unpacked once, on a blocking thread, while the network engines
 //! ([`NetworkEngine`]: authentication, DNS blocklists, clamd) run beside them on the
 //! runtime. Everything has one time budget: an engine that has not answered by then
 //! is recorded as timed out (symbol `SCAN_TIMEOUT`) and the verdict is made from what
-//! did answer — a slow engine never holds a session. The policy
-//! then turns scores and findings into the action, and the whole verdict is
-//! committed with the message.
+//! did answer — a slow engine never holds a session. The policy then turns scores
+//! and findings into the action, and the whole verdict is committed with the message.
+//!
+//! Besides that one full parse, a message is read again where a shared parse would
+//! not serve:
+//! - the ingress reads the header section alone (Subject, From, Message-ID): the
+//!   policy and DMARC need the From address before any engine starts, and a
+//!   header-only read costs a fraction of the full parse, which must not run on the
+//!   session's task;
+//! - [`origin`] reads the `Received` headers again, only when the client is one of
+//!   our trusted relays;
+//! - mail-auth parses the message itself for DKIM, ARC and DMARC: its
+//!   `AuthenticatedMessage` cannot be built from a mail-parser message;
+//! - and the second reading ([`mime`], [`decode`]) splits the raw bytes as Python's
+//!   `email` package does, on purpose apart from mail-parser (see [`contents`]).
 
 pub mod attachments;
 pub mod auth;
