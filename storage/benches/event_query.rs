@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bulwark_storage::{
     AcceptedMessage, Action, Client, Command, Envelope, EventFilter, MessageId, MessageReceived,
-    Op, RejectedMessage, Rejection, StateDir, Thresholds, Timings, Verdict,
+    Op, RejectedMessage, Rejection, StateDir, Timings, Verdict,
 };
 
 const BASE_MS: i64 = 1_764_300_000_000;
@@ -89,19 +89,10 @@ fn op(n: u64) -> Op {
         proxy: None,
     };
     let verdict = Verdict {
-        message_id: message_id(n),
         action: s.action,
         reason: format!("score {} ({})", n % 30, s.action.as_str()),
         score: (n % 30) as f64,
-        thresholds: Thresholds {
-            tag: 5.0,
-            quarantine: 10.0,
-            reject: 20.0,
-        },
-        symbols: Vec::new(),
-        authentication: Vec::new(),
-        findings: Vec::new(),
-        engines: Vec::new(),
+        ..bulwark_model::samples::verdict(message_id(n))
     };
     let command = if s.action == Action::Reject {
         Command::RejectMessage(Box::new(RejectedMessage {

@@ -97,10 +97,7 @@ impl Changes<'_> {
         store: &S,
         id: MessageId,
     ) -> Result<&mut Option<QueueRecord>, S::Error> {
-        Ok(match self.queue.entry(id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(store.queue_record(id)?),
-        })
+        through(&mut self.queue, id, || store.queue_record(id))
     }
 
     /// Message `id`'s quarantine record as the batch has left it, to read or change.
@@ -109,10 +106,7 @@ impl Changes<'_> {
         store: &S,
         id: MessageId,
     ) -> Result<&mut Option<QuarantineRecord>, S::Error> {
-        Ok(match self.quarantine.entry(id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(store.quarantine_record(id)?),
-        })
+        through(&mut self.quarantine, id, || store.quarantine_record(id))
     }
 
     /// The token named `name` as the batch has left it.
@@ -122,4 +116,17 @@ impl Changes<'_> {
             None => store.token_named(name),
         }
     }
+}
+
+/// Message `id`'s entry in one of the batch's maps, read from the store the first
+/// time the batch touches it.
+fn through<V, E>(
+    map: &mut HashMap<MessageId, Option<V>>,
+    id: MessageId,
+    stored: impl FnOnce() -> Result<Option<V>, E>,
+) -> Result<&mut Option<V>, E> {
+    Ok(match map.entry(id) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(stored()?),
+    })
 }
