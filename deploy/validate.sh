@@ -147,7 +147,7 @@ def load_yaml_all(path):
 
 
 def ip_port(value):
-    """config.rs parse_addr: a SocketAddr, i.e. IP:port (IPv6 in brackets)."""
+    """node/src/config/mod.rs parse_addr: a SocketAddr, i.e. IP:port (IPv6 in brackets)."""
     host, sep, port = str(value).rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         return False
@@ -163,7 +163,7 @@ def ip_port(value):
 
 
 def host_port(value):
-    """api/src/cluster.rs valid_addr and config.rs: host:port with a port number."""
+    """api/src/cluster.rs valid_addr and node/src/config/mod.rs: host:port with a port number."""
     host, sep, port = str(value).rpartition(":")
     return bool(sep and host and port.isdigit() and int(port) <= 65535
                 and not any(c.isspace() for c in host))
@@ -223,7 +223,7 @@ def check_configs(out_dir=None, certs_dir=None):
                                  ("smtp.listen", conf.get("smtp", {}).get("listen"))):
                 if value is None or not ip_port(value):
                     err(f"{label}: {field} {value!r} must be IP:port "
-                        "(node/src/config.rs parses it as a socket address)")
+                        "(node/src/config/mod.rs parses it as a socket address)")
             peers = cluster.get("peers") or {}
             for key, addr in peers.items():
                 if not key.isdigit() or int(key) < 1:
