@@ -1006,3 +1006,51 @@ fn limits_nul_bytes_are_refused_or_stripped() {
     assert!(!body.contains(&0), "a NUL was stored");
     assert!(body.ends_with(b"\r\n\r\nhelloworld\r\n"));
 }
+
+/// A client that keeps exactly `max_sessions_per_ip` sessions open, each quitting and
+/// reconnecting the moment it hears `221`, is never refused: a session gives its
+/// place back before its last reply goes out.
+#[test]
+fn a_client_reconnecting_at_exactly_the_per_address_limit_is_never_refused() {
+    const SESSIONS: usize = 50;
+    const ROUNDS: usize = 40;
+    let node = Node::start(&format!("max_sessions_per_ip = {SESSIONS}"));
+    let addr = node.smtp;
+    let refused: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..SESSIONS)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut refused = Vec::new();
+                    let mut smtp = Smtp::connect(addr);
+                    for _ in 0..ROUNDS {
+                        assert_eq!(smtp.cmd("EHLO client.test").code, 250);
+                        smtp.send_message("a@sender.test", &["b@example.test"], MSG)
+                            .queued_id();
+                        let bye = smtp.cmd("QUIT");
+                        assert_eq!(bye.code, 221, "{bye:?}");
+                        smtp = Smtp::connect_raw(addr);
+                        let greeting = smtp.read_reply();
+                        if greeting.code != 220 {
+                            refused.push(greeting.text());
+                            std::thread::sleep(Duration::from_millis(200));
+                            smtp = Smtp::connect(addr);
+                        }
+                    }
+                    assert_eq!(smtp.cmd("QUIT").code, 221);
+                    refused
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("client thread"))
+            .collect()
+    });
+    assert!(
+        refused.is_empty(),
+        "{} of {} reconnections refused at the limit: {:?}",
+        refused.len(),
+        SESSIONS * ROUNDS,
+        &refused[..refused.len().min(3)]
+    );
+}

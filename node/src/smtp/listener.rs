@@ -268,6 +268,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
         match tokio::time::timeout(settings.greet_delay, stream.peek(&mut probe)).await {
             Err(_) => {}
             Ok(Ok(n)) if n > 0 => {
+                drop(seat);
                 let reply = format!(
                     "554 5.5.1 {} Error: SMTP protocol violation: talked before the greeting",
                     settings.hostname

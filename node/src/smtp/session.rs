@@ -100,6 +100,10 @@ impl Session {
     pub async fn run<T: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<T>) -> Flow {
         loop {
             let flow = self.next_command(conn).await;
+            if flow == Flow::Close {
+                // The place is given back before the last reply goes out.
+                self.seat.leave();
+            }
             if flow != Flow::Continue {
                 let _ = conn.flush().await;
                 return flow;

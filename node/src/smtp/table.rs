@@ -195,17 +195,27 @@ impl Seat {
     }
 }
 
-impl Drop for Seat {
-    fn drop(&mut self) {
+impl Seat {
+    /// Gives the place and the client's counts back now; once is enough, and the
+    /// drop does it for a session that ends any other way. A session leaves before
+    /// its last reply goes out, so a client that reconnects on hearing `221` finds
+    /// its place free.
+    pub fn leave(&mut self) {
         let mut inner = self.table.inner.lock().expect("session table lock");
         if inner.places.remove(&self.id).is_some() {
             let open = inner.places.len();
             self.table.update_timeout(open);
         }
-        if let Some((ip, network)) = self.client {
+        if let Some((ip, network)) = self.client.take() {
             release(&mut inner.per_ip, ip);
             release(&mut inner.per_network, network);
         }
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
