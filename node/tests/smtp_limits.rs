@@ -305,20 +305,9 @@ fn limits_sessions_in_total_and_per_client_address() {
 }
 
 fn connect_from(local: &str, to: SocketAddr) -> Smtp {
-    // Binding a source address needs a socket before connect; std has no such API,
-    // so go through tokio's TcpSocket on a small runtime.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let stream = rt.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
-        socket.connect(to).await.unwrap()
-    });
-    let stream = stream.into_std().unwrap();
-    stream.set_nonblocking(false).unwrap();
-    Smtp::from_stream(stream)
+    connect_all_from(&[local.to_string()], to)
+        .pop()
+        .expect("one connection")
 }
 
 #[test]
@@ -675,7 +664,9 @@ fn limits_mail_waits_for_room_on_the_data_disk() {
 }
 
 /// Connects to `to` from each of `sources` in turn (loopback addresses), all on one
-/// runtime, and returns the connections without reading anything.
+/// runtime, and returns the connections without reading anything. Binding a source
+/// address needs a socket before connect; std has no such API, so this goes through
+/// tokio's TcpSocket on a small runtime.
 fn connect_all_from(sources: &[String], to: SocketAddr) -> Vec<Smtp> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
