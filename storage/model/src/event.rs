@@ -181,6 +181,107 @@ pub enum EventKind {
     ChainCheckpoint(Box<ChainCheckpoint>),
     /// The event log's retention removed its oldest events.
     EventsPurged(Box<EventsPurged>),
+    /// Someone read a message's content or verdicts, or searched or exported them
+    /// (`access.read`).
+    AccessRead(Box<AccessRead>),
+    /// An exporter gave up on a batch its receiver refused for good and moved past it
+    /// (`siem.dead_letter`); the events stay in the log.
+    ExportDeadLettered(Box<ExportDeadLetter>),
+    /// A node's checkpoint signing key became trusted, first or in place of its old
+    /// one (`audit.key_rotated`).
+    SignerChanged(Box<SignerChanged>),
+}
+
+/// What kind of read an `access.read` records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadKind {
+    /// A quarantined message's parsed preview.
+    Preview,
+    /// A message's raw body.
+    Raw,
+    /// A message's trace: its record and every event about it.
+    Trace,
+    /// The event log exported or listed in bulk.
+    Export,
+    /// A search of the quarantine or the log by a person's address.
+    Search,
+}
+
+impl ReadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadKind::Preview => "preview",
+            ReadKind::Raw => "raw",
+            ReadKind::Trace => "trace",
+            ReadKind::Export => "export",
+            ReadKind::Search => "search",
+        }
+    }
+}
+
+/// `access.read`: who read what, from where, and why if they said.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccessRead {
+    pub kind: ReadKind,
+    /// The message read, where the read concerns one.
+    pub message_id: Option<MessageId>,
+    /// The caller, as authenticated by the API.
+    pub user: String,
+    pub client_ip: Option<IpAddr>,
+    /// The `?reason=` the caller gave.
+    pub reason: Option<String>,
+    /// The query of a search or an export, as asked.
+    pub query: Option<String>,
+}
+
+/// `siem.dead_letter`: exporter `exporter` gave up, after `tries` refusals, on the
+/// batch of events `first_seq..=last_seq` and moved its cursor past it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportDeadLetter {
+    pub exporter: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Events of the range the exporter's filter selected.
+    pub events: u32,
+    pub tries: u32,
+    /// The receiver's last answer.
+    pub error: String,
+}
+
+/// `audit.key_rotated`: node `node` signs checkpoints with `public_key` from now on,
+/// in place of `previous` (`None`: its first trusted key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignerChanged {
+    pub node: u64,
+    /// Ed25519 public key (32 bytes).
+    pub public_key: Vec<u8>,
+    pub previous: Option<Vec<u8>>,
+    /// The previous key's signature over [`SignerChanged::endorsed`], when the node
+    /// still held it: the old key vouches for the new.
+    pub endorsement: Option<Vec<u8>>,
+}
+
+impl SignerChanged {
+    /// What the previous key signs: `"bulwark.signer" ‖ node (8 bytes, big-endian) ‖
+    /// the new public key`.
+    pub fn endorsed(node: u64, public_key: &[u8]) -> Vec<u8> {
+        let mut message = b"bulwark.signer".to_vec();
+        message.extend_from_slice(&node.to_be_bytes());
+        message.extend_from_slice(public_key);
+        message
+    }
+
+    /// True when the endorsement is the previous key's signature of the new one.
+    pub fn endorsement_is_valid(&self) -> bool {
+        match (&self.previous, &self.endorsement) {
+            (Some(previous), Some(signature)) => {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, previous)
+                    .verify(&Self::endorsed(self.node, &self.public_key), signature)
+                    .is_ok()
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `audit.checkpoint`: event `seq` of the log has chain hash `hash`, signed with the
@@ -277,6 +378,9 @@ impl EventKind {
             EventKind::MembershipChanged(_) => "api.action",
             EventKind::ChainCheckpoint(_) => "audit.checkpoint",
             EventKind::EventsPurged(_) => "audit.purged",
+            EventKind::AccessRead(_) => "access.read",
+            EventKind::ExportDeadLettered(_) => "siem.dead_letter",
+            EventKind::SignerChanged(_) => "audit.key_rotated",
         }
     }
 
@@ -295,7 +399,10 @@ impl EventKind {
             EventKind::MessageQuarantined(q) => Some(q.message_id),
             EventKind::BayesTrained(b) => b.message_id,
             EventKind::QuarantineDecided(q) => Some(q.decision.message_id),
+            EventKind::AccessRead(r) => r.message_id,
             EventKind::AuditNote { .. }
+            | EventKind::ExportDeadLettered(_)
+            | EventKind::SignerChanged(_)
             | EventKind::ChainCheckpoint(_)
             | EventKind::EventsPurged(_)
             | EventKind::Note { .. }
@@ -336,6 +443,51 @@ impl EventKind {
                     }),
                 );
                 out.insert("event".into(), serde_json::json!({ "reason": p.reason }));
+            }
+            EventKind::AccessRead(r) => {
+                if let Some(id) = r.message_id {
+                    out.insert("message_id".into(), id.to_string().into());
+                }
+                out.insert("user".into(), serde_json::json!({ "name": r.user }));
+                if let Some(ip) = r.client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
+                let mut event = serde_json::json!({ "action": "read", "kind": r.kind.as_str() });
+                if let Some(reason) = &r.reason {
+                    event["reason"] = reason.clone().into();
+                }
+                out.insert("event".into(), event);
+                out.insert("kind".into(), r.kind.as_str().into());
+                if let Some(query) = &r.query {
+                    out.insert("query".into(), query.clone().into());
+                }
+            }
+            EventKind::ExportDeadLettered(d) => {
+                out.insert(
+                    "siem".into(),
+                    serde_json::json!({
+                        "exporter": d.exporter,
+                        "first_seq": d.first_seq,
+                        "last_seq": d.last_seq,
+                        "events": d.events,
+                        "tries": d.tries,
+                    }),
+                );
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({ "outcome": "failure", "reason": d.error }),
+                );
+            }
+            EventKind::SignerChanged(c) => {
+                out.insert(
+                    "signer".into(),
+                    serde_json::json!({
+                        "node": c.node,
+                        "public_key": hex::encode(&c.public_key),
+                        "previous": c.previous.as_ref().map(hex::encode),
+                        "endorsed": c.endorsement_is_valid(),
+                    }),
+                );
             }
             EventKind::ChainCheckpoint(c) => {
                 out.insert(

@@ -26,8 +26,9 @@ pub mod token;
 pub use bayes::{BayesClass, BayesCounts, BayesLesson, BayesTrained};
 pub use error::{Error, Result};
 pub use event::{
-    ApiAction, ChainCheckpoint, Command, Event, EventKind, EventPurge, EventsPurged, Hash,
-    MembershipChanged, Op, OpId, OpResult, Proposal, StoredEvent, VerifyReport,
+    AccessRead, ApiAction, ChainCheckpoint, Command, Event, EventKind, EventPurge, EventsPurged,
+    ExportDeadLetter, Hash, MembershipChanged, Op, OpId, OpResult, Proposal, ReadKind,
+    SignerChanged, StoredEvent, VerifyReport,
 };
 pub use message::{
     AcceptedMessage, Action, AuthResult, Bounce, Client, DeliveryCommand, DeliveryReport,
