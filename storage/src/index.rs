@@ -75,6 +75,8 @@ pub struct EventFilter {
     pub action: Option<String>,
     /// `source.ip`.
     pub client_ip: Option<IpAddr>,
+    /// `user.name`: the API caller (a token's name) the event names.
+    pub user: Option<String>,
     /// Recorded at or after this time (Unix milliseconds).
     pub since_ms: Option<i64>,
     /// Recorded before this time.
@@ -101,6 +103,7 @@ impl EventFilter {
             && self.recipient.is_none()
             && self.action.is_none()
             && self.client_ip.is_none()
+            && self.user.is_none()
         {
             return true;
         }
@@ -119,6 +122,10 @@ impl EventFilter {
             && self
                 .client_ip
                 .is_none_or(|want| client_ip_of(&json) == Some(want))
+            && self
+                .user
+                .as_deref()
+                .is_none_or(|want| json["user"]["name"].as_str() == Some(want))
     }
 
     /// The posting lists every matching event is in (fields the index cannot serve

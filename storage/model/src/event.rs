@@ -79,6 +79,9 @@ pub enum Command {
     /// Remove the oldest events of the log (the event log's retention) and record
     /// `audit.purged` saying which, so the chain's new start is on record.
     PurgeEvents(Box<EventPurge>),
+    /// Trust a node's checkpoint signing key from now on, in place of the one on
+    /// record, and record `audit.key_rotated` (nothing when it is trusted already).
+    TrustSigner(Box<SignerChanged>),
 }
 
 /// Which events a retention run removes: those before `before_seq`, at most `max`,

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bayes;
+pub mod bundle;
 pub mod codec;
 mod error;
 pub mod event;
@@ -21,6 +22,7 @@ pub mod message;
 pub mod rules;
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;
+pub mod signer;
 pub mod token;
 
 pub use bayes::{BayesClass, BayesCounts, BayesLesson, BayesTrained};
@@ -38,4 +40,5 @@ pub use message::{
     RecipientStatus, RejectedMessage, Rejection, Symbol, Thresholds, Timings, TlsInfo, Verdict,
 };
 pub use rules::{NOT_QUARANTINED, NOT_QUEUED};
+pub use signer::{Signers, TrustedKey};
 pub use token::{ApiToken, Role, TokenChanged, TokenCommand};

@@ -21,6 +21,9 @@ pub enum Role {
     Auditor,
     /// Reads events only: list, export, stream, verify.
     Siem,
+    /// Reads the node's metrics and the cluster's status only, where
+    /// `api.public_status = false` puts them behind a token (Prometheus).
+    Metrics,
 }
 
 impl Role {
@@ -30,6 +33,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Auditor => "auditor",
             Role::Siem => "siem",
+            Role::Metrics => "metrics",
         }
     }
 }
@@ -43,8 +47,9 @@ impl std::str::FromStr for Role {
             "operator" => Ok(Role::Operator),
             "auditor" => Ok(Role::Auditor),
             "siem" => Ok(Role::Siem),
+            "metrics" => Ok(Role::Metrics),
             other => Err(format!(
-                "{other:?} is not a role (admin, operator, auditor, siem)"
+                "{other:?} is not a role (admin, operator, auditor, siem, metrics)"
             )),
         }
     }

@@ -16,8 +16,8 @@ use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent};
 use crate::index::{EventClock, Indexer};
 use crate::layout::cf;
 use crate::message::MessageId;
-use crate::token;
 use crate::{codec, Error, Result};
+use crate::{signer, token};
 
 /// One batch being applied: what the rules changed and what the engine keeps beside
 /// it. Reads of the rules fall through [`Changes`] to the store.
@@ -113,6 +113,7 @@ impl StateStore {
                 (rules::quarantine::expire(changes, self, expiry)?, None)
             }
             Command::Token(command) => rules::tokens::token(changes, self, command)?,
+            Command::TrustSigner(command) => rules::signers::trust(changes, self, command, seq)?,
             Command::TrainBayes(lesson) => (vec![self.learn(&mut batch.lessons, lesson)?], None),
             Command::PurgeEvents(purge) => {
                 let no_events = HashMap::new();
@@ -295,7 +296,7 @@ impl StateStore {
         Ok(())
     }
 
-    /// The rules' changes into `write`: bodies and tokens in the order written, then
+    /// The rules' changes into `write`: bodies, tokens and signers in the order written, then
     /// the quarantine and queue records (a message leaving the queue takes its body).
     fn write_changes(&self, write: &mut WriteBatch, changes: Changes<'_>) -> Result<()> {
         let (bodies, tokens) = (self.cf(cf::BODIES), self.cf(cf::TOKENS));
@@ -312,6 +313,11 @@ impl StateStore {
                     write.delete_cf(tokens, token::digest_key(&token.digest));
                     write.delete_cf(tokens, token::name_key(&token.name));
                 }
+                Write::Signers(node, signers) => write.put_cf(
+                    self.cf(cf::META),
+                    signer::key(node),
+                    codec::encode(&signers)?,
+                ),
             }
         }
         for (id, record) in changes.quarantine {

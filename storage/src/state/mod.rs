@@ -24,6 +24,7 @@ use crate::event::{Event, EventKind, Hash, StoredEvent};
 use crate::index::{self, EventClock};
 use crate::layout::{self, cf};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
+use crate::signer::Signers;
 use crate::token::ApiToken;
 use crate::{codec, Error, Result};
 
@@ -270,6 +271,10 @@ impl Stored for StateStore {
 
     fn token_named(&self, name: &str) -> Result<Option<ApiToken>> {
         StateStore::token_named(self, name)
+    }
+
+    fn signers(&self, node: u64) -> Result<Signers> {
+        StateStore::signers(self, node)
     }
 
     fn received_envelope(&self, id: MessageId, seq: u64) -> Result<Option<Envelope>> {

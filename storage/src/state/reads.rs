@@ -10,6 +10,7 @@ use crate::index::{self, EventFilter, MAX_SCAN};
 use crate::layout::cf;
 use crate::message::{MessageId, QuarantineRecord, QueueEntry, QueueRecord};
 use crate::rules::quarantine::{expiry_due, expiry_end};
+use crate::signer::{self, Signers};
 use crate::token::{self, ApiToken};
 use crate::{codec, Error, Result};
 
@@ -219,6 +220,14 @@ impl StateStore {
     }
 
     /// The seq up to which exporter `name` has shipped the log (0: nothing yet).
+    /// The checkpoint keys the cluster trusts for node `node`.
+    pub fn signers(&self, node: u64) -> Result<Signers> {
+        match self.db.get_cf(self.cf(cf::META), signer::key(node))? {
+            Some(bytes) => Ok(codec::decode(&bytes)?),
+            None => Ok(Signers::default()),
+        }
+    }
+
     pub fn export_cursor(&self, name: &str) -> Result<u64> {
         match self
             .db

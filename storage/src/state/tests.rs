@@ -147,36 +147,68 @@ fn rechain(store: &StateStore, edit: impl Fn(&mut StoredEvent)) {
     *store.head.lock().unwrap() = head;
 }
 
-#[test]
-fn signed_checkpoints_expose_a_rewritten_and_rechained_history() {
-    use crate::event::ChainCheckpoint;
-    use ring::signature::KeyPair;
-    let dir = tempfile::tempdir().unwrap();
-    let state = StateDir::open(dir.path()).unwrap();
-    let store = state.current();
-    let ops = [note(1, "a"), note(2, "b")];
-    store.apply(&[(1, &ops[..])], b"1").unwrap();
+/// A fresh Ed25519 key.
+fn signing_key() -> ring::signature::Ed25519KeyPair {
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
-    let key = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+}
+
+/// Node `node`'s checkpoint of the chain as it stands, signed with `key`.
+fn checkpoint_op(
+    store: &StateStore,
+    id: u128,
+    node: u64,
+    key: &ring::signature::Ed25519KeyPair,
+) -> Op {
+    use crate::event::ChainCheckpoint;
+    use ring::signature::KeyPair;
     let (seq, hash) = store.chain_head();
     let checkpoint = ChainCheckpoint {
         seq,
         hash,
-        node: 3,
+        node,
         public_key: key.public_key().as_ref().to_vec(),
         signature: key
             .sign(&ChainCheckpoint::message(seq, &hash))
             .as_ref()
             .to_vec(),
     };
-    let signed = Op {
-        id: 3,
+    Op {
+        id,
         time_ms: 1_700_000_000_003,
-        node: 3,
+        node,
         command: Command::Record(EventKind::ChainCheckpoint(Box::new(checkpoint))),
-    };
-    let ops = [signed, note(4, "c")];
+    }
+}
+
+/// Node `node` trusts `key` from now on.
+fn trust_op(id: u128, node: u64, key: &ring::signature::Ed25519KeyPair) -> Op {
+    use ring::signature::KeyPair;
+    Op {
+        id,
+        time_ms: 1_700_000_000_000,
+        node,
+        command: Command::TrustSigner(Box::new(crate::event::SignerChanged {
+            node,
+            public_key: key.public_key().as_ref().to_vec(),
+            previous: None,
+            endorsement: None,
+        })),
+    }
+}
+
+#[test]
+fn signed_checkpoints_expose_a_rewritten_and_rechained_history() {
+    use ring::signature::KeyPair;
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let key = signing_key();
+    let ops = [trust_op(5, 3, &key), note(1, "a"), note(2, "b")];
+    store.apply(&[(1, &ops[..])], b"1").unwrap();
+    let (seq, hash) = store.chain_head();
+    let ops = [checkpoint_op(&store, 3, 3, &key), note(4, "c")];
     store.apply(&[(2, &ops[..])], b"2").unwrap();
     let report = store.verify().unwrap();
     assert!(report.ok, "{report:?}");
@@ -185,9 +217,15 @@ fn signed_checkpoints_expose_a_rewritten_and_rechained_history() {
         report.signers,
         vec![format!("3:{}", hex::encode(key.public_key().as_ref()))]
     );
-    let json = store.event(3).unwrap().unwrap().to_json();
+    let json = store.event(1).unwrap().unwrap().to_json();
+    assert_eq!(json["type"], "audit.key_rotated");
+    assert_eq!(
+        json["signer"]["public_key"],
+        hex::encode(key.public_key().as_ref())
+    );
+    let json = store.event(4).unwrap().unwrap().to_json();
     assert_eq!(json["type"], "audit.checkpoint");
-    assert_eq!(json["checkpoint"]["seq"], 2);
+    assert_eq!(json["checkpoint"]["seq"], seq);
     assert_eq!(json["checkpoint"]["hash"], hex::encode(hash));
 
     // A note before the checkpoint rewritten, the chain recomputed: every link
@@ -201,14 +239,14 @@ fn signed_checkpoints_expose_a_rewritten_and_rechained_history() {
     });
     let report = store.verify().unwrap();
     assert!(!report.ok);
-    assert_eq!(report.first_bad_seq, Some(3));
+    assert_eq!(report.first_bad_seq, Some(4));
     assert!(
         report.problem.as_deref().unwrap().contains("rewritten"),
         "{report:?}"
     );
 
     // The checkpoint re-made for the new history without the key: a bad signature.
-    let forged_hash = store.event(2).unwrap().unwrap().hash;
+    let forged_hash = store.event(3).unwrap().unwrap().hash;
     rechain(&store, |e| {
         if let EventKind::ChainCheckpoint(c) = &mut e.event.kind {
             c.hash = forged_hash;
@@ -218,6 +256,52 @@ fn signed_checkpoints_expose_a_rewritten_and_rechained_history() {
     assert!(!report.ok);
     assert!(
         report.problem.as_deref().unwrap().contains("signature"),
+        "{report:?}"
+    );
+
+    // Re-signed with a key of the forger's own, valid as a signature: the key is
+    // not one the cluster trusts for node 3, and the check says so.
+    let forger = signing_key();
+    rechain(&store, |e| {
+        if let EventKind::ChainCheckpoint(c) = &mut e.event.kind {
+            c.public_key = forger.public_key().as_ref().to_vec();
+            c.signature = forger
+                .sign(&crate::event::ChainCheckpoint::message(c.seq, &c.hash))
+                .as_ref()
+                .to_vec();
+        }
+    });
+    let report = store.verify().unwrap();
+    assert!(!report.ok);
+    assert!(
+        report.problem.as_deref().unwrap().contains("not trust"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_rotated_key_signs_from_its_event_on_and_the_old_one_no_longer() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let (old, new) = (signing_key(), signing_key());
+    let ops = [trust_op(1, 2, &old), note(2, "a")];
+    store.apply(&[(1, &ops[..])], b"1").unwrap();
+    let ops = [checkpoint_op(&store, 3, 2, &old), trust_op(4, 2, &new)];
+    store.apply(&[(2, &ops[..])], b"2").unwrap();
+    let ops = [checkpoint_op(&store, 5, 2, &new)];
+    store.apply(&[(3, &ops[..])], b"3").unwrap();
+    let report = store.verify().unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.checkpoints, 2);
+    assert_eq!(store.signers(2).unwrap().keys.len(), 2);
+    // The retired key signing after its successor took over: refused.
+    let ops = [checkpoint_op(&store, 6, 2, &old)];
+    store.apply(&[(4, &ops[..])], b"4").unwrap();
+    let report = store.verify().unwrap();
+    assert!(!report.ok);
+    assert!(
+        report.problem.as_deref().unwrap().contains("not trust"),
         "{report:?}"
     );
 }

@@ -1,11 +1,13 @@
 //! The walk of the whole hash chain: sequence numbers, links, hashes, the chain head,
-//! the recorded start of a purged log and every signed checkpoint.
+//! the recorded start of a purged log and every signed checkpoint, each by a key the
+//! cluster trusts for its node at that point (`audit.key_rotated`).
 
 use rocksdb::IteratorMode;
 
 use super::{seq_of, ChainHead, StateStore, META_CHAIN, META_PURGED};
 use crate::event::{ChainCheckpoint, EventKind, Hash, StoredEvent, VerifyReport};
 use crate::layout::cf;
+use crate::signer::{self, Signers};
 use crate::{codec, Result};
 
 impl StateStore {
@@ -126,6 +128,24 @@ impl StateStore {
                     format!(
                         "checkpoint signature of node {} is not valid",
                         checkpoint.node
+                    ),
+                ));
+            }
+            let trusted: Signers =
+                match snapshot.get_cf(self.cf(cf::META), signer::key(checkpoint.node))? {
+                    Some(bytes) => codec::decode(&bytes)?,
+                    None => Signers::default(),
+                };
+            if !trusted.trusted_at(&checkpoint.public_key, *at) {
+                return Ok(bad(
+                    *at,
+                    checked,
+                    &prev,
+                    format!(
+                        "the checkpoint is signed by node {} with key {}, which the cluster \
+                         does not trust for that node at this point of the log",
+                        checkpoint.node,
+                        hex::encode(&checkpoint.public_key)
                     ),
                 ));
             }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::{Changes, Stored, Write};
 use crate::event::{Command, EventKind, Op};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
+use crate::signer::Signers;
 use crate::token::ApiToken;
 
 #[derive(Debug, Default)]
@@ -16,6 +17,7 @@ pub struct Memory {
     /// The `message.received` events' envelopes, by message and sequence number.
     pub received: BTreeMap<(MessageId, u64), Envelope>,
     pub bodies: BTreeMap<MessageId, Vec<u8>>,
+    pub signers: BTreeMap<u64, Signers>,
 }
 
 impl Stored for Memory {
@@ -31,6 +33,10 @@ impl Stored for Memory {
 
     fn token_named(&self, name: &str) -> crate::Result<Option<ApiToken>> {
         Ok(self.tokens.get(name).cloned())
+    }
+
+    fn signers(&self, node: u64) -> crate::Result<Signers> {
+        Ok(self.signers.get(&node).cloned().unwrap_or_default())
     }
 
     fn received_envelope(&self, id: MessageId, seq: u64) -> crate::Result<Option<Envelope>> {
@@ -81,6 +87,9 @@ impl Memory {
                 }
                 Write::DropToken(token) => {
                     self.tokens.remove(&token.name);
+                }
+                Write::Signers(node, signers) => {
+                    self.signers.insert(node, signers);
                 }
             }
         }

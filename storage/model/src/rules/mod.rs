@@ -10,17 +10,20 @@
 //! come from the operation and the caller, never from a clock. One module a record:
 //! [`accept`] (a scanned message into the queue or the quarantine), [`queue`] (leases,
 //! attempt reports, bounces and an administrator's queue actions), [`quarantine`]
-//! (release, deletion and expiry) and [`tokens`] (API tokens).
+//! (release, deletion and expiry), [`tokens`] (API tokens) and [`signers`] (the keys
+//! trusted to sign checkpoints).
 
 use std::collections::HashMap;
 
 use crate::event::EventKind;
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
+use crate::signer::Signers;
 use crate::token::ApiToken;
 
 pub mod accept;
 pub mod quarantine;
 pub mod queue;
+pub mod signers;
 pub mod tokens;
 
 #[cfg(test)]
@@ -46,6 +49,9 @@ pub trait Stored {
     /// The live API token named `name`.
     fn token_named(&self, name: &str) -> Result<Option<ApiToken>, Self::Error>;
 
+    /// The checkpoint keys trusted for node `node` (none: empty).
+    fn signers(&self, node: u64) -> Result<Signers, Self::Error>;
+
     /// The envelope of message `id` from its `message.received` event, recorded with
     /// sequence number `seq` (`None` when the retention has removed it).
     fn received_envelope(&self, id: MessageId, seq: u64) -> Result<Option<Envelope>, Self::Error>;
@@ -60,7 +66,8 @@ pub trait Stored {
 }
 
 /// A write the rules ask of the store beside the queue and quarantine records: a
-/// message body or an API token stored or removed. Applied in the order listed.
+/// message body or an API token stored or removed, a node's trusted signing keys
+/// stored. Applied in the order listed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write<'a> {
     /// Stores a message's body (a received message, a bounce).
@@ -71,6 +78,8 @@ pub enum Write<'a> {
     Token(ApiToken),
     /// Removes both keys of a token.
     DropToken(ApiToken),
+    /// Stores a node's trusted checkpoint keys.
+    Signers(u64, Signers),
 }
 
 /// What a batch changes, as its operations so far have left it. Reads fall through
@@ -83,10 +92,12 @@ pub struct Changes<'a> {
     pub quarantine: HashMap<MessageId, Option<QuarantineRecord>>,
     /// API tokens created (`Some`) or revoked (`None`) by name.
     tokens: HashMap<String, Option<ApiToken>>,
+    /// Trusted signing keys changed, by node.
+    signers: HashMap<u64, Signers>,
     /// Envelopes of the messages this batch accepted: a release later in the batch
     /// reads its message's envelope from here, its event not being stored yet.
     received: HashMap<MessageId, Envelope>,
-    /// Bodies and tokens to store or remove, in order.
+    /// Bodies, tokens and signers to store or remove, in order.
     pub writes: Vec<Write<'a>>,
 }
 
@@ -107,6 +118,14 @@ impl Changes<'_> {
         id: MessageId,
     ) -> Result<&mut Option<QuarantineRecord>, S::Error> {
         through(&mut self.quarantine, id, || store.quarantine_record(id))
+    }
+
+    /// Node `node`'s trusted signing keys as the batch has left them.
+    fn signers<S: Stored>(&self, store: &S, node: u64) -> Result<Signers, S::Error> {
+        match self.signers.get(&node) {
+            Some(signers) => Ok(signers.clone()),
+            None => store.signers(node),
+        }
     }
 
     /// The token named `name` as the batch has left it.
