@@ -1,7 +1,10 @@
-//! Bearer-token authentication and roles. The admin token (from
-//! `api.admin_token_file`) is the node's own; further tokens are created and revoked
-//! through the API (`/v1/tokens`) and replicated, each with a role
-//! ([`bulwark_storage::Role`]). Tokens are compared by their SHA-256 digest.
+//! Bearer-token authentication and roles. Tokens are created and revoked through the
+//! API (`/v1/tokens`) and replicated, each with a name and a role
+//! ([`bulwark_storage::Role`]); the first node to lead a new cluster enrols its admin
+//! token file (`api.admin_token_file`) as the cluster's one bootstrap admin, `admin`.
+//! A node's own file token that is not that one still works on its node, as
+//! `admin@nodeN`, so every action names who took it. Tokens are compared by their
+//! SHA-256 digest.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -15,17 +18,29 @@ use sha2::{Digest, Sha256};
 use crate::routes::ApiState;
 use crate::ApiError;
 
-/// The admin token, kept only as a digest.
+/// The name of the cluster's bootstrap admin token.
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+
+/// The node's admin token file, kept only as a digest, and the name its calls are
+/// recorded under when it is not a replicated token.
 #[derive(Clone)]
 pub struct AdminToken {
     digest: [u8; 32],
+    name: String,
 }
 
 impl AdminToken {
-    pub fn new(token: &str) -> Self {
+    /// The admin token of node `node`.
+    pub fn new(token: &str, node: u64) -> Self {
         AdminToken {
             digest: digest(token),
+            name: format!("admin@node{node}"),
         }
+    }
+
+    /// The token's SHA-256, as the replicated tokens are stored.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 }
 
@@ -37,7 +52,7 @@ pub(crate) fn digest(token: &str) -> [u8; 32] {
 /// What a call needs its caller's role to allow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Access {
-    /// The event log: list, export, stream, verify. Every role.
+    /// The event log: list, export, stream, verify. Every role but metrics.
     Events,
     /// Message traces and the metadata of the queue, the quarantine and the
     /// classifier: admin, operator, auditor.
@@ -54,6 +69,9 @@ pub(crate) enum Access {
     Cluster,
     /// Writing a backup of the node's state: admin.
     Backup,
+    /// The metrics and the cluster's status, when `api.public_status = false`: every
+    /// role.
+    Status,
 }
 
 impl Access {
@@ -61,7 +79,8 @@ impl Access {
         matches!(
             (self, role),
             (_, Role::Admin)
-                | (Access::Events, _)
+                | (Access::Status, _)
+                | (Access::Events, Role::Operator | Role::Auditor | Role::Siem)
                 | (
                     Access::Messages | Access::Note,
                     Role::Operator | Role::Auditor
@@ -80,11 +99,12 @@ impl Access {
             Access::Tokens => "manage tokens",
             Access::Cluster => "change the cluster's membership",
             Access::Backup => "take backups",
+            Access::Status => "read the metrics and the cluster's status",
         }
     }
 }
 
-/// Who is calling: the token's name (`admin` for the admin token) and role.
+/// Who is calling: the token's name and role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Caller {
     pub name: String,
@@ -101,22 +121,29 @@ impl ApiState {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(ApiError::unauthorized)?;
         let digest = digest(presented);
-        let differing = digest
-            .iter()
-            .zip(self.admin.digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        let caller = if differing == 0 {
-            Caller {
-                name: "admin".into(),
-                role: Role::Admin,
-            }
-        } else {
-            match self.node.state().token_by_digest(&digest)? {
-                Some(token) => Caller {
-                    name: token.name,
-                    role: token.role,
-                },
-                None => return Err(ApiError::unauthorized()),
+        let caller = match self.node.state().token_by_digest(&digest)? {
+            Some(token) => Caller {
+                name: token.name,
+                role: token.role,
+            },
+            None => {
+                let differing = digest
+                    .iter()
+                    .zip(self.admin.digest.iter())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+                if differing != 0 {
+                    return Err(ApiError::unauthorized());
+                }
+                // Until the cluster has its bootstrap admin (a new cluster's first
+                // moments), a node's file token is the candidate for it.
+                let name = match self.node.state().token_named(BOOTSTRAP_ADMIN)? {
+                    Some(_) => self.admin.name.clone(),
+                    None => BOOTSTRAP_ADMIN.to_string(),
+                };
+                Caller {
+                    name,
+                    role: Role::Admin,
+                }
             }
         };
         if !access.allows(caller.role) {

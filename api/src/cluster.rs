@@ -35,9 +35,16 @@ impl From<LeaderCallError> for ApiError {
 }
 
 /// `GET /v1/cluster`: members, roles, leader, term, indexes, lags, chain head.
-#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security(), responses((status = 200, description = "members, leader, term, commit and applied indexes, lags, chain head")), operation_id = "cluster_status")]
-pub(crate) async fn status(State(s): State<ApiState>) -> Json<bulwark_consensus::ClusterStatus> {
-    Json(s.node.status())
+/// Without a token unless `api.public_status = false`.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security((), ("bearer" = [])), responses((status = 200, description = "members, leader, term, commit and applied indexes, lags, chain head"), (status = 403, description = "api.public_status = false and a role that may not read it")), operation_id = "cluster_status")]
+pub(crate) async fn status(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<bulwark_consensus::ClusterStatus>, ApiError> {
+    if !s.public_status {
+        s.caller(&headers, Access::Status)?;
+    }
+    Ok(Json(s.node.status()))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -12,12 +12,13 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bulwark_storage::{EventFilter, MessageId, StoredEvent};
+use bulwark_storage::{EventFilter, MessageId, ReadKind, StoredEvent};
 use futures::stream::{self, Stream};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Access;
+use crate::access::Read;
+use crate::auth::{Access, ClientIp};
 use crate::routes::{page_limit, seq, time_ms, ApiState, MAX_SEQ};
 use crate::ApiError;
 
@@ -45,11 +46,47 @@ pub(crate) struct EventQuery {
     recipient: Option<String>,
     action: Option<String>,
     client_ip: Option<String>,
+    /// Events of this caller (`user.name`: a token's name), e.g. the reads and
+    /// actions of one person.
+    user: Option<String>,
     since: Option<String>,
     until: Option<String>,
 }
 
 impl EventQuery {
+    /// The read this query is, as recorded: a `search` when it looks for a person
+    /// (an address, a client address or a caller), else an `export` of the log.
+    fn read(&self, what: &str) -> Read {
+        let person = self.sender.is_some()
+            || self.recipient.is_some()
+            || self.client_ip.is_some()
+            || self.user.is_some();
+        let filters = crate::access::query(&[
+            ("type", self.type_name.as_deref()),
+            ("message_id", self.message_id.as_deref()),
+            ("sender", self.sender.as_deref()),
+            ("recipient", self.recipient.as_deref()),
+            ("action", self.action.as_deref()),
+            ("client_ip", self.client_ip.as_deref()),
+            ("user", self.user.as_deref()),
+            ("since", self.since.as_deref()),
+            ("until", self.until.as_deref()),
+        ]);
+        Read {
+            kind: if person {
+                ReadKind::Search
+            } else {
+                ReadKind::Export
+            },
+            message_id: None,
+            reason: None,
+            query: Some(match filters {
+                Some(f) => format!("{what}?{f}"),
+                None => what.to_string(),
+            }),
+        }
+    }
+
     fn filter(&self) -> Result<EventFilter, ApiError> {
         let message_id = match self.message_id.as_deref() {
             Some(id) => Some(
@@ -72,6 +109,7 @@ impl EventQuery {
             recipient: self.recipient.clone(),
             action: self.action.clone(),
             client_ip,
+            user: self.user.clone(),
             since_ms: time_ms("since", self.since.as_deref())?,
             until_ms: time_ms("until", self.until.as_deref())?,
         })
@@ -86,12 +124,20 @@ impl EventQuery {
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    s.caller(&headers, Access::Events)?;
+    let caller = s.caller(&headers, Access::Events)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
     let filter = q.filter()?;
+    // A page of the log is recorded when it looks for a person; paging the log
+    // otherwise is how the trail itself is read (recording each page would grow the
+    // log by reading it), and its bulk forms, export and stream, are recorded.
+    let read = q.read("events");
+    if read.kind == ReadKind::Search {
+        s.record_read(&caller, client_ip, read).await?;
+    }
     let after = seq("after", q.after)?.unwrap_or(0);
     let node = s.node.clone();
     let applied = node.status().applied_index;
@@ -126,9 +172,10 @@ async fn page(
 pub(crate) async fn export(
     State(s): State<ApiState>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    s.caller(&headers, Access::Events)?;
+    let caller = s.caller(&headers, Access::Events)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if q.limit.is_some() {
         return Err(ApiError::bad_request(
@@ -136,6 +183,8 @@ pub(crate) async fn export(
         ));
     }
     let filter = q.filter()?;
+    s.record_read(&caller, client_ip, q.read("events/export"))
+        .await?;
     let after = seq("after", q.after)?.unwrap_or(0);
     // Pages are read as the client takes them; an error after the first line can
     // only end the body early, which the client sees as a truncated export.
@@ -183,10 +232,21 @@ pub(crate) struct StreamQuery {
 pub(crate) async fn tail(
     State(s): State<ApiState>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    s.caller(&headers, Access::Events)?;
+    let caller = s.caller(&headers, Access::Events)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let read = Read {
+        kind: ReadKind::Export,
+        message_id: None,
+        reason: None,
+        query: Some(match &q.type_name {
+            Some(t) => format!("events/stream?type={t}"),
+            None => "events/stream".into(),
+        }),
+    };
+    s.record_read(&caller, client_ip, read).await?;
     let resume = match headers.get("last-event-id") {
         Some(id) => Some(
             id.to_str()

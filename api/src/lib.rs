@@ -10,9 +10,11 @@
 //! It must never touch storage directly for writes: every change is a proposal.
 #![forbid(unsafe_code)]
 
+mod access;
 mod auth;
 mod backup;
 mod bayes;
+mod bundle;
 mod cluster;
 mod error;
 mod events;
@@ -24,7 +26,8 @@ mod queue;
 mod routes;
 mod tokens;
 
-pub use auth::AdminToken;
+pub use access::ReadLog;
+pub use auth::{AdminToken, BOOTSTRAP_ADMIN};
 pub use bayes::Tokenizer;
 pub use error::ApiError;
 pub use metrics::Metrics;

@@ -2,13 +2,15 @@
 //! and every event about it from reception to its final state, as this node has
 //! applied them.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use bulwark_storage::{EventFilter, MessageId};
+use bulwark_storage::{EventFilter, MessageId, ReadKind};
 use serde_json::{json, Map, Value};
 
-use crate::auth::Access;
+use crate::access::{Read, ReadReason};
+use crate::auth::{Access, ClientIp};
 use crate::extract::PathParam;
 use crate::routes::ApiState;
 use crate::ApiError;
@@ -17,17 +19,21 @@ use crate::ApiError;
 /// deferrals) shows the first ones and says so.
 const MAX_EVENTS: usize = 1000;
 
-/// `GET /v1/messages/{id}`.
-#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "envelope, verdict, recipients' states and events in order"), (status = 404, description = "no such message"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role")), operation_id = "messages_trace")]
+/// `GET /v1/messages/{id}?reason`: recorded as an `access.read` of kind `trace`.
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), ReadReason), responses((status = 200, description = "envelope, verdict, recipients' states and events in order"), (status = 404, description = "no such message"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "messages_trace")]
 pub(crate) async fn trace(
     State(s): State<ApiState>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     PathParam(id): PathParam<String>,
+    query: Result<Query<ReadReason>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    s.caller(&headers, Access::Messages)?;
+    let caller = s.caller(&headers, Access::Messages)?;
     let id = id
         .parse::<MessageId>()
         .map_err(|e| ApiError::bad_request(format!("id: {e}")))?;
+    let Query(reason) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let reason = reason.checked()?;
     let node = s.node.clone();
     let applied = node.status().applied_index;
     let (events, queued) = tokio::task::spawn_blocking(move || {
@@ -47,6 +53,13 @@ pub(crate) async fn trace(
     if events.is_empty() {
         return Err(ApiError::not_found(format!("no event about message {id}")));
     }
+    let read = Read {
+        kind: ReadKind::Trace,
+        message_id: Some(id),
+        reason,
+        query: None,
+    };
+    s.record_read(&caller, client_ip, read).await?;
     let events: Vec<Value> = events.iter().map(|e| e.to_json()).collect();
     let first = |kind: &str| events.iter().find(|e| e["type"] == kind);
     let received = first("message.received");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulwark_consensus::RaftNode;
@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::auth::Access;
 use crate::routes::ApiState;
 use crate::ApiError;
 
@@ -60,10 +61,17 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics`, unauthenticated like `/healthz` (it says how busy the node is,
-/// never what a message says).
-#[utoipa::path(get, path = "/metrics", tag = "health", security(), responses((status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text")), operation_id = "metrics_scrape")]
-pub(crate) async fn scrape(State(s): State<ApiState>) -> Result<Response, ApiError> {
+/// `GET /metrics`: unauthenticated like `/healthz` (it says how busy the node is,
+/// never what a message says) unless `api.public_status = false`, which asks for a
+/// token of any role (`metrics` for Prometheus).
+#[utoipa::path(get, path = "/metrics", tag = "health", security((), ("bearer" = [])), responses((status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"), (status = 403, description = "api.public_status = false and a role that may not read it")), operation_id = "metrics_scrape")]
+pub(crate) async fn scrape(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !s.public_status {
+        s.caller(&headers, Access::Status)?;
+    }
     let metrics = s.metrics.clone();
     // The collector reads RocksDB: off the async threads.
     let text = tokio::task::spawn_blocking(move || metrics.render())

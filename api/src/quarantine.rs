@@ -13,11 +13,12 @@ use axum::Json;
 use bulwark_storage::event::rfc3339;
 use bulwark_storage::{
     Command, EventFilter, MessageId, QuarantineAction, QuarantineCommand, QuarantineFilter,
-    QuarantineRecord,
+    QuarantineRecord, ReadKind,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{Read, ReadReason};
 use crate::auth::{Access, ClientIp};
 use crate::extract::{Body, PathParam};
 use crate::routes::{page_limit, time_ms, ApiState};
@@ -56,12 +57,20 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    s.caller(&headers, Access::Messages)?;
+    let caller = s.caller(&headers, Access::Messages)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let applied = s.node.status().applied_index;
+    let read = Read {
+        kind: ReadKind::Search,
+        message_id: None,
+        reason: None,
+        query: Some(q.described()),
+    };
     let (records, next) = matching(&s, q).await?;
+    s.record_read(&caller, client_ip, read).await?;
     let items: Vec<Value> = records.iter().map(item).collect();
     Ok(Json(json!({
         "items": items,
@@ -71,6 +80,22 @@ pub(crate) async fn list(
 }
 
 impl ListQuery {
+    /// What the listing asks for, as recorded with the read (`quarantine` and the
+    /// filters, without the page's cursor).
+    fn described(&self) -> String {
+        let filters = crate::access::query(&[
+            ("sender", self.sender.as_deref()),
+            ("recipient", self.recipient.as_deref()),
+            ("reason", self.reason.as_deref()),
+            ("since", self.since.as_deref()),
+            ("until", self.until.as_deref()),
+        ]);
+        match filters {
+            Some(f) => format!("quarantine?{f}"),
+            None => "quarantine".into(),
+        }
+    }
+
     fn filter(&self) -> Result<QuarantineFilter, ApiError> {
         Ok(QuarantineFilter {
             sender: self.sender.clone(),
@@ -214,16 +239,22 @@ async fn bulk(
     })))
 }
 
-/// `GET /v1/quarantine/{id}`: the record, the verdict that put the message there and
-/// a preview of its content (withheld from roles that may not read contents).
-#[utoipa::path(get, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "record, verdict and a safe preview"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role")), operation_id = "quarantine_detail")]
+/// `GET /v1/quarantine/{id}?reason`: the record, the verdict that put the message
+/// there and a preview of its content (withheld from roles that may not read
+/// contents). Recorded as an `access.read` of kind `preview` (`trace` when the
+/// preview was withheld).
+#[utoipa::path(get, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), ReadReason), responses((status = 200, description = "record, verdict and a safe preview"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "quarantine_detail")]
 pub(crate) async fn detail(
     State(s): State<ApiState>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     PathParam(id): PathParam<String>,
+    query: Result<Query<ReadReason>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.caller(&headers, Access::Messages)?;
     let id = message_id("id", &id)?;
+    let Query(reason) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let reason = reason.checked()?;
     let node = s.node.clone();
     let applied = node.status().applied_index;
     let (record, body, verdict) = tokio::task::spawn_blocking(move || {
@@ -243,6 +274,18 @@ pub(crate) async fn detail(
     .await
     .map_err(ApiError::internal)??;
     let record = record.ok_or_else(|| not_quarantined(id))?;
+    let shown = body.is_some() && Access::Content.allows(caller.role);
+    let read = Read {
+        kind: if shown {
+            ReadKind::Preview
+        } else {
+            ReadKind::Trace
+        },
+        message_id: Some(id),
+        reason,
+        query: None,
+    };
+    s.record_read(&caller, client_ip, read).await?;
     // Metadata for every role that reads messages; what the message says only for
     // those that may read contents.
     let preview = match body {
@@ -264,16 +307,21 @@ pub(crate) async fn detail(
     Ok(Json(out))
 }
 
-/// `GET /v1/quarantine/{id}/raw`: the message as received, as a download
-/// (`message/rfc822`, never rendered inline).
-#[utoipa::path(get, path = "/v1/quarantine/{id}/raw", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "the message as received", content_type = "message/rfc822"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not read message contents")), operation_id = "quarantine_raw")]
+/// `GET /v1/quarantine/{id}/raw?reason`: the message as received, as a download
+/// (`message/rfc822`, never rendered inline). Recorded as an `access.read` of kind
+/// `raw`.
+#[utoipa::path(get, path = "/v1/quarantine/{id}/raw", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), ReadReason), responses((status = 200, description = "the message as received", content_type = "message/rfc822"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not read message contents"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "quarantine_raw")]
 pub(crate) async fn raw(
     State(s): State<ApiState>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     PathParam(id): PathParam<String>,
+    query: Result<Query<ReadReason>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    s.caller(&headers, Access::Content)?;
+    let caller = s.caller(&headers, Access::Content)?;
     let id = message_id("id", &id)?;
+    let Query(reason) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let reason = reason.checked()?;
     let node = s.node.clone();
     let body = tokio::task::spawn_blocking(move || {
         let state = node.state();
@@ -285,6 +333,13 @@ pub(crate) async fn raw(
     .await
     .map_err(ApiError::internal)??
     .ok_or_else(|| not_quarantined(id))?;
+    let read = Read {
+        kind: ReadKind::Raw,
+        message_id: Some(id),
+        reason,
+        query: None,
+    };
+    s.record_read(&caller, client_ip, read).await?;
     let disposition = format!("attachment; filename=\"{id}.eml\"");
     let disposition = HeaderValue::from_str(&disposition).map_err(ApiError::internal)?;
     Ok((

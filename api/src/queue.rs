@@ -9,11 +9,12 @@ use axum::Json;
 use bulwark_storage::event::rfc3339;
 use bulwark_storage::{
     Command, DeliveryCommand, MessageId, QueueAction, QueueFilter, QueueRecord, QueueStatus,
-    RecipientStatus,
+    ReadKind, RecipientStatus,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::Read;
 use crate::auth::{Access, ClientIp};
 use crate::extract::PathParam;
 use crate::routes::{page_limit, ApiState};
@@ -35,15 +36,32 @@ pub(crate) struct QueueQuery {
 }
 
 /// `GET /v1/queue`: `{"items": [...], "next": ID|null, "applied_index": N}`, oldest
-/// first, as this node has applied the queue.
-#[utoipa::path(get, path = "/v1/queue", tag = "queue", params(QueueQuery), responses((status = 200, description = "{items, next, applied_index}"), (status = 400, description = "a malformed filter"), (status = 403, description = "the siem role")), operation_id = "queue_list")]
+/// first, as this node has applied the queue. Recorded as an `access.read` of kind
+/// `search` (the items name senders and recipients).
+#[utoipa::path(get, path = "/v1/queue", tag = "queue", params(QueueQuery), responses((status = 200, description = "{items, next, applied_index}"), (status = 400, description = "a malformed filter"), (status = 403, description = "the siem role"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "queue_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
     query: Result<Query<QueueQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    s.caller(&headers, Access::Messages)?;
+    let caller = s.caller(&headers, Access::Messages)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let read = Read {
+        kind: ReadKind::Search,
+        message_id: None,
+        reason: None,
+        query: Some(
+            match crate::access::query(&[
+                ("sender", q.sender.as_deref()),
+                ("recipient", q.recipient.as_deref()),
+                ("status", q.status.as_deref()),
+            ]) {
+                Some(f) => format!("queue?{f}"),
+                None => "queue".into(),
+            },
+        ),
+    };
     let limit = page_limit(q.limit)?;
     let status = match q.status.as_deref() {
         Some(s) => Some(
@@ -68,6 +86,7 @@ pub(crate) async fn list(
         tokio::task::spawn_blocking(move || node.state().queue_list(&filter, after, limit, now))
             .await
             .map_err(ApiError::internal)??;
+    s.record_read(&caller, client_ip, read).await?;
     let items: Vec<Value> = records.iter().map(|r| item(r, now)).collect();
     Ok(Json(json!({
         "items": items,
@@ -205,7 +224,7 @@ fn message_id(what: &str, text: &str) -> Result<MessageId, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

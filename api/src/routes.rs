@@ -41,6 +41,10 @@ pub struct ApiState {
     pub metrics: std::sync::Arc<crate::Metrics>,
     /// The only directory backups are written into (`[backup] dir`).
     pub backup_dir: std::path::PathBuf,
+    /// `api.public_status`: `/metrics` and `/v1/cluster` answer without a token.
+    pub public_status: bool,
+    /// The reads recorded lately, so a repeat within a minute is not recorded again.
+    pub reads: Arc<crate::ReadLog>,
 }
 
 /// The OpenAPI document's frame; the paths come from the handlers' annotations.
@@ -94,6 +98,7 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(add_note))
         .routes(routes!(crate::events::list))
         .routes(routes!(verify_events))
+        .routes(routes!(crate::bundle::bundle))
         .routes(routes!(crate::events::export))
         .routes(routes!(crate::events::tail))
         .routes(routes!(crate::messages::trace))
