@@ -7,6 +7,13 @@
 //! checkpoint is forged too, which takes the signing node's key; the SIEM keeps
 //! copies of the checkpoints out of reach of whoever holds the disks.
 //!
+//! The signing key is read from `signing_key_file`, apart from the data it signs
+//! (only the embedded default keeps it in the data directory, with a warning). The
+//! key each node signs with is trusted through Raft: a node whose key is not the one
+//! on record for it proposes it (`audit.key_rotated`, endorsed by the old key when
+//! `previous_signing_key_file` names it) and signs nothing until that is committed,
+//! and every verification pins the checkpoints to the keys on record.
+//!
 //! Retention (`retention_days`, `max_events`): the leader removes the oldest events
 //! by a replicated command that records `audit.purged` (which events, and the hash
 //! the chain now starts from), never silently; and never what a configured SIEM
@@ -14,13 +21,15 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use bulwark_consensus::RaftNode;
-use bulwark_storage::{ChainCheckpoint, Command, EventFilter, EventKind, EventPurge};
+use bulwark_storage::{
+    ChainCheckpoint, Command, EventFilter, EventKind, EventPurge, SignerChanged,
+};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +48,10 @@ pub struct Settings {
     pub retention_ignores_exporters: bool,
     /// How often the leader applies the retention.
     pub retention_check_every: Duration,
+    /// The checkpoint signing key (PKCS#8); `None`: [`KEY_FILE`] in the data dir.
+    pub signing_key_file: Option<PathBuf>,
+    /// The key it replaces, to endorse the new one when it is first trusted.
+    pub previous_signing_key_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -50,16 +63,49 @@ impl Default for Settings {
             max_events: None,
             retention_ignores_exporters: false,
             retention_check_every: Duration::from_secs(600),
+            signing_key_file: None,
+            previous_signing_key_file: None,
         }
     }
 }
 
-/// The file in the data dir holding the node's Ed25519 signing key (PKCS#8).
+/// The file in the data dir holding the node's Ed25519 signing key (PKCS#8) when
+/// `signing_key_file` is not set.
 pub const KEY_FILE: &str = "audit-signing.key";
 
-/// The node's signing key, created (readable by the owner only) at first start.
-pub fn signing_key(data_dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
-    let path = data_dir.join(KEY_FILE);
+/// The node's signing keys: the one it signs with and, when configured, the one it
+/// replaces.
+pub struct Keys {
+    pub current: Ed25519KeyPair,
+    pub previous: Option<Ed25519KeyPair>,
+}
+
+impl Keys {
+    /// The configured keys; the signing key is created (readable by the owner only)
+    /// where it is missing, the previous one must exist.
+    pub fn load(settings: &Settings, data_dir: &Path) -> anyhow::Result<Keys> {
+        let current = match &settings.signing_key_file {
+            Some(path) => signing_key(path)?,
+            None => {
+                tracing::warn!(
+                    path = %data_dir.join(KEY_FILE).display(),
+                    "the audit signing key is kept in the data directory, beside the log it \
+                     signs: whoever can rewrite the log can then re-sign it; set \
+                     [audit] signing_key_file to a path outside it"
+                );
+                signing_key(&data_dir.join(KEY_FILE))?
+            }
+        };
+        let previous = match &settings.previous_signing_key_file {
+            Some(path) => Some(read_key(path)?),
+            None => None,
+        };
+        Ok(Keys { current, previous })
+    }
+}
+
+/// The key at `path`, created there (readable by the owner only) when missing.
+fn signing_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
     if !path.exists() {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
             .map_err(|_| anyhow::anyhow!("generating the audit signing key"))?;
@@ -71,20 +117,98 @@ pub fn signing_key(data_dir: &Path) -> anyhow::Result<Ed25519KeyPair> {
             .with_context(|| format!("creating {}", path.display()))?;
         file.write_all(pkcs8.as_ref())?;
         file.sync_all()?;
+        tracing::info!(path = %path.display(), "created the audit signing key");
     }
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    read_key(path)
+}
+
+fn read_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ed25519KeyPair::from_pkcs8(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not an Ed25519 PKCS#8 key: {e}", path.display()))
+}
+
+/// How often a node whose key is not yet trusted asks again.
+const ENROL_RETRY: Duration = Duration::from_secs(2);
+
+/// True when the cluster trusts `key` as this node's signing key now.
+fn trusted(node: &RaftNode, key: &Ed25519KeyPair) -> bool {
+    match node.state().signers(node.id()) {
+        Ok(signers) => signers.current() == Some(key.public_key().as_ref()),
+        Err(e) => {
+            tracing::warn!(error = %e, "audit: reading the trusted signers");
+            false
+        }
+    }
+}
+
+/// Has the node's signing key trusted by the cluster, endorsed by the previous key
+/// when that is the one on record; retries until it is committed or `stop`.
+pub async fn enrol(node: Arc<RaftNode>, keys: Arc<Keys>, stop: CancellationToken) {
+    loop {
+        if trusted(&node, &keys.current) {
+            return;
+        }
+        let public_key = keys.current.public_key().as_ref().to_vec();
+        let on_record = node
+            .state()
+            .signers(node.id())
+            .ok()
+            .and_then(|s| s.current().map(<[u8]>::to_vec));
+        let endorsement = keys
+            .previous
+            .as_ref()
+            .filter(|p| on_record.as_deref() == Some(p.public_key().as_ref()))
+            .map(|p| {
+                p.sign(&SignerChanged::endorsed(node.id(), &public_key))
+                    .as_ref()
+                    .to_vec()
+            });
+        if on_record.is_some() && endorsement.is_none() {
+            tracing::warn!(
+                "audit: this node's signing key differs from the one on record for it and no \
+                 previous_signing_key_file endorses it: the rotation is recorded unendorsed"
+            );
+        }
+        let command = Command::TrustSigner(Box::new(SignerChanged {
+            node: node.id(),
+            public_key,
+            previous: on_record,
+            endorsement,
+        }));
+        let proposed = tokio::select! {
+            proposed = node.proposer().propose(command) => proposed,
+            _ = stop.cancelled() => return,
+        };
+        match proposed {
+            Ok(done) => match done.refused {
+                None => {
+                    tracing::info!(seq = done.seq, "audit: the signing key is trusted");
+                    return;
+                }
+                Some(reason) => {
+                    tracing::error!(%reason, "audit: the signing key was refused");
+                    return;
+                }
+            },
+            Err(e) => tracing::debug!(error = %e, "audit: proposing the signing key"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ENROL_RETRY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 /// Signs and records a checkpoint every `every` while this node leads and something
 /// was recorded since the last one, until `stop` is cancelled.
 pub async fn run(
     node: Arc<RaftNode>,
-    key: Ed25519KeyPair,
+    keys: Arc<Keys>,
     settings: Settings,
     stop: CancellationToken,
 ) {
+    let key = &keys.current;
     let Some(every) = settings.checkpoint_every else {
         return;
     };
@@ -98,6 +222,10 @@ pub async fn run(
             _ = stop.cancelled() => return,
         }
         if !node.is_leader() {
+            continue;
+        }
+        if !trusted(&node, key) {
+            tracing::warn!("audit checkpoint: this node's signing key is not trusted yet");
             continue;
         }
         let state = node.state();

@@ -93,16 +93,46 @@ enum CertCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the event hash chain of a stopped node or a backup, offline. Prints a
-    /// JSON report; exit 0 if the chain is intact, 1 if not, 2 if it cannot be read.
+    /// Check the event hash chain of a stopped node or a backup, or an evidence bundle,
+    /// offline. Prints a JSON report; exit 0 if the chain is intact, 1 if not, 2 if it
+    /// cannot be read.
     Verify {
+        /// The data directory of a stopped node, or a backup.
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        data_dir: Option<PathBuf>,
+        /// A file written by `bulwark audit bundle`.
         #[arg(long)]
-        data_dir: PathBuf,
+        bundle: Option<PathBuf>,
         /// A key the chain's checkpoints may be signed with, as the report's `signers`
         /// name it (`NODE:HEX`); repeatable. Given any, a checkpoint signed by another
         /// key fails the check.
         #[arg(long = "trusted-signer", value_name = "NODE:HEX")]
         trusted_signers: Vec<String>,
+    },
+    /// Fetch the events of a time range or of one message, with the signed checkpoint
+    /// and the keys that cover them, into a file an auditor checks anywhere with
+    /// `bulwark audit verify --bundle`.
+    Bundle {
+        /// The API of any node, e.g. `https://mx1.example.test:8080`.
+        #[arg(long)]
+        api: String,
+        /// A file holding a token of a role that reads events (auditor, siem, ...).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// CA certificates (PEM) to trust for the API's HTTPS, besides the web PKI.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Events recorded at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Events recorded before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Every event about this message id.
+        #[arg(long)]
+        message: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -126,9 +156,36 @@ fn main() -> ExitCode {
             command:
                 AuditCommand::Verify {
                     data_dir,
+                    bundle,
                     trusted_signers,
                 },
-        } => return audit_verify(&data_dir, &trusted_signers),
+        } => {
+            return match (data_dir, bundle) {
+                (_, Some(bundle)) => verify_bundle(&bundle, &trusted_signers),
+                (Some(data_dir), None) => audit_verify(&data_dir, &trusted_signers),
+                (None, None) => unreachable!("clap requires one of them"),
+            }
+        }
+        Commands::Audit {
+            command:
+                AuditCommand::Bundle {
+                    api,
+                    token_file,
+                    ca,
+                    since,
+                    until,
+                    message,
+                    out,
+                },
+        } => ops::audit_bundle(&ops::BundleRequest {
+            api: &api,
+            token_file: &token_file,
+            ca: ca.as_deref(),
+            since: since.as_deref(),
+            until: until.as_deref(),
+            message: message.as_deref(),
+            out: &out,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,6 +208,34 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             }
             eprintln!("{}: {} problem(s)", file.display(), problems.len());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bulwark audit verify --bundle FILE`: the bundle checked on its own.
+fn verify_bundle(file: &std::path::Path, trusted: &[String]) -> ExitCode {
+    let bundle = std::fs::read(file)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            serde_json::from_slice::<bulwark_storage::bundle::Bundle>(&bytes)
+                .map_err(|e| format!("not a bundle: {e}"))
+        });
+    match bundle {
+        Ok(bundle) => {
+            let report = bulwark_storage::bundle::verify(&bundle, trusted);
+            println!(
+                "{}",
+                serde_json::to_string(&report).expect("report serialises")
+            );
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("bulwark: cannot read {}: {e}", file.display());
+            ExitCode::from(2)
         }
     }
 }

@@ -5,10 +5,12 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use bulwark_api::{AdminToken, ApiState};
+use bulwark_api::{AdminToken, ApiState, BOOTSTRAP_ADMIN};
 use bulwark_consensus::RaftNode;
+use bulwark_storage::{ApiToken, Command, Role, TokenCommand};
 use tokio::signal::unix::{signal, SignalKind};
 
 use tokio_util::sync::CancellationToken;
@@ -58,7 +60,7 @@ async fn serve(config: Config) -> Result<()> {
     fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     check_node_id(data_dir, config.node.id)?;
     let token = admin_token(&config.admin_token_file)?;
-    let signing_key = audit::signing_key(data_dir)?;
+    let signing_keys = Arc::new(audit::Keys::load(&config.audit, data_dir)?);
 
     let api_tls = match &config.api_tls {
         Some((cert, key)) => Some(
@@ -104,11 +106,12 @@ async fn serve(config: Config) -> Result<()> {
     smtp.register_metrics(&mut registry);
     let siem_metrics = siem::Metrics::register(&mut registry);
 
+    let admin = AdminToken::new(&token, config.node.id);
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let tokenizer = scan::bayes::Tokenizer::new(config.scan.limits());
     let state = ApiState {
         node: node.clone(),
-        admin: AdminToken::new(&token),
+        admin: admin.clone(),
         tokenizer: Arc::new(move |raw: &[u8]| tokenizer.tokens(raw)),
         preview: {
             let limits = config.scan.limits();
@@ -116,6 +119,8 @@ async fn serve(config: Config) -> Result<()> {
         },
         metrics: bulwark_api::Metrics::new(registry, node.clone()),
         backup_dir: config.backup_dir.clone(),
+        public_status: config.public_status,
+        reads: Arc::default(),
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, api_tls, state, async {
         let _ = api_stopped.await;
@@ -133,9 +138,19 @@ async fn serve(config: Config) -> Result<()> {
         stop_delivery.clone(),
     ));
 
+    let bootstrap_admin = tokio::spawn(enrol_admin(
+        node.clone(),
+        admin.digest(),
+        stop_delivery.clone(),
+    ));
+    let enrolment = tokio::spawn(audit::enrol(
+        node.clone(),
+        signing_keys.clone(),
+        stop_delivery.clone(),
+    ));
     let checkpoints = tokio::spawn(audit::run(
         node.clone(),
-        signing_key,
+        signing_keys,
         config.audit.clone(),
         stop_delivery.clone(),
     ));
@@ -184,6 +199,12 @@ async fn serve(config: Config) -> Result<()> {
     }
     if let Err(e) = retention.await {
         tracing::warn!(error = %e, "quarantine retention task");
+    }
+    if let Err(e) = bootstrap_admin.await {
+        tracing::warn!(error = %e, "bootstrap admin enrolment task");
+    }
+    if let Err(e) = enrolment.await {
+        tracing::warn!(error = %e, "audit signing key enrolment task");
     }
     if let Err(e) = checkpoints.await {
         tracing::warn!(error = %e, "audit checkpoint task");
@@ -286,6 +307,57 @@ pub(crate) fn check_node_id(data_dir: &Path, id: u64) -> Result<()> {
 }
 
 /// Reads the admin token, creating a random one (owner-only file) at first start.
+/// How often a node looks whether it is to enrol the bootstrap admin.
+const ENROL_ADMIN_EVERY: Duration = Duration::from_millis(100);
+/// How long it keeps looking: a cluster that has elected a leader and applied its
+/// log by then has its bootstrap admin, or tokens of its own.
+const ENROL_ADMIN_FOR: Duration = Duration::from_secs(120);
+
+/// Makes this node's admin token file the cluster's one bootstrap admin (`admin`,
+/// replicated, recorded as `token.created` by `bootstrap`) when this node leads a
+/// cluster that has no token at all: once, when the cluster is new.
+async fn enrol_admin(node: Arc<RaftNode>, digest: [u8; 32], stop: CancellationToken) {
+    let deadline = tokio::time::Instant::now() + ENROL_ADMIN_FOR;
+    let mut first = true;
+    while tokio::time::Instant::now() < deadline {
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = tokio::time::sleep(ENROL_ADMIN_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        match node.state().tokens() {
+            Ok(tokens) if tokens.is_empty() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the API tokens");
+                continue;
+            }
+        }
+        let token = ApiToken {
+            name: BOOTSTRAP_ADMIN.into(),
+            role: Role::Admin,
+            digest,
+            created_ms: crate::now_ms(),
+            created_by: "bootstrap".into(),
+        };
+        let command = Command::Token(Box::new(TokenCommand::Create {
+            token,
+            client_ip: None,
+        }));
+        match node.proposer().propose(command).await {
+            Ok(_) => {
+                tracing::info!("this node's admin token is the cluster's bootstrap admin");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "enrolling the bootstrap admin"),
+        }
+    }
+}
+
 fn admin_token(path: &Path) -> Result<String> {
     match fs::read_to_string(path) {
         Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_string()),

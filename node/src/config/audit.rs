@@ -1,5 +1,6 @@
 //! The `[audit]` section: the event log's signed checkpoints and retention.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,9 +20,20 @@ pub(super) struct RawAudit {
     retention_ignores_exporters: Option<bool>,
     /// Seconds between runs of the retention (default 600).
     retention_check_secs: Option<u64>,
+    /// The checkpoint signing key (Ed25519, PKCS#8), outside the data directory;
+    /// created there at first start when missing.
+    signing_key_file: Option<PathBuf>,
+    /// The key `signing_key_file` replaces: it endorses the new key when that is
+    /// first trusted (`audit.key_rotated`).
+    previous_signing_key_file: Option<PathBuf>,
 }
 
-pub(super) fn validate_audit(a: RawAudit, problems: &mut Vec<String>) -> crate::audit::Settings {
+pub(super) fn validate_audit(
+    a: RawAudit,
+    base: &Path,
+    data_dir: &Path,
+    problems: &mut Vec<String>,
+) -> crate::audit::Settings {
     let defaults = crate::audit::Settings::default();
     let days = a.retention_days.unwrap_or(0.0);
     let retention = retention_days(
@@ -39,7 +51,33 @@ pub(super) fn validate_audit(a: RawAudit, problems: &mut Vec<String>) -> crate::
     if check_secs == 0 {
         problems.push("audit.retention_check_secs must be positive".into());
     }
+    let signing_key_file = a.signing_key_file.map(|p| base.join(p));
+    if let Some(path) = &signing_key_file {
+        if path.starts_with(data_dir) {
+            problems.push(format!(
+                "audit.signing_key_file ({}) must be outside the data directory: a key beside \
+                 the log it signs lets whoever rewrites the log re-sign it",
+                path.display()
+            ));
+        }
+    }
+    let previous_signing_key_file = a.previous_signing_key_file.map(|p| base.join(p));
+    match (&previous_signing_key_file, &signing_key_file) {
+        (Some(_), None) => problems.push(
+            "audit.previous_signing_key_file needs audit.signing_key_file (the new key)".into(),
+        ),
+        (Some(previous), _) if !previous.is_file() => problems.push(format!(
+            "audit.previous_signing_key_file ({}) is not a file",
+            previous.display()
+        )),
+        (Some(previous), Some(current)) if previous == current => problems.push(
+            "audit.previous_signing_key_file is audit.signing_key_file: nothing is rotated".into(),
+        ),
+        _ => {}
+    }
     crate::audit::Settings {
+        signing_key_file,
+        previous_signing_key_file,
         checkpoint_every: match a.checkpoint_secs {
             Some(0) => None,
             Some(secs) => Some(Duration::from_secs(secs)),

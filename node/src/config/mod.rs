@@ -76,6 +76,9 @@ struct RawApi {
     /// Certificate chain (PEM); with `tls_key`, the API is served over HTTPS only.
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    /// `/metrics` and `/v1/cluster` answer without a token (default true); false:
+    /// a token of any role, `metrics` for Prometheus.
+    public_status: Option<bool>,
 }
 
 /// A validated configuration.
@@ -86,6 +89,8 @@ pub struct Config {
     /// Certificate chain and key of the API's HTTPS (`[api] tls_cert`, `tls_key`).
     pub api_tls: Option<(PathBuf, PathBuf)>,
     pub admin_token_file: PathBuf,
+    /// `[api] public_status`: `/metrics` and `/v1/cluster` without a token.
+    pub public_status: bool,
     /// Where backups may be written (`[backup] dir`).
     pub backup_dir: PathBuf,
     pub smtp: crate::smtp::Settings,
@@ -149,6 +154,7 @@ impl Config {
             admin_token_file: None,
             tls_cert: None,
             tls_key: None,
+            public_status: None,
         });
         let api_tls = tls_pair("api", api.tls_cert, api.tls_key, base, &mut problems);
         let api_listen = parse_addr(
@@ -187,7 +193,12 @@ impl Config {
         let quarantine =
             quarantine::validate_quarantine(raw.quarantine.unwrap_or_default(), &mut problems);
         let siem = siem::validate_siem(raw.siem.unwrap_or_default(), base, &mut problems);
-        let audit = audit::validate_audit(raw.audit.unwrap_or_default(), &mut problems);
+        let audit = audit::validate_audit(
+            raw.audit.unwrap_or_default(),
+            base,
+            &data_dir,
+            &mut problems,
+        );
 
         if !problems.is_empty() {
             return Err(problems);
@@ -202,6 +213,7 @@ impl Config {
             api_listen: api_listen.expect("checked above"),
             api_tls,
             admin_token_file,
+            public_status: api.public_status.unwrap_or(true),
             backup_dir,
             smtp: smtp.expect("checked above"),
             delivery: delivery.expect("checked above"),
