@@ -29,7 +29,8 @@ async fn trace(cluster: &Cluster, node: u64, id: &str) -> Result<Value> {
     Ok(response.json().await?)
 }
 
-/// The event types of a trace, leases left out (their number depends on timing).
+/// The event types of a trace, leases and reads left out (their number depends on
+/// timing, and each trace read is itself recorded).
 fn kinds(trace: &Value) -> Vec<String> {
     trace["events"]
         .as_array()
@@ -37,7 +38,7 @@ fn kinds(trace: &Value) -> Vec<String> {
             events
                 .iter()
                 .filter_map(|e| e["type"].as_str())
-                .filter(|k| *k != "delivery.leased")
+                .filter(|k| *k != "delivery.leased" && *k != "access.read")
                 .map(str::to_string)
                 .collect()
         })

@@ -81,6 +81,7 @@ fn roles_allow_what_they_should_refuse_the_rest_and_revocation_is_immediate() {
     assert_eq!(
         names,
         [
+            ("admin", "admin"),
             ("audit.2026", "auditor"),
             ("ops-desk", "operator"),
             ("splunk", "siem")
@@ -188,8 +189,11 @@ fn roles_allow_what_they_should_refuse_the_rest_and_revocation_is_immediate() {
     assert_eq!(status(&auditor, "GET", "/v1/events?limit=1"), 401);
     assert_eq!(admin.delete("/v1/tokens/audit.2026").0, 404);
     let created = node.events("token.created");
-    assert_eq!(created.len(), 3);
-    assert!(created.iter().all(|e| e["user"]["name"] == "admin"));
+    assert_eq!(created.len(), 4);
+    // The bootstrap admin first, then the three it made, under its name.
+    assert_eq!(created[0]["token"]["name"], "admin");
+    assert_eq!(created[0]["user"]["name"], "bootstrap");
+    assert!(created[1..].iter().all(|e| e["user"]["name"] == "admin"));
     let revoked: Vec<Value> = node.events("token.revoked");
     assert_eq!(revoked.len(), 1);
     assert_eq!(revoked[0]["token"]["name"], "audit.2026");

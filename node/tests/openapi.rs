@@ -12,7 +12,7 @@ use common::{Api, Node};
 use serde_json::Value;
 
 /// Every operation of the API, as `METHOD path`.
-const OPERATIONS: [&str; 32] = [
+const OPERATIONS: [&str; 33] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -25,6 +25,7 @@ const OPERATIONS: [&str; 32] = [
     "POST /v1/notes",
     "GET /v1/events",
     "GET /v1/events/verify",
+    "GET /v1/audit/bundle",
     "GET /v1/events/export",
     "GET /v1/events/stream",
     "GET /v1/messages/{id}",
@@ -48,13 +49,11 @@ const OPERATIONS: [&str; 32] = [
 ];
 
 /// Calls that need no token.
-const PUBLIC: [&str; 5] = [
-    "GET /healthz",
-    "GET /readyz",
-    "GET /metrics",
-    "GET /v1/openapi.json",
-    "GET /v1/cluster",
-];
+const PUBLIC: [&str; 3] = ["GET /healthz", "GET /readyz", "GET /v1/openapi.json"];
+
+/// Calls that need no token unless `api.public_status = false`: their security is
+/// "none or a bearer token".
+const STATUS: [&str; 2] = ["GET /metrics", "GET /v1/cluster"];
 
 #[test]
 fn the_openapi_document_covers_every_route_and_only_routes() {
@@ -97,6 +96,13 @@ fn the_openapi_document_covers_every_route_and_only_routes() {
                 PUBLIC.contains(&name.as_str()),
                 "{name}: {operation}"
             );
+            if STATUS.contains(&name.as_str()) {
+                assert_eq!(
+                    operation["security"],
+                    serde_json::json!([{}, { "bearer": [] }]),
+                    "{name}"
+                );
+            }
             let id = operation["operationId"].as_str().unwrap().to_string();
             assert!(
                 operation_ids.insert(id.clone()),
@@ -128,7 +134,7 @@ fn the_openapi_document_covers_every_route_and_only_routes() {
             "DELETE" => api.client.delete(url),
             other => panic!("{other}"),
         };
-        let public = PUBLIC.contains(&name.as_str());
+        let public = PUBLIC.contains(&name.as_str()) || STATUS.contains(&name.as_str());
         let request = if public {
             request
         } else {
