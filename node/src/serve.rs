@@ -132,6 +132,11 @@ async fn serve(config: Config) -> Result<()> {
         config.quarantine.clone(),
         stop_delivery.clone(),
     ));
+    let erasure = tokio::spawn(quarantine::erase(
+        node.clone(),
+        config.quarantine.erase_within,
+        stop_delivery.clone(),
+    ));
 
     let checkpoints = tokio::spawn(audit::run(
         node.clone(),
@@ -184,6 +189,9 @@ async fn serve(config: Config) -> Result<()> {
     }
     if let Err(e) = retention.await {
         tracing::warn!(error = %e, "quarantine retention task");
+    }
+    if let Err(e) = erasure.await {
+        tracing::warn!(error = %e, "quarantine erasure task");
     }
     if let Err(e) = checkpoints.await {
         tracing::warn!(error = %e, "audit checkpoint task");
