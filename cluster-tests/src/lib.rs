@@ -30,6 +30,7 @@ pub mod bench;
 mod builder;
 pub mod disk;
 pub mod dns;
+pub mod files;
 pub mod load;
 pub mod mta;
 mod node;

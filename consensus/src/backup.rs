@@ -5,7 +5,8 @@
 //! like a data directory (`state/CURRENT`, `state/gen-000001/`) so that `bulwark audit
 //! verify --data-dir BACKUP` reads it as it reads a stopped node, plus
 //! [`MANIFEST`] saying what it holds. It is taken after a linearizable read: it holds
-//! every write acknowledged before the backup began.
+//! every write acknowledged before the backup began, and no quarantined body deleted
+//! or expired before it began.
 //!
 //! A restore seeds an empty data directory from a backup for a node of a new cluster
 //! (every node of it restored from the same backup): the state as backed up, its
@@ -105,6 +106,13 @@ pub fn check_destination(to: &Path) -> Result<(), String> {
 
 fn write_backup(state: &StateDir, to: &Path, node_id: NodeId) -> Result<BackupManifest, Error> {
     fs::create_dir_all(to).map_err(|e| Error::Backup(format!("{}: {e}", to.display())))?;
+    // A body dropped before the backup began is not copied into it, even if this
+    // node's erasure has not run yet: the live state is rewritten without it first.
+    let live = state.current();
+    if live.erasure_due()?.is_some() {
+        live.erase_dropped_bodies()?;
+    }
+    drop(live);
     let copy = state.backup_into(to)?;
     let (applied, membership) = decode_applied(copy.applied()?)?;
     let applied = applied.ok_or_else(|| {

@@ -21,6 +21,10 @@ pub enum Error {
     /// No leader confirmed in time what this node must have applied.
     #[error("{0}")]
     Unavailable(String),
+    /// An erasure of dropped bodies that did not finish (see
+    /// [`crate::RaftNode::erase_dropped_bodies`]).
+    #[error("erasure: {0}")]
+    Erasure(String),
 }
 
 /// Why a proposed operation got no answer. Every variant means "not known to be

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use crate::leader::{LeaderCall, LeaderCallError};
 use crate::log_store::LogStore;
 use crate::network::{serve, NetworkFactory, ServerContext};
-use crate::state_machine::StateMachine;
+use crate::state_machine::{SnapshotBuilds, StateMachine};
 use crate::tls::TlsIdentity;
 use crate::types::{NodeId, Raft};
 use crate::{Error, Proposer};
@@ -105,6 +105,10 @@ pub struct RaftNode {
     id: NodeId,
     raft: Raft,
     state: Arc<StateDir>,
+    /// The Raft log's database and the snapshots, which erasure rewrites and prunes.
+    pub(crate) log: Store,
+    pub(crate) snapshots: Arc<SnapshotStore>,
+    pub(crate) builds: SnapshotBuilds,
     proposer: Proposer,
     /// How this node reaches the leader (None: a single-node cluster).
     network: Option<NetworkFactory>,
@@ -163,10 +167,11 @@ impl RaftNode {
         let fresh = log.last()?.is_none() && log.get_meta("vote")?.is_none();
         let state = Arc::new(StateDir::open(&layout::state_root(&cfg.data_dir))?);
         let snapshots = Arc::new(SnapshotStore::open(&layout::snapshots_dir(&cfg.data_dir))?);
-        let log_store = LogStore::new(log);
+        let log_store = LogStore::new(log.clone());
         let committed = log_store.committed_index();
         let appended = log_store.appended_bytes();
         let state_machine = StateMachine::new(state.clone(), snapshots.clone());
+        let builds = state_machine.builds();
         let config = Arc::new(raft_config(id, &cfg)?);
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -266,6 +271,9 @@ impl RaftNode {
             id,
             raft,
             state,
+            log,
+            snapshots,
+            builds,
             proposer,
             network,
             committed,

@@ -37,7 +37,29 @@ pub(crate) fn decode_applied(bytes: Option<Vec<u8>>) -> Result<Applied, StorageE
 pub struct StateMachine {
     state: Arc<StateDir>,
     snapshots: Arc<SnapshotStore>,
-    counter: Arc<AtomicU64>,
+    builds: SnapshotBuilds,
+}
+
+/// The snapshots this node builds, numbered in the order their checkpoints start.
+#[derive(Clone, Default)]
+pub(crate) struct SnapshotBuilds {
+    /// Builds started: the next build's number.
+    started: Arc<AtomicU64>,
+    /// One more than the highest number of a build published.
+    published: Arc<AtomicU64>,
+}
+
+impl SnapshotBuilds {
+    /// The number the next build gets: every build numbered from it on takes its
+    /// checkpoint after this call.
+    pub(crate) fn next(&self) -> u64 {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// Whether a build numbered `n` or later has been published.
+    pub(crate) fn published_from(&self, n: u64) -> bool {
+        self.published.load(Ordering::SeqCst) > n
+    }
 }
 
 impl StateMachine {
@@ -45,8 +67,12 @@ impl StateMachine {
         StateMachine {
             state,
             snapshots,
-            counter: Arc::new(AtomicU64::new(0)),
+            builds: SnapshotBuilds::default(),
         }
+    }
+
+    pub(crate) fn builds(&self) -> SnapshotBuilds {
+        self.builds.clone()
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<T, StorageError>
@@ -61,6 +87,7 @@ impl StateMachine {
     }
 
     fn build(&self) -> Result<Snapshot, StorageError> {
+        let number = self.builds.started.fetch_add(1, Ordering::SeqCst);
         let (tmp, applied) = self
             .snapshots
             .create(&self.state.current())
@@ -71,7 +98,7 @@ impl StateMachine {
             "{}-{}-{}",
             last_log_id.map_or(0, |id| id.leader_id.term),
             order,
-            self.counter.fetch_add(1, Ordering::Relaxed)
+            number
         );
         let meta = SnapshotMeta {
             last_log_id,
@@ -83,6 +110,9 @@ impl StateMachine {
             .snapshots
             .publish(&tmp, order, &meta.snapshot_id, &encoded)
             .map_err(storage_error)?;
+        self.builds
+            .published
+            .fetch_max(number + 1, Ordering::SeqCst);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(SnapshotData { dir }),

@@ -137,6 +137,11 @@ async fn serve(config: Config) -> Result<()> {
         config.quarantine.clone(),
         stop_delivery.clone(),
     ));
+    let erasure = tokio::spawn(quarantine::erase(
+        node.clone(),
+        config.quarantine.erase_within,
+        stop_delivery.clone(),
+    ));
 
     let bootstrap_admin = tokio::spawn(enrol_admin(
         node.clone(),
@@ -199,6 +204,9 @@ async fn serve(config: Config) -> Result<()> {
     }
     if let Err(e) = retention.await {
         tracing::warn!(error = %e, "quarantine retention task");
+    }
+    if let Err(e) = erasure.await {
+        tracing::warn!(error = %e, "quarantine erasure task");
     }
     if let Err(e) = bootstrap_admin.await {
         tracing::warn!(error = %e, "bootstrap admin enrolment task");

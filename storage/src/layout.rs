@@ -93,6 +93,17 @@ pub mod cf {
     ];
 }
 
+/// WAL files deleted as soon as no column family needs them: never archived
+/// (`WAL_ttl_seconds`, `WAL_size_limit_MB`) nor recycled (a recycled file keeps the
+/// old bytes it is not overwritten with). RocksDB's defaults, stated because erasure
+/// relies on them: once every memtable holding a write is flushed, the WAL file that
+/// held it is gone.
+pub fn wal_deleted_when_obsolete(opts: &mut rocksdb::Options) {
+    opts.set_wal_ttl_seconds(0);
+    opts.set_wal_size_limit_mb(0);
+    opts.set_recycle_log_file_num(0);
+}
+
 /// Writes `contents` to `path` so that a crash leaves either the old or the new file:
 /// temporary file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, Direction, FlushOptions,
+    IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
 use crate::{layout, Error, Result};
@@ -60,8 +61,15 @@ impl LogStore {
         // entries would keep every WAL file (message bodies included) alive until
         // RocksDB's default cap of several write buffers per column family.
         opts.set_max_total_wal_size(MAX_WAL_BYTES);
-        let cfs =
-            [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        layout::wal_deleted_when_obsolete(&mut opts);
+        // Entries uncompressed, as the state's bodies: whether an erased body is still
+        // in the log can be checked by searching the files for its bytes.
+        let mut log_opts = Options::default();
+        log_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_LOG, log_opts),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let store = LogStore { db: Arc::new(db) };
         if layout::check_format(store.get_meta(layout::DATA_FORMAT_KEY)?.as_deref(), dir)? {
@@ -166,6 +174,33 @@ impl LogStore {
         }
         self.db.write_opt(batch, &synced())?;
         Ok(())
+    }
+
+    /// Rewrites the log's files without the entries up to `upto`, which must have been
+    /// purged ([`LogStore::purge_to`]): erasure of what they carried.
+    ///
+    /// To ensure correctness:
+    /// - both column families are flushed, so that the WAL files that held the
+    ///   entries are no longer needed and RocksDB deletes them (never archived nor
+    ///   recycled: [`layout::wal_deleted_when_obsolete`]);
+    /// - the purged range is then compacted down to and including the last level, so
+    ///   that no SST keeps the entries or the range tombstone that hid them.
+    pub fn erase_purged(&self, upto: u64) -> Result<()> {
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        let (log, meta) = (self.cf(CF_LOG), self.cf(CF_META));
+        self.db.flush_cfs_opt(&[log, meta], &flush)?;
+        let mut opts = CompactOptions::default();
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        self.db
+            .compact_range_cf_opt(log, None::<&[u8]>, Some(key(upto.saturating_add(1))), &opts);
+        Ok(())
+    }
+
+    /// The first entry's index, if any.
+    pub fn first_index(&self) -> Result<Option<u64>> {
+        let mut iter = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start);
+        iter.next().map(|item| index_of(&item?.0)).transpose()
     }
 
     pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {

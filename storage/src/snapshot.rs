@@ -22,12 +22,29 @@ pub struct SnapshotFile {
 
 /// The snapshot directory of a node.
 ///
-/// Each snapshot is `snap-<order>-<id>/`, a RocksDB checkpoint plus a metadata file;
-/// `<order>` (the last applied index) sorts them. Directories are written under a
+/// Each snapshot is `snap-<order>-<published>-<id>/`, a RocksDB checkpoint plus a
+/// metadata file; `<order>` (the last applied index), then `<published>` (a number
+/// that grows with each publish, across restarts) sort them, so that of two snapshots
+/// at one index the later published is the newest. Directories are written under a
 /// temporary name and renamed into place, so a crash never leaves half a snapshot.
 pub struct SnapshotStore {
     dir: PathBuf,
     incoming: AtomicU64,
+    /// The next publish's number.
+    published: AtomicU64,
+}
+
+/// Where the snapshot directory `name` sorts: by order, then by publish number
+/// (names written before that number existed count as published first).
+fn sort_key(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("snap-")?;
+    let (order, rest) = rest.split_once('-')?;
+    let published = rest.split_once('-').map_or(rest, |(n, _)| n);
+    let published = match published.len() {
+        20 => published.parse().unwrap_or(0),
+        _ => 0,
+    };
+    Some((order.parse().ok()?, published))
 }
 
 impl SnapshotStore {
@@ -41,10 +58,20 @@ impl SnapshotStore {
                 fs::remove_dir_all(entry.path()).map_err(Error::io(entry.path()))?;
             }
         }
-        Ok(SnapshotStore {
+        let mut store = SnapshotStore {
             dir: dir.to_path_buf(),
             incoming: AtomicU64::new(0),
-        })
+            published: AtomicU64::new(0),
+        };
+        let next = store
+            .list()?
+            .iter()
+            .filter_map(|path| sort_key(&path.file_name()?.to_string_lossy()))
+            .map(|(_, published)| published + 1)
+            .max()
+            .unwrap_or(0);
+        store.published = AtomicU64::new(next);
+        Ok(store)
     }
 
     /// Checkpoints `state` as a new snapshot. Returns its directory and the state's
@@ -68,7 +95,8 @@ impl SnapshotStore {
     /// removes snapshots older than the last [`KEEP`].
     pub fn publish(&self, tmp: &Path, order: u64, id: &str, meta: &[u8]) -> Result<PathBuf> {
         layout::write_atomic(&tmp.join(META_FILE), meta)?;
-        let name = format!("snap-{order:020}-{}", sanitize(id));
+        let published = self.published.fetch_add(1, Ordering::Relaxed);
+        let name = format!("snap-{order:020}-{published:020}-{}", sanitize(id));
         let dest = self.dir.join(name);
         if dest.exists() {
             fs::remove_dir_all(&dest).map_err(Error::io(&dest))?;
@@ -81,6 +109,18 @@ impl SnapshotStore {
             fs::remove_dir_all(&old).map_err(Error::io(&old))?;
         }
         Ok(dest)
+    }
+
+    /// Removes every published snapshot but the newest (erasure: the older ones may
+    /// hold what was erased since). A peer still being sent one of them fails and is
+    /// sent the newest. Returns how many were removed.
+    pub fn retain_latest(&self) -> Result<usize> {
+        let mut all = self.list()?;
+        all.pop();
+        for old in &all {
+            fs::remove_dir_all(old).map_err(Error::io(old))?;
+        }
+        Ok(all.len())
     }
 
     /// A fresh, empty directory to receive a snapshot into.
@@ -119,16 +159,17 @@ impl SnapshotStore {
         Ok(Some((dir, meta)))
     }
 
+    /// The published snapshots, oldest first.
     fn list(&self) -> Result<Vec<PathBuf>> {
         let mut all = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(Error::io(&self.dir))? {
             let entry = entry.map_err(Error::io(&self.dir))?;
-            if entry.file_name().to_string_lossy().starts_with("snap-") {
-                all.push(entry.path());
+            if let Some(key) = sort_key(&entry.file_name().to_string_lossy()) {
+                all.push((key, entry.path()));
             }
         }
         all.sort();
-        Ok(all)
+        Ok(all.into_iter().map(|(_, path)| path).collect())
     }
 
     /// The files of the snapshot in `dir` that make up its data (not its metadata).
@@ -220,15 +261,38 @@ mod tests {
         }
         let (latest, meta) = snaps.latest().unwrap().unwrap();
         assert_eq!(meta, b"meta3");
-        assert!(latest
-            .to_string_lossy()
-            .contains("snap-00000000000000000003-1-3"));
+        let name = latest.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, "snap-00000000000000000003-00000000000000000002-1-3");
         assert_eq!(snaps.list().unwrap().len(), 2);
         let files = SnapshotStore::files(&latest).unwrap();
         assert!(files.iter().any(|f| f.name == "CURRENT"));
         assert!(files
             .iter()
             .all(|f| SnapshotStore::is_safe_file_name(&f.name)));
+        assert_eq!(snaps.retain_latest().unwrap(), 1);
+        assert_eq!(snaps.list().unwrap(), [latest]);
+        assert_eq!(snaps.retain_latest().unwrap(), 0);
+    }
+
+    #[test]
+    fn of_two_snapshots_at_one_index_the_later_published_is_the_newest_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let publish = |snaps: &SnapshotStore, id: &str| {
+            let (tmp, _applied) = snaps.create(&state.current()).unwrap();
+            snaps.publish(&tmp, 7, id, id.as_bytes()).unwrap();
+        };
+        let snaps = SnapshotStore::open(&dir.path().join("snapshots")).unwrap();
+        // Ids that sort the other way round as text.
+        publish(&snaps, "1-7-9");
+        publish(&snaps, "1-7-10");
+        assert_eq!(snaps.latest().unwrap().unwrap().1, b"1-7-10");
+        drop(snaps);
+        let snaps = SnapshotStore::open(&dir.path().join("snapshots")).unwrap();
+        publish(&snaps, "1-7-0");
+        assert_eq!(snaps.latest().unwrap().unwrap().1, b"1-7-0");
+        assert_eq!(snaps.retain_latest().unwrap(), 1);
+        assert_eq!(snaps.list().unwrap().len(), 1);
     }
 
     #[test]

@@ -69,6 +69,7 @@ fn every_problem_is_reported_at_once() {
         [quarantine]
         retention_days = -1
         check_secs = 0
+        erase_within_secs = 1
         "#,
     )
     .unwrap_err();
@@ -90,6 +91,7 @@ fn every_problem_is_reported_at_once() {
         "smtp.bare_newline",
         "quarantine.retention_days must be 0 (keep until someone acts) to 36500, not -1",
         "quarantine.check_secs must be positive",
+        "quarantine.erase_within_secs must be 2 to 2592000 (30 days), not 1",
     ] {
         assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
     }

@@ -8,8 +8,8 @@ use bulwark_model::rules::{self, Changes, Outcome, Write};
 use rocksdb::WriteBatch;
 
 use super::{
-    AppliedCounts, ChainHead, StateStore, META_CHAIN, META_EVENT_CLOCK, META_EXPORT_CURSOR,
-    META_PURGED, META_RAFT,
+    AppliedCounts, ChainHead, StateStore, META_BODIES_DROPPED, META_CHAIN, META_EVENT_CLOCK,
+    META_EXPORT_CURSOR, META_PURGED, META_RAFT,
 };
 use crate::bayes::{self, BayesClass, BayesLesson, LessonBatch};
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent};
@@ -39,6 +39,8 @@ struct Batch<'s, 'a> {
     /// Events this batch records, kept when it also purges: a purge reaches every
     /// event before it in the log, whichever batches the entries came in.
     recorded: Option<HashMap<u64, StoredEvent>>,
+    /// The last Raft index of this batch whose entry dropped a quarantined body.
+    dropped: Option<u64>,
 }
 
 impl StateStore {
@@ -54,7 +56,14 @@ impl StateStore {
                 let result = match self.already_applied(op.id, &batch.done)? {
                     Some(done) => done,
                     None => {
+                        let written = batch.changes.writes.len();
                         let (kinds, refused) = self.execute(&mut batch, op)?;
+                        if batch.changes.writes[written..]
+                            .iter()
+                            .any(|w| matches!(w, Write::DropBody(_)))
+                        {
+                            batch.dropped = Some(*raft_index);
+                        }
                         self.record(&mut batch, *raft_index, op, kinds, refused)?
                     }
                 };
@@ -88,6 +97,7 @@ impl StateStore {
             cursors: HashMap::new(),
             purged: None,
             recorded: purging.then(HashMap::new),
+            dropped: None,
         }
     }
 
@@ -221,6 +231,7 @@ impl StateStore {
             lessons,
             cursors,
             purged,
+            dropped,
             ..
         } = batch;
         // How the batch changes the number of queued and quarantined messages.
@@ -258,6 +269,9 @@ impl StateStore {
         let meta = self.cf(cf::META);
         if let Some(purged) = &purged {
             write.put_cf(meta, META_PURGED, codec::encode(purged)?);
+        }
+        if let Some(index) = dropped {
+            write.put_cf(meta, META_BODIES_DROPPED, index.to_be_bytes());
         }
         for (exporter, seq) in &cursors {
             write.put_cf(

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use super::StateStore;
 use crate::layout;
@@ -19,6 +19,9 @@ const CURRENT: &str = "CURRENT";
 pub struct StateDir {
     root: PathBuf,
     current: RwLock<Arc<StateStore>>,
+    /// Generations replaced while a reader still held them: their directories, to
+    /// be removed once nobody does ([`StateDir::remove_retired`]).
+    retired: Mutex<Vec<(PathBuf, Weak<StateStore>)>>,
 }
 
 fn generation_name(n: u64) -> String {
@@ -53,6 +56,7 @@ impl StateDir {
         Ok(StateDir {
             root: root.to_path_buf(),
             current: RwLock::new(Arc::new(store)),
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -143,10 +147,41 @@ impl StateDir {
         layout::write_atomic(&self.root.join(CURRENT), name.as_bytes())?;
         let old = std::mem::replace(&mut *current, store.clone());
         drop(current);
-        // Readers may still hold the old generation; if so, the next start removes it.
+        // Readers may still hold the old generation; if so, it is removed once they
+        // let go (or at the next start).
+        let held = Arc::downgrade(&old);
         if Arc::into_inner(old).is_some() {
             fs::remove_dir_all(&old_dir).map_err(Error::io(&old_dir))?;
+        } else {
+            self.retired
+                .lock()
+                .expect("retired generations lock")
+                .push((old_dir, held));
         }
         Ok(store)
+    }
+
+    /// Removes the directories of replaced generations no reader holds any more.
+    /// Returns how many are still held.
+    pub fn remove_retired(&self) -> Result<usize> {
+        let mut retired = self.retired.lock().expect("retired generations lock");
+        let mut failed = None;
+        retired.retain(|(dir, held)| {
+            if held.strong_count() > 0 {
+                return true;
+            }
+            match fs::remove_dir_all(dir) {
+                Ok(()) => false,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    failed.get_or_insert(Error::io(dir)(e));
+                    true
+                }
+            }
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(retired.len()),
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! - [`reads`]: lookups and paged listings for the API and the delivery workers,
 //!   with the listings' [`filters`];
 //! - [`verify`]: the walk of the hash chain and its signed checkpoints;
-//! - [`generations`]: the live generation and its replacement by a snapshot.
+//! - [`generations`]: the live generation and its replacement by a snapshot;
+//! - [`erase`]: dropped quarantined bodies rewritten out of the database's files.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
@@ -29,6 +30,7 @@ use crate::token::ApiToken;
 use crate::{codec, Error, Result};
 
 mod apply;
+mod erase;
 mod filters;
 mod generations;
 mod purge;
@@ -52,6 +54,12 @@ const INDEX_VERSION: u8 = 1;
 const META_EVENT_CLOCK: &str = "event_clock";
 /// The last event removed by the log's retention and its hash: `(seq, hash)`.
 const META_PURGED: &str = "events_purged";
+/// The last Raft index whose entry dropped a quarantined body (u64 BE), written by
+/// apply in the entry's batch.
+const META_BODIES_DROPPED: &str = "bodies_dropped";
+/// The Raft index up to which this node erased dropped bodies from its files (u64
+/// BE): node-local bookkeeping, written by [`StateStore::mark_erased`].
+const META_BODIES_ERASED: &str = "bodies_erased";
 /// Prefix of the keys holding each exporter's cursor (`export_cursor/NAME`, u64 BE).
 const META_EXPORT_CURSOR: &str = "export_cursor/";
 
@@ -97,6 +105,8 @@ pub struct StateStore {
     applied: Mutex<AppliedCounts>,
     /// Messages in the queue and in the quarantine ([`StateStore::depths`]).
     depths: Mutex<(u64, u64)>,
+    /// Held while [`StateStore::erase_dropped_bodies`] runs: one at a time.
+    erasing: Mutex<()>,
 }
 
 /// Events applied by type, and scan verdicts by action, since a store was opened.
@@ -117,6 +127,11 @@ fn cf_descriptors() -> Vec<ColumnFamilyDescriptor> {
                 opts.set_enable_blob_files(true);
                 opts.set_min_blob_size(8 * 1024);
                 opts.set_enable_blob_gc(true);
+                opts.set_blob_gc_age_cutoff(erase::BLOB_GC_AGE_CUTOFF);
+                // Stored as received, like the blob files (never compressed): whether a
+                // deleted body is still on disk can be checked by searching the files
+                // for its bytes (`node/tests/quarantine_erasure.rs` does).
+                opts.set_compression_type(rocksdb::DBCompressionType::None);
             }
             ColumnFamilyDescriptor::new(*name, opts)
         })
@@ -130,6 +145,7 @@ impl StateStore {
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(256 * 1024 * 1024);
+        layout::wal_deleted_when_obsolete(&mut opts);
         let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())?;
         let meta = cf_handle(&db, cf::META);
         let record =
@@ -204,6 +220,7 @@ impl StateStore {
             depths: Mutex::new(depths),
             bayes: RwLock::new(bayes),
             applied: Mutex::new(AppliedCounts::default()),
+            erasing: Mutex::new(()),
         })
     }
 

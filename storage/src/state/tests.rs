@@ -1733,3 +1733,100 @@ fn indexed_queries_answer_exactly_what_a_scan_of_the_log_answers() {
         );
     }
 }
+
+/// Whether some file under `dir` holds `needle`, read whole, byte for byte.
+fn some_file_holds(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            some_file_holds(&path, needle)
+        } else {
+            std::fs::read(&path)
+                .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        }
+    })
+}
+
+#[test]
+fn an_erasure_leaves_no_dropped_body_in_any_file_and_keeps_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    // Bodies below and above the size that goes to blob files, kept and deleted.
+    let marker = |n: u128| format!("marker-{n}-{}", 0x5eed_u64.wrapping_mul(n as u64 + 7));
+    let body = |n: u128, size: usize| {
+        let mut body = format!("Subject: {n}\r\n\r\n{}\r\n", marker(n)).into_bytes();
+        body.resize(size, b'.');
+        body
+    };
+    let accept = |n: u128, size: usize| {
+        let mut received = samples::received();
+        received.message_id = MessageId::new(1_764_300_000_000, n);
+        let mut verdict = samples::verdict(received.message_id);
+        verdict.action = Action::Quarantine;
+        Op {
+            id: n,
+            time_ms: 1_764_300_000_000,
+            node: 1,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict,
+                received,
+                body: body(n, size),
+            })),
+        }
+    };
+    let sizes = [(1, 600), (2, 100_000), (3, 700), (4, 90_000)];
+    for (index, (n, size)) in sizes.into_iter().enumerate() {
+        store
+            .apply(&[(index as u64 + 1, &[accept(n, size)][..])], b"a")
+            .unwrap();
+    }
+    // A checkpoint flushes every body to SSTs and blob files, as a snapshot does.
+    let elsewhere = tempfile::tempdir().unwrap();
+    store.checkpoint(&elsewhere.path().join("c")).unwrap();
+    drop(elsewhere);
+    assert_eq!(store.erasure_due().unwrap(), None, "nothing dropped yet");
+    let delete = |op: u128, n: u128| Op {
+        id: 100 + op,
+        time_ms: 1_764_300_010_000,
+        node: 1,
+        command: Command::Quarantine(Box::new(QuarantineCommand {
+            message_id: MessageId::new(1_764_300_000_000, n),
+            action: QuarantineAction::Delete,
+            reason: "spam".into(),
+            user: "admin".into(),
+            client_ip: None,
+        })),
+    };
+    store
+        .apply(&[(5, &[delete(1, 1), delete(2, 2)][..])], b"d")
+        .unwrap();
+    assert_eq!(store.erasure_due().unwrap(), Some(5));
+    for n in 1..=4 {
+        assert!(
+            some_file_holds(dir.path(), marker(n).as_bytes()),
+            "body {n} is on disk before the erasure"
+        );
+    }
+
+    store.erase_dropped_bodies().unwrap();
+    store.mark_erased(5).unwrap();
+    for n in [1, 2] {
+        assert!(
+            !some_file_holds(dir.path(), marker(n).as_bytes()),
+            "deleted body {n} left in a file"
+        );
+    }
+    for n in [3, 4] {
+        assert!(some_file_holds(dir.path(), marker(n).as_bytes()));
+        assert_eq!(
+            store
+                .message_body(MessageId::new(1_764_300_000_000, n))
+                .unwrap()
+                .unwrap(),
+            body(n, sizes[n as usize - 1].1)
+        );
+    }
+    assert_eq!(store.erasure_due().unwrap(), None);
+}
