@@ -79,6 +79,23 @@ pub enum Command {
     /// Remove the oldest events of the log (the event log's retention) and record
     /// `audit.purged` saying which, so the chain's new start is on record.
     PurgeEvents(Box<EventPurge>),
+    /// Move an exporter's cursor forward with the number of records it has shipped
+    /// (the last `export.seq` it gave out), and, when it gave up on the batch,
+    /// record `siem.dead_letter` in the same operation (see [`crate::rules::export`]).
+    /// [`Command::ExportCursor`] is what older builds proposed: still applied, it
+    /// leaves the count as it is.
+    ExportProgress(Box<ExportProgress>),
+}
+
+/// How far an exporter has got: its receiver accepted (or it gave up on) the log up
+/// to `seq`, and it numbered `shipped` records on the way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportProgress {
+    pub exporter: String,
+    pub seq: u64,
+    pub shipped: u64,
+    /// The batch was given up on: recorded as `siem.dead_letter`.
+    pub dead_letter: Option<ExportDeadLetter>,
 }
 
 /// Which events a retention run removes: those before `before_seq`, at most `max`,

@@ -53,6 +53,9 @@ const META_EVENT_CLOCK: &str = "event_clock";
 const META_PURGED: &str = "events_purged";
 /// Prefix of the keys holding each exporter's cursor (`export_cursor/NAME`, u64 BE).
 const META_EXPORT_CURSOR: &str = "export_cursor/";
+/// Prefix of the keys holding the number of records each exporter has shipped
+/// (`export_shipped/NAME`, u64 BE; absent: none numbered yet).
+const META_EXPORT_SHIPPED: &str = "export_shipped/";
 
 /// The head of the hash chain: persisted with every applied batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

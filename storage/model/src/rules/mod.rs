@@ -10,7 +10,8 @@
 //! come from the operation and the caller, never from a clock. One module a record:
 //! [`accept`] (a scanned message into the queue or the quarantine), [`queue`] (leases,
 //! attempt reports, bounces and an administrator's queue actions), [`quarantine`]
-//! (release, deletion and expiry) and [`tokens`] (API tokens).
+//! (release, deletion and expiry), [`tokens`] (API tokens) and [`export`] (an
+//! exporter's cursor and count).
 
 use std::collections::HashMap;
 
@@ -19,6 +20,7 @@ use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
 use crate::token::ApiToken;
 
 pub mod accept;
+pub mod export;
 pub mod quarantine;
 pub mod queue;
 pub mod tokens;
