@@ -126,8 +126,8 @@ fn assemble(
             .event(seq)?
             .ok_or_else(|| ApiError::internal(format!("event {seq} is not in the log")))?;
         if let EventKind::ChainCheckpoint(c) = &stored.event.kind {
-            if !signers.contains_key(&c.node) {
-                signers.insert(c.node, state.signers(c.node)?);
+            if let std::collections::btree_map::Entry::Vacant(entry) = signers.entry(c.node) {
+                entry.insert(state.signers(c.node)?);
             }
         }
         events.push(BundleEvent::new(&stored).map_err(ApiError::internal)?);

@@ -1,7 +1,9 @@
 //! SIEM receivers for the export tests, on 127.0.0.1: a syslog listener (TCP or TLS,
-//! RFC 6587 octet counting) and an HTTP server with Splunk HEC's endpoints and a
-//! webhook endpoint that checks the HMAC signature. Each keeps what it received, and
-//! can be taken down and brought back to test the exporters' retries.
+//! RFC 6587 octet counting, or RELP) and an HTTP server with Splunk HEC's endpoints
+//! and a webhook endpoint that checks the HMAC signature. Each keeps what it
+//! received, and can be taken down and brought back to test the exporters' retries;
+//! the syslog listener can also be made to die in the middle of a batch, and the
+//! HTTP server to refuse one batch or to never acknowledge one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,8 +17,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// One syslog message as received: the RFC 5424 header fields the tests check and
@@ -33,21 +36,74 @@ pub struct SyslogMessage {
 pub struct SyslogReceiver {
     addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
+    relp: bool,
     received: Arc<Mutex<Vec<SyslogMessage>>>,
     /// Frames that did not parse.
     errors: Arc<Mutex<Vec<String>>>,
+    crash: Arc<Crash>,
     task: Option<JoinHandle<()>>,
 }
 
+/// A death armed by [`SyslogReceiver::die_at`].
+#[derive(Default)]
+struct Crash {
+    /// The count of messages received at which the receiver dies.
+    at: Mutex<Option<usize>>,
+    now: Notify,
+}
+
+impl Crash {
+    /// Called once a message is stored: true if the receiver dies now.
+    fn due(&self, received: usize) -> bool {
+        let mut at = self.at.lock().unwrap();
+        if *at == Some(received) {
+            *at = None;
+            self.now.notify_one();
+            return true;
+        }
+        false
+    }
+}
+
+/// Where a connection's messages go.
+struct Inbox<'a> {
+    received: &'a Mutex<Vec<SyslogMessage>>,
+    crash: &'a Crash,
+}
+
+impl Inbox<'_> {
+    /// Stores a message; an error when the receiver dies on it.
+    fn store(&self, message: SyslogMessage) -> Result<()> {
+        let mut received = self.received.lock().unwrap();
+        received.push(message);
+        if self.crash.due(received.len()) {
+            bail!("died as asked after {} messages", received.len());
+        }
+        Ok(())
+    }
+}
+
 impl SyslogReceiver {
-    /// Listens on a free loopback port, over TLS with `tls`.
+    /// Listens on a free loopback port for octet-counted syslog, over TLS with `tls`.
     pub async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Result<SyslogReceiver> {
+        SyslogReceiver::listen(tls, false).await
+    }
+
+    /// Listens on a free loopback port for RELP: every message is answered `200 OK`
+    /// once stored.
+    pub async fn start_relp() -> Result<SyslogReceiver> {
+        SyslogReceiver::listen(None, true).await
+    }
+
+    async fn listen(tls: Option<Arc<rustls::ServerConfig>>, relp: bool) -> Result<SyslogReceiver> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let mut receiver = SyslogReceiver {
             addr: listener.local_addr()?,
             tls,
+            relp,
             received: Arc::default(),
             errors: Arc::default(),
+            crash: Arc::default(),
             task: None,
         };
         receiver.serve(listener);
@@ -58,19 +114,45 @@ impl SyslogReceiver {
         self.addr
     }
 
+    /// Dies (stops listening, drops every connection with whatever it had read and
+    /// not stored) right after storing its `count`-th message in all, as a killed
+    /// receiver would; [`SyslogReceiver::restart`] brings it back.
+    pub fn die_at(&self, count: usize) {
+        *self.crash.at.lock().unwrap() = Some(count);
+    }
+
     fn serve(&mut self, listener: TcpListener) {
-        let (tls, received, errors) =
-            (self.tls.clone(), self.received.clone(), self.errors.clone());
+        let (tls, relp, received, errors, crash) = (
+            self.tls.clone(),
+            self.relp,
+            self.received.clone(),
+            self.errors.clone(),
+            self.crash.clone(),
+        );
         self.task = Some(tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (tls, received, errors) = (tls.clone(), received.clone(), errors.clone());
+            loop {
+                let tcp = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(_) => return,
+                    },
+                    // Dropping the connections closes them, unread bytes and all.
+                    _ = crash.now.notified() => return,
+                };
+                let (tls, received, errors, crash) =
+                    (tls.clone(), received.clone(), errors.clone(), crash.clone());
                 connections.spawn(async move {
-                    let result = match tls {
-                        None => read_frames(tcp, &received).await,
-                        Some(config) => {
+                    let inbox = Inbox {
+                        received: &received,
+                        crash: &crash,
+                    };
+                    let result = match (tls, relp) {
+                        (None, false) => read_frames(tcp, &inbox).await,
+                        (None, true) => serve_relp(tcp, &inbox).await,
+                        (Some(config), _) => {
                             match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
-                                Ok(stream) => read_frames(stream, &received).await,
+                                Ok(stream) => read_frames(stream, &inbox).await,
                                 Err(e) => Err(anyhow::anyhow!("TLS handshake: {e}")),
                             }
                         }
@@ -115,10 +197,7 @@ impl Drop for SyslogReceiver {
 }
 
 /// Reads `LEN SP MSG` frames until the stream ends.
-async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
-    stream: S,
-    received: &Mutex<Vec<SyslogMessage>>,
-) -> Result<()> {
+async fn read_frames<S: tokio::io::AsyncRead + Unpin>(stream: S, inbox: &Inbox<'_>) -> Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
         let mut len = Vec::new();
@@ -132,7 +211,60 @@ async fn read_frames<S: tokio::io::AsyncRead + Unpin>(
         let mut message = vec![0u8; len];
         reader.read_exact(&mut message).await?;
         let message = String::from_utf8(message)?;
-        received.lock().unwrap().push(parse_5424(&message)?);
+        inbox.store(parse_5424(&message)?)?;
+    }
+}
+
+/// Serves one RELP session: `open` answered with our offers, each `syslog` stored
+/// and answered `200 OK`, `close` answered and the connection closed.
+async fn serve_relp(stream: tokio::net::TcpStream, inbox: &Inbox<'_>) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        // TXNR SP COMMAND SP DATALEN, then SP DATA or nothing, then LF.
+        let mut txnr = Vec::new();
+        if reader.read_until(b' ', &mut txnr).await? == 0 {
+            return Ok(());
+        }
+        let txnr = String::from_utf8_lossy(&txnr).trim_end().to_string();
+        let mut command = Vec::new();
+        reader.read_until(b' ', &mut command).await?;
+        let command = String::from_utf8_lossy(&command).trim_end().to_string();
+        let mut len = String::new();
+        let end = loop {
+            let byte = reader.read_u8().await?;
+            if byte == b' ' || byte == b'\n' || len.len() > 9 {
+                break byte;
+            }
+            len.push(char::from(byte));
+        };
+        let len: usize = len.parse().context("RELP data length")?;
+        let mut data = vec![0u8; len];
+        if end == b' ' {
+            reader.read_exact(&mut data).await?;
+            if reader.read_u8().await? != b'\n' {
+                bail!("RELP frame {txnr} without its LF");
+            }
+        }
+        let answer = match command.as_str() {
+            "open" => {
+                "200 OK\nrelp_version=0\nrelp_software=bulwark-test\ncommands=syslog".to_string()
+            }
+            "syslog" => {
+                inbox.store(parse_5424(&String::from_utf8(data)?)?)?;
+                "200 OK".to_string()
+            }
+            "close" => {
+                write
+                    .write_all(format!("{txnr} rsp 0\n").as_bytes())
+                    .await?;
+                return Ok(());
+            }
+            other => bail!("unknown RELP command {other:?}"),
+        };
+        write
+            .write_all(format!("{txnr} rsp {} {answer}\n", answer.len()).as_bytes())
+            .await?;
     }
 }
 
@@ -162,19 +294,26 @@ struct HttpState {
     refused: Vec<String>,
     /// HEC acknowledgement ids issued, and whether each was asked about before.
     acks: BTreeMap<u64, bool>,
+    /// Webhook batches answered 400 by [`HttpReceiver::refuse_batches_with`].
+    refusals: usize,
 }
 
 struct Shared {
     hec_token: String,
     webhook_secret: Vec<u8>,
     up: AtomicBool,
+    /// Whether HEC acknowledges what it was sent.
+    acking: AtomicBool,
+    /// Webhook batches holding this text are answered 400.
+    refuse: Mutex<Option<String>>,
     next_ack: AtomicU64,
     state: Mutex<HttpState>,
 }
 
 /// HEC (`/services/collector/event`, `/services/collector/ack`) and a webhook
 /// (`/hook`) on one loopback port. HEC acknowledges a batch at the second time it is
-/// asked about, so the exporter has to poll; while down, everything gets 503.
+/// asked about, so the exporter has to poll (never, while acknowledgements are
+/// off); while down, everything gets 503.
 pub struct HttpReceiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -187,6 +326,8 @@ impl HttpReceiver {
             hec_token: hec_token.to_string(),
             webhook_secret: webhook_secret.to_vec(),
             up: AtomicBool::new(true),
+            acking: AtomicBool::new(true),
+            refuse: Mutex::default(),
             next_ack: AtomicU64::new(1),
             state: Mutex::default(),
         });
@@ -211,6 +352,21 @@ impl HttpReceiver {
     /// While down, every request gets 503.
     pub fn set_up(&self, up: bool) {
         self.shared.up.store(up, Ordering::SeqCst);
+    }
+
+    /// While off, HEC answers every acknowledgement query "not yet".
+    pub fn set_acking(&self, acking: bool) {
+        self.shared.acking.store(acking, Ordering::SeqCst);
+    }
+
+    /// From now on the webhook answers 400 to every batch whose body holds `text`.
+    pub fn refuse_batches_with(&self, text: &str) {
+        *self.shared.refuse.lock().unwrap() = Some(text.to_string());
+    }
+
+    /// Webhook batches answered 400 so far.
+    pub fn refusals(&self) -> usize {
+        self.shared.state.lock().unwrap().refusals
     }
 
     /// The `event` of every HEC event received, in order.
@@ -308,6 +464,7 @@ async fn hec_ack(
     if !shared.up.load(Ordering::SeqCst) {
         return down();
     }
+    let acking = shared.acking.load(Ordering::SeqCst);
     let mut state = shared.state.lock().unwrap();
     let mut answer = serde_json::Map::new();
     for id in body["acks"].as_array().into_iter().flatten() {
@@ -320,7 +477,7 @@ async fn hec_ack(
             }
             None => false,
         };
-        answer.insert(id.to_string(), done.into());
+        answer.insert(id.to_string(), (done && acking).into());
     }
     (StatusCode::OK, Json(serde_json::json!({ "acks": answer })))
 }
@@ -363,6 +520,11 @@ async fn webhook(
             .refused
             .push(format!("webhook signature at {timestamp:?}"));
         return StatusCode::UNAUTHORIZED;
+    }
+    let refuse = shared.refuse.lock().unwrap().clone();
+    if refuse.is_some_and(|text| body.contains(&text)) {
+        shared.state.lock().unwrap().refusals += 1;
+        return StatusCode::BAD_REQUEST;
     }
     match serde_json::from_str::<Vec<Value>>(&body) {
         Ok(events) => {

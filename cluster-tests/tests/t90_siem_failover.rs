@@ -1,15 +1,16 @@
 //! t90: the SIEM exporters run on the leader and resume from the replicated cursor.
-//! A webhook and a Splunk HEC receiver on 127.0.0.1 take every event while notes are
-//! written; the leader is killed (-9) mid-stream; the new leader resumes. Every event
-//! of the survivors' log arrives, and what arrived twice is at most the batches in
-//! flight when the leader died.
+//! A webhook, a Splunk HEC, a RELP and a plain TCP syslog receiver on 127.0.0.1 take
+//! every event while notes are written; the leader is killed (-9) mid-stream; the new
+//! leader resumes. Every event of the survivors' log arrives, each numbered by its
+//! exporter as it was before (a copy sent again carries the same number), and what
+//! arrived twice is at most the batch in flight when the leader died.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use bulwark_cluster_tests::load::{write_notes, LoadControl, LoadSpec};
-use bulwark_cluster_tests::siem::{seqs, wait_for_seqs, HttpReceiver};
+use bulwark_cluster_tests::siem::{seqs, wait_for_seqs, HttpReceiver, SyslogReceiver};
 use bulwark_cluster_tests::ClusterBuilder;
 
 const BATCH: usize = 25;
@@ -19,14 +20,30 @@ const TOKEN: &str = "t90-hec-token";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t90_exporters_resume_from_the_replicated_cursor_after_the_leader_dies() -> Result<()> {
     let http = HttpReceiver::start(TOKEN, SECRET.as_bytes()).await?;
+    let relp = SyslogReceiver::start_relp().await?;
+    let tcp = SyslogReceiver::start(None).await?;
+    // The events a syslog receiver got, as JSON.
+    let syslog = |receiver: &SyslogReceiver| -> Vec<serde_json::Value> {
+        receiver
+            .messages()
+            .iter()
+            .filter_map(|m| serde_json::from_str(&m.payload).ok())
+            .collect()
+    };
     let mut cluster = ClusterBuilder::new(3)
         .name("t90-siem-failover")
         .toml(&format!(
             "[[siem.exporters]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}/hook\"\n\
              secret = \"{SECRET}\"\nbatch = {BATCH}\npoll_ms = 20\n\n\
              [[siem.exporters]]\nname = \"splunk\"\nkind = \"hec\"\nurl = \"{url}\"\n\
-             token = \"{TOKEN}\"\nbatch = {BATCH}\npoll_ms = 20\n",
-            url = http.url()
+             token = \"{TOKEN}\"\nbatch = {BATCH}\npoll_ms = 20\n\n\
+             [[siem.exporters]]\nname = \"soc-relp\"\nkind = \"syslog\"\ntransport = \"relp\"\n\
+             address = \"{relp}\"\nbatch = {BATCH}\npoll_ms = 20\n\n\
+             [[siem.exporters]]\nname = \"soc-tcp\"\nkind = \"syslog\"\n\
+             address = \"{tcp}\"\nbatch = {BATCH}\npoll_ms = 20\n",
+            url = http.url(),
+            relp = relp.addr(),
+            tcp = tcp.addr(),
         ))
         .start()
         .await?;
@@ -40,20 +57,29 @@ async fn t90_exporters_resume_from_the_replicated_cursor_after_the_leader_dies()
     ));
     // Mid-stream: the receivers have had some of it.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while http.webhook_events("hook").len() < 150 || http.hec_events().len() < 150 {
+    while http.webhook_events("hook").len() < 150
+        || http.hec_events().len() < 150
+        || relp.messages().len() < 150
+        || tcp.messages().len() < 150
+    {
         ensure!(
             Instant::now() < deadline,
             "the exporters shipped too little"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let shipped = (http.webhook_events("hook").len(), http.hec_events().len());
+    let shipped = (
+        http.webhook_events("hook").len(),
+        http.hec_events().len(),
+        relp.messages().len(),
+        tcp.messages().len(),
+    );
     cluster.kill(leader)?;
     let (new_leader, took) = cluster
         .wait_for_new_leader(leader, Duration::from_secs(60))
         .await?;
     println!(
-        "t90: killed leader {leader} after {shipped:?} events shipped (webhook, hec); node \
+        "t90: killed leader {leader} after {shipped:?} events shipped (webhook, hec, relp, tcp); node \
          {new_leader} leads after {} ms",
         took.as_millis()
     );
@@ -84,11 +110,32 @@ async fn t90_exporters_resume_from_the_replicated_cursor_after_the_leader_dies()
         seqs(&http.hec_events())
     })
     .await?;
+    wait_for_seqs("relp", &log, Duration::from_secs(120), || {
+        seqs(&syslog(&relp))
+    })
+    .await?;
+    wait_for_seqs("tcp", &log, Duration::from_secs(120), || {
+        seqs(&syslog(&tcp))
+    })
+    .await?;
 
-    for (name, received) in [
-        ("webhook", seqs(&http.webhook_events("hook"))),
-        ("hec", seqs(&http.hec_events())),
+    for (name, events) in [
+        ("webhook", http.webhook_events("hook")),
+        ("hec", http.hec_events()),
+        ("relp", syslog(&relp)),
+        ("tcp", syslog(&tcp)),
     ] {
+        // Unfiltered from the first event: the exporter's number is the seq, on
+        // either leader and in every copy.
+        let misnumbered = events
+            .iter()
+            .filter(|e| e["export"]["seq"] != e["seq"])
+            .count();
+        ensure!(
+            misnumbered == 0,
+            "{name}: {misnumbered} events numbered otherwise"
+        );
+        let received = seqs(&events);
         let distinct: BTreeSet<u64> = received.iter().copied().collect();
         let duplicates = received.len() - distinct.len();
         println!(
@@ -118,7 +165,7 @@ async fn t90_exporters_resume_from_the_replicated_cursor_after_the_leader_dies()
         .await?
         .text()
         .await?;
-    for exporter in ["hook", "splunk"] {
+    for exporter in ["hook", "splunk", "soc-relp", "soc-tcp"] {
         let running = format!("bulwark_siem_running{{exporter=\"{exporter}\"}} 1");
         ensure!(
             metrics.contains(&running),

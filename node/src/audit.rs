@@ -113,7 +113,7 @@ fn signing_key(path: &Path) -> anyhow::Result<Ed25519KeyPair> {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
+            .open(path)
             .with_context(|| format!("creating {}", path.display()))?;
         file.write_all(pkcs8.as_ref())?;
         file.sync_all()?;

@@ -1,8 +1,11 @@
 //! SIEM export (`[[siem.exporters]]`) from a real node to receivers on 127.0.0.1:
-//! syslog over TCP (JSON) and TLS (CEF), Splunk HEC with indexer acknowledgement, and
-//! a signed webhook. Every event arrives once, in order, as the API shows it; a
-//! receiver that is down gets everything once it is back; bad exporter settings are
-//! all reported by check-config.
+//! syslog over TCP (JSON), TLS (CEF) and RELP, Splunk HEC with indexer
+//! acknowledgement, and a signed webhook. Every event arrives once, in order, as the
+//! API shows it, numbered by its exporter; a receiver that is down gets everything
+//! once it is back, and one killed in the middle of a batch gets it again; a batch
+//! refused for good becomes a dead letter and the feed goes on; HEC posts an
+//! unacknowledged batch a bounded number of times; bad exporter settings are all
+//! reported by check-config.
 
 mod common;
 
@@ -53,6 +56,34 @@ fn settle(
         }
         assert!(Instant::now() < deadline, "the log kept growing");
     }
+}
+
+/// `events` without the exporter's number: the API's JSON.
+fn unnumbered(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e.as_object_mut().unwrap().remove("export");
+            e
+        })
+        .collect()
+}
+
+/// The `export.seq` of each of `events`, checking they are `exporter`'s.
+fn numbers(events: &[Value], exporter: &str) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["export"]["exporter"], exporter, "{e}");
+            e["export"]["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// 1, 2, ..., n.
+fn one_to(n: usize) -> Vec<u64> {
+    (1..=n as u64).collect()
 }
 
 fn metric(node: &Node, name: &str, exporter: &str) -> f64 {
@@ -243,9 +274,13 @@ types = ["audit.*"]
     // says what it is.
     let messages = plain.messages();
     assert_eq!(syslog_seqs(&plain), all, "syslog json: once each, in order");
+    let payloads: Vec<Value> = messages
+        .iter()
+        .map(|m| serde_json::from_str(&m.payload).unwrap())
+        .collect();
+    assert_eq!(numbers(&payloads, "soc-json"), one_to(all.len()));
+    assert_eq!(unnumbered(&payloads), events);
     for (message, event) in messages.iter().zip(&events) {
-        let payload: Value = serde_json::from_str(&message.payload).unwrap();
-        assert_eq!(&payload, event);
         assert_eq!(message.msgid, event["type"].as_str().unwrap());
         assert_eq!(message.hostname, "mx.example.test");
         assert!([13 * 8 + 4, 13 * 8 + 5, 13 * 8 + 6].contains(&message.pri));
@@ -257,6 +292,12 @@ types = ["audit.*"]
     let cef: Vec<String> = tls.messages().into_iter().map(|m| m.payload).collect();
     assert!(cef.iter().all(|l| l.starts_with("CEF:0|Bulwark|Bulwark|")));
     assert!(cef.iter().all(|l| !l.contains('\n')));
+    for (n, line) in cef.iter().enumerate() {
+        assert!(
+            line.contains(&format!(" cn1={} cs6=soc-cef ", n + 1)),
+            "{line}"
+        );
+    }
     assert!(
         cef.iter()
             .any(|l| l.contains(r"msg=pipe | equals \= backslash \\ and\na second line")),
@@ -276,12 +317,14 @@ types = ["audit.*"]
 
     // HEC: acknowledged batches, the API's JSON as the event.
     assert_eq!(seqs(&http.hec_events()), all, "hec: once each, in order");
-    assert_eq!(http.hec_events(), events);
+    assert_eq!(numbers(&http.hec_events(), "splunk"), one_to(all.len()));
+    assert_eq!(unnumbered(&http.hec_events()), events);
 
     // Webhook: signed (a wrong signature would be refused), and the chain continues
     // across batches so the receiver can check it.
     let hooked = http.webhook_events("hook");
-    assert_eq!(hooked, events);
+    assert_eq!(numbers(&hooked, "hook"), one_to(all.len()));
+    assert_eq!(unnumbered(&hooked), events);
     for pair in hooked.windows(2) {
         assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
     }
@@ -291,7 +334,10 @@ types = ["audit.*"]
         .filter(|e| e["type"].as_str().unwrap().starts_with("audit."))
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs(&http.webhook_events("notes-only")), notes);
+    // A filtered feed is numbered 1, 2, 3, ... all the same: no number, no gap.
+    let filtered = http.webhook_events("notes-only");
+    assert_eq!(seqs(&filtered), notes);
+    assert_eq!(numbers(&filtered, "notes-only"), one_to(notes.len()));
 
     // What the exporters say about themselves.
     let head = all.len() as f64;
@@ -437,6 +483,332 @@ retry_max_secs = 1
     }
 }
 
+/// The `siem.dead_letter` events in the log.
+fn dead_letters(api: &Api) -> Vec<Value> {
+    let (status, page) = api.get("/v1/events?type=siem.dead_letter&limit=100");
+    assert_eq!(status, 200, "{page}");
+    page["events"].as_array().unwrap().clone()
+}
+
+/// How many times each seq was received.
+fn counts(seqs: &[u64]) -> std::collections::BTreeMap<u64, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for seq in seqs {
+        *counts.entry(*seq).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_syslog_receiver_killed_mid_batch_gets_every_event_again_over_tcp_and_relp() {
+    let rt = runtime();
+    let mut tcp = rt.block_on(SyslogReceiver::start(None)).unwrap();
+    let mut relp = rt.block_on(SyslogReceiver::start_relp()).unwrap();
+    // Down while the log fills, so that the first batch is a full one.
+    tcp.stop();
+    relp.stop();
+    let exporters = format!(
+        r#"
+[[siem.exporters]]
+name = "soc-tcp"
+kind = "syslog"
+address = "{tcp}"
+batch = 40
+retry_max_secs = 1
+
+[[siem.exporters]]
+name = "soc-relp"
+kind = "syslog"
+transport = "relp"
+address = "{relp}"
+batch = 40
+retry_max_secs = 1
+"#,
+        tcp = tcp.addr(),
+        relp = relp.addr(),
+    );
+    let node = Node::start_with("", &(common::held_delivery() + &exporters));
+    let api = Api::new(&node);
+    // Long notes: a batch is far more than the receiver reads from its socket at
+    // once, so it dies with bytes unread.
+    let filler = "x".repeat(1000);
+    for n in 0..60 {
+        let (status, body) = api.post_json(
+            "/v1/notes",
+            &serde_json::json!({ "text": format!("note {n} {filler}") }),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let exporters = ["soc-tcp", "soc-relp"];
+    let deadline = Instant::now() + WAIT;
+    for exporter in exporters {
+        while metric(&node, "bulwark_siem_batch_failures_total", exporter) < 1.0 {
+            assert!(Instant::now() < deadline, "{exporter}: never tried");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let syslog_seqs = |r: &SyslogReceiver| -> Vec<u64> {
+        r.messages()
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<Value>(&m.payload).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    // Back, to die after storing the 10th message of the batch of 40.
+    for receiver in [&mut tcp, &mut relp] {
+        receiver.die_at(10);
+        rt.block_on(receiver.restart()).unwrap();
+    }
+    for (exporter, receiver) in exporters.iter().zip([&tcp, &relp]) {
+        let deadline = Instant::now() + WAIT;
+        while receiver.messages().len() < 10 {
+            assert!(Instant::now() < deadline, "{exporter}: nothing received");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The exporter did not count the batch as shipped.
+        std::thread::sleep(Duration::from_millis(500));
+        let received = syslog_seqs(receiver);
+        assert_eq!(received.len(), 10, "{exporter}: died at 10");
+        assert!(
+            metric(&node, "bulwark_siem_cursor", exporter) < received[9] as f64,
+            "{exporter}: the cursor passed a batch the receiver died in"
+        );
+        assert!(metric(&node, "bulwark_siem_batch_failures_total", exporter) >= 2.0);
+    }
+    for receiver in [&mut tcp, &mut relp] {
+        rt.block_on(receiver.restart()).unwrap();
+    }
+    let events = settle(
+        &rt,
+        &api,
+        &[
+            ("syslog tcp", &|| syslog_seqs(&tcp)),
+            ("syslog relp", &|| syslog_seqs(&relp)),
+        ],
+    );
+    wait_cursors(&node, &exporters, events.len());
+    for (exporter, receiver) in exporters.iter().zip([&tcp, &relp]) {
+        let received = syslog_seqs(receiver);
+        let counts = counts(&received);
+        assert_eq!(counts.len(), events.len(), "{exporter}: every event");
+        // Twice: only what the dead receiver had stored of the batch it died in,
+        // and every copy counted.
+        let twice: Vec<u64> = counts
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(s, _)| *s)
+            .collect();
+        assert!(counts.values().all(|n| *n <= 2), "{exporter}: {counts:?}");
+        assert_eq!(twice, received[..10].to_vec(), "{exporter}");
+        let resent = metric(&node, "bulwark_siem_resent_events_total", exporter);
+        assert!(
+            (10.0..=40.0).contains(&resent),
+            "{exporter}: resent {resent}"
+        );
+        assert!(
+            receiver
+                .errors()
+                .iter()
+                .all(|e| e.contains("died as asked")),
+            "{:?}",
+            receiver.errors()
+        );
+    }
+}
+
+#[test]
+fn a_batch_refused_for_good_is_dead_lettered_and_the_feeds_go_on() {
+    let rt = runtime();
+    let http = rt
+        .block_on(HttpReceiver::start(HEC_TOKEN, SECRET.as_bytes()))
+        .unwrap();
+    let exporters = format!(
+        r#"
+[[siem.exporters]]
+name = "hook"
+kind = "webhook"
+url = "{http}/hook"
+secret = "{SECRET}"
+dead_letter_after = 3
+retry_max_secs = 1
+
+[[siem.exporters]]
+name = "notes-only"
+kind = "webhook"
+url = "{http}/hook"
+secret = "{SECRET}"
+types = ["audit.note"]
+dead_letter_after = 3
+retry_max_secs = 1
+"#,
+        http = http.url(),
+    );
+    let node = Node::start_with("", &(common::held_delivery() + &exporters));
+    let api = Api::new(&node);
+    let note = |text: &str| {
+        let (status, body) = api.post_json("/v1/notes", &serde_json::json!({ "text": text }));
+        assert_eq!(status, 201, "{body}");
+        body["seq"].as_u64().unwrap()
+    };
+    note("before");
+    settle(
+        &rt,
+        &api,
+        &[
+            ("hook", &|| seqs(&http.webhook_events("hook"))),
+            ("notes-only", &|| seqs(&http.webhook_events("notes-only"))),
+        ],
+    );
+    http.refuse_batches_with("poison pill");
+    let poison = note("poison pill");
+    let deadline = Instant::now() + WAIT;
+    while dead_letters(&api).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no dead letters: {:?}",
+            dead_letters(&api)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = note("after");
+    let dead = dead_letters(&api);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for exporter in ["hook", "notes-only"] {
+        let letter = dead
+            .iter()
+            .find(|d| d["siem"]["exporter"] == exporter)
+            .unwrap_or_else(|| panic!("{exporter}: {dead:?}"));
+        let (first, last) = (
+            letter["siem"]["first_seq"].as_u64().unwrap(),
+            letter["siem"]["last_seq"].as_u64().unwrap(),
+        );
+        assert!(first <= poison && poison <= last, "{letter}");
+        assert_eq!(letter["siem"]["events"], 1, "{letter}");
+        assert_eq!(letter["siem"]["tries"], 3, "{letter}");
+        assert_eq!(letter["event"]["outcome"], "failure");
+        assert!(
+            letter["event"]["reason"].as_str().unwrap().contains("400"),
+            "{letter}"
+        );
+        assert_eq!(
+            metric(&node, "bulwark_siem_dead_letters_total", exporter),
+            1.0
+        );
+    }
+    assert_eq!(http.refusals(), 6, "three tries each");
+    // Everything after the refused batch arrives; the refused one never did.
+    let log_seqs = seqs(&log(&api));
+    let want: Vec<u64> = log_seqs.iter().copied().filter(|s| *s != poison).collect();
+    rt.block_on(wait_for_seqs("hook", &want, WAIT, || {
+        seqs(&http.webhook_events("hook"))
+    }))
+    .unwrap();
+    let hooked = http.webhook_events("hook");
+    assert_eq!(seqs(&hooked), want, "once each, the refused one left out");
+    // The numbers jump once, by the one event given up.
+    let numbered = numbers(&hooked, "hook");
+    let gap = numbered.windows(2).position(|w| w[1] != w[0] + 1).unwrap();
+    assert_eq!(numbered[gap + 1], numbered[gap] + 2, "{numbered:?}");
+    assert_eq!(
+        numbered.iter().filter(|n| **n != numbered[gap] + 1).count(),
+        numbered.len()
+    );
+    // The filtered feed: its notes, a gap where the refused one was, and its own
+    // dead letter (though only audit.note passes its filter) to explain it.
+    rt.block_on(wait_for_seqs("notes-only", &[after], WAIT, || {
+        seqs(&http.webhook_events("notes-only"))
+    }))
+    .unwrap();
+    let filtered = http.webhook_events("notes-only");
+    // The anchors of the chain reach every feed: the node's signing key, on record
+    // first of all.
+    assert_eq!(filtered[0]["type"], "audit.key_rotated", "{filtered:#?}");
+    assert_eq!(filtered[0]["export"]["seq"], 1);
+    let shown: Vec<(String, u64)> = filtered[1..]
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["export"]["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("audit.note".to_string(), 2),
+            ("siem.dead_letter".to_string(), 4),
+            ("audit.note".to_string(), 5)
+        ]
+    );
+    assert_eq!(filtered[2]["siem"]["exporter"], "notes-only");
+}
+
+#[test]
+fn hec_posts_an_unacknowledged_batch_a_bounded_number_of_times_and_counts_them() {
+    let rt = runtime();
+    let http = rt
+        .block_on(HttpReceiver::start(HEC_TOKEN, SECRET.as_bytes()))
+        .unwrap();
+    http.set_acking(false);
+    let exporters = format!(
+        r#"
+[[siem.exporters]]
+name = "splunk"
+kind = "hec"
+url = "{http}"
+token = "{HEC_TOKEN}"
+ack_timeout_secs = 1
+ack_resends = 1
+dead_letter_after = 2
+retry_max_secs = 1
+"#,
+        http = http.url(),
+    );
+    let node = Node::start_with("", &(common::held_delivery() + &exporters));
+    let api = Api::new(&node);
+    let (status, body) = api.post_json("/v1/notes", &serde_json::json!({ "text": "unacked" }));
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + WAIT;
+    while dead_letters(&api).is_empty() {
+        assert!(Instant::now() < deadline, "never given up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    http.set_acking(true);
+    let (status, body) = api.post_json("/v1/notes", &serde_json::json!({ "text": "acked" }));
+    assert_eq!(status, 201, "{body}");
+    let events = settle(&rt, &api, &[("hec", &|| seqs(&http.hec_events()))]);
+    wait_cursors(&node, &["splunk"], events.len());
+    let received = counts(&seqs(&http.hec_events()));
+    assert_eq!(received.len(), events.len(), "every event arrives");
+    // Each batch given up was posted 1 + ack_resends = 2 times, no more.
+    let dead = dead_letters(&api);
+    for letter in &dead {
+        assert_eq!(letter["siem"]["tries"], 2, "{letter}");
+        let (first, last) = (
+            letter["siem"]["first_seq"].as_u64().unwrap(),
+            letter["siem"]["last_seq"].as_u64().unwrap(),
+        );
+        for seq in first..=last {
+            assert_eq!(received[&seq], 2, "seq {seq} of {letter}");
+        }
+    }
+    assert!(received.values().all(|n| *n <= 2), "{received:?}");
+    // Every duplicate counted.
+    let copies: usize = received.values().sum();
+    assert_eq!(
+        metric(&node, "bulwark_siem_resent_events_total", "splunk"),
+        (copies - received.len()) as f64
+    );
+    assert_eq!(
+        metric(&node, "bulwark_siem_dead_letters_total", "splunk"),
+        dead.len() as f64
+    );
+}
+
 #[test]
 fn check_config_reports_every_bad_exporter_setting_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -474,6 +846,16 @@ kind = "syslog"
 address = "127.0.0.1:514"
 facility = 24
 tls_ca = "missing.pem"
+transport = "udp"
+
+[[siem.exporters]]
+name = "again"
+kind = "hec"
+url = "https://splunk.example:8088"
+token = "t"
+transport = "relp"
+ack_resends = 101
+dead_letter_after = 0
 "#,
     )
     .unwrap();
@@ -502,6 +884,10 @@ tls_ca = "missing.pem"
         "siem.exporters[4]: tls_ca and tls_cert need tls = true",
         "siem.exporters[1] (dup): tls_cert is not a setting of kind = \"hec\"",
         "missing.pem",
+        "siem.exporters[4]: transport must be tcp or relp, not \"udp\"",
+        "siem.exporters[5] (again): transport is not a setting of kind = \"hec\"",
+        "siem.exporters[5] (again): ack_resends must be 0 to 100, not 101",
+        "siem.exporters[5] (again): dead_letter_after must be 1 to 1000, not 0",
     ] {
         assert!(
             report.contains(expected),

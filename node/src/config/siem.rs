@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::siem::{Exporter, Filter, HecSettings, Kind, Payload, SyslogSettings, WebhookSettings};
+use crate::siem::{
+    Exporter, Filter, HecSettings, Kind, Payload, SyslogSettings, SyslogTransport, WebhookSettings,
+};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +26,9 @@ struct RawExporter {
     kind: Option<String>,
     /// syslog: the receiver's `host:port`.
     address: Option<String>,
+    /// syslog: `tcp` (default; a batch counts once the receiver closes the
+    /// connection after it) or `relp` (each message acknowledged by the receiver).
+    transport: Option<String>,
     /// syslog: `json` (default) or `cef`.
     format: Option<String>,
     /// syslog: RFC 5425 TLS (default false).
@@ -47,6 +52,8 @@ struct RawExporter {
     ack: Option<bool>,
     /// hec: seconds to wait for it (default 60).
     ack_timeout_secs: Option<u64>,
+    /// hec: posts of one unacknowledged batch after the first (default 2, at most 100).
+    ack_resends: Option<u32>,
     /// hec: index and sourcetype of the events (default: the token's index;
     /// `bulwark:event`).
     index: Option<String>,
@@ -66,6 +73,9 @@ struct RawExporter {
     retry_max_secs: Option<u64>,
     /// Milliseconds between looks at the log when there is nothing new (default 200).
     poll_ms: Option<u64>,
+    /// Refusals of one batch (HTTP 4xx about the batch, RELP 500) after which it is
+    /// recorded as `siem.dead_letter` and skipped (default 5, 1 to 1000).
+    dead_letter_after: Option<u32>,
 }
 
 pub(super) fn validate_siem(
@@ -124,6 +134,12 @@ pub(super) fn validate_siem(
         if retry_max == 0 {
             problems.push(format!("{section}: retry_max_secs must be positive"));
         }
+        let dead_letter_after = raw.dead_letter_after.unwrap_or(5);
+        if !(1..=1000).contains(&dead_letter_after) {
+            problems.push(format!(
+                "{section}: dead_letter_after must be 1 to 1000, not {dead_letter_after}"
+            ));
+        }
         if let (Some(kind), true) = (kind, problems.len() == start) {
             exporters.push(Exporter {
                 name,
@@ -132,6 +148,7 @@ pub(super) fn validate_siem(
                 batch,
                 retry_max: Duration::from_secs(retry_max),
                 poll: Duration::from_millis(raw.poll_ms.unwrap_or(200).clamp(10, 60_000)),
+                dead_letter_after,
             });
         }
     }
@@ -146,8 +163,10 @@ fn build_kind(
     problems: &mut Vec<String>,
 ) -> Option<Kind> {
     let kind = raw.kind.as_deref().unwrap_or_default();
-    let given: [(&str, bool, &[&str]); 14] = [
+    let given: [(&str, bool, &[&str]); 16] = [
         ("address", raw.address.is_some(), &["syslog"]),
+        ("transport", raw.transport.is_some(), &["syslog"]),
+        ("ack_resends", raw.ack_resends.is_some(), &["hec"]),
         ("format", raw.format.is_some(), &["syslog"]),
         ("tls", raw.tls.is_some(), &["syslog"]),
         ("tls_name", raw.tls_name.is_some(), &["syslog"]),
@@ -229,6 +248,17 @@ fn build_kind(
                     return None;
                 }
             };
+            let transport = match raw.transport.as_deref().unwrap_or("tcp") {
+                "tcp" => SyslogTransport::Tcp,
+                "relp" => SyslogTransport::Relp,
+                other => {
+                    // Reported; the other settings are still checked.
+                    problems.push(format!(
+                        "{section}: transport must be tcp or relp, not {other:?}"
+                    ));
+                    SyslogTransport::Tcp
+                }
+            };
             let facility = raw.facility.unwrap_or(13);
             if facility > 23 {
                 problems.push(format!(
@@ -266,6 +296,7 @@ fn build_kind(
             Some(Kind::Syslog(SyslogSettings {
                 address,
                 tls,
+                transport,
                 payload,
                 facility,
                 timeout,
@@ -286,6 +317,12 @@ fn build_kind(
             if token.is_empty() {
                 problems.push(format!("{section}: the token is empty"));
             }
+            let ack_resends = raw.ack_resends.unwrap_or(2);
+            if ack_resends > 100 {
+                problems.push(format!(
+                    "{section}: ack_resends must be 0 to 100, not {ack_resends}"
+                ));
+            }
             if url.path().contains("/services/collector") {
                 problems.push(format!(
                     "{section}: url is the collector's base (https://host:8088), without /services/collector"
@@ -296,6 +333,7 @@ fn build_kind(
                 token,
                 ack: raw.ack.unwrap_or(true),
                 ack_timeout: Duration::from_secs(ack_timeout_secs.clamp(1, 3600)),
+                ack_resends,
                 index: raw.index.clone(),
                 sourcetype: raw
                     .sourcetype

@@ -1,6 +1,7 @@
-//! How an event looks on the wire: the API's JSON (Elastic Common Schema names) as
-//! it is, or ArcSight's Common Event Format; framed for syslog (RFC 5424 with RFC 6587
-//! octet counting) or wrapped for Splunk's HTTP Event Collector.
+//! How an event looks on the wire: the API's JSON (Elastic Common Schema names) with
+//! the exporter's own number added (`export: {"exporter", "seq"}`), or ArcSight's
+//! Common Event Format; framed for syslog (RFC 5424 with RFC 6587 octet counting, or
+//! RELP), or wrapped for Splunk's HTTP Event Collector.
 
 use serde_json::Value;
 
@@ -60,10 +61,18 @@ impl Level {
 }
 
 /// One RFC 5424 message framed by octet counting (RFC 6587 3.4.1):
-/// `LEN SP <PRI>1 TIMESTAMP HOSTNAME bulwark - TYPE - PAYLOAD`. The payload is sent
-/// without a byte-order mark (RFC 5424's MSG-ANY); the structured data is empty
-/// because seq, node and hashes are in the payload.
+/// `LEN SP MESSAGE`, the message as [`syslog_message`] writes it.
 pub fn syslog_frame(event: &Value, payload: Payload, facility: u8, hostname: &str) -> Vec<u8> {
+    let message = syslog_message(event, payload, facility, hostname);
+    let mut frame = format!("{} ", message.len()).into_bytes();
+    frame.extend_from_slice(message.as_bytes());
+    frame
+}
+
+/// One RFC 5424 message: `<PRI>1 TIMESTAMP HOSTNAME bulwark - TYPE - PAYLOAD`. The
+/// payload is sent without a byte-order mark (RFC 5424's MSG-ANY); the structured
+/// data is empty because seq, node and hashes are in the payload.
+pub fn syslog_message(event: &Value, payload: Payload, facility: u8, hostname: &str) -> String {
     let pri = u16::from(facility) * 8 + u16::from(Level::of(event).syslog());
     let time = event["time"].as_str().unwrap_or("-");
     let msgid = header_token(event["type"].as_str().unwrap_or("-"), 32);
@@ -72,10 +81,7 @@ pub fn syslog_frame(event: &Value, payload: Payload, facility: u8, hostname: &st
         Payload::Json => event.to_string(),
         Payload::Cef => cef(event, hostname),
     };
-    let message = format!("<{pri}>1 {time} {host} bulwark - {msgid} - {body}");
-    let mut frame = format!("{} ", message.len()).into_bytes();
-    frame.extend_from_slice(message.as_bytes());
-    frame
+    format!("<{pri}>1 {time} {host} bulwark - {msgid} - {body}")
 }
 
 /// A syslog header field: printable US-ASCII without spaces, at most `max` long,
@@ -161,8 +167,10 @@ pub fn cef(event: &Value, hostname: &str) -> String {
     ext.push(("dvchost", hostname.to_string()));
     let email = &event["email"];
     let user = text(&event["user"]["name"]);
-    let fields: [(&str, &Value); 12] = [
+    let fields: [(&str, &Value); 14] = [
         ("externalId", &event["seq"]),
+        ("cn1", &event["export"]["seq"]),
+        ("cs6", &event["export"]["exporter"]),
         ("deviceExternalId", &event["node"]),
         ("spt", &event["source"]["port"]),
         ("shost", &event["source"]["domain"]),
@@ -205,6 +213,8 @@ pub fn cef(event: &Value, hostname: &str) -> String {
         ("cs3", "cs3Label", "prevHash"),
         ("cs4", "cs4Label", "headerFrom"),
         ("cs5", "cs5Label", "user"),
+        ("cs6", "cs6Label", "exporter"),
+        ("cn1", "cn1Label", "exportSeq"),
         ("cfp1", "cfp1Label", "score"),
         ("c6a2", "c6a2Label", "sourceIPv6"),
     ];
@@ -303,6 +313,14 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("externalId=42 deviceExternalId=2"), "{line}");
+        let mut numbered = quarantined("x");
+        numbered["export"] = serde_json::json!({ "exporter": "soc", "seq": 7 });
+        let line = cef(&numbered, "mx");
+        assert!(line.contains("externalId=42 cn1=7 cs6=soc "), "{line}");
+        assert!(
+            line.contains("cs6Label=exporter cn1Label=exportSeq"),
+            "{line}"
+        );
         // A header field with a pipe or a backslash.
         let mut odd = quarantined("x");
         odd["type"] = "a|b\\c\nd".into();

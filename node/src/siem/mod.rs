@@ -1,16 +1,21 @@
-//! Shipping the event log to SIEMs (`[[siem.exporters]]`): syslog over TCP or TLS
-//! (JSON or CEF), Splunk's HTTP Event Collector, and a signed webhook.
+//! Shipping the event log to SIEMs (`[[siem.exporters]]`): syslog over TCP, TLS or
+//! RELP (JSON or CEF), Splunk's HTTP Event Collector, and a signed webhook.
 //!
-//! Each exporter's cursor (the last seq its receiver accepted) is in the replicated
-//! state. Only the leader runs the exporters: it reads the events after the cursor
-//! from its own log, sends a batch, and once the receiver has accepted it proposes
-//! the new cursor. A new leader starts from the stored cursor, so nothing is skipped,
-//! and what is sent twice is at most the batch that was in flight when the leader
-//! changed. A receiver that is down costs retries with backoff, never memory: a
-//! batch is all an exporter holds.
+//! Each exporter's cursor (the last seq its receiver accepted) and the number of
+//! records it has shipped are in the replicated state. Only the leader runs the
+//! exporters: it reads the events after the cursor from its own log, numbers them
+//! after the count (`export.seq`, so a filtered feed is still 1, 2, 3, ... and a
+//! missing number is a gap), sends a batch, and once the receiver has accepted it
+//! proposes the new cursor and count. A new leader starts from the stored cursor, so
+//! nothing is skipped; what is sent twice is a batch whose acceptance was not yet
+//! stored, with the same numbers. A batch a receiver refuses for good is given up
+//! after `dead_letter_after` refusals: `siem.dead_letter` is recorded with the cursor
+//! moved past it, in one operation. A receiver that is down costs retries with
+//! backoff, never memory: a batch is all an exporter holds.
 
 mod format;
 mod hec;
+mod relp;
 mod runner;
 mod syslog;
 mod webhook;
@@ -33,6 +38,8 @@ pub struct Exporter {
     pub retry_max: Duration,
     /// Pause between looks at the log when there is nothing new.
     pub poll: Duration,
+    /// Refusals of one batch after which it is given up (`siem.dead_letter`).
+    pub dead_letter_after: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -43,7 +50,7 @@ pub enum Kind {
 }
 
 pub use hec::Settings as HecSettings;
-pub use syslog::Settings as SyslogSettings;
+pub use syslog::{Settings as SyslogSettings, Transport as SyslogTransport};
 pub use webhook::Settings as WebhookSettings;
 
 /// Which events an exporter ships.
@@ -97,11 +104,70 @@ pub enum SendError {
     /// The receiver answered in a way that needs the configuration changed.
     #[error("{0}")]
     Refused(String),
+    /// The receiver refused this batch for good (an HTTP 4xx about the request, a
+    /// RELP 500, a HEC batch never acknowledged however often posted): after
+    /// `dead_letter_after` of these the batch is given up.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Whether an HTTP answer refuses the batch itself, for good: a 4xx other than a
+/// timeout (408), a rate limit (429) or the ones that say the exporter's settings
+/// are wrong (401, 403, 404, 407), which would refuse every batch alike and are
+/// retried until the configuration is fixed.
+fn refuses_batch(status: reqwest::StatusCode) -> bool {
+    status.is_client_error() && ![401, 403, 404, 407, 408, 429].contains(&status.as_u16())
+}
+
+/// Counts the events a sink transmits again (`bulwark_siem_resent_events`): a batch
+/// it already transmitted once, each of whose events the receiver may now hold twice.
+pub struct Resends {
+    counter: prometheus_client::metrics::counter::Counter,
+    /// First and last seq of the batch last transmitted.
+    last: Option<(u64, u64)>,
+}
+
+impl Resends {
+    fn new(counter: prometheus_client::metrics::counter::Counter) -> Resends {
+        Resends {
+            counter,
+            last: None,
+        }
+    }
+
+    /// Called as `events` go out.
+    fn transmitting(&mut self, events: &[serde_json::Value]) {
+        let seq = |e: Option<&serde_json::Value>| e.and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+        let batch = (seq(events.first()), seq(events.last()));
+        if self.last == Some(batch) {
+            self.counter.inc_by(events.len() as u64);
+        }
+        self.last = Some(batch);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::Filter;
+
+    #[test]
+    fn only_a_refusal_of_the_batch_itself_counts_toward_a_dead_letter() {
+        for (status, refuses) in [
+            (400, true),
+            (413, true),
+            (422, true),
+            (401, false),
+            (403, false),
+            (404, false),
+            (408, false),
+            (429, false),
+            (500, false),
+            (503, false),
+        ] {
+            let status = reqwest::StatusCode::from_u16(status).unwrap();
+            assert_eq!(super::refuses_batch(status), refuses, "{status}");
+        }
+    }
 
     #[test]
     fn filters_take_exact_types_families_and_actions() {

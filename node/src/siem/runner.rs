@@ -1,11 +1,14 @@
-//! The loop that runs each exporter on the leader: read after the cursor, send a
-//! batch, move the cursor once the receiver has accepted it.
+//! The loop that runs each exporter on the leader: read after the cursor, number the
+//! batch after the exporter's count, send it, move cursor and count once the receiver
+//! has accepted it, or past it with a dead letter once the receiver has refused it
+//! `dead_letter_after` times.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_consensus::RaftNode;
-use bulwark_storage::{Command, EventFilter, StateStore};
+use bulwark_storage::rules::export::ExportPosition;
+use bulwark_storage::{Command, EventFilter, ExportDeadLetter, ExportProgress, StateStore};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,7 +17,9 @@ use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{hec, syslog, webhook, Exporter, Filter, Kind, SendError};
+use super::{
+    hec, relp, syslog, webhook, Exporter, Filter, Kind, Resends, SendError, SyslogTransport,
+};
 
 /// First pause after a failed batch; it doubles up to the exporter's `retry_max`.
 const RETRY_INITIAL: Duration = Duration::from_millis(500);
@@ -35,6 +40,8 @@ struct Label {
 pub struct Metrics {
     sent: Family<Label, Counter>,
     failures: Family<Label, Counter>,
+    resent: Family<Label, Counter>,
+    dead_letters: Family<Label, Counter>,
     cursor: Family<Label, Gauge>,
     lag: Family<Label, Gauge>,
     running: Family<Label, Gauge>,
@@ -52,6 +59,16 @@ impl Metrics {
             "bulwark_siem_batch_failures",
             "Batches a receiver did not accept (sent again after a pause)",
             metrics.failures.clone(),
+        );
+        registry.register(
+            "bulwark_siem_resent_events",
+            "Events sent again in a batch already sent once: each one a possible duplicate",
+            metrics.resent.clone(),
+        );
+        registry.register(
+            "bulwark_siem_dead_letters",
+            "Batches given up after dead_letter_after refusals (siem.dead_letter)",
+            metrics.dead_letters.clone(),
         );
         registry.register(
             "bulwark_siem_cursor",
@@ -99,28 +116,53 @@ pub async fn run(
 
 enum Sink {
     Syslog(syslog::Sink),
+    Relp(relp::Sink),
     Hec(hec::Sink),
     Webhook(webhook::Sink),
 }
 
 impl Sink {
-    fn new(exporter: &Exporter, hostname: &str) -> Result<Sink, SendError> {
+    fn new(exporter: &Exporter, hostname: &str, resends: Resends) -> Result<Sink, SendError> {
+        let hostname = hostname.to_string();
         Ok(match &exporter.kind {
-            Kind::Syslog(s) => Sink::Syslog(syslog::Sink::new(s.clone(), hostname.to_string())),
-            Kind::Hec(s) => Sink::Hec(hec::Sink::new(s.clone(), hostname.to_string())?),
-            Kind::Webhook(s) => {
-                Sink::Webhook(webhook::Sink::new(s.clone(), exporter.name.clone())?)
+            Kind::Syslog(s) if s.transport == SyslogTransport::Relp => {
+                Sink::Relp(relp::Sink::new(s.clone(), hostname, resends))
             }
+            Kind::Syslog(s) => Sink::Syslog(syslog::Sink::new(s.clone(), hostname, resends)),
+            Kind::Hec(s) => Sink::Hec(hec::Sink::new(s.clone(), hostname, resends)?),
+            Kind::Webhook(s) => Sink::Webhook(webhook::Sink::new(
+                s.clone(),
+                exporter.name.clone(),
+                resends,
+            )?),
         })
     }
 
     async fn send(&mut self, events: &[Value]) -> Result<(), SendError> {
         match self {
             Sink::Syslog(sink) => sink.send(events).await,
+            Sink::Relp(sink) => sink.send(events).await,
             Sink::Hec(sink) => sink.send(events).await,
             Sink::Webhook(sink) => sink.send(events).await,
         }
     }
+
+    /// Ends what a sink keeps open (a RELP session) when this node stops exporting.
+    async fn close(&mut self) {
+        if let Sink::Relp(sink) = self {
+            sink.close().await;
+        }
+    }
+}
+
+/// The batch being tried: tried again, it is the same batch (not one grown by what
+/// was recorded meanwhile), and its refusals add up.
+struct Attempt {
+    /// The cursor the batch starts after.
+    cursor: u64,
+    /// The seq the log was read up to for it.
+    through: u64,
+    refusals: u32,
 }
 
 /// One exporter's loop, on every node; it sends only while the node leads.
@@ -134,7 +176,8 @@ async fn export(
     let label = Label {
         exporter: exporter.name.clone(),
     };
-    let mut sink = match Sink::new(&exporter, &hostname) {
+    let resends = Resends::new(metrics.resent.get_or_create(&label).clone());
+    let mut sink = match Sink::new(&exporter, &hostname, resends) {
         Ok(sink) => sink,
         Err(e) => {
             tracing::error!(exporter = %exporter.name, error = %e, "SIEM exporter not started");
@@ -144,32 +187,36 @@ async fn export(
     // Every series exists from the start, zero until something happens.
     let _ = metrics.sent.get_or_create(&label);
     let _ = metrics.failures.get_or_create(&label);
+    let _ = metrics.dead_letters.get_or_create(&label);
     let running = metrics.running.get_or_create(&label).clone();
     // The term in which this node caught up with the log as leader (a leadership
     // lost and won back between two looks is a new term, and catches up again).
     let mut caught_up: Option<u64> = None;
     let mut pause = RETRY_INITIAL;
-    // The seq of a batch the receiver accepted whose cursor is not stored yet: it is
-    // stored before anything more is sent, so a Raft that cannot commit never makes
-    // the same batch go out again and again.
-    let mut pending: Option<u64> = None;
+    let mut attempt: Option<Attempt> = None;
+    // A batch the receiver accepted (or that was given up) whose progress is not
+    // stored yet: it is stored before anything more is sent, so a Raft that cannot
+    // commit never makes the same batch go out again and again.
+    let mut pending: Option<ExportProgress> = None;
     loop {
         if stop.is_cancelled() {
             running.set(0);
             return;
         }
-        if let Some(seq) = pending {
+        if let Some(progress) = &pending {
             if !node.is_leader() {
                 // The next leader sends the batch again from the stored cursor.
                 pending = None;
                 continue;
             }
-            let command = Command::ExportCursor {
-                exporter: exporter.name.clone(),
-                seq,
-            };
+            let command = Command::ExportProgress(Box::new(progress.clone()));
             match node.proposer().propose(command).await {
-                Ok(_) => pending = None,
+                Ok(_) => {
+                    if progress.dead_letter.is_some() {
+                        metrics.dead_letters.get_or_create(&label).inc();
+                    }
+                    pending = None;
+                }
                 Err(e) => {
                     tracing::warn!(exporter = %exporter.name, error = %e, "storing the export cursor");
                     if sleep_or_stop(exporter.poll, &stop).await {
@@ -181,8 +228,8 @@ async fn export(
         }
         let state = node.state();
         let head = state.chain_head().0;
-        let cursor = match state.export_cursor(&exporter.name) {
-            Ok(cursor) => cursor,
+        let position = match state.export_position(&exporter.name) {
+            Ok(position) => position,
             Err(e) => {
                 tracing::warn!(exporter = %exporter.name, error = %e, "reading the export cursor");
                 if sleep_or_stop(exporter.poll, &stop).await {
@@ -191,6 +238,7 @@ async fn export(
                 continue;
             }
         };
+        let cursor = position.seq;
         metrics.cursor.get_or_create(&label).set(cursor as i64);
         metrics
             .lag
@@ -198,7 +246,9 @@ async fn export(
             .set(head.saturating_sub(cursor) as i64);
         let term = node.raft().metrics().borrow().current_term;
         if !node.is_leader() {
-            caught_up = None;
+            if caught_up.take().is_some() {
+                sink.close().await;
+            }
             running.set(0);
             if sleep_or_stop(exporter.poll, &stop).await {
                 return;
@@ -228,10 +278,16 @@ async fn export(
             }
             continue;
         }
+        if attempt.as_ref().is_some_and(|a| a.cursor != cursor) {
+            attempt = None;
+        }
+        let end = attempt.as_ref().map_or(u64::MAX, |a| a.through);
         let filter = exporter.filter.clone();
-        let batch = exporter.batch;
-        let read =
-            tokio::task::spawn_blocking(move || collect(&state, cursor, &filter, batch)).await;
+        let (name, batch) = (exporter.name.clone(), exporter.batch);
+        let read = tokio::task::spawn_blocking(move || {
+            collect(&state, &name, position, end, &filter, batch)
+        })
+        .await;
         let (events, through) = match read {
             Ok(Ok(read)) => read,
             Ok(Err(e)) => {
@@ -256,6 +312,12 @@ async fn export(
                 );
             }
         }
+        let mut progress = ExportProgress {
+            exporter: exporter.name.clone(),
+            seq: through,
+            shipped: position.shipped + events.len() as u64,
+            dead_letter: None,
+        };
         if !events.is_empty() {
             let sent = tokio::select! {
                 sent = sink.send(&events) => sent,
@@ -263,6 +325,37 @@ async fn export(
             };
             if let Err(e) = sent {
                 metrics.failures.get_or_create(&label).inc();
+                let tried = attempt.get_or_insert(Attempt {
+                    cursor,
+                    through,
+                    refusals: 0,
+                });
+                if matches!(e, SendError::Rejected(_)) {
+                    tried.refusals += 1;
+                }
+                let refusals = tried.refusals;
+                if refusals >= exporter.dead_letter_after {
+                    tracing::error!(
+                        exporter = %exporter.name,
+                        error = %e,
+                        first_seq = cursor + 1,
+                        last_seq = through,
+                        tries = refusals,
+                        "SIEM receiver refused a batch for good: recorded as siem.dead_letter and skipped"
+                    );
+                    progress.dead_letter = Some(ExportDeadLetter {
+                        exporter: exporter.name.clone(),
+                        first_seq: cursor + 1,
+                        last_seq: through,
+                        events: events.len() as u32,
+                        tries: refusals,
+                        error: e.to_string().chars().take(500).collect(),
+                    });
+                    // The pause keeps growing: a receiver that refuses everything
+                    // gets a dead letter every dead_letter_after slow tries.
+                    pending = Some(progress);
+                    continue;
+                }
                 tracing::warn!(
                     exporter = %exporter.name,
                     error = %e,
@@ -282,28 +375,39 @@ async fn export(
                 .inc_by(events.len() as u64);
         }
         pause = RETRY_INITIAL;
-        pending = Some(through);
+        pending = Some(progress);
     }
 }
 
-/// Up to `batch` events after `cursor` that pass `filter`, as JSON, and the seq up to
-/// which the log was read (what the cursor becomes once they are accepted).
+/// Up to `batch` events after the exporter's cursor, up to seq `end` at most, that
+/// pass `filter` (or are this exporter's own dead letters, which explain the gaps
+/// in its numbers), as JSON numbered after its count, and the seq up to which the
+/// log was read (what the cursor becomes once they are accepted).
 fn collect(
     state: &StateStore,
-    cursor: u64,
+    exporter: &str,
+    position: ExportPosition,
+    end: u64,
     filter: &Filter,
     batch: usize,
 ) -> bulwark_storage::Result<(Vec<Value>, u64)> {
     let mut events = Vec::new();
-    let mut through = cursor;
+    let mut through = position.seq;
     let mut scanned = 0;
-    while events.len() < batch && scanned < SCAN_PER_BATCH {
+    while events.len() < batch && scanned < SCAN_PER_BATCH && through < end {
         let want = (batch - events.len()).min(SCAN_PER_BATCH - scanned);
         let (page, next) = state.events(&EventFilter::default(), through, want)?;
-        for stored in &page {
+        for stored in page.iter().take_while(|s| s.event.seq <= end) {
             through = stored.event.seq;
-            let json = stored.to_json();
-            if filter.matches(&json) {
+            let mut json = stored.to_json();
+            let own_dead_letter =
+                json["type"] == "siem.dead_letter" && json["siem"]["exporter"] == exporter;
+            // Every receiver holds the anchors of the chain, whatever it filters: the
+            // signed checkpoints and the keys trusted to sign them.
+            let anchor = json["type"] == "audit.checkpoint" || json["type"] == "audit.key_rotated";
+            if filter.matches(&json) || own_dead_letter || anchor {
+                let seq = position.shipped + events.len() as u64 + 1;
+                json["export"] = serde_json::json!({ "exporter": exporter, "seq": seq });
                 events.push(json);
             }
         }

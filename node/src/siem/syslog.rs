@@ -1,13 +1,15 @@
-//! Syslog over TCP (RFC 6587, octet counting) or TLS (RFC 5425).
+//! Syslog over TCP (RFC 6587, octet counting) or TLS (RFC 5425), one connection a
+//! batch.
 //!
-//! Syslog has no acknowledgement: a batch counts as accepted once the receiver's TCP
-//! stack has taken every byte. Before each batch the connection is checked for an
-//! end of stream (a receiver never writes, so anything readable means it closed),
-//! so a receiver that went away is noticed before a batch is written into a dead
-//! socket. Still, what sat in either side's buffers when a connection broke (the
-//! receiver crashed, the network reset it) is lost: syslog over TCP is at-most-once
-//! at that moment, which only an acknowledging protocol (HEC with acknowledgement,
-//! the webhook) rules out.
+//! Plain syslog has no acknowledgement, so a batch counts as accepted on the one
+//! sign TCP gives that the receiver read all of it: after the batch we close our side
+//! of the connection (TLS: `close_notify`, then FIN), and the receiver, having read
+//! through to that end of stream, closes its side in turn, within `timeout_secs` and
+//! without a reset. A receiver that died or was cut off before reading the whole
+//! batch resets the connection or never closes it: the batch is not accepted and
+//! goes out again on a new connection, so delivery is at-least-once. What this cannot
+//! see: a receiver that read every byte off the socket and died before storing them
+//! closes like a healthy one; only RELP (see [`super::relp`]) rules that out.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::format::{syslog_frame, Payload};
-use super::SendError;
+use super::{Resends, SendError};
+
+/// Bytes a receiver may write on a plain syslog connection (against the protocol)
+/// before its close; past that the batch is not counted as accepted.
+const MAX_UNEXPECTED: usize = 64 * 1024;
 
 /// `kind = "syslog"`.
 #[derive(Clone, Debug)]
@@ -28,32 +34,41 @@ pub struct Settings {
     /// RFC 5425: the client configuration and the name the receiver's certificate
     /// must carry.
     pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    pub transport: Transport,
     pub payload: Payload,
     /// RFC 5424 facility, 0 to 23 (default 13, log audit).
     pub facility: u8,
     pub timeout: Duration,
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+/// How messages travel (`transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// RFC 6587 octet counting; a batch is accepted when the receiver closes after it.
+    Tcp,
+    /// rsyslog's RELP; a message is accepted when the receiver answers it `200`.
+    Relp,
+}
+
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 pub struct Sink {
     settings: Settings,
     hostname: String,
-    connection: Option<Box<dyn Stream>>,
+    resends: Resends,
 }
 
 impl Sink {
-    pub fn new(settings: Settings, hostname: String) -> Sink {
+    pub fn new(settings: Settings, hostname: String, resends: Resends) -> Sink {
         Sink {
             settings,
             hostname,
-            connection: None,
+            resends,
         }
     }
 
-    /// Writes the batch in one go; any failure drops the connection, so the next
-    /// try starts on a new one.
+    /// Sends the batch on a new connection and waits for the receiver to close it.
     pub async fn send(&mut self, events: &[Value]) -> Result<(), SendError> {
         let mut frames = Vec::new();
         for event in events {
@@ -64,41 +79,59 @@ impl Sink {
                 &self.hostname,
             ));
         }
-        if let Some(connection) = &mut self.connection {
-            if closed(connection.as_mut()).await {
-                self.connection = None;
-            }
-        }
-        let mut connection = match self.connection.take() {
-            Some(connection) => connection,
-            None => connect(&self.settings).await?,
-        };
+        let mut connection = connect(&self.settings).await?;
+        self.resends.transmitting(events);
+        let address = &self.settings.address;
         let timeout = self.settings.timeout;
-        let written = tokio::time::timeout(timeout, async {
-            connection.write_all(&frames).await?;
-            connection.flush().await
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {
-                self.connection = Some(connection);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(SendError::Transport(format!(
-                "writing to {}: {e}",
-                self.settings.address
-            ))),
-            Err(_) => Err(SendError::Transport(format!(
-                "writing to {}: no progress within {} s",
-                self.settings.address,
+        let exchange = async {
+            connection
+                .write_all(&frames)
+                .await
+                .map_err(|e| SendError::Transport(format!("writing to {address}: {e}")))?;
+            connection
+                .shutdown()
+                .await
+                .map_err(|e| SendError::Transport(format!("closing to {address}: {e}")))?;
+            receiver_closed(connection.as_mut(), address).await
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+            SendError::Transport(format!(
+                "{address}: the receiver did not read the batch through and close within {} s",
                 timeout.as_secs()
-            ))),
+            ))
+        })?
+    }
+}
+
+/// Reads until the receiver's end of stream: `Ok` when it closed cleanly (for TLS,
+/// also without `close_notify`: a receiver may just close the socket), an error when
+/// it reset the connection, which it does when it closes with unread bytes.
+async fn receiver_closed(connection: &mut dyn Stream, address: &str) -> Result<(), SendError> {
+    let mut buffer = [0u8; 1024];
+    let mut unexpected = 0;
+    loop {
+        match connection.read(&mut buffer).await {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                unexpected += n;
+                if unexpected > MAX_UNEXPECTED {
+                    return Err(SendError::Transport(format!(
+                        "{address}: the receiver writes instead of closing"
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => {
+                return Err(SendError::Transport(format!(
+                    "{address}: the connection broke before the receiver closed it: {e}"
+                )))
+            }
         }
     }
 }
 
 /// A new connection to the receiver, TLS if so configured.
-async fn connect(settings: &Settings) -> Result<Box<dyn Stream>, SendError> {
+pub(super) async fn connect(settings: &Settings) -> Result<Box<dyn Stream>, SendError> {
     let address = &settings.address;
     let failed = |e: String| SendError::Transport(format!("connecting to {address}: {e}"));
     let connect = async {
@@ -119,14 +152,4 @@ async fn connect(settings: &Settings) -> Result<Box<dyn Stream>, SendError> {
     tokio::time::timeout(settings.timeout, connect)
         .await
         .map_err(|_| failed(format!("no answer within {} s", settings.timeout.as_secs())))?
-}
-
-/// True when the receiver has closed the connection or reset it (or, against the
-/// protocol, written something).
-async fn closed(connection: &mut dyn Stream) -> bool {
-    let mut byte = [0u8; 1];
-    // Polled once: a healthy connection has nothing to read and is pending.
-    tokio::time::timeout(Duration::ZERO, connection.read(&mut byte))
-        .await
-        .is_ok()
 }

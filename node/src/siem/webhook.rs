@@ -2,11 +2,13 @@
 //! the receiver can tell it came from us and was not replayed from long ago:
 //! `X-Bulwark-Timestamp: UNIX_SECONDS` and
 //! `X-Bulwark-Signature: sha256=HEX(HMAC-SHA256(secret, TIMESTAMP "." BODY))`.
-//! Any 2xx answer accepts the batch.
+//! Any 2xx answer accepts the batch; a 4xx about the batch itself (see
+//! [`super::refuses_batch`]) refuses it toward a dead letter; anything else is
+//! tried again.
 
 use serde_json::Value;
 
-use super::SendError;
+use super::{Resends, SendError};
 
 /// `kind = "webhook"`.
 #[derive(Clone, Debug)]
@@ -24,14 +26,16 @@ pub struct Sink {
     settings: Settings,
     exporter: String,
     client: reqwest::Client,
+    resends: Resends,
 }
 
 impl Sink {
-    pub fn new(settings: Settings, exporter: String) -> Result<Sink, SendError> {
+    pub fn new(settings: Settings, exporter: String, resends: Resends) -> Result<Sink, SendError> {
         Ok(Sink {
             client: super::http_client(&settings.tls, settings.timeout)?,
             settings,
             exporter,
+            resends,
         })
     }
 
@@ -42,6 +46,7 @@ impl Sink {
             .map_or(0, |d| d.as_secs());
         let signature = signature(&self.settings.secret, timestamp, body.as_bytes());
         let url = &self.settings.url;
+        self.resends.transmitting(events);
         let response = self
             .client
             .post(url.clone())
@@ -58,10 +63,14 @@ impl Sink {
             return Ok(());
         }
         let text = response.text().await.unwrap_or_default();
-        Err(SendError::Transport(format!(
+        let why = format!(
             "{url}: {status}: {}",
             text.chars().take(200).collect::<String>()
-        )))
+        );
+        Err(match super::refuses_batch(status) {
+            true => SendError::Rejected(why),
+            false => SendError::Transport(why),
+        })
     }
 }
 

@@ -82,6 +82,23 @@ pub enum Command {
     /// Trust a node's checkpoint signing key from now on, in place of the one on
     /// record, and record `audit.key_rotated` (nothing when it is trusted already).
     TrustSigner(Box<SignerChanged>),
+    /// Move an exporter's cursor forward with the number of records it has shipped
+    /// (the last `export.seq` it gave out), and, when it gave up on the batch,
+    /// record `siem.dead_letter` in the same operation (see [`crate::rules::export`]).
+    /// [`Command::ExportCursor`] is what older builds proposed: still applied, it
+    /// leaves the count as it is.
+    ExportProgress(Box<ExportProgress>),
+}
+
+/// How far an exporter has got: its receiver accepted (or it gave up on) the log up
+/// to `seq`, and it numbered `shipped` records on the way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportProgress {
+    pub exporter: String,
+    pub seq: u64,
+    pub shipped: u64,
+    /// The batch was given up on: recorded as `siem.dead_letter`.
+    pub dead_letter: Option<ExportDeadLetter>,
 }
 
 /// Which events a retention run removes: those before `before_seq`, at most `max`,

@@ -29,8 +29,8 @@ pub use bayes::{BayesClass, BayesCounts, BayesLesson, BayesTrained};
 pub use error::{Error, Result};
 pub use event::{
     AccessRead, ApiAction, ChainCheckpoint, Command, Event, EventKind, EventPurge, EventsPurged,
-    ExportDeadLetter, Hash, MembershipChanged, Op, OpId, OpResult, Proposal, ReadKind,
-    SignerChanged, StoredEvent, VerifyReport,
+    ExportDeadLetter, ExportProgress, Hash, MembershipChanged, Op, OpId, OpResult, Proposal,
+    ReadKind, SignerChanged, StoredEvent, VerifyReport,
 };
 pub use message::{
     AcceptedMessage, Action, AuthResult, Bounce, Client, DeliveryCommand, DeliveryReport,

@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 
+use bulwark_model::rules::export::ExportPosition;
 use bulwark_model::rules::{self, Changes, Outcome, Write};
 use rocksdb::WriteBatch;
 
 use super::{
     AppliedCounts, ChainHead, StateStore, META_BODIES_DROPPED, META_CHAIN, META_EVENT_CLOCK,
-    META_EXPORT_CURSOR, META_PURGED, META_RAFT,
+    META_EXPORT_CURSOR, META_EXPORT_SHIPPED, META_PURGED, META_RAFT,
 };
 use crate::bayes::{self, BayesClass, BayesLesson, LessonBatch};
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent};
@@ -32,8 +33,8 @@ struct Batch<'s, 'a> {
     done: HashMap<u128, OpResult>,
     counted: AppliedCounts,
     lessons: Option<LessonBatch>,
-    /// Export cursors moved by this batch, by exporter.
-    cursors: HashMap<String, u64>,
+    /// Exporters' positions moved by this batch, by exporter.
+    cursors: HashMap<String, ExportPosition>,
     /// Where the log starts after this batch's purges (`None`: not purged by it).
     purged: Option<(u64, Hash)>,
     /// Events this batch records, kept when it also purges: a purge reaches every
@@ -138,17 +139,31 @@ impl StateStore {
                 (kind.into_iter().collect(), None)
             }
             Command::ExportCursor { exporter, seq: to } => {
-                let current = match batch.cursors.get(exporter) {
-                    Some(seq) => *seq,
-                    None => self.export_cursor(exporter)?,
-                };
-                let to = (*to).min(seq - 1).max(current);
-                if to != current {
-                    batch.cursors.insert(exporter.clone(), to);
+                let current = self.batch_export_position(batch, exporter)?;
+                let to = (*to).min(seq - 1).max(current.seq);
+                if to != current.seq {
+                    let moved = ExportPosition { seq: to, ..current };
+                    batch.cursors.insert(exporter.clone(), moved);
                 }
                 (Vec::new(), None)
             }
+            Command::ExportProgress(progress) => {
+                let current = self.batch_export_position(batch, &progress.exporter)?;
+                let (moved, events) = rules::export::advance(current, progress, seq - 1);
+                if let Some(moved) = moved {
+                    batch.cursors.insert(progress.exporter.clone(), moved);
+                }
+                (events, None)
+            }
         })
+    }
+
+    /// Exporter `name`'s position as this batch has left it so far.
+    fn batch_export_position(&self, batch: &Batch<'_, '_>, name: &str) -> Result<ExportPosition> {
+        match batch.cursors.get(name) {
+            Some(position) => Ok(*position),
+            None => self.export_position(name),
+        }
     }
 
     /// Chains, stores and indexes the events `kinds` of operation `op`, and returns
@@ -273,11 +288,16 @@ impl StateStore {
         if let Some(index) = dropped {
             write.put_cf(meta, META_BODIES_DROPPED, index.to_be_bytes());
         }
-        for (exporter, seq) in &cursors {
+        for (exporter, position) in &cursors {
             write.put_cf(
                 meta,
                 format!("{META_EXPORT_CURSOR}{exporter}"),
-                seq.to_be_bytes(),
+                position.seq.to_be_bytes(),
+            );
+            write.put_cf(
+                meta,
+                format!("{META_EXPORT_SHIPPED}{exporter}"),
+                position.shipped.to_be_bytes(),
             );
         }
         write.put_cf(meta, META_CHAIN, codec::encode(&head)?);

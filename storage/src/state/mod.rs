@@ -62,6 +62,9 @@ const META_BODIES_DROPPED: &str = "bodies_dropped";
 const META_BODIES_ERASED: &str = "bodies_erased";
 /// Prefix of the keys holding each exporter's cursor (`export_cursor/NAME`, u64 BE).
 const META_EXPORT_CURSOR: &str = "export_cursor/";
+/// Prefix of the keys holding the number of records each exporter has shipped
+/// (`export_shipped/NAME`, u64 BE; absent: none numbered yet).
+const META_EXPORT_SHIPPED: &str = "export_shipped/";
 
 /// The head of the hash chain: persisted with every applied batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,11 +4,12 @@
 use rocksdb::{Direction, IteratorMode};
 
 use super::filters::{QuarantineFilter, QueueFilter};
-use super::{StateStore, META_EXPORT_CURSOR};
+use super::{StateStore, META_EXPORT_CURSOR, META_EXPORT_SHIPPED};
 use crate::event::{Hash, StoredEvent};
 use crate::index::{self, EventFilter, MAX_SCAN};
 use crate::layout::cf;
 use crate::message::{MessageId, QuarantineRecord, QueueEntry, QueueRecord};
+use crate::rules::export::ExportPosition;
 use crate::rules::quarantine::{expiry_due, expiry_end};
 use crate::signer::{self, Signers};
 use crate::token::{self, ApiToken};
@@ -229,15 +230,26 @@ impl StateStore {
     }
 
     pub fn export_cursor(&self, name: &str) -> Result<u64> {
-        match self
-            .db
-            .get_cf(self.cf(cf::META), format!("{META_EXPORT_CURSOR}{name}"))?
-        {
-            Some(bytes) => {
-                Ok(u64::from_be_bytes(bytes.as_slice().try_into().map_err(
-                    |_| Error::Decode(format!("export cursor of {name}")),
-                )?))
-            }
+        self.meta_u64(&format!("{META_EXPORT_CURSOR}{name}"))
+    }
+
+    /// Exporter `name`'s cursor and the number of records it has shipped.
+    pub fn export_position(&self, name: &str) -> Result<ExportPosition> {
+        Ok(ExportPosition {
+            seq: self.export_cursor(name)?,
+            shipped: self.meta_u64(&format!("{META_EXPORT_SHIPPED}{name}"))?,
+        })
+    }
+
+    /// A u64 (BE) kept under `key` in the meta column family (0: absent).
+    fn meta_u64(&self, key: &str) -> Result<u64> {
+        match self.db.get_cf(self.cf(cf::META), key)? {
+            Some(bytes) => Ok(u64::from_be_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Decode(key.to_string()))?,
+            )),
             None => Ok(0),
         }
     }

@@ -65,6 +65,71 @@ fn a_state_of_a_newer_data_format_is_refused_online_and_offline() {
 }
 
 #[test]
+fn export_progress_moves_cursor_and_count_with_its_dead_letter_in_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let progress = |id: u128, seq: u64, shipped: u64, dead: bool| Op {
+        id,
+        time_ms: 1_700_000_000_000,
+        node: 1,
+        command: Command::ExportProgress(Box::new(crate::event::ExportProgress {
+            exporter: "hook".into(),
+            seq,
+            shipped,
+            dead_letter: dead.then(|| crate::event::ExportDeadLetter {
+                exporter: "hook".into(),
+                first_seq: 2,
+                last_seq: seq,
+                events: 2,
+                tries: 3,
+                error: "400".into(),
+            }),
+        })),
+    };
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let ops = [note(1, "a"), note(2, "b"), note(3, "c")];
+        store.apply(&[(1, &ops[..])], b"1").unwrap();
+        let ops = [progress(10, 1, 1, false), progress(11, 3, 3, true)];
+        store.apply(&[(2, &ops[..])], b"2").unwrap();
+        // Proposed again (a retry, a former leader): neither moves nor records.
+        let ops = [progress(12, 3, 3, true), progress(13, 2, 2, false)];
+        store.apply(&[(3, &ops[..])], b"3").unwrap();
+        // An older build's cursor keeps the count.
+        let ops = [
+            note(4, "d"),
+            Op {
+                id: 14,
+                time_ms: 1_700_000_000_000,
+                node: 1,
+                command: Command::ExportCursor {
+                    exporter: "hook".into(),
+                    seq: 5,
+                },
+            },
+        ];
+        store.apply(&[(4, &ops[..])], b"4").unwrap();
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let position = store.export_position("hook").unwrap();
+    assert_eq!((position.seq, position.shipped), (5, 3));
+    let (events, _) = store.events(&EventFilter::default(), 0, 100).unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.kind.type_name()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "audit.note",
+            "audit.note",
+            "audit.note",
+            "siem.dead_letter",
+            "audit.note"
+        ]
+    );
+    assert!(store.verify().unwrap().ok);
+}
+
+#[test]
 fn export_cursors_only_move_forward_within_the_log_and_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let cursor = |id: u128, exporter: &str, seq: u64| Op {

@@ -10,8 +10,8 @@
 //! come from the operation and the caller, never from a clock. One module a record:
 //! [`accept`] (a scanned message into the queue or the quarantine), [`queue`] (leases,
 //! attempt reports, bounces and an administrator's queue actions), [`quarantine`]
-//! (release, deletion and expiry), [`tokens`] (API tokens) and [`signers`] (the keys
-//! trusted to sign checkpoints).
+//! (release, deletion and expiry), [`tokens`] (API tokens), [`signers`] (the keys
+//! trusted to sign checkpoints) and [`export`] (an exporter's cursor and count).
 
 use std::collections::HashMap;
 
@@ -21,6 +21,7 @@ use crate::signer::Signers;
 use crate::token::ApiToken;
 
 pub mod accept;
+pub mod export;
 pub mod quarantine;
 pub mod queue;
 pub mod signers;
