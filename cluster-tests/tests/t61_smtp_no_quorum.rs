@@ -1,7 +1,9 @@
 //! t61: a node that has lost its quorum answers `451 4.3.0` to the end of data (the
 //! sender keeps the message and retries), its session carries on, and the retry is
 //! accepted once the quorum is back. Nothing is acknowledged that a quorum does not
-//! hold.
+//! hold, and nothing is read that could not be recorded: a message trace asked of
+//! the node without a quorum answers 503, and is served (and recorded) once the
+//! quorum is back.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -143,6 +145,12 @@ async fn run(cluster: &mut bulwark_cluster_tests::Cluster) -> Result<()> {
     let mut session = Session::open(addr).await?;
     let (code, text) = session.message("before").await?;
     ensure!(code == 250, "with a quorum: {text}");
+    let before_id = text.rsplit(' ').next().unwrap_or_default().to_string();
+    let trace_url = format!(
+        "{}/v1/messages/{before_id}?reason=t61",
+        cluster.api().base_url(keep)?
+    );
+    let keep_token = cluster.api().token(keep)?;
 
     for id in cluster.others(keep) {
         cluster.kill(id)?;
@@ -159,6 +167,18 @@ async fn run(cluster: &mut bulwark_cluster_tests::Cluster) -> Result<()> {
         "expected 451 4.3.0, got {text:?}"
     );
     ensure!(waited < Duration::from_secs(10), "the 451 took {waited:?}");
+    // A read that cannot be recorded is not served.
+    let refused = cluster
+        .api()
+        .http()
+        .get(&trace_url)
+        .bearer_auth(&keep_token)
+        .send()
+        .await?;
+    let status = refused.status().as_u16();
+    let body = refused.text().await?;
+    ensure!(status == 503, "a trace without a quorum: {status} {body}");
+    ensure!(!body.contains("<before@t61.test>"), "{body}");
     // The session is still usable, and a new one can be opened.
     session.cmd("NOOP", 250).await?;
     let mut second = Session::open(addr).await?;
@@ -189,10 +209,38 @@ async fn run(cluster: &mut bulwark_cluster_tests::Cluster) -> Result<()> {
     };
     println!("t61: retry accepted as {accepted_id}");
 
+    // With the quorum back the trace is served, and on record once, with its reason.
+    let served = cluster
+        .api()
+        .http()
+        .get(&trace_url)
+        .bearer_auth(&keep_token)
+        .send()
+        .await?;
+    ensure!(
+        served.status() == 200,
+        "a trace with a quorum: {}",
+        served.status()
+    );
     let ids = cluster.ids();
     cluster
         .wait_converged(&ids, Duration::from_secs(120))
         .await?;
+    for id in cluster.ids() {
+        let reads: Vec<_> = cluster
+            .events_all(id)
+            .await?
+            .into_iter()
+            .filter(|e| e.kind == "access.read")
+            .collect();
+        ensure!(
+            reads.len() == 1,
+            "node {id}: {} reads recorded",
+            reads.len()
+        );
+        ensure!(reads[0].field("message_id") == before_id.as_str());
+        ensure!(reads[0].field("event")["reason"] == "t61");
+    }
     let mut reference = None;
     for id in ids {
         let events = cluster.events_all(id).await?;
