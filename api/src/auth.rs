@@ -134,11 +134,13 @@ impl ApiState {
                 if differing != 0 {
                     return Err(ApiError::unauthorized());
                 }
-                // Until the cluster has its bootstrap admin (a new cluster's first
-                // moments), a node's file token is the candidate for it.
-                let name = match self.node.state().token_named(BOOTSTRAP_ADMIN)? {
-                    Some(_) => self.admin.name.clone(),
-                    None => BOOTSTRAP_ADMIN.to_string(),
+                // Until the cluster has any token (a new cluster's first moments,
+                // before its bootstrap admin is enrolled), a node's file token is
+                // the candidate for it.
+                let name = if self.node.state().tokens()?.is_empty() {
+                    BOOTSTRAP_ADMIN.to_string()
+                } else {
+                    self.admin.name.clone()
                 };
                 Caller {
                     name,

@@ -46,7 +46,7 @@ pub(crate) async fn create(
             "body: {e} (expected {{\"name\": \"...\", \"role\": \"...\"}})"
         ))
     })?;
-    check_name(&request.name)?;
+    check_new_name(&request.name)?;
     let role: Role = request.role.parse().map_err(ApiError::bad_request)?;
     let secret: [u8; 32] = rand::random();
     let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
@@ -153,9 +153,16 @@ fn check_name(name: &str) -> Result<(), ApiError> {
             "a token name is 1 to {MAX_NAME} of A-Z a-z 0-9 . _ -, not {name:?}"
         )));
     }
-    if name.eq_ignore_ascii_case("admin") {
+    Ok(())
+}
+
+/// A name a new token may take: not the bootstrap admin's, which only the cluster's
+/// first leader gives (to its `api.admin_token_file`).
+fn check_new_name(name: &str) -> Result<(), ApiError> {
+    check_name(name)?;
+    if name.eq_ignore_ascii_case(crate::BOOTSTRAP_ADMIN) {
         return Err(ApiError::bad_request(
-            "\"admin\" names the admin token of api.admin_token_file",
+            "\"admin\" names the cluster's bootstrap admin (a node's api.admin_token_file)",
         ));
     }
     Ok(())

@@ -425,3 +425,27 @@ fn a_bundle_of_a_message_verifies_offline_and_shows_any_edit() {
     let (code, _, err) = bulwark(&["audit", "verify", "--bundle", path]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+#[test]
+fn the_bootstrap_admin_is_named_and_its_file_stays_a_named_break_glass_token() {
+    let node = Node::start("");
+    let admin = Api::new(&node);
+    let created = wait_for(&admin, "token.created", 1);
+    assert_eq!(created[0]["token"]["name"], "admin");
+    assert_eq!(created[0]["user"]["name"], "bootstrap");
+    let (status, _) = admin.post_json("/v1/notes", &json!({ "text": "as admin" }));
+    assert_eq!(status, 201);
+    let olivia = admin.with_token(&token(&admin, "olivia", "admin"));
+    // The replicated bootstrap admin revoked: the node's own file still lets its
+    // operator in, on this node, under a name that says which file it was.
+    let (status, body) = olivia.delete("/v1/tokens/admin");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = admin.post_json("/v1/notes", &json!({ "text": "break glass" }));
+    assert_eq!(status, 201);
+    let notes = wait_for(&admin, "audit.note", 2);
+    let by: Vec<&str> = notes
+        .iter()
+        .map(|n| n["user"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, ["admin", "admin@node1"]);
+}
