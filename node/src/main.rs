@@ -223,21 +223,29 @@ fn verify_bundle(file: &std::path::Path, trusted: &[String]) -> ExitCode {
     match bundle {
         Ok(bundle) => {
             let report = bulwark_storage::bundle::verify(&bundle, trusted);
-            println!(
-                "{}",
-                serde_json::to_string(&report).expect("report serialises")
-            );
-            if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            verdict(&report, report.ok)
         }
-        Err(e) => {
-            eprintln!("bulwark: cannot read {}: {e}", file.display());
-            ExitCode::from(2)
-        }
+        Err(e) => unreadable(file, e),
     }
+}
+
+/// Prints a verifier's report as JSON; exit 0 if it holds, 1 if not.
+fn verdict(report: &impl serde::Serialize, ok: bool) -> ExitCode {
+    println!(
+        "{}",
+        serde_json::to_string(report).expect("report serialises")
+    );
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// What a verifier could not read: exit 2.
+fn unreadable(path: &std::path::Path, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("bulwark: cannot read {}: {e}", path.display());
+    ExitCode::from(2)
 }
 
 fn audit_verify(data_dir: &std::path::Path, trusted: &[String]) -> ExitCode {
@@ -265,19 +273,8 @@ fn audit_verify(data_dir: &std::path::Path, trusted: &[String]) -> ExitCode {
                         .join(", ")
                 ));
             }
-            println!(
-                "{}",
-                serde_json::to_string(&report).expect("report serialises")
-            );
-            if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            verdict(&report, report.ok)
         }
-        Err(e) => {
-            eprintln!("bulwark: cannot read {}: {e}", data_dir.display());
-            ExitCode::from(2)
-        }
+        Err(e) => unreadable(data_dir, e),
     }
 }
