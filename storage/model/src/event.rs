@@ -88,6 +88,14 @@ pub enum Command {
     /// [`Command::ExportCursor`] is what older builds proposed: still applied, it
     /// leaves the count as it is.
     ExportProgress(Box<ExportProgress>),
+    /// Record the verdict of a message the policy refused at the end of data, and the
+    /// refusal with the `From` address it weighed; nothing of the message is stored.
+    /// [`Command::RejectMessage`] is what older builds proposed.
+    RejectJudged(Box<crate::message::JudgedRejection>),
+    /// Make a new version of the cluster's policy, made from the current one, and
+    /// record `policy.changed` (an `api.action` refusal when the base version is not
+    /// the current one; see [`crate::rules::policy`]).
+    ChangePolicy(Box<crate::policy::PolicyChange>),
 }
 
 /// How far an exporter has got: its receiver accepted (or it gave up on) the log up
@@ -210,6 +218,12 @@ pub enum EventKind {
     /// A node's checkpoint signing key became trusted, first or in place of its old
     /// one (`audit.key_rotated`).
     SignerChanged(Box<SignerChanged>),
+    /// A new version of the cluster's policy rules from this event on
+    /// (`policy.changed`).
+    PolicyChanged(Box<crate::policy::PolicyChanged>),
+    /// The policy rejected a message at the end of data (`message.rejected`, with the
+    /// `From` address it weighed).
+    PolicyRejected(Box<crate::message::PolicyRejection>),
 }
 
 /// What kind of read an `access.read` records.
@@ -374,9 +388,9 @@ impl EventKind {
         match self {
             EventKind::AuditNote { .. } | EventKind::Note { .. } => "audit.note",
             EventKind::MessageReceived(_) => "message.received",
-            EventKind::MessageRejected(_) | EventKind::RejectionsSuppressed { .. } => {
-                "message.rejected"
-            }
+            EventKind::MessageRejected(_)
+            | EventKind::PolicyRejected(_)
+            | EventKind::RejectionsSuppressed { .. } => "message.rejected",
             EventKind::DeliveryLeased { .. } => "delivery.leased",
             EventKind::DeliveryAttempted(_) => "delivery.attempted",
             EventKind::DeliverySucceeded { .. } => "delivery.succeeded",
@@ -401,6 +415,7 @@ impl EventKind {
             EventKind::AccessRead(_) => "access.read",
             EventKind::ExportDeadLettered(_) => "siem.dead_letter",
             EventKind::SignerChanged(_) => "audit.key_rotated",
+            EventKind::PolicyChanged(_) => "policy.changed",
         }
     }
 
@@ -423,6 +438,7 @@ impl EventKind {
             EventKind::AuditNote { .. }
             | EventKind::ExportDeadLettered(_)
             | EventKind::SignerChanged(_)
+            | EventKind::PolicyChanged(_)
             | EventKind::ChainCheckpoint(_)
             | EventKind::EventsPurged(_)
             | EventKind::Note { .. }
@@ -430,6 +446,7 @@ impl EventKind {
             | EventKind::TokenChanged(_)
             | EventKind::MembershipChanged(_)
             | EventKind::MessageRejected(_)
+            | EventKind::PolicyRejected(_)
             | EventKind::RejectionsSuppressed { .. } => None,
         }
     }
@@ -509,6 +526,28 @@ impl EventKind {
                     }),
                 );
             }
+            EventKind::PolicyChanged(p) => {
+                out.insert(
+                    "policy".into(),
+                    serde_json::json!({
+                        "version": p.version,
+                        "hash": hex::encode(p.hash),
+                        "diff": p.diff,
+                    }),
+                );
+                out.insert("user".into(), serde_json::json!({ "name": p.user }));
+                if let Some(ip) = p.client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({
+                        "action": "policy.change",
+                        "outcome": "success",
+                        "reason": p.reason,
+                    }),
+                );
+            }
             EventKind::ChainCheckpoint(c) => {
                 out.insert(
                     "checkpoint".into(),
@@ -522,21 +561,9 @@ impl EventKind {
                 );
             }
             EventKind::MessageReceived(m) => received_fields(m, out),
-            EventKind::MessageRejected(r) => {
-                let mut email = serde_json::Map::new();
-                if let Some(from) = &r.mail_from {
-                    email.insert("sender".into(), serde_json::json!({ "address": from }));
-                }
-                if !r.rcpt_to.is_empty() {
-                    email.insert("to".into(), serde_json::json!({ "address": r.rcpt_to }));
-                }
-                out.insert("email".into(), email.into());
-                client_fields(&r.client, out);
-                out.insert(
-                    "event".into(),
-                    serde_json::json!({ "outcome": "failure", "reason": r.reason }),
-                );
-                out.insert("smtp".into(), serde_json::json!({ "reply": r.reply }));
+            EventKind::MessageRejected(r) => rejection_fields(r, None, out),
+            EventKind::PolicyRejected(r) => {
+                rejection_fields(&r.rejection, r.header_from.as_deref(), out)
             }
             EventKind::RejectionsSuppressed { count } => {
                 out.insert(
@@ -788,6 +815,31 @@ impl EventKind {
 
 /// `scan.*`: the verdict with every symbol, authentication result, finding and
 /// engine run; `action` at the top level as in `message.received`.
+/// `message.rejected`: who was refused what, and how.
+fn rejection_fields(
+    r: &crate::message::Rejection,
+    header_from: Option<&str>,
+    out: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let mut email = serde_json::Map::new();
+    if let Some(from) = &r.mail_from {
+        email.insert("sender".into(), serde_json::json!({ "address": from }));
+    }
+    if let Some(from) = header_from {
+        email.insert("from".into(), serde_json::json!({ "address": [from] }));
+    }
+    if !r.rcpt_to.is_empty() {
+        email.insert("to".into(), serde_json::json!({ "address": r.rcpt_to }));
+    }
+    out.insert("email".into(), email.into());
+    client_fields(&r.client, out);
+    out.insert(
+        "event".into(),
+        serde_json::json!({ "outcome": "failure", "reason": r.reason }),
+    );
+    out.insert("smtp".into(), serde_json::json!({ "reply": r.reply }));
+}
+
 /// `event.action`, `event.outcome` and, when refused, `event.reason` of an API action.
 fn action_outcome(action: &str, refused: &Option<String>) -> serde_json::Value {
     let mut event = serde_json::json!({
@@ -804,6 +856,7 @@ fn verdict_fields(v: &Verdict, out: &mut serde_json::Map<String, serde_json::Val
     use serde_json::json;
     out.insert("message_id".into(), v.message_id.to_string().into());
     out.insert("action".into(), v.action.as_str().into());
+    out.insert("policy_version".into(), v.policy_version().into());
     out.insert(
         "event".into(),
         json!({ "action": v.action.as_str(), "reason": v.reason }),

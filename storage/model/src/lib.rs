@@ -1,5 +1,5 @@
 //! Bulwark's schema: what an event is, the records of a message, the queue, the
-//! quarantine, API tokens and Bayesian counts, the one encoding of every record, and
+//! quarantine, API tokens, Bayesian counts and the cluster's policy versions, the one encoding of every record, and
 //! the rules that change those records when an operation is applied.
 //!
 //! What it owns: every type that is written to the event log or replicated through
@@ -19,6 +19,7 @@ pub mod codec;
 mod error;
 pub mod event;
 pub mod message;
+pub mod policy;
 pub mod rules;
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;
@@ -34,11 +35,13 @@ pub use event::{
 };
 pub use message::{
     AcceptedMessage, Action, AuthResult, Bounce, Client, DeliveryCommand, DeliveryReport,
-    EngineRun, Envelope, Finding, Lease, MessageId, MessageReceived, QuarantineAction,
-    QuarantineCommand, QuarantineDecided, QuarantineExpiry, QuarantineRecord, QueueAction,
-    QueueEntry, QueueRecord, QueueStatus, QueuedRecipient, RecipientOutcome, RecipientResult,
-    RecipientStatus, RejectedMessage, Rejection, Symbol, Thresholds, Timings, TlsInfo, Verdict,
+    EngineRun, Envelope, Finding, JudgedRejection, Lease, MessageId, MessageReceived,
+    PolicyRejection, QuarantineAction, QuarantineCommand, QuarantineDecided, QuarantineExpiry,
+    QuarantineRecord, QueueAction, QueueEntry, QueueRecord, QueueStatus, QueuedRecipient,
+    RecipientOutcome, RecipientResult, RecipientStatus, RejectedMessage, Rejection, Symbol,
+    Thresholds, Timings, TlsInfo, Verdict,
 };
+pub use policy::{PolicyChange, PolicyChanged, PolicyVersion};
 pub use rules::{NOT_QUARANTINED, NOT_QUEUED};
 pub use signer::{Signers, TrustedKey};
 pub use token::{ApiToken, Role, TokenChanged, TokenCommand};

@@ -147,6 +147,22 @@ pub struct Verdict {
     pub engines: Vec<EngineRun>,
 }
 
+/// The name under which a verdict's engine runs record the policy that decided it,
+/// its version being the cluster's policy version (0: the node's own `[policy]`,
+/// before the cluster had one).
+pub const POLICY_ENGINE: &str = "policy";
+
+impl Verdict {
+    /// The version of the cluster's policy this verdict was decided under; `None`
+    /// for verdicts recorded before policies were versioned.
+    pub fn policy_version(&self) -> Option<u64> {
+        self.engines
+            .iter()
+            .find(|e| e.engine == POLICY_ENGINE)
+            .and_then(|e| e.version.parse().ok())
+    }
+}
+
 /// The scores at which a message is tagged, quarantined and rejected, as the policy
 /// applied them to this message.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -206,6 +222,26 @@ pub struct EngineRun {
 pub struct RejectedMessage {
     pub rejection: Rejection,
     pub verdict: Verdict,
+}
+
+/// A message the policy rejected at the end of data, with the address of its `From`
+/// header: everything the policy weighed is then on record, so another policy can be
+/// tried on it later (see `POST /v1/policy/simulate`). What [`RejectedMessage`] adds
+/// up to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JudgedRejection {
+    pub rejection: Rejection,
+    pub verdict: Verdict,
+    pub header_from: Option<String>,
+}
+
+/// The `message.rejected` event of a message the policy rejected, with the address
+/// of its `From` header (rejections recorded before it was kept, and refusals before
+/// the end of data, are [`crate::EventKind::MessageRejected`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRejection {
+    pub rejection: Rejection,
+    pub header_from: Option<String>,
 }
 
 /// A quarantined message's record (the `quarantine` column family; the body stays

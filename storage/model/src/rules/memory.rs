@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::{Changes, Stored, Write};
 use crate::event::{Command, EventKind, Op};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
+use crate::policy::PolicyVersion;
 use crate::signer::Signers;
 use crate::token::ApiToken;
 
@@ -18,6 +19,7 @@ pub struct Memory {
     pub received: BTreeMap<(MessageId, u64), Envelope>,
     pub bodies: BTreeMap<MessageId, Vec<u8>>,
     pub signers: BTreeMap<u64, Signers>,
+    pub policies: BTreeMap<u64, PolicyVersion>,
 }
 
 impl Stored for Memory {
@@ -37,6 +39,10 @@ impl Stored for Memory {
 
     fn signers(&self, node: u64) -> crate::Result<Signers> {
         Ok(self.signers.get(&node).cloned().unwrap_or_default())
+    }
+
+    fn current_policy(&self) -> crate::Result<Option<PolicyVersion>> {
+        Ok(self.policies.values().next_back().cloned())
     }
 
     fn received_envelope(&self, id: MessageId, seq: u64) -> crate::Result<Option<Envelope>> {
@@ -90,6 +96,9 @@ impl Memory {
                 }
                 Write::Signers(node, signers) => {
                     self.signers.insert(node, signers);
+                }
+                Write::Policy(version) => {
+                    self.policies.insert(version.version, *version);
                 }
             }
         }

@@ -11,17 +11,20 @@
 //! [`accept`] (a scanned message into the queue or the quarantine), [`queue`] (leases,
 //! attempt reports, bounces and an administrator's queue actions), [`quarantine`]
 //! (release, deletion and expiry), [`tokens`] (API tokens), [`signers`] (the keys
-//! trusted to sign checkpoints) and [`export`] (an exporter's cursor and count).
+//! trusted to sign checkpoints), [`export`] (an exporter's cursor and count) and
+//! [`policy`] (the cluster's policy versions).
 
 use std::collections::HashMap;
 
 use crate::event::EventKind;
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
+use crate::policy::PolicyVersion;
 use crate::signer::Signers;
 use crate::token::ApiToken;
 
 pub mod accept;
 pub mod export;
+pub mod policy;
 pub mod quarantine;
 pub mod queue;
 pub mod signers;
@@ -53,6 +56,9 @@ pub trait Stored {
     /// The checkpoint keys trusted for node `node` (none: empty).
     fn signers(&self, node: u64) -> Result<Signers, Self::Error>;
 
+    /// The cluster's current policy version (`None`: it has none yet).
+    fn current_policy(&self) -> Result<Option<PolicyVersion>, Self::Error>;
+
     /// The envelope of message `id` from its `message.received` event, recorded with
     /// sequence number `seq` (`None` when the retention has removed it).
     fn received_envelope(&self, id: MessageId, seq: u64) -> Result<Option<Envelope>, Self::Error>;
@@ -67,8 +73,8 @@ pub trait Stored {
 }
 
 /// A write the rules ask of the store beside the queue and quarantine records: a
-/// message body or an API token stored or removed, a node's trusted signing keys
-/// stored. Applied in the order listed.
+/// message body or an API token stored or removed, a node's trusted signing keys or
+/// a policy version stored. Applied in the order listed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write<'a> {
     /// Stores a message's body (a received message, a bounce).
@@ -81,6 +87,8 @@ pub enum Write<'a> {
     DropToken(ApiToken),
     /// Stores a node's trusted checkpoint keys.
     Signers(u64, Signers),
+    /// Stores a policy version and makes it the current one.
+    Policy(Box<PolicyVersion>),
 }
 
 /// What a batch changes, as its operations so far have left it. Reads fall through
@@ -95,6 +103,8 @@ pub struct Changes<'a> {
     tokens: HashMap<String, Option<ApiToken>>,
     /// Trusted signing keys changed, by node.
     signers: HashMap<u64, Signers>,
+    /// The current policy, once the batch has changed it.
+    policy: Option<Option<PolicyVersion>>,
     /// Envelopes of the messages this batch accepted: a release later in the batch
     /// reads its message's envelope from here, its event not being stored yet.
     received: HashMap<MessageId, Envelope>,
@@ -126,6 +136,14 @@ impl Changes<'_> {
         match self.signers.get(&node) {
             Some(signers) => Ok(signers.clone()),
             None => store.signers(node),
+        }
+    }
+
+    /// The current policy as the batch has left it.
+    fn policy<S: Stored>(&self, store: &S) -> Result<Option<PolicyVersion>, S::Error> {
+        match &self.policy {
+            Some(policy) => Ok(policy.clone()),
+            None => store.current_policy(),
         }
     }
 
