@@ -16,9 +16,9 @@ use crate::bayes::{self, BayesClass, BayesLesson, LessonBatch};
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent};
 use crate::index::{EventClock, Indexer};
 use crate::layout::cf;
-use crate::message::MessageId;
+use crate::message::{MessageId, PolicyRejection};
 use crate::{codec, Error, Result};
-use crate::{signer, token};
+use crate::{policy, signer, token};
 
 /// One batch being applied: what the rules changed and what the engine keeps beside
 /// it. Reads of the rules fall through [`Changes`] to the store.
@@ -118,6 +118,16 @@ impl StateStore {
                 ],
                 None,
             ),
+            Command::RejectJudged(rejected) => (
+                vec![
+                    EventKind::ScanVerdict(Box::new(rejected.verdict.clone())),
+                    EventKind::PolicyRejected(Box::new(PolicyRejection {
+                        rejection: rejected.rejection.clone(),
+                        header_from: rejected.header_from.clone(),
+                    })),
+                ],
+                None,
+            ),
             Command::Delivery(command) => rules::queue::delivery(changes, self, command, op, seq)?,
             Command::Quarantine(command) => rules::quarantine::decide(changes, self, command, op)?,
             Command::ExpireQuarantine(expiry) => {
@@ -125,6 +135,7 @@ impl StateStore {
             }
             Command::Token(command) => rules::tokens::token(changes, self, command)?,
             Command::TrustSigner(command) => rules::signers::trust(changes, self, command, seq)?,
+            Command::ChangePolicy(change) => rules::policy::change(changes, self, change, op)?,
             Command::TrainBayes(lesson) => (vec![self.learn(&mut batch.lessons, lesson)?], None),
             Command::PurgeEvents(purge) => {
                 let no_events = HashMap::new();
@@ -330,7 +341,7 @@ impl StateStore {
         Ok(())
     }
 
-    /// The rules' changes into `write`: bodies, tokens and signers in the order written, then
+    /// The rules' changes into `write`: bodies, tokens, signers and policies in the order written, then
     /// the quarantine and queue records (a message leaving the queue takes its body).
     fn write_changes(&self, write: &mut WriteBatch, changes: Changes<'_>) -> Result<()> {
         let (bodies, tokens) = (self.cf(cf::BODIES), self.cf(cf::TOKENS));
@@ -352,6 +363,11 @@ impl StateStore {
                     signer::key(node),
                     codec::encode(&signers)?,
                 ),
+                Write::Policy(version) => {
+                    let meta = self.cf(cf::META);
+                    write.put_cf(meta, policy::key(version.version), codec::encode(&version)?);
+                    write.put_cf(meta, policy::CURRENT_KEY, version.version.to_be_bytes());
+                }
             }
         }
         for (id, record) in changes.quarantine {

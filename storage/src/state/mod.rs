@@ -25,6 +25,7 @@ use crate::event::{Event, EventKind, Hash, StoredEvent};
 use crate::index::{self, EventClock};
 use crate::layout::{self, cf};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
+use crate::policy::PolicyVersion;
 use crate::signer::Signers;
 use crate::token::ApiToken;
 use crate::{codec, Error, Result};
@@ -295,6 +296,10 @@ impl Stored for StateStore {
 
     fn signers(&self, node: u64) -> Result<Signers> {
         StateStore::signers(self, node)
+    }
+
+    fn current_policy(&self) -> Result<Option<PolicyVersion>> {
+        StateStore::current_policy(self)
     }
 
     fn received_envelope(&self, id: MessageId, seq: u64) -> Result<Option<Envelope>> {

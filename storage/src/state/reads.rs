@@ -5,15 +5,37 @@ use rocksdb::{Direction, IteratorMode};
 
 use super::filters::{QuarantineFilter, QueueFilter};
 use super::{StateStore, META_EXPORT_CURSOR, META_EXPORT_SHIPPED};
-use crate::event::{Hash, StoredEvent};
+use crate::event::{EventKind, Hash, StoredEvent};
 use crate::index::{self, EventFilter, MAX_SCAN};
 use crate::layout::cf;
-use crate::message::{MessageId, QuarantineRecord, QueueEntry, QueueRecord};
+use crate::message::{
+    MessageId, MessageReceived, QuarantineRecord, QueueEntry, QueueRecord, Rejection, Verdict,
+};
+use crate::policy::{self, Decided, PolicyVersion};
 use crate::rules::export::ExportPosition;
 use crate::rules::quarantine::{expiry_due, expiry_end};
 use crate::signer::{self, Signers};
 use crate::token::{self, ApiToken};
 use crate::{codec, Error, Result};
+
+/// A decision the policy rejected, from its verdict and its `message.rejected`.
+fn rejected(
+    seq: u64,
+    verdict: Verdict,
+    rejection: Rejection,
+    header_from: Option<String>,
+    header_from_known: bool,
+) -> Decided {
+    Decided {
+        seq,
+        verdict,
+        mail_from: rejection.mail_from.unwrap_or_default(),
+        header_from,
+        header_from_known,
+        rcpt_to: rejection.rcpt_to,
+        client_ip: rejection.client.ip,
+    }
+}
 
 impl StateStore {
     /// Messages learned as spam and as ham.
@@ -220,7 +242,6 @@ impl StateStore {
         Ok(false)
     }
 
-    /// The seq up to which exporter `name` has shipped the log (0: nothing yet).
     /// The checkpoint keys the cluster trusts for node `node`.
     pub fn signers(&self, node: u64) -> Result<Signers> {
         match self.db.get_cf(self.cf(cf::META), signer::key(node))? {
@@ -229,6 +250,53 @@ impl StateStore {
         }
     }
 
+    /// The number of the cluster's current policy version (0: it has none yet).
+    pub fn policy_number(&self) -> Result<u64> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(cf::META), policy::CURRENT_KEY)?
+        {
+            Some(bytes) => Ok(u64::from_be_bytes(bytes.as_ref().try_into().map_err(
+                |_| Error::Decode("the current policy version is not 8 bytes".into()),
+            )?)),
+            None => Ok(0),
+        }
+    }
+
+    /// The cluster's current policy version (`None`: it has none yet).
+    pub fn current_policy(&self) -> Result<Option<PolicyVersion>> {
+        match self.policy_number()? {
+            0 => Ok(None),
+            version => self.policy_version(version),
+        }
+    }
+
+    /// Version `version` of the cluster's policy.
+    pub fn policy_version(&self, version: u64) -> Result<Option<PolicyVersion>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(cf::META), policy::key(version))?
+        {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every version of the cluster's policy, oldest first.
+    pub fn policy_versions(&self) -> Result<Vec<PolicyVersion>> {
+        let mode = IteratorMode::From(policy::VERSION_PREFIX, Direction::Forward);
+        let mut versions = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf::META), mode) {
+            let (key, value) = item?;
+            if !key.starts_with(policy::VERSION_PREFIX) {
+                break;
+            }
+            versions.push(codec::decode(&value)?);
+        }
+        Ok(versions)
+    }
+
+    /// The seq up to which exporter `name` has shipped the log (0: nothing yet).
     pub fn export_cursor(&self, name: &str) -> Result<u64> {
         self.meta_u64(&format!("{META_EXPORT_CURSOR}{name}"))
     }
@@ -287,6 +355,80 @@ impl StateStore {
 
     /// Up to `limit` events with seq > `after` that match `filter`, and the cursor to
     /// pass as `after` for the next page (`None` when the log has nothing further).
+    /// The decisions recorded in `[since_ms, until_ms)` after seq `after`: each
+    /// `scan.verdict` with the facts its message's `message.received` (recorded just
+    /// before it) or `message.rejected` (just after) holds. Reads one page of at most
+    /// `max_events` events; the cursor to go on from is the last event of the last
+    /// whole decision read (`None`: the range is done).
+    pub fn decisions(
+        &self,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        after: u64,
+        max_events: usize,
+    ) -> Result<(Vec<Decided>, Option<u64>)> {
+        let filter = EventFilter {
+            since_ms,
+            until_ms,
+            ..Default::default()
+        };
+        let (events, more) = self.events(&filter, after, max_events)?;
+        let mut decided = Vec::new();
+        // Where the page may end: after the last event that completed a decision or
+        // belongs to none.
+        let mut done = after;
+        let mut received: Option<(u64, MessageReceived)> = None;
+        let mut verdict: Option<(u64, Verdict)> = None;
+        for stored in events {
+            let seq = stored.event.seq;
+            match stored.event.kind {
+                EventKind::MessageReceived(m) => {
+                    received = Some((seq, *m));
+                    verdict = None;
+                }
+                EventKind::ScanVerdict(v) => match received.take() {
+                    Some((_, m)) if m.message_id == v.message_id => {
+                        decided.push(Decided {
+                            seq,
+                            mail_from: m.envelope.mail_from,
+                            header_from: m.header_from,
+                            header_from_known: true,
+                            rcpt_to: m.envelope.rcpt_to,
+                            client_ip: m.client.ip,
+                            verdict: *v,
+                        });
+                        done = seq;
+                    }
+                    _ => verdict = Some((seq, *v)),
+                },
+                EventKind::PolicyRejected(r) => {
+                    if let Some((seq, v)) = verdict.take() {
+                        decided.push(rejected(seq, v, r.rejection, r.header_from, true));
+                    }
+                    done = seq;
+                }
+                EventKind::MessageRejected(r) => {
+                    if let Some((seq, v)) = verdict.take() {
+                        decided.push(rejected(seq, v, *r, None, false));
+                    }
+                    done = seq;
+                }
+                _ => {
+                    if received.is_none() && verdict.is_none() {
+                        done = seq;
+                    }
+                }
+            }
+        }
+        let next = match more {
+            Some(_) if done > after => Some(done),
+            // A page that completed nothing (a lone event at its end): step over it.
+            Some(cursor) => Some(cursor),
+            None => None,
+        };
+        Ok((decided, next))
+    }
+
     pub fn events(
         &self,
         filter: &EventFilter,
