@@ -69,6 +69,11 @@ pub(crate) enum Access {
     Cluster,
     /// Writing a backup of the node's state: admin.
     Backup,
+    /// The cluster's policy and its history: every role but metrics.
+    Policy,
+    /// Changing the cluster's policy: admin; operator for the allow and block lists
+    /// (checked by the handler, which sees what changes).
+    PolicyChange,
     /// The metrics and the cluster's status, when `api.public_status = false`: every
     /// role.
     Status,
@@ -80,7 +85,11 @@ impl Access {
             (self, role),
             (_, Role::Admin)
                 | (Access::Status, _)
-                | (Access::Events, Role::Operator | Role::Auditor | Role::Siem)
+                | (
+                    Access::Events | Access::Policy,
+                    Role::Operator | Role::Auditor | Role::Siem
+                )
+                | (Access::PolicyChange, Role::Operator)
                 | (
                     Access::Messages | Access::Note,
                     Role::Operator | Role::Auditor
@@ -99,6 +108,8 @@ impl Access {
             Access::Tokens => "manage tokens",
             Access::Cluster => "change the cluster's membership",
             Access::Backup => "take backups",
+            Access::Policy => "read the policy",
+            Access::PolicyChange => "change the policy",
             Access::Status => "read the metrics and the cluster's status",
         }
     }

@@ -1,6 +1,6 @@
 //! Bulwark's HTTP API (axum): health, cluster status, the audit trail, the delivery
-//! queue, the quarantine, the Bayesian classifier's training, and the tokens that
-//! give each caller a role.
+//! queue, the quarantine, the Bayesian classifier's training, the cluster's policy,
+//! and the tokens that give each caller a role.
 //!
 //! Reads are served from the local node's applied state and say which Raft index
 //! they reflect; writes go through the consensus crate's proposer, which forwards to
@@ -21,6 +21,7 @@ mod events;
 mod extract;
 mod messages;
 mod metrics;
+mod policy;
 mod quarantine;
 mod queue;
 mod routes;
@@ -31,6 +32,7 @@ pub use auth::{AdminToken, BOOTSTRAP_ADMIN};
 pub use bayes::Tokenizer;
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use policy::PolicyEngine;
 pub use quarantine::Previewer;
 pub use routes::{router, ApiState};
 

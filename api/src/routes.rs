@@ -45,6 +45,8 @@ pub struct ApiState {
     pub public_status: bool,
     /// The reads recorded lately, so a repeat within a minute is not recorded again.
     pub reads: Arc<crate::ReadLog>,
+    /// Checks and simulates proposed policies.
+    pub policy: Arc<dyn crate::PolicyEngine>,
 }
 
 /// The OpenAPI document's frame; the paths come from the handlers' annotations.
@@ -119,6 +121,9 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(crate::tokens::list, crate::tokens::create))
         .routes(routes!(crate::tokens::revoke))
         .routes(routes!(crate::bayes::counts))
+        .routes(routes!(crate::policy::get, crate::policy::change))
+        .routes(routes!(crate::policy::history))
+        .routes(routes!(crate::policy::simulate))
         .merge(learn)
 }
 

@@ -1,0 +1,297 @@
+//! The cluster's policy: read any version, change it from the current one, list the
+//! changes. A change is checked whole by the node (every problem at once, 422) before
+//! it is proposed, names the version it was made from (409 when that is no longer
+//! current, so two administrators cannot overwrite each other) and is recorded as
+//! `policy.changed` with the caller, the address, the reason and the diff. Admins
+//! change anything; operators the allow and block lists only; auditors and the siem
+//! role read.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulwark_storage::event::rfc3339;
+use bulwark_storage::policy::{self, PolicyChange, PolicyVersion, POLICY_STALE};
+use bulwark_storage::{Command, Role, StateStore};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::auth::{Access, ClientIp};
+use crate::extract::Body;
+use crate::routes::ApiState;
+use crate::ApiError;
+
+/// What the node knows about policies, which this crate does not: what the keys
+/// mean.
+pub trait PolicyEngine: Send + Sync {
+    /// A proposed policy (the `policy` object of a change) checked whole: its
+    /// canonical JSON, or every problem found.
+    fn check(&self, proposed: &Value) -> Result<String, Vec<String>>;
+
+    /// What `proposed` would change in the decisions recorded in
+    /// `[since_ms, until_ms)` after seq `after`, as the answer's JSON (with `next`
+    /// when it stopped early), or every problem of the policy.
+    fn simulate(
+        &self,
+        state: &StateStore,
+        proposed: &Value,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        after: u64,
+    ) -> Result<Result<Value, Vec<String>>, bulwark_storage::Error>;
+}
+
+/// The top-level keys an operator may change.
+const OPERATOR_KEYS: [&str; 2] = ["allow", "block"];
+/// Longest reason given with a change.
+const MAX_REASON: usize = 1024;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct VersionQuery {
+    /// An earlier version, whole (default: the current one).
+    #[param(minimum = 1)]
+    version: Option<u64>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangeRequest {
+    /// The version this change was made from (`GET /v1/policy`'s `version`).
+    base_version: u64,
+    /// The whole new policy: the `[policy]` keys as JSON.
+    #[schema(value_type = Object)]
+    policy: Value,
+    /// Why, recorded with the change (at most 1024 bytes).
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    reason: String,
+}
+
+/// One change in the history.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct HistoryEntry {
+    version: u64,
+    time: String,
+    /// Who made it: a token's name, or `config@nodeN` for a policy seeded from node
+    /// N's configuration.
+    by: String,
+    source_ip: Option<String>,
+    reason: String,
+    /// One line a change, against the version before.
+    diff: Vec<String>,
+    /// SHA-256 of the version's canonical JSON, hex.
+    hash: String,
+}
+
+impl From<&PolicyVersion> for HistoryEntry {
+    fn from(v: &PolicyVersion) -> Self {
+        HistoryEntry {
+            version: v.version,
+            time: rfc3339(v.time_ms),
+            by: v.user.clone(),
+            source_ip: v.client_ip.map(|ip| ip.to_string()),
+            reason: v.reason.clone(),
+            diff: v.diff.clone(),
+            hash: hex::encode(v.hash),
+        }
+    }
+}
+
+/// `GET /v1/policy?version`: the current version (or an earlier one) whole, with
+/// who made it, when and why.
+#[utoipa::path(get, path = "/v1/policy", tag = "policy", params(VersionQuery), responses((status = 200, description = "version, hash, who, when, why, diff and the policy"), (status = 404, description = "no such version, or the cluster has no policy yet"), (status = 403, description = "the metrics role")), operation_id = "policy_get")]
+pub(crate) async fn get(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    query: Result<Query<VersionQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    s.caller(&headers, Access::Policy)?;
+    let Query(query) = query?;
+    let node = s.node.clone();
+    let found = tokio::task::spawn_blocking(move || match query.version {
+        Some(version) => node.state().policy_version(version),
+        None => node.state().current_policy(),
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let version = found.ok_or_else(|| match query.version {
+        Some(version) => ApiError::not_found(format!("no policy version {version}")),
+        None => ApiError::not_found("the cluster has no policy yet"),
+    })?;
+    let document: Value = serde_json::from_str(&version.document).map_err(ApiError::internal)?;
+    let mut answer =
+        serde_json::to_value(HistoryEntry::from(&version)).map_err(ApiError::internal)?;
+    answer["policy"] = document;
+    Ok(Json(answer))
+}
+
+/// `GET /v1/policy/history`: every version, oldest first, with who made it, when,
+/// why and what it changed.
+#[utoipa::path(get, path = "/v1/policy/history", tag = "policy", responses((status = 200, description = "every version, oldest first", body = [HistoryEntry]), (status = 403, description = "the metrics role")), operation_id = "policy_history")]
+pub(crate) async fn history(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    s.caller(&headers, Access::Policy)?;
+    let node = s.node.clone();
+    let versions = tokio::task::spawn_blocking(move || node.state().policy_versions())
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(versions.iter().map(HistoryEntry::from).collect()))
+}
+
+/// `PUT /v1/policy` with `{"base_version", "policy", "reason"}`: the next version,
+/// made from `base_version`.
+#[utoipa::path(put, path = "/v1/policy", tag = "policy", request_body = ChangeRequest, responses((status = 200, description = "the new version (or the current one, unchanged, when the policy is the same)"), (status = 409, description = "base_version is not the current version"), (status = 422, description = "the policy does not validate: every problem in `errors`"), (status = 403, description = "not admin, or an operator changing more than the allow and block lists")), operation_id = "policy_change")]
+pub(crate) async fn change(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ClientIp(client_ip): ClientIp,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let caller = s.caller(&headers, Access::PolicyChange)?;
+    let request: ChangeRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body: {e} (expected {{\"base_version\": N, \"policy\": {{...}}, \"reason\": \"...\"}})"
+        ))
+    })?;
+    if request.reason.len() > MAX_REASON {
+        return Err(ApiError::bad_request(format!(
+            "reason: at most {MAX_REASON} bytes"
+        )));
+    }
+    let document = match s.policy.check(&request.policy) {
+        Ok(document) => document,
+        Err(problems) => return Ok(unprocessable(problems)),
+    };
+    let node = s.node.clone();
+    let current = tokio::task::spawn_blocking(move || node.state().current_policy())
+        .await
+        .map_err(ApiError::internal)??;
+    let current_version = current.as_ref().map_or(0, |c| c.version);
+    if request.base_version != current_version {
+        return Err(stale(current_version, request.base_version));
+    }
+    if current.as_ref().is_some_and(|c| c.document == document) {
+        return Ok(Json(json!({ "version": current_version, "changed": false })).into_response());
+    }
+    if caller.role != Role::Admin {
+        let old = current
+            .as_ref()
+            .and_then(|c| serde_json::from_str(&c.document).ok())
+            .unwrap_or_else(|| json!({}));
+        let new: Value = serde_json::from_str(&document).map_err(ApiError::internal)?;
+        if let Some(line) = policy::diff(&old, &new)
+            .iter()
+            .find(|line| !OPERATOR_KEYS.contains(&policy::top_key(line)))
+        {
+            return Err(ApiError::forbidden(format!(
+                "the {} role changes the allow and block lists only, not: {line}",
+                caller.role.as_str()
+            )));
+        }
+    }
+    let result = s
+        .node
+        .proposer()
+        .propose(Command::ChangePolicy(Box::new(PolicyChange {
+            base_version: request.base_version,
+            document,
+            user: caller.name,
+            client_ip,
+            reason: request.reason,
+        })))
+        .await?;
+    match result.refused {
+        Some(reason) if reason.starts_with(POLICY_STALE) => Err(ApiError::conflict(reason)),
+        Some(reason) => Ok(unprocessable(vec![reason])),
+        None => Ok(Json(json!({
+            "version": request.base_version + 1,
+            "changed": true,
+            "seq": result.seq,
+            "hash": hex::encode(result.hash),
+        }))
+        .into_response()),
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SimulateRequest {
+    /// The proposed policy: the `[policy]` keys as JSON.
+    #[schema(value_type = Object)]
+    policy: Value,
+    /// Decisions recorded at or after this time (RFC 3339).
+    since: Option<String>,
+    /// Decisions recorded before this time (RFC 3339).
+    until: Option<String>,
+    /// The `next` of the previous answer, to go on where it stopped.
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    after: u64,
+}
+
+/// `POST /v1/policy/simulate` with `{"policy", "since", "until", "after"}`: the
+/// decisions recorded in the range decided again by the proposed policy from what
+/// was recorded with them (no rescan, no DNS): how many would change, from which
+/// action to which, with example message ids. A large range is answered a part at a
+/// time: `next` says where to go on (`after`), null once the range is done.
+#[utoipa::path(post, path = "/v1/policy/simulate", tag = "policy", request_body = SimulateRequest, responses((status = 200, description = "judged, changed, unchanged, changes [{from, to, count, examples}], next"), (status = 422, description = "the policy does not validate: every problem in `errors`"), (status = 403, description = "a role that may not read the policy or the messages' verdicts")), operation_id = "policy_simulate")]
+pub(crate) async fn simulate(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    s.caller(&headers, Access::Messages)?;
+    let request: SimulateRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body: {e} (expected {{\"policy\": {{...}}, \"since\": \"RFC 3339\", \"until\": \"RFC 3339\", \"after\": SEQ}})"
+        ))
+    })?;
+    let since_ms = crate::routes::time_ms("since", request.since.as_deref())?;
+    let until_ms = crate::routes::time_ms("until", request.until.as_deref())?;
+    let node = s.node.clone();
+    let engine = s.policy.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        engine.simulate(
+            &node.state(),
+            &request.policy,
+            since_ms,
+            until_ms,
+            request.after,
+        )
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    match answer {
+        Ok(answer) => Ok(Json(answer).into_response()),
+        Err(problems) => Ok(unprocessable(problems)),
+    }
+}
+
+fn stale(current: u64, base: u64) -> ApiError {
+    ApiError::conflict(format!(
+        "{POLICY_STALE}: it is at version {current}, not {base}"
+    ))
+}
+
+/// 422 problem+json listing every problem found.
+fn unprocessable(problems: Vec<String>) -> Response {
+    let status = StatusCode::UNPROCESSABLE_ENTITY;
+    let body = json!({
+        "type": "about:blank",
+        "title": "the policy does not validate",
+        "status": status.as_u16(),
+        "detail": problems.join("; "),
+        "errors": problems,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
