@@ -334,7 +334,12 @@ types = ["audit.*"]
         .filter(|e| e["type"].as_str().unwrap().starts_with("audit."))
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
-    // A filtered feed is numbered 1, 2, 3, ... all the same: no number, no gap.
+    // A filtered feed is numbered 1, 2, 3, ... all the same: no number, no gap. It
+    // ships on its own schedule, so it is waited for like the others.
+    rt.block_on(wait_for_seqs("notes-only", &notes, WAIT, || {
+        seqs(&http.webhook_events("notes-only"))
+    }))
+    .unwrap();
     let filtered = http.webhook_events("notes-only");
     assert_eq!(seqs(&filtered), notes);
     assert_eq!(numbers(&filtered, "notes-only"), one_to(notes.len()));
