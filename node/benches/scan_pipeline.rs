@@ -42,7 +42,7 @@ fn main() {
     let scanner = Scanner::from_config(
         &config.scan,
         config.site(),
-        config.policy.clone(),
+        bulwark_node::policy::fixed(config.policy.clone()),
         resolver,
         Some(std::sync::Arc::new(counts)),
     )

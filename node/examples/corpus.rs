@@ -131,7 +131,7 @@ fn main() {
     let scanner = Scanner::from_config(
         &config.scan,
         config.site(),
-        config.policy.clone(),
+        bulwark_node::policy::fixed(config.policy.clone()),
         resolver,
         Some(Arc::new(counts)),
     )

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bulwark_node::ops::remote::ApiArgs;
 use bulwark_node::{cert, config, ops, serve};
 use clap::{Parser, Subcommand};
 
@@ -66,6 +67,80 @@ enum Commands {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The cluster's policy, over any node's API: read it, see what a file would
+    /// change and what it would have done to recorded mail, apply it, roll back,
+    /// list the changes.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the current version (or an earlier one) as a `[policy]` section.
+    Get {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        version: Option<u64>,
+        /// The API's JSON instead, with who made it, when and why.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what applying FILE would change; exit 0 when nothing, 1 when it would
+    /// change something, 2 when it cannot tell.
+    Diff {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// A policy file: TOML with a `[policy]` section (or the keys alone), or JSON.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Make FILE the cluster's next policy version (admin; operator for the allow
+    /// and block lists only).
+    Apply {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        file: PathBuf,
+        /// Why: recorded with the change.
+        #[arg(long)]
+        reason: String,
+        /// The version the file was made from; refused if the policy has changed
+        /// since (default: the version current when the command starts).
+        #[arg(long)]
+        base_version: Option<u64>,
+    },
+    /// Make an earlier version's policy the next version.
+    Rollback {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        to: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// What FILE would have done to the decisions on record: how many would change
+    /// action, from what to what, with examples (no rescan: decided again from what
+    /// was recorded).
+    Simulate {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        file: PathBuf,
+        /// Decisions recorded at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Decisions recorded before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Every version: who, when, from where, why, and what it changed.
+    History {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -113,15 +188,9 @@ enum AuditCommand {
     /// and the keys that cover them, into a file an auditor checks anywhere with
     /// `bulwark audit verify --bundle`.
     Bundle {
-        /// The API of any node, e.g. `https://mx1.example.test:8080`.
-        #[arg(long)]
-        api: String,
-        /// A file holding a token of a role that reads events (auditor, siem, ...).
-        #[arg(long)]
-        token_file: PathBuf,
-        /// CA certificates (PEM) to trust for the API's HTTPS, besides the web PKI.
-        #[arg(long)]
-        ca: Option<PathBuf>,
+        /// The node's API and a token of a role that reads events (auditor, siem, ...).
+        #[command(flatten)]
+        api: ApiArgs,
         /// Events recorded at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
@@ -170,8 +239,6 @@ fn main() -> ExitCode {
             command:
                 AuditCommand::Bundle {
                     api,
-                    token_file,
-                    ca,
                     since,
                     until,
                     message,
@@ -179,13 +246,38 @@ fn main() -> ExitCode {
                 },
         } => ops::audit_bundle(&ops::BundleRequest {
             api: &api,
-            token_file: &token_file,
-            ca: ca.as_deref(),
             since: since.as_deref(),
             until: until.as_deref(),
             message: message.as_deref(),
             out: &out,
         }),
+        Commands::Policy { command } => match command {
+            PolicyCommand::Get { api, version, json } => ops::policy::get(&api, version, json),
+            PolicyCommand::Diff { api, file } => {
+                return match ops::policy::diff(&api, &file) {
+                    Ok(true) => ExitCode::FAILURE,
+                    Ok(false) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("bulwark: {e:#}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
+            PolicyCommand::Apply {
+                api,
+                file,
+                reason,
+                base_version,
+            } => ops::policy::apply(&api, &file, &reason, base_version),
+            PolicyCommand::Rollback { api, to, reason } => ops::policy::rollback(&api, to, &reason),
+            PolicyCommand::History { api } => ops::policy::history(&api),
+            PolicyCommand::Simulate {
+                api,
+                file,
+                since,
+                until,
+            } => ops::policy::simulate(&api, &file, since.as_deref(), until.as_deref()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

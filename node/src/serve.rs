@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::{audit, delivery, disk, dns, quarantine, scan, siem, smtp};
+use crate::{audit, delivery, disk, dns, policy, quarantine, scan, siem, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     init_logging();
@@ -86,10 +86,11 @@ async fn serve(config: Config) -> Result<()> {
     let resolver = dns::resolver(&config.dns.nameservers, config.dns.timeout)
         .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
     let counts: Arc<dyn scan::bayes::TokenCounts> = Arc::new(ReplicatedCounts(node.clone()));
+    let (policy_sender, live_policy) = policy::replicated::start(&node, config.policy.clone());
     let scanner = Arc::new(scan::Scanner::from_config(
         &config.scan,
         config.site(),
-        config.policy.clone(),
+        live_policy,
         resolver.clone(),
         Some(counts),
     )?);
@@ -105,6 +106,12 @@ async fn serve(config: Config) -> Result<()> {
     );
     smtp.register_metrics(&mut registry);
     let siem_metrics = siem::Metrics::register(&mut registry);
+    let policy_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    registry.register(
+        "bulwark_policy_version",
+        "The cluster policy version this node judges by (0: its own [policy], before the cluster had one)",
+        policy_gauge.clone(),
+    );
 
     let admin = AdminToken::new(&token, config.node.id);
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -121,6 +128,7 @@ async fn serve(config: Config) -> Result<()> {
         backup_dir: config.backup_dir.clone(),
         public_status: config.public_status,
         reads: Arc::default(),
+        policy: Arc::new(PolicyForApi),
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, api_tls, state, async {
         let _ = api_stopped.await;
@@ -143,6 +151,13 @@ async fn serve(config: Config) -> Result<()> {
         stop_delivery.clone(),
     ));
 
+    let policy_follower = tokio::spawn(policy::replicated::follow(
+        node.clone(),
+        config.policy_document.clone(),
+        policy_sender,
+        policy_gauge,
+        stop_delivery.clone(),
+    ));
     let bootstrap_admin = tokio::spawn(enrol_admin(
         node.clone(),
         admin.digest(),
@@ -208,6 +223,9 @@ async fn serve(config: Config) -> Result<()> {
     if let Err(e) = erasure.await {
         tracing::warn!(error = %e, "quarantine erasure task");
     }
+    if let Err(e) = policy_follower.await {
+        tracing::warn!(error = %e, "policy follower task");
+    }
     if let Err(e) = bootstrap_admin.await {
         tracing::warn!(error = %e, "bootstrap admin enrolment task");
     }
@@ -265,6 +283,41 @@ async fn raft_stopped(
 /// How long a stopping leader tries to hand its leadership over before it stops
 /// anyway (the others then elect a leader after their election timeout).
 const HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long one `POST /v1/policy/simulate` works before it answers with a cursor.
+const SIMULATE_BUDGET: Duration = Duration::from_secs(5);
+
+/// What the API asks of policies: the `[policy]` keys as JSON compiled as a node
+/// would (every problem at once), and tried on the decisions on record.
+struct PolicyForApi;
+
+impl bulwark_api::PolicyEngine for PolicyForApi {
+    fn check(&self, proposed: &serde_json::Value) -> Result<String, Vec<String>> {
+        let document: policy::Document =
+            serde_json::from_value(proposed.clone()).map_err(|e| vec![format!("policy: {e}")])?;
+        document.compile()?;
+        Ok(document.canonical())
+    }
+
+    fn simulate(
+        &self,
+        state: &bulwark_storage::StateStore,
+        proposed: &serde_json::Value,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        after: u64,
+    ) -> Result<Result<serde_json::Value, Vec<String>>, bulwark_storage::Error> {
+        let range = policy::simulate::Range {
+            since_ms,
+            until_ms,
+            after,
+        };
+        Ok(
+            policy::simulate::simulate(state, proposed, range, SIMULATE_BUDGET)?
+                .map(|outcome| outcome.to_json()),
+        )
+    }
+}
 
 /// Tells systemd about the service's state; nothing without `NOTIFY_SOCKET`.
 fn notify_systemd(state: sd_notify::NotifyState) {

@@ -3,9 +3,10 @@
 //!
 //! One file a section, each turning its part of the file into the runtime settings of
 //! the code it configures: [`cluster`] (`[cluster]`, `[raft]`), [`smtp`],
-//! [`delivery`], [`scanning`] (`[scan]`, `[dns]`, `[policy]`), [`quarantine`],
+//! [`delivery`], [`scanning`] (`[scan]`, `[dns]`), [`quarantine`],
 //! [`audit`] and [`siem`]. This file holds the whole file's shape, `[node]`, `[api]`
-//! and `[backup]`, and the checks the sections share.
+//! and `[backup]`, and the checks the sections share. `[policy]` is the document of
+//! [`crate::policy::Document`]: the cluster's policy, seeded from the first node's.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,7 +41,7 @@ struct Raw {
     delivery: Option<delivery::RawDelivery>,
     scan: Option<scanning::RawScan>,
     dns: Option<scanning::RawDns>,
-    policy: Option<scanning::RawPolicy>,
+    policy: Option<crate::policy::Document>,
     quarantine: Option<quarantine::RawQuarantine>,
     siem: Option<siem::RawSiem>,
     audit: Option<audit::RawAudit>,
@@ -97,7 +98,11 @@ pub struct Config {
     pub delivery: crate::delivery::Settings,
     pub scan: ScanConfig,
     pub dns: DnsConfig,
+    /// The `[policy]` section compiled: what this node judges by until it has read
+    /// the cluster's policy, and what a new cluster's first policy is seeded from.
     pub policy: Policy,
+    /// The `[policy]` section as written, defaults filled in.
+    pub policy_document: crate::policy::Document,
     pub quarantine: crate::quarantine::Settings,
     /// `[[siem.exporters]]`.
     pub siem: Vec<crate::siem::Exporter>,
@@ -189,7 +194,8 @@ impl Config {
 
         let scan = scanning::validate_scan(raw.scan.unwrap_or_default(), base, &mut problems);
         let dns = scanning::validate_dns(raw.dns.unwrap_or_default(), &mut problems);
-        let policy = scanning::validate_policy(raw.policy.unwrap_or_default(), &mut problems);
+        let policy_document = raw.policy.unwrap_or_default();
+        let policy = policy_document.compile_into(&mut problems);
         let quarantine =
             quarantine::validate_quarantine(raw.quarantine.unwrap_or_default(), &mut problems);
         let siem = siem::validate_siem(raw.siem.unwrap_or_default(), base, &mut problems);
@@ -220,6 +226,7 @@ impl Config {
             scan,
             dns,
             policy,
+            policy_document: policy_document.complete(),
             quarantine,
             siem,
             audit,

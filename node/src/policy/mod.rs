@@ -16,15 +16,43 @@
 //! (`[policy.domains."example.test"]`) and per recipient (`[policy.recipients]`).
 //! A message for several recipients is judged once with the strictest thresholds
 //! among them.
+//!
+//! The policy is the cluster's, not the node's: [`document`] is what an
+//! administrator writes (a node's `[policy]` section, the API's JSON), [`replicated`]
+//! seeds the cluster's first version from it and follows the versions the cluster
+//! commits, swapping each in whole ([`Live`]) for the sessions to judge by, and
+//! [`simulate`] tries a proposed policy on the decisions on record.
 
+mod document;
 mod lists;
+pub mod replicated;
+pub mod simulate;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bulwark_model::{Action, Thresholds};
 
+pub use document::{Document, DocumentOverrides};
 pub use lists::List;
+
+/// A compiled policy and the cluster's version it is (0: the node's own `[policy]`,
+/// before the cluster had one).
+#[derive(Debug)]
+pub struct Current {
+    pub version: u64,
+    pub policy: Policy,
+}
+
+/// The policy the sessions judge by: the newest version this node has compiled,
+/// swapped whole, never half-changed under a message.
+pub type Live = tokio::sync::watch::Receiver<Arc<Current>>;
+
+/// A policy that never changes (tests, benchmarks, tools), recorded as version 0.
+pub fn fixed(policy: Policy) -> Live {
+    tokio::sync::watch::channel(Arc::new(Current { version: 0, policy })).1
+}
 
 /// Thresholds and subject prefix for a domain or recipient; `None` keeps the default.
 #[derive(Clone, Debug, Default)]

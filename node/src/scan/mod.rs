@@ -53,7 +53,12 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::config::ScanConfig;
-use crate::policy::{Facts, Policy};
+use crate::policy::{Facts, Live};
+
+/// The symbol of a message judged as from the host a trusted relay received it
+/// from; its description starts with [`JUDGED_AS_FROM`] and that host's address.
+pub const VIA_TRUSTED_RELAY: &str = "RCVD_VIA_TRUSTED_RELAY";
+pub const JUDGED_AS_FROM: &str = "judged as from ";
 
 /// What the scanner takes from outside `[scan]`.
 #[derive(Clone, Copy, Debug)]
@@ -73,7 +78,8 @@ pub struct Settings {
     pub engines: Vec<Box<dyn Engine>>,
     /// Limits on unpacking MIME parts and archives.
     pub limits: contents::Limits,
-    pub policy: Policy,
+    /// The policy as the cluster changes it.
+    pub policy: Live,
     /// Time allowed for the whole scan of one message.
     pub budget: Duration,
     /// Our domains (IDNA ASCII), for the engines that look for impersonation.
@@ -116,7 +122,7 @@ pub struct Scanner {
     /// In the order the verdict records them, after the content engines.
     network: Vec<Box<dyn NetworkEngine>>,
     trusted_relays: Vec<ipnet::IpNet>,
-    policy: Policy,
+    policy: Live,
     budget: Duration,
     /// How long each message's scan took (see [`Scanner::register_metrics`]).
     durations: Histogram,
@@ -144,7 +150,7 @@ impl Scanner {
     pub fn from_config(
         config: &ScanConfig,
         site: Site<'_>,
-        policy: Policy,
+        policy: Live,
         resolver: crate::dns::TokioResolver,
         bayes: Option<Arc<dyn bayes::TokenCounts>>,
     ) -> anyhow::Result<Self> {
@@ -296,16 +302,16 @@ impl Scanner {
         let mut symbols = Vec::new();
         if let Some(relay) = from.via {
             symbols.push(Symbol {
-                name: "RCVD_VIA_TRUSTED_RELAY".into(),
+                name: VIA_TRUSTED_RELAY.into(),
                 score: 0.0,
                 description: format!(
-                    "judged as from {} (HELO {}), which handed it to our relay {relay}",
+                    "{JUDGED_AS_FROM}{} (HELO {}), which handed it to our relay {relay}",
                     from.ip, from.helo
                 ),
                 engine: "origin".into(),
             });
         }
-        let (findings, engines) = self.record(&runs, &mut symbols);
+        let (findings, mut engines) = self.record(&runs, &mut symbols);
 
         let score = symbols.iter().map(|s| s.score).sum::<f64>();
         let first = |kinds: &[FindingKind]| {
@@ -315,7 +321,8 @@ impl Scanner {
                 .find(|f| kinds.contains(&f.kind))
                 .map(|f| f.name.as_str())
         };
-        let decision = self.policy.decide(&Facts {
+        let policy = self.policy.borrow().clone();
+        let decision = policy.policy.decide(&Facts {
             mail_from: candidate.mail_from,
             header_from: candidate.header_from,
             rcpt_to: candidate.rcpt_to,
@@ -329,6 +336,13 @@ impl Scanner {
                 FindingKind::Bomb,
             ]),
             dmarc: authentication.as_ref().and_then(|a| a.dmarc),
+        });
+        // The policy is the pipeline's last stage; its version is the cluster's.
+        engines.push(EngineRun {
+            engine: bulwark_model::message::POLICY_ENGINE.into(),
+            version: policy.version.to_string(),
+            ms: 0,
+            timed_out: false,
         });
         self.durations.observe(started.elapsed().as_secs_f64());
         let (authentication, auth_header) = match authentication {

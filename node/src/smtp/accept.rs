@@ -6,7 +6,7 @@ use std::time::Instant as StdInstant;
 
 use bulwark_consensus::Proposer;
 use bulwark_model::{
-    AcceptedMessage, Action, Command, Envelope, MessageId, MessageReceived, Op, RejectedMessage,
+    AcceptedMessage, Action, Command, Envelope, JudgedRejection, MessageId, MessageReceived, Op,
     Rejection, Timings,
 };
 use time::OffsetDateTime;
@@ -81,7 +81,7 @@ impl Ingress {
                 id: id.0,
                 time_ms,
                 node: self.node,
-                command: Command::RejectMessage(Box::new(RejectedMessage {
+                command: Command::RejectJudged(Box::new(JudgedRejection {
                     rejection: Rejection {
                         client: client.clone(),
                         mail_from: Some(envelope.mail_from),
@@ -90,6 +90,7 @@ impl Ingress {
                         reply: reply.clone(),
                     },
                     verdict,
+                    header_from,
                 })),
             };
             return match self.proposer.submit(op).await {

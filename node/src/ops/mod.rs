@@ -1,7 +1,11 @@
 //! Operations on a node from its own machine: `bulwark backup` and `bulwark ready`
 //! ask the running node over its API (as the admin, with the token file its config
 //! names), `bulwark restore` seeds a stopped node's empty data directory from a
-//! backup.
+//! backup. From anywhere, over any node's API ([`remote`]): `bulwark audit bundle`
+//! and the cluster's policy ([`policy`]).
+
+pub mod policy;
+pub mod remote;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -170,11 +174,7 @@ pub fn restore(config: &Path, from: &Path) -> Result<()> {
 
 /// What `bulwark audit bundle` asks for.
 pub struct BundleRequest<'a> {
-    /// The API's base URL, e.g. `https://mx1.example.test:8080`.
-    pub api: &'a str,
-    pub token_file: &'a Path,
-    /// A PEM file of CA certificates to trust besides the web PKI roots.
-    pub ca: Option<&'a Path>,
+    pub api: &'a remote::ApiArgs,
     pub since: Option<&'a str>,
     pub until: Option<&'a str>,
     pub message: Option<&'a str>,
@@ -185,21 +185,7 @@ pub struct BundleRequest<'a> {
 /// any node's API and writes it to a file, checked as `audit verify --bundle` would
 /// (without pinned keys) so a bundle that does not hold is never handed over unsaid.
 pub fn audit_bundle(request: &BundleRequest<'_>) -> Result<()> {
-    let token = std::fs::read_to_string(request.token_file)
-        .with_context(|| format!("reading the token {}", request.token_file.display()))?;
-    let mut builder = reqwest::Client::builder()
-        .timeout(BACKUP_TIMEOUT)
-        .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(ca) = request.ca {
-        let mut problems = Vec::new();
-        let tls = crate::config::client_config("api", Some(ca), &mut problems);
-        if !problems.is_empty() {
-            bail!("{}", problems.join("\n"));
-        }
-        builder = builder.use_preconfigured_tls(rustls::ClientConfig::clone(&tls));
-    }
-    let client = builder.build().context("HTTP client")?;
+    let api = remote::Remote::new(request.api, BACKUP_TIMEOUT)?;
     let mut query: Vec<(&str, &str)> = Vec::new();
     for (name, value) in [
         ("since", request.since),
@@ -210,26 +196,7 @@ pub fn audit_bundle(request: &BundleRequest<'_>) -> Result<()> {
             query.push((name, value));
         }
     }
-    let url = format!("{}/v1/audit/bundle", request.api.trim_end_matches('/'));
-    let body = runtime()?.block_on(async {
-        let response = client
-            .get(&url)
-            .query(&query)
-            .bearer_auth(token.trim())
-            .send()
-            .await
-            .with_context(|| format!("asking {url} for the bundle"))?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        if !status.is_success() {
-            let detail = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|p| p["detail"].as_str().map(str::to_string))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            bail!("the node answered {status}: {detail}");
-        }
-        Ok(body)
-    })?;
+    let body = api.get("/v1/audit/bundle", &query)?;
     let bundle: bulwark_storage::bundle::Bundle =
         serde_json::from_slice(&body).context("the node's answer is not a bundle")?;
     let report = bulwark_storage::bundle::verify(&bundle, &[]);

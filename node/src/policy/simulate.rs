@@ -1,0 +1,169 @@
+//! What-if: a proposed policy tried on the decisions on record. Each recorded
+//! verdict is decided again from what was recorded with it (its symbols' scores, its
+//! findings, the DMARC policy's ask, the envelope, the `From` address, the client
+//! or, behind a trusted relay, the origin it was judged as): no rescan, no DNS, so
+//! the answer is what the proposed policy gives those same messages. The policy holds
+//! nothing yet whose change would need a rescan (rules and signatures are still each
+//! node's own), so every change is decided, none guessed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use bulwark_storage::policy::Decided;
+use bulwark_storage::{Action, StateStore};
+use serde_json::{json, Value};
+
+use super::{Document, Facts, Policy};
+use crate::scan::FindingKind;
+
+/// Events read a page from the store.
+const PAGE: usize = 50_000;
+/// Message ids given as examples of each change.
+const EXAMPLES: usize = 10;
+
+/// The range to try a policy on and where a previous answer stopped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Range {
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// The `next` of the previous answer (0: from the start of the range).
+    pub after: u64,
+}
+
+/// What trying a policy on a range found so far.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Decisions tried.
+    pub judged: u64,
+    /// By recorded action and the proposed policy's: how many, and the first ids.
+    pub changes: BTreeMap<(&'static str, &'static str), (u64, Vec<String>)>,
+    /// Rejections recorded before the `From` address was kept: tried with the
+    /// envelope sender alone.
+    pub without_header_from: u64,
+    /// Where to go on from; `None` when the range is done.
+    pub next: Option<u64>,
+}
+
+impl Outcome {
+    pub fn to_json(&self) -> Value {
+        let changed: u64 = self.changes.values().map(|(n, _)| n).sum();
+        let changes: Vec<Value> = self
+            .changes
+            .iter()
+            .map(|((from, to), (count, examples))| {
+                json!({ "from": from, "to": to, "count": count, "examples": examples })
+            })
+            .collect();
+        json!({
+            "judged": self.judged,
+            "changed": changed,
+            "unchanged": self.judged - changed,
+            "changes": changes,
+            "without_header_from": self.without_header_from,
+            "next": self.next,
+        })
+    }
+}
+
+/// Tries `proposed` (the `[policy]` keys as JSON) on the decisions of `range`, for
+/// at most `budget`: every problem of the policy, or what it would change (with the
+/// cursor to go on from when the budget ran out first).
+pub fn simulate(
+    state: &StateStore,
+    proposed: &Value,
+    range: Range,
+    budget: Duration,
+) -> Result<Result<Outcome, Vec<String>>, bulwark_storage::Error> {
+    let policy = match serde_json::from_value::<Document>(proposed.clone()) {
+        Ok(document) => match document.compile() {
+            Ok(policy) => policy,
+            Err(problems) => return Ok(Err(problems)),
+        },
+        Err(e) => return Ok(Err(vec![format!("policy: {e}")])),
+    };
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    let mut after = range.after;
+    loop {
+        let (decided, next) = state.decisions(range.since_ms, range.until_ms, after, PAGE)?;
+        for decision in &decided {
+            try_one(&policy, decision, &mut outcome);
+        }
+        match next {
+            Some(next) if started.elapsed() < budget => after = next,
+            next => {
+                outcome.next = next;
+                return Ok(Ok(outcome));
+            }
+        }
+    }
+}
+
+fn try_one(policy: &Policy, decided: &Decided, outcome: &mut Outcome) {
+    let action = redecide(policy, decided);
+    outcome.judged += 1;
+    if !decided.header_from_known {
+        outcome.without_header_from += 1;
+    }
+    let recorded = decided.verdict.action;
+    if action != recorded {
+        let (count, examples) = outcome
+            .changes
+            .entry((recorded.as_str(), action.as_str()))
+            .or_default();
+        *count += 1;
+        if examples.len() < EXAMPLES {
+            examples.push(decided.verdict.message_id.to_string());
+        }
+    }
+}
+
+/// The action `policy` gives the decision on record: the same facts the live
+/// pipeline hands it, read back from the verdict and its message's events.
+pub fn redecide(policy: &Policy, decided: &Decided) -> Action {
+    let verdict = &decided.verdict;
+    let first = |kinds: &[FindingKind]| {
+        verdict
+            .findings
+            .iter()
+            .find(|f| kinds.iter().any(|k| k.as_str() == f.kind))
+            .map(|f| f.name.as_str())
+    };
+    let dmarc = verdict.symbols.iter().find_map(|s| match s.name.as_str() {
+        "DMARC_FAIL_REJECT" => Some(Action::Reject),
+        "DMARC_FAIL_QUARANTINE" => Some(Action::Quarantine),
+        _ => None,
+    });
+    policy
+        .decide(&Facts {
+            mail_from: &decided.mail_from,
+            header_from: decided.header_from.as_deref(),
+            rcpt_to: &decided.rcpt_to,
+            client_ip: judged_ip(decided),
+            score: verdict.score,
+            malware: first(&[FindingKind::Malware]),
+            blocked_content: first(&[
+                FindingKind::BlockedAttachment,
+                FindingKind::ActiveContent,
+                FindingKind::Encrypted,
+                FindingKind::Bomb,
+            ]),
+            dmarc,
+        })
+        .action
+}
+
+/// The address the message was judged as from: behind a trusted relay, the origin
+/// the verdict's `RCVD_VIA_TRUSTED_RELAY` names; else the SMTP client.
+fn judged_ip(decided: &Decided) -> IpAddr {
+    decided
+        .verdict
+        .symbols
+        .iter()
+        .find(|s| s.name == crate::scan::VIA_TRUSTED_RELAY)
+        .and_then(|s| s.description.strip_prefix(crate::scan::JUDGED_AS_FROM))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or(decided.client_ip)
+}
