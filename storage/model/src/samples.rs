@@ -1,5 +1,8 @@
 //! Sample records for tests, here and in the crates over this one (feature
-//! `samples`): a received message and a clean verdict.
+//! `samples`): a received message and a clean verdict, and made-up traffic for
+//! benchmarks ([`traffic`]).
+
+pub mod traffic;
 
 use crate::message::{
     Action, Client, Envelope, MessageId, MessageReceived, Thresholds, Timings, Verdict,
