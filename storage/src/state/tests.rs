@@ -1895,3 +1895,128 @@ fn an_erasure_leaves_no_dropped_body_in_any_file_and_keeps_the_others() {
     }
     assert_eq!(store.erasure_due().unwrap(), None);
 }
+
+#[test]
+fn decisions_come_back_with_the_facts_the_policy_weighed_whatever_the_page_size() {
+    use crate::message::{JudgedRejection, RejectedMessage, Rejection};
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let accepted = |id: u128, action: Action| {
+        let mut received = samples::received();
+        received.message_id = MessageId::new(1_764_300_000_000, id);
+        received.header_from = Some(format!("from{id}@sender.test"));
+        let mut verdict = samples::verdict(received.message_id);
+        verdict.action = action;
+        Op {
+            id,
+            time_ms: 1_764_300_000_000,
+            node: 1,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                received,
+                body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                verdict,
+            })),
+        }
+    };
+    let rejection = |id: u128| Rejection {
+        client: samples::received().client,
+        mail_from: Some(format!("bounce{id}@lists.test")),
+        rcpt_to: vec!["bob@example.test".into()],
+        reason: "policy".into(),
+        reply: "554 5.7.1 Message rejected".into(),
+    };
+    let rejected_verdict = |id: u128| {
+        let mut verdict = samples::verdict(MessageId::new(1_764_300_000_000, id));
+        verdict.action = Action::Reject;
+        verdict
+    };
+    let ops = [
+        accepted(1, Action::Deliver),
+        note(2, "between"),
+        Op {
+            id: 3,
+            time_ms: 1_764_300_000_000,
+            node: 1,
+            command: Command::RejectJudged(Box::new(JudgedRejection {
+                rejection: rejection(3),
+                verdict: rejected_verdict(3),
+                header_from: Some("news@partner.test".into()),
+            })),
+        },
+        Op {
+            id: 4,
+            time_ms: 1_764_300_000_000,
+            node: 1,
+            command: Command::RejectMessage(Box::new(RejectedMessage {
+                rejection: rejection(4),
+                verdict: rejected_verdict(4),
+            })),
+        },
+        accepted(5, Action::Quarantine),
+        note(6, "after"),
+    ];
+    store.apply(&[(1, &ops[..])], b"applied").unwrap();
+    let facts = |d: &crate::policy::Decided| {
+        (
+            d.verdict.message_id.to_string(),
+            d.verdict.action,
+            d.mail_from.clone(),
+            d.header_from.clone(),
+            d.header_from_known,
+        )
+    };
+    let (all, next) = store.decisions(None, None, 0, 1000).unwrap();
+    assert_eq!(next, None);
+    let id = |n| MessageId::new(1_764_300_000_000, n).to_string();
+    assert_eq!(
+        all.iter().map(facts).collect::<Vec<_>>(),
+        [
+            (
+                id(1),
+                Action::Deliver,
+                "alice@sender.test".into(),
+                Some("from1@sender.test".into()),
+                true
+            ),
+            (
+                id(3),
+                Action::Reject,
+                "bounce3@lists.test".into(),
+                Some("news@partner.test".into()),
+                true
+            ),
+            (
+                id(4),
+                Action::Reject,
+                "bounce4@lists.test".into(),
+                None,
+                false
+            ),
+            (
+                id(5),
+                Action::Quarantine,
+                "alice@sender.test".into(),
+                Some("from5@sender.test".into()),
+                true
+            ),
+        ]
+    );
+    assert_eq!(all[1].rcpt_to, ["bob@example.test"]);
+    for page in 2..=12 {
+        let (mut paged, mut after) = (Vec::new(), 0);
+        for _ in 0..20 {
+            let (decided, next) = store.decisions(None, None, after, page).unwrap();
+            paged.extend(decided);
+            match next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert_eq!(paged, all, "pages of {page} events");
+    }
+    let (later, _) = store
+        .decisions(Some(1_764_300_000_001), None, 0, 1000)
+        .unwrap();
+    assert!(later.is_empty());
+}
