@@ -167,3 +167,56 @@ fn judged_ip(decided: &Decided) -> IpAddr {
         .and_then(|ip| ip.parse().ok())
         .unwrap_or(decided.client_ip)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulwark_model::samples;
+    use bulwark_storage::Symbol;
+
+    fn decided(symbols: Vec<Symbol>) -> Decided {
+        let received = samples::received();
+        let mut verdict = samples::verdict(received.message_id);
+        verdict.symbols = symbols;
+        Decided {
+            seq: 2,
+            verdict,
+            mail_from: received.envelope.mail_from,
+            header_from: received.header_from,
+            header_from_known: true,
+            rcpt_to: received.envelope.rcpt_to,
+            client_ip: received.client.ip,
+        }
+    }
+
+    fn symbol(name: &str, description: String) -> Symbol {
+        Symbol {
+            name: name.into(),
+            score: 0.0,
+            description,
+            engine: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_relayed_message_is_judged_as_from_its_origin_and_dmarc_asks_what_was_recorded() {
+        let mut policy = Policy::default();
+        policy.block.add("198.51.100.0/24").unwrap();
+        let direct = decided(Vec::new());
+        assert_eq!(redecide(&policy, &direct), Action::Deliver);
+        let relayed = decided(vec![symbol(
+            crate::scan::VIA_TRUSTED_RELAY,
+            format!(
+                "{}198.51.100.9 (HELO mail.sender.test), which handed it to our relay 10.1.0.5",
+                crate::scan::JUDGED_AS_FROM
+            ),
+        )]);
+        assert_eq!(redecide(&policy, &relayed), Action::Reject);
+
+        let mut policy = Policy::default();
+        let failing = decided(vec![symbol("DMARC_FAIL_QUARANTINE", "fails".into())]);
+        assert_eq!(redecide(&policy, &failing), Action::Quarantine);
+        policy.dmarc_enforce = false;
+        assert_eq!(redecide(&policy, &failing), Action::Deliver);
+    }
+}
