@@ -67,7 +67,8 @@ fn client() -> reqwest::blocking::Client {
 }
 
 /// Waits until a new node has recorded what it records at its first start (the
-/// cluster's bootstrap admin and its signing key: two events) and returns the count.
+/// cluster's bootstrap admin, its signing key and the policy seeded from its
+/// `[policy]`: three events) and returns the count.
 fn settled(api: &str) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -78,8 +79,8 @@ fn settled(api: &str) -> u64 {
             .json()
             .unwrap();
         let count = cluster["event_count"].as_u64().unwrap();
-        if count >= 2 {
-            assert_eq!(count, 2, "{cluster}");
+        if count >= 3 {
+            assert_eq!(count, 3, "{cluster}");
             return count;
         }
         assert!(std::time::Instant::now() < deadline, "{cluster}");

@@ -572,6 +572,10 @@ impl<'a> Api<'a> {
         self.send(self.client.post(self.url(path)).json(body))
     }
 
+    pub fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(self.client.put(self.url(path)).json(body))
+    }
+
     /// The full URL of `path` on this node's API.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.node.api)
