@@ -137,6 +137,7 @@ pub(crate) async fn trace(
         "verdict": verdict.map(|v| json!({
             "action": v["action"],
             "reason": v["event"]["reason"],
+            "policy_version": v["policy_version"],
             "score": v["scan"]["score"],
             "thresholds": v["scan"]["thresholds"],
             "symbols": v["scan"]["symbols"],

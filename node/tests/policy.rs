@@ -112,6 +112,8 @@ fn the_policy_is_seeded_changed_without_restart_and_every_verdict_names_its_vers
     let before = send(&node, "alice@sender.test");
     assert_eq!(before.code, 250, "{}", before.text());
     assert_eq!(verdict(&node, &before)["policy_version"], 1);
+    let (_, trace) = api.get(&format!("/v1/messages/{}", before.queued_id()));
+    assert_eq!(trace["verdict"]["policy_version"], 1, "{trace}");
 
     let blocked = with(&first["policy"], "block", json!(["alice@sender.test"]));
     let (status, changed) = api.put_json(
