@@ -139,6 +139,49 @@ fn walk(lines: &mut Vec<String>, path: &str, old: Option<&Value>, new: Option<&V
                 walk(lines, &join(path, key), None, Some(value));
             }
         }
+        (Some(Value::Array(a)), Some(Value::Array(b))) if a != b && files(a, b) => {
+            // Files: by name (one added or removed is named, not shown), each kept
+            // one's text line by line.
+            let name = |v: &Value| v["name"].as_str().unwrap_or_default().to_string();
+            let (old_names, new_names): (Vec<String>, Vec<String>) =
+                (a.iter().map(name).collect(), b.iter().map(name).collect());
+            for value in a.iter().filter(|v| !new_names.contains(&name(v))) {
+                lines.push(format!("{path}: - {}", Value::from(name(value))));
+            }
+            for value in b.iter().filter(|v| !old_names.contains(&name(v))) {
+                lines.push(format!("{path}: + {}", Value::from(name(value))));
+            }
+            for old in a {
+                if let Some(new) = b.iter().find(|v| name(v) == name(old)) {
+                    walk(lines, &join(path, &name(old)), Some(old), Some(new));
+                }
+            }
+            let kept = |names: &[String], others: &[String]| -> Vec<String> {
+                names
+                    .iter()
+                    .filter(|n| others.contains(n))
+                    .cloned()
+                    .collect()
+            };
+            if kept(&old_names, &new_names) != kept(&new_names, &old_names) {
+                lines.push(format!("{path}: reordered"));
+            }
+        }
+        (Some(Value::String(a)), Some(Value::String(b)))
+            if a != b && (a.contains('\n') || b.contains('\n')) =>
+        {
+            // A file's text: the lines removed and added.
+            let (old, new): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+            for line in old.iter().filter(|l| !new.contains(l)) {
+                lines.push(format!("{path}: - {}", Value::from(*line)));
+            }
+            for line in new.iter().filter(|l| !old.contains(l)) {
+                lines.push(format!("{path}: + {}", Value::from(*line)));
+            }
+            if lines.last().is_none_or(|l| !l.starts_with(path)) {
+                lines.push(format!("{path}: lines reordered"));
+            }
+        }
         (Some(Value::Array(a)), Some(Value::Array(b))) if a != b => {
             let removed: Vec<&Value> = a.iter().filter(|v| !b.contains(v)).collect();
             let added: Vec<&Value> = b.iter().filter(|v| !a.contains(v)).collect();
@@ -164,6 +207,13 @@ fn walk(lines: &mut Vec<String>, path: &str, old: Option<&Value>, new: Option<&V
         }
         _ => {}
     }
+}
+
+/// Whether two lists are lists of files: objects with a `name`, one list perhaps
+/// empty.
+fn files(a: &[Value], b: &[Value]) -> bool {
+    let named = |list: &[Value]| list.iter().all(|v| v["name"].is_string());
+    !(a.is_empty() && b.is_empty()) && named(a) && named(b)
 }
 
 /// `path.key`, the key quoted unless it is a plain name.
@@ -230,6 +280,32 @@ mod tests {
         let lines = diff(&old, &new);
         let tops: Vec<&str> = lines.iter().map(|l| top_key(l)).collect();
         assert_eq!(tops, ["allow", "allow", "block", "domains", "tag_score"]);
+    }
+
+    #[test]
+    fn files_are_compared_by_name_and_their_text_line_by_line() {
+        let old = json!({ "rules": [
+            { "name": "local.cf", "text": "body A /a/\nscore A 1.0\n" },
+            { "name": "gone.cf", "text": "x\n" },
+        ]});
+        let new = json!({ "rules": [
+            { "name": "local.cf", "text": "body A /a/\nscore A 2.5\n" },
+            { "name": "new.cf", "text": "y\n" },
+        ]});
+        assert_eq!(
+            diff(&old, &new),
+            [
+                r#"rules: - "gone.cf""#,
+                r#"rules: + "new.cf""#,
+                r#"rules."local.cf".text: - "score A 1.0""#,
+                r#"rules."local.cf".text: + "score A 2.5""#,
+            ]
+        );
+        // Files added to an empty list are named, not shown.
+        assert_eq!(
+            diff(&json!({ "rules": [] }), &new),
+            [r#"rules: + "local.cf""#, r#"rules: + "new.cf""#]
+        );
     }
 
     #[test]
