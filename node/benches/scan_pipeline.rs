@@ -39,14 +39,8 @@ fn main() {
     let resolver =
         bulwark_node::dns::resolver(&config.dns.nameservers, config.dns.timeout).expect("resolver");
     let counts = trained(&bayes::Tokenizer::new(config.scan.limits()));
-    let scanner = Scanner::from_config(
-        &config.scan,
-        config.site(),
-        bulwark_node::policy::fixed(config.policy.clone()),
-        resolver,
-        Some(std::sync::Arc::new(counts)),
-    )
-    .expect("scanner");
+    let scanner =
+        Scanner::standalone(&config, resolver, Some(std::sync::Arc::new(counts))).expect("scanner");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

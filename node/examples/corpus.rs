@@ -128,14 +128,7 @@ fn main() {
     );
     let resolver =
         bulwark_node::dns::resolver(&config.dns.nameservers, config.dns.timeout).expect("resolver");
-    let scanner = Scanner::from_config(
-        &config.scan,
-        config.site(),
-        bulwark_node::policy::fixed(config.policy.clone()),
-        resolver,
-        Some(Arc::new(counts)),
-    )
-    .expect("scanner");
+    let scanner = Scanner::standalone(&config, resolver, Some(Arc::new(counts))).expect("scanner");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

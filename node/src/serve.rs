@@ -86,13 +86,22 @@ async fn serve(config: Config) -> Result<()> {
     let resolver = dns::resolver(&config.dns.nameservers, config.dns.timeout)
         .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
     let counts: Arc<dyn scan::bayes::TokenCounts> = Arc::new(ReplicatedCounts(node.clone()));
-    let (policy_sender, live_policy) = policy::replicated::start(&node, config.policy.clone());
-    let scanner = Arc::new(scan::Scanner::from_config(
+    let assembler = Arc::new(scan::Assembler::new(
+        &config.scan,
+        config.site(),
+        resolver.clone(),
+        Some(counts),
+    ));
+    let own = config
+        .policy_document
+        .compile()
+        .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+    let (policy_sender, live_policy) = policy::replicated::start(&node, own, &assembler);
+    let scanner = Arc::new(scan::Scanner::new(
         &config.scan,
         config.site(),
         live_policy,
         resolver.clone(),
-        Some(counts),
     )?);
     let mut registry = prometheus_client::registry::Registry::default();
     scanner.register_metrics(&mut registry);
@@ -155,6 +164,7 @@ async fn serve(config: Config) -> Result<()> {
         node.clone(),
         config.policy_document.clone(),
         policy_sender,
+        assembler,
         policy_gauge,
         stop_delivery.clone(),
     ));

@@ -15,8 +15,6 @@ use std::time::Duration;
 use bulwark_consensus::NodeConfig;
 use serde::Deserialize;
 
-use crate::policy::Policy;
-
 mod audit;
 mod cluster;
 mod delivery;
@@ -98,10 +96,9 @@ pub struct Config {
     pub delivery: crate::delivery::Settings,
     pub scan: ScanConfig,
     pub dns: DnsConfig,
-    /// The `[policy]` section compiled: what this node judges by until it has read
-    /// the cluster's policy, and what a new cluster's first policy is seeded from.
-    pub policy: Policy,
-    /// The `[policy]` section as written, defaults filled in.
+    /// The `[policy]` section as written, defaults filled in, with the rule and
+    /// signature files `[scan]` names: what this node judges by until it has read the
+    /// cluster's policy, and what a new cluster's first policy is seeded from.
     pub policy_document: crate::policy::Document,
     pub quarantine: crate::quarantine::Settings,
     /// `[[siem.exporters]]`.
@@ -192,10 +189,14 @@ impl Config {
             &mut problems,
         );
 
-        let scan = scanning::validate_scan(raw.scan.unwrap_or_default(), base, &mut problems);
+        let raw_scan = raw.scan.unwrap_or_default();
+        let scan = scanning::validate_scan(&raw_scan, &mut problems);
         let dns = scanning::validate_dns(raw.dns.unwrap_or_default(), &mut problems);
-        let policy_document = raw.policy.unwrap_or_default();
-        let policy = policy_document.compile_into(&mut problems);
+        let mut policy_document = raw.policy.unwrap_or_default();
+        scanning::seed(raw_scan, base, &mut policy_document, &mut problems);
+        if let Err(found) = policy_document.compile() {
+            problems.extend(found);
+        }
         let quarantine =
             quarantine::validate_quarantine(raw.quarantine.unwrap_or_default(), &mut problems);
         let siem = siem::validate_siem(raw.siem.unwrap_or_default(), base, &mut problems);
@@ -225,12 +226,42 @@ impl Config {
             delivery: delivery.expect("checked above"),
             scan,
             dns,
-            policy,
             policy_document: policy_document.complete(),
             quarantine,
             siem,
             audit,
         })
+    }
+}
+
+/// The policy a configuration file holds: its `[policy]` section with the rule and
+/// signature files its `[scan]` names (relative to the file), the other sections
+/// ignored. What `bulwark policy apply --file` sends for a node's config file, as a
+/// new cluster would be seeded from it.
+pub fn policy_of(path: &Path) -> Result<crate::policy::Document, Vec<String>> {
+    #[derive(Deserialize)]
+    struct Parts {
+        policy: Option<crate::policy::Document>,
+        scan: Option<scanning::RawScan>,
+        #[serde(flatten)]
+        _others: toml::Table,
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let parts: Parts =
+        toml::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let mut problems = Vec::new();
+    let mut document = parts.policy.unwrap_or_default();
+    let base = path.parent().unwrap_or(Path::new("."));
+    scanning::seed(
+        parts.scan.unwrap_or_default(),
+        base,
+        &mut document,
+        &mut problems,
+    );
+    match problems.is_empty() {
+        true => Ok(document),
+        false => Err(problems),
     }
 }
 

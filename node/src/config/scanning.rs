@@ -1,5 +1,5 @@
-//! The `[scan]` and `[dns]` sections (`[policy]` is the cluster's: see
-//! [`crate::policy::Document`]).
+//! The `[scan]` and `[dns]` sections. `[policy]` is the cluster's (see
+//! [`crate::policy::Document`]); the rule and signature files `[scan]` names seed it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::relative_to;
+use crate::policy::{Document, Source};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawScan {
     /// Milliseconds the whole scan of one message may take (default 10000).
@@ -50,7 +51,7 @@ pub(super) struct RawScan {
     trusted_relays: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawClamd {
     /// `ip:port` of its TCPSocket, or the path of its LocalSocket.
@@ -70,24 +71,19 @@ pub struct ClamdConfig {
     pub fail_closed: bool,
 }
 
-/// The validated `[scan]` section: what the engines load at start.
+/// The validated `[scan]` section: what this node runs the pipeline with. The rule
+/// and signature files, blocklists and blocked extensions it names are the policy's
+/// (see [`seed`]).
 #[derive(Clone, Debug)]
 pub struct ScanConfig {
     pub budget: Duration,
     pub authentication: bool,
-    pub rules: Vec<PathBuf>,
-    pub malware_hashes: Vec<PathBuf>,
-    pub clamav_hashes: Vec<PathBuf>,
-    pub blocklists: Vec<crate::scan::blocklists::Zone>,
-    /// `None`: the built-in list.
-    pub blocked_extensions: Option<Vec<String>>,
     pub max_archive_depth: u32,
     pub max_archive_files: usize,
     pub max_unpacked_bytes: u64,
     pub max_ratio: u64,
     pub bayes: bool,
     pub bayes_min_messages: u64,
-    pub yara_rules: Vec<PathBuf>,
     pub clamd: Option<ClamdConfig>,
     pub trusted_relays: Vec<ipnet::IpNet>,
 }
@@ -104,84 +100,82 @@ impl ScanConfig {
     }
 }
 
-pub(super) fn validate_scan(s: RawScan, base: &Path, problems: &mut Vec<String>) -> ScanConfig {
+pub(super) fn validate_scan(s: &RawScan, problems: &mut Vec<String>) -> ScanConfig {
     let budget_ms = s.budget_ms.unwrap_or(10_000);
     if budget_ms < 10 {
         problems.push("scan.budget_ms must be at least 10".into());
     }
-    let paths = |list: Option<Vec<PathBuf>>| -> Vec<PathBuf> {
-        list.unwrap_or_default()
-            .into_iter()
-            .map(|p| relative_to(base, p))
-            .collect()
-    };
-    let blocked_extensions = s.blocked_extensions.map(|list| {
-        list.into_iter()
-            .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
-            .collect::<Vec<_>>()
-    });
-    if let Some(bad) = blocked_extensions
-        .iter()
-        .flatten()
-        .find(|e| e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric()))
-    {
-        problems.push(format!(
-            "scan.blocked_extensions: {bad:?} is not a file extension"
-        ));
-    }
     let trusted_relays = super::networks(
         "scan.trusted_relays",
-        s.trusted_relays.unwrap_or_default(),
+        s.trusted_relays.clone().unwrap_or_default(),
         problems,
     );
     let config = ScanConfig {
         trusted_relays,
         budget: Duration::from_millis(budget_ms),
         authentication: s.authentication.unwrap_or(true),
-        rules: paths(s.rules),
-        malware_hashes: paths(s.malware_hashes),
-        clamav_hashes: paths(s.clamav_hashes),
-        blocklists: s
-            .blocklists
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|spec| match crate::scan::blocklists::parse_zone(spec) {
-                Ok(zone) => Some(zone),
-                Err(e) => {
-                    problems.push(format!("scan.blocklists: {e}"));
-                    None
-                }
-            })
-            .collect(),
-        blocked_extensions,
         max_archive_depth: s.max_archive_depth.unwrap_or(5),
         max_archive_files: s.max_archive_files.unwrap_or(1000),
         max_unpacked_bytes: s.max_unpacked_bytes.unwrap_or(100 << 20),
         max_ratio: s.max_ratio.unwrap_or(100),
         bayes: s.bayes.unwrap_or(true),
         bayes_min_messages: s.bayes_min_messages.unwrap_or(200),
-        yara_rules: paths(s.yara_rules),
-        clamd: s.clamd.and_then(|c| validate_clamd(c, problems)),
+        clamd: s.clamd.clone().and_then(|c| validate_clamd(c, problems)),
     };
-    // Rule and signature files are read now too, so that check-config reports
-    // their mistakes with the rest.
-    if let Err(e) = crate::scan::spam::SpamEngine::new(&config.rules) {
-        problems.push(format!("scan.rules: {e}"));
-    }
-    if let Err(e) =
-        crate::scan::malware::MalwareEngine::new(&config.malware_hashes, &config.clamav_hashes)
-    {
-        problems.push(format!("scan.malware_hashes/clamav_hashes: {e}"));
-    }
-    if let Err(e) = crate::scan::yara::YaraEngine::new(&config.yara_rules) {
-        problems.push(format!("scan.yara_rules: {e}"));
-    }
     if config.max_archive_files == 0 || config.max_unpacked_bytes == 0 || config.max_ratio == 0 {
         problems.push(
             "scan.max_archive_files, max_unpacked_bytes and max_ratio must be positive".into(),
         );
     }
     config
+}
+
+/// Adds to `policy` what `[scan]` names of the policy's: the rule and signature files
+/// (read now, so their mistakes are reported with the rest), the blocklists and the
+/// blocked extensions. A key set in both sections is a problem.
+pub(super) fn seed(s: RawScan, base: &Path, policy: &mut Document, problems: &mut Vec<String>) {
+    let mut files = |key: &str, paths: Option<Vec<PathBuf>>, into: &mut Option<Vec<Source>>| {
+        let Some(paths) = paths else { return };
+        if into.is_some() {
+            problems.push(format!("scan.{key} and policy.{key}: one or the other"));
+            return;
+        }
+        let mut sources: Vec<Source> = Vec::new();
+        for path in paths {
+            match Source::read(&relative_to(base, path)) {
+                Ok(source) if sources.iter().any(|s| s.name == source.name) => {
+                    problems.push(format!("scan.{key}: two files named {}", source.name))
+                }
+                Ok(source) => sources.push(source),
+                Err(e) => problems.push(format!("scan.{key}: {e}")),
+            }
+        }
+        *into = Some(sources);
+    };
+    files("rules", s.rules, &mut policy.rules);
+    files("yara_rules", s.yara_rules, &mut policy.yara_rules);
+    files(
+        "malware_hashes",
+        s.malware_hashes,
+        &mut policy.malware_hashes,
+    );
+    files("clamav_hashes", s.clamav_hashes, &mut policy.clamav_hashes);
+    for (key, from, into) in [
+        ("blocklists", s.blocklists, &mut policy.blocklists),
+        (
+            "blocked_extensions",
+            s.blocked_extensions,
+            &mut policy.blocked_extensions,
+        ),
+    ] {
+        match (from, into.is_some()) {
+            (Some(_), true) => {
+                problems.push(format!("scan.{key} and policy.{key}: one or the other"))
+            }
+            (Some(list), false) => *into = Some(list),
+            (None, _) => {}
+        }
+    }
 }
 
 fn validate_clamd(c: RawClamd, problems: &mut Vec<String>) -> Option<ClamdConfig> {

@@ -1,8 +1,8 @@
 //! `bulwark policy`: the cluster's policy over any node's API, so that a routine
-//! change is one command and never curl. A policy file is TOML (a `[policy]` section,
-//! as in a node's configuration, or the keys alone) or JSON (`GET /v1/policy`'s
-//! answer, or the keys alone); it is checked here, every problem at once, before
-//! anything is sent.
+//! change is one command and never curl. A policy file is TOML (a node's
+//! configuration: its `[policy]` section with the rule and signature files its
+//! `[scan]` names; or the keys alone) or JSON (`GET /v1/policy`'s answer, or the keys
+//! alone); it is checked here, every problem at once, before anything is sent.
 
 use std::path::Path;
 use std::time::Duration;
@@ -123,6 +123,15 @@ pub fn simulate(
                 answer.to_string().as_bytes(),
             ));
         }
+        if after == 0 {
+            for key in answer["needs_rescan"].as_array().into_iter().flatten() {
+                println!(
+                    "{} changes: that needs the messages scanned again, which a simulation \
+                     does not do; the decisions below use the scores and findings on record",
+                    key.as_str().unwrap_or_default()
+                );
+            }
+        }
         judged += answer["judged"].as_u64().unwrap_or(0);
         without_from += answer["without_header_from"].as_u64().unwrap_or(0);
         for change in answer["changes"].as_array().into_iter().flatten() {
@@ -212,15 +221,16 @@ fn read(file: &Path) -> Result<Value> {
         }
         serde_json::from_value(value).with_context(|| format!("{}", file.display()))?
     } else {
-        let mut table: toml::Table =
+        let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("{}: not TOML", file.display()))?;
-        let value = match table.remove("policy") {
-            Some(toml::Value::Table(policy)) => toml::Value::Table(policy),
-            _ => toml::Value::Table(table),
-        };
-        value
-            .try_into()
-            .with_context(|| format!("{}", file.display()))?
+        if table.contains_key("policy") || table.contains_key("scan") {
+            crate::config::policy_of(file)
+                .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n  ")))?
+        } else {
+            toml::Value::Table(table)
+                .try_into()
+                .with_context(|| format!("{}", file.display()))?
+        }
     };
     if let Err(problems) = document.compile() {
         bail!("{}:\n  {}", file.display(), problems.join("\n  "));

@@ -1,15 +1,22 @@
 //! The policy as an administrator writes it: the `[policy]` section of a node's
-//! TOML file, and the cluster's policy document in JSON (the same keys, the same
-//! checks). The cluster stores it [`Document::complete`], every default written
+//! TOML file (with the rule and signature files `[scan]` names), and the cluster's
+//! policy document in JSON (the same keys, the same checks). The cluster stores it [`Document::complete`], every default written
 //! out, as [`Document::canonical`] JSON, so that a version's hash names exactly what
 //! it decides and a diff shows a default changing too.
 
 use std::collections::BTreeMap;
 
+use std::path::Path;
+
 use bulwark_storage::{Action, Thresholds};
 use serde::{Deserialize, Serialize};
 
 use super::{Overrides, Policy};
+use crate::scan::attachments::{AttachmentEngine, DEFAULT_BLOCKED};
+use crate::scan::blocklists::{parse_zone, Zone};
+use crate::scan::malware::MalwareEngine;
+use crate::scan::spam::SpamEngine;
+use crate::scan::yara::YaraEngine;
 
 /// The `[policy]` keys; absent ones take their defaults.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -51,6 +58,78 @@ pub struct Document {
     /// Per recipient address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipients: Option<BTreeMap<String, DocumentOverrides>>,
+    /// Spam rule files in SpamAssassin's syntax, in order, after the built-in rules
+    /// (seeded from `[scan] rules`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<Source>>,
+    /// YARA rule files (seeded from `[scan] yara_rules`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub yara_rules: Option<Vec<Source>>,
+    /// SHA-256 lists of known malware, one a line, a name may follow (seeded from
+    /// `[scan] malware_hashes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub malware_hashes: Option<Vec<Source>>,
+    /// ClamAV `.hdb` and `.hsb` hash signatures (seeded from `[scan] clamav_hashes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clamav_hashes: Option<Vec<Source>>,
+    /// DNS blocklists: `"zone=score"`, `"zone=score:domain"`, optionally
+    /// `:127.0.0.2,127.0.0.4` (seeded from `[scan] blocklists`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocklists: Option<Vec<String>>,
+    /// Attachment extensions blocked (default: the built-in list; seeded from
+    /// `[scan] blocked_extensions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_extensions: Option<Vec<String>>,
+}
+
+/// A rule or signature file as the cluster holds it: its name and its text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+impl Source {
+    /// The file at `path`, under its file name.
+    pub fn read(path: &Path) -> Result<Source, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        Ok(Source { name, text })
+    }
+}
+
+/// The keys whose change a simulation cannot decide from what was recorded: a rule
+/// or signature changed would have to read the messages again.
+pub const RESCAN_KEYS: [&str; 6] = [
+    "rules",
+    "yara_rules",
+    "malware_hashes",
+    "clamav_hashes",
+    "blocklists",
+    "blocked_extensions",
+];
+
+/// A document compiled: the decision policy and the scanning content engines, built
+/// off the sessions' path.
+pub struct Compiled {
+    pub policy: Policy,
+    pub content: Content,
+}
+
+/// The engines whose rules and signatures the policy holds.
+pub struct Content {
+    pub spam: SpamEngine,
+    pub malware: MalwareEngine,
+    pub yara: Option<YaraEngine>,
+    pub attachments: AttachmentEngine,
+    pub blocklists: Vec<Zone>,
+    /// Rule lines skipped (outside the supported subset) and YARA warnings.
+    pub notes: Vec<String>,
 }
 
 /// A domain's or recipient's thresholds and subject prefix; absent keys keep the
@@ -98,6 +177,16 @@ impl Document {
             block: Some(self.block.clone().unwrap_or_default()),
             domains: Some(self.domains.clone().unwrap_or_default()),
             recipients: Some(self.recipients.clone().unwrap_or_default()),
+            rules: Some(self.rules.clone().unwrap_or_default()),
+            yara_rules: Some(self.yara_rules.clone().unwrap_or_default()),
+            malware_hashes: Some(self.malware_hashes.clone().unwrap_or_default()),
+            clamav_hashes: Some(self.clamav_hashes.clone().unwrap_or_default()),
+            blocklists: Some(self.blocklists.clone().unwrap_or_default()),
+            blocked_extensions: Some(
+                self.blocked_extensions
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_BLOCKED.iter().map(|e| e.to_string()).collect()),
+            ),
         }
     }
 
@@ -107,19 +196,91 @@ impl Document {
         serde_json::to_string(&self.complete()).expect("a policy document serializes")
     }
 
-    /// The policy this document decides by, or every problem found at once, each
-    /// named by its key (`policy.tag_score: ...`).
-    pub fn compile(&self) -> Result<Policy, Vec<String>> {
+    /// The policy and the engines this document decides by, or every problem found
+    /// at once, each named by its key (`policy.tag_score: ...`, `policy.rules:
+    /// local.cf:3: ...`).
+    pub fn compile(&self) -> Result<Compiled, Vec<String>> {
         let mut problems = Vec::new();
-        let policy = self.compile_into(&mut problems);
-        match problems.is_empty() {
-            true => Ok(policy),
-            false => Err(problems),
+        let policy = self.decision(&mut problems);
+        let content = self.content(&mut problems);
+        match (problems.is_empty(), content) {
+            (true, Some(content)) => Ok(Compiled { policy, content }),
+            _ => Err(problems),
         }
     }
 
-    /// As [`Document::compile`], adding the problems to `problems`.
-    pub fn compile_into(&self, problems: &mut Vec<String>) -> Policy {
+    /// The scanning engines of the rules and signatures, each problem added to
+    /// `problems`.
+    pub fn content(&self, problems: &mut Vec<String>) -> Option<Content> {
+        let none = Vec::new();
+        let mut notes = Vec::new();
+        let spam = match SpamEngine::new(self.rules.as_ref().unwrap_or(&none)) {
+            Ok((engine, skipped)) => {
+                notes.extend(skipped);
+                Some(engine)
+            }
+            Err(e) => {
+                problems.push(format!("policy.rules: {e}"));
+                None
+            }
+        };
+        let malware = MalwareEngine::new(
+            self.malware_hashes.as_ref().unwrap_or(&none),
+            self.clamav_hashes.as_ref().unwrap_or(&none),
+        )
+        .map_err(|e| problems.push(format!("policy.malware_hashes/clamav_hashes: {e}")))
+        .ok();
+        let yara = match self.yara_rules.as_ref().filter(|r| !r.is_empty()) {
+            None => Some(None),
+            Some(sources) => match YaraEngine::new(sources) {
+                Ok(engine) => {
+                    notes.extend(engine.warnings().iter().cloned());
+                    Some(Some(engine))
+                }
+                Err(e) => {
+                    problems.push(format!("policy.yara_rules: {e}"));
+                    None
+                }
+            },
+        };
+        let blocked: Vec<String> = match &self.blocked_extensions {
+            Some(list) => list
+                .iter()
+                .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+                .collect(),
+            None => DEFAULT_BLOCKED.iter().map(|e| e.to_string()).collect(),
+        };
+        if let Some(bad) = blocked
+            .iter()
+            .find(|e| e.is_empty() || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            problems.push(format!(
+                "policy.blocked_extensions: {bad:?} is not a file extension"
+            ));
+        }
+        let blocklists: Vec<Zone> = self
+            .blocklists
+            .iter()
+            .flatten()
+            .filter_map(|spec| {
+                parse_zone(spec)
+                    .map_err(|e| problems.push(format!("policy.blocklists: {e}")))
+                    .ok()
+            })
+            .collect();
+        Some(Content {
+            spam: spam?,
+            malware: malware?,
+            yara: yara?,
+            attachments: AttachmentEngine::new(blocked),
+            blocklists,
+            notes,
+        })
+    }
+
+    /// The decision policy alone (thresholds, actions, lists, overrides), each
+    /// problem added to `problems`.
+    pub fn decision(&self, problems: &mut Vec<String>) -> Policy {
         let defaults = Policy::default();
         let p = self.clone();
         let thresholds = Thresholds {
@@ -284,12 +445,65 @@ mod tests {
         let back = Document::from_json(&canonical).unwrap();
         assert_eq!(back, sparse.complete());
         assert_eq!(back.canonical(), canonical);
-        let (a, b) = (sparse.compile().unwrap(), back.compile().unwrap());
+        let (a, b) = (
+            sparse.compile().unwrap().policy,
+            back.compile().unwrap().policy,
+        );
         assert_eq!(a.thresholds, b.thresholds);
         assert_eq!((a.malware, a.attachments), (b.malware, b.attachments));
-        // The default document is the default policy.
-        let default = Document::default().compile().unwrap();
+        // The default document is the default policy, the built-in extensions
+        // written out.
+        let default = Document::default().compile().unwrap().policy;
         assert_eq!(default.thresholds, Policy::default().thresholds);
+        let complete = Document::default().complete();
+        assert!(complete
+            .blocked_extensions
+            .unwrap()
+            .contains(&"exe".to_string()));
+    }
+
+    #[test]
+    fn rule_and_signature_files_compile_with_the_rest_and_their_mistakes_are_named() {
+        let source = |name: &str, text: &str| Source {
+            name: name.into(),
+            text: text.into(),
+        };
+        let good = Document {
+            rules: Some(vec![source(
+                "local.cf",
+                "body LOCAL_X /x-marker/\nscore LOCAL_X 3.0\n",
+            )]),
+            yara_rules: Some(vec![source(
+                "m.yar",
+                "rule M { strings: $a = \"zz\" condition: $a }",
+            )]),
+            malware_hashes: Some(vec![source("feed.txt", &"ab".repeat(32))]),
+            blocklists: Some(vec!["zen.example.test=3.0".into()]),
+            blocked_extensions: Some(vec![".EXE".into()]),
+            ..Document::default()
+        };
+        let content = good.compile().unwrap().content;
+        assert!(content.yara.is_some());
+        assert_eq!(content.blocklists.len(), 1);
+        assert_eq!(content.malware.signatures(), 2);
+        let bad = Document {
+            rules: Some(vec![source("bad.cf", "score\n")]),
+            yara_rules: Some(vec![source("bad.yar", "rule {")]),
+            malware_hashes: Some(vec![source("feed.txt", "nothex")]),
+            blocklists: Some(vec!["=x".into()]),
+            blocked_extensions: Some(vec!["e x e".into()]),
+            ..Document::default()
+        };
+        let problems = bad.compile().err().expect("refused");
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        for key in RESCAN_KEYS.iter().filter(|k| **k != "clamav_hashes") {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("policy.{key}"))),
+                "{key}: {problems:#?}"
+            );
+        }
     }
 
     #[test]
@@ -304,7 +518,7 @@ mod tests {
             )])),
             ..Document::default()
         };
-        let problems = bad.compile().unwrap_err();
+        let problems = bad.compile().err().expect("refused");
         assert_eq!(problems.len(), 4, "{problems:#?}");
         assert!(problems[0].starts_with("policy: tag_score (30)"));
         let unknown = Document::from_json(r#"{"tag_scor": 3}"#).unwrap_err();

@@ -34,24 +34,24 @@ use std::sync::Arc;
 
 use bulwark_model::{Action, Thresholds};
 
-pub use document::{Document, DocumentOverrides};
+pub use document::{Compiled, Content, Document, DocumentOverrides, Source, RESCAN_KEYS};
 pub use lists::List;
 
-/// A compiled policy and the cluster's version it is (0: the node's own `[policy]`,
-/// before the cluster had one).
-#[derive(Debug)]
+/// A compiled policy, the engines of its rules and signatures, and the cluster's
+/// version it is (0: the node's own `[policy]`, before the cluster had one).
 pub struct Current {
     pub version: u64,
     pub policy: Policy,
+    pub ruleset: Arc<crate::scan::Ruleset>,
 }
 
 /// The policy the sessions judge by: the newest version this node has compiled,
 /// swapped whole, never half-changed under a message.
 pub type Live = tokio::sync::watch::Receiver<Arc<Current>>;
 
-/// A policy that never changes (tests, benchmarks, tools), recorded as version 0.
-pub fn fixed(policy: Policy) -> Live {
-    tokio::sync::watch::channel(Arc::new(Current { version: 0, policy })).1
+/// A policy that never changes (benchmarks, tools).
+pub fn fixed(current: Current) -> Live {
+    tokio::sync::watch::channel(Arc::new(current)).1
 }
 
 /// Thresholds and subject prefix for a domain or recipient; `None` keeps the default.

@@ -14,41 +14,39 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Current, Document, Live, Policy};
+use super::{Compiled, Current, Document, Live};
+use crate::scan::Assembler;
 
 /// How often the node looks for a newly committed version: one metadata read.
 const POLL: Duration = Duration::from_millis(100);
 
 /// What the node judges by from its start: the cluster's current version as this
-/// node last applied it, else its own `[policy]` as version 0 until the cluster has
-/// one. The sender is [`follow`]'s.
-pub fn start(node: &RaftNode, own: Policy) -> (watch::Sender<Arc<Current>>, Live) {
-    let initial = match node.state().current_policy() {
-        Ok(Some(version)) => match compile(&version) {
-            Ok(policy) => Current {
-                version: version.version,
-                policy,
-            },
+/// node last applied it, else its own `[policy]` (`own`, compiled) as version 0
+/// until the cluster has one. The sender is [`follow`]'s.
+pub fn start(
+    node: &RaftNode,
+    own: Compiled,
+    assembler: &Assembler,
+) -> (watch::Sender<Arc<Current>>, Live) {
+    let cluster = match node.state().current_policy() {
+        Ok(Some(version)) => match compile(&version, assembler) {
+            Ok(current) => Some(current),
             Err(problems) => {
                 report_uncompiled(&version, &problems);
-                Current {
-                    version: 0,
-                    policy: own,
-                }
+                None
             }
         },
-        Ok(None) => Current {
-            version: 0,
-            policy: own,
-        },
+        Ok(None) => None,
         Err(e) => {
             tracing::error!(error = %e, "reading the cluster's policy; judging by this node's own until it reads");
-            Current {
-                version: 0,
-                policy: own,
-            }
+            None
         }
     };
+    let initial = cluster.unwrap_or_else(|| Current {
+        version: 0,
+        policy: own.policy,
+        ruleset: Arc::new(assembler.ruleset(own.content)),
+    });
     watch::channel(Arc::new(initial))
 }
 
@@ -58,6 +56,7 @@ pub async fn follow(
     node: Arc<RaftNode>,
     own: Document,
     live: watch::Sender<Arc<Current>>,
+    assembler: Arc<Assembler>,
     gauge: Gauge,
     stop: CancellationToken,
 ) {
@@ -78,17 +77,23 @@ pub async fn follow(
                         compare(&own, &version);
                     }
                     if number != judging {
-                        match compile(&version) {
-                            Ok(policy) => {
+                        // Rules and signatures can take a while to compile: off the
+                        // runtime's threads, the sessions judging by the old
+                        // version meanwhile.
+                        let assembler = assembler.clone();
+                        let record = version.clone();
+                        let compiled =
+                            tokio::task::spawn_blocking(move || compile(&record, &assembler))
+                                .await
+                                .unwrap_or_else(|e| Err(vec![format!("compiling: {e}")]));
+                        match compiled {
+                            Ok(current) => {
                                 tracing::info!(
                                     version = number,
                                     by = %version.user,
                                     "judging by the cluster's policy version {number}"
                                 );
-                                live.send_replace(Arc::new(Current {
-                                    version: number,
-                                    policy,
-                                }));
+                                live.send_replace(Arc::new(current));
                             }
                             Err(problems) => {
                                 report_uncompiled(&version, &problems);
@@ -171,10 +176,15 @@ fn compare(own: &str, cluster: &PolicyVersion) {
     );
 }
 
-fn compile(version: &PolicyVersion) -> Result<Policy, Vec<String>> {
-    Document::from_json(&version.document)
+fn compile(version: &PolicyVersion, assembler: &Assembler) -> Result<Current, Vec<String>> {
+    let compiled = Document::from_json(&version.document)
         .map_err(|e| vec![e])?
-        .compile()
+        .compile()?;
+    Ok(Current {
+        version: version.version,
+        policy: compiled.policy,
+        ruleset: Arc::new(assembler.ruleset(compiled.content)),
+    })
 }
 
 fn report_uncompiled(version: &PolicyVersion, problems: &[String]) {

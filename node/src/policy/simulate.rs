@@ -2,9 +2,10 @@
 //! verdict is decided again from what was recorded with it (its symbols' scores, its
 //! findings, the DMARC policy's ask, the envelope, the `From` address, the client
 //! or, behind a trusted relay, the origin it was judged as): no rescan, no DNS, so
-//! the answer is what the proposed policy gives those same messages. The policy holds
-//! nothing yet whose change would need a rescan (rules and signatures are still each
-//! node's own), so every change is decided, none guessed.
+//! the answer is what the proposed policy gives those same messages. A change to the
+//! rules, signatures or blocklists would need the messages read again: it is named
+//! (`needs_rescan`), not guessed, and the decisions are tried with the scores and
+//! findings on record.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,7 +15,7 @@ use bulwark_storage::policy::Decided;
 use bulwark_storage::{Action, StateStore};
 use serde_json::{json, Value};
 
-use super::{Document, Facts, Policy};
+use super::{Document, Facts, Policy, RESCAN_KEYS};
 use crate::scan::FindingKind;
 
 /// Events read a page from the store.
@@ -41,6 +42,10 @@ pub struct Outcome {
     /// Rejections recorded before the `From` address was kept: tried with the
     /// envelope sender alone.
     pub without_header_from: u64,
+    /// The keys whose change from the cluster's current version a simulation cannot
+    /// decide (rules, signatures, blocklists): the messages would have to be scanned
+    /// again. The decisions are tried with the scores and findings on record.
+    pub needs_rescan: Vec<&'static str>,
     /// Where to go on from; `None` when the range is done.
     pub next: Option<u64>,
 }
@@ -61,6 +66,7 @@ impl Outcome {
             "unchanged": self.judged - changed,
             "changes": changes,
             "without_header_from": self.without_header_from,
+            "needs_rescan": self.needs_rescan,
             "next": self.next,
         })
     }
@@ -75,15 +81,19 @@ pub fn simulate(
     range: Range,
     budget: Duration,
 ) -> Result<Result<Outcome, Vec<String>>, bulwark_storage::Error> {
-    let policy = match serde_json::from_value::<Document>(proposed.clone()) {
-        Ok(document) => match document.compile() {
-            Ok(policy) => policy,
-            Err(problems) => return Ok(Err(problems)),
-        },
+    let document = match serde_json::from_value::<Document>(proposed.clone()) {
+        Ok(document) => document,
         Err(e) => return Ok(Err(vec![format!("policy: {e}")])),
     };
+    let policy = match document.compile() {
+        Ok(compiled) => compiled.policy,
+        Err(problems) => return Ok(Err(problems)),
+    };
     let started = Instant::now();
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome {
+        needs_rescan: rescan_keys(state, &document)?,
+        ..Outcome::default()
+    };
     let mut after = range.after;
     loop {
         let (decided, next) = state.decisions(range.since_ms, range.until_ms, after, PAGE)?;
@@ -98,6 +108,23 @@ pub fn simulate(
             }
         }
     }
+}
+
+/// The rule and signature keys in which `proposed` differs from the cluster's
+/// current version (from the defaults when it has none).
+fn rescan_keys(
+    state: &StateStore,
+    proposed: &Document,
+) -> Result<Vec<&'static str>, bulwark_storage::Error> {
+    let current: Value = match state.current_policy()? {
+        Some(version) => serde_json::from_str(&version.document).unwrap_or(Value::Null),
+        None => serde_json::to_value(Document::default().complete()).unwrap_or(Value::Null),
+    };
+    let proposed = serde_json::to_value(proposed.complete()).unwrap_or(Value::Null);
+    Ok(RESCAN_KEYS
+        .into_iter()
+        .filter(|key| current.get(key) != proposed.get(key))
+        .collect())
 }
 
 fn try_one(policy: &Policy, decided: &Decided, outcome: &mut Outcome) {

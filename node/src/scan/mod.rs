@@ -72,26 +72,74 @@ pub struct Site<'a> {
     pub dns_timeout: Duration,
 }
 
-/// How the pipeline is set up (`[scan]` and `[policy]`).
-pub struct Settings {
-    /// Content engines, in the order they run.
-    pub engines: Vec<Box<dyn Engine>>,
-    /// Limits on unpacking MIME parts and archives.
-    pub limits: contents::Limits,
-    /// The policy as the cluster changes it.
-    pub policy: Live,
-    /// Time allowed for the whole scan of one message.
-    pub budget: Duration,
-    /// Our domains (IDNA ASCII), for the engines that look for impersonation.
-    pub local_domains: Vec<String>,
-    /// SPF, DKIM, DMARC and ARC, when on.
-    pub auth: Option<auth::Authenticator>,
-    /// DNS blocklists, when any are configured.
-    pub blocklists: Option<blocklists::Blocklists>,
-    /// A clamd to send each message to, when configured.
-    pub clamd: Option<clamd::Clamd>,
-    /// Our relays: mail from them is judged by where they received it from.
-    pub trusted_relays: Vec<ipnet::IpNet>,
+/// What the node adds to each policy version's engines: its unpacking limits, scan
+/// budget, domains, DNS resolver and classifier. Each version the cluster commits is
+/// assembled here, off the sessions' path, into a [`Ruleset`].
+pub struct Assembler {
+    limits: contents::Limits,
+    budget: Duration,
+    local_domains: Vec<String>,
+    resolver: crate::dns::TokioResolver,
+    /// The replicated counts and how many messages of each class they need first.
+    bayes: Option<(Arc<dyn bayes::TokenCounts>, u64)>,
+}
+
+/// One policy version's engines as the node runs them: the content engines in the
+/// order they run, and the DNS blocklists when the policy names any.
+pub struct Ruleset {
+    content: Arc<ContentEngines>,
+    blocklists: Option<blocklists::Blocklists>,
+}
+
+impl Assembler {
+    pub fn new(
+        config: &ScanConfig,
+        site: Site<'_>,
+        resolver: crate::dns::TokioResolver,
+        bayes: Option<Arc<dyn bayes::TokenCounts>>,
+    ) -> Self {
+        Assembler {
+            limits: config.limits(),
+            budget: config.budget,
+            local_domains: site.domains.to_vec(),
+            resolver,
+            bayes: bayes
+                .filter(|_| config.bayes)
+                .map(|counts| (counts, config.bayes_min_messages)),
+        }
+    }
+
+    /// The engines of a compiled policy with the node's own beside them.
+    pub fn ruleset(&self, content: crate::policy::Content) -> Ruleset {
+        for line in &content.notes {
+            tracing::info!(%line, "rule skipped or warned about");
+        }
+        let mut engines: Vec<Box<dyn Engine>> = vec![
+            Box::new(content.malware),
+            Box::new(content.attachments),
+            Box::new(content.spam),
+            Box::new(phishing::PhishingEngine::new()),
+        ];
+        if let Some(yara) = content.yara {
+            engines.push(Box::new(yara.with_timeout(self.budget)));
+        }
+        if let Some((counts, min_messages)) = &self.bayes {
+            engines.push(Box::new(bayes::BayesEngine::new(
+                counts.clone(),
+                *min_messages,
+            )));
+        }
+        let blocklists = (!content.blocklists.is_empty())
+            .then(|| blocklists::Blocklists::new(content.blocklists, self.resolver.clone()));
+        Ruleset {
+            content: Arc::new(ContentEngines {
+                engines,
+                limits: self.limits.clone(),
+                local_domains: self.local_domains.clone(),
+            }),
+            blocklists,
+        }
+    }
 }
 
 /// A message to judge.
@@ -118,11 +166,13 @@ pub struct Judged {
 
 /// The scanning pipeline, shared by every SMTP session of the node.
 pub struct Scanner {
-    content: Arc<ContentEngines>,
-    /// In the order the verdict records them, after the content engines.
-    network: Vec<Box<dyn NetworkEngine>>,
+    /// The network engines the node keeps whatever the policy (clamd,
+    /// authentication), in the order the verdict records them, after the content
+    /// engines; the policy's DNS blocklists come after them.
+    fixed: Vec<Box<dyn NetworkEngine>>,
     trusted_relays: Vec<ipnet::IpNet>,
-    policy: Live,
+    /// The policy and its engines, as the cluster changes them.
+    live: Live,
     budget: Duration,
     /// How long each message's scan took (see [`Scanner::register_metrics`]).
     durations: Histogram,
@@ -144,18 +194,14 @@ struct Run {
 }
 
 impl Scanner {
-    /// The pipeline the configuration asks for: engines loaded with their rule and
-    /// signature files (a file that cannot be read or parsed is an error), the
-    /// Bayesian classifier reading `bayes` (the node's replicated counts) when on.
-    pub fn from_config(
+    /// The pipeline: the node's own network engines (authentication, clamd) and
+    /// the policy's, whichever version `live` holds when a message comes.
+    pub fn new(
         config: &ScanConfig,
         site: Site<'_>,
-        policy: Live,
+        live: Live,
         resolver: crate::dns::TokioResolver,
-        bayes: Option<Arc<dyn bayes::TokenCounts>>,
     ) -> anyhow::Result<Self> {
-        let blocklists = (!config.blocklists.is_empty())
-            .then(|| blocklists::Blocklists::new(config.blocklists.clone(), resolver.clone()));
         let auth = if config.authentication {
             let auth = auth::Authenticator::with_resolver(
                 resolver,
@@ -167,94 +213,60 @@ impl Scanner {
         } else {
             None
         };
-        let malware = malware::MalwareEngine::new(&config.malware_hashes, &config.clamav_hashes)
-            .map_err(|e| anyhow::anyhow!("malware signatures: {e}"))?;
-        let blocked = config.blocked_extensions.clone().unwrap_or_else(|| {
-            attachments::DEFAULT_BLOCKED
-                .iter()
-                .map(|e| e.to_string())
-                .collect()
-        });
-        let (spam, skipped) =
-            spam::SpamEngine::new(&config.rules).map_err(|e| anyhow::anyhow!("spam rules: {e}"))?;
-        for line in skipped {
-            tracing::info!(%line, "spam rule skipped");
-        }
-        let mut engines: Vec<Box<dyn Engine>> = vec![
-            Box::new(malware),
-            Box::new(attachments::AttachmentEngine::new(blocked)),
-            Box::new(spam),
-            Box::new(phishing::PhishingEngine::new()),
-        ];
-        if !config.yara_rules.is_empty() {
-            let yara = yara::YaraEngine::new(&config.yara_rules)
-                .map_err(|e| anyhow::anyhow!("YARA rules: {e}"))?
-                .with_timeout(config.budget);
-            for warning in yara.warnings() {
-                tracing::warn!(%warning, "YARA rules");
-            }
-            tracing::info!(rules = yara.rules(), "YARA rules loaded");
-            engines.push(Box::new(yara));
-        }
-        if let (true, Some(counts)) = (config.bayes, bayes) {
-            engines.push(Box::new(bayes::BayesEngine::new(
-                counts,
-                config.bayes_min_messages,
-            )));
-        }
         let clamd = config
             .clamd
             .as_ref()
             .map(|c| clamd::Clamd::new(c.address.clone(), c.timeout, c.fail_closed));
-        Ok(Scanner::new(Settings {
-            engines,
-            limits: config.limits(),
-            policy,
-            budget: config.budget,
-            local_domains: site.domains.to_vec(),
-            auth,
-            blocklists,
-            clamd,
-            trusted_relays: config.trusted_relays.clone(),
-        }))
-    }
-
-    pub fn new(settings: Settings) -> Self {
-        let network: Vec<Box<dyn NetworkEngine>> = [
-            settings
-                .clamd
-                .map(|e| Box::new(e) as Box<dyn NetworkEngine>),
-            settings.auth.map(|e| Box::new(e) as Box<dyn NetworkEngine>),
-            settings
-                .blocklists
-                .map(|e| Box::new(e) as Box<dyn NetworkEngine>),
+        let fixed: Vec<Box<dyn NetworkEngine>> = [
+            clamd.map(|e| Box::new(e) as Box<dyn NetworkEngine>),
+            auth.map(|e| Box::new(e) as Box<dyn NetworkEngine>),
         ]
         .into_iter()
         .flatten()
         .collect();
-        for engine in &network {
-            if engine.budget() > settings.budget {
+        for engine in &fixed {
+            if engine.budget() > config.budget {
                 tracing::info!(
                     engine = engine.name(),
-                    scan_budget_ms = settings.budget.as_millis() as u64,
+                    scan_budget_ms = config.budget.as_millis() as u64,
                     worst_case_ms = engine.budget().as_millis() as u64,
                     "a slow peer can make this engine time out within the scan budget"
                 );
             }
         }
-        Scanner {
-            content: Arc::new(ContentEngines {
-                engines: settings.engines,
-                limits: settings.limits,
-                local_domains: settings.local_domains,
-            }),
-            network,
-            trusted_relays: settings.trusted_relays,
-            policy: settings.policy,
-            budget: settings.budget,
+        Ok(Scanner {
+            fixed,
+            trusted_relays: config.trusted_relays.clone(),
+            live,
+            budget: config.budget,
             // 1 ms to about 32 s.
             durations: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-        }
+        })
+    }
+
+    /// A pipeline judging by the policy of `config` alone, as version 0 (the
+    /// benchmarks and tools that run no cluster).
+    pub fn standalone(
+        config: &crate::config::Config,
+        resolver: crate::dns::TokioResolver,
+        bayes: Option<Arc<dyn bayes::TokenCounts>>,
+    ) -> anyhow::Result<Self> {
+        let compiled = config
+            .policy_document
+            .compile()
+            .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+        let assembler = Assembler::new(&config.scan, config.site(), resolver.clone(), bayes);
+        let current = crate::policy::Current {
+            version: 0,
+            policy: compiled.policy,
+            ruleset: Arc::new(assembler.ruleset(compiled.content)),
+        };
+        Scanner::new(
+            &config.scan,
+            config.site(),
+            crate::policy::fixed(current),
+            resolver,
+        )
     }
 
     /// Adds the scan-time histogram to `registry`.
@@ -286,18 +298,32 @@ impl Scanner {
             body: candidate.body.clone(),
         };
         let started = Instant::now();
+        // One version for the whole message, whatever is committed meanwhile.
+        let current = self.live.borrow().clone();
+        let ruleset = &current.ruleset;
+        let network: Vec<&dyn NetworkEngine> = self
+            .fixed
+            .iter()
+            .map(|e| e.as_ref())
+            .chain(ruleset.blocklists.as_ref().map(|b| b as &dyn NetworkEngine))
+            .collect();
         let deadline = tokio::time::Instant::now() + self.budget;
         let (links_tx, links_rx) = tokio::sync::oneshot::channel();
         let links = LinkHosts::new(links_rx);
-        let checks = self
-            .network
+        let checks = network
             .iter()
             .map(|engine| timed(deadline, engine.check(candidate, &links)));
+        let want_links = network.iter().any(|e| e.wants_links());
         let (reported, checked) = tokio::join!(
-            self.run_content(candidate, deadline, links_tx),
+            run_content(
+                &ruleset.content,
+                candidate,
+                deadline,
+                want_links.then_some(links_tx)
+            ),
             join_all(checks)
         );
-        let (runs, authentication) = self.runs(reported, checked);
+        let (runs, authentication) = runs(&ruleset.content, &network, reported, checked);
 
         let mut symbols = Vec::new();
         if let Some(relay) = from.via {
@@ -321,8 +347,7 @@ impl Scanner {
                 .find(|f| kinds.contains(&f.kind))
                 .map(|f| f.name.as_str())
         };
-        let policy = self.policy.borrow().clone();
-        let decision = policy.policy.decide(&Facts {
+        let decision = current.policy.decide(&Facts {
             mail_from: candidate.mail_from,
             header_from: candidate.header_from,
             rcpt_to: candidate.rcpt_to,
@@ -340,7 +365,7 @@ impl Scanner {
         // The policy is the pipeline's last stage; its version is the cluster's.
         engines.push(EngineRun {
             engine: bulwark_model::message::POLICY_ENGINE.into(),
-            version: policy.version.to_string(),
+            version: current.version.to_string(),
             ms: 0,
             timed_out: false,
         });
@@ -364,44 +389,6 @@ impl Scanner {
             subject_prefix: decision.subject_prefix,
             auth_header,
         }
-    }
-
-    /// What each engine did, in the order the verdict records it: the content
-    /// engines that reported, the network engines, the content engines that ran out
-    /// of time; and what authentication found, if it ran in time.
-    fn runs(
-        &self,
-        reported: Vec<Run>,
-        checked: Vec<Option<(Checked, u64)>>,
-    ) -> (Vec<Run>, Option<Authentication>) {
-        let late: Vec<Run> = self
-            .content
-            .engines
-            .iter()
-            .filter(|engine| !reported.iter().any(|r| r.engine == engine.name()))
-            .map(|engine| Run {
-                engine: engine.name(),
-                version: engine.version(),
-                report: None,
-            })
-            .collect();
-        let mut runs = reported;
-        let mut authentication = None;
-        for (engine, checked) in self.network.iter().zip(checked) {
-            let report = checked.map(|(checked, ms)| {
-                if checked.authentication.is_some() {
-                    authentication = checked.authentication;
-                }
-                (checked.outcome, ms)
-            });
-            runs.push(Run {
-                engine: engine.name(),
-                version: engine.version(),
-                report,
-            });
-        }
-        runs.extend(late);
-        (runs, authentication)
     }
 
     /// The findings and engine runs the verdict records of `runs`, their hits added
@@ -449,37 +436,73 @@ impl Scanner {
         }
         (findings, engines)
     }
+}
 
-    /// Runs the content engines on a blocking thread, collecting their reports as
-    /// they come until `deadline`.
-    async fn run_content(
-        &self,
-        candidate: &Candidate<'_>,
-        deadline: tokio::time::Instant,
-        links: tokio::sync::oneshot::Sender<Vec<String>>,
-    ) -> Vec<Run> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let content = self.content.clone();
-        let body = candidate.body.clone();
-        let owned = Owned {
-            rcpt_to: candidate.rcpt_to.to_vec(),
-            client_ip: candidate.client_ip,
-        };
-        let want_links = self.network.iter().any(|e| e.wants_links());
-        tokio::task::spawn_blocking(move || {
-            content.run(&owned, &body, &tx, want_links.then_some(links))
-        });
-        let mut reports = Vec::new();
-        let collect = async {
-            while let Some(report) = rx.recv().await {
-                reports.push(report);
+/// What each engine did, in the order the verdict records it: the content engines
+/// that reported, the network engines, the content engines that ran out of time;
+/// and what authentication found, if it ran in time.
+fn runs(
+    content: &ContentEngines,
+    network: &[&dyn NetworkEngine],
+    reported: Vec<Run>,
+    checked: Vec<Option<(Checked, u64)>>,
+) -> (Vec<Run>, Option<Authentication>) {
+    let late: Vec<Run> = content
+        .engines
+        .iter()
+        .filter(|engine| !reported.iter().any(|r| r.engine == engine.name()))
+        .map(|engine| Run {
+            engine: engine.name(),
+            version: engine.version(),
+            report: None,
+        })
+        .collect();
+    let mut runs = reported;
+    let mut authentication = None;
+    for (engine, checked) in network.iter().zip(checked) {
+        let report = checked.map(|(checked, ms)| {
+            if checked.authentication.is_some() {
+                authentication = checked.authentication;
             }
-        };
-        if tokio::time::timeout_at(deadline, collect).await.is_err() {
-            tracing::warn!("scan budget spent before every engine finished");
-        }
-        reports
+            (checked.outcome, ms)
+        });
+        runs.push(Run {
+            engine: engine.name(),
+            version: engine.version(),
+            report,
+        });
     }
+    runs.extend(late);
+    (runs, authentication)
+}
+
+/// Runs the content engines on a blocking thread, collecting their reports as they
+/// come until `deadline`; `links` gets the message's link hosts first, when a network
+/// engine wants them.
+async fn run_content(
+    content: &Arc<ContentEngines>,
+    candidate: &Candidate<'_>,
+    deadline: tokio::time::Instant,
+    links: Option<tokio::sync::oneshot::Sender<Vec<String>>>,
+) -> Vec<Run> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let content = content.clone();
+    let body = candidate.body.clone();
+    let owned = Owned {
+        rcpt_to: candidate.rcpt_to.to_vec(),
+        client_ip: candidate.client_ip,
+    };
+    tokio::task::spawn_blocking(move || content.run(&owned, &body, &tx, links));
+    let mut reports = Vec::new();
+    let collect = async {
+        while let Some(report) = rx.recv().await {
+            reports.push(report);
+        }
+    };
+    if tokio::time::timeout_at(deadline, collect).await.is_err() {
+        tracing::warn!("scan budget spent before every engine finished");
+    }
+    reports
 }
 
 /// `check`'s output and how many ms it took, or `None` when `deadline` comes first:

@@ -14,13 +14,13 @@ mod heuristics;
 mod html;
 mod rules;
 
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mail_parser::parsers::MessageStream;
 use mail_parser::{HeaderValue, Message};
 
 use super::engine::{Engine, Hit, Outcome, Parsed};
+use crate::policy::Source;
 use heuristics::{Facts, BUILTINS};
 use rules::{HeaderForm, HeaderSource, HeaderTest, Loader, RuleSet, Test};
 
@@ -43,16 +43,14 @@ impl SpamEngine {
     /// Loads the built-in rules, then `rule_files` in order. Returns the engine and a
     /// note (`file:line: why`) for every line skipped; a line that does not parse is
     /// an error naming its file and line.
-    pub fn new(rule_files: &[PathBuf]) -> Result<(Self, Vec<String>), String> {
+    pub fn new(rule_files: &[Source]) -> Result<(Self, Vec<String>), String> {
         let mut loader = Loader::new(BUILTINS);
         let mut hash = Fnv::new();
         loader.load("default.cf", DEFAULT_RULES)?;
         hash.write(DEFAULT_RULES.as_bytes());
-        for path in rule_files {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-            loader.load(&path.display().to_string(), &text)?;
-            hash.write(text.as_bytes());
+        for file in rule_files {
+            loader.load(&file.name, &file.text)?;
+            hash.write(file.text.as_bytes());
         }
         let (rules, notes) = loader.finish()?;
         let version = format!("rules:{}/{:08x}", rules.rules.len(), hash.finish() as u32);
@@ -243,6 +241,7 @@ mod tests {
     use super::*;
     use mail_parser::MessageParser;
     use std::net::{IpAddr, Ipv4Addr};
+    use std::path::PathBuf;
 
     const NOW: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
@@ -250,7 +249,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("local.cf");
         std::fs::write(&path, rules).unwrap();
-        let (engine, notes) = SpamEngine::new(&[path]).unwrap();
+        let (engine, notes) = SpamEngine::new(&[Source::read(&path).unwrap()]).unwrap();
         (engine, notes, dir)
     }
 
@@ -593,13 +592,13 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("bad.cf");
             std::fs::write(&path, rules).unwrap();
-            let error = SpamEngine::new(&[path]).unwrap_err();
+            let error = SpamEngine::new(&[Source::read(&path).unwrap()]).unwrap_err();
             assert!(
                 error.contains(&format!("bad.cf:{line}:")),
                 "{rules:?} gave {error}"
             );
         }
-        let missing = SpamEngine::new(&[PathBuf::from("/nonexistent/rules.cf")]).unwrap_err();
+        let missing = Source::read(&PathBuf::from("/nonexistent/rules.cf")).unwrap_err();
         assert!(missing.contains("/nonexistent/rules.cf"));
     }
 

@@ -22,7 +22,6 @@
 //! `pe`, `elf`, `hash` and `magic` are not compiled in.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use boreal::compiler::{generate_description, CompilerParams};
@@ -31,6 +30,7 @@ use boreal::{Compiler, MetadataValue, Scanner};
 use sha2::{Digest, Sha256};
 
 use super::engine::{Engine, Finding, FindingKind, Hit, Outcome, Parsed};
+use crate::policy::Source;
 
 /// The library doing the matching, as recorded in verdicts; the same version as
 /// pinned in `Cargo.toml`.
@@ -71,22 +71,20 @@ impl YaraEngine {
     /// unique across files). An unreadable file, a syntax or compilation error, an
     /// `include` or a `score` metadata that is not an integer is an error; errors
     /// in the rules name the file, line and column.
-    pub fn new(rule_files: &[PathBuf]) -> Result<Self, String> {
+    pub fn new(rule_files: &[Source]) -> Result<Self, String> {
         let mut compiler = Compiler::new();
         compiler.set_params(CompilerParams::default().disable_includes(true));
         let mut hasher = Sha256::new();
         let mut warnings = Vec::new();
-        for path in rule_files {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-            let name = path.display().to_string();
+        for file in rule_files {
+            let (name, text) = (&file.name, &file.text);
             let status = compiler
-                .add_rules_str(&text)
-                .map_err(|e| generate_description(&e.to_diagnostic(), &name, &text))?;
+                .add_rules_str(text)
+                .map_err(|e| generate_description(&e.to_diagnostic(), name, text))?;
             warnings.extend(
                 status
                     .warnings()
-                    .map(|w| generate_description(&w.to_diagnostic(), &name, &text)),
+                    .map(|w| generate_description(&w.to_diagnostic(), name, text)),
             );
             hasher.update((text.len() as u64).to_be_bytes());
             hasher.update(text.as_bytes());
@@ -245,7 +243,7 @@ impl Engine for YaraEngine {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
     use super::super::contents::tests::{message_with, scan_raw, zip_of};
     use super::*;
@@ -254,6 +252,10 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    fn read(paths: &[PathBuf]) -> Vec<Source> {
+        paths.iter().map(|p| Source::read(p).unwrap()).collect()
     }
 
     const RULES: &str = r#"
@@ -289,7 +291,7 @@ private rule Helper
     fn engine() -> (tempfile::TempDir, YaraEngine) {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), "test.yar", RULES);
-        let engine = YaraEngine::new(&[path]).unwrap();
+        let engine = YaraEngine::new(&read(&[path])).unwrap();
         (dir, engine)
     }
 
@@ -366,16 +368,16 @@ private rule Helper
             "bad.yar",
             "rule Fine { condition: true }\n\nrule Broken {\n  strings:\n    $a = \"x\n  condition: $a\n}\n",
         );
-        let error = YaraEngine::new(&[good, bad.clone()]).err().unwrap();
-        let prefix = format!("{}:5:", bad.display());
-        assert!(error.starts_with(&prefix), "{error}");
+        let error = YaraEngine::new(&read(&[good, bad])).err().unwrap();
+        let prefix = "bad.yar:5:";
+        assert!(error.starts_with(prefix), "{error}");
     }
 
     #[test]
     fn a_missing_file_an_include_and_a_text_score_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.yar");
-        let error = YaraEngine::new(&[missing]).err().unwrap();
+        let error = Source::read(&missing).unwrap_err();
         assert!(error.contains("missing.yar: cannot read"), "{error}");
 
         let other = write(dir.path(), "other.yar", "rule Other { condition: true }\n");
@@ -384,20 +386,15 @@ private rule Helper
             "index.yar",
             &format!("include \"{}\"\n", other.display()),
         );
-        let error = YaraEngine::new(std::slice::from_ref(&include))
-            .err()
-            .unwrap();
-        assert!(
-            error.starts_with(&format!("{}:1:", include.display())),
-            "{error}"
-        );
+        let error = YaraEngine::new(&read(&[include])).err().unwrap();
+        assert!(error.starts_with("index.yar:1:"), "{error}");
 
         let text_score = write(
             dir.path(),
             "score.yar",
             "rule Text_Score { meta: score = \"40\" condition: true }\n",
         );
-        let error = YaraEngine::new(&[text_score]).err().unwrap();
+        let error = YaraEngine::new(&read(&[text_score])).err().unwrap();
         assert!(error.contains("Text_Score"), "{error}");
     }
 
@@ -412,7 +409,7 @@ private rule Helper
             "{version}"
         );
         let changed = write(dir.path(), "changed.yar", &RULES.replace("40", "41"));
-        let other = YaraEngine::new(&[changed]).unwrap();
+        let other = YaraEngine::new(&read(&[changed])).unwrap();
         assert_ne!(other.version(), version);
     }
 
