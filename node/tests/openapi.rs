@@ -12,7 +12,7 @@ use common::{Api, Node};
 use serde_json::Value;
 
 /// Every operation of the API, as `METHOD path`.
-const OPERATIONS: [&str; 33] = [
+const OPERATIONS: [&str; 37] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -46,6 +46,10 @@ const OPERATIONS: [&str; 33] = [
     "DELETE /v1/tokens/{name}",
     "GET /v1/bayes",
     "POST /v1/bayes/{lesson}",
+    "GET /v1/policy",
+    "PUT /v1/policy",
+    "GET /v1/policy/history",
+    "POST /v1/policy/simulate",
 ];
 
 /// Calls that need no token.
@@ -132,6 +136,7 @@ fn the_openapi_document_covers_every_route_and_only_routes() {
             "GET" => api.client.get(url),
             "POST" => api.client.post(url),
             "DELETE" => api.client.delete(url),
+            "PUT" => api.client.put(url),
             other => panic!("{other}"),
         };
         let public = PUBLIC.contains(&name.as_str()) || STATUS.contains(&name.as_str());

@@ -618,3 +618,109 @@ fn a_simulated_policy_predicts_exactly_what_it_does_to_the_same_messages_sent_ag
     );
     assert_eq!((status, &none["judged"]), (200, &json!(0)));
 }
+
+#[test]
+fn rules_and_signatures_are_the_clusters_too_seeded_from_the_files_and_changed_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("local.cf");
+    std::fs::write(
+        &rules,
+        "body LOCAL_SEEDED /seeded-marker/\nscore LOCAL_SEEDED 6.0\n",
+    )
+    .unwrap();
+    let node = Node::start_with(
+        "domains = [\"example.test\"]\n",
+        &format!(
+            "{}\n[scan]\nrules = [\"{}\"]\n",
+            common::held_delivery(),
+            rules.display()
+        ),
+    );
+    let api = Api::new(&node);
+    let seeded = current(&api);
+    assert_eq!(
+        seeded["policy"]["rules"],
+        json!([{ "name": "local.cf", "text": "body LOCAL_SEEDED /seeded-marker/\nscore LOCAL_SEEDED 6.0\n" }])
+    );
+    assert!(seeded["policy"]["blocked_extensions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("exe")));
+    judging(&node, 1);
+    let body = |marker: &str| {
+        format!("From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: s\r\n\r\n{marker}\r\n")
+    };
+    let tagged = Smtp::ehlo(node.smtp).send_message(
+        "alice@sender.test",
+        &["bob@example.test"],
+        &body("seeded-marker"),
+    );
+    assert_eq!(action_of(&node, &tagged.queued_id()), "tag");
+
+    // A rule and a YARA signature through the API: the next messages are judged by
+    // them, no restart.
+    let mut changed = seeded["policy"].clone();
+    changed["rules"][0]["text"] =
+        json!("body LOCAL_SEEDED /seeded-marker/\nscore LOCAL_SEEDED 25.0\n");
+    changed["yara_rules"] = json!([{ "name": "drop.yar", "text": "rule Policy_Dropper { strings: $a = \"policy-yara-marker\" condition: $a }" }]);
+    // What-if first: a rule changed needs the messages read again, and says so.
+    let (status, simulated) = api.post_json("/v1/policy/simulate", &json!({ "policy": changed }));
+    assert_eq!(status, 200, "{simulated}");
+    assert_eq!(simulated["needs_rescan"], json!(["rules", "yara_rules"]));
+    let (status, body_of) = api.put_json(
+        "/v1/policy",
+        &json!({ "base_version": 1, "policy": changed, "reason": "raise the marker" }),
+    );
+    assert_eq!(status, 200, "{body_of}");
+    let diff = &node.events("policy.changed")[1]["policy"]["diff"];
+    assert_eq!(
+        diff,
+        &json!([
+            r#"rules."local.cf".text: - "score LOCAL_SEEDED 6.0""#,
+            r#"rules."local.cf".text: + "score LOCAL_SEEDED 25.0""#,
+            r#"yara_rules: + "drop.yar""#,
+        ])
+    );
+    judging(&node, 2);
+    let rejected = send_body(&node, &body("seeded-marker"));
+    assert_eq!(rejected.code, 554, "{}", rejected.text());
+    assert!(rejected.text().contains("score"), "{}", rejected.text());
+    let malware = send_body(&node, &body("policy-yara-marker"));
+    assert_eq!(malware.code, 554, "{}", malware.text());
+    assert!(
+        malware.text().contains("Policy_Dropper"),
+        "{}",
+        malware.text()
+    );
+
+    // Broken rules are refused whole, with where they are broken.
+    let mut broken = changed.clone();
+    broken["rules"][0]["text"] = json!("score\n");
+    broken["yara_rules"][0]["text"] = json!("rule {");
+    let (status, problem) = api.put_json(
+        "/v1/policy",
+        &json!({ "base_version": 2, "policy": broken }),
+    );
+    assert_eq!(status, 422, "{problem}");
+    let errors = problem["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{problem}");
+    assert!(
+        errors[0]
+            .as_str()
+            .unwrap()
+            .starts_with("policy.rules: local.cf:1:"),
+        "{problem}"
+    );
+    assert!(
+        errors[1]
+            .as_str()
+            .unwrap()
+            .starts_with("policy.yara_rules: drop.yar:1:"),
+        "{problem}"
+    );
+    assert_eq!(current(&api)["version"], 2);
+}
+
+fn send_body(node: &Node, body: &str) -> common::Reply {
+    Smtp::ehlo(node.smtp).send_message("alice@sender.test", &["bob@example.test"], body)
+}
