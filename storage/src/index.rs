@@ -226,7 +226,7 @@ fn time_key(time_ms: i64, seq: u64) -> [u8; 17] {
     key
 }
 
-fn seq_at(key: &[u8], from: usize) -> u64 {
+pub(crate) fn seq_at(key: &[u8], from: usize) -> u64 {
     let mut bytes = [0; 8];
     bytes.copy_from_slice(&key[from..from + 8]);
     u64::from_be_bytes(bytes)
@@ -350,23 +350,13 @@ pub(crate) fn query(
     after: u64,
     limit: usize,
 ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
-    let mut lo = after.saturating_add(1);
-    let mut hi = u64::MAX;
-    let mut terms = Vec::new();
-    if let Some((index, clock)) = index {
-        if let Some(since) = filter.since_ms {
-            match first_time_at_least(db, index, since)? {
-                Some(seq) => lo = lo.max(seq),
-                None => return Ok((Vec::new(), None)),
-            }
-        }
-        if let Some(until) = filter.until_ms {
-            if let Some(seq) = first_time_at_least(db, index, until.saturating_add(clock.lag_ms))? {
-                hi = seq - 1;
-            }
-        }
-        terms = filter.terms();
-    }
+    let Some((lo, hi)) = seq_range(db, index, filter.since_ms, filter.until_ms, after)? else {
+        return Ok((Vec::new(), None));
+    };
+    let terms = match index {
+        Some(_) => filter.terms(),
+        None => Vec::new(),
+    };
     let search = Search {
         db,
         events,
@@ -375,13 +365,37 @@ pub(crate) fn query(
         out: Vec::new(),
         work: 0,
     };
-    if lo > hi {
-        return Ok((Vec::new(), None));
-    }
     match index.filter(|_| !terms.is_empty()) {
         Some((index, _)) => search.join(index, &terms, lo, hi),
         None => search.scan(lo, hi),
     }
+}
+
+/// The seqs after `after` that may hold events recorded in `[since_ms, until_ms)`,
+/// from the time index (without it, all of them); `None` when none can.
+pub(crate) fn seq_range(
+    db: &DB,
+    index: Option<(&ColumnFamily, EventClock)>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    after: u64,
+) -> Result<Option<(u64, u64)>> {
+    let mut lo = after.saturating_add(1);
+    let mut hi = u64::MAX;
+    if let Some((index, clock)) = index {
+        if let Some(since) = since_ms {
+            match first_time_at_least(db, index, since)? {
+                Some(seq) => lo = lo.max(seq),
+                None => return Ok(None),
+            }
+        }
+        if let Some(until) = until_ms {
+            if let Some(seq) = first_time_at_least(db, index, until.saturating_add(clock.lag_ms))? {
+                hi = seq - 1;
+            }
+        }
+    }
+    Ok((lo <= hi).then_some((lo, hi)))
 }
 
 /// The seq of the first event whose running maximum time is at least `time_ms`.

@@ -211,7 +211,7 @@ impl Document {
 
     /// The scanning engines of the rules and signatures, each problem added to
     /// `problems`.
-    pub fn content(&self, problems: &mut Vec<String>) -> Option<Content> {
+    fn content(&self, problems: &mut Vec<String>) -> Option<Content> {
         let none = Vec::new();
         let mut notes = Vec::new();
         let spam = match SpamEngine::new(self.rules.as_ref().unwrap_or(&none)) {
@@ -280,7 +280,7 @@ impl Document {
 
     /// The decision policy alone (thresholds, actions, lists, overrides), each
     /// problem added to `problems`.
-    pub fn decision(&self, problems: &mut Vec<String>) -> Policy {
+    fn decision(&self, problems: &mut Vec<String>) -> Policy {
         let defaults = Policy::default();
         let p = self.clone();
         let thresholds = Thresholds {

@@ -19,7 +19,7 @@ use super::{Document, Facts, Policy, RESCAN_KEYS};
 use crate::scan::FindingKind;
 
 /// Events read a page from the store.
-const PAGE: usize = 50_000;
+const PAGE: usize = 10_000;
 /// Message ids given as examples of each change.
 const EXAMPLES: usize = 10;
 

@@ -357,9 +357,10 @@ impl StateStore {
     /// pass as `after` for the next page (`None` when the log has nothing further).
     /// The decisions recorded in `[since_ms, until_ms)` after seq `after`: each
     /// `scan.verdict` with the facts its message's `message.received` (recorded just
-    /// before it) or `message.rejected` (just after) holds. Reads one page of at most
-    /// `max_events` events; the cursor to go on from is the last event of the last
-    /// whole decision read (`None`: the range is done).
+    /// before it) or `message.rejected` (just after) holds. Reads at most
+    /// `max_events` events, one at a time straight from the log; the cursor to go on
+    /// from is the last event of the last whole decision read (`None`: the range is
+    /// done).
     pub fn decisions(
         &self,
         since_ms: Option<i64>,
@@ -367,39 +368,56 @@ impl StateStore {
         after: u64,
         max_events: usize,
     ) -> Result<(Vec<Decided>, Option<u64>)> {
-        let filter = EventFilter {
-            since_ms,
-            until_ms,
-            ..Default::default()
+        let clock = *self.clock.lock().expect("event clock lock");
+        let index = clock.map(|clock| (self.cf(cf::INDEX), clock));
+        let Some((lo, hi)) = index::seq_range(&self.db, index, since_ms, until_ms, after)? else {
+            return Ok((Vec::new(), None));
         };
-        let (events, more) = self.events(&filter, after, max_events)?;
+        let in_range =
+            |time: i64| since_ms.is_none_or(|t| time >= t) && until_ms.is_none_or(|t| time < t);
+        let mut iter = self.db.raw_iterator_cf(self.cf(cf::EVENTS));
+        iter.seek(lo.to_be_bytes());
         let mut decided = Vec::new();
         // Where the page may end: after the last event that completed a decision or
         // belongs to none.
         let mut done = after;
-        let mut received: Option<(u64, MessageReceived)> = None;
+        let (mut read, mut last, mut more) = (0, after, false);
+        let mut received: Option<MessageReceived> = None;
         let mut verdict: Option<(u64, Verdict)> = None;
-        for stored in events {
-            let seq = stored.event.seq;
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let seq = index::seq_at(key, 0);
+            if seq > hi {
+                break;
+            }
+            if read == max_events {
+                more = true;
+                break;
+            }
+            let stored: StoredEvent = codec::decode(value)?;
+            read += 1;
+            last = seq;
+            let time = stored.event.time_ms;
             match stored.event.kind {
                 EventKind::MessageReceived(m) => {
-                    received = Some((seq, *m));
+                    received = Some(*m);
                     verdict = None;
                 }
                 EventKind::ScanVerdict(v) => match received.take() {
-                    Some((_, m)) if m.message_id == v.message_id => {
-                        decided.push(Decided {
-                            seq,
-                            mail_from: m.envelope.mail_from,
-                            header_from: m.header_from,
-                            header_from_known: true,
-                            rcpt_to: m.envelope.rcpt_to,
-                            client_ip: m.client.ip,
-                            verdict: *v,
-                        });
+                    Some(m) if m.message_id == v.message_id => {
+                        if in_range(time) {
+                            decided.push(Decided {
+                                seq,
+                                mail_from: m.envelope.mail_from,
+                                header_from: m.header_from,
+                                header_from_known: true,
+                                rcpt_to: m.envelope.rcpt_to,
+                                client_ip: m.client.ip,
+                                verdict: *v,
+                            });
+                        }
                         done = seq;
                     }
-                    _ => verdict = Some((seq, *v)),
+                    _ => verdict = in_range(time).then_some((seq, *v)),
                 },
                 EventKind::PolicyRejected(r) => {
                     if let Some((seq, v)) = verdict.take() {
@@ -419,12 +437,14 @@ impl StateStore {
                     }
                 }
             }
+            iter.next();
         }
+        iter.status()?;
         let next = match more {
-            Some(_) if done > after => Some(done),
-            // A page that completed nothing (a lone event at its end): step over it.
-            Some(cursor) => Some(cursor),
-            None => None,
+            true if done > after => Some(done),
+            // A page too small to complete one decision: step over what it read.
+            true => Some(last),
+            false => None,
         };
         Ok((decided, next))
     }
