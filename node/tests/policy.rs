@@ -719,6 +719,31 @@ fn rules_and_signatures_are_the_clusters_too_seeded_from_the_files_and_changed_w
         "{problem}"
     );
     assert_eq!(current(&api)["version"], 2);
+
+    // A protected name (a VIP list) used by an outsider.
+    let mut protected = changed.clone();
+    protected["protected_names"] = json!(["Maria Chief"]);
+    let (status, body_of) = api.put_json(
+        "/v1/policy",
+        &json!({ "base_version": 2, "policy": protected, "reason": "protect the CFO" }),
+    );
+    assert_eq!(status, 200, "{body_of}");
+    judging(&node, 3);
+    let impostor = Smtp::ehlo(node.smtp).send_message(
+        "maria.chief@freemail.test",
+        &["bob@example.test"],
+        "From: Maria Chief <maria.chief@freemail.test>\r\nTo: bob@example.test\r\n\
+         Subject: wire\r\n\r\nPay this today.\r\n",
+    );
+    let verdict = verdict(&node, &impostor);
+    let symbols: Vec<&str> = verdict["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(symbols.contains(&"PHISH_PROTECTED_NAME"), "{verdict}");
+    assert_eq!(verdict["policy_version"], 3);
 }
 
 fn send_body(node: &Node, body: &str) -> common::Reply {

@@ -15,6 +15,7 @@ use super::{Overrides, Policy};
 use crate::scan::attachments::{AttachmentEngine, DEFAULT_BLOCKED};
 use crate::scan::blocklists::{parse_zone, Zone};
 use crate::scan::malware::MalwareEngine;
+use crate::scan::phishing::PhishingEngine;
 use crate::scan::spam::SpamEngine;
 use crate::scan::yara::YaraEngine;
 
@@ -80,6 +81,13 @@ pub struct Document {
     /// `[scan] blocked_extensions`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked_extensions: Option<Vec<String>>,
+    /// People whose names outside senders may not use as their display name (a VIP
+    /// list: `"Maria Chief"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protected_names: Option<Vec<String>>,
+    /// Domains besides ours whose look-alikes are phishing (partners, banks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protected_domains: Option<Vec<String>>,
 }
 
 /// A rule or signature file as the cluster holds it: its name and its text.
@@ -105,13 +113,15 @@ impl Source {
 
 /// The keys whose change a simulation cannot decide from what was recorded: a rule
 /// or signature changed would have to read the messages again.
-pub const RESCAN_KEYS: [&str; 6] = [
+pub const RESCAN_KEYS: [&str; 8] = [
     "rules",
     "yara_rules",
     "malware_hashes",
     "clamav_hashes",
     "blocklists",
     "blocked_extensions",
+    "protected_names",
+    "protected_domains",
 ];
 
 /// A document compiled: the decision policy and the scanning content engines, built
@@ -127,6 +137,7 @@ pub struct Content {
     pub malware: MalwareEngine,
     pub yara: Option<YaraEngine>,
     pub attachments: AttachmentEngine,
+    pub phishing: PhishingEngine,
     pub blocklists: Vec<Zone>,
     /// Rule lines skipped (outside the supported subset) and YARA warnings.
     pub notes: Vec<String>,
@@ -187,6 +198,8 @@ impl Document {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_BLOCKED.iter().map(|e| e.to_string()).collect()),
             ),
+            protected_names: Some(self.protected_names.clone().unwrap_or_default()),
+            protected_domains: Some(self.protected_domains.clone().unwrap_or_default()),
         }
     }
 
@@ -268,11 +281,30 @@ impl Document {
                     .ok()
             })
             .collect();
+        let names = self.protected_names.clone().unwrap_or_default();
+        if names.iter().any(|n| n.split_whitespace().next().is_none()) {
+            problems.push("policy.protected_names: a name cannot be empty".into());
+        }
+        let domains: Vec<String> = self
+            .protected_domains
+            .iter()
+            .flatten()
+            .filter_map(
+                |d| match crate::mail::ascii_domain(d).filter(|a| a.contains('.')) {
+                    Some(ascii) => Some(ascii),
+                    None => {
+                        problems.push(format!("policy.protected_domains: {d:?} is not a domain"));
+                        None
+                    }
+                },
+            )
+            .collect();
         Some(Content {
             spam: spam?,
             malware: malware?,
             yara: yara?,
             attachments: AttachmentEngine::new(blocked),
+            phishing: PhishingEngine::new(&names, &domains),
             blocklists,
             notes,
         })
@@ -492,10 +524,12 @@ mod tests {
             malware_hashes: Some(vec![source("feed.txt", "nothex")]),
             blocklists: Some(vec!["=x".into()]),
             blocked_extensions: Some(vec!["e x e".into()]),
+            protected_names: Some(vec![" ".into()]),
+            protected_domains: Some(vec!["not a domain".into()]),
             ..Document::default()
         };
         let problems = bad.compile().err().expect("refused");
-        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert_eq!(problems.len(), 7, "{problems:#?}");
         for key in RESCAN_KEYS.iter().filter(|k| **k != "clamav_hashes") {
             assert!(
                 problems

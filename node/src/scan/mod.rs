@@ -118,7 +118,7 @@ impl Assembler {
             Box::new(content.malware),
             Box::new(content.attachments),
             Box::new(content.spam),
-            Box::new(phishing::PhishingEngine::new()),
+            Box::new(content.phishing),
         ];
         if let Some(yara) = content.yara {
             engines.push(Box::new(yara.with_timeout(self.budget)));

@@ -1,10 +1,11 @@
 //! The phishing and BEC engine: mail that pretends to come from us or from someone
 //! we know. It compares the From, Sender and Reply-To addresses, the From display
-//! name and every link against our own domains (`smtp.domains`): display names that
-//! name a local address or domain, domains one or two edits away from ours or
-//! spelled with look-alike characters (after decoding punycode), our name under
-//! another top-level domain, a Reply-To leading elsewhere, and our own domain in the
-//! From of mail arriving from outside.
+//! name and every link against our own domains (`smtp.domains`) and what the policy
+//! protects (`protected_names`, `protected_domains`): display names that name a local
+//! address or domain or a protected person, domains one or two edits away from ours
+//! or a protected one or spelled with look-alike characters (after decoding
+//! punycode), such a name under another top-level domain, a Reply-To leading
+//! elsewhere, and our own domain in the From of mail arriving from outside.
 
 #![forbid(unsafe_code)]
 
@@ -14,7 +15,7 @@ use super::engine::{Engine, Hit, Outcome, Parsed};
 use super::spam::{link_hosts, registrable_domain};
 
 /// Changes whenever the checks or their scores change.
-const VERSION: &str = "phishing:1";
+const VERSION: &str = "phishing:2";
 
 /// The From, Sender or Reply-To domain is a look-alike of one of ours.
 const LOOKALIKE_SCORE: f64 = 6.0;
@@ -22,6 +23,8 @@ const LOOKALIKE_SCORE: f64 = 6.0;
 const LOOKALIKE_LINK_SCORE: f64 = 4.0;
 /// The display name of an outside sender names one of our addresses or domains.
 const IMPERSONATION_SCORE: f64 = 5.0;
+/// The display name of an outside sender is a protected person's name.
+const PROTECTED_NAME_SCORE: f64 = 6.0;
 /// The display name of an outside sender is the name of one of our recipients.
 const LOCAL_USER_NAME_SCORE: f64 = 2.0;
 /// Replies go to another domain than the sender's.
@@ -29,14 +32,30 @@ const REPLYTO_SCORE: f64 = 1.0;
 /// Mail from one of our domains arrives from a client outside our networks.
 const LOCAL_EXTERNAL_SCORE: f64 = 2.5;
 
-/// Looks for impersonation of our domains and users.
+/// Looks for impersonation of our domains and users and of what the policy protects.
 #[derive(Debug, Default)]
-pub struct PhishingEngine;
+pub struct PhishingEngine {
+    /// Protected people's names, as [`normalize_name`] gives them.
+    names: Vec<String>,
+    /// Protected domains besides ours, lowercase IDNA ASCII.
+    domains: Vec<String>,
+}
 
 impl PhishingEngine {
-    /// The engine; what it protects comes with each message (`Parsed::local_domains`).
-    pub fn new() -> Self {
-        PhishingEngine
+    /// The engine protecting `names` (display names outsiders may not use: a VIP
+    /// list) and `domains` (partners, banks: their look-alikes are phishing) besides
+    /// our own domains, which come with each message (`Parsed::local_domains`).
+    pub fn new(names: &[String], domains: &[String]) -> Self {
+        PhishingEngine {
+            names: names.iter().map(|n| normalize_name(n)).collect(),
+            domains: domains.iter().map(|d| to_ascii(d)).collect(),
+        }
+    }
+
+    /// A look-alike of one of our domains or of a protected one.
+    fn lookalike(&self, domain: &str, ours: &[String]) -> Option<String> {
+        lookalike_of(domain, ours, "our")
+            .or_else(|| lookalike_of(domain, &self.domains, "the protected"))
     }
 }
 
@@ -75,7 +94,7 @@ impl Engine for PhishingEngine {
             ("Reply-To", &reply_domain),
         ] {
             if let Some(domain) = domain {
-                if let Some(found) = lookalike_of_ours(domain, ours) {
+                if let Some(found) = self.lookalike(domain, ours) {
                     lookalikes.push(format!("{header} {found}"));
                 }
             }
@@ -90,7 +109,7 @@ impl Engine for PhishingEngine {
         }
 
         // Look-alike link domains.
-        if !ours.is_empty() {
+        if !ours.is_empty() || !self.domains.is_empty() {
             let mut seen = Vec::new();
             let mut links = Vec::new();
             for host in link_hosts(message) {
@@ -98,7 +117,7 @@ impl Engine for PhishingEngine {
                 if seen.contains(&host) {
                     continue;
                 }
-                if let Some(found) = lookalike_of_ours(&host, ours) {
+                if let Some(found) = self.lookalike(&host, ours) {
                     links.push(format!("link {found}"));
                 }
                 seen.push(host);
@@ -115,7 +134,15 @@ impl Engine for PhishingEngine {
         // Display names of outside senders.
         let external = from_domain.as_deref().filter(|d| !is_ours(d, ours));
         if let (Some(domain), Some(name)) = (external, from.and_then(|a| a.name())) {
-            if let Some(named) = names_ours(name, ours) {
+            if self.names.contains(&normalize_name(name)) {
+                hits.push(Hit::new(
+                    "PHISH_PROTECTED_NAME",
+                    PROTECTED_NAME_SCORE,
+                    format!(
+                        "display name \"{name}\" is a protected name but the mail is from {domain}"
+                    ),
+                ));
+            } else if let Some(named) = names_ours(name, ours) {
                 hits.push(Hit::new(
                     "PHISH_DISPLAY_NAME_IMPERSONATION",
                     IMPERSONATION_SCORE,
@@ -199,13 +226,14 @@ fn is_internal(ip: IpAddr) -> bool {
     }
 }
 
-/// `"<domain> looks like our <ours> (why)"` if the domain imitates one of ours.
-fn lookalike_of_ours(domain: &str, ours: &[String]) -> Option<String> {
-    if is_ours(domain, ours) {
+/// `"<domain> looks like <whose> <one> (why)"` if the domain imitates one of
+/// `domains` without being one of them or under one.
+fn lookalike_of(domain: &str, domains: &[String], whose: &str) -> Option<String> {
+    if is_ours(domain, domains) {
         return None;
     }
-    ours.iter().find_map(|o| {
-        lookalike(domain, o).map(|why| format!("{domain} looks like our {o} ({why})"))
+    domains.iter().find_map(|o| {
+        lookalike(domain, o).map(|why| format!("{domain} looks like {whose} {o} ({why})"))
     })
 }
 
@@ -372,7 +400,9 @@ mod tests {
             view: &view,
             local_domains: &ours,
         };
-        PhishingEngine::new().scan(&parsed).hits
+        PhishingEngine::new(&["Maria Chief".into()], &["partnerbank.test".into()])
+            .scan(&parsed)
+            .hits
     }
 
     fn scan(raw: &str) -> Vec<Hit> {
@@ -399,7 +429,39 @@ mod tests {
             "See https://www.partner.test/docs and https://www.example.test/intranet",
         ));
         assert!(hits.is_empty(), "{hits:?}");
-        assert_eq!(PhishingEngine::new().name(), "phishing");
+        assert_eq!(PhishingEngine::default().name(), "phishing");
+    }
+
+    #[test]
+    fn a_protected_name_or_a_look_alike_of_a_protected_domain_from_outside() {
+        let hits = scan(&mail(
+            "\"Maria  CHIEF\" <maria.chief@freemail.test>",
+            "",
+            "Pay this today.",
+        ));
+        let vip = hit(&hits, "PHISH_PROTECTED_NAME").expect("protected name");
+        assert_eq!(vip.score, 6.0);
+        assert!(vip.description.contains("freemail.test"), "{vip:?}");
+        let hits = scan(&mail(
+            "Payments <pay@partnerbank-secure.test>",
+            "",
+            "Log in at https://login.partnbank.test/",
+        ));
+        let sender = hit(&hits, "PHISH_LOOKALIKE_DOMAIN").expect("look-alike sender");
+        assert!(
+            sender
+                .description
+                .contains("looks like the protected partnerbank.test"),
+            "{sender:?}"
+        );
+        assert!(hit(&hits, "PHISH_LOOKALIKE_LINK").is_some(), "{hits:?}");
+        // The protected domain itself, and its subdomains, are not look-alikes.
+        let hits = scan(&mail(
+            "Payments <pay@mail.partnerbank.test>",
+            "",
+            "Statement.",
+        ));
+        assert!(hits.is_empty(), "{hits:?}");
     }
 
     #[test]
