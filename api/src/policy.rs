@@ -29,6 +29,10 @@ pub trait PolicyEngine: Send + Sync {
     /// canonical JSON, or every problem found.
     fn check(&self, proposed: &Value) -> Result<String, Vec<String>>;
 
+    /// The version this node judges messages by now (it follows the committed ones
+    /// within a moment; 0: its own `[policy]`, before the cluster had one).
+    fn judging(&self) -> u64;
+
     /// What `proposed` would change in the decisions recorded in
     /// `[since_ms, until_ms)` after seq `after`, as the answer's JSON (with `next`
     /// when it stopped early), or every problem of the policy.
@@ -101,7 +105,7 @@ impl From<&PolicyVersion> for HistoryEntry {
 }
 
 /// `GET /v1/policy?version`: the current version (or an earlier one) whole, with
-/// who made it, when and why.
+/// who made it, when and why, and the version this node judges by (`judging`).
 #[utoipa::path(get, path = "/v1/policy", tag = "policy", params(VersionQuery), responses((status = 200, description = "version, hash, who, when, why, diff and the policy"), (status = 404, description = "no such version, or the cluster has no policy yet"), (status = 403, description = "the metrics role")), operation_id = "policy_get")]
 pub(crate) async fn get(
     State(s): State<ApiState>,
@@ -124,6 +128,7 @@ pub(crate) async fn get(
     let document: Value = serde_json::from_str(&version.document).map_err(ApiError::internal)?;
     let mut answer =
         serde_json::to_value(HistoryEntry::from(&version)).map_err(ApiError::internal)?;
+    answer["judging"] = s.policy.judging().into();
     answer["policy"] = document;
     Ok(Json(answer))
 }

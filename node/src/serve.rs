@@ -100,7 +100,7 @@ async fn serve(config: Config) -> Result<()> {
     let scanner = Arc::new(scan::Scanner::new(
         &config.scan,
         config.site(),
-        live_policy,
+        live_policy.clone(),
         resolver.clone(),
     )?);
     let mut registry = prometheus_client::registry::Registry::default();
@@ -137,7 +137,7 @@ async fn serve(config: Config) -> Result<()> {
         backup_dir: config.backup_dir.clone(),
         public_status: config.public_status,
         reads: Arc::default(),
-        policy: Arc::new(PolicyForApi),
+        policy: Arc::new(PolicyForApi(live_policy.clone())),
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, api_tls, state, async {
         let _ = api_stopped.await;
@@ -298,8 +298,9 @@ const HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 const SIMULATE_BUDGET: Duration = Duration::from_secs(5);
 
 /// What the API asks of policies: the `[policy]` keys as JSON compiled as a node
-/// would (every problem at once), and tried on the decisions on record.
-struct PolicyForApi;
+/// would (every problem at once), tried on the decisions on record, and the version
+/// the sessions judge by.
+struct PolicyForApi(policy::Live);
 
 impl bulwark_api::PolicyEngine for PolicyForApi {
     fn check(&self, proposed: &serde_json::Value) -> Result<String, Vec<String>> {
@@ -307,6 +308,10 @@ impl bulwark_api::PolicyEngine for PolicyForApi {
             serde_json::from_value(proposed.clone()).map_err(|e| vec![format!("policy: {e}")])?;
         document.compile()?;
         Ok(document.canonical())
+    }
+
+    fn judging(&self) -> u64 {
+        self.0.borrow().version
     }
 
     fn simulate(

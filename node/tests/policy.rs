@@ -108,6 +108,7 @@ fn the_policy_is_seeded_changed_without_restart_and_every_verdict_names_its_vers
     assert_eq!(first["policy"]["block"], json!([]));
     assert_eq!(first["hash"].as_str().unwrap().len(), 64);
     judging(&node, 1);
+    assert_eq!(current(&api)["judging"], 1);
 
     let before = send(&node, "alice@sender.test");
     assert_eq!(before.code, 250, "{}", before.text());
