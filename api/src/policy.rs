@@ -50,13 +50,16 @@ pub trait PolicyEngine: Send + Sync {
 const OPERATOR_KEYS: [&str; 2] = ["allow", "block"];
 /// Longest reason given with a change.
 const MAX_REASON: usize = 1024;
+/// Largest version or seq a request may name: what the OpenAPI document's `int64`
+/// allows.
+const MAX_NUMBER: u64 = i64::MAX as u64;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct VersionQuery {
     /// An earlier version, whole (default: the current one).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 9223372036854775807_i64)]
     version: Option<u64>,
 }
 
@@ -64,6 +67,7 @@ pub(crate) struct VersionQuery {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChangeRequest {
     /// The version this change was made from (`GET /v1/policy`'s `version`).
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     base_version: u64,
     /// The whole new policy: the `[policy]` keys as JSON.
     #[schema(value_type = Object)]
@@ -114,6 +118,11 @@ pub(crate) async fn get(
 ) -> Result<Json<Value>, ApiError> {
     s.caller(&headers, Access::Policy)?;
     let Query(query) = query?;
+    if query.version.is_some_and(|v| v > MAX_NUMBER) {
+        return Err(ApiError::bad_request(format!(
+            "version: at most {MAX_NUMBER}"
+        )));
+    }
     let node = s.node.clone();
     let found = tokio::task::spawn_blocking(move || match query.version {
         Some(version) => node.state().policy_version(version),
@@ -163,6 +172,11 @@ pub(crate) async fn change(
             "body: {e} (expected {{\"base_version\": N, \"policy\": {{...}}, \"reason\": \"...\"}})"
         ))
     })?;
+    if request.base_version > MAX_NUMBER {
+        return Err(ApiError::bad_request(format!(
+            "base_version: at most {MAX_NUMBER}"
+        )));
+    }
     if request.reason.len() > MAX_REASON {
         return Err(ApiError::bad_request(format!(
             "reason: at most {MAX_REASON} bytes"
@@ -235,7 +249,7 @@ pub(crate) struct SimulateRequest {
     until: Option<String>,
     /// The `next` of the previous answer, to go on where it stopped.
     #[serde(default)]
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     after: u64,
 }
 
@@ -256,6 +270,11 @@ pub(crate) async fn simulate(
             "body: {e} (expected {{\"policy\": {{...}}, \"since\": \"RFC 3339\", \"until\": \"RFC 3339\", \"after\": SEQ}})"
         ))
     })?;
+    if request.after > MAX_NUMBER {
+        return Err(ApiError::bad_request(format!(
+            "after: at most {MAX_NUMBER}"
+        )));
+    }
     let since_ms = crate::routes::time_ms("since", request.since.as_deref())?;
     let until_ms = crate::routes::time_ms("until", request.until.as_deref())?;
     let node = s.node.clone();

@@ -257,6 +257,7 @@ fn every_operation_declares_its_error_answers_and_the_node_keeps_to_the_bounds()
         ("/v1/events?limit=1000", 200),
         ("/v1/quarantine?limit=0", 400),
         ("/v1/queue?limit=1001", 400),
+        ("/v1/policy?version=9223372036854775808", 400),
         ("/v1/events?consistent=maybe", 400),
         ("/v1/messages/%FF", 400),
         ("/v1/quarantine/%FF%FE", 400),

@@ -238,7 +238,13 @@ fn concurrent_changes_from_one_base_one_wins_and_bad_policies_are_refused_whole(
         .as_str()
         .unwrap()
         .contains("unknown field `tag_scor`"));
+    let (status, _) = api.post_json(
+        "/v1/policy/simulate",
+        &json!({ "policy": {}, "after": 9_223_372_036_854_775_808_u64 }),
+    );
+    assert_eq!(status, 400);
     for body in [
+        json!({ "base_version": 9_223_372_036_854_775_808_u64, "policy": {} }),
         json!({ "policy": {} }),
         json!({ "base_version": 2, "policy": {}, "reason": "x".repeat(1025) }),
         json!({ "base_version": 2, "policy": {}, "extra": 1 }),
