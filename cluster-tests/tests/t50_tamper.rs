@@ -11,6 +11,24 @@ use bulwark_cluster_tests::ClusterBuilder;
 async fn t50_offline_verify_detects_tampered_event() -> Result<()> {
     let mut cluster = ClusterBuilder::new(3).name("t50-tamper").start().await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
+    // What a new cluster records by itself (each node's signing key, the policy
+    // seeded from the first leader's file) first, so the log stands still once the
+    // notes below have converged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = cluster.events_all(leader).await?;
+        let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
+        if count("audit.key_rotated") == 3 && count("policy.changed") == 1 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the cluster's own start events: {} keys, {} policies",
+            count("audit.key_rotated"),
+            count("policy.changed")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let texts: Vec<String> = (1..=20)
         .map(|i| format!("t50 note {i:02}: evidence that must never change"))
         .collect();
