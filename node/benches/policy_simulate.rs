@@ -11,7 +11,6 @@
 //! `-- --messages N` records N messages instead; `-- --dir DIR` keeps the database
 //! in DIR and reuses it when run again.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bulwark_model::samples::traffic;
@@ -71,21 +70,7 @@ fn recorded(n: u64) -> Op {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (mut want, mut keep) = (1_000_000u64, None::<PathBuf>);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--messages" => {
-                want = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .expect("--messages N")
-            }
-            "--dir" => keep = args.next().map(PathBuf::from),
-            // cargo bench passes --bench.
-            _ => {}
-        }
-    }
+    let (want, keep) = traffic::bench_args("--messages", 1_000_000);
     let temp = tempfile::tempdir().expect("temporary directory");
     let dir = keep.unwrap_or_else(|| temp.path().to_path_buf());
     let state = StateDir::open(&dir).expect("state database");

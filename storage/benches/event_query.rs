@@ -11,10 +11,9 @@
 //! `-- --events N` records N events instead; `-- --dir DIR` keeps the database in DIR
 //! and reuses it when run again.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bulwark_model::samples::traffic::{message_id, op, shape};
+use bulwark_model::samples::traffic::{self, message_id, op, shape};
 use bulwark_storage::{EventFilter, Op, StateDir};
 
 /// Operations per applied batch, about what Raft hands the state machine under load.
@@ -23,21 +22,7 @@ const RUNS: usize = 30;
 const LIMIT: usize = 100;
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (mut want, mut keep) = (1_000_000u64, None::<PathBuf>);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--events" => {
-                want = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .expect("--events N")
-            }
-            "--dir" => keep = args.next().map(PathBuf::from),
-            // cargo bench passes --bench.
-            _ => {}
-        }
-    }
+    let (want, keep) = traffic::bench_args("--events", 1_000_000);
     let temp = tempfile::tempdir().expect("temporary directory");
     let dir = keep.unwrap_or_else(|| temp.path().to_path_buf());
     let state = StateDir::open(&dir).expect("state database");

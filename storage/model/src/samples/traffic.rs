@@ -131,3 +131,22 @@ pub fn op(n: u64) -> Op {
         command,
     }
 }
+
+/// A benchmark's arguments: `COUNT_FLAG N` (how much to record, `default` when not
+/// given) and `--dir DIR` (a database to keep and reuse); anything else (cargo
+/// bench's `--bench`) is ignored.
+pub fn bench_args(count_flag: &str, default: u64) -> (u64, Option<std::path::PathBuf>) {
+    let mut args = std::env::args().skip(1);
+    let (mut count, mut dir) = (default, None);
+    while let Some(arg) = args.next() {
+        if arg == count_flag {
+            count = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{count_flag} N"));
+        } else if arg == "--dir" {
+            dir = args.next().map(std::path::PathBuf::from);
+        }
+    }
+    (count, dir)
+}
