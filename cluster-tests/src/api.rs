@@ -472,6 +472,34 @@ impl ApiClient {
         serde_json::from_str(&body).with_context(|| format!("GET {url}: bad JSON: {}", clip(&body)))
     }
 
+    /// `GET /v1/policy` on node `id`: the status and the answer.
+    pub async fn policy(&self, id: u64) -> Result<(u16, serde_json::Value)> {
+        let response = self
+            .http
+            .get(format!("{}/v1/policy", self.base_url(id)?))
+            .bearer_auth(self.token(id)?)
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    /// `PUT /v1/policy` to node `id` with `body` (`base_version`, `policy`,
+    /// `reason`): the status and the answer.
+    pub async fn put_policy(
+        &self,
+        id: u64,
+        body: &serde_json::Value,
+    ) -> Result<(u16, serde_json::Value)> {
+        let response = self
+            .http
+            .put(format!("{}/v1/policy", self.base_url(id)?))
+            .bearer_auth(self.token(id)?)
+            .json(body)
+            .send()
+            .await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
     /// One page of `GET /v1/events`.
     pub async fn events_page(
         &self,

@@ -14,29 +14,6 @@ use serde_json::{json, Value};
 /// How soon every node must judge by a committed version.
 const SWAP: Duration = Duration::from_secs(1);
 
-async fn policy(cluster: &Cluster, id: u64) -> Result<(u16, Value)> {
-    let api = cluster.api();
-    let response = api
-        .http()
-        .get(format!("{}/v1/policy", api.base_url(id)?))
-        .bearer_auth(api.token(id)?)
-        .send()
-        .await?;
-    Ok((response.status().as_u16(), response.json().await?))
-}
-
-async fn put(cluster: &Cluster, id: u64, body: &Value) -> Result<(u16, Value)> {
-    let api = cluster.api();
-    let response = api
-        .http()
-        .put(format!("{}/v1/policy", api.base_url(id)?))
-        .bearer_auth(api.token(id)?)
-        .json(body)
-        .send()
-        .await?;
-    Ok((response.status().as_u16(), response.json().await?))
-}
-
 /// Sends generated messages (from `load@load.test`) to node `id` until one is
 /// refused for good; how long that took and the messages accepted before.
 async fn until_refused(
@@ -115,7 +92,7 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     for id in cluster.ids() {
         loop {
-            let (status, current) = policy(cluster, id).await?;
+            let (status, current) = cluster.api().policy(id).await?;
             if status == 200 {
                 ensure!(current["version"] == 1, "node {id}: {current}");
                 judging(cluster, id, 1).await?;
@@ -149,11 +126,11 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
         ensure!(version == 1, "node {id}: {message} judged under {version}");
     }
 
-    let (_, current) = policy(cluster, follower).await?;
+    let (_, current) = cluster.api().policy(follower).await?;
     let mut blocked = current["policy"].clone();
     blocked["block"] = json!(["load@load.test"]);
     let body = json!({ "base_version": 1, "policy": blocked, "reason": "t150 block" });
-    let (status, answer) = put(cluster, follower, &body).await?;
+    let (status, answer) = cluster.api().put_policy(follower, &body).await?;
     ensure!(
         status == 200 && answer["version"] == 2,
         "{status}: {answer}"
@@ -173,7 +150,7 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
             ensure!(verdict_version(cluster, id, &message).await? == 1);
         }
     }
-    let (status, stale) = put(cluster, leader, &body).await?;
+    let (status, stale) = cluster.api().put_policy(leader, &body).await?;
     ensure!(
         status == 409,
         "a stale change through the leader: {status} {stale}"

@@ -268,12 +268,12 @@ const PURGE_PER_COMMAND: u32 = 10_000;
 const PURGE_COMMANDS_PER_RUN: usize = 100;
 
 /// Applies the event log's retention while this node leads, until `stop` is
-/// cancelled. `exporters` are the configured SIEM exporters, whose cursors hold the
+/// cancelled. `exporters` are those of the cluster's policy, whose cursors hold the
 /// purge back.
 pub async fn retention(
     node: Arc<RaftNode>,
     settings: Settings,
-    exporters: Vec<String>,
+    exporters: tokio::sync::watch::Receiver<Arc<crate::siem::Exporters>>,
     stop: CancellationToken,
 ) {
     if settings.retention.is_none() && settings.max_events.is_none() {
@@ -291,9 +291,9 @@ pub async fn retention(
         }
         for _ in 0..PURGE_COMMANDS_PER_RUN {
             let plan = {
-                let (node, settings, exporters) =
-                    (node.clone(), settings.clone(), exporters.clone());
-                tokio::task::spawn_blocking(move || plan(&node, &settings, &exporters)).await
+                let (node, settings) = (node.clone(), settings.clone());
+                let exporters = exporters.borrow().clone();
+                tokio::task::spawn_blocking(move || plan(&node, &settings, &exporters.names)).await
             };
             let Plan { keep, purged, held } = match plan {
                 Ok(Ok(plan)) => plan,

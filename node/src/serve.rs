@@ -96,7 +96,14 @@ async fn serve(config: Config) -> Result<()> {
         .policy_document
         .compile()
         .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
-    let (policy_sender, live_policy) = policy::replicated::start(&node, own, &assembler);
+    let own_exporters = siem::Exporters {
+        names: config.siem.iter().map(|e| e.name.clone()).collect(),
+        ready: config.siem.clone(),
+    };
+    let following =
+        policy::replicated::start(&node, own, own_exporters, &assembler, &config.siem_local);
+    let live_policy = following.policy.subscribe();
+    let exporters = following.exporters.subscribe();
     let scanner = Arc::new(scan::Scanner::new(
         &config.scan,
         config.site(),
@@ -137,7 +144,7 @@ async fn serve(config: Config) -> Result<()> {
         backup_dir: config.backup_dir.clone(),
         public_status: config.public_status,
         reads: Arc::default(),
-        policy: Arc::new(PolicyForApi(live_policy.clone())),
+        policy: Arc::new(PolicyForApi(live_policy.clone(), config.siem_local.clone())),
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, api_tls, state, async {
         let _ = api_stopped.await;
@@ -163,8 +170,9 @@ async fn serve(config: Config) -> Result<()> {
     let policy_follower = tokio::spawn(policy::replicated::follow(
         node.clone(),
         config.policy_document.clone(),
-        policy_sender,
+        following,
         assembler,
+        config.siem_local.clone(),
         policy_gauge,
         stop_delivery.clone(),
     ));
@@ -187,12 +195,12 @@ async fn serve(config: Config) -> Result<()> {
     let event_retention = tokio::spawn(audit::retention(
         node.clone(),
         config.audit.clone(),
-        config.siem.iter().map(|e| e.name.clone()).collect(),
+        exporters.clone(),
         stop_delivery.clone(),
     ));
     let exporters = tokio::spawn(siem::run(
         node.clone(),
-        config.siem.clone(),
+        exporters,
         config.smtp.hostname.clone(),
         siem_metrics,
         stop_delivery.clone(),
@@ -298,16 +306,20 @@ const HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 const SIMULATE_BUDGET: Duration = Duration::from_secs(5);
 
 /// What the API asks of policies: the `[policy]` keys as JSON compiled as a node
-/// would (every problem at once), tried on the decisions on record, and the version
-/// the sessions judge by.
-struct PolicyForApi(policy::Live);
+/// would (every problem at once, the exporters built with this node's files), tried
+/// on the decisions on record, and the version the sessions judge by.
+struct PolicyForApi(policy::Live, siem::Local);
 
 impl bulwark_api::PolicyEngine for PolicyForApi {
     fn check(&self, proposed: &serde_json::Value) -> Result<String, Vec<String>> {
         let document: policy::Document =
             serde_json::from_value(proposed.clone()).map_err(|e| vec![format!("policy: {e}")])?;
-        document.compile()?;
-        Ok(document.canonical())
+        let mut problems = document.compile().err().unwrap_or_default();
+        problems.extend(document.exporters(&self.1).err().unwrap_or_default());
+        match problems.is_empty() {
+            true => Ok(document.canonical()),
+            false => Err(problems),
+        }
     }
 
     fn judging(&self) -> u64 {

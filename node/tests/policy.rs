@@ -401,6 +401,22 @@ fn bulwark_policy_reads_diffs_applies_and_rolls_back_over_the_api() {
     assert!(until_rejected(&node, "alice@sender.test") < SWAP);
     let (code, out, _) = remote("diff", &["--file", path]);
     assert_eq!((code, out.trim()), (0, "no difference from version 2"));
+    // A node's whole config file is read as the policy it would seed: its
+    // `[[siem.exporters]]` too, the other sections ignored.
+    let config = node.dir().join("node.toml");
+    std::fs::write(
+        &config,
+        "[api]\nlisten = \"127.0.0.1:1\"\n[policy]\ntag_score = 6.0\n\
+         block = [\"alice@sender.test\"]\n[[siem.exporters]]\nname = \"soc\"\n\
+         kind = \"syslog\"\naddress = \"127.0.0.1:6514\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = remote("diff", &["--file", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        "changes from version 2:\n  exporters: + \"soc\""
+    );
 
     // A stale base version is refused and says why.
     let (code, _, err) = remote(

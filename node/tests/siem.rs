@@ -827,6 +827,123 @@ retry_max_secs = 1
     );
 }
 
+/// The cluster's policy, once it has one.
+fn policy(api: &Api) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = api.get("/v1/policy");
+        if status == 200 {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "no policy: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_exporters_are_the_policys_changed_without_restart_and_their_secrets_stay_out_of_the_log() {
+    let rt = runtime();
+    let http = rt
+        .block_on(HttpReceiver::start(HEC_TOKEN, SECRET.as_bytes()))
+        .unwrap();
+    // Seeded from the node's file, whose inline secret stays in the file.
+    let hook = format!(
+        "[[siem.exporters]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}/hook\"\n\
+         secret = \"{SECRET}\"\npoll_ms = 20\n",
+        http.url()
+    );
+    let node = Node::start_with("", &(common::held_delivery() + &hook));
+    let api = Api::new(&node);
+    let current = policy(&api);
+    let exporters = current["policy"]["exporters"].clone();
+    assert_eq!(exporters[0]["name"], "hook", "{current}");
+    assert!(exporters[0].get("secret").is_none(), "{exporters}");
+    let note = |text: &str| {
+        let (status, body) = api.post_json("/v1/notes", &serde_json::json!({ "text": text }));
+        assert_eq!(status, 201, "{body}");
+        body["seq"].as_u64().unwrap()
+    };
+    let first = note("shipped by the seeded exporter");
+    rt.block_on(wait_for_seqs("webhook", &[first], WAIT, || {
+        seqs(&http.webhook_events("hook"))
+    }))
+    .unwrap();
+
+    // A secret written into the policy is refused, and so are a file this node does
+    // not have and files outside its config's directory (an admin token cannot make
+    // the node send its other files as a token): every problem at once, nothing
+    // changed.
+    let mut bad = current["policy"].clone();
+    bad["exporters"] = serde_json::json!([
+        { "name": "splunk", "kind": "hec", "url": http.url(), "token": HEC_TOKEN },
+        { "name": "soar", "kind": "webhook", "url": http.url(), "secret_file": "absent.key" },
+        { "name": "exfil", "kind": "hec", "url": http.url(), "token_file": "/etc/hostname" },
+        { "name": "up", "kind": "hec", "url": http.url(), "token_file": "../data/admin.token" },
+    ]);
+    let (status, refused) = api.put_json(
+        "/v1/policy",
+        &serde_json::json!({ "base_version": current["version"], "policy": bad }),
+    );
+    assert_eq!(status, 422, "{refused}");
+    let errors = refused["errors"].to_string();
+    for expected in [
+        "policy.exporters[0] (splunk): token: a secret stays out of the cluster's policy",
+        "policy.exporters[1] (soar): secret_file",
+        "absent.key",
+        "policy.exporters[2] (exfil): token_file: /etc/hostname: the policy names files in",
+        "policy.exporters[3] (up): token_file: ../data/admin.token: the policy names files",
+    ] {
+        assert!(errors.contains(expected), "{expected:?} not in {errors}");
+    }
+    assert_eq!(policy(&api)["version"], current["version"]);
+
+    // With its token in a file beside the config, an exporter added to the policy
+    // ships at once, from its first event; the one taken out stops.
+    std::fs::write(node.dir().join("hec.token"), format!("{HEC_TOKEN}\n")).unwrap();
+    let mut changed = current["policy"].clone();
+    changed["exporters"] = serde_json::json!([
+        { "name": "splunk", "kind": "hec", "url": http.url(), "token_file": "hec.token",
+          "ack": false, "poll_ms": 20 },
+    ]);
+    let (status, answer) = api.put_json(
+        "/v1/policy",
+        &serde_json::json!({ "base_version": current["version"], "policy": changed,
+                             "reason": "the SOC's Splunk instead of the webhook" }),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let deadline = Instant::now() + WAIT;
+    while metric(&node, "bulwark_siem_running", "hook") != 0.0 {
+        assert!(Instant::now() < deadline, "the webhook exporter still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = http.webhook_events("hook").len();
+    let last = note("shipped by the added exporter");
+    let want: Vec<u64> = (1..=last).collect();
+    rt.block_on(wait_for_seqs("hec", &want, WAIT, || {
+        seqs(&http.hec_events())
+    }))
+    .unwrap();
+    assert_eq!(http.webhook_events("hook").len(), received);
+
+    // The secrets are nowhere in what the log and the policy's versions hold.
+    let export = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/events/export", node.api))
+        .bearer_auth(node.token())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(export.contains(r#"exporters: + \"splunk\""#), "{export}");
+    let (_, history) = api.get("/v1/policy/history");
+    let versions: Vec<String> = (1..=history.as_array().unwrap().len())
+        .map(|v| api.get(&format!("/v1/policy?version={v}")).1.to_string())
+        .collect();
+    assert!(versions.last().unwrap().contains("hec.token"));
+    for text in versions.iter().chain([&export, &history.to_string()]) {
+        assert!(!text.contains(SECRET) && !text.contains(HEC_TOKEN));
+    }
+}
+
 #[test]
 fn check_config_reports_every_bad_exporter_setting_at_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,6 +26,25 @@ mod smtp;
 mod tests;
 
 pub use scanning::{DnsConfig, ScanConfig};
+pub(crate) use siem::{exporter, exporters, section};
+
+/// The sections of a configuration file: a file with one of them is a node's
+/// configuration, not a policy's keys alone.
+pub const SECTIONS: [&str; 13] = [
+    "node",
+    "cluster",
+    "api",
+    "raft",
+    "smtp",
+    "delivery",
+    "scan",
+    "dns",
+    "policy",
+    "quarantine",
+    "siem",
+    "audit",
+    "backup",
+];
 
 /// The configuration file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -101,8 +120,11 @@ pub struct Config {
     /// cluster's policy, and what a new cluster's first policy is seeded from.
     pub policy_document: crate::policy::Document,
     pub quarantine: crate::quarantine::Settings,
-    /// `[[siem.exporters]]`.
+    /// The exporters of `policy_document`, built with `siem_local`.
     pub siem: Vec<crate::siem::Exporter>,
+    /// What this node gives the cluster's exporters: the directory their files are
+    /// named relative to, the secrets its `[[siem.exporters]]` write inline.
+    pub siem_local: crate::siem::Local,
     pub audit: crate::audit::Settings,
 }
 
@@ -199,7 +221,22 @@ impl Config {
         }
         let quarantine =
             quarantine::validate_quarantine(raw.quarantine.unwrap_or_default(), &mut problems);
-        let siem = siem::validate_siem(raw.siem.unwrap_or_default(), base, &mut problems);
+        let mut siem_local = crate::siem::Local {
+            base: base.to_path_buf(),
+            ..crate::siem::Local::default()
+        };
+        let key = seed_exporters(
+            raw.siem,
+            &mut siem_local,
+            &mut policy_document,
+            &mut problems,
+        );
+        let siem = siem::exporters(
+            key,
+            policy_document.exporters.as_deref().unwrap_or_default(),
+            &siem_local,
+            &mut problems,
+        );
         let audit = audit::validate_audit(
             raw.audit.unwrap_or_default(),
             base,
@@ -229,20 +266,22 @@ impl Config {
             policy_document: policy_document.complete(),
             quarantine,
             siem,
+            siem_local,
             audit,
         })
     }
 }
 
 /// The policy a configuration file holds: its `[policy]` section with the rule and
-/// signature files its `[scan]` names (relative to the file), the other sections
-/// ignored. What `bulwark policy apply --file` sends for a node's config file, as a
+/// signature files its `[scan]` names (relative to the file) and its
+/// `[[siem.exporters]]` (their inline secrets left out), the other sections ignored. What `bulwark policy apply --file` sends for a node's config file, as a
 /// new cluster would be seeded from it.
 pub fn policy_of(path: &Path) -> Result<crate::policy::Document, Vec<String>> {
     #[derive(Deserialize)]
     struct Parts {
         policy: Option<crate::policy::Document>,
         scan: Option<scanning::RawScan>,
+        siem: Option<siem::RawSiem>,
         #[serde(flatten)]
         _others: toml::Table,
     }
@@ -259,10 +298,37 @@ pub fn policy_of(path: &Path) -> Result<crate::policy::Document, Vec<String>> {
         &mut document,
         &mut problems,
     );
+    // Inline secrets stay in the file: the policy names the exporter only.
+    seed_exporters(
+        parts.siem,
+        &mut crate::siem::Local::default(),
+        &mut document,
+        &mut problems,
+    );
     match problems.is_empty() {
         true => Ok(document),
         false => Err(problems),
     }
+}
+
+/// Adds `[[siem.exporters]]` to `policy` as its `exporters`, their inline secrets
+/// taken out into `local`; both set is a problem. Says where the exporters were
+/// written, to name their problems.
+fn seed_exporters(
+    siem: Option<siem::RawSiem>,
+    local: &mut crate::siem::Local,
+    policy: &mut crate::policy::Document,
+    problems: &mut Vec<String>,
+) -> &'static str {
+    let Some(written) = siem.and_then(|s| s.exporters) else {
+        return "policy.exporters";
+    };
+    if policy.exporters.is_some() {
+        problems.push("siem.exporters and policy.exporters: one or the other".into());
+        return "policy.exporters";
+    }
+    policy.exporters = Some(crate::siem::seed(written, local));
+    "siem.exporters"
 }
 
 /// A retention in days (fractions allowed): 0 means none, up to 100 years.

@@ -1,4 +1,6 @@
-//! `[[siem.exporters]]`: where the event log is shipped.
+//! The SIEM exporters' settings checked and built: a node's `[[siem.exporters]]`,
+//! which seed the cluster's policy, and the policy's `exporters`, which every node
+//! builds with its own files and secrets.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -8,160 +10,154 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::siem::{
-    Exporter, Filter, HecSettings, Kind, Payload, SyslogSettings, SyslogTransport, WebhookSettings,
+    Exporter, Filter, HecSettings, Kind, Local, Payload, Spec, SyslogSettings, SyslogTransport,
+    WebhookSettings,
 };
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSiem {
-    exporters: Option<Vec<RawExporter>>,
+    pub(super) exporters: Option<Vec<Spec>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExporter {
-    /// Unique; the replicated cursor is kept under it.
-    name: Option<String>,
-    /// `syslog`, `hec` or `webhook`.
-    kind: Option<String>,
-    /// syslog: the receiver's `host:port`.
-    address: Option<String>,
-    /// syslog: `tcp` (default; a batch counts once the receiver closes the
-    /// connection after it) or `relp` (each message acknowledged by the receiver).
-    transport: Option<String>,
-    /// syslog: `json` (default) or `cef`.
-    format: Option<String>,
-    /// syslog: RFC 5425 TLS (default false).
-    tls: Option<bool>,
-    /// Extra trust anchors (PEM) besides the web PKI roots, for syslog TLS and https.
-    tls_ca: Option<PathBuf>,
-    /// syslog TLS: the name the receiver's certificate must carry (default: the host).
-    tls_name: Option<String>,
-    /// syslog TLS: our client certificate (PEM) and key, for receivers that ask for
-    /// one (mutual TLS, RFC 5425 section 5.2).
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    /// syslog: RFC 5424 facility number (default 13, log audit).
-    facility: Option<u8>,
-    /// hec: the collector's base URL; webhook: the URL to POST to.
-    url: Option<String>,
-    /// hec: the HEC token, or a file holding it.
-    token: Option<String>,
-    token_file: Option<PathBuf>,
-    /// hec: wait for indexer acknowledgement (default true).
-    ack: Option<bool>,
-    /// hec: seconds to wait for it (default 60).
-    ack_timeout_secs: Option<u64>,
-    /// hec: posts of one unacknowledged batch after the first (default 2, at most 100).
-    ack_resends: Option<u32>,
-    /// hec: index and sourcetype of the events (default: the token's index;
-    /// `bulwark:event`).
-    index: Option<String>,
-    sourcetype: Option<String>,
-    /// webhook: the HMAC key, or a file holding it; at least 16 bytes.
-    secret: Option<String>,
-    secret_file: Option<PathBuf>,
-    /// Event types to ship (`scan.verdict`, `delivery.*`); default: all.
-    types: Option<Vec<String>>,
-    /// Actions to ship (`reject`, `quarantine`, ...); default: any.
-    actions: Option<Vec<String>>,
-    /// Events per batch (default 500, at most 10000).
-    batch: Option<usize>,
-    /// Seconds a connection or request may take (default 10).
-    timeout_secs: Option<u64>,
-    /// Longest pause between tries while the receiver fails, in seconds (default 60).
-    retry_max_secs: Option<u64>,
-    /// Milliseconds between looks at the log when there is nothing new (default 200).
-    poll_ms: Option<u64>,
-    /// Refusals of one batch (HTTP 4xx about the batch, RELP 500) after which it is
-    /// recorded as `siem.dead_letter` and skipped (default 5, 1 to 1000).
-    dead_letter_after: Option<u32>,
-}
-
-pub(super) fn validate_siem(
-    raw: RawSiem,
-    base: &Path,
+/// The exporters `specs`, written under `key` (`siem.exporters` or
+/// `policy.exporters`, which names their problems), built with what this node gives
+/// them; every problem is added to `problems`.
+pub(crate) fn exporters(
+    key: &str,
+    specs: &[Spec],
+    local: &Local,
     problems: &mut Vec<String>,
 ) -> Vec<Exporter> {
     let mut names = BTreeSet::new();
     let mut exporters = Vec::new();
-    for (n, raw) in raw.exporters.unwrap_or_default().into_iter().enumerate() {
-        let start = problems.len();
-        let name = raw.name.clone().unwrap_or_default();
-        let section = if name.is_empty() {
-            format!("siem.exporters[{n}]")
-        } else {
-            format!("siem.exporters[{n}] ({name})")
-        };
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            problems.push(format!(
-                "{section}: name must be 1 to 64 letters, digits, '-', '_' or '.'"
-            ));
-        } else if !names.insert(name.clone()) {
+    for (n, spec) in specs.iter().enumerate() {
+        let section = section(key, n, spec);
+        let name = spec.name.clone().unwrap_or_default();
+        if !name.is_empty() && !names.insert(name.clone()) {
             problems.push(format!(
                 "{section}: the name {name:?} is taken by another exporter"
             ));
         }
-        let kind = build_kind(&section, &raw, base, problems);
-        let filter = Filter {
-            types: raw.types.unwrap_or_default(),
-            actions: raw.actions.unwrap_or_default(),
-        };
-        for t in &filter.types {
-            let family = t.strip_suffix('*');
-            let body = family.unwrap_or(t);
-            let valid = !t.is_empty()
-                && body
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
-                && family.is_none_or(|f| f.is_empty() || f.ends_with('.'));
-            if !valid {
-                problems.push(format!(
-                    "{section}: types: {t:?} is neither a type (scan.verdict) nor a family (delivery.*)"
-                ));
-            }
-        }
-        let batch = raw.batch.unwrap_or(500);
-        if !(1..=10_000).contains(&batch) {
-            problems.push(format!("{section}: batch must be 1 to 10000, not {batch}"));
-        }
-        let retry_max = raw.retry_max_secs.unwrap_or(60);
-        if retry_max == 0 {
-            problems.push(format!("{section}: retry_max_secs must be positive"));
-        }
-        let dead_letter_after = raw.dead_letter_after.unwrap_or(5);
-        if !(1..=1000).contains(&dead_letter_after) {
-            problems.push(format!(
-                "{section}: dead_letter_after must be 1 to 1000, not {dead_letter_after}"
-            ));
-        }
-        if let (Some(kind), true) = (kind, problems.len() == start) {
-            exporters.push(Exporter {
-                name,
-                kind,
-                filter,
-                batch,
-                retry_max: Duration::from_secs(retry_max),
-                poll: Duration::from_millis(raw.poll_ms.unwrap_or(200).clamp(10, 60_000)),
-                dead_letter_after,
-            });
-        }
+        exporters.extend(exporter(&section, spec, local, problems));
     }
     exporters
+}
+
+/// How a problem names the `n`th exporter under `key`.
+pub(crate) fn section(key: &str, n: usize, spec: &Spec) -> String {
+    match spec.name.as_deref().unwrap_or_default() {
+        "" => format!("{key}[{n}]"),
+        name => format!("{key}[{n}] ({name})"),
+    }
+}
+
+/// One exporter, named `section` in its problems; `None` when it has any.
+pub(crate) fn exporter(
+    section: &str,
+    spec: &Spec,
+    local: &Local,
+    problems: &mut Vec<String>,
+) -> Option<Exporter> {
+    let start = problems.len();
+    let name = spec.name.clone().unwrap_or_default();
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        problems.push(format!(
+            "{section}: name must be 1 to 64 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    let files = [
+        ("tls_ca", &spec.tls_ca),
+        ("tls_cert", &spec.tls_cert),
+        ("tls_key", &spec.tls_key),
+        ("token_file", &spec.token_file),
+        ("secret_file", &spec.secret_file),
+    ];
+    let readable = problems.len();
+    for (field, path) in files {
+        if let Some(path) = path.as_deref().filter(|p| !local.may_read(p)) {
+            problems.push(format!(
+                "{section}: {field}: {}: the policy names files in the directory of the \
+                 nodes' config files (relative, without ..) or those a node's own \
+                 [[siem.exporters]] names",
+                path.display()
+            ));
+        }
+    }
+    if problems.len() > readable {
+        return None;
+    }
+    for (field, inline) in [("token", &spec.token), ("secret", &spec.secret)] {
+        if inline.is_some() {
+            problems.push(format!(
+                "{section}: {field}: a secret stays out of the cluster's policy and its \
+                 log; name a file every node has with {field}_file"
+            ));
+        }
+    }
+    let kind = build_kind(section, spec, local, problems);
+    let filter = Filter {
+        types: spec.types.clone().unwrap_or_default(),
+        actions: spec.actions.clone().unwrap_or_default(),
+    };
+    for t in &filter.types {
+        let family = t.strip_suffix('*');
+        let body = family.unwrap_or(t);
+        let valid = !t.is_empty()
+            && body
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '.' || c == '_')
+            && family.is_none_or(|f| f.is_empty() || f.ends_with('.'));
+        if !valid {
+            problems.push(format!(
+                "{section}: types: {t:?} is neither a type (scan.verdict) nor a family (delivery.*)"
+            ));
+        }
+    }
+    let batch = spec.batch.unwrap_or(500);
+    if !(1..=10_000).contains(&batch) {
+        problems.push(format!("{section}: batch must be 1 to 10000, not {batch}"));
+    }
+    let retry_max = spec.retry_max_secs.unwrap_or(60);
+    if retry_max == 0 {
+        problems.push(format!("{section}: retry_max_secs must be positive"));
+    }
+    let dead_letter_after = spec.dead_letter_after.unwrap_or(5);
+    if !(1..=1000).contains(&dead_letter_after) {
+        problems.push(format!(
+            "{section}: dead_letter_after must be 1 to 1000, not {dead_letter_after}"
+        ));
+    }
+    match (kind, problems.len() == start) {
+        (Some(kind), true) => Some(Exporter {
+            name,
+            kind,
+            filter,
+            batch,
+            retry_max: Duration::from_secs(retry_max),
+            poll: Duration::from_millis(spec.poll_ms.unwrap_or(200).clamp(10, 60_000)),
+            dead_letter_after,
+            written: serde_json::to_string(spec).expect("an exporter's settings serialize"),
+        }),
+        _ => None,
+    }
 }
 
 /// The kind-specific part, with a problem for every field that belongs to another kind.
 fn build_kind(
     section: &str,
-    raw: &RawExporter,
-    base: &Path,
+    raw: &Spec,
+    local: &Local,
     problems: &mut Vec<String>,
 ) -> Option<Kind> {
+    let name = raw.name.clone().unwrap_or_default();
+    let (inline_token, inline_secret) = (local.tokens.get(&name), local.secrets.get(&name));
+    let base = local.base.as_path();
     let kind = raw.kind.as_deref().unwrap_or_default();
     let given: [(&str, bool, &[&str]); 16] = [
         ("address", raw.address.is_some(), &["syslog"]),
@@ -179,7 +175,7 @@ fn build_kind(
         ("url", raw.url.is_some(), &["hec", "webhook"]),
         (
             "token",
-            raw.token.is_some() || raw.token_file.is_some(),
+            inline_token.is_some() || raw.token_file.is_some(),
             &["hec"],
         ),
         ("ack", raw.ack.is_some(), &["hec"]),
@@ -188,7 +184,7 @@ fn build_kind(
         ("sourcetype", raw.sourcetype.is_some(), &["hec"]),
         (
             "secret",
-            raw.secret.is_some() || raw.secret_file.is_some(),
+            inline_secret.is_some() || raw.secret_file.is_some(),
             &["webhook"],
         ),
         (
@@ -307,7 +303,7 @@ fn build_kind(
             let token = secret(
                 section,
                 "token",
-                &raw.token,
+                inline_token,
                 &raw.token_file,
                 base,
                 problems,
@@ -348,7 +344,7 @@ fn build_kind(
             let secret = secret(
                 section,
                 "secret",
-                &raw.secret,
+                inline_secret,
                 &raw.secret_file,
                 base,
                 problems,
@@ -428,17 +424,18 @@ fn http_url(
     }
 }
 
-/// A secret given inline or in a file (trailing whitespace of the file dropped).
+/// A secret in a file (trailing whitespace dropped) or given inline in this node's
+/// own `[[siem.exporters]]`.
 fn secret(
     section: &str,
     field: &str,
-    inline: &Option<String>,
+    inline: Option<&Vec<u8>>,
     file: &Option<PathBuf>,
     base: &Path,
     problems: &mut Vec<String>,
 ) -> Option<Vec<u8>> {
     match (inline, file) {
-        (Some(value), None) => Some(value.as_bytes().to_vec()),
+        (Some(value), None) => Some(value.clone()),
         (None, Some(path)) => {
             let path = super::relative_to(base, path.clone());
             match std::fs::read(&path) {
@@ -459,7 +456,13 @@ fn secret(
             None
         }
         (None, None) => {
-            problems.push(format!("{section}: {field} or {field}_file is required"));
+            problems.push(match section.starts_with("siem.") {
+                true => format!("{section}: {field} or {field}_file is required"),
+                false => format!(
+                    "{section}: {field}_file is required (or {field} in this node's own \
+                     [[siem.exporters]] of that name)"
+                ),
+            });
             None
         }
     }

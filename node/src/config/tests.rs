@@ -166,3 +166,51 @@ fn unknown_fields_are_refused() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn siem_exporters_seed_the_policy_and_their_inline_secrets_stay_in_the_file() {
+    let exporter = "[[siem.exporters]]\nname = \"hook\"\nkind = \"webhook\"\n\
+                    url = \"https://soar.example.test/\"\nsecret = \"sixteen-bytes-or-more\"\n";
+    let c = parse(exporter).unwrap();
+    let seeded = c.policy_document.exporters.clone().unwrap();
+    assert_eq!(seeded[0].name.as_deref(), Some("hook"));
+    assert_eq!(seeded[0].secret, None);
+    assert!(!c.policy_document.canonical().contains("sixteen-bytes"));
+    assert_eq!(c.siem_local.secrets["hook"], b"sixteen-bytes-or-more");
+    assert_eq!(c.siem[0].name, "hook");
+    // Written in the policy, a secret is refused; both sections at once too.
+    let inline = exporter.replace("[[siem.exporters]]", "[[policy.exporters]]");
+    let problems = parse(&inline).unwrap_err();
+    assert!(
+        problems[0].starts_with("policy.exporters[0] (hook): secret: a secret stays out"),
+        "{problems:?}"
+    );
+    let problems = parse(&format!("{exporter}{inline}")).unwrap_err();
+    assert!(
+        problems.contains(&"siem.exporters and policy.exporters: one or the other".to_string()),
+        "{problems:?}"
+    );
+    // A file named relative to the config's directory is read there.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hook.key"), "sixteen-bytes-or-more\n").unwrap();
+    let path = dir.path().join("bulwark.toml");
+    std::fs::write(
+        &path,
+        exporter.replace("secret = ", "secret_file = \"hook.key\"\n#"),
+    )
+    .unwrap();
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.siem_local.base, dir.path());
+    let written = &c.policy_document.exporters.as_ref().unwrap()[0];
+    assert_eq!(written.secret_file.as_deref(), Some(Path::new("hook.key")));
+    let policy = policy_of(&path).unwrap();
+    assert_eq!(policy.exporters.unwrap()[0], *written);
+}
+
+#[test]
+fn every_section_named_is_one_a_file_may_have() {
+    for section in SECTIONS {
+        let raw: Result<Raw, _> = toml::from_str(&format!("[{section}]\n"));
+        assert!(raw.is_ok(), "[{section}]: {raw:?}");
+    }
+}

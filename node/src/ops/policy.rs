@@ -223,7 +223,10 @@ fn read(file: &Path) -> Result<Value> {
     } else {
         let table: toml::Table =
             toml::from_str(&text).with_context(|| format!("{}: not TOML", file.display()))?;
-        if table.contains_key("policy") || table.contains_key("scan") {
+        if table
+            .keys()
+            .any(|k| crate::config::SECTIONS.contains(&k.as_str()))
+        {
             crate::config::policy_of(file)
                 .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n  ")))?
         } else {

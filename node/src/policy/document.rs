@@ -18,6 +18,7 @@ use crate::scan::malware::MalwareEngine;
 use crate::scan::phishing::PhishingEngine;
 use crate::scan::spam::SpamEngine;
 use crate::scan::yara::YaraEngine;
+use crate::siem::Exporter;
 
 /// The `[policy]` keys; absent ones take their defaults.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -88,6 +89,10 @@ pub struct Document {
     /// Domains besides ours whose look-alikes are phishing (partners, banks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protected_domains: Option<Vec<String>>,
+    /// The SIEM exporters (seeded from `[[siem.exporters]]`), their secrets named
+    /// by file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exporters: Option<Vec<crate::siem::Spec>>,
 }
 
 /// A rule or signature file as the cluster holds it: its name and its text.
@@ -200,6 +205,7 @@ impl Document {
             ),
             protected_names: Some(self.protected_names.clone().unwrap_or_default()),
             protected_domains: Some(self.protected_domains.clone().unwrap_or_default()),
+            exporters: Some(self.exporters.clone().unwrap_or_default()),
         }
     }
 
@@ -219,6 +225,18 @@ impl Document {
         match (problems.is_empty(), content) {
             (true, Some(content)) => Ok(Compiled { policy, content }),
             _ => Err(problems),
+        }
+    }
+
+    /// The exporters as this node builds them, with its own files and secrets, or
+    /// every problem found at once.
+    pub fn exporters(&self, local: &crate::siem::Local) -> Result<Vec<Exporter>, Vec<String>> {
+        let mut problems = Vec::new();
+        let specs = self.exporters.as_deref().unwrap_or_default();
+        let built = crate::config::exporters("policy.exporters", specs, local, &mut problems);
+        match problems.is_empty() {
+            true => Ok(built),
+            false => Err(problems),
         }
     }
 

@@ -2,7 +2,8 @@
 //! then followed. Each version the cluster commits is compiled here, off the
 //! sessions' path, and swapped in whole; the next message is judged by it, with no
 //! restart. A node whose own `[policy]` differs from the cluster's says so once and
-//! judges by the cluster's.
+//! judges by the cluster's. The exporters of each version are built here too, with
+//! this node's own files and secrets, for the node to run while it leads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,22 +15,33 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Compiled, Current, Document, Live};
+use super::{Compiled, Current, Document};
 use crate::scan::Assembler;
+use crate::siem::{Exporters, Local};
 
 /// How often the node looks for a newly committed version: one metadata read.
 const POLL: Duration = Duration::from_millis(100);
 
-/// What the node judges by from its start: the cluster's current version as this
-/// node last applied it, else its own `[policy]` (`own`, compiled) as version 0
-/// until the cluster has one. The sender is [`follow`]'s.
+/// What a node takes from the cluster's policy version it follows: the policy its
+/// sessions judge by, and the exporters it runs while it leads.
+pub struct Following {
+    pub policy: watch::Sender<Arc<Current>>,
+    pub exporters: watch::Sender<Arc<Exporters>>,
+}
+
+/// What the node judges by and exports with from its start: the cluster's current
+/// version as this node last applied it, else its own `[policy]` (`own`, compiled,
+/// and `own_exporters`) as version 0 until the cluster has one. The senders are
+/// [`follow`]'s.
 pub fn start(
     node: &RaftNode,
     own: Compiled,
+    own_exporters: Exporters,
     assembler: &Assembler,
-) -> (watch::Sender<Arc<Current>>, Live) {
+    local: &Local,
+) -> Following {
     let cluster = match node.state().current_policy() {
-        Ok(Some(version)) => match compile(&version, assembler) {
+        Ok(Some(version)) => match compile(&version, assembler, local) {
             Ok(current) => Some(current),
             Err(problems) => {
                 report_uncompiled(&version, &problems);
@@ -42,12 +54,18 @@ pub fn start(
             None
         }
     };
-    let initial = cluster.unwrap_or_else(|| Current {
-        version: 0,
-        policy: own.policy,
-        ruleset: Arc::new(assembler.ruleset(own.content)),
+    let (policy, exporters) = cluster.unwrap_or_else(|| {
+        let current = Current {
+            version: 0,
+            policy: own.policy,
+            ruleset: Arc::new(assembler.ruleset(own.content)),
+        };
+        (current, own_exporters)
     });
-    watch::channel(Arc::new(initial))
+    Following {
+        policy: watch::channel(Arc::new(policy)).0,
+        exporters: watch::channel(Arc::new(exporters)).0,
+    }
 }
 
 /// Seeds the cluster's first policy from `own` (the leader does, when the cluster
@@ -55,11 +73,14 @@ pub fn start(
 pub async fn follow(
     node: Arc<RaftNode>,
     own: Document,
-    live: watch::Sender<Arc<Current>>,
+    following: Following,
     assembler: Arc<Assembler>,
+    local: Local,
     gauge: Gauge,
     stop: CancellationToken,
 ) {
+    let live = following.policy;
+    let local = Arc::new(local);
     let own = own.canonical();
     let mut compared = false;
     let mut refused: Option<u64> = None;
@@ -80,20 +101,22 @@ pub async fn follow(
                         // Rules and signatures can take a while to compile: off the
                         // runtime's threads, the sessions judging by the old
                         // version meanwhile.
-                        let assembler = assembler.clone();
+                        let (assembler, local) = (assembler.clone(), local.clone());
                         let record = version.clone();
-                        let compiled =
-                            tokio::task::spawn_blocking(move || compile(&record, &assembler))
-                                .await
-                                .unwrap_or_else(|e| Err(vec![format!("compiling: {e}")]));
+                        let compiled = tokio::task::spawn_blocking(move || {
+                            compile(&record, &assembler, &local)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(vec![format!("compiling: {e}")]));
                         match compiled {
-                            Ok(current) => {
+                            Ok((current, exporters)) => {
                                 tracing::info!(
                                     version = number,
                                     by = %version.user,
                                     "judging by the cluster's policy version {number}"
                                 );
                                 live.send_replace(Arc::new(current));
+                                following.exporters.send_replace(Arc::new(exporters));
                             }
                             Err(problems) => {
                                 report_uncompiled(&version, &problems);
@@ -176,15 +199,44 @@ fn compare(own: &str, cluster: &PolicyVersion) {
     );
 }
 
-fn compile(version: &PolicyVersion, assembler: &Assembler) -> Result<Current, Vec<String>> {
-    let compiled = Document::from_json(&version.document)
-        .map_err(|e| vec![e])?
-        .compile()?;
-    Ok(Current {
+fn compile(
+    version: &PolicyVersion,
+    assembler: &Assembler,
+    local: &Local,
+) -> Result<(Current, Exporters), Vec<String>> {
+    let document = Document::from_json(&version.document).map_err(|e| vec![e])?;
+    let compiled = document.compile()?;
+    let current = Current {
         version: version.version,
         policy: compiled.policy,
         ruleset: Arc::new(assembler.ruleset(compiled.content)),
-    })
+    };
+    Ok((current, exporters(&document, version.version, local)))
+}
+
+/// The exporters of `document` that start on this node; each one that cannot (a
+/// file this node lacks) is said, with its problems, and left out.
+fn exporters(document: &Document, version: u64, local: &Local) -> Exporters {
+    let specs = document.exporters.as_deref().unwrap_or_default();
+    let mut ready = Vec::new();
+    for (n, spec) in specs.iter().enumerate() {
+        let section = crate::config::section("policy.exporters", n, spec);
+        let mut problems = Vec::new();
+        match crate::config::exporter(&section, spec, local, &mut problems) {
+            Some(exporter) => ready.push(exporter),
+            None => tracing::error!(
+                version,
+                problems = %problems.join("; "),
+                "a SIEM exporter of the cluster's policy version {version} cannot start on \
+                 this node, so its feed stops while this node leads: give this node the \
+                 files it names"
+            ),
+        }
+    }
+    Exporters {
+        names: specs.iter().filter_map(|s| s.name.clone()).collect(),
+        ready,
+    }
 }
 
 fn report_uncompiled(version: &PolicyVersion, problems: &[String]) {

@@ -1,5 +1,7 @@
-//! Shipping the event log to SIEMs (`[[siem.exporters]]`): syslog over TCP, TLS or
-//! RELP (JSON or CEF), Splunk's HTTP Event Collector, and a signed webhook.
+//! Shipping the event log to SIEMs: syslog over TCP, TLS or RELP (JSON or CEF),
+//! Splunk's HTTP Event Collector, and a signed webhook. The exporters are the
+//! cluster's, in its policy ([`Spec`]); each node builds them with its own files and
+//! secrets ([`Local`]) and runs them while it leads, whichever node that is.
 //!
 //! Each exporter's cursor (the last seq its receiver accepted) and the number of
 //! records it has shipped are in the replicated state. Only the leader runs the
@@ -17,6 +19,7 @@ mod format;
 mod hec;
 mod relp;
 mod runner;
+mod spec;
 mod syslog;
 mod webhook;
 
@@ -24,8 +27,9 @@ use std::time::Duration;
 
 pub use format::Payload;
 pub use runner::{run, Metrics};
+pub use spec::{seed, Exporters, Local, Spec};
 
-/// One `[[siem.exporters]]` entry, validated.
+/// One exporter of the policy, built with this node's files and secrets.
 #[derive(Clone, Debug)]
 pub struct Exporter {
     /// Unique; the key of the replicated cursor, so renaming starts from the top.
@@ -40,6 +44,9 @@ pub struct Exporter {
     pub poll: Duration,
     /// Refusals of one batch after which it is given up (`siem.dead_letter`).
     pub dead_letter_after: u32,
+    /// Its settings as the policy writes them (JSON): a version that changes them
+    /// restarts it.
+    pub written: String,
 }
 
 #[derive(Clone, Debug)]

@@ -1,8 +1,10 @@
-//! The loop that runs each exporter on the leader: read after the cursor, number the
-//! batch after the exporter's count, send it, move cursor and count once the receiver
-//! has accepted it, or past it with a dead letter once the receiver has refused it
-//! `dead_letter_after` times.
+//! The loops that run the policy's exporters on the leader, started, restarted and
+//! stopped as its versions change them. Each one reads after the cursor, numbers the
+//! batch after the exporter's count, sends it, and moves cursor and count once the
+//! receiver has accepted it, or past it with a dead letter once the receiver has
+//! refused it `dead_letter_after` times.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +17,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    hec, relp, syslog, webhook, Exporter, Filter, Kind, Resends, SendError, SyslogTransport,
+    hec, relp, syslog, webhook, Exporter, Exporters, Filter, Kind, Resends, SendError,
+    SyslogTransport,
 };
 
 /// First pause after a failed batch; it doubles up to the exporter's `retry_max`.
@@ -89,29 +93,82 @@ impl Metrics {
     }
 }
 
-/// Runs every exporter until `stop` is cancelled.
+/// Runs the exporters of the policy this node follows until `stop` is cancelled:
+/// each one the policy adds is started, each one it changes is started again with
+/// its new settings (from its stored cursor), each one it takes out is stopped.
 pub async fn run(
     node: Arc<RaftNode>,
-    exporters: Vec<Exporter>,
+    mut exporters: watch::Receiver<Arc<Exporters>>,
     hostname: String,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for exporter in exporters {
-        tasks.spawn(export(
-            node.clone(),
-            exporter,
-            hostname.clone(),
-            metrics.clone(),
-            stop.clone(),
-        ));
-    }
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            tracing::error!(error = %e, "SIEM exporter task");
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    loop {
+        let wanted = exporters.borrow_and_update().clone();
+        let gone: Vec<String> = running
+            .iter()
+            .filter(|(name, run)| {
+                !wanted
+                    .ready
+                    .iter()
+                    .any(|e| &e.name == *name && e.written == run.written)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let run = running.remove(&name).expect("listed above");
+            run.stop.cancel();
+            if let Err(e) = run.task.await {
+                tracing::error!(exporter = %name, error = %e, "SIEM exporter task");
+            }
+            metrics
+                .running
+                .get_or_create(&Label {
+                    exporter: name.clone(),
+                })
+                .set(0);
+            tracing::info!(exporter = %name, "SIEM exporter stopped: the cluster's policy changed or removed it");
+        }
+        for exporter in &wanted.ready {
+            if running.contains_key(&exporter.name) {
+                continue;
+            }
+            let child = stop.child_token();
+            let task = tokio::spawn(export(
+                node.clone(),
+                exporter.clone(),
+                hostname.clone(),
+                metrics.clone(),
+                child.clone(),
+            ));
+            running.insert(
+                exporter.name.clone(),
+                Running {
+                    written: exporter.written.clone(),
+                    stop: child,
+                    task,
+                },
+            );
+        }
+        tokio::select! {
+            changed = exporters.changed() => if changed.is_err() { break },
+            _ = stop.cancelled() => break,
         }
     }
+    for (name, run) in running {
+        run.stop.cancel();
+        if let Err(e) = run.task.await {
+            tracing::error!(exporter = %name, error = %e, "SIEM exporter task");
+        }
+    }
+}
+
+/// An exporter's loop, started with these settings.
+struct Running {
+    written: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 enum Sink {
