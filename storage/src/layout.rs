@@ -87,9 +87,11 @@ pub mod cf {
     pub const BAYES: &str = "bayes";
     /// API tokens by digest and by name ([`crate::token`]).
     pub const TOKENS: &str = "tokens";
+    /// The delivery queue by due time (`state/due.rs`).
+    pub const DUE: &str = "due";
 
-    pub const ALL: [&str; 9] = [
-        EVENTS, OP_IDS, META, BODIES, QUEUE, QUARANTINE, INDEX, BAYES, TOKENS,
+    pub const ALL: [&str; 10] = [
+        EVENTS, OP_IDS, META, BODIES, QUEUE, QUARANTINE, INDEX, BAYES, TOKENS, DUE,
     ];
 }
 

@@ -266,7 +266,10 @@ impl StateStore {
             depth_change.1 += self.presence_change(cf::QUARANTINE, *id, record.is_some())?;
         }
         for (id, entry) in &changes.queue {
-            depth_change.0 += self.presence_change(cf::QUEUE, *id, entry.is_some())?;
+            // The stored record: what the depth and the due index move from.
+            let stored = self.queue_record(*id)?;
+            depth_change.0 += i64::from(entry.is_some()) - i64::from(stored.is_some());
+            super::due::update(&self.db, &mut write, stored.as_ref(), entry.as_ref());
         }
         self.write_changes(&mut write, changes)?;
         if let Some(lessons) = &lessons {

@@ -31,6 +31,7 @@ use crate::token::ApiToken;
 use crate::{codec, Error, Result};
 
 mod apply;
+mod due;
 mod erase;
 mod filters;
 mod generations;
@@ -53,6 +54,8 @@ const META_INDEX: &str = "index_events";
 const INDEX_VERSION: u8 = 1;
 /// The [`index::EventClock`] as of the last applied batch.
 const META_EVENT_CLOCK: &str = "event_clock";
+/// Present once the queue is indexed by due time (`due.rs`).
+const META_DUE_INDEX: &str = "due_index";
 /// The last event removed by the log's retention and its hash: `(seq, hash)`.
 const META_PURGED: &str = "events_purged";
 /// The last Raft index whose entry dropped a quarantined body (u64 BE), written by
@@ -155,6 +158,7 @@ impl StateStore {
         let record =
             layout::check_format(db.get_cf(meta, layout::DATA_FORMAT_KEY)?.as_deref(), dir)?;
         build_index(&db)?;
+        build_due_index(&db)?;
         // Recorded once every conversion is done: an interrupted one runs again.
         if record {
             db.put_cf(
@@ -346,6 +350,20 @@ fn build_index(db: &DB) -> Result<()> {
     batch.put_cf(meta, META_EVENT_CLOCK, codec::encode(&clock)?);
     batch.put_cf(meta, META_INDEX, [INDEX_VERSION]);
     batch.delete_cf(meta, META_MESSAGE_INDEX);
+    db.write(batch)?;
+    Ok(())
+}
+
+/// Indexes the queue by due time in a database written before that index (once:
+/// the mark is stored with it).
+fn build_due_index(db: &DB) -> Result<()> {
+    let meta = cf_handle(db, cf::META);
+    if db.get_cf(meta, META_DUE_INDEX)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    due::rebuild(db, &mut batch)?;
+    batch.put_cf(meta, META_DUE_INDEX, [1]);
     db.write(batch)?;
     Ok(())
 }

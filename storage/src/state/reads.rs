@@ -100,26 +100,7 @@ impl StateStore {
         takeover_ms: i64,
         limit: usize,
     ) -> Result<Vec<QueueEntry>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(cf::QUEUE), IteratorMode::Start) {
-            let (_, value) = item?;
-            let record: QueueRecord = codec::decode(&value)?;
-            if !record.is_due(now_ms) {
-                continue;
-            }
-            let entry = record.entry;
-            let ours = entry.received_by == node
-                || entry
-                    .due_since()
-                    .is_some_and(|since| since.saturating_add(takeover_ms) <= now_ms);
-            if ours && entry.is_free_for(node, now_ms) {
-                out.push(entry);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+        super::due::find(&self.db, node, now_ms, takeover_ms, limit)
     }
 
     /// The stored body of a message (its `Received` header included).

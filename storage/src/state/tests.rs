@@ -2020,3 +2020,59 @@ fn decisions_come_back_with_the_facts_the_policy_weighed_whatever_the_page_size(
         .unwrap();
     assert!(later.is_empty());
 }
+
+#[test]
+fn the_queue_is_found_by_due_time_and_indexed_anew_when_opened_without_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let accept = |n: u128, node: u64, time_ms: i64| {
+        let mut received = samples::received();
+        received.message_id = MessageId::new(time_ms, n);
+        Op {
+            id: n,
+            time_ms,
+            node,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict: samples::verdict(received.message_id),
+                received,
+                body: b"body".to_vec(),
+            })),
+        }
+    };
+    let (a, b, c) = (accept(1, 1, 100), accept(2, 2, 50), accept(3, 1, 300));
+    let ids: Vec<MessageId> = [&a, &b, &c]
+        .iter()
+        .map(|op| match &op.command {
+            Command::AcceptMessage(m) => m.received.message_id,
+            _ => unreachable!(),
+        })
+        .collect();
+    let found = |store: &StateStore, now: i64, limit: usize| -> Vec<MessageId> {
+        store
+            .due_deliveries(1, now, 1_000, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.message_id)
+            .collect()
+    };
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        store.apply(&[(1, &[a, b, c][..])], b"1").unwrap();
+        // Node 1's own first, by due time; node 2's once it has waited the takeover.
+        assert_eq!(found(&store, 200, 10), [ids[0]]);
+        assert_eq!(found(&store, 2_000, 10), [ids[0], ids[2], ids[1]]);
+        assert_eq!(found(&store, 2_000, 2), [ids[0], ids[2]]);
+        // As a database written before the index: none of it, no mark.
+        let due = store.cf(cf::DUE);
+        for item in store.db.iterator_cf(due, IteratorMode::Start) {
+            store.db.delete_cf(due, item.unwrap().0).unwrap();
+        }
+        store
+            .db
+            .delete_cf(store.cf(cf::META), META_DUE_INDEX)
+            .unwrap();
+        assert_eq!(found(&store, 2_000, 10), []);
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    assert_eq!(found(&state.current(), 2_000, 10), [ids[0], ids[2], ids[1]]);
+}

@@ -1,0 +1,147 @@
+//! The delivery queue by the time its messages fall due, so that finding the next
+//! work costs what is found, not the size of the queue.
+//!
+//! The `due` column family holds two keys with empty values for each queued message
+//! that some recipient still waits on and that is not held, written in the batch
+//! that changes the message's queue record (so the index never lags the queue):
+//! - `o`, the node that received it (u64), the time it fell due, its id: the work
+//!   its own node looks for first;
+//! - `t`, the time it fell due, its id: the work any node takes over once it has
+//!   waited `takeover` past that time.
+//!
+//! Times are milliseconds, stored so that the keys sort by them (the sign bit
+//! flipped, big-endian). A delivered, bounced or held message has no keys; a
+//! deferred one's time is its next attempt, so a node never walks past it before
+//! then. A message leased by another node keeps its keys and is skipped while the
+//! lease runs: there are at most as many as the nodes' delivery slots.
+
+use std::collections::HashSet;
+
+use rocksdb::{ReadOptions, WriteBatch, DB};
+
+use super::cf_handle;
+use crate::layout::cf;
+use crate::message::{MessageId, QueueEntry, QueueRecord};
+use crate::{codec, Error, Result};
+
+/// A node's own work: `o`, node, time, id.
+const BY_OWNER: u8 = b'o';
+/// Everyone's work, for takeover: `t`, time, id.
+const BY_TIME: u8 = b't';
+
+/// `ms` as eight bytes that sort as the number does.
+fn time(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn owner_prefix(node: u64) -> Vec<u8> {
+    let mut key = vec![BY_OWNER];
+    key.extend_from_slice(&node.to_be_bytes());
+    key
+}
+
+/// The index keys of a queue record: none when nothing of it is left to try.
+fn keys(record: &QueueRecord) -> Vec<Vec<u8>> {
+    let Some(since) = record.entry.due_since().filter(|_| !record.held) else {
+        return Vec::new();
+    };
+    let id = record.entry.message_id.key();
+    let mut owned = owner_prefix(record.entry.received_by);
+    owned.extend_from_slice(&time(since));
+    owned.extend_from_slice(&id);
+    let mut everyone = vec![BY_TIME];
+    everyone.extend_from_slice(&time(since));
+    everyone.extend_from_slice(&id);
+    vec![owned, everyone]
+}
+
+/// Adds to `write` what moves message `id` in the index from its stored record
+/// `old` to `new` (`None`: not queued).
+pub(super) fn update(
+    db: &DB,
+    write: &mut WriteBatch,
+    old: Option<&QueueRecord>,
+    new: Option<&QueueRecord>,
+) {
+    let (old, new) = (
+        old.map(keys).unwrap_or_default(),
+        new.map(keys).unwrap_or_default(),
+    );
+    if old == new {
+        return;
+    }
+    let due = cf_handle(db, cf::DUE);
+    for key in &old {
+        write.delete_cf(due, key);
+    }
+    for key in &new {
+        write.put_cf(due, key, []);
+    }
+}
+
+/// Indexes the whole queue: for a database written before the index.
+pub(super) fn rebuild(db: &DB, write: &mut WriteBatch) -> Result<()> {
+    let due = cf_handle(db, cf::DUE);
+    let mut iter = db.raw_iterator_cf(cf_handle(db, cf::QUEUE));
+    iter.seek_to_first();
+    while let Some(value) = iter.value() {
+        let record: QueueRecord = codec::decode(value)?;
+        for key in keys(&record) {
+            write.put_cf(due, key, []);
+        }
+        iter.next();
+    }
+    iter.status()?;
+    Ok(())
+}
+
+/// Up to `limit` messages `node` may try at `now_ms`: those it received that are
+/// due, then those anyone received that have been due for `takeover_ms`, each free
+/// of another node's running lease. The index is read from the oldest due time up,
+/// and no further than `now_ms`.
+pub(super) fn find(
+    db: &DB,
+    node: u64,
+    now_ms: i64,
+    takeover_ms: i64,
+    limit: usize,
+) -> Result<Vec<QueueEntry>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let ranges = [
+        (owner_prefix(node), now_ms),
+        (vec![BY_TIME], now_ms.saturating_sub(takeover_ms)),
+    ];
+    for (prefix, until) in ranges {
+        let mut end = prefix.clone();
+        end.extend_from_slice(&time(until.saturating_add(1)));
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(prefix.clone());
+        options.set_iterate_upper_bound(end);
+        let mut iter = db.raw_iterator_cf_opt(cf_handle(db, cf::DUE), options);
+        iter.seek_to_first();
+        while let Some(key) = iter.key() {
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            let id = key
+                .len()
+                .checked_sub(16)
+                .and_then(|at| <[u8; 16]>::try_from(&key[at..]).ok())
+                .map(|bytes| MessageId(u128::from_be_bytes(bytes)))
+                .ok_or_else(|| Error::Decode(format!("due index key of {} bytes", key.len())))?;
+            if seen.insert(id) {
+                let stored = db.get_pinned_cf(cf_handle(db, cf::QUEUE), id.key())?;
+                if let Some(bytes) = stored {
+                    let record: QueueRecord = codec::decode(&bytes)?;
+                    if record.is_due(now_ms) && record.entry.is_free_for(node, now_ms) {
+                        out.push(record.entry);
+                    }
+                }
+            }
+            iter.next();
+        }
+        iter.status()?;
+    }
+    Ok(out)
+}
