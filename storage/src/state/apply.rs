@@ -265,11 +265,13 @@ impl StateStore {
         for (id, record) in &changes.quarantine {
             depth_change.1 += self.presence_change(cf::QUARANTINE, *id, record.is_some())?;
         }
+        let mut due_added = Vec::new();
         for (id, entry) in &changes.queue {
             // The stored record: what the depth and the due index move from.
             let stored = self.queue_record(*id)?;
             depth_change.0 += i64::from(entry.is_some()) - i64::from(stored.is_some());
-            super::due::update(&self.db, &mut write, stored.as_ref(), entry.as_ref());
+            let (old, new) = (stored.as_ref(), entry.as_ref());
+            super::due::update(&self.db, &mut write, old, new, &mut due_added);
         }
         self.write_changes(&mut write, changes)?;
         if let Some(lessons) = &lessons {
@@ -323,6 +325,7 @@ impl StateStore {
             *self.clock.lock().expect("event clock lock") = Some(indexer.clock);
         }
         self.db.write(write)?;
+        self.due_floors.added(&due_added);
         *self.head.lock().expect("chain head lock") = head;
         {
             let mut depths = self.depths.lock().expect("depths lock");

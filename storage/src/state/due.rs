@@ -14,8 +14,15 @@
 //! deferred one's time is its next attempt, so a node never walks past it before
 //! then. A message leased by another node keeps its keys and is skipped while the
 //! lease runs: there are at most as many as the nodes' delivery slots.
+//!
+//! A delivered message's keys are deleted, and RocksDB keeps a tombstone for each
+//! until compaction: a look from the start of a range would walk every message
+//! delivered since. So each range has a *floor* in memory, below which it holds no
+//! key ([`Floors`]): a look starts there, and moves it up to the first key it
+//! found; a write that adds a key below it moves it down.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use rocksdb::{ReadOptions, WriteBatch, DB};
 
@@ -55,13 +62,23 @@ fn keys(record: &QueueRecord) -> Vec<Vec<u8>> {
     vec![owned, everyone]
 }
 
-/// Adds to `write` what moves message `id` in the index from its stored record
-/// `old` to `new` (`None`: not queued).
+/// The range a key is in: its tag, and for `o` its node.
+fn range_of(key: &[u8]) -> &[u8] {
+    match key.first() {
+        Some(&BY_OWNER) => &key[..key.len().min(9)],
+        _ => &key[..key.len().min(1)],
+    }
+}
+
+/// Adds to `write` what moves a message in the index from its stored record `old`
+/// to `new` (`None`: not queued); the keys it adds go into `added`, for
+/// [`Floors::added`] once the write is done.
 pub(super) fn update(
     db: &DB,
     write: &mut WriteBatch,
     old: Option<&QueueRecord>,
     new: Option<&QueueRecord>,
+    added: &mut Vec<Vec<u8>>,
 ) {
     let (old, new) = (
         old.map(keys).unwrap_or_default(),
@@ -74,8 +91,54 @@ pub(super) fn update(
     for key in &old {
         write.delete_cf(due, key);
     }
-    for key in &new {
-        write.put_cf(due, key, []);
+    for key in new {
+        write.put_cf(due, &key, []);
+        added.push(key);
+    }
+}
+
+/// Each range's floor: no key of the range is below it.
+#[derive(Default)]
+pub(super) struct Floors(Mutex<HashMap<Vec<u8>, Floor>>);
+
+#[derive(Clone, Default)]
+struct Floor {
+    /// No key of the range sorts below this one (empty: no floor known yet).
+    key: Vec<u8>,
+    /// Writes that added a key to the range: a look raises the floor only if none
+    /// came in while it looked.
+    writes: u64,
+}
+
+impl Floors {
+    /// Called once a write that added `keys` is done.
+    pub(super) fn added(&self, keys: &[Vec<u8>]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut floors = self.0.lock().expect("due floors lock");
+        for key in keys {
+            let floor = floors.entry(range_of(key).to_vec()).or_default();
+            if *key < floor.key {
+                floor.key = key.clone();
+            }
+            floor.writes += 1;
+        }
+    }
+
+    fn get(&self, range: &[u8]) -> Floor {
+        let floors = self.0.lock().expect("due floors lock");
+        floors.get(range).cloned().unwrap_or_default()
+    }
+
+    /// Moves the floor of `range` up to `key`, if no write added a key to it since
+    /// `seen` was read.
+    fn raise(&self, range: &[u8], seen: &Floor, key: Vec<u8>) {
+        let mut floors = self.0.lock().expect("due floors lock");
+        let floor = floors.entry(range.to_vec()).or_default();
+        if floor.writes == seen.writes && key > floor.key {
+            floor.key = key;
+        }
     }
 }
 
@@ -101,6 +164,7 @@ pub(super) fn rebuild(db: &DB, write: &mut WriteBatch) -> Result<()> {
 /// and no further than `now_ms`.
 pub(super) fn find(
     db: &DB,
+    floors: &Floors,
     node: u64,
     now_ms: i64,
     takeover_ms: i64,
@@ -113,16 +177,30 @@ pub(super) fn find(
         (vec![BY_TIME], now_ms.saturating_sub(takeover_ms)),
     ];
     for (prefix, until) in ranges {
+        if out.len() >= limit {
+            break;
+        }
         let mut end = prefix.clone();
         end.extend_from_slice(&time(until.saturating_add(1)));
+        let floor = floors.get(&prefix);
+        let start = floor.key.clone().max(prefix.clone());
         let mut options = ReadOptions::default();
-        options.set_iterate_lower_bound(prefix.clone());
-        options.set_iterate_upper_bound(end);
+        options.set_iterate_lower_bound(start);
+        options.set_iterate_upper_bound(end.clone());
         let mut iter = db.raw_iterator_cf_opt(cf_handle(db, cf::DUE), options);
         iter.seek_to_first();
+        // The first key found (or the end of the range, none found) is the floor.
+        let first = match iter.key() {
+            Some(key) => key.to_vec(),
+            None => {
+                iter.status()?;
+                end
+            }
+        };
+        floors.raise(&prefix, &floor, first);
         while let Some(key) = iter.key() {
             if out.len() >= limit {
-                return Ok(out);
+                break;
             }
             let id = key
                 .len()

@@ -114,6 +114,8 @@ pub struct StateStore {
     depths: Mutex<(u64, u64)>,
     /// Held while [`StateStore::erase_dropped_bodies`] runs: one at a time.
     erasing: Mutex<()>,
+    /// Where the due index's ranges start ([`due::Floors`]).
+    due_floors: due::Floors,
 }
 
 /// Events applied by type, and scan verdicts by action, since a store was opened.
@@ -229,6 +231,7 @@ impl StateStore {
             bayes: RwLock::new(bayes),
             applied: Mutex::new(AppliedCounts::default()),
             erasing: Mutex::new(()),
+            due_floors: due::Floors::default(),
         })
     }
 

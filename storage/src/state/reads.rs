@@ -100,7 +100,7 @@ impl StateStore {
         takeover_ms: i64,
         limit: usize,
     ) -> Result<Vec<QueueEntry>> {
-        super::due::find(&self.db, node, now_ms, takeover_ms, limit)
+        super::due::find(&self.db, &self.due_floors, node, now_ms, takeover_ms, limit)
     }
 
     /// The stored body of a message (its `Received` header included).

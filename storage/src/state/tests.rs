@@ -2062,6 +2062,24 @@ fn the_queue_is_found_by_due_time_and_indexed_anew_when_opened_without_the_index
         assert_eq!(found(&store, 200, 10), [ids[0]]);
         assert_eq!(found(&store, 2_000, 10), [ids[0], ids[2], ids[1]]);
         assert_eq!(found(&store, 2_000, 2), [ids[0], ids[2]]);
+        // A look starts where the last one found its first key; a message due
+        // before that (a clock behind the others) moves the start back.
+        let early = accept(4, 1, 10);
+        let early_id = MessageId::new(10, 4);
+        store.apply(&[(2, &[early][..])], b"2").unwrap();
+        assert_eq!(found(&store, 200, 10), [early_id, ids[0]]);
+        let deleted = Op {
+            id: 5,
+            time_ms: 20,
+            node: 1,
+            command: Command::Delivery(Box::new(DeliveryCommand::Admin {
+                message_id: early_id,
+                action: crate::message::QueueAction::Delete,
+                user: "admin".into(),
+                client_ip: None,
+            })),
+        };
+        store.apply(&[(3, &[deleted][..])], b"3").unwrap();
         // As a database written before the index: none of it, no mark.
         let due = store.cf(cf::DUE);
         for item in store.db.iterator_cf(due, IteratorMode::Start) {
