@@ -69,7 +69,7 @@ struct Args {
     /// Seconds to wait after the last expected arrival for late duplicates.
     #[arg(long, default_value_t = 2)]
     settle_secs: u64,
-    /// `[delivery] concurrency` of every node (node default: 32).
+    /// `[delivery] concurrency` of every node (node default: 100).
     #[arg(long)]
     concurrency: Option<usize>,
     /// `[delivery] max_connections_per_destination` of every node (node default: 20).

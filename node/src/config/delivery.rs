@@ -17,7 +17,8 @@ pub(super) struct RawDelivery {
     relay: Option<String>,
     /// Maildir for accepted mail when there is no relay, relative to data_dir.
     maildir: Option<PathBuf>,
-    /// Deliveries in progress at once on this node (default 32).
+    /// Deliveries in progress at once on this node (default 100, as Postfix's
+    /// process limit); connections per next hop are bounded apart.
     concurrency: Option<usize>,
     /// Seconds a delivery lease lasts (renewed while sending).
     lease_secs: Option<u64>,
@@ -134,7 +135,7 @@ pub(super) fn validate_delivery(
     let connect_timeout = secs("connect_timeout_secs", d.connect_timeout_secs, 30);
     let command_timeout = secs("command_timeout_secs", d.command_timeout_secs, 300);
     let data_timeout = secs("data_timeout_secs", d.data_timeout_secs, 600);
-    let concurrency = d.concurrency.unwrap_or(32);
+    let concurrency = d.concurrency.unwrap_or(100);
     if concurrency == 0 {
         problems.push("delivery.concurrency must be positive".into());
     }
