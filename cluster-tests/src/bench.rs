@@ -1,5 +1,6 @@
-//! What the benchmarks in `src/bin/` (`bench_raft`, `bench_smtp`, `bench_delivery`)
-//! share, so that they read their flags, measure and print their figures one way.
+//! What the benchmarks in `src/bin/` (`bench_raft`, `bench_smtp`, `bench_delivery`,
+//! `bench_failover`) share, so that they read their flags, measure and print their
+//! figures one way.
 //!
 //! What it owns: the flags the benchmarks mean the same by (`--seconds` and `--warmup`
 //! of the timed phases, `--bin`) and starting a benchmark's cluster (warning when the
