@@ -14,10 +14,7 @@
 use std::time::{Duration, Instant};
 
 use bulwark_model::samples::{self, traffic};
-use bulwark_storage::{
-    AcceptedMessage, Command, DeliveryCommand, DeliveryReport, MessageId, Op, RecipientOutcome,
-    RecipientResult, StateDir,
-};
+use bulwark_storage::{AcceptedMessage, Command, DeliveryCommand, MessageId, Op, StateDir};
 
 /// Operations per applied batch, about what Raft hands the state machine under load.
 const BATCH: usize = 500;
@@ -96,18 +93,7 @@ fn main() {
                     until_ms: now + 30_000,
                 })),
             ));
-            let report = DeliveryReport {
-                message_id,
-                next_hop: "127.0.0.1:2600".into(),
-                tls: None,
-                results: vec![RecipientResult {
-                    address: "bob@example.test".into(),
-                    reply: "250 2.0.0 Ok".into(),
-                    outcome: RecipientOutcome::Delivered,
-                }],
-                duration_ms: 1,
-                release_lease: true,
-            };
+            let report = samples::delivered(message_id);
             ops.push(op(
                 1,
                 now,

@@ -1,11 +1,12 @@
 //! Sample records for tests, here and in the crates over this one (feature
-//! `samples`): a received message and a clean verdict, and made-up traffic for
-//! benchmarks ([`traffic`]).
+//! `samples`): a received message, a clean verdict, its delivery, and made-up
+//! traffic for benchmarks ([`traffic`]).
 
 pub mod traffic;
 
 use crate::message::{
-    Action, Client, Envelope, MessageId, MessageReceived, Thresholds, Timings, Verdict,
+    Action, Client, DeliveryReport, Envelope, MessageId, MessageReceived, RecipientOutcome,
+    RecipientResult, Thresholds, Timings, Verdict,
 };
 
 /// A clean verdict: deliver, nothing found.
@@ -55,5 +56,22 @@ pub fn received() -> MessageReceived {
             transfer_ms: 1,
             scan_ms: 0,
         },
+    }
+}
+
+/// The report of an attempt that delivered [`received`]'s recipient, bob@example.test,
+/// through 127.0.0.1:2600, releasing the lease.
+pub fn delivered(message_id: MessageId) -> DeliveryReport {
+    DeliveryReport {
+        message_id,
+        next_hop: "127.0.0.1:2600".into(),
+        tls: None,
+        results: vec![RecipientResult {
+            address: "bob@example.test".into(),
+            reply: "250 2.0.0 Ok".into(),
+            outcome: RecipientOutcome::Delivered,
+        }],
+        duration_ms: 4,
+        release_lease: true,
     }
 }

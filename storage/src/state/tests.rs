@@ -1004,7 +1004,6 @@ fn tokens_are_created_once_found_by_digest_listed_and_revoked() {
 
 #[test]
 fn leases_and_reports_drive_the_queue_within_and_across_batches() {
-    use crate::message::{DeliveryReport, RecipientOutcome, RecipientResult};
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();
     let store = state.current();
@@ -1049,18 +1048,7 @@ fn leases_and_reports_drive_the_queue_within_and_across_batches() {
         .unwrap();
     assert!(again[0][0].duplicate && again[0][0].refused.is_some());
     let report = Command::Delivery(Box::new(DeliveryCommand::Report {
-        report: DeliveryReport {
-            message_id: id,
-            next_hop: "127.0.0.1:2600".into(),
-            tls: None,
-            results: vec![RecipientResult {
-                address: "bob@example.test".into(),
-                reply: "250 2.0.0 Ok".into(),
-                outcome: RecipientOutcome::Delivered,
-            }],
-            duration_ms: 4,
-            release_lease: true,
-        },
+        report: samples::delivered(id),
         bounce: None,
     }));
     let done = store
