@@ -2,13 +2,16 @@
 //! is made here from 32 random bytes and shown once in the creation's answer; the
 //! cluster keeps only its SHA-256. Each creation and revocation is a Raft operation
 //! recorded as `token.created` or `token.revoked` with the caller and its address.
+//! A name is given once: never the bootstrap admin's, nor one the system records for
+//! what it does by itself, nor one a token had before, so each name in the log is one
+//! identity.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use bulwark_storage::event::rfc3339;
-use bulwark_storage::token::{NO_SUCH_TOKEN, TOKEN_TAKEN};
+use bulwark_storage::token::{is_system_actor, BOOTSTRAP_ACTOR, NO_SUCH_TOKEN, RETENTION_ACTOR};
 use bulwark_storage::{ApiToken, Command, Role, TokenCommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -32,8 +35,9 @@ struct CreateRequest {
 }
 
 /// `POST /v1/tokens` with `{"name": "...", "role": "admin|operator|auditor|siem"}`:
-/// 201 with the token (shown this once), or 409 when the name is taken.
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateRequest, responses((status = 201, description = "the token, shown once"), (status = 409, description = "the name is taken"), (status = 400, description = "a malformed name or role"), (status = 403, description = "not the admin role")), operation_id = "tokens_create")]
+/// 201 with the token (shown this once), or 409 when the name is taken: a live or a
+/// revoked token's, the bootstrap admin's, or a system actor's.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateRequest, responses((status = 201, description = "the token, shown once"), (status = 409, description = "the name is taken: a live or a revoked token's (a name is given once), the bootstrap admin's (admin), or one the system records for what it does by itself (bootstrap, retention), in any case"), (status = 400, description = "a malformed name or role"), (status = 403, description = "not the admin role")), operation_id = "tokens_create")]
 pub(crate) async fn create(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -56,7 +60,7 @@ pub(crate) async fn create(
     let result = s
         .node
         .proposer()
-        .propose(Command::Token(Box::new(TokenCommand::Create {
+        .propose(Command::Token(Box::new(TokenCommand::CreateUnused {
             token: ApiToken {
                 name: request.name.clone(),
                 role,
@@ -67,10 +71,9 @@ pub(crate) async fn create(
             client_ip,
         })))
         .await?;
-    if result.refused.is_some() {
+    if let Some(refused) = result.refused {
         return Err(ApiError::conflict(format!(
-            "{TOKEN_TAKEN}: {}",
-            request.name
+            "{refused} (a name is given once, so that each name in the log is one identity)"
         )));
     }
     Ok((
@@ -141,7 +144,7 @@ pub(crate) async fn revoke(
     })))
 }
 
-/// A token name: 1 to 64 of `A-Z a-z 0-9 . _ -`, and not `admin` (the admin token's).
+/// A token name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
 fn check_name(name: &str) -> Result<(), ApiError> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME
@@ -156,14 +159,23 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A name a new token may take: not the bootstrap admin's, which only the cluster's
-/// first leader gives (to its `api.admin_token_file`).
+/// A name a new token may take (409 when not): not the bootstrap admin's, which only
+/// the cluster's first leader gives (to its `api.admin_token_file`), nor one the
+/// system records as the actor of what it does by itself; in any case, as a person
+/// reading the log would not tell them apart.
 fn check_new_name(name: &str) -> Result<(), ApiError> {
     check_name(name)?;
     if name.eq_ignore_ascii_case(crate::BOOTSTRAP_ADMIN) {
-        return Err(ApiError::bad_request(
-            "\"admin\" names the cluster's bootstrap admin (a node's api.admin_token_file)",
-        ));
+        return Err(ApiError::conflict(format!(
+            "{name:?} names the cluster's bootstrap admin (a node's api.admin_token_file)"
+        )));
+    }
+    if is_system_actor(name) {
+        return Err(ApiError::conflict(format!(
+            "{name:?} is the name the log gives the system for what it does by itself \
+             ({BOOTSTRAP_ACTOR} enrolling the bootstrap admin, {RETENTION_ACTOR} expiring \
+             the quarantine)"
+        )));
     }
     Ok(())
 }

@@ -403,7 +403,8 @@ const ENROL_ADMIN_FOR: Duration = Duration::from_secs(120);
 
 /// Makes this node's admin token file the cluster's one bootstrap admin (`admin`,
 /// replicated, recorded as `token.created` by `bootstrap`) when this node leads a
-/// cluster that has no token at all: once, when the cluster is new.
+/// cluster that has no token at all: once, when the cluster is new (one whose tokens
+/// were all revoked later does not get it back: a name is given once).
 async fn enrol_admin(node: Arc<RaftNode>, digest: [u8; 32], stop: CancellationToken) {
     let deadline = tokio::time::Instant::now() + ENROL_ADMIN_FOR;
     let mut first = true;
@@ -430,9 +431,9 @@ async fn enrol_admin(node: Arc<RaftNode>, digest: [u8; 32], stop: CancellationTo
             role: Role::Admin,
             digest,
             created_ms: crate::now_ms(),
-            created_by: "bootstrap".into(),
+            created_by: bulwark_storage::token::BOOTSTRAP_ACTOR.into(),
         };
-        let command = Command::Token(Box::new(TokenCommand::Create {
+        let command = Command::Token(Box::new(TokenCommand::CreateUnused {
             token,
             client_ip: None,
         }));

@@ -63,8 +63,8 @@ fn roles_allow_what_they_should_refuse_the_rest_and_revocation_is_immediate() {
     for (body, expected) in [
         (json!({ "name": "splunk", "role": "siem" }), 409),
         (json!({ "name": "x", "role": "root" }), 400),
-        (json!({ "name": "admin", "role": "siem" }), 400),
-        (json!({ "name": "Admin", "role": "siem" }), 400),
+        (json!({ "name": "admin", "role": "siem" }), 409),
+        (json!({ "name": "Admin", "role": "siem" }), 409),
         (json!({ "name": "a b", "role": "siem" }), 400),
         (json!({ "name": "x" }), 400),
     ] {

@@ -449,3 +449,61 @@ fn the_bootstrap_admin_is_named_and_its_file_stays_a_named_break_glass_token() {
         .collect();
     assert_eq!(by, ["admin", "admin@node1"]);
 }
+
+#[test]
+fn a_token_name_is_given_once_and_never_one_the_system_acts_under() {
+    let node = Node::start("");
+    let admin = Api::new(&node);
+    // The names the log gives the system for what it did by itself.
+    let enrolled = wait_for(&admin, "token.created", 1);
+    assert_eq!(enrolled[0]["user"]["name"], "bootstrap");
+    let seeded = wait_for(&admin, "policy.changed", 1);
+    assert_eq!(seeded[0]["user"]["name"], "config@node1");
+    for (name, status, says) in [
+        ("admin", 409, "bootstrap admin"),
+        ("ADMIN", 409, "bootstrap admin"),
+        ("bootstrap", 409, "what it does by itself"),
+        ("Retention", 409, "what it does by itself"),
+        ("config@node1", 400, "A-Z a-z 0-9"),
+    ] {
+        let (got, problem) =
+            admin.post_json("/v1/tokens", &json!({ "name": name, "role": "siem" }));
+        assert_eq!(got, status, "{name}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(says), "{name}: {problem}");
+    }
+
+    // A revoked token's name stays its own.
+    token(&admin, "splunk", "siem");
+    let (status, body) = admin.delete("/v1/tokens/splunk");
+    assert_eq!(status, 200, "{body}");
+    let (status, problem) =
+        admin.post_json("/v1/tokens", &json!({ "name": "splunk", "role": "admin" }));
+    assert_eq!(status, 409, "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("a revoked token had that name: splunk"),
+        "{problem}"
+    );
+    let (_, listed) = admin.get("/v1/tokens");
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 1, "{listed}");
+    // On record as a refused creation; the name in the log is the first token only.
+    let refusals = wait_for(&admin, "api.action", 1);
+    let refused = refusals
+        .iter()
+        .find(|e| e["action"] == "token.create")
+        .unwrap_or_else(|| panic!("{refusals:#?}"));
+    assert_eq!(refused["event"]["outcome"], "failure", "{refused}");
+    assert_eq!(refused["user"]["name"], "admin", "{refused}");
+    let created = wait_for(&admin, "token.created", 2);
+    let names: Vec<(&str, &str)> = created
+        .iter()
+        .map(|e| {
+            (
+                e["token"]["name"].as_str().unwrap(),
+                e["token"]["role"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(names, [("admin", "admin"), ("splunk", "siem")]);
+}

@@ -154,7 +154,7 @@ async fn seed(node: &RaftNode, own: &str) -> bool {
     let change = PolicyChange {
         base_version: 0,
         document: own.to_string(),
-        user: format!("config@node{id}"),
+        user: bulwark_storage::token::config_actor(id),
         client_ip: None,
         reason: format!("seeded from node {id}'s [policy] configuration"),
     };

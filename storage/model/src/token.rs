@@ -1,7 +1,8 @@
 //! API tokens, replicated: a named bearer token with a role, created and revoked
 //! through Raft so that every node accepts the same tokens. Only the SHA-256 of a
 //! token is stored (column family `tokens`, under its digest and under its name);
-//! the token itself is shown once, to whoever created it.
+//! the token itself is shown once, to whoever created it. A revoked token's name is
+//! kept, so that no later token takes it: a name in the log means one identity.
 
 use std::net::IpAddr;
 
@@ -80,6 +81,13 @@ pub enum TokenCommand {
         user: String,
         client_ip: Option<IpAddr>,
     },
+    /// Refused when the name is a live token's or a revoked one's. What this build
+    /// proposes; [`TokenCommand::Create`] is what older builds proposed, still applied
+    /// as they applied it.
+    CreateUnused {
+        token: ApiToken,
+        client_ip: Option<IpAddr>,
+    },
 }
 
 /// The `token.created` or `token.revoked` event: which token, its role, who did it and
@@ -95,8 +103,34 @@ pub struct TokenChanged {
 
 /// Why a creation is refused.
 pub const TOKEN_TAKEN: &str = "a token of that name exists";
+/// Why a creation is refused when a revoked token had the name.
+pub const TOKEN_NAME_RETIRED: &str = "a revoked token had that name";
 /// Why a revocation is refused.
 pub const NO_SUCH_TOKEN: &str = "no token of that name";
+
+/// The actor recorded when the cluster enrols its bootstrap admin by itself.
+pub const BOOTSTRAP_ACTOR: &str = "bootstrap";
+/// The actor recorded when the quarantine's retention expires a message.
+pub const RETENTION_ACTOR: &str = "retention";
+
+/// The actor recorded for what node `node`'s configuration file did (the policy it
+/// seeded): `config@nodeN`.
+pub fn config_actor(node: u64) -> String {
+    format!("config@node{node}")
+}
+
+/// True when `name` is an actor the system records for what it does by itself,
+/// never an API caller: [`BOOTSTRAP_ACTOR`] or [`RETENTION_ACTOR`] (without regard
+/// to ASCII case, as a person reading the log would take them), or a
+/// [`config_actor`].
+pub fn is_system_actor(name: &str) -> bool {
+    let config = name
+        .strip_prefix("config@node")
+        .is_some_and(|node| !node.is_empty() && node.bytes().all(|b| b.is_ascii_digit()));
+    config
+        || name.eq_ignore_ascii_case(BOOTSTRAP_ACTOR)
+        || name.eq_ignore_ascii_case(RETENTION_ACTOR)
+}
 
 /// Key of a token under its digest.
 pub fn digest_key(digest: &Hash) -> Vec<u8> {
@@ -110,4 +144,37 @@ pub fn name_key(name: &str) -> Vec<u8> {
     let mut key = b"n/".to_vec();
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+/// Key of a revoked token's name, kept (with an empty value) so no token takes it again.
+pub fn retired_key(name: &str) -> Vec<u8> {
+    let mut key = b"r/".to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_actors_are_known_whatever_their_case_and_persons_are_not() {
+        for name in [
+            "bootstrap",
+            "Retention",
+            config_actor(3).as_str(),
+            "config@node12",
+        ] {
+            assert!(is_system_actor(name), "{name}");
+        }
+        for name in [
+            "admin",
+            "admin@node1",
+            "config@node",
+            "config@nodex",
+            "Config@node1",
+        ] {
+            assert!(!is_system_actor(name), "{name}");
+        }
+    }
 }

@@ -363,6 +363,7 @@ impl StateStore {
                 Write::DropToken(token) => {
                     write.delete_cf(tokens, token::digest_key(&token.digest));
                     write.delete_cf(tokens, token::name_key(&token.name));
+                    write.put_cf(tokens, token::retired_key(&token.name), []);
                 }
                 Write::Signers(node, signers) => write.put_cf(
                     self.cf(cf::META),

@@ -27,7 +27,7 @@ use crate::layout::{self, cf};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
 use crate::policy::PolicyVersion;
 use crate::signer::Signers;
-use crate::token::ApiToken;
+use crate::token::{self, ApiToken};
 use crate::{codec, Error, Result};
 
 mod apply;
@@ -56,6 +56,8 @@ const INDEX_VERSION: u8 = 1;
 const META_EVENT_CLOCK: &str = "event_clock";
 /// Present once the queue is indexed by due time (`due.rs`).
 const META_DUE_INDEX: &str = "due_index";
+/// Present once the names of revoked tokens are kept (`token::retired_key`).
+const META_REVOKED_NAMES: &str = "revoked_token_names";
 /// The last event removed by the log's retention and its hash: `(seq, hash)`.
 const META_PURGED: &str = "events_purged";
 /// The last Raft index whose entry dropped a quarantined body (u64 BE), written by
@@ -161,15 +163,48 @@ impl StateStore {
             layout::check_format(db.get_cf(meta, layout::DATA_FORMAT_KEY)?.as_deref(), dir)?;
         build_index(&db)?;
         build_due_index(&db)?;
+        let store = Self::with_db(db, dir)?;
+        store.keep_revoked_names()?;
         // Recorded once every conversion is done: an interrupted one runs again.
         if record {
-            db.put_cf(
-                meta,
+            store.db.put_cf(
+                store.cf(cf::META),
                 layout::DATA_FORMAT_KEY,
                 layout::DATA_FORMAT.to_be_bytes(),
             )?;
         }
-        Self::with_db(db, dir)
+        Ok(store)
+    }
+
+    /// Keeps the names of the tokens revoked before revoked names were kept, from the
+    /// log's `token.revoked` events (once: the mark is stored with them). A name whose
+    /// revocation the log's retention had removed before is not known.
+    fn keep_revoked_names(&self) -> Result<()> {
+        let meta = self.cf(cf::META);
+        if self.db.get_cf(meta, META_REVOKED_NAMES)?.is_some() {
+            return Ok(());
+        }
+        let filter = index::EventFilter {
+            type_name: Some("token.revoked".into()),
+            ..Default::default()
+        };
+        let mut batch = WriteBatch::default();
+        let mut after = 0;
+        loop {
+            let (events, next) = self.events(&filter, after, 1000)?;
+            for stored in events {
+                if let EventKind::TokenChanged(t) = stored.event.kind {
+                    batch.put_cf(self.cf(cf::TOKENS), token::retired_key(&t.name), []);
+                }
+            }
+            match next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        batch.put_cf(meta, META_REVOKED_NAMES, [1]);
+        self.db.write(batch)?;
+        Ok(())
     }
 
     /// Opens a state database without writing to it: a stopped node's, a backup's or a
@@ -299,6 +334,10 @@ impl Stored for StateStore {
 
     fn token_named(&self, name: &str) -> Result<Option<ApiToken>> {
         StateStore::token_named(self, name)
+    }
+
+    fn token_name_retired(&self, name: &str) -> Result<bool> {
+        StateStore::token_name_retired(self, name)
     }
 
     fn signers(&self, node: u64) -> Result<Signers> {

@@ -75,6 +75,14 @@ impl StateStore {
         }
     }
 
+    /// True when a token named `name` was revoked: no token takes the name again.
+    pub fn token_name_retired(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(cf::TOKENS), token::retired_key(name))?
+            .is_some())
+    }
+
     /// Every live API token, by name.
     pub fn tokens(&self) -> Result<Vec<ApiToken>> {
         let prefix = token::name_key("");

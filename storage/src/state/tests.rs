@@ -1003,6 +1003,75 @@ fn tokens_are_created_once_found_by_digest_listed_and_revoked() {
 }
 
 #[test]
+fn a_revoked_name_is_kept_also_for_a_database_written_before_names_were_kept() {
+    use crate::token::{Role, TOKEN_NAME_RETIRED};
+    let dir = tempfile::tempdir().unwrap();
+    let token = |name: &str, digest: u8| ApiToken {
+        name: name.into(),
+        role: Role::Siem,
+        digest: [digest; 32],
+        created_ms: 1_764_300_000_000,
+        created_by: "admin".into(),
+    };
+    let op = |id: u128, command: TokenCommand| Op {
+        id,
+        time_ms: 1_764_300_000_000,
+        node: 1,
+        command: Command::Token(Box::new(command)),
+    };
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let ops = [
+            op(
+                1,
+                TokenCommand::Create {
+                    token: token("splunk", 1),
+                    client_ip: None,
+                },
+            ),
+            op(
+                2,
+                TokenCommand::Revoke {
+                    name: "splunk".into(),
+                    user: "admin".into(),
+                    client_ip: None,
+                },
+            ),
+        ];
+        store.apply(&[(1, &ops[..])], b"1").unwrap();
+        assert!(store.token_name_retired("splunk").unwrap());
+        // As an older build left it: the revocation in the log, the name not kept.
+        store
+            .db
+            .delete_cf(store.cf(cf::TOKENS), token::retired_key("splunk"))
+            .unwrap();
+        store
+            .db
+            .delete_cf(store.cf(cf::META), META_REVOKED_NAMES)
+            .unwrap();
+        assert!(!store.token_name_retired("splunk").unwrap());
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    assert!(store.token_name_retired("splunk").unwrap());
+    assert!(!store.token_name_retired("other").unwrap());
+    let ops = [op(
+        3,
+        TokenCommand::CreateUnused {
+            token: token("splunk", 2),
+            client_ip: None,
+        },
+    )];
+    let results = store.apply(&[(2, &ops[..])], b"2").unwrap();
+    assert_eq!(
+        results[0][0].refused,
+        Some(format!("{TOKEN_NAME_RETIRED}: splunk"))
+    );
+    assert!(store.tokens().unwrap().is_empty());
+}
+
+#[test]
 fn leases_and_reports_drive_the_queue_within_and_across_batches() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();

@@ -1,7 +1,7 @@
 //! A stored state in memory, for the rules' tests: what a database would answer,
 //! without one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Changes, Stored, Write};
 use crate::event::{Command, EventKind, Op};
@@ -15,6 +15,8 @@ pub struct Memory {
     pub queue: BTreeMap<MessageId, QueueRecord>,
     pub quarantine: BTreeMap<MessageId, QuarantineRecord>,
     pub tokens: BTreeMap<String, ApiToken>,
+    /// Names of revoked tokens.
+    pub retired: BTreeSet<String>,
     /// The `message.received` events' envelopes, by message and sequence number.
     pub received: BTreeMap<(MessageId, u64), Envelope>,
     pub bodies: BTreeMap<MessageId, Vec<u8>>,
@@ -35,6 +37,10 @@ impl Stored for Memory {
 
     fn token_named(&self, name: &str) -> crate::Result<Option<ApiToken>> {
         Ok(self.tokens.get(name).cloned())
+    }
+
+    fn token_name_retired(&self, name: &str) -> crate::Result<bool> {
+        Ok(self.retired.contains(name))
     }
 
     fn signers(&self, node: u64) -> crate::Result<Signers> {
@@ -93,6 +99,7 @@ impl Memory {
                 }
                 Write::DropToken(token) => {
                     self.tokens.remove(&token.name);
+                    self.retired.insert(token.name);
                 }
                 Write::Signers(node, signers) => {
                     self.signers.insert(node, signers);

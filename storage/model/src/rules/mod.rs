@@ -53,6 +53,9 @@ pub trait Stored {
     /// The live API token named `name`.
     fn token_named(&self, name: &str) -> Result<Option<ApiToken>, Self::Error>;
 
+    /// True when a token named `name` was revoked.
+    fn token_name_retired(&self, name: &str) -> Result<bool, Self::Error>;
+
     /// The checkpoint keys trusted for node `node` (none: empty).
     fn signers(&self, node: u64) -> Result<Signers, Self::Error>;
 
@@ -83,7 +86,7 @@ pub enum Write<'a> {
     DropBody(MessageId),
     /// Stores a token under its digest (to authenticate) and its name (to list).
     Token(ApiToken),
-    /// Removes both keys of a token.
+    /// Removes both keys of a token and keeps its name as revoked.
     DropToken(ApiToken),
     /// Stores a node's trusted checkpoint keys.
     Signers(u64, Signers),
@@ -152,6 +155,14 @@ impl Changes<'_> {
         match self.tokens.get(name) {
             Some(token) => Ok(token.clone()),
             None => store.token_named(name),
+        }
+    }
+
+    /// True when a token named `name` was revoked, by this batch or before it.
+    fn token_retired<S: Stored>(&self, store: &S, name: &str) -> Result<bool, S::Error> {
+        match self.tokens.get(name) {
+            Some(None) => Ok(true),
+            _ => store.token_name_retired(name),
         }
     }
 }

@@ -121,7 +121,7 @@ pub fn expire<S: Stored>(
                 message_id: id,
                 action: QuarantineAction::Expire,
                 reason: expiry.reason.clone(),
-                user: "retention".into(),
+                user: crate::token::RETENTION_ACTOR.into(),
                 client_ip: None,
             },
             mail_from: record.mail_from,

@@ -1,5 +1,6 @@
-//! API tokens: created under a name that must be free, revoked by name. A refusal
-//! (the name taken, no such token) is recorded like any other action.
+//! API tokens: created under a name that must be free (never a live token's; for
+//! [`TokenCommand::CreateUnused`], never a revoked one's either), revoked by name. A
+//! refusal (the name taken, no such token) is recorded like any other action.
 
 use super::{Changes, Outcome, Stored, Write};
 use crate::event::{ApiAction, EventKind};
@@ -13,10 +14,18 @@ pub fn token<S: Stored>(
     command: &TokenCommand,
 ) -> Result<Outcome, S::Error> {
     let name = match command {
-        TokenCommand::Create { token, .. } => &token.name,
+        TokenCommand::Create { token, .. } | TokenCommand::CreateUnused { token, .. } => {
+            &token.name
+        }
         TokenCommand::Revoke { name, .. } => name,
     };
     let current = changes.token(store, name)?;
+    let retired = match command {
+        TokenCommand::CreateUnused { .. } if current.is_none() => {
+            changes.token_retired(store, name)?
+        }
+        _ => false,
+    };
     let refusal = |action: &str, user: &str, client_ip, reason: &str| {
         let event = EventKind::ApiAction(Box::new(ApiAction {
             action: action.into(),
@@ -29,7 +38,17 @@ pub fn token<S: Stored>(
         (vec![event], Some(format!("{reason}: {name}")))
     };
     Ok(match (command, current) {
-        (TokenCommand::Create { token, client_ip }, None) => {
+        (TokenCommand::CreateUnused { token, client_ip }, None) if retired => refusal(
+            "token.create",
+            &token.created_by,
+            *client_ip,
+            token::TOKEN_NAME_RETIRED,
+        ),
+        (
+            TokenCommand::Create { token, client_ip }
+            | TokenCommand::CreateUnused { token, client_ip },
+            None,
+        ) => {
             changes.writes.push(Write::Token(token.clone()));
             changes.tokens.insert(name.clone(), Some(token.clone()));
             let event = EventKind::TokenChanged(Box::new(TokenChanged {
@@ -41,7 +60,11 @@ pub fn token<S: Stored>(
             }));
             (vec![event], None)
         }
-        (TokenCommand::Create { token, client_ip }, Some(_)) => refusal(
+        (
+            TokenCommand::Create { token, client_ip }
+            | TokenCommand::CreateUnused { token, client_ip },
+            Some(_),
+        ) => refusal(
             "token.create",
             &token.created_by,
             *client_ip,
@@ -96,6 +119,13 @@ mod tests {
         }
     }
 
+    fn create_unused(token: ApiToken) -> TokenCommand {
+        TokenCommand::CreateUnused {
+            token,
+            client_ip: None,
+        }
+    }
+
     fn revoke(name: &str) -> TokenCommand {
         TokenCommand::Revoke {
             name: name.into(),
@@ -139,6 +169,35 @@ mod tests {
         assert_eq!(refused, None);
         store.commit(changes);
         assert_eq!(store.tokens["siem"].digest, [4; 32]);
+    }
+
+    #[test]
+    fn a_revoked_name_is_never_given_again_within_a_batch_or_after_it() {
+        let mut store = Memory::default();
+        let mut changes = Changes::default();
+        let (_, refused) = token_rule(&mut changes, &store, &create_unused(token("siem", 1)));
+        assert_eq!(refused, None);
+        let (_, refused) = token_rule(&mut changes, &store, &create_unused(token("siem", 2)));
+        assert_eq!(refused, Some(format!("{}: siem", token::TOKEN_TAKEN)));
+        let (_, refused) = token_rule(&mut changes, &store, &revoke("siem"));
+        assert_eq!(refused, None);
+        let (kinds, refused) = token_rule(&mut changes, &store, &create_unused(token("siem", 3)));
+        assert_eq!(
+            refused,
+            Some(format!("{}: siem", token::TOKEN_NAME_RETIRED))
+        );
+        assert!(matches!(&kinds[0], EventKind::ApiAction(a) if a.action == "token.create"));
+        store.commit(changes);
+        assert!(store.retired.contains("siem") && store.tokens.is_empty());
+        let mut changes = Changes::default();
+        let (_, refused) = token_rule(&mut changes, &store, &create_unused(token("siem", 4)));
+        assert_eq!(
+            refused,
+            Some(format!("{}: siem", token::TOKEN_NAME_RETIRED))
+        );
+        // What older builds proposed is applied as they applied it.
+        let (_, refused) = token_rule(&mut changes, &store, &create(token("siem", 5)));
+        assert_eq!(refused, None);
     }
 
     fn token_rule(changes: &mut Changes<'_>, store: &Memory, command: &TokenCommand) -> Outcome {
