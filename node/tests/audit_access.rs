@@ -507,3 +507,154 @@ fn a_token_name_is_given_once_and_never_one_the_system_acts_under() {
         .collect();
     assert_eq!(names, [("admin", "admin"), ("splunk", "siem")]);
 }
+
+/// Delivered (held at the next hop): no rule quarantines it.
+const LUNCH: &str = "From: <gina@sender.test>\r\nTo: bob@example.test\r\nSubject: lunch\r\n\
+    Date: Sat, 28 Nov 2026 08:00:00 +0000\r\nMessage-ID: <lunch@sender.test>\r\n\r\n\
+    See you at noon.\r\n";
+
+/// Every event after `after`, in order.
+fn events_after(api: &Api, mut after: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let (status, page) = api.get(&format!("/v1/events?after={after}&limit=1000"));
+        assert_eq!(status, 200, "{page}");
+        out.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next"].as_u64() {
+            Some(next) => after = next,
+            None => return out,
+        }
+    }
+}
+
+#[test]
+fn every_change_made_through_the_api_carries_one_marker_and_the_callers_name() {
+    let (node, _rules) = quarantining_node("");
+    let admin = Api::new(&node);
+    let send = |from: &str, body: &str| {
+        Smtp::ehlo(node.smtp)
+            .send_message(from, &["bob@example.test"], body)
+            .queued_id()
+    };
+    let quarantined = [
+        "carol@sender.test",
+        "dave@sender.test",
+        "erin@one.test",
+        "frank@two.test",
+    ]
+    .map(|from| send(from, FISHY));
+    for id in &quarantined {
+        node.wait_message_event(id, "message.quarantined", 1, Duration::from_secs(15));
+    }
+    let [released, deleted, _, _] = &quarantined;
+    let queued = send("gina@sender.test", LUNCH);
+    let marta = admin.with_token(&token(&admin, "marta", "admin"));
+    let start = events_after(&admin, 0).last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+
+    // Every mutating route, once.
+    let ok = |(status, body): (u16, Value), want: u16| assert_eq!(status, want, "{body}");
+    ok(
+        marta.post_json("/v1/notes", &json!({ "text": "review" })),
+        201,
+    );
+    let temp = json!({ "name": "temp-siem", "role": "siem" });
+    ok(marta.post_json("/v1/tokens", &temp), 201);
+    ok(marta.delete("/v1/tokens/temp-siem"), 200);
+    let (_, current) = marta.get("/v1/policy");
+    let mut policy = current["policy"].clone();
+    policy["tag_score"] = json!(4.5);
+    let change =
+        json!({ "base_version": current["version"], "policy": policy, "reason": "tighter" });
+    ok(marta.put_json("/v1/policy", &change), 200);
+    ok(
+        marta.post(&format!("/v1/bayes/ham?message_id={queued}")),
+        200,
+    );
+    let reason = json!({ "reason": "reviewed" });
+    ok(
+        marta.post_json(&format!("/v1/quarantine/{released}/release"), &reason),
+        200,
+    );
+    ok(
+        marta.delete(&format!("/v1/quarantine/{deleted}?reason=spam")),
+        200,
+    );
+    ok(
+        marta.post_json("/v1/quarantine/release?sender=erin@one.test", &reason),
+        200,
+    );
+    ok(
+        marta.post_json("/v1/quarantine/delete?sender=frank@two.test", &reason),
+        200,
+    );
+    for action in ["hold", "release", "retry"] {
+        ok(marta.post(&format!("/v1/queue/{queued}/{action}")), 200);
+    }
+    ok(marta.delete(&format!("/v1/queue/{queued}")), 200);
+    ok(
+        marta.post_json("/v1/backup", &json!({ "name": "review" })),
+        200,
+    );
+    // Membership changes a one-node cluster refuses: on record all the same.
+    let member = json!({ "id": 1, "addr": "127.0.0.1:7001" });
+    ok(marta.post_json("/v1/cluster/members", &member), 409);
+    ok(marta.post("/v1/cluster/members/1/promote"), 409);
+    ok(marta.delete("/v1/cluster/members/1"), 409);
+
+    // One rule, event.provider = "api", sees each of them, with Marta's name.
+    let after = events_after(&admin, start);
+    let marked: Vec<&Value> = after
+        .iter()
+        .filter(|e| e["event"]["provider"] == "api")
+        .collect();
+    let seen: Vec<(&str, &Value)> = marked
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), &e["event"]["action"]))
+        .collect();
+    let did = |kind: &'static str, action: &str| (kind, json!(action));
+    let want = [
+        ("audit.note", Value::Null),
+        did("token.created", "token.create"),
+        did("token.revoked", "token.revoke"),
+        did("policy.changed", "policy.change"),
+        did("bayes.trained", "learn"),
+        did("quarantine.released", "quarantine.release"),
+        did("quarantine.deleted", "quarantine.delete"),
+        did("quarantine.released", "quarantine.release"),
+        did("quarantine.deleted", "quarantine.delete"),
+        did("api.action", "queue.hold"),
+        did("api.action", "queue.release"),
+        did("api.action", "queue.retry"),
+        did("api.action", "queue.delete"),
+        did("api.action", "node.backup"),
+        did("api.action", "cluster.add_learner"),
+        did("api.action", "cluster.promote"),
+        did("api.action", "cluster.remove"),
+    ];
+    let want: Vec<(&str, &Value)> = want.iter().map(|(k, a)| (*k, a)).collect();
+    assert_eq!(seen, want, "{marked:#?}");
+    for e in &marked {
+        assert_eq!(e["user"]["name"], "marta", "{e}");
+        assert_eq!(e["source"]["ip"], "127.0.0.1", "{e}");
+    }
+    // Nothing else Marta did is unmarked but her reads; what the system did by
+    // itself is not marked.
+    for e in &after {
+        if e["user"]["name"] == "marta" && e["event"]["provider"] != "api" {
+            assert_eq!(e["type"], "access.read", "{e}");
+        }
+    }
+    let system: Vec<Value> = events_after(&admin, 0)
+        .into_iter()
+        .filter(|e| {
+            ["bootstrap", "config@node1"].contains(&e["user"]["name"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(system.len(), 2, "{system:#?}");
+    assert!(
+        system.iter().all(|e| e["event"]["provider"].is_null()),
+        "{system:#?}"
+    );
+}

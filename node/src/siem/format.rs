@@ -167,7 +167,7 @@ pub fn cef(event: &Value, hostname: &str) -> String {
     ext.push(("dvchost", hostname.to_string()));
     let email = &event["email"];
     let user = text(&event["user"]["name"]);
-    let fields: [(&str, &Value); 14] = [
+    let fields: [(&str, &Value); 15] = [
         ("externalId", &event["seq"]),
         ("cn1", &event["export"]["seq"]),
         ("cs6", &event["export"]["exporter"]),
@@ -179,6 +179,7 @@ pub fn cef(event: &Value, hostname: &str) -> String {
         ("act", &event["event"]["action"]),
         ("outcome", &event["event"]["outcome"]),
         ("reason", &event["event"]["reason"]),
+        ("cat", &event["event"]["provider"]),
         ("cs1", &event["message_id"]),
         ("cs2", &event["hash"]),
         ("cs3", &event["prev_hash"]),
@@ -321,6 +322,11 @@ mod tests {
             line.contains("cs6Label=exporter cn1Label=exportSeq"),
             "{line}"
         );
+        // A change made through the API: its marker as the category.
+        let mut by_api = quarantined("x");
+        by_api["event"]["provider"] = "api".into();
+        let line = cef(&by_api, "mx");
+        assert!(line.contains(r" reason=score 12 >\= 10 cat=api "), "{line}");
         // A header field with a pipe or a backslash.
         let mut odd = quarantined("x");
         odd["type"] = "a|b\\c\nd".into();

@@ -112,7 +112,7 @@ fn check(bundle: &Bundle, trusted: &[String], report: &mut BundleReport) -> Resu
         if !stored.hash_is_valid() {
             return Err(format!("event {seq}: its hash does not match its content"));
         }
-        if stored.to_json() != item.event {
+        if !says_the_same(&stored, &item.event) {
             return Err(format!(
                 "event {seq}: the readable event differs from what its encoding says"
             ));
@@ -196,6 +196,29 @@ fn check(bundle: &Bundle, trusted: &[String], report: &mut BundleReport) -> Resu
         });
     }
     Ok(())
+}
+
+/// True when `shown` is what the encoding says: its JSON as this build renders it,
+/// or as a build before the API marker (`event.provider`, derived from the encoding
+/// alone) rendered it, so that a bundle written by one still verifies.
+fn says_the_same(stored: &StoredEvent, shown: &serde_json::Value) -> bool {
+    let mut rendered = stored.to_json();
+    if rendered == *shown {
+        return true;
+    }
+    let Some(map) = rendered.as_object_mut() else {
+        return false;
+    };
+    let Some(event) = map.get_mut("event").and_then(|e| e.as_object_mut()) else {
+        return false;
+    };
+    if event.remove("provider").is_none() {
+        return false;
+    }
+    if event.is_empty() {
+        map.remove("event");
+    }
+    rendered == *shown
 }
 
 #[cfg(test)]
@@ -309,6 +332,18 @@ mod tests {
         let mut edited = good.clone();
         edited.events[1].event["message"] = "something else".into();
         fails(&edited, "differs");
+        // Written before the API marker: the same note without it still verifies,
+        // but not with another author.
+        let mut older = good.clone();
+        assert_eq!(older.events[1].event["event"]["provider"], "api");
+        older.events[1]
+            .event
+            .as_object_mut()
+            .unwrap()
+            .remove("event");
+        assert!(verify(&older, &[]).ok);
+        older.events[1].event["user"]["name"] = "someone else".into();
+        fails(&older, "differs");
         // An event dropped from the run.
         let mut gap = good.clone();
         gap.events.remove(1);
