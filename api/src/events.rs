@@ -54,13 +54,27 @@ pub(crate) struct EventQuery {
 }
 
 impl EventQuery {
-    /// The read this query is, as recorded: a `search` when it looks for a person
-    /// (an address, a client address or a caller), else an `export` of the log.
-    fn read(&self, what: &str) -> Read {
-        let person = self.sender.is_some()
+    /// True when the query looks for a person: an address (a sender, a recipient, a
+    /// client) or a caller.
+    fn person(&self) -> bool {
+        self.sender.is_some()
             || self.recipient.is_some()
             || self.client_ip.is_some()
-            || self.user.is_some();
+            || self.user.is_some()
+    }
+
+    /// True when the answer is about a message or a person: filtered to one message
+    /// (its verdict, subject and envelope) or looking for a person. Such a page of
+    /// the log is a read on record; a page by sequence, type, action or time alone is
+    /// the feed itself.
+    fn concerns_someone(&self) -> bool {
+        self.message_id.is_some() || self.person()
+    }
+
+    /// The read this query is, as recorded: a `trace` of the message it is filtered
+    /// to (`filter`'s), else a `search` when it looks for a person, else an `export`
+    /// of the log.
+    fn read(&self, filter: &EventFilter, what: &str) -> Read {
         let filters = crate::access::query(&[
             ("type", self.type_name.as_deref()),
             ("message_id", self.message_id.as_deref()),
@@ -73,12 +87,12 @@ impl EventQuery {
             ("until", self.until.as_deref()),
         ]);
         Read {
-            kind: if person {
-                ReadKind::Search
-            } else {
-                ReadKind::Export
+            kind: match (filter.message_id, self.person()) {
+                (Some(_), _) => ReadKind::Trace,
+                (None, true) => ReadKind::Search,
+                (None, false) => ReadKind::Export,
             },
-            message_id: None,
+            message_id: filter.message_id,
             reason: None,
             query: Some(match filters {
                 Some(f) => format!("{what}?{f}"),
@@ -131,12 +145,12 @@ pub(crate) async fn list(
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
     let filter = q.filter()?;
-    // A page of the log is recorded when it looks for a person; paging the log
-    // otherwise is how the trail itself is read (recording each page would grow the
-    // log by reading it), and its bulk forms, export and stream, are recorded.
-    let read = q.read("events");
-    if read.kind == ReadKind::Search {
-        s.record_read(&caller, client_ip, read).await?;
+    // A page of the log is recorded when it is about a message or a person; paging
+    // the log otherwise is how the trail itself is read (recording each page would
+    // grow the log by reading it), and its bulk forms, export and stream, are recorded.
+    if q.concerns_someone() {
+        s.record_read(&caller, client_ip, q.read(&filter, "events"))
+            .await?;
     }
     let after = seq("after", q.after)?.unwrap_or(0);
     let node = s.node.clone();
@@ -183,7 +197,7 @@ pub(crate) async fn export(
         ));
     }
     let filter = q.filter()?;
-    s.record_read(&caller, client_ip, q.read("events/export"))
+    s.record_read(&caller, client_ip, q.read(&filter, "events/export"))
         .await?;
     let after = seq("after", q.after)?.unwrap_or(0);
     // Pages are read as the client takes them; an error after the first line can

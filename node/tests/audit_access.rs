@@ -58,13 +58,18 @@ fn every_read_of_content_or_verdicts_is_on_record_with_who_where_and_why() {
     let operator = admin.with_token(&token(&admin, "olivia", "operator"));
     let auditor = admin.with_token(&token(&admin, "arthur", "auditor"));
 
-    // Olivia previews it for a ticket, downloads it, reads its trace.
+    let siem = admin.with_token(&token(&admin, "splunk", "siem"));
+
+    // Olivia previews it for a ticket, downloads it, reads its trace; the instants
+    // between her reads are noted for the question "what did she read, and when".
     let (status, detail) = operator.get(&format!("/v1/quarantine/{id}?reason=ticket%2042"));
     assert_eq!(status, 200, "{detail}");
     assert!(detail["preview"]["text"].is_string(), "{detail}");
+    let after_preview = instant_between_reads();
     let raw = operator.get_raw(&format!("/v1/quarantine/{id}/raw"));
     assert_eq!(raw.status(), 200);
     assert!(String::from_utf8_lossy(&raw.bytes().unwrap()).contains("fishy offer"));
+    let after_raw = instant_between_reads();
     let (status, _) = operator.get(&format!("/v1/messages/{id}"));
     assert_eq!(status, 200);
     // The same preview again within the minute is covered by the first record.
@@ -74,31 +79,72 @@ fn every_read_of_content_or_verdicts_is_on_record_with_who_where_and_why() {
     let (status, detail) = auditor.get(&format!("/v1/quarantine/{id}"));
     assert_eq!(status, 200);
     assert!(detail["preview"]["withheld"].is_string(), "{detail}");
-    // Arthur searches by a person and exports the verdicts.
+    // Arthur searches by a person, reads the message's events (its verdict, subject
+    // and envelope) from the log, and exports the verdicts.
     let (status, _) = auditor.get("/v1/events?sender=carol@sender.test");
     assert_eq!(status, 200);
+    let (status, page) = auditor.get(&format!("/v1/events?message_id={id}"));
+    assert_eq!(status, 200);
+    let verdict = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "message.quarantined")
+        .unwrap_or_else(|| panic!("{page:#}"));
+    assert_eq!(verdict["email"]["subject"], "offer");
     let export = auditor.get_raw("/v1/events/export?type=scan.verdict");
     assert_eq!(export.status(), 200);
+    // The SIEM pulls the feed by sequence and type: the feed itself, not on record.
+    let (status, page) = siem.get("/v1/events?after=0&type=scan.verdict&limit=10");
+    assert_eq!(status, 200);
+    assert_eq!(page["events"][0]["message_id"], id.as_str(), "{page:#}");
 
-    // Who read message X: every read of it, kind, caller, address, reason.
+    // Who read message X: every read of it, kind, caller, address, reason; the
+    // test's own wait for the quarantine and this question too, which read the log
+    // about the message.
     let of_message = reads(&admin, &format!("message_id={id}"));
-    let seen: Vec<(String, String, Value)> = of_message
+    let seen: Vec<(String, String, Value, Value)> = of_message
         .iter()
         .map(|e| {
             (
                 e["user"]["name"].as_str().unwrap().to_string(),
                 e["kind"].as_str().unwrap().to_string(),
                 e["event"]["reason"].clone(),
+                e["query"].clone(),
             )
         })
         .collect();
+    let asked = |query: &str| json!(format!("events?{query}"));
     assert_eq!(
         seen,
         vec![
-            ("olivia".into(), "preview".into(), json!("ticket 42")),
-            ("olivia".into(), "raw".into(), Value::Null),
-            ("olivia".into(), "trace".into(), Value::Null),
-            ("arthur".into(), "trace".into(), Value::Null),
+            (
+                "admin".into(),
+                "trace".into(),
+                Value::Null,
+                asked(&format!("message_id={id}"))
+            ),
+            (
+                "olivia".into(),
+                "preview".into(),
+                json!("ticket 42"),
+                Value::Null
+            ),
+            ("olivia".into(), "raw".into(), Value::Null, Value::Null),
+            ("olivia".into(), "trace".into(), Value::Null, Value::Null),
+            ("arthur".into(), "trace".into(), Value::Null, Value::Null),
+            (
+                "arthur".into(),
+                "trace".into(),
+                Value::Null,
+                asked(&format!("message_id={id}"))
+            ),
+            (
+                "admin".into(),
+                "trace".into(),
+                Value::Null,
+                asked(&format!("type=access.read&message_id={id}"))
+            ),
         ],
         "{of_message:#?}"
     );
@@ -117,23 +163,50 @@ fn every_read_of_content_or_verdicts_is_on_record_with_who_where_and_why() {
         done,
         [
             ("trace", &Value::Null),
-            ("search", &json!("events?sender=carol@sender.test")),
+            ("search", &asked("sender=carol@sender.test")),
+            ("trace", &asked(&format!("message_id={id}"))),
             ("export", &json!("events/export?type=scan.verdict")),
         ],
         "{arthur:#?}"
     );
     assert!(arthur.iter().all(|e| e["user"]["name"] == "arthur"));
+    // The SIEM's pull of the feed left nothing on record.
+    assert!(reads(&admin, "user=splunk").is_empty());
+
+    // What did Olivia read between two instants ("in March"): her download, not
+    // the preview before it nor the trace after it.
+    let between = reads(
+        &admin,
+        &format!("user=olivia&since={after_preview}&until={after_raw}"),
+    );
+    let kinds: Vec<&str> = between
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["raw"], "{between:#?}");
+    assert_eq!(between[0]["message_id"], id.as_str());
 
     // A reason too long is refused, and nothing is read or recorded.
     let long = "x".repeat(1025);
     let (status, body) = operator.get(&format!("/v1/quarantine/{id}/raw?reason={long}"));
     assert_eq!(status, 400, "{body}");
-    assert_eq!(reads(&admin, &format!("message_id={id}")).len(), 4);
+    assert_eq!(reads(&admin, &format!("message_id={id}")).len(), 7);
     // A read of nothing (no such message) records nothing either.
     let missing = "0000000000000000000000000A";
     let (status, _) = operator.get(&format!("/v1/quarantine/{missing}"));
     assert_eq!(status, 404);
-    assert!(reads(&admin, &format!("message_id={missing}")).is_empty());
+    assert!(reads(&admin, &format!("message_id={missing}&user=olivia")).is_empty());
+}
+
+/// An RFC 3339 instant after the reads made so far and before the next one, so that
+/// a time range can fall between two reads.
+fn instant_between_reads() -> String {
+    std::thread::sleep(Duration::from_millis(20));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    bulwark_storage::event::rfc3339(now.as_millis() as i64)
 }
 
 #[test]

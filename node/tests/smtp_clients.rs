@@ -1017,10 +1017,12 @@ fn clients_the_queued_id_finds_the_message_in_the_event_api() {
     };
     let page: serde_json::Value = get(&format!("message_id={second}")).json().unwrap();
     let events = page["events"].as_array().unwrap();
-    // Its reception and its verdict, committed together.
-    assert_eq!(events.len(), 2, "{page}");
+    // Its reception and its verdict, committed together, and this read of them (on
+    // record before the answer).
+    assert_eq!(events.len(), 3, "{page}");
     assert_eq!(events[0]["type"], "message.received");
     assert_eq!(events[1]["type"], "scan.verdict");
+    assert_eq!(events[2]["type"], "access.read");
     assert!(events.iter().all(|e| e["message_id"] == second.as_str()));
     assert_eq!(events[0]["email"]["subject"], "two");
     let lower: serde_json::Value = get(&format!("message_id={}", first.to_lowercase()))
