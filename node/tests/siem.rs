@@ -4,8 +4,8 @@
 //! API shows it, numbered by its exporter; a receiver that is down gets everything
 //! once it is back, and one killed in the middle of a batch gets it again; a batch
 //! refused for good becomes a dead letter and the feed goes on; HEC posts an
-//! unacknowledged batch a bounded number of times; bad exporter settings are all
-//! reported by check-config.
+//! unacknowledged batch a bounded number of times; the signed checkpoints reach a
+//! filtered feed; bad exporter settings are all reported by check-config.
 
 mod common;
 
@@ -763,6 +763,68 @@ retry_max_secs = 1
         .unwrap();
     assert_eq!(letter["siem"]["exporter"], "notes-only");
     assert_eq!(letter["export"]["seq"], poison_number + 1, "{filtered:#?}");
+}
+
+#[test]
+fn the_signed_checkpoints_reach_a_filtered_feed_as_the_log_holds_them() {
+    let rt = runtime();
+    let http = rt
+        .block_on(HttpReceiver::start(HEC_TOKEN, SECRET.as_bytes()))
+        .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[[siem.exporters]]
+name = "notes-only"
+kind = "webhook"
+url = "{http}/hook"
+secret = "{SECRET}"
+types = ["audit.note"]
+retry_max_secs = 1
+
+[audit]
+checkpoint_secs = 1
+signing_key_file = "{key}"
+"#,
+        http = http.url(),
+        key = keys.path().join("signing.key").display(),
+    );
+    let node = Node::start_with("", &(common::held_delivery() + &config));
+    let api = Api::new(&node);
+    let (status, body) = api.post_json("/v1/notes", &serde_json::json!({ "text": "anchored" }));
+    assert_eq!(status, 201, "{body}");
+    let noted = body["seq"].as_u64().unwrap();
+    // A checkpoint signed over the note, in the log.
+    let deadline = Instant::now() + WAIT;
+    let checkpoint = loop {
+        let found = log(&api).into_iter().find(|e| {
+            e["type"] == "audit.checkpoint" && e["checkpoint"]["seq"].as_u64().unwrap() >= noted
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint after {noted}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let at = checkpoint["seq"].as_u64().unwrap();
+    rt.block_on(wait_for_seqs("notes-only", &[noted, at], WAIT, || {
+        seqs(&http.webhook_events("notes-only"))
+    }))
+    .unwrap();
+    // The feed of notes holds the anchors too, exactly as the log shows them, and
+    // numbers them with the notes without a gap.
+    let feed = http.webhook_events("notes-only");
+    let shipped = unnumbered(&feed);
+    let got = shipped.iter().find(|e| e["seq"] == at).unwrap();
+    assert_eq!(*got, checkpoint);
+    let kinds: std::collections::BTreeSet<&str> =
+        feed.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["audit.checkpoint", "audit.key_rotated", "audit.note"],
+        "{feed:#?}"
+    );
+    assert_eq!(numbers(&feed, "notes-only"), one_to(feed.len()));
 }
 
 #[test]
