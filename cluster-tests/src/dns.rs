@@ -206,7 +206,7 @@ impl Zone {
             }
         };
         response.add_query(query.clone());
-        let name = key(&query.name.to_ascii());
+        let name = key(&label_text(&query.name));
         let kind = Kind::from_wire(query.query_type);
         let mut delay = None;
         match self.fault_for(&name, kind) {
@@ -456,17 +456,28 @@ async fn reply(zone: &Zone, request: &[u8], udp: bool) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
+/// A queried name as the zone writes it: its labels' bytes as they are, not escaped
+/// (SPF macros can put spaces and `%` into a name).
+fn label_text(name: &Name) -> String {
+    let labels: Vec<String> = name
+        .iter()
+        .map(|label| String::from_utf8_lossy(label).into_owned())
+        .collect();
+    labels.join(".")
+}
+
 /// The zone key of a name: lowercase, without the trailing dot.
 fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// A name as it goes on the wire, or `None` if it cannot be encoded (a label over 63
-/// octets, for instance).
+/// A name as it goes on the wire, its labels' bytes as written (SPF's test names hold
+/// `:` and `/`), or `None` if it cannot be encoded (a label over 63 octets, for
+/// instance).
 fn wire_name(name: &str) -> Option<Name> {
-    let mut fqdn = name.to_string();
-    if !fqdn.ends_with('.') {
-        fqdn.push('.');
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Some(Name::root());
     }
-    Name::from_str_relaxed(fqdn).ok()
+    Name::from_labels(name.split('.').map(str::as_bytes)).ok()
 }

@@ -12,13 +12,18 @@ use super::Report;
 use crate::scan::engine::Hit;
 
 impl Report {
-    pub(super) fn dkim(&mut self, outputs: &[DkimOutput<'_>]) {
+    /// `problems` holds, for each output, why its key is unusable, if it is: that
+    /// signature is a `permerror` whatever mail-auth found.
+    pub(super) fn dkim(&mut self, outputs: &[DkimOutput<'_>], problems: &[Option<String>]) {
         if outputs.is_empty() {
             self.push("dkim", "none", String::new());
             return;
         }
-        for output in outputs {
-            let (token, reason) = dkim_token(output.result());
+        for (i, output) in outputs.iter().enumerate() {
+            let (token, reason) = match problems.get(i).cloned().flatten() {
+                Some(problem) => ("permerror", Some(problem)),
+                None => dkim_token(output.result()),
+            };
             let mut detail = String::new();
             if let Some(reason) = reason {
                 let _ = write!(detail, "({}) ", comment_text(&reason));
@@ -165,6 +170,43 @@ mod tests {
         assert!(!symbols(&outcome).contains(&"DKIM_VALID"));
         // SPF still passes and is aligned, so DMARC passes.
         assert_eq!(result(&outcome, "dmarc")[0].result, "pass");
+    }
+
+    /// RFC 6376 §6.1.2 checks the key before the body: a signature whose key record
+    /// is unusable is a permerror, with its body intact or tampered, and aligns
+    /// nothing for DMARC.
+    #[tokio::test]
+    async fn dkim_an_unusable_key_is_a_permerror_whatever_the_body() {
+        let key = base64(&super::super::fixture::rsa(RSA_PEM).public_key());
+        for (record, why) in [
+            (format!("v=DKIM1; k=rsa; p=!{key}"), "not base64"),
+            (format!("v=DKIM1; k=rsa3; p={key}"), "unknown key type"),
+            ("v=DKIM1; k=rsa; p=".to_string(), "revoked"),
+            (
+                format!("v=DKIM1; k=rsa; junk tag; p={key}"),
+                "not a tag-list",
+            ),
+        ] {
+            let mut zone = base_zone();
+            zone.txt("broken._domainkey.example.com", &record);
+            let fixture = Fixture::new(zone);
+            let raw = sign_rsa(
+                &super::super::fixture::message("ceo@example.com", "Pay 100 EUR.\r\n"),
+                RSA_PEM,
+                "example.com",
+                "broken",
+            );
+            for body in [raw.clone(), raw.replace("Pay 100", "Pay 900")] {
+                let outcome = fixture
+                    .check(&body, STRANGER, "mx.example.com", "ceo@example.com")
+                    .await;
+                let dkim = result(&outcome, "dkim");
+                assert_eq!(dkim[0].result, "permerror", "{record}: {dkim:?}");
+                assert!(dkim[0].detail.contains(why), "{record}: {dkim:?}");
+                assert_eq!(result(&outcome, "dmarc")[0].result, "fail", "{record}");
+                assert!(!symbols(&outcome).contains(&"DKIM_VALID"), "{record}");
+            }
+        }
     }
 
     #[tokio::test]

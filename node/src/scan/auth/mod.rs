@@ -1,7 +1,7 @@
 //! Authentication of inbound mail, in process: SPF for the HELO and MAIL FROM
-//! identities (RFC 7208), every DKIM signature (RFC 6376), DMARC with the sender's
-//! p=/sp=/pct= policy (RFC 7489), and ARC chain verification (RFC 8617), with the
-//! `mail-auth` crate over a hickory resolver.
+//! identities (RFC 7208, evaluated here), every DKIM signature (RFC 6376), DMARC with
+//! the sender's p=/sp=/pct= policy (RFC 7489), and ARC chain verification (RFC 8617)
+//! with the `mail-auth` crate, all over one hickory resolver.
 //!
 //! The outcome is scored symbols ([`Hit`]), one [`AuthResult`] per method and identity,
 //! the value of our RFC 8601 `Authentication-Results` header, and the disposition the
@@ -13,8 +13,9 @@
 //!
 //! ```text
 //! mod.rs      the check: SPF, DKIM and ARC at once, then DMARC; the report
-//! spf.rs      SPF for the HELO and MAIL FROM identities
+//! spf/        SPF for the HELO and MAIL FROM identities
 //! dkim.rs     every DKIM signature
+//! dkim_key.rs its key record, checked before the body hash counts
 //! dmarc.rs    DMARC, the published record's tags and pct= sampling
 //! arc.rs      the ARC chain
 //! results.rs  the RFC 8601 header text: values, comments, folding
@@ -26,6 +27,7 @@
 
 mod arc;
 mod dkim;
+mod dkim_key;
 mod dmarc;
 #[cfg(test)]
 mod fixture;
@@ -49,8 +51,9 @@ use arc::arc_verdict;
 use results::{header_value, token};
 use spf::spf_domain;
 
-/// The version recorded in verdicts: the library doing the work.
-const VERSION: &str = "mail-auth 0.13.0";
+/// The version recorded in verdicts: the library doing DKIM, DMARC and ARC, and
+/// our own SPF.
+const VERSION: &str = "mail-auth 0.13.0, spf rfc7208";
 /// Budget of the first phase (SPF, DKIM, ARC at once), in per-lookup timeouts.
 const PHASE_ONE_TIMEOUTS: u32 = 3;
 /// Budget of the second phase (DMARC, which needs the first), in per-lookup timeouts.
@@ -159,8 +162,12 @@ impl Authenticator {
                 within(phase_one, self.spf_mail_from(client_ip, helo, mail_from)),
                 within(phase_one, async {
                     match &message {
-                        Some(message) => self.resolver.verify_dkim(message).await,
-                        None => Vec::new(),
+                        Some(message) => {
+                            let outputs = self.resolver.verify_dkim(message).await;
+                            let problems = self.dkim_key_problems(&outputs).await;
+                            (outputs, problems)
+                        }
+                        None => (Vec::new(), Vec::new()),
                     }
                 }),
                 within(phase_one, async {
@@ -175,11 +182,9 @@ impl Authenticator {
 
             let mut report = Report::default();
             let spf_domain = spf_domain(helo, mail_from);
-            let mail_from_spf = from_spf.clone().unwrap_or_else(|| {
-                SpfOutput::new(spf_domain.to_string()).with_result(SpfResult::TempError)
-            });
+            let mail_from_spf = from_spf.as_ref().map_or(SpfResult::TempError, |s| s.result);
             if !helo.is_empty() {
-                report.spf("helo", helo, helo, helo_spf.as_ref().map(SpfOutput::result));
+                report.spf("helo", helo, helo, helo_spf.as_ref().map(|s| s.result));
             }
             let identity = if mail_from.is_empty() {
                 format!("postmaster@{helo}")
@@ -190,12 +195,14 @@ impl Authenticator {
                 "mailfrom",
                 &identity,
                 spf_domain,
-                from_spf.as_ref().map(SpfOutput::result),
+                from_spf.as_ref().map(|s| s.result),
             );
-            report.spf_hits(mail_from_spf.result(), &identity, client_ip);
+            if let Some(spf) = &from_spf {
+                report.spf_hits(spf, &identity, client_ip);
+            }
 
             match (&dkim, &message) {
-                (Some(outputs), _) => report.dkim(outputs),
+                (Some((outputs, problems)), _) => report.dkim(outputs, problems),
                 (None, Some(message)) => report.dkim_timed_out(message),
                 (None, None) => {}
             }
@@ -204,10 +211,25 @@ impl Authenticator {
             let phase_two = self.timeout * PHASE_TWO_TIMEOUTS;
             let dmarc = match &message {
                 Some(message) => {
-                    let dkim = dkim.as_deref().unwrap_or_default();
+                    // A signature whose key is unusable aligns nothing.
+                    let usable: Vec<_> = dkim
+                        .iter()
+                        .flat_map(|(outputs, problems)| {
+                            outputs
+                                .iter()
+                                .zip(problems)
+                                .filter(|(_, problem)| problem.is_none())
+                                .map(|(output, _)| output.clone())
+                        })
+                        .collect();
                     within(
                         phase_two,
-                        self.dmarc(message, dkim, spf_domain, &mail_from_spf),
+                        self.dmarc(
+                            message,
+                            &usable,
+                            spf_domain,
+                            &SpfOutput::new(spf_domain.to_string()).with_result(mail_from_spf),
+                        ),
                     )
                     .await
                 }

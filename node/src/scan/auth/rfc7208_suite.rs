@@ -9,95 +9,10 @@ use std::time::Duration;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const SUITE: &str = include_str!("../../../tests/data/spf/rfc7208-tests.yml");
-
-/// Tests whose expectation `mail-auth` 0.13 does not meet, and why: every one is
-/// the crate's evaluation, not the harness (the zone data reaches it as the suite
-/// describes). A new failure, or a listed test that starts to pass and so should
-/// leave the list, fails the runner.
-const KNOWN_FAILURES: &[(&str, &str)] = &[
-    ("non-ascii-policy", LENIENT),
-    ("non-ascii-mech", LENIENT),
-    ("control-char-policy", LENIENT),
-    ("badip4", LENIENT),
-    ("invalid-domain", LENIENT),
-    ("a-bad-cidr4", LENIENT),
-    ("a-bad-cidr6", LENIENT),
-    ("a-dual-cidr-ip4-err", LENIENT),
-    ("mx-bad-cidr4", LENIENT),
-    ("mx-bad-cidr6", LENIENT),
-    ("cidr4-33", LENIENT),
-    ("cidr4-032", LENIENT),
-    ("cidr6-129", LENIENT),
-    ("redirect-syntax-error", LENIENT),
-    ("invalid-modifier", LENIENT),
-    ("empty-modifier-name", LENIENT),
-    ("exp-syntax-error", LENIENT),
-    ("a-numeric", TOPLABEL),
-    ("a-numeric-toplabel", TOPLABEL),
-    ("a-only-toplabel", TOPLABEL),
-    ("a-only-toplabel-trailing-dot", TOPLABEL),
-    ("mx-numeric-top-label", TOPLABEL),
-    ("modifier-charset-good", STRICT),
-    ("redirect-after-mechanisms2", STRICT),
-    ("a-colon-domain", STRICT),
-    ("a-colon-domain-ip4mapped", STRICT),
-    ("mx-colon-domain", STRICT),
-    ("mx-colon-domain-ip4mapped", STRICT),
-    ("multitxt1", MULTIPLE),
-    ("multitxt2", MULTIPLE),
-    ("invalid-domain-empty-label", UNENCODABLE),
-    ("invalid-domain-long", UNENCODABLE),
-    ("invalid-domain-long-via-macro", UNENCODABLE),
-    ("a-bad-domain", UNENCODABLE),
-    ("a-null", UNENCODABLE),
-    ("a-bad-toplabel", UNENCODABLE),
-    ("mx-bad-domain", UNENCODABLE),
-    ("mx-null", UNENCODABLE),
-    ("mx-bad-toplab", UNENCODABLE),
-    ("macro-mania-in-domain", UNENCODABLE),
-    ("invalid-hello-macro", UNENCODABLE),
-    ("hello-domain-literal", UNENCODABLE),
-    ("ptr-match-implicit", PTR_EXACT),
-    ("ptr-match-ip6", PTR_EXACT),
-    ("a-cidr6-0-ip4mapped", MAPPED),
-    ("mx-cidr6-0-ip4mapped", MAPPED),
-    ("cidr6-0-ip4", MAPPED),
-    ("cidr6-ip4", MAPPED),
-    ("exists-ip6only", EXISTS),
-    ("exp-multiple-txt", EXP),
-    ("non-ascii-exp", EXP),
-    ("two-exp-records", EXP),
-    ("domain-name-truncation", EXP),
-    ("v-macro-ip6", MACRO_CASE),
-    ("upper-macro", MACRO_CASE),
-    ("p-macro-ip4-novalid", P_MACRO),
-    ("p-macro-ip4-valid", P_MACRO),
-    ("p-macro-ip6-novalid", P_MACRO),
-    ("p-macro-ip6-valid", P_MACRO),
-    ("p-macro-multiple", P_MACRO),
-    ("void-over-limit", VOID),
-];
-const LENIENT: &str =
-    "mail-auth's SPF parser accepts a malformed record or term that RFC 7208 §4.6/§5 makes a permerror";
-const TOPLABEL: &str =
-    "mail-auth looks up a target whose top label is numeric or missing instead of a permerror (§7.1)";
-const STRICT: &str = "mail-auth's SPF parser rejects a valid record (permerror)";
-const MULTIPLE: &str =
-    "mail-auth uses the first of several SPF records instead of a permerror (§4.5)";
-const UNENCODABLE: &str =
-    "a target name that cannot be a DNS name (empty, over-long or non-ASCII label) is a resolver error in mail-auth, so temperror, where RFC 7208 wants permerror or fail";
-const PTR_EXACT: &str =
-    "mail-auth's ptr mechanism misses a validated name equal to the target (its PTR answer keeps the trailing dot)";
-const MAPPED: &str =
-    "mail-auth matches an IPv4 client against ip6 networks through the IPv4-mapped address (§5.6 says they never match)";
-const EXISTS: &str = "mail-auth's exists: also accepts an AAAA answer (§5.7 queries A only)";
-const EXP: &str =
-    "mail-auth keeps an explanation that §6.2 says to ignore (several TXT records, non-ASCII) or drops one it should expand";
-const MACRO_CASE: &str = "mail-auth's macro expansion changes the case of the expanded value";
-const P_MACRO: &str = "mail-auth does not resolve the %{p} macro (validated client name)";
-const VOID: &str = "mail-auth does not count void lookups (§4.6.4 allows two)";
-/// What the runner measured: the suite's tests that pass.
-const MEASURED_PASSES: usize = 142;
+/// The RFC 4408 suite it grew from: every test there is in the RFC 7208 suite under
+/// the same name; where RFC 7208 changed the scenario or the expected result, the
+/// RFC 7208 answer is the one held to.
+const SUITE_4408: &str = include_str!("../../../tests/data/spf/rfc4408-tests.yml");
 
 /// The zone of one scenario, with pyspf's `testspf.py` semantics: `SPF` records
 /// are served as TXT unless the name has TXT records (`TXT: NONE` meaning none),
@@ -212,66 +127,109 @@ fn scalar(value: &Yaml) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rfc7208_test_suite() {
-    let scenarios = YamlLoader::load_from_str(SUITE).expect("suite YAML");
-    let (mut total, mut passed) = (0usize, 0usize);
-    let mut failures = Vec::new();
-    for scenario in &scenarios {
-        let fixture = Fixture::with_timeout(
-            zone(&scenario["zonedata"]),
-            Duration::from_millis(250),
-            "receiver.test",
-        );
-        let tests = scenario["tests"].as_hash().expect("tests");
-        for (id, test) in tests {
-            let id = id.as_str().expect("test id");
-            total += 1;
-            let helo = test["helo"].as_str().unwrap_or("");
-            let ip: IpAddr = test["host"]
-                .as_str()
-                .expect("host")
-                .parse()
-                .expect("host IP");
-            let mail_from = test["mailfrom"].as_str().unwrap_or("");
-            let expected: Vec<String> = match &test["result"] {
-                Yaml::Array(results) => results.iter().map(scalar).collect(),
-                other => vec![scalar(other)],
-            };
-            let output = fixture.auth.spf_mail_from(ip, helo, mail_from).await;
-            let got = spf_token(output.result());
-            let mut problem = None;
-            if !expected.iter().any(|e| e == got) {
-                problem = Some(format!("result {got}, expected {expected:?}"));
-            } else if let (Some(want), "fail") = (test["explanation"].as_str(), got) {
-                let explanation = output.explanation().unwrap_or("DEFAULT");
-                if explanation != want {
-                    problem = Some(format!("explanation {explanation:?}, expected {want:?}"));
-                }
-            }
-            match problem {
-                None => passed += 1,
-                Some(problem) => failures.push((id.to_string(), problem)),
-            }
+/// One test of a suite: its scenario's zone and its inputs and expectations.
+struct Case<'a> {
+    zone: &'a Yaml,
+    test: &'a Yaml,
+}
+
+/// Every test of `suite` by name.
+fn cases(scenarios: &[Yaml]) -> Vec<(String, Case<'_>)> {
+    let mut cases = Vec::new();
+    for scenario in scenarios {
+        for (id, test) in scenario["tests"].as_hash().expect("tests") {
+            cases.push((
+                id.as_str().expect("test id").to_string(),
+                Case {
+                    zone: &scenario["zonedata"],
+                    test,
+                },
+            ));
         }
     }
-    for (id, problem) in &failures {
-        eprintln!("rfc7208 {id}: {problem}");
+    cases
+}
+
+fn expected(test: &Yaml) -> Vec<String> {
+    match &test["result"] {
+        Yaml::Array(results) => results.iter().map(scalar).collect(),
+        other => vec![scalar(other)],
     }
-    eprintln!("RFC 7208 suite: {passed} of {total} pass");
-    let unexpected: Vec<_> = failures
-        .iter()
-        .filter(|(id, _)| !KNOWN_FAILURES.iter().any(|(known, _)| known == id))
-        .collect();
-    assert!(unexpected.is_empty(), "new failures: {unexpected:?}");
-    let fixed: Vec<_> = KNOWN_FAILURES
-        .iter()
-        .filter(|(known, _)| !failures.iter().any(|(id, _)| id == known))
-        .collect();
+}
+
+/// Runs one case; the problem, if the result or the explanation is not what
+/// `accepted` allows.
+async fn run(case: &Case<'_>, accepted: &[String]) -> Option<String> {
+    let fixture =
+        Fixture::with_timeout(zone(case.zone), Duration::from_millis(250), "receiver.test");
+    let test = case.test;
+    let helo = test["helo"].as_str().unwrap_or("");
+    let ip: IpAddr = test["host"]
+        .as_str()
+        .expect("host")
+        .parse()
+        .expect("host IP");
+    let mail_from = test["mailfrom"].as_str().unwrap_or("");
+    let spf = fixture.auth.spf_mail_from(ip, helo, mail_from).await;
+    let got = spf_token(spf.result);
+    if !accepted.iter().any(|e| e == got) {
+        return Some(format!("result {got}, expected {accepted:?}"));
+    }
+    if let (Some(want), "fail") = (test["explanation"].as_str(), got) {
+        let explanation = spf.explanation.as_deref().unwrap_or("DEFAULT");
+        if explanation != want {
+            return Some(format!("explanation {explanation:?}, expected {want:?}"));
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc7208_test_suite_passes_whole() {
+    let scenarios = YamlLoader::load_from_str(SUITE).expect("suite YAML");
+    let cases = cases(&scenarios);
+    let mut failures = Vec::new();
+    for (id, case) in &cases {
+        if let Some(problem) = run(case, &expected(case.test)).await {
+            failures.push(format!("{id}: {problem}"));
+        }
+    }
+    assert_eq!(cases.len(), 203);
     assert!(
-        fixed.is_empty(),
-        "now passing, take off the list: {fixed:?}"
+        failures.is_empty(),
+        "{} of 203 fail: {failures:#?}",
+        failures.len()
     );
-    assert!(passed >= MEASURED_PASSES, "{passed} of {total}");
-    assert_eq!(total, MEASURED_PASSES + KNOWN_FAILURES.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc4408_test_suite_passes_where_rfc7208_did_not_change_it() {
+    let scenarios = YamlLoader::load_from_str(SUITE_4408).expect("suite YAML");
+    let newer = YamlLoader::load_from_str(SUITE).expect("suite YAML");
+    let newer = cases(&newer);
+    let cases = cases(&scenarios);
+    let (mut failures, mut changed) = (Vec::new(), 0);
+    for (id, case) in &cases {
+        let (_, now) = newer
+            .iter()
+            .find(|(newer_id, _)| newer_id == id)
+            .expect("every RFC 4408 test is in the RFC 7208 suite");
+        let mut accepted = expected(case.test);
+        if expected(now.test) != accepted || now.zone != case.zone {
+            changed += 1;
+            accepted = expected(now.test);
+            if now.zone != case.zone {
+                continue;
+            }
+        }
+        if let Some(problem) = run(case, &accepted).await {
+            failures.push(format!("{id}: {problem}"));
+        }
+    }
+    eprintln!(
+        "RFC 4408 suite: {} tests, {changed} changed by RFC 7208",
+        cases.len()
+    );
+    assert_eq!(cases.len(), 191);
+    assert!(failures.is_empty(), "{failures:#?}");
 }
