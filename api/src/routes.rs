@@ -142,7 +142,11 @@ fn openapi_document() -> &'static str {
 /// and gives every error answer the problem+json schema:
 /// - `consistent` (any call, see [`consistency`]): 400 when it is neither `true` nor
 ///   `false`, 503 when the leader could not confirm the read in time;
-/// - 401 on every call that needs a token (none, or not a valid one);
+/// - 401 on every call that needs a token (none, or not a valid one), and 403 (its
+///   role may not) on every call that cannot do without one: each such call needs
+///   an [`Access`] that some role lacks (the metrics role has only
+///   `Access::Status`, which the status pages ask for, and they take a token
+///   without needing one);
 /// - 400 also for a request body that does not parse, 413 for one too big;
 /// - a success without a declared body is a JSON object (every handler's `Json`).
 fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
@@ -191,12 +195,15 @@ fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
             };
             add(op, "400", malformed);
             add(op, "503", "no leader confirmed a consistent read in time");
-            let public = op
-                .security
-                .as_ref()
-                .is_some_and(|s| s.iter().all(|r| *r == Default::default()));
+            // None: the document's own requirement, a bearer token.
+            let security = op.security.as_deref();
+            let public = security.is_some_and(|s| s.iter().all(|r| *r == Default::default()));
+            let anonymous = security.is_some_and(|s| s.iter().any(|r| *r == Default::default()));
             if !public {
                 add(op, "401", "no token, or not a valid one");
+                if !anonymous {
+                    add(op, "403", "the token's role may not make this call");
+                }
             }
             if op.request_body.is_some() {
                 add(op, "413", "the request body is too big");

@@ -2,7 +2,8 @@
 //! true to the router. Every documented operation is routed (a request to it gets an
 //! answer from its handler, not the router's own 404 or 405); the document holds
 //! exactly the operations of the API; every path parameter is declared; the calls that
-//! need no token say so and answer without one, the others name the bearer scheme.
+//! need no token say so and answer without one, the others name the bearer scheme;
+//! every call a role can be refused declares its 403.
 
 mod common;
 
@@ -58,6 +59,29 @@ const PUBLIC: [&str; 3] = ["GET /healthz", "GET /readyz", "GET /v1/openapi.json"
 /// Calls that need no token unless `api.public_status = false`: their security is
 /// "none or a bearer token".
 const STATUS: [&str; 2] = ["GET /metrics", "GET /v1/cluster"];
+
+/// A request to operation `name` (`METHOD path`) with harmless arguments: nothing
+/// they name exists, so nothing changes.
+fn harmless(api: &Api, name: &str) -> reqwest::blocking::RequestBuilder {
+    let (method, path) = name.split_once(' ').unwrap();
+    let path = path
+        .replace("{id}", "99")
+        .replace("{name}", "nobody")
+        .replace("{lesson}", "forget");
+    let path = if path == "/v1/events/stream" {
+        "/v1/events/stream?after=0".to_string()
+    } else {
+        path
+    };
+    let url = api.url(&path);
+    match method {
+        "GET" => api.client.get(url),
+        "POST" => api.client.post(url),
+        "DELETE" => api.client.delete(url),
+        "PUT" => api.client.put(url),
+        other => panic!("{other}"),
+    }
+}
 
 #[test]
 fn the_openapi_document_covers_every_route_and_only_routes() {
@@ -118,27 +142,9 @@ fn the_openapi_document_covers_every_route_and_only_routes() {
     let known: BTreeSet<String> = OPERATIONS.iter().map(|s| s.to_string()).collect();
     assert_eq!(documented, known);
 
-    // Each documented operation reaches its handler (harmless arguments: nothing here
-    // exists, so nothing changes).
+    // Each documented operation reaches its handler.
     for name in &documented {
-        let (method, path) = name.split_once(' ').unwrap();
-        let path = path
-            .replace("{id}", "99")
-            .replace("{name}", "nobody")
-            .replace("{lesson}", "forget");
-        let path = if path == "/v1/events/stream" {
-            "/v1/events/stream?after=0".to_string()
-        } else {
-            path
-        };
-        let url = api.url(&path);
-        let request = match method {
-            "GET" => api.client.get(url),
-            "POST" => api.client.post(url),
-            "DELETE" => api.client.delete(url),
-            "PUT" => api.client.put(url),
-            other => panic!("{other}"),
-        };
+        let request = harmless(&api, name);
         let public = PUBLIC.contains(&name.as_str()) || STATUS.contains(&name.as_str());
         let request = if public {
             request
@@ -285,4 +291,72 @@ fn every_operation_declares_its_error_answers_and_the_node_keeps_to_the_bounds()
         status_of(api.client.post(api.url("/v1/notes")).body(too_big)),
         problem(413)
     );
+}
+
+/// Every operation a role can be refused declares 403, found by calling each one that
+/// needs a token with a token of every role but admin: whatever any of them answers
+/// 403 declares it. The metrics role, which may read the status pages only, is
+/// refused every other call that needs a token, so each of those must declare 403.
+#[test]
+fn every_operation_a_role_can_be_refused_declares_403() {
+    let node = Node::start("");
+    let api = Api::new(&node);
+    let doc: Value = api
+        .client
+        .get(api.url("/v1/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let tokens: Vec<(&str, String)> = ["operator", "auditor", "siem", "metrics"]
+        .into_iter()
+        .map(|role| {
+            let (status, body) = api.post_json(
+                "/v1/tokens",
+                &serde_json::json!({ "name": format!("a-{role}"), "role": role }),
+            );
+            assert_eq!(status, 201, "{body}");
+            (role, body["token"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let mut refused_to_metrics = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let name = format!("{} {path}", method.to_uppercase());
+            if PUBLIC.contains(&name.as_str()) {
+                continue;
+            }
+            let declared = operation["responses"].get("403").is_some();
+            for (role, token) in &tokens {
+                let status = harmless(&api, &name)
+                    .bearer_auth(token)
+                    .send()
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                assert!(
+                    status != 403 || declared,
+                    "{name} refuses the {role} role (403) without declaring it"
+                );
+                if *role == "metrics" && status == 403 {
+                    refused_to_metrics.insert(name.clone());
+                }
+            }
+        }
+    }
+    let needing_a_token: BTreeSet<String> = OPERATIONS
+        .iter()
+        .filter(|o| !PUBLIC.contains(o) && !STATUS.contains(o))
+        .map(|o| o.to_string())
+        .collect();
+    assert_eq!(refused_to_metrics, needing_a_token);
+    for name in [
+        "GET /v1/events",
+        "GET /v1/events/export",
+        "GET /v1/events/stream",
+        "GET /v1/audit/bundle",
+        "GET /v1/events/verify",
+    ] {
+        assert!(refused_to_metrics.contains(name), "{name}");
+    }
 }
