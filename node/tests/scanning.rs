@@ -213,6 +213,9 @@ fn scanning_malware_is_rejected_however_its_encoding_is_damaged() {
     let encoded = "WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLVNUQU5EQVJELUFOVElWSVJVUy1URVNULUZJTEUhJEgrSCo=";
     let (head, tail) = encoded.split_at(40);
     let base64 = "Content-Transfer-Encoding: base64\r\n";
+    let qp = "Content-Transfer-Encoding: quoted-printable\r\n";
+    let lower_escaped: String = EICAR.bytes().map(|b| format!("={b:02x}")).collect();
+    let (qp_head, qp_tail) = EICAR.split_at(30);
     let close = "--b--\r\n";
     let variants = [
         (
@@ -266,6 +269,42 @@ fn scanning_malware_is_rejected_however_its_encoding_is_damaged() {
         (
             "a final boundary with trailing characters",
             eicar_wrapped(base64, &format!("*{encoded}"), "--b--junk\r\n"),
+        ),
+        (
+            "two transfer encodings, the second base64 after quoted-printable",
+            eicar_wrapped(
+                &format!("Content-Transfer-Encoding: quoted-printable\r\n{base64}"),
+                encoded,
+                close,
+            ),
+        ),
+        (
+            "two transfer encodings, the second base64 after 8bit",
+            eicar_wrapped(
+                &format!("Content-Transfer-Encoding: 8bit\r\n{base64}"),
+                encoded,
+                close,
+            ),
+        ),
+        (
+            "quoted-printable, every character escaped in lower case",
+            eicar_wrapped(qp, &lower_escaped, close),
+        ),
+        (
+            "quoted-printable, soft line breaks with blanks after the `=`",
+            eicar_wrapped(qp, &format!("{qp_head}= \t\r\n{qp_tail}=  \r\n"), close),
+        ),
+        (
+            "quoted-printable, a lone `=` at the end",
+            eicar_wrapped(qp, &format!("{EICAR}="), close),
+        ),
+        (
+            "quoted-printable, escapes of what needs none and an escaped line ending",
+            eicar_wrapped(
+                qp,
+                &format!("=58=35=4F{}{qp_tail}=0D=0A", &qp_head[3..]),
+                close,
+            ),
         ),
         (
             "uuencode",
