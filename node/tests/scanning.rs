@@ -355,6 +355,61 @@ fn scanning_malware_is_rejected_however_its_encoding_is_damaged() {
 }
 
 #[test]
+fn scanning_a_blocked_name_is_seen_however_rfc_2231_spells_it() {
+    let node = Node::start("");
+    let variants = [
+        (
+            "filename continuations",
+            "Content-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename*0=\"set\"; filename*1=\"up.exe\"",
+        ),
+        (
+            "filename continuations, the first one encoded",
+            "Content-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename*0*=utf-8''se%74; filename*1=\"up.exe\"",
+        ),
+        (
+            "name continuations, out of order",
+            "Content-Type: application/octet-stream; name*1=\".exe\"; name*0=\"setup\"",
+        ),
+        (
+            "an encoded filename",
+            "Content-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename*=utf-8''setup%2Eexe",
+        ),
+        (
+            "an encoded name in another charset",
+            "Content-Type: application/octet-stream; name*=iso-8859-1'en'r%E9sum%E9.exe",
+        ),
+        (
+            "an encoded filename after a plain one that clients preferring RFC 2231 ignore",
+            "Content-Type: application/octet-stream\r\n\
+             Content-Disposition: attachment; filename=\"invoice.pdf\"; filename*=utf-8''setup.exe",
+        ),
+    ];
+    let mut s = Smtp::ehlo(node.smtp);
+    for (what, headers) in variants {
+        let body = format!(
+            "From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: tool\r\n\
+             MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nrun this\r\n\
+             --b\r\n{headers}\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+             cnVuIG1lIQ==\r\n--b--\r\n"
+        );
+        let reply = s.send_message("alice@sender.test", &["bob@example.test"], &body);
+        let id = reply.queued_id();
+        let q = node
+            .wait_message_event(&id, "message.quarantined", 1, Duration::from_secs(10))
+            .remove(0);
+        let reason = q["event"]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("blocked content extension:exe"),
+            "{what}: {q:#}"
+        );
+    }
+}
+
+#[test]
 fn scanning_tags_quarantines_and_rewrites_what_the_policy_says() {
     let sink = Sink::start(SinkConfig::default());
     let dir = tempfile::tempdir().unwrap();

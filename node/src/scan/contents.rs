@@ -141,13 +141,20 @@ impl Unpacker<'_> {
 
     /// Lists what the second reading of `raw` finds that the first did not: a part
     /// only it splits out, a decoding mail-parser refused or made differently, a
-    /// second `Content-Transfer-Encoding`, a second reading of the same base64.
+    /// second `Content-Transfer-Encoding`, a second reading of the same base64, a
+    /// name mail-parser did not give the part (each name a client may show is
+    /// judged with the data).
     fn other_readings(&mut self, raw: &[u8]) {
         for leaf in mime::leaves(raw, self.limits.max_files) {
             let encodings = if leaf.encodings.is_empty() {
                 vec![TransferEncoding::Identity]
             } else {
                 leaf.encodings.clone()
+            };
+            let names: Vec<Option<&String>> = if leaf.names.is_empty() {
+                vec![None]
+            } else {
+                leaf.names.iter().map(Some).collect()
             };
             for encoding in encodings {
                 let readings = encoding.decode(&leaf.body);
@@ -156,9 +163,11 @@ impl Unpacker<'_> {
                     .chain(readings.second)
                     .enumerate()
                 {
-                    if self.stopped || self.known(&data, &leaf) {
-                        continue;
-                    }
+                    let unjudged: Vec<Option<&String>> = names
+                        .iter()
+                        .copied()
+                        .filter(|name| !self.known(&data, &leaf, *name))
+                        .collect();
                     let how = match (encoding, n) {
                         (TransferEncoding::Base64, 1) => "base64, read past the padding",
                         (TransferEncoding::QuotedPrintable, 1) => {
@@ -166,10 +175,6 @@ impl Unpacker<'_> {
                         }
                         _ => encoding.as_str(),
                     };
-                    let location = format!("reading 2 part {} ({how})", leaf.path);
-                    if !self.admit(&location) {
-                        return;
-                    }
                     // A text body read differently is still a body: the rules read
                     // it with the others; an attachment stays an attachment. Python's
                     // reading of quoted-printable, which keeps blanks clients drop,
@@ -177,28 +182,50 @@ impl Unpacker<'_> {
                     // engines, not more text for the rules.
                     let python_only_qp =
                         encoding == TransferEncoding::QuotedPrintable && two && n == 0;
-                    let inline_body = leaf.name.is_none()
+                    let inline_body = leaf.names.is_empty()
                         && !python_only_qp
                         && matches!(leaf.content_type.as_str(), "text/plain" | "text/html");
-                    self.add(File {
-                        location,
-                        name: leaf.name.clone(),
-                        declared_type: Some(leaf.content_type.clone()),
-                        depth: 0,
-                        inline_body,
-                        other_reading: true,
-                        data,
-                    });
+                    let mut data = data;
+                    for (i, name) in unjudged.iter().enumerate() {
+                        let location = match name {
+                            Some(name) if leaf.names.len() > 1 => {
+                                format!("reading 2 part {} ({how}, named {name:?})", leaf.path)
+                            }
+                            _ => format!("reading 2 part {} ({how})", leaf.path),
+                        };
+                        if !self.admit(&location) {
+                            return;
+                        }
+                        let data = if i + 1 == unjudged.len() {
+                            std::mem::take(&mut data)
+                        } else {
+                            data.clone()
+                        };
+                        self.add(File {
+                            location,
+                            name: name.cloned(),
+                            declared_type: Some(leaf.content_type.clone()),
+                            depth: 0,
+                            inline_body,
+                            other_reading: true,
+                            data,
+                        });
+                    }
                 }
             }
         }
     }
 
-    /// Whether `data`, a reading of `leaf`, is already listed as a MIME part: as
-    /// it is, or (for text, which mail-parser lists in UTF-8) once decoded from
-    /// its charset.
-    fn known(&self, data: &[u8], leaf: &mime::Leaf<'_>) -> bool {
-        let parts = || self.contents.files.iter().filter(|f| f.depth == 0);
+    /// Whether `data`, a reading of `leaf`, is already listed as a MIME part named
+    /// `name` (any name for `None`): as it is, or (for text, which mail-parser
+    /// lists in UTF-8) once decoded from its charset.
+    fn known(&self, data: &[u8], leaf: &mime::Leaf<'_>, name: Option<&String>) -> bool {
+        let parts = || {
+            self.contents
+                .files
+                .iter()
+                .filter(|f| f.depth == 0 && name.is_none_or(|n| f.name.as_ref() == Some(n)))
+        };
         if parts().any(|f| f.data == data) {
             return true;
         }
@@ -673,6 +700,33 @@ pub(crate) mod tests {
         assert_eq!(pdf.declared_type.as_deref(), Some("application/pdf"));
         assert_eq!(pdf.data, b"%PDF-1.4 tiny");
         assert!(contents.findings.is_empty());
+    }
+
+    #[test]
+    fn every_name_a_part_is_given_is_judged_with_its_data() {
+        // mail-parser and Python name it by the plain `filename`; clients that
+        // prefer the RFC 2231 form show `setup.exe`.
+        let raw = b"From: a@example.org\r\nMIME-Version: 1.0\r\n\
+            Content-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\n\
+            Content-Type: application/octet-stream\r\nContent-Disposition: attachment; \
+            filename=\"invoice.pdf\"; filename*=utf-8''setup.exe\r\n\r\ndata\r\n--B--\r\n";
+        let contents = unpack_raw(raw, &Limits::default());
+        let named: Vec<(Option<&str>, &str, &[u8])> = contents
+            .files
+            .iter()
+            .map(|f| (f.name.as_deref(), f.location.as_str(), f.data.as_slice()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                (Some("invoice.pdf"), "part 1", &b"data"[..]),
+                (
+                    Some("setup.exe"),
+                    "reading 2 part 1 (identity, named \"setup.exe\")",
+                    b"data"
+                ),
+            ]
+        );
     }
 
     #[test]

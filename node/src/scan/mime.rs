@@ -29,9 +29,12 @@ pub struct Leaf<'a> {
     pub content_type: String,
     /// Its `charset` parameter, if any.
     pub charset: Option<String>,
-    /// The file name: `filename` of `Content-Disposition`, else `name` of
-    /// `Content-Type`, RFC 2231 continuations and charsets decoded.
-    pub name: Option<String>,
+    /// Every file name clients may give it, Python's first: each `filename` of each
+    /// `Content-Disposition`, then each `name` of each `Content-Type`, the plain
+    /// ones before the RFC 2231 form (continuations joined, charsets decoded).
+    /// Clients differ on which they show (the first plain one, the last, the RFC
+    /// 2231 one), so each is judged.
+    pub names: Vec<String>,
     /// Every distinct transfer encoding its headers name, in order (none: identity).
     pub encodings: Vec<TransferEncoding>,
     /// The body as sent, before any transfer decoding.
@@ -78,10 +81,19 @@ impl<'a> Reader<'a> {
         let media = content_type.map_or_else(|| "text/plain".to_owned(), media_type);
         let params = content_type.map(parameters).unwrap_or_default();
         let encodings = headers.encodings();
-        let name = headers
-            .first("content-disposition")
-            .and_then(|d| param(&parameters(d), "filename"))
-            .or_else(|| param(&params, "name"));
+        let mut names: Vec<String> = Vec::new();
+        for (field, key) in [
+            ("content-disposition", "filename"),
+            ("content-type", "name"),
+        ] {
+            for value in headers.all(field) {
+                for name in param_values(&parameters(value), key) {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
         let child_path = |n: usize| {
             if path.is_empty() {
                 n.to_string()
@@ -163,7 +175,7 @@ impl<'a> Reader<'a> {
             path,
             charset: param(&params, "charset"),
             content_type: media,
-            name,
+            names,
             encodings,
             body,
         });
@@ -270,10 +282,14 @@ struct Field {
 struct Headers(Vec<Field>);
 
 impl Headers {
-    fn first(&self, name: &str) -> Option<&str> {
+    fn first<'h>(&'h self, name: &'h str) -> Option<&'h str> {
+        self.all(name).next()
+    }
+
+    fn all<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h str> {
         self.0
             .iter()
-            .find(|f| f.name == name)
+            .filter(move |f| f.name == name)
             .map(|f| f.value.as_str())
     }
 
@@ -419,13 +435,29 @@ fn unquote(value: &str) -> String {
     out
 }
 
-/// Parameter `name`: the first plain `name=` if any, else its RFC 2231 form
-/// (`name*=charset'lang'value`, or sections `name*0`, `name*1*`, ... joined in
-/// order, the starred ones percent-decoded).
+/// Parameter `name`: the first plain `name=` if any, else its RFC 2231 form.
 fn param(params: &[(String, String)], name: &str) -> Option<String> {
-    if let Some((_, value)) = params.iter().find(|(n, _)| n == name) {
-        return Some(value.clone());
-    }
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value.clone())
+        .or_else(|| extended(params, name))
+}
+
+/// Every value of parameter `name`: each plain `name=` in order, then its RFC 2231
+/// form.
+fn param_values(params: &[(String, String)], name: &str) -> Vec<String> {
+    params
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, value)| value.clone())
+        .chain(extended(params, name))
+        .collect()
+}
+
+/// The RFC 2231 form of parameter `name` (`name*=charset'lang'value`, or sections
+/// `name*0`, `name*1*`, ... joined in order, the starred ones percent-decoded).
+fn extended(params: &[(String, String)], name: &str) -> Option<String> {
     let mut sections: Vec<(u32, bool, &str)> = Vec::new();
     for (key, value) in params {
         let Some(rest) = key.strip_prefix(name).and_then(|r| r.strip_prefix('*')) else {
@@ -562,8 +594,24 @@ mod tests {
             X\n--abcd--\n";
         let leaves = leaves(raw, 10);
         assert_eq!(leaves.len(), 1);
-        assert_eq!(leaves[0].name.as_deref(), Some("evil.exe"));
+        assert_eq!(leaves[0].names, ["evil.exe"]);
         assert_eq!(&*leaves[0].body, b"X");
+    }
+
+    #[test]
+    fn every_name_of_a_part_is_kept_pythons_first() {
+        let raw = b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\
+            Content-Type: application/octet-stream; name=\"a.txt\"; name*=utf-8''b.exe\n\
+            Content-Disposition: attachment; filename=\"c.pdf\"; filename=\"d.js\"\n\
+            Content-Disposition: inline; filename*0=\"e.\"; filename*1=\"scr\"\n\n\
+            X\n--b--\n";
+        assert_eq!(
+            leaves(raw, 10)[0].names,
+            ["c.pdf", "d.js", "e.scr", "a.txt", "b.exe"]
+        );
+        let plain = b"Content-Type: text/plain; name=\"a.txt\"\n\
+            Content-Disposition: attachment; filename=\"a.txt\"\n\nX\n";
+        assert_eq!(leaves(plain, 10)[0].names, ["a.txt"]);
     }
 
     #[test]
