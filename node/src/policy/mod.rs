@@ -189,11 +189,13 @@ impl Policy {
         let mut thresholds: Option<Thresholds> = None;
         let mut prefix: Option<&str> = None;
         for rcpt in rcpt_to {
-            let address = rcpt.to_lowercase();
-            let domain = address
+            // Keyed as the overrides are: the local part in lower case, the domain
+            // in lower-case IDNA ASCII (a recipient's is stored in Unicode).
+            let (local, domain) = rcpt
                 .rsplit_once('@')
-                .and_then(|(_, d)| crate::mail::ascii_domain(d))
+                .and_then(|(l, d)| Some((l, crate::mail::ascii_domain(d)?)))
                 .unwrap_or_default();
+            let address = format!("{}@{domain}", local.to_lowercase());
             let by_domain = self.domains.get(&domain);
             let by_rcpt = self.recipients.get(&address);
             let pick = |f: fn(&Overrides) -> Option<f64>, default: f64| {
@@ -332,5 +334,25 @@ mod tests {
         assert_eq!(policy.decide(&f).action, Action::Quarantine);
         f.rcpt_to = &rcpts[..1];
         assert_eq!(policy.decide(&f).action, Action::Deliver);
+    }
+
+    #[test]
+    fn a_recipient_of_an_internationalised_domain_finds_its_override() {
+        // `[policy.recipients] "josé@exämple.test"` is keyed in IDNA ASCII; the
+        // recipient is stored with its domain in Unicode.
+        let mut policy = Policy::default();
+        policy.recipients.insert(
+            "josé@xn--exmple-cua.test".into(),
+            Overrides {
+                quarantine: Some(4.0),
+                ..Overrides::default()
+            },
+        );
+        for rcpt in ["José@exämple.test", "josé@XN--EXMPLE-CUA.test"] {
+            let rcpts = [rcpt.to_string()];
+            let mut f = facts(4.5);
+            f.rcpt_to = &rcpts;
+            assert_eq!(policy.decide(&f).action, Action::Quarantine, "{rcpt}");
+        }
     }
 }
