@@ -892,6 +892,51 @@ fn limits_a_full_table_sheds_the_longest_idle_session() {
 }
 
 #[test]
+fn limits_a_newcomer_over_its_own_limit_sheds_no_one() {
+    let node = Node::start("max_sessions = 4\nmax_sessions_per_ip = 2\nshed_idle_after_secs = 1");
+    // Two idle sessions from each of two addresses fill the table.
+    let sources: Vec<String> = ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]
+        .map(String::from)
+        .to_vec();
+    let mut idle = connect_all_from(&sources, node.smtp);
+    for s in idle.iter_mut() {
+        let r = s.read_reply();
+        assert_eq!(r.code, 220, "{r:?}");
+    }
+    // Every one of them has idled long enough to be shed.
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // A third connection from 127.0.0.2 is over its address's limit: refused, and
+    // no one made room for it.
+    let mut over = connect_from("127.0.0.2", node.smtp);
+    let r = over.read_reply();
+    assert_eq!((r.code, &r.text()[..6]), (421, "4.7.0 "), "{r:?}");
+    assert!(
+        r.text().contains("too many connections from 127.0.0.2"),
+        "{r:?}"
+    );
+    assert!(over.is_closed());
+    let m = scrape(&node);
+    assert_eq!(m["bulwark_smtp_sessions_shed_total"], 0.0);
+    assert_eq!(m["bulwark_smtp_sessions_open"], 4.0);
+    for s in idle.iter_mut() {
+        let r = s.cmd("NOOP");
+        assert_eq!(r.code, 250, "an idle session was shed: {r:?}");
+    }
+    assert_refusals(&node, 1, "too_many_sessions_from_ip", 1);
+
+    // A newcomer within its limits still gets the longest-idle session's place.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut within = connect_from("127.0.0.4", node.smtp);
+    assert_eq!(within.read_reply().code, 220);
+    assert_eq!(within.cmd("EHLO within.test").code, 250);
+    assert_eq!(scrape(&node)["bulwark_smtp_sessions_shed_total"], 1.0);
+    let r = idle[0].read_reply();
+    assert_eq!((r.code, &r.text()[..6]), (421, "4.7.0 "), "{r:?}");
+    assert!(r.text().contains("idle"), "{r:?}");
+}
+
+#[test]
 fn limits_first_command_and_stress_timeouts_are_short() {
     let node =
         Node::start("max_sessions = 10\nfirst_command_timeout_secs = 1\nstress_timeout_secs = 2");

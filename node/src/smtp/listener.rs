@@ -193,12 +193,28 @@ async fn say_and_close(stream: &mut TcpStream, reply: &str) {
 }
 
 async fn refuse_busy(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    let reply = format!(
-        "421 4.7.0 {} Error: too many connections; try again later",
-        shared.settings.hostname
-    );
+    let (reply, reason) = refusal(&shared.settings, Refusal::Full, peer.ip());
     say_and_close(&mut stream, &reply).await;
-    record(&shared, client_of(peer, None), "too_many_sessions", &reply);
+    record(&shared, client_of(peer, None), reason, &reply);
+}
+
+/// The reply a refused connection from `ip` hears, and the reason recorded.
+fn refusal(settings: &Settings, refusal: Refusal, ip: IpAddr) -> (String, &'static str) {
+    let host = &settings.hostname;
+    match refusal {
+        Refusal::Address => (
+            format!("421 4.7.0 {host} Error: too many connections from {ip}"),
+            "too_many_sessions_from_ip",
+        ),
+        Refusal::Network(network) => (
+            format!("421 4.7.0 {host} Error: too many connections from {network}"),
+            "too_many_sessions_from_network",
+        ),
+        Refusal::Full => (
+            format!("421 4.7.0 {host} Error: too many connections; try again later"),
+            "too_many_sessions",
+        ),
+    }
 }
 
 fn record(shared: &Shared, client: Client, reason: &str, reply: &str) {
@@ -239,26 +255,11 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
             }
         }
     }
-    if let Err(refusal) = seat.claim(client.ip) {
+    if let Err(refused) = seat.claim(client.ip) {
         // A refused connection gives its place back before the client hears of
         // the refusal, so a client that connects after hearing it finds it free.
         drop(seat);
-        let (reply, reason) = match refusal {
-            Refusal::Address => (
-                format!(
-                    "421 4.7.0 {} Error: too many connections from {}",
-                    settings.hostname, client.ip
-                ),
-                "too_many_sessions_from_ip",
-            ),
-            Refusal::Network(network) => (
-                format!(
-                    "421 4.7.0 {} Error: too many connections from {network}",
-                    settings.hostname
-                ),
-                "too_many_sessions_from_network",
-            ),
-        };
+        let (reply, reason) = refusal(settings, refused, client.ip);
         say_and_close(&mut stream, &reply).await;
         record(&shared, client, reason, &reply);
         return;

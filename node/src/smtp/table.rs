@@ -7,14 +7,19 @@
 //! - a connection arriving at a full table takes the place of the session that has
 //!   waited longest for a command without a transaction open, once that wait is at
 //!   least `shed_idle_after` (the shed session hears `421 4.7.0`); only when no
-//!   session is idle that long is the newcomer refused;
+//!   session is idle that long is the newcomer refused. It is promised that place
+//!   until its client is known (after the PROXY header, if any) and takes it only
+//!   then, once within its address's and network's limits: a newcomer over them is
+//!   refused without shedding anyone;
 //! - the time allowed for a command shortens as the table fills (Postfix's
 //!   stress-adaptive `smtpd_timeout`): the full `command_timeout` up to half full,
 //!   `stress_timeout` from nine tenths full, linearly in between.
 //!
 //! To ensure correctness: a session is shed only while it is marked waiting, and it
 //! marks itself busy under the same lock before acting on a command, so a session
-//! is never shed in the middle of a transaction; a place is given back exactly once.
+//! is never shed in the middle of a transaction; a session is shed only for a
+//! newcomer whose limits were checked under the same lock; a place and a promise are
+//! each given back exactly once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,6 +54,8 @@ struct Inner {
     places: HashMap<u64, Place>,
     per_ip: HashMap<IpAddr, usize>,
     per_network: HashMap<IpNet, usize>,
+    /// Newcomers at a full table promised an idle session's place, not yet taking it.
+    promised: usize,
 }
 
 struct Place {
@@ -57,10 +64,14 @@ struct Place {
     shed: CancellationToken,
 }
 
-/// Why a client address was refused.
+/// Why a connection was refused.
 pub enum Refusal {
+    /// Its address holds `max_sessions_per_ip` sessions.
     Address,
+    /// Its network holds `max_sessions_per_network` sessions.
     Network(IpNet),
+    /// The table is full and no session has idled long enough to be shed.
+    Full,
 }
 
 impl Table {
@@ -82,40 +93,68 @@ impl Table {
         Arc::new(table)
     }
 
-    /// A place for a new connection, shedding the longest-idle session when the
-    /// table is full; `None` when full of sessions that are busy or idle briefly.
+    /// A place for a new connection: a free one, or at a full table the promise of
+    /// the place of a session idle long enough to be shed, kept by [`Seat::claim`]
+    /// once the client is known; `None` when the table is full of sessions that are
+    /// busy or idle briefly, or of as many promises as there are such places.
     pub fn admit(self: &Arc<Self>) -> Option<Seat> {
         let mut inner = self.inner.lock().expect("session table lock");
-        if inner.places.len() >= self.max {
-            let now = Instant::now();
-            let oldest = inner
-                .places
-                .iter()
-                .filter_map(|(id, place)| Some((*id, place.waiting_since?)))
-                .filter(|(_, since)| now.duration_since(*since) >= self.shed_idle_after)
-                .min_by_key(|(_, since)| *since)?;
-            if let Some(place) = inner.places.remove(&oldest.0) {
-                place.shed.cancel();
-                self.shed.inc();
-            }
-        }
         inner.next += 1;
         let id = inner.next;
         let shed = CancellationToken::new();
-        inner.places.insert(
-            id,
-            Place {
-                waiting_since: Some(Instant::now()),
-                shed: shed.clone(),
-            },
-        );
-        self.update_timeout(inner.places.len());
+        let promised = inner.places.len() >= self.max;
+        if promised {
+            let now = Instant::now();
+            let sheddable = inner
+                .places
+                .values()
+                .filter_map(|place| place.waiting_since)
+                .filter(|since| now.duration_since(*since) >= self.shed_idle_after)
+                .count();
+            if inner.promised >= sheddable {
+                return None;
+            }
+            inner.promised += 1;
+        } else {
+            self.place(&mut inner, id, shed.clone());
+        }
         Some(Seat {
             table: self.clone(),
             id,
             shed,
             client: None,
+            promised,
         })
+    }
+
+    /// Takes place `id` in the table.
+    fn place(&self, inner: &mut Inner, id: u64, shed: CancellationToken) {
+        inner.places.insert(
+            id,
+            Place {
+                waiting_since: Some(Instant::now()),
+                shed,
+            },
+        );
+        self.update_timeout(inner.places.len());
+    }
+
+    /// Sheds the session that has waited longest for a command, at least
+    /// `shed_idle_after`; false when none has.
+    fn shed_longest_idle(&self, inner: &mut Inner) -> bool {
+        let now = Instant::now();
+        let oldest = inner
+            .places
+            .iter()
+            .filter_map(|(id, place)| Some((*id, place.waiting_since?)))
+            .filter(|(_, since)| now.duration_since(*since) >= self.shed_idle_after)
+            .min_by_key(|(_, since)| *since);
+        let Some(place) = oldest.and_then(|(id, _)| inner.places.remove(&id)) else {
+            return false;
+        };
+        place.shed.cancel();
+        self.shed.inc();
+        true
     }
 
     /// The time allowed for one command with the table as full as it is now.
@@ -149,10 +188,15 @@ pub struct Seat {
     shed: CancellationToken,
     /// The client address and network it counts against, once claimed.
     client: Option<(IpAddr, IpNet)>,
+    /// Admitted at a full table: its place is to be made when it is claimed.
+    promised: bool,
 }
 
 impl Seat {
-    /// Counts the session against its client's address and network.
+    /// Counts the session against its client's address and network, refusing it
+    /// when either is at its limit; a seat admitted at a full table then takes its
+    /// place, shedding the longest-idle session if the table is still full, or is
+    /// refused when none has idled long enough by now.
     pub fn claim(&mut self, ip: IpAddr) -> Result<(), Refusal> {
         let network = network_of(ip);
         let table = &self.table;
@@ -162,6 +206,14 @@ impl Seat {
         }
         if inner.per_network.get(&network).copied().unwrap_or(0) >= table.max_per_network {
             return Err(Refusal::Network(network));
+        }
+        if self.promised {
+            if inner.places.len() >= table.max && !table.shed_longest_idle(&mut inner) {
+                return Err(Refusal::Full);
+            }
+            inner.promised -= 1;
+            self.promised = false;
+            table.place(&mut inner, self.id, self.shed.clone());
         }
         *inner.per_ip.entry(ip).or_insert(0) += 1;
         *inner.per_network.entry(network).or_insert(0) += 1;
@@ -205,6 +257,10 @@ impl Seat {
         if inner.places.remove(&self.id).is_some() {
             let open = inner.places.len();
             self.table.update_timeout(open);
+        }
+        if self.promised {
+            inner.promised -= 1;
+            self.promised = false;
         }
         if let Some((ip, network)) = self.client.take() {
             release(&mut inner.per_ip, ip);
