@@ -63,7 +63,7 @@ fn limits_relay_is_denied_and_the_session_carries_on() {
     assert_eq!(received[0]["message_id"], id.as_str());
     assert_eq!(
         received[0]["email"]["to"]["address"],
-        serde_json::json!(["bob@EXAMPLE.test", "postmaster@localhost"])
+        serde_json::json!(["bob@example.test", "postmaster@localhost"])
     );
     let rejected = node.wait_events("message.rejected", 4);
     assert_eq!(rejected.len(), 4);
@@ -769,11 +769,14 @@ fn limits_routing_through_the_local_part_is_refused_unless_trusted() {
 
 #[test]
 fn limits_lookalikes_of_local_domains_are_mapped_or_refused() {
-    let node = Node::start("");
+    let mut node = Node::start("");
     let mut s = Smtp::ehlo(node.smtp);
     assert_eq!(s.cmd("MAIL FROM:<a@sender.test> SMTPUTF8").code, 250);
     // Fullwidth letters: the same domain after UTS #46 mapping, taken in that form.
     assert_eq!(s.cmd("RCPT TO:<bob@ｅｘａｍｐｌｅ.ｔｅｓｔ>").code, 250);
+    // Capitals: the domain in its mapped form, the local part as given.
+    assert_eq!(s.cmd("RCPT TO:<Bob@EXAMPLE.TEST>").code, 250);
+    assert_eq!(s.cmd("RCPT TO:<Carol@Example.Test>").code, 250);
     // Characters that vanish in the mapping: a lookalike, refused.
     for lookalike in [
         "carol@exa\u{200B}mple.test",
@@ -796,9 +799,21 @@ fn limits_lookalikes_of_local_domains_are_mapped_or_refused() {
     let id = s.read_reply().queued_id();
     assert_eq!(
         recipients_of(&node, &id),
-        serde_json::json!(["bob@example.test"])
+        serde_json::json!(["bob@example.test", "Bob@example.test", "Carol@example.test"])
     );
     assert_refusals(&node, 4, "lookalike_domain", 3);
+    // The queue holds them so, to be forwarded as they are.
+    let (entry, _) = node.stop_and_read_queue(&id);
+    let queued: Vec<String> = entry
+        .expect("queued")
+        .recipients
+        .into_iter()
+        .map(|r| r.address)
+        .collect();
+    assert_eq!(
+        queued,
+        ["bob@example.test", "Bob@example.test", "Carol@example.test"]
+    );
 }
 
 #[test]

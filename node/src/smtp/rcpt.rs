@@ -90,10 +90,11 @@ pub fn rcpt<T: AsyncRead + AsyncWrite + Unpin>(
 /// What a recipient address is to us.
 #[derive(Debug, PartialEq, Eq)]
 enum Recipient {
-    /// Its domain is ours. `address` is as it will be stored and forwarded: a
-    /// non-ASCII domain in its UTS #46 mapped form (fullwidth letters made ASCII,
-    /// lower case, NFC), an ASCII one as spelled. `routed`: the local part holds
-    /// `%`, `!` or `@` (quoted or not), a route to some other host.
+    /// Its domain is ours. `address` is as it will be stored and forwarded: the
+    /// local part as given, the domain without a trailing dot and in its UTS #46
+    /// mapped form (lower case; fullwidth letters made ASCII and NFC for a non-ASCII
+    /// one; an `xn--` one stays ASCII). `routed`: the local part holds `%`, `!` or
+    /// `@` (quoted or not), a route to some other host.
     Local { address: String, routed: bool },
     /// Its domain is one of ours once characters that do not show are dropped.
     Lookalike,
@@ -125,12 +126,13 @@ fn recipient(address: &str, domains: &[String]) -> Recipient {
     if !domain.chars().all(visible) {
         return Recipient::Lookalike;
     }
-    let address = if domain.is_ascii() {
-        address.to_string()
+    let domain = domain.trim_end_matches('.');
+    let mapped = if domain.is_ascii() {
+        domain.to_ascii_lowercase()
     } else {
-        let (mapped, _) = idna::domain_to_unicode(domain);
-        format!("{local}@{mapped}")
+        idna::domain_to_unicode(domain).0
     };
+    let address = format!("{local}@{mapped}");
     Recipient::Local {
         address,
         routed: routes(local),
@@ -220,6 +222,16 @@ mod tests {
         assert_eq!(
             recipient("josé@EXÄMPLE.test", &domains),
             local("josé@exämple.test")
+        );
+        // Capitals and a trailing dot too; the local part stays as given, an
+        // `xn--` domain ASCII.
+        assert_eq!(
+            recipient("Bob@EXAMPLE.TEST.", &domains),
+            local("Bob@example.test")
+        );
+        assert_eq!(
+            recipient("Bob@XN--EXMPLE-CUA.test", &domains),
+            local("Bob@xn--exmple-cua.test")
         );
         // Characters lost in the mapping make a lookalike.
         for lookalike in [
