@@ -11,8 +11,10 @@
 //! the files the scanner judged (its bytes, or for a text part its text), else the
 //! test fails naming the message, which is kept for a look.
 //!
-//! Bounded: `BULWARK_DIFF_MESSAGES` messages (default 10,000) or 90 seconds of
-//! generation, whichever comes first; `BULWARK_DIFF_SEED` picks another seed.
+//! Bounded: `BULWARK_DIFF_MESSAGES` messages (default 10,000) or 90 seconds for the
+//! whole run, whichever comes first: messages are generated, read by Python and
+//! compared in batches until either runs out, and Python is stopped at the bound;
+//! `BULWARK_DIFF_SEED` picks another seed.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -320,24 +322,47 @@ fn bulwark_hashes(raw: &[u8]) -> HashSet<String> {
         .collect()
 }
 
-fn python_parts(dir: &Path) -> Vec<serde_json::Value> {
+/// Python's reading of every message in `dir`, one JSON value a message; `None` when
+/// it is not done by `deadline` (it is stopped then).
+fn python_parts(dir: &Path, deadline: Instant) -> Option<Vec<serde_json::Value>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mime/parts.py");
-    let output = std::process::Command::new("python3")
+    let (out, err) = (dir.join("parts.jsonl"), dir.join("parts.err"));
+    let mut child = std::process::Command::new("python3")
         .arg(script)
         .arg(dir)
-        .output()
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
         .expect("python3 runs (the differential test needs Python's email package)");
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
-        output.status.success(),
+        status.success(),
         "parts.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        std::fs::read_to_string(err).unwrap()
     );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    Some(
+        std::fs::read_to_string(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    )
 }
+
+/// Messages generated, read by Python and compared at a time.
+const BATCH: usize = 500;
+/// The whole run's bound: generating, Python's reading and the comparison.
+const BOUND: Duration = Duration::from_secs(90);
 
 #[test]
 fn every_part_python_decodes_is_scanned() {
@@ -350,59 +375,80 @@ fn every_part_python_decodes_is_scanned() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5eed_b01d_face);
     let mut rng = Rng(seed.max(1));
-    let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
+    let deadline = Instant::now() + BOUND;
     let mut written = 0;
-    while written < count && started.elapsed() < Duration::from_secs(90) {
-        let mut raw = message(&mut rng, 0).into_bytes();
-        if rng.chance(25) {
-            mutate_bytes(&mut raw, &mut rng);
-        }
-        let raw = as_stored(&raw);
-        let mut file = std::fs::File::create(dir.path().join(format!("{written:05}.eml"))).unwrap();
-        file.write_all(&raw).unwrap();
-        written += 1;
-    }
+    let mut messages = 0;
     let mut compared = 0;
     let mut skipped = 0;
     let mut failures = Vec::new();
     let mut python_failed = 0;
-    for line in python_parts(dir.path()) {
-        let name = line["file"].as_str().unwrap();
-        if line.get("error").is_some() {
-            python_failed += 1;
-            continue;
+    let mut kept = Vec::new();
+    while written < count && Instant::now() < deadline {
+        let dir = tempfile::tempdir().unwrap();
+        let first = written;
+        while written < count.min(first + BATCH) && Instant::now() < deadline {
+            let mut raw = message(&mut rng, 0).into_bytes();
+            if rng.chance(25) {
+                mutate_bytes(&mut raw, &mut rng);
+            }
+            let raw = as_stored(&raw);
+            let mut file =
+                std::fs::File::create(dir.path().join(format!("{written:05}.eml"))).unwrap();
+            file.write_all(&raw).unwrap();
+            written += 1;
         }
-        let raw = std::fs::read(dir.path().join(name)).unwrap();
-        let ours = bulwark_hashes(&raw);
-        for part in line["parts"].as_array().unwrap() {
-            if part.get("skip").is_some() {
-                skipped += 1;
+        let Some(lines) = python_parts(dir.path(), deadline) else {
+            break;
+        };
+        let failed_before = failures.len();
+        let mut out_of_time = false;
+        for line in lines {
+            if Instant::now() >= deadline {
+                out_of_time = true;
+                break;
+            }
+            messages += 1;
+            let name = line["file"].as_str().unwrap();
+            if line.get("error").is_some() {
+                python_failed += 1;
                 continue;
             }
-            compared += 1;
-            let found = ours.contains(part["sha256"].as_str().unwrap())
-                || part["text_sha256"]
-                    .as_array()
-                    .is_some_and(|texts| texts.iter().any(|h| ours.contains(h.as_str().unwrap())));
-            if !found {
-                failures.push(format!(
-                    "{name}: {} of {} bytes (Python's defects {}) starting {}",
-                    part["type"], part["len"], part["defects"], part["head"]
-                ));
+            let raw = std::fs::read(dir.path().join(name)).unwrap();
+            let ours = bulwark_hashes(&raw);
+            for part in line["parts"].as_array().unwrap() {
+                if part.get("skip").is_some() {
+                    skipped += 1;
+                    continue;
+                }
+                compared += 1;
+                let found = ours.contains(part["sha256"].as_str().unwrap())
+                    || part["text_sha256"].as_array().is_some_and(|texts| {
+                        texts.iter().any(|h| ours.contains(h.as_str().unwrap()))
+                    });
+                if !found {
+                    failures.push(format!(
+                        "{name}: {} of {} bytes (Python's defects {}) starting {}",
+                        part["type"], part["len"], part["defects"], part["head"]
+                    ));
+                }
             }
+        }
+        if failures.len() > failed_before {
+            kept.push(dir.keep());
+        }
+        if out_of_time {
+            break;
         }
     }
     println!(
-        "{written} messages ({python_failed} Python could not read), {compared} parts compared, \
-         {skipped} skipped (Python kept the encoded text, or empty), {} not scanned",
+        "{written} messages generated, {messages} compared ({python_failed} Python could not \
+         read), {compared} parts compared, {skipped} skipped (Python kept the encoded text, \
+         or empty), {} not scanned",
         failures.len()
     );
     if !failures.is_empty() {
-        let kept = dir.keep();
         panic!(
-            "parts Python decodes that the scanner did not see (messages kept in {}):\n{}",
-            kept.display(),
+            "parts Python decodes that the scanner did not see (messages kept in {kept:?}):\n{}",
             failures
                 .iter()
                 .take(40)
@@ -411,5 +457,9 @@ fn every_part_python_decodes_is_scanned() {
                 .join("\n")
         );
     }
-    assert!(compared > count, "too few parts compared: {compared}");
+    assert!(messages > 0, "no message compared within {BOUND:?}");
+    assert!(
+        compared > messages,
+        "too few parts compared: {compared} in {messages} messages"
+    );
 }
