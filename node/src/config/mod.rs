@@ -140,6 +140,7 @@ impl Config {
             hostname: &self.smtp.hostname,
             domains: &self.smtp.domains,
             dns_timeout: self.dns.timeout,
+            suffixes: &self.dns.suffixes,
         }
     }
 
@@ -213,7 +214,7 @@ impl Config {
 
         let raw_scan = raw.scan.unwrap_or_default();
         let scan = scanning::validate_scan(&raw_scan, &mut problems);
-        let dns = scanning::validate_dns(raw.dns.unwrap_or_default(), &mut problems);
+        let dns = scanning::validate_dns(raw.dns.unwrap_or_default(), base, &mut problems);
         let mut policy_document = raw.policy.unwrap_or_default();
         scanning::seed(raw_scan, base, &mut policy_document, &mut problems);
         if let Err(found) = policy_document.compile() {

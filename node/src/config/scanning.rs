@@ -3,12 +3,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::relative_to;
 use crate::policy::{Document, Source};
+use crate::scan::suffixes::Suffixes;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +212,9 @@ pub(super) struct RawDns {
     nameservers: Option<Vec<String>>,
     /// Milliseconds to wait for one answer (default 2000).
     timeout_ms: Option<u64>,
+    /// A Public Suffix List file for DMARC's organizational domain; absent: the copy
+    /// built into the binary.
+    public_suffix_list: Option<String>,
 }
 
 /// The validated `[dns]` section.
@@ -218,9 +223,11 @@ pub struct DnsConfig {
     /// Empty: the system resolver configuration.
     pub nameservers: Vec<SocketAddr>,
     pub timeout: Duration,
+    /// The public suffixes DMARC's alignment uses.
+    pub suffixes: Arc<Suffixes>,
 }
 
-pub(super) fn validate_dns(d: RawDns, problems: &mut Vec<String>) -> DnsConfig {
+pub(super) fn validate_dns(d: RawDns, base: &Path, problems: &mut Vec<String>) -> DnsConfig {
     let mut nameservers = Vec::new();
     for server in d.nameservers.unwrap_or_default() {
         let parsed = server
@@ -237,8 +244,16 @@ pub(super) fn validate_dns(d: RawDns, problems: &mut Vec<String>) -> DnsConfig {
     if !(10..=30_000).contains(&timeout_ms) {
         problems.push("dns.timeout_ms must be between 10 and 30000".into());
     }
+    let suffixes = match d.public_suffix_list {
+        Some(file) => Suffixes::from_file(&base.join(file)).unwrap_or_else(|e| {
+            problems.push(format!("dns.public_suffix_list: {e}"));
+            Suffixes::BuiltIn
+        }),
+        None => Suffixes::BuiltIn,
+    };
     DnsConfig {
         nameservers,
         timeout: Duration::from_millis(timeout_ms),
+        suffixes: Arc::new(suffixes),
     }
 }

@@ -214,3 +214,30 @@ fn every_section_named_is_one_a_file_may_have() {
         assert!(raw.is_ok(), "[{section}]: {raw:?}");
     }
 }
+
+#[test]
+fn dns_public_suffix_list_is_read_relative_to_the_config_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("suffixes.dat"),
+        "// ===BEGIN ICANN DOMAINS===\ncom\nexample.com\n",
+    )
+    .unwrap();
+    let path = dir.path().join("bulwark.toml");
+    std::fs::write(&path, "[dns]\npublic_suffix_list = \"suffixes.dat\"\n").unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(
+        config.dns.suffixes.organizational("news.example.com"),
+        "news.example.com"
+    );
+    assert_eq!(
+        Config::embedded().dns.suffixes.organizational("news.example.com"),
+        "example.com"
+    );
+    std::fs::write(&path, "[dns]\npublic_suffix_list = \"missing.dat\"\n").unwrap();
+    let problems = Config::load(&path).unwrap_err().join("\n");
+    assert!(
+        problems.contains("dns.public_suffix_list:") && problems.contains("missing.dat"),
+        "{problems}"
+    );
+}

@@ -36,6 +36,7 @@ pub mod origin;
 pub mod phishing;
 pub mod preview;
 pub mod spam;
+pub mod suffixes;
 pub mod yara;
 
 use std::future::Future;
@@ -54,6 +55,7 @@ use prometheus_client::registry::Registry;
 
 use crate::config::ScanConfig;
 use crate::policy::{Facts, Live};
+use suffixes::Suffixes;
 
 /// The symbol of a message judged as from the host a trusted relay received it
 /// from; its description starts with [`JUDGED_AS_FROM`] and that host's address.
@@ -70,6 +72,8 @@ pub struct Site<'a> {
     pub domains: &'a [String],
     /// How long one DNS lookup may take (`[dns] timeout_ms`).
     pub dns_timeout: Duration,
+    /// The public suffixes DMARC's alignment uses (`[dns] public_suffix_list`).
+    pub suffixes: &'a Arc<Suffixes>,
 }
 
 /// What the node adds to each policy version's engines: its unpacking limits, scan
@@ -207,6 +211,7 @@ impl Scanner {
                 resolver,
                 site.dns_timeout,
                 site.hostname.to_string(),
+                Arc::clone(site.suffixes),
             )
             .map_err(|e| anyhow::anyhow!("authentication: {e}"))?;
             Some(auth)

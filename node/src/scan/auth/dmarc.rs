@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::hickory_resolver::proto::rr::{Name, RData};
-use mail_auth::{AuthenticatedMessage, DkimOutput, DmarcOutput, DmarcResult, SpfOutput};
+use mail_auth::{
+    AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, SpfOutput, SpfResult,
+};
 
 use super::results::{comment_text, pvalue, token};
 use super::{Authenticator, DmarcDisposition, Report};
@@ -18,15 +20,16 @@ const DMARC_WALK_MAX: usize = 8;
 
 impl Authenticator {
     /// DMARC against the RFC 5322.From domain, with the published record's text for
-    /// the tags `mail-auth` does not keep (pct=). `None` when DMARC does not apply (no
-    /// single From domain).
+    /// the tags `mail-auth` does not keep (pct=, adkim=, aspf=), and whether an
+    /// identifier aligns by the Public Suffix List where mail-auth's tree walk did not.
+    /// `None` when DMARC does not apply (no single From domain).
     pub(super) async fn dmarc(
         &self,
         message: &AuthenticatedMessage<'_>,
         dkim: &[DkimOutput<'_>],
         spf_domain: &str,
         spf: &SpfOutput,
-    ) -> Option<(DmarcOutput, Option<DmarcRecord>)> {
+    ) -> Option<Dmarc> {
         let output = self
             .resolver
             .verify_dmarc(DmarcParameters::new(message, dkim, spf_domain, spf))
@@ -38,7 +41,35 @@ impl Authenticator {
             Some(_) => self.dmarc_record(output.domain()).await,
             None => None,
         };
-        Some((output, record))
+        let aligned = record.as_ref().and_then(|record| {
+            let from = output.domain();
+            let aligns = |domain: &str, strict: bool| {
+                domain.eq_ignore_ascii_case(from)
+                    || (!strict
+                        && self.suffixes.organizational(domain)
+                            == self.suffixes.organizational(from))
+            };
+            let spf_aligns =
+                spf.result() == SpfResult::Pass && aligns(spf_domain, record.aspf_strict);
+            let dkim_aligns = dkim.iter().any(|output| {
+                *output.result() == DkimResult::Pass
+                    && output
+                        .signature()
+                        .is_some_and(|s| aligns(&s.d, record.adkim_strict))
+            });
+            if dkim_aligns {
+                Some("dkim")
+            } else if spf_aligns {
+                Some("spf")
+            } else {
+                None
+            }
+        });
+        Some(Dmarc {
+            output,
+            record,
+            aligned,
+        })
     }
 
     /// The DMARC record that applies to `domain`, found the way `mail-auth` does: the
@@ -90,14 +121,27 @@ impl Authenticator {
     }
 }
 
-/// The tags of a published DMARC record that the header shows and pct= sampling
-/// needs.
+/// DMARC's verdict: mail-auth's, the applicable record as published, and which
+/// identifier, if any, aligns by the Public Suffix List (RFC 7489 §3.2) when it
+/// passes.
+pub(super) struct Dmarc {
+    pub(super) output: DmarcOutput,
+    pub(super) record: Option<DmarcRecord>,
+    pub(super) aligned: Option<&'static str>,
+}
+
+/// The tags of a published DMARC record that the header shows, pct= sampling and
+/// alignment need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct DmarcRecord {
     p: String,
     sp: Option<String>,
     pct: u8,
     psd: Option<bool>,
+    /// `adkim=s`: DKIM's domain must be the From domain itself.
+    adkim_strict: bool,
+    /// `aspf=s`: SPF's domain must be the From domain itself.
+    aspf_strict: bool,
     /// Whether the walk found it at the author domain itself. Set by the caller.
     is_author: bool,
 }
@@ -115,6 +159,8 @@ impl DmarcRecord {
             sp: None,
             pct: 100,
             psd: None,
+            adkim_strict: false,
+            aspf_strict: false,
             is_author: false,
         };
         for tag in tags {
@@ -133,6 +179,8 @@ impl DmarcRecord {
                         .unwrap_or(100)
                 }
                 "psd" => record.psd = Some(value == "y"),
+                "adkim" => record.adkim_strict = value == "s",
+                "aspf" => record.aspf_strict = value == "s",
                 _ => {}
             }
         }
@@ -141,10 +189,12 @@ impl DmarcRecord {
 }
 
 impl Report {
-    pub(super) fn dmarc(&mut self, output: &DmarcOutput, record: Option<&DmarcRecord>, raw: &[u8]) {
+    pub(super) fn dmarc(&mut self, dmarc: &Dmarc, raw: &[u8]) {
+        let (output, record) = (&dmarc.output, dmarc.record.as_ref());
         let domain = output.domain();
-        let passed =
-            *output.spf_result() == DmarcResult::Pass || *output.dkim_result() == DmarcResult::Pass;
+        let passed = *output.spf_result() == DmarcResult::Pass
+            || *output.dkim_result() == DmarcResult::Pass
+            || dmarc.aligned.is_some();
         let is_temp = |r: &DmarcResult| matches!(r, DmarcResult::TempError(_));
         let is_perm = |r: &DmarcResult| matches!(r, DmarcResult::PermError(_));
         let token = if passed {
@@ -241,7 +291,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::super::fixture::{
-        base_zone, dmarc_zone, message, result, signed, symbols, Fixture, STRANGER,
+        base_zone, dmarc_zone, message, result, sign_rsa, signed, symbols, Fixture, RSA_PEM,
+        STRANGER,
     };
     use super::super::AuthOutcome;
     use super::*;
@@ -366,5 +417,70 @@ mod tests {
         assert_eq!(result(&outcome, "dmarc")[0].result, "pass");
         assert_eq!(outcome.dmarc_policy, None);
         assert!(symbols(&outcome).contains(&"DMARC_PASS"));
+    }
+
+    /// A subdomain with its own `_dmarc` record, signed by its parent, which has
+    /// none: relaxed alignment compares organizational domains, which the Public
+    /// Suffix List gives (RFC 7489 §3.1.1, §3.2), so it passes (a tree walk that
+    /// stops at the only record found takes the subdomain for the organization, and
+    /// rejected it); `adkim=s` asks for the From domain itself, so it fails.
+    #[tokio::test]
+    async fn dmarc_a_subdomain_aligns_relaxed_with_its_parents_signature() {
+        for (record, expected) in [
+            ("v=DMARC1; p=reject", "pass"),
+            ("v=DMARC1; p=reject; adkim=s", "fail"),
+        ] {
+            let mut zone = Zone::new();
+            zone.txt(
+                "rsa._domainkey.example.com",
+                &super::super::fixture::dkim_key(RSA_PEM),
+            )
+            .txt("_dmarc.news.example.com", record);
+            let raw = sign_rsa(
+                &message("letters@news.example.com", "Hi.\r\n"),
+                RSA_PEM,
+                "example.com",
+                "rsa",
+            );
+            let outcome = Fixture::new(zone)
+                .check(
+                    &raw,
+                    STRANGER,
+                    "relay.example.org",
+                    "letters@news.example.com",
+                )
+                .await;
+            assert_eq!(result(&outcome, "dkim")[0].result, "pass", "{record}");
+            assert_eq!(result(&outcome, "dmarc")[0].result, expected, "{record}");
+            let rejected = outcome.dmarc_policy == Some(DmarcDisposition::Reject);
+            assert_eq!(rejected, expected == "fail", "{record}");
+        }
+    }
+
+    /// Organizational domains come from the list, not from the last two labels:
+    /// `shop.co.uk` and `other.co.uk` are two organizations.
+    #[tokio::test]
+    async fn dmarc_two_registrants_under_one_public_suffix_never_align() {
+        let mut zone = base_zone();
+        zone.txt("_dmarc.shop.co.uk", "v=DMARC1; p=reject");
+        let fixture_key = super::super::fixture::dkim_key(RSA_PEM);
+        zone.txt("rsa._domainkey.other.co.uk", &fixture_key);
+        let raw = sign_rsa(
+            &message("orders@mail.shop.co.uk", "Hi.\r\n"),
+            RSA_PEM,
+            "other.co.uk",
+            "rsa",
+        );
+        let outcome = Fixture::new(zone)
+            .check(
+                &raw,
+                STRANGER,
+                "relay.example.org",
+                "orders@mail.shop.co.uk",
+            )
+            .await;
+        assert_eq!(result(&outcome, "dkim")[0].result, "pass");
+        assert_eq!(result(&outcome, "dmarc")[0].result, "fail");
+        assert_eq!(outcome.dmarc_policy, Some(DmarcDisposition::Reject));
     }
 }

@@ -3,6 +3,7 @@
 //! signed with the test keys, and readers of the outcome.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_cluster_tests::dns::{DnsServer, Record, Zone};
@@ -14,6 +15,7 @@ use rustls::pki_types::PrivateKeyDer;
 
 use super::results::{base64, FIELD_PREFIX_LEN};
 use super::{AuthOutcome, AuthResult, Authenticator};
+use crate::scan::suffixes::Suffixes;
 
 /// Our authserv-id.
 pub(super) const ID: &str = "mx.bulwark.test";
@@ -50,8 +52,13 @@ impl Fixture {
     /// lookup.
     pub(super) fn with_timeout(zone: Zone, timeout: Duration, authserv_id: &str) -> Self {
         let server = DnsServer::start(zone).expect("test DNS server");
-        let auth = Authenticator::new(&[server.addr()], timeout, authserv_id.to_string())
-            .expect("authenticator");
+        let auth = Authenticator::new(
+            &[server.addr()],
+            timeout,
+            authserv_id.to_string(),
+            Arc::new(Suffixes::BuiltIn),
+        )
+        .expect("authenticator");
         Fixture { server, auth }
     }
 
@@ -98,7 +105,7 @@ pub(super) fn dmarc_zone(domain: &str, dmarc: &str) -> Zone {
 }
 
 /// The DKIM key record publishing the public half of `pem`.
-fn dkim_key(pem: &str) -> String {
+pub(super) fn dkim_key(pem: &str) -> String {
     format!("v=DKIM1; k=rsa; p={}", base64(&rsa(pem).public_key()))
 }
 

@@ -38,6 +38,7 @@ mod spf;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_model::Action;
@@ -45,6 +46,7 @@ use futures::future::BoxFuture;
 use mail_auth::{AuthenticatedMessage, MessageAuthenticator, SpfOutput, SpfResult};
 
 use super::engine::{Authentication, Checked, Hit, LinkHosts, NetworkEngine, Outcome};
+use super::suffixes::Suffixes;
 use super::Candidate;
 use crate::dns::TokioResolver;
 use arc::arc_verdict;
@@ -103,6 +105,7 @@ pub struct Authenticator {
     resolver: MessageAuthenticator,
     timeout: Duration,
     authserv_id: String,
+    suffixes: Arc<Suffixes>,
 }
 
 impl Authenticator {
@@ -113,16 +116,19 @@ impl Authenticator {
         nameservers: &[SocketAddr],
         timeout: Duration,
         authserv_id: String,
+        suffixes: Arc<Suffixes>,
     ) -> Result<Self, String> {
         let resolver = crate::dns::resolver(nameservers, timeout)?;
-        Self::with_resolver(resolver, timeout, authserv_id)
+        Self::with_resolver(resolver, timeout, authserv_id, suffixes)
     }
 
-    /// An authenticator sharing `resolver` (whose per-lookup timeout is `timeout`).
+    /// An authenticator sharing `resolver` (whose per-lookup timeout is `timeout`);
+    /// `suffixes` gives DMARC its organizational domains.
     pub fn with_resolver(
         resolver: TokioResolver,
         timeout: Duration,
         authserv_id: String,
+        suffixes: Arc<Suffixes>,
     ) -> Result<Self, String> {
         let resolver = MessageAuthenticator(resolver);
         let authserv_id = token(&authserv_id);
@@ -133,6 +139,7 @@ impl Authenticator {
             resolver,
             timeout,
             authserv_id,
+            suffixes,
         })
     }
 
@@ -236,7 +243,7 @@ impl Authenticator {
                 None => Some(None),
             };
             match dmarc {
-                Some(Some((output, record))) => report.dmarc(&output, record.as_ref(), raw),
+                Some(Some(dmarc)) => report.dmarc(&dmarc, raw),
                 Some(None) => report.push("dmarc", "none", String::new()),
                 None => report.dmarc_timed_out(),
             }
