@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::ring::default_provider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -80,6 +80,16 @@ impl TlsIdentity {
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| tls_error(ca, e))?;
+        // Our own certificate must be one the other nodes accept: refused here, with
+        // the reason, rather than as a failed handshake every half second.
+        verifier
+            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .map_err(|e| {
+                tls_error(
+                    cert,
+                    format!("not signed by the cluster's CA {}: {e}", ca.display()),
+                )
+            })?;
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_error(cert, e))?

@@ -289,7 +289,14 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match config::Config::load(file) {
+    match config::Config::load(file).and_then(|config| {
+        let problems = config.preflight();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }) {
         Ok(_) => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS

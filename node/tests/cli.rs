@@ -132,3 +132,106 @@ fn audit_verify_refuses_what_is_not_a_data_dir() {
         text(&out)
     );
 }
+
+/// `check-config` says what `serve` would stop on: a certificate of another node, a
+/// key that is not the certificate's, a certificate from another CA, a data directory
+/// that cannot be made. A config without those mistakes is ok.
+#[test]
+fn check_config_catches_what_serve_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (ca, ids) in [("certs", &["1", "2"][..]), ("other", &["1"][..])] {
+        assert!(bulwark(&["cert", "ca", "--out", ca], d).status.success());
+        for id in ids {
+            let args = [
+                "cert",
+                "node",
+                "--ca",
+                ca,
+                "--id",
+                id,
+                "--san",
+                "127.0.0.1",
+                "--out",
+                ca,
+            ];
+            let out = bulwark(&args, d);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+    }
+    std::fs::write(d.join("a-file"), "").unwrap();
+    let config = |id: u64, data_dir: &str, ca: &str, cert: &str, key: &str| {
+        format!(
+            "[node]\nid = {id}\ndata_dir = \"{data_dir}\"\n\
+             [cluster]\nlisten = \"127.0.0.1:7001\"\n\
+             peers = {{ \"1\" = \"127.0.0.1:7001\", \"2\" = \"127.0.0.1:7002\" }}\n\
+             ca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n"
+        )
+    };
+    let good = config(
+        1,
+        "data1",
+        "certs/ca.pem",
+        "certs/node1.pem",
+        "certs/node1.key",
+    );
+    std::fs::write(d.join("good.toml"), good).unwrap();
+    let out = bulwark(&["check-config", "good.toml"], d);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !d.join("data1").exists(),
+        "check-config made the data directory"
+    );
+
+    for (name, file, expected) in [
+        (
+            "another node's certificate",
+            config(
+                2,
+                "data2",
+                "certs/ca.pem",
+                "certs/node1.pem",
+                "certs/node1.key",
+            ),
+            "is issued to node 1, this is node 2",
+        ),
+        (
+            "a key that is not the certificate's",
+            config(
+                1,
+                "data1",
+                "certs/ca.pem",
+                "certs/node1.pem",
+                "certs/node2.key",
+            ),
+            "certs/node1.pem",
+        ),
+        (
+            "a certificate from another CA",
+            config(
+                1,
+                "data1",
+                "certs/ca.pem",
+                "other/node1.pem",
+                "other/node1.key",
+            ),
+            "not signed by the cluster's CA",
+        ),
+        (
+            "a data directory under a file",
+            config(
+                1,
+                "a-file/data",
+                "certs/ca.pem",
+                "certs/node1.pem",
+                "certs/node1.key",
+            ),
+            "node.data_dir:",
+        ),
+    ] {
+        std::fs::write(d.join("bad.toml"), file).unwrap();
+        let out = bulwark(&["check-config", "bad.toml"], d);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{name}: {}", text(&out));
+    }
+}

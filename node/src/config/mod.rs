@@ -5,7 +5,8 @@
 //! the code it configures: [`cluster`] (`[cluster]`, `[raft]`), [`smtp`],
 //! [`delivery`], [`scanning`] (`[scan]`, `[dns]`), [`quarantine`],
 //! [`audit`] and [`siem`]. This file holds the whole file's shape, `[node]`, `[api]`
-//! and `[backup]`, and the checks the sections share. `[policy]` is the document of
+//! and `[backup]`, and the checks the sections share. [`preflight`] checks what the
+//! file names on this machine (certificates, the data directory), for `check-config`. `[policy]` is the document of
 //! [`crate::policy::Document`]: the cluster's policy, seeded from the first node's.
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 mod audit;
 mod cluster;
 mod delivery;
+mod preflight;
 mod quarantine;
 mod scanning;
 mod siem;
@@ -128,6 +130,58 @@ pub struct Config {
     pub audit: crate::audit::Settings,
 }
 
+/// Most TOML mistakes reported from one file.
+const MAX_TOML_PROBLEMS: usize = 50;
+
+/// The file as written, and each TOML mistake in it: after a mistake its lines are
+/// set aside (commented out, so later line numbers stay true; a table that cannot be
+/// read with all its keys) and the file is read again, until it reads or the same
+/// place fails twice. `None` when it never read.
+fn read(path: &Path, text: &str) -> (Option<Raw>, Vec<String>) {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut problems = Vec::new();
+    let mut last_start = None;
+    while problems.len() < MAX_TOML_PROBLEMS {
+        let current = lines.join("\n");
+        let error = match toml::from_str::<Raw>(&current) {
+            Ok(raw) => return (Some(raw), problems),
+            Err(error) => error,
+        };
+        let span = error.span();
+        let first = span.as_ref().map(|s| line_number(&current, s.start));
+        let message = error.message().trim_end().replace('\n', " ");
+        problems.push(match first {
+            Some(line) => format!("{} line {}: {message}", path.display(), line + 1),
+            None => format!("{}: {message}", path.display()),
+        });
+        let Some(span) = span else { break };
+        let first = line_number(&current, span.start);
+        let mut last = line_number(&current, span.end.saturating_sub(1).max(span.start));
+        if lines[first].trim_start().starts_with('[') {
+            // A table that cannot be read goes with its keys, up to the next table.
+            last = (first + 1..lines.len())
+                .find(|&i| lines[i].trim_start().starts_with('['))
+                .map_or(lines.len() - 1, |next| next - 1);
+        }
+        if last_start == Some(span.start) {
+            break;
+        }
+        last_start = Some(span.start);
+        for line in &mut lines[first..=last] {
+            line.insert(0, '#');
+        }
+    }
+    (None, problems)
+}
+
+/// The 0-based line of byte `offset` in `text`.
+fn line_number(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+}
+
 impl Config {
     /// The embedded default: a single-node cluster in `./bulwark-data`.
     pub fn embedded() -> Config {
@@ -144,14 +198,25 @@ impl Config {
         }
     }
 
-    /// Reads and validates `path`, reporting every problem found.
+    /// Reads and validates `path`, reporting every problem found: each TOML mistake
+    /// (syntax, an unknown key, a wrong type) and then every problem of what the file
+    /// means, read without the lines those mistakes are on.
     pub fn load(path: &Path) -> Result<Config, Vec<String>> {
         let text =
             std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-        let raw: Raw =
-            toml::from_str(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let (raw, mut problems) = read(path, &text);
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::validate(raw, base)
+        match (
+            raw.map(|raw| Self::validate(raw, base)),
+            problems.is_empty(),
+        ) {
+            (Some(Ok(config)), true) => Ok(config),
+            (Some(Ok(_)), false) | (None, _) => Err(problems),
+            (Some(Err(more)), _) => {
+                problems.extend(more);
+                Err(problems)
+            }
+        }
     }
 
     fn validate(raw: Raw, base: &Path) -> Result<Config, Vec<String>> {

@@ -231,7 +231,10 @@ fn dns_public_suffix_list_is_read_relative_to_the_config_and_checked() {
         "news.example.com"
     );
     assert_eq!(
-        Config::embedded().dns.suffixes.organizational("news.example.com"),
+        Config::embedded()
+            .dns
+            .suffixes
+            .organizational("news.example.com"),
         "example.com"
     );
     std::fs::write(&path, "[dns]\npublic_suffix_list = \"missing.dat\"\n").unwrap();
@@ -240,4 +243,28 @@ fn dns_public_suffix_list_is_read_relative_to_the_config_and_checked() {
         problems.contains("dns.public_suffix_list:") && problems.contains("missing.dat"),
         "{problems}"
     );
+}
+
+#[test]
+fn every_toml_mistake_is_reported_with_its_line_and_the_rest_still_checked() {
+    let problems = parse(
+        "[node]\nid = 0\ndata_dir = \"unterminated\n\
+         [smtp]\nmax_sesions = 10\nhostname = \"mx.example.test\"\n\
+         [quarantine]\nretention_days = \"thirty\"\n\
+         [dns]\nnameservers = [\n  \"127.0.0.1\",\n  53,\n]\ntimeout_ms = 500\n\
+         [smpt]\nlisten = \"127.0.0.1:25\"\n",
+    )
+    .unwrap_err();
+    let all = problems.join("\n");
+    for expected in [
+        "line 3: ",
+        "line 5: unknown field `max_sesions`",
+        "line 8: invalid type: string \"thirty\"",
+        "line 12: invalid type: integer `53`",
+        "line 15: unknown field `smpt`",
+        "node.id must be a positive integer",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    assert!(!all.contains("line 6"), "a good line reported:\n{all}");
 }
