@@ -58,6 +58,7 @@ async fn serve(config: Config) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let data_dir = &config.node.data_dir;
     fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let _in_use = lock_data_dir(data_dir)?;
     check_node_id(data_dir, config.node.id)?;
     let token = admin_token(&config.admin_token_file)?;
     let signing_keys = Arc::new(audit::Keys::load(&config.audit, data_dir)?);
@@ -365,6 +366,40 @@ impl scan::bayes::TokenCounts for ReplicatedCounts {
     fn counts(&self, tokens: &[u64]) -> Vec<(u32, u32)> {
         self.0.state().bayes_counts(tokens)
     }
+}
+
+/// The file whose lock says a `bulwark serve` uses the data directory, with its pid.
+const LOCK_FILE: &str = "bulwark.pid";
+
+/// Takes the data directory for this process, or says which process has it: two
+/// nodes on one directory would corrupt it, and RocksDB's own refusal names only its
+/// lock file. The lock goes with the process, however it ends.
+fn lock_data_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let pid = fs::read_to_string(&path).unwrap_or_default();
+        let pid = pid.trim();
+        let by = if pid.is_empty() {
+            String::new()
+        } else {
+            format!(" (pid {pid})")
+        };
+        bail!(
+            "the data directory {} is in use by another bulwark{by}; \
+             stop it first, or give this node its own node.data_dir",
+            dir.display()
+        );
+    }
+    file.set_len(0)?;
+    writeln!(file, "{}", rustix::process::getpid().as_raw_nonzero())?;
+    Ok(file)
 }
 
 /// Records the node id at first start and refuses to start under another id: a data

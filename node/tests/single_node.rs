@@ -320,3 +320,44 @@ fn embedded_default_runs_without_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A second `bulwark serve` on a data directory in use is refused, naming the
+/// process that has it, and the first goes on unharmed; after a crash the directory
+/// is free again.
+#[test]
+fn a_data_directory_in_use_is_refused_naming_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str| {
+        let path = dir.path().join(name);
+        let api = format!("127.0.0.1:{}", free_port());
+        let text = format!(
+            "[node]\nid = 1\ndata_dir = \"data\"\n[api]\nlisten = \"{api}\"\n\
+             [smtp]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        );
+        std::fs::write(&path, text).unwrap();
+        (path, api)
+    };
+    let (first_config, first_api) = config("first.toml");
+    let first = Node::start(dir.path(), Some(&first_config), &first_api);
+    let pid = first.child.id();
+    let (second_config, _) = config("second.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&second_config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains(&format!("is in use by another bulwark (pid {pid})")),
+        "{said}"
+    );
+    let ready = reqwest::blocking::get(format!("{}/readyz", first.api)).unwrap();
+    assert_eq!(ready.status(), 200, "the first node was harmed");
+    first.stop();
+    let (third_config, third_api) = config("third.toml");
+    Node::start(dir.path(), Some(&third_config), &third_api).stop();
+}

@@ -474,13 +474,30 @@ fn relative_to(base: &Path, path: PathBuf) -> PathBuf {
     }
 }
 
+/// A listen address: an IP address and a port. A host name is refused with what to
+/// write instead, since a listener binds to one address and a name may have several.
 fn parse_addr(field: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
     match value.parse() {
         Ok(addr) => Some(addr),
-        Err(e) => {
-            problems.push(format!(
-                "{field}: {value:?} is not an address (host:port): {e}"
-            ));
+        Err(_) => {
+            let hint = match value.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => {
+                    if host.eq_ignore_ascii_case("localhost") {
+                        format!("a listen address is an IP address: write 127.0.0.1:{port}")
+                    } else if host.contains(':') && !host.starts_with('[') {
+                        format!("an IPv6 address goes in brackets: write [{host}]:{port}")
+                    } else {
+                        format!(
+                            "a listen address is an IP address, not a host name: write \
+                             0.0.0.0:{port} (every interface) or the one address to listen on"
+                        )
+                    }
+                }
+                _ => "a listen address is an IP address and a port, e.g. 127.0.0.1:2525 \
+                      or [::1]:2525"
+                    .to_string(),
+            };
+            problems.push(format!("{field}: {value:?}: {hint}"));
             None
         }
     }

@@ -268,3 +268,21 @@ fn every_toml_mistake_is_reported_with_its_line_and_the_rest_still_checked() {
     }
     assert!(!all.contains("line 6"), "a good line reported:\n{all}");
 }
+
+#[test]
+fn a_host_name_as_listen_address_is_refused_with_what_to_write() {
+    let problems =
+        parse("[api]\nlisten = \"localhost:9080\"\n[smtp]\nlisten = \"mx.example.test:25\"\n")
+            .unwrap_err()
+            .join("\n");
+    for expected in [
+        "api.listen: \"localhost:9080\": a listen address is an IP address: write 127.0.0.1:9080",
+        "smtp.listen: \"mx.example.test:25\": a listen address is an IP address, not a host name: write 0.0.0.0:25",
+    ] {
+        assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
+    }
+    let problems = parse("[smtp]\nlisten = \"::1:2525\"\n")
+        .unwrap_err()
+        .join("\n");
+    assert!(problems.contains("write [::1]:2525"), "{problems}");
+}
