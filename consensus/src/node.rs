@@ -235,6 +235,13 @@ impl RaftNode {
                     stopping: stopping.clone(),
                 };
                 tasks.push(tokio::spawn(serve(listener, ctx, stop_rx.clone())));
+                tasks.push(tokio::spawn(report_waiting(
+                    id,
+                    raft.clone(),
+                    network.clone(),
+                    peers.peers.clone(),
+                    stop_rx.clone(),
+                )));
                 tasks.push(tokio::spawn(bootstrap(
                     id,
                     raft.clone(),
@@ -568,6 +575,53 @@ async fn snapshot_by_bytes(raft: Raft, appended: Arc<AtomicU64>, threshold: u64)
         if let Err(e) = raft.trigger().snapshot().await {
             tracing::warn!(error = %e, "snapshot trigger");
             return;
+        }
+    }
+}
+
+/// How often a node that is not part of a cluster yet says what it waits for.
+const WAITING_REPORT: Duration = Duration::from_secs(5);
+
+/// While this node is not part of a cluster, says every [`WAITING_REPORT`] which
+/// peers it cannot reach and why, so an operator is not left with a node that shows
+/// no members and logs nothing.
+async fn report_waiting(
+    id: NodeId,
+    raft: Raft,
+    network: NetworkFactory,
+    peers: BTreeMap<NodeId, String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let initiator = peers.keys().next().copied().unwrap_or(id);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(WAITING_REPORT) => {}
+        }
+        if !matches!(raft.is_initialized().await, Ok(false)) {
+            return;
+        }
+        let mut unreachable = Vec::new();
+        for (peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
+            if let Err(e) = network.status(*peer, addr).await {
+                unreachable.push(format!("node {peer} at {addr}: {e}"));
+            }
+        }
+        let how = if initiator == id {
+            "this node forms the cluster once a majority of the peers answer"
+        } else {
+            "the lowest-numbered peer forms the cluster"
+        };
+        if unreachable.is_empty() {
+            tracing::info!(
+                initiator,
+                "not part of a cluster yet, every peer answers; {how}"
+            );
+        } else {
+            tracing::warn!(
+                unreachable = %unreachable.join("; "),
+                "not part of a cluster yet, waiting for peers; {how}"
+            );
         }
     }
 }

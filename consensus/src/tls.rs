@@ -109,3 +109,61 @@ impl TlsIdentity {
         })
     }
 }
+
+/// What a failed handshake with a peer means, in an operator's words: which side's
+/// certificate the other refused, and why, instead of the TLS alert's name.
+pub fn handshake_failure(error: &std::io::Error) -> String {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as Tls};
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<Tls>()) else {
+        return error.to_string();
+    };
+    let meaning = match tls {
+        Tls::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+            "the peer's certificate is not signed by this cluster's CA"
+        }
+        Tls::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            "the peer's certificate does not name the address dialled (bulwark cert node --san)"
+        }
+        Tls::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+            "the peer's certificate has expired"
+        }
+        Tls::InvalidCertificate(Cert::NotValidYet | Cert::NotValidYetContext { .. }) => {
+            "the peer's certificate is not valid yet (are the clocks apart?)"
+        }
+        Tls::NoCertificatesPresented => "the peer presented no certificate",
+        Tls::AlertReceived(
+            Alert::DecryptError
+            | Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::CertificateRequired,
+        ) => "the peer refused this node's certificate: it trusts another CA, or none was sent",
+        Tls::AlertReceived(Alert::CertificateExpired) => {
+            "the peer refused this node's certificate as expired"
+        }
+        _ => return format!("TLS: {tls}"),
+    };
+    format!("{meaning} ({tls})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_failures_say_whose_certificate_was_refused() {
+        let unknown = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert!(handshake_failure(&unknown)
+            .starts_with("the peer's certificate is not signed by this cluster's CA"));
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError),
+        );
+        assert!(handshake_failure(&refused).starts_with("the peer refused this node's certificate"));
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(handshake_failure(&plain), plain.to_string());
+    }
+}

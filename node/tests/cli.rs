@@ -235,3 +235,85 @@ fn check_config_catches_what_serve_would_refuse() {
         assert!(text(&out).contains(expected), "{name}: {}", text(&out));
     }
 }
+
+/// A node that cannot form its cluster says so every few seconds, naming each peer it
+/// cannot reach and why: one not listening, one whose certificate another CA signed.
+#[test]
+fn a_node_waiting_for_its_peers_says_which_and_why() {
+    use bulwark_cluster_tests::ports::free as free_port;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (ca, id) in [("certs", "1"), ("foreign", "2")] {
+        if !d.join(ca).join("ca.pem").exists() {
+            assert!(bulwark(&["cert", "ca", "--out", ca], d).status.success());
+        }
+        let args = [
+            "cert",
+            "node",
+            "--ca",
+            ca,
+            "--id",
+            id,
+            "--san",
+            "127.0.0.1",
+            "--out",
+            ca,
+        ];
+        assert!(bulwark(&args, d).status.success());
+    }
+    let cluster: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let peers = format!(
+        "{{ \"1\" = \"127.0.0.1:{}\", \"2\" = \"127.0.0.1:{}\", \"3\" = \"127.0.0.1:{}\" }}",
+        cluster[0], cluster[1], cluster[2]
+    );
+    let mut nodes = Vec::new();
+    for (id, ca) in [(1usize, "certs"), (2, "foreign")] {
+        let config = format!(
+            "[node]\nid = {id}\ndata_dir = \"data{id}\"\n[api]\nlisten = \"127.0.0.1:{}\"\n\
+             [smtp]\nlisten = \"127.0.0.1:{}\"\n[cluster]\nlisten = \"127.0.0.1:{}\"\n\
+             peers = {peers}\nca = \"{ca}/ca.pem\"\ncert = \"{ca}/node{id}.pem\"\n\
+             key = \"{ca}/node{id}.key\"\n",
+            free_port(),
+            free_port(),
+            cluster[id - 1]
+        );
+        std::fs::write(d.join(format!("node{id}.toml")), config).unwrap();
+        let log = std::fs::File::create(d.join(format!("node{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bulwark"))
+            .args(["serve", "--config", &format!("node{id}.toml")])
+            .current_dir(d)
+            .env("BULWARK_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        nodes.push(child);
+    }
+    let log = || std::fs::read_to_string(d.join("node1.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !log().contains("waiting for peers") {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for mut node in nodes {
+        node.kill().unwrap();
+        node.wait().unwrap();
+    }
+    let log = log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("waiting for peers"))
+        .unwrap_or_else(|| panic!("no report in 20 s:\n{log}"));
+    assert!(line.contains("this node forms the cluster"), "{line}");
+    assert!(
+        line.contains(&format!("node 3 at 127.0.0.1:{}", cluster[2]))
+            && line.contains("Connection refused"),
+        "{line}"
+    );
+    assert!(
+        line.contains("node 2 at") && line.contains("not signed by this cluster's CA"),
+        "{line}"
+    );
+}

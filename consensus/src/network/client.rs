@@ -94,7 +94,9 @@ impl NetworkFactory {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
             .await
             .map_err(|_| unreachable(io::ErrorKind::TimedOut.into()))?
-            .map_err(unreachable)?;
+            .map_err(|e| {
+                unreachable(io::Error::new(e.kind(), crate::tls::handshake_failure(&e)))
+            })?;
         let presented = conn
             .get_ref()
             .1

@@ -94,7 +94,8 @@ async fn handle(
     let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, ctx.acceptor.accept(tcp)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "refused a cluster connection: TLS handshake failed");
+            let why = crate::tls::handshake_failure(&e);
+            tracing::warn!(%remote, error = %why, "refused a cluster connection: TLS handshake failed");
             return Err(e);
         }
         Err(_) => return Err(io::ErrorKind::TimedOut.into()),
