@@ -10,6 +10,7 @@ pub mod config;
 pub mod delivery;
 pub mod disk;
 pub mod dns;
+pub mod logging;
 pub mod mail;
 pub mod ops;
 pub mod policy;

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::{audit, delivery, disk, dns, policy, quarantine, scan, siem, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
-    init_logging();
+    crate::logging::init();
     let config = match config {
         Some(path) => {
             Config::load(path).map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?
@@ -33,21 +33,6 @@ pub fn run(config: Option<&Path>) -> Result<()> {
         .enable_all()
         .build()?
         .block_on(serve(config))
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BULWARK_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if std::env::var("BULWARK_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 async fn serve(config: Config) -> Result<()> {
