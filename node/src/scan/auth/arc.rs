@@ -1,13 +1,22 @@
 //! ARC (RFC 8617): the verdict on the message's chain of custody, and the result
 //! and hit it adds to the report.
+//!
+//! The verdict follows RFC 8617 §5.2. The chain's fields are read first
+//! ([`super::arc_structure`]): none at all is `arc=none`, the only case that is; a
+//! field or a structure that breaks the RFC is `arc=fail`. Then mail-auth verifies
+//! the newest ARC-Message-Signature and every ARC-Seal, and the key record of each
+//! is checked as DKIM's is (RFC 6376 §3.6.1): one that cannot verify the signature
+//! is `arc=fail` even where mail-auth's signature check passed.
 
 use std::fmt::Write as _;
 
 use mail_auth::arc::ArcError;
-use mail_auth::{DkimResult, Error};
+use mail_auth::{AuthenticatedMessage, DkimResult, Error};
 
+use super::arc_structure::{chain, Chain};
+use super::dkim_key::key_problem;
 use super::results::comment_text;
-use super::Report;
+use super::{Authenticator, Report};
 use crate::scan::engine::Hit;
 
 /// ARC's verdict, copied out of `mail-auth`'s borrowed output.
@@ -18,10 +27,73 @@ pub(super) struct ArcVerdict {
     reason: Option<String>,
 }
 
-pub(super) fn arc_verdict(output: &mail_auth::ArcOutput<'_>) -> ArcVerdict {
+impl ArcVerdict {
+    fn fail(instances: usize, reason: String) -> Self {
+        ArcVerdict {
+            result: "fail",
+            instances,
+            reason: Some(reason),
+        }
+    }
+}
+
+impl Authenticator {
+    /// ARC's verdict on `message` (RFC 8617 §5.2).
+    pub(super) async fn arc_chain(&self, message: &AuthenticatedMessage<'_>) -> ArcVerdict {
+        let keys = match chain(message.raw_parsed_headers()) {
+            Chain::None => {
+                return ArcVerdict {
+                    result: "none",
+                    instances: 0,
+                    reason: None,
+                }
+            }
+            Chain::Broken { instances, reason } => {
+                return ArcVerdict::fail(instances as usize, reason)
+            }
+            Chain::Sound { keys } => keys,
+        };
+        let verdict = arc_verdict(&self.resolver.verify_arc(message).await);
+        if verdict.result != "pass" {
+            return verdict;
+        }
+        for key in keys {
+            let name = format!("{}._domainkey.{}", key.selector, key.domain);
+            if let Some([record]) = self.key_records(&format!("{name}.")).await.as_deref() {
+                if let Some(problem) = key_problem(record, key.algorithm) {
+                    return ArcVerdict::fail(
+                        verdict.instances,
+                        format!(
+                            "the key of {} i={} at {name}: {problem}",
+                            key.field, key.instance
+                        ),
+                    );
+                }
+            }
+        }
+        verdict
+    }
+}
+
+/// mail-auth's result in RFC 8617's terms, on a chain whose fields are sound.
+/// RFC 8617 §4.4 knows `none`, `pass` and `fail`: mail-auth's `none` (no chain
+/// found) cannot be right where ARC fields are, and its `neutral` and `permerror`
+/// (a field it cannot parse, a key record that is missing or does not parse) are
+/// each a signature that does not validate, so all three are `fail`.
+///
+/// Its `temperror` stays `temperror`, a deliberate departure: it comes from a key
+/// lookup that timed out or failed in the resolver (the names are well formed by
+/// then: a `d=` that is no domain name has already failed). RFC 8617 §5.2 fails a
+/// chain whose signature "fails to validate", and one whose key could not be
+/// fetched has not been validated at all: DKIM, which ARC's signatures are,
+/// calls it TEMPFAIL (RFC 6376 §6.1.2) and RFC 8601 §2.7.1 writes that
+/// `temperror`. A `fail` would tell the policy that a forwarder broke the chain
+/// when a nameserver was slow; `temperror` scores nothing and adds the method to
+/// `AUTH_TEMPERROR`, as when the whole check runs out of time.
+fn arc_verdict(output: &mail_auth::ArcOutput<'_>) -> ArcVerdict {
     let (result, reason) = match output.result() {
         DkimResult::Pass => ("pass", None),
-        DkimResult::None => ("none", None),
+        DkimResult::None => ("fail", Some("no chain found".to_string())),
         DkimResult::TempError(e) => ("temperror", Some(e.to_string())),
         DkimResult::Fail(e) | DkimResult::Neutral(e) | DkimResult::PermError(e) => {
             ("fail", Some(arc_reason(e)))

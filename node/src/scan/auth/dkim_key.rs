@@ -39,7 +39,7 @@ impl Authenticator {
 
     /// The TXT records at `name`, each one's strings joined; `None` when the lookup
     /// failed or the name cannot be queried.
-    async fn key_records(&self, name: &str) -> Option<Vec<Vec<u8>>> {
+    pub(super) async fn key_records(&self, name: &str) -> Option<Vec<Vec<u8>>> {
         let name = Name::from_ascii(name).ok()?;
         let lookup = self.resolver.0.lookup(name, RecordType::TXT).await.ok()?;
         Some(
@@ -56,7 +56,7 @@ impl Authenticator {
 }
 
 /// Why the key record `record` cannot verify a signature made with `algorithm`.
-fn key_problem(record: &[u8], algorithm: Algorithm) -> Option<String> {
+pub(super) fn key_problem(record: &[u8], algorithm: Algorithm) -> Option<String> {
     let Ok(text) = std::str::from_utf8(record) else {
         return Some("the key record is not text".to_string());
     };
@@ -124,7 +124,7 @@ fn key_problem(record: &[u8], algorithm: Algorithm) -> Option<String> {
 /// A tag-list (RFC 6376 §3.2): `name=value` specs separated by `;`, names
 /// ALPHA *( ALPHA / DIGIT / "_" ), values of printable characters other than `;`
 /// with inner white space, no name twice. Empty specs are let through.
-fn tag_list(text: &str) -> Result<Vec<(String, String)>, String> {
+pub(super) fn tag_list(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut tags: Vec<(String, String)> = Vec::new();
     for spec in text.split(';') {
         if spec.trim().is_empty() {
@@ -161,7 +161,7 @@ fn list(value: &str) -> impl Iterator<Item = &str> {
 
 /// Base64 with padding only at the end (RFC 6376 §2.4 base64string, white space
 /// already removed).
-fn is_base64(text: &str) -> bool {
+pub(super) fn is_base64(text: &str) -> bool {
     let data = text.trim_end_matches('=');
     text.len().is_multiple_of(4)
         && text.len() - data.len() <= 2

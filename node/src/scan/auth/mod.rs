@@ -1,7 +1,8 @@
 //! Authentication of inbound mail, in process: SPF for the HELO and MAIL FROM
 //! identities (RFC 7208, evaluated here), every DKIM signature (RFC 6376), DMARC with
-//! the sender's p=/sp=/pct= policy (RFC 7489), and ARC chain verification (RFC 8617)
-//! with the `mail-auth` crate, all over one hickory resolver.
+//! the sender's p=/sp=/pct= policy (RFC 7489), and ARC chain verification (RFC 8617,
+//! its fields and structure checked here), with the `mail-auth` crate, all over one
+//! hickory resolver.
 //!
 //! The outcome is scored symbols ([`Hit`]), one [`AuthResult`] per method and identity,
 //! the value of our RFC 8601 `Authentication-Results` header, and the disposition the
@@ -17,7 +18,8 @@
 //! dkim.rs     every DKIM signature
 //! dkim_key.rs its key record, checked before the body hash counts
 //! dmarc.rs    DMARC, the published record's tags and pct= sampling
-//! arc.rs      the ARC chain
+//! arc.rs      the ARC chain: its verdict, mail-auth's signatures and their keys
+//! arc_structure.rs the ARC fields and the chain's structure, to the letter
 //! results.rs  the RFC 8601 header text: values, comments, folding
 //! ```
 //!
@@ -26,6 +28,9 @@
 //! RFC 8601 §5).
 
 mod arc;
+#[cfg(test)]
+mod arc_signer;
+mod arc_structure;
 mod dkim;
 mod dkim_key;
 mod dmarc;
@@ -34,6 +39,8 @@ mod fixture;
 mod results;
 #[cfg(test)]
 mod rfc7208_suite;
+#[cfg(test)]
+mod rfc8617_suite;
 mod spf;
 
 use std::future::Future;
@@ -49,7 +56,6 @@ use super::engine::{Authentication, Checked, Hit, LinkHosts, NetworkEngine, Outc
 use super::suffixes::Suffixes;
 use super::Candidate;
 use crate::dns::TokioResolver;
-use arc::arc_verdict;
 use results::{header_value, token};
 use spf::spf_domain;
 
@@ -179,9 +185,7 @@ impl Authenticator {
                 }),
                 within(phase_one, async {
                     match &message {
-                        Some(message) => {
-                            Some(arc_verdict(&self.resolver.verify_arc(message).await))
-                        }
+                        Some(message) => Some(self.arc_chain(message).await),
                         None => None,
                     }
                 }),
