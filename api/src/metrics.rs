@@ -154,7 +154,8 @@ impl Collector for NodeReadings {
             ),
             (
                 "bulwark_events",
-                "Events in this node's audit log",
+                "Events in this node's audit log (the cluster's log: the same on every \
+                 node once caught up)",
                 status.event_count,
             ),
         ];
@@ -184,13 +185,17 @@ impl Collector for NodeReadings {
         let families = [
             (
                 "bulwark_events_applied",
-                "Events applied on this node since it started, by type",
+                "Events applied on this node since it started, by type. Every node applies \
+                 every event: over a cluster take max() or one node, a sum() counts each \
+                 once per node",
                 "type",
                 &counts.events,
             ),
             (
                 "bulwark_messages",
-                "Scan verdicts applied on this node since it started, by action",
+                "Scan verdicts applied on this node since it started, by action. Every node \
+                 applies every verdict: over a cluster take max() or one node, a sum() \
+                 counts each once per node",
                 "action",
                 &counts.verdicts,
             ),
@@ -214,12 +219,12 @@ impl Collector for NodeReadings {
         for (name, help, value) in [
             (
                 "bulwark_queue_messages",
-                "Messages in the delivery queue",
+                "Messages in the delivery queue (the cluster's: the same on every node)",
                 queued,
             ),
             (
                 "bulwark_quarantine_messages",
-                "Messages in the quarantine",
+                "Messages in the quarantine (the cluster's: the same on every node)",
                 quarantined,
             ),
         ] {

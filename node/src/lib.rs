@@ -14,6 +14,7 @@ pub mod logging;
 pub mod mail;
 pub mod ops;
 pub mod policy;
+pub mod proc_stats;
 pub mod quarantine;
 pub mod scan;
 pub mod serve;

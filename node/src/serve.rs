@@ -108,6 +108,7 @@ async fn serve(config: Config) -> Result<()> {
     );
     smtp.register_metrics(&mut registry);
     let siem_metrics = siem::Metrics::register(&mut registry);
+    crate::proc_stats::register(&mut registry);
     let policy_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
     registry.register(
         "bulwark_policy_version",

@@ -59,6 +59,25 @@ fn metrics_report_sessions_scans_verdicts_raft_queue_and_api_times() {
         1.0
     );
     assert_eq!(get("bulwark_raft_is_leader"), 1.0);
+    let version = format!(
+        "bulwark_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(get(&version), 1.0);
+    assert!(get("process_cpu_seconds_total") > 0.0);
+    assert!(get("process_resident_memory_bytes") > 10e6);
+    assert!(get("process_virtual_memory_bytes") >= get("process_resident_memory_bytes"));
+    assert!(get("process_open_fds") >= 10.0);
+    assert!(get("process_max_fds") >= get("process_open_fds"));
+    let started = get("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now + 1.0 && started > now - 120.0,
+        "{started} vs {now}"
+    );
     assert!(get("bulwark_raft_term") >= 1.0);
     assert!(get("bulwark_raft_applied_index") >= 1.0);
     assert!(get("bulwark_events") >= 3.0);
@@ -79,4 +98,36 @@ fn metrics_report_sessions_scans_verdicts_raft_queue_and_api_times() {
         m["bulwark_api_request_duration_seconds_count{route=\"/metrics\",method=\"GET\",status=\"200\"}"],
         1.0
     );
+}
+
+/// Every metric family a node exposes is in the README's table, so the reference
+/// cannot fall behind the code.
+#[test]
+fn every_metric_family_is_documented_in_the_readme() {
+    let readme = include_str!("../../README.md");
+    let table = &readme[readme
+        .find("### Metrics (`/metrics`)")
+        .expect("the README's metrics section")..];
+    let node = Node::start("");
+    let mut s = Smtp::ehlo(node.smtp);
+    let body = "From: <alice@sender.test>\r\nSubject: hi\r\n\r\nhello\r\n";
+    let id = s
+        .send_message("alice@sender.test", &["bob@example.test"], body)
+        .queued_id();
+    node.wait_message_event(&id, "scan.verdict", 1, std::time::Duration::from_secs(10));
+    let text = reqwest::blocking::get(format!("{}/metrics", node.api))
+        .unwrap()
+        .text()
+        .unwrap();
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(families.len() >= 20, "{text}");
+    let missing: Vec<_> = families
+        .iter()
+        .filter(|family| !table.contains(&format!("`{family}")))
+        .collect();
+    assert!(missing.is_empty(), "not in the README's table: {missing:?}");
 }
