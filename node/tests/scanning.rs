@@ -326,8 +326,25 @@ fn scanning_malware_is_rejected_however_its_encoding_is_damaged() {
          Content-Type: message/rfc822\r\n\r\nSubject: innermost\r\n\
          Content-Type: application/pdf; name=\"invoice.pdf\"\r\n{base64}\r\n{encoded}\r\n--b--\r\n"
     );
+    // A file written into a plain text body, as old mailers and news clients do and
+    // mail clients still show as an attachment: uuencoded, and in yEnc.
+    let plain = |body: &str| {
+        format!(
+            "From: alice@sender.test\r\nTo: bob@example.test\r\nSubject: the file\r\n\r\n\
+             Here it is:\r\n\r\n{body}\r\n\r\nBye.\r\n"
+        )
+    };
+    let inline = [(
+        "uuencoded in a plain text body",
+        plain(
+            "begin 644 invoice.pdf\r\n\
+                 M6#5/(5`E0$%06S1<4%I8-30H4%XI-T-#*3=])$5)0T%2+5-404Y$05)$+4%.\r\n\
+                 75$E625)54RU415-4+49)3$4A)$@K2\"H`\r\n`\r\nend",
+        ),
+    )];
     let variants: Vec<(&str, String)> = variants
         .into_iter()
+        .chain(inline)
         .chain([("nested attached messages", nested)])
         .collect();
     let mut s = Smtp::ehlo(node.smtp);
@@ -348,6 +365,33 @@ fn scanning_malware_is_rejected_however_its_encoding_is_damaged() {
             "{what}: {v:#}"
         );
     }
+    // yEnc is 8-bit: its bytes go as they are, not as a Rust string.
+    let mut yenc = plain("=ybegin line=128 size=68 name=invoice.pdf\r\n").into_bytes();
+    let cut = yenc.len() - "\r\n\r\nBye.\r\n".len();
+    let tail = yenc.split_off(cut);
+    for e in EICAR.bytes().map(|b| b.wrapping_add(42)) {
+        if matches!(e, 0 | b'\n' | b'\r' | b'=' | b'.') {
+            yenc.extend_from_slice(&[b'=', e.wrapping_add(64)]);
+        } else {
+            yenc.push(e);
+        }
+    }
+    yenc.extend_from_slice(b"\r\n=yend size=68");
+    yenc.extend_from_slice(&tail);
+    yenc.extend_from_slice(b".\r\n");
+    assert_eq!(
+        s.cmd("MAIL FROM:<alice@sender.test> BODY=8BITMIME").code,
+        250
+    );
+    assert_eq!(s.cmd("RCPT TO:<bob@example.test>").code, 250);
+    assert_eq!(s.cmd("DATA").code, 354);
+    s.send(&yenc);
+    let reply = s.read_reply();
+    assert_eq!(reply.code, 554, "yEnc in a plain text body: {reply:?}");
+    assert!(
+        reply.text().contains("malware Eicar-Test-Signature"),
+        "{reply:?}"
+    );
     // The session goes on: the same message without the malware is accepted.
     let clean = eicar_wrapped(base64, "aGVsbG8=", close);
     let reply = s.send_message("alice@sender.test", &["bob@example.test"], &clean);

@@ -185,6 +185,29 @@ impl Unpacker<'_> {
                     let inline_body = leaf.names.is_empty()
                         && !python_only_qp
                         && matches!(leaf.content_type.as_str(), "text/plain" | "text/html");
+                    if leaf.content_type.starts_with("text/") || leaf.content_type.is_empty() {
+                        for block in decode::embedded(&data, self.limits.max_files) {
+                            if self.known(&block.data, &leaf, None) {
+                                continue;
+                            }
+                            let location = format!(
+                                "reading 2 part {} ({}, named {:?})",
+                                leaf.path, block.how, block.name
+                            );
+                            if !self.admit(&location) {
+                                return;
+                            }
+                            self.add(File {
+                                location,
+                                name: Some(block.name),
+                                declared_type: None,
+                                depth: 0,
+                                inline_body: false,
+                                other_reading: true,
+                                data: block.data,
+                            });
+                        }
+                    }
                     let mut data = data;
                     for (i, name) in unjudged.iter().enumerate() {
                         let location = match name {

@@ -323,6 +323,90 @@ pub fn uudecode(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A file carried inside a text body, as old mailers and news clients write them
+/// and mail clients still open: a uuencoded block (`begin MODE NAME` … `end`) or a
+/// yEnc one (`=ybegin … name=NAME` … `=yend`).
+pub struct Embedded {
+    pub name: String,
+    pub how: &'static str,
+    pub data: Vec<u8>,
+}
+
+/// Every uuencoded or yEnc block in `text`, decoded, at most `max` of them.
+pub fn embedded(text: &[u8], max: usize) -> Vec<Embedded> {
+    let lines: Vec<&[u8]> = text
+        .split(|&c| c == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < lines.len() && found.len() < max {
+        let line = lines[i];
+        let (how, end): (&'static str, &[u8]) = if is_uu_begin(line) {
+            ("uuencoded in the text", b"end")
+        } else if line.starts_with(b"=ybegin ") {
+            ("yEnc in the text", b"=yend")
+        } else {
+            i += 1;
+            continue;
+        };
+        let last = (i + 1..lines.len())
+            .find(|&j| lines[j].trim_ascii().starts_with(end))
+            .unwrap_or(lines.len());
+        let block = &lines[i..last.min(lines.len())];
+        let name = if how == "yEnc in the text" {
+            yenc_name(line)
+        } else {
+            String::from_utf8_lossy(line.splitn(3, |&c| c == b' ').nth(2).unwrap_or_default())
+                .trim()
+                .to_string()
+        };
+        let data = if how == "yEnc in the text" {
+            ydecode(&block[1..])
+        } else {
+            uudecode(&block.join(&b"\n"[..])).unwrap_or_default()
+        };
+        if !data.is_empty() {
+            found.push(Embedded { name, how, data });
+        }
+        i = last + 1;
+    }
+    found
+}
+
+/// The `name=` of a `=ybegin` line: the rest of the line, as yEnc puts it last.
+fn yenc_name(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    text.split_once(" name=")
+        .map_or("", |(_, name)| name)
+        .trim()
+        .to_string()
+}
+
+/// yEnc data lines decoded: each byte less 42, `=` escaping the next (less 64 more);
+/// `=ypart` and other keyword lines skipped.
+fn ydecode(lines: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in lines {
+        if line.starts_with(b"=y") {
+            continue;
+        }
+        let mut bytes = line.iter();
+        while let Some(&b) = bytes.next() {
+            let b = if b == b'=' {
+                match bytes.next() {
+                    Some(&escaped) => escaped.wrapping_sub(64),
+                    None => break,
+                }
+            } else {
+                b
+            };
+            out.push(b.wrapping_sub(42));
+        }
+    }
+    out
+}
+
 /// `begin `, then an octal mode (blanks, a sign, `0o` and `_` allowed, as Python
 /// reads a number), then a name: the first line of a uuencoded file.
 fn is_uu_begin(line: &[u8]) -> bool {
@@ -411,6 +495,39 @@ mod tests {
         let readings = quoted_printable(b"line \t\r\nnext =20 \r\nsoft=  \r\nlast  ");
         assert_eq!(readings.first, b"line \t\r\nnext   \r\nsoft=  \r\nlast  ");
         assert_eq!(readings.second.unwrap(), b"line\r\nnext  \r\nsoftlast");
+    }
+
+    #[test]
+    fn files_embedded_in_a_text_body_are_found_uuencoded_or_in_yenc() {
+        let yenc: Vec<u8> = EICAR
+            .iter()
+            .flat_map(|&b| {
+                let e = b.wrapping_add(42);
+                if matches!(e, 0 | b'\n' | b'\r' | b'=') {
+                    vec![b'=', e.wrapping_add(64)]
+                } else {
+                    vec![e]
+                }
+            })
+            .collect();
+        let mut text = b"Hello,\r\nthe file:\r\n\r\nbegin 644 eicar.com\r\n\
+            M6#5/(5`E0$%06S1<4%I8-30H4%XI-T-#*3=])$5)0T%2+5-404Y$05)$+4%.\r\n\
+            75$E625)54RU415-4+49)3$4A)$@K2\"H`\r\n`\r\nend\r\n\r\nand again:\r\n\
+            =ybegin line=128 size=68 name=eicar two.com\r\n"
+            .to_vec();
+        text.extend_from_slice(&yenc);
+        text.extend_from_slice(b"\r\n=yend size=68\r\nBye.\r\n");
+        let found = embedded(&text, 10);
+        assert_eq!(found.len(), 2);
+        assert_eq!(
+            (found[0].name.as_str(), found[0].data.as_slice()),
+            ("eicar.com", EICAR)
+        );
+        assert_eq!(
+            (found[1].name.as_str(), found[1].data.as_slice()),
+            ("eicar two.com", EICAR)
+        );
+        assert!(embedded(b"begin here, said the text\r\nend", 10).is_empty());
     }
 
     #[test]
