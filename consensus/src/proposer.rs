@@ -44,6 +44,8 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    /// Read for whether this node is part of a cluster yet.
+    raft: Raft,
     node: NodeId,
     next_id: Arc<AtomicU64>,
     id_prefix: u64,
@@ -68,7 +70,7 @@ impl Proposer {
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let submitter = Arc::new(Submitter {
-            raft,
+            raft: raft.clone(),
             network,
             commit_timeout,
             handing_over,
@@ -76,10 +78,25 @@ impl Proposer {
         tokio::spawn(run(rx, submitter));
         Proposer {
             tx,
+            raft,
             node,
             next_id: Arc::new(AtomicU64::new(0)),
             id_prefix: rand::random(),
         }
+    }
+
+    /// Whether this node is part of a cluster: it knows a membership, so what it is
+    /// given can be committed once a quorum is there. A node still waiting for its
+    /// peers to form the cluster is not.
+    pub fn is_formed(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_some()
     }
 
     /// A fresh operation id: unique per node run (random prefix, counter).

@@ -297,10 +297,27 @@ fn a_node_waiting_for_its_peers_says_which_and_why() {
     while Instant::now() < deadline && !log().contains("waiting for peers") {
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Meanwhile SMTP sends clients elsewhere at once instead of taking a message it
+    // could only answer 451.
+    let smtp = std::fs::read_to_string(d.join("node1.toml"))
+        .unwrap()
+        .lines()
+        .skip_while(|l| *l != "[smtp]")
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let mut greeting = String::new();
+    let stream = std::net::TcpStream::connect(&smtp).unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut greeting).unwrap();
     for mut node in nodes {
         node.kill().unwrap();
         node.wait().unwrap();
     }
+    assert!(
+        greeting.starts_with("421 4.3.0 ") && greeting.contains("not part of a cluster yet"),
+        "{greeting}"
+    );
     let log = log();
     let line = log
         .lines()

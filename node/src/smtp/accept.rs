@@ -24,6 +24,11 @@ pub struct Ingress {
 }
 
 impl Ingress {
+    /// Whether this node is part of a cluster yet (see [`Proposer::is_formed`]).
+    pub fn is_formed(&self) -> bool {
+        self.proposer.is_formed()
+    }
+
     pub fn new(proposer: Proposer, scanner: Arc<Scanner>, node: u64) -> Self {
         Ingress {
             proposer,

@@ -264,6 +264,17 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
         record(&shared, client, reason, &reply);
         return;
     }
+    if !shared.ingress.is_formed() {
+        // Nothing given to this node could commit: the client had better try
+        // another server now than send a whole message for a 451.
+        drop(seat);
+        let reply = format!(
+            "421 4.3.0 {} is not part of a cluster yet; try another server",
+            settings.hostname
+        );
+        say_and_close(&mut stream, &reply).await;
+        return;
+    }
     if !settings.greet_delay.is_zero() {
         let mut probe = [0u8; 1];
         match tokio::time::timeout(settings.greet_delay, stream.peek(&mut probe)).await {
