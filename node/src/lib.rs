@@ -12,6 +12,7 @@ pub mod disk;
 pub mod dns;
 pub mod logging;
 pub mod mail;
+pub mod maillog;
 pub mod ops;
 pub mod policy;
 pub mod proc_stats;

@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::{audit, delivery, disk, dns, policy, quarantine, scan, siem, smtp};
+use crate::{audit, delivery, disk, dns, maillog, policy, quarantine, scan, siem, smtp};
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     crate::logging::init();
@@ -47,6 +47,8 @@ async fn serve(config: Config) -> Result<()> {
     check_node_id(data_dir, config.node.id)?;
     let token = admin_token(&config.admin_token_file)?;
     let signing_keys = Arc::new(audit::Keys::load(&config.audit, data_dir)?);
+    let mail_log = maillog::MailLog::open(config.mail_log.clone(), config.node.id)
+        .context("opening the mail log (log.mail_log)")?;
 
     let api_tls = match &config.api_tls {
         Some((cert, key)) => Some(
@@ -107,6 +109,7 @@ async fn serve(config: Config) -> Result<()> {
         disk.clone(),
     );
     smtp.register_metrics(&mut registry);
+    mail_log.register_metrics(&mut registry);
     let siem_metrics = siem::Metrics::register(&mut registry);
     crate::proc_stats::register(&mut registry);
     let policy_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
@@ -137,6 +140,8 @@ async fn serve(config: Config) -> Result<()> {
         let _ = api_stopped.await;
     }));
 
+    let stop_mail_log = CancellationToken::new();
+    let mail_log = tokio::spawn(maillog::run(mail_log, node.clone(), stop_mail_log.clone()));
     let stop_smtp = CancellationToken::new();
     let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
     let stop_delivery = CancellationToken::new();
@@ -248,6 +253,11 @@ async fn serve(config: Config) -> Result<()> {
     }
     if let Err(e) = disk_watch.await {
         tracing::warn!(error = %e, "disk space watch");
+    }
+    // Last, so that it writes the lines of everything decided until now.
+    stop_mail_log.cancel();
+    if let Err(e) = mail_log.await {
+        tracing::warn!(error = %e, "mail log task");
     }
     if let Some(next) = node.hand_over_leadership(HAND_OVER_TIMEOUT).await {
         tracing::info!(leader = next, "node {next} leads now");

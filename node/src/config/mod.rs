@@ -4,7 +4,7 @@
 //! One file a section, each turning its part of the file into the runtime settings of
 //! the code it configures: [`cluster`] (`[cluster]`, `[raft]`), [`smtp`],
 //! [`delivery`], [`scanning`] (`[scan]`, `[dns]`), [`quarantine`],
-//! [`audit`] and [`siem`]. This file holds the whole file's shape, `[node]`, `[api]`
+//! [`audit`], [`siem`] and [`log`]. This file holds the whole file's shape, `[node]`, `[api]`
 //! and `[backup]`, and the checks the sections share. [`preflight`] checks what the
 //! file names on this machine (certificates, the data directory), for `check-config`. `[policy]` is the document of
 //! [`crate::policy::Document`]: the cluster's policy, seeded from the first node's.
@@ -19,6 +19,7 @@ use serde::Deserialize;
 mod audit;
 mod cluster;
 mod delivery;
+mod log;
 mod preflight;
 mod quarantine;
 mod scanning;
@@ -32,7 +33,7 @@ pub(crate) use siem::{exporter, exporters, section};
 
 /// The sections of a configuration file: a file with one of them is a node's
 /// configuration, not a policy's keys alone.
-pub const SECTIONS: [&str; 13] = [
+pub const SECTIONS: [&str; 14] = [
     "node",
     "cluster",
     "api",
@@ -46,6 +47,7 @@ pub const SECTIONS: [&str; 13] = [
     "siem",
     "audit",
     "backup",
+    "log",
 ];
 
 /// The configuration file as written.
@@ -65,6 +67,7 @@ struct Raw {
     siem: Option<siem::RawSiem>,
     audit: Option<audit::RawAudit>,
     backup: Option<RawBackup>,
+    log: Option<log::RawLog>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +131,8 @@ pub struct Config {
     /// named relative to, the secrets its `[[siem.exporters]]` write inline.
     pub siem_local: crate::siem::Local,
     pub audit: crate::audit::Settings,
+    /// `[log]`: the mail log.
+    pub mail_log: crate::maillog::Settings,
 }
 
 /// Most TOML mistakes reported from one file.
@@ -309,6 +314,7 @@ impl Config {
             &data_dir,
             &mut problems,
         );
+        let mail_log = log::validate_log(raw.log.unwrap_or_default(), &data_dir, &mut problems);
 
         if !problems.is_empty() {
             return Err(problems);
@@ -334,6 +340,7 @@ impl Config {
             siem,
             siem_local,
             audit,
+            mail_log,
         })
     }
 }
