@@ -74,6 +74,19 @@ enum Commands {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The quarantine, over any node's API: list, show, release, delete. Exit 0 when
+    /// all was done, 1 when some was refused, 2 when it could not be carried out.
+    Quarantine {
+        #[command(subcommand)]
+        command: ops::quarantine::Command,
+    },
+    /// The delivery queue, over any node's API: list, show, hold, release, retry,
+    /// delete. Exit 0 when all was done, 1 when some was refused, 2 when it could not
+    /// be carried out.
+    Queue {
+        #[command(subcommand)]
+        command: ops::queue::Command,
+    },
 }
 
 #[derive(Subcommand)]
@@ -278,6 +291,10 @@ fn main() -> ExitCode {
                 until,
             } => ops::policy::simulate(&api, &file, since.as_deref(), until.as_deref()),
         },
+        Commands::Quarantine { command } => {
+            return ops::admin::exit(ops::quarantine::run(&command))
+        }
+        Commands::Queue { command } => return ops::admin::exit(ops::queue::run(&command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

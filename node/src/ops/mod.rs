@@ -1,20 +1,26 @@
 //! Operations on a node from its own machine: `bulwark backup` and `bulwark ready`
 //! ask the running node over its API (as the admin, with the token file its config
 //! names), `bulwark restore` seeds a stopped node's empty data directory from a
-//! backup. From anywhere, over any node's API ([`remote`]): `bulwark audit bundle`
-//! and the cluster's policy ([`policy`]).
+//! backup. From anywhere, over any node's API ([`remote`]): `bulwark
+//! audit bundle`, the cluster's policy ([`policy`]), the quarantine ([`quarantine`])
+//! and the delivery queue ([`queue`]).
 
+pub mod admin;
 pub mod policy;
+pub mod quarantine;
+pub mod queue;
 pub mod remote;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bulwark_consensus::backup::{self, BackupManifest};
+use reqwest::Method;
+use serde_json::json;
 
 use crate::config::Config;
+use remote::Remote;
 
 /// How long `bulwark ready` waits for an answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,45 +29,6 @@ const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn load(config: &Path) -> Result<Config> {
     Config::load(config).map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))
-}
-
-/// The node's API from its own machine: a wildcard listen address is reached on the
-/// loopback address of its family. HTTPS when the API has a certificate, trusting the
-/// web PKI roots and the cluster CA (the certificate must name the address used).
-struct LocalApi {
-    base: String,
-    client: reqwest::Client,
-}
-
-impl LocalApi {
-    fn new(config: &Config, timeout: Duration) -> Result<Self> {
-        let ip = match config.api_listen.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        let addr = SocketAddr::new(ip, config.api_listen.port());
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none());
-        let scheme = if config.api_tls.is_some() {
-            let mut problems = Vec::new();
-            let ca = config.node.cluster.as_ref().map(|c| c.ca.as_path());
-            let tls = crate::config::client_config("api", ca, &mut problems);
-            if !problems.is_empty() {
-                bail!("{}", problems.join("\n"));
-            }
-            builder = builder.use_preconfigured_tls(rustls::ClientConfig::clone(&tls));
-            "https"
-        } else {
-            "http"
-        };
-        Ok(LocalApi {
-            base: format!("{scheme}://{addr}"),
-            client: builder.build().context("HTTP client")?,
-        })
-    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -74,16 +41,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// leader is known and it applied what is committed). For health checks.
 pub fn ready(config: &Path) -> Result<bool> {
     let config = load(config)?;
-    let api = LocalApi::new(&config, READY_TIMEOUT)?;
-    runtime()?.block_on(async {
-        match api.client.get(format!("{}/readyz", api.base)).send().await {
-            Ok(response) => Ok(response.status() == reqwest::StatusCode::OK),
-            Err(e) => {
-                eprintln!("bulwark: {}/readyz: {e}", api.base);
-                Ok(false)
-            }
+    let api = Remote::local(&config, READY_TIMEOUT, false)?;
+    match api.call(Method::GET, "/readyz", &[], None) {
+        Ok((status, _)) => Ok(status == reqwest::StatusCode::OK),
+        Err(e) => {
+            eprintln!("bulwark: {e:#}");
+            Ok(false)
         }
-    })
+    }
 }
 
 /// `bulwark backup --config FILE --to DIR`: the running node writes a consistent
@@ -93,34 +58,16 @@ pub fn ready(config: &Path) -> Result<bool> {
 pub fn backup(config: &Path, to: &Path) -> Result<()> {
     let config = load(config)?;
     let to = std::path::absolute(to).with_context(|| format!("{}", to.display()))?;
-    let token = std::fs::read_to_string(&config.admin_token_file).with_context(|| {
-        format!(
-            "reading the admin token {}",
-            config.admin_token_file.display()
-        )
-    })?;
-    let api = LocalApi::new(&config, BACKUP_TIMEOUT)?;
-    let manifest: BackupManifest = runtime()?.block_on(async {
-        let response = api
-            .client
-            .post(format!("{}/v1/backup", api.base))
-            .bearer_auth(token.trim())
-            .json(&serde_json::json!({ "to": to }))
-            .send()
-            .await
-            .with_context(|| format!("asking the node at {} for a backup", api.base))?;
-        let status = response.status();
-        let body = response.text().await?;
-        if !status.is_success() {
-            // The problem's detail says why (outside the backup directory, not empty).
-            let detail = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|p| p["detail"].as_str().map(str::to_string))
-                .unwrap_or(body);
-            bail!("the node answered {status}: {detail}");
-        }
-        serde_json::from_str(&body).with_context(|| format!("the node's answer: {body}"))
-    })?;
+    let api = Remote::local(&config, BACKUP_TIMEOUT, true)?;
+    let (status, body) = api
+        .call(Method::POST, "/v1/backup", &[], Some(&json!({ "to": to })))
+        .with_context(|| format!("asking the node at {} for a backup", api.base()))?;
+    if !status.is_success() {
+        // The problem's detail says why (outside the backup directory, not empty).
+        return Err(remote::refusal(status, &body));
+    }
+    let manifest: BackupManifest = serde_json::from_slice(&body)
+        .with_context(|| format!("the node's answer: {}", String::from_utf8_lossy(&body)))?;
     println!(
         "{}",
         serde_json::to_string_pretty(&manifest).expect("manifest serialises")
