@@ -34,12 +34,14 @@ enum Commands {
         /// Configuration file (TOML).
         file: PathBuf,
     },
-    /// Online backup of the running node FILE describes: it writes a consistent copy of
-    /// its state (every write acknowledged before the call) into DIR on its machine.
+    /// Online backup of the running node FILE describes (without --config: the
+    /// embedded default's, run from the directory holding bulwark-data): it writes a
+    /// consistent copy of its state (every write acknowledged before the call) into DIR
+    /// on its machine, reporting its progress on stderr.
     Backup {
         /// The node's configuration file (TOML): its API address and admin token.
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// A new or empty directory on the node's machine, inside the backup directory
         /// of its config (`[backup] dir`, by default `backups` in its data directory).
         #[arg(long)]
@@ -47,20 +49,23 @@ enum Commands {
     },
     /// Seed the stopped node FILE describes, whose data directory is empty, from a
     /// backup: restore every node of a new cluster from the same backup, then start them.
+    /// Without --config: the embedded default's ./bulwark-data. Reports its progress
+    /// on stderr.
     Restore {
         /// The node's configuration file (TOML): its id, data directory and peers.
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// A directory written by `bulwark backup`.
         #[arg(long)]
         from: PathBuf,
     },
     /// Exit 0 if the node FILE describes is ready (answers /readyz with 200), 1 if
-    /// not: a health check for containers and scripts.
+    /// not: a health check for containers and scripts. Without --config: the
+    /// embedded default's.
     Ready {
         /// The node's configuration file (TOML).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Audit-trail tools.
     Audit {
@@ -227,9 +232,9 @@ fn main() -> ExitCode {
             CertCommand::Node { ca, id, san, out } => cert::make_node(&ca, id, &san, &out),
         },
         Commands::CheckConfig { file } => return check_config(&file),
-        Commands::Backup { config, to } => ops::backup(&config, &to),
-        Commands::Restore { config, from } => ops::restore(&config, &from),
-        Commands::Ready { config } => match ops::ready(&config) {
+        Commands::Backup { config, to } => ops::backup(config.as_deref(), &to),
+        Commands::Restore { config, from } => ops::restore(config.as_deref(), &from),
+        Commands::Ready { config } => match ops::ready(config.as_deref()) {
             Ok(true) => return ExitCode::SUCCESS,
             Ok(false) => return ExitCode::FAILURE,
             Err(e) => Err(e),

@@ -1,12 +1,14 @@
 //! Operations on a node from its own machine: `bulwark backup` and `bulwark ready`
 //! ask the running node over its API (as the admin, with the token file its config
 //! names), `bulwark restore` seeds a stopped node's empty data directory from a
-//! backup. From anywhere, over any node's API ([`remote`]): `bulwark
+//! backup; without a config, each works on the embedded default, as `bulwark serve`
+//! without one runs it. From anywhere, over any node's API ([`remote`]): `bulwark
 //! audit bundle`, the cluster's policy ([`policy`]), the quarantine ([`quarantine`])
 //! and the delivery queue ([`queue`]).
 
 pub mod admin;
 pub mod policy;
+pub mod progress;
 pub mod quarantine;
 pub mod queue;
 pub mod remote;
@@ -20,6 +22,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::config::Config;
+use progress::Tally;
 use remote::Remote;
 
 /// How long `bulwark ready` waits for an answer.
@@ -31,16 +34,24 @@ fn load(config: &Path) -> Result<Config> {
     Config::load(config).map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))
 }
 
+/// The node `config` describes, or the embedded default without one.
+fn node_config(config: Option<&Path>) -> Result<Config> {
+    match config {
+        Some(config) => load(config),
+        None => Ok(Config::embedded()),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-/// `bulwark ready --config FILE`: whether the node answers `/readyz` with 200 (a
+/// `bulwark ready [--config FILE]`: whether the node answers `/readyz` with 200 (a
 /// leader is known and it applied what is committed). For health checks.
-pub fn ready(config: &Path) -> Result<bool> {
-    let config = load(config)?;
+pub fn ready(config: Option<&Path>) -> Result<bool> {
+    let config = node_config(config)?;
     let api = Remote::local(&config, READY_TIMEOUT, false)?;
     match api.call(Method::GET, "/readyz", &[], None) {
         Ok((status, _)) => Ok(status == reqwest::StatusCode::OK),
@@ -51,23 +62,25 @@ pub fn ready(config: &Path) -> Result<bool> {
     }
 }
 
-/// `bulwark backup --config FILE --to DIR`: the running node writes a consistent
+/// `bulwark backup [--config FILE] --to DIR`: the running node writes a consistent
 /// backup of its state into DIR (a new or empty directory on its machine, inside the
 /// backup directory its config names: `[backup] dir`, by default `backups` in its
-/// data directory).
-pub fn backup(config: &Path, to: &Path) -> Result<()> {
-    let config = load(config)?;
+/// data directory), reported as it grows.
+pub fn backup(config: Option<&Path>, to: &Path) -> Result<()> {
+    let config = node_config(config)?;
     let to = std::path::absolute(to).with_context(|| format!("{}", to.display()))?;
     let api = Remote::local(&config, BACKUP_TIMEOUT, true)?;
-    let (status, body) = api
-        .call(Method::POST, "/v1/backup", &[], Some(&json!({ "to": to })))
-        .with_context(|| format!("asking the node at {} for a backup", api.base()))?;
-    if !status.is_success() {
-        // The problem's detail says why (outside the backup directory, not empty).
-        return Err(remote::refusal(status, &body));
-    }
-    let manifest: BackupManifest = serde_json::from_slice(&body)
-        .with_context(|| format!("the node's answer: {}", String::from_utf8_lossy(&body)))?;
+    let manifest: BackupManifest = progress::watch("backup", &to, None, || {
+        let (status, body) = api
+            .call(Method::POST, "/v1/backup", &[], Some(&json!({ "to": to })))
+            .with_context(|| format!("asking the node at {} for a backup", api.base()))?;
+        if !status.is_success() {
+            // The problem's detail says why (outside the backup directory, not empty).
+            return Err(remote::refusal(status, &body));
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("the node's answer: {}", String::from_utf8_lossy(&body)))
+    })?;
     println!(
         "{}",
         serde_json::to_string_pretty(&manifest).expect("manifest serialises")
@@ -83,11 +96,12 @@ pub fn backup(config: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `bulwark restore --config FILE --from DIR`: seeds the stopped node's empty data
+/// `bulwark restore [--config FILE] --from DIR`: seeds the stopped node's empty data
 /// directory from the backup in DIR, as a member of the cluster its config describes
-/// (every node of a new cluster is restored from the same backup).
-pub fn restore(config: &Path, from: &Path) -> Result<()> {
-    let config = load(config)?;
+/// (every node of a new cluster is restored from the same backup), reported as the
+/// state is copied.
+pub fn restore(config: Option<&Path>, from: &Path) -> Result<()> {
+    let config = node_config(config)?;
     let voters: Vec<u64> = match &config.node.cluster {
         Some(cluster) => cluster.peers.keys().copied().collect(),
         None => vec![config.node.id],
@@ -95,15 +109,19 @@ pub fn restore(config: &Path, from: &Path) -> Result<()> {
     std::fs::create_dir_all(&config.node.data_dir)
         .with_context(|| format!("creating {}", config.node.data_dir.display()))?;
     crate::serve::check_node_id(&config.node.data_dir, config.node.id)?;
-    let manifest = runtime()?
-        .block_on(backup::restore(from, &config.node))
-        .with_context(|| {
-            format!(
-                "restoring {} into {}",
-                from.display(),
-                config.node.data_dir.display()
-            )
-        })?;
+    let state = bulwark_storage::layout::state_root(&config.node.data_dir);
+    let total = Tally::of(&bulwark_storage::layout::state_root(from));
+    let manifest = progress::watch("restore", &state, Some(total), || {
+        runtime()?
+            .block_on(backup::restore(from, &config.node))
+            .with_context(|| {
+                format!(
+                    "restoring {} into {}",
+                    from.display(),
+                    config.node.data_dir.display()
+                )
+            })
+    })?;
     eprintln!(
         "node {} restored from {} (taken on node {}): {} events up to log entry {}, chain \
          head {}; voters {:?}. Start it with `bulwark serve`, and every other node of the \
