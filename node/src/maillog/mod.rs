@@ -328,3 +328,44 @@ async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &std::path::Path) -> MailLog {
+        let settings = Settings {
+            target: Some(Target::File(path.to_path_buf())),
+            format: Format::Text,
+        };
+        MailLog::open(settings, 1).unwrap()
+    }
+
+    fn written(log: &MailLog, stage: &'static str) -> u64 {
+        log.metrics.lines.get_or_create(&StageLabel { stage }).get()
+    }
+
+    #[test]
+    fn lines_are_appended_whole_and_counted_by_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/mail.log");
+        let mut log = file(&path);
+        log.write("a\nb\n", &["received", "delivered"]);
+        log.write("c\n", &["delivered"]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\nc\n");
+        assert_eq!(
+            (written(&log, "received"), written(&log, "delivered")),
+            (1, 2)
+        );
+        assert_eq!(log.metrics.dropped.get(), 0);
+    }
+
+    #[test]
+    fn lines_that_cannot_be_written_are_dropped_and_counted() {
+        let mut log = file(std::path::Path::new("/dev/full"));
+        log.write("a\nb\n", &["received", "delivered"]);
+        assert_eq!(log.metrics.dropped.get(), 2);
+        assert_eq!(written(&log, "received"), 0);
+        assert!(log.failing && log.reopen, "the file is to be opened again");
+    }
+}
