@@ -100,14 +100,14 @@ fn metrics_report_sessions_scans_verdicts_raft_queue_and_api_times() {
     );
 }
 
-/// Every metric family a node exposes is in the README's table, so the reference
+/// Every metric family a node exposes is in deploy/README.md's table, so the reference
 /// cannot fall behind the code.
 #[test]
 fn every_metric_family_is_documented_in_the_readme() {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../deploy/README.md");
     let table = &readme[readme
         .find("### Metrics (`/metrics`)")
-        .expect("the README's metrics section")..];
+        .expect("deploy/README.md's metrics section")..];
     let node = Node::start("");
     let mut s = Smtp::ehlo(node.smtp);
     let body = "From: <alice@sender.test>\r\nSubject: hi\r\n\r\nhello\r\n";
@@ -129,5 +129,5 @@ fn every_metric_family_is_documented_in_the_readme() {
         .iter()
         .filter(|family| !table.contains(&format!("`{family}")))
         .collect();
-    assert!(missing.is_empty(), "not in the README's table: {missing:?}");
+    assert!(missing.is_empty(), "not in deploy/README.md's table: {missing:?}");
 }

@@ -71,7 +71,7 @@ fn a_deleted_body_is_in_no_file_of_the_data_directory_nor_a_later_backup_within_
         );
         eprintln!("before deletion, {m} is in {holding:?}");
     }
-    // A backup taken before the deletion keeps the bodies, as the README says.
+    // A backup taken before the deletion keeps the bodies, as api/README.md says.
     let before = backups.path().join("before");
     backup(&api, &before);
     for m in [&small, &large] {

@@ -128,7 +128,7 @@ pub fn hec_event(
 
 /// The CEF line of an event (ArcSight Common Event Format, revision 0):
 /// `CEF:0|Bulwark|Bulwark|VERSION|TYPE|NAME|SEVERITY|EXTENSIONS`. Which JSON field
-/// becomes which CEF key is the table in the README ("SIEM export").
+/// becomes which CEF key is the table in api/README.md ("CEF").
 pub fn cef(event: &Value, hostname: &str) -> String {
     let kind = event["type"].as_str().unwrap_or_default();
     let action = event["action"].as_str();
