@@ -26,8 +26,9 @@ pub(super) struct RawScan {
     malware_hashes: Option<Vec<PathBuf>>,
     /// ClamAV hash signature files (`.hdb`, `.hsb`).
     clamav_hashes: Option<Vec<PathBuf>>,
-    /// DNS blocklists: `"zone=score"` for client IPs, `"zone=score:domain"` for link
-    /// domains, optionally `:127.0.0.2,127.0.0.4` for the answers that count.
+    /// DNS blocklists, `"zone=score[:kind[:codes]]"`: `"zone=score"` for client IPs,
+    /// `"zone=score:domain"` for link domains, `"zone=score:ip:127.0.0.2,127.0.0.4"`
+    /// to count only those answers (the kind comes before the codes).
     blocklists: Option<Vec<String>>,
     /// Attachment extensions to block, replacing the built-in list.
     blocked_extensions: Option<Vec<String>>,

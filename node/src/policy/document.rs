@@ -74,8 +74,9 @@ pub struct Document {
     /// ClamAV `.hdb` and `.hsb` hash signatures (seeded from `[scan] clamav_hashes`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clamav_hashes: Option<Vec<Source>>,
-    /// DNS blocklists: `"zone=score"`, `"zone=score:domain"`, optionally
-    /// `:127.0.0.2,127.0.0.4` (seeded from `[scan] blocklists`).
+    /// DNS blocklists, `"zone=score[:kind[:codes]]"`: `"zone=score"`,
+    /// `"zone=score:domain"`, `"zone=score:ip:127.0.0.2,127.0.0.4"` (seeded from
+    /// `[scan] blocklists`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocklists: Option<Vec<String>>,
     /// Attachment extensions blocked (default: the built-in list; seeded from
