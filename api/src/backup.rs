@@ -2,6 +2,7 @@
 //! into a directory on its own machine (`bulwark backup` calls it). Recorded as an
 //! `api.action` event (`node.backup`), taken or refused.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
@@ -12,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use bulwark_consensus::backup::{check_destination, BackupManifest};
 use bulwark_storage::{ApiAction, Command, EventKind};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{Access, ClientIp};
 use crate::extract::Body;
@@ -43,18 +44,69 @@ struct BackupRequest {
     name: Option<String>,
 }
 
+/// A backup written: its manifest, as the backup's `bulwark-backup.json` holds it.
+// The API's copy of [`BackupManifest`].
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Backup {
+    /// The layout of the backup (1).
+    format: u32,
+    /// When it was taken, milliseconds since the Unix epoch.
+    created_ms: i64,
+    /// The node that took it.
+    node_id: u64,
+    /// The last log entry the backed-up state holds, and its term.
+    applied_index: u64,
+    applied_term: u64,
+    /// The voters of the cluster, by node id, with their cluster addresses.
+    #[schema(value_type = BTreeMap<String, String>)]
+    voters: BTreeMap<u64, String>,
+    /// Events in the log, and the chain head (hex), for `audit verify` to compare.
+    event_count: u64,
+    chain_head: String,
+    /// Bytes of the state's files.
+    bytes: u64,
+}
+
+impl From<BackupManifest> for Backup {
+    fn from(manifest: BackupManifest) -> Self {
+        // Every field named: one added to the manifest is a compile error here.
+        let BackupManifest {
+            format,
+            created_ms,
+            node_id,
+            applied_index,
+            applied_term,
+            voters,
+            event_count,
+            chain_head,
+            bytes,
+        } = manifest;
+        Backup {
+            format,
+            created_ms,
+            node_id,
+            applied_index,
+            applied_term,
+            voters,
+            event_count,
+            chain_head,
+            bytes,
+        }
+    }
+}
+
 /// `POST /v1/backup {"name": "2026-11-28"}` or `{"to": "/var/lib/bulwark/backups/2026-11-28"}`:
 /// writes the backup inside the node's backup directory (`[backup] dir`) and answers
 /// with its manifest (applied index, event count, chain head, bytes). A destination
 /// outside it (`..`, elsewhere, through a symbolic link) is refused with 400 and
 /// nothing is written.
-#[utoipa::path(post, path = "/v1/backup", tag = "cluster", request_body = BackupRequest, responses((status = 200, description = "written: the backup's manifest"), (status = 400, description = "no destination, not an absolute path, outside the backup directory, or not empty"), (status = 403, description = "not the admin role"), (status = 503, description = "no leader confirmed the node is up to date")), operation_id = "backup")]
+#[utoipa::path(post, path = "/v1/backup", tag = "cluster", request_body = BackupRequest, responses((status = 200, description = "written: the backup's manifest", body = Backup), (status = 400, description = "no destination, not an absolute path, outside the backup directory, or not empty"), (status = 403, description = "not the admin role"), (status = 503, description = "no leader confirmed the node is up to date")), operation_id = "backup")]
 pub(crate) async fn backup(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<Json<BackupManifest>, ApiError> {
+) -> Result<Json<Backup>, ApiError> {
     let caller = s.caller(&headers, Access::Backup)?;
     let request: BackupRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
@@ -76,7 +128,7 @@ pub(crate) async fn backup(
     }
     record(&s, caller.name, client_ip, refused).await;
     match result {
-        Ok(manifest) => Ok(Json(manifest)),
+        Ok(manifest) => Ok(Json(manifest.into())),
         Err(bulwark_consensus::Error::Unavailable(e)) => Err(ApiError::unavailable(e)),
         Err(e) => Err(ApiError::internal(e)),
     }

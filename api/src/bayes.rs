@@ -10,8 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use bulwark_storage::{BayesClass, BayesLesson, Command, MessageId};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{Access, ClientIp};
@@ -35,9 +34,38 @@ pub(crate) struct LessonQuery {
     message_id: Option<String>,
 }
 
+/// A lesson learned.
+// Fields in alphabetical order, here and in the counts: they were JSON objects, whose
+// keys serde_json sorts, and keep their bytes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Learned {
+    /// SHA-256 of the message (hex): a message counts once.
+    digest: String,
+    /// The `bayes.trained` event's hash (hex).
+    hash: String,
+    /// spam, ham or forget.
+    lesson: String,
+    /// The stored message it was, if one was named.
+    #[schema(required)]
+    message_id: Option<String>,
+    /// The `bayes.trained` event's seq.
+    seq: u64,
+    /// Tokens the message gave.
+    tokens: usize,
+}
+
+/// What this node's classifier has learned (`GET /v1/bayes`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Counts {
+    ham_messages: u64,
+    spam_messages: u64,
+    /// Distinct tokens.
+    tokens: usize,
+}
+
 /// `POST /v1/bayes/{spam|ham|forget}`: the request body is the message
 /// (message/rfc822), or empty with `?message_id=` naming a stored message.
-#[utoipa::path(post, path = "/v1/bayes/{lesson}", tag = "bayes", params(("lesson" = String, Path, description = "spam, ham or forget", pattern = "^(spam|ham|forget)$"), LessonQuery), request_body(content = String, content_type = "message/rfc822"), responses((status = 200, description = "learned"), (status = 400, description = "no body and no message_id, both, or a malformed message_id"), (status = 422, description = "the body gives no tokens: not an RFC 5322 message"), (status = 403, description = "a role that may not act on messages"), (status = 404, description = "no such lesson, or no such message")), operation_id = "bayes_learn")]
+#[utoipa::path(post, path = "/v1/bayes/{lesson}", tag = "bayes", params(("lesson" = String, Path, description = "spam, ham or forget", pattern = "^(spam|ham|forget)$"), LessonQuery), request_body(content = String, content_type = "message/rfc822"), responses((status = 200, description = "learned", body = Learned), (status = 400, description = "no body and no message_id, both, or a malformed message_id"), (status = 422, description = "the body gives no tokens: not an RFC 5322 message"), (status = 403, description = "a role that may not act on messages"), (status = 404, description = "no such lesson, or no such message")), operation_id = "bayes_learn")]
 pub(crate) async fn learn(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -45,7 +73,7 @@ pub(crate) async fn learn(
     PathParam(lesson): PathParam<String>,
     query: Result<Query<LessonQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Learned>), ApiError> {
     let user = s.caller(&headers, Access::Act)?.name;
     let class = match lesson.as_str() {
         "spam" => Some(BayesClass::Spam),
@@ -122,29 +150,29 @@ pub(crate) async fn learn(
         .await?;
     Ok((
         StatusCode::OK,
-        Json(json!({
-            "seq": result.seq,
-            "hash": hex::encode(result.hash),
-            "lesson": lesson,
-            "digest": hex::encode(digest),
-            "tokens": token_count,
-            "message_id": message_id.map(|id| id.to_string()),
-        })),
+        Json(Learned {
+            digest: hex::encode(digest),
+            hash: hex::encode(result.hash),
+            lesson,
+            message_id: message_id.map(|id| id.to_string()),
+            seq: result.seq,
+            tokens: token_count,
+        }),
     ))
 }
 
 /// `GET /v1/bayes`: what this node's classifier has learned.
-#[utoipa::path(get, path = "/v1/bayes", tag = "bayes", responses((status = 200, description = "messages learned and distinct tokens"), (status = 403, description = "the siem role")), operation_id = "bayes_counts")]
+#[utoipa::path(get, path = "/v1/bayes", tag = "bayes", responses((status = 200, description = "messages learned and distinct tokens", body = Counts), (status = 403, description = "the siem role")), operation_id = "bayes_counts")]
 pub(crate) async fn counts(
     State(s): State<ApiState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Counts>, ApiError> {
     s.caller(&headers, Access::Messages)?;
     let state = s.node.state();
     let (spam, ham) = state.bayes_totals();
-    Ok(Json(json!({
-        "spam_messages": spam,
-        "ham_messages": ham,
-        "tokens": state.bayes_distinct_tokens(),
-    })))
+    Ok(Json(Counts {
+        ham_messages: ham,
+        spam_messages: spam,
+        tokens: state.bayes_distinct_tokens(),
+    }))
 }

@@ -13,11 +13,13 @@ use axum::Json;
 use bulwark_storage::bundle::{self, Bundle, BundleEvent};
 use bulwark_storage::event::rfc3339;
 use bulwark_storage::{EventFilter, EventKind, MessageId, ReadKind, StateStore};
-use serde::Deserialize;
+use bulwark_storage::{Signers, TrustedKey};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::access::Read;
 use crate::auth::{Access, ClientIp};
+use crate::events::Event;
 use crate::routes::{time_ms, ApiState};
 use crate::ApiError;
 
@@ -39,15 +41,108 @@ pub(crate) struct BundleQuery {
     message_id: Option<String>,
 }
 
+/// An audit bundle, as `bulwark audit verify --bundle` reads it.
+// The API's copy of [`Bundle`].
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EvidenceBundle {
+    /// bulwark-audit-bundle/1.
+    format: String,
+    /// When it was made (RFC 3339 UTC).
+    created: String,
+    /// The node that made it.
+    node: u64,
+    /// What was asked: since, until, message_id.
+    #[schema(value_type = Object)]
+    query: serde_json::Value,
+    /// The seqs of the events asked for, all within `events`.
+    selected: Vec<u64>,
+    /// The run of the chain, in order, without gaps.
+    events: Vec<EvidenceEvent>,
+    /// The keys the cluster trusted for each node's checkpoints, by node id.
+    #[schema(value_type = BTreeMap<String, EvidenceSigners>)]
+    signers: BTreeMap<u64, EvidenceSigners>,
+}
+
+/// One event of a bundle: its stored encoding and its JSON.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EvidenceEvent {
+    /// The event as stored (hex), so its hash can be recomputed.
+    stored: String,
+    event: Event,
+}
+
+/// A node's trusted checkpoint signing keys, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EvidenceSigners {
+    keys: Vec<EvidenceKey>,
+}
+
+/// One Ed25519 public key and the first event seq whose checkpoint it may sign.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EvidenceKey {
+    /// The key's 32 bytes.
+    public_key: Vec<u8>,
+    from_seq: u64,
+}
+
+impl From<Bundle> for EvidenceBundle {
+    fn from(bundle: Bundle) -> Self {
+        // Every field named: one added to the bundle is a compile error here.
+        let Bundle {
+            format,
+            created,
+            node,
+            query,
+            selected,
+            events,
+            signers,
+        } = bundle;
+        let events = events
+            .into_iter()
+            .map(|BundleEvent { stored, event }| EvidenceEvent {
+                stored,
+                event: Event(event),
+            })
+            .collect();
+        let signers = signers
+            .into_iter()
+            .map(|(node, Signers { keys })| {
+                let keys = keys
+                    .into_iter()
+                    .map(
+                        |TrustedKey {
+                             public_key,
+                             from_seq,
+                         }| EvidenceKey {
+                            public_key,
+                            from_seq,
+                        },
+                    )
+                    .collect();
+                (node, EvidenceSigners { keys })
+            })
+            .collect();
+        EvidenceBundle {
+            format,
+            created,
+            node,
+            query,
+            selected,
+            events,
+            signers,
+        }
+    }
+}
+
 /// `GET /v1/audit/bundle?since&until&message_id`: the evidence bundle (JSON) of the
 /// events asked for; recorded as an `access.read` of kind `export`.
-#[utoipa::path(get, path = "/v1/audit/bundle", tag = "events", params(BundleQuery), responses((status = 200, description = "the bundle: the run of the chain, the events asked for, the trusted signing keys"), (status = 400, description = "no filter, a malformed one, nothing matches, or a run longer than 50,000 events"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "audit_bundle")]
+#[utoipa::path(get, path = "/v1/audit/bundle", tag = "events", params(BundleQuery), responses((status = 200, description = "the bundle: the run of the chain, the events asked for, the trusted signing keys", body = EvidenceBundle), (status = 400, description = "no filter, a malformed one, nothing matches, or a run longer than 50,000 events"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "audit_bundle")]
 pub(crate) async fn bundle(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
     query: Result<Query<BundleQuery>, QueryRejection>,
-) -> Result<Json<Bundle>, ApiError> {
+) -> Result<Json<EvidenceBundle>, ApiError> {
     let caller = s.caller(&headers, Access::Events)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if q.since.is_none() && q.until.is_none() && q.message_id.is_none() {
@@ -87,7 +182,7 @@ pub(crate) async fn bundle(
             .await
             .map_err(ApiError::internal)??;
     s.record_read(&caller, client_ip, read).await?;
-    Ok(Json(made))
+    Ok(Json(made.into()))
 }
 
 /// The bundle of the events `filter` selects, as this node's log holds them.

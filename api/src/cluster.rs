@@ -10,8 +10,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use bulwark_consensus::{LeaderCall, LeaderCallError, MembershipChange};
 use bulwark_storage::{Command, EventKind, MembershipChanged};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::auth::{Access, ClientIp};
 use crate::extract::{Body, PathParam};
@@ -34,17 +33,138 @@ impl From<LeaderCallError> for ApiError {
     }
 }
 
+/// The cluster as this node sees it.
+// The API's copy of [`bulwark_consensus::ClusterStatus`].
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Cluster {
+    /// This node's id.
+    node_id: u64,
+    /// Its Raft state: Leader, Follower, Candidate, Learner or Shutdown.
+    state: String,
+    /// The leader it knows of, if any.
+    #[schema(required)]
+    leader_id: Option<u64>,
+    term: u64,
+    /// The last entry of its Raft log.
+    #[schema(required)]
+    last_log_index: Option<u64>,
+    #[schema(required)]
+    commit_index: Option<u64>,
+    /// The last entry applied to its state.
+    #[schema(required)]
+    applied_index: Option<u64>,
+    /// The last entry its latest snapshot holds.
+    #[schema(required)]
+    snapshot_index: Option<u64>,
+    /// Hash of the last event of the audit trail (hex).
+    chain_head: String,
+    /// Events in its audit trail.
+    event_count: u64,
+    members: Vec<Member>,
+}
+
+/// One member of the cluster.
+// The API's copy of [`bulwark_consensus::MemberStatus`].
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Member {
+    id: u64,
+    /// Its cluster listener, `host:port` (empty for a single node's own).
+    addr: String,
+    /// It votes (else: a learner).
+    voter: bool,
+    /// Last log index known to be replicated to it (on the leader).
+    #[schema(required)]
+    matched_index: Option<u64>,
+    /// Entries it is behind the leader's log (on the leader).
+    #[schema(required)]
+    lag: Option<u64>,
+}
+
+impl From<bulwark_consensus::ClusterStatus> for Cluster {
+    fn from(status: bulwark_consensus::ClusterStatus) -> Self {
+        // Every field named: one added to the status is a compile error here.
+        let bulwark_consensus::ClusterStatus {
+            node_id,
+            state,
+            leader_id,
+            term,
+            last_log_index,
+            commit_index,
+            applied_index,
+            snapshot_index,
+            chain_head,
+            event_count,
+            members,
+        } = status;
+        let members = members
+            .into_iter()
+            .map(|member| {
+                let bulwark_consensus::MemberStatus {
+                    id,
+                    addr,
+                    voter,
+                    matched_index,
+                    lag,
+                } = member;
+                Member {
+                    id,
+                    addr,
+                    voter,
+                    matched_index,
+                    lag,
+                }
+            })
+            .collect();
+        Cluster {
+            node_id,
+            state,
+            leader_id,
+            term,
+            last_log_index,
+            commit_index,
+            applied_index,
+            snapshot_index,
+            chain_head,
+            event_count,
+            members,
+        }
+    }
+}
+
+/// A membership change made.
+// Fields in alphabetical order, and `cluster`'s too: the answer was a JSON object,
+// whose keys serde_json sorts, and keeps its bytes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct MemberChanged {
+    /// cluster.add_learner, cluster.promote or cluster.remove.
+    action: &'static str,
+    /// The cluster as this node sees it once the change is made.
+    #[serde(serialize_with = "sorted")]
+    cluster: Cluster,
+    /// The Raft log index of the membership entry.
+    log_index: u64,
+    /// The member's node id.
+    member: u64,
+}
+
+/// Serializes `value` with the keys of its objects in alphabetical order.
+fn sorted<T: Serialize, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(value)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(serializer)
+}
+
 /// `GET /v1/cluster`: members, roles, leader, term, indexes, lags, chain head.
 /// Without a token unless `api.public_status = false`.
-#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security((), ("bearer" = [])), responses((status = 200, description = "members, leader, term, commit and applied indexes, lags, chain head"), (status = 403, description = "api.public_status = false and a role that may not read it")), operation_id = "cluster_status")]
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security((), ("bearer" = [])), responses((status = 200, description = "members, leader, term, commit and applied indexes, lags, chain head", body = Cluster), (status = 403, description = "api.public_status = false and a role that may not read it")), operation_id = "cluster_status")]
 pub(crate) async fn status(
     State(s): State<ApiState>,
     headers: HeaderMap,
-) -> Result<Json<bulwark_consensus::ClusterStatus>, ApiError> {
+) -> Result<Json<Cluster>, ApiError> {
     if !s.public_status {
         s.caller(&headers, Access::Status)?;
     }
-    Ok(Json(s.node.status()))
+    Ok(Json(s.node.status().into()))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -59,13 +179,13 @@ struct AddMember {
 
 /// `POST /v1/cluster/members {"id": 4, "addr": "10.0.0.4:7001"}`: the node becomes
 /// a learner; the leader starts sending it the log (or a snapshot).
-#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", request_body = AddMember, responses((status = 200, description = "added as a learner"), (status = 400, description = "malformed"), (status = 403, description = "not the admin role"), (status = 409, description = "already a member"), (status = 503, description = "no leader answered")), operation_id = "cluster_add")]
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", request_body = AddMember, responses((status = 200, description = "added as a learner", body = MemberChanged), (status = 400, description = "malformed"), (status = 403, description = "not the admin role"), (status = 409, description = "already a member"), (status = 503, description = "no leader answered")), operation_id = "cluster_add")]
 pub(crate) async fn add(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MemberChanged>, ApiError> {
     let caller = s.caller(&headers, Access::Cluster)?;
     let request: AddMember =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
@@ -85,13 +205,13 @@ pub(crate) async fn add(
 
 /// `POST /v1/cluster/members/{id}/promote`: the learner becomes a voter (refused
 /// while it is more than a few entries behind).
-#[utoipa::path(post, path = "/v1/cluster/members/{id}/promote", tag = "cluster", params(("id" = u64, Path, description = "node id", minimum = 1, maximum = 9223372036854775807_i64)), responses((status = 200, description = "now a voter"), (status = 400, description = "not a node id"), (status = 403, description = "not the admin role"), (status = 404, description = "not a member"), (status = 409, description = "already a voter, or still behind"), (status = 503, description = "no leader answered")), operation_id = "cluster_promote")]
+#[utoipa::path(post, path = "/v1/cluster/members/{id}/promote", tag = "cluster", params(("id" = u64, Path, description = "node id", minimum = 1, maximum = 9223372036854775807_i64)), responses((status = 200, description = "now a voter", body = MemberChanged), (status = 400, description = "not a node id"), (status = 403, description = "not the admin role"), (status = 404, description = "not a member"), (status = 409, description = "already a voter, or still behind"), (status = 503, description = "no leader answered")), operation_id = "cluster_promote")]
 pub(crate) async fn promote(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
     PathParam(id): PathParam<u64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MemberChanged>, ApiError> {
     let caller = s.caller(&headers, Access::Cluster)?;
     let id = node_id(id)?;
     change(&s, MembershipChange::Promote { id }, caller.name, client_ip).await
@@ -99,13 +219,13 @@ pub(crate) async fn promote(
 
 /// `DELETE /v1/cluster/members/{id}`: the member leaves the cluster (a voter leaves
 /// the quorum too; the last voter cannot be removed).
-#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path, description = "node id", minimum = 1, maximum = 9223372036854775807_i64)), responses((status = 200, description = "removed"), (status = 400, description = "not a node id"), (status = 403, description = "not the admin role"), (status = 503, description = "no leader answered"), (status = 404, description = "not a member"), (status = 409, description = "the only voter")), operation_id = "cluster_remove")]
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", params(("id" = u64, Path, description = "node id", minimum = 1, maximum = 9223372036854775807_i64)), responses((status = 200, description = "removed", body = MemberChanged), (status = 400, description = "not a node id"), (status = 403, description = "not the admin role"), (status = 503, description = "no leader answered"), (status = 404, description = "not a member"), (status = 409, description = "the only voter")), operation_id = "cluster_remove")]
 pub(crate) async fn remove(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
     headers: HeaderMap,
     PathParam(id): PathParam<u64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MemberChanged>, ApiError> {
     let caller = s.caller(&headers, Access::Cluster)?;
     let id = node_id(id)?;
     change(&s, MembershipChange::Remove { id }, caller.name, client_ip).await
@@ -136,7 +256,7 @@ async fn change(
     change: MembershipChange,
     user: String,
     client_ip: Option<std::net::IpAddr>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MemberChanged>, ApiError> {
     let member = change.member();
     let (action, addr) = match &change {
         MembershipChange::AddLearner { addr, .. } => ("cluster.add_learner", Some(addr.clone())),
@@ -169,11 +289,11 @@ async fn change(
             ))))
             .await?;
     }
-    let index = result?;
-    Ok(Json(json!({
-        "action": action,
-        "member": member,
-        "log_index": index,
-        "cluster": s.node.status(),
-    })))
+    let log_index = result?;
+    Ok(Json(MemberChanged {
+        action,
+        cluster: s.node.status().into(),
+        log_index,
+        member,
+    }))
 }

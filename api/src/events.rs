@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bulwark_storage::{EventFilter, MessageId, ReadKind, StoredEvent};
 use futures::stream::{self, Stream};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::access::Read;
@@ -26,6 +26,64 @@ use crate::ApiError;
 const PAGE: usize = 1000;
 /// How often a stream with nothing new looks again.
 const POLL: Duration = Duration::from_millis(200);
+
+/// One event as the API shows it ([`StoredEvent::to_json`]): the fields every event
+/// has, and those of its type.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub(crate) struct Event(pub(crate) Value);
+
+impl From<&StoredEvent> for Event {
+    fn from(event: &StoredEvent) -> Self {
+        Event(event.to_json())
+    }
+}
+
+impl utoipa::PartialSchema for Event {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let text = |description: &str| json!({ "type": "string", "description": description });
+        let number = |description: &str| {
+            json!({
+                "type": "integer", "format": "int64", "minimum": 0, "description": description,
+            })
+        };
+        crate::routes::schema_of(json!({
+            "type": "object",
+            "description": "An event of the audit trail: the fields every event has, and \
+                            those of its type, named after Elastic Common Schema where it \
+                            has one (email.from.address, source.ip, user.name, ...)",
+            "properties": {
+                "seq": number("its place in the log, from 1"),
+                "time": text("when it was recorded, RFC 3339 UTC"),
+                "type": text("a dotted name: message.received, scan.verdict, delivery.succeeded, \
+                              api.action, access.read, policy.changed, ..."),
+                "node": number("the node that recorded it"),
+                "raft_index": number("the Raft log entry that carried it"),
+                "hash": text("SHA-256 of the event and the previous hash (hex)"),
+                "prev_hash": text("the previous event's hash (hex)"),
+                "message_id": text("the message it is about, where it is about one"),
+            },
+            "required": ["seq", "time", "type", "node", "raft_index", "hash", "prev_hash"],
+            "additionalProperties": true,
+        }))
+    }
+}
+
+impl utoipa::ToSchema for Event {}
+
+/// A page of the log.
+// Fields in alphabetical order: the answer was a JSON object, whose keys serde_json
+// sorts, and keeps its bytes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EventPage {
+    /// The Raft index this node had applied when it read the page.
+    #[schema(required)]
+    applied_index: Option<u64>,
+    events: Vec<Event>,
+    /// The `after` of the next page; null at the end of the log as it stands.
+    #[schema(required)]
+    next: Option<u64>,
+}
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -134,13 +192,13 @@ impl EventQuery {
 /// `{"events": [...], "next": SEQ|null, "applied_index": N}`. A page also ends after
 /// a bounded number of events read, with `next` to go on from, so a selective
 /// filter answers quickly with fewer events rather than slowly with more.
-#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery), responses((status = 200, description = "{events, next, applied_index}"), (status = 400, description = "a malformed filter")), operation_id = "events_list")]
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery), responses((status = 200, description = "{events, next, applied_index}", body = EventPage), (status = 400, description = "a malformed filter")), operation_id = "events_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
     query: Result<Query<EventQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     let caller = s.caller(&headers, Access::Events)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = page_limit(q.limit)?;
@@ -159,10 +217,11 @@ pub(crate) async fn list(
         tokio::task::spawn_blocking(move || node.state().events(&filter, after, limit))
             .await
             .map_err(ApiError::internal)??;
-    let events: Vec<Value> = events.iter().map(|e| e.to_json()).collect();
-    Ok(Json(
-        json!({ "events": events, "next": next, "applied_index": applied }),
-    ))
+    Ok(Json(EventPage {
+        applied_index: applied,
+        events: events.iter().map(Event::from).collect(),
+        next,
+    }))
 }
 
 /// One page of events after `after` from the node's store, and the cursor to go on
@@ -182,7 +241,7 @@ async fn page(
 
 /// `GET /v1/events/export?` the filters of [`list`] but `limit`: every matching event up to the end
 /// of the log at the time of reading, one JSON object a line (`application/x-ndjson`).
-#[utoipa::path(get, path = "/v1/events/export", tag = "events", params(EventQuery), responses((status = 200, description = "every matching event, one JSON object a line", content_type = "application/x-ndjson"), (status = 400, description = "a malformed filter, or a limit")), operation_id = "events_export")]
+#[utoipa::path(get, path = "/v1/events/export", tag = "events", params(EventQuery), responses((status = 200, description = "every matching event, one JSON object a line: each line an Event", body = Event, content_type = "application/x-ndjson"), (status = 400, description = "a malformed filter, or a limit")), operation_id = "events_export")]
 pub(crate) async fn export(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -242,7 +301,7 @@ pub(crate) struct StreamQuery {
 /// `Last-Event-ID` a reconnecting client sends), then each new one as it is applied
 /// on this node; each a server-sent event whose id is its seq and whose data is its
 /// JSON. Without either, the tail starts at the end of the log.
-#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "resume after this seq", minimum = 0, maximum = 9223372036854775807_i64)), responses((status = 200, description = "server-sent events, id = seq", content_type = "text/event-stream"), (status = 400, description = "a malformed after, type or Last-Event-ID")), operation_id = "events_tail")]
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery, ("Last-Event-ID" = Option<u64>, Header, description = "resume after this seq", minimum = 0, maximum = 9223372036854775807_i64)), responses((status = 200, description = "server-sent events: id = seq, event = the type, data = the Event", body = Event, content_type = "text/event-stream"), (status = 400, description = "a malformed after, type or Last-Event-ID")), operation_id = "events_tail")]
 pub(crate) async fn tail(
     State(s): State<ApiState>,
     headers: HeaderMap,

@@ -86,6 +86,8 @@ pub(crate) struct HistoryEntry {
     /// Who made it: a token's name, or `config@nodeN` for a policy seeded from node
     /// N's configuration.
     by: String,
+    /// The address the change came from (none for a seeded policy).
+    #[schema(required)]
     source_ip: Option<String>,
     reason: String,
     /// One line a change, against the version before.
@@ -108,14 +110,115 @@ impl From<&PolicyVersion> for HistoryEntry {
     }
 }
 
+/// A version of the policy, whole: who made it, when and why, what it changed, the
+/// version this node judges by, and the policy.
+// Fields in alphabetical order, here and in the change's answer: they were JSON
+// objects, whose keys serde_json sorts, and keep their bytes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PolicyAnswer {
+    /// Who made it: a token's name, or `config@nodeN` for a policy seeded from node
+    /// N's configuration.
+    by: String,
+    /// One line a change, against the version before.
+    diff: Vec<String>,
+    /// SHA-256 of the version's canonical JSON, hex.
+    hash: String,
+    /// The version this node judges messages by now (0: its own `[policy]`).
+    judging: u64,
+    /// The policy: the `[policy]` keys as JSON.
+    #[schema(value_type = Object)]
+    policy: Value,
+    reason: String,
+    #[schema(required)]
+    source_ip: Option<String>,
+    /// When it was made (RFC 3339 UTC).
+    time: String,
+    version: u64,
+}
+
+/// What a change made (`PUT /v1/policy`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PolicyChanged {
+    /// False when the policy was the current one already: nothing was recorded.
+    changed: bool,
+    /// The `policy.changed` event's hash (hex), when changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<String>,
+    /// The `policy.changed` event's seq, when changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    /// The current version: the new one, or the unchanged one.
+    version: u64,
+}
+
+/// What a proposed policy would change ([`PolicyEngine::simulate`]'s answer).
+#[derive(Serialize)]
+#[serde(transparent)]
+pub(crate) struct Simulation(Value);
+
+impl utoipa::PartialSchema for Simulation {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let count = |about: &str| json!({ "type": "integer", "minimum": 0, "description": about });
+        crate::routes::schema_of(json!({
+            "type": "object",
+            "description": "The decisions of the range decided again by the proposed policy",
+            "properties": {
+                "judged": count("decisions tried"),
+                "changed": count("decisions the proposed policy would change"),
+                "unchanged": count("decisions it would keep"),
+                "changes": {
+                    "type": "array",
+                    "description": "by recorded action and the proposed policy's",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "from": { "type": "string", "description": "the action on record" },
+                            "to": { "type": "string", "description": "the proposed policy's" },
+                            "count": count("decisions"),
+                            "examples": {
+                                "type": "array",
+                                "items": { "type": "string" },
+                                "description": "the first message ids (at most 10)",
+                            },
+                        },
+                        "required": ["from", "to", "count", "examples"],
+                    },
+                },
+                "without_header_from": count(
+                    "rejections recorded before the From address was kept: tried with the \
+                     envelope sender alone"
+                ),
+                "needs_rescan": {
+                    "type": "array",
+                    "items": { "type": "string" },
+                    "description": "changed keys a simulation cannot decide (rules, \
+                                    signatures, blocklists): the messages would have to be \
+                                    scanned again",
+                },
+                "next": {
+                    "type": ["integer", "null"],
+                    "minimum": 0,
+                    "description": "the after to go on from; null once the range is done",
+                },
+            },
+            "required": [
+                "judged", "changed", "unchanged", "changes", "without_header_from",
+                "needs_rescan", "next",
+            ],
+        }))
+    }
+}
+
+impl utoipa::ToSchema for Simulation {}
+
 /// `GET /v1/policy?version`: the current version (or an earlier one) whole, with
 /// who made it, when and why, and the version this node judges by (`judging`).
-#[utoipa::path(get, path = "/v1/policy", tag = "policy", params(VersionQuery), responses((status = 200, description = "version, hash, who, when, why, diff and the policy"), (status = 404, description = "no such version, or the cluster has no policy yet"), (status = 403, description = "the metrics role")), operation_id = "policy_get")]
+#[utoipa::path(get, path = "/v1/policy", tag = "policy", params(VersionQuery), responses((status = 200, description = "version, hash, who, when, why, diff and the policy", body = PolicyAnswer), (status = 404, description = "no such version, or the cluster has no policy yet"), (status = 403, description = "the metrics role")), operation_id = "policy_get")]
 pub(crate) async fn get(
     State(s): State<ApiState>,
     headers: HeaderMap,
     query: Result<Query<VersionQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PolicyAnswer>, ApiError> {
     s.caller(&headers, Access::Policy)?;
     let Query(query) = query?;
     if query.version.is_some_and(|v| v > MAX_NUMBER) {
@@ -134,12 +237,27 @@ pub(crate) async fn get(
         Some(version) => ApiError::not_found(format!("no policy version {version}")),
         None => ApiError::not_found("the cluster has no policy yet"),
     })?;
-    let document: Value = serde_json::from_str(&version.document).map_err(ApiError::internal)?;
-    let mut answer =
-        serde_json::to_value(HistoryEntry::from(&version)).map_err(ApiError::internal)?;
-    answer["judging"] = s.policy.judging().into();
-    answer["policy"] = document;
-    Ok(Json(answer))
+    let policy: Value = serde_json::from_str(&version.document).map_err(ApiError::internal)?;
+    let HistoryEntry {
+        version,
+        time,
+        by,
+        source_ip,
+        reason,
+        diff,
+        hash,
+    } = HistoryEntry::from(&version);
+    Ok(Json(PolicyAnswer {
+        by,
+        diff,
+        hash,
+        judging: s.policy.judging(),
+        policy,
+        reason,
+        source_ip,
+        time,
+        version,
+    }))
 }
 
 /// `GET /v1/policy/history`: every version, oldest first, with who made it, when,
@@ -159,7 +277,7 @@ pub(crate) async fn history(
 
 /// `PUT /v1/policy` with `{"base_version", "policy", "reason"}`: the next version,
 /// made from `base_version`.
-#[utoipa::path(put, path = "/v1/policy", tag = "policy", request_body = ChangeRequest, responses((status = 200, description = "the new version (or the current one, unchanged, when the policy is the same)"), (status = 409, description = "base_version is not the current version"), (status = 422, description = "the policy does not validate: every problem in `errors`"), (status = 403, description = "not admin, or an operator changing more than the allow and block lists")), operation_id = "policy_change")]
+#[utoipa::path(put, path = "/v1/policy", tag = "policy", request_body = ChangeRequest, responses((status = 200, description = "the new version (or the current one, unchanged, when the policy is the same)", body = PolicyChanged), (status = 409, description = "base_version is not the current version"), (status = 422, description = "the policy does not validate: every problem in `errors`"), (status = 403, description = "not admin, or an operator changing more than the allow and block lists")), operation_id = "policy_change")]
 pub(crate) async fn change(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -195,7 +313,13 @@ pub(crate) async fn change(
         return Err(stale(current_version, request.base_version));
     }
     if current.as_ref().is_some_and(|c| c.document == document) {
-        return Ok(Json(json!({ "version": current_version, "changed": false })).into_response());
+        let unchanged = PolicyChanged {
+            changed: false,
+            hash: None,
+            seq: None,
+            version: current_version,
+        };
+        return Ok(Json(unchanged).into_response());
     }
     if caller.role != Role::Admin {
         let old = current
@@ -227,12 +351,12 @@ pub(crate) async fn change(
     match result.refused {
         Some(reason) if reason.starts_with(POLICY_STALE) => Err(ApiError::conflict(reason)),
         Some(reason) => Ok(unprocessable(vec![reason])),
-        None => Ok(Json(json!({
-            "version": request.base_version + 1,
-            "changed": true,
-            "seq": result.seq,
-            "hash": hex::encode(result.hash),
-        }))
+        None => Ok(Json(PolicyChanged {
+            changed: true,
+            hash: Some(hex::encode(result.hash)),
+            seq: Some(result.seq),
+            version: request.base_version + 1,
+        })
         .into_response()),
     }
 }
@@ -258,7 +382,7 @@ pub(crate) struct SimulateRequest {
 /// was recorded with them (no rescan, no DNS): how many would change, from which
 /// action to which, with example message ids. A large range is answered a part at a
 /// time: `next` says where to go on (`after`), null once the range is done.
-#[utoipa::path(post, path = "/v1/policy/simulate", tag = "policy", request_body = SimulateRequest, responses((status = 200, description = "judged, changed, unchanged, changes [{from, to, count, examples}], next"), (status = 422, description = "the policy does not validate: every problem in `errors`"), (status = 403, description = "a role that may not read the policy or the messages' verdicts")), operation_id = "policy_simulate")]
+#[utoipa::path(post, path = "/v1/policy/simulate", tag = "policy", request_body = SimulateRequest, responses((status = 200, description = "judged, changed, unchanged, changes [{from, to, count, examples}], next", body = Simulation), (status = 422, description = "the policy does not validate: every problem in `errors`"), (status = 403, description = "a role that may not read the policy or the messages' verdicts")), operation_id = "policy_simulate")]
 pub(crate) async fn simulate(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -291,7 +415,7 @@ pub(crate) async fn simulate(
     .await
     .map_err(ApiError::internal)??;
     match answer {
-        Ok(answer) => Ok(Json(answer).into_response()),
+        Ok(answer) => Ok(Json(Simulation(answer)).into_response()),
         Err(problems) => Ok(unprocessable(problems)),
     }
 }

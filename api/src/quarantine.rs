@@ -15,13 +15,14 @@ use bulwark_storage::{
     Command, EventFilter, MessageId, QuarantineAction, QuarantineCommand, QuarantineFilter,
     QuarantineRecord, ReadKind,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::access::{Read, ReadReason};
 use crate::auth::{Access, ClientIp};
+use crate::events::Event;
 use crate::extract::{Body, PathParam};
-use crate::routes::{page_limit, time_ms, ApiState};
+use crate::routes::{page_limit, time_ms, ApiState, MessageAction};
 use crate::ApiError;
 
 /// Renders a stored message for reading without running any of it: headers, text,
@@ -51,15 +52,69 @@ pub(crate) struct ListQuery {
     limit: Option<usize>,
 }
 
+/// One quarantined message as the listing shows it.
+// Fields in alphabetical order, here and in the other answers of this module: they
+// were JSON objects, whose keys serde_json sorts, and keep their bytes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct QuarantineItem {
+    /// The `From` header's address, if it had one.
+    #[schema(required)]
+    from: Option<String>,
+    id: String,
+    /// When it was quarantined (RFC 3339 UTC).
+    quarantined: String,
+    /// Why: the verdict's reason.
+    reason: String,
+    /// The envelope's recipients.
+    recipients: Vec<String>,
+    /// The verdict's score.
+    score: f64,
+    /// The envelope's sender (empty for a bounce).
+    sender: String,
+    /// Bytes as received.
+    size: u64,
+    /// The `Subject` header, if it had one.
+    #[schema(required)]
+    subject: Option<String>,
+}
+
+impl From<&QuarantineRecord> for QuarantineItem {
+    fn from(record: &QuarantineRecord) -> Self {
+        QuarantineItem {
+            from: record.header_from.clone(),
+            id: record.message_id.to_string(),
+            quarantined: rfc3339(record.time_ms),
+            reason: record.reason.clone(),
+            recipients: record.recipients.clone(),
+            score: record.score,
+            sender: record.mail_from.clone(),
+            size: record.size,
+            subject: record.subject.clone(),
+        }
+    }
+}
+
+/// A page of the quarantine (`GET /v1/quarantine`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct QuarantinePage {
+    /// The Raft index this node had applied when it read the page.
+    #[schema(required)]
+    applied_index: Option<u64>,
+    items: Vec<QuarantineItem>,
+    /// The `after` of the next page; null when there is none.
+    #[schema(required)]
+    next: Option<String>,
+}
+
 /// `GET /v1/quarantine`: `{"items": [...], "next": ID|null, "applied_index": N}`,
 /// oldest first, as this node has applied the quarantine.
-#[utoipa::path(get, path = "/v1/quarantine", tag = "quarantine", params(ListQuery), responses((status = 200, description = "{items, next, applied_index}"), (status = 400, description = "a malformed filter"), (status = 403, description = "the siem role")), operation_id = "quarantine_list")]
+#[utoipa::path(get, path = "/v1/quarantine", tag = "quarantine", params(ListQuery), responses((status = 200, description = "{items, next, applied_index}", body = QuarantinePage), (status = 400, description = "a malformed filter"), (status = 403, description = "the siem role")), operation_id = "quarantine_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QuarantinePage>, ApiError> {
     let caller = s.caller(&headers, Access::Messages)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let applied = s.node.status().applied_index;
@@ -71,12 +126,11 @@ pub(crate) async fn list(
     };
     let (records, next) = matching(&s, q).await?;
     s.record_read(&caller, client_ip, read).await?;
-    let items: Vec<Value> = records.iter().map(item).collect();
-    Ok(Json(json!({
-        "items": items,
-        "next": next.map(|id| id.to_string()),
-        "applied_index": applied,
-    })))
+    Ok(Json(QuarantinePage {
+        applied_index: applied,
+        items: records.iter().map(QuarantineItem::from).collect(),
+        next: next.map(|id| id.to_string()),
+    }))
 }
 
 impl ListQuery {
@@ -127,31 +181,50 @@ async fn matching(
     Ok(page)
 }
 
+/// What a release or deletion of one page of messages did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct BulkOutcome {
+    /// quarantine.release or quarantine.delete.
+    action: &'static str,
+    /// The messages it was done to.
+    done: Vec<String>,
+    /// Why some failed (the first such error), if any did.
+    #[schema(required)]
+    error: Option<String>,
+    /// The messages not known to be done (no quorum in time): the caller may retry them.
+    failed: Vec<String>,
+    /// The `after` of the next page; null when there is none.
+    #[schema(required)]
+    next: Option<String>,
+    /// The messages no longer in the quarantine.
+    refused: Vec<String>,
+}
+
 /// `POST /v1/quarantine/release?FILTERS` with `{"reason": "..."}`: releases one page
 /// of the matching messages (`limit`, default 100); `next` says where the next page
 /// starts, `null` when there is none.
-#[utoipa::path(post, path = "/v1/quarantine/release", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page released, each with its outcome; next"), (status = 400, description = "no filter"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_release_matching")]
+#[utoipa::path(post, path = "/v1/quarantine/release", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page released, each with its outcome; next", body = BulkOutcome), (status = 400, description = "no filter"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_release_matching")]
 pub(crate) async fn release_matching(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     query: Result<Query<ListQuery>, QueryRejection>,
     Body(body): Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BulkOutcome>, ApiError> {
     let reason = reason_of(&body, true);
     bulk(state, headers, ip, query, QuarantineAction::Release, reason).await
 }
 
 /// `POST /v1/quarantine/delete?FILTERS` with `{"reason": "..."}` (or no body):
 /// deletes one page of the matching messages, as [`release_matching`] releases them.
-#[utoipa::path(post, path = "/v1/quarantine/delete", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page deleted, each with its outcome; next"), (status = 400, description = "no filter"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_delete_matching")]
+#[utoipa::path(post, path = "/v1/quarantine/delete", tag = "quarantine", params(ListQuery), request_body = ReasonRequest, responses((status = 200, description = "one page deleted, each with its outcome; next", body = BulkOutcome), (status = 400, description = "no filter"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_delete_matching")]
 pub(crate) async fn delete_matching(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     query: Result<Query<ListQuery>, QueryRejection>,
     Body(body): Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BulkOutcome>, ApiError> {
     let reason = reason_of(&body, false);
     bulk(state, headers, ip, query, QuarantineAction::Delete, reason).await
 }
@@ -182,7 +255,7 @@ async fn bulk(
     query: Result<Query<ListQuery>, QueryRejection>,
     action: QuarantineAction,
     reason: Result<String, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BulkOutcome>, ApiError> {
     let user = s.caller(&headers, Access::Act)?.name;
     let reason = reason?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -228,29 +301,126 @@ async fn bulk(
             .map(|(r, _)| r.message_id.to_string())
             .collect()
     };
-    let error = outcome.iter().find_map(|o| o.as_ref().err());
-    Ok(Json(json!({
-        "action": action.as_str(),
-        "done": ids(&|o| o == &Ok(true)),
-        "refused": ids(&|o| o == &Ok(false)),
-        "failed": ids(&|o| o.is_err()),
-        "error": error,
-        "next": next.map(|id| id.to_string()),
-    })))
+    let error = outcome.iter().find_map(|o| o.as_ref().err()).cloned();
+    Ok(Json(BulkOutcome {
+        action: action.as_str(),
+        done: ids(&|o| o == &Ok(true)),
+        error,
+        failed: ids(&|o| o.is_err()),
+        next: next.map(|id| id.to_string()),
+        refused: ids(&|o| o == &Ok(false)),
+    }))
 }
+
+/// A quarantined message with its verdict and a preview.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct QuarantineDetail {
+    /// The Raft index this node had applied when it read the message.
+    #[schema(required)]
+    applied_index: Option<u64>,
+    /// The `From` header's address, if it had one.
+    #[schema(required)]
+    from: Option<String>,
+    id: String,
+    /// What the message says; null when its body is gone.
+    #[schema(required)]
+    preview: Option<Preview>,
+    /// When it was quarantined (RFC 3339 UTC).
+    quarantined: String,
+    /// Why: the verdict's reason.
+    reason: String,
+    /// The envelope's recipients.
+    recipients: Vec<String>,
+    /// The verdict's score.
+    score: f64,
+    /// The envelope's sender (empty for a bounce).
+    sender: String,
+    /// Bytes as received.
+    size: u64,
+    /// The `Subject` header, if it had one.
+    #[schema(required)]
+    subject: Option<String>,
+    /// The `scan.verdict` event that put it there.
+    #[schema(required)]
+    verdict: Option<Event>,
+}
+
+/// A quarantined message's content for its reader.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(crate) enum Preview {
+    /// What the message says.
+    Shown(Rendered),
+    /// A role that may not read message contents: why not.
+    Withheld { withheld: String },
+}
+
+/// A message rendered for reading by the node's [`Previewer`], none of it run.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub(crate) struct Rendered(Value);
+
+impl utoipa::PartialSchema for Rendered {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let text = |description: &str| json!({ "type": "string", "description": description });
+        let maybe =
+            |description: &str| json!({ "type": ["string", "null"], "description": description });
+        crate::routes::schema_of(json!({
+            "type": "object",
+            "description": "The message parsed for reading, none of it run: its headers, \
+                            its text, its HTML turned into text, and its attachments",
+            "properties": {
+                "headers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": { "name": text("as written"), "value": text("decoded") },
+                        "required": ["name", "value"],
+                    },
+                },
+                "text": maybe("the text/plain body"),
+                "html_text": maybe("the HTML body as text, without markup"),
+                "attachments": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "location": text("where in the message, e.g. part 2"),
+                            "name": maybe("its file name"),
+                            "declared_type": maybe("the media type it declares"),
+                            "detected_type": maybe("the media type its content shows"),
+                            "size": { "type": "integer", "minimum": 0 },
+                            "sha256": text("SHA-256 of its content (hex)"),
+                            "in_archive": { "type": "boolean" },
+                        },
+                        "required": [
+                            "location", "name", "declared_type", "detected_type", "size",
+                            "sha256", "in_archive",
+                        ],
+                    },
+                },
+                "truncated": { "type": "boolean", "description": "some of it is left out" },
+                "parsed": { "type": "boolean", "description": "false: not a MIME message" },
+            },
+            "required": ["headers", "text", "html_text", "attachments", "truncated", "parsed"],
+        }))
+    }
+}
+
+impl utoipa::ToSchema for Rendered {}
 
 /// `GET /v1/quarantine/{id}?reason`: the record, the verdict that put the message
 /// there and a preview of its content (withheld from roles that may not read
 /// contents). Recorded as an `access.read` of kind `preview` (`trace` when the
 /// preview was withheld).
-#[utoipa::path(get, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), ReadReason), responses((status = 200, description = "record, verdict and a safe preview"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "quarantine_detail")]
+#[utoipa::path(get, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), ReadReason), responses((status = 200, description = "record, verdict and a safe preview", body = QuarantineDetail), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "the siem role"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "quarantine_detail")]
 pub(crate) async fn detail(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
     PathParam(id): PathParam<String>,
     query: Result<Query<ReadReason>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QuarantineDetail>, ApiError> {
     let caller = s.caller(&headers, Access::Messages)?;
     let id = message_id("id", &id)?;
     let Query(reason) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -269,7 +439,7 @@ pub(crate) async fn detail(
             ..Default::default()
         };
         let (events, _) = state.events(&filter, 0, VERDICT_EVENTS)?;
-        Ok((Some(record), body, events.first().map(|e| e.to_json())))
+        Ok((Some(record), body, events.first().map(Event::from)))
     })
     .await
     .map_err(ApiError::internal)??;
@@ -289,28 +459,52 @@ pub(crate) async fn detail(
     // Metadata for every role that reads messages; what the message says only for
     // those that may read contents.
     let preview = match body {
-        Some(_) if !Access::Content.allows(caller.role) => json!({
-            "withheld": format!("the {} role may not read message contents", caller.role.as_str())
+        Some(_) if !Access::Content.allows(caller.role) => Some(Preview::Withheld {
+            withheld: format!(
+                "the {} role may not read message contents",
+                caller.role.as_str()
+            ),
         }),
         Some(body) => {
             let preview = s.preview.clone();
-            tokio::task::spawn_blocking(move || preview(&body))
+            let rendered = tokio::task::spawn_blocking(move || preview(&body))
                 .await
-                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?;
+            Some(Preview::Shown(Rendered(rendered)))
         }
-        None => Value::Null,
+        None => None,
     };
-    let mut out = item(&record);
-    out["verdict"] = verdict.unwrap_or(Value::Null);
-    out["preview"] = preview;
-    out["applied_index"] = applied.into();
-    Ok(Json(out))
+    let QuarantineItem {
+        from,
+        id,
+        quarantined,
+        reason,
+        recipients,
+        score,
+        sender,
+        size,
+        subject,
+    } = QuarantineItem::from(&record);
+    Ok(Json(QuarantineDetail {
+        applied_index: applied,
+        from,
+        id,
+        preview,
+        quarantined,
+        reason,
+        recipients,
+        score,
+        sender,
+        size,
+        subject,
+        verdict,
+    }))
 }
 
 /// `GET /v1/quarantine/{id}/raw?reason`: the message as received, as a download
 /// (`message/rfc822`, never rendered inline). Recorded as an `access.read` of kind
 /// `raw`.
-#[utoipa::path(get, path = "/v1/quarantine/{id}/raw", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), ReadReason), responses((status = 200, description = "the message as received", content_type = "message/rfc822"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not read message contents"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "quarantine_raw")]
+#[utoipa::path(get, path = "/v1/quarantine/{id}/raw", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), ReadReason), responses((status = 200, description = "the message as received", body = String, content_type = "message/rfc822"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not read message contents"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "quarantine_raw")]
 pub(crate) async fn raw(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -368,14 +562,14 @@ struct ReasonRequest {
 
 /// `POST /v1/quarantine/{id}/release` with `{"reason": "..."}`: the message joins the
 /// delivery queue.
-#[utoipa::path(post, path = "/v1/quarantine/{id}/release", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), request_body = ReasonRequest, responses((status = 200, description = "queued for delivery"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or no reason"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_release")]
+#[utoipa::path(post, path = "/v1/quarantine/{id}/release", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), request_body = ReasonRequest, responses((status = 200, description = "queued for delivery", body = MessageAction), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or no reason"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_release")]
 pub(crate) async fn release(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     id: PathParam<String>,
     Body(body): Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageAction>, ApiError> {
     let reason = reason_of(&body, true);
     decide(state, headers, ip, id, QuarantineAction::Release, reason).await
 }
@@ -388,14 +582,14 @@ pub(crate) struct DeleteQuery {
 }
 
 /// `DELETE /v1/quarantine/{id}[?reason=...]`: the message and its body are removed.
-#[utoipa::path(delete, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), DeleteQuery), responses((status = 200, description = "deleted with its body"), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or a reason too long"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_delete")]
+#[utoipa::path(delete, path = "/v1/quarantine/{id}", tag = "quarantine", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$"), DeleteQuery), responses((status = 200, description = "deleted with its body", body = MessageAction), (status = 404, description = "not in the quarantine"), (status = 400, description = "not a message id, or a reason too long"), (status = 403, description = "a role that may not act on messages")), operation_id = "quarantine_delete")]
 pub(crate) async fn delete(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     id: PathParam<String>,
     query: Result<Query<DeleteQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageAction>, ApiError> {
     let reason = query
         .map(|Query(q)| q.reason.unwrap_or_default())
         .map_err(|e| ApiError::bad_request(e.body_text()));
@@ -412,7 +606,7 @@ async fn decide(
     PathParam(id): PathParam<String>,
     action: QuarantineAction,
     reason: Result<String, ApiError>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageAction>, ApiError> {
     let user = s.caller(&headers, Access::Act)?.name;
     let reason = reason?;
     let message_id = message_id("id", &id)?;
@@ -433,27 +627,12 @@ async fn decide(
             "message {message_id}: {refused}"
         )));
     }
-    Ok(Json(json!({
-        "seq": result.seq,
-        "hash": hex::encode(result.hash),
-        "message_id": message_id.to_string(),
-        "action": action.as_str(),
-    })))
-}
-
-/// One quarantined message as the listing shows it.
-fn item(record: &QuarantineRecord) -> Value {
-    json!({
-        "id": record.message_id.to_string(),
-        "quarantined": rfc3339(record.time_ms),
-        "sender": record.mail_from,
-        "recipients": record.recipients,
-        "subject": record.subject,
-        "from": record.header_from,
-        "size": record.size,
-        "score": record.score,
-        "reason": record.reason,
-    })
+    Ok(Json(MessageAction::new(
+        action.as_str(),
+        message_id,
+        result.seq,
+        result.hash,
+    )))
 }
 
 fn check_reason(reason: &str) -> Result<(), ApiError> {

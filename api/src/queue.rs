@@ -11,13 +11,12 @@ use bulwark_storage::{
     Command, DeliveryCommand, MessageId, QueueAction, QueueFilter, QueueRecord, QueueStatus,
     ReadKind, RecipientStatus,
 };
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::access::Read;
 use crate::auth::{Access, ClientIp};
 use crate::extract::PathParam;
-use crate::routes::{page_limit, ApiState};
+use crate::routes::{page_limit, ApiState, MessageAction};
 use crate::ApiError;
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -35,16 +34,75 @@ pub(crate) struct QueueQuery {
     limit: Option<usize>,
 }
 
+/// A page of the delivery queue.
+// Fields in alphabetical order, here and in the other answers of this module: they
+// were JSON objects, whose keys serde_json sorts, and keep their bytes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct QueuePage {
+    /// The Raft index this node had applied when it read the page.
+    #[schema(required)]
+    applied_index: Option<u64>,
+    items: Vec<QueueItem>,
+    /// The `after` of the next page; null when there is none.
+    #[schema(required)]
+    next: Option<String>,
+}
+
+/// One queued message as the API shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct QueueItem {
+    /// An administrator holds it: no attempt until released.
+    held: bool,
+    id: String,
+    /// The node delivering it now and until when, if one is.
+    #[schema(required)]
+    lease: Option<Lease>,
+    /// When it was received (RFC 3339 UTC).
+    received: String,
+    /// The node that received it, which delivers it first.
+    received_by: u64,
+    recipients: Vec<QueuedRecipient>,
+    /// The envelope's sender (empty for a bounce).
+    sender: String,
+    /// pending, deferred, held or leased (a node is delivering it now).
+    status: &'static str,
+}
+
+/// A node's lease on a message it is delivering.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Lease {
+    node: u64,
+    /// RFC 3339 UTC.
+    until: String,
+}
+
+/// One recipient of a queued message.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct QueuedRecipient {
+    address: String,
+    /// Attempts made so far (pending: 0; null once delivered or failed).
+    #[schema(required)]
+    attempts: Option<u32>,
+    /// The next hop's last reply, once it gave one.
+    #[schema(required)]
+    last_reply: Option<String>,
+    /// When the next attempt is due (deferred only).
+    #[schema(required)]
+    next_attempt: Option<String>,
+    /// pending, deferred, delivered or failed.
+    status: &'static str,
+}
+
 /// `GET /v1/queue`: `{"items": [...], "next": ID|null, "applied_index": N}`, oldest
 /// first, as this node has applied the queue. Recorded as an `access.read` of kind
 /// `search` (the items name senders and recipients).
-#[utoipa::path(get, path = "/v1/queue", tag = "queue", params(QueueQuery), responses((status = 200, description = "{items, next, applied_index}"), (status = 400, description = "a malformed filter"), (status = 403, description = "the siem role"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "queue_list")]
+#[utoipa::path(get, path = "/v1/queue", tag = "queue", params(QueueQuery), responses((status = 200, description = "{items, next, applied_index}", body = QueuePage), (status = 400, description = "a malformed filter"), (status = 403, description = "the siem role"), (status = 503, description = "the read could not be recorded (no quorum)")), operation_id = "queue_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
     query: Result<Query<QueueQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueuePage>, ApiError> {
     let caller = s.caller(&headers, Access::Messages)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let read = Read {
@@ -87,18 +145,17 @@ pub(crate) async fn list(
             .await
             .map_err(ApiError::internal)??;
     s.record_read(&caller, client_ip, read).await?;
-    let items: Vec<Value> = records.iter().map(|r| item(r, now)).collect();
-    Ok(Json(json!({
-        "items": items,
-        "next": next.map(|id| id.to_string()),
-        "applied_index": applied,
-    })))
+    Ok(Json(QueuePage {
+        applied_index: applied,
+        items: records.iter().map(|r| item(r, now)).collect(),
+        next: next.map(|id| id.to_string()),
+    }))
 }
 
 /// One queued message as the API shows it.
-fn item(record: &QueueRecord, now_ms: i64) -> Value {
+fn item(record: &QueueRecord, now_ms: i64) -> QueueItem {
     let e = &record.entry;
-    let recipients: Vec<Value> = e
+    let recipients = e
         .recipients
         .iter()
         .map(|r| {
@@ -119,68 +176,71 @@ fn item(record: &QueueRecord, now_ms: i64) -> Value {
                 }
                 RecipientStatus::Failed { reply } => ("failed", None, None, Some(reply.as_str())),
             };
-            json!({
-                "address": r.address,
-                "status": status,
-                "attempts": attempts,
-                "next_attempt": next_attempt,
-                "last_reply": last_reply,
-            })
+            QueuedRecipient {
+                address: r.address.clone(),
+                attempts,
+                last_reply: last_reply.map(str::to_string),
+                next_attempt,
+                status,
+            }
         })
         .collect();
-    json!({
-        "id": e.message_id.to_string(),
-        "received": rfc3339(e.time_ms),
-        "sender": e.mail_from,
-        "recipients": recipients,
-        "status": record.status(now_ms).as_str(),
-        "held": record.held,
-        "lease": e.lease.map(|l| json!({ "node": l.node, "until": rfc3339(l.until_ms) })),
-        "received_by": e.received_by,
-    })
+    QueueItem {
+        held: record.held,
+        id: e.message_id.to_string(),
+        lease: e.lease.map(|l| Lease {
+            node: l.node,
+            until: rfc3339(l.until_ms),
+        }),
+        received: rfc3339(e.time_ms),
+        received_by: e.received_by,
+        recipients,
+        sender: e.mail_from.clone(),
+        status: record.status(now_ms).as_str(),
+    }
 }
 
 /// `POST /v1/queue/{id}/retry`.
-#[utoipa::path(post, path = "/v1/queue/{id}/retry", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "due now"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_retry")]
+#[utoipa::path(post, path = "/v1/queue/{id}/retry", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "due now", body = MessageAction), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_retry")]
 pub(crate) async fn retry(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     id: PathParam<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageAction>, ApiError> {
     act(state, headers, ip, id, QueueAction::Retry).await
 }
 
 /// `POST /v1/queue/{id}/hold`.
-#[utoipa::path(post, path = "/v1/queue/{id}/hold", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "held"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_hold")]
+#[utoipa::path(post, path = "/v1/queue/{id}/hold", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "held", body = MessageAction), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_hold")]
 pub(crate) async fn hold(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     id: PathParam<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageAction>, ApiError> {
     act(state, headers, ip, id, QueueAction::Hold).await
 }
 
 /// `POST /v1/queue/{id}/release`.
-#[utoipa::path(post, path = "/v1/queue/{id}/release", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "no longer held"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_release")]
+#[utoipa::path(post, path = "/v1/queue/{id}/release", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "no longer held", body = MessageAction), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_release")]
 pub(crate) async fn release(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     id: PathParam<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageAction>, ApiError> {
     act(state, headers, ip, id, QueueAction::Release).await
 }
 
 /// `DELETE /v1/queue/{id}`.
-#[utoipa::path(delete, path = "/v1/queue/{id}", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "dropped, no DSN"), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_delete")]
+#[utoipa::path(delete, path = "/v1/queue/{id}", tag = "queue", params(("id" = String, Path, description = "message id, as in `250 2.0.0 Ok: queued as ID`", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")), responses((status = 200, description = "dropped, no DSN", body = MessageAction), (status = 404, description = "not in the queue"), (status = 400, description = "not a message id"), (status = 403, description = "a role that may not act on messages")), operation_id = "queue_delete")]
 pub(crate) async fn delete(
     state: State<ApiState>,
     headers: HeaderMap,
     ip: ClientIp,
     id: PathParam<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageAction>, ApiError> {
     act(state, headers, ip, id, QueueAction::Delete).await
 }
 
@@ -193,7 +253,7 @@ async fn act(
     ClientIp(client_ip): ClientIp,
     PathParam(id): PathParam<String>,
     action: QueueAction,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageAction>, ApiError> {
     let user = s.caller(&headers, Access::Act)?.name;
     let message_id = message_id("id", &id)?;
     let result = s
@@ -211,12 +271,12 @@ async fn act(
             "message {message_id}: {reason}"
         )));
     }
-    Ok(Json(json!({
-        "seq": result.seq,
-        "hash": hex::encode(result.hash),
-        "message_id": message_id.to_string(),
-        "action": action.as_str(),
-    })))
+    Ok(Json(MessageAction::new(
+        action.as_str(),
+        message_id,
+        result.seq,
+        result.hash,
+    )))
 }
 
 fn message_id(what: &str, text: &str) -> Result<MessageId, ApiError> {

@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use bulwark_consensus::RaftNode;
 use bulwark_storage::{Command, EventKind};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -139,7 +138,8 @@ fn openapi_document() -> &'static str {
 }
 
 /// Declares on every operation the answers that do not come from its handler alone,
-/// and gives every error answer the problem+json schema:
+/// and gives every error answer the problem+json schema (`Problem`, added to the
+/// components with `OpenApiDocument`, which this document's own answer names):
 /// - `consistent` (any call, see [`consistency`]): 400 when it is neither `true` nor
 ///   `false`, 503 when the leader could not confirm the read in time;
 /// - 401 on every call that needs a token (none, or not a valid one), and 403 (its
@@ -147,8 +147,9 @@ fn openapi_document() -> &'static str {
 ///   an [`Access`] that some role lacks (the metrics role has only
 ///   `Access::Status`, which the status pages ask for, and they take a token
 ///   without needing one);
-/// - 400 also for a request body that does not parse, 413 for one too big;
-/// - a success without a declared body is a JSON object (every handler's `Json`).
+/// - 400 also for a request body that does not parse, 413 for one too big.
+///
+/// Each success declares its own body with its handler.
 fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
     use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Required, ResponseBuilder, Type};
@@ -164,7 +165,6 @@ fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
         .schema(Some(ObjectBuilder::new().schema_type(Type::Boolean)))
         .build();
     let problem = || Content::new(Some(Ref::from_schema_name("Problem")));
-    let json_object = || Content::new(Some(ObjectBuilder::new().schema_type(Type::Object)));
     let add = |op: &mut Operation, status: &str, description: &str| {
         op.responses
             .responses
@@ -215,10 +215,6 @@ fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
                     answer
                         .content
                         .insert("application/problem+json".into(), problem());
-                } else if status.starts_with('2') && answer.content.is_empty() {
-                    answer
-                        .content
-                        .insert("application/json".into(), json_object());
                 }
             }
         }
@@ -247,14 +243,44 @@ fn declare_common_answers(doc: &mut utoipa::openapi::OpenApi) {
         .required("title")
         .required("status")
         .required("detail");
-    doc.components
-        .get_or_insert_default()
-        .schemas
-        .insert("Problem".into(), RefOr::T(problem_schema.into()));
+    let schemas = &mut doc.components.get_or_insert_default().schemas;
+    schemas.insert("Problem".into(), RefOr::T(problem_schema.into()));
+    // What GET /v1/openapi.json answers: this document.
+    schemas.insert(
+        "OpenApiDocument".into(),
+        schema_of(serde_json::json!({
+            "type": "object",
+            "description": "An OpenAPI 3.1 document",
+            "properties": {
+                "openapi": { "type": "string", "description": "3.1.0" },
+                "info": { "type": "object" },
+                "paths": { "type": "object" },
+                "components": { "type": "object" },
+            },
+            "required": ["openapi", "info", "paths"],
+            "additionalProperties": true,
+        })),
+    );
+}
+
+/// A schema written as JSON, for an answer whose shape the code that makes it does
+/// not declare (a `serde_json::Value` from another crate, or this document).
+pub(crate) fn schema_of(
+    schema: serde_json::Value,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let read: utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> =
+        serde_json::from_value(schema.clone()).expect("a schema written here is a valid schema");
+    // utoipa's model reads a schema as the closest of its kinds: it must lose nothing.
+    debug_assert_eq!(
+        serde_json::to_value(&read).ok(),
+        Some(schema),
+        "utoipa does not keep this schema as written"
+    );
+    read
 }
 
 /// The OpenAPI 3.1 document of this API, generated from the code (no token needed).
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "health", security(), responses((status = 200, description = "this document")), operation_id = "openapi_json")]
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "health", security(), responses((status = 200, description = "this document", body = ref("#/components/schemas/OpenApiDocument"))), operation_id = "openapi_json")]
 async fn openapi_json() -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -343,10 +369,17 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "health", security(), responses((status = 200, description = "a leader is known and the node applied up to the commit index"), (status = 503, description = "not ready")), operation_id = "readyz")]
-async fn readyz(State(s): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /readyz`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Ready {
+    /// Always true: a node that is not ready answers 503.
+    ready: bool,
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health", security(), responses((status = 200, description = "a leader is known and the node applied up to the commit index", body = Ready), (status = 503, description = "not ready")), operation_id = "readyz")]
+async fn readyz(State(s): State<ApiState>) -> Result<Json<Ready>, ApiError> {
     if s.node.is_ready() {
-        Ok(Json(json!({ "ready": true })))
+        Ok(Json(Ready { ready: true }))
     } else {
         Err(ApiError::unavailable(
             "no leader known, or not yet applied up to the commit index",
@@ -360,8 +393,56 @@ struct NoteRequest {
     text: String,
 }
 
+/// An event a call recorded.
+// Fields in alphabetical order, here and in `MessageAction`: the answers were JSON
+// objects, whose keys serde_json sorts, and keep their bytes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Recorded {
+    /// The event's hash (hex).
+    hash: String,
+    /// The event's seq.
+    seq: u64,
+}
+
+impl Recorded {
+    pub(crate) fn new(seq: u64, hash: [u8; 32]) -> Self {
+        Recorded {
+            hash: hex::encode(hash),
+            seq,
+        }
+    }
+}
+
+/// An action on one message, as recorded (`api.action` or `quarantine.*`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct MessageAction {
+    /// What was done, e.g. `queue.retry`, `quarantine.release`.
+    action: &'static str,
+    /// The event's hash (hex).
+    hash: String,
+    message_id: String,
+    /// The event's seq.
+    seq: u64,
+}
+
+impl MessageAction {
+    pub(crate) fn new(
+        action: &'static str,
+        message_id: bulwark_storage::MessageId,
+        seq: u64,
+        hash: [u8; 32],
+    ) -> Self {
+        MessageAction {
+            action,
+            hash: hex::encode(hash),
+            message_id: message_id.to_string(),
+            seq,
+        }
+    }
+}
+
 /// Appends an administrator's note to the audit trail.
-#[utoipa::path(post, path = "/v1/notes", tag = "events", request_body = NoteRequest, responses((status = 201, description = "recorded: the event's seq and hash"), (status = 400, description = "empty or too long"), (status = 403, description = "the siem role")), operation_id = "add_note")]
+#[utoipa::path(post, path = "/v1/notes", tag = "events", request_body = NoteRequest, responses((status = 201, description = "recorded: the event's seq and hash", body = Recorded), (status = 400, description = "empty or too long"), (status = 403, description = "the siem role")), operation_id = "add_note")]
 async fn add_note(
     State(s): State<ApiState>,
     ClientIp(client_ip): ClientIp,
@@ -391,7 +472,7 @@ async fn add_note(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "seq": result.seq, "hash": hex::encode(result.hash) })),
+        Json(Recorded::new(result.seq, result.hash)),
     ))
 }
 
@@ -438,15 +519,87 @@ pub(crate) fn time_ms(what: &str, text: Option<&str>) -> Result<Option<i64>, Api
         .map_err(|_| ApiError::bad_request(format!("{what}: out of range")))
 }
 
-#[utoipa::path(get, path = "/v1/events/verify", tag = "events", responses((status = 200, description = "the hash chain walked: ok, checked, head, first_bad_seq")), operation_id = "verify_events")]
+/// What walking the hash chain found.
+// The API's copy of [`bulwark_storage::VerifyReport`].
+#[derive(Serialize, utoipa::ToSchema)]
+struct Verification {
+    /// Every event's hash and link held.
+    ok: bool,
+    /// Events checked.
+    checked: u64,
+    /// Signed checkpoints found and checked (signature, and the hash they name).
+    checkpoints: u64,
+    /// The keys that signed them, as `node:hex public key`.
+    signers: Vec<String>,
+    /// The last event removed by the log's retention (0: none); the walk starts after
+    /// it, from the hash it had.
+    purged_through: u64,
+    /// Hash of the last event checked (hex); all zeros for an empty log.
+    head: String,
+    /// The first event that did not hold.
+    #[schema(required)]
+    first_bad_seq: Option<u64>,
+    /// What was wrong at `first_bad_seq`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+}
+
+impl From<bulwark_storage::VerifyReport> for Verification {
+    fn from(report: bulwark_storage::VerifyReport) -> Self {
+        // Every field named: one added to the report is a compile error here.
+        let bulwark_storage::VerifyReport {
+            ok,
+            checked,
+            checkpoints,
+            signers,
+            purged_through,
+            head,
+            first_bad_seq,
+            problem,
+        } = report;
+        Verification {
+            ok,
+            checked,
+            checkpoints,
+            signers,
+            purged_through,
+            head,
+            first_bad_seq,
+            problem,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/events/verify", tag = "events", responses((status = 200, description = "the hash chain walked: ok, checked, head, first_bad_seq", body = Verification)), operation_id = "verify_events")]
 async fn verify_events(
     State(s): State<ApiState>,
     headers: HeaderMap,
-) -> Result<Json<bulwark_storage::VerifyReport>, ApiError> {
+) -> Result<Json<Verification>, ApiError> {
     s.caller(&headers, Access::Events)?;
     let node = s.node.clone();
     let report = tokio::task::spawn_blocking(move || node.state().verify())
         .await
         .map_err(ApiError::internal)??;
-    Ok(Json(report))
+    Ok(Json(report.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_builds_and_every_schema_written_as_json_is_kept_as_written() {
+        // schema_of checks each (a debug assertion) as the document is built.
+        let doc: serde_json::Value = serde_json::from_str(openapi_document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "Event",
+            "Rendered",
+            "Simulation",
+            "OpenApiDocument",
+            "Problem",
+        ] {
+            assert!(schemas[name].is_object(), "{name}");
+        }
+    }
 }

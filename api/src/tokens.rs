@@ -13,8 +13,7 @@ use axum::Json;
 use bulwark_storage::event::rfc3339;
 use bulwark_storage::token::{is_system_actor, BOOTSTRAP_ACTOR, NO_SUCH_TOKEN, RETENTION_ACTOR};
 use bulwark_storage::{ApiToken, Command, Role, TokenCommand};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{digest, Access, ClientIp};
 use crate::extract::{Body, PathParam};
@@ -34,10 +33,55 @@ struct CreateRequest {
     role: String,
 }
 
+/// A new token, shown this once.
+// Fields in alphabetical order, here and in the other answers of this module: they
+// were JSON objects, whose keys serde_json sorts, and keep their bytes.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenCreated {
+    /// The `token.created` event's hash (hex).
+    hash: String,
+    name: String,
+    /// admin, operator, auditor, siem or metrics.
+    role: &'static str,
+    /// The `token.created` event's seq.
+    seq: u64,
+    /// The bearer token itself (`bwk_` and 64 hex digits): the cluster keeps only its
+    /// SHA-256.
+    token: String,
+}
+
+/// The live tokens (`GET /v1/tokens`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenList {
+    tokens: Vec<TokenInfo>,
+}
+
+/// One live token: never the token or its digest.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenInfo {
+    /// RFC 3339 UTC.
+    created: String,
+    /// The token's name that made it (`bootstrap` for the bootstrap admin's).
+    created_by: String,
+    name: String,
+    /// admin, operator, auditor, siem or metrics.
+    role: &'static str,
+}
+
+/// A revoked token.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenRevoked {
+    /// The `token.revoked` event's hash (hex).
+    hash: String,
+    name: String,
+    /// The `token.revoked` event's seq.
+    seq: u64,
+}
+
 /// `POST /v1/tokens` with `{"name": "...", "role": "admin|operator|auditor|siem"}`:
 /// 201 with the token (shown this once), or 409 when the name is taken: a live or a
 /// revoked token's, the bootstrap admin's, or a system actor's.
-#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateRequest, responses((status = 201, description = "the token, shown once"), (status = 409, description = "the name is taken: a live or a revoked token's (a name is given once), the bootstrap admin's (admin), or one the system records for what it does by itself (bootstrap, retention), in any case"), (status = 400, description = "a malformed name or role"), (status = 403, description = "not the admin role")), operation_id = "tokens_create")]
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateRequest, responses((status = 201, description = "the token, shown once", body = TokenCreated), (status = 409, description = "the name is taken: a live or a revoked token's (a name is given once), the bootstrap admin's (admin), or one the system records for what it does by itself (bootstrap, retention), in any case"), (status = 400, description = "a malformed name or role"), (status = 403, description = "not the admin role")), operation_id = "tokens_create")]
 pub(crate) async fn create(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -78,51 +122,49 @@ pub(crate) async fn create(
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "name": request.name,
-            "role": role.as_str(),
-            "token": token,
-            "seq": result.seq,
-            "hash": hex::encode(result.hash),
-        })),
+        Json(TokenCreated {
+            hash: hex::encode(result.hash),
+            name: request.name,
+            role: role.as_str(),
+            seq: result.seq,
+            token,
+        }),
     ))
 }
 
 /// `GET /v1/tokens`: every live token's name, role, and who made it when (never the
 /// token or its digest).
-#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, description = "names, roles, who made them when"), (status = 403, description = "not the admin role")), operation_id = "tokens_list")]
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", responses((status = 200, description = "names, roles, who made them when", body = TokenList), (status = 403, description = "not the admin role")), operation_id = "tokens_list")]
 pub(crate) async fn list(
     State(s): State<ApiState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     s.caller(&headers, Access::Tokens)?;
     let node = s.node.clone();
     let tokens = tokio::task::spawn_blocking(move || node.state().tokens())
         .await
         .map_err(ApiError::internal)??;
-    let tokens: Vec<Value> = tokens
+    let tokens = tokens
         .iter()
-        .map(|t| {
-            json!({
-                "name": t.name,
-                "role": t.role.as_str(),
-                "created": rfc3339(t.created_ms),
-                "created_by": t.created_by,
-            })
+        .map(|t| TokenInfo {
+            created: rfc3339(t.created_ms),
+            created_by: t.created_by.clone(),
+            name: t.name.clone(),
+            role: t.role.as_str(),
         })
         .collect();
-    Ok(Json(json!({ "tokens": tokens })))
+    Ok(Json(TokenList { tokens }))
 }
 
 /// `DELETE /v1/tokens/{name}`: the token stops working on every node once applied;
 /// 404 when there is none of that name.
-#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "token name", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "revoked"), (status = 404, description = "no such token"), (status = 400, description = "not a token name"), (status = 403, description = "not the admin role")), operation_id = "tokens_revoke")]
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens", params(("name" = String, Path, description = "token name", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "revoked", body = TokenRevoked), (status = 404, description = "no such token"), (status = 400, description = "not a token name"), (status = 403, description = "not the admin role")), operation_id = "tokens_revoke")]
 pub(crate) async fn revoke(
     State(s): State<ApiState>,
     headers: HeaderMap,
     ClientIp(client_ip): ClientIp,
     PathParam(name): PathParam<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenRevoked>, ApiError> {
     let caller = s.caller(&headers, Access::Tokens)?;
     check_name(&name)?;
     let result = s
@@ -137,11 +179,11 @@ pub(crate) async fn revoke(
     if result.refused.is_some() {
         return Err(ApiError::not_found(format!("{NO_SUCH_TOKEN}: {name}")));
     }
-    Ok(Json(json!({
-        "name": name,
-        "seq": result.seq,
-        "hash": hex::encode(result.hash),
-    })))
+    Ok(Json(TokenRevoked {
+        hash: hex::encode(result.hash),
+        name,
+        seq: result.seq,
+    }))
 }
 
 /// A token name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
