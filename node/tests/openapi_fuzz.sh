@@ -7,7 +7,8 @@
 # invalid input refused with a 4xx. Bounded by examples per operation
 # (BULWARK_FUZZ_EXAMPLES) and a time limit (BULWARK_FUZZ_SECONDS): past it the run is
 # stopped and fails. openapi_fuzz_hooks.py teaches it the message/rfc822 body of
-# POST /v1/bayes/{lesson}.
+# POST /v1/bayes/{lesson}: sent as text, so no such body is invalid. NDJSON answers
+# (the export) it cannot read: openapi.rs checks each of their lines.
 #
 # Usage: openapi_fuzz.sh API_URL TOKEN_FILE REPORT_DIR
 #
