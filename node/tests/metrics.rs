@@ -129,5 +129,8 @@ fn every_metric_family_is_documented_in_the_readme() {
         .iter()
         .filter(|family| !table.contains(&format!("`{family}")))
         .collect();
-    assert!(missing.is_empty(), "not in deploy/README.md's table: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not in deploy/README.md's table: {missing:?}"
+    );
 }
