@@ -296,16 +296,27 @@ fn main() -> ExitCode {
                 until,
             } => ops::policy::simulate(&api, &file, since.as_deref(), until.as_deref()),
         },
-        Commands::Quarantine { command } => {
-            return ops::admin::exit(ops::quarantine::run(&command))
-        }
-        Commands::Queue { command } => return ops::admin::exit(ops::queue::run(&command)),
+        Commands::Quarantine { command } => return admin_exit(ops::quarantine::run(&command)),
+        Commands::Queue { command } => return admin_exit(ops::queue::run(&command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bulwark: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit status of a quarantine or queue command: 0 done, 1 some refused or
+/// failed, 2 (said on stderr) when it could not be carried out.
+fn admin_exit(result: anyhow::Result<ops::admin::Outcome>) -> ExitCode {
+    match result {
+        Ok(ops::admin::Outcome::Done) => ExitCode::SUCCESS,
+        Ok(ops::admin::Outcome::SomeRefused) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bulwark: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -5,8 +5,6 @@
 //! JSON for scripts. Exit status: 0 when everything asked was done, 1 when the node
 //! refused or failed some of it, 2 when the command could not be carried out.
 
-use std::process::ExitCode;
-
 use anyhow::{bail, Result};
 use bulwark_storage::MessageId;
 use reqwest::{Method, StatusCode};
@@ -26,19 +24,6 @@ pub enum Outcome {
     Done,
     /// The node refused or failed some of it; each is said.
     SomeRefused,
-}
-
-/// The exit status of a command: 0 done, 1 some refused or failed, 2 (said on
-/// stderr) when it could not be carried out.
-pub fn exit(result: Result<Outcome>) -> ExitCode {
-    match result {
-        Ok(Outcome::Done) => ExitCode::SUCCESS,
-        Ok(Outcome::SomeRefused) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("bulwark: {e:#}");
-            ExitCode::from(2)
-        }
-    }
 }
 
 /// What the node answered a call it took.
