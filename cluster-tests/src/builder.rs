@@ -89,8 +89,10 @@ impl ClusterBuilder {
         self
     }
 
-    /// These nodes get a certificate and key from a second, unrelated CA. They still
-    /// trust the cluster's real CA, so the only thing wrong with them is their identity.
+    /// These nodes get a certificate, a key and a CA of a second, unrelated one: an
+    /// impostor whose own identity holds together (a node whose certificate its
+    /// configured CA did not sign refuses to start), so what is tested is that the
+    /// cluster turns it away.
     pub fn foreign_ca(mut self, ids: &[u64]) -> Self {
         self.foreign = ids.to_vec();
         self
@@ -216,7 +218,10 @@ impl ClusterBuilder {
                 cluster_addr: loopback(ports[3 * k]),
                 api_addr: loopback(ports[3 * k + 1]),
                 smtp_addr: loopback(ports[3 * k + 2]),
-                ca_path: certs.join("ca.pem"),
+                // A foreign node is an impostor with an identity of its own that
+                // holds together (its CA and its certificate): a certificate the
+                // node's own CA did not sign is refused at start instead.
+                ca_path: cert_dir.join("ca.pem"),
                 cert_path: cert_dir.join(format!("node{id}.pem")),
                 key_path: cert_dir.join(format!("node{id}.key")),
                 foreign: self.foreign.contains(&id),
