@@ -11,6 +11,29 @@ fn bulwark(args: &[&str], cwd: &Path) -> Output {
         .expect("run bulwark")
 }
 
+/// A CA in `dir/ca` and a certificate for 127.0.0.1 of each of `ids` beside it, made
+/// with `bulwark cert`.
+fn certificates(dir: &Path, ca: &str, ids: &[&str]) {
+    let out = bulwark(&["cert", "ca", "--out", ca], dir);
+    assert!(out.status.success(), "{}", text(&out));
+    for id in ids {
+        let args = [
+            "cert",
+            "node",
+            "--ca",
+            ca,
+            "--id",
+            id,
+            "--san",
+            "127.0.0.1",
+            "--out",
+            ca,
+        ];
+        let out = bulwark(&args, dir);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -140,25 +163,8 @@ fn audit_verify_refuses_what_is_not_a_data_dir() {
 fn check_config_catches_what_serve_would_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for (ca, ids) in [("certs", &["1", "2"][..]), ("other", &["1"][..])] {
-        assert!(bulwark(&["cert", "ca", "--out", ca], d).status.success());
-        for id in ids {
-            let args = [
-                "cert",
-                "node",
-                "--ca",
-                ca,
-                "--id",
-                id,
-                "--san",
-                "127.0.0.1",
-                "--out",
-                ca,
-            ];
-            let out = bulwark(&args, d);
-            assert!(out.status.success(), "{}", text(&out));
-        }
-    }
+    certificates(d, "certs", &["1", "2"]);
+    certificates(d, "other", &["1"]);
     std::fs::write(d.join("a-file"), "").unwrap();
     let config = |id: u64, data_dir: &str, ca: &str, cert: &str, key: &str| {
         format!(
@@ -246,24 +252,8 @@ fn a_node_waiting_for_its_peers_says_which_and_why() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for (ca, id) in [("certs", "1"), ("foreign", "2")] {
-        if !d.join(ca).join("ca.pem").exists() {
-            assert!(bulwark(&["cert", "ca", "--out", ca], d).status.success());
-        }
-        let args = [
-            "cert",
-            "node",
-            "--ca",
-            ca,
-            "--id",
-            id,
-            "--san",
-            "127.0.0.1",
-            "--out",
-            ca,
-        ];
-        assert!(bulwark(&args, d).status.success());
-    }
+    certificates(d, "certs", &["1"]);
+    certificates(d, "foreign", &["2"]);
     let cluster: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let peers = format!(
         "{{ \"1\" = \"127.0.0.1:{}\", \"2\" = \"127.0.0.1:{}\", \"3\" = \"127.0.0.1:{}\" }}",
