@@ -80,10 +80,42 @@ pub fn message_id(id: &str) -> Result<String, String> {
         .map_err(|e| format!("{e} (as in `250 2.0.0 Ok: queued as ID`)"))
 }
 
+/// One `list` command: the API path, the filters given, where to start and how
+/// many, and how its rows are shown.
+pub struct Listing<'a> {
+    pub path: &'a str,
+    /// Each filter's query name and value, if the command was given it.
+    pub filters: &'a [(&'a str, &'a Option<String>)],
+    pub after: Option<&'a str>,
+    pub limit: usize,
+    pub json: bool,
+    pub table: fn(&[Value]) -> Table,
+    /// What is printed when nothing matches.
+    pub empty: &'a str,
+}
+
+/// Runs `listing` against `remote`: the pages fetched, then printed.
+pub fn show_list(remote: &Remote, listing: &Listing<'_>) -> Result<()> {
+    let query: Vec<(&str, &str)> = listing
+        .filters
+        .iter()
+        .filter_map(|(name, value)| value.as_deref().map(|value| (*name, value)))
+        .collect();
+    let (items, next) = fetch(remote, listing.path, &query, listing.after, listing.limit)?;
+    print_list(
+        &items,
+        next.as_deref(),
+        listing.json,
+        (listing.table)(&items),
+        listing.empty,
+    );
+    Ok(())
+}
+
 /// A listing's items: pages of `path?query` followed from `after` until `limit`
 /// items or the end; the cursor after the last item when more match. A refusal (a
 /// malformed filter) is an error.
-pub fn list(
+fn fetch(
     remote: &Remote,
     path: &str,
     query: &[(&str, &str)],
@@ -113,7 +145,7 @@ pub fn list(
 
 /// Prints a listing: its table (or `empty` when it has no row), or with `json` the
 /// API's shape; on stderr, how to go on when more match.
-pub fn print_list(items: &[Value], next: Option<&str>, json: bool, table: Table, empty: &str) {
+fn print_list(items: &[Value], next: Option<&str>, json: bool, table: Table, empty: &str) {
     if json {
         println!(
             "{}",

@@ -115,32 +115,24 @@ pub fn run(command: &Command) -> Result<Outcome> {
             json,
         } => {
             let remote = Remote::new(api, TIMEOUT)?;
-            let mut query = Vec::new();
-            for (name, value) in [
-                ("sender", sender),
-                ("recipient", recipient),
-                ("reason", reason),
-                ("since", since),
-                ("until", until),
-            ] {
-                if let Some(value) = value {
-                    query.push((name, value.as_str()));
-                }
-            }
-            let (items, next) = admin::list(
+            admin::show_list(
                 &remote,
-                "/v1/quarantine",
-                &query,
-                after.as_deref(),
-                *limit as usize,
+                &admin::Listing {
+                    path: "/v1/quarantine",
+                    filters: &[
+                        ("sender", sender),
+                        ("recipient", recipient),
+                        ("reason", reason),
+                        ("since", since),
+                        ("until", until),
+                    ],
+                    after: after.as_deref(),
+                    limit: *limit as usize,
+                    json: *json,
+                    table,
+                    empty: "no quarantined message matches",
+                },
             )?;
-            admin::print_list(
-                &items,
-                next.as_deref(),
-                *json,
-                table(&items),
-                "no quarantined message matches",
-            );
             Ok(Outcome::Done)
         }
         Command::Show {

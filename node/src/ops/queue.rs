@@ -91,30 +91,22 @@ pub fn run(command: &Command) -> Result<Outcome> {
             json,
         } => {
             let remote = Remote::new(api, TIMEOUT)?;
-            let mut query = Vec::new();
-            for (name, value) in [
-                ("sender", sender),
-                ("recipient", recipient),
-                ("status", status),
-            ] {
-                if let Some(value) = value {
-                    query.push((name, value.as_str()));
-                }
-            }
-            let (items, next) = admin::list(
+            admin::show_list(
                 &remote,
-                "/v1/queue",
-                &query,
-                after.as_deref(),
-                *limit as usize,
+                &admin::Listing {
+                    path: "/v1/queue",
+                    filters: &[
+                        ("sender", sender),
+                        ("recipient", recipient),
+                        ("status", status),
+                    ],
+                    after: after.as_deref(),
+                    limit: *limit as usize,
+                    json: *json,
+                    table,
+                    empty: "no queued message matches",
+                },
             )?;
-            admin::print_list(
-                &items,
-                next.as_deref(),
-                *json,
-                table(&items),
-                "no queued message matches",
-            );
             return Ok(Outcome::Done);
         }
         Command::Show {
