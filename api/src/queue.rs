@@ -285,7 +285,5 @@ fn message_id(what: &str, text: &str) -> Result<MessageId, ApiError> {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    bulwark_consensus::clock::now_ms()
 }

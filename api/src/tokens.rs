@@ -98,9 +98,7 @@ pub(crate) async fn create(
     let role: Role = request.role.parse().map_err(ApiError::bad_request)?;
     let secret: [u8; 32] = rand::random();
     let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::queue::now_ms();
     let result = s
         .node
         .proposer()

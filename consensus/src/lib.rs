@@ -15,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+pub mod clock;
 mod erasure;
 mod error;
 mod leader;

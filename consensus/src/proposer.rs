@@ -113,10 +113,9 @@ impl Proposer {
     /// `command` as an operation with a new id, the current time and this node, to
     /// submit (and resubmit with the same id, applied once) later.
     pub fn stamp(&self, command: Command) -> Op {
-        let time_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         Op {
             id: self.new_op_id(),
-            time_ms,
+            time_ms: crate::clock::now_ms(),
             node: self.node,
             command,
         }

@@ -23,7 +23,8 @@ pub mod siem;
 pub mod smtp;
 pub mod tls;
 
-/// The wall clock in Unix milliseconds, as events and leases record time.
+/// The wall clock in Unix milliseconds, as events record time (a test may set it
+/// off: see [`bulwark_consensus::clock`]).
 pub(crate) fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    bulwark_consensus::clock::now_ms()
 }

@@ -20,6 +20,7 @@ use crate::{audit, delivery, disk, dns, maillog, policy, quarantine, scan, siem,
 
 pub fn run(config: Option<&Path>) -> Result<()> {
     crate::logging::init();
+    test_clock_offset()?;
     let config = match config {
         Some(path) => {
             Config::load(path).map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?
@@ -33,6 +34,32 @@ pub fn run(config: Option<&Path>) -> Result<()> {
         .enable_all()
         .build()?
         .block_on(serve(config))
+}
+
+/// The environment variable that sets this node's wall clock off by a number of
+/// milliseconds (negative: behind). Test only: it plays a host whose clock is wrong,
+/// for the cluster test of delivery leases under clock skew (`t72_lease_clock_skew`).
+pub const TEST_CLOCK_OFFSET_ENV: &str = "BULWARK_TEST_CLOCK_OFFSET_MS";
+
+/// Applies [`TEST_CLOCK_OFFSET_ENV`] when it is set; a value that is not a whole
+/// number of milliseconds stops the node.
+fn test_clock_offset() -> Result<()> {
+    let Some(value) = std::env::var_os(TEST_CLOCK_OFFSET_ENV) else {
+        return Ok(());
+    };
+    let offset: i64 = value
+        .to_str()
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| {
+            format!("{TEST_CLOCK_OFFSET_ENV}={value:?}: not a number of milliseconds")
+        })?;
+    tracing::warn!(
+        offset_ms = offset,
+        "{TEST_CLOCK_OFFSET_ENV} is set: this node's wall clock runs off by that much \
+         (test only; never set it in production)"
+    );
+    bulwark_consensus::clock::set_test_offset(offset);
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<()> {

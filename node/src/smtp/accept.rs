@@ -48,8 +48,9 @@ impl Ingress {
         body: Vec<u8>,
         transfer_started: StdInstant,
     ) -> String {
-        let now = OffsetDateTime::now_utc();
-        let time_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        let time_ms = bulwark_consensus::clock::now_ms();
+        let now = OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_ms) * 1_000_000)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc());
         let id = MessageId::new(time_ms, rand::random());
         let client = &session.client;
         let envelope = Envelope {
