@@ -88,9 +88,10 @@ fn main() {
             ops.push(op(
                 1,
                 now,
-                Command::Delivery(Box::new(DeliveryCommand::Lease {
+                Command::Delivery(Box::new(DeliveryCommand::Claim {
                     message_id,
-                    until_ms: now + 30_000,
+                    lease_ms: 30_000,
+                    replaces: None,
                 })),
             ));
             let report = samples::delivered(message_id);

@@ -35,7 +35,9 @@ pub struct Settings {
     pub hostname: String,
     /// Deliveries in progress at once on this node.
     pub concurrency: usize,
-    /// How long a lease lasts; it is renewed at a third of that while sending.
+    /// How long a lease lasts, by monotonic clocks: this node sends under a lease for
+    /// nine tenths of it from when it asked, renewing it at a third; another node
+    /// takes the lease over once it has seen it unrenewed for all of it.
     pub lease: Duration,
     /// How long another node waits before delivering a message its accepting node
     /// has not delivered (that node may be down).

@@ -1,15 +1,36 @@
 //! The delivery worker of one node: finds due messages, takes each one's lease
 //! through Raft (so one node at a time sends it), renews the lease while sending,
 //! and commits a report of every attempt.
+//!
+//! Leases are timed by monotonic clocks, never by comparing wall clocks of two
+//! nodes (the argument is on [`DeliveryCommand::Claim`]):
+//! - this node sends under a lease only until [`USABLE`] of its length has passed,
+//!   by its own monotonic clock, since it asked for the lease (or its last renewal);
+//!   a transaction still running then is aborted (the connection dropped before the
+//!   next hop has the whole message, unless it already had it); a renewal that is
+//!   refused aborts it at once;
+//! - it takes over another node's lease only after it has seen the message's
+//!   record unchanged, that lease in it, for a whole lease length by its own
+//!   monotonic clock, and only by naming that lease, so a renewal in between wins.
+//!
+//! What is left, stated: a holder stopped (SIGSTOP, a frozen VM) just after handing
+//! the end of its data to the kernel may have that message delivered by the next hop
+//! while it is stopped, and again by the node that took over (a duplicate, not two
+//! deliveries at once: RFC 1047's window). And a lease released by its holder's
+//! report and granted again to the same node, with a wall clock stepped back to the
+//! very millisecond of the first grant, between the watcher's last look and its
+//! claim, would pass for the first.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bulwark_consensus::RaftNode;
 use bulwark_model::{
-    Bounce, Command, DeliveryCommand, DeliveryReport, MessageId, QueueEntry, RecipientOutcome,
-    RecipientResult, TlsInfo,
+    Bounce, Command, DeliveryCommand, DeliveryReport, Lease, MessageId, QueueEntry,
+    QueuedRecipient, RecipientOutcome, RecipientResult, TlsInfo,
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -30,6 +51,10 @@ pub struct Worker {
     pool: Pool,
     /// Messages this node is delivering now.
     busy: Mutex<HashSet<MessageId>>,
+    /// Due messages another node holds the lease on, as this node last saw them and
+    /// since when unchanged (by this node's monotonic clock): one unchanged for a
+    /// whole lease is taken over.
+    watched: Mutex<HashMap<MessageId, Watched>>,
     /// Rung when an attempt ends: its slot is free, so the queue is looked at again
     /// at once instead of after `poll`.
     slot_freed: Notify,
@@ -50,6 +75,7 @@ impl Worker {
             pool,
             settings,
             busy: Mutex::new(HashSet::new()),
+            watched: Mutex::new(HashMap::new()),
             slot_freed: Notify::new(),
             stopping: CancellationToken::new(),
         })
@@ -97,7 +123,17 @@ impl Worker {
                     continue;
                 }
             };
+            let replaceable = self.watch(id, &due);
             for entry in due {
+                let replaces = match entry.lease {
+                    Some(lease) if lease.node != id => {
+                        if !replaceable.contains(&entry.message_id) {
+                            continue;
+                        }
+                        Some(lease)
+                    }
+                    _ => None,
+                };
                 if !self
                     .busy
                     .lock()
@@ -116,7 +152,7 @@ impl Worker {
                 let worker = self.clone();
                 running.spawn(async move {
                     let id = entry.message_id;
-                    worker.attempt(id).await;
+                    worker.attempt(id, replaces).await;
                     worker.busy.lock().expect("busy lock").remove(&id);
                     drop(permit);
                     worker.slot_freed.notify_one();
@@ -128,22 +164,64 @@ impl Worker {
         self.pool.close_idle(true, &self.timeouts()).await;
     }
 
-    /// Takes or renews the lease on message `id`; the seq of the granting event.
-    async fn lease(&self, id: MessageId) -> Option<u64> {
-        let until_ms = crate::now_ms() + self.settings.lease.as_millis() as i64;
-        let command = Command::Delivery(Box::new(DeliveryCommand::Lease {
+    /// Notes what this poll found under other nodes' leases (`due`, read for node
+    /// `me`) and returns the messages whose record has not changed for a whole lease
+    /// by this node's clock: their holder has stopped using the lease by now (see
+    /// the module docs). Messages no longer listed are forgotten, so their watch
+    /// starts over should they come back.
+    fn watch(&self, me: u64, due: &[QueueEntry]) -> HashSet<MessageId> {
+        let now = Instant::now();
+        let mut watched = self.watched.lock().expect("watched lock");
+        let mut listed = HashSet::new();
+        let mut replaceable = HashSet::new();
+        for entry in due {
+            let Some(lease) = entry.lease.filter(|l| l.node != me) else {
+                continue;
+            };
+            listed.insert(entry.message_id);
+            let seen = Watched {
+                lease,
+                recipients: entry.recipients.clone(),
+                since: now,
+            };
+            match watched.get(&entry.message_id) {
+                Some(w) if w.lease == seen.lease && w.recipients == seen.recipients => {
+                    if now.duration_since(w.since) >= self.settings.lease {
+                        replaceable.insert(entry.message_id);
+                    }
+                }
+                _ => {
+                    watched.insert(entry.message_id, seen);
+                }
+            }
+        }
+        watched.retain(|id, _| listed.contains(id));
+        replaceable
+    }
+
+    /// Takes the lease on message `id` (replacing `replaces`, another node's lease
+    /// watched unchanged for a lease's length), or renews this node's own.
+    async fn lease(&self, id: MessageId, replaces: Option<Lease>) -> Leased {
+        // Read before proposing: the lease cannot have been granted earlier, so no
+        // other node can have begun to watch it earlier either.
+        let asked = Instant::now();
+        let command = Command::Delivery(Box::new(DeliveryCommand::Claim {
             message_id: id,
-            until_ms,
+            lease_ms: self.settings.lease.as_millis() as u64,
+            replaces,
         }));
         match self.node.proposer().propose(command).await {
-            Ok(result) if result.refused.is_none() => Some(result.seq),
+            Ok(result) if result.refused.is_none() => Leased::Granted {
+                seq: result.seq,
+                usable_until: asked + self.settings.lease.mul_f64(USABLE),
+            },
             Ok(result) => {
                 tracing::debug!(%id, refused = ?result.refused, "delivery lease refused");
-                None
+                Leased::Refused
             }
             Err(e) => {
                 tracing::debug!(%id, error = %e, "delivery lease not committed");
-                None
+                Leased::Unknown
             }
         }
     }
@@ -170,13 +248,18 @@ impl Worker {
         }
     }
 
-    /// One attempt for the due recipients of message `id`, under a lease: a
-    /// transaction per route their domains take, each reported as soon as it is done
-    /// (so that what was sent is on record before the next hop is tried). The lease
-    /// is renewed while sending and before each further route; once it is lost, or a
-    /// report cannot be committed, the attempt stops.
-    async fn attempt(&self, id: MessageId) {
-        let Some(seq) = self.lease(id).await else {
+    /// One attempt for the due recipients of message `id`, under a lease (taken
+    /// over from `replaces`, when another node held it): a transaction per route
+    /// their domains take, each reported as soon as it is done (so that what was sent
+    /// is on record before the next hop is tried). The lease is renewed while sending
+    /// and before each further route; once it is refused, or its usable time is over,
+    /// or a report cannot be committed, the attempt stops.
+    async fn attempt(&self, id: MessageId, replaces: Option<Lease>) {
+        let Leased::Granted {
+            seq,
+            mut usable_until,
+        } = self.lease(id, replaces).await
+        else {
             return;
         };
         let Some(entry) = self.entry_after(id, seq).await else {
@@ -207,27 +290,21 @@ impl Worker {
         let groups = self.settings.routes.group(&due);
         let last = groups.len().saturating_sub(1);
         for (i, (route, recipients)) in groups.into_iter().enumerate() {
-            if i > 0 && self.lease(id).await.is_none() {
-                tracing::warn!(%id, "delivery lease lost between next hops; the rest waits");
-                return;
+            if i > 0 {
+                match self.lease(id, None).await {
+                    Leased::Granted {
+                        usable_until: u, ..
+                    } => usable_until = u,
+                    _ => {
+                        tracing::warn!(%id, "delivery lease not renewed between next hops; the rest waits");
+                        return;
+                    }
+                }
             }
             let started = Instant::now();
             let send = self.send(&route, &entry, &body, recipients);
-            tokio::pin!(send);
-            // Renew the lease at a third of its length while sending, so that a slow
-            // next hop does not let another node start the same delivery.
-            let renew_every = self.settings.lease / 3;
-            let mut lost = false;
-            let (tls, replies) = loop {
-                tokio::select! {
-                    done = &mut send => break done,
-                    _ = tokio::time::sleep(renew_every) => {
-                        if self.lease(id).await.is_none() {
-                            tracing::warn!(%id, "delivery lease lost while sending");
-                            lost = true;
-                        }
-                    }
-                }
+            let Some((tls, replies)) = self.under_lease(id, send, usable_until).await else {
+                return;
             };
             let reported = self
                 .finish(
@@ -240,8 +317,57 @@ impl Worker {
                     i == last,
                 )
                 .await;
-            if lost || !reported {
+            if !reported {
                 return;
+            }
+        }
+    }
+
+    /// Runs `send` while this node's lease on `id`, usable until `usable_until`,
+    /// lasts: renewed at a third of its length (a renewal that was not committed is
+    /// tried again sooner), and the transaction dropped, unfinished, once a renewal is
+    /// refused or the lease's usable time is over. `None`: dropped; nothing is
+    /// reported (the outcome is unknown), and the message is tried again under a new
+    /// lease, by this node (it still holds the lease on record) or by another that
+    /// has seen it unrenewed for a whole lease.
+    async fn under_lease<T>(
+        &self,
+        id: MessageId,
+        send: impl Future<Output = T>,
+        mut usable_until: Instant,
+    ) -> Option<T> {
+        tokio::pin!(send);
+        let renew_every = self.settings.lease / 3;
+        let mut renew_at = Instant::now() + renew_every;
+        let mut renewal: Option<Pin<Box<dyn Future<Output = Leased> + Send + '_>>> = None;
+        loop {
+            if Instant::now() >= usable_until {
+                tracing::warn!(%id, "delivery lease not renewed in time; the transaction is dropped");
+                return None;
+            }
+            tokio::select! {
+                // The lease's end first: a node resumed after a pause finds its time
+                // spent before it writes another byte.
+                biased;
+                _ = tokio::time::sleep_until(usable_until.into()) => {}
+                done = &mut send => return Some(done),
+                leased = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
+                    renewal = None;
+                    match leased {
+                        Leased::Granted { usable_until: u, .. } => {
+                            usable_until = u;
+                            renew_at = Instant::now() + renew_every;
+                        }
+                        Leased::Refused => {
+                            tracing::warn!(%id, "delivery lease refused while sending; the transaction is dropped");
+                            return None;
+                        }
+                        Leased::Unknown => renew_at = Instant::now() + renew_every / 4,
+                    }
+                }
+                _ = tokio::time::sleep_until(renew_at.into()), if renewal.is_none() => {
+                    renewal = Some(Box::pin(self.lease(id, None)));
+                }
             }
         }
     }
@@ -490,6 +616,30 @@ impl Worker {
         );
         false
     }
+}
+
+/// The share of a lease's length this node sends under it, from when it asked: the
+/// rest is the margin for the monotonic clocks of the holder and of a node waiting
+/// to take over running at different rates (up to 5% apart).
+const USABLE: f64 = 0.9;
+
+/// What asking for a lease gave.
+enum Leased {
+    /// This node may send until `usable_until` (its monotonic clock); the lease was
+    /// granted by event `seq`.
+    Granted { seq: u64, usable_until: Instant },
+    /// Another node holds it, or the message is held or gone.
+    Refused,
+    /// Not committed in time: it may have been granted or not.
+    Unknown,
+}
+
+/// Another node's lease on a due message, as this node saw it.
+struct Watched {
+    lease: Lease,
+    recipients: Vec<QueuedRecipient>,
+    /// Since when this node has seen the record so (its monotonic clock).
+    since: Instant,
 }
 
 /// How long a stopping node waits for a delivery report to commit: milliseconds do

@@ -368,8 +368,12 @@ pub struct QueuedRecipient {
     pub status: RecipientStatus,
 }
 
-/// The node that may deliver a message, until when (its clock, as stamped on the
-/// operation that took the lease).
+/// The node that may deliver a message, and until when by the wall clock of the node
+/// that took the lease. A lease taken with [`DeliveryCommand::Claim`] lasts until its
+/// holder reports or another node replaces it; `until_ms` then only tells people how
+/// long the holder meant to keep it, and is the lease's identity together with `node`
+/// (each renewal raises it). Only a lease of [`DeliveryCommand::Lease`] is judged by
+/// `until_ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub node: u64,
@@ -647,6 +651,13 @@ pub struct Bounce {
 pub enum DeliveryCommand {
     /// The proposing node asks to deliver the message until `until_ms`. Granted when
     /// no other node holds a lease still running at the operation's time.
+    ///
+    /// Proposed by releases before [`DeliveryCommand::Claim`], and still applied the
+    /// way they applied it, so that a log they wrote replays to the same state. It
+    /// compares wall clocks of different nodes (`until_ms` of the holder's, the
+    /// operation's time of the asker's), so a node whose clock runs ahead by the
+    /// lease's length takes a message its holder is still sending: never proposed
+    /// by this release.
     Lease {
         message_id: MessageId,
         until_ms: i64,
@@ -667,6 +678,37 @@ pub enum DeliveryCommand {
         action: QueueAction,
         user: String,
         client_ip: Option<IpAddr>,
+    },
+    /// The proposing node asks to deliver the message for `lease_ms`. Granted when the
+    /// message has no lease, when the lease is the proposer's own (a renewal: the
+    /// recorded `until_ms` is raised), or when it is exactly `replaces`, a lease the
+    /// proposer has watched go unrenewed for longer than `lease_ms`. No wall clock is
+    /// compared: the recorded `until_ms` (the operation's time plus `lease_ms`) is
+    /// for people and to tell leases apart.
+    ///
+    /// Why two nodes never deliver at once, whatever their wall clocks say (the
+    /// argument `node/src/delivery/worker.rs` relies on, in real time `t`):
+    /// - the holder reads its monotonic clock at `a`, then proposes; the lease is
+    ///   granted at `g >= a`. It sends only before `a + 0.9 lease_ms` by its own
+    ///   monotonic clock, aborting a transaction that would run past that, and
+    ///   renews (same `a` rule) to go on;
+    /// - another node replaces that lease only with a `Claim` naming it, proposed
+    ///   once it has seen the message's queue record unchanged, this very lease in
+    ///   it, for `lease_ms` of its own monotonic clock. It can first see the lease
+    ///   after it was applied there, so at `o >= g >= a`, and claims at
+    ///   `o + lease_ms > a + 0.9 lease_ms`;
+    /// - a renewal changes the lease (`until_ms` strictly rises), so a claim naming
+    ///   the old one is refused (the log orders the two), and the watcher starts over.
+    ///
+    /// So the only requirement is that the nodes' monotonic clocks run at rates
+    /// within 5% of each other (they are within 0.05% on any host NTP disciplines,
+    /// and far closer undisciplined). A holder paused (SIGSTOP, `docker pause`, a VM
+    /// frozen) past its lease resumes to find its time spent: its monotonic clock ran
+    /// on, so it stops at once, except for what it had already handed to the kernel.
+    Claim {
+        message_id: MessageId,
+        lease_ms: u64,
+        replaces: Option<Lease>,
     },
 }
 

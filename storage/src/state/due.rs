@@ -12,8 +12,10 @@
 //! Times are milliseconds, stored so that the keys sort by them (the sign bit
 //! flipped, big-endian). A delivered, bounced or held message has no keys; a
 //! deferred one's time is its next attempt, so a node never walks past it before
-//! then. A message leased by another node keeps its keys and is skipped while the
-//! lease runs: there are at most as many as the nodes' delivery slots.
+//! then. A message leased by another node keeps its keys and is listed beside the
+//! work without counting against the limit: the delivery worker watches such a lease
+//! by its own clock before it may replace it. There are at most as many as the
+//! other nodes' delivery slots, and leases their crashed holders left behind.
 //!
 //! A delivered message's keys are deleted, and RocksDB keeps a tombstone for each
 //! until compaction: a look from the start of a range would walk every message
@@ -158,10 +160,11 @@ pub(super) fn rebuild(db: &DB, write: &mut WriteBatch) -> Result<()> {
     Ok(())
 }
 
-/// Up to `limit` messages `node` may try at `now_ms`: those it received that are
-/// due, then those anyone received that have been due for `takeover_ms`, each free
-/// of another node's running lease. The index is read from the oldest due time up,
-/// and no further than `now_ms`.
+/// Up to `limit` messages `node` may try at `now_ms` (no lease, or its own): those it
+/// received that are due, then those anyone received that have been due for
+/// `takeover_ms`; with them, not counted, those of the same ranges another node holds
+/// a lease on, so that the caller can see whether that lease is still renewed. The
+/// index is read from the oldest due time up, and no further than `now_ms`.
 pub(super) fn find(
     db: &DB,
     floors: &Floors,
@@ -171,13 +174,14 @@ pub(super) fn find(
     limit: usize,
 ) -> Result<Vec<QueueEntry>> {
     let mut out = Vec::new();
+    let mut counted = 0;
     let mut seen = HashSet::new();
     let ranges = [
         (owner_prefix(node), now_ms),
         (vec![BY_TIME], now_ms.saturating_sub(takeover_ms)),
     ];
     for (prefix, until) in ranges {
-        if out.len() >= limit {
+        if counted >= limit {
             break;
         }
         let mut end = prefix.clone();
@@ -199,7 +203,7 @@ pub(super) fn find(
         };
         floors.raise(&prefix, &floor, first);
         while let Some(key) = iter.key() {
-            if out.len() >= limit {
+            if counted >= limit {
                 break;
             }
             let id = key
@@ -212,7 +216,10 @@ pub(super) fn find(
                 let stored = db.get_pinned_cf(cf_handle(db, cf::QUEUE), id.key())?;
                 if let Some(bytes) = stored {
                     let record: QueueRecord = codec::decode(&bytes)?;
-                    if record.is_due(now_ms) && record.entry.is_free_for(node, now_ms) {
+                    if record.is_due(now_ms) {
+                        if record.entry.lease.is_none_or(|l| l.node == node) {
+                            counted += 1;
+                        }
                         out.push(record.entry);
                     }
                 }

@@ -99,8 +99,11 @@ impl StateStore {
     }
 
     /// Queue entries with a recipient due at `now_ms` that `node` may take (not held,
-    /// no other node's lease running): those it accepted, and others' once they have
-    /// been due for `takeover_ms` (their node may be down); at most `limit`.
+    /// no other node's lease): those it accepted, and others' once they have been due
+    /// for `takeover_ms` (their node may be down); at most `limit`. Entries of the
+    /// same kinds under another node's lease come with them, not counted: a lease is
+    /// replaced only by a node that has watched it go unrenewed (see
+    /// [`crate::DeliveryCommand::Claim`]).
     pub fn due_deliveries(
         &self,
         node: u64,

@@ -1084,10 +1084,11 @@ fn leases_and_reports_drive_the_queue_within_and_across_batches() {
         node,
         command,
     };
-    let lease = |until_ms| {
-        Command::Delivery(Box::new(DeliveryCommand::Lease {
+    let lease = |lease_ms| {
+        Command::Delivery(Box::new(DeliveryCommand::Claim {
             message_id: id,
-            until_ms,
+            lease_ms,
+            replaces: None,
         }))
     };
     let accept = Op {
@@ -1101,19 +1102,29 @@ fn leases_and_reports_drive_the_queue_within_and_across_batches() {
         })),
     };
     // Accepted and leased twice in one batch: the second lease sees the first.
-    let first = [accept, op(1, 1, 110, lease(500)), op(2, 2, 120, lease(600))];
+    let first = [accept, op(1, 1, 110, lease(390)), op(2, 2, 120, lease(480))];
     let results = store.apply(&[(1, &first[..])], b"1").unwrap();
     assert_eq!(results[0][1].refused, None);
     assert!(results[0][2].refused.is_some());
-    assert_eq!(store.due_deliveries(2, 130, 0, 10).unwrap(), vec![]);
-    assert_eq!(store.due_deliveries(1, 130, 0, 10).unwrap().len(), 1);
-    // Node 2 takes over once node 1's lease has run out and the takeover delay
-    // has passed.
-    assert_eq!(store.due_deliveries(2, 500, 1000, 10).unwrap(), vec![]);
-    assert_eq!(store.due_deliveries(2, 1100, 1000, 10).unwrap().len(), 1);
+    // Node 2 sees the message under node 1's lease (to watch it), not as free work;
+    // node 1 sees its own.
+    let held_by = |node, now, takeover| -> Vec<Option<u64>> {
+        store
+            .due_deliveries(node, now, takeover, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.lease.map(|l| l.node))
+            .collect()
+    };
+    assert_eq!(held_by(2, 130, 0), [Some(1)]);
+    assert_eq!(held_by(1, 130, 0), [Some(1)]);
+    // Node 2 does not see it before the takeover delay has passed, then sees it
+    // under node 1's lease however late it is by the clocks: node 2 must watch it.
+    assert_eq!(held_by(2, 500, 1000), []);
+    assert_eq!(held_by(2, 100_000, 1000), [Some(1)]);
     // A retried refused lease is still refused.
     let again = store
-        .apply(&[(2, &[op(2, 2, 120, lease(600))][..])], b"2")
+        .apply(&[(2, &[op(2, 2, 120, lease(480))][..])], b"2")
         .unwrap();
     assert!(again[0][0].duplicate && again[0][0].refused.is_some());
     let report = Command::Delivery(Box::new(DeliveryCommand::Report {
@@ -1324,9 +1335,10 @@ fn queue_admin_actions_apply_are_audited_and_listings_filter_and_page() {
         op(
             3,
             310,
-            DeliveryCommand::Lease {
+            DeliveryCommand::Claim {
                 message_id: ids[0],
-                until_ms: 1_000,
+                lease_ms: 700,
+                replaces: None,
             },
         ),
     ];

@@ -29,11 +29,18 @@ pub fn delivery<'a, S: Stored>(
         DeliveryCommand::Lease { message_id, .. } => *message_id,
         DeliveryCommand::Report { report, .. } => report.message_id,
         DeliveryCommand::Admin { message_id, .. } => *message_id,
+        DeliveryCommand::Claim { message_id, .. } => *message_id,
     };
     let entry = changes.queued(store, id)?;
     Ok(match command {
         DeliveryCommand::Lease { until_ms, .. } => {
             let (event, refused) = lease(entry, id, op.node, op.time_ms, *until_ms);
+            (vec![event], refused)
+        }
+        DeliveryCommand::Claim {
+            lease_ms, replaces, ..
+        } => {
+            let (event, refused) = claim(entry, id, op.node, op.time_ms, *lease_ms, *replaces);
             (vec![event], refused)
         }
         DeliveryCommand::Admin {
@@ -142,6 +149,66 @@ fn lease(
         );
     }
     e.lease = Some(Lease { node, until_ms });
+    (
+        EventKind::DeliveryLeased {
+            message_id,
+            holder: node,
+            until_ms,
+            granted: true,
+        },
+        None,
+    )
+}
+
+/// Grants `node` the lease on `entry` for `lease_ms` from `time_ms` (the operation's
+/// time, recorded as `until_ms` for people) when nobody holds it, `node` does (a
+/// renewal, whose `until_ms` is above the last one even if `node`'s clock stepped
+/// back, so that every renewal is a new lease to a watcher), or the lease held is
+/// exactly `replaces`; and, while the message is held by an administrator, only to
+/// the node whose lease is on it (to finish its attempt). No wall clock is compared:
+/// see [`DeliveryCommand::Claim`] for why this keeps deliveries one at a time.
+/// Returns the event and, when refused, why.
+fn claim(
+    entry: &mut Option<QueueRecord>,
+    message_id: MessageId,
+    node: u64,
+    time_ms: i64,
+    lease_ms: u64,
+    replaces: Option<Lease>,
+) -> (EventKind, Option<String>) {
+    let until_ms = time_ms.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+    let refused = |holder: u64, until: i64, why: String| {
+        (
+            EventKind::DeliveryLeased {
+                message_id,
+                holder,
+                until_ms: until,
+                granted: false,
+            },
+            Some(why),
+        )
+    };
+    let Some(record) = entry.as_mut() else {
+        return refused(node, until_ms, NOT_QUEUED.into());
+    };
+    let held = record.entry.lease;
+    let own = held.filter(|l| l.node == node);
+    if record.held && own.is_none() {
+        let (holder, until) = held.map_or((node, until_ms), |l| (l.node, l.until_ms));
+        return refused(holder, until, "held by an administrator".into());
+    }
+    if let Some(l) = held.filter(|l| l.node != node && Some(*l) != replaces) {
+        return refused(
+            l.node,
+            l.until_ms,
+            format!(
+                "node {} holds it (until {} by its clock)",
+                l.node, l.until_ms
+            ),
+        );
+    }
+    let until_ms = own.map_or(until_ms, |l| until_ms.max(l.until_ms.saturating_add(1)));
+    record.entry.lease = Some(Lease { node, until_ms });
     (
         EventKind::DeliveryLeased {
             message_id,
@@ -369,6 +436,91 @@ mod tests {
         );
         let mut gone = None;
         assert!(lease(&mut gone, MessageId(9), 1, 0, 1).1.is_some());
+    }
+
+    fn claimed(
+        e: &mut Option<QueueRecord>,
+        node: u64,
+        time_ms: i64,
+        replaces: Option<Lease>,
+    ) -> Option<String> {
+        claim(e, MessageId(9), node, time_ms, 100, replaces).1
+    }
+
+    #[test]
+    fn a_claimed_lease_passes_only_by_release_or_by_naming_it_whatever_the_clocks_say() {
+        let mut e = queued(&["b@x"]);
+        assert_eq!(claimed(&mut e, 1, 1_000, None), None);
+        let first = e.as_ref().unwrap().entry.lease.unwrap();
+        assert_eq!(
+            first,
+            Lease {
+                node: 1,
+                until_ms: 1_100
+            }
+        );
+        // Node 2's clock far ahead: still refused, the lease runs until replaced.
+        assert!(claimed(&mut e, 2, 1_000_000, None).is_some());
+        // Node 1 renews, its clock stepped back: the lease still changes.
+        assert_eq!(claimed(&mut e, 1, 500, None), None);
+        let renewed = e.as_ref().unwrap().entry.lease.unwrap();
+        assert_eq!(
+            renewed,
+            Lease {
+                node: 1,
+                until_ms: 1_101
+            }
+        );
+        // Naming the lease that was renewed since: refused.
+        assert!(claimed(&mut e, 2, 0, Some(first)).is_some());
+        // Naming the lease in force: granted, its clock far behind or not.
+        assert_eq!(claimed(&mut e, 2, -1_000_000, Some(renewed)), None);
+        assert_eq!(
+            e.as_ref().unwrap().entry.lease,
+            Some(Lease {
+                node: 2,
+                until_ms: -999_900
+            })
+        );
+        // The old holder may no longer renew.
+        assert!(claimed(&mut e, 1, 2_000, None).is_some());
+        // Released by its holder's report, anyone may take it.
+        report(
+            &mut e,
+            2,
+            &attempt(vec![result(
+                "b@x",
+                RecipientOutcome::Deferred { next_attempt_ms: 0 },
+            )]),
+        );
+        assert_eq!(e.as_ref().unwrap().entry.lease, None);
+        assert_eq!(claimed(&mut e, 3, 0, None), None);
+        let mut gone = None;
+        assert!(claimed(&mut gone, 1, 0, None).is_some());
+    }
+
+    #[test]
+    fn a_held_message_is_claimed_only_by_the_node_finishing_its_attempt() {
+        let mut e = queued(&["b@x"]);
+        assert_eq!(claimed(&mut e, 1, 100, None), None);
+        let lease = e.as_ref().unwrap().entry.lease;
+        api(&mut e, QueueAction::Hold, 110);
+        assert_eq!(claimed(&mut e, 1, 150, None), None);
+        let renewed = e.as_ref().unwrap().entry.lease;
+        assert!(claimed(&mut e, 2, 150, renewed).is_some());
+        assert!(claimed(&mut e, 2, 150, lease).is_some());
+        report(
+            &mut e,
+            1,
+            &attempt(vec![result(
+                "b@x",
+                RecipientOutcome::Deferred { next_attempt_ms: 0 },
+            )]),
+        );
+        assert!(
+            claimed(&mut e, 1, 200, None).is_some(),
+            "held, and no lease left to finish"
+        );
     }
 
     #[test]
