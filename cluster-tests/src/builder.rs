@@ -40,6 +40,8 @@ pub struct ClusterBuilder {
     scan: Vec<(String, String)>,
     /// TOML appended to every config as written (e.g. `[[siem.exporters]]` tables).
     extra: String,
+    /// Environment variables of one node's process: (node, name, value).
+    env: Vec<(u64, String, String)>,
     /// A backup every member is restored from (`bulwark restore`) before its first start.
     restore_from: Option<PathBuf>,
 }
@@ -58,6 +60,7 @@ impl ClusterBuilder {
             delivery: Vec::new(),
             scan: Vec::new(),
             extra: String::new(),
+            env: Vec::new(),
             restore_from: None,
         }
     }
@@ -124,6 +127,13 @@ impl ClusterBuilder {
     pub fn toml(mut self, text: &str) -> Self {
         self.extra.push('\n');
         self.extra.push_str(text);
+        self
+    }
+
+    /// Sets the environment variable `name` to `value` in node `id`'s process (each
+    /// start), e.g. `BULWARK_TEST_CLOCK_OFFSET_MS` to run its clock off.
+    pub fn node_env(mut self, id: u64, name: &str, value: &str) -> Self {
+        self.env.push((id, name.to_string(), value.to_string()));
         self
     }
 
@@ -194,6 +204,9 @@ impl ClusterBuilder {
         for id in &self.foreign {
             ensure!(ids.contains(id), "foreign_ca: no node {id}");
         }
+        for (id, name, _) in &self.env {
+            ensure!(ids.contains(id), "node_env {name}: no node {id}");
+        }
         if !self.foreign.is_empty() {
             run_bin(&bin, &["cert", "ca", "--out"], &[&foreign]).await?;
             for id in &self.foreign {
@@ -225,6 +238,12 @@ impl ClusterBuilder {
                 cert_path: cert_dir.join(format!("node{id}.pem")),
                 key_path: cert_dir.join(format!("node{id}.key")),
                 foreign: self.foreign.contains(&id),
+                env: self
+                    .env
+                    .iter()
+                    .filter(|(n, _, _)| *n == id)
+                    .map(|(_, name, value)| (name.clone(), value.clone()))
+                    .collect(),
                 child: None,
                 starts: 0,
                 dir,

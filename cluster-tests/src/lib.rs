@@ -182,6 +182,7 @@ impl Cluster {
             .stderr(log)
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .with_context(|| format!("spawning {} for node {id}", bin.display()))?;
         node.child = Some(child);

@@ -27,6 +27,8 @@ pub struct Node {
     pub(crate) cert_path: PathBuf,
     pub(crate) key_path: PathBuf,
     pub(crate) foreign: bool,
+    /// Environment variables of this node's process beyond the harness's own.
+    pub(crate) env: Vec<(String, String)>,
     pub(crate) child: Option<Child>,
     pub(crate) starts: u32,
 }

@@ -160,6 +160,12 @@ pub struct Delivered {
     pub connection: u64,
     /// The name given in EHLO/HELO.
     pub ehlo: String,
+    /// When the sink accepted its MAIL command: the transaction began.
+    pub began: Instant,
+    /// When the sink decided its reply to the end of data (after
+    /// [`SinkConfig::data_delay`]): the transaction ended. Two transactions of the
+    /// same message whose `began..answered` overlap were delivered at once.
+    pub answered: Instant,
 }
 
 impl Delivered {
@@ -462,6 +468,7 @@ struct Session {
 }
 
 struct Transaction {
+    began: Instant,
     from: String,
     params: String,
     smtputf8: bool,
@@ -740,6 +747,7 @@ impl Session {
 
     fn begin(&mut self, from: String, params: &str, smtputf8: bool) {
         self.transaction = Some(Transaction {
+            began: Instant::now(),
             from,
             params: params.to_string(),
             smtputf8,
@@ -850,6 +858,8 @@ impl Session {
                     .as_ref()
                     .map(|(n, _)| n.clone())
                     .unwrap_or_default(),
+                began: transaction.began,
+                answered: Instant::now(),
             };
             self.server.shared.lock().received.push(delivered);
             self.server.shared.changed.notify_all();

@@ -521,6 +521,8 @@ fn delivery_without_a_relay_writes_the_maildir() {
         tls: false,
         connection: 0,
         ehlo: String::new(),
+        began: Instant::now(),
+        answered: Instant::now(),
     };
     check_content(&d, &id, body);
     let tmp = std::fs::read_dir(maildir.join("tmp")).unwrap().count();
