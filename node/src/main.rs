@@ -30,6 +30,8 @@ enum Commands {
         command: CertCommand,
     },
     /// Check a configuration file and report every problem in it; non-zero exit if any.
+    /// Warnings (a cluster's API or SMTP reachable without TLS) are printed too, and
+    /// alone leave the exit status 0.
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
@@ -321,27 +323,28 @@ fn admin_exit(result: anyhow::Result<ops::admin::Outcome>) -> ExitCode {
     }
 }
 
+/// `bulwark check-config FILE`: every problem, then every warning (`warning: ` in
+/// front); a warning alone still exits 0.
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match config::Config::load(file).and_then(|config| {
-        let problems = config.preflight();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems)
-        }
-    }) {
-        Ok(_) => {
-            println!("{}: ok", file.display());
-            ExitCode::SUCCESS
-        }
-        Err(problems) => {
-            for problem in &problems {
-                println!("{problem}");
-            }
-            eprintln!("{}: {} problem(s)", file.display(), problems.len());
-            ExitCode::FAILURE
-        }
+    let (problems, warnings) = match config::Config::load(file) {
+        Ok(config) => (config.preflight(), config.warnings()),
+        Err(problems) => (problems, Vec::new()),
+    };
+    for problem in &problems {
+        println!("{problem}");
     }
+    for warning in &warnings {
+        println!("warning: {warning}");
+    }
+    if !problems.is_empty() {
+        eprintln!("{}: {} problem(s)", file.display(), problems.len());
+        return ExitCode::FAILURE;
+    }
+    match warnings.len() {
+        0 => println!("{}: ok", file.display()),
+        n => println!("{}: ok, with {n} warning(s)", file.display()),
+    }
+    ExitCode::SUCCESS
 }
 
 /// `bulwark audit verify --bundle FILE`: the bundle checked on its own.

@@ -242,6 +242,52 @@ fn check_config_catches_what_serve_would_refuse() {
     }
 }
 
+/// A three-node config whose API or SMTP other hosts reach without TLS is warned
+/// about, each warning naming the keys to set; a warning is not a problem (exit 0).
+/// On loopback, or with TLS, there is nothing to say.
+#[test]
+fn check_config_warns_of_a_cluster_listening_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    certificates(d, "certs", &["1"]);
+    let config = |api: &str, smtp: &str, tls: &str| {
+        format!(
+            "[node]\nid = 1\ndata_dir = \"data1\"\n\
+             [cluster]\nlisten = \"127.0.0.1:7001\"\n\
+             peers = {{ 1 = \"127.0.0.1:7001\", 2 = \"127.0.0.1:7002\", 3 = \"127.0.0.1:7003\" }}\n\
+             ca = \"certs/ca.pem\"\ncert = \"certs/node1.pem\"\nkey = \"certs/node1.key\"\n\
+             [api]\nlisten = \"{api}\"\n{tls}[smtp]\nlisten = \"{smtp}\"\n{tls}"
+        )
+    };
+    let check = |text: String| {
+        std::fs::write(d.join("node1.toml"), text).unwrap();
+        bulwark(&["check-config", "node1.toml"], d)
+    };
+
+    let out = check(config("127.0.0.1:8081", "127.0.0.1:2525", ""));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+    assert!(text(&out).contains("node1.toml: ok"), "{}", text(&out));
+
+    let out = check(config("0.0.0.0:8081", "192.0.2.11:25", ""));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = text(&out);
+    for expected in [
+        "warning: api.listen 0.0.0.0:8081",
+        "set api.tls_cert and api.tls_key",
+        "warning: smtp.listen 192.0.2.11:25",
+        "set smtp.tls_cert and smtp.tls_key",
+        "node1.toml: ok, with 2 warning(s)",
+    ] {
+        assert!(report.contains(expected), "missing {expected}:\n{report}");
+    }
+
+    let tls = "tls_cert = \"certs/node1.pem\"\ntls_key = \"certs/node1.key\"\n";
+    let out = check(config("0.0.0.0:8081", "0.0.0.0:25", tls));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
+}
+
 /// A node that cannot form its cluster says so every few seconds, naming each peer it
 /// cannot reach and why: one not listening, one whose certificate another CA signed.
 #[test]

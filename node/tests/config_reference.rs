@@ -301,7 +301,7 @@ fn every_table_and_key_the_binary_takes_is_in_the_reference_and_nothing_else() {
 
 /// The reference's minimal production configuration, its certificates made with
 /// `bulwark cert` where it names them and its data directory in a temporary one,
-/// passes `check-config`.
+/// passes `check-config` without a warning.
 #[test]
 fn the_minimal_production_configuration_passes_check_config() {
     let section = REFERENCE
@@ -367,4 +367,5 @@ fn the_minimal_production_configuration_passes_check_config() {
     let out = bulwark(&["check-config", "bulwark.toml"], d);
     assert!(out.status.success(), "{config}\n{}", text(&out));
     assert!(text(&out).contains("bulwark.toml: ok"), "{}", text(&out));
+    assert!(!text(&out).contains("warning"), "{}", text(&out));
 }

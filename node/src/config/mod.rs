@@ -6,7 +6,8 @@
 //! [`delivery`], [`scanning`] (`[scan]`, `[dns]`), [`quarantine`],
 //! [`audit`], [`siem`] and [`log`]. This file holds the whole file's shape, `[node]`, `[api]`
 //! and `[backup]`, and the checks the sections share. [`preflight`] checks what the
-//! file names on this machine (certificates, the data directory), for `check-config`. `[policy]` is the document of
+//! file names on this machine (certificates, the data directory), for `check-config`,
+//! which also prints [`Config::warnings`]: what a cluster leaves open. `[policy]` is the document of
 //! [`crate::policy::Document`]: the cluster's policy, seeded from the first node's.
 
 use std::net::SocketAddr;
@@ -343,6 +344,47 @@ impl Config {
             mail_log,
         })
     }
+}
+
+impl Config {
+    /// What this file leaves open that `serve` still accepts: in a cluster of several
+    /// nodes (whose members run on hosts of their own), the API or SMTP listening
+    /// without TLS on an address other hosts reach. Each warning names the keys that
+    /// close it.
+    pub fn warnings(&self) -> Vec<String> {
+        let clustered = self
+            .node
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.peers.len() > 1);
+        if !clustered {
+            return Vec::new();
+        }
+        let mut warnings = Vec::new();
+        if self.api_tls.is_none() && reachable(self.api_listen) {
+            warnings.push(format!(
+                "api.listen {} is reached from other hosts over plain HTTP: the admin \
+                 token and the quarantined mail cross the network in clear; set \
+                 api.tls_cert and api.tls_key, or listen on a loopback address",
+                self.api_listen
+            ));
+        }
+        if self.smtp.tls.is_none() && reachable(self.smtp.listen) {
+            warnings.push(format!(
+                "smtp.listen {} is reached from other hosts without STARTTLS: mail \
+                 arrives in clear; set smtp.tls_cert and smtp.tls_key, or listen on a \
+                 loopback address",
+                self.smtp.listen
+            ));
+        }
+        warnings
+    }
+}
+
+/// Whether a listener on `addr` can be reached from other hosts: any address but a
+/// loopback one (`0.0.0.0` and `[::]` listen on every interface).
+fn reachable(addr: SocketAddr) -> bool {
+    !addr.ip().to_canonical().is_loopback()
 }
 
 /// The policy a configuration file holds: its `[policy]` section with the rule and

@@ -286,3 +286,70 @@ fn a_host_name_as_listen_address_is_refused_with_what_to_write() {
         .join("\n");
     assert!(problems.contains("write [::1]:2525"), "{problems}");
 }
+
+/// A three-node config in a directory of its own, its certificate files present
+/// (empty: `load` only checks they are files), with the API and SMTP listening on
+/// `api` and `smtp`; `tls` gives both a certificate.
+fn three_nodes(api: &str, smtp: &str, tls: bool) -> Config {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["ca.pem", "node1.pem", "node1.key"] {
+        std::fs::write(dir.path().join(file), "").unwrap();
+    }
+    let tls = if tls {
+        "tls_cert = \"node1.pem\"\ntls_key = \"node1.key\"\n"
+    } else {
+        ""
+    };
+    let path = dir.path().join("bulwark.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cluster]\nlisten = \"127.0.0.1:7001\"\n\
+             peers = {{ 1 = \"10.0.0.11:7001\", 2 = \"10.0.0.12:7001\", 3 = \"10.0.0.13:7001\" }}\n\
+             ca = \"ca.pem\"\ncert = \"node1.pem\"\nkey = \"node1.key\"\n\
+             [api]\nlisten = \"{api}\"\n{tls}[smtp]\nlisten = \"{smtp}\"\n{tls}"
+        ),
+    )
+    .unwrap();
+    Config::load(&path).unwrap()
+}
+
+#[test]
+fn a_cluster_listening_beyond_loopback_without_tls_is_warned_about() {
+    for api in [
+        "127.0.0.1:8080",
+        "127.0.0.2:8080",
+        "[::1]:8080",
+        "[::ffff:127.0.0.1]:8080",
+    ] {
+        let c = three_nodes(api, "127.0.0.1:2525", false);
+        assert_eq!(c.warnings(), Vec::<String>::new(), "{api}");
+    }
+    let warnings = three_nodes("0.0.0.0:8080", "10.0.0.11:25", false).warnings();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("api.listen 0.0.0.0:8080")
+            && warnings[0].contains("set api.tls_cert and api.tls_key"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].starts_with("smtp.listen 10.0.0.11:25")
+            && warnings[1].contains("set smtp.tls_cert and smtp.tls_key"),
+        "{warnings:?}"
+    );
+    let warnings = three_nodes("[::]:8080", "127.0.0.1:2525", false).warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("api.listen [::]:8080"),
+        "{warnings:?}"
+    );
+    // With TLS on both, nothing to say.
+    let c = three_nodes("0.0.0.0:8080", "0.0.0.0:25", true);
+    assert_eq!(c.warnings(), Vec::<String>::new());
+}
+
+#[test]
+fn a_single_node_is_not_warned_about_plain_listeners() {
+    let c = parse("[api]\nlisten = \"0.0.0.0:8080\"\n[smtp]\nlisten = \"0.0.0.0:25\"\n").unwrap();
+    assert_eq!(c.warnings(), Vec::<String>::new());
+}
