@@ -21,18 +21,23 @@
 #               Kubernetes OpenAPI schemas that kubernetes-validate bundles, strict
 #               (unknown fields are errors; an unknown kind or apiVersion too), for
 #               Kubernetes 1.29 and 1.37; then consistency: kustomization lists every
-#               file, one config per pod, peer names of the headless Service in the
-#               namespace, the Secret's items.
+#               file, one StatefulSet of one replica a node (OnDelete, all alike but
+#               for the node number), each mounting its one config, peer names of the
+#               headless Service in the namespace; and each pod's keys: every pod
+#               spec mounts its own node's key (the config's cluster.key) from its
+#               own Secret, no other node's key or Secret, no CA key, no Secret
+#               whole (items listed).
 #   systemd     `systemd-analyze verify` of the unit, byte for byte, in a scratch
 #               root (see check_systemd for what is stood in for), where any warning
 #               fails; and `systemd-analyze security`: an exposure of at most 3.0.
-#   configs     every node config (compose, systemd, the Kubernetes ConfigMap):
-#               TOML, and what `bulwark serve` requires of a set of peers (listen
-#               addresses IP:port, distinct ids, the same peers everywhere, each
-#               node's certificate file named after its id). With a bulwark binary
-#               (BULWARK_BIN, `bulwark` on PATH, or a cargo build under
+#   configs     every node config (compose, systemd, examples, the Kubernetes
+#               ConfigMap): TOML, and what `bulwark serve` requires of a set of peers
+#               (listen addresses IP:port, distinct ids, the same peers everywhere,
+#               each node's certificate file named after its id). With a bulwark
+#               binary (BULWARK_BIN, `bulwark` on PATH, or a cargo build under
 #               $CARGO_TARGET_DIR or target/), also `bulwark check-config` of each,
-#               with certificates made by `bulwark cert` in a scratch directory.
+#               with certificates made by `bulwark cert` in a scratch directory:
+#               no problem and no warning (the API or SMTP in clear beyond loopback).
 #   dockerfile  the Dockerfile says what the rest relies on (uid 10001, the
 #               volume, the health check through `bulwark ready`).
 #
@@ -172,7 +177,7 @@ def host_port(value):
 def config_sets():
     """{set name: [(label, expected id or None, toml text)]}"""
     sets = {}
-    for kind in ("compose", "systemd"):
+    for kind in ("compose", "systemd", "examples"):
         entries = []
         for n in (1, 2, 3):
             path = os.path.join(deploy, kind, f"node{n}.toml")
@@ -187,9 +192,9 @@ def config_sets():
     try:
         cm = load_yaml(cm_path)
         for key, text in sorted((cm.get("data") or {}).items()):
-            m = re.fullmatch(r".*-(\d+)\.toml", key)
+            m = re.fullmatch(r"node(\d+)\.toml", key)
             entries.append((f"kubernetes/configmap.yaml:{key}",
-                            int(m.group(1)) + 1 if m else None, text))
+                            int(m.group(1)) if m else None, text))
     except Exception as e:  # noqa: BLE001
         err(f"kubernetes/configmap.yaml: {e}")
     sets["kubernetes"] = entries
@@ -216,7 +221,7 @@ def check_configs(out_dir=None, certs_dir=None):
                 err(f"{label}: node.id must be a positive integer, not {nid!r}")
             elif expected is not None and nid != expected:
                 err(f"{label}: node.id is {nid}, expected {expected} for this file")
-            if not str(node.get("data_dir", "")).startswith("/"):
+            if name != "examples" and not str(node.get("data_dir", "")).startswith("/"):
                 err(f"{label}: node.data_dir should be absolute, not {node.get('data_dir')!r}")
             for field, value in (("cluster.listen", cluster.get("listen")),
                                  ("api.listen", conf.get("api", {}).get("listen")),
@@ -240,7 +245,10 @@ def check_configs(out_dir=None, certs_dir=None):
             if out_dir:
                 text_out = text
                 if certs_dir:
-                    text_out = text_out.replace("/etc/bulwark/certs/", certs_dir.rstrip("/") + "/")
+                    certs = certs_dir.rstrip("/") + "/"
+                    text_out = text_out.replace("/etc/bulwark/certs/", certs)
+                    if name == "examples":
+                        text_out = text_out.replace('"certs/', '"' + certs)
                 safe = re.sub(r"[^A-Za-z0-9.]+", "_", label)
                 with open(os.path.join(out_dir, safe), "w") as f:
                     f.write(text_out)
@@ -310,6 +318,92 @@ def check_compose():
             err(f"compose/{name}.toml: relay {relay!r} is not a compose service")
 
 
+WORKLOAD_KINDS = ("StatefulSet", "Deployment", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod")
+
+
+def pod_spec(doc):
+    """The pod spec of a workload of any kind."""
+    spec = doc.get("spec") or {}
+    if doc.get("kind") == "Pod":
+        return spec
+    if doc.get("kind") == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    return (spec.get("template") or {}).get("spec") or {}
+
+
+def secret_refs(pod):
+    """Every Secret a pod spec reaches: (secret name, [(key, path)] or None for all of it)."""
+    refs = []
+    for v in pod.get("volumes") or []:
+        if "secret" in v:
+            s = v["secret"]
+            items = s.get("items")
+            refs.append((s.get("secretName"),
+                         [(i["key"], i["path"]) for i in items] if items else None))
+        for src in (v.get("projected") or {}).get("sources") or []:
+            if "secret" in src:
+                s = src["secret"]
+                items = s.get("items")
+                refs.append((s.get("name"),
+                             [(i["key"], i["path"]) for i in items] if items else None))
+    for c in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+        for e in c.get("env") or []:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                refs.append((ref.get("name"), [(ref.get("key"), f"env {e.get('name')}")]))
+        for e in c.get("envFrom") or []:
+            if "secretRef" in e:
+                refs.append((e["secretRef"].get("name"), None))
+    return refs
+
+
+def mounted_config(pod, cms):
+    """(ConfigMap key, its text) of the pod's one config, mounted as bulwark.toml."""
+    found = []
+    for v in pod.get("volumes") or []:
+        for src in (v.get("projected") or {}).get("sources") or []:
+            cm = src.get("configMap")
+            if not cm:
+                continue
+            data = (cms.get(cm.get("name")) or {}).get("data") or {}
+            items = cm.get("items")
+            if not items:
+                err(f"kubernetes: ConfigMap {cm.get('name')} mounted whole: name the one "
+                    "config of the pod in items")
+                continue
+            for i in items:
+                if i.get("path") == "bulwark.toml" and i.get("key") in data:
+                    found.append((i["key"], data[i["key"]]))
+    return found
+
+
+def check_own_keys(name, pod, nid, key_path):
+    """The invariant: a pod mounts its own node key and no other node's (node None:
+    a pod that runs no node, which may mount no node's key)."""
+    own_secret = f"bulwark-node{nid}"
+    paths = set()
+    for secret, items in secret_refs(pod):
+        if items is None:
+            err(f"kubernetes: {name} mounts the whole Secret {secret}: list its items, "
+                "so that nothing but this node's own key reaches the pod")
+            continue
+        m = re.fullmatch(r"bulwark-node(\d+)", str(secret))
+        if m and int(m.group(1)) != nid:
+            err(f"kubernetes: {name} (node {nid}) mounts {secret}, another node's Secret")
+        for key, path in items:
+            km = re.fullmatch(r"node(\d+)\.key", str(key))
+            if key == "ca.key" or str(key).endswith("ca.key"):
+                err(f"kubernetes: {name} mounts the CA's key ({secret}: {key})")
+            elif km and int(km.group(1)) != nid:
+                err(f"kubernetes: {name} (node {nid}) mounts {key} of {secret}, "
+                    "another node's key")
+            elif km and secret != own_secret:
+                err(f"kubernetes: {name} takes its key from {secret}, not {own_secret}")
+            paths.add(f"/etc/bulwark/{path}")
+    if nid is not None and key_path not in paths:
+        err(f"kubernetes: {name} does not mount its key at {key_path} (cluster.key)")
+
+
 def check_kubernetes(rendered):
     kdir = os.path.join(deploy, "kubernetes")
     kust = load_yaml(os.path.join(kdir, "kustomization.yaml"))
@@ -325,69 +419,77 @@ def check_kubernetes(rendered):
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d.get("kind"), []).append(d)
-    sts_list = by_kind.get("StatefulSet", [])
-    if len(sts_list) != 1:
-        err(f"kubernetes: expected one StatefulSet, found {len(sts_list)}")
-        return
-    sts = sts_list[0]
-    spec = sts["spec"]
-    name = sts["metadata"]["name"]
-    if spec.get("podManagementPolicy") != "Parallel":
-        err("kubernetes: the StatefulSet needs podManagementPolicy: Parallel "
-            "(a lone first pod is never ready, OrderedReady would wait forever)")
     services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
-    peers_svc = services.get(spec.get("serviceName"))
-    if not peers_svc:
-        err(f"kubernetes: serviceName {spec.get('serviceName')!r} is not a Service")
-        return
-    if peers_svc["spec"].get("clusterIP") != "None":
-        err("kubernetes: the peers Service must be headless (clusterIP: None)")
-    if not peers_svc["spec"].get("publishNotReadyAddresses"):
-        err("kubernetes: the peers Service needs publishNotReadyAddresses: true")
-    raft_ports = [p["port"] for p in peers_svc["spec"].get("ports", []) if p.get("name") == "raft"]
-    pod = spec["template"]["spec"]
-    container = pod["containers"][0]
-    if "$(POD_NAME)" not in " ".join(container.get("args", [])):
-        err("kubernetes: the container's args do not pick the config by $(POD_NAME)")
-    env = {e["name"]: e for e in container.get("env", [])}
-    if (env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
-            != "metadata.name"):
-        err("kubernetes: POD_NAME must come from metadata.name")
     cms = {c["metadata"]["name"]: c for c in by_kind.get("ConfigMap", [])}
-    cm_names = [s["configMap"]["name"] for v in pod.get("volumes", [])
-                for s in (v.get("projected") or {}).get("sources", []) if "configMap" in s]
-    secret_items = [i for v in pod.get("volumes", [])
-                    for s in (v.get("projected") or {}).get("sources", []) if "secret" in s
-                    for i in s["secret"].get("items", [])]
-    if len(cm_names) != 1 or cm_names[0] not in cms:
-        err(f"kubernetes: the pods' projected volume names ConfigMap {cm_names}, not found")
+    sts_list = by_kind.get("StatefulSet", [])
+    if not sts_list:
+        err("kubernetes: no StatefulSet")
         return
-    data = cms[cm_names[0]].get("data") or {}
-    replicas = spec.get("replicas", 1)
-    want = {f"{name}-{i}.toml" for i in range(replicas)}
-    if set(data) != want:
-        err(f"kubernetes: ConfigMap keys {sorted(data)} are not one per pod {sorted(want)}")
-    for i in range(replicas):
-        text = data.get(f"{name}-{i}.toml")
-        if text is None:
-            continue
-        conf = tomllib.loads(text)
+    # Every workload's pods: the node's key and no other's (a pod that runs no node
+    # may mount no node key at all).
+    node_of = {}      # node id -> StatefulSet name
+    configs = {}      # StatefulSet name -> (ConfigMap key, parsed config)
+    for kind in WORKLOAD_KINDS:
+        for doc in by_kind.get(kind, []):
+            name = f"{kind} {doc['metadata']['name']}"
+            pod = pod_spec(doc)
+            found = mounted_config(pod, cms)
+            if kind != "StatefulSet" or len(found) != 1:
+                if kind == "StatefulSet":
+                    err(f"kubernetes: {name} mounts {len(found)} configs as "
+                        "/etc/bulwark/bulwark.toml, not one")
+                check_own_keys(name, pod, None, None)
+                continue
+            key, text = found[0]
+            conf = tomllib.loads(text)
+            nid = (conf.get("node") or {}).get("id")
+            configs[doc["metadata"]["name"]] = (key, conf)
+            if nid in node_of:
+                err(f"kubernetes: {name} and {node_of[nid]} both run node {nid}")
+            node_of[nid] = doc["metadata"]["name"]
+            check_own_keys(name, pod, nid, (conf.get("cluster") or {}).get("key"))
+            if doc["spec"].get("replicas", 1) != 1:
+                err(f"kubernetes: {name} has replicas {doc['spec'].get('replicas')}: its "
+                    "pods would share one node's config and key; one StatefulSet a node")
+            if (doc["spec"].get("updateStrategy") or {}).get("type") != "OnDelete":
+                err(f"kubernetes: {name} needs updateStrategy OnDelete: with RollingUpdate "
+                    "every StatefulSet replaces its pod at once, and the cluster stops")
+            args = " ".join(pod["containers"][0].get("args", []))
+            if "--config /etc/bulwark/bulwark.toml" not in args:
+                err(f"kubernetes: {name} does not start with --config /etc/bulwark/bulwark.toml")
+    cm_keys = {k for c in cms.values() for k in (c.get("data") or {})}
+    used = {key for key, _ in configs.values()}
+    if cm_keys != used:
+        err(f"kubernetes: ConfigMap keys {sorted(cm_keys)} are not the StatefulSets' "
+            f"configs {sorted(used)}")
+    # The StatefulSets are one template: the same but for the node number.
+    def template(doc):
+        n = str((configs.get(doc["metadata"]["name"], (None, {}))[1].get("node") or {}).get("id"))
+        return re.sub(rf"node{n}\b", "nodeN", yaml.safe_dump(doc, sort_keys=True))
+    shapes = {template(d) for d in sts_list}
+    if len(shapes) > 1:
+        err("kubernetes: the StatefulSets differ in more than their node number")
+    for doc in sts_list:
+        spec = doc["spec"]
+        name = doc["metadata"]["name"]
+        peers_svc = services.get(spec.get("serviceName"))
+        if not peers_svc:
+            err(f"kubernetes: {name}'s serviceName {spec.get('serviceName')!r} is not a Service")
+            return
+        if peers_svc["spec"].get("clusterIP") != "None":
+            err("kubernetes: the peers Service must be headless (clusterIP: None)")
+        if not peers_svc["spec"].get("publishNotReadyAddresses"):
+            err("kubernetes: the peers Service needs publishNotReadyAddresses: true")
+        raft_ports = [p["port"] for p in peers_svc["spec"].get("ports", [])
+                      if p.get("name") == "raft"]
+        key, conf = configs.get(name, (None, {}))
         for nid, addr in (conf.get("cluster") or {}).get("peers", {}).items():
             host, _, port = addr.rpartition(":")
-            ordinal = int(nid) - 1
-            expect = f"{name}-{ordinal}.{peers_svc['metadata']['name']}.{namespace}.svc.cluster.local"
-            if host != expect or int(port) not in raft_ports:
-                err(f"kubernetes: {name}-{i}.toml peer {nid} is {addr!r}, "
+            sts = node_of.get(int(nid))
+            expect = f"{sts}-0.{peers_svc['metadata']['name']}.{namespace}.svc.cluster.local"
+            if sts is None or host != expect or int(port) not in raft_ports:
+                err(f"kubernetes: {key} peer {nid} is {addr!r}, "
                     f"expected {expect}:{raft_ports[0] if raft_ports else '?'}")
-    paths = {i["path"] for i in secret_items}
-    for i in range(replicas):
-        for f in (f"certs/node{i + 1}.pem", f"certs/node{i + 1}.key"):
-            if f not in paths:
-                err(f"kubernetes: the Secret items do not give {f}")
-    if "certs/ca.pem" not in paths:
-        err("kubernetes: the Secret items do not give certs/ca.pem")
-    if any(i["key"] == "ca.key" for i in secret_items):
-        err("kubernetes: the pods must not get the CA's key")
 
 
 try:
@@ -524,10 +626,19 @@ check_configs() {
       "$bin" cert node --ca "$certs" --id "$n" --san "node$n,localhost" --out "$certs" >/dev/null ||
         { problem "bulwark cert node --id $n"; return 1; }
     done
+    # The SMTP certificate the systemd and Kubernetes configs name (a public CA's in
+    # real life): any pair will do for check-config.
+    cp "$certs/node1.pem" "$certs/smtp.pem" && cp "$certs/node1.key" "$certs/smtp.key"
     for f in "$out"/*; do
       if ! "$bin" check-config "$f" >"$SCRATCH/check.out" 2>&1; then
         sed "s#$SCRATCH/##g; s/^/  /" "$SCRATCH/check.out" >&2
         problem "bulwark check-config $(basename "$f")"
+        ok=1
+      elif grep -q '^warning: ' "$SCRATCH/check.out"; then
+        # A shipped config is what users copy: it leaves nothing open that
+        # check-config warns of (the API or SMTP in clear beyond loopback).
+        sed "s#$SCRATCH/##g; s/^/  /" "$SCRATCH/check.out" >&2
+        problem "bulwark check-config $(basename "$f") warns"
         ok=1
       fi
     done
@@ -613,12 +724,24 @@ EOF
     't.replace("  node3-data:\n", "", 1)'
   breaks compose/compose.yaml compose "port published on every address" \
     't.replace("\"127.0.0.1:2527:2525\"", "\"2527:2525\"", 1)'
-  breaks kubernetes/statefulset.yaml kubernetes "wrong type (replicas: \"three\")" \
-    't.replace("replicas: 3", "replicas: \"three\"", 1)'
+  breaks kubernetes/statefulset.yaml kubernetes "wrong type (replicas: \"one\")" \
+    't.replace("replicas: 1", "replicas: \"one\"", 1)'
   breaks kubernetes/statefulset.yaml kubernetes "missing required field (container name)" \
     't.replace("        - name: bulwark\n          image:", "        - image:", 1)'
   breaks kubernetes/statefulset.yaml kubernetes "missing required field (selector)" \
-    't.replace("  selector:\n    matchLabels:\n      app.kubernetes.io/name: bulwark\n  template:", "  template:", 1)'
+    't.replace("  selector:\n    matchLabels:\n      app.kubernetes.io/name: bulwark\n      app.kubernetes.io/instance: bulwark-node1\n  template:", "  template:", 1)'
+  breaks kubernetes/statefulset.yaml kubernetes "a pod mounts the key of another node" \
+    't.replace("                    - key: node1.key\n", "                    - key: node2.key\n                      path: certs/node2.key\n                    - key: node1.key\n", 1)'
+  breaks kubernetes/statefulset.yaml kubernetes "a pod mounts the Secret of another node" \
+    't.replace("                  name: bulwark-node1\n", "                  name: bulwark-node2\n", 1)'
+  breaks kubernetes/statefulset.yaml kubernetes "a Secret mounted whole (no items)" \
+    't.replace("                  name: bulwark-smtp-tls\n                  items:\n                    - key: tls.crt\n                      path: certs/smtp.pem\n                    - key: tls.key\n                      path: certs/smtp.key\n", "                  name: bulwark-smtp-tls\n", 1)'
+  breaks kubernetes/statefulset.yaml kubernetes "one StatefulSet of three pods (one key for all)" \
+    't.replace("replicas: 1", "replicas: 3", 1)'
+  breaks kubernetes/statefulset.yaml kubernetes "StatefulSets that roll all at once" \
+    't.replace("type: OnDelete", "type: RollingUpdate", 1)'
+  breaks kubernetes/statefulset.yaml kubernetes "a StatefulSet unlike the others" \
+    't.replace("memory: 4Gi", "memory: 5Gi", 1)'
   breaks kubernetes/statefulset.yaml kubernetes "unknown field (enableServiceLink)" \
     't.replace("enableServiceLinks: false", "enableServiceLink: false", 1)'
   breaks kubernetes/pdb.yaml kubernetes "unknown apiVersion (policy/v2)" \
@@ -643,6 +766,10 @@ EOF
     't.replace("id = 3", "id = 2", 1)'
   breaks compose/node1.toml configs "not TOML" \
     't.replace("[node]", "[node", 1)'
+  breaks systemd/node2.toml configs "the API in clear beyond loopback (a warning)" \
+    't.replace("tls_cert = \"/etc/bulwark/certs/node2.pem\"\ntls_key = \"/etc/bulwark/certs/node2.key\"\n", "", 1)'
+  breaks examples/node1.toml configs "peers without this node" \
+    't.replace("1 = \"127.0.0.1:7001\", ", "", 1)'
   breaks Dockerfile dockerfile "health check without bulwark ready" \
     't.replace("\"ready\", ", "", 1)'
   say "self-test: $caught of $cases breaks caught"
