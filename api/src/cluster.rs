@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use bulwark_consensus::{LeaderCall, LeaderCallError, MembershipChange};
@@ -78,6 +79,13 @@ pub(crate) struct Member {
     /// Entries it is behind the leader's log (on the leader).
     #[schema(required)]
     lag: Option<u64>,
+    /// Milliseconds since it last answered the leader's heartbeats or entries (on the
+    /// leader; 0 for the leader itself; null too when it never answered this leader).
+    #[schema(required)]
+    last_contact_ms: Option<u64>,
+    /// It answered the leader within two election timeouts (on the leader).
+    #[schema(required)]
+    healthy: Option<bool>,
 }
 
 impl From<bulwark_consensus::ClusterStatus> for Cluster {
@@ -105,6 +113,8 @@ impl From<bulwark_consensus::ClusterStatus> for Cluster {
                     voter,
                     matched_index,
                     lag,
+                    last_contact_ms,
+                    healthy,
                 } = member;
                 Member {
                     id,
@@ -112,6 +122,8 @@ impl From<bulwark_consensus::ClusterStatus> for Cluster {
                     voter,
                     matched_index,
                     lag,
+                    last_contact_ms,
+                    healthy,
                 }
             })
             .collect();
@@ -154,17 +166,40 @@ fn sorted<T: Serialize, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok
         .serialize(serializer)
 }
 
-/// `GET /v1/cluster`: members, roles, leader, term, indexes, lags, chain head.
-/// Without a token unless `api.public_status = false`.
-#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security((), ("bearer" = [])), responses((status = 200, description = "members, leader, term, commit and applied indexes, lags, chain head", body = Cluster), (status = 403, description = "api.public_status = false and a role that may not read it")), operation_id = "cluster_status")]
+/// How long the leader's view may take to come.
+const VIEW_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StatusQuery {
+    /// `leader`: the leader's view (asked of it when this node does not lead), the
+    /// only one with each member's lag and health; 503 when no leader answers.
+    /// Default (`local`): this node's own view.
+    #[param(pattern = "^(local|leader)$")]
+    view: Option<String>,
+}
+
+/// `GET /v1/cluster`: members, roles, leader, term, indexes, lags, health, chain
+/// head; `?view=leader` for the leader's. Without a token unless
+/// `api.public_status = false`.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security((), ("bearer" = [])), params(StatusQuery), responses((status = 200, description = "members, leader, term, commit and applied indexes, lags, health, chain head", body = Cluster), (status = 400, description = "view is neither local nor leader"), (status = 403, description = "api.public_status = false and a role that may not read it"), (status = 503, description = "view=leader and no leader answered")), operation_id = "cluster_status")]
 pub(crate) async fn status(
     State(s): State<ApiState>,
     headers: HeaderMap,
+    query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Json<Cluster>, ApiError> {
     if !s.public_status {
         s.caller(&headers, Access::Status)?;
     }
-    Ok(Json(s.node.status().into()))
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    match q.view.as_deref() {
+        None | Some("local") => Ok(Json(s.node.status().into())),
+        Some("leader") => Ok(Json(s.node.leader_status(VIEW_TIMEOUT).await?.into())),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "view: local or leader, not {other:?}"
+        ))),
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

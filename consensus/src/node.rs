@@ -73,7 +73,7 @@ pub struct NodeConfig {
 }
 
 /// One member as `GET /v1/cluster` shows it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MemberStatus {
     pub id: NodeId,
     pub addr: String,
@@ -82,10 +82,15 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
     /// Entries it is behind the leader's log (leader only).
     pub lag: Option<u64>,
+    /// Milliseconds since it last answered the leader's heartbeats or entries (leader
+    /// only; 0 for the leader itself; None too when it never answered this leader).
+    pub last_contact_ms: Option<u64>,
+    /// It answered the leader within two election timeouts (leader only).
+    pub healthy: Option<bool>,
 }
 
 /// The node's view of the cluster.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ClusterStatus {
     pub node_id: NodeId,
     pub state: String,
@@ -98,6 +103,73 @@ pub struct ClusterStatus {
     pub chain_head: String,
     pub event_count: u64,
     pub members: Vec<MemberStatus>,
+}
+
+/// What a node's status is read from: shared by the node and its peer server, which
+/// answers a follower asking for the leader's view.
+#[derive(Clone)]
+pub(crate) struct StatusSource {
+    id: NodeId,
+    raft: Raft,
+    state: Arc<StateDir>,
+    committed: Arc<AtomicU64>,
+    network: Option<NetworkFactory>,
+    /// A member that answered the leader within this long is healthy.
+    healthy_within: Duration,
+}
+
+impl StatusSource {
+    pub(crate) fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let store = self.state.current();
+        let (event_count, head) = store.chain_head();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let leads = m.current_leader == Some(self.id) && m.state == ServerState::Leader;
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|matched| matched.map_or(0, |l| l.index));
+                let since_contact = match (leads, *id == self.id) {
+                    (false, _) => None,
+                    (true, true) => Some(Duration::ZERO),
+                    (true, false) => self.network.as_ref().and_then(|n| n.since_contact(*id)),
+                };
+                MemberStatus {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag: matched.map(|i| last_log.saturating_sub(i)),
+                    last_contact_ms: since_contact.map(|d| d.as_millis() as u64),
+                    healthy: leads.then(|| since_contact.is_some_and(|d| d <= self.healthy_within)),
+                }
+            })
+            .collect();
+        let committed = self.committed.load(Ordering::Relaxed);
+        ClusterStatus {
+            node_id: self.id,
+            state: format!("{:?}", m.state),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            // Applied entries are committed: after installing a snapshot Raft may not
+            // have saved a commit index yet.
+            commit_index: (committed != u64::MAX)
+                .then_some(committed)
+                .max(m.last_applied.map(|l| l.index)),
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            chain_head: hex::encode(head),
+            event_count,
+            members,
+        }
+    }
 }
 
 /// A running node.
@@ -119,6 +191,7 @@ pub struct RaftNode {
     stopping: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    status: StatusSource,
 }
 
 fn raft_config(id: NodeId, cfg: &NodeConfig) -> Result<Config, Error> {
@@ -179,6 +252,14 @@ impl RaftNode {
         let handing_over = Arc::new(AtomicBool::new(false));
         let stopping = Arc::new(AtomicBool::new(false));
 
+        let status_of = |raft: &Raft, network: Option<NetworkFactory>| StatusSource {
+            id,
+            raft: raft.clone(),
+            state: state.clone(),
+            committed: committed.clone(),
+            network,
+            healthy_within: Duration::from_millis(2 * cfg.raft.election_timeout_ms),
+        };
         let (raft, network) = match &cfg.cluster {
             None => {
                 let tls_less = NetworkFactory::disconnected();
@@ -233,6 +314,7 @@ impl RaftNode {
                     abstain: abstain.clone(),
                     handing_over: handing_over.clone(),
                     stopping: stopping.clone(),
+                    status: status_of(&raft, Some(network.clone())),
                 };
                 tasks.push(tokio::spawn(serve(listener, ctx, stop_rx.clone())));
                 tasks.push(tokio::spawn(report_waiting(
@@ -267,6 +349,7 @@ impl RaftNode {
             appended,
             cfg.raft.snapshot_log_bytes,
         )));
+        let status = status_of(&raft, network.clone());
         let proposer = Proposer::start(
             raft.clone(),
             network.clone(),
@@ -288,6 +371,7 @@ impl RaftNode {
             stopping,
             stop,
             tasks,
+            status,
         })
     }
 
@@ -358,47 +442,36 @@ impl RaftNode {
     }
 
     pub fn status(&self) -> ClusterStatus {
-        let m = self.raft.metrics().borrow().clone();
-        let store = self.state.current();
-        let (event_count, head) = store.chain_head();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let last_log = m.last_log_index.unwrap_or(0);
-        let members = membership
-            .nodes()
-            .map(|(id, node)| {
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id))
-                    .map(|matched| matched.map_or(0, |l| l.index));
-                MemberStatus {
-                    id: *id,
-                    addr: node.addr.clone(),
-                    voter: voters.contains(id),
-                    matched_index: matched,
-                    lag: matched.map(|i| last_log.saturating_sub(i)),
-                }
-            })
-            .collect();
-        let committed = self.committed.load(Ordering::Relaxed);
-        ClusterStatus {
-            node_id: self.id,
-            state: format!("{:?}", m.state),
-            leader_id: m.current_leader,
-            term: m.current_term,
-            last_log_index: m.last_log_index,
-            // Applied entries are committed: after installing a snapshot Raft may not
-            // have saved a commit index yet.
-            commit_index: (committed != u64::MAX)
-                .then_some(committed)
-                .max(m.last_applied.map(|l| l.index)),
-            applied_index: m.last_applied.map(|l| l.index),
-            snapshot_index: m.snapshot.map(|l| l.index),
-            chain_head: hex::encode(head),
-            event_count,
-            members,
+        self.status.status()
+    }
+
+    /// The leader's view of the cluster (this node's own if it leads, else asked of
+    /// the leader over the cluster network): the only one with each member's
+    /// replication and health.
+    pub async fn leader_status(&self, timeout: Duration) -> Result<ClusterStatus, LeaderCallError> {
+        let status = self.status();
+        if status.leader_id == Some(self.id) {
+            return Ok(status);
         }
+        let Some(leader) = status.leader_id else {
+            return Err(LeaderCallError::Unavailable(
+                "this node knows no leader: the cluster may have lost its quorum".into(),
+            ));
+        };
+        let addr = status
+            .members
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.addr.clone());
+        let (Some(network), Some(addr)) = (&self.network, addr) else {
+            return Err(LeaderCallError::Unavailable(format!(
+                "leader {leader} is not a member this node can reach"
+            )));
+        };
+        network
+            .cluster_status(leader, &addr, timeout)
+            .await
+            .map_err(|e| LeaderCallError::Unavailable(format!("asking leader {leader}: {e}")))
     }
 
     /// Is this node the leader right now?

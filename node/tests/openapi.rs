@@ -468,6 +468,7 @@ fn every_success(node: &Node) -> Vec<Answer> {
     call("GET /metrics", get("/metrics"));
     call("GET /v1/openapi.json", get("/v1/openapi.json"));
     call("GET /v1/cluster", get("/v1/cluster"));
+    call("GET /v1/cluster", get("/v1/cluster?view=leader"));
     call(
         "POST /v1/notes",
         post("/v1/notes").json(&serde_json::json!({ "text": "a note" })),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulwark_storage::{Op, OpResult, SnapshotStore};
 use openraft::error::{
@@ -25,6 +25,7 @@ use tokio_rustls::TlsConnector;
 use super::frame::{read_frame, write_frame};
 use super::message::{ForwardRefused, Request, Response};
 use crate::leader::{LeaderCall, LeaderCallError};
+use crate::node::ClusterStatus;
 use crate::tls::node_id_of;
 use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
 
@@ -41,6 +42,9 @@ pub struct NetworkFactory {
     /// None for a single-node cluster, which never dials anyone.
     connector: Option<TlsConnector>,
     pool: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
+    /// When each peer last answered one of Raft's calls (on the leader: its
+    /// heartbeats and entries), for the members' health in the status.
+    contacts: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 /// Why a call to a peer failed.
@@ -59,6 +63,7 @@ impl NetworkFactory {
         NetworkFactory {
             connector: Some(TlsConnector::from(client)),
             pool: Arc::default(),
+            contacts: Arc::default(),
         }
     }
 
@@ -67,7 +72,19 @@ impl NetworkFactory {
         NetworkFactory {
             connector: None,
             pool: Arc::default(),
+            contacts: Arc::default(),
         }
+    }
+
+    /// How long ago node `id` last answered a Raft call of this node (None: never).
+    pub(crate) fn since_contact(&self, id: NodeId) -> Option<Duration> {
+        let contacts = self.contacts.lock().expect("contacts lock");
+        contacts.get(&id).map(Instant::elapsed)
+    }
+
+    fn contacted(&self, id: NodeId) {
+        let mut contacts = self.contacts.lock().expect("contacts lock");
+        contacts.insert(id, Instant::now());
     }
 
     /// Opens a mutually authenticated connection to node `target` at `addr`, checking
@@ -221,6 +238,21 @@ impl NetworkFactory {
         }
     }
 
+    /// Asks `target` (the leader) for its view of the cluster: only the leader knows
+    /// how far each member is replicated and when each last answered.
+    pub async fn cluster_status(
+        &self,
+        target: NodeId,
+        addr: &str,
+        ttl: Duration,
+    ) -> Result<ClusterStatus, CallError> {
+        let mut conn = self.connect(target, addr).await?;
+        match Self::exchange(&mut conn, addr, &Request::ClusterStatus, ttl).await? {
+            Response::ClusterStatus(status) => Ok(*status),
+            other => Err(unexpected(addr, &other)),
+        }
+    }
+
     /// Asks a peer whether it already belongs to a cluster, and how far it applied.
     pub async fn status(
         &self,
@@ -285,6 +317,7 @@ impl PeerClient {
             .await
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         self.conn = Some(conn);
+        self.factory.contacted(self.target);
         Ok(response)
     }
 
@@ -400,7 +433,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 Err(_) => Err(StreamingError::Network(NetworkError::new(&io::Error::from(io::ErrorKind::TimedOut)))),
                 Ok(Err(e @ CallError::Unreachable { .. })) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
                 Ok(Err(e)) => Err(StreamingError::Network(NetworkError::new(&e))),
-                Ok(Ok(resp)) => Ok(resp),
+                Ok(Ok(resp)) => {
+                    self.factory.contacted(self.target);
+                    Ok(resp)
+                }
             },
         }
     }

@@ -8,6 +8,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 
 use crate::leader::{LeaderCall, LeaderCallError};
+use crate::node::ClusterStatus;
 use crate::types::{NodeId, SnapshotMeta, TypeConfig, Vote};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +33,10 @@ pub enum Request {
     TimeoutNow {
         last_log_index: u64,
     },
+    /// The leader's view of the cluster (a follower's API asks for it). Last, so that
+    /// the variants before keep their numbers on the wire for older nodes; an older
+    /// node cannot decode it and closes the connection.
+    ClusterStatus,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +56,8 @@ pub enum Response {
     Leader(Result<u64, LeaderCallError>),
     /// An election was started (or why not).
     TimeoutNow(Result<(), String>),
+    /// This node's view of the cluster.
+    ClusterStatus(Box<ClusterStatus>),
 }
 
 /// Why a forwarded write was not committed by the node it was sent to.

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::frame::{read_frame, write_frame};
 use super::message::{ForwardRefused, Request, Response};
+use crate::node::StatusSource;
 use crate::tls::node_id_of;
 use crate::types::{NodeId, Raft, Snapshot, SnapshotData, SnapshotMeta, Vote};
 
@@ -42,6 +43,8 @@ pub struct ServerContext {
     pub handing_over: Arc<AtomicBool>,
     /// Set once this node is stopping: it no longer stands for election.
     pub stopping: Arc<AtomicBool>,
+    /// This node's view of the cluster, for a member that asks the leader's.
+    pub(crate) status: StatusSource,
 }
 
 impl ServerContext {
@@ -174,6 +177,7 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
         Request::TimeoutNow { last_log_index } => {
             Response::TimeoutNow(timeout_now(ctx, peer, last_log_index).await)
         }
+        Request::ClusterStatus => Response::ClusterStatus(Box::new(ctx.status.status())),
     }
 }
 
