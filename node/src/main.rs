@@ -94,6 +94,15 @@ enum Commands {
         #[command(subcommand)]
         command: ops::queue::Command,
     },
+    /// The cluster's membership, over any node's API with the admin token: status,
+    /// add, promote, replace, remove. A change that would leave the voters unable to
+    /// commit, or unable to survive a failure they survive now, is refused unless
+    /// --force. Exit 0 when done, 1 when the cluster refused it, 2 when it could not
+    /// be carried out, 3 when refused as unsafe.
+    Cluster {
+        #[command(subcommand)]
+        command: ops::cluster::Command,
+    },
 }
 
 #[derive(Subcommand)]
@@ -300,6 +309,7 @@ fn main() -> ExitCode {
         },
         Commands::Quarantine { command } => return admin_exit(ops::quarantine::run(&command)),
         Commands::Queue { command } => return admin_exit(ops::queue::run(&command)),
+        Commands::Cluster { command } => return cluster_exit(ops::cluster::run(&command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -316,6 +326,20 @@ fn admin_exit(result: anyhow::Result<ops::admin::Outcome>) -> ExitCode {
     match result {
         Ok(ops::admin::Outcome::Done) => ExitCode::SUCCESS,
         Ok(ops::admin::Outcome::SomeRefused) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bulwark: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The exit status of a cluster command: 0 done, 1 refused by the cluster, 2 (said
+/// on stderr) when it could not be carried out, 3 refused as unsafe.
+fn cluster_exit(result: anyhow::Result<ops::cluster::Outcome>) -> ExitCode {
+    match result {
+        Ok(ops::cluster::Outcome::Done) => ExitCode::SUCCESS,
+        Ok(ops::cluster::Outcome::Refused) => ExitCode::FAILURE,
+        Ok(ops::cluster::Outcome::Unsafe) => ExitCode::from(3),
         Err(e) => {
             eprintln!("bulwark: {e:#}");
             ExitCode::from(2)

@@ -3,10 +3,11 @@
 //! names), `bulwark restore` seeds a stopped node's empty data directory from a
 //! backup; without a config, each works on the embedded default, as `bulwark serve`
 //! without one runs it. From anywhere, over any node's API ([`remote`]): `bulwark
-//! audit bundle`, the cluster's policy ([`policy`]), the quarantine ([`quarantine`])
-//! and the delivery queue ([`queue`]).
+//! audit bundle`, the cluster's policy ([`policy`]), the quarantine ([`quarantine`]),
+//! the delivery queue ([`queue`]) and the cluster's membership ([`cluster`]).
 
 pub mod admin;
+pub mod cluster;
 pub mod policy;
 pub mod progress;
 pub mod quarantine;
