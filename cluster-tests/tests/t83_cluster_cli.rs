@@ -2,7 +2,8 @@
 //! (and a fourth and fifth node). Bad input first: no token (2), a node that is not a
 //! member (1), an address that is not `host:port` (1). Then `status` through a
 //! follower (the leader's view: every voter answering, one failure survived), a
-//! fourth node added (waited for until it caught up) and promoted, a follower replaced
+//! fourth node added (waited for until it caught up; added again, waited for again;
+//! at another address, refused) and promoted, a follower replaced
 //! by a fifth node (add, catch up, promote, remove), the fifth removed. With three
 //! voters left: removing one that answers is refused (3: it would leave no room for a
 //! failure); one voter killed, removing another is refused (3: the two left would not
@@ -167,7 +168,11 @@ async fn scenario(cluster: &mut Cluster) -> Result<()> {
     let addr4 = cluster.node(4).cluster_addr().to_string();
     let (_, err) = run(cluster, f1, &["add", "--id", "4", "--addr", &addr4], 0).await?;
     ensure!(err.contains("node 4 has caught up"), "{err}");
-    let (_, err) = run(cluster, f1, &["add", "--id", "4", "--addr", &addr4], 1).await?;
+    // Run again: it waits for the learner again; at another address, refused.
+    let (_, err) = run(cluster, f1, &["add", "--id", "4", "--addr", &addr4], 0).await?;
+    ensure!(err.contains("node 4 is already a learner"), "{err}");
+    let elsewhere = ["add", "--id", "4", "--addr", "127.0.0.1:9"];
+    let (_, err) = run(cluster, f1, &elsewhere, 1).await?;
     ensure!(err.contains("already a member"), "{err}");
     run(cluster, leader, &["promote", "--id", "4"], 0).await?;
     ensure!(voters(&status(cluster, 4).await?) == [1, 2, 3, 4]);

@@ -44,7 +44,8 @@ pub enum Command {
     },
     /// Add a node as a learner (it receives the log but does not vote) and wait
     /// until it has caught up, showing its progress. Start it first, with the
-    /// cluster's CA and a certificate of its own, its peers the current members.
+    /// cluster's CA and a certificate of its own, its peers the current members. Run
+    /// again for a learner already added at ADDR: it waits again.
     Add {
         #[command(flatten)]
         api: ApiArgs,
@@ -337,17 +338,25 @@ pub fn run(command: &Command) -> Result<Outcome> {
         } => {
             let remote = Remote::new(api, TIMEOUT)?;
             let view = leader_view(&remote)?;
-            if let Some(member) = view.member(*id) {
-                return refused(&format!(
-                    "node {id} is already a member ({}, {})",
-                    role(&view, member),
-                    member.addr
-                ));
+            match view.member(*id) {
+                // Run again (after an interruption): wait for it as the first run would.
+                Some(member) if !member.voter && member.addr == *addr => {
+                    eprintln!("node {id} is already a learner at {addr}")
+                }
+                Some(member) => {
+                    return refused(&format!(
+                        "node {id} is already a member ({}, {})",
+                        role(&view, member),
+                        member.addr
+                    ))
+                }
+                None => {
+                    if let Some(outcome) = add(&remote, *id, addr)? {
+                        return Ok(outcome);
+                    }
+                    eprintln!("node {id} added as a learner at {addr}");
+                }
             }
-            if let Some(outcome) = add(&remote, *id, addr)? {
-                return Ok(outcome);
-            }
-            eprintln!("node {id} added as a learner at {addr}");
             if *no_wait {
                 return Ok(Outcome::Done);
             }
