@@ -14,9 +14,10 @@
 //!   monotonic clock, and only by naming that lease, so a renewal in between wins.
 //!
 //! What is left, stated: a holder stopped (SIGSTOP, a frozen VM) just after handing
-//! the end of its data to the kernel may have that message delivered by the next hop
-//! while it is stopped, and again by the node that took over (a duplicate, not two
-//! deliveries at once: RFC 1047's window). And a lease released by its holder's
+//! the end of its data to the kernel, or in the very step of handing it, may have
+//! that message delivered by the next hop while it is stopped, and again later, by
+//! the node that took over or by itself once resumed (it cannot know that the next
+//! hop took it: a duplicate, never two deliveries at once; RFC 1047's window). And a lease released by its holder's
 //! report and granted again to the same node, with a wall clock stepped back to the
 //! very millisecond of the first grant, between the watcher's last look and its
 //! claim, would pass for the first.
@@ -25,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Instant;
 
 use bulwark_consensus::RaftNode;
@@ -345,12 +347,24 @@ impl Worker {
                 tracing::warn!(%id, "delivery lease not renewed in time; the transaction is dropped");
                 return None;
             }
+            // The transaction moves on only while the lease is usable, by the clock
+            // read at each step: a node resumed after a pause (whose timers have not
+            // fired yet) finds its time spent before it writes another byte.
+            let until = usable_until;
+            let step = std::future::poll_fn(|cx| {
+                if Instant::now() >= until {
+                    return Poll::Ready(None);
+                }
+                send.as_mut().poll(cx).map(Some)
+            });
             tokio::select! {
-                // The lease's end first: a node resumed after a pause finds its time
-                // spent before it writes another byte.
                 biased;
-                _ = tokio::time::sleep_until(usable_until.into()) => {}
-                done = &mut send => return Some(done),
+                _ = tokio::time::sleep_until(until.into()) => {}
+                done = step => {
+                    if let Some(done) = done {
+                        return Some(done);
+                    }
+                }
                 leased = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
                     renewal = None;
                     match leased {
