@@ -391,6 +391,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGSTOP (`stop`) or SIGCONT node `id`: a process paused as `docker pause` or a
+    /// frozen VM pauses it, its monotonic clock running on.
+    pub fn pause(&mut self, id: u64, stop: bool) -> Result<()> {
+        let node = self.node_mut(id)?;
+        let child = node
+            .child
+            .as_ref()
+            .with_context(|| format!("node {id} is not running"))?;
+        let pid = rustix::process::Pid::from_child(child);
+        let signal = if stop {
+            rustix::process::Signal::STOP
+        } else {
+            rustix::process::Signal::CONT
+        };
+        rustix::process::kill_process(pid, signal)
+            .with_context(|| format!("{signal:?} to node {id}"))?;
+        Ok(())
+    }
+
     /// SIGTERM node `id` and wait (bounded) for it to exit; SIGKILL if it does not.
     /// Returns its exit status; errors if it did not exit in time.
     pub async fn terminate(&mut self, id: u64) -> Result<ExitStatus> {
