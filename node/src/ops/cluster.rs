@@ -247,7 +247,10 @@ pub fn judge_remove(view: &View, id: u64) -> Verdict {
         return Verdict::Refused(format!("node {id} is the only voter"));
     }
     let down = down_voters(view);
-    if now.tolerates < 0 || after.tolerates < 0 {
+    if let Some(why) = no_quorum(view, now) {
+        return Verdict::Unsafe(why);
+    }
+    if after.tolerates < 0 {
         return Verdict::Unsafe(format!(
             "removing voter {id} would leave {} of {} voters answering the leader, and {} \
              are needed to commit (not answering: {down}): the cluster would stop \
@@ -265,9 +268,9 @@ pub fn judge_remove(view: &View, id: u64) -> Verdict {
     }
     if view.leader_id == Some(id) {
         return Verdict::Unsafe(format!(
-            "node {id} leads: removed, it stops and the others only elect a leader after \
-             an election timeout, while mail is answered 451. Stop it first (SIGTERM: it \
-             hands its leadership over), then remove it"
+            "node {id} leads: removed, it steps down and the others elect a leader only \
+             after an election timeout, while mail is answered 451. Stop it first \
+             (SIGTERM: it hands its leadership over), then remove it"
         ));
     }
     Verdict::Safe
@@ -303,7 +306,10 @@ pub fn judge_promote(view: &View, id: u64) -> Verdict {
     }
     let now = quorum_after(view, None, None);
     let after = quorum_after(view, Some(id), None);
-    if now.tolerates >= 0 && after.tolerates < 0 {
+    if let Some(why) = no_quorum(view, now) {
+        return Verdict::Unsafe(why);
+    }
+    if after.tolerates < 0 {
         return Verdict::Unsafe(format!(
             "with voters {} not answering, {} voters would need {} to commit and only {} \
              answer",
@@ -314,6 +320,21 @@ pub fn judge_promote(view: &View, id: u64) -> Verdict {
         ));
     }
     Verdict::Safe
+}
+
+/// Why no change can commit now, if so: a change of membership is committed by a
+/// majority of the current voters too, and they are not there.
+fn no_quorum(view: &View, now: Quorum) -> Option<String> {
+    (now.tolerates < 0).then(|| {
+        format!(
+            "only {} of {} voters answer the leader (not answering: {}) and {} are needed: \
+             no change of membership can commit until they are back",
+            now.healthy,
+            now.voters,
+            down_voters(view),
+            now.majority
+        )
+    })
 }
 
 /// When `member` last answered the leader, for messages and the table.
@@ -839,6 +860,17 @@ mod tests {
         assert!(matches!(judge_remove(&v, 9), Verdict::Refused(_)));
         assert!(matches!(judge_promote(&v, 9), Verdict::Refused(_)));
         assert!(matches!(judge_promote(&v, 2), Verdict::Refused(_)));
+        // Two of four voters down: nothing can commit, even removing a dead one.
+        let half = view(vec![
+            member(1, true, true),
+            member(2, true, true),
+            member(3, true, false),
+            member(4, true, false),
+        ]);
+        let Verdict::Unsafe(why) = judge_remove(&half, 4) else {
+            panic!("a change without a quorum");
+        };
+        assert!(why.contains("only 2 of 4 voters answer"), "{why}");
         let only = view(vec![member(1, true, true)]);
         assert!(matches!(judge_remove(&only, 1), Verdict::Refused(_)));
     }
