@@ -20,7 +20,9 @@ pub(super) struct RawDelivery {
     /// Deliveries in progress at once on this node (default 100, as Postfix's
     /// process limit); connections per next hop are bounded apart.
     concurrency: Option<usize>,
-    /// Seconds a delivery lease lasts (renewed while sending).
+    /// Seconds a delivery lease lasts, by monotonic clocks: the holder sends for nine
+    /// tenths of it, renewing at a third; another node takes over a lease it has seen
+    /// unrenewed this long.
     lease_secs: Option<u64>,
     /// Seconds another node waits before delivering a message its accepting node has
     /// not delivered (that node may be down).
