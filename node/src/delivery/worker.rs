@@ -12,6 +12,7 @@
 //! - it takes over another node's lease only after it has seen the message's
 //!   record unchanged, that lease in it, for a whole lease length by its own
 //!   monotonic clock, and only by naming that lease, so a renewal in between wins.
+//!   That length is this node's `lease_secs`, so every node must have the same.
 //!
 //! What is left, stated: a holder stopped (SIGSTOP, a frozen VM) just after handing
 //! the end of its data to the kernel, or in the very step of handing it, may have
