@@ -43,7 +43,8 @@ pub struct NetworkFactory {
     connector: Option<TlsConnector>,
     pool: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
     /// When each peer last answered one of Raft's calls (on the leader: its
-    /// heartbeats and entries), for the members' health in the status.
+    /// heartbeats and entries) or took in a file of a snapshot, for the members'
+    /// health in the status.
     contacts: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
@@ -363,6 +364,9 @@ impl PeerClient {
                     file.name, copied, file.len
                 ))));
             }
+            // It takes the snapshot in: no heartbeat reaches it meanwhile, yet it is
+            // there (a long transfer must not show it as unreachable).
+            self.factory.contacted(self.target);
         }
         conn.flush().await.map_err(network)?;
         match read_frame::<_, Response>(&mut conn)
