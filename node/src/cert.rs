@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -107,4 +107,69 @@ pub fn make_node(ca_dir: &Path, id: u64, sans: &[String], out: &Path) -> Result<
         true,
     )?;
     Ok(())
+}
+
+/// `bulwark cert cluster --out DIR --node ID=NAMES... [--owner UID:GID]`: the CA and
+/// each node's certificate, those missing only, so that running it again changes
+/// nothing; with an owner, the node files and DIR are given to the user the nodes
+/// run as (the CA's key never is).
+pub fn make_cluster(out: &Path, nodes: &[String], owner: Option<&str>) -> Result<()> {
+    let nodes = nodes
+        .iter()
+        .map(|n| parse_node(n))
+        .collect::<Result<Vec<_>>>()?;
+    let owner = owner.map(parse_owner).transpose()?;
+    if out.join("ca.pem").exists() {
+        println!("{}/ca.pem exists: kept", out.display());
+    } else {
+        make_ca(out)?;
+        println!("made the cluster CA in {}", out.display());
+    }
+    for (id, sans) in &nodes {
+        if out.join(format!("node{id}.pem")).exists() {
+            println!("node{id}.pem exists: kept");
+        } else {
+            make_node(out, *id, sans, out)?;
+            println!("made node{id}.pem for {}", sans.join(", "));
+        }
+    }
+    if let Some((uid, gid)) = owner {
+        let give = |path: &Path| {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("giving {} to {uid}:{gid}", path.display()))
+        };
+        give(out)?;
+        fs::set_permissions(out, fs::Permissions::from_mode(0o755))?;
+        give(&out.join("ca.pem"))?;
+        for (id, _) in &nodes {
+            give(&out.join(format!("node{id}.pem")))?;
+            give(&out.join(format!("node{id}.key")))?;
+        }
+    }
+    Ok(())
+}
+
+/// `ID=NAME,NAME...` of `--node`.
+fn parse_node(arg: &str) -> Result<(u64, Vec<String>)> {
+    let Some((id, names)) = arg.split_once('=') else {
+        bail!("--node {arg:?}: expected ID=NAMES, e.g. 1=node1,10.0.0.1");
+    };
+    let id: u64 = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&id| id > 0)
+        .with_context(|| format!("--node {arg:?}: {id:?} is not a positive node id"))?;
+    let sans: Vec<String> = names.split(',').map(|s| s.trim().to_string()).collect();
+    if sans.iter().any(String::is_empty) {
+        bail!("--node {arg:?}: a name is empty");
+    }
+    Ok((id, sans))
+}
+
+/// `UID:GID` of `--owner`, numeric (the image has no user database to look names up in).
+fn parse_owner(arg: &str) -> Result<(u32, u32)> {
+    arg.split_once(':')
+        .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+        .with_context(|| format!("--owner {arg:?}: expected numeric UID:GID, e.g. 10001:10001"))
 }

@@ -193,6 +193,20 @@ enum CertCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The CA and every node's certificate in DIR, made once: files already there are
+    /// kept, so a container's one-shot can run it at every start.
+    Cluster {
+        #[arg(long)]
+        out: PathBuf,
+        /// A node: its id, `=`, then the names and addresses peers reach it by,
+        /// comma-separated (`1=node1,10.0.0.1`). Repeat for each node.
+        #[arg(long = "node", value_name = "ID=NAMES", required = true)]
+        nodes: Vec<String>,
+        /// Give the node certificates and keys (and DIR) to this user and group, the
+        /// one the nodes run as; the CA's key stays the caller's.
+        #[arg(long, value_name = "UID:GID")]
+        owner: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -241,6 +255,9 @@ fn main() -> ExitCode {
         Commands::Cert { command } => match command {
             CertCommand::Ca { out } => cert::make_ca(&out),
             CertCommand::Node { ca, id, san, out } => cert::make_node(&ca, id, &san, &out),
+            CertCommand::Cluster { out, nodes, owner } => {
+                cert::make_cluster(&out, &nodes, owner.as_deref())
+            }
         },
         Commands::CheckConfig { file } => return check_config(&file),
         Commands::Backup { config, to } => ops::backup(config.as_deref(), &to),

@@ -112,6 +112,66 @@ fn cert_makes_a_ca_and_node_certificates_and_never_overwrites() {
     assert!(!zero.status.success());
 }
 
+/// `cert cluster` makes what is missing and keeps what is there: a one-shot that runs
+/// at every start of a deployment changes nothing the second time.
+#[test]
+fn cert_cluster_makes_what_is_missing_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let args = |nodes: &[&'static str]| {
+        let mut a = vec!["cert", "cluster", "--out", "certs"];
+        for n in nodes {
+            a.extend(["--node", n]);
+        }
+        a
+    };
+    let out = bulwark(&args(&["1=node1,localhost", "2=node2"]), d);
+    assert!(out.status.success(), "{}", text(&out));
+    let node1 = std::fs::read_to_string(d.join("certs/node1.pem")).unwrap();
+    let ca = std::fs::read_to_string(d.join("certs/ca.pem")).unwrap();
+
+    let out = bulwark(&args(&["1=node1,localhost", "2=node2", "3=node3"]), d);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("node1.pem exists: kept"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("certs/node1.pem")).unwrap(),
+        node1
+    );
+    assert_eq!(std::fs::read_to_string(d.join("certs/ca.pem")).unwrap(), ca);
+    assert!(d.join("certs/node3.key").exists());
+
+    // The owner given is the caller's own here (a test is not root); the files are
+    // still given to it and the directory opened for the nodes to read.
+    let me = std::fs::metadata(d).unwrap();
+    let owner = format!(
+        "{}:{}",
+        std::os::unix::fs::MetadataExt::uid(&me),
+        std::os::unix::fs::MetadataExt::gid(&me)
+    );
+    let mut with_owner = args(&["1=node1"]);
+    with_owner.extend(["--owner", &owner]);
+    let out = bulwark(&with_owner, d);
+    assert!(out.status.success(), "{}", text(&out));
+
+    for (bad, says) in [
+        ("1:node1", "expected ID=NAMES"),
+        ("0=node0", "not a positive node id"),
+        ("4=node4,", "a name is empty"),
+    ] {
+        let out = bulwark(&args(&[bad]), d);
+        assert!(!out.status.success(), "{bad} accepted");
+        assert!(text(&out).contains(says), "{bad}: {}", text(&out));
+    }
+    let mut bad_owner = args(&["1=node1"]);
+    bad_owner.extend(["--owner", "bulwark"]);
+    let out = bulwark(&bad_owner, d);
+    assert!(text(&out).contains("numeric UID:GID"), "{}", text(&out));
+}
+
 #[test]
 fn check_config_reports_every_problem_and_accepts_a_good_file() {
     let dir = tempfile::tempdir().unwrap();
