@@ -291,6 +291,13 @@ def check_compose():
             if host in published:
                 err(f"compose: {name} and {published[host]} both publish {host}")
             published[host] = name
+    # The names each service answers to on each of its networks: its own, and aliases.
+    aliases = {}
+    for name, svc in services.items():
+        nets = svc.get("networks") or {"default": None}
+        if isinstance(nets, list):
+            nets = {n: None for n in nets}
+        aliases[name] = {n: [name] + list((c or {}).get("aliases") or []) for n, c in nets.items()}
     nodes = sorted(s for s in services if re.fullmatch(r"node\d+", s))
     if len(nodes) != 3:
         err(f"compose: expected services node1..node3, found {nodes}")
@@ -309,10 +316,15 @@ def check_compose():
             continue
         with open(os.path.join(deploy, "compose", f"{name}.toml"), "rb") as f:
             config = tomllib.load(f)
-        for addr in (config.get("cluster") or {}).get("peers", {}).values():
+        for peer, addr in (config.get("cluster") or {}).get("peers", {}).items():
             host = addr.rpartition(":")[0]
-            if host not in services:
-                err(f"compose/{name}.toml: peer host {host!r} is not a compose service")
+            # A name the peer has on the cluster network only: its service name is
+            # also its name on the mail network, where a partition would not cut it.
+            nets = aliases.get(f"node{peer}", {})
+            elsewhere = {a for n, names in nets.items() if n != "cluster" for a in names}
+            if host not in nets.get("cluster", []) or host in elsewhere | {f"node{peer}"}:
+                err(f"compose/{name}.toml: peer {peer} at {host!r} is not node{peer}'s "
+                    "name on the cluster network only")
         relay = (config.get("delivery") or {}).get("relay")
         if relay and relay.rpartition(":")[0] not in services:
             err(f"compose/{name}.toml: relay {relay!r} is not a compose service")
@@ -519,6 +531,9 @@ check_compose() {
   if docker compose version >/dev/null 2>&1; then
     say "-- docker compose config"
     docker compose -f "$file" config --quiet || { problem "docker compose config"; ok=1; }
+  elif command -v docker-compose >/dev/null 2>&1; then
+    say "-- docker-compose config"
+    docker-compose -f "$file" config --quiet || { problem "docker-compose config"; ok=1; }
   else
     say "-- docker compose: plugin not installed, schema check only"
   fi
@@ -723,7 +738,9 @@ EOF
   breaks compose/compose.yaml compose "undeclared volume (node3-data removed from volumes:)" \
     't.replace("  node3-data:\n", "", 1)'
   breaks compose/compose.yaml compose "port published on every address" \
-    't.replace("\"127.0.0.1:2527:2525\"", "\"2527:2525\"", 1)'
+    't.replace("\"127.0.0.1:${BULWARK_SMTP_PORT_3:-2527}:2525\"", "\"${BULWARK_SMTP_PORT_3:-2527}:2525\"", 1)'
+  breaks compose/node1.toml compose "a peer dialled on the mail network" \
+    't.replace("2 = \"node2-raft:7001\"", "2 = \"node2:7001\"", 1)'
   breaks kubernetes/statefulset.yaml kubernetes "wrong type (replicas: \"one\")" \
     't.replace("replicas: 1", "replicas: \"one\"", 1)'
   breaks kubernetes/statefulset.yaml kubernetes "missing required field (container name)" \
