@@ -633,7 +633,11 @@ async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
     std::fs::write(&release, b"")?;
     let filled = docker(&["wait", &filler]);
     reports.push(suite.settle("fill node3's volume 15 s", load).await?);
-    println!("t200: the filler ended: {filled:?}");
+    let node3 = suite.container("node3")?;
+    println!(
+        "t200: the filler ended: {filled:?}; node3 restarted {} time(s)",
+        docker(&["inspect", "-f", "{{.RestartCount}}", &node3])?
+    );
     suite.converged(Duration::from_secs(180)).await?;
 
     // 6. node3 from an empty volume.
