@@ -368,7 +368,11 @@ fn cluster_exit(result: anyhow::Result<ops::cluster::Outcome>) -> ExitCode {
 /// front); a warning alone still exits 0.
 fn check_config(file: &std::path::Path) -> ExitCode {
     let (problems, warnings) = match config::Config::load(file) {
-        Ok(config) => (config.preflight(), config.warnings()),
+        Ok(config) => {
+            let mut warnings = config.warnings();
+            warnings.extend(config.ports_in_use());
+            (config.preflight(), warnings)
+        }
         Err(problems) => (problems, Vec::new()),
     };
     for problem in &problems {

@@ -430,3 +430,40 @@ fn a_node_waiting_for_its_peers_says_which_and_why() {
         "{line}"
     );
 }
+
+/// A listen address another program holds is said (serve would stop on it), as a
+/// warning: it may be the node itself, running while its next config is checked. An
+/// address of another machine is not this machine's business.
+#[test]
+fn check_config_says_which_ports_are_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    std::fs::write(
+        d.join("taken.toml"),
+        format!("[node]\ndata_dir = \"data\"\n[smtp]\nlisten = \"{addr}\"\n"),
+    )
+    .unwrap();
+    let out = bulwark(&["check-config", "taken.toml"], d);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "warning: smtp.listen {addr} is in use on this machine"
+        )),
+        "{}",
+        text(&out)
+    );
+    drop(taken);
+    let out = bulwark(&["check-config", "taken.toml"], d);
+    assert!(!text(&out).contains("smtp.listen"), "{}", text(&out));
+
+    std::fs::write(
+        d.join("elsewhere.toml"),
+        "[node]\ndata_dir = \"data\"\n[smtp]\nlisten = \"192.0.2.25:25\"\n",
+    )
+    .unwrap();
+    let out = bulwark(&["check-config", "elsewhere.toml"], d);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("smtp.listen"), "{}", text(&out));
+}

@@ -3,6 +3,8 @@
 //! cluster's CA), the TLS pairs of the API and SMTP, and a data directory this user can
 //! write. `Config::load` checks the file; this checks the machine it is on.
 
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 
 use bulwark_consensus::tls::TlsIdentity;
@@ -43,6 +45,38 @@ impl Config {
             ));
         }
         problems
+    }
+}
+
+impl Config {
+    /// The listen addresses of this machine that another program holds now. Not a
+    /// problem: the program may be this very node, running while its next config is
+    /// checked. An address this machine does not have is a config for another one,
+    /// and not reported.
+    pub fn ports_in_use(&self) -> Vec<String> {
+        let cluster = self
+            .node
+            .cluster
+            .as_ref()
+            .and_then(|c| c.listen.parse::<SocketAddr>().ok());
+        let listens = [
+            ("cluster.listen", cluster),
+            ("api.listen", Some(self.api_listen)),
+            ("smtp.listen", Some(self.smtp.listen)),
+        ];
+        listens
+            .into_iter()
+            .filter_map(|(key, addr)| Some((key, addr?)))
+            .filter(|(_, addr)| {
+                matches!(TcpListener::bind(addr), Err(e) if e.kind() == ErrorKind::AddrInUse)
+            })
+            .map(|(key, addr)| {
+                format!(
+                    "{key} {addr} is in use on this machine: serve would stop on it, \
+                     unless it is this node's own, running now"
+                )
+            })
+            .collect()
     }
 }
 
