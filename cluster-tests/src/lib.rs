@@ -298,7 +298,12 @@ impl Cluster {
                 if voters > 0 {
                     majority = voters / 2 + 1;
                 }
-                let votes = st.values().filter(|o| o.leader_id == Some(id)).count();
+                // A node that knows the leader but not yet the membership (its first
+                // entries not replicated to it) still greets SMTP with 421.
+                let votes = st
+                    .values()
+                    .filter(|o| o.leader_id == Some(id) && !o.members.is_empty())
+                    .count();
                 if votes >= majority {
                     return Ok(id);
                 }

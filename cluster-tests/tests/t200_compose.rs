@@ -207,6 +207,28 @@ impl Suite {
         })
     }
 
+    /// A load of `secs` seconds with `docker FAULT` done 8 s into it and `docker
+    /// HEAL` `hold` later; the phase's figures, and when the fault and the healing
+    /// were done.
+    async fn around(
+        &self,
+        name: String,
+        prefix: &str,
+        secs: u64,
+        hold: Duration,
+        fault: &[&str],
+        heal: &[&str],
+    ) -> Result<(PhaseReport, i64, i64)> {
+        let load = self.load(prefix, secs)?;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        docker(fault)?;
+        let faulted_ms = now_ms();
+        tokio::time::sleep(hold).await;
+        let healed_ms = now_ms();
+        docker(heal)?;
+        Ok((self.settle(&name, load).await?, faulted_ms, healed_ms))
+    }
+
     /// The sink's record: token to the times it was accepted.
     fn sink(&self) -> Result<HashMap<String, Vec<i64>>> {
         let text = std::fs::read_to_string(self.out.path().join("sink.log")).unwrap_or_default();
@@ -513,58 +535,47 @@ async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
     let mut reports = Vec::new();
     let mut failures = Vec::new();
 
-    // 1. kill -9 of the leader.
-    let leader = suite.leader(Duration::from_secs(60)).await?;
-    let victim = suite.container(&format!("node{leader}"))?;
-    let load = suite.load("kill-leader", 30)?;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    docker(&["kill", &victim])?;
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    docker(&["start", &victim])?;
-    reports.push(
-        suite
-            .settle(&format!("kill the leader (node {leader})"), load)
-            .await?,
-    );
-    suite.converged(Duration::from_secs(120)).await?;
-
-    // 2. kill -9 of a follower (not node3, whose tmpfs volume a kill would empty).
-    let leader = suite.leader(Duration::from_secs(60)).await?;
-    let follower = (1..=2).find(|&n| n != leader).expect("a follower");
-    let victim = suite.container(&format!("node{follower}"))?;
-    let load = suite.load("kill-follower", 30)?;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    docker(&["kill", &victim])?;
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    docker(&["start", &victim])?;
-    reports.push(
-        suite
-            .settle(&format!("kill a follower (node {follower})"), load)
-            .await?,
-    );
-    suite.converged(Duration::from_secs(120)).await?;
+    // 1. kill -9 of the leader, then 2. of a follower (not node3, whose tmpfs volume
+    // a kill would empty), each started again 10 s later.
+    for role in ["leader", "follower"] {
+        let leader = suite.leader(Duration::from_secs(60)).await?;
+        let node = match role {
+            "leader" => leader,
+            _ => (1..=2).find(|&n| n != leader).expect("a follower"),
+        };
+        let name = format!("kill the {role} (node {node})");
+        let prefix = format!("kill-{role}");
+        let victim = suite.container(&format!("node{node}"))?;
+        let ten = Duration::from_secs(10);
+        let kill = ["kill", victim.as_str()];
+        let start = ["start", victim.as_str()];
+        let (report, _, _) = suite.around(name, &prefix, 30, ten, &kill, &start).await?;
+        reports.push(report);
+        suite.converged(Duration::from_secs(120)).await?;
+    }
 
     // 3. the leader cut off the cluster network for 25 s: a minority of one, which
     // must answer 451 (after [raft] commit_timeout_ms, 10 s) and never 250.
     let leader = suite.leader(Duration::from_secs(60)).await?;
     let victim = suite.container(&format!("node{leader}"))?;
     let cluster_net = suite.network("cluster");
-    let load = suite.load("partition", 45)?;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    docker(&["network", "disconnect", &cluster_net, &victim])?;
-    let cut_ms = now_ms();
-    tokio::time::sleep(Duration::from_secs(25)).await;
-    let healed_ms = now_ms();
-    docker(&[
-        "network",
-        "connect",
-        "--alias",
-        &format!("node{leader}-raft"),
-        &cluster_net,
-        &victim,
-    ])?;
-    let report = suite
-        .settle(&format!("partition the leader (node {leader}) 25 s"), load)
+    let alias = format!("node{leader}-raft");
+    let (report, cut_ms, healed_ms) = suite
+        .around(
+            format!("partition the leader (node {leader}) 25 s"),
+            "partition",
+            45,
+            Duration::from_secs(25),
+            &["network", "disconnect", &cluster_net, &victim],
+            &[
+                "network",
+                "connect",
+                "--alias",
+                &alias,
+                &cluster_net,
+                &victim,
+            ],
+        )
         .await?;
     let isolated = format!("node{leader}:2525");
     let mut answered: BTreeMap<&str, usize> = BTreeMap::new();
@@ -596,16 +607,17 @@ async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
     // 4. docker pause of the leader for 30 s.
     let leader = suite.leader(Duration::from_secs(60)).await?;
     let victim = suite.container(&format!("node{leader}"))?;
-    let load = suite.load("pause", 45)?;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    docker(&["pause", &victim])?;
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    docker(&["unpause", &victim])?;
-    reports.push(
-        suite
-            .settle(&format!("pause the leader (node {leader}) 30 s"), load)
-            .await?,
-    );
+    let (report, _, _) = suite
+        .around(
+            format!("pause the leader (node {leader}) 30 s"),
+            "pause",
+            45,
+            Duration::from_secs(30),
+            &["pause", &victim],
+            &["unpause", &victim],
+        )
+        .await?;
+    reports.push(report);
     suite.converged(Duration::from_secs(120)).await?;
 
     // 5. node3's volume filled by another container, which holds it until told.

@@ -41,30 +41,7 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         max_secs: u64,
     },
-    Load {
-        /// `host:port` of a node; repeat for each.
-        #[arg(long = "target", required = true)]
-        targets: Vec<String>,
-        /// Messages started per second.
-        #[arg(long, default_value_t = 40)]
-        rate: u32,
-        #[arg(long)]
-        secs: u64,
-        #[arg(long, default_value_t = 2048)]
-        size: usize,
-        /// Tokens are PREFIX-N.
-        #[arg(long)]
-        prefix: String,
-        #[arg(long, default_value = "rcpt@example.test")]
-        rcpt: String,
-        /// Most connections open at once to one target, as an MTA bounds its
-        /// concurrency per destination (under the node's 50 per client address), so
-        /// that a node that hangs holds up only its own share.
-        #[arg(long, default_value_t = 40)]
-        sessions: usize,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Load(Load),
     Fill {
         /// The file to write (in the directory to fill).
         file: PathBuf,
@@ -80,6 +57,32 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct Load {
+    /// `host:port` of a node; repeat for each.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// Messages started per second.
+    #[arg(long, default_value_t = 40)]
+    rate: u32,
+    #[arg(long)]
+    secs: u64,
+    #[arg(long, default_value_t = 2048)]
+    size: usize,
+    /// Tokens are PREFIX-N.
+    #[arg(long)]
+    prefix: String,
+    #[arg(long, default_value = "rcpt@example.test")]
+    rcpt: String,
+    /// Most connections open at once to one target, as an MTA bounds its
+    /// concurrency per destination (under the node's 50 per client address), so
+    /// that a node that hangs holds up only its own share.
+    #[arg(long, default_value_t = 40)]
+    sessions: usize,
+    #[arg(long)]
+    out: PathBuf,
+}
+
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -93,25 +96,7 @@ fn main() -> Result<()> {
             out,
             max_secs,
         } => sink(listen, &out, Duration::from_secs(max_secs)),
-        Command::Load {
-            targets,
-            rate,
-            secs,
-            size,
-            prefix,
-            rcpt,
-            sessions,
-            out,
-        } => tokio::runtime::Runtime::new()?.block_on(load(Load {
-            targets,
-            rate,
-            secs,
-            size,
-            prefix,
-            rcpt,
-            sessions,
-            out,
-        })),
+        Command::Load(spec) => tokio::runtime::Runtime::new()?.block_on(load(spec)),
         Command::Fill {
             file,
             max_bytes,
@@ -153,17 +138,6 @@ fn sink(listen: SocketAddr, out: &PathBuf, max: Duration) -> Result<()> {
         file.flush()?;
     }
     Ok(())
-}
-
-struct Load {
-    targets: Vec<String>,
-    rate: u32,
-    secs: u64,
-    size: usize,
-    prefix: String,
-    rcpt: String,
-    sessions: usize,
-    out: PathBuf,
 }
 
 async fn load(spec: Load) -> Result<()> {
