@@ -45,9 +45,6 @@ pub struct ServerContext {
     pub stopping: Arc<AtomicBool>,
     /// This node's view of the cluster, for a member that asks the leader's.
     pub(crate) status: StatusSource,
-    /// Set (with what to say) when the leader tells this node the cluster runs at a
-    /// feature level above this build's: the node then stops.
-    pub too_old: Arc<watch::Sender<Option<String>>>,
 }
 
 impl ServerContext {
@@ -181,15 +178,6 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
             Response::TimeoutNow(timeout_now(ctx, peer, last_log_index).await)
         }
         Request::ClusterStatus => Response::ClusterStatus(Box::new(ctx.status.status())),
-        Request::FeatureLevel { active } => {
-            let supported = crate::feature::supported();
-            if active > supported {
-                let said = bulwark_storage::feature::too_old(supported, active);
-                tracing::error!(leader = peer, "{said}");
-                ctx.too_old.send_replace(Some(said));
-            }
-            Response::FeatureLevel { supported }
-        }
     }
 }
 

@@ -14,14 +14,6 @@
 //!   monotonic clock, and only by naming that lease, so a renewal in between wins.
 //!   That length is this node's `lease_secs`, so every node must have the same.
 //!
-//! Below cluster feature level [`feature::CLAIM`] (a rolling upgrade with a member
-//! of an earlier release, which cannot decode `Claim`), this node delivers nothing:
-//! due mail waits in the queue, replicated, until every member runs a release with
-//! `Claim` and the leader raises the level. It does not fall back to the older
-//! `Lease` command, whose grants compare two nodes' wall clocks (two deliveries of
-//! one message at once under clock skew, the very fault `Claim` fixes); the members
-//! still on the earlier release deliver meanwhile, with `Lease`, as they always did.
-//!
 //! What is left, stated: a holder stopped (SIGSTOP, a frozen VM) just after handing
 //! the end of its data to the kernel, or in the very step of handing it, may have
 //! that message delivered by the next hop while it is stopped, and again later, by
@@ -34,14 +26,13 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Instant;
 
 use bulwark_consensus::RaftNode;
 use bulwark_model::{
-    feature, Bounce, Command, DeliveryCommand, DeliveryReport, Lease, MessageId, QueueEntry,
+    Bounce, Command, DeliveryCommand, DeliveryReport, Lease, MessageId, QueueEntry,
     QueuedRecipient, RecipientOutcome, RecipientResult, TlsInfo,
 };
 use tokio::sync::{Notify, Semaphore};
@@ -73,9 +64,6 @@ pub struct Worker {
     /// Cancelled once the node stops taking new deliveries: a report that cannot be
     /// committed is then tried no more (see `report`).
     stopping: CancellationToken,
-    /// This node is holding deliveries back: the cluster's feature level is below
-    /// [`feature::CLAIM`] (said once, and once more when it delivers again).
-    held_back: AtomicBool,
 }
 
 impl Worker {
@@ -93,7 +81,6 @@ impl Worker {
             watched: Mutex::new(HashMap::new()),
             slot_freed: Notify::new(),
             stopping: CancellationToken::new(),
-            held_back: AtomicBool::new(false),
         })
     }
 
@@ -111,7 +98,7 @@ impl Worker {
             }
             while running.try_join_next().is_some() {}
             self.pool.close_idle(false, &self.timeouts()).await;
-            if !self.node.is_ready() || !self.level_allows_claims() {
+            if !self.node.is_ready() {
                 continue;
             }
             let free = slots.available_permits();
@@ -178,29 +165,6 @@ impl Worker {
         self.stopping.cancel();
         while running.join_next().await.is_some() {}
         self.pool.close_idle(true, &self.timeouts()).await;
-    }
-
-    /// Whether the cluster's active feature level lets this node propose `Claim`
-    /// (see the module docs: below it, mail waits).
-    fn level_allows_claims(&self) -> bool {
-        let active = self.node.cluster_feature_level();
-        let allows = active >= feature::CLAIM;
-        if self.held_back.swap(!allows, Ordering::Relaxed) == allows {
-            match allows {
-                true => tracing::info!(
-                    active,
-                    "the cluster's feature level allows delivery leases (Claim): delivering"
-                ),
-                false => tracing::info!(
-                    active,
-                    needs = feature::CLAIM,
-                    "delivery waits (mail stays queued) until the cluster's feature level \
-                     reaches {}: a member of an earlier release cannot apply Claim",
-                    feature::CLAIM
-                ),
-            }
-        }
-        allows
     }
 
     /// Notes what this poll found under other nodes' leases (`due`, read for node
