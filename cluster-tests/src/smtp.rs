@@ -321,6 +321,48 @@ pub fn dot_stuff_into(content: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(b".\r\n");
 }
 
+/// Sends `msg` over `conn` (opened to `addr` when missing or no longer usable) until
+/// it is accepted, as an MTA retries on a 4xx or a failed connection: at most ten
+/// tries, none started after `deadline`. Returns the queue id. An ambiguous or
+/// refused attempt is an error: where nothing should fail, it is a bug, and a retry
+/// could queue the message twice.
+pub async fn send_until_accepted(
+    conn: &mut Option<SmtpConnection>,
+    addr: SocketAddr,
+    config: &ClientConfig,
+    msg: &Message,
+    deadline: std::time::Instant,
+) -> Result<String> {
+    let mut history = Vec::new();
+    loop {
+        ensure!(
+            history.len() < 10 && std::time::Instant::now() < deadline,
+            "{} not accepted by {addr}: {history:?}",
+            msg.token
+        );
+        if !conn.as_ref().is_some_and(SmtpConnection::is_usable) {
+            match SmtpConnection::open(addr, config).await {
+                Ok(c) => *conn = Some(c),
+                Err(outcome) => {
+                    history.push(outcome.to_string());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("opened above");
+        let outcome = c.send(msg).await.outcome;
+        match outcome {
+            Outcome::Accepted { id } => return Ok(id),
+            Outcome::TempFail { .. } | Outcome::Failed { .. } => {
+                history.push(outcome.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => bail!("{}: {other} (before: {history:?})", msg.token),
+        }
+    }
+}
+
 /// Connects to `addr`, sends `msg` and quits: one message per connection.
 pub async fn send_one(addr: SocketAddr, msg: &Message, config: &ClientConfig) -> Delivery {
     let started = Instant::now();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig};
-use bulwark_cluster_tests::smtp::{ClientConfig, Message, Outcome, SmtpConnection};
+use bulwark_cluster_tests::smtp::{send_until_accepted, ClientConfig, Message, SmtpConnection};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder, Event};
 
 const MESSAGES: usize = 1_000;
@@ -154,36 +154,7 @@ async fn load(addr: SocketAddr) -> Result<Vec<String>> {
                     break;
                 }
                 let msg = Message::generate(&token(n), SIZE, RCPT);
-                let mut history = Vec::new();
-                let id = loop {
-                    ensure!(
-                        history.len() < 10 && Instant::now() < end,
-                        "{} not accepted: {history:?}",
-                        token(n)
-                    );
-                    if !conn.as_ref().is_some_and(SmtpConnection::is_usable) {
-                        match SmtpConnection::open(addr, &config).await {
-                            Ok(c) => conn = Some(c),
-                            Err(outcome) => {
-                                history.push(outcome.to_string());
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                continue;
-                            }
-                        }
-                    }
-                    let c = conn.as_mut().expect("opened above");
-                    let outcome = c.send(&msg).await.outcome;
-                    match outcome {
-                        Outcome::Accepted { id } => break id,
-                        Outcome::TempFail { .. } | Outcome::Failed { .. } => {
-                            history.push(outcome.to_string());
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        // Nothing fails in this cluster during the load: an ambiguous
-                        // or refused message is a bug, and a retry could queue it twice.
-                        other => bail!("{}: {other} (before: {history:?})", token(n)),
-                    }
-                };
+                let id = send_until_accepted(&mut conn, addr, &config, &msg, end).await?;
                 ids.lock().expect("ids")[n] = id;
             }
             if let Some(c) = conn {

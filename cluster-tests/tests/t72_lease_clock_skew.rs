@@ -30,9 +30,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use bulwark_cluster_tests::sink::{Delivered, Sink, SinkConfig};
-use bulwark_cluster_tests::smtp::{ClientConfig, Message, Outcome, SmtpConnection};
+use bulwark_cluster_tests::smtp::{send_until_accepted, ClientConfig, Message, SmtpConnection};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder};
 
 const MESSAGES: usize = 300;
@@ -103,36 +103,7 @@ async fn load(addrs: Vec<(u64, SocketAddr)>, messages: usize) -> Result<Vec<(Str
                     break;
                 }
                 let msg = Message::generate(&token(n), SIZE, RCPT);
-                let mut history = Vec::new();
-                let id = loop {
-                    ensure!(
-                        history.len() < 10 && Instant::now() < end,
-                        "{} not accepted by node {node}: {history:?}",
-                        token(n)
-                    );
-                    if !conn.as_ref().is_some_and(SmtpConnection::is_usable) {
-                        match SmtpConnection::open(addr, &config).await {
-                            Ok(c) => conn = Some(c),
-                            Err(outcome) => {
-                                history.push(outcome.to_string());
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                continue;
-                            }
-                        }
-                    }
-                    let c = conn.as_mut().expect("opened above");
-                    let outcome = c.send(&msg).await.outcome;
-                    match outcome {
-                        Outcome::Accepted { id } => break id,
-                        Outcome::TempFail { .. } | Outcome::Failed { .. } => {
-                            history.push(outcome.to_string());
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        // Nothing fails in this cluster: an ambiguous or refused
-                        // message is a bug, and a retry could queue it twice.
-                        other => bail!("{}: {other} (before: {history:?})", token(n)),
-                    }
-                };
+                let id = send_until_accepted(&mut conn, addr, &config, &msg, end).await?;
                 ids.lock().expect("ids")[n] = (id, node);
             }
             if let Some(c) = conn {
