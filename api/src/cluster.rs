@@ -62,6 +62,12 @@ pub(crate) struct Cluster {
     /// Events in its audit trail.
     event_count: u64,
     members: Vec<Member>,
+    /// The highest feature level the node answering applies (its release's).
+    feature_level: u32,
+    /// The cluster's active feature level as the node answering has applied it: no
+    /// node proposes a command above it. The leader raises it once every member
+    /// supports a higher one; it never goes down.
+    cluster_feature_level: u32,
 }
 
 /// One member of the cluster.
@@ -88,8 +94,10 @@ pub(crate) struct Member {
     healthy: Option<bool>,
 }
 
-impl From<bulwark_consensus::ClusterStatus> for Cluster {
-    fn from(status: bulwark_consensus::ClusterStatus) -> Self {
+impl Cluster {
+    /// `status` (this node's view or the leader's) with the feature levels of `node`,
+    /// the node answering.
+    fn of(status: bulwark_consensus::ClusterStatus, node: &bulwark_consensus::RaftNode) -> Self {
         // Every field named: one added to the status is a compile error here.
         let bulwark_consensus::ClusterStatus {
             node_id,
@@ -139,6 +147,8 @@ impl From<bulwark_consensus::ClusterStatus> for Cluster {
             chain_head,
             event_count,
             members,
+            feature_level: node.feature_level(),
+            cluster_feature_level: node.cluster_feature_level(),
         }
     }
 }
@@ -194,8 +204,11 @@ pub(crate) async fn status(
     }
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     match q.view.as_deref() {
-        None | Some("local") => Ok(Json(s.node.status().into())),
-        Some("leader") => Ok(Json(s.node.leader_status(VIEW_TIMEOUT).await?.into())),
+        None | Some("local") => Ok(Json(Cluster::of(s.node.status(), &s.node))),
+        Some("leader") => Ok(Json(Cluster::of(
+            s.node.leader_status(VIEW_TIMEOUT).await?,
+            &s.node,
+        ))),
         Some(other) => Err(ApiError::bad_request(format!(
             "view: local or leader, not {other:?}"
         ))),
@@ -327,7 +340,7 @@ async fn change(
     let log_index = result?;
     Ok(Json(MemberChanged {
         action,
-        cluster: s.node.status().into(),
+        cluster: Cluster::of(s.node.status(), &s.node),
         log_index,
         member,
     }))

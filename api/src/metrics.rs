@@ -153,6 +153,16 @@ impl Collector for NodeReadings {
                 commit.saturating_sub(applied),
             ),
             (
+                "bulwark_feature_level",
+                "Highest feature level this node's build applies",
+                u64::from(self.node.feature_level()),
+            ),
+            (
+                "bulwark_cluster_feature_level",
+                "The cluster's active feature level, as this node has applied it",
+                u64::from(self.node.cluster_feature_level()),
+            ),
+            (
                 "bulwark_events",
                 "Events in this node's audit log (the cluster's log: the same on every \
                  node once caught up)",

@@ -31,6 +31,13 @@ pub struct ClusterStatus {
     pub event_count: u64,
     #[serde(default)]
     pub members: Vec<Member>,
+    /// The highest feature level the node's build applies (0: a node before feature
+    /// levels).
+    #[serde(default)]
+    pub feature_level: u32,
+    /// The cluster's active feature level as the node has applied it.
+    #[serde(default)]
+    pub cluster_feature_level: u32,
 }
 
 impl ClusterStatus {

@@ -488,6 +488,25 @@ impl Cluster {
         }
     }
 
+    /// Sets (`Some`) or removes (`None`) the environment variable `name` of node
+    /// `id`'s process from its next start on (e.g. `BULWARK_TEST_FEATURE_LEVEL`, to
+    /// restart it as a node of another release).
+    pub fn set_node_env(&mut self, id: u64, name: &str, value: Option<&str>) -> Result<()> {
+        let node = self.node_mut(id)?;
+        node.env.retain(|(k, _)| k != name);
+        if let Some(value) = value {
+            node.env.push((name.to_string(), value.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped node again without waiting for it (see [`Cluster::wait_exit`]
+    /// for one expected to stop on its own).
+    pub fn start_node(&mut self, id: u64) -> Result<()> {
+        self.api.forget_token(id);
+        self.spawn(id)
+    }
+
     /// Starts a stopped node again with the same config and waits for `/healthz`.
     pub async fn restart(&mut self, id: u64) -> Result<()> {
         self.api.forget_token(id);

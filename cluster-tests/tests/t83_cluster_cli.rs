@@ -152,7 +152,8 @@ async fn scenario(cluster: &mut Cluster) -> Result<()> {
     let (table, _) = run(cluster, f1, &["status"], 0).await?;
     ensure!(
         table.starts_with(&format!("leader {leader}, term "))
-            && table.contains("3 voter(s), 0 learner(s); 3 of 3 voters answer, 2 needed: survives 1 more failure(s)")
+            && table.contains("3 voter(s), 0 learner(s); feature level ")
+            && table.contains("; 3 of 3 voters answer, 2 needed: survives 1 more failure(s)")
             && table.contains("ID  ROLE")
             && table.contains(&format!("{leader}   leader")),
         "status:\n{table}"

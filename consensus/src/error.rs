@@ -25,6 +25,10 @@ pub enum Error {
     /// [`crate::RaftNode::erase_dropped_bodies`]).
     #[error("erasure: {0}")]
     Erasure(String),
+    /// This build's feature level is below the cluster's, as its state records it:
+    /// what to say, naming both levels.
+    #[error("{0}")]
+    TooOld(String),
 }
 
 /// Why a proposed operation got no answer. Every variant means "not known to be
@@ -38,6 +42,10 @@ pub enum ProposeError {
     ShuttingDown,
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The command needs a cluster feature level above the active one: not proposed
+    /// (some member could not apply it).
+    #[error("needs cluster feature level {needs}, the cluster runs at {active}")]
+    FeatureLevel { needs: u32, active: u32 },
 }
 
 pub(crate) fn storage_error(e: impl std::fmt::Display) -> openraft::StorageError<u64> {

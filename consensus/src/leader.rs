@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use bulwark_storage::StateDir;
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
@@ -65,8 +66,15 @@ pub enum LeaderCallError {
 }
 
 /// Answers `call` on this node, which must lead; returns the log index it stands for
-/// (the read index, or the index of the membership entry).
-pub(crate) async fn answer(raft: &Raft, call: &LeaderCall) -> Result<u64, LeaderCallError> {
+/// (the read index, or the index of the membership entry). A node to be added is
+/// first asked over `network` which feature level its release applies, and refused
+/// below the cluster's active one as `state` records it (see [`check_joining`]).
+pub(crate) async fn answer(
+    raft: &Raft,
+    network: Option<&NetworkFactory>,
+    state: &StateDir,
+    call: &LeaderCall,
+) -> Result<u64, LeaderCallError> {
     let change = match call {
         LeaderCall::ReadIndex => {
             return match raft.ensure_linearizable().await {
@@ -92,6 +100,9 @@ pub(crate) async fn answer(raft: &Raft, call: &LeaderCall) -> Result<u64, Leader
                 return Err(LeaderCallError::Refused(format!(
                     "node {id} is already a member"
                 )));
+            }
+            if let Some(network) = network {
+                check_joining(network, *id, addr, state.current().feature_level()).await?;
             }
             raft.add_learner(*id, BasicNode::new(addr), false).await
         }
@@ -154,6 +165,31 @@ pub(crate) async fn answer(raft: &Raft, call: &LeaderCall) -> Result<u64, Leader
     }
 }
 
+/// Refuses node `id` at `addr` if its release applies less than the cluster's feature
+/// level `active`: it could not apply the log it would be sent. A node of the release
+/// before feature levels cannot decode the question and drops it, which counts as
+/// [`bulwark_storage::feature::BASE`]. A node that does not answer at all (not
+/// started yet) may be added: if it turns out too old, it says so and stops when it
+/// is told the level or first applies what needs more.
+async fn check_joining(
+    network: &NetworkFactory,
+    id: NodeId,
+    addr: &str,
+    active: u32,
+) -> Result<(), LeaderCallError> {
+    match crate::feature::member_level(network.feature_level(id, addr, active).await) {
+        Ok(level) if level < active => Err(LeaderCallError::Refused(format!(
+            "node {id} at {addr} runs a release that applies feature level {level}, the \
+             cluster runs at {active}: start it on this release or a newer one, then add it"
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::info!(node = id, %addr, error = %e, "adding a node that did not say its feature level");
+            Ok(())
+        }
+    }
+}
+
 fn not_member(id: NodeId) -> LeaderCallError {
     LeaderCallError::NotFound(format!("node {id} is not a member of the cluster"))
 }
@@ -163,6 +199,7 @@ fn not_member(id: NodeId) -> LeaderCallError {
 pub(crate) async fn call(
     raft: &Raft,
     network: Option<&NetworkFactory>,
+    state: &StateDir,
     call: &LeaderCall,
     timeout: Duration,
 ) -> Result<u64, LeaderCallError> {
@@ -170,10 +207,11 @@ pub(crate) async fn call(
     let mut pause = Duration::from_millis(20);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let answered = match tokio::time::timeout(remaining, answer(raft, call)).await {
-            Ok(answered) => answered,
-            Err(_) => break,
-        };
+        let answered =
+            match tokio::time::timeout(remaining, answer(raft, network, state, call)).await {
+                Ok(answered) => answered,
+                Err(_) => break,
+            };
         let leader = match answered {
             Err(LeaderCallError::NotLeader(leader)) => leader,
             done => return done,

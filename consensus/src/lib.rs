@@ -18,6 +18,7 @@ pub mod backup;
 pub mod clock;
 mod erasure;
 mod error;
+pub mod feature;
 mod leader;
 mod log_store;
 mod network;

@@ -192,6 +192,9 @@ pub struct RaftNode {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     status: StatusSource,
+    /// Set, with what to say, when the leader says the cluster runs at a feature
+    /// level above this build's ([`RaftNode::too_old`]).
+    too_old: Arc<watch::Sender<Option<String>>>,
 }
 
 fn raft_config(id: NodeId, cfg: &NodeConfig) -> Result<Config, Error> {
@@ -239,6 +242,13 @@ impl RaftNode {
         let log = Store::open(&layout::raft_log_dir(&cfg.data_dir))?;
         let fresh = log.last()?.is_none() && log.get_meta("vote")?.is_none();
         let state = Arc::new(StateDir::open(&layout::state_root(&cfg.data_dir))?);
+        let (supported, active) = (crate::feature::supported(), state.current().feature_level());
+        if active > supported {
+            return Err(Error::TooOld(bulwark_storage::feature::too_old(
+                supported, active,
+            )));
+        }
+        let too_old = Arc::new(watch::channel(None).0);
         let snapshots = Arc::new(SnapshotStore::open(&layout::snapshots_dir(&cfg.data_dir))?);
         let log_store = LogStore::new(log.clone());
         let committed = log_store.committed_index();
@@ -315,6 +325,9 @@ impl RaftNode {
                     handing_over: handing_over.clone(),
                     stopping: stopping.clone(),
                     status: status_of(&raft, Some(network.clone())),
+                    too_old: too_old.clone(),
+                    network: network.clone(),
+                    state: state.clone(),
                 };
                 tasks.push(tokio::spawn(serve(listener, ctx, stop_rx.clone())));
                 tasks.push(tokio::spawn(report_waiting(
@@ -356,7 +369,16 @@ impl RaftNode {
             id,
             commit_timeout,
             handing_over.clone(),
+            state.clone(),
         );
+        tasks.push(tokio::spawn(crate::feature::raise(
+            id,
+            raft.clone(),
+            state.clone(),
+            network.clone(),
+            proposer.clone(),
+            stop.subscribe(),
+        )));
         Ok(RaftNode {
             id,
             raft,
@@ -372,7 +394,35 @@ impl RaftNode {
             stop,
             tasks,
             status,
+            too_old,
         })
+    }
+
+    /// The highest feature level this node applies (its build's, unless a test
+    /// lowered it).
+    pub fn feature_level(&self) -> u32 {
+        crate::feature::supported()
+    }
+
+    /// The cluster's active feature level, as this node's state records it.
+    pub fn cluster_feature_level(&self) -> u32 {
+        self.state.current().feature_level()
+    }
+
+    /// Resolves, with what to say, once the leader has told this node that the
+    /// cluster runs at a feature level above this build's: the node must stop (a
+    /// command it cannot apply may come next).
+    pub async fn too_old(&self) -> String {
+        let mut told = self.too_old.subscribe();
+        let said = told
+            .wait_for(Option::is_some)
+            .await
+            .map(|said| said.clone().unwrap_or_default());
+        match said {
+            Ok(said) => said,
+            // The node holds the sender: it never closes while the node runs.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -403,7 +453,14 @@ impl RaftNode {
         call: LeaderCall,
         timeout: Duration,
     ) -> Result<u64, LeaderCallError> {
-        crate::leader::call(&self.raft, self.network.as_ref(), &call, timeout).await
+        crate::leader::call(
+            &self.raft,
+            self.network.as_ref(),
+            &self.state,
+            &call,
+            timeout,
+        )
+        .await
     }
 
     /// Waits until this node has applied every entry committed before the call, as

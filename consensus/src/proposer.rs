@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulwark_storage::{Command, Op, OpResult, Proposal};
+use bulwark_storage::{Command, Op, OpResult, Proposal, StateDir};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -49,6 +49,8 @@ pub struct Proposer {
     node: NodeId,
     next_id: Arc<AtomicU64>,
     id_prefix: u64,
+    /// Where the cluster's active feature level is read.
+    state: Arc<StateDir>,
 }
 
 struct Submitter {
@@ -67,6 +69,7 @@ impl Proposer {
         node: NodeId,
         commit_timeout: Duration,
         handing_over: Arc<AtomicBool>,
+        state: Arc<StateDir>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let submitter = Arc::new(Submitter {
@@ -82,6 +85,7 @@ impl Proposer {
             node,
             next_id: Arc::new(AtomicU64::new(0)),
             id_prefix: rand::random(),
+            state,
         }
     }
 
@@ -122,7 +126,20 @@ impl Proposer {
     }
 
     /// Commits an operation built by the caller (to retry one with the same id).
+    ///
+    /// A command that needs a cluster feature level above the active one (as this
+    /// node's state records it, which may lag the leader's, never lead it) is refused
+    /// before it is proposed: some member could not apply it. The leader's raise of
+    /// the level is itself held back until every member supports it
+    /// (`crate::feature::raise`).
     pub async fn submit(&self, op: Op) -> Result<OpResult, ProposeError> {
+        let (needs, active) = (
+            op.command.feature_level(),
+            self.state.current().feature_level(),
+        );
+        if needs > active && !matches!(op.command, Command::RaiseFeatureLevel { .. }) {
+            return Err(ProposeError::FeatureLevel { needs, active });
+        }
         let size = bulwark_storage::codec::encode(&op).map_or(0, |b| b.len());
         let (reply, answer) = oneshot::channel();
         self.tx

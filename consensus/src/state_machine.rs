@@ -23,6 +23,21 @@ pub(crate) fn decode_applied(bytes: Option<Vec<u8>>) -> Result<Applied, StorageE
     }
 }
 
+/// Refuses a batch holding a command that needs a feature level above `supported`,
+/// with what the node says (both levels, and what to do).
+fn within_level(supported: u32, batch: &[(u64, &[Op])]) -> Result<(), String> {
+    let needed = batch
+        .iter()
+        .flat_map(|(_, ops)| ops.iter())
+        .map(|op| op.command.feature_level())
+        .max()
+        .unwrap_or(0);
+    match needed > supported {
+        true => Err(bulwark_storage::feature::too_old(supported, needed)),
+        false => Ok(()),
+    }
+}
+
 /// The replicated state machine.
 ///
 /// To ensure correctness:
@@ -128,6 +143,14 @@ impl StateMachine {
                 meta.snapshot_id, meta.last_log_id
             )));
         }
+        let (supported, active) = (crate::feature::supported(), installed.feature_level());
+        if active > supported {
+            // Installed, but nothing of it is served: the node stops, and refuses to
+            // start on this state until it runs a newer release.
+            let said = bulwark_storage::feature::too_old(supported, active);
+            tracing::error!(snapshot = %meta.snapshot_id, "{said}");
+            return Err(storage_error(said));
+        }
         let tmp = self.snapshots.import(&data.dir).map_err(storage_error)?;
         let encoded = codec::encode(meta).map_err(storage_error)?;
         let order = meta.last_log_id.map_or(0, |id| id.index);
@@ -186,6 +209,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => batch.push((log_id.index, &[])),
                 }
             }
+            // Before anything is written: a command this build cannot apply stops the
+            // node (Raft turns the error fatal) with nothing of the batch applied.
+            if let Err(said) = within_level(crate::feature::supported(), &batch) {
+                tracing::error!("{said}");
+                return Err(storage_error(said));
+            }
             let applied = codec::encode(&(last, membership)).map_err(storage_error)?;
             store.apply(&batch, &applied).map_err(storage_error)
         })
@@ -212,5 +241,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         self.blocking(StateMachine::current_snapshot).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bulwark_storage::feature::{BASE, LEVELS};
+    use bulwark_storage::Command;
+
+    use super::*;
+
+    fn op(command: Command) -> Op {
+        Op {
+            id: 1,
+            time_ms: 0,
+            node: 1,
+            command,
+        }
+    }
+
+    #[test]
+    fn a_batch_above_the_build_s_level_is_refused_whole_naming_both_levels() {
+        let old = op(Command::ExportCursor {
+            exporter: "x".into(),
+            seq: 1,
+        });
+        let raise = op(Command::RaiseFeatureLevel { level: LEVELS });
+        let ops = [old.clone(), raise];
+        let batch: Vec<(u64, &[Op])> = vec![(1, &[]), (2, &ops[..])];
+        let said = within_level(BASE, &batch).unwrap_err();
+        assert!(
+            said.contains("supports feature level 1, the cluster runs at 2: run a newer release"),
+            "{said}"
+        );
+        assert!(within_level(LEVELS, &batch).is_ok());
+        let higher = [op(Command::RaiseFeatureLevel { level: LEVELS + 1 })];
+        assert!(within_level(LEVELS, &[(3, &higher[..])]).is_err());
+        let older = [old];
+        assert!(within_level(BASE, &[(4, &older[..])]).is_ok());
     }
 }

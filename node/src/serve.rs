@@ -21,6 +21,7 @@ use crate::{audit, delivery, disk, dns, maillog, policy, quarantine, scan, siem,
 pub fn run(config: Option<&Path>) -> Result<()> {
     crate::logging::init();
     test_clock_offset()?;
+    test_feature_level()?;
     let config = match config {
         Some(path) => {
             Config::load(path).map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?
@@ -59,6 +60,34 @@ fn test_clock_offset() -> Result<()> {
          (test only; never set it in production)"
     );
     bulwark_consensus::clock::set_test_offset(offset);
+    Ok(())
+}
+
+/// The environment variable that makes this node claim a lower feature level than
+/// its build's. Test only: it plays a node of an older release during a rolling
+/// upgrade, for the cluster test of feature levels (`t101_feature_level`).
+pub const TEST_FEATURE_LEVEL_ENV: &str = "BULWARK_TEST_FEATURE_LEVEL";
+
+/// Applies [`TEST_FEATURE_LEVEL_ENV`] when it is set; a value that is not a level
+/// from 1 to this build's stops the node.
+fn test_feature_level() -> Result<()> {
+    let Some(value) = std::env::var_os(TEST_FEATURE_LEVEL_ENV) else {
+        return Ok(());
+    };
+    let highest = bulwark_model::feature::FEATURE_LEVEL;
+    let level: u32 = value
+        .to_str()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|l| (1..=highest).contains(l))
+        .with_context(|| {
+            format!("{TEST_FEATURE_LEVEL_ENV}={value:?}: not a feature level from 1 to {highest}")
+        })?;
+    tracing::warn!(
+        level,
+        "{TEST_FEATURE_LEVEL_ENV} is set: this node claims feature level {level} (test only; \
+         never set it in production)"
+    );
+    bulwark_consensus::feature::set_test_level(level);
     Ok(())
 }
 
@@ -239,6 +268,10 @@ async fn serve(config: Config) -> Result<()> {
                  started again by the service manager once the cause is fixed"
             );
             failed = Some(reason);
+        }
+        said = node.too_old() => {
+            tracing::error!("{said}");
+            failed = Some(said);
         }
     }
     notify_systemd(sd_notify::NotifyState::Stopping);

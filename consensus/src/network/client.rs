@@ -254,6 +254,22 @@ impl NetworkFactory {
         }
     }
 
+    /// Asks member `target` which feature level it supports, telling it the
+    /// cluster's (`active`).
+    pub async fn feature_level(
+        &self,
+        target: NodeId,
+        addr: &str,
+        active: u32,
+    ) -> Result<u32, CallError> {
+        let mut conn = self.connect(target, addr).await?;
+        let request = Request::FeatureLevel { active };
+        match Self::exchange(&mut conn, addr, &request, CONNECT_TIMEOUT).await? {
+            Response::FeatureLevel { supported } => Ok(supported),
+            other => Err(unexpected(addr, &other)),
+        }
+    }
+
     /// Asks a peer whether it already belongs to a cluster, and how far it applied.
     pub async fn status(
         &self,

@@ -37,6 +37,14 @@ pub enum Request {
     /// the variants before keep their numbers on the wire for older nodes; an older
     /// node cannot decode it and closes the connection.
     ClusterStatus,
+    /// From the leader: which feature level does this node support? The cluster's
+    /// active level is `active`; a node below it stops (see
+    /// `bulwark_model::feature`). Last, as above: a release before feature levels
+    /// cannot decode it and closes the connection, which the leader takes for the
+    /// lowest level.
+    FeatureLevel {
+        active: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +66,10 @@ pub enum Response {
     TimeoutNow(Result<(), String>),
     /// This node's view of the cluster.
     ClusterStatus(Box<ClusterStatus>),
+    /// The highest feature level this node applies.
+    FeatureLevel {
+        supported: u32,
+    },
 }
 
 /// Why a forwarded write was not committed by the node it was sent to.

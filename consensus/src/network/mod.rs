@@ -9,6 +9,6 @@ mod frame;
 mod message;
 mod server;
 
-pub use client::NetworkFactory;
+pub use client::{CallError, NetworkFactory};
 pub use message::ForwardRefused;
 pub use server::{serve, ServerContext};

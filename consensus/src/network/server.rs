@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulwark_storage::{Proposal, SnapshotFile, SnapshotStore};
+use bulwark_storage::{Proposal, SnapshotFile, SnapshotStore, StateDir};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::frame::{read_frame, write_frame};
 use super::message::{ForwardRefused, Request, Response};
+use super::NetworkFactory;
 use crate::node::StatusSource;
 use crate::tls::node_id_of;
 use crate::types::{NodeId, Raft, Snapshot, SnapshotData, SnapshotMeta, Vote};
@@ -45,6 +46,13 @@ pub struct ServerContext {
     pub stopping: Arc<AtomicBool>,
     /// This node's view of the cluster, for a member that asks the leader's.
     pub(crate) status: StatusSource,
+    /// Set (with what to say) when the leader tells this node the cluster runs at a
+    /// feature level above this build's: the node then stops.
+    pub too_old: Arc<watch::Sender<Option<String>>>,
+    /// To ask a node being added which feature level it applies.
+    pub network: NetworkFactory,
+    /// Where the cluster's active feature level is read.
+    pub state: Arc<StateDir>,
 }
 
 impl ServerContext {
@@ -173,11 +181,22 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
         {
             Response::Leader(Err(crate::leader::LeaderCallError::NotLeader(None)))
         }
-        Request::Leader(call) => Response::Leader(crate::leader::answer(&ctx.raft, &call).await),
+        Request::Leader(call) => Response::Leader(
+            crate::leader::answer(&ctx.raft, Some(&ctx.network), &ctx.state, &call).await,
+        ),
         Request::TimeoutNow { last_log_index } => {
             Response::TimeoutNow(timeout_now(ctx, peer, last_log_index).await)
         }
         Request::ClusterStatus => Response::ClusterStatus(Box::new(ctx.status.status())),
+        Request::FeatureLevel { active } => {
+            let supported = crate::feature::supported();
+            if active > supported {
+                let said = bulwark_storage::feature::too_old(supported, active);
+                tracing::error!(leader = peer, "{said}");
+                ctx.too_old.send_replace(Some(said));
+            }
+            Response::FeatureLevel { supported }
+        }
     }
 }
 

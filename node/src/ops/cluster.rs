@@ -144,6 +144,10 @@ pub struct View {
     pub term: u64,
     pub commit_index: Option<u64>,
     pub members: Vec<Member>,
+    /// The cluster's active feature level as the answering node applied it (absent
+    /// from a release before feature levels: 0).
+    #[serde(default)]
+    pub cluster_feature_level: u32,
 }
 
 impl View {
@@ -722,6 +726,9 @@ fn describe(view: &View, quorum: Option<Quorum>) -> String {
         view.commit_index
             .map_or_else(|| "-".into(), |i| i.to_string())
     );
+    if view.cluster_feature_level > 0 {
+        out.push_str(&format!("; feature level {}", view.cluster_feature_level));
+    }
     match quorum {
         Some(q) if q.tolerates < 0 => out.push_str(&format!(
             "; NO QUORUM: {} of {} voters answer, {} needed\n",
@@ -800,6 +807,7 @@ mod tests {
             term: 3,
             commit_index: Some(100),
             members,
+            cluster_feature_level: 2,
         }
     }
 
@@ -911,8 +919,17 @@ mod tests {
         ]);
         let text = describe(&v, Some(quorum_after(&v, None, None)));
         assert!(
-            text.starts_with("leader 1, term 3, commit index 100; 3 voter(s), 0 learner(s); 2 of 3 voters answer, 2 needed: survives 0 more failure(s)\n"),
+            text.starts_with("leader 1, term 3, commit index 100; 3 voter(s), 0 learner(s); feature level 2; 2 of 3 voters answer, 2 needed: survives 0 more failure(s)\n"),
             "{text}"
+        );
+        let older = View {
+            cluster_feature_level: 0,
+            ..v.clone()
+        };
+        assert!(
+            describe(&older, None)
+                .starts_with("leader 1, term 3, commit index 100; 3 voter(s), 0 learner(s)\n"),
+            "a release before feature levels says none"
         );
         assert!(
             text.contains("3   voter   10.0.0.3:7001  unreachable  9.0s ago"),

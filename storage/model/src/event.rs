@@ -96,6 +96,12 @@ pub enum Command {
     /// record `policy.changed` (an `api.action` refusal when the base version is not
     /// the current one; see [`crate::rules::policy`]).
     ChangePolicy(Box<crate::policy::PolicyChange>),
+    /// Raise the cluster's active feature level to `level` (see [`crate::feature`]):
+    /// proposed by the leader once every member said it supports `level`; a lower or
+    /// equal level changes nothing (the level never goes down). Records no event.
+    /// Builds before [`crate::feature::LEVELS`] cannot decode it; none is a member
+    /// when it is proposed.
+    RaiseFeatureLevel { level: u32 },
 }
 
 /// How far an exporter has got: its receiver accepted (or it gave up on) the log up

@@ -1,5 +1,6 @@
 //! Bulwark's schema: what an event is, the records of a message, the queue, the
-//! quarantine, API tokens, Bayesian counts and the cluster's policy versions, the one encoding of every record, and
+//! quarantine, API tokens, Bayesian counts and the cluster's policy versions, the feature levels
+//! of builds and of the cluster ([`feature`]), the one encoding of every record, and
 //! the rules that change those records when an operation is applied.
 //!
 //! What it owns: every type that is written to the event log or replicated through
@@ -18,6 +19,7 @@ pub mod bundle;
 pub mod codec;
 mod error;
 pub mod event;
+pub mod feature;
 pub mod message;
 pub mod policy;
 pub mod rules;

@@ -10,7 +10,7 @@ use rocksdb::WriteBatch;
 
 use super::{
     AppliedCounts, ChainHead, StateStore, META_BODIES_DROPPED, META_CHAIN, META_EVENT_CLOCK,
-    META_EXPORT_CURSOR, META_EXPORT_SHIPPED, META_PURGED, META_RAFT,
+    META_EXPORT_CURSOR, META_EXPORT_SHIPPED, META_FEATURE_LEVEL, META_PURGED, META_RAFT,
 };
 use crate::bayes::{self, BayesClass, BayesLesson, LessonBatch};
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent};
@@ -42,6 +42,8 @@ struct Batch<'s, 'a> {
     recorded: Option<HashMap<u64, StoredEvent>>,
     /// The last Raft index of this batch whose entry dropped a quarantined body.
     dropped: Option<u64>,
+    /// The cluster's active feature level once raised by this batch.
+    feature_level: Option<u32>,
 }
 
 impl StateStore {
@@ -99,6 +101,7 @@ impl StateStore {
             purged: None,
             recorded: purging.then(HashMap::new),
             dropped: None,
+            feature_level: None,
         }
     }
 
@@ -165,6 +168,13 @@ impl StateStore {
                     batch.cursors.insert(progress.exporter.clone(), moved);
                 }
                 (events, None)
+            }
+            Command::RaiseFeatureLevel { level } => {
+                let current = batch.feature_level.unwrap_or_else(|| self.feature_level());
+                if let Some(raised) = bulwark_model::feature::raised(current, *level) {
+                    batch.feature_level = Some(raised);
+                }
+                (Vec::new(), None)
             }
         })
     }
@@ -258,6 +268,7 @@ impl StateStore {
             cursors,
             purged,
             dropped,
+            feature_level,
             ..
         } = batch;
         // How the batch changes the number of queued and quarantined messages.
@@ -316,6 +327,9 @@ impl StateStore {
                 position.shipped.to_be_bytes(),
             );
         }
+        if let Some(level) = feature_level {
+            write.put_cf(meta, META_FEATURE_LEVEL, level.to_be_bytes());
+        }
         write.put_cf(meta, META_CHAIN, codec::encode(&head)?);
         write.put_cf(meta, META_RAFT, applied);
         if indexer.clock != clock {
@@ -325,6 +339,10 @@ impl StateStore {
             *self.clock.lock().expect("event clock lock") = Some(indexer.clock);
         }
         self.db.write(write)?;
+        if let Some(level) = feature_level {
+            self.feature_level
+                .store(level, std::sync::atomic::Ordering::Release);
+        }
         self.due_floors.added(&due_added);
         *self.head.lock().expect("chain head lock") = head;
         {

@@ -13,6 +13,7 @@
 //! - [`erase`]: dropped quarantined bodies rewritten out of the database's files.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use bulwark_model::rules::Stored;
@@ -71,6 +72,9 @@ const META_EXPORT_CURSOR: &str = "export_cursor/";
 /// Prefix of the keys holding the number of records each exporter has shipped
 /// (`export_shipped/NAME`, u64 BE; absent: none numbered yet).
 const META_EXPORT_SHIPPED: &str = "export_shipped/";
+/// The cluster's active feature level (u32 BE; absent: [`bulwark_model::feature::BASE`]),
+/// written by apply in the batch of the entry that raised it.
+const META_FEATURE_LEVEL: &str = "feature_level";
 
 /// The head of the hash chain: persisted with every applied batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +122,9 @@ pub struct StateStore {
     erasing: Mutex<()>,
     /// Where the due index's ranges start ([`due::Floors`]).
     due_floors: due::Floors,
+    /// The cluster's active feature level as of the last applied batch
+    /// ([`StateStore::feature_level`]).
+    feature_level: AtomicU32,
 }
 
 /// Events applied by type, and scan verdicts by action, since a store was opened.
@@ -257,6 +264,15 @@ impl StateStore {
             Ok(n)
         };
         let depths = (count(cf::QUEUE)?, count(cf::QUARANTINE)?);
+        let feature_level = match db.get_cf(meta, META_FEATURE_LEVEL)? {
+            Some(bytes) => {
+                let bytes: [u8; 4] = bytes.as_slice().try_into().map_err(|_| {
+                    Error::Decode(format!("{META_FEATURE_LEVEL}: {} bytes", bytes.len()))
+                })?;
+                u32::from_be_bytes(bytes)
+            }
+            None => bulwark_model::feature::BASE,
+        };
         Ok(StateStore {
             db,
             dir: dir.to_path_buf(),
@@ -267,6 +283,7 @@ impl StateStore {
             applied: Mutex::new(AppliedCounts::default()),
             erasing: Mutex::new(()),
             due_floors: due::Floors::default(),
+            feature_level: AtomicU32::new(feature_level),
         })
     }
 
@@ -288,6 +305,14 @@ impl StateStore {
     /// opened, then kept by every applied batch.
     pub fn depths(&self) -> (u64, u64) {
         *self.depths.lock().expect("depths lock")
+    }
+
+    /// The cluster's active feature level as this state records it: the highest level
+    /// a `RaiseFeatureLevel` applied here raised it to, [`bulwark_model::feature::BASE`]
+    /// when none did. Replicated: every node that applied the same entries, or
+    /// installed a snapshot of them, says the same.
+    pub fn feature_level(&self) -> u32 {
+        self.feature_level.load(Ordering::Acquire)
     }
 
     /// The caller's applied-state record written by the last [`StateStore::apply`].

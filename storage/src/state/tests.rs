@@ -173,6 +173,41 @@ fn export_cursors_only_move_forward_within_the_log_and_survive_reopening() {
     );
 }
 
+#[test]
+fn the_feature_level_is_replicated_state_that_only_rises_and_survives_reopening() {
+    use bulwark_model::feature::{BASE, LEVELS};
+    let dir = tempfile::tempdir().unwrap();
+    let raise = |id: u128, level: u32| Op {
+        id,
+        time_ms: 1_700_000_000_000,
+        node: 1,
+        command: Command::RaiseFeatureLevel { level },
+    };
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        assert_eq!(
+            store.feature_level(),
+            BASE,
+            "none on record: the base level"
+        );
+        let ops = [raise(1, LEVELS), note(2, "a")];
+        store.apply(&[(1, &ops[..])], b"1").unwrap();
+        assert_eq!(store.feature_level(), LEVELS);
+        // Down (and in one batch, up then down): ignored.
+        let ops = [raise(3, BASE), raise(4, 7), raise(5, 3)];
+        store.apply(&[(2, &ops[..])], b"2").unwrap();
+        assert_eq!(store.feature_level(), 7);
+        assert_eq!(store.chain_head().0, 1, "a raise records no event");
+        // A checkpoint (what a snapshot ships) carries it.
+        store.checkpoint(&dir.path().join("copy")).unwrap();
+        let copy = StateStore::open_read_only(&dir.path().join("copy")).unwrap();
+        assert_eq!(copy.feature_level(), 7);
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    assert_eq!(state.current().feature_level(), 7);
+}
+
 /// Rewrites the whole log as someone with the disk would: `edit` each event, then
 /// recompute every hash and link and the stored chain head.
 fn rechain(store: &StateStore, edit: impl Fn(&mut StoredEvent)) {
