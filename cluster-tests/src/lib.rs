@@ -28,6 +28,7 @@
 pub mod api;
 pub mod bench;
 mod builder;
+pub mod compose;
 pub mod disk;
 pub mod dns;
 pub mod files;
@@ -35,6 +36,7 @@ pub mod load;
 pub mod mta;
 mod node;
 pub mod ports;
+pub mod release;
 pub mod samples;
 pub mod siem;
 pub mod sink;

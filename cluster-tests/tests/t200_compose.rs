@@ -23,510 +23,36 @@
 //!
 //! Needs a Docker engine with `docker-compose` and, for the base image, root and
 //! debootstrap (deploy/base-image.sh). Without a Docker engine the test says so and
-//! checks nothing, unless `CI` is set: then it fails.
+//! checks nothing, unless `CI` is set: then it fails. What it shares with the
+//! upgrade suite (t201) is `bulwark_cluster_tests::compose`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use bulwark_cluster_tests::api::ClusterStatus;
+use anyhow::{ensure, Result};
+use bulwark_cluster_tests::compose::{self, docker, Suite, RATE};
 
 /// Compose's project name (no punctuation: Compose v1 would strip it).
 const PROJECT: &str = "bulwarkt200";
 const IMAGE: &str = "bulwark:t200";
 const KIT_IMAGE: &str = "bulwark-kit:t200";
-const BASE_IMAGE: &str = "bulwark-base:bookworm";
-/// Messages a second from the client.
-const RATE: u32 = 40;
-/// The longest wait for the sink to get every acknowledged message after a phase.
-const DRAIN_LIMIT: Duration = Duration::from_secs(180);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Runs a command to its end; its standard output if it succeeded.
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn docker(args: &[&str]) -> Result<String> {
-    run(Command::new("docker").args(args))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-struct Suite {
-    repo: PathBuf,
-    out: tempfile::TempDir,
-    env: Vec<(String, String)>,
-    api_ports: BTreeMap<u64, u16>,
-    http: Option<reqwest::Client>,
-}
-
-impl Suite {
-    fn compose(&self) -> Command {
-        let mut cmd = Command::new("docker-compose");
-        cmd.current_dir(&self.repo)
-            .args(["-p", PROJECT, "-f", "deploy/compose/compose.yaml"])
-            .args(["-f", "cluster-tests/compose/faults.yaml"])
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        cmd
-    }
-
-    fn compose_run(&self, args: &[&str]) -> Result<String> {
-        run(self.compose().args(args))
-    }
-
-    /// The container of `service` (also when it has exited).
-    fn container(&self, service: &str) -> Result<String> {
-        let id = self.compose_run(&["ps", "-a", "-q", service])?;
-        ensure!(!id.is_empty(), "no container for {service}");
-        Ok(id)
-    }
-
-    fn network(&self, name: &str) -> String {
-        format!("{PROJECT}_{name}")
-    }
-
-    async fn status(&self, node: u64) -> Result<ClusterStatus> {
-        let http = self.http.as_ref().context("no HTTPS client yet")?;
-        let url = format!("https://127.0.0.1:{}/v1/cluster", self.api_ports[&node]);
-        let response = http
-            .get(&url)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await?;
-        ensure!(
-            response.status().is_success(),
-            "{url}: {}",
-            response.status()
-        );
-        Ok(response.json().await?)
-    }
-
-    async fn statuses(&self) -> BTreeMap<u64, Result<ClusterStatus>> {
-        let mut all = BTreeMap::new();
-        for node in 1..=3 {
-            all.insert(node, self.status(node).await);
-        }
-        all
-    }
-
-    /// The leader all reachable nodes agree on.
-    async fn leader(&self, within: Duration) -> Result<u64> {
-        let deadline = Instant::now() + within;
-        loop {
-            let leaders: HashSet<Option<u64>> = self
-                .statuses()
-                .await
-                .into_values()
-                .filter_map(|s| s.ok().map(|s| s.leader_id))
-                .collect();
-            if let [Some(leader)] = leaders.into_iter().collect::<Vec<_>>()[..] {
-                return Ok(leader);
-            }
-            ensure!(Instant::now() < deadline, "no leader within {within:?}");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Waits until all three nodes answer with the same leader, applied index and
-    /// chain head; returns how long that took.
-    async fn converged(&self, within: Duration) -> Result<Duration> {
-        let started = Instant::now();
-        loop {
-            let all = self.statuses().await;
-            let ok: Vec<&ClusterStatus> = all.values().filter_map(|s| s.as_ref().ok()).collect();
-            if ok.len() == 3
-                && ok[0].leader_id.is_some()
-                && ok.iter().all(|s| {
-                    s.leader_id == ok[0].leader_id
-                        && s.applied_index == ok[0].applied_index
-                        && s.chain_head == ok[0].chain_head
-                })
-            {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > within {
-                let seen: Vec<String> = all
-                    .iter()
-                    .map(|(n, s)| match s {
-                        Ok(s) => s.summary(),
-                        Err(e) => format!("node {n}: {e:#}"),
-                    })
-                    .collect();
-                bail!(
-                    "the nodes did not agree within {within:?}:\n{}",
-                    seen.join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// Starts the client's load for `secs` seconds, tokens `prefix-N`.
-    fn load(&self, prefix: &str, secs: u64) -> Result<Load> {
-        let child = self
-            .compose()
-            .args(["run", "--rm", "--no-deps", "client", "load"])
-            .args(["--target", "node1:2525", "--target", "node2:2525"])
-            .args(["--target", "node3:2525", "--rate", &RATE.to_string()])
-            .args(["--secs", &secs.to_string(), "--prefix", prefix])
-            .args(["--out", &format!("/out/{prefix}.client")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the client")?;
-        Ok(Load {
-            child,
-            prefix: prefix.to_string(),
-            started_ms: now_ms(),
-            secs,
-        })
-    }
-
-    /// A load of `secs` seconds with `docker FAULT` done 8 s into it and `docker
-    /// HEAL` `hold` later; the phase's figures, and when the fault and the healing
-    /// were done.
-    async fn around(
-        &self,
-        name: String,
-        prefix: &str,
-        secs: u64,
-        hold: Duration,
-        fault: &[&str],
-        heal: &[&str],
-    ) -> Result<(PhaseReport, i64, i64)> {
-        let load = self.load(prefix, secs)?;
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        docker(fault)?;
-        let faulted_ms = now_ms();
-        tokio::time::sleep(hold).await;
-        let healed_ms = now_ms();
-        docker(heal)?;
-        Ok((self.settle(&name, load).await?, faulted_ms, healed_ms))
-    }
-
-    /// The sink's record: token to the times it was accepted.
-    fn sink(&self) -> Result<HashMap<String, Vec<i64>>> {
-        let text = std::fs::read_to_string(self.out.path().join("sink.log")).unwrap_or_default();
-        let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
-        for line in text.lines() {
-            let mut fields = line.split(' ');
-            if let (Some(time), Some(token)) = (fields.next(), fields.next()) {
-                seen.entry(token.to_string())
-                    .or_default()
-                    .push(time.parse().unwrap_or(0));
-            }
-        }
-        Ok(seen)
-    }
-
-    /// Waits for the load to end and for the sink to get what it was told `250`
-    /// for; the phase's figures.
-    async fn settle(&self, name: &str, load: Load) -> Result<PhaseReport> {
-        let Load {
-            mut child,
-            prefix,
-            started_ms,
-            secs,
-        } = load;
-        let limit = Instant::now() + Duration::from_secs(secs + 120);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if Instant::now() > limit {
-                let _ = child.kill();
-                bail!("{name}: the client did not finish");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let ended_ms = now_ms();
-        ensure!(status.success(), "{name}: the client failed: {status}");
-        let attempts = read_attempts(&self.out.path().join(format!("{prefix}.client")))?;
-        let accepted: HashSet<&str> = attempts
-            .iter()
-            .filter(|a| a.outcome == "accepted")
-            .map(|a| a.token.as_str())
-            .collect();
-        let drain_started = Instant::now();
-        let (missing, sink) = loop {
-            let sink = self.sink()?;
-            let missing: Vec<&str> = accepted
-                .iter()
-                .filter(|t| !sink.contains_key(**t))
-                .copied()
-                .collect();
-            if missing.is_empty() || drain_started.elapsed() > DRAIN_LIMIT {
-                break (missing, sink);
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        let drained_ms = sink
-            .iter()
-            .filter(|(t, _)| accepted.contains(t.as_str()))
-            .filter_map(|(_, times)| times.iter().min().copied())
-            .max()
-            .unwrap_or(ended_ms);
-        let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-        for a in &attempts {
-            *outcomes.entry(a.outcome.clone()).or_default() += 1;
-        }
-        let accepted_count = accepted.len();
-        let longest_without_250_ms = longest_gap(&attempts, started_ms, ended_ms);
-        let lost = missing.iter().map(|t| t.to_string()).collect();
-        let duplicates = sink
-            .iter()
-            .filter(|(t, times)| t.starts_with(&format!("{prefix}-")) && times.len() > 1)
-            .count();
-        Ok(PhaseReport {
-            name: name.to_string(),
-            attempts,
-            outcomes,
-            accepted: accepted_count,
-            lost,
-            duplicates,
-            longest_without_250_ms,
-            drain_ms: (drained_ms - ended_ms).max(0),
-        })
-    }
-}
-
-struct Load {
-    child: Child,
-    prefix: String,
-    started_ms: i64,
-    secs: u64,
-}
-
-/// One attempt of the client: `START_MS END_MS TARGET OUTCOME TOKEN`.
-#[derive(Debug)]
-struct Attempt {
-    start_ms: i64,
-    end_ms: i64,
-    target: String,
-    outcome: String,
-    token: String,
-}
-
-fn read_attempts(file: &Path) -> Result<Vec<Attempt>> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    text.lines()
-        .map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            ensure!(f.len() == 5, "bad client line {line:?}");
-            Ok(Attempt {
-                start_ms: f[0].parse()?,
-                end_ms: f[1].parse()?,
-                target: f[2].to_string(),
-                outcome: f[3].to_string(),
-                token: f[4].to_string(),
-            })
-        })
-        .collect()
-}
-
-/// The longest stretch of `[from, to]` in which no attempt got its `250`.
-fn longest_gap(attempts: &[Attempt], from: i64, to: i64) -> i64 {
-    let mut ends: Vec<i64> = attempts
-        .iter()
-        .filter(|a| a.outcome == "accepted")
-        .map(|a| a.end_ms)
-        .collect();
-    ends.sort_unstable();
-    let mut last = from;
-    let mut longest = 0;
-    for &t in ends.iter().chain(std::iter::once(&to)) {
-        longest = longest.max(t - last);
-        last = last.max(t);
-    }
-    longest
-}
-
-struct PhaseReport {
-    name: String,
-    attempts: Vec<Attempt>,
-    outcomes: BTreeMap<String, usize>,
-    accepted: usize,
-    lost: Vec<String>,
-    duplicates: usize,
-    longest_without_250_ms: i64,
-    drain_ms: i64,
-}
-
-impl fmt::Display for PhaseReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let others: Vec<String> = self
-            .outcomes
-            .iter()
-            .filter(|(k, _)| *k != "accepted")
-            .map(|(k, v)| format!("{v} {k}"))
-            .collect();
-        write!(
-            f,
-            "| {} | {} | {} | {} | {:.1} s | {:.1} s | {} | {} |",
-            self.name,
-            self.attempts.len(),
-            self.accepted,
-            if others.is_empty() {
-                "none".into()
-            } else {
-                others.join(", ")
-            },
-            self.longest_without_250_ms as f64 / 1000.0,
-            self.drain_ms as f64 / 1000.0,
-            self.lost.len(),
-            self.duplicates
-        )
-    }
-}
-
-/// Builds the three images: the base from Debian's mirror (kept when present), the
-/// node's from the binary under test, the kit's from this package's `compose_kit`.
-fn build_images(repo: &Path) -> Result<()> {
-    run(Command::new(repo.join("deploy/base-image.sh")).arg(BASE_IMAGE))?;
-    let bin = bulwark_cluster_tests::bulwark_bin()?;
-    run(Command::new(repo.join("deploy/image.sh"))
-        .arg(&bin)
-        .arg(IMAGE)
-        .env("RUNTIME_IMAGE", BASE_IMAGE))?;
-    let context = tempfile::tempdir()?;
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_compose_kit"),
-        context.path().join("compose_kit"),
-    )?;
-    // A single stage: the classic builder does, where the client has no BuildKit
-    // (23 and later without the buildx plugin).
-    let buildkit = if docker(&["buildx", "version"]).is_ok() {
-        "1"
-    } else {
-        "0"
-    };
-    run(Command::new("docker")
-        .env("DOCKER_BUILDKIT", buildkit)
-        .args(["build", "--quiet", "-f"])
-        .arg(repo.join("cluster-tests/compose/kit.Dockerfile"))
-        .args(["--build-arg", &format!("RUNTIME_IMAGE={BASE_IMAGE}")])
-        .args(["-t", KIT_IMAGE])
-        .arg(context.path()))?;
-    let size: f64 = docker(&["image", "inspect", "-f", "{{.Size}}", IMAGE])?.parse()?;
-    println!(
-        "t200: image {IMAGE} from {}: {:.0} MB",
-        bin.display(),
-        size / 1e6
-    );
-    Ok(())
-}
-
-impl Drop for Suite {
-    fn drop(&mut self) {
-        if std::env::var_os("T200_KEEP").is_none() {
-            let _ = self
-                .compose()
-                .args(["down", "-v", "--remove-orphans", "-t", "5"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-fn docker_available() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new("docker-compose")
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
-    if !docker_available() {
-        ensure!(
-            std::env::var_os("CI").is_none(),
-            "CI is set and there is no Docker engine with docker-compose"
-        );
-        eprintln!("t200: no Docker engine with docker-compose here: nothing checked");
+    if !compose::engine_here("t200")? {
         return Ok(());
     }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the repository")?
-        .to_path_buf();
-    build_images(&repo)?;
-
-    let out = tempfile::tempdir()?;
-    let mut env = vec![
-        ("BULWARK_IMAGE".to_string(), IMAGE.to_string()),
-        ("T200_KIT_IMAGE".into(), KIT_IMAGE.into()),
-        ("T200_OUT".into(), out.path().display().to_string()),
-        ("BULWARK_SINK_PORT".into(), free_port()?.to_string()),
-    ];
-    let mut api_ports = BTreeMap::new();
-    for node in 1..=3u64 {
-        let api = free_port()?;
-        api_ports.insert(node, api);
-        env.push((format!("BULWARK_API_PORT_{node}"), api.to_string()));
-        env.push((
-            format!("BULWARK_SMTP_PORT_{node}"),
-            free_port()?.to_string(),
-        ));
-    }
-    let mut suite = Suite {
-        repo,
-        out,
-        env,
-        api_ports,
-        http: None,
-    };
-    // What an earlier run left behind.
-    suite.compose_run(&["down", "-v", "--remove-orphans", "-t", "1"])?;
+    compose::build_node_image(&bulwark_cluster_tests::bulwark_bin()?, IMAGE)?;
+    compose::build_kit_image(Path::new(env!("CARGO_BIN_EXE_compose_kit")), KIT_IMAGE)?;
+    let mut suite = Suite::new(
+        PROJECT,
+        IMAGE,
+        KIT_IMAGE,
+        &["cluster-tests/compose/faults.yaml"],
+    )?;
     let started = Instant::now();
-    suite.compose_run(&["up", "-d"])?;
-    let certs = suite.container("certs")?;
-    let ca = suite.out.path().join("ca.pem");
-    docker(&[
-        "cp",
-        &format!("{certs}:/certs/ca.pem"),
-        &ca.display().to_string(),
-    ])?;
-    suite.http = Some(
-        reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?)
-            .build()?,
-    );
-    let leader = suite.leader(Duration::from_secs(120)).await?;
+    let leader = suite.up().await?;
     println!(
         "t200: three nodes up, node {leader} leads, {:.1} s after `up`",
         started.elapsed().as_secs_f64()
@@ -622,7 +148,7 @@ async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
 
     // 5. node3's volume filled by another container, which holds it until told.
     let volume = format!("{PROJECT}_node3-data");
-    let release = suite.out.path().join("fill.release");
+    let release = suite.out().join("fill.release");
     let load = suite.load("disk-full", 35)?;
     tokio::time::sleep(Duration::from_secs(8)).await;
     let filler = docker(&[
@@ -632,7 +158,7 @@ async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
         "-v",
         &format!("{volume}:/data"),
         "-v",
-        &format!("{}:/out", suite.out.path().display()),
+        &format!("{}:/out", suite.out().display()),
         KIT_IMAGE,
         "fill",
         "/data/filler",
@@ -666,19 +192,7 @@ async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
     );
 
     println!("\nt200: {RATE} messages/s of 2 KiB from the client container, one per connection, to node1..node3 in turn");
-    println!("| fault | attempts | 250 | other replies | longest with no 250 | drain | lost | duplicates |");
-    println!("|---|---:|---:|---|---:|---:|---:|---:|");
-    for report in &reports {
-        println!("{report}");
-        if !report.lost.is_empty() {
-            failures.push(format!(
-                "{}: {} acknowledged messages never reached the sink, e.g. {:?}",
-                report.name,
-                report.lost.len(),
-                &report.lost[..report.lost.len().min(5)]
-            ));
-        }
-    }
+    failures.extend(compose::table(&reports));
     println!(
         "t200: the whole suite took {:.0} s",
         started.elapsed().as_secs_f64()
