@@ -11,9 +11,10 @@
 #                                      uses this)
 #
 # What each check does:
-#   compose     the compose file against the Compose Specification's JSON schema
-#               (check-jsonschema's vendored copy, so no network), `docker compose
-#               config` too when the compose plugin is installed, then consistency:
+#   compose     the compose file and learners.yaml against the Compose
+#               Specification's JSON schema (check-jsonschema's vendored copy, so no
+#               network), `docker compose config` too when Compose is installed
+#               (with learners.yaml laid over as well), then consistency:
 #               declared volumes and services, the config files it mounts, ports on
 #               127.0.0.1 and distinct, the peers and the relay are its services.
 #   kubernetes  the manifests (rendered by `kubectl kustomize` when kubectl is
@@ -187,6 +188,16 @@ def config_sets():
             with open(path) as f:
                 entries.append((f"{kind}/node{n}.toml", n, f.read()))
         sets[kind] = entries
+    # The learners of compose/learners.yaml: each lists the members and itself.
+    entries = []
+    for n in (4, 5):
+        path = os.path.join(deploy, "compose", f"node{n}.toml")
+        if not os.path.isfile(path):
+            err(f"compose/node{n}.toml is missing")
+            continue
+        with open(path) as f:
+            entries.append((f"compose/node{n}.toml", n, f.read()))
+    sets["compose-learners"] = entries
     cm_path = os.path.join(deploy, "kubernetes", "configmap.yaml")
     entries = []
     try:
@@ -255,6 +266,12 @@ def check_configs(out_dir=None, certs_dir=None):
         ids = [c["node"].get("id") for _, _, c in parsed if "node" in c]
         if len(ids) != len(set(ids)):
             err(f"{name}: node ids are not distinct: {ids}")
+        if name == "compose-learners":
+            for label, nid, c in parsed:
+                keys = sorted(int(k) for k in (c.get("cluster") or {}).get("peers", {}) if k.isdigit())
+                if keys != [1, 2, 3, nid]:
+                    err(f"{label}: cluster.peers ids {keys} are not the members' and its own")
+            continue
         peer_maps = {str(sorted((c.get("cluster") or {}).get("peers", {}).items()))
                      for _, _, c in parsed}
         if len(peer_maps) > 1:
@@ -537,9 +554,15 @@ check_compose() {
   else
     say "-- docker compose: plugin not installed, schema check only"
   fi
+  if docker-compose version >/dev/null 2>&1; then
+    say "-- docker-compose config, with learners.yaml laid over"
+    docker-compose -f "$file" -f "$DEPLOY/compose/learners.yaml" config --quiet ||
+      { problem "docker-compose config with learners.yaml"; ok=1; }
+  fi
   say "-- check-jsonschema --builtin-schema vendor.compose-spec"
-  "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$file" ||
-    { problem "compose.yaml does not match the Compose Specification"; ok=1; }
+  "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$file" \
+    "$DEPLOY/compose/learners.yaml" ||
+    { problem "compose.yaml or learners.yaml does not match the Compose Specification"; ok=1; }
   say "-- consistency"
   "$PY" "$HELPER" compose "$DEPLOY" || ok=1
   return $ok
@@ -637,7 +660,7 @@ check_configs() {
   if bin="$(find_bulwark)"; then
     say "-- bulwark check-config ($bin; certificates from bulwark cert in a scratch dir)"
     "$bin" cert ca --out "$certs" >/dev/null || { problem "bulwark cert ca"; return 1; }
-    for n in 1 2 3; do
+    for n in 1 2 3 4 5; do
       "$bin" cert node --ca "$certs" --id "$n" --san "node$n,localhost" --out "$certs" >/dev/null ||
         { problem "bulwark cert node --id $n"; return 1; }
     done

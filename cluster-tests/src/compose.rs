@@ -206,17 +206,18 @@ impl Suite {
         all
     }
 
-    /// The leader all reachable nodes agree on.
+    /// The leader every node that answers and knows one agrees on (a node not yet
+    /// added to the cluster knows none).
     pub async fn leader(&self, within: Duration) -> Result<u64> {
         let deadline = Instant::now() + within;
         loop {
-            let leaders: HashSet<Option<u64>> = self
+            let leaders: HashSet<u64> = self
                 .statuses()
                 .await
                 .into_values()
-                .filter_map(|s| s.ok().map(|s| s.leader_id))
+                .filter_map(|s| s.ok().and_then(|s| s.leader_id))
                 .collect();
-            if let [Some(leader)] = leaders.into_iter().collect::<Vec<_>>()[..] {
+            if let [leader] = leaders.into_iter().collect::<Vec<_>>()[..] {
                 return Ok(leader);
             }
             ensure!(Instant::now() < deadline, "no leader within {within:?}");

@@ -289,7 +289,23 @@ pub struct DnsServer {
 impl DnsServer {
     /// Starts a server for `zone` on 127.0.0.1 at a free port, UDP and TCP.
     pub fn start(zone: Zone) -> io::Result<DnsServer> {
-        let (udp, tcp) = bind_pair()?;
+        Self::serve_on(zone, bind_pair()?)
+    }
+
+    /// Starts a server for `zone` on `addr`, UDP and TCP (the Compose suites' name
+    /// server, in a container of its own).
+    pub fn start_on(addr: SocketAddr, zone: Zone) -> io::Result<DnsServer> {
+        let udp = std::net::UdpSocket::bind(addr)?;
+        let tcp = std::net::TcpListener::bind(addr)?;
+        udp.set_nonblocking(true)?;
+        tcp.set_nonblocking(true)?;
+        Self::serve_on(zone, (udp, tcp))
+    }
+
+    fn serve_on(
+        zone: Zone,
+        (udp, tcp): (std::net::UdpSocket, std::net::TcpListener),
+    ) -> io::Result<DnsServer> {
         let addr = udp.local_addr()?;
         let queries = Arc::new(AtomicUsize::new(0));
         let (shutdown, stop) = oneshot::channel();

@@ -9,9 +9,14 @@
 //!   became of it, e.g. `451_at_end_of_data`).
 //! - `fill`: writes a file into a directory until its file system is full, keeps it
 //!   until told to let go, then removes it.
+//! - `dns`: the name server the nodes' queries go to (through Docker's own, which
+//!   forwards what is not a container's name): it knows no name and answers each
+//!   query at once with NXDOMAIN, as the Internet would for the test domains; with
+//!   no server at all, every SPF, DKIM and DMARC lookup would wait out its timeout.
 //!
-//! Each stops by itself: the sink after `--max-secs`, the load after `--secs` and the
-//! last reply, the fill when the disk is full or after `--max-bytes`.
+//! Each stops by itself: the sink and the name server after `--max-secs`, the load
+//! after `--secs` and the last reply, the fill when the disk is full or after
+//! `--max-bytes`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use bulwark_cluster_tests::dns::{DnsServer, Zone};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig};
 use bulwark_cluster_tests::smtp::{send_one, token_of, ClientConfig, Message};
 use clap::{Parser, Subcommand};
@@ -42,6 +48,12 @@ enum Command {
         max_secs: u64,
     },
     Load(Load),
+    Dns {
+        #[arg(long, default_value = "0.0.0.0:53")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
     Fill {
         /// The file to write (in the directory to fill).
         file: PathBuf,
@@ -97,6 +109,13 @@ fn main() -> Result<()> {
             max_secs,
         } => sink(listen, &out, Duration::from_secs(max_secs)),
         Command::Load(spec) => tokio::runtime::Runtime::new()?.block_on(load(spec)),
+        Command::Dns { listen, max_secs } => {
+            let server = DnsServer::start_on(listen, Zone::new())
+                .with_context(|| format!("name server on {listen}"))?;
+            eprintln!("dns: answering NXDOMAIN on {}", server.addr());
+            std::thread::sleep(Duration::from_secs(max_secs));
+            Ok(())
+        }
         Command::Fill {
             file,
             max_bytes,
