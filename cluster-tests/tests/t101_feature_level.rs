@@ -21,9 +21,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig};
-use bulwark_cluster_tests::smtp::{self, send_one, ClientConfig, Message, Outcome};
+use bulwark_cluster_tests::smtp::{self, send_until_accepted, ClientConfig, Message};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder};
 
 const LEVEL_ENV: &str = "BULWARK_TEST_FEATURE_LEVEL";
@@ -41,7 +41,7 @@ const HELD: Duration = Duration::from_secs(10);
 const RAISED_WITHIN: Duration = Duration::from_secs(30);
 const DELIVERED_WITHIN: Duration = Duration::from_secs(90);
 const EXIT_WITHIN: Duration = Duration::from_secs(60);
-const SEND_ATTEMPTS: usize = 30;
+const SEND_WITHIN: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t101_feature_level_rises_only_once_every_member_supports_it() -> Result<()> {
@@ -67,17 +67,10 @@ async fn t101_feature_level_rises_only_once_every_member_supports_it() -> Result
 /// Sends message `token` through node `id` until it is accepted.
 async fn send(cluster: &Cluster, id: u64, token: &str) -> Result<()> {
     let msg = Message::generate(token, 1_024, RCPT);
+    let deadline = Instant::now() + SEND_WITHIN;
     let addr = cluster.node(id).smtp_addr();
-    let mut last = String::new();
-    for _ in 0..SEND_ATTEMPTS {
-        let outcome = send_one(addr, &msg, &ClientConfig::default()).await.outcome;
-        if matches!(outcome, Outcome::Accepted { .. }) {
-            return Ok(());
-        }
-        last = outcome.to_string();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    bail!("{token} not accepted by node {id} in {SEND_ATTEMPTS} attempts: {last}")
+    send_until_accepted(&mut None, addr, &ClientConfig::default(), &msg, deadline).await?;
+    Ok(())
 }
 
 /// The feature levels of every node that answers: (its build's, the cluster's).
