@@ -162,7 +162,7 @@ async fn run(cluster: &mut Cluster) -> Result<()> {
         results.push(judged(cluster, id, &queue_id).await?);
     }
     println!("the same spam on each node: {results:?}");
-    ensure!(results[0].0 == "BAYES_99", "{results:?}");
+    ensure!(results[0].0 == "BAYES_999", "{results:?}");
     ensure!(results.iter().all(|r| *r == results[0]), "{results:?}");
     Ok(())
 }

@@ -24,6 +24,9 @@
 //! learned and odd ones judged, hides how spam drifts over time: a change it
 //! favoured did worse on the later sets.)
 //!
+//! With `--no-bayes`, the classifier stays silent, as it does on a new site until
+//! it has learned `bayes_min_messages` of each class: the rules alone judge.
+//!
 //! Each set is a directory of raw RFC 5322 messages (`*.txt`). Every message goes
 //! through the whole pipeline as the SMTP ingress runs it (authentication against a
 //! DNS server on loopback that knows none of the corpus' domains, so it comes out
@@ -44,6 +47,7 @@ fn main() {
     let mut cross_validate = false;
     let mut other_half = false;
     let mut site_ham = false;
+    let mut no_bayes = false;
     let mut dump = None;
     let mut rules = Vec::new();
     while let Some(arg) = args.next() {
@@ -51,6 +55,7 @@ fn main() {
             "--cross-validate" => cross_validate = true,
             "--other-half" => other_half = true,
             "--site-ham" => site_ham = true,
+            "--no-bayes" => no_bayes = true,
             "--dump" => dump = Some(PathBuf::from(args.next().expect("--dump FILE"))),
             "--rules" => rules.push(PathBuf::from(args.next().expect("--rules FILE"))),
             _ => root = Some(PathBuf::from(arg)),
@@ -65,7 +70,7 @@ fn main() {
         "--other-half chooses the fold of --cross-validate"
     );
     let root = root.expect(
-        "usage: corpus DATA_DIR [--cross-validate [--other-half] | --site-ham] [--dump FILE] [--rules FILE]...",
+        "usage: corpus DATA_DIR [--cross-validate [--other-half] | --site-ham] [--no-bayes] [--dump FILE] [--rules FILE]...",
     );
     let mut dump = dump.map(|p| std::fs::File::create(p).expect("dump file"));
     let dns = DnsServer::start(Zone::new()).expect("DNS server");
@@ -128,7 +133,13 @@ fn main() {
     );
     let resolver =
         bulwark_node::dns::resolver(&config.dns.nameservers, config.dns.timeout).expect("resolver");
-    let scanner = Scanner::standalone(&config, resolver, Some(Arc::new(counts))).expect("scanner");
+    let counts: Option<Arc<dyn bayes::TokenCounts>> = if no_bayes {
+        eprintln!("classifier: silent (--no-bayes), as on a new site");
+        None
+    } else {
+        Some(Arc::new(counts))
+    };
+    let scanner = Scanner::standalone(&config, resolver, counts).expect("scanner");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

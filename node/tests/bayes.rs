@@ -71,17 +71,36 @@ fn problem(r: Response) -> (u16, Value) {
     (status, body)
 }
 
-fn bayes_symbol(node: &Node, id: &str) -> Option<String> {
+/// The classifier's symbol of message `id` and its score, if it gave one; the
+/// verdict's score is the sum of its symbols'.
+fn bayes_hit(node: &Node, id: &str) -> Option<(String, f64)> {
     let verdict = node
         .wait_message_event(id, "scan.verdict", 1, std::time::Duration::from_secs(10))
         .pop()
         .unwrap();
-    verdict["scan"]["symbols"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["engine"] == "bayes")
-        .map(|s| s["name"].as_str().unwrap().to_string())
+    let symbols = verdict["scan"]["symbols"].as_array().unwrap();
+    let total: f64 = symbols.iter().map(|s| s["score"].as_f64().unwrap()).sum();
+    assert!((verdict["scan"]["score"].as_f64().unwrap() - total).abs() < 1e-9);
+    symbols.iter().find(|s| s["engine"] == "bayes").map(|s| {
+        (
+            s["name"].as_str().unwrap().to_string(),
+            s["score"].as_f64().unwrap(),
+        )
+    })
+}
+
+fn bayes_symbol(node: &Node, id: &str) -> Option<String> {
+    bayes_hit(node, id).map(|(name, _)| name)
+}
+
+/// Sends an unseen message in the words of `words` and returns its queue id.
+fn send_unseen(smtp: &mut Smtp, words: &[&str], kind: &str) -> String {
+    smtp.send_message(
+        &format!("x@{kind}.test"),
+        &["bob@example.test"],
+        &vocabulary_message(words, 101, kind),
+    )
+    .queued_id()
 }
 
 #[test]
@@ -117,21 +136,9 @@ fn learned_messages_change_the_scores_of_the_next_ones_and_each_lesson_is_audite
     assert!(tokens > 40, "{tokens} distinct tokens");
 
     // Unseen messages of each kind now get the far ends of the scale.
-    let spammy = smtp
-        .send_message(
-            "x@spam.test",
-            &["bob@example.test"],
-            &vocabulary_message(SPAM_WORDS, 101, "spam"),
-        )
-        .queued_id();
-    assert_eq!(bayes_symbol(&node, &spammy).as_deref(), Some("BAYES_99"));
-    let hammy = smtp
-        .send_message(
-            "y@ham.test",
-            &["bob@example.test"],
-            &vocabulary_message(HAM_WORDS, 101, "ham"),
-        )
-        .queued_id();
+    let spammy = send_unseen(&mut smtp, SPAM_WORDS, "spam");
+    assert_eq!(bayes_symbol(&node, &spammy).as_deref(), Some("BAYES_999"));
+    let hammy = send_unseen(&mut smtp, HAM_WORDS, "ham");
     assert_eq!(bayes_symbol(&node, &hammy).as_deref(), Some("BAYES_00"));
 
     // The same message again changes nothing; as the other class it moves; forgotten
@@ -189,6 +196,43 @@ fn learned_messages_change_the_scores_of_the_next_ones_and_each_lesson_is_audite
     node.terminate(std::time::Duration::from_secs(30));
     node.restart();
     assert_eq!(Api::new(&node).counts(), before);
+}
+
+#[test]
+fn a_rule_file_sets_the_classifiers_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("local.cf");
+    std::fs::write(
+        &rules,
+        "# A site that trusts its classifier less at the top and more at the bottom.\n\
+         score BAYES_999 2.5\n\
+         score BAYES_00 -4\n",
+    )
+    .unwrap();
+    let node = Node::start_with(
+        "domains = [\"example.test\"]",
+        &format!(
+            "{}\n[scan]\nbayes_min_messages = 10\nrules = [\"{}\"]\n",
+            common::held_delivery(),
+            rules.display()
+        ),
+    );
+    let api = Api::new(&node);
+    for n in 0..10 {
+        api.learn("spam", &vocabulary_message(SPAM_WORDS, n, "spam"));
+        api.learn("ham", &vocabulary_message(HAM_WORDS, n, "ham"));
+    }
+    let mut smtp = Smtp::ehlo(node.smtp);
+    let spammy = send_unseen(&mut smtp, SPAM_WORDS, "spam");
+    assert_eq!(bayes_hit(&node, &spammy), Some(("BAYES_999".into(), 2.5)));
+    let hammy = send_unseen(&mut smtp, HAM_WORDS, "ham");
+    assert_eq!(bayes_hit(&node, &hammy), Some(("BAYES_00".into(), -4.0)));
+    // Both names are the classifier's: neither is logged as unknown.
+    assert!(
+        !node.log().contains("neither a rule nor a symbol"),
+        "{}",
+        common::tail(&node.log(), 20)
+    );
 }
 
 #[test]

@@ -115,11 +115,13 @@ const MAX_SIGHTING_WEIGHT: f64 = 3.0;
 const MAX_INTERESTING: usize = 150;
 
 /// The symbols, each with the upper bound (exclusive) of its probability band and its
-/// score; the last band reaches 1. The bands are SpamAssassin's; the spam scores are
-/// higher than its (2.0 for BAYES_80, 3.5 for BAYES_99), as Rspamd's (up to 5.1), because our rule set
-/// is far smaller than SpamAssassin's: they were chosen by validation on the
-/// training sets of the public corpus only (`examples/corpus.rs --cross-validate`),
-/// where no easy ham reached the tag score with them.
+/// score; the last band reaches 1. The bands are SpamAssassin's, whose `BAYES_999`
+/// is a band of its own here. No band tags a message alone: mail of a kind the
+/// classifier never learned as ham (newsletters, receipts, lists it was not taught)
+/// lands as high as spam does (on the other fold of the cross-validation, 130 of
+/// 1,250 hams at 0.99 or above, 83 more from 0.95), so the rules must agree. Chosen
+/// on both folds of the training sets' cross-validation (`examples/corpus.rs`); a
+/// rule file's `score BAYES_99 ...` changes them.
 const BANDS: &[(f64, &str, f64)] = &[
     (0.01, "BAYES_00", -1.5),
     (0.05, "BAYES_05", -0.5),
@@ -127,9 +129,10 @@ const BANDS: &[(f64, &str, f64)] = &[
     (0.40, "BAYES_40", 0.0),
     (0.60, "BAYES_50", 0.8),
     (0.80, "BAYES_60", 1.5),
-    (0.95, "BAYES_80", 4.0),
-    (0.99, "BAYES_95", 4.5),
-    (f64::INFINITY, "BAYES_99", 5.0),
+    (0.95, "BAYES_80", 3.0),
+    (0.99, "BAYES_95", 3.5),
+    (0.999, "BAYES_99", 3.5),
+    (f64::INFINITY, "BAYES_999", 4.5),
 ];
 
 /// The stable hash of a token string: the first 8 bytes of its SHA-256, big-endian.
@@ -502,6 +505,7 @@ impl Tokenizer {
             contents: &contents,
             view: &view,
             local_domains: &[],
+            bayes: false,
         })
     }
 }
@@ -533,6 +537,7 @@ pub struct Classification {
 
 /// The Bayesian engine: scores a message against the trained counts once at least
 /// `min_messages` of each class have been trained.
+#[derive(Clone)]
 pub struct BayesEngine {
     counts: Arc<dyn TokenCounts>,
     min_messages: u64,
@@ -553,6 +558,11 @@ impl BayesEngine {
     pub fn classify(&self, tokens: &[u64]) -> Option<Classification> {
         let totals = self.counts.totals();
         self.classify_with(totals, tokens)
+    }
+
+    /// Whether the classifier has learned enough of each class to judge.
+    pub fn is_ready(&self) -> bool {
+        self.is_trained(self.counts.totals())
     }
 
     fn is_trained(&self, (spam, ham): (u64, u64)) -> bool {
@@ -711,6 +721,7 @@ mod tests {
             contents,
             view: &view,
             local_domains: &[],
+            bayes: false,
         };
         f(&parsed)
     }
@@ -1088,7 +1099,9 @@ mod tests {
         assert_eq!(symbol(0.9), "BAYES_80");
         assert_eq!(symbol(0.97), "BAYES_95");
         assert_eq!(symbol(0.99), "BAYES_99");
-        assert_eq!(symbol(1.0), "BAYES_99");
+        assert_eq!(symbol(0.998), "BAYES_99");
+        assert_eq!(symbol(0.999), "BAYES_999");
+        assert_eq!(symbol(1.0), "BAYES_999");
     }
 
     /// SplitMix64: a small seeded generator for reproducible test corpora.
@@ -1281,7 +1294,7 @@ mod tests {
             let hits = scan(&engine, &spam);
             assert_eq!(hits.len(), 1, "{hits:?}");
             assert!(
-                ["BAYES_95", "BAYES_99"].contains(&hits[0].symbol.as_str()),
+                ["BAYES_95", "BAYES_99", "BAYES_999"].contains(&hits[0].symbol.as_str()),
                 "{hits:?}\n{spam}"
             );
             assert!(hits[0].score >= 3.0);

@@ -695,6 +695,7 @@ pub(crate) mod tests {
             contents: &contents,
             view: &view,
             local_domains: &[],
+            bayes: false,
         };
         engine.scan(&parsed)
     }

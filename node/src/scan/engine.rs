@@ -24,6 +24,9 @@ pub struct Parsed<'a> {
     pub view: &'a super::spam::View,
     /// Our own domains (`smtp.domains`), lowercase, IDNA ASCII.
     pub local_domains: &'a [String],
+    /// Whether the Bayesian classifier judges this message (it is on and has
+    /// learned enough): the rules then score with their second score set.
+    pub bayes: bool,
 }
 
 /// Every leaf part of the message and every file inside its archives.
@@ -71,6 +74,45 @@ impl Hit {
             description: description.into(),
         }
     }
+}
+
+/// The names other engines than the rules report their symbols under: whole names,
+/// or families ending in `_`. A rule file's `score` for such a name sets that
+/// symbol's score (`score BAYES_99 3.5`); a `score` for a name that is neither a
+/// rule nor one of these is noted and ignored.
+pub const ENGINE_SYMBOLS: &[&str] = &[
+    "BAYES_",
+    "SPF_",
+    "DKIM_",
+    "DMARC_",
+    "ARC_",
+    "AUTH_",
+    "PHISH_",
+    "REPLYTO_DIFFERS",
+    "FROM_LOCAL_DOMAIN_EXTERNAL",
+    "RBL_",
+    "URIBL_",
+    "DNSBL_",
+    "YARA_",
+    "CLAMD_",
+    "MALWARE",
+    "ATTACH_",
+    "ARCHIVE_",
+    "OFFICE_MACRO",
+    "PDF_",
+    "HTML_SMUGGLING",
+    "MIME_UNPARSEABLE",
+];
+
+/// Whether `name` is one of [`ENGINE_SYMBOLS`].
+pub fn is_engine_symbol(name: &str) -> bool {
+    ENGINE_SYMBOLS.iter().any(|known| {
+        if known.ends_with('_') {
+            name.starts_with(known)
+        } else {
+            name == *known
+        }
+    })
 }
 
 /// What kind of thing a [`Finding`] is; the policy acts on kinds, not on scores.

@@ -39,6 +39,7 @@ pub mod spam;
 pub mod suffixes;
 pub mod yara;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +94,8 @@ pub struct Assembler {
 pub struct Ruleset {
     content: Arc<ContentEngines>,
     blocklists: Option<blocklists::Blocklists>,
+    /// Scores the rule files set for symbols of engines other than the rules.
+    engine_scores: HashMap<String, spam::Scores>,
 }
 
 impl Assembler {
@@ -118,6 +121,7 @@ impl Assembler {
         for line in &content.notes {
             tracing::info!(%line, "rule skipped or warned about");
         }
+        let engine_scores = content.spam.engine_scores().clone();
         let mut engines: Vec<Box<dyn Engine>> = vec![
             Box::new(content.malware),
             Box::new(content.attachments),
@@ -127,21 +131,24 @@ impl Assembler {
         if let Some(yara) = content.yara {
             engines.push(Box::new(yara.with_timeout(self.budget)));
         }
-        if let Some((counts, min_messages)) = &self.bayes {
-            engines.push(Box::new(bayes::BayesEngine::new(
-                counts.clone(),
-                *min_messages,
-            )));
+        let classifier = self
+            .bayes
+            .as_ref()
+            .map(|(counts, min_messages)| bayes::BayesEngine::new(counts.clone(), *min_messages));
+        if let Some(classifier) = &classifier {
+            engines.push(Box::new(classifier.clone()));
         }
         let blocklists = (!content.blocklists.is_empty())
             .then(|| blocklists::Blocklists::new(content.blocklists, self.resolver.clone()));
         Ruleset {
             content: Arc::new(ContentEngines {
                 engines,
+                classifier,
                 limits: self.limits.clone(),
                 local_domains: self.local_domains.clone(),
             }),
             blocklists,
+            engine_scores,
         }
     }
 }
@@ -184,6 +191,9 @@ pub struct Scanner {
 
 struct ContentEngines {
     engines: Vec<Box<dyn Engine>>,
+    /// The classifier among `engines`, asked whether it judges (which score set
+    /// the rules use).
+    classifier: Option<bayes::BayesEngine>,
     limits: contents::Limits,
     local_domains: Vec<String>,
 }
@@ -319,10 +329,17 @@ impl Scanner {
             .iter()
             .map(|engine| timed(deadline, engine.check(candidate, &links)));
         let want_links = network.iter().any(|e| e.wants_links());
+        // Which score set the rules use, decided once for the whole message.
+        let bayes = ruleset
+            .content
+            .classifier
+            .as_ref()
+            .is_some_and(bayes::BayesEngine::is_ready);
         let (reported, checked) = tokio::join!(
             run_content(
                 &ruleset.content,
                 candidate,
+                bayes,
                 deadline,
                 want_links.then_some(links_tx)
             ),
@@ -342,7 +359,11 @@ impl Scanner {
                 engine: "origin".into(),
             });
         }
-        let (findings, mut engines) = self.record(&runs, &mut symbols);
+        let (findings, mut engines) = self.record(
+            &runs,
+            |symbol: &str| ruleset.engine_scores.get(symbol).map(|s| s.get(bayes)),
+            &mut symbols,
+        );
 
         let score = symbols.iter().map(|s| s.score).sum::<f64>();
         let first = |kinds: &[FindingKind]| {
@@ -398,8 +419,14 @@ impl Scanner {
 
     /// The findings and engine runs the verdict records of `runs`, their hits added
     /// to `symbols`. An engine that did not finish within the budget is recorded as
-    /// timed out after the whole budget, with a 0-score `SCAN_TIMEOUT`.
-    fn record(&self, runs: &[Run], symbols: &mut Vec<Symbol>) -> (Vec<Finding>, Vec<EngineRun>) {
+    /// timed out after the whole budget, with a 0-score `SCAN_TIMEOUT`. A hit scores
+    /// what the rule files set for its symbol, if they set anything.
+    fn record(
+        &self,
+        runs: &[Run],
+        set_score: impl Fn(&str) -> Option<f64>,
+        symbols: &mut Vec<Symbol>,
+    ) -> (Vec<Finding>, Vec<EngineRun>) {
         let budget_ms = self.budget.as_millis() as u64;
         let mut findings = Vec::new();
         let mut engines = Vec::new();
@@ -425,7 +452,7 @@ impl Scanner {
             for hit in &outcome.hits {
                 symbols.push(Symbol {
                     name: hit.symbol.clone(),
-                    score: hit.score,
+                    score: set_score(&hit.symbol).unwrap_or(hit.score),
                     description: hit.description.clone(),
                     engine: run.engine.to_string(),
                 });
@@ -487,6 +514,7 @@ fn runs(
 async fn run_content(
     content: &Arc<ContentEngines>,
     candidate: &Candidate<'_>,
+    bayes: bool,
     deadline: tokio::time::Instant,
     links: Option<tokio::sync::oneshot::Sender<Vec<String>>>,
 ) -> Vec<Run> {
@@ -496,6 +524,7 @@ async fn run_content(
     let owned = Owned {
         rcpt_to: candidate.rcpt_to.to_vec(),
         client_ip: candidate.client_ip,
+        bayes,
     };
     tokio::task::spawn_blocking(move || content.run(&owned, &body, &tx, links));
     let mut reports = Vec::new();
@@ -538,6 +567,7 @@ pub fn parse(raw: &[u8]) -> Option<mail_parser::Message<'_>> {
 struct Owned {
     rcpt_to: Vec<String>,
     client_ip: std::net::IpAddr,
+    bayes: bool,
 }
 
 impl ContentEngines {
@@ -582,6 +612,7 @@ impl ContentEngines {
             contents: &contents,
             view: &view,
             local_domains: &self.local_domains,
+            bayes: owned.bayes,
         };
         let mut unpacked = Outcome {
             hits: Vec::new(),

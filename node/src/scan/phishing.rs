@@ -399,6 +399,7 @@ mod tests {
             contents: &contents,
             view: &view,
             local_domains: &ours,
+            bayes: false,
         };
         PhishingEngine::new(&["Maria Chief".into()], &["partnerbank.test".into()])
             .scan(&parsed)

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::contents::{unpack, Limits};
-use super::spam::{decoded, html_text, truncate};
+use super::spam::{decoded, headers_raw, html_text, truncate};
 
 /// Header fields shown at most.
 const MAX_HEADERS: usize = 200;
@@ -40,12 +40,12 @@ pub fn preview(raw: &[u8], limits: &Limits) -> Value {
         kept.to_string()
     };
     let mut headers = Vec::new();
-    for (name, raw) in message.headers_raw() {
+    for (name, raw) in headers_raw(&message) {
         if headers.len() == MAX_HEADERS {
             truncated.set(true);
             break;
         }
-        headers.push(json!({ "name": name, "value": cut(&decoded(raw), MAX_HEADER_VALUE) }));
+        headers.push(json!({ "name": name, "value": cut(&decoded(&raw), MAX_HEADER_VALUE) }));
     }
     let part = |ids: &[u32], html: bool| {
         ids.iter()
@@ -118,6 +118,25 @@ mod tests {
         assert_eq!(a["sha256"].as_str().unwrap().len(), 64);
         assert_eq!(p["attachments"].as_array().unwrap().len(), 1);
         assert_eq!(p["truncated"], false);
+    }
+
+    #[test]
+    fn a_preview_shows_header_fields_in_raw_latin1() {
+        let raw = b"From: Jos\xe9 <jose@sender.test>\r\nSubject: caf\xe9 au lait\r\n\r\nbody\r\n";
+        let p = preview(raw, &Limits::default());
+        let headers: Vec<(&str, &str)> = p["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["name"].as_str().unwrap(), h["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("From", "Jos\u{e9} <jose@sender.test>"),
+                ("Subject", "caf\u{e9} au lait")
+            ]
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ mod heuristics;
 mod html;
 mod rules;
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mail_parser::parsers::MessageStream;
@@ -23,6 +25,8 @@ use super::engine::{Engine, Hit, Outcome, Parsed};
 use crate::policy::Source;
 use heuristics::{Facts, BUILTINS};
 use rules::{HeaderForm, HeaderSource, HeaderTest, Loader, RuleSet, Test};
+
+pub use rules::Scores;
 
 pub use content::View;
 pub(crate) use content::{host_of, html_text, link_hosts, registrable_domain, truncate, view};
@@ -55,6 +59,11 @@ impl SpamEngine {
         let (rules, notes) = loader.finish()?;
         let version = format!("rules:{}/{:08x}", rules.rules.len(), hash.finish() as u32);
         Ok((SpamEngine { rules, version }, notes))
+    }
+
+    /// The scores the rule files set for other engines' symbols, by name.
+    pub fn engine_scores(&self) -> &HashMap<String, Scores> {
+        &self.rules.engine_scores
     }
 
     /// Scores one message as of `now` (Unix seconds, used to date a message that
@@ -90,14 +99,15 @@ impl SpamEngine {
 
         let mut hits = Vec::new();
         for (i, rule) in rules.rules.iter().enumerate() {
-            if !fired[i] || rule.score == 0.0 || rule.name.starts_with("__") {
+            let score = rule.score.get(parsed.bayes);
+            if !fired[i] || score == 0.0 || rule.name.starts_with("__") {
                 continue;
             }
             let description = match details.iter().find(|(d, _)| *d == i) {
                 Some((_, detail)) => format!("{}: {detail}", rule.description),
                 None => rule.description.clone(),
             };
-            hits.push(Hit::new(rule.name.clone(), rule.score, description));
+            hits.push(Hit::new(rule.name.clone(), score, description));
         }
         hits
     }
@@ -127,14 +137,13 @@ impl Engine for SpamEngine {
 struct Headers<'a> {
     message: &'a Message<'a>,
     /// Lowercase name, name as sent, decoded value, raw value.
-    list: Vec<(String, &'a str, String, &'a str)>,
+    list: Vec<(String, &'a str, String, Cow<'a, str>)>,
 }
 
 impl<'a> Headers<'a> {
     fn read(message: &'a Message<'a>) -> Self {
-        let list = message
-            .headers_raw()
-            .map(|(name, raw)| (name.to_ascii_lowercase(), name, decoded(raw), raw))
+        let list = headers_raw(message)
+            .map(|(name, raw)| (name.to_ascii_lowercase(), name, decoded(&raw), raw))
             .collect();
         Headers { message, list }
     }
@@ -208,6 +217,30 @@ impl<'a> Headers<'a> {
 }
 
 /// A header field's value as text: encoded words decoded, folding undone, trimmed.
+/// Every top-level header field with its raw value, in order. mail-parser's own
+/// `headers_raw` leaves out a field whose value is not UTF-8, so a Subject with one
+/// byte of raw Latin-1 would vanish from the rules (and read as missing) while every
+/// mail client shows it; such a value is read as Latin-1 here, byte for character.
+pub(crate) fn headers_raw<'a>(
+    message: &'a Message<'a>,
+) -> impl Iterator<Item = (&'a str, Cow<'a, str>)> + 'a {
+    let raw_message: &'a [u8] = message.raw_message.as_ref();
+    let top = message
+        .parts
+        .first()
+        .map_or(&[][..], |part| &part.headers[..]);
+    top.iter().map(move |header| {
+        let bytes = raw_message
+            .get(header.offset_start as usize..header.offset_end as usize)
+            .unwrap_or_default();
+        let value = match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
+        };
+        (header.name.as_str(), value)
+    })
+}
+
 pub(crate) fn decoded(raw: &str) -> String {
     match MessageStream::new(raw.as_bytes()).parse_unstructured() {
         HeaderValue::Text(text) => text.trim().to_owned(),
@@ -254,17 +287,27 @@ mod tests {
     }
 
     fn hits(engine: &SpamEngine, raw: &str) -> Vec<Hit> {
-        let message = MessageParser::default().parse(raw.as_bytes()).unwrap();
+        hits_in_set(engine, raw, false)
+    }
+
+    /// The hits of `raw` with the score set of a judging classifier (`bayes`) or not.
+    fn hits_in_set(engine: &SpamEngine, raw: &str, bayes: bool) -> Vec<Hit> {
+        hits_of_bytes(engine, raw.as_bytes(), bayes)
+    }
+
+    fn hits_of_bytes(engine: &SpamEngine, raw: &[u8], bayes: bool) -> Vec<Hit> {
+        let message = MessageParser::default().parse(raw).unwrap();
         let contents = Contents::default();
         let view = view(&message, &contents);
         let parsed = Parsed {
             rcpt_to: &[],
             client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
-            raw: raw.as_bytes(),
+            raw,
             message: &message,
             contents: &contents,
             view: &view,
             local_domains: &[],
+            bayes,
         };
         engine.evaluate(&parsed, NOW)
     }
@@ -483,7 +526,7 @@ mod tests {
             "body T_DEFAULT /alpha/\n\
              body T_SCORED /alpha/\n\
              score T_SCORED 2.5\n\
-             score T_SCORED 3.5 1 1 1\n\
+             score T_SCORED 3.5 3.5 1 1\n\
              describe T_SCORED Mentions the first letter\n\
              body T_ZERO /alpha/\n\
              score T_ZERO 0\n\
@@ -510,6 +553,79 @@ mod tests {
             (gtube.score, gtube.description.as_str()),
             (50.0, "Test string")
         );
+    }
+
+    #[test]
+    fn scores_for_other_engines_symbols_are_kept_and_typos_noted() {
+        let (engine, notes, _dir) =
+            engine_with("score BAYES_99 3.5\nscore SPF_FAIL 0 6 0 4\nscore BAYES99 2\n");
+        let mut kept: Vec<_> = engine
+            .engine_scores()
+            .iter()
+            .map(|(name, s)| (name.as_str(), s.get(false), s.get(true)))
+            .collect();
+        kept.sort_by(|a, b| a.0.cmp(b.0));
+        assert_eq!(kept, [("BAYES_99", 3.5, 3.5), ("SPF_FAIL", 6.0, 4.0)]);
+        assert_eq!(
+            notes,
+            ["local.cf:3: score for BAYES99, neither a rule nor a symbol of another engine; ignored"]
+        );
+    }
+
+    #[test]
+    fn four_scores_are_spamassassins_sets_and_the_classifier_chooses() {
+        let (engine, notes, _dir) = engine_with(
+            "body T_SETS /alpha/\nscore T_SETS 9 2 9 4\n\
+             body T_ONE /alpha/\nscore T_ONE 1.5\n\
+             body T_ONLY_ALONE /alpha/\nscore T_ONLY_ALONE 0 3 0 0\n",
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        let scored = |bayes: bool| {
+            let mut hits: Vec<(String, f64)> =
+                hits_in_set(&engine, &message("", "Hi", "alpha"), bayes)
+                    .into_iter()
+                    .filter(|h| h.symbol.starts_with("T_"))
+                    .map(|h| (h.symbol, h.score))
+                    .collect();
+            hits.sort_by(|a, b| a.0.cmp(&b.0));
+            hits
+        };
+        let row = |name: &str, score: f64| (name.to_string(), score);
+        assert_eq!(
+            scored(false),
+            [
+                row("T_ONE", 1.5),
+                row("T_ONLY_ALONE", 3.0),
+                row("T_SETS", 2.0)
+            ]
+        );
+        assert_eq!(scored(true), [row("T_ONE", 1.5), row("T_SETS", 4.0)]);
+    }
+
+    #[test]
+    fn a_header_with_raw_latin1_bytes_is_read_not_dropped() {
+        let (engine, _, _dir) = engine_with(
+            "header T_SUBJ_GROW Subject =~ /^Grow Up And Be A Man!. abm$/\n\
+             header T_FROM_NAME From:raw =~ /^Jos\u{e9} </\n",
+        );
+        // As a bulk mailer of 2002 wrote it: a no-break space (0xA0) and an é (0xE9)
+        // in raw Latin-1, with no encoded word and no charset. mail-parser's raw
+        // headers leave such fields out; every mail client shows them.
+        let raw = b"Received: from a (a [192.0.2.1]) by b; Thu, 01 Jan 2026 00:00:00 +0000\r\n\
+            From: Jos\xe9 <jose@example.org>\r\n\
+            To: bob@example.net\r\n\
+            Subject: Grow Up And Be A Man!\xa0 abm\r\n\
+            Date: Wed, 31 Dec 2025 23:59:00 +0000\r\n\
+            Message-ID: <1234@example.org>\r\n\
+            \r\n\
+            Hello there.\r\n";
+        let hits = hits_of_bytes(&engine, raw, false);
+        for rule in ["T_SUBJ_GROW", "T_FROM_NAME"] {
+            assert!(fired(&hits, rule), "{rule}: {hits:?}");
+        }
+        for rule in ["MISSING_SUBJECT", "MISSING_FROM"] {
+            assert!(!fired(&hits, rule), "{rule}: {hits:?}");
+        }
     }
 
     #[test]
@@ -581,6 +697,8 @@ mod tests {
         for (rules, line) in [
             ("body T_OK /a/\nbody T_BAD /unclosed\n", 2),
             ("score T_X many\n", 1),
+            ("body T_X /a/\nscore T_X 1 2\n", 2),
+            ("score T_X\n", 1),
             ("\n\nheader T_X Subject ~ /a/\n", 3),
             ("meta T_X (A && B\n", 1),
             ("meta T_X A &&\n", 1),

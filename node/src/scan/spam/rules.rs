@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
+use super::super::engine::is_engine_symbol;
 use super::heuristics::Heuristic;
 
 /// The most memory one compiled pattern or pattern set may take.
@@ -112,11 +113,39 @@ pub(super) enum Test {
     Never,
 }
 
+/// A score as SpamAssassin sets it: one value, or one per score set. Bulwark always
+/// asks DNS (authentication), so of SpamAssassin's four sets it takes the two with
+/// network tests: the second while the Bayesian classifier is silent (untrained or
+/// off), the fourth while it judges. `score NAME 2.0` is 2.0 in both.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scores {
+    pub without_bayes: f64,
+    pub with_bayes: f64,
+}
+
+impl Scores {
+    pub fn both(score: f64) -> Scores {
+        Scores {
+            without_bayes: score,
+            with_bayes: score,
+        }
+    }
+
+    /// The score of the set in force: with the classifier judging or without.
+    pub fn get(self, bayes: bool) -> f64 {
+        if bayes {
+            self.with_bayes
+        } else {
+            self.without_bayes
+        }
+    }
+}
+
 /// One named rule.
 #[derive(Debug)]
 pub(super) struct Rule {
     pub name: String,
-    pub score: f64,
+    pub score: Scores,
     pub description: String,
     pub test: Test,
 }
@@ -150,6 +179,8 @@ pub(super) struct RuleSet {
     pub full: AreaSet,
     /// Meta rules (indexes) in an order where each comes after those it reads.
     pub meta_order: Vec<usize>,
+    /// Scores set for the symbols of other engines (`score BAYES_99 3.5`).
+    pub engine_scores: HashMap<String, Scores>,
 }
 
 impl RuleSet {
@@ -209,7 +240,7 @@ pub(super) struct Loader {
     names: Vec<String>,
     index: HashMap<String, usize>,
     definitions: Vec<Definition>,
-    scores: HashMap<String, (f64, String)>,
+    scores: HashMap<String, (Scores, String)>,
     descriptions: HashMap<String, String>,
     notes: Vec<String>,
 }
@@ -317,18 +348,34 @@ impl Loader {
                 Ok(None)
             }
             "score" => {
-                let (name, value) = split_word(rest);
+                let (name, values) = split_word(rest);
                 check_name(name)?;
-                let first = split_word(value).0;
-                let score = first
-                    .trim_start_matches('(')
-                    .trim_end_matches(')')
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite())
-                    .ok_or_else(|| format!("score {name}: {first:?} is not a number"))?;
+                let values = values
+                    .split_whitespace()
+                    .map(|v| {
+                        v.trim_start_matches('(')
+                            .trim_end_matches(')')
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|s| s.is_finite())
+                            .ok_or_else(|| format!("score {name}: {v:?} is not a number"))
+                    })
+                    .collect::<Result<Vec<f64>, String>>()?;
+                let scores = match values[..] {
+                    [score] => Scores::both(score),
+                    [_, without_bayes, _, with_bayes] => Scores {
+                        without_bayes,
+                        with_bayes,
+                    },
+                    _ => {
+                        return Err(format!(
+                            "score {name}: one score, or four (SpamAssassin's score sets), not {}",
+                            values.len()
+                        ))
+                    }
+                };
                 self.scores
-                    .insert(name.to_owned(), (score, origin.to_owned()));
+                    .insert(name.to_owned(), (scores, origin.to_owned()));
                 Ok(None)
             }
             "describe" => {
@@ -369,8 +416,8 @@ impl Loader {
             }
             let score = match scores.remove(&name) {
                 Some((score, _)) => score,
-                None if name.starts_with("__") => 0.0,
-                None => 1.0,
+                None if name.starts_with("__") => Scores::both(0.0),
+                None => Scores::both(1.0),
             };
             let description = descriptions.remove(&name).unwrap_or_else(|| name.clone());
             rules.push(Rule {
@@ -382,10 +429,15 @@ impl Loader {
         }
         let mut unknown: Vec<_> = scores.into_iter().collect();
         unknown.sort_by(|a, b| a.1 .1.cmp(&b.1 .1));
-        for (name, (_, origin)) in unknown {
-            notes.push(format!(
-                "{origin}: score for {name}, a rule not defined; ignored"
-            ));
+        let mut engine_scores = HashMap::new();
+        for (name, (score, origin)) in unknown {
+            if is_engine_symbol(&name) {
+                engine_scores.insert(name, score);
+            } else {
+                notes.push(format!(
+                    "{origin}: score for {name}, neither a rule nor a symbol of another engine; ignored"
+                ));
+            }
         }
         let meta_order = order_metas(&mut rules, &mut notes);
         let mut area = |which: Area| -> Result<AreaSet, String> {
@@ -404,6 +456,7 @@ impl Loader {
             full: area(Area::Full)?,
             rules,
             meta_order,
+            engine_scores,
         };
         Ok((set, notes))
     }
