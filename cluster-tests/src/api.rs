@@ -17,6 +17,9 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClusterStatus {
     pub node_id: u64,
+    /// Raft's role of the node: `Leader`, `Follower`, `Candidate`, `Learner`.
+    #[serde(default)]
+    pub state: String,
     #[serde(default)]
     pub leader_id: Option<u64>,
     #[serde(default, deserialize_with = "null_as_zero")]

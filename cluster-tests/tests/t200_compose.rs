@@ -8,6 +8,9 @@
 //! 3. the leader cut off the cluster network (`docker network disconnect`) for 25 s:
 //!    the client still reaches it on the mail network, and it must answer 451, never
 //!    250; the majority goes on; after healing every node's chain head is the same;
+//!    then a follower cut off the same way for 10 s: when it is back, the leader
+//!    still leads at the same term on every node (the pre-vote: the follower, which
+//!    kept timing out alone, never raised its term);
 //! 4. `docker pause` of the leader for 30 s;
 //! 5. node3's volume filled (a tmpfs of 1 GiB, filled by another container) for 15 s:
 //!    it refuses mail, then stops itself; once space is back it is started again by
@@ -129,6 +132,50 @@ async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
         "t200: after healing, every chain head equal within {:.1} s",
         took.as_secs_f64()
     );
+
+    // 3b. a follower cut off the cluster network for 10 s: back, it deposes no one.
+    let leader = suite.leader(Duration::from_secs(60)).await?;
+    let term = suite.status(leader).await?.term;
+    let follower = (1..=2).find(|&n| n != leader).expect("a follower");
+    let victim = suite.container(&format!("node{follower}"))?;
+    let alias = format!("node{follower}-raft");
+    let (report, _, _) = suite
+        .around(
+            format!("partition a follower (node {follower}) 10 s"),
+            "partition-follower",
+            25,
+            Duration::from_secs(10),
+            &["network", "disconnect", &cluster_net, &victim],
+            &[
+                "network",
+                "connect",
+                "--alias",
+                &alias,
+                &cluster_net,
+                &victim,
+            ],
+        )
+        .await?;
+    reports.push(report);
+    suite.converged(Duration::from_secs(120)).await?;
+    let mut deposed = Vec::new();
+    for (node, status) in suite.statuses().await {
+        let status = status?;
+        if (status.leader_id, status.term) != (Some(leader), term) {
+            deposed.push(format!(
+                "after node {follower} was cut off and healed, node {node} says leader {:?} \
+                 at term {}, not node {leader} at term {term}",
+                status.leader_id, status.term
+            ));
+        }
+    }
+    if deposed.is_empty() {
+        println!(
+            "t200: node {follower} cut off 10 s and healed: node {leader} still leads at term \
+             {term} on every node"
+        );
+    }
+    failures.extend(deposed);
 
     // 4. docker pause of the leader for 30 s.
     let leader = suite.leader(Duration::from_secs(60)).await?;

@@ -16,6 +16,7 @@
 
 pub mod backup;
 pub mod clock;
+mod election;
 mod erasure;
 mod error;
 pub mod feature;

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::election::{Driver, LeaderContact, Timing};
 use crate::leader::{LeaderCall, LeaderCallError};
 use crate::log_store::LogStore;
 use crate::network::{serve, NetworkFactory, ServerContext};
@@ -26,7 +27,9 @@ use crate::{Error, Proposer};
 pub struct RaftSettings {
     /// Leader heartbeat, also the AppendEntries RPC timeout in openraft 0.9.
     pub heartbeat_ms: u64,
-    /// Base election timeout; each node gets its own non-overlapping range above it.
+    /// openraft's leader lease: a follower that has heard from no leader for this long
+    /// (plus a margin, then a step per place among the voters) stands for election
+    /// once a majority grants it a pre-vote (see `crate::election`).
     pub election_timeout_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_every: u64,
@@ -43,7 +46,7 @@ impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
             heartbeat_ms: 250,
-            election_timeout_ms: 1500,
+            election_timeout_ms: 1000,
             snapshot_every: 10_000,
             snapshot_log_bytes: 256 * 1024 * 1024,
             keep_logs: 1_000,
@@ -197,22 +200,18 @@ pub struct RaftNode {
     too_old: Arc<watch::Sender<Option<String>>>,
 }
 
-fn raft_config(id: NodeId, cfg: &NodeConfig) -> Result<Config, Error> {
+fn raft_config(cfg: &NodeConfig, timing: &Timing) -> Result<Config, Error> {
     let s = &cfg.raft;
-    // Non-overlapping election timeout ranges, one per node position, so that after a
-    // leader dies the survivors do not keep splitting votes (RAFT-NOTES pitfall 4).
-    let position = cfg
-        .cluster
-        .as_ref()
-        .and_then(|c| c.peers.keys().position(|p| *p == id))
-        .unwrap_or(0) as u64;
-    let width = (s.election_timeout_ms / 4).max(s.heartbeat_ms);
-    let min = s.election_timeout_ms + position * (width + s.heartbeat_ms);
+    let (election_timeout_min, election_timeout_max) = timing.openraft_range();
     let config = Config {
         cluster_name: "bulwark".into(),
         heartbeat_interval: s.heartbeat_ms,
-        election_timeout_min: min,
-        election_timeout_max: min + width,
+        election_timeout_min,
+        // Also openraft's leader lease, during which a voter refuses any candidate.
+        election_timeout_max,
+        // With peers, `crate::election` decides when to stand (after a pre-vote); a
+        // single node elects itself at once.
+        enable_elect: cfg.cluster.is_none(),
         install_snapshot_timeout: s.heartbeat_ms.max(1000),
         max_payload_entries: 1024,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(s.snapshot_every),
@@ -255,7 +254,8 @@ impl RaftNode {
         let appended = log_store.appended_bytes();
         let state_machine = StateMachine::new(state.clone(), snapshots.clone());
         let builds = state_machine.builds();
-        let config = Arc::new(raft_config(id, &cfg)?);
+        let timing = Timing::new(&cfg.raft);
+        let config = Arc::new(raft_config(&cfg, &timing)?);
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let commit_timeout = Duration::from_millis(cfg.raft.commit_timeout_ms);
@@ -316,6 +316,7 @@ impl RaftNode {
                 // A node starting with no log and no vote may be a member that lost its
                 // data: it must not vote until it has caught up again.
                 let abstain = Arc::new(AtomicBool::new(fresh));
+                let contact = LeaderContact::new();
                 let ctx = ServerContext {
                     raft: raft.clone(),
                     acceptor: tokio_rustls::TlsAcceptor::from(tls.server.clone()),
@@ -328,8 +329,20 @@ impl RaftNode {
                     too_old: too_old.clone(),
                     network: network.clone(),
                     state: state.clone(),
+                    contact: contact.clone(),
+                    timing,
                 };
                 tasks.push(tokio::spawn(serve(listener, ctx, stop_rx.clone())));
+                let driver = Driver {
+                    id,
+                    raft: raft.clone(),
+                    network: network.clone(),
+                    contact,
+                    timing,
+                    abstain: abstain.clone(),
+                    stopping: stopping.clone(),
+                };
+                tasks.push(tokio::spawn(driver.run(stop_rx.clone())));
                 tasks.push(tokio::spawn(report_waiting(
                     id,
                     raft.clone(),

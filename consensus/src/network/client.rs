@@ -27,7 +27,7 @@ use super::message::{ForwardRefused, Request, Response};
 use crate::leader::{LeaderCall, LeaderCallError};
 use crate::node::ClusterStatus;
 use crate::tls::node_id_of;
-use crate::types::{NodeId, Snapshot, TypeConfig, Vote};
+use crate::types::{LogId, NodeId, Snapshot, TypeConfig, Vote};
 
 type Conn = TlsStream<TcpStream>;
 
@@ -266,6 +266,22 @@ impl NetworkFactory {
         let request = Request::FeatureLevel { active };
         match Self::exchange(&mut conn, addr, &request, CONNECT_TIMEOUT).await? {
             Response::FeatureLevel { supported } => Ok(supported),
+            other => Err(unexpected(addr, &other)),
+        }
+    }
+
+    /// Asks voter `target` whether it would vote for this node, whose log ends at
+    /// `last_log_id` (see `crate::election`): `Ok(Err(why))` when it would not.
+    pub async fn pre_vote(
+        &self,
+        target: NodeId,
+        addr: &str,
+        last_log_id: Option<LogId>,
+    ) -> Result<Result<(), String>, CallError> {
+        let mut conn = self.connect(target, addr).await?;
+        let request = Request::PreVote { last_log_id };
+        match Self::exchange(&mut conn, addr, &request, CONNECT_TIMEOUT).await? {
+            Response::PreVote(answer) => Ok(answer),
             other => Err(unexpected(addr, &other)),
         }
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::leader::{LeaderCall, LeaderCallError};
 use crate::node::ClusterStatus;
-use crate::types::{NodeId, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{LogId, NodeId, SnapshotMeta, TypeConfig, Vote};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -45,6 +45,14 @@ pub enum Request {
     FeatureLevel {
         active: u32,
     },
+    /// From a voter that has heard from no leader for its election timeout: would this
+    /// node vote for it, its log ending at `last_log_id`? No term changes (see
+    /// `crate::election`). Last, as above: a release before pre-votes closes the
+    /// connection, which the asker takes for a yes (that node applies openraft's lease
+    /// when the real vote comes).
+    PreVote {
+        last_log_id: Option<LogId>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,6 +78,8 @@ pub enum Response {
     FeatureLevel {
         supported: u32,
     },
+    /// The pre-vote granted, or why not.
+    PreVote(Result<(), String>),
 }
 
 /// Why a forwarded write was not committed by the node it was sent to.

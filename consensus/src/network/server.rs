@@ -5,10 +5,11 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulwark_storage::{Proposal, SnapshotFile, SnapshotStore, StateDir};
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -18,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use super::frame::{read_frame, write_frame};
 use super::message::{ForwardRefused, Request, Response};
 use super::NetworkFactory;
+use crate::election::{LeaderContact, Timing};
 use crate::node::StatusSource;
 use crate::tls::node_id_of;
 use crate::types::{NodeId, Raft, Snapshot, SnapshotData, SnapshotMeta, Vote};
@@ -53,6 +55,10 @@ pub struct ServerContext {
     pub network: NetworkFactory,
     /// Where the cluster's active feature level is read.
     pub state: Arc<StateDir>,
+    /// When a leader was last heard from: updated here, read to answer pre-votes and
+    /// by this node's own election driver.
+    pub(crate) contact: Arc<LeaderContact>,
+    pub(crate) timing: Timing,
 }
 
 impl ServerContext {
@@ -126,11 +132,16 @@ async fn handle(
             _ = shutdown.changed() => return Ok(()),
             request = read_frame(&mut conn) => request?,
         };
+        let arrived = Instant::now();
         let response = match request {
             Request::Snapshot { vote, meta, files } => {
-                receive_snapshot(&mut conn, ctx, peer, vote, meta, files).await?
+                let response = receive_snapshot(&mut conn, ctx, peer, vote, meta, files).await?;
+                if matches!(response, Response::Snapshot(Ok(_))) {
+                    ctx.contact.heard(arrived);
+                }
+                response
             }
-            other => dispatch(ctx, peer, other).await,
+            other => dispatch(ctx, peer, other, arrived).await,
         };
         write_frame(&mut conn, &response).await?;
     }
@@ -146,10 +157,24 @@ fn check_sender(peer: NodeId, vote: &Vote) -> Result<(), Response> {
     }
 }
 
-async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Response {
+/// Answers one request of `peer`, which arrived at `arrived`.
+async fn dispatch(
+    ctx: &ServerContext,
+    peer: NodeId,
+    request: Request,
+    arrived: Instant,
+) -> Response {
     match request {
         Request::AppendEntries(rpc) => match check_sender(peer, &rpc.vote) {
-            Ok(()) => Response::AppendEntries(ctx.raft.append_entries(rpc).await),
+            Ok(()) => {
+                let result = ctx.raft.append_entries(rpc).await;
+                // Entries or a heartbeat from the leader this node follows (a deposed
+                // one is answered with the higher vote).
+                if matches!(&result, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    ctx.contact.heard(arrived);
+                }
+                Response::AppendEntries(result)
+            }
             Err(refused) => refused,
         },
         Request::Vote(rpc) => match check_sender(peer, &rpc.vote) {
@@ -196,6 +221,21 @@ async fn dispatch(ctx: &ServerContext, peer: NodeId, request: Request) -> Respon
                 ctx.too_old.send_replace(Some(said));
             }
             Response::FeatureLevel { supported }
+        }
+        Request::PreVote { last_log_id } => {
+            let answer = crate::election::answer(
+                &ctx.raft,
+                &ctx.contact,
+                &ctx.timing,
+                &ctx.abstain,
+                last_log_id,
+            );
+            if let Err(why) = &answer {
+                tracing::debug!(candidate = peer, %why, "pre-vote refused");
+            } else {
+                tracing::info!(candidate = peer, "pre-vote granted");
+            }
+            Response::PreVote(answer)
         }
     }
 }
