@@ -64,6 +64,11 @@ struct Args {
     /// in normal operation; without a rate the tail is queueing at saturation.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Also print, for each phase, when the answers slower than this many
+    /// milliseconds (end of data to `250`) came, in 100 ms windows of the phase: a
+    /// tail that comes in bursts is a stall, one spread evenly is queueing (0: off).
+    #[arg(long, default_value_t = 0)]
+    slow_over_ms: u64,
     #[command(flatten)]
     binary: bench::Binary,
 }
@@ -87,6 +92,9 @@ struct Stats {
     end_of_data: Histogram<u64>,
     /// Connect to `250` (first message of a connection) or MAIL to `250`, µs.
     whole: Histogram<u64>,
+    /// The 100 ms windows of the phase in which answers slower than
+    /// `--slow-over-ms` came, with how many.
+    slow: BTreeMap<u64, u64>,
 }
 
 impl Stats {
@@ -96,6 +104,7 @@ impl Stats {
             errors: BTreeMap::new(),
             end_of_data: bench::histogram(LATENCY_MAX),
             whole: bench::histogram(LATENCY_MAX),
+            slow: BTreeMap::new(),
         }
     }
 
@@ -106,6 +115,9 @@ impl Stats {
         }
         let _ = self.end_of_data.add(other.end_of_data);
         let _ = self.whole.add(other.whole);
+        for (window, n) in other.slow {
+            *self.slow.entry(window).or_insert(0) += n;
+        }
     }
 
     fn record(&mut self, d: &smtp::Delivery) {
@@ -187,6 +199,9 @@ async fn main() -> Result<()> {
                 per_connection: args.per_connection,
                 duration: Duration::from_secs(seconds),
                 pacer: (args.rate > 0).then(|| Pacer::new(args.rate)),
+                slow_over: (args.slow_over_ms > 0)
+                    .then(|| Duration::from_millis(args.slow_over_ms)),
+                started: Instant::now(),
             };
             if args.times.warmup > 0 {
                 warm_accepted += run(args.times.warmup).go().await.accepted;
@@ -206,6 +221,19 @@ async fn main() -> Result<()> {
                 leader,
             };
             eprintln!("{}", row(args.nodes, &p));
+            if args.slow_over_ms > 0 {
+                let windows: Vec<String> = p
+                    .stats
+                    .slow
+                    .iter()
+                    .map(|(w, n)| format!("{:.1}s:{n}", *w as f64 / 10.0))
+                    .collect();
+                eprintln!(
+                    "  answers over {} ms, by when in the phase they came: {}",
+                    args.slow_over_ms,
+                    windows.join(" ")
+                );
+            }
             phases.push(p);
         }
     }
@@ -397,6 +425,10 @@ struct PhaseRun {
     per_connection: u32,
     duration: Duration,
     pacer: Option<Pacer>,
+    /// `--slow-over-ms`, when set.
+    slow_over: Option<Duration>,
+    /// When the phase started (made when it is about to).
+    started: Instant,
 }
 
 /// Spreads message starts evenly at a fixed rate over all sessions.
@@ -505,6 +537,14 @@ impl PhaseRun {
 
     async fn after(&self, stats: &mut Stats, d: &smtp::Delivery) {
         stats.record(d);
+        if let (Outcome::Accepted { .. }, Some(eod), Some(over)) =
+            (&d.outcome, d.end_of_data, self.slow_over)
+        {
+            if eod > over {
+                let window = self.started.elapsed().as_millis() as u64 / 100;
+                *stats.slow.entry(window).or_insert(0) += 1;
+            }
+        }
         if !matches!(d.outcome, Outcome::Accepted { .. }) {
             // Do not spin on a node that refuses connections.
             tokio::time::sleep(Duration::from_millis(10)).await;
