@@ -313,6 +313,33 @@ impl Suite {
         Ok((self.settle(&name, load).await?, faulted_ms, healed_ms))
     }
 
+    /// [`Suite::around`] with node `node` cut off the cluster network for `hold`
+    /// (`docker network disconnect`), then connected again with its `nodeN-raft`
+    /// alias; the client still reaches it on the mail network.
+    pub async fn cut_off(
+        &self,
+        name: String,
+        prefix: &str,
+        node: u64,
+        secs: u64,
+        hold: Duration,
+    ) -> Result<(PhaseReport, i64, i64)> {
+        let victim = self.container(&format!("node{node}"))?;
+        let cluster_net = self.network("cluster");
+        let alias = format!("node{node}-raft");
+        let disconnect = ["network", "disconnect", &cluster_net, &victim];
+        let connect = [
+            "network",
+            "connect",
+            "--alias",
+            &alias,
+            &cluster_net,
+            &victim,
+        ];
+        self.around(name, prefix, secs, hold, &disconnect, &connect)
+            .await
+    }
+
     /// The sink's record: token to the times it was accepted.
     pub fn sink(&self) -> Result<HashMap<String, Vec<i64>>> {
         let text = std::fs::read_to_string(self.out.path().join("sink.log")).unwrap_or_default();

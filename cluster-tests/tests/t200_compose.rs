@@ -86,24 +86,13 @@ async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
     // 3. the leader cut off the cluster network for 25 s: a minority of one, which
     // must answer 451 (after [raft] commit_timeout_ms, 10 s) and never 250.
     let leader = suite.leader(Duration::from_secs(60)).await?;
-    let victim = suite.container(&format!("node{leader}"))?;
-    let cluster_net = suite.network("cluster");
-    let alias = format!("node{leader}-raft");
     let (report, cut_ms, healed_ms) = suite
-        .around(
+        .cut_off(
             format!("partition the leader (node {leader}) 25 s"),
             "partition",
+            leader,
             45,
             Duration::from_secs(25),
-            &["network", "disconnect", &cluster_net, &victim],
-            &[
-                "network",
-                "connect",
-                "--alias",
-                &alias,
-                &cluster_net,
-                &victim,
-            ],
         )
         .await?;
     let isolated = format!("node{leader}:2525");
@@ -137,23 +126,13 @@ async fn t200_compose_faults_lose_no_acknowledged_message() -> Result<()> {
     let leader = suite.leader(Duration::from_secs(60)).await?;
     let term = suite.status(leader).await?.term;
     let follower = (1..=2).find(|&n| n != leader).expect("a follower");
-    let victim = suite.container(&format!("node{follower}"))?;
-    let alias = format!("node{follower}-raft");
     let (report, _, _) = suite
-        .around(
+        .cut_off(
             format!("partition a follower (node {follower}) 10 s"),
             "partition-follower",
+            follower,
             25,
             Duration::from_secs(10),
-            &["network", "disconnect", &cluster_net, &victim],
-            &[
-                "network",
-                "connect",
-                "--alias",
-                &alias,
-                &cluster_net,
-                &victim,
-            ],
         )
         .await?;
     reports.push(report);

@@ -251,16 +251,7 @@ fn timed_out(addr: &str) -> CallError {
 fn granted(answer: Result<Result<(), String>, CallError>) -> Result<(), String> {
     match answer {
         Ok(granted) => granted,
-        Err(CallError::Network { source, .. })
-            if matches!(
-                source.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-            ) =>
-        {
-            Ok(())
-        }
+        Err(e) if e.closed_unanswered() => Ok(()),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -52,18 +52,8 @@ const LOOK_EVERY: Duration = Duration::from_millis(50);
 pub(crate) fn member_level(answer: Result<u32, CallError>) -> Result<u32, String> {
     match answer {
         Ok(level) => Ok(level),
-        // Connected, then the connection closed without an answer: a release before
-        // feature levels cannot decode the question and drops the connection.
-        Err(CallError::Network { source, .. })
-            if matches!(
-                source.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-            ) =>
-        {
-            Ok(feature::BASE)
-        }
+        // A release before feature levels cannot decode the question.
+        Err(e) if e.closed_unanswered() => Ok(feature::BASE),
         Err(e) => Err(e.to_string()),
     }
 }

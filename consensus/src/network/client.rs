@@ -59,6 +59,23 @@ pub enum CallError {
     Refused { addr: String, reason: String },
 }
 
+impl CallError {
+    /// Connected, then the connection closed without an answer: what a node of an
+    /// older release does with a request it cannot decode (a variant appended after
+    /// its time).
+    pub(crate) fn closed_unanswered(&self) -> bool {
+        matches!(
+            self,
+            CallError::Network { source, .. } if matches!(
+                source.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+            )
+        )
+    }
+}
+
 impl NetworkFactory {
     pub fn new(client: Arc<rustls::ClientConfig>) -> Self {
         NetworkFactory {
