@@ -72,7 +72,8 @@ pub(crate) struct Timing {
     pub(crate) lease: Duration,
     /// Between the timeouts of two voters next to each other in the membership.
     step: Duration,
-    /// How long the RPCs of a pre-vote may take.
+    /// How long the RPCs of a pre-vote may take (each dials its voter anew: TCP and
+    /// TLS), and how soon a refused one is asked again.
     rpc: Duration,
 }
 
@@ -83,7 +84,7 @@ impl Timing {
             step: Duration::from_millis(
                 (settings.election_timeout_ms / 4).max(settings.heartbeat_ms),
             ),
-            rpc: Duration::from_millis(settings.heartbeat_ms),
+            rpc: Duration::from_millis(settings.heartbeat_ms.max(settings.election_timeout_ms / 4)),
         }
     }
 
@@ -107,8 +108,12 @@ impl Timing {
     }
 }
 
-/// What a voter asked for a pre-vote answers: `Ok` to grant it, or why not.
-pub(crate) fn answer(
+/// What a voter asked for a pre-vote answers: `Ok` to grant it, or why not. Its
+/// lease is read from Raft itself, behind whatever Raft has still to handle (a
+/// heartbeat waiting behind a slow write renews it first), so that a yes here is a
+/// vote openraft will give; a voter too busy to answer within the asker's time is a
+/// no.
+pub(crate) async fn answer(
     raft: &Raft,
     contact: &LeaderContact,
     timing: &Timing,
@@ -128,6 +133,24 @@ pub(crate) fn answer(
             "heard from leader {:?} {} ms ago",
             m.current_leader,
             quiet.as_millis()
+        ));
+    }
+    let lease = timing.lease;
+    let leased = raft
+        .with_raft_state(move |st| {
+            let since = st.vote_last_modified().map(|at| at.elapsed());
+            match (st.vote_ref().is_committed(), since) {
+                (true, Some(since)) if since <= lease + LEASE_MARGIN => Some(since),
+                _ => None,
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(since) = leased {
+        return Err(format!(
+            "the lease of leader {:?} runs: renewed {} ms ago",
+            m.current_leader,
+            since.as_millis()
         ));
     }
     let mine = raft.data_metrics().borrow().last_log;
@@ -222,6 +245,11 @@ impl Driver {
                 continue;
             }
             refused_before = false;
+            // A leader may have won while the answers came (another voter that
+            // granted this node's pre-vote stood too): its entries reached this node.
+            if self.contact.quiet() < wait {
+                continue;
+            }
             tracing::info!(
                 quiet_ms = self.contact.quiet().as_millis() as u64,
                 term = m.current_term,

@@ -135,8 +135,11 @@ async fn handle(
         let arrived = Instant::now();
         let response = match request {
             Request::Snapshot { vote, meta, files } => {
+                let sent_with = vote;
                 let response = receive_snapshot(&mut conn, ctx, peer, vote, meta, files).await?;
-                if matches!(response, Response::Snapshot(Ok(_))) {
+                // Installed for the leader this node follows (a deposed one is
+                // answered with the higher vote).
+                if matches!(&response, Response::Snapshot(Ok(r)) if r.vote <= sent_with) {
                     ctx.contact.heard(arrived);
                 }
                 response
@@ -229,7 +232,8 @@ async fn dispatch(
                 &ctx.timing,
                 &ctx.abstain,
                 last_log_id,
-            );
+            )
+            .await;
             if let Err(why) = &answer {
                 tracing::debug!(candidate = peer, %why, "pre-vote refused");
             } else {
