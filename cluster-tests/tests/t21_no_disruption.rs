@@ -41,39 +41,59 @@ async fn t21_a_returning_follower_never_deposes_the_leader() -> Result<()> {
     let paused = watch(&cluster, &cluster.others(follower), leader, term, PAUSED).await;
     cluster.pause(follower, false)?;
     paused?;
-    let acked = control.acked();
-    watch(&cluster, &cluster.ids(), leader, term, WATCHED).await?;
-    ensure!(
-        control.acked() > acked,
-        "no write acknowledged in the {WATCHED:?} after node {follower} was let go"
-    );
-    println!(
-        "t21: node {follower} paused {PAUSED:?} and let go: node {leader} still leads at \
-         term {term} on every node, {} writes acknowledged meanwhile",
-        control.acked() - acked
-    );
+    let came_back = Back {
+        leader,
+        term,
+        follower,
+    };
+    came_back
+        .unchanged(&cluster, &control, &format!("paused {PAUSED:?} and let go"))
+        .await?;
 
     cluster.kill(follower)?;
     cluster.start_node(follower)?;
     cluster
         .wait_caught_up(follower, Duration::from_secs(60))
         .await?;
-    let acked = control.acked();
-    watch(&cluster, &cluster.ids(), leader, term, WATCHED).await?;
-    ensure!(
-        control.acked() > acked,
-        "no write acknowledged in the {WATCHED:?} after node {follower} restarted"
-    );
-    println!(
-        "t21: node {follower} killed with -9 and restarted: node {leader} still leads at \
-         term {term} on every node, {} writes acknowledged meanwhile",
-        control.acked() - acked
-    );
+    came_back
+        .unchanged(&cluster, &control, "killed with -9 and restarted")
+        .await?;
 
     control.stop();
     let report = load.await?;
     ensure!(!report.hit_deadline, "load hit its overall deadline");
     cluster.shutdown().await
+}
+
+/// The leader and its term before `follower` went away.
+struct Back {
+    leader: u64,
+    term: u64,
+    follower: u64,
+}
+
+impl Back {
+    /// For [`WATCHED`] after the follower came back (`how`): every node names the
+    /// same leader at the same term, and writes are acknowledged meanwhile.
+    async fn unchanged(&self, cluster: &Cluster, control: &LoadControl, how: &str) -> Result<()> {
+        let Back {
+            leader,
+            term,
+            follower,
+        } = *self;
+        let acked = control.acked();
+        watch(cluster, &cluster.ids(), leader, term, WATCHED).await?;
+        ensure!(
+            control.acked() > acked,
+            "no write acknowledged in the {WATCHED:?} after node {follower} was {how}"
+        );
+        println!(
+            "t21: node {follower} {how}: node {leader} still leads at term {term} on every \
+             node, {} writes acknowledged meanwhile",
+            control.acked() - acked
+        );
+        Ok(())
+    }
 }
 
 async fn term_of(cluster: &Cluster, id: u64) -> Result<u64> {
