@@ -63,7 +63,7 @@ pub(crate) enum Access {
     Act,
     /// Audit notes: admin, operator, auditor.
     Note,
-    /// Creating, listing and revoking tokens: admin.
+    /// Creating, listing and revoking tokens, and the console users: admin.
     Tokens,
     /// Adding, promoting and removing cluster members: admin.
     Cluster,
@@ -105,7 +105,7 @@ impl Access {
             Access::Content => "read message contents",
             Access::Act => "act on messages",
             Access::Note => "write audit notes",
-            Access::Tokens => "manage tokens",
+            Access::Tokens => "manage tokens and users",
             Access::Cluster => "change the cluster's membership",
             Access::Backup => "take backups",
             Access::Policy => "read the policy",

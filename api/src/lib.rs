@@ -16,6 +16,7 @@ mod backup;
 mod bayes;
 mod bundle;
 mod cluster;
+mod console;
 mod error;
 mod events;
 mod extract;
@@ -26,6 +27,7 @@ mod quarantine;
 mod queue;
 mod routes;
 mod tokens;
+mod users;
 
 pub use access::ReadLog;
 pub use auth::{AdminToken, BOOTSTRAP_ADMIN};

@@ -156,12 +156,12 @@ impl Verdict {
 pub(crate) struct RecipientState {
     /// The next hop's last reply, once it gave one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reply: Option<String>,
+    pub reply: Option<String>,
     /// The event that put it there; absent while pending.
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
     /// pending, delivered, deferred, failed or deleted.
-    status: &'static str,
+    pub status: &'static str,
 }
 
 /// `GET /v1/messages/{id}?reason`: recorded as an `access.read` of kind `trace`.
@@ -210,7 +210,29 @@ pub(crate) async fn trace(
     let received = first("message.received");
     let verdict = first("scan.verdict");
 
-    // Where each recipient stands, from the events in order.
+    let (recipients, state) = standing(&events, queued.as_ref());
+    Ok(Json(Trace {
+        applied_index: applied,
+        events_truncated: truncated,
+        id: id.to_string(),
+        received: received.map(Received::of),
+        recipients,
+        state,
+        verdict: verdict.map(Verdict::of),
+        events: events.into_iter().map(Event).collect(),
+    }))
+}
+
+/// Where each recipient of a message stands, and the message as a whole
+/// (quarantined, rejected, held, queued, delivered, partly delivered, deleted, failed
+/// or unknown), from its events in order (as JSON) and its queue record.
+pub(crate) fn standing(
+    events: &[Value],
+    queued: Option<&bulwark_storage::QueueRecord>,
+) -> (BTreeMap<String, RecipientState>, &'static str) {
+    let first = |kind: &str| events.iter().find(|e| e["type"] == kind);
+    let received = first("message.received");
+    let verdict = first("scan.verdict");
     let mut recipients = BTreeMap::new();
     if let Some(r) = received {
         for address in r["email"]["to"]["address"].as_array().into_iter().flatten() {
@@ -224,7 +246,7 @@ pub(crate) async fn trace(
             }
         }
     }
-    for e in &events {
+    for e in events {
         let status = match e["type"].as_str() {
             Some("delivery.succeeded") => "delivered",
             Some("delivery.deferred") => "deferred",
@@ -243,11 +265,20 @@ pub(crate) async fn trace(
             }
         }
     }
-    let state = if first("message.quarantined").is_some() {
+    // The quarantine's last decision on it, if it was quarantined and decided on.
+    let decided = events.iter().rev().find_map(|e| match e["type"].as_str() {
+        Some(kind @ ("quarantine.released" | "quarantine.deleted" | "quarantine.expired")) => {
+            Some(kind)
+        }
+        _ => None,
+    });
+    let state = if first("message.quarantined").is_some() && decided.is_none() {
         "quarantined"
+    } else if matches!(decided, Some("quarantine.deleted" | "quarantine.expired")) {
+        "deleted"
     } else if received.is_none() && verdict.is_some_and(|v| v["action"] == "reject") {
         "rejected"
-    } else if let Some(record) = &queued {
+    } else if let Some(record) = queued {
         if record.held {
             "held"
         } else {
@@ -267,14 +298,5 @@ pub(crate) async fn trace(
             "failed"
         }
     };
-    Ok(Json(Trace {
-        applied_index: applied,
-        events_truncated: truncated,
-        id: id.to_string(),
-        received: received.map(Received::of),
-        recipients,
-        state,
-        verdict: verdict.map(Verdict::of),
-        events: events.into_iter().map(Event).collect(),
-    }))
+    (recipients, state)
 }

@@ -41,6 +41,8 @@ const VERDICT_EVENTS: usize = 100;
 pub(crate) struct ListQuery {
     sender: Option<String>,
     recipient: Option<String>,
+    /// Words of the `Subject` header, without regard to case: every one must appear.
+    subject: Option<String>,
     reason: Option<String>,
     since: Option<String>,
     until: Option<String>,
@@ -140,6 +142,7 @@ impl ListQuery {
         let filters = crate::access::query(&[
             ("sender", self.sender.as_deref()),
             ("recipient", self.recipient.as_deref()),
+            ("subject", self.subject.as_deref()),
             ("reason", self.reason.as_deref()),
             ("since", self.since.as_deref()),
             ("until", self.until.as_deref()),
@@ -154,6 +157,7 @@ impl ListQuery {
         Ok(QuarantineFilter {
             sender: self.sender.clone(),
             recipient: self.recipient.clone(),
+            subject: self.subject.clone(),
             reason: self.reason.clone(),
             since_ms: time_ms("since", self.since.as_deref())?,
             until_ms: time_ms("until", self.until.as_deref())?,
@@ -263,12 +267,13 @@ async fn bulk(
     let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
     if !(given(&q.sender)
         || given(&q.recipient)
+        || given(&q.subject)
         || given(&q.reason)
         || given(&q.since)
         || given(&q.until))
     {
         return Err(ApiError::bad_request(
-            "give at least one filter: sender, recipient, reason, since or until",
+            "give at least one filter: sender, recipient, subject, reason, since or until",
         ));
     }
     let (records, next) = matching(&s, q).await?;

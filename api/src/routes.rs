@@ -46,6 +46,8 @@ pub struct ApiState {
     pub reads: Arc<crate::ReadLog>,
     /// Checks and simulates proposed policies.
     pub policy: Arc<dyn crate::PolicyEngine>,
+    /// The API is served over TLS: the console's session cookies are `Secure`.
+    pub tls: bool,
 }
 
 /// The OpenAPI document's frame; the paths come from the handlers' annotations.
@@ -119,6 +121,9 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(crate::queue::release))
         .routes(routes!(crate::tokens::list, crate::tokens::create))
         .routes(routes!(crate::tokens::revoke))
+        .routes(routes!(crate::users::list, crate::users::create))
+        .routes(routes!(crate::users::remove))
+        .routes(routes!(crate::users::set_password))
         .routes(routes!(crate::bayes::counts))
         .routes(routes!(crate::policy::get, crate::policy::change))
         .routes(routes!(crate::policy::history))
@@ -293,6 +298,7 @@ pub fn router(state: ApiState) -> Router {
     let metrics = state.metrics.clone();
     let (router, _) = documented().split_for_parts();
     router
+        .merge(crate::console::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             metrics,

@@ -185,7 +185,7 @@ pub(crate) async fn revoke(
 }
 
 /// A token name: 1 to 64 of `A-Z a-z 0-9 . _ -`.
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME
         && name
@@ -203,7 +203,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 /// the cluster's first leader gives (to its `api.admin_token_file`), nor one the
 /// system records as the actor of what it does by itself; in any case, as a person
 /// reading the log would not tell them apart.
-fn check_new_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_new_name(name: &str) -> Result<(), ApiError> {
     check_name(name)?;
     if name.eq_ignore_ascii_case(crate::BOOTSTRAP_ADMIN) {
         return Err(ApiError::conflict(format!(

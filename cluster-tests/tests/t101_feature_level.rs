@@ -7,13 +7,13 @@
 //!   leader never proposes the raise node 3 could not apply), and mail flows as
 //!   before: every message accepted meanwhile is delivered;
 //! - once node 3 is restarted at the build's full level, the leader raises the
-//!   cluster's level to 2 on its own;
+//!   cluster's level to the build's ([`FEATURE_LEVEL`]) on its own;
 //! - a fourth node at level 1 is refused by `bulwark cluster add` (exit 1, naming
 //!   both levels), and, told the cluster's level by that question, says so and
 //!   exits;
-//! - node 3 started again at level 1 on its data, which records level 2, says so
-//!   ("this build supports feature level 1, the cluster runs at 2: run a newer
-//!   release") and exits with a non-zero status; the two others go on delivering,
+//! - node 3 started again at level 1 on its data, which records the build's level,
+//!   says so ("this build supports feature level 1, the cluster runs at 3: run a
+//!   newer release") and exits with a non-zero status; the two others go on delivering,
 //!   and no message is lost.
 //!
 //! The same upgrade between two real builds, in containers: t201_compose_upgrade.
@@ -25,6 +25,7 @@ use anyhow::{ensure, Result};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig};
 use bulwark_cluster_tests::smtp::{self, send_until_accepted, ClientConfig, Message};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder};
+use bulwark_model::feature::FEATURE_LEVEL;
 
 const LEVEL_ENV: &str = "BULWARK_TEST_FEATURE_LEVEL";
 /// The node that plays the older release.
@@ -132,7 +133,7 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
         cluster.check_alive()?;
         let now = levels(cluster, &ids).await;
         for (id, (build, active)) in &now {
-            let expected = if *id == OLD { 1 } else { 2 };
+            let expected = if *id == OLD { 1 } else { FEATURE_LEVEL };
             ensure!(
                 *build == expected,
                 "node {id} says its build supports level {build}, expected {expected}"
@@ -163,9 +164,10 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
     loop {
         cluster.check_alive()?;
         let now = levels(cluster, &ids).await;
-        if now.len() == ids.len() && now.values().all(|l| *l == (2, 2)) {
+        if now.len() == ids.len() && now.values().all(|l| *l == (FEATURE_LEVEL, FEATURE_LEVEL)) {
             println!(
-                "t101: node {OLD} back at level 2; every node at cluster level 2 after {} ms",
+                "t101: node {OLD} back at level {FEATURE_LEVEL}; every node at cluster level \
+                 {FEATURE_LEVEL} after {} ms",
                 upgraded.elapsed().as_millis()
             );
             break;
@@ -185,7 +187,7 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
     delivered(sink, &tokens).await?;
     println!("t101: all {} messages delivered", tokens.len());
 
-    // A node of the older release asks to join the cluster now at level 2.
+    // A node of the older release asks to join the cluster now at the build's level.
     cluster.restart(JOINER).await?;
     let addr = cluster.node(JOINER).cluster_addr().to_string();
     let out = tokio::process::Command::new(cluster.binary())
@@ -207,7 +209,9 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.code() == Some(1)
-            && err.contains("applies feature level 1, the cluster runs at 2"),
+            && err.contains(&format!(
+                "applies feature level 1, the cluster runs at {FEATURE_LEVEL}"
+            )),
         "bulwark cluster add of a level-1 node: {:?}\n{err}",
         out.status.code()
     );
@@ -217,9 +221,12 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
     );
     let status = cluster.wait_exit(JOINER, EXIT_WITHIN).await?;
     let log = cluster.log_tail(JOINER, 40);
-    let said = "this build supports feature level 1, the cluster runs at 2: run a newer release";
+    let said = format!(
+        "this build supports feature level 1, the cluster runs at {FEATURE_LEVEL}: run a newer \
+         release"
+    );
     ensure!(
-        !status.success() && log.contains(said),
+        !status.success() && log.contains(&said),
         "node {JOINER}, told the cluster's level, exited with {status}; log:\n{log}"
     );
     let (statuses, _) = cluster.statuses(&ids).await;
@@ -230,7 +237,7 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
         "node {JOINER} became a member"
     );
 
-    // A node of the older release started against the cluster now at level 2.
+    // A node of the older release started against the cluster now at the build's level.
     let status = cluster.terminate(OLD).await?;
     ensure!(
         status.success(),
@@ -242,14 +249,16 @@ async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
     let log = cluster.log_tail(OLD, 40);
     ensure!(
         !status.success(),
-        "node {OLD} at level 1 against a cluster at 2 exited with {status}; log:\n{log}"
+        "node {OLD} at level 1 against a cluster at {FEATURE_LEVEL} exited with {status}; \
+         log:\n{log}"
     );
     ensure!(
-        log.contains(said),
+        log.contains(&said),
         "node {OLD} exited ({status}) without saying {said:?}; log:\n{log}"
     );
     println!(
-        "t101: node {OLD} started at level 1 against level 2 said so and exited with {status}"
+        "t101: node {OLD} started at level 1 against level {FEATURE_LEVEL} said so and exited \
+         with {status}"
     );
 
     // The two others still deliver.

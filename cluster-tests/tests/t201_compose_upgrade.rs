@@ -33,7 +33,7 @@ const NEW_IMAGE: &str = "bulwark:t201";
 const KIT_IMAGE: &str = "bulwark-kit:t201";
 /// This tree's feature level, and the previous release's (which has no word of it:
 /// its API answers without the field).
-const LEVEL: u32 = 2;
+const LEVEL: u32 = bulwark_model::feature::FEATURE_LEVEL;
 const OLD_LEVEL: u32 = 1;
 /// How long after the last upgrade the cluster's level must have risen.
 const RAISED_WITHIN: Duration = Duration::from_secs(30);

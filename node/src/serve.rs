@@ -101,7 +101,7 @@ async fn serve(config: Config) -> Result<()> {
     fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let _in_use = lock_data_dir(data_dir)?;
     check_node_id(data_dir, config.node.id)?;
-    let token = admin_token(&config.admin_token_file)?;
+    let (token, token_created) = admin_token(&config.admin_token_file)?;
     let signing_keys = Arc::new(audit::Keys::load(&config.audit, data_dir)?);
     let mail_log = maillog::MailLog::open(config.mail_log.clone(), config.node.id)
         .context("opening the mail log (log.mail_log)")?;
@@ -126,6 +126,7 @@ async fn serve(config: Config) -> Result<()> {
         cluster = config.node.cluster.as_ref().map(|c| c.listen.as_str()).unwrap_or("single node"),
         "bulwark is running"
     );
+    console_greeting(&config, api_tls.is_some(), token_created.then_some(&token));
 
     let resolver = dns::resolver(&config.dns.nameservers, config.dns.timeout)
         .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
@@ -191,6 +192,7 @@ async fn serve(config: Config) -> Result<()> {
         public_status: config.public_status,
         reads: Arc::default(),
         policy: Arc::new(PolicyForApi(live_policy.clone(), config.siem_local.clone())),
+        tls: api_tls.is_some(),
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, api_tls, state, async {
         let _ = api_stopped.await;
@@ -485,7 +487,6 @@ pub(crate) fn check_node_id(data_dir: &Path, id: u64) -> Result<()> {
     }
 }
 
-/// Reads the admin token, creating a random one (owner-only file) at first start.
 /// How often a node looks whether it is to enrol the bootstrap admin.
 const ENROL_ADMIN_EVERY: Duration = Duration::from_millis(100);
 /// How long it keeps looking: a cluster that has elected a leader and applied its
@@ -538,9 +539,34 @@ async fn enrol_admin(node: Arc<RaftNode>, digest: [u8; 32], stop: CancellationTo
     }
 }
 
-fn admin_token(path: &Path) -> Result<String> {
+/// Says where the web console is and how to sign in to it the first time: as
+/// `admin`, with the admin token, which is printed too on the start that made it
+/// (`new_token`), so that a first start shows all a person needs.
+fn console_greeting(config: &Config, tls: bool, new_token: Option<&String>) {
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://{}/ui/", config.api_listen);
+    let file = config.admin_token_file.display();
+    match new_token {
+        Some(token) => tracing::info!(
+            console = %url,
+            user = BOOTSTRAP_ADMIN,
+            password = %token,
+            "web console: sign in as admin with this token as the password (also in {file}), \
+             then make a user of your own under Users"
+        ),
+        None => tracing::info!(
+            console = %url,
+            user = BOOTSTRAP_ADMIN,
+            "web console: sign in as admin with the token in {file} as the password"
+        ),
+    }
+}
+
+/// Reads the admin token, creating a random one (owner-only file) at first start;
+/// and whether this start made it.
+fn admin_token(path: &Path) -> Result<(String, bool)> {
     match fs::read_to_string(path) {
-        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_string()),
+        Ok(token) if !token.trim().is_empty() => Ok((token.trim().to_string(), false)),
         Ok(_) => bail!("{} is empty", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
@@ -556,7 +582,7 @@ fn admin_token(path: &Path) -> Result<String> {
             writeln!(file, "{token}")?;
             file.sync_all()?;
             tracing::info!(path = %path.display(), "admin API token written");
-            Ok(token)
+            Ok((token, true))
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }

@@ -16,7 +16,7 @@ use common::{Api, Node};
 use serde_json::Value;
 
 /// Every operation of the API, as `METHOD path`.
-const OPERATIONS: [&str; 37] = [
+const OPERATIONS: [&str; 41] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -48,6 +48,10 @@ const OPERATIONS: [&str; 37] = [
     "GET /v1/tokens",
     "POST /v1/tokens",
     "DELETE /v1/tokens/{name}",
+    "GET /v1/users",
+    "POST /v1/users",
+    "PUT /v1/users/{name}/password",
+    "DELETE /v1/users/{name}",
     "GET /v1/bayes",
     "POST /v1/bayes/{lesson}",
     "GET /v1/policy",
@@ -577,6 +581,19 @@ fn every_success(node: &Node) -> Vec<Answer> {
     );
     call("GET /v1/tokens", get("/v1/tokens"));
     call("DELETE /v1/tokens/{name}", delete("/v1/tokens/grafana"));
+    call(
+        "POST /v1/users",
+        post("/v1/users").json(&serde_json::json!({
+            "name": "helpdesk", "role": "operator", "password": "a long passphrase",
+        })),
+    );
+    call("GET /v1/users", get("/v1/users"));
+    call(
+        "PUT /v1/users/{name}/password",
+        put("/v1/users/helpdesk/password")
+            .json(&serde_json::json!({ "password": "another long passphrase" })),
+    );
+    call("DELETE /v1/users/{name}", delete("/v1/users/helpdesk"));
 
     call(
         "POST /v1/backup",

@@ -85,7 +85,9 @@ pub mod cf {
     /// The Bayesian classifier's token counts and learned messages
     /// ([`crate::bayes`]).
     pub const BAYES: &str = "bayes";
-    /// API tokens by digest and by name ([`crate::token`]).
+    /// API tokens by digest and by name ([`crate::token`]), console users by name and
+    /// their sessions by digest ([`crate::user`]), and the names of revoked tokens and
+    /// removed users.
     pub const TOKENS: &str = "tokens";
     /// The delivery queue by due time (`state/due.rs`).
     pub const DUE: &str = "due";

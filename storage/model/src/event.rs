@@ -18,6 +18,7 @@ use crate::message::{
     Rejection, Verdict,
 };
 use crate::token::{TokenChanged, TokenCommand};
+use crate::user::{UserChanged, UserCommand};
 
 /// SHA-256 digest linking each event to the one before it.
 pub type Hash = [u8; 32];
@@ -102,6 +103,12 @@ pub enum Command {
     /// Builds before [`crate::feature::LEVELS`] cannot decode it; none is a member
     /// when it is proposed.
     RaiseFeatureLevel { level: u32 },
+    /// Create a console user, set their password or remove them, or sign one in or
+    /// out, and record `user.*` or `console.*` (an `api.action` refusal when the name
+    /// is taken or unknown, `console.signin_failed` for a refused sign-in; see
+    /// [`crate::rules::users`]). Builds before [`crate::feature::USERS`] cannot decode
+    /// it.
+    User(Box<UserCommand>),
 }
 
 /// How far an exporter has got: its receiver accepted (or it gave up on) the log up
@@ -230,6 +237,9 @@ pub enum EventKind {
     /// The policy rejected a message at the end of data (`message.rejected`, with the
     /// `From` address it weighed).
     PolicyRejected(Box<crate::message::PolicyRejection>),
+    /// A console user was created, removed or given a new password, or signed in,
+    /// failed to or signed out (`user.*`, `console.*`).
+    UserChanged(Box<UserChanged>),
 }
 
 /// What kind of read an `access.read` records.
@@ -422,6 +432,7 @@ impl EventKind {
             EventKind::ExportDeadLettered(_) => "siem.dead_letter",
             EventKind::SignerChanged(_) => "audit.key_rotated",
             EventKind::PolicyChanged(_) => "policy.changed",
+            EventKind::UserChanged(u) => u.action.type_name(),
         }
     }
 
@@ -451,6 +462,7 @@ impl EventKind {
             | EventKind::QuarantineRetention { .. }
             | EventKind::TokenChanged(_)
             | EventKind::MembershipChanged(_)
+            | EventKind::UserChanged(_)
             | EventKind::MessageRejected(_)
             | EventKind::PolicyRejected(_)
             | EventKind::RejectionsSuppressed { .. } => None,
@@ -459,8 +471,9 @@ impl EventKind {
 
     /// The API caller whose mutating call this event records (its `user.name`), if
     /// an API call made it: a queue or quarantine action, a release or deletion, a
-    /// lesson, a token created or revoked, a policy change, a membership change, a
-    /// backup, a note, or the refusal of one. `None` for what the system does by
+    /// lesson, a token created or revoked, a console user changed, signed in or out
+    /// (the person themself), a policy change, a membership change, a backup, a note,
+    /// or the refusal of one. `None` for what the system does by
     /// itself (the retention's expiry, the bootstrap admin's enrolment, a policy
     /// seeded from a node's file: [`crate::token::is_system_actor`]) and for reads.
     pub fn api_caller(&self) -> Option<&str> {
@@ -471,6 +484,7 @@ impl EventKind {
             EventKind::TokenChanged(t) => &t.user,
             EventKind::BayesTrained(b) => &b.user,
             EventKind::PolicyChanged(p) => &p.user,
+            EventKind::UserChanged(u) => &u.user,
             EventKind::Note { author, .. } | EventKind::AuditNote { author, .. } => author,
             EventKind::MessageReceived(_)
             | EventKind::MessageRejected(_)
@@ -745,6 +759,25 @@ impl EventKind {
                     }),
                 );
                 out.insert("event".into(), action_outcome(&m.action, &m.refused));
+            }
+            EventKind::UserChanged(u) => {
+                let action = u.action.type_name();
+                out.insert("action".into(), action.into());
+                let roles: Vec<&str> = u.role.iter().map(|r| r.as_str()).collect();
+                out.insert(
+                    "user".into(),
+                    serde_json::json!({
+                        "name": u.user,
+                        "target": { "name": u.name, "roles": roles },
+                    }),
+                );
+                if let Some(ip) = u.client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
+                out.insert("event".into(), action_outcome(action, &u.refused));
+                if let Some(until) = u.locked_until_ms {
+                    out.insert("locked_until".into(), rfc3339(until).into());
+                }
             }
             EventKind::ScanVerdict(v) => verdict_fields(v, out),
             EventKind::MessageQuarantined(q) => {
@@ -1255,6 +1288,38 @@ mod tests {
             let shown = json(kind);
             assert!(shown["event"].get("provider").is_none(), "{shown}");
         }
+    }
+
+    #[test]
+    fn a_lockout_says_whom_it_locked_until_when_and_why() {
+        use crate::user::{UserAction, UserChanged, WRONG_CREDENTIALS};
+        let mut event = note(8);
+        event.kind = EventKind::UserChanged(Box::new(UserChanged {
+            action: UserAction::SignInFailed,
+            name: "alice".into(),
+            role: Some(crate::token::Role::Operator),
+            user: "alice".into(),
+            client_ip: Some("192.0.2.9".parse().unwrap()),
+            refused: Some(WRONG_CREDENTIALS.into()),
+            locked_until_ms: Some(1_700_000_900_123),
+        }));
+        let json = StoredEvent {
+            event,
+            prev_hash: [0; 32],
+            hash: [1; 32],
+        }
+        .to_json();
+        assert_eq!(json["type"], "console.signin_failed");
+        assert_eq!(json["action"], "console.signin_failed");
+        assert_eq!(json["user"]["name"], "alice");
+        assert_eq!(json["user"]["target"]["name"], "alice");
+        assert_eq!(json["user"]["target"]["roles"][0], "operator");
+        assert_eq!(json["source"]["ip"], "192.0.2.9");
+        assert_eq!(json["event"]["action"], "console.signin_failed");
+        assert_eq!(json["event"]["outcome"], "failure");
+        assert_eq!(json["event"]["reason"], WRONG_CREDENTIALS);
+        assert_eq!(json["event"]["provider"], API_PROVIDER);
+        assert_eq!(json["locked_until"], "2023-11-14T22:28:20.123Z");
     }
 
     #[test]

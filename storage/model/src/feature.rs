@@ -17,8 +17,11 @@
 //!   state records none (that release, or a cluster that has not raised its level
 //!   yet).
 //! - [`LEVELS`] (2): `Command::RaiseFeatureLevel` itself, the first command the
-//!   release before cannot decode. A command a later release adds gets the next
-//!   level, here and in [`Command::feature_level`].
+//!   release before cannot decode.
+//! - [`USERS`] (3): `Command::User`, console users and their sessions.
+//!
+//! A command a later release adds gets the next level, here and in
+//! [`Command::feature_level`].
 
 use crate::event::Command;
 
@@ -28,8 +31,11 @@ pub const BASE: u32 = 1;
 /// `Command::RaiseFeatureLevel`.
 pub const LEVELS: u32 = 2;
 
+/// `Command::User`: console users and their sessions.
+pub const USERS: u32 = 3;
+
 /// The highest level this build applies.
-pub const FEATURE_LEVEL: u32 = LEVELS;
+pub const FEATURE_LEVEL: u32 = USERS;
 
 impl Command {
     /// The cluster feature level a node needs to apply this command (and so the
@@ -37,6 +43,7 @@ impl Command {
     pub fn feature_level(&self) -> u32 {
         match self {
             Command::RaiseFeatureLevel { level } => (*level).max(LEVELS),
+            Command::User(_) => USERS,
             _ => BASE,
         }
     }
@@ -59,6 +66,7 @@ pub fn raised(current: u32, level: u32) -> Option<u32> {
 mod tests {
     use super::*;
     use crate::message::{DeliveryCommand, MessageId};
+    use crate::user::UserCommand;
 
     #[test]
     fn a_raise_needs_its_level_and_older_commands_the_base() {
@@ -83,6 +91,16 @@ mod tests {
             LEVELS
         );
         const { assert!(FEATURE_LEVEL >= LEVELS) };
+    }
+
+    #[test]
+    fn console_users_need_their_level() {
+        let sign_out = Command::User(Box::new(UserCommand::SignOut {
+            digest: [1; 32],
+            client_ip: None,
+        }));
+        assert_eq!(sign_out.feature_level(), USERS);
+        const { assert!(USERS > LEVELS && FEATURE_LEVEL >= USERS) };
     }
 
     #[test]

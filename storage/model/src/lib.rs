@@ -1,7 +1,8 @@
 //! Bulwark's schema: what an event is, the records of a message, the queue, the
-//! quarantine, API tokens, Bayesian counts and the cluster's policy versions, the feature levels
-//! of builds and of the cluster ([`feature`]), the one encoding of every record, and
-//! the rules that change those records when an operation is applied.
+//! quarantine, API tokens, console users and their sessions ([`user`]), Bayesian
+//! counts and the cluster's policy versions, the feature levels of builds and of the
+//! cluster ([`feature`]), the one encoding of every record, and the rules that change
+//! those records when an operation is applied.
 //!
 //! What it owns: every type that is written to the event log or replicated through
 //! Raft, how it is encoded ([`codec`]) and hashed into the chain ([`event`]), and the
@@ -27,6 +28,7 @@ pub mod rules;
 pub mod samples;
 pub mod signer;
 pub mod token;
+pub mod user;
 
 pub use bayes::{BayesClass, BayesCounts, BayesLesson, BayesTrained};
 pub use error::{Error, Result};
@@ -47,3 +49,4 @@ pub use policy::{PolicyChange, PolicyChanged, PolicyVersion};
 pub use rules::{NOT_QUARANTINED, NOT_QUEUED};
 pub use signer::{Signers, TrustedKey};
 pub use token::{ApiToken, Role, TokenChanged, TokenCommand};
+pub use user::{ConsoleUser, Session, UserAction, UserChanged, UserCommand};

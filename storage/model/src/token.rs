@@ -2,7 +2,8 @@
 //! through Raft so that every node accepts the same tokens. Only the SHA-256 of a
 //! token is stored (column family `tokens`, under its digest and under its name);
 //! the token itself is shown once, to whoever created it. A revoked token's name is
-//! kept, so that no later token takes it: a name in the log means one identity.
+//! kept, so that no later token takes it, and no token takes a console user's name
+//! ([`crate::user`]): a name in the log means one identity.
 
 use std::net::IpAddr;
 
@@ -81,7 +82,8 @@ pub enum TokenCommand {
         user: String,
         client_ip: Option<IpAddr>,
     },
-    /// Refused when the name is a live token's or a revoked one's. What this build
+    /// Refused when the name is a live token's or a revoked one's, or a console user's
+    /// (live or removed). What this build
     /// proposes; [`TokenCommand::Create`] is what older builds proposed, still applied
     /// as they applied it.
     CreateUnused {

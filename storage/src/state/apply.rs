@@ -17,8 +17,9 @@ use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent};
 use crate::index::{EventClock, Indexer};
 use crate::layout::cf;
 use crate::message::{MessageId, PolicyRejection};
+use crate::user::{UserAction, WRONG_CREDENTIALS};
 use crate::{codec, Error, Result};
-use crate::{policy, signer, token};
+use crate::{policy, signer, token, user};
 
 /// One batch being applied: what the rules changed and what the engine keeps beside
 /// it. Reads of the rules fall through [`Changes`] to the store.
@@ -137,6 +138,7 @@ impl StateStore {
                 (rules::quarantine::expire(changes, self, expiry)?, None)
             }
             Command::Token(command) => rules::tokens::token(changes, self, command)?,
+            Command::User(command) => rules::users::user(changes, self, command, op)?,
             Command::TrustSigner(command) => rules::signers::trust(changes, self, command, seq)?,
             Command::ChangePolicy(change) => rules::policy::change(changes, self, change, op)?,
             Command::TrainBayes(lesson) => (vec![self.learn(&mut batch.lessons, lesson)?], None),
@@ -365,8 +367,9 @@ impl StateStore {
         Ok(())
     }
 
-    /// The rules' changes into `write`: bodies, tokens, signers and policies in the order written, then
-    /// the quarantine and queue records (a message leaving the queue takes its body).
+    /// The rules' changes into `write`: bodies, tokens, users, sessions, signers and
+    /// policies in the order written, then the quarantine and queue records (a message
+    /// leaving the queue takes its body).
     fn write_changes(&self, write: &mut WriteBatch, changes: Changes<'_>) -> Result<()> {
         let (bodies, tokens) = (self.cf(cf::BODIES), self.cf(cf::TOKENS));
         for change in changes.writes {
@@ -383,6 +386,21 @@ impl StateStore {
                     write.delete_cf(tokens, token::name_key(&token.name));
                     write.put_cf(tokens, token::retired_key(&token.name), []);
                 }
+                Write::User(person) => write.put_cf(
+                    tokens,
+                    user::user_key(&person.name),
+                    codec::encode(&person)?,
+                ),
+                Write::DropUser(name) => {
+                    write.delete_cf(tokens, user::user_key(&name));
+                    write.put_cf(tokens, user::retired_user_key(&name), []);
+                }
+                Write::Session(session) => write.put_cf(
+                    tokens,
+                    user::session_key(&session.digest),
+                    codec::encode(&session)?,
+                ),
+                Write::DropSession(digest) => write.delete_cf(tokens, user::session_key(&digest)),
                 Write::Signers(node, signers) => write.put_cf(
                     self.cf(cf::META),
                     signer::key(node),
@@ -477,6 +495,10 @@ impl StateStore {
                 Some("the delivery lease was refused".to_string())
             }
             EventKind::ApiAction(a) => a.refused,
+            // A refused sign-in; a wrong password is recorded, not refused.
+            EventKind::UserChanged(u) if u.action == UserAction::SignInFailed => {
+                u.refused.filter(|reason| reason != WRONG_CREDENTIALS)
+            }
             _ => None,
         };
         Ok(Some(OpResult {

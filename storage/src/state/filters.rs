@@ -40,6 +40,9 @@ pub struct QuarantineFilter {
     pub recipient: Option<String>,
     /// Words of the verdict's reason, without regard to case (`malware`, `score`).
     pub reason: Option<String>,
+    /// Words of the `Subject` header, without regard to case: every word given must
+    /// appear in it (a message without one matches no word).
+    pub subject: Option<String>,
     /// Quarantined at or after this time (Unix milliseconds).
     pub since_ms: Option<i64>,
     /// Quarantined before this time.
@@ -59,9 +62,21 @@ impl QuarantineFilter {
                 .reason
                 .as_deref()
                 .is_none_or(|want| record.reason.to_lowercase().contains(&want.to_lowercase()))
+            && self
+                .subject
+                .as_deref()
+                .is_none_or(|want| subject_matches(want, record.subject.as_deref()))
             && self.since_ms.is_none_or(|t| record.time_ms >= t)
             && self.until_ms.is_none_or(|t| record.time_ms < t)
     }
+}
+
+/// True when every word of `want` appears in `subject`, without regard to case.
+fn subject_matches(want: &str, subject: Option<&str>) -> bool {
+    let subject = subject.unwrap_or_default().to_lowercase();
+    want.to_lowercase()
+        .split_whitespace()
+        .all(|word| subject.contains(word))
 }
 
 pub(crate) fn address_matches(pattern: &str, address: &str) -> bool {

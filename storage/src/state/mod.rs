@@ -1,6 +1,6 @@
 //! The state database: the event log, message bodies and the projections built from
-//! events (queue, quarantine, tokens, Bayesian counts, indexes), one generation at a
-//! time.
+//! events (queue, quarantine, tokens, console users and sessions, Bayesian counts,
+//! indexes), one generation at a time.
 //!
 //! What each operation does to the records is decided by the rules in
 //! [`bulwark_model::rules`]; this module is the engine around them:
@@ -29,6 +29,7 @@ use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
 use crate::policy::PolicyVersion;
 use crate::signer::Signers;
 use crate::token::{self, ApiToken};
+use crate::user::{ConsoleUser, Session};
 use crate::{codec, Error, Result};
 
 mod apply;
@@ -363,6 +364,18 @@ impl Stored for StateStore {
 
     fn token_name_retired(&self, name: &str) -> Result<bool> {
         StateStore::token_name_retired(self, name)
+    }
+
+    fn console_user(&self, name: &str) -> Result<Option<ConsoleUser>> {
+        StateStore::console_user(self, name)
+    }
+
+    fn user_name_retired(&self, name: &str) -> Result<bool> {
+        StateStore::user_name_retired(self, name)
+    }
+
+    fn session(&self, digest: &Hash) -> Result<Option<Session>> {
+        StateStore::session(self, digest)
     }
 
     fn signers(&self, node: u64) -> Result<Signers> {

@@ -16,6 +16,7 @@ use crate::rules::export::ExportPosition;
 use crate::rules::quarantine::{expiry_due, expiry_end};
 use crate::signer::{self, Signers};
 use crate::token::{self, ApiToken};
+use crate::user::{self, ConsoleUser, Session};
 use crate::{codec, Error, Result};
 
 /// A decision the policy rejected, from its verdict and its `message.rejected`.
@@ -55,42 +56,67 @@ impl StateStore {
 
     /// The API token whose SHA-256 is `digest`, if one is live.
     pub fn token_by_digest(&self, digest: &Hash) -> Result<Option<ApiToken>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(cf::TOKENS), token::digest_key(digest))?
-        {
-            Some(record) => Ok(Some(codec::decode(&record)?)),
-            None => Ok(None),
-        }
+        self.identity(&token::digest_key(digest))
     }
 
     /// The API token named `name`, if one is live.
     pub fn token_named(&self, name: &str) -> Result<Option<ApiToken>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(cf::TOKENS), token::name_key(name))?
-        {
+        self.identity(&token::name_key(name))
+    }
+
+    /// True when a token named `name` was revoked: no token takes the name again.
+    pub fn token_name_retired(&self, name: &str) -> Result<bool> {
+        self.kept(&token::retired_key(name))
+    }
+
+    /// Every live API token, by name.
+    pub fn tokens(&self) -> Result<Vec<ApiToken>> {
+        self.identities(&token::name_key(""))
+    }
+
+    /// The console user named `name`, unless removed.
+    pub fn console_user(&self, name: &str) -> Result<Option<ConsoleUser>> {
+        self.identity(&user::user_key(name))
+    }
+
+    /// True when a console user named `name` was removed: no user or token takes the
+    /// name again.
+    pub fn user_name_retired(&self, name: &str) -> Result<bool> {
+        self.kept(&user::retired_user_key(name))
+    }
+
+    /// Every console user, by name (removed ones' names are kept under another prefix,
+    /// `ur/`, which `u/` does not begin).
+    pub fn console_users(&self) -> Result<Vec<ConsoleUser>> {
+        self.identities(&user::user_key(""))
+    }
+
+    /// The session whose cookie's secret has SHA-256 `digest`, whether or not it has
+    /// expired or its user is still live (the API decides whether it lets them in).
+    pub fn session(&self, digest: &Hash) -> Result<Option<Session>> {
+        self.identity(&user::session_key(digest))
+    }
+
+    /// The record under `key` in the `tokens` column family (tokens, users, sessions).
+    fn identity<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.db.get_pinned_cf(self.cf(cf::TOKENS), key)? {
             Some(record) => Ok(Some(codec::decode(&record)?)),
             None => Ok(None),
         }
     }
 
-    /// True when a token named `name` was revoked: no token takes the name again.
-    pub fn token_name_retired(&self, name: &str) -> Result<bool> {
-        Ok(self
-            .db
-            .get_pinned_cf(self.cf(cf::TOKENS), token::retired_key(name))?
-            .is_some())
+    /// True when the `tokens` column family keeps `key` (a retired name).
+    fn kept(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.db.get_pinned_cf(self.cf(cf::TOKENS), key)?.is_some())
     }
 
-    /// Every live API token, by name.
-    pub fn tokens(&self) -> Result<Vec<ApiToken>> {
-        let prefix = token::name_key("");
-        let mode = IteratorMode::From(&prefix, Direction::Forward);
+    /// Every record under `prefix` in the `tokens` column family, in key order.
+    fn identities<T: serde::de::DeserializeOwned>(&self, prefix: &[u8]) -> Result<Vec<T>> {
+        let mode = IteratorMode::From(prefix, Direction::Forward);
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(cf::TOKENS), mode) {
             let (key, value) = item?;
-            if !key.starts_with(&prefix) {
+            if !key.starts_with(prefix) {
                 break;
             }
             out.push(codec::decode(&value)?);

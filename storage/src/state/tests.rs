@@ -855,6 +855,46 @@ fn quarantined_messages_are_released_to_the_queue_or_deleted_once_and_listed() {
 }
 
 #[test]
+fn the_quarantine_is_listed_by_every_word_of_the_subject_whatever_its_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let subjects = [Some("Your Invoice is overdue"), Some("invoice"), None];
+    let ops: Vec<Op> = (1..=3u128)
+        .map(|n| {
+            let mut received = samples::received();
+            received.message_id = MessageId::new(1_764_300_000_000 + n as i64 * 1000, n);
+            received.subject = subjects[n as usize - 1].map(String::from);
+            let mut verdict = samples::verdict(received.message_id);
+            verdict.action = Action::Quarantine;
+            Op {
+                id: n,
+                time_ms: 1_764_300_000_000 + n as i64 * 1000,
+                node: 1,
+                command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                    verdict,
+                    received,
+                    body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+                })),
+            }
+        })
+        .collect();
+    store.apply(&[(1, &ops[..])], b"1").unwrap();
+    let by_subject = |words: &str| -> Vec<u128> {
+        let filter = QuarantineFilter {
+            subject: Some(words.into()),
+            ..Default::default()
+        };
+        let (records, _) = store.quarantine_list(&filter, None, 10).unwrap();
+        records.iter().map(|r| r.message_id.0 & 0xff).collect()
+    };
+    assert_eq!(by_subject("INVOICE"), [1, 2]);
+    assert_eq!(by_subject("overdue  invoice"), [1]);
+    assert_eq!(by_subject("invoice paid"), Vec::<u128>::new());
+    assert_eq!(by_subject(""), [1, 2, 3], "no word: every message");
+}
+
+#[test]
 fn a_batch_that_quarantines_and_releases_or_expires_acts_as_separate_batches_would() {
     let accept = |n: u128| {
         let mut received = samples::received();
@@ -1104,6 +1144,169 @@ fn a_revoked_name_is_kept_also_for_a_database_written_before_names_were_kept() {
         Some(format!("{TOKEN_NAME_RETIRED}: splunk"))
     );
     assert!(store.tokens().unwrap().is_empty());
+}
+
+#[test]
+fn console_users_and_sessions_survive_reopening_and_a_removed_name_stays_taken() {
+    use crate::token::Role;
+    use crate::user::{ConsoleUser, Session, UserCommand, NO_SUCH_USER, USER_TAKEN};
+    const T: i64 = 1_764_300_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let op = |id: u128, command: UserCommand| Op {
+        id,
+        time_ms: T + id as i64,
+        node: 1,
+        command: Command::User(Box::new(command)),
+    };
+    let alice = ConsoleUser {
+        name: "alice".into(),
+        role: Role::Auditor,
+        password: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        created_ms: T,
+        created_by: "admin".into(),
+        password_set_ms: T,
+        password_version: 0,
+        failures: 0,
+        locked_until_ms: 0,
+    };
+    let session = Session {
+        digest: [7; 32],
+        user: "alice".into(),
+        created_ms: T + 2,
+        expires_ms: T + 3_600_000,
+        password_version: 0,
+    };
+    let sign_in = |id: u128, name: &str| {
+        op(
+            id,
+            UserCommand::SignIn {
+                session: Session {
+                    user: name.into(),
+                    ..session.clone()
+                },
+                client_ip: Some("192.0.2.9".parse().unwrap()),
+            },
+        )
+    };
+    let wrong_password = op(
+        3,
+        UserCommand::SignInFailed {
+            name: "alice".into(),
+            client_ip: None,
+        },
+    );
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let ops = [
+            op(
+                1,
+                UserCommand::Create {
+                    user: alice.clone(),
+                    client_ip: None,
+                },
+            ),
+            sign_in(2, "alice"),
+            wrong_password.clone(),
+            sign_in(4, "bob"),
+        ];
+        let results = store.apply(&[(1, &ops[..])], b"1").unwrap();
+        let refused: Vec<Option<&str>> = results[0].iter().map(|r| r.refused.as_deref()).collect();
+        assert_eq!(refused, [None, None, None, Some(NO_SUCH_USER)]);
+        // Retried: the refused sign-in is refused again, the failure recorded once.
+        let retried = [sign_in(4, "bob"), wrong_password];
+        let results = store.apply(&[(2, &retried[..])], b"2").unwrap();
+        assert!(results[0].iter().all(|r| r.duplicate));
+        assert_eq!(results[0][0].refused.as_deref(), Some(NO_SUCH_USER));
+        assert_eq!(results[0][1].refused, None);
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let stored = store.console_user("alice").unwrap().unwrap();
+    assert_eq!(
+        stored,
+        ConsoleUser {
+            failures: 1,
+            ..alice.clone()
+        }
+    );
+    let names: Vec<String> = store
+        .console_users()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["alice"]);
+    assert!(store.tokens().unwrap().is_empty(), "a user is not a token");
+    assert_eq!(store.session(&[7; 32]).unwrap(), Some(session));
+    assert!(store.session(&[8; 32]).unwrap().is_none());
+    let (events, _) = store.events(&EventFilter::default(), 0, 100).unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event.kind.type_name()).collect();
+    assert_eq!(
+        types,
+        [
+            "user.created",
+            "console.signin",
+            "console.signin_failed",
+            "console.signin_failed"
+        ]
+    );
+    let signed_in = events[1].to_json();
+    assert_eq!(signed_in["action"], "console.signin");
+    assert_eq!(signed_in["user"]["name"], "alice");
+    assert_eq!(signed_in["user"]["target"]["roles"][0], "auditor");
+    assert_eq!(signed_in["source"]["ip"], "192.0.2.9");
+    assert_eq!(signed_in["event"]["outcome"], "success");
+    assert!(
+        !signed_in.to_string().contains("0707070707"),
+        "no digest: {signed_in}"
+    );
+    let refused = events[3].to_json();
+    assert_eq!(refused["user"]["target"]["name"], "bob");
+    assert_eq!(refused["event"]["outcome"], "failure");
+    assert_eq!(refused["event"]["reason"], NO_SUCH_USER);
+    let filter = EventFilter {
+        user: Some("alice".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.events(&filter, 0, 100).unwrap().0.len(), 2);
+
+    let remove = op(
+        5,
+        UserCommand::Remove {
+            name: "alice".into(),
+            user: "admin".into(),
+            client_ip: None,
+        },
+    );
+    let token = Op {
+        id: 6,
+        time_ms: T + 6,
+        node: 1,
+        command: Command::Token(Box::new(TokenCommand::CreateUnused {
+            token: ApiToken {
+                name: "alice".into(),
+                role: Role::Siem,
+                digest: [9; 32],
+                created_ms: T + 6,
+                created_by: "admin".into(),
+            },
+            client_ip: None,
+        })),
+    };
+    let results = store.apply(&[(3, &[remove, token][..])], b"3").unwrap();
+    assert_eq!(results[0][0].refused, None);
+    assert_eq!(results[0][1].refused, Some(format!("{USER_TAKEN}: alice")));
+    assert!(store.console_user("alice").unwrap().is_none());
+    assert!(store.user_name_retired("alice").unwrap());
+    assert!(store.console_users().unwrap().is_empty());
+    assert!(store.token_by_digest(&[9; 32]).unwrap().is_none());
+    let filter = EventFilter {
+        type_name: Some("user.removed".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.events(&filter, 0, 10).unwrap().0.len(), 1);
+    assert!(store.verify().unwrap().ok);
 }
 
 #[test]

@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Changes, Stored, Write};
-use crate::event::{Command, EventKind, Op};
+use crate::event::{Command, EventKind, Hash, Op};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
 use crate::policy::PolicyVersion;
 use crate::signer::Signers;
 use crate::token::ApiToken;
+use crate::user::{ConsoleUser, Session};
 
 #[derive(Debug, Default)]
 pub struct Memory {
@@ -17,6 +18,10 @@ pub struct Memory {
     pub tokens: BTreeMap<String, ApiToken>,
     /// Names of revoked tokens.
     pub retired: BTreeSet<String>,
+    pub users: BTreeMap<String, ConsoleUser>,
+    /// Names of removed users.
+    pub retired_users: BTreeSet<String>,
+    pub sessions: BTreeMap<Hash, Session>,
     /// The `message.received` events' envelopes, by message and sequence number.
     pub received: BTreeMap<(MessageId, u64), Envelope>,
     pub bodies: BTreeMap<MessageId, Vec<u8>>,
@@ -41,6 +46,18 @@ impl Stored for Memory {
 
     fn token_name_retired(&self, name: &str) -> crate::Result<bool> {
         Ok(self.retired.contains(name))
+    }
+
+    fn console_user(&self, name: &str) -> crate::Result<Option<ConsoleUser>> {
+        Ok(self.users.get(name).cloned())
+    }
+
+    fn user_name_retired(&self, name: &str) -> crate::Result<bool> {
+        Ok(self.retired_users.contains(name))
+    }
+
+    fn session(&self, digest: &Hash) -> crate::Result<Option<Session>> {
+        Ok(self.sessions.get(digest).cloned())
     }
 
     fn signers(&self, node: u64) -> crate::Result<Signers> {
@@ -100,6 +117,19 @@ impl Memory {
                 Write::DropToken(token) => {
                     self.tokens.remove(&token.name);
                     self.retired.insert(token.name);
+                }
+                Write::User(user) => {
+                    self.users.insert(user.name.clone(), user);
+                }
+                Write::DropUser(name) => {
+                    self.users.remove(&name);
+                    self.retired_users.insert(name);
+                }
+                Write::Session(session) => {
+                    self.sessions.insert(session.digest, session);
+                }
+                Write::DropSession(digest) => {
+                    self.sessions.remove(&digest);
                 }
                 Write::Signers(node, signers) => {
                     self.signers.insert(node, signers);

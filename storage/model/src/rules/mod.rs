@@ -10,17 +10,18 @@
 //! come from the operation and the caller, never from a clock. One module a record:
 //! [`accept`] (a scanned message into the queue or the quarantine), [`queue`] (leases,
 //! attempt reports, bounces and an administrator's queue actions), [`quarantine`]
-//! (release, deletion and expiry), [`tokens`] (API tokens), [`signers`] (the keys
-//! trusted to sign checkpoints), [`export`] (an exporter's cursor and count) and
-//! [`policy`] (the cluster's policy versions).
+//! (release, deletion and expiry), [`tokens`] (API tokens), [`users`] (console users
+//! and their sessions), [`signers`] (the keys trusted to sign checkpoints), [`export`]
+//! (an exporter's cursor and count) and [`policy`] (the cluster's policy versions).
 
 use std::collections::HashMap;
 
-use crate::event::EventKind;
+use crate::event::{EventKind, Hash};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
 use crate::policy::PolicyVersion;
 use crate::signer::Signers;
 use crate::token::ApiToken;
+use crate::user::{ConsoleUser, Session};
 
 pub mod accept;
 pub mod export;
@@ -29,6 +30,7 @@ pub mod quarantine;
 pub mod queue;
 pub mod signers;
 pub mod tokens;
+pub mod users;
 
 #[cfg(test)]
 mod memory;
@@ -56,6 +58,15 @@ pub trait Stored {
     /// True when a token named `name` was revoked.
     fn token_name_retired(&self, name: &str) -> Result<bool, Self::Error>;
 
+    /// The console user named `name`, unless removed.
+    fn console_user(&self, name: &str) -> Result<Option<ConsoleUser>, Self::Error>;
+
+    /// True when a console user named `name` was removed.
+    fn user_name_retired(&self, name: &str) -> Result<bool, Self::Error>;
+
+    /// The session whose cookie's secret has SHA-256 `digest`.
+    fn session(&self, digest: &Hash) -> Result<Option<Session>, Self::Error>;
+
     /// The checkpoint keys trusted for node `node` (none: empty).
     fn signers(&self, node: u64) -> Result<Signers, Self::Error>;
 
@@ -76,8 +87,9 @@ pub trait Stored {
 }
 
 /// A write the rules ask of the store beside the queue and quarantine records: a
-/// message body or an API token stored or removed, a node's trusted signing keys or
-/// a policy version stored. Applied in the order listed.
+/// message body, an API token, a console user or a session stored or removed, a
+/// node's trusted signing keys or a policy version stored. Applied in the order
+/// listed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write<'a> {
     /// Stores a message's body (a received message, a bounce).
@@ -88,6 +100,14 @@ pub enum Write<'a> {
     Token(ApiToken),
     /// Removes both keys of a token and keeps its name as revoked.
     DropToken(ApiToken),
+    /// Stores a console user under their name, in place of what it had.
+    User(ConsoleUser),
+    /// Removes the console user of that name and keeps the name as removed.
+    DropUser(String),
+    /// Stores a session under its digest.
+    Session(Session),
+    /// Removes the session of that digest.
+    DropSession(Hash),
     /// Stores a node's trusted checkpoint keys.
     Signers(u64, Signers),
     /// Stores a policy version and makes it the current one.
@@ -104,6 +124,10 @@ pub struct Changes<'a> {
     pub quarantine: HashMap<MessageId, Option<QuarantineRecord>>,
     /// API tokens created (`Some`) or revoked (`None`) by name.
     tokens: HashMap<String, Option<ApiToken>>,
+    /// Console users created or changed (`Some`) or removed (`None`) by name.
+    users: HashMap<String, Option<ConsoleUser>>,
+    /// Sessions begun (`Some`) or ended (`None`) by digest.
+    sessions: HashMap<Hash, Option<Session>>,
     /// Trusted signing keys changed, by node.
     signers: HashMap<u64, Signers>,
     /// The current policy, once the batch has changed it.
@@ -111,7 +135,8 @@ pub struct Changes<'a> {
     /// Envelopes of the messages this batch accepted: a release later in the batch
     /// reads its message's envelope from here, its event not being stored yet.
     received: HashMap<MessageId, Envelope>,
-    /// Bodies, tokens and signers to store or remove, in order.
+    /// Bodies, tokens, users, sessions, signers and policies to store or remove, in
+    /// order.
     pub writes: Vec<Write<'a>>,
 }
 
@@ -163,6 +188,30 @@ impl Changes<'_> {
         match self.tokens.get(name) {
             Some(None) => Ok(true),
             _ => store.token_name_retired(name),
+        }
+    }
+
+    /// The console user named `name` as the batch has left them.
+    fn user<S: Stored>(&self, store: &S, name: &str) -> Result<Option<ConsoleUser>, S::Error> {
+        match self.users.get(name) {
+            Some(user) => Ok(user.clone()),
+            None => store.console_user(name),
+        }
+    }
+
+    /// True when a console user named `name` was removed, by this batch or before it.
+    fn user_retired<S: Stored>(&self, store: &S, name: &str) -> Result<bool, S::Error> {
+        match self.users.get(name) {
+            Some(None) => Ok(true),
+            _ => store.user_name_retired(name),
+        }
+    }
+
+    /// The session of digest `digest` as the batch has left it.
+    fn session<S: Stored>(&self, store: &S, digest: &Hash) -> Result<Option<Session>, S::Error> {
+        match self.sessions.get(digest) {
+            Some(session) => Ok(session.clone()),
+            None => store.session(digest),
         }
     }
 }

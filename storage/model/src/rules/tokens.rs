@@ -1,10 +1,12 @@
 //! API tokens: created under a name that must be free (never a live token's; for
-//! [`TokenCommand::CreateUnused`], never a revoked one's either), revoked by name. A
-//! refusal (the name taken, no such token) is recorded like any other action.
+//! [`TokenCommand::CreateUnused`], never a revoked one's nor a console user's, live
+//! or removed, either), revoked by name. A refusal (the name taken, no such token) is
+//! recorded like any other action.
 
 use super::{Changes, Outcome, Stored, Write};
 use crate::event::{ApiAction, EventKind};
 use crate::token::{self, TokenChanged, TokenCommand};
+use crate::user;
 
 /// An API token's creation or revocation, against the tokens as the batch has left
 /// them.
@@ -26,6 +28,12 @@ pub fn token<S: Stored>(
         }
         _ => false,
     };
+    let user_named = match command {
+        TokenCommand::CreateUnused { .. } if current.is_none() && !retired => {
+            changes.user(store, name)?.is_some() || changes.user_retired(store, name)?
+        }
+        _ => false,
+    };
     let refusal = |action: &str, user: &str, client_ip, reason: &str| {
         let event = EventKind::ApiAction(Box::new(ApiAction {
             action: action.into(),
@@ -43,6 +51,12 @@ pub fn token<S: Stored>(
             &token.created_by,
             *client_ip,
             token::TOKEN_NAME_RETIRED,
+        ),
+        (TokenCommand::CreateUnused { token, client_ip }, None) if user_named => refusal(
+            "token.create",
+            &token.created_by,
+            *client_ip,
+            user::USER_TAKEN,
         ),
         (
             TokenCommand::Create { token, client_ip }

@@ -1,0 +1,213 @@
+//! The web console (`/ui/`): the pages the people who run the gateway work in,
+//! rendered on the server from templates compiled into the binary (maud, which
+//! escapes every value it is given), with no script at all, no asset from anywhere
+//! else, and a Content-Security-Policy that would stop either.
+//!
+//! A person signs in with a console user's name and password (`/v1/users`) or a
+//! token's name and the token; the session is replicated state (only the SHA-256 of
+//! its cookie's secret is stored), so any node serves it and a sign-out or a removed
+//! user ends it on every node. Every form carries a token derived from the session's
+//! secret (CSRF), every action goes through the same Raft operations as the API's and
+//! is recorded under the person's name, and every read of a message is recorded as
+//! the API's are.
+
+mod layout;
+mod quarantine;
+mod session;
+mod users;
+
+use std::net::IpAddr;
+
+use axum::extract::{FromRequestParts, OriginalUri};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::auth::{Caller, ClientIp};
+use crate::routes::ApiState;
+use crate::ApiError;
+
+pub(crate) use session::Viewer;
+
+/// What the console's pages may load and do: their own stylesheet and nothing else,
+/// forms posted to the console only, never framed.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Largest form a console page posts (a bulk action's ids are the most).
+const MAX_FORM: usize = 64 * 1024;
+
+/// The console's stylesheet, compiled in.
+const STYLE: &str = include_str!("style.css");
+
+/// The console's routes, under `/ui`.
+pub(crate) fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        .route("/ui/", get(|| async { Redirect::to("/ui/quarantine") }))
+        .route("/ui/style.css", get(style))
+        .route("/ui/signin", get(session::form).post(session::sign_in))
+        .route("/ui/signout", post(session::sign_out))
+        .route("/ui/quarantine", get(quarantine::list))
+        .route("/ui/quarantine/act", post(quarantine::act))
+        .route("/ui/messages", get(quarantine::open))
+        .route("/ui/messages/{id}", get(quarantine::view))
+        .route("/ui/users", get(users::list).post(users::create))
+        .route("/ui/users/{name}/password", post(users::set_password))
+        .route("/ui/users/{name}/remove", post(users::remove))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
+        .layer(axum::middleware::map_response(protect))
+}
+
+/// Headers every console answer carries: the CSP, no sniffing, no framing, no
+/// referrer beyond the console itself (a browser then still sends a form's `Origin`,
+/// which the sign-in checks), never cached (a page shows mail).
+async fn protect(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        STYLE,
+    )
+        .into_response()
+}
+
+/// A console request that failed: a page saying why, with the status it deserves.
+pub(crate) struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        PageError(e)
+    }
+}
+
+impl From<bulwark_storage::Error> for PageError {
+    fn from(e: bulwark_storage::Error) -> Self {
+        PageError(ApiError::internal(e))
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let ApiError {
+            status,
+            title,
+            detail,
+        } = self.0;
+        let page = layout::bare(
+            title,
+            maud::html! {
+                h1 { (title) }
+                p.problem { (detail) }
+                p { a href="/ui/" { "Back to the console" } }
+            },
+        );
+        (status, page).into_response()
+    }
+}
+
+/// The request's path and query, when it is a console page a sign-in may return to.
+fn return_path(uri: &OriginalUri) -> Option<String> {
+    let path = uri.0.path_and_query()?.as_str();
+    local_page(path).then(|| path.to_string())
+}
+
+/// True for a path of this console's own (`/ui/...`): the only places a sign-in
+/// sends a person back to, so that no link can make it send them elsewhere.
+fn local_page(path: &str) -> bool {
+    path.starts_with("/ui/")
+        && !path.contains("//")
+        && !path.contains('\\')
+        && path.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The connection's address, for the record of what a person did.
+async fn client_ip(parts: &mut Parts, state: &ApiState) -> Option<IpAddr> {
+    let ClientIp(ip) = ClientIp::from_request_parts(parts, state)
+        .await
+        .unwrap_or(ClientIp(None));
+    ip
+}
+
+/// A posted form's fields in order, names repeated as given (`id=1&id=2`).
+pub(crate) struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn parse(body: &[u8]) -> Form {
+        Form(form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The first value of field `name`.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of field `name`, in order.
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A redirect that a form's POST answers with: the browser GETs `to`.
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+impl Viewer {
+    /// The person, as the API's checks and records name a caller.
+    pub(crate) fn caller(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sign_in_returns_only_to_the_console_s_own_pages() {
+        assert!(local_page("/ui/quarantine?sender=a%40b.test"));
+        assert!(local_page("/ui/quarantine/0ABC"));
+        for elsewhere in [
+            "https://evil.test/ui/",
+            "//evil.test/ui/",
+            "/ui//evil.test",
+            "/ui/\\evil.test",
+            "/v1/tokens",
+            "/ui",
+            "/ui/\u{a0}",
+        ] {
+            assert!(!local_page(elsewhere), "{elsewhere}");
+        }
+    }
+}
