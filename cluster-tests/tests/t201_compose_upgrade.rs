@@ -10,8 +10,9 @@
 //! Checked after each step, with both releases running: every node applies the same
 //! entries (the same applied index and chain head on all three: had a node of this
 //! tree proposed what the previous release cannot decode, that node would stop
-//! applying), each upgraded node says it applies level 2 while the cluster's level
-//! stays 1; after the last, the leader raises the cluster's level to 2 by itself. In
+//! applying), each upgraded node says it applies this tree's level while the
+//! cluster's level stays 1; after the last, the leader raises the cluster's level to
+//! it by itself. In
 //! every step and in a last load on this tree alone, each message told `250` reaches
 //! the sink: none lost; the longest time no node answered `250`, the drain and the
 //! duplicates are printed per step.
@@ -173,7 +174,8 @@ async fn t201_rolling_upgrade_from_the_previous_release_loses_nothing() -> Resul
         upgraded.elapsed().as_secs_f64()
     );
     let load = suite.load("after", 20)?;
-    reports.push(suite.settle("all on this tree, level 2", load).await?);
+    let settled = format!("all on this tree, level {LEVEL}");
+    reports.push(suite.settle(&settled, load).await?);
     let took = suite.converged(Duration::from_secs(60)).await?;
     println!(
         "t201: every chain head equal within {:.1} s",
