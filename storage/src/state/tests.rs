@@ -13,6 +13,7 @@ use crate::message::{
     AcceptedMessage, Action, Bounce, DeliveryCommand, QuarantineAction, QuarantineCommand,
     QuarantineExpiry, QueueStatus, RecipientStatus,
 };
+use crate::message::{MessageReceived, Verdict};
 use crate::token::TokenCommand;
 use crate::NOT_QUARANTINED;
 
@@ -642,6 +643,26 @@ fn accepting_a_message_stores_body_queue_and_event_once() {
     assert!(store.message_body(MessageId(7)).unwrap().is_none());
 }
 
+/// Message `n` accepted into the quarantine `n` seconds after 1,764,300,000 s (its id
+/// made of both), its reception and verdict as `edit` leaves the samples.
+fn quarantined(n: u128, edit: impl FnOnce(&mut MessageReceived, &mut Verdict)) -> Op {
+    let mut received = samples::received();
+    received.message_id = MessageId::new(1_764_300_000_000 + n as i64 * 1000, n);
+    let mut verdict = samples::verdict(received.message_id);
+    verdict.action = Action::Quarantine;
+    edit(&mut received, &mut verdict);
+    Op {
+        id: n,
+        time_ms: 1_764_300_000_000 + n as i64 * 1000,
+        node: 1,
+        command: Command::AcceptMessage(Box::new(AcceptedMessage {
+            verdict,
+            body: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+            received,
+        })),
+    }
+}
+
 #[test]
 fn quarantined_messages_are_released_to_the_queue_or_deleted_once_and_listed() {
     let dir = tempfile::tempdir().unwrap();
@@ -649,29 +670,17 @@ fn quarantined_messages_are_released_to_the_queue_or_deleted_once_and_listed() {
     let store = state.current();
     // Three quarantined messages, a second apart; the second from another sender.
     let accept = |n: u128| {
-        let mut received = samples::received();
-        received.message_id = MessageId::new(1_764_300_000_000 + n as i64 * 1000, n);
-        if n == 2 {
-            received.envelope.mail_from = "mallory@bad.test".into();
-        }
-        let mut verdict = samples::verdict(received.message_id);
-        verdict.action = Action::Quarantine;
-        verdict.reason = if n == 3 {
-            "malware: EICAR"
-        } else {
-            "score 12.0"
-        }
-        .into();
-        Op {
-            id: n,
-            time_ms: 1_764_300_000_000 + n as i64 * 1000,
-            node: 1,
-            command: Command::AcceptMessage(Box::new(AcceptedMessage {
-                verdict,
-                received,
-                body: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
-            })),
-        }
+        quarantined(n, |received, verdict| {
+            if n == 2 {
+                received.envelope.mail_from = "mallory@bad.test".into();
+            }
+            verdict.reason = if n == 3 {
+                "malware: EICAR"
+            } else {
+                "score 12.0"
+            }
+            .into();
+        })
     };
     let ids: Vec<MessageId> = (1..=3)
         .map(|n| MessageId::new(1_764_300_000_000 + n as i64 * 1000, n))
@@ -862,21 +871,9 @@ fn the_quarantine_is_listed_by_every_word_of_the_subject_whatever_its_case() {
     let subjects = [Some("Your Invoice is overdue"), Some("invoice"), None];
     let ops: Vec<Op> = (1..=3u128)
         .map(|n| {
-            let mut received = samples::received();
-            received.message_id = MessageId::new(1_764_300_000_000 + n as i64 * 1000, n);
-            received.subject = subjects[n as usize - 1].map(String::from);
-            let mut verdict = samples::verdict(received.message_id);
-            verdict.action = Action::Quarantine;
-            Op {
-                id: n,
-                time_ms: 1_764_300_000_000 + n as i64 * 1000,
-                node: 1,
-                command: Command::AcceptMessage(Box::new(AcceptedMessage {
-                    verdict,
-                    received,
-                    body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
-                })),
-            }
+            quarantined(n, |received, _| {
+                received.subject = subjects[n as usize - 1].map(String::from);
+            })
         })
         .collect();
     store.apply(&[(1, &ops[..])], b"1").unwrap();
