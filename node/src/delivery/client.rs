@@ -6,6 +6,8 @@
 //! connection defers them, 5xx fails them. RCPT replies are per recipient, and the
 //! reply to the end of data applies to those whose RCPT was accepted.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +57,17 @@ pub struct Outgoing<'a> {
     pub headers: &'a [u8],
     /// The stored message, CRLF lines.
     pub body: &'a [u8],
+    /// Asked before the end of data is sent.
+    pub handover: &'a dyn Handover,
+}
+
+/// The end of data hands the message to the next hop for good: whatever happens to
+/// the connection after it, the next hop may deliver it. `ready` returns once the
+/// message may be handed over, with the instant by which the end of data must be
+/// written (after it, the transaction fails without it); a transaction that may not
+/// be handed over is dropped by its caller while it waits.
+pub trait Handover: Sync {
+    fn ready(&self) -> Pin<Box<dyn Future<Output = std::time::Instant> + Send + '_>>;
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -325,7 +338,15 @@ impl Connection {
         let final_reply = if data.code == 354 {
             self.write(m.headers, t.data).await.map_err(late)?;
             self.write(&dot_stuff(m.body), t.data).await.map_err(late)?;
-            self.write(b".\r\n", t.data).await.map_err(late)?;
+            let by = m.handover.ready().await;
+            match tokio::time::timeout_at(by.into(), self.write(b".\r\n", t.data)).await {
+                Ok(written) => written.map_err(late)?,
+                Err(_) => {
+                    self.broken = true;
+                    let text = "4.4.0 the end of data could not be written in time";
+                    return Err(late(Reply::local(451, text)));
+                }
+            }
             self.reply(t.data).await.map_err(late)?
         } else {
             stop(data)

@@ -9,6 +9,12 @@
 //!   a transaction still running then is aborted (the connection dropped before the
 //!   next hop has the whole message, unless it already had it); a renewal that is
 //!   refused aborts it at once;
+//! - it sends the end of data, which hands the message to the next hop for good,
+//!   only while the lease stays usable for [`HANDOVER`] of its length more,
+//!   renewing first when it does not, and writes it by then or not at all: the
+//!   next hop then has more than half a lease to answer before another node may
+//!   begin, even if this one loses its lease; and this node leaves a message whose
+//!   transaction it dropped for a whole lease before it tries it again;
 //! - it takes over another node's lease only after it has seen the message's
 //!   record unchanged, that lease in it, for a whole lease length by its own
 //!   monotonic clock, and only by naming that lease, so a renewal in between wins.
@@ -18,10 +24,13 @@
 //! the end of its data to the kernel, or in the very step of handing it, may have
 //! that message delivered by the next hop while it is stopped, and again later, by
 //! the node that took over or by itself once resumed (it cannot know that the next
-//! hop took it: a duplicate, never two deliveries at once; RFC 1047's window). And a lease released by its holder's
-//! report and granted again to the same node, with a wall clock stepped back to the
-//! very millisecond of the first grant, between the watcher's last look and its
-//! claim, would pass for the first.
+//! hop took it: a duplicate, never two deliveries at once; RFC 1047's window). A
+//! next hop that takes longer than half a lease to answer an end of data (or to
+//! receive what of the message the kernel still held), while its sender cannot
+//! renew, may still be working on it when another node begins.
+//! And a lease released by its holder's report and granted again to the same node,
+//! with a wall clock stepped back to the very millisecond of the first grant,
+//! between the watcher's last look and its claim, would pass for the first.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -35,11 +44,11 @@ use bulwark_model::{
     Bounce, Command, DeliveryCommand, DeliveryReport, Lease, MessageId, QueueEntry,
     QueuedRecipient, RecipientOutcome, RecipientResult, TlsInfo,
 };
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{self, Outgoing, Replies, Reply, Timeouts};
+use super::client::{self, Handover, Outgoing, Replies, Reply, Timeouts};
 use super::pool::Pool;
 use super::route::{Mx, Relay, Route};
 use super::{dsn, maildir, mx, schedule, Settings};
@@ -58,6 +67,10 @@ pub struct Worker {
     /// since when unchanged (by this node's monotonic clock): one unchanged for a
     /// whole lease is taken over.
     watched: Mutex<HashMap<MessageId, Watched>>,
+    /// Messages whose transaction this node dropped, until when it leaves them be:
+    /// a next hop that had the end of data may still be answering it, and a new
+    /// transaction from here must not begin beside it.
+    resting: Mutex<HashMap<MessageId, Instant>>,
     /// Rung when an attempt ends: its slot is free, so the queue is looked at again
     /// at once instead of after `poll`.
     slot_freed: Notify,
@@ -79,6 +92,7 @@ impl Worker {
             settings,
             busy: Mutex::new(HashSet::new()),
             watched: Mutex::new(HashMap::new()),
+            resting: Mutex::new(HashMap::new()),
             slot_freed: Notify::new(),
             stopping: CancellationToken::new(),
         })
@@ -127,7 +141,16 @@ impl Worker {
                 }
             };
             let replaceable = self.watch(id, &due);
+            let resting: HashSet<MessageId> = {
+                let mut resting = self.resting.lock().expect("resting lock");
+                let now = Instant::now();
+                resting.retain(|_, until| *until > now);
+                resting.keys().copied().collect()
+            };
             for entry in due {
+                if resting.contains(&entry.message_id) {
+                    continue;
+                }
                 let replaces = match entry.lease {
                     Some(lease) if lease.node != id => {
                         if !replaceable.contains(&entry.message_id) {
@@ -258,13 +281,10 @@ impl Worker {
     /// and before each further route; once it is refused, or its usable time is over,
     /// or a report cannot be committed, the attempt stops.
     async fn attempt(&self, id: MessageId, replaces: Option<Lease>) {
-        let Leased::Granted {
-            seq,
-            mut usable_until,
-        } = self.lease(id, replaces).await
-        else {
+        let Leased::Granted { seq, usable_until } = self.lease(id, replaces).await else {
             return;
         };
+        let gate = LeaseGate::new(usable_until, self.settings.lease.mul_f64(HANDOVER));
         let Some(entry) = self.entry_after(id, seq).await else {
             return;
         };
@@ -297,7 +317,7 @@ impl Worker {
                 match self.lease(id, None).await {
                     Leased::Granted {
                         usable_until: u, ..
-                    } => usable_until = u,
+                    } => gate.renewed(u),
                     _ => {
                         tracing::warn!(%id, "delivery lease not renewed between next hops; the rest waits");
                         return;
@@ -305,8 +325,10 @@ impl Worker {
                 }
             }
             let started = Instant::now();
-            let send = self.send(&route, &entry, &body, recipients);
-            let Some((tls, replies)) = self.under_lease(id, send, usable_until).await else {
+            let send = self.send(&route, &entry, &body, recipients, &gate);
+            let Some((tls, replies)) = self.under_lease(id, send, &gate).await else {
+                let until = Instant::now() + self.settings.lease;
+                self.resting.lock().expect("resting lock").insert(id, until);
                 return;
             };
             let reported = self
@@ -326,10 +348,11 @@ impl Worker {
         }
     }
 
-    /// Runs `send` while this node's lease on `id`, usable until `usable_until`,
-    /// lasts: renewed at a third of its length (a renewal that was not committed is
-    /// tried again sooner), and the transaction dropped, unfinished, once a renewal is
-    /// refused or the lease's usable time is over. `None`: dropped; nothing is
+    /// Runs `send` while this node's lease on `id` (its usable time in `gate`)
+    /// lasts: renewed at a quarter of its length, or at once when the transaction
+    /// waits at its end of data for more usable time (a renewal that was not
+    /// committed is tried again sooner), and the transaction dropped, unfinished,
+    /// once a renewal is refused or the lease's usable time is over. `None`: dropped; nothing is
     /// reported (the outcome is unknown), and the message is tried again under a new
     /// lease, by this node (it still holds the lease on record) or by another that
     /// has seen it unrenewed for a whole lease.
@@ -337,13 +360,14 @@ impl Worker {
         &self,
         id: MessageId,
         send: impl Future<Output = T>,
-        mut usable_until: Instant,
+        gate: &LeaseGate,
     ) -> Option<T> {
         tokio::pin!(send);
-        let renew_every = self.settings.lease / 3;
+        let renew_every = self.settings.lease / 4;
         let mut renew_at = Instant::now() + renew_every;
         let mut renewal: Option<Pin<Box<dyn Future<Output = Leased> + Send + '_>>> = None;
         loop {
+            let usable_until = *gate.usable_until.borrow();
             if Instant::now() >= usable_until {
                 tracing::warn!(%id, "delivery lease not renewed in time; the transaction is dropped");
                 return None;
@@ -370,7 +394,7 @@ impl Worker {
                     renewal = None;
                     match leased {
                         Leased::Granted { usable_until: u, .. } => {
-                            usable_until = u;
+                            gate.renewed(u);
                             renew_at = Instant::now() + renew_every;
                         }
                         Leased::Refused => {
@@ -382,6 +406,12 @@ impl Worker {
                 }
                 _ = tokio::time::sleep_until(renew_at.into()), if renewal.is_none() => {
                     renewal = Some(Box::pin(self.lease(id, None)));
+                }
+                _ = gate.wanted.notified(), if renewal.is_none() => {
+                    // A wish left from while a renewal ran is spent if that one did.
+                    if gate.short() {
+                        renewal = Some(Box::pin(self.lease(id, None)));
+                    }
                 }
             }
         }
@@ -454,6 +484,7 @@ impl Worker {
         entry: &QueueEntry,
         body: &[u8],
         recipients: Vec<&str>,
+        handover: &dyn Handover,
     ) -> (Option<TlsInfo>, Replies) {
         let headers = format!(
             "X-Bulwark-Id: {}\r\nX-Bulwark-Action: {}\r\nX-Bulwark-Score: {:.1}\r\n",
@@ -470,6 +501,7 @@ impl Worker {
                     smtputf8: entry.smtputf8,
                     headers: headers.as_bytes(),
                     body,
+                    handover,
                 };
                 let sent = match route {
                     Route::Mx(mx) => self.via_mx(mx, &message).await,
@@ -481,6 +513,10 @@ impl Worker {
             Route::Maildir(root) => {
                 let (root, id, time_ms) = (root.clone(), entry.message_id, entry.time_ms);
                 let parts = [headers.into_bytes(), body.to_vec()];
+                // A Maildir file is named by the message, so a second delivery
+                // replaces the first; it is still written only under a lease that
+                // lasts, as an end of data is.
+                handover.ready().await;
                 let written = tokio::task::spawn_blocking(move || {
                     maildir::deliver(&root, id, time_ms, &[&parts[0], &parts[1]])
                 })
@@ -638,6 +674,66 @@ impl Worker {
 /// to take over running at different rates (up to 5% apart).
 const USABLE: f64 = 0.9;
 
+/// The share of a lease's length that must still be usable when the end of data is
+/// sent: with [`USABLE`] and monotonic clocks up to 5% apart, the next hop has more
+/// than half a lease to answer it before another node may take the message over,
+/// should this one lose its lease.
+const HANDOVER: f64 = 0.5;
+
+/// The lease a transaction runs under, as its end of data sees it: the message is
+/// handed to the next hop only while the lease stays usable for [`HANDOVER`] of its
+/// length more; with less left (renewals were not committed, or the lease was
+/// granted late), a renewal is asked for at once and the end of data waits for it.
+struct LeaseGate {
+    /// Until when this node may send under the lease (its monotonic clock).
+    usable_until: watch::Sender<Instant>,
+    /// Set when the end of data waits for a renewal.
+    wanted: Notify,
+    /// How long the lease must still be usable at the end of data.
+    answer: std::time::Duration,
+}
+
+impl LeaseGate {
+    fn new(usable_until: Instant, answer: std::time::Duration) -> LeaseGate {
+        LeaseGate {
+            usable_until: watch::Sender::new(usable_until),
+            wanted: Notify::new(),
+            answer,
+        }
+    }
+
+    fn renewed(&self, usable_until: Instant) {
+        self.usable_until.send_replace(usable_until);
+    }
+
+    /// Whether the lease is usable for less than the end of data needs.
+    fn short(&self) -> bool {
+        self.usable_until
+            .borrow()
+            .saturating_duration_since(Instant::now())
+            < self.answer
+    }
+}
+
+impl Handover for LeaseGate {
+    fn ready(&self) -> Pin<Box<dyn Future<Output = Instant> + Send + '_>> {
+        Box::pin(async move {
+            let mut usable = self.usable_until.subscribe();
+            loop {
+                let until = *usable.borrow_and_update();
+                if until.saturating_duration_since(Instant::now()) >= self.answer {
+                    return until - self.answer;
+                }
+                self.wanted.notify_one();
+                usable
+                    .changed()
+                    .await
+                    .expect("the gate keeps its sender while it is borrowed");
+            }
+        })
+    }
+}
+
 /// What asking for a lease gave.
 enum Leased {
     /// This node may send until `usable_until` (its monotonic clock); the lease was
@@ -674,4 +770,42 @@ fn clip(mut text: String) -> String {
         text.truncate(end);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_end_of_data_waits_for_a_lease_with_half_its_length_left() {
+        let answer = Duration::from_millis(1_500);
+        let start = Instant::now();
+        // Granted late: 1 s of usable time left, less than the 1.5 s the end of
+        // data needs.
+        let gate = LeaseGate::new(start + Duration::from_secs(1), answer);
+        assert!(gate.short());
+        let ready = gate.ready();
+        tokio::pin!(ready);
+        let asked = tokio::time::timeout(Duration::from_millis(100), gate.wanted.notified());
+        tokio::select! {
+            _ = &mut ready => panic!("handed over with a lease too short"),
+            asked = asked => asked.expect("a renewal asked for at once"),
+        }
+        // A renewal that moves the usable time on lets it through, by a deadline
+        // that leaves the next hop its answer time.
+        gate.renewed(start + Duration::from_millis(2_700));
+        let by = tokio::time::timeout(Duration::from_millis(10), ready)
+            .await
+            .expect("handed over once renewed");
+        assert_eq!(by, start + Duration::from_millis(1_200));
+        assert!(!gate.short());
+        // A lease fresh enough goes at once.
+        let fresh = LeaseGate::new(Instant::now() + Duration::from_secs(3), answer);
+        let by = tokio::time::timeout(Duration::from_millis(1), fresh.ready())
+            .await
+            .expect("at once");
+        assert!(by > Instant::now());
+    }
 }

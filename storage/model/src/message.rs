@@ -691,7 +691,10 @@ pub enum DeliveryCommand {
     /// - the holder reads its monotonic clock at `a`, then proposes; the lease is
     ///   granted at `g >= a`. It sends only before `a + 0.9 lease_ms` by its own
     ///   monotonic clock, aborting a transaction that would run past that, and
-    ///   renews (same `a` rule) to go on;
+    ///   renews (same `a` rule) to go on. It sends an end of data only before
+    ///   `a + 0.4 lease_ms`, so the next hop has more than half a lease to answer
+    ///   it before another node may begin (and the holder itself waits a whole lease
+    ///   before it tries a message whose transaction it dropped);
     /// - another node replaces that lease only with a `Claim` naming it, proposed
     ///   once it has seen the message's queue record unchanged, this very lease in
     ///   it, for `lease_ms` of its own monotonic clock. It can first see the lease
