@@ -91,9 +91,13 @@ pub mod cf {
     pub const TOKENS: &str = "tokens";
     /// The delivery queue by due time (`state/due.rs`).
     pub const DUE: &str = "due";
+    /// Mail flow counts by hour and day ([`crate::flow`]).
+    pub const FLOW: &str = "flow";
+    /// The quarantine by sender and recipient (`state/held.rs`).
+    pub const HELD: &str = "held";
 
-    pub const ALL: [&str; 10] = [
-        EVENTS, OP_IDS, META, BODIES, QUEUE, QUARANTINE, INDEX, BAYES, TOKENS, DUE,
+    pub const ALL: [&str; 12] = [
+        EVENTS, OP_IDS, META, BODIES, QUEUE, QUARANTINE, INDEX, BAYES, TOKENS, DUE, FLOW, HELD,
     ];
 }
 

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod flow;
 mod index;
 pub mod layout;
 mod log;
@@ -26,6 +27,7 @@ mod state;
 
 pub use bulwark_model::*;
 pub use error::{Error, Result};
+pub use flow::{Dimension, Flow, HourCounts};
 pub use index::EventFilter;
 pub use log::LogStore;
 pub use snapshot::{SnapshotFile, SnapshotStore};

@@ -14,9 +14,10 @@ use super::{
 };
 use crate::bayes::{self, BayesClass, BayesLesson, LessonBatch};
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent};
+use crate::flow::FlowBatch;
 use crate::index::{EventClock, Indexer};
 use crate::layout::cf;
-use crate::message::{MessageId, PolicyRejection};
+use crate::message::PolicyRejection;
 use crate::user::{UserAction, WRONG_CREDENTIALS};
 use crate::{codec, Error, Result};
 use crate::{policy, signer, token, user};
@@ -45,6 +46,8 @@ struct Batch<'s, 'a> {
     dropped: Option<u64>,
     /// The cluster's active feature level once raised by this batch.
     feature_level: Option<u32>,
+    /// The mail flow counts of the events it records.
+    flow: FlowBatch,
 }
 
 impl StateStore {
@@ -103,6 +106,7 @@ impl StateStore {
             recorded: purging.then(HashMap::new),
             dropped: None,
             feature_level: None,
+            flow: FlowBatch::default(),
         }
     }
 
@@ -222,6 +226,7 @@ impl StateStore {
                 codec::encode(&stored)?,
             );
             batch.indexer.add(&mut batch.write, &stored);
+            batch.flow.count(&stored);
             let kind = &stored.event.kind;
             *batch.counted.events.entry(kind.type_name()).or_default() += 1;
             if let EventKind::ScanVerdict(v) = kind {
@@ -271,12 +276,16 @@ impl StateStore {
             purged,
             dropped,
             feature_level,
+            flow,
             ..
         } = batch;
         // How the batch changes the number of queued and quarantined messages.
         let mut depth_change = (0i64, 0i64);
         for (id, record) in &changes.quarantine {
-            depth_change.1 += self.presence_change(cf::QUARANTINE, *id, record.is_some())?;
+            // The stored record: what the depth and the address index move from.
+            let stored = self.quarantine_record(*id)?;
+            depth_change.1 += i64::from(record.is_some()) - i64::from(stored.is_some());
+            super::held::update(&self.db, &mut write, stored.as_ref(), record.as_ref());
         }
         let mut due_added = Vec::new();
         for (id, entry) in &changes.queue {
@@ -287,6 +296,7 @@ impl StateStore {
             super::due::update(&self.db, &mut write, old, new, &mut due_added);
         }
         self.write_changes(&mut write, changes)?;
+        flow.write(&self.db, self.cf(cf::FLOW), &mut write)?;
         if let Some(lessons) = &lessons {
             let bayes_cf = self.cf(cf::BAYES);
             for (token, counts) in lessons.rows() {
@@ -434,11 +444,6 @@ impl StateStore {
     }
 
     /// +1 if `id` becomes present in column family `name`, -1 if it leaves it, else 0.
-    fn presence_change(&self, name: &str, id: MessageId, present: bool) -> Result<i64> {
-        let stored = self.db.get_pinned_cf(self.cf(name), id.key())?.is_some();
-        Ok(i64::from(present) - i64::from(stored))
-    }
-
     /// A Bayesian lesson on top of the batch's earlier ones.
     fn learn(&self, lessons: &mut Option<LessonBatch>, lesson: &BayesLesson) -> Result<EventKind> {
         let memory = self.bayes.read().expect("bayes lock");

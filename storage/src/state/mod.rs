@@ -37,6 +37,7 @@ mod due;
 mod erase;
 mod filters;
 mod generations;
+mod held;
 mod purge;
 mod reads;
 #[cfg(test)]
@@ -58,6 +59,10 @@ const INDEX_VERSION: u8 = 1;
 const META_EVENT_CLOCK: &str = "event_clock";
 /// Present once the queue is indexed by due time (`due.rs`).
 const META_DUE_INDEX: &str = "due_index";
+/// Present once the quarantine is indexed by address (`held.rs`).
+const META_HELD_INDEX: &str = "held_index";
+/// Present once the mail flow is counted (`crate::flow`).
+const META_FLOW: &str = "flow_counts";
 /// Present once the names of revoked tokens are kept (`token::retired_key`).
 const META_REVOKED_NAMES: &str = "revoked_token_names";
 /// The last event removed by the log's retention and its hash: `(seq, hash)`.
@@ -171,6 +176,8 @@ impl StateStore {
             layout::check_format(db.get_cf(meta, layout::DATA_FORMAT_KEY)?.as_deref(), dir)?;
         build_index(&db)?;
         build_due_index(&db)?;
+        build_flow(&db)?;
+        build_held_index(&db)?;
         let store = Self::with_db(db, dir)?;
         store.keep_revoked_names()?;
         // Recorded once every conversion is done: an interrupted one runs again.
@@ -445,6 +452,32 @@ fn build_due_index(db: &DB) -> Result<()> {
     due::rebuild(db, &mut batch)?;
     batch.put_cf(meta, META_DUE_INDEX, [1]);
     db.write(batch)?;
+    Ok(())
+}
+
+/// Indexes the quarantine by address in a database written before that index
+/// (once: the mark is stored with it).
+fn build_held_index(db: &DB) -> Result<()> {
+    let meta = cf_handle(db, cf::META);
+    if db.get_cf(meta, META_HELD_INDEX)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    held::rebuild(db, &mut batch)?;
+    batch.put_cf(meta, META_HELD_INDEX, [1]);
+    db.write(batch)?;
+    Ok(())
+}
+
+/// Counts the mail flow of a database written before the counts (once: the mark is
+/// stored after them, so an interrupted count starts over).
+fn build_flow(db: &DB) -> Result<()> {
+    let meta = cf_handle(db, cf::META);
+    if db.get_cf(meta, META_FLOW)?.is_some() {
+        return Ok(());
+    }
+    crate::flow::rebuild(db, cf_handle(db, cf::EVENTS), cf_handle(db, cf::FLOW))?;
+    db.put_cf(meta, META_FLOW, [1])?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use rocksdb::{Direction, IteratorMode};
 use super::filters::{QuarantineFilter, QueueFilter};
 use super::{StateStore, META_EXPORT_CURSOR, META_EXPORT_SHIPPED};
 use crate::event::{EventKind, Hash, StoredEvent};
+use crate::flow::{Dimension, HourCounts};
 use crate::index::{self, EventFilter, MAX_SCAN};
 use crate::layout::cf;
 use crate::message::{
@@ -148,6 +149,29 @@ impl StateStore {
         }
     }
 
+    /// The mail flow of every hour from the one holding `since_ms` to the one holding
+    /// `until_ms` (both included; a database opened read-only from before the counts
+    /// has none).
+    pub fn flow_hours(&self, since_ms: i64, until_ms: i64) -> Result<Vec<HourCounts>> {
+        match self.db.cf_handle(cf::FLOW) {
+            Some(flow) => crate::flow::hours(&self.db, flow, since_ms, until_ms),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The `n` values of `dimension` counted most on the day (UTC) holding `day_ms`.
+    pub fn flow_top(
+        &self,
+        day_ms: i64,
+        dimension: Dimension,
+        n: usize,
+    ) -> Result<Vec<(String, u64)>> {
+        match self.db.cf_handle(cf::FLOW) {
+            Some(flow) => crate::flow::top(&self.db, flow, day_ms, dimension, n),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// A quarantined message's record.
     pub fn quarantine_record(&self, id: MessageId) -> Result<Option<QuarantineRecord>> {
         match self.db.get_pinned_cf(self.cf(cf::QUARANTINE), id.key())? {
@@ -193,6 +217,20 @@ impl StateStore {
         after: Option<MessageId>,
         limit: usize,
     ) -> Result<(Vec<QuarantineRecord>, Option<MessageId>)> {
+        // By sender or recipient: only the messages of that address or domain.
+        let term = super::held::term_for(filter.sender.as_deref(), filter.recipient.as_deref());
+        if let Some(term) = term {
+            let mut out = Vec::new();
+            let next = super::held::walk(&self.db, &term, after, MAX_SCAN, |id| {
+                if let Some(record) = self.quarantine_record(id)? {
+                    if filter.matches(&record) {
+                        out.push(record);
+                    }
+                }
+                Ok(out.len() < limit)
+            })?;
+            return Ok((out, next));
+        }
         self.page_by_id(cf::QUARANTINE, after, limit, |record: &QuarantineRecord| {
             (record.message_id, filter.matches(record))
         })

@@ -2398,3 +2398,289 @@ fn the_queue_is_found_by_due_time_and_indexed_anew_when_opened_without_the_index
     let state = StateDir::open(dir.path()).unwrap();
     assert_eq!(found(&state.current(), 2_000, 10), [ids[0], ids[2], ids[1]]);
 }
+
+#[test]
+fn mail_flow_is_counted_by_hour_and_day_as_applied_and_again_from_the_log() {
+    use crate::flow::{Dimension, Flow};
+    use crate::message::{Client, Rejection, Symbol};
+    const HOUR: i64 = 3_600_000;
+    // 2025-11-28 03:00 UTC, an hour's start.
+    let t0 = 1_764_298_800_000;
+    let dir = tempfile::tempdir().unwrap();
+    let accept = |n: u128, time_ms: i64, from: &str, to: &[&str], action: Action, top: &str| {
+        let mut received = samples::received();
+        received.message_id = MessageId::new(time_ms, n);
+        received.envelope.mail_from = from.into();
+        received.envelope.rcpt_to = to.iter().map(|r| r.to_string()).collect();
+        let mut verdict = samples::verdict(received.message_id);
+        verdict.action = action;
+        for (name, score) in [("HTML_ONLY", 0.3), (top, 6.0), ("DKIM_VALID", -0.1)] {
+            verdict.symbols.push(Symbol {
+                name: name.into(),
+                score,
+                description: String::new(),
+                engine: "rules".into(),
+            });
+        }
+        Op {
+            id: n,
+            time_ms,
+            node: 1,
+            command: Command::AcceptMessage(Box::new(AcceptedMessage {
+                verdict,
+                received,
+                body: b"body".to_vec(),
+            })),
+        }
+    };
+    let refused = |n: u128, time_ms: i64, reason: &str| Op {
+        id: n,
+        time_ms,
+        node: 2,
+        command: Command::Record(EventKind::MessageRejected(Box::new(Rejection {
+            client: Client {
+                ip: "192.0.2.9".parse().unwrap(),
+                port: 1,
+                helo: None,
+                tls: None,
+                proxy: None,
+            },
+            mail_from: Some("x@spam.test".into()),
+            rcpt_to: vec!["y@elsewhere.test".into()],
+            reason: reason.into(),
+            reply: "554 5.7.1 no".into(),
+        }))),
+    };
+    let first = accept(
+        1,
+        t0 + 5,
+        "a@News.Test",
+        &["bob@example.test", "c@example.test", "d@other.test"],
+        Action::Tag,
+        "BAYES_99",
+    );
+    let first_id = MessageId::new(t0 + 5, 1);
+    let ops = [
+        first,
+        accept(
+            2,
+            t0 + 10,
+            "a@news.test",
+            &["b@example.test"],
+            Action::Quarantine,
+            "BAYES_99",
+        ),
+        accept(
+            3,
+            t0 + HOUR + 1,
+            "",
+            &["b@example.test"],
+            Action::Quarantine,
+            "MALWARE",
+        ),
+        accept(
+            4,
+            t0 + HOUR + 2,
+            "z@shop.test",
+            &["b@example.test"],
+            Action::Deliver,
+            "X",
+        ),
+        refused(5, t0 + HOUR + 3, "relay_denied"),
+        refused(6, t0 + HOUR + 4, "relay_denied"),
+        refused(7, t0 + 2 * HOUR + 5, "message_too_big"),
+    ];
+    let delivered = Op {
+        id: 8,
+        time_ms: t0 + HOUR + 9,
+        node: 1,
+        command: Command::Delivery(Box::new(DeliveryCommand::Report {
+            report: samples::delivered(first_id),
+            bounce: None,
+        })),
+    };
+    let expect = |store: &StateStore| {
+        let hours = store.flow_hours(t0 - 1, t0 + 3 * HOUR).unwrap();
+        let starts: Vec<i64> = hours.iter().map(|h| h.start_ms).collect();
+        assert_eq!(
+            starts,
+            [t0 - HOUR, t0, t0 + HOUR, t0 + 2 * HOUR, t0 + 3 * HOUR]
+        );
+        let row = |h: usize| Flow::ALL.map(|f| hours[h].get(f));
+        // received, delivered, tagged, quarantined, rejected, failed
+        assert_eq!(row(0), [0; 6]);
+        assert_eq!(row(1), [2, 0, 1, 1, 0, 0]);
+        assert_eq!(row(2), [2, 1, 0, 1, 2, 0]);
+        assert_eq!(row(3), [0, 0, 0, 0, 1, 0]);
+        let top = |d| store.flow_top(t0, d, 10).unwrap();
+        let owned = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+            v.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+        };
+        assert_eq!(
+            top(Dimension::SenderDomain),
+            owned(&[("news.test", 2), ("<>", 1), ("shop.test", 1)])
+        );
+        // Once per message, however many of its recipients share a domain.
+        assert_eq!(
+            top(Dimension::RecipientDomain),
+            owned(&[("example.test", 4), ("other.test", 1)])
+        );
+        assert_eq!(
+            top(Dimension::JudgedFor),
+            owned(&[("BAYES_99", 2), ("MALWARE", 1)])
+        );
+        assert_eq!(
+            top(Dimension::RefusedFor),
+            owned(&[("relay_denied", 2), ("message_too_big", 1)])
+        );
+        assert_eq!(
+            store
+                .flow_top(t0, Dimension::SenderDomain, 1)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(store
+            .flow_top(t0 + 24 * HOUR, Dimension::SenderDomain, 10)
+            .unwrap()
+            .is_empty());
+    };
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        // Across batches: a count already stored is added to, not replaced.
+        store.apply(&[(1, &ops[..3])], b"1").unwrap();
+        store.apply(&[(2, &ops[3..])], b"2").unwrap();
+        store.apply(&[(3, &[delivered][..])], b"3").unwrap();
+        expect(&store);
+        // As a database written before the counts: none of them, no mark.
+        let flow = store.cf(cf::FLOW);
+        for item in store.db.iterator_cf(flow, IteratorMode::Start) {
+            store.db.delete_cf(flow, item.unwrap().0).unwrap();
+        }
+        store.db.delete_cf(store.cf(cf::META), META_FLOW).unwrap();
+        assert_eq!(store.flow_hours(t0, t0).unwrap()[0].counts, [0; 6]);
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    expect(&state.current());
+}
+
+#[test]
+fn the_quarantine_by_address_answers_what_a_scan_answers_and_is_built_for_old_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let senders = [
+        "Ann@News.test",
+        "bea@news.test",
+        "",
+        "\"x@y\"@odd.test",
+        "eve@sender.test",
+    ];
+    let recipients = [
+        vec!["bob@example.test"],
+        vec!["Carol@Example.test", "dan@other.test"],
+        vec!["dan@other.test"],
+    ];
+    let ops: Vec<Op> = (1..=30u128)
+        .map(|n| {
+            quarantined(n, |received, _| {
+                received.envelope.mail_from = senders[n as usize % senders.len()].into();
+                received.envelope.rcpt_to = recipients[n as usize % recipients.len()]
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect();
+            })
+        })
+        .collect();
+    let patterns = [
+        "ann@news.test",
+        "@NEWS.test",
+        "<>",
+        "",
+        "@odd.test",
+        "@y\"@odd.test",
+        "\"x@y\"@odd.test",
+        "@example.test",
+        "carol@example.test",
+        "nobody@news.test",
+    ];
+    // Every page of a search, a few at a time, against the filter applied to all.
+    let check = |store: &StateStore| {
+        let (all, _) = store
+            .quarantine_list(&QuarantineFilter::default(), None, 1000)
+            .unwrap();
+        for pattern in patterns {
+            for filter in [
+                QuarantineFilter {
+                    sender: Some(pattern.into()),
+                    ..Default::default()
+                },
+                QuarantineFilter {
+                    recipient: Some(pattern.into()),
+                    subject: Some("HELLO".into()),
+                    ..Default::default()
+                },
+            ] {
+                let want: Vec<MessageId> = all
+                    .iter()
+                    .filter(|r| filter.matches(r))
+                    .map(|r| r.message_id)
+                    .collect();
+                let mut got = Vec::new();
+                let mut after = None;
+                loop {
+                    let (page, next) = store.quarantine_list(&filter, after, 4).unwrap();
+                    assert!(page.len() <= 4);
+                    got.extend(page.iter().map(|r| r.message_id));
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                assert_eq!(got, want, "{filter:?}");
+            }
+        }
+        all.len()
+    };
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        store.apply(&[(1, &ops[..])], b"1").unwrap();
+        assert_eq!(check(&store), 30);
+        // A message released leaves the index with the quarantine.
+        let (first, _) = store
+            .quarantine_list(
+                &QuarantineFilter {
+                    sender: Some("ann@news.test".into()),
+                    ..Default::default()
+                },
+                None,
+                1,
+            )
+            .unwrap();
+        let release = Op {
+            id: 100,
+            time_ms: 1_764_300_100_000,
+            node: 1,
+            command: Command::Quarantine(Box::new(QuarantineCommand {
+                message_id: first[0].message_id,
+                action: QuarantineAction::Release,
+                reason: "ok".into(),
+                user: "admin".into(),
+                client_ip: None,
+            })),
+        };
+        store.apply(&[(2, &[release][..])], b"2").unwrap();
+        assert_eq!(check(&store), 29);
+        // As a database written before the index: none of it, no mark.
+        let held = store.cf(cf::HELD);
+        for item in store.db.iterator_cf(held, IteratorMode::Start) {
+            store.db.delete_cf(held, item.unwrap().0).unwrap();
+        }
+        store
+            .db
+            .delete_cf(store.cf(cf::META), META_HELD_INDEX)
+            .unwrap();
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    assert_eq!(check(&state.current()), 29);
+}
