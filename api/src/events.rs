@@ -91,27 +91,72 @@ pub(crate) struct EventPage {
 pub(crate) struct EventQuery {
     /// Events after this seq (a page's `next`).
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]
-    after: Option<u64>,
+    pub(crate) after: Option<u64>,
     /// Events in a page, 1 to 1000 (default 100); not with the export.
     #[param(minimum = 1, maximum = 1000)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     #[serde(rename = "type")]
-    type_name: Option<String>,
+    pub(crate) type_name: Option<String>,
     /// Events about this message (its id, as in `250 2.0.0 Ok: queued as ID`).
     #[param(pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")]
-    message_id: Option<String>,
-    sender: Option<String>,
-    recipient: Option<String>,
-    action: Option<String>,
-    client_ip: Option<String>,
+    pub(crate) message_id: Option<String>,
+    pub(crate) sender: Option<String>,
+    pub(crate) recipient: Option<String>,
+    pub(crate) action: Option<String>,
+    pub(crate) client_ip: Option<String>,
     /// Events of this caller (`user.name`: a token's name), e.g. the reads and
     /// actions of one person.
-    user: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) since: Option<String>,
+    pub(crate) until: Option<String>,
 }
 
 impl EventQuery {
+    /// The query with every filter given empty left out, as a form sends them.
+    pub(crate) fn given(mut self) -> EventQuery {
+        for field in [
+            &mut self.type_name,
+            &mut self.message_id,
+            &mut self.sender,
+            &mut self.recipient,
+            &mut self.action,
+            &mut self.client_ip,
+            &mut self.user,
+            &mut self.since,
+            &mut self.until,
+        ] {
+            if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *field = None;
+            }
+        }
+        self
+    }
+
+    /// The filters as a query string (no `after`, no `limit`).
+    pub(crate) fn query_string(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in self.named() {
+            if let Some(value) = value {
+                query.append_pair(name, value);
+            }
+        }
+        query.finish()
+    }
+
+    fn named(&self) -> [(&'static str, Option<&str>); 9] {
+        [
+            ("type", self.type_name.as_deref()),
+            ("message_id", self.message_id.as_deref()),
+            ("sender", self.sender.as_deref()),
+            ("recipient", self.recipient.as_deref()),
+            ("action", self.action.as_deref()),
+            ("client_ip", self.client_ip.as_deref()),
+            ("user", self.user.as_deref()),
+            ("since", self.since.as_deref()),
+            ("until", self.until.as_deref()),
+        ]
+    }
+
     /// True when the query looks for a person: an address (a sender, a recipient, a
     /// client) or a caller.
     fn person(&self) -> bool {
@@ -125,25 +170,15 @@ impl EventQuery {
     /// (its verdict, subject and envelope) or looking for a person. Such a page of
     /// the log is a read on record; a page by sequence, type, action or time alone is
     /// the feed itself.
-    fn concerns_someone(&self) -> bool {
+    pub(crate) fn concerns_someone(&self) -> bool {
         self.message_id.is_some() || self.person()
     }
 
     /// The read this query is, as recorded: a `trace` of the message it is filtered
     /// to (`filter`'s), else a `search` when it looks for a person, else an `export`
     /// of the log.
-    fn read(&self, filter: &EventFilter, what: &str) -> Read {
-        let filters = crate::access::query(&[
-            ("type", self.type_name.as_deref()),
-            ("message_id", self.message_id.as_deref()),
-            ("sender", self.sender.as_deref()),
-            ("recipient", self.recipient.as_deref()),
-            ("action", self.action.as_deref()),
-            ("client_ip", self.client_ip.as_deref()),
-            ("user", self.user.as_deref()),
-            ("since", self.since.as_deref()),
-            ("until", self.until.as_deref()),
-        ]);
+    pub(crate) fn read(&self, filter: &EventFilter, what: &str) -> Read {
+        let filters = crate::access::query(&self.named());
         Read {
             kind: match (filter.message_id, self.person()) {
                 (Some(_), _) => ReadKind::Trace,
@@ -159,7 +194,7 @@ impl EventQuery {
         }
     }
 
-    fn filter(&self) -> Result<EventFilter, ApiError> {
+    pub(crate) fn filter(&self) -> Result<EventFilter, ApiError> {
         let message_id = match self.message_id.as_deref() {
             Some(id) => Some(
                 id.parse::<MessageId>()
@@ -250,13 +285,23 @@ pub(crate) async fn export(
 ) -> Result<Response, ApiError> {
     let caller = s.caller(&headers, Access::Events)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    export_for(s, &caller, client_ip, q).await
+}
+
+/// The export of [`export`] for `caller`, recorded as their read.
+pub(crate) async fn export_for(
+    s: ApiState,
+    caller: &crate::auth::Caller,
+    client_ip: Option<std::net::IpAddr>,
+    q: EventQuery,
+) -> Result<Response, ApiError> {
     if q.limit.is_some() {
         return Err(ApiError::bad_request(
             "the export has no limit: it streams every matching event (list pages with /v1/events)",
         ));
     }
     let filter = q.filter()?;
-    s.record_read(&caller, client_ip, q.read(&filter, "events/export"))
+    s.record_read(caller, client_ip, q.read(&filter, "events/export"))
         .await?;
     let after = seq("after", q.after)?.unwrap_or(0);
     // Pages are read as the client takes them; an error after the first line can

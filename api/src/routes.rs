@@ -48,6 +48,9 @@ pub struct ApiState {
     pub policy: Arc<dyn crate::PolicyEngine>,
     /// The API is served over TLS: the console's session cookies are `Secure`.
     pub tls: bool,
+    /// The free bytes of this node's data directory's file system as last read, and
+    /// the floor below which its SMTP refuses mail (`smtp.min_free_disk_mb`).
+    pub disk_free: Arc<dyn Fn() -> (u64, u64) + Send + Sync>,
 }
 
 /// The OpenAPI document's frame; the paths come from the handlers' annotations.

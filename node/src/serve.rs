@@ -193,6 +193,10 @@ async fn serve(config: Config) -> Result<()> {
         reads: Arc::default(),
         policy: Arc::new(PolicyForApi(live_policy.clone(), config.siem_local.clone())),
         tls: api_tls.is_some(),
+        disk_free: {
+            let disk = disk.clone();
+            Arc::new(move || (disk.free(), disk.min_free()))
+        },
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, api_tls, state, async {
         let _ = api_stopped.await;

@@ -385,3 +385,226 @@ fn hostile_markup_in_a_message_is_text_on_every_page() {
         "{reads:#?}"
     );
 }
+
+/// The totals the flow page gives `label`: the last day's, then the last two weeks'.
+fn totals(page: &str, label: &str) -> Vec<u64> {
+    let marker = format!("{label}<span class=\"total\">");
+    page.match_indices(&marker)
+        .map(|(at, _)| {
+            let rest = &page[at + marker.len()..];
+            rest[..rest.find('<').unwrap()].parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_flow_queue_events_and_cluster_pages_show_what_happened_and_act() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("local.cf");
+    std::fs::write(
+        &rules,
+        "body LOCAL_FISHY /fishy offer/i\nscore LOCAL_FISHY 12.0\n",
+    )
+    .unwrap();
+    let node = Node::start_with(
+        "",
+        &format!(
+            "{}\n[scan]\nrules = [\"{}\"]\n",
+            common::held_delivery(),
+            rules.display()
+        ),
+    );
+    let mut smtp = Smtp::ehlo(node.smtp);
+    let mut ids = Vec::new();
+    for (from, subject) in [
+        ("ann@news.test", "Weekly news"),
+        ("bea@news.test", "More news"),
+        ("eve@sender.test", "A fishy offer"),
+    ] {
+        let body = format!(
+            "From: {from}\r\nTo: bob@example.test\r\nSubject: {subject}\r\n\r\nA {subject}.\r\n"
+        );
+        let reply = smtp.send_message(from, &["bob@example.test", "carol@example.test"], &body);
+        assert_eq!(reply.code, 250, "{reply:?}");
+        ids.push(reply.queued_id());
+    }
+    assert_eq!(smtp.cmd("MAIL FROM:<x@spam.test>").code, 250);
+    assert_eq!(smtp.cmd("RCPT TO:<elsewhere@relay.test>").code, 554);
+    node.wait_events("message.rejected", 1);
+    node.wait_message_event(
+        &ids[0],
+        "delivery.deferred",
+        1,
+        std::time::Duration::from_secs(15),
+    );
+    node.wait_message_event(
+        &ids[1],
+        "delivery.deferred",
+        1,
+        std::time::Duration::from_secs(15),
+    );
+    let admin = session(&node, "admin", &node.token());
+
+    // Mail flow: the counts of the last day and the day's top lists.
+    let flow = get(&node, &admin, "/ui/flow");
+    assert_eq!(flow.status(), 200);
+    let flow = flow.text().unwrap();
+    assert_eq!(totals(&flow, "Received"), [3, 3], "{flow}");
+    assert_eq!(totals(&flow, "Quarantined"), [1, 1], "{flow}");
+    assert_eq!(totals(&flow, "Refused"), [1, 1], "{flow}");
+    assert_eq!(totals(&flow, "Delivered"), [0, 0], "{flow}");
+    assert!(
+        flow.contains("<td class=\"addr\">news.test</td><td class=\"num\">2</td>"),
+        "{flow}"
+    );
+    assert!(
+        flow.contains("<td class=\"addr\">example.test</td><td class=\"num\">3</td>"),
+        "{flow}"
+    );
+    assert!(
+        flow.contains("<td class=\"addr\">LOCAL_FISHY</td><td class=\"num\">1</td>"),
+        "{flow}"
+    );
+    assert!(
+        flow.contains("<td class=\"addr\">relay_denied</td><td class=\"num\">1</td>"),
+        "{flow}"
+    );
+    assert!(flow.contains("<svg class=\"chart received\""), "{flow}");
+    let bad_day = get(&node, &admin, "/ui/flow?day=yesterday");
+    assert_eq!(bad_day.status(), 400);
+
+    // The queue: both deferred messages with the next hop's failure, one held from
+    // the page's own form, on record under the person's name.
+    let queue = get(&node, &admin, "/ui/queue?sender=news.test")
+        .text()
+        .unwrap();
+    assert!(
+        queue.contains(&ids[0]) && queue.contains(&ids[1]),
+        "{queue}"
+    );
+    assert!(!queue.contains(&ids[2]), "quarantined, not queued: {queue}");
+    assert!(queue.contains("badge deferred"), "{queue}");
+    let acted = browser()
+        .post(format!("{}/ui/queue/act", node.api))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", csrf(&queue).as_str()),
+            ("action", "hold"),
+            ("id", ids[0].as_str()),
+            ("back", "/ui/queue?sender=news.test"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(acted.status(), 303);
+    let back = location(&acted);
+    assert!(
+        back.starts_with("/ui/queue?sender=news.test&action=hold&done=1"),
+        "{back}"
+    );
+    let told = get(&node, &admin, &back).text().unwrap();
+    assert!(told.contains("Held: 1."), "{told}");
+    let held = get(&node, &admin, "/ui/queue?status=held").text().unwrap();
+    assert!(held.contains(&ids[0]) && !held.contains(&ids[1]), "{held}");
+    assert!(held.contains("badge held"), "{held}");
+    let elsewhere = browser()
+        .post(format!("{}/ui/queue/act", node.api))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", csrf(&queue).as_str()),
+            ("action", "retry"),
+            ("id", ids[1].as_str()),
+            ("back", "/ui/users"),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(
+        location(&elsewhere).split('?').next(),
+        Some("/ui/queue"),
+        "back only to the queue"
+    );
+    let no_csrf = browser()
+        .post(format!("{}/ui/queue/act", node.api))
+        .header("cookie", &admin)
+        .form(&[("action", "delete"), ("id", ids[1].as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(no_csrf.status(), 403);
+    let api = Api::new(&node);
+    let actions = events(&api, "api.action");
+    assert!(
+        actions.iter().any(|a| a["action"] == "queue.hold"
+            && a["message_id"] == ids[0].as_str()
+            && a["user"]["name"] == "admin"),
+        "{actions:#?}"
+    );
+    let (status, entry) = api.get("/v1/queue?status=held");
+    assert_eq!(status, 200);
+    assert_eq!(entry["items"].as_array().unwrap().len(), 1, "{entry}");
+
+    // The event log: filtered by type, exported with the same filter as NDJSON.
+    let log = get(&node, &admin, "/ui/events?type=message.received&sender=")
+        .text()
+        .unwrap();
+    assert_eq!(
+        log.matches("<span class=\"badge\">message.received</span>")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert!(
+        log.contains("/ui/events/export?type=message.received"),
+        "{log}"
+    );
+    let export = get(&node, &admin, "/ui/events/export?type=message.received");
+    assert_eq!(export.status(), 200);
+    assert!(export.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment"));
+    let lines: Vec<Value> = export
+        .text()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["type"] == "message.received"));
+    let reads = events(&api, "access.read");
+    assert!(
+        reads
+            .iter()
+            .any(|r| r["user"]["name"] == "admin"
+                && r["query"] == "events/export?type=message.received"),
+        "{reads:#?}"
+    );
+    let bad = get(&node, &admin, "/ui/events?client_ip=not-an-address");
+    assert_eq!(bad.status(), 400);
+
+    // Cluster health: this node leads a cluster of one, with its disk.
+    let cluster = get(&node, &admin, "/ui/cluster").text().unwrap();
+    assert!(cluster.contains("Node 1 leads, term"), "{cluster}");
+    assert!(cluster.contains("1 of 1 members answer it"), "{cluster}");
+    assert!(cluster.contains(" free"), "{cluster}");
+
+    // An auditor reads the flow and the queue but may not act on it.
+    let (status, made) = api.post_json(
+        "/v1/users",
+        &json!({"name": "audrey", "role": "auditor", "password": "a long enough password"}),
+    );
+    assert_eq!(status, 201, "{made}");
+    let auditor = session(&node, "audrey", "a long enough password");
+    assert_eq!(get(&node, &auditor, "/ui/flow").status(), 200);
+    let queue = get(&node, &auditor, "/ui/queue").text().unwrap();
+    assert!(!queue.contains("Retry now"), "{queue}");
+    let refused = browser()
+        .post(format!("{}/ui/queue/act", node.api))
+        .header("cookie", &auditor)
+        .form(&[
+            ("csrf", csrf(&queue).as_str()),
+            ("action", "delete"),
+            ("id", ids[1].as_str()),
+        ])
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+}

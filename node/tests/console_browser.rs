@@ -4,8 +4,9 @@
 //! sender, open the invoice that never arrived, read why it was held, release it
 //! with a reason, and watch its timeline until it is delivered; the next hop got it,
 //! and the release is on record under their name with the reason. A page with a
-//! hostile subject runs none of it. They make a user for the help desk, then sign
-//! out.
+//! hostile subject runs none of it. They make a user for the help desk, look at
+//! the mail flow's charts, find the release in the event log, see the cluster's
+//! health, then sign out.
 //!
 //! `.ci/run` installs `chromium` and `chromium-driver`; without them the test says
 //! so and passes, but fails under CI. With `BULWARK_SCREENSHOTS=DIR` it saves the
@@ -310,6 +311,29 @@ fn a_person_signs_in_finds_opens_and_releases_a_quarantined_message_in_chromium(
         let users = says(&c, "helpdesk was made.").await;
         assert!(users.contains("operator"), "{users}");
         picture(&c, "users").await;
+
+        // The mail flow, the event log and the cluster, from the navigation.
+        click(&c, Locator::LinkText("Mail flow")).await;
+        settled(&c, |url| url.ends_with("/ui/flow")).await;
+        let flow = says(&c, "Top of").await;
+        for said in ["supplier.test", "LOCAL_FISHY", "Quarantined\n3"] {
+            assert!(flow.contains(said), "{said}: {flow}");
+        }
+        let charts = c.find_all(Locator::Css("svg.chart")).await.unwrap();
+        assert_eq!(charts.len(), 12, "six kinds, by hour and by day");
+        picture(&c, "flow").await;
+        click(&c, Locator::LinkText("Events")).await;
+        settled(&c, |url| url.ends_with("/ui/events")).await;
+        type_in(&c, "type", "quarantine.released").await;
+        click(&c, Locator::Css("form.search button[type=submit]")).await;
+        settled(&c, |url| url.contains("type=quarantine.released")).await;
+        let log = says(&c, "a supplier's invoice").await;
+        assert!(!log.contains("message.received"), "{log}");
+        picture(&c, "events").await;
+        click(&c, Locator::LinkText("Cluster")).await;
+        settled(&c, |url| url.ends_with("/ui/cluster")).await;
+        says(&c, "Node 1 leads").await;
+        picture(&c, "cluster").await;
 
         // Signing out ends it: the console asks for a sign-in again.
         click(&c, Locator::Css("form.who button")).await;

@@ -8,26 +8,46 @@ use crate::auth::Access;
 /// The sections of the console, in the order the navigation shows them.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Section {
+    Flow,
     Quarantine,
     Messages,
+    Queue,
+    Events,
+    Cluster,
     Users,
 }
 
 impl Section {
-    const ALL: [Section; 3] = [Section::Quarantine, Section::Messages, Section::Users];
+    const ALL: [Section; 7] = [
+        Section::Flow,
+        Section::Quarantine,
+        Section::Messages,
+        Section::Queue,
+        Section::Events,
+        Section::Cluster,
+        Section::Users,
+    ];
 
     fn title(self) -> &'static str {
         match self {
+            Section::Flow => "Mail flow",
             Section::Quarantine => "Quarantine",
             Section::Messages => "Message trace",
+            Section::Queue => "Queue",
+            Section::Events => "Events",
+            Section::Cluster => "Cluster",
             Section::Users => "Users",
         }
     }
 
     fn path(self) -> &'static str {
         match self {
+            Section::Flow => "/ui/flow",
             Section::Quarantine => "/ui/quarantine",
             Section::Messages => "/ui/messages",
+            Section::Queue => "/ui/queue",
+            Section::Events => "/ui/events",
+            Section::Cluster => "/ui/cluster",
             Section::Users => "/ui/users",
         }
     }
@@ -35,7 +55,11 @@ impl Section {
     /// What a role needs to see the section in the navigation.
     fn access(self) -> Access {
         match self {
-            Section::Quarantine | Section::Messages => Access::Messages,
+            Section::Flow | Section::Quarantine | Section::Messages | Section::Queue => {
+                Access::Messages
+            }
+            Section::Events => Access::Events,
+            Section::Cluster => Access::Status,
             Section::Users => Access::Tokens,
         }
     }
@@ -99,7 +123,7 @@ pub(crate) fn time(ms: i64) -> String {
     shown
 }
 
-/// A size in bytes as a person reads it: `812 B`, `2.0 KiB`, `1.5 MiB`.
+/// A size in bytes as a person reads it: `812 B`, `2.0 KiB`, `1.5 MiB`, `3.0 GiB`.
 pub(crate) fn size(bytes: u64) -> String {
     const KIB: f64 = 1024.0;
     // Sizes are far below 2^52 bytes: the conversion is exact.
@@ -109,8 +133,10 @@ pub(crate) fn size(bytes: u64) -> String {
         format!("{bytes} B")
     } else if b < KIB * KIB {
         format!("{:.1} KiB", b / KIB)
-    } else {
+    } else if b < KIB * KIB * KIB {
         format!("{:.1} MiB", b / KIB / KIB)
+    } else {
+        format!("{:.1} GiB", b / KIB / KIB / KIB)
     }
 }
 
@@ -124,5 +150,6 @@ mod tests {
         assert_eq!(size(812), "812 B");
         assert_eq!(size(2048), "2.0 KiB");
         assert_eq!(size(1_572_864), "1.5 MiB");
+        assert_eq!(size(3 << 30), "3.0 GiB");
     }
 }

@@ -11,8 +11,12 @@
 //! is recorded under the person's name, and every read of a message is recorded as
 //! the API's are.
 
+mod cluster;
+mod events;
+mod flow;
 mod layout;
 mod quarantine;
+mod queue;
 mod session;
 mod users;
 
@@ -24,6 +28,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bulwark_storage::MessageId;
 
 use crate::auth::{Caller, ClientIp};
 use crate::routes::ApiState;
@@ -50,10 +55,16 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/ui/style.css", get(style))
         .route("/ui/signin", get(session::form).post(session::sign_in))
         .route("/ui/signout", post(session::sign_out))
+        .route("/ui/flow", get(flow::show))
         .route("/ui/quarantine", get(quarantine::list))
         .route("/ui/quarantine/act", post(quarantine::act))
         .route("/ui/messages", get(quarantine::open))
         .route("/ui/messages/{id}", get(quarantine::view))
+        .route("/ui/queue", get(queue::list))
+        .route("/ui/queue/act", post(queue::act))
+        .route("/ui/events", get(events::list))
+        .route("/ui/events/export", get(events::export))
+        .route("/ui/cluster", get(cluster::show))
         .route("/ui/users", get(users::list).post(users::create))
         .route("/ui/users/{name}/password", post(users::set_password))
         .route("/ui/users/{name}/remove", post(users::remove))
@@ -181,6 +192,48 @@ impl Form {
 /// A redirect that a form's POST answers with: the browser GETs `to`.
 fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+/// The start of day `text` (`YYYY-MM-DD`, UTC) plus `days`, in Unix milliseconds;
+/// `None` when no day is given.
+fn day_ms(what: &str, text: &str, days: i64) -> Result<Option<i64>, ApiError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let day = time::Date::parse(text, format).map_err(|_| {
+        ApiError::bad_request(format!("{what}: {text:?} is not a day (YYYY-MM-DD)"))
+    })?;
+    let start = day.midnight().assume_utc().unix_timestamp() + days * 86_400;
+    Ok(Some(start * 1000))
+}
+
+/// An address or a domain a person typed into a search, as the store matches it: a
+/// domain typed as it is means `@domain`; `None` when nothing was typed.
+fn address(typed: &str) -> Option<String> {
+    let typed = typed.trim();
+    match typed {
+        "" => None,
+        t if t.contains('@') || t == "<>" => Some(t.to_string()),
+        t => Some(format!("@{t}")),
+    }
+}
+
+/// Why a person's role may not do `what`.
+fn forbidden(viewer: &Viewer, what: &str) -> ApiError {
+    let caller = viewer.caller();
+    ApiError::forbidden(format!(
+        "{} has the {} role, which may not {what}",
+        caller.name,
+        caller.role.as_str()
+    ))
+}
+
+fn message_id(text: &str) -> Result<MessageId, ApiError> {
+    text.trim()
+        .parse::<MessageId>()
+        .map_err(|e| ApiError::bad_request(format!("{text:?} is not a message id: {e}")))
 }
 
 impl Viewer {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::layout::{page, size, time, Section};
-use super::{local_page, see_other, PageError, Viewer};
+use super::{address, day_ms, forbidden, local_page, message_id, see_other, PageError, Viewer};
 use crate::access::Read;
 use crate::auth::Access;
 use crate::routes::ApiState;
@@ -60,16 +60,6 @@ pub(crate) struct Outcome {
 impl Search {
     fn filter(&self) -> Result<QuarantineFilter, ApiError> {
         let given = |v: &str| Some(v.trim()).filter(|v| !v.is_empty()).map(str::to_string);
-        // A person types a domain as it is; the store matches one written `@domain`.
-        let address = |v: &str| {
-            given(v).map(|v| {
-                if v.contains('@') || v == "<>" {
-                    v
-                } else {
-                    format!("@{v}")
-                }
-            })
-        };
         Ok(QuarantineFilter {
             sender: address(&self.sender),
             recipient: address(&self.recipient),
@@ -133,21 +123,6 @@ impl Search {
         }
         query
     }
-}
-
-/// The start of day `text` (`YYYY-MM-DD`, UTC) plus `days`, in Unix milliseconds;
-/// `None` when no day is given.
-fn day_ms(what: &str, text: &str, days: i64) -> Result<Option<i64>, ApiError> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    let day = time::Date::parse(text, format).map_err(|_| {
-        ApiError::bad_request(format!("{what}: {text:?} is not a day (YYYY-MM-DD)"))
-    })?;
-    let start = day.midnight().assume_utc().unix_timestamp() + days * 86_400;
-    Ok(Some(start * 1000))
 }
 
 /// `GET /ui/quarantine`: the search form and one page of what it finds, oldest first,
@@ -710,22 +685,6 @@ fn joined(v: &Value) -> String {
         Value::String(s) => s.clone(),
         _ => String::new(),
     }
-}
-
-fn message_id(text: &str) -> Result<MessageId, ApiError> {
-    text.trim()
-        .parse::<MessageId>()
-        .map_err(|e| ApiError::bad_request(format!("{text:?} is not a message id: {e}")))
-}
-
-/// Why a person's role may not do `what`.
-fn forbidden(viewer: &Viewer, what: &str) -> ApiError {
-    let caller = viewer.caller();
-    ApiError::forbidden(format!(
-        "{} has the {} role, which may not {what}",
-        caller.name,
-        caller.role.as_str()
-    ))
 }
 
 #[cfg(test)]
