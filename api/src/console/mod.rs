@@ -28,7 +28,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bulwark_storage::MessageId;
+use bulwark_storage::{Command, MessageId};
 
 use crate::auth::{Caller, ClientIp};
 use crate::routes::ApiState;
@@ -43,6 +43,8 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img
 
 /// Largest form a console page posts (a bulk action's ids are the most).
 const MAX_FORM: usize = 64 * 1024;
+/// Messages one form may act on.
+const MAX_BATCH: usize = 200;
 
 /// The console's stylesheet, compiled in.
 const STYLE: &str = include_str!("style.css");
@@ -187,6 +189,64 @@ impl Form {
             .filter(move |(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The messages the form picked (`id`): at least one, at most [`MAX_BATCH`].
+    fn picked(&self) -> Result<Vec<MessageId>, ApiError> {
+        let ids = self
+            .all("id")
+            .map(message_id)
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.is_empty() {
+            return Err(ApiError::bad_request("pick at least one message"));
+        }
+        if ids.len() > MAX_BATCH {
+            return Err(ApiError::bad_request(format!(
+                "{} messages picked, at most {MAX_BATCH} at once",
+                ids.len()
+            )));
+        }
+        Ok(ids)
+    }
+}
+
+/// What came of a form's actions: done, refused (the message had moved on), and not
+/// known to be committed (no quorum in time).
+#[derive(Default)]
+struct Tally {
+    done: usize,
+    refused: usize,
+    failed: usize,
+}
+
+/// Proposes every command at once, and waits for them all.
+async fn propose_each(s: &ApiState, commands: Vec<Command>) -> Result<Tally, ApiError> {
+    let mut proposals = tokio::task::JoinSet::new();
+    for command in commands {
+        let proposer = s.node.proposer().clone();
+        proposals.spawn(async move { proposer.propose(command).await });
+    }
+    let mut tally = Tally::default();
+    while let Some(joined) = proposals.join_next().await {
+        match joined.map_err(ApiError::internal)? {
+            Ok(result) if result.refused.is_none() => tally.done += 1,
+            Ok(_) => tally.refused += 1,
+            Err(_) => tally.failed += 1,
+        }
+    }
+    Ok(tally)
+}
+
+/// The answer to a form's action: back to `back` when it is a console page under
+/// `within` (else to `home`), saying what `action` did.
+fn told(back: Option<&str>, within: &str, home: &str, action: &str, tally: &Tally) -> Response {
+    let back = back
+        .filter(|b| local_page(b) && b.starts_with(within))
+        .unwrap_or(home);
+    let separator = if back.contains('?') { '&' } else { '?' };
+    see_other(&format!(
+        "{back}{separator}action={action}&done={}&refused={}&failed={}",
+        tally.done, tally.refused, tally.failed
+    ))
 }
 
 /// A redirect that a form's POST answers with: the browser GETs `to`.

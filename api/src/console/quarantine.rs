@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::layout::{page, size, time, Section};
-use super::{address, day_ms, forbidden, local_page, message_id, see_other, PageError, Viewer};
+use super::{
+    address, day_ms, forbidden, message_id, propose_each, see_other, told, PageError, Viewer,
+};
 use crate::access::Read;
 use crate::auth::Access;
 use crate::routes::ApiState;
@@ -25,8 +27,6 @@ use crate::ApiError;
 
 /// Messages in a page of the quarantine.
 const PAGE: usize = 50;
-/// Messages one form may act on.
-const MAX_BATCH: usize = 200;
 /// Events a message's timeline shows at most.
 const MAX_EVENTS: usize = 1000;
 /// Longest reason a release or deletion may give (as the API's).
@@ -293,20 +293,7 @@ pub(crate) async fn act(
             .into())
         }
     };
-    let ids = form
-        .all("id")
-        .map(message_id)
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() {
-        return Err(ApiError::bad_request("pick at least one message").into());
-    }
-    if ids.len() > MAX_BATCH {
-        return Err(ApiError::bad_request(format!(
-            "{} messages picked, at most {MAX_BATCH} at once",
-            ids.len()
-        ))
-        .into());
-    }
+    let ids = form.picked()?;
     let reason = match field("reason").map(str::trim) {
         Some(r) if !r.is_empty() => r.to_string(),
         _ => format!("{done} in the console"),
@@ -318,37 +305,20 @@ pub(crate) async fn act(
         ))
         .into());
     }
-    let mut proposals = tokio::task::JoinSet::new();
-    for id in ids {
-        let proposer = s.node.proposer().clone();
-        let command = Command::Quarantine(Box::new(QuarantineCommand {
-            message_id: id,
-            action,
-            reason: reason.clone(),
-            user: caller.name.clone(),
-            client_ip: viewer.client_ip,
-        }));
-        proposals.spawn(async move { proposer.propose(command).await });
-    }
-    let mut outcome = Outcome {
-        action: verb.into(),
-        ..Outcome::default()
-    };
-    while let Some(joined) = proposals.join_next().await {
-        match joined.map_err(ApiError::internal)? {
-            Ok(result) if result.refused.is_none() => outcome.done += 1,
-            Ok(_) => outcome.refused += 1,
-            Err(_) => outcome.failed += 1,
-        }
-    }
-    let back = field("back")
-        .filter(|b| local_page(b))
-        .unwrap_or("/ui/quarantine");
-    let separator = if back.contains('?') { '&' } else { '?' };
-    Ok(see_other(&format!(
-        "{back}{separator}action={}&done={}&refused={}&failed={}",
-        outcome.action, outcome.done, outcome.refused, outcome.failed
-    )))
+    let commands = ids
+        .into_iter()
+        .map(|id| {
+            Command::Quarantine(Box::new(QuarantineCommand {
+                message_id: id,
+                action,
+                reason: reason.clone(),
+                user: caller.name.clone(),
+                client_ip: viewer.client_ip,
+            }))
+        })
+        .collect();
+    let tally = propose_each(&s, commands).await?;
+    Ok(told(field("back"), "/ui/", "/ui/quarantine", verb, &tally))
 }
 
 /// The message trace's form: open a message by its id.

@@ -15,7 +15,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::layout::{page, time, Section};
-use super::{address, forbidden, local_page, message_id, see_other, PageError, Viewer};
+use super::{address, forbidden, message_id, propose_each, told, PageError, Viewer};
 use crate::access::Read;
 use crate::auth::Access;
 use crate::routes::ApiState;
@@ -23,8 +23,6 @@ use crate::ApiError;
 
 /// Messages in a page of the queue.
 const PAGE: usize = 50;
-/// Messages one form may act on.
-const MAX_BATCH: usize = 200;
 
 /// The queue's search form, and what the last action did.
 #[derive(Default, Deserialize)]
@@ -272,51 +270,30 @@ pub(crate) async fn act(
             .into())
         }
     };
-    let ids = form
-        .all("id")
-        .map(message_id)
-        .collect::<Result<Vec<_>, _>>()?;
-    if ids.is_empty() {
-        return Err(ApiError::bad_request("pick at least one message").into());
-    }
-    if ids.len() > MAX_BATCH {
-        return Err(ApiError::bad_request(format!(
-            "{} messages picked, at most {MAX_BATCH} at once",
-            ids.len()
-        ))
-        .into());
-    }
-    let mut proposals = tokio::task::JoinSet::new();
-    for message_id in ids {
-        let proposer = s.node.proposer().clone();
-        let command = Command::Delivery(Box::new(DeliveryCommand::Admin {
-            message_id,
-            action,
-            user: caller.name.clone(),
-            client_ip: viewer.client_ip,
-        }));
-        proposals.spawn(async move { proposer.propose(command).await });
-    }
-    let (mut done, mut refused, mut failed) = (0, 0, 0);
-    while let Some(joined) = proposals.join_next().await {
-        match joined.map_err(ApiError::internal)? {
-            Ok(result) if result.refused.is_none() => done += 1,
-            Ok(_) => refused += 1,
-            Err(_) => failed += 1,
-        }
-    }
-    let back = form
-        .get("back")
-        .filter(|b| local_page(b) && b.starts_with("/ui/queue"))
-        .unwrap_or("/ui/queue");
-    let separator = if back.contains('?') { '&' } else { '?' };
+    let commands = form
+        .picked()?
+        .into_iter()
+        .map(|message_id| {
+            Command::Delivery(Box::new(DeliveryCommand::Admin {
+                message_id,
+                action,
+                user: caller.name.clone(),
+                client_ip: viewer.client_ip,
+            }))
+        })
+        .collect();
+    let tally = propose_each(&s, commands).await?;
     let verb = match action {
         QueueAction::Retry => "retry",
         QueueAction::Hold => "hold",
         QueueAction::Release => "release",
         QueueAction::Delete => "delete",
     };
-    Ok(see_other(&format!(
-        "{back}{separator}action={verb}&done={done}&refused={refused}&failed={failed}"
-    )))
+    Ok(told(
+        form.get("back"),
+        "/ui/queue",
+        "/ui/queue",
+        verb,
+        &tally,
+    ))
 }
