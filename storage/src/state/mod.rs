@@ -170,7 +170,18 @@ impl StateStore {
         opts.set_keep_log_file_num(4);
         opts.set_max_total_wal_size(256 * 1024 * 1024);
         layout::wal_deleted_when_obsolete(&mut opts);
-        let db = DB::open_cf_descriptors(&opts, dir, cf_descriptors())?;
+        // RocksDB opens a database only with all its column families: one a later
+        // release added (in a snapshot it sent, or data it left) is opened too, and
+        // left alone.
+        let mut families = cf_descriptors();
+        if dir.join("CURRENT").is_file() {
+            for name in DB::list_cf(&opts, dir)? {
+                if !cf::ALL.contains(&name.as_str()) {
+                    families.push(ColumnFamilyDescriptor::new(name, Options::default()));
+                }
+            }
+        }
+        let db = DB::open_cf_descriptors(&opts, dir, families)?;
         let meta = cf_handle(&db, cf::META);
         let record =
             layout::check_format(db.get_cf(meta, layout::DATA_FORMAT_KEY)?.as_deref(), dir)?;

@@ -2684,3 +2684,40 @@ fn the_quarantine_by_address_answers_what_a_scan_answers_and_is_built_for_old_st
     let state = StateDir::open(dir.path()).unwrap();
     assert_eq!(check(&state.current()), 29);
 }
+
+#[test]
+fn a_column_family_of_a_later_release_is_opened_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        state
+            .current()
+            .apply(&[(1, &[note(1, "a")][..])], b"1")
+            .unwrap();
+    }
+    // A later release's column family, with a key, in the live generation.
+    let live = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        let mut names = DB::list_cf(&opts, &live).unwrap();
+        names.push("from_a_later_release".into());
+        let db = DB::open_cf(&opts, &live, &names).unwrap();
+        let later = db.cf_handle("from_a_later_release").unwrap();
+        db.put_cf(later, b"k", b"v").unwrap();
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    assert_eq!(store.chain_head().0, 1);
+    store.apply(&[(2, &[note(2, "b")][..])], b"2").unwrap();
+    assert_eq!(store.chain_head().0, 2);
+    let later = store.db.cf_handle("from_a_later_release").unwrap();
+    assert_eq!(
+        store.db.get_cf(later, b"k").unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+}
