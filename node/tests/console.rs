@@ -69,6 +69,16 @@ fn get(node: &Node, cookie: &str, path: &str) -> Response {
         .unwrap()
 }
 
+/// Posts `fields` as a form to the console's `path` with the session `cookie`.
+fn post_form(node: &Node, cookie: &str, path: &str, fields: &[(&str, &str)]) -> Response {
+    browser()
+        .post(format!("{}{path}", node.api))
+        .header("cookie", cookie)
+        .form(fields)
+        .send()
+        .unwrap()
+}
+
 /// The hidden CSRF token of the first form on `page`.
 fn csrf(page: &str) -> String {
     let at = page
@@ -484,17 +494,17 @@ fn the_flow_queue_events_and_cluster_pages_show_what_happened_and_act() {
     );
     assert!(!queue.contains(&ids[2]), "quarantined, not queued: {queue}");
     assert!(queue.contains("badge deferred"), "{queue}");
-    let acted = browser()
-        .post(format!("{}/ui/queue/act", node.api))
-        .header("cookie", &admin)
-        .form(&[
+    let acted = post_form(
+        &node,
+        &admin,
+        "/ui/queue/act",
+        &[
             ("csrf", csrf(&queue).as_str()),
             ("action", "hold"),
             ("id", ids[0].as_str()),
             ("back", "/ui/queue?sender=news.test"),
-        ])
-        .send()
-        .unwrap();
+        ],
+    );
     assert_eq!(acted.status(), 303);
     let back = location(&acted);
     assert!(
@@ -506,28 +516,28 @@ fn the_flow_queue_events_and_cluster_pages_show_what_happened_and_act() {
     let held = get(&node, &admin, "/ui/queue?status=held").text().unwrap();
     assert!(held.contains(&ids[0]) && !held.contains(&ids[1]), "{held}");
     assert!(held.contains("badge held"), "{held}");
-    let elsewhere = browser()
-        .post(format!("{}/ui/queue/act", node.api))
-        .header("cookie", &admin)
-        .form(&[
+    let elsewhere = post_form(
+        &node,
+        &admin,
+        "/ui/queue/act",
+        &[
             ("csrf", csrf(&queue).as_str()),
             ("action", "retry"),
             ("id", ids[1].as_str()),
             ("back", "/ui/users"),
-        ])
-        .send()
-        .unwrap();
+        ],
+    );
     assert_eq!(
         location(&elsewhere).split('?').next(),
         Some("/ui/queue"),
         "back only to the queue"
     );
-    let no_csrf = browser()
-        .post(format!("{}/ui/queue/act", node.api))
-        .header("cookie", &admin)
-        .form(&[("action", "delete"), ("id", ids[1].as_str())])
-        .send()
-        .unwrap();
+    let no_csrf = post_form(
+        &node,
+        &admin,
+        "/ui/queue/act",
+        &[("action", "delete"), ("id", ids[1].as_str())],
+    );
     assert_eq!(no_csrf.status(), 403);
     let api = Api::new(&node);
     let actions = events(&api, "api.action");
@@ -596,15 +606,15 @@ fn the_flow_queue_events_and_cluster_pages_show_what_happened_and_act() {
     assert_eq!(get(&node, &auditor, "/ui/flow").status(), 200);
     let queue = get(&node, &auditor, "/ui/queue").text().unwrap();
     assert!(!queue.contains("Retry now"), "{queue}");
-    let refused = browser()
-        .post(format!("{}/ui/queue/act", node.api))
-        .header("cookie", &auditor)
-        .form(&[
+    let refused = post_form(
+        &node,
+        &auditor,
+        "/ui/queue/act",
+        &[
             ("csrf", csrf(&queue).as_str()),
             ("action", "delete"),
             ("id", ids[1].as_str()),
-        ])
-        .send()
-        .unwrap();
+        ],
+    );
     assert_eq!(refused.status(), 403);
 }

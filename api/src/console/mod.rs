@@ -269,6 +269,26 @@ fn day_ms(what: &str, text: &str, days: i64) -> Result<Option<i64>, ApiError> {
     Ok(Some(start * 1000))
 }
 
+/// A search's filters as a query string: those given (not blank), in order.
+fn search_query(fields: &[(&str, &str)]) -> form_urlencoded::Serializer<'static, String> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in fields {
+        if !value.trim().is_empty() {
+            query.append_pair(name, value);
+        }
+    }
+    query
+}
+
+/// `path` with `query`, or alone when the query is empty.
+fn with_query(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
 /// An address or a domain a person typed into a search, as the store matches it: a
 /// domain typed as it is means `@domain`; `None` when nothing was typed.
 fn address(typed: &str) -> Option<String> {

@@ -18,7 +18,8 @@ use serde_json::Value;
 
 use super::layout::{page, size, time, Section};
 use super::{
-    address, day_ms, forbidden, message_id, propose_each, see_other, told, PageError, Viewer,
+    address, day_ms, forbidden, message_id, propose_each, search_query, see_other, told,
+    with_query, PageError, Viewer,
 };
 use crate::access::Read;
 use crate::auth::Access;
@@ -91,12 +92,7 @@ impl Search {
 
     /// The page's address with the same search, from its start.
     fn here(&self) -> String {
-        let query = self.query().finish();
-        if query.is_empty() {
-            "/ui/quarantine".into()
-        } else {
-            format!("/ui/quarantine?{query}")
-        }
+        with_query("/ui/quarantine", &self.query().finish())
     }
 
     /// The page's address with the same search from `after` on.
@@ -108,20 +104,14 @@ impl Search {
 
     /// The search's filters as a query string.
     fn query(&self) -> form_urlencoded::Serializer<'static, String> {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in [
+        search_query(&[
             ("sender", &self.sender),
             ("recipient", &self.recipient),
             ("subject", &self.subject),
             ("reason", &self.reason),
             ("since", &self.since),
             ("until", &self.until),
-        ] {
-            if !value.trim().is_empty() {
-                query.append_pair(name, value);
-            }
-        }
-        query
+        ])
     }
 }
 

@@ -15,7 +15,9 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::layout::{page, time, Section};
-use super::{address, forbidden, message_id, propose_each, told, PageError, Viewer};
+use super::{
+    address, forbidden, message_id, propose_each, search_query, told, with_query, PageError, Viewer,
+};
 use crate::access::Read;
 use crate::auth::Access;
 use crate::routes::ApiState;
@@ -57,26 +59,15 @@ impl Search {
     }
 
     fn query(&self) -> form_urlencoded::Serializer<'static, String> {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in [
+        search_query(&[
             ("sender", &self.sender),
             ("recipient", &self.recipient),
             ("status", &self.status),
-        ] {
-            if !value.trim().is_empty() {
-                query.append_pair(name, value);
-            }
-        }
-        query
+        ])
     }
 
     fn here(&self) -> String {
-        let query = self.query().finish();
-        if query.is_empty() {
-            "/ui/queue".into()
-        } else {
-            format!("/ui/queue?{query}")
-        }
+        with_query("/ui/queue", &self.query().finish())
     }
 }
 
