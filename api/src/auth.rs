@@ -69,6 +69,8 @@ pub(crate) enum Access {
     Cluster,
     /// Writing a backup of the node's state: admin.
     Backup,
+    /// Sending the quarantine digest now: admin.
+    Digest,
     /// The cluster's policy and its history: every role but metrics.
     Policy,
     /// Changing the cluster's policy: admin; operator for the allow and block lists
@@ -108,6 +110,7 @@ impl Access {
             Access::Tokens => "manage tokens and users",
             Access::Cluster => "change the cluster's membership",
             Access::Backup => "take backups",
+            Access::Digest => "send the quarantine digest",
             Access::Policy => "read the policy",
             Access::PolicyChange => "change the policy",
             Access::Status => "read the metrics and the cluster's status",

@@ -51,6 +51,8 @@ pub struct ApiState {
     /// The free bytes of this node's data directory's file system as last read, and
     /// the floor below which its SMTP refuses mail (`smtp.min_free_disk_mb`).
     pub disk_free: Arc<dyn Fn() -> (u64, u64) + Send + Sync>,
+    /// Writes and queues the recipients' digests and portal links.
+    pub notices: Arc<dyn crate::Notices>,
 }
 
 /// The OpenAPI document's frame; the paths come from the handlers' annotations.
@@ -101,6 +103,7 @@ fn documented() -> OpenApiRouter<ApiState> {
         .routes(routes!(crate::cluster::remove))
         .routes(routes!(crate::cluster::promote))
         .routes(routes!(crate::backup::backup))
+        .routes(routes!(crate::digest::run))
         .routes(routes!(add_note))
         .routes(routes!(crate::events::list))
         .routes(routes!(verify_events))

@@ -149,12 +149,15 @@ async fn serve(config: Config) -> Result<()> {
         policy::replicated::start(&node, own, own_exporters, &assembler, &config.siem_local);
     let live_policy = following.policy.subscribe();
     let exporters = following.exporters.subscribe();
-    let scanner = Arc::new(scan::Scanner::new(
-        &config.scan,
-        config.site(),
-        live_policy.clone(),
-        resolver.clone(),
-    )?);
+    let scanner = Arc::new(
+        scan::Scanner::new(
+            &config.scan,
+            config.site(),
+            live_policy.clone(),
+            resolver.clone(),
+        )?
+        .with_personal_lists(Arc::new(ReplicatedLists(node.clone()))),
+    );
     let mut registry = prometheus_client::registry::Registry::default();
     scanner.register_metrics(&mut registry);
     let disk = disk::DiskSpace::new(data_dir, config.smtp.min_free_disk);
@@ -176,6 +179,12 @@ async fn serve(config: Config) -> Result<()> {
         policy_gauge.clone(),
     );
 
+    let notices = Arc::new(quarantine::digest::Notices::new(
+        node.clone(),
+        config.digest.clone(),
+        &config.smtp.hostname,
+        &config.smtp.domains,
+    ));
     let admin = AdminToken::new(&token, config.node.id);
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let tokenizer = scan::bayes::Tokenizer::new(config.scan.limits());
@@ -197,6 +206,7 @@ async fn serve(config: Config) -> Result<()> {
             let disk = disk.clone();
             Arc::new(move || (disk.free(), disk.min_free()))
         },
+        notices: notices.clone(),
     };
     let api = tokio::spawn(bulwark_api::serve(api_listener, api_tls, state, async {
         let _ = api_stopped.await;
@@ -215,6 +225,7 @@ async fn serve(config: Config) -> Result<()> {
         config.quarantine.clone(),
         stop_delivery.clone(),
     ));
+    let digests = tokio::spawn(quarantine::digest::schedule(notices, stop_delivery.clone()));
     let erasure = tokio::spawn(quarantine::erase(
         node.clone(),
         config.quarantine.erase_within,
@@ -295,6 +306,9 @@ async fn serve(config: Config) -> Result<()> {
     }
     if let Err(e) = retention.await {
         tracing::warn!(error = %e, "quarantine retention task");
+    }
+    if let Err(e) = digests.await {
+        tracing::warn!(error = %e, "quarantine digest task");
     }
     if let Err(e) = erasure.await {
         tracing::warn!(error = %e, "quarantine erasure task");
@@ -427,6 +441,21 @@ impl scan::bayes::TokenCounts for ReplicatedCounts {
 
     fn counts(&self, tokens: &[u64]) -> Vec<(u32, u32)> {
         self.0.state().bayes_counts(tokens)
+    }
+}
+
+/// The recipients' own lists, as this node has applied them.
+struct ReplicatedLists(Arc<RaftNode>);
+
+impl policy::PersonalLists for ReplicatedLists {
+    fn lists(&self, recipient: &str) -> bulwark_storage::recipient::RecipientLists {
+        self.0
+            .state()
+            .recipient_lists(recipient)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, recipient, "reading a recipient's own lists");
+                Default::default()
+            })
     }
 }
 

@@ -8,6 +8,10 @@
 //! the mail flow's charts, find the release in the event log, see the cluster's
 //! health, then sign out.
 //!
+//! A recipient opens the release link of their quarantine digest, releases their
+//! message, opens their quarantine from the digest, allows a sender and releases
+//! what else was held for them.
+//!
 //! `.ci/run` installs `chromium` and `chromium-driver`; without them the test says
 //! so and passes, but fails under CI. With `BULWARK_SCREENSHOTS=DIR` it saves the
 //! pages it sees there as PNG (the README's pictures).
@@ -364,4 +368,116 @@ fn a_person_signs_in_finds_opens_and_releases_a_quarantined_message_in_chromium(
     let (_, users) = api.get("/v1/users");
     assert_eq!(users["users"][0]["name"], "helpdesk", "{users}");
     assert_eq!(users["users"][0]["created_by"], "admin", "{users}");
+}
+
+#[test]
+fn a_recipient_follows_a_digest_link_and_releases_their_own_message_in_chromium() {
+    let Some(driver) = chromedriver() else {
+        return;
+    };
+    let sink = Sink::start(SinkConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("local.cf");
+    std::fs::write(
+        &rules,
+        "body LOCAL_FISHY /fishy offer/i\nscore LOCAL_FISHY 12.0\n",
+    )
+    .unwrap();
+    let node = Node::start_with(
+        "",
+        &format!(
+            "[delivery]\nrelay = \"{}\"\npoll_ms = 100\n\n[scan]\nrules = [\"{}\"]\n",
+            sink.addr(),
+            rules.display()
+        ),
+    );
+    let mut ids = Vec::new();
+    for (subject, from) in [
+        ("Your order 1182 has shipped", "orders@shop.test"),
+        ("Spring sale: 20% off", "news@shop.test"),
+    ] {
+        let mut smtp = Smtp::ehlo(node.smtp);
+        let reply = smtp.send_message(from, &["bob@example.test"], &message(subject, from));
+        assert_eq!(reply.code, 250, "{reply:?}");
+        ids.push(reply.queued_id());
+    }
+    let api = Api::new(&node);
+    let (status, run) = api.post("/v1/digest/run");
+    assert_eq!((status, run["digests"].as_u64()), (200, Some(1)), "{run}");
+    let digest = sink.wait_for(1, WAIT).remove(0);
+    assert_eq!(digest.rcpt_to, ["bob@example.test"]);
+    let (text, _) = common::notice_parts(&digest.data);
+    // The digest lists the newest first: the sale, then the order.
+    let release = common::notice_links(&text, "Release")[1].clone();
+    let portal = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("/ui/my/l/"))
+        .unwrap()
+        .to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let c = browser(&driver).await;
+
+        // The link shows the message and a button; nothing happens until it is pressed.
+        c.goto(&release).await.unwrap();
+        let page = says(&c, "Release this message").await;
+        assert!(page.contains("Your order 1182 has shipped"), "{page}");
+        assert!(page.contains("orders@shop.test"), "{page}");
+        picture(&c, "my-link").await;
+        click(&c, Locator::Css("button[type=submit]")).await;
+        says(&c, "Released: the message is on its way to your mailbox.").await;
+
+        // The portal from the digest: what is still held, and their own lists.
+        c.goto(&portal).await.unwrap();
+        click(&c, Locator::Css("button[type=submit]")).await;
+        settled(&c, |url| url.ends_with("/ui/my/")).await;
+        let page = says(&c, "Mail held for bob@example.test").await;
+        assert!(page.contains("Spring sale: 20% off"), "{page}");
+        assert!(!page.contains("Your order 1182"), "{page}");
+        c.find(Locator::Css("input[name=entry]"))
+            .await
+            .unwrap()
+            .send_keys("shop.test")
+            .await
+            .unwrap();
+        click(
+            &c,
+            Locator::Css("section.card form.inline button[type=submit]:not(.link)"),
+        )
+        .await;
+        says(&c, "Added to your allow list.").await;
+        picture(&c, "my-portal").await;
+        click(&c, Locator::Css("td form.inline button.primary")).await;
+        let page = says(&c, "Released: the message is on its way to your mailbox.").await;
+        assert!(page.contains("Nothing is held for you."), "{page}");
+        c.close().await.unwrap();
+    });
+
+    // Both reached the next hop, the order by its link and the sale from the portal.
+    let deadline = Instant::now() + WAIT;
+    while sink
+        .received()
+        .iter()
+        .filter(|d| {
+            ids.iter()
+                .any(|id| d.header("X-Bulwark-Id").as_deref() == Some(id))
+        })
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "not both delivered in {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, page) = api.get("/v1/events?type=recipient.action");
+    let via: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["via"].as_str().unwrap())
+        .collect();
+    assert_eq!(via, ["link", "link", "portal", "portal"], "{page}");
 }

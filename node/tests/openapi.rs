@@ -16,7 +16,7 @@ use common::{Api, Node};
 use serde_json::Value;
 
 /// Every operation of the API, as `METHOD path`.
-const OPERATIONS: [&str; 41] = [
+const OPERATIONS: [&str; 42] = [
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -26,6 +26,7 @@ const OPERATIONS: [&str; 41] = [
     "DELETE /v1/cluster/members/{id}",
     "POST /v1/cluster/members/{id}/promote",
     "POST /v1/backup",
+    "POST /v1/digest/run",
     "POST /v1/notes",
     "GET /v1/events",
     "GET /v1/events/verify",
@@ -599,6 +600,7 @@ fn every_success(node: &Node) -> Vec<Answer> {
         "POST /v1/backup",
         post("/v1/backup").json(&serde_json::json!({ "name": "nightly" })),
     );
+    call("POST /v1/digest/run", post("/v1/digest/run"));
     let learner = format!("127.0.0.1:{}", common::free_port());
     call(
         "POST /v1/cluster/members",

@@ -97,6 +97,11 @@ pub(crate) fn bare(title: &str, body: Markup) -> Markup {
     document(title, html! { main.narrow { (body) } })
 }
 
+/// A page of the recipients' own: its own header in `body`, no console navigation.
+pub(crate) fn plain(title: &str, body: Markup) -> Markup {
+    document(title, body)
+}
+
 fn document(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)

@@ -15,6 +15,7 @@ mod cluster;
 mod events;
 mod flow;
 mod layout;
+mod my;
 mod quarantine;
 mod queue;
 mod session;
@@ -70,6 +71,11 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/ui/users", get(users::list).post(users::create))
         .route("/ui/users/{name}/password", post(users::set_password))
         .route("/ui/users/{name}/remove", post(users::remove))
+        .route("/ui/my", get(|| async { Redirect::to("/ui/my/") }))
+        .route("/ui/my/", get(my::home).post(my::ask))
+        .route("/ui/my/act", post(my::act))
+        .route("/ui/my/signout", post(my::sign_out))
+        .route("/ui/my/l/{link}", get(my::show_link).post(my::use_link))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
         .layer(axum::middleware::map_response(protect))
 }

@@ -8,6 +8,7 @@
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
+use bulwark_storage::recipient::{RecipientAction, RecipientCommand, Via};
 use bulwark_storage::{
     Command, EventFilter, EventKind, MessageId, QuarantineAction, QuarantineCommand,
     QuarantineFilter, QuarantineRecord, ReadKind, StoredEvent, Verdict,
@@ -19,7 +20,7 @@ use serde_json::Value;
 use super::layout::{page, size, time, Section};
 use super::{
     address, day_ms, forbidden, message_id, propose_each, search_query, see_other, told,
-    with_query, PageError, Viewer,
+    with_query, PageError, Tally, Viewer,
 };
 use crate::access::Read;
 use crate::auth::Access;
@@ -197,6 +198,7 @@ pub(crate) async fn list(
                         input #bulk-reason type="text" name="reason" maxlength="1024"
                             placeholder="why (recorded with the action)";
                         button.primary type="submit" name="action" value="release" { "Release picked" }
+                        button type="submit" name="action" value="release_allow" { "Release and allow sender" }
                         button.danger type="submit" name="action" value="delete" { "Delete picked" }
                     }
                 }
@@ -273,6 +275,16 @@ pub(crate) async fn act(
         return Err(forbidden(&viewer, "release or delete messages").into());
     }
     let (action, verb, done) = match field("action") {
+        Some("release_allow") => {
+            let tally = release_and_allow(&s, &viewer, form.picked()?).await?;
+            return Ok(told(
+                field("back"),
+                "/ui/",
+                "/ui/quarantine",
+                "release",
+                &tally,
+            ));
+        }
         Some("release") => (QuarantineAction::Release, "release", "released"),
         Some("delete") => (QuarantineAction::Delete, "delete", "deleted"),
         other => {
@@ -309,6 +321,60 @@ pub(crate) async fn act(
         .collect();
     let tally = propose_each(&s, commands).await?;
     Ok(told(field("back"), "/ui/", "/ui/quarantine", verb, &tally))
+}
+
+/// Releases each picked message to each recipient it is held for, and puts its
+/// sender on each one's own allow list (not the cluster's: the help desk answers for
+/// the people who asked, not for everyone), one `recipient.action` a recipient under
+/// the person's name. A message counts as done when some copy was released.
+async fn release_and_allow(
+    s: &ApiState,
+    viewer: &Viewer,
+    ids: Vec<MessageId>,
+) -> Result<Tally, ApiError> {
+    let node = s.node.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        let state = node.state();
+        ids.into_iter()
+            .map(|id| state.quarantine_record(id))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let mut tally = Tally::default();
+    for record in records {
+        let Some(record) = record else {
+            tally.refused += 1;
+            continue;
+        };
+        let commands = record
+            .recipients
+            .iter()
+            .map(|recipient| {
+                Command::Recipient(Box::new(RecipientCommand {
+                    recipient: recipient.clone(),
+                    action: RecipientAction::Release {
+                        message_id: record.message_id,
+                        allow_sender: true,
+                    },
+                    via: Via::Console {
+                        user: viewer.caller().name.clone(),
+                    },
+                    client_ip: viewer.client_ip,
+                }))
+            })
+            .collect();
+        let copies = propose_each(s, commands).await?;
+        if copies.done > 0 {
+            tally.done += 1;
+        } else if copies.failed > 0 {
+            tally.failed += 1;
+        } else {
+            tally.refused += 1;
+        }
+    }
+    Ok(tally)
 }
 
 /// The message trace's form: open a message by its id.
@@ -482,6 +548,7 @@ pub(crate) async fn view(
                             placeholder="why (recorded with the action)";
                     }
                     button.primary type="submit" name="action" value="release" { "Release" }
+                    button type="submit" name="action" value="release_allow" { "Release and allow sender" }
                     button.danger type="submit" name="action" value="delete" { "Delete" }
                 }
             }

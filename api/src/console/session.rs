@@ -430,7 +430,7 @@ fn unknown_user_hash() -> Result<String, ApiError> {
 /// False for a form posted from a page of another origin (the browser's `Origin`
 /// names another host than the one asked): no site can sign a visitor in as someone
 /// else. A request without `Origin` (not from a browser's form) passes.
-fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+pub(super) fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };

@@ -3,7 +3,7 @@
 //!
 //! One file a section, each turning its part of the file into the runtime settings of
 //! the code it configures: [`cluster`] (`[cluster]`, `[raft]`), [`smtp`],
-//! [`delivery`], [`scanning`] (`[scan]`, `[dns]`), [`quarantine`],
+//! [`delivery`], [`scanning`] (`[scan]`, `[dns]`), [`quarantine`], [`digest`],
 //! [`audit`], [`siem`] and [`log`]. This file holds the whole file's shape, `[node]`, `[api]`
 //! and `[backup]`, and the checks the sections share. [`preflight`] checks what the
 //! file names on this machine (certificates, the data directory), for `check-config`,
@@ -20,6 +20,7 @@ use serde::Deserialize;
 mod audit;
 mod cluster;
 mod delivery;
+mod digest;
 mod log;
 mod preflight;
 mod quarantine;
@@ -34,7 +35,7 @@ pub(crate) use siem::{exporter, exporters, section};
 
 /// The sections of a configuration file: a file with one of them is a node's
 /// configuration, not a policy's keys alone.
-pub const SECTIONS: [&str; 14] = [
+pub const SECTIONS: [&str; 15] = [
     "node",
     "cluster",
     "api",
@@ -45,6 +46,7 @@ pub const SECTIONS: [&str; 14] = [
     "dns",
     "policy",
     "quarantine",
+    "digest",
     "siem",
     "audit",
     "backup",
@@ -65,6 +67,7 @@ struct Raw {
     dns: Option<scanning::RawDns>,
     policy: Option<crate::policy::Document>,
     quarantine: Option<quarantine::RawQuarantine>,
+    digest: Option<digest::RawDigest>,
     siem: Option<siem::RawSiem>,
     audit: Option<audit::RawAudit>,
     backup: Option<RawBackup>,
@@ -126,6 +129,8 @@ pub struct Config {
     /// cluster's policy, and what a new cluster's first policy is seeded from.
     pub policy_document: crate::policy::Document,
     pub quarantine: crate::quarantine::Settings,
+    /// `[digest]`: the quarantine digest and the recipients' links.
+    pub digest: crate::quarantine::digest::Settings,
     /// The exporters of `policy_document`, built with `siem_local`.
     pub siem: Vec<crate::siem::Exporter>,
     /// What this node gives the cluster's exporters: the directory their files are
@@ -293,6 +298,12 @@ impl Config {
         }
         let quarantine =
             quarantine::validate_quarantine(raw.quarantine.unwrap_or_default(), &mut problems);
+        let digest = digest::validate_digest(
+            raw.digest.unwrap_or_default(),
+            api_listen,
+            api_tls.is_some(),
+            &mut problems,
+        );
         let mut siem_local = crate::siem::Local {
             base: base.to_path_buf(),
             ..crate::siem::Local::default()
@@ -338,6 +349,7 @@ impl Config {
             dns,
             policy_document: policy_document.complete(),
             quarantine,
+            digest,
             siem,
             siem_local,
             audit,

@@ -159,7 +159,8 @@ fn status(reply: &str) -> String {
     }
 }
 
-fn date(ms: i64) -> String {
+/// `ms` as an RFC 5322 date.
+pub(crate) fn date(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
         .format(&Rfc2822)

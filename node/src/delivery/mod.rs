@@ -14,7 +14,7 @@
 //! ```
 
 mod client;
-mod dsn;
+pub(crate) mod dsn;
 mod maildir;
 mod mx;
 mod pool;

@@ -4,13 +4,20 @@
 //! The order of precedence, first match wins:
 //! 1. malware → `policy.malware` (reject by default);
 //! 2. a block-listed sender, domain or client IP → reject;
-//! 3. blocked attachments, active content, encrypted archives and archive bombs →
+//! 3. a sender on the block list of every recipient's own (their portal) → reject;
+//! 4. blocked attachments, active content, encrypted archives and archive bombs →
 //!    `policy.attachments` (quarantine by default);
-//! 4. an allow-listed sender, domain or client IP → deliver (scores are not applied;
+//! 5. an allow-listed sender, domain or client IP → deliver (scores are not applied;
 //!    malware and attachments above still are);
-//! 5. the sender's DMARC policy asks to reject or quarantine a failing message and
-//!    `policy.dmarc` is `enforce` → that;
-//! 6. the score against the thresholds (reject, then quarantine, then tag).
+//! 6. the sender's DMARC policy asks to reject or quarantine a failing message and
+//!    `policy.dmarc` is `enforce` → that (a recipient's own allow list does not
+//!    overrule it: a forged `From` of a sender they allowed is still judged);
+//! 7. a sender on the allow list of every recipient's own → deliver;
+//! 8. the score against the thresholds (reject, then quarantine, then tag).
+//!
+//! A recipient's own lists decide only when every recipient of the message agrees
+//! (one verdict a message); otherwise the cluster's policy does, and each recipient
+//! can still release their own copy.
 //!
 //! Thresholds come from `[policy]`, overridden per recipient domain
 //! (`[policy.domains."example.test"]`) and per recipient (`[policy.recipients]`).
@@ -117,6 +124,57 @@ pub struct Facts<'a> {
     pub blocked_content: Option<&'a str>,
     /// What the sender's DMARC policy asks for this (failing) message.
     pub dmarc: Option<Action>,
+    /// What each recipient's own lists say of the sender, one a recipient (empty:
+    /// none was looked up).
+    pub personal: &'a [Personal],
+}
+
+/// Where the recipients' own lists are read: the replicated state.
+pub trait PersonalLists: Send + Sync {
+    /// `recipient`'s lists (none, or unreadable: empty).
+    fn lists(&self, recipient: &str) -> bulwark_model::recipient::RecipientLists;
+}
+
+/// What one recipient's own allow and block lists say of a message's sender: the
+/// entry that matched, on either.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Personal {
+    pub allow: Option<String>,
+    pub block: Option<String>,
+}
+
+impl Personal {
+    /// Matches the sender addresses against a recipient's lists.
+    pub fn of(lists: &bulwark_model::recipient::RecipientLists, senders: &[Option<&str>]) -> Self {
+        let matched = |entries: &[String]| {
+            let mut list = List::default();
+            for entry in entries {
+                // Entries were checked when added; one this build cannot read is
+                // skipped rather than failing the message.
+                let _ = list.add(entry);
+            }
+            let nowhere = IpAddr::from([0, 0, 0, 0]);
+            list.matches(senders, nowhere)
+        };
+        Personal {
+            allow: matched(&lists.allow),
+            block: matched(&lists.block),
+        }
+    }
+}
+
+/// The first recipient's entry when every recipient's own list matched.
+fn unanimous(
+    personal: &[Personal],
+    rcpts: usize,
+    pick: fn(&Personal) -> Option<&str>,
+) -> Option<&str> {
+    if personal.is_empty() || personal.len() != rcpts {
+        return None;
+    }
+    let mut entries = personal.iter().map(pick);
+    let first = entries.next().flatten()?;
+    entries.all(|e| e.is_some()).then_some(first)
 }
 
 /// The policy's decision about one message.
@@ -146,6 +204,13 @@ impl Policy {
         if let Some(entry) = self.block.matches(&senders, facts.client_ip) {
             return decision(Action::Reject, format!("block-listed: {entry}"));
         }
+        let rcpts = facts.rcpt_to.len();
+        if let Some(entry) = unanimous(facts.personal, rcpts, |p| p.block.as_deref()) {
+            return decision(
+                Action::Reject,
+                format!("block-listed by the recipient: {entry}"),
+            );
+        }
         if let Some(what) = facts.blocked_content {
             return decision(self.attachments, format!("blocked content {what}"));
         }
@@ -156,6 +221,12 @@ impl Policy {
             return decision(
                 action,
                 format!("DMARC policy of the From domain: {}", action.as_str()),
+            );
+        }
+        if let Some(entry) = unanimous(facts.personal, rcpts, |p| p.allow.as_deref()) {
+            return decision(
+                Action::Deliver,
+                format!("allow-listed by the recipient: {entry}"),
             );
         }
         let score = facts.score;
@@ -244,6 +315,7 @@ mod tests {
             malware: None,
             blocked_content: None,
             dmarc: None,
+            personal: &[],
         }
     }
 
@@ -292,6 +364,56 @@ mod tests {
             (d.action, d.reason.as_str()),
             (Action::Reject, "block-listed: 198.51.100.0/24")
         );
+    }
+
+    #[test]
+    fn a_recipient_s_own_lists_decide_when_every_recipient_agrees() {
+        let mut bob = bulwark_model::recipient::RecipientLists::default();
+        bob.add(bulwark_model::recipient::ListKind::Allow, "sender.test")
+            .unwrap();
+        let mut carol = bulwark_model::recipient::RecipientLists::default();
+        carol
+            .add(bulwark_model::recipient::ListKind::Block, "a@sender.test")
+            .unwrap();
+        let senders = [Some("A@Sender.test"), None];
+        let (bob, carol) = (Personal::of(&bob, &senders), Personal::of(&carol, &senders));
+        assert_eq!(bob.allow.as_deref(), Some("sender.test"));
+        assert_eq!(carol.block.as_deref(), Some("a@sender.test"));
+        let policy = Policy::default();
+        let one = ["bob@example.test".to_string()];
+        let two = [
+            "bob@example.test".to_string(),
+            "carol@example.test".to_string(),
+        ];
+        let mut f = facts(12.0);
+        f.rcpt_to = &one;
+        let alone = [bob.clone()];
+        f.personal = &alone;
+        let d = policy.decide(&f);
+        assert_eq!(d.action, Action::Deliver);
+        assert_eq!(d.reason, "allow-listed by the recipient: sender.test");
+        // A DMARC failure the sender's domain asks to quarantine is not overruled.
+        f.dmarc = Some(Action::Quarantine);
+        assert_eq!(policy.decide(&f).action, Action::Quarantine);
+        f.dmarc = None;
+        // Two recipients who disagree: the cluster's policy decides.
+        f.rcpt_to = &two;
+        let both = [bob, carol.clone()];
+        f.personal = &both;
+        assert_eq!(policy.decide(&f).action, Action::Quarantine);
+        let blocked = [carol.clone(), carol];
+        f.personal = &blocked;
+        let d = policy.decide(&f);
+        assert_eq!(
+            (d.action, d.reason.as_str()),
+            (
+                Action::Reject,
+                "block-listed by the recipient: a@sender.test"
+            )
+        );
+        // Lists looked up for fewer recipients than the message has decide nothing.
+        f.personal = &blocked[..1];
+        assert_eq!(policy.decide(&f).action, Action::Quarantine);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use bulwark_storage::policy::Decided;
 use bulwark_storage::{Action, StateStore};
 use serde_json::{json, Value};
 
-use super::{Document, Facts, Policy, RESCAN_KEYS};
+use super::{Document, Facts, Personal, Policy, RESCAN_KEYS};
 use crate::scan::FindingKind;
 
 /// Events read a page from the store.
@@ -148,6 +148,8 @@ fn try_one(policy: &Policy, decided: &Decided, outcome: &mut Outcome) {
 
 /// The action `policy` gives the decision on record: the same facts the live
 /// pipeline hands it, read back from the verdict and its message's events.
+/// The recipients' own lists are theirs, not the policy's: where they decided, the
+/// verdict's reason says so, and they decide again.
 pub fn redecide(policy: &Policy, decided: &Decided) -> Action {
     let verdict = &decided.verdict;
     let first = |kinds: &[FindingKind]| {
@@ -177,6 +179,7 @@ pub fn redecide(policy: &Policy, decided: &Decided) -> Action {
                 FindingKind::Bomb,
             ]),
             dmarc,
+            personal: &personal(&verdict.reason, decided.rcpt_to.len()),
         })
         .action
 }
@@ -193,6 +196,24 @@ fn judged_ip(decided: &Decided) -> IpAddr {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|ip| ip.parse().ok())
         .unwrap_or(decided.client_ip)
+}
+
+/// What the recipients' own lists said, as far as a verdict's reason tells: every
+/// recipient's list matched when they decided it.
+fn personal(reason: &str, rcpts: usize) -> Vec<Personal> {
+    let matched = |prefix: &str| {
+        reason
+            .strip_prefix(prefix)
+            .map(|entry| entry.trim().to_string())
+    };
+    let one = Personal {
+        allow: matched("allow-listed by the recipient:"),
+        block: matched("block-listed by the recipient:"),
+    };
+    if one == Personal::default() {
+        return Vec::new();
+    }
+    vec![one; rcpts]
 }
 
 #[cfg(test)]

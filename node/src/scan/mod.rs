@@ -55,7 +55,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::config::ScanConfig;
-use crate::policy::{Facts, Live};
+use crate::policy::{Facts, Live, Personal};
 use suffixes::Suffixes;
 
 /// The symbol of a message judged as from the host a trusted relay received it
@@ -187,6 +187,8 @@ pub struct Scanner {
     budget: Duration,
     /// How long each message's scan took (see [`Scanner::register_metrics`]).
     durations: Histogram,
+    /// The recipients' own allow and block lists, where the node keeps them.
+    personal: Option<Arc<dyn crate::policy::PersonalLists>>,
 }
 
 struct ContentEngines {
@@ -256,7 +258,14 @@ impl Scanner {
             budget: config.budget,
             // 1 ms to about 32 s.
             durations: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            personal: None,
         })
+    }
+
+    /// The pipeline, with the recipients' own lists read from `lists`.
+    pub fn with_personal_lists(mut self, lists: Arc<dyn crate::policy::PersonalLists>) -> Self {
+        self.personal = Some(lists);
+        self
     }
 
     /// A pipeline judging by the policy of `config` alone, as version 0 (the
@@ -373,6 +382,15 @@ impl Scanner {
                 .find(|f| kinds.contains(&f.kind))
                 .map(|f| f.name.as_str())
         };
+        let senders = [Some(candidate.mail_from), candidate.header_from];
+        let personal: Vec<Personal> = match &self.personal {
+            Some(lists) => candidate
+                .rcpt_to
+                .iter()
+                .map(|rcpt| Personal::of(&lists.lists(rcpt), &senders))
+                .collect(),
+            None => Vec::new(),
+        };
         let decision = current.policy.decide(&Facts {
             mail_from: candidate.mail_from,
             header_from: candidate.header_from,
@@ -387,6 +405,7 @@ impl Scanner {
                 FindingKind::Bomb,
             ]),
             dmarc: authentication.as_ref().and_then(|a| a.dmarc),
+            personal: &personal,
         });
         // The policy is the pipeline's last stage; its version is the cluster's.
         engines.push(EngineRun {

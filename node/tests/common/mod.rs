@@ -590,3 +590,30 @@ impl<'a> Api<'a> {
             .unwrap()
     }
 }
+
+/// The text and HTML parts of a digest or portal-link message, decoded (base64).
+pub fn notice_parts(data: &[u8]) -> (String, String) {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(data).to_string();
+    let mut decoded = Vec::new();
+    for part in text.split("\r\n--=_bulwark_").skip(1) {
+        let Some((_, body)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let b64: String = body.lines().take_while(|l| !l.starts_with("--")).collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap();
+        decoded.push(String::from_utf8(bytes).unwrap());
+    }
+    assert_eq!(decoded.len(), 2, "{text}");
+    (decoded[0].clone(), decoded[1].clone())
+}
+
+/// The links a notice's text part gives after `label: `, in order.
+pub fn notice_links(text: &str, label: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{label}: ")))
+        .map(str::to_string)
+        .collect()
+}

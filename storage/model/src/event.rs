@@ -109,6 +109,21 @@ pub enum Command {
     /// [`crate::rules::users`]). Builds before [`crate::feature::USERS`] cannot decode
     /// it.
     User(Box<UserCommand>),
+    /// A recipient releases or deletes their copy of a held message, changes their
+    /// allow or block list, or opens their portal, through a signed link, the portal
+    /// or a console user acting for them; records `recipient.action` (and
+    /// `quarantine.released` or `quarantine.deleted` for their copy). Refused when
+    /// the link is spent or expired or the message is not held for them (see
+    /// [`crate::rules::recipients`]). Builds before [`crate::feature::RECIPIENTS`]
+    /// cannot decode it.
+    Recipient(Box<crate::recipient::RecipientCommand>),
+    /// Queue a recipient's quarantine digest and record `quarantine.digest`, unless a
+    /// digest through the same time or later went to them already; or the link to
+    /// their portal they asked for (`recipient.link_sent`).
+    Digest(Box<crate::recipient::DigestCommand>),
+    /// Set the cluster's key for signing recipients' links, unless it has one (the
+    /// first proposed wins). Records no event (the key is a secret).
+    LinkKey { key: [u8; 32] },
 }
 
 /// How far an exporter has got: its receiver accepted (or it gave up on) the log up
@@ -240,6 +255,12 @@ pub enum EventKind {
     /// A console user was created, removed or given a new password, or signed in,
     /// failed to or signed out (`user.*`, `console.*`).
     UserChanged(Box<UserChanged>),
+    /// A recipient acted on their quarantined mail or their lists, or opened their
+    /// portal, or tried to and was refused (`recipient.action`).
+    RecipientActed(Box<crate::recipient::RecipientActed>),
+    /// A quarantine digest was queued for a recipient (`quarantine.digest`), or the
+    /// link to their portal they asked for (`recipient.link_sent`).
+    DigestSent(Box<crate::recipient::DigestSent>),
 }
 
 /// What kind of read an `access.read` records.
@@ -433,6 +454,9 @@ impl EventKind {
             EventKind::SignerChanged(_) => "audit.key_rotated",
             EventKind::PolicyChanged(_) => "policy.changed",
             EventKind::UserChanged(u) => u.action.type_name(),
+            EventKind::RecipientActed(_) => "recipient.action",
+            EventKind::DigestSent(d) if d.through_ms.is_none() => "recipient.link_sent",
+            EventKind::DigestSent(_) => "quarantine.digest",
         }
     }
 
@@ -452,6 +476,8 @@ impl EventKind {
             EventKind::BayesTrained(b) => b.message_id,
             EventKind::QuarantineDecided(q) => Some(q.decision.message_id),
             EventKind::AccessRead(r) => r.message_id,
+            EventKind::RecipientActed(r) => r.message_id,
+            EventKind::DigestSent(d) => Some(d.digest_id),
             EventKind::AuditNote { .. }
             | EventKind::ExportDeadLettered(_)
             | EventKind::SignerChanged(_)
@@ -485,6 +511,7 @@ impl EventKind {
             EventKind::BayesTrained(b) => &b.user,
             EventKind::PolicyChanged(p) => &p.user,
             EventKind::UserChanged(u) => &u.user,
+            EventKind::RecipientActed(r) => r.user.as_ref().unwrap_or(&r.recipient),
             EventKind::Note { author, .. } | EventKind::AuditNote { author, .. } => author,
             EventKind::MessageReceived(_)
             | EventKind::MessageRejected(_)
@@ -503,6 +530,7 @@ impl EventKind {
             | EventKind::AccessRead(_)
             | EventKind::ExportDeadLettered(_)
             | EventKind::SignerChanged(_)
+            | EventKind::DigestSent(_)
             | EventKind::PolicyRejected(_) => return None,
         };
         (!crate::token::is_system_actor(user)).then_some(user.as_str())
@@ -778,6 +806,40 @@ impl EventKind {
                 if let Some(until) = u.locked_until_ms {
                     out.insert("locked_until".into(), rfc3339(until).into());
                 }
+            }
+            EventKind::RecipientActed(r) => {
+                out.insert("action".into(), r.action.clone().into());
+                if let Some(id) = r.message_id {
+                    out.insert("message_id".into(), id.to_string().into());
+                }
+                let name = r.user.as_ref().unwrap_or(&r.recipient);
+                out.insert("user".into(), serde_json::json!({ "name": name }));
+                out.insert(
+                    "email".into(),
+                    serde_json::json!({ "to": { "address": [r.recipient] } }),
+                );
+                if let Some(ip) = r.client_ip {
+                    out.insert("source".into(), serde_json::json!({ "ip": ip.to_string() }));
+                }
+                let mut event = action_outcome(&r.action, &r.refused);
+                event["via"] = r.via.clone().into();
+                out.insert("event".into(), event);
+                if let Some(entry) = &r.entry {
+                    out.insert("entry".into(), entry.clone().into());
+                }
+            }
+            EventKind::DigestSent(d) => {
+                out.insert("action".into(), "digest".into());
+                out.insert("message_id".into(), d.digest_id.to_string().into());
+                out.insert(
+                    "email".into(),
+                    serde_json::json!({ "to": { "address": [d.recipient] } }),
+                );
+                let mut digest = serde_json::json!({ "messages": d.messages });
+                if let Some(through) = d.through_ms {
+                    digest["through"] = rfc3339(through).into();
+                }
+                out.insert("digest".into(), digest);
             }
             EventKind::ScanVerdict(v) => verdict_fields(v, out),
             EventKind::MessageQuarantined(q) => {

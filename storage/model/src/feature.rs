@@ -19,6 +19,8 @@
 //! - [`LEVELS`] (2): `Command::RaiseFeatureLevel` itself, the first command the
 //!   release before cannot decode.
 //! - [`USERS`] (3): `Command::User`, console users and their sessions.
+//! - [`RECIPIENTS`] (4): `Command::Recipient`, `Command::Digest` and
+//!   `Command::LinkKey`: recipients' self-service, their digests and links.
 //!
 //! A command a later release adds gets the next level, here and in
 //! [`Command::feature_level`].
@@ -34,8 +36,12 @@ pub const LEVELS: u32 = 2;
 /// `Command::User`: console users and their sessions.
 pub const USERS: u32 = 3;
 
+/// `Command::Recipient`, `Command::Digest`, `Command::LinkKey`: recipients'
+/// self-service.
+pub const RECIPIENTS: u32 = 4;
+
 /// The highest level this build applies.
-pub const FEATURE_LEVEL: u32 = USERS;
+pub const FEATURE_LEVEL: u32 = RECIPIENTS;
 
 impl Command {
     /// The cluster feature level a node needs to apply this command (and so the
@@ -44,6 +50,7 @@ impl Command {
         match self {
             Command::RaiseFeatureLevel { level } => (*level).max(LEVELS),
             Command::User(_) => USERS,
+            Command::Recipient(_) | Command::Digest(_) | Command::LinkKey { .. } => RECIPIENTS,
             _ => BASE,
         }
     }
@@ -101,6 +108,15 @@ mod tests {
         }));
         assert_eq!(sign_out.feature_level(), USERS);
         const { assert!(USERS > LEVELS && FEATURE_LEVEL >= USERS) };
+    }
+
+    #[test]
+    fn recipients_self_service_needs_its_level() {
+        assert_eq!(
+            Command::LinkKey { key: [0; 32] }.feature_level(),
+            RECIPIENTS
+        );
+        const { assert!(RECIPIENTS > USERS && FEATURE_LEVEL >= RECIPIENTS) };
     }
 
     #[test]

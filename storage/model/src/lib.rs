@@ -23,6 +23,7 @@ pub mod event;
 pub mod feature;
 pub mod message;
 pub mod policy;
+pub mod recipient;
 pub mod rules;
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;

@@ -716,7 +716,7 @@ pub enum DeliveryCommand {
 }
 
 /// Bodies are large: serialise them as one byte string, not a sequence of numbers.
-mod serde_bytes_compat {
+pub(crate) mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {

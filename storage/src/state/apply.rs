@@ -20,7 +20,7 @@ use crate::layout::cf;
 use crate::message::PolicyRejection;
 use crate::user::{UserAction, WRONG_CREDENTIALS};
 use crate::{codec, Error, Result};
-use crate::{policy, signer, token, user};
+use crate::{policy, recipient, signer, token, user};
 
 /// One batch being applied: what the rules changed and what the engine keeps beside
 /// it. Reads of the rules fall through [`Changes`] to the store.
@@ -145,6 +145,9 @@ impl StateStore {
             Command::User(command) => rules::users::user(changes, self, command, op)?,
             Command::TrustSigner(command) => rules::signers::trust(changes, self, command, seq)?,
             Command::ChangePolicy(change) => rules::policy::change(changes, self, change, op)?,
+            Command::Recipient(command) => rules::recipients::act(changes, self, command, op)?,
+            Command::Digest(digest) => rules::recipients::digest(changes, self, digest, op, seq)?,
+            Command::LinkKey { key } => rules::recipients::link_key(changes, self, key)?,
             Command::TrainBayes(lesson) => (vec![self.learn(&mut batch.lessons, lesson)?], None),
             Command::PurgeEvents(purge) => {
                 let no_events = HashMap::new();
@@ -421,12 +424,28 @@ impl StateStore {
                     write.put_cf(meta, policy::key(version.version), codec::encode(&version)?);
                     write.put_cf(meta, policy::CURRENT_KEY, version.version.to_be_bytes());
                 }
+                Write::RecipientLists(recipient, lists) => write.put_cf(
+                    tokens,
+                    recipient::lists_key(&recipient),
+                    codec::encode(&lists)?,
+                ),
+                Write::LinkSpent(id, at) => {
+                    write.put_cf(tokens, recipient::spent_key(&id), codec::encode(&at)?)
+                }
+                Write::LinkKey(key) => {
+                    write.put_cf(tokens, recipient::LINK_KEY, codec::encode(&key)?)
+                }
+                Write::DigestThrough(recipient, at) => write.put_cf(
+                    tokens,
+                    recipient::digest_key(&recipient),
+                    codec::encode(&at)?,
+                ),
             }
         }
-        for (id, record) in changes.quarantine {
+        for (id, record) in &changes.quarantine {
             match record {
                 Some(record) => {
-                    write.put_cf(self.cf(cf::QUARANTINE), id.key(), codec::encode(&record)?)
+                    write.put_cf(self.cf(cf::QUARANTINE), id.key(), codec::encode(record)?)
                 }
                 None => write.delete_cf(self.cf(cf::QUARANTINE), id.key()),
             }
@@ -436,7 +455,15 @@ impl StateStore {
                 Some(entry) => write.put_cf(self.cf(cf::QUEUE), id.key(), codec::encode(&entry)?),
                 None => {
                     write.delete_cf(self.cf(cf::QUEUE), id.key());
-                    write.delete_cf(bodies, id.key());
+                    // Its body goes with it, unless other recipients' copies of the
+                    // message are still held.
+                    let held = match changes.quarantine.get(&id) {
+                        Some(record) => record.is_some(),
+                        None => self.quarantine_record(id)?.is_some(),
+                    };
+                    if !held {
+                        write.delete_cf(bodies, id.key());
+                    }
                 }
             }
         }
@@ -500,6 +527,7 @@ impl StateStore {
                 Some("the delivery lease was refused".to_string())
             }
             EventKind::ApiAction(a) => a.refused,
+            EventKind::RecipientActed(r) => r.refused,
             // A refused sign-in; a wrong password is recorded, not refused.
             EventKind::UserChanged(u) if u.action == UserAction::SignInFailed => {
                 u.refused.filter(|reason| reason != WRONG_CREDENTIALS)

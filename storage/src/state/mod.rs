@@ -404,6 +404,22 @@ impl Stored for StateStore {
         StateStore::current_policy(self)
     }
 
+    fn recipient_lists(&self, recipient: &str) -> Result<crate::recipient::RecipientLists> {
+        StateStore::recipient_lists(self, recipient)
+    }
+
+    fn link_spent(&self, id: &Hash) -> Result<Option<i64>> {
+        StateStore::link_spent(self, id)
+    }
+
+    fn link_key(&self) -> Result<Option<[u8; 32]>> {
+        StateStore::link_key(self)
+    }
+
+    fn digest_through(&self, recipient: &str) -> Result<Option<i64>> {
+        StateStore::digest_through(self, recipient)
+    }
+
     fn received_envelope(&self, id: MessageId, seq: u64) -> Result<Option<Envelope>> {
         Ok(match self.event(seq)? {
             Some(StoredEvent {

@@ -13,6 +13,7 @@ use crate::message::{
     MessageId, MessageReceived, QuarantineRecord, QueueEntry, QueueRecord, Rejection, Verdict,
 };
 use crate::policy::{self, Decided, PolicyVersion};
+use crate::recipient::{self, RecipientLists};
 use crate::rules::export::ExportPosition;
 use crate::rules::quarantine::{expiry_due, expiry_end};
 use crate::signer::{self, Signers};
@@ -98,6 +99,28 @@ impl StateStore {
         self.identity(&user::session_key(digest))
     }
 
+    /// A recipient's own allow and block lists (none: empty).
+    pub fn recipient_lists(&self, recipient: &str) -> Result<RecipientLists> {
+        Ok(self
+            .identity(&recipient::lists_key(recipient))?
+            .unwrap_or_default())
+    }
+
+    /// When the link with id `id` was spent, if it was.
+    pub fn link_spent(&self, id: &Hash) -> Result<Option<i64>> {
+        self.identity(&recipient::spent_key(id))
+    }
+
+    /// The cluster's key for signing recipients' links, once it has one.
+    pub fn link_key(&self) -> Result<Option<[u8; 32]>> {
+        self.identity(recipient::LINK_KEY)
+    }
+
+    /// The time through which a recipient's last digest went, if one did.
+    pub fn digest_through(&self, recipient: &str) -> Result<Option<i64>> {
+        self.identity(&recipient::digest_key(recipient))
+    }
+
     /// The record under `key` in the `tokens` column family (tokens, users, sessions).
     fn identity<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
         match self.db.get_pinned_cf(self.cf(cf::TOKENS), key)? {
@@ -178,6 +201,24 @@ impl StateStore {
             Some(record) => Ok(Some(codec::decode(&record)?)),
             None => Ok(None),
         }
+    }
+
+    /// Hands the quarantined records from id `from` on to `visit`, in id order
+    /// (arrival), until `visit` says stop (returns `false`) or none is left.
+    pub fn quarantined_from(
+        &self,
+        from: MessageId,
+        visit: &mut dyn FnMut(QuarantineRecord) -> bool,
+    ) -> Result<()> {
+        let start = from.key();
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for item in self.db.iterator_cf(self.cf(cf::QUARANTINE), mode) {
+            let (_, value) = item?;
+            if !visit(codec::decode(&value)?) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// A message's entry in the delivery queue.

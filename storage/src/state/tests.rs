@@ -2721,3 +2721,150 @@ fn a_column_family_of_a_later_release_is_opened_and_left_alone() {
         Some(&b"v"[..])
     );
 }
+
+#[test]
+fn a_recipient_s_copy_leaves_alone_and_the_body_stays_until_the_last_copy_is_gone() {
+    use crate::message::QueueAction;
+    use crate::recipient::{
+        DigestCommand, ListKind, RecipientAction, RecipientCommand, RecipientLists, Via,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let id = MessageId::new(1_764_300_001_000, 1);
+    let t = 1_764_300_010_000;
+    let op = |n: u128, command: Command| Op {
+        id: 100 + n,
+        time_ms: t + n as i64,
+        node: 1,
+        command,
+    };
+    let recipient = |who: &str, action, via| {
+        Command::Recipient(Box::new(RecipientCommand {
+            recipient: who.into(),
+            action,
+            via,
+            client_ip: None,
+        }))
+    };
+    let by_recipient = |store: &StateStore, who: &str| {
+        let filter = QuarantineFilter {
+            recipient: Some(who.into()),
+            ..Default::default()
+        };
+        store.quarantine_list(&filter, None, 10).unwrap().0.len()
+    };
+    {
+        let state = StateDir::open(dir.path()).unwrap();
+        let store = state.current();
+        let accept = quarantined(1, |received, _| {
+            received.envelope.rcpt_to =
+                vec!["bob@example.test".into(), "carol@example.test".into()];
+        });
+        let release = recipient(
+            "Bob@example.test",
+            RecipientAction::Release {
+                message_id: id,
+                allow_sender: true,
+            },
+            Via::Link {
+                id: [9; 32],
+                expires_ms: t + 60_000,
+            },
+        );
+        store
+            .apply(&[(1, &[accept, op(1, release)][..])], b"1")
+            .unwrap();
+        let queued = store.queue_entry(id).unwrap().unwrap();
+        let to: Vec<&str> = queued
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(to, ["bob@example.test"]);
+        let held = store.quarantine_record(id).unwrap().unwrap();
+        assert_eq!(held.recipients, ["carol@example.test"]);
+        assert_eq!(
+            (
+                by_recipient(&store, "bob@example.test"),
+                by_recipient(&store, "carol@example.test")
+            ),
+            (0, 1)
+        );
+        // Bob's copy leaves the queue (delivered, or deleted here): the body stays
+        // for Carol's.
+        let dropped = Command::Delivery(Box::new(DeliveryCommand::Admin {
+            message_id: id,
+            action: QueueAction::Delete,
+            user: "admin".into(),
+            client_ip: None,
+        }));
+        store.apply(&[(2, &[op(2, dropped)][..])], b"2").unwrap();
+        assert!(store.queue_entry(id).unwrap().is_none());
+        assert!(store.message_body(id).unwrap().is_some());
+        // A digest and the link key, kept.
+        let digest = Command::Digest(Box::new(DigestCommand {
+            recipient: "carol@example.test".into(),
+            through_ms: Some(t),
+            messages: 1,
+            digest_id: MessageId::new(t, 77),
+            body: b"Subject: held\r\n\r\nx\r\n".to_vec(),
+        }));
+        let key = Command::LinkKey { key: [4; 32] };
+        store
+            .apply(&[(3, &[op(3, digest), op(4, key)][..])], b"3")
+            .unwrap();
+    }
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    assert_eq!(store.link_spent(&[9; 32]).unwrap(), Some(t + 1));
+    assert_eq!(store.link_key().unwrap(), Some([4; 32]));
+    assert_eq!(store.digest_through("Carol@example.test").unwrap(), Some(t));
+    assert_eq!(
+        store.recipient_lists("bob@EXAMPLE.test").unwrap(),
+        RecipientLists {
+            allow: vec!["alice@sender.test".into()],
+            block: Vec::new(),
+        }
+    );
+    assert_eq!(
+        store.recipient_lists("carol@example.test").unwrap(),
+        RecipientLists::default()
+    );
+    // The link again, after the restart: refused as spent.
+    let again = recipient(
+        "bob@example.test",
+        RecipientAction::List {
+            list: ListKind::Block,
+            entry: "spam.test".into(),
+            add: true,
+        },
+        Via::Link {
+            id: [9; 32],
+            expires_ms: t + 60_000,
+        },
+    );
+    let result = &store.apply(&[(4, &[op(5, again)][..])], b"4").unwrap()[0][0];
+    assert_eq!(result.refused.as_deref(), Some(crate::recipient::SPENT));
+    // Carol deletes the last copy: record and body go.
+    let delete = recipient(
+        "carol@example.test",
+        RecipientAction::Delete { message_id: id },
+        Via::Portal {
+            expires_ms: t + 60_000,
+        },
+    );
+    store.apply(&[(5, &[op(6, delete)][..])], b"5").unwrap();
+    assert!(store.quarantine_record(id).unwrap().is_none());
+    assert!(store.message_body(id).unwrap().is_none());
+    assert_eq!(by_recipient(&store, "carol@example.test"), 0);
+    let (events, _) = store.events(&EventFilter::default(), 0, 100).unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event.kind.type_name()).collect();
+    for kind in [
+        "recipient.action",
+        "quarantine.released",
+        "quarantine.digest",
+        "quarantine.deleted",
+    ] {
+        assert!(types.contains(&kind), "{kind}: {types:?}");
+    }
+    assert!(store.verify().unwrap().ok);
+}

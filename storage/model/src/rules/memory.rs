@@ -7,6 +7,7 @@ use super::{Changes, Stored, Write};
 use crate::event::{Command, EventKind, Hash, Op};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
 use crate::policy::PolicyVersion;
+use crate::recipient::RecipientLists;
 use crate::signer::Signers;
 use crate::token::ApiToken;
 use crate::user::{ConsoleUser, Session};
@@ -27,6 +28,10 @@ pub struct Memory {
     pub bodies: BTreeMap<MessageId, Vec<u8>>,
     pub signers: BTreeMap<u64, Signers>,
     pub policies: BTreeMap<u64, PolicyVersion>,
+    pub lists: BTreeMap<String, RecipientLists>,
+    pub spent: BTreeMap<Hash, i64>,
+    pub link_key: Option<[u8; 32]>,
+    pub digests: BTreeMap<String, i64>,
 }
 
 impl Stored for Memory {
@@ -66,6 +71,26 @@ impl Stored for Memory {
 
     fn current_policy(&self) -> crate::Result<Option<PolicyVersion>> {
         Ok(self.policies.values().next_back().cloned())
+    }
+
+    fn recipient_lists(&self, recipient: &str) -> crate::Result<RecipientLists> {
+        Ok(self
+            .lists
+            .get(&recipient.to_lowercase())
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn link_spent(&self, id: &Hash) -> crate::Result<Option<i64>> {
+        Ok(self.spent.get(id).copied())
+    }
+
+    fn link_key(&self) -> crate::Result<Option<[u8; 32]>> {
+        Ok(self.link_key)
+    }
+
+    fn digest_through(&self, recipient: &str) -> crate::Result<Option<i64>> {
+        Ok(self.digests.get(&recipient.to_lowercase()).copied())
     }
 
     fn received_envelope(&self, id: MessageId, seq: u64) -> crate::Result<Option<Envelope>> {
@@ -137,6 +162,16 @@ impl Memory {
                 Write::Policy(version) => {
                     self.policies.insert(version.version, *version);
                 }
+                Write::RecipientLists(recipient, lists) => {
+                    self.lists.insert(recipient, lists);
+                }
+                Write::LinkSpent(id, at) => {
+                    self.spent.insert(id, at);
+                }
+                Write::LinkKey(key) => self.link_key = Some(key),
+                Write::DigestThrough(recipient, at) => {
+                    self.digests.insert(recipient, at);
+                }
             }
         }
         for (id, record) in changes.quarantine {
@@ -149,7 +184,9 @@ impl Memory {
             match record {
                 Some(record) => self.queue.insert(id, record),
                 None => {
-                    self.bodies.remove(&id);
+                    if !self.quarantine.contains_key(&id) {
+                        self.bodies.remove(&id);
+                    }
                     self.queue.remove(&id)
                 }
             };

@@ -12,13 +12,15 @@
 //! attempt reports, bounces and an administrator's queue actions), [`quarantine`]
 //! (release, deletion and expiry), [`tokens`] (API tokens), [`users`] (console users
 //! and their sessions), [`signers`] (the keys trusted to sign checkpoints), [`export`]
-//! (an exporter's cursor and count) and [`policy`] (the cluster's policy versions).
+//! (an exporter's cursor and count), [`policy`] (the cluster's policy versions) and
+//! [`recipients`] (recipients' own releases, lists, links and digests).
 
 use std::collections::HashMap;
 
 use crate::event::{EventKind, Hash};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
 use crate::policy::PolicyVersion;
+use crate::recipient::RecipientLists;
 use crate::signer::Signers;
 use crate::token::ApiToken;
 use crate::user::{ConsoleUser, Session};
@@ -28,6 +30,7 @@ pub mod export;
 pub mod policy;
 pub mod quarantine;
 pub mod queue;
+pub mod recipients;
 pub mod signers;
 pub mod tokens;
 pub mod users;
@@ -77,6 +80,18 @@ pub trait Stored {
     /// sequence number `seq` (`None` when the retention has removed it).
     fn received_envelope(&self, id: MessageId, seq: u64) -> Result<Option<Envelope>, Self::Error>;
 
+    /// A recipient's own allow and block lists (none: empty).
+    fn recipient_lists(&self, recipient: &str) -> Result<RecipientLists, Self::Error>;
+
+    /// When the link with [`crate::recipient::Link::id`] `id` was spent, if it was.
+    fn link_spent(&self, id: &Hash) -> Result<Option<i64>, Self::Error>;
+
+    /// The cluster's key for signing recipients' links, once it has one.
+    fn link_key(&self) -> Result<Option<[u8; 32]>, Self::Error>;
+
+    /// The time through which a recipient's last digest went, if one did.
+    fn digest_through(&self, recipient: &str) -> Result<Option<i64>, Self::Error>;
+
     /// Hands the quarantined records with an id before `end` to `visit`, oldest
     /// first, until `visit` says stop (returns `false`) or none is left.
     fn quarantined_before(
@@ -112,6 +127,14 @@ pub enum Write<'a> {
     Signers(u64, Signers),
     /// Stores a policy version and makes it the current one.
     Policy(Box<PolicyVersion>),
+    /// Stores a recipient's lists, in place of what they had.
+    RecipientLists(String, RecipientLists),
+    /// Keeps a spent link's id, with when it was spent.
+    LinkSpent(Hash, i64),
+    /// Stores the cluster's link key.
+    LinkKey([u8; 32]),
+    /// Stores the time through which a recipient's last digest went.
+    DigestThrough(String, i64),
 }
 
 /// What a batch changes, as its operations so far have left it. Reads fall through
@@ -132,6 +155,14 @@ pub struct Changes<'a> {
     signers: HashMap<u64, Signers>,
     /// The current policy, once the batch has changed it.
     policy: Option<Option<PolicyVersion>>,
+    /// Recipients' lists as changed, by lowercase address.
+    lists: HashMap<String, RecipientLists>,
+    /// Links spent, with when.
+    spent: HashMap<Hash, i64>,
+    /// The link key, once the batch has set it.
+    link_key: Option<[u8; 32]>,
+    /// Digests' times, by lowercase recipient.
+    digests: HashMap<String, i64>,
     /// Envelopes of the messages this batch accepted: a release later in the batch
     /// reads its message's envelope from here, its event not being stored yet.
     received: HashMap<MessageId, Envelope>,
@@ -204,6 +235,42 @@ impl Changes<'_> {
         match self.users.get(name) {
             Some(None) => Ok(true),
             _ => store.user_name_retired(name),
+        }
+    }
+
+    /// A recipient's lists as the batch has left them.
+    fn lists<S: Stored>(&self, store: &S, recipient: &str) -> Result<RecipientLists, S::Error> {
+        match self.lists.get(&recipient.to_lowercase()) {
+            Some(lists) => Ok(lists.clone()),
+            None => store.recipient_lists(recipient),
+        }
+    }
+
+    /// When a link was spent, by this batch or before it.
+    fn link_spent<S: Stored>(&self, store: &S, id: &Hash) -> Result<Option<i64>, S::Error> {
+        match self.spent.get(id) {
+            Some(at) => Ok(Some(*at)),
+            None => store.link_spent(id),
+        }
+    }
+
+    /// The link key as the batch has left it.
+    fn link_key<S: Stored>(&self, store: &S) -> Result<Option<[u8; 32]>, S::Error> {
+        match self.link_key {
+            Some(key) => Ok(Some(key)),
+            None => store.link_key(),
+        }
+    }
+
+    /// A recipient's last digest's time as the batch has left it.
+    fn digest_through<S: Stored>(
+        &self,
+        store: &S,
+        recipient: &str,
+    ) -> Result<Option<i64>, S::Error> {
+        match self.digests.get(&recipient.to_lowercase()) {
+            Some(at) => Ok(Some(*at)),
+            None => store.digest_through(recipient),
         }
     }
 

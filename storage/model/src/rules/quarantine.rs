@@ -39,39 +39,9 @@ pub fn decide<S: Stored>(
     };
     match command.action {
         QuarantineAction::Release => {
-            // The envelope's extensions are on the message.received event: in this
-            // batch's changes if it came in the same batch, else stored.
-            let envelope = match changes.received.get(&id) {
-                Some(envelope) => Some(envelope.clone()),
-                None => store.received_envelope(id, record.received_seq)?,
-            };
-            let (eight_bit, smtputf8) = match envelope {
-                Some(e) => (e.eight_bit, e.smtputf8),
-                // Its event purged: 8BITMIME is harmless to ask for, and SMTPUTF8 is
-                // needed exactly when an address is not ASCII.
-                None => (
-                    true,
-                    !record.mail_from.is_ascii() || record.recipients.iter().any(|r| !r.is_ascii()),
-                ),
-            };
-            let entry = QueueEntry {
-                message_id: id,
-                received_seq: record.received_seq,
-                time_ms: op.time_ms,
-                mail_from: record.mail_from.clone(),
-                recipients: pending(&record.recipients),
-                eight_bit,
-                smtputf8,
-                action: Action::Deliver,
-                score: record.score,
-                received_by: op.node,
-                lease: None,
-            };
-            changes.queue.insert(id, Some(QueueRecord::new(entry)));
+            queue_release(changes, store, &record, &record.recipients, op)?
         }
-        QuarantineAction::Delete | QuarantineAction::Expire => {
-            changes.writes.push(Write::DropBody(id));
-        }
+        QuarantineAction::Delete | QuarantineAction::Expire => drop_body(changes, store, id)?,
     }
     let event = EventKind::QuarantineDecided(Box::new(QuarantineDecided {
         decision: command.clone(),
@@ -79,6 +49,83 @@ pub fn decide<S: Stored>(
         recipients: record.recipients,
     }));
     Ok((vec![event], None))
+}
+
+/// Queues `recipients` of held message `record` for delivery as they are, as the
+/// node that proposed the release received them: into the message's queue entry when
+/// it has one (another recipient's copy released before and not delivered yet), else
+/// into a new one.
+pub(super) fn queue_release<S: Stored>(
+    changes: &mut Changes<'_>,
+    store: &S,
+    record: &QuarantineRecord,
+    recipients: &[String],
+    op: &Op,
+) -> Result<(), S::Error> {
+    let id = record.message_id;
+    if let Some(queued) = changes.queued(store, id)? {
+        for address in recipients {
+            if !queued
+                .entry
+                .recipients
+                .iter()
+                .any(|r| r.address == *address)
+            {
+                queued
+                    .entry
+                    .recipients
+                    .extend(pending(std::slice::from_ref(address)));
+            }
+        }
+        return Ok(());
+    }
+    // The envelope's extensions are on the message.received event: in this batch's
+    // changes if it came in the same batch, else stored.
+    let envelope = match changes.received.get(&id) {
+        Some(envelope) => Some(envelope.clone()),
+        None => store.received_envelope(id, record.received_seq)?,
+    };
+    let (eight_bit, smtputf8) = match envelope {
+        Some(e) => (e.eight_bit, e.smtputf8),
+        // Its event purged: 8BITMIME is harmless to ask for, and SMTPUTF8 is needed
+        // exactly when an address is not ASCII.
+        None => (
+            true,
+            !record.mail_from.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+        ),
+    };
+    let entry = QueueEntry {
+        message_id: id,
+        received_seq: record.received_seq,
+        time_ms: op.time_ms,
+        mail_from: record.mail_from.clone(),
+        recipients: pending(recipients),
+        eight_bit,
+        smtputf8,
+        action: Action::Deliver,
+        score: record.score,
+        received_by: op.node,
+        lease: None,
+    };
+    *changes.queued(store, id)? = Some(QueueRecord::new(entry));
+    Ok(())
+}
+
+/// Removes the body of a message that has left the quarantine, unless a released
+/// copy of it still waits in the queue (whose delivery then takes it).
+pub(super) fn drop_body<S: Stored>(
+    changes: &mut Changes<'_>,
+    store: &S,
+    id: MessageId,
+) -> Result<(), S::Error> {
+    let queued = match changes.queue.get(&id) {
+        Some(record) => record.is_some(),
+        None => store.queue_record(id)?.is_some(),
+    };
+    if !queued {
+        changes.writes.push(Write::DropBody(id));
+    }
+    Ok(())
 }
 
 /// The retention's run: what was quarantined before `expiry.before_ms`, oldest first
@@ -115,7 +162,7 @@ pub fn expire<S: Stored>(
     let mut events = Vec::new();
     for (id, record) in candidates.into_iter().take(max) {
         changes.quarantine.insert(id, None);
-        changes.writes.push(Write::DropBody(id));
+        drop_body(changes, store, id)?;
         events.push(EventKind::QuarantineDecided(Box::new(QuarantineDecided {
             decision: QuarantineCommand {
                 message_id: id,
@@ -265,6 +312,59 @@ mod tests {
         decide(&mut changes, &store, &release, &op(1, T + 1)).unwrap();
         let entry = &changes.queue[&record.message_id].as_ref().unwrap().entry;
         assert_eq!((entry.eight_bit, entry.smtputf8), (true, true));
+    }
+
+    #[test]
+    fn a_release_after_a_recipient_s_own_joins_the_queued_copy_and_a_deletion_keeps_its_body() {
+        use crate::message::{QueuedRecipient, RecipientStatus};
+        let mut store = store(1);
+        let mut record = held(1);
+        record.recipients.push("carol@example.test".into());
+        store.quarantine.insert(record.message_id, record.clone());
+        // Carol's copy was released before and is being delivered.
+        let mut queued = QueueRecord::new(QueueEntry {
+            message_id: record.message_id,
+            received_seq: 1,
+            time_ms: T,
+            mail_from: record.mail_from.clone(),
+            recipients: vec![QueuedRecipient {
+                address: "carol@example.test".into(),
+                status: RecipientStatus::Pending,
+            }],
+            eight_bit: false,
+            smtputf8: false,
+            action: Action::Deliver,
+            score: 12.0,
+            received_by: 1,
+            lease: None,
+        });
+        queued.entry.lease = Some(crate::message::Lease {
+            node: 2,
+            until_ms: T + 60_000,
+        });
+        store.queue.insert(record.message_id, queued.clone());
+        let mut only_bob = record.clone();
+        only_bob.recipients.pop();
+        store.quarantine.insert(record.message_id, only_bob.clone());
+        // Deleting Bob's held copy leaves the body to Carol's delivery.
+        let mut changes = Changes::default();
+        let delete = command(&only_bob, QuarantineAction::Delete);
+        decide(&mut changes, &store, &delete, &op(1, T + 1)).unwrap();
+        assert!(changes.writes.is_empty(), "{:?}", changes.writes);
+        // Releasing it instead adds Bob to the queued entry, its lease untouched.
+        let mut changes = Changes::default();
+        let release = command(&only_bob, QuarantineAction::Release);
+        decide(&mut changes, &store, &release, &op(1, T + 1)).unwrap();
+        store.commit(changes);
+        let entry = &store.queue[&record.message_id].entry;
+        let addresses: Vec<&str> = entry
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(addresses, ["carol@example.test", "bob@example.test"]);
+        assert_eq!(entry.lease, queued.entry.lease);
+        assert!(store.bodies.contains_key(&record.message_id));
     }
 
     #[test]

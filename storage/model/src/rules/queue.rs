@@ -78,21 +78,40 @@ pub fn delivery<'a, S: Stored>(
 /// A DSN into the queue, sent with the null sender (RFC 5321 §4.5.5) so that it can
 /// never cause another bounce.
 fn queue_bounce<'a>(changes: &mut Changes<'a>, bounce: &'a Bounce, op: &Op, seq: u64) {
-    changes
-        .writes
-        .push(Write::Body(bounce.message_id, &bounce.body));
+    queue_generated(
+        changes,
+        bounce.message_id,
+        &bounce.body,
+        &bounce.recipient,
+        op,
+        seq,
+    );
+}
+
+/// A message the gateway wrote itself (a DSN, a quarantine digest) into the queue for
+/// `recipient`, from the null sender, with its body; `seq` is the sequence number of
+/// the event that records it.
+pub(super) fn queue_generated<'a>(
+    changes: &mut Changes<'a>,
+    message_id: MessageId,
+    body: &'a [u8],
+    recipient: &str,
+    op: &Op,
+    seq: u64,
+) {
+    changes.writes.push(Write::Body(message_id, body));
     let entry = QueueEntry {
-        message_id: bounce.message_id,
+        message_id,
         received_seq: seq,
         time_ms: op.time_ms,
         mail_from: String::new(),
         recipients: vec![QueuedRecipient {
-            address: bounce.recipient.clone(),
+            address: recipient.to_string(),
             status: RecipientStatus::Pending,
         }],
         // Quoted headers and replies may hold 8-bit text.
-        eight_bit: !bounce.body.is_ascii(),
-        smtputf8: !bounce.recipient.is_ascii(),
+        eight_bit: !body.is_ascii(),
+        smtputf8: !recipient.is_ascii(),
         action: Action::Deliver,
         score: 0.0,
         received_by: op.node,
@@ -100,7 +119,7 @@ fn queue_bounce<'a>(changes: &mut Changes<'a>, bounce: &'a Bounce, op: &Op, seq:
     };
     changes
         .queue
-        .insert(bounce.message_id, Some(QueueRecord::new(entry)));
+        .insert(message_id, Some(QueueRecord::new(entry)));
 }
 
 /// Grants `node` the lease on `entry` until `until_ms` unless another node holds one

@@ -7,6 +7,8 @@
 //! A body removed so (or deleted over the API) is then erased from each node's own
 //! files within `erase_within_secs` by [`erase`].
 
+pub mod digest;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,700 @@
+//! The recipients' self-service from outside: a real node, a next hop on loopback
+//! that receives what it delivers (the digests among it), links read out of the
+//! digests as a mail program shows them, and plain HTTP as a recipient's browser (or
+//! an attacker's) sends it.
+//!
+//! - A digest lists what was held for each recipient, with hostile subjects as text;
+//!   its release link releases that recipient's copy alone, once; a link used twice,
+//!   changed (another recipient, message or action), or expired explains itself; the
+//!   same run again sends nobody a second digest.
+//! - The portal: a link asked for by address (sent only to one of our domains, a few
+//!   times an hour), its cookie, the recipient's own mail only, their allow and block
+//!   lists applied by the scanner to their next mail and to no one else's, CSRF.
+//! - The console's "release and allow sender" for every recipient of a message.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bulwark_cluster_tests::sink::{Delivered, Sink, SinkConfig};
+use common::{Api, Node, Smtp};
+use reqwest::blocking::{Client, Response};
+use reqwest::redirect::Policy;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A node relaying to `sink` quickly, with a rule that quarantines "fishy offer".
+fn node(sink: &Sink, digest: &str) -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("local.cf");
+    std::fs::write(
+        &rules,
+        "body LOCAL_FISHY /fishy offer/i\nscore LOCAL_FISHY 12.0\n",
+    )
+    .unwrap();
+    let node = Node::start_with(
+        "",
+        &format!(
+            "[delivery]\nrelay = \"{}\"\npoll_ms = 100\nretry_initial_secs = 1\n\n\
+             [scan]\nrules = [\"{}\"]\n\n[digest]\n{digest}\n",
+            sink.addr(),
+            rules.display()
+        ),
+    );
+    (node, dir)
+}
+
+fn browser() -> Client {
+    Client::builder().redirect(Policy::none()).build().unwrap()
+}
+
+fn send(node: &Node, from: &str, to: &[&str], subject: &str, body: &str) -> (u16, String) {
+    let mut smtp = Smtp::ehlo(node.smtp);
+    let message = format!(
+        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\n\r\n{body}\r\n",
+        to.join(", ")
+    );
+    let address = from
+        .rsplit_once('<')
+        .map_or(from, |(_, a)| a.trim_end_matches('>'));
+    let reply = smtp.send_message(address, to, &message);
+    let id = if reply.code == 250 {
+        reply.queued_id()
+    } else {
+        String::new()
+    };
+    (reply.code, id)
+}
+
+/// Waits until the sink holds a message to `rcpt` that `pick` accepts.
+fn wait_for(sink: &Sink, what: &str, pick: impl Fn(&Delivered) -> bool) -> Delivered {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(found) = sink.received().into_iter().find(|d| pick(d)) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink got no {what} within {WAIT:?}; it has {:#?}",
+            sink.received()
+                .iter()
+                .map(|d| (d.mail_from.clone(), d.rcpt_to.clone(), d.header("Subject")))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The digest (or portal link) the sink received for `rcpt`, the `n`th.
+fn notice_for(sink: &Sink, rcpt: &str, n: usize) -> Delivered {
+    wait_for(sink, &format!("notice #{n} to {rcpt}"), |d| {
+        d.mail_from.is_empty()
+            && d.rcpt_to == [rcpt]
+            && sink
+                .received()
+                .iter()
+                .filter(|o| o.mail_from.is_empty() && o.rcpt_to == [rcpt])
+                .count()
+                >= n
+    });
+    sink.received()
+        .into_iter()
+        .filter(|d| d.mail_from.is_empty() && d.rcpt_to == [rcpt])
+        .nth(n - 1)
+        .unwrap()
+}
+
+fn parts(notice: &Delivered) -> (String, String) {
+    common::notice_parts(&notice.data)
+}
+
+fn links(text: &str, label: &str) -> Vec<String> {
+    common::notice_links(text, label)
+}
+
+/// The path of a link (`/ui/my/l/...`).
+fn path(link: &str) -> String {
+    link[link.find("/ui/my/").unwrap()..].to_string()
+}
+
+fn get(node: &Node, path: &str, cookie: &str) -> Response {
+    browser()
+        .get(format!("{}{path}", node.api))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+}
+
+fn post(node: &Node, path: &str, cookie: &str, form: &[(&str, &str)]) -> Response {
+    browser()
+        .post(format!("{}{path}", node.api))
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .unwrap()
+}
+
+fn held_for(api: &Api, id: &str) -> Vec<String> {
+    let (status, detail) = api.get(&format!("/v1/quarantine/{id}"));
+    if status == 404 {
+        return Vec::new();
+    }
+    assert_eq!(status, 200, "{detail}");
+    detail["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn events(api: &Api, kind: &str) -> Vec<Value> {
+    let (status, page) = api.get(&format!("/v1/events?type={kind}"));
+    assert_eq!(status, 200, "{page}");
+    page["events"].as_array().unwrap().clone()
+}
+
+/// A link with its payload changed by `change` and its signature kept.
+fn forged(link: &str, change: impl Fn(&mut Vec<u8>)) -> String {
+    let token = link.rsplit('/').next().unwrap();
+    let (payload, mac) = token.split_once('.').unwrap();
+    let mut bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
+    change(&mut bytes);
+    let start = &link[..link.len() - token.len()];
+    format!("{start}{}.{mac}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[test]
+fn a_digest_link_releases_one_recipient_s_copy_once_and_tells_why_it_cannot_again() {
+    let sink = Sink::start(SinkConfig::default());
+    let (node, _rules) = node(&sink, "");
+    let api = Api::new(&node);
+    let hostile = "<script>alert(1)</script> fishy offer";
+    let (code, both) = send(
+        &node,
+        "\"<b>Eve</b>\" <eve@sender.test>",
+        &["bob@example.test", "carol@example.test"],
+        hostile,
+        "A fishy offer.",
+    );
+    assert_eq!(code, 250);
+    let (_, carols) = send(
+        &node,
+        "eve@sender.test",
+        &["carol@example.test"],
+        "Another fishy offer",
+        "A fishy offer again.",
+    );
+    assert_eq!(
+        held_for(&api, &both),
+        ["bob@example.test", "carol@example.test"]
+    );
+
+    // Only an admin sends the digest now.
+    let operator = api
+        .post_json(
+            "/v1/tokens",
+            &serde_json::json!({"name": "desk", "role": "operator"}),
+        )
+        .1;
+    let desk = api.with_token(operator["token"].as_str().unwrap());
+    assert_eq!(desk.post("/v1/digest/run").0, 403);
+    let (status, run) = api.post("/v1/digest/run");
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(
+        (run["digests"].as_u64(), run["messages"].as_u64()),
+        (Some(2), Some(3)),
+        "{run}"
+    );
+    let bobs = notice_for(&sink, "bob@example.test", 1);
+    let carol_digest = notice_for(&sink, "carol@example.test", 1);
+    assert_eq!(
+        bobs.header("Auto-Submitted").as_deref(),
+        Some("auto-generated")
+    );
+    assert_eq!(
+        bobs.header("Subject").as_deref(),
+        Some("1 message held for you")
+    );
+    assert_eq!(
+        carol_digest.header("Subject").as_deref(),
+        Some("2 messages held for you")
+    );
+    let (text, html) = parts(&bobs);
+    assert!(text.contains(hostile), "{text}");
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt; fishy offer"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<script>") && !html.contains("<b>Eve"),
+        "{html}"
+    );
+    assert_eq!(events(&api, "quarantine.digest").len(), 2);
+    // The same run again: nothing new, nobody gets a second digest.
+    let (_, again) = api.post("/v1/digest/run");
+    assert_eq!(again["digests"], 0, "{again}");
+
+    let release = &links(&text, "Release")[0];
+    let bob_delete = &links(&text, "Delete")[0];
+    // Opening the link shows the message (as text) and does nothing yet.
+    for _ in 0..2 {
+        let page = get(&node, &path(release), "");
+        assert_eq!(page.status(), 200);
+        let page = page.text().unwrap();
+        assert!(page.contains("&lt;script&gt;alert(1)"), "{page}");
+        assert!(!page.contains("<script>"), "{page}");
+    }
+    assert_eq!(held_for(&api, &both).len(), 2);
+
+    // A link changed in any part is refused: another recipient, another message, or
+    // the delete link made into a release.
+    let to_carol = forged(release, |p| {
+        let at = p.len() - "bob@example.test".len();
+        p[at..at + 3].copy_from_slice(b"eve");
+    });
+    let other_message = forged(release, |p| p[30] ^= 1);
+    let delete_as_release = forged(bob_delete, |p| p[1] = b'r');
+    for forged in [&to_carol, &other_message, &delete_as_release] {
+        let answer = post(&node, &path(forged), "", &[]);
+        assert_eq!(answer.status(), 403, "{forged}");
+        assert!(answer.text().unwrap().contains("not one of ours"));
+    }
+
+    // Posted from another site's page: refused, and the link not spent.
+    let elsewhere = browser()
+        .post(format!("{}{}", node.api, path(release)))
+        .header("origin", "http://evil.test")
+        .send()
+        .unwrap();
+    assert_eq!(elsewhere.status(), 403);
+    assert_eq!(held_for(&api, &both).len(), 2);
+
+    // Used: Bob's copy alone goes to the next hop; Carol's stays held.
+    let done = post(&node, &path(release), "", &[]);
+    assert_eq!(done.status(), 200);
+    assert!(done.text().unwrap().contains("on its way to your mailbox"));
+    let delivered = wait_for(&sink, "Bob's released copy", |d| {
+        d.header("X-Bulwark-Id").as_deref() == Some(&both)
+    });
+    assert_eq!(delivered.rcpt_to, ["bob@example.test"]);
+    assert_eq!(held_for(&api, &both), ["carol@example.test"]);
+    // Twice: refused, and says when it was used; so does opening it.
+    let twice = post(&node, &path(release), "", &[]);
+    assert_eq!(twice.status(), 410);
+    assert!(twice.text().unwrap().contains("used already"));
+    let opened = get(&node, &path(release), "");
+    assert_eq!(opened.status(), 410);
+    assert!(opened.text().unwrap().contains("was used already, at"));
+    // Bob's delete link for the same message: his copy is gone from the quarantine.
+    let gone = get(&node, &path(bob_delete), "");
+    assert_eq!(gone.status(), 404);
+    assert!(gone.text().unwrap().contains("no longer held for you"));
+
+    // Carol deletes hers of the first message, releases the second and allows its
+    // sender: her list holds the sender, the record is gone.
+    let (carol_text, _) = parts(&carol_digest);
+    let carol_ids: Vec<String> = links(&carol_text, "Delete");
+    assert_eq!(carol_ids.len(), 2);
+    // The digest lists the newest first.
+    let allow = &links(&carol_text, "Release and always allow this sender")[0];
+    assert_eq!(post(&node, &path(allow), "", &[]).status(), 200);
+    assert_eq!(post(&node, &path(&carol_ids[1]), "", &[]).status(), 200);
+    assert!(held_for(&api, &both).is_empty() && held_for(&api, &carols).is_empty());
+    wait_for(&sink, "Carol's released copy", |d| {
+        d.header("X-Bulwark-Id").as_deref() == Some(&carols)
+    });
+
+    // On record, each with the recipient's address and the link as the way.
+    let acted = events(&api, "recipient.action");
+    let summary: Vec<(String, String, String)> = acted
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["email"]["to"]["address"][0].as_str().unwrap().to_string(),
+                e["event"]["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("quarantine.release", "bob@example.test", "success"),
+        ("quarantine.release", "bob@example.test", "failure"),
+        ("quarantine.release_allow", "carol@example.test", "success"),
+        ("quarantine.delete", "carol@example.test", "success"),
+    ];
+    assert_eq!(
+        summary,
+        expected.map(|(a, r, o)| (a.to_string(), r.to_string(), o.to_string())),
+        "{acted:#?}"
+    );
+    assert!(acted.iter().all(|e| e["event"]["via"] == "link"));
+    assert_eq!(acted[1]["event"]["reason"], "the link was used already");
+    assert_eq!(acted[2]["entry"], "eve@sender.test");
+    let released = events(&api, "quarantine.released");
+    assert_eq!(
+        released[0]["email"]["to"]["address"],
+        serde_json::json!(["bob@example.test"])
+    );
+    assert_eq!(released[0]["user"]["name"], "bob@example.test");
+}
+
+#[test]
+fn an_expired_link_says_when_it_expired() {
+    let sink = Sink::start(SinkConfig::default());
+    // Links last 2 seconds.
+    let (node, _rules) = node(&sink, "link_valid_days = 0.000023\n");
+    let api = Api::new(&node);
+    let (_, id) = send(
+        &node,
+        "eve@sender.test",
+        &["bob@example.test"],
+        "fishy offer",
+        "A fishy offer.",
+    );
+    assert_eq!(api.post("/v1/digest/run").0, 200);
+    let (text, _) = parts(&notice_for(&sink, "bob@example.test", 1));
+    let release = &links(&text, "Release")[0];
+    std::thread::sleep(Duration::from_millis(2500));
+    for answer in [
+        get(&node, &path(release), ""),
+        post(&node, &path(release), "", &[]),
+    ] {
+        assert_eq!(answer.status(), 410);
+        let page = answer.text().unwrap();
+        assert!(page.contains("This link expired at"), "{page}");
+    }
+    assert_eq!(held_for(&api, &id), ["bob@example.test"]);
+}
+
+/// The `bulwark_my` cookie a response sets, whole.
+fn portal_cookie(response: &Response) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("bulwark_my="))
+        .unwrap_or_default()
+}
+
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a csrf token")
+        + 19;
+    page[at..at + 32].to_string()
+}
+
+#[test]
+fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_alone() {
+    let sink = Sink::start(SinkConfig::default());
+    let (node, _rules) = node(&sink, "");
+    let api = Api::new(&node);
+    let (_, bobs) = send(
+        &node,
+        "eve@sender.test",
+        &["bob@example.test"],
+        "fishy offer",
+        "A fishy offer.",
+    );
+    let (_, carols) = send(
+        &node,
+        "eve@sender.test",
+        &["carol@example.test"],
+        "fishy offer 2",
+        "A fishy offer.",
+    );
+
+    // Asking for a link: the same answer for an address of ours and one that is
+    // not; only ours gets mail, and at most three an hour.
+    for address in [
+        "bob@example.test",
+        "someone@elsewhere.test",
+        "bob@example.test",
+        "Bob@Example.test",
+        "bob@example.test",
+    ] {
+        let answer = post(&node, "/ui/my/", "", &[("address", address)]);
+        assert_eq!(answer.status(), 200);
+        assert!(answer.text().unwrap().contains("is on its way"));
+    }
+    let first = notice_for(&sink, "bob@example.test", 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let notices = sink
+        .received()
+        .into_iter()
+        .filter(|d| d.mail_from.is_empty())
+        .count();
+    assert_eq!(notices, 3, "three links, all to Bob");
+    assert_eq!(events(&api, "recipient.link_sent").len(), 3);
+    let (text, _) = parts(&first);
+    let link = text
+        .lines()
+        .find(|l| l.contains("/ui/my/l/"))
+        .unwrap()
+        .to_string();
+
+    // The link opens the portal once, with a cookie for it alone.
+    let shown = get(&node, &path(&link), "");
+    assert_eq!(shown.status(), 200);
+    assert!(shown.text().unwrap().contains("Open my quarantine"));
+    let entered = post(&node, &path(&link), "", &[]);
+    assert_eq!(entered.status(), 303);
+    let cookie = portal_cookie(&entered);
+    for flag in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/ui/my/",
+        "Max-Age=3600",
+    ] {
+        assert!(cookie.contains(flag), "{flag}: {cookie}");
+    }
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    assert_eq!(post(&node, &path(&link), "", &[]).status(), 410);
+
+    // Bob's mail, not Carol's.
+    let page = get(&node, "/ui/my/", &cookie).text().unwrap();
+    assert!(page.contains("Mail held for bob@example.test"), "{page}");
+    assert!(page.contains(&bobs) && !page.contains(&carols), "{page}");
+    let token = csrf(&page);
+    // A cookie changed to name Carol is no pass at all.
+    let value = cookie.trim_start_matches("bulwark_my=");
+    let (payload, mac) = value.split_once('.').unwrap();
+    let mut bytes = URL_SAFE_NO_PAD.decode(payload).unwrap();
+    let at = bytes.len() - "bob@example.test".len();
+    bytes[at..at + 3].copy_from_slice(b"eve");
+    let forged = format!("bulwark_my={}.{mac}", URL_SAFE_NO_PAD.encode(bytes));
+    let page = get(&node, "/ui/my/", &forged).text().unwrap();
+    assert!(page.contains("Send me a link"), "{page}");
+    // Bob cannot act on Carol's message by its id, nor without the form's token.
+    let refused = post(
+        &node,
+        "/ui/my/act",
+        &cookie,
+        &[("csrf", &token), ("action", "release"), ("id", &carols)],
+    );
+    assert_eq!(refused.status(), 303);
+    assert!(refused.headers()["location"]
+        .to_str()
+        .unwrap()
+        .contains("refused="));
+    assert_eq!(held_for(&api, &carols), ["carol@example.test"]);
+    let no_csrf = post(
+        &node,
+        "/ui/my/act",
+        &cookie,
+        &[("action", "delete"), ("id", &bobs)],
+    );
+    assert_eq!(no_csrf.status(), 403);
+    assert_eq!(held_for(&api, &bobs), ["bob@example.test"]);
+    // An entry that is no address or domain is refused and said so.
+    let bad = post(
+        &node,
+        "/ui/my/act",
+        &cookie,
+        &[
+            ("csrf", &token),
+            ("action", "allow.add"),
+            ("entry", "10.0.0.1"),
+        ],
+    );
+    let back = bad.headers()["location"].to_str().unwrap().to_string();
+    let page = get(&node, &back, &cookie).text().unwrap();
+    assert!(
+        page.contains("Refused: not an address or a domain"),
+        "{page}"
+    );
+
+    // Bob allows eve's domain and blocks spam.test: his next mail from them is
+    // delivered and refused; Carol's from eve is still held.
+    for (action, entry) in [("allow.add", "sender.test"), ("block.add", "spam.test")] {
+        let done = post(
+            &node,
+            "/ui/my/act",
+            &cookie,
+            &[("csrf", &token), ("action", action), ("entry", entry)],
+        );
+        assert_eq!(done.status(), 303);
+    }
+    let page = get(&node, "/ui/my/", &cookie).text().unwrap();
+    assert!(
+        page.contains("sender.test") && page.contains("spam.test"),
+        "{page}"
+    );
+    let (code, allowed) = send(
+        &node,
+        "eve@sender.test",
+        &["bob@example.test"],
+        "fishy offer 3",
+        "A fishy offer.",
+    );
+    assert_eq!(code, 250);
+    let verdict = api.get(&format!("/v1/messages/{allowed}")).1;
+    let verdict_text = verdict.to_string();
+    assert!(
+        verdict_text.contains("allow-listed by the recipient: sender.test"),
+        "{verdict}"
+    );
+    wait_for(&sink, "the allowed message", |d| {
+        d.header("X-Bulwark-Id").as_deref() == Some(&allowed)
+    });
+    let (code, _) = send(
+        &node,
+        "eve@sender.test",
+        &["carol@example.test"],
+        "fishy offer 4",
+        "A fishy offer.",
+    );
+    assert_eq!(code, 250);
+    assert_eq!(events(&api, "message.quarantined").len(), 3);
+    let (code, _) = send(
+        &node,
+        "x@spam.test",
+        &["bob@example.test"],
+        "hello",
+        "Hello.",
+    );
+    assert_eq!(code, 554, "blocked by Bob");
+    let (code, _) = send(
+        &node,
+        "x@spam.test",
+        &["carol@example.test"],
+        "hello",
+        "Hello.",
+    );
+    assert_eq!(code, 250, "not blocked by Carol");
+    // Both recipients must have the sender on their lists for the lists to decide.
+    let (code, both) = send(
+        &node,
+        "x@spam.test",
+        &["bob@example.test", "carol@example.test"],
+        "hello",
+        "Hello.",
+    );
+    assert_eq!(code, 250);
+    assert!(!both.is_empty());
+
+    // Bob releases his held message with its sender allowed, then signs out.
+    let done = post(
+        &node,
+        "/ui/my/act",
+        &cookie,
+        &[("csrf", &token), ("action", "release_allow"), ("id", &bobs)],
+    );
+    assert_eq!(done.status(), 303);
+    assert!(held_for(&api, &bobs).is_empty());
+    wait_for(&sink, "Bob's released message", |d| {
+        d.header("X-Bulwark-Id").as_deref() == Some(&bobs)
+    });
+    let out = post(&node, "/ui/my/signout", &cookie, &[]);
+    assert!(portal_cookie(&out).contains("Max-Age=0"));
+    let acted = events(&api, "recipient.action");
+    let actions: Vec<&str> = acted
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "portal.open",
+            "portal.open",
+            "quarantine.release",
+            "allow.add",
+            "allow.add",
+            "block.add",
+            "quarantine.release_allow"
+        ],
+        "{acted:#?}"
+    );
+    assert_eq!(acted[1]["event"]["reason"], "the link was used already");
+    assert!(acted[2..]
+        .iter()
+        .all(|e| e["event"]["via"] == "portal" && e["user"]["name"] == "bob@example.test"));
+}
+
+#[test]
+fn the_console_releases_to_every_recipient_and_allows_the_sender_for_each() {
+    let sink = Sink::start(SinkConfig::default());
+    let (node, _rules) = node(&sink, "");
+    let api = Api::new(&node);
+    let (_, id) = send(
+        &node,
+        "eve@sender.test",
+        &["bob@example.test", "carol@example.test"],
+        "fishy offer",
+        "A fishy offer.",
+    );
+    let signed_in = browser()
+        .post(format!("{}/ui/signin", node.api))
+        .form(&[
+            ("name", "admin"),
+            ("password", node.token().as_str()),
+            ("next", "/ui/quarantine"),
+        ])
+        .send()
+        .unwrap();
+    let session = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = get(&node, &format!("/ui/messages/{id}"), &session)
+        .text()
+        .unwrap();
+    assert!(page.contains("Release and allow sender"), "{page}");
+    let done = post(
+        &node,
+        "/ui/quarantine/act",
+        &session,
+        &[
+            ("csrf", &csrf(&page)),
+            ("action", "release_allow"),
+            ("id", &id),
+        ],
+    );
+    assert_eq!(done.status(), 303);
+    assert!(done.headers()["location"]
+        .to_str()
+        .unwrap()
+        .contains("done=1"));
+    // Two releases, one a recipient: one delivery or two, to both.
+    let rcpts = |sink: &Sink| {
+        let mut all: Vec<String> = sink
+            .received()
+            .into_iter()
+            .filter(|d| d.header("X-Bulwark-Id").as_deref() == Some(&id))
+            .flat_map(|d| d.rcpt_to)
+            .collect();
+        all.sort();
+        all
+    };
+    wait_for(&sink, "the released message to both", |_| {
+        rcpts(&sink).len() >= 2
+    });
+    assert_eq!(rcpts(&sink), ["bob@example.test", "carol@example.test"]);
+    let acted = events(&api, "recipient.action");
+    assert_eq!(acted.len(), 2);
+    assert!(acted.iter().all(|e| e["user"]["name"] == "admin"
+        && e["event"]["via"] == "console"
+        && e["entry"] == "eve@sender.test"));
+    // Both now have eve on their own lists: her next message to both is delivered.
+    let (code, next) = send(
+        &node,
+        "eve@sender.test",
+        &["bob@example.test", "carol@example.test"],
+        "fishy offer 2",
+        "A fishy offer.",
+    );
+    assert_eq!(code, 250);
+    let trace = api.get(&format!("/v1/messages/{next}")).1.to_string();
+    assert!(
+        trace.contains("allow-listed by the recipient: eve@sender.test"),
+        "{trace}"
+    );
+}
