@@ -6,6 +6,8 @@
 //! change anything; operators the allow and block lists only; auditors and the siem
 //! role read.
 
+use std::net::IpAddr;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -17,7 +19,7 @@ use bulwark_storage::{Command, Role, StateStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::{Access, ClientIp};
+use crate::auth::{Access, Caller, ClientIp};
 use crate::extract::Body;
 use crate::routes::ApiState;
 use crate::ApiError;
@@ -300,26 +302,86 @@ pub(crate) async fn change(
             "reason: at most {MAX_REASON} bytes"
         )));
     }
-    let document = match s.policy.check(&request.policy) {
-        Ok(document) => document,
-        Err(problems) => return Ok(unprocessable(problems)),
-    };
-    let node = s.node.clone();
-    let current = tokio::task::spawn_blocking(move || node.state().current_policy())
-        .await
-        .map_err(ApiError::internal)??;
-    let current_version = current.as_ref().map_or(0, |c| c.version);
-    if request.base_version != current_version {
-        return Err(stale(current_version, request.base_version));
-    }
-    if current.as_ref().is_some_and(|c| c.document == document) {
-        let unchanged = PolicyChanged {
+    let applied = apply(
+        &s,
+        caller,
+        client_ip,
+        request.base_version,
+        &request.policy,
+        request.reason,
+    )
+    .await;
+    match applied {
+        Ok(Applied::Unchanged { version }) => Ok(Json(PolicyChanged {
             changed: false,
             hash: None,
             seq: None,
+            version,
+        })
+        .into_response()),
+        Ok(Applied::Changed { version, seq, hash }) => Ok(Json(PolicyChanged {
+            changed: true,
+            hash: Some(hex::encode(hash)),
+            seq: Some(seq),
+            version,
+        })
+        .into_response()),
+        Err(Refused::Invalid(problems)) => Ok(unprocessable(problems)),
+        Err(Refused::Api(e)) => Err(e),
+    }
+}
+
+/// What a change of the policy made.
+pub(crate) enum Applied {
+    /// The policy was the current one already: nothing recorded.
+    Unchanged { version: u64 },
+    /// Version `version`, recorded as `policy.changed` (its seq and hash).
+    Changed {
+        version: u64,
+        seq: u64,
+        hash: bulwark_storage::Hash,
+    },
+}
+
+/// Why a change of the policy was not made.
+pub(crate) enum Refused {
+    /// The policy does not validate: every problem.
+    Invalid(Vec<String>),
+    /// Stale (409), not the caller's to make (403), no quorum.
+    Api(ApiError),
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Refused::Api(e)
+    }
+}
+
+/// `caller` changes the policy to `proposed`, made from `base_version`: checked whole,
+/// refused when the base is stale or an operator changes more than the allow and
+/// block lists, else proposed and recorded (the API's `PUT` and the console's form).
+pub(crate) async fn apply(
+    s: &ApiState,
+    caller: Caller,
+    client_ip: Option<IpAddr>,
+    base_version: u64,
+    proposed: &Value,
+    reason: String,
+) -> Result<Applied, Refused> {
+    let document = s.policy.check(proposed).map_err(Refused::Invalid)?;
+    let node = s.node.clone();
+    let current = tokio::task::spawn_blocking(move || node.state().current_policy())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?;
+    let current_version = current.as_ref().map_or(0, |c| c.version);
+    if base_version != current_version {
+        return Err(stale(current_version, base_version).into());
+    }
+    if current.as_ref().is_some_and(|c| c.document == document) {
+        return Ok(Applied::Unchanged {
             version: current_version,
-        };
-        return Ok(Json(unchanged).into_response());
+        });
     }
     if caller.role != Role::Admin {
         let old = current
@@ -334,30 +396,30 @@ pub(crate) async fn change(
             return Err(ApiError::forbidden(format!(
                 "the {} role changes the allow and block lists only, not: {line}",
                 caller.role.as_str()
-            )));
+            ))
+            .into());
         }
     }
     let result = s
         .node
         .proposer()
         .propose(Command::ChangePolicy(Box::new(PolicyChange {
-            base_version: request.base_version,
+            base_version,
             document,
             user: caller.name,
             client_ip,
-            reason: request.reason,
+            reason,
         })))
-        .await?;
+        .await
+        .map_err(ApiError::from)?;
     match result.refused {
-        Some(reason) if reason.starts_with(POLICY_STALE) => Err(ApiError::conflict(reason)),
-        Some(reason) => Ok(unprocessable(vec![reason])),
-        None => Ok(Json(PolicyChanged {
-            changed: true,
-            hash: Some(hex::encode(result.hash)),
-            seq: Some(result.seq),
-            version: request.base_version + 1,
-        })
-        .into_response()),
+        Some(reason) if reason.starts_with(POLICY_STALE) => Err(ApiError::conflict(reason).into()),
+        Some(reason) => Err(Refused::Invalid(vec![reason])),
+        None => Ok(Applied::Changed {
+            version: base_version + 1,
+            seq: result.seq,
+            hash: result.hash,
+        }),
     }
 }
 

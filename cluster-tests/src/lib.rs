@@ -35,6 +35,7 @@ pub mod files;
 pub mod load;
 pub mod mta;
 mod node;
+pub mod notice;
 pub mod ports;
 pub mod release;
 pub mod samples;

@@ -9,16 +9,9 @@
 
 mod common;
 
-use common::{Api, Node, Smtp};
-use reqwest::blocking::{Client, Response};
-use reqwest::redirect::Policy;
+use common::{browser, csrf, get_page as get, post_form, Api, Node, Smtp};
+use reqwest::blocking::Response;
 use serde_json::{json, Value};
-
-/// A browser without a cookie jar: the test carries the session cookie by hand, so
-/// it sees every `Set-Cookie` and every redirect.
-fn browser() -> Client {
-    Client::builder().redirect(Policy::none()).build().unwrap()
-}
 
 /// The `bulwark_session` cookie a response sets, with its attributes.
 fn set_cookie(response: &Response) -> String {
@@ -59,33 +52,6 @@ fn session(node: &Node, name: &str, password: &str) -> String {
     let response = sign_in(node, name, password, "/ui/quarantine");
     assert_eq!(response.status(), 303, "{}", response.text().unwrap());
     pair(&set_cookie(&response))
-}
-
-fn get(node: &Node, cookie: &str, path: &str) -> Response {
-    browser()
-        .get(format!("{}{path}", node.api))
-        .header("cookie", cookie)
-        .send()
-        .unwrap()
-}
-
-/// Posts `fields` as a form to the console's `path` with the session `cookie`.
-fn post_form(node: &Node, cookie: &str, path: &str, fields: &[(&str, &str)]) -> Response {
-    browser()
-        .post(format!("{}{path}", node.api))
-        .header("cookie", cookie)
-        .form(fields)
-        .send()
-        .unwrap()
-}
-
-/// The hidden CSRF token of the first form on `page`.
-fn csrf(page: &str) -> String {
-    let at = page
-        .find("name=\"csrf\" value=\"")
-        .expect("a form with a csrf token")
-        + 19;
-    page[at..at + 32].to_string()
 }
 
 /// The events of `kind` about console sign-ins and users.
@@ -311,22 +277,11 @@ const HOSTILE: &str = "From: \"<img src=x onerror=alert(1)>\" <eve@sender.test>\
 
 #[test]
 fn hostile_markup_in_a_message_is_text_on_every_page() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("local.cf");
-    std::fs::write(
-        &rules,
-        "body LOCAL_FISHY /fishy offer/i\nscore LOCAL_FISHY 12.0\n\
-         describe LOCAL_FISHY A <i>fishy</i> offer\n",
-    )
-    .unwrap();
-    let node = Node::start_with(
-        "",
-        &format!(
-            "{}\n[scan]\nrules = [\"{}\"]\n",
-            common::held_delivery(),
-            rules.display()
-        ),
+    let rules = format!(
+        "{}describe LOCAL_FISHY A <i>fishy</i> offer\n",
+        common::FISHY_RULE
     );
+    let (node, _rules) = common::with_rules("", &rules, &common::held_delivery());
     let mut smtp = Smtp::ehlo(node.smtp);
     let reply = smtp.send_message("eve@sender.test", &["bob@example.test"], HOSTILE);
     assert_eq!(reply.code, 250, "{reply:?}");
@@ -409,21 +364,7 @@ fn totals(page: &str, label: &str) -> Vec<u64> {
 
 #[test]
 fn the_flow_queue_events_and_cluster_pages_show_what_happened_and_act() {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("local.cf");
-    std::fs::write(
-        &rules,
-        "body LOCAL_FISHY /fishy offer/i\nscore LOCAL_FISHY 12.0\n",
-    )
-    .unwrap();
-    let node = Node::start_with(
-        "",
-        &format!(
-            "{}\n[scan]\nrules = [\"{}\"]\n",
-            common::held_delivery(),
-            rules.display()
-        ),
-    );
+    let (node, _rules) = common::with_rules("", common::FISHY_RULE, &common::held_delivery());
     let mut smtp = Smtp::ehlo(node.smtp);
     let mut ids = Vec::new();
     for (from, subject) in [
@@ -617,4 +558,149 @@ fn the_flow_queue_events_and_cluster_pages_show_what_happened_and_act() {
         ],
     );
     assert_eq!(refused.status(), 403);
+}
+
+#[test]
+fn the_policy_page_shows_every_version_tries_a_change_and_applies_it() {
+    let (node, _rules) = common::with_rules("", common::FISHY_RULE, &common::held_delivery());
+    let api = Api::new(&node);
+    let mut smtp = Smtp::ehlo(node.smtp);
+    let body =
+        "From: eve@sender.test\r\nTo: bob@example.test\r\nSubject: deal\r\n\r\nA fishy offer.\r\n";
+    let held = smtp.send_message("eve@sender.test", &["bob@example.test"], body);
+    assert_eq!(held.code, 250);
+    node.wait_events("message.quarantined", 1);
+    let admin = session(&node, "admin", &node.token());
+    let page = get(&node, &admin, "/ui/policy").text().unwrap();
+    assert!(page.contains("Version <strong>1</strong>"), "{page}");
+    assert!(
+        page.contains("<h2>History</h2>") && page.contains("config@node1"),
+        "{page}"
+    );
+    let token = csrf(&page);
+    let (_, current) = api.get("/v1/policy");
+    let mut raised = current["policy"].clone();
+    raised["quarantine_score"] = json!(20.0);
+    let raised = raised.to_string();
+
+    // What if: the held message would have been tagged; nothing is applied.
+    let tried = post_form(
+        &node,
+        &admin,
+        "/ui/policy/try",
+        &[
+            ("csrf", &token),
+            ("policy", &raised),
+            ("base", "1"),
+            ("do", "try"),
+        ],
+    );
+    assert_eq!(tried.status(), 200);
+    let tried = tried.text().unwrap();
+    assert!(tried.contains("<strong>1 would change</strong>"), "{tried}");
+    assert!(tried.contains(&held.queued_id()), "{tried}");
+    assert_eq!(api.get("/v1/policy").1["version"], 1);
+
+    // Not JSON, or not a policy: said on the page, nothing applied.
+    for (bad, said) in [
+        ("{not json", "is not JSON"),
+        (r#"{"tag_score": "high"}"#, "does not validate"),
+    ] {
+        let page = post_form(
+            &node,
+            &admin,
+            "/ui/policy/try",
+            &[
+                ("csrf", &token),
+                ("policy", bad),
+                ("base", "1"),
+                ("do", "apply"),
+            ],
+        );
+        let page = page.text().unwrap();
+        assert!(page.contains(said), "{said}: {page}");
+    }
+
+    // An operator may not raise thresholds; an auditor may try but not apply.
+    for (name, role) in [("olga", "operator"), ("audrey", "auditor")] {
+        let made = api.post_json(
+            "/v1/users",
+            &json!({"name": name, "role": role, "password": "a long enough password"}),
+        );
+        assert_eq!(made.0, 201, "{made:?}");
+        let cookie = session(&node, name, "a long enough password");
+        let token = csrf(&get(&node, &cookie, "/ui/policy").text().unwrap());
+        let answer = post_form(
+            &node,
+            &cookie,
+            "/ui/policy/try",
+            &[
+                ("csrf", &token),
+                ("policy", &raised),
+                ("base", "1"),
+                ("do", "apply"),
+            ],
+        );
+        if role == "operator" {
+            assert!(answer
+                .text()
+                .unwrap()
+                .contains("changes the allow and block lists only"));
+        } else {
+            assert_eq!(answer.status(), 403);
+        }
+    }
+    assert_eq!(api.get("/v1/policy").1["version"], 1);
+
+    // Applied by the admin, with a reason: version 2, on record under the name.
+    let applied = post_form(
+        &node,
+        &admin,
+        "/ui/policy/try",
+        &[
+            ("csrf", &token),
+            ("policy", &raised),
+            ("base", "1"),
+            ("do", "apply"),
+            ("reason", "fewer held newsletters"),
+        ],
+    );
+    assert_eq!(applied.status(), 303);
+    assert_eq!(applied.headers()["location"], "/ui/policy?applied=2");
+    let page = get(&node, &admin, "/ui/policy?applied=2").text().unwrap();
+    assert!(
+        page.contains("Version 2 is the cluster's policy now."),
+        "{page}"
+    );
+    assert!(page.contains("quarantine_score: 10.0 -&gt; 20.0"), "{page}");
+    assert!(page.contains("fewer held newsletters"), "{page}");
+    let changed = events(&api, "policy.changed");
+    assert_eq!(
+        changed.last().unwrap()["user"]["name"],
+        "admin",
+        "{changed:?}"
+    );
+    // Made from version 1 again: refused, someone changed it meanwhile.
+    let stale = post_form(
+        &node,
+        &admin,
+        "/ui/policy/try",
+        &[
+            ("csrf", &token),
+            ("policy", &raised),
+            ("base", "1"),
+            ("do", "apply"),
+        ],
+    );
+    assert!(stale
+        .text()
+        .unwrap()
+        .contains("the policy has changed since the base version"));
+    // An earlier version, read only.
+    let old = get(&node, &admin, "/ui/policy?version=1").text().unwrap();
+    assert!(
+        old.contains("an earlier version") && !old.contains("<textarea"),
+        "{old}"
+    );
+    assert_eq!(get(&node, &admin, "/ui/policy?version=9").status(), 404);
 }

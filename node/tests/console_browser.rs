@@ -6,7 +6,7 @@
 //! and the release is on record under their name with the reason. A page with a
 //! hostile subject runs none of it. They make a user for the help desk, look at
 //! the mail flow's charts, find the release in the event log, see the cluster's
-//! health, then sign out.
+//! health and the policy's versions, then sign out.
 //!
 //! A recipient opens the release link of their quarantine digest, releases their
 //! message, opens their quarantine from the digest, allows a sender and releases
@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulwark_cluster_tests::sink::{Sink, SinkConfig};
-use common::{free_port, Api, Node, Smtp};
+use common::{free_port, Api, Smtp};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
@@ -188,22 +188,11 @@ fn a_person_signs_in_finds_opens_and_releases_a_quarantined_message_in_chromium(
         return;
     };
     let sink = Sink::start(SinkConfig::default());
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("local.cf");
-    std::fs::write(
-        &rules,
-        "body LOCAL_FISHY /fishy offer/i\nscore LOCAL_FISHY 12.0\n\
-         describe LOCAL_FISHY Offers a fishy deal\n",
-    )
-    .unwrap();
-    let node = Node::start_with(
-        "",
-        &format!(
-            "[delivery]\nrelay = \"{}\"\npoll_ms = 100\n\n[scan]\nrules = [\"{}\"]\n",
-            sink.addr(),
-            rules.display()
-        ),
+    let rules = format!(
+        "{}describe LOCAL_FISHY Offers a fishy deal\n",
+        common::FISHY_RULE
     );
+    let (node, _rules) = common::with_rules("", &rules, &common::relay_to(sink.addr()));
     let mut ids = Vec::new();
     for (subject, from) in [
         ("Invoice 4471 for November", "billing@supplier.test"),
@@ -338,6 +327,11 @@ fn a_person_signs_in_finds_opens_and_releases_a_quarantined_message_in_chromium(
         settled(&c, |url| url.ends_with("/ui/cluster")).await;
         says(&c, "Node 1 leads").await;
         picture(&c, "cluster").await;
+        click(&c, Locator::LinkText("Policy")).await;
+        settled(&c, |url| url.ends_with("/ui/policy")).await;
+        let policy = says(&c, "History").await;
+        assert!(policy.contains("config@node1"), "{policy}");
+        picture(&c, "policy").await;
 
         // Signing out ends it: the console asks for a sign-in again.
         click(&c, Locator::Css("form.who button")).await;
@@ -376,21 +370,7 @@ fn a_recipient_follows_a_digest_link_and_releases_their_own_message_in_chromium(
         return;
     };
     let sink = Sink::start(SinkConfig::default());
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("local.cf");
-    std::fs::write(
-        &rules,
-        "body LOCAL_FISHY /fishy offer/i\nscore LOCAL_FISHY 12.0\n",
-    )
-    .unwrap();
-    let node = Node::start_with(
-        "",
-        &format!(
-            "[delivery]\nrelay = \"{}\"\npoll_ms = 100\n\n[scan]\nrules = [\"{}\"]\n",
-            sink.addr(),
-            rules.display()
-        ),
-    );
+    let (node, _rules) = common::with_rules("", common::FISHY_RULE, &common::relay_to(sink.addr()));
     let mut ids = Vec::new();
     for (subject, from) in [
         ("Your order 1182 has shipped", "orders@shop.test"),
@@ -409,12 +389,7 @@ fn a_recipient_follows_a_digest_link_and_releases_their_own_message_in_chromium(
     let (text, _) = common::notice_parts(&digest.data);
     // The digest lists the newest first: the sale, then the order.
     let release = common::notice_links(&text, "Release")[1].clone();
-    let portal = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("/ui/my/l/"))
-        .unwrap()
-        .to_string();
+    let portal = bulwark_cluster_tests::notice::portal_link(&text).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

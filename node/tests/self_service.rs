@@ -19,36 +19,17 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bulwark_cluster_tests::sink::{Delivered, Sink, SinkConfig};
-use common::{Api, Node, Smtp};
-use reqwest::blocking::{Client, Response};
-use reqwest::redirect::Policy;
+use common::{browser, csrf, get_page, post_form, Api, Node, Smtp};
+use reqwest::blocking::Response;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A node relaying to `sink` quickly, with a rule that quarantines "fishy offer".
+/// A node relaying to `sink` quickly, holding "fishy offer" (see [`common::FISHY_RULE`]),
+/// with `digest` as its `[digest]` section.
 fn node(sink: &Sink, digest: &str) -> (Node, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("local.cf");
-    std::fs::write(
-        &rules,
-        "body LOCAL_FISHY /fishy offer/i\nscore LOCAL_FISHY 12.0\n",
-    )
-    .unwrap();
-    let node = Node::start_with(
-        "",
-        &format!(
-            "[delivery]\nrelay = \"{}\"\npoll_ms = 100\nretry_initial_secs = 1\n\n\
-             [scan]\nrules = [\"{}\"]\n\n[digest]\n{digest}\n",
-            sink.addr(),
-            rules.display()
-        ),
-    );
-    (node, dir)
-}
-
-fn browser() -> Client {
-    Client::builder().redirect(Policy::none()).build().unwrap()
+    let more = format!("{}\n[digest]\n{digest}\n", common::relay_to(sink.addr()));
+    common::with_rules("", common::FISHY_RULE, &more)
 }
 
 fn send(node: &Node, from: &str, to: &[&str], subject: &str, body: &str) -> (u16, String) {
@@ -115,26 +96,8 @@ fn links(text: &str, label: &str) -> Vec<String> {
     common::notice_links(text, label)
 }
 
-/// The path of a link (`/ui/my/l/...`).
 fn path(link: &str) -> String {
-    link[link.find("/ui/my/").unwrap()..].to_string()
-}
-
-fn get(node: &Node, path: &str, cookie: &str) -> Response {
-    browser()
-        .get(format!("{}{path}", node.api))
-        .header("cookie", cookie)
-        .send()
-        .unwrap()
-}
-
-fn post(node: &Node, path: &str, cookie: &str, form: &[(&str, &str)]) -> Response {
-    browser()
-        .post(format!("{}{path}", node.api))
-        .header("cookie", cookie)
-        .form(form)
-        .send()
-        .unwrap()
+    bulwark_cluster_tests::notice::path(link).to_string()
 }
 
 fn held_for(api: &Api, id: &str) -> Vec<String> {
@@ -242,7 +205,7 @@ fn a_digest_link_releases_one_recipient_s_copy_once_and_tells_why_it_cannot_agai
     let bob_delete = &links(&text, "Delete")[0];
     // Opening the link shows the message (as text) and does nothing yet.
     for _ in 0..2 {
-        let page = get(&node, &path(release), "");
+        let page = get_page(&node, "", &path(release));
         assert_eq!(page.status(), 200);
         let page = page.text().unwrap();
         assert!(page.contains("&lt;script&gt;alert(1)"), "{page}");
@@ -259,7 +222,7 @@ fn a_digest_link_releases_one_recipient_s_copy_once_and_tells_why_it_cannot_agai
     let other_message = forged(release, |p| p[30] ^= 1);
     let delete_as_release = forged(bob_delete, |p| p[1] = b'r');
     for forged in [&to_carol, &other_message, &delete_as_release] {
-        let answer = post(&node, &path(forged), "", &[]);
+        let answer = post_form(&node, "", &path(forged), &[]);
         assert_eq!(answer.status(), 403, "{forged}");
         assert!(answer.text().unwrap().contains("not one of ours"));
     }
@@ -274,7 +237,7 @@ fn a_digest_link_releases_one_recipient_s_copy_once_and_tells_why_it_cannot_agai
     assert_eq!(held_for(&api, &both).len(), 2);
 
     // Used: Bob's copy alone goes to the next hop; Carol's stays held.
-    let done = post(&node, &path(release), "", &[]);
+    let done = post_form(&node, "", &path(release), &[]);
     assert_eq!(done.status(), 200);
     assert!(done.text().unwrap().contains("on its way to your mailbox"));
     let delivered = wait_for(&sink, "Bob's released copy", |d| {
@@ -283,14 +246,14 @@ fn a_digest_link_releases_one_recipient_s_copy_once_and_tells_why_it_cannot_agai
     assert_eq!(delivered.rcpt_to, ["bob@example.test"]);
     assert_eq!(held_for(&api, &both), ["carol@example.test"]);
     // Twice: refused, and says when it was used; so does opening it.
-    let twice = post(&node, &path(release), "", &[]);
+    let twice = post_form(&node, "", &path(release), &[]);
     assert_eq!(twice.status(), 410);
     assert!(twice.text().unwrap().contains("used already"));
-    let opened = get(&node, &path(release), "");
+    let opened = get_page(&node, "", &path(release));
     assert_eq!(opened.status(), 410);
     assert!(opened.text().unwrap().contains("was used already, at"));
     // Bob's delete link for the same message: his copy is gone from the quarantine.
-    let gone = get(&node, &path(bob_delete), "");
+    let gone = get_page(&node, "", &path(bob_delete));
     assert_eq!(gone.status(), 404);
     assert!(gone.text().unwrap().contains("no longer held for you"));
 
@@ -301,8 +264,11 @@ fn a_digest_link_releases_one_recipient_s_copy_once_and_tells_why_it_cannot_agai
     assert_eq!(carol_ids.len(), 2);
     // The digest lists the newest first.
     let allow = &links(&carol_text, "Release and always allow this sender")[0];
-    assert_eq!(post(&node, &path(allow), "", &[]).status(), 200);
-    assert_eq!(post(&node, &path(&carol_ids[1]), "", &[]).status(), 200);
+    assert_eq!(post_form(&node, "", &path(allow), &[]).status(), 200);
+    assert_eq!(
+        post_form(&node, "", &path(&carol_ids[1]), &[]).status(),
+        200
+    );
     assert!(held_for(&api, &both).is_empty() && held_for(&api, &carols).is_empty());
     wait_for(&sink, "Carol's released copy", |d| {
         d.header("X-Bulwark-Id").as_deref() == Some(&carols)
@@ -360,8 +326,8 @@ fn an_expired_link_says_when_it_expired() {
     let release = &links(&text, "Release")[0];
     std::thread::sleep(Duration::from_millis(2500));
     for answer in [
-        get(&node, &path(release), ""),
-        post(&node, &path(release), "", &[]),
+        get_page(&node, "", &path(release)),
+        post_form(&node, "", &path(release), &[]),
     ] {
         assert_eq!(answer.status(), 410);
         let page = answer.text().unwrap();
@@ -379,14 +345,6 @@ fn portal_cookie(response: &Response) -> String {
         .map(|v| v.to_str().unwrap().to_string())
         .find(|c| c.starts_with("bulwark_my="))
         .unwrap_or_default()
-}
-
-fn csrf(page: &str) -> String {
-    let at = page
-        .find("name=\"csrf\" value=\"")
-        .expect("a form with a csrf token")
-        + 19;
-    page[at..at + 32].to_string()
 }
 
 #[test]
@@ -418,7 +376,7 @@ fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_
         "Bob@Example.test",
         "bob@example.test",
     ] {
-        let answer = post(&node, "/ui/my/", "", &[("address", address)]);
+        let answer = post_form(&node, "", "/ui/my/", &[("address", address)]);
         assert_eq!(answer.status(), 200);
         assert!(answer.text().unwrap().contains("is on its way"));
     }
@@ -439,10 +397,10 @@ fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_
         .to_string();
 
     // The link opens the portal once, with a cookie for it alone.
-    let shown = get(&node, &path(&link), "");
+    let shown = get_page(&node, "", &path(&link));
     assert_eq!(shown.status(), 200);
     assert!(shown.text().unwrap().contains("Open my quarantine"));
-    let entered = post(&node, &path(&link), "", &[]);
+    let entered = post_form(&node, "", &path(&link), &[]);
     assert_eq!(entered.status(), 303);
     let cookie = portal_cookie(&entered);
     for flag in [
@@ -454,10 +412,10 @@ fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_
         assert!(cookie.contains(flag), "{flag}: {cookie}");
     }
     let cookie = cookie.split(';').next().unwrap().to_string();
-    assert_eq!(post(&node, &path(&link), "", &[]).status(), 410);
+    assert_eq!(post_form(&node, "", &path(&link), &[]).status(), 410);
 
     // Bob's mail, not Carol's.
-    let page = get(&node, "/ui/my/", &cookie).text().unwrap();
+    let page = get_page(&node, &cookie, "/ui/my/").text().unwrap();
     assert!(page.contains("Mail held for bob@example.test"), "{page}");
     assert!(page.contains(&bobs) && !page.contains(&carols), "{page}");
     let token = csrf(&page);
@@ -468,13 +426,13 @@ fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_
     let at = bytes.len() - "bob@example.test".len();
     bytes[at..at + 3].copy_from_slice(b"eve");
     let forged = format!("bulwark_my={}.{mac}", URL_SAFE_NO_PAD.encode(bytes));
-    let page = get(&node, "/ui/my/", &forged).text().unwrap();
+    let page = get_page(&node, &forged, "/ui/my/").text().unwrap();
     assert!(page.contains("Send me a link"), "{page}");
     // Bob cannot act on Carol's message by its id, nor without the form's token.
-    let refused = post(
+    let refused = post_form(
         &node,
-        "/ui/my/act",
         &cookie,
+        "/ui/my/act",
         &[("csrf", &token), ("action", "release"), ("id", &carols)],
     );
     assert_eq!(refused.status(), 303);
@@ -483,19 +441,19 @@ fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_
         .unwrap()
         .contains("refused="));
     assert_eq!(held_for(&api, &carols), ["carol@example.test"]);
-    let no_csrf = post(
+    let no_csrf = post_form(
         &node,
-        "/ui/my/act",
         &cookie,
+        "/ui/my/act",
         &[("action", "delete"), ("id", &bobs)],
     );
     assert_eq!(no_csrf.status(), 403);
     assert_eq!(held_for(&api, &bobs), ["bob@example.test"]);
     // An entry that is no address or domain is refused and said so.
-    let bad = post(
+    let bad = post_form(
         &node,
-        "/ui/my/act",
         &cookie,
+        "/ui/my/act",
         &[
             ("csrf", &token),
             ("action", "allow.add"),
@@ -503,7 +461,7 @@ fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_
         ],
     );
     let back = bad.headers()["location"].to_str().unwrap().to_string();
-    let page = get(&node, &back, &cookie).text().unwrap();
+    let page = get_page(&node, &cookie, &back).text().unwrap();
     assert!(
         page.contains("Refused: not an address or a domain"),
         "{page}"
@@ -512,15 +470,15 @@ fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_
     // Bob allows eve's domain and blocks spam.test: his next mail from them is
     // delivered and refused; Carol's from eve is still held.
     for (action, entry) in [("allow.add", "sender.test"), ("block.add", "spam.test")] {
-        let done = post(
+        let done = post_form(
             &node,
-            "/ui/my/act",
             &cookie,
+            "/ui/my/act",
             &[("csrf", &token), ("action", action), ("entry", entry)],
         );
         assert_eq!(done.status(), 303);
     }
-    let page = get(&node, "/ui/my/", &cookie).text().unwrap();
+    let page = get_page(&node, &cookie, "/ui/my/").text().unwrap();
     assert!(
         page.contains("sender.test") && page.contains("spam.test"),
         "{page}"
@@ -579,10 +537,10 @@ fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_
     assert!(!both.is_empty());
 
     // Bob releases his held message with its sender allowed, then signs out.
-    let done = post(
+    let done = post_form(
         &node,
-        "/ui/my/act",
         &cookie,
+        "/ui/my/act",
         &[("csrf", &token), ("action", "release_allow"), ("id", &bobs)],
     );
     assert_eq!(done.status(), 303);
@@ -590,7 +548,7 @@ fn the_portal_shows_a_recipient_their_own_mail_and_their_lists_steer_their_mail_
     wait_for(&sink, "Bob's released message", |d| {
         d.header("X-Bulwark-Id").as_deref() == Some(&bobs)
     });
-    let out = post(&node, "/ui/my/signout", &cookie, &[]);
+    let out = post_form(&node, &cookie, "/ui/my/signout", &[]);
     assert!(portal_cookie(&out).contains("Max-Age=0"));
     let acted = events(&api, "recipient.action");
     let actions: Vec<&str> = acted
@@ -644,14 +602,14 @@ fn the_console_releases_to_every_recipient_and_allows_the_sender_for_each() {
         .next()
         .unwrap()
         .to_string();
-    let page = get(&node, &format!("/ui/messages/{id}"), &session)
+    let page = get_page(&node, &session, &format!("/ui/messages/{id}"))
         .text()
         .unwrap();
     assert!(page.contains("Release and allow sender"), "{page}");
-    let done = post(
+    let done = post_form(
         &node,
-        "/ui/quarantine/act",
         &session,
+        "/ui/quarantine/act",
         &[
             ("csrf", &csrf(&page)),
             ("action", "release_allow"),

@@ -14,17 +14,19 @@ pub(crate) enum Section {
     Queue,
     Events,
     Cluster,
+    Policy,
     Users,
 }
 
 impl Section {
-    const ALL: [Section; 7] = [
+    const ALL: [Section; 8] = [
         Section::Flow,
         Section::Quarantine,
         Section::Messages,
         Section::Queue,
         Section::Events,
         Section::Cluster,
+        Section::Policy,
         Section::Users,
     ];
 
@@ -36,6 +38,7 @@ impl Section {
             Section::Queue => "Queue",
             Section::Events => "Events",
             Section::Cluster => "Cluster",
+            Section::Policy => "Policy",
             Section::Users => "Users",
         }
     }
@@ -48,6 +51,7 @@ impl Section {
             Section::Queue => "/ui/queue",
             Section::Events => "/ui/events",
             Section::Cluster => "/ui/cluster",
+            Section::Policy => "/ui/policy",
             Section::Users => "/ui/users",
         }
     }
@@ -60,6 +64,7 @@ impl Section {
             }
             Section::Events => Access::Events,
             Section::Cluster => Access::Status,
+            Section::Policy => Access::Policy,
             Section::Users => Access::Tokens,
         }
     }

@@ -16,6 +16,7 @@ mod events;
 mod flow;
 mod layout;
 mod my;
+mod policy;
 mod quarantine;
 mod queue;
 mod session;
@@ -68,6 +69,8 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/ui/events", get(events::list))
         .route("/ui/events/export", get(events::export))
         .route("/ui/cluster", get(cluster::show))
+        .route("/ui/policy", get(policy::show))
+        .route("/ui/policy/try", post(policy::act))
         .route("/ui/users", get(users::list).post(users::create))
         .route("/ui/users/{name}/password", post(users::set_password))
         .route("/ui/users/{name}/remove", post(users::remove))

@@ -303,16 +303,7 @@ async fn pass(
     s: &ApiState,
     headers: &HeaderMap,
 ) -> Result<Option<(PortalPass, [u8; 32])>, ApiError> {
-    let Some(text) = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE).then(|| value.to_string())
-        })
-    else {
+    let Some(text) = super::session::cookie_named(headers, COOKIE) else {
         return Ok(None);
     };
     let Some(key) = key(s).await? else {

@@ -10,9 +10,11 @@
 //! time, as a person's browser would: the mail flow, the quarantine (whole, by
 //! sender, by subject word, a page from the middle, a sender with no mail there, a
 //! subject word no message has: every record read), a message, the queue, the event
-//! log (whole and by type), the cluster and the users. It prints each page's answer
-//! times (from the request to the last byte of the page) and fails when a page's
-//! slowest answer took `--limit-ms` or more.
+//! log (whole and by type), the cluster, the policy and the users; then, as the recipient of all
+//! that mail, a link of their quarantine digest (sent with `POST /v1/digest/run`, read
+//! from the node's Maildir) and their portal. It prints each page's answer times
+//! (from the request to the last byte of the page) and the digest's, and fails when a
+//! page's slowest answer took `--limit-ms` or more.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bulwark_cluster_tests::bench;
 use bulwark_cluster_tests::mta::{self, MtaLoad, Targets};
+use bulwark_cluster_tests::notice;
 use bulwark_cluster_tests::ClusterBuilder;
 use clap::Parser;
 
@@ -150,53 +153,106 @@ async fn main() -> Result<()> {
         .context("a session cookie")?
         .to_string();
 
+    // The recipient of all that mail: a digest, read from the Maildir as their mail
+    // program would, one of its links, and their portal through its portal link.
+    let digesting = Instant::now();
+    let run = http
+        .post(format!("{api}/v1/digest/run"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    ensure!(run.status() == 200, "digest: {}", run.status());
+    let run: serde_json::Value = run.json().await?;
+    println!(
+        "bench_console: a digest of {} held messages (the newest 100 listed) written and queued in {:.0} ms",
+        run["messages"],
+        digesting.elapsed().as_secs_f64() * 1e3
+    );
+    let digest = delivered(&node.data_dir().join("delivered").join("new")).await?;
+    let (text, _) = notice::parts(&digest).context("the digest's text and HTML")?;
+    let release = notice::links(&text, "Release")
+        .first()
+        .context("a release link in the digest")?
+        .clone();
+    let portal = notice::portal_link(&text).context("a portal link in the digest")?;
+    let entered = http
+        .post(format!("{api}{}", notice::path(&portal)))
+        .send()
+        .await?;
+    ensure!(
+        entered.status() == 303,
+        "the portal link: {}",
+        entered.status()
+    );
+    let pass = entered
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("bulwark_my="))
+        .and_then(|c| c.split(';').next())
+        .context("the portal's cookie")?
+        .to_string();
+
     let middle = &ids[ids.len() / 2];
+    let person = |name: &'static str, path: String| (name, path, cookie.clone());
     let pages = [
-        ("mail flow", "/ui/flow".to_string()),
-        ("quarantine", "/ui/quarantine".into()),
-        (
+        person("mail flow", "/ui/flow".to_string()),
+        person("quarantine", "/ui/quarantine".to_string()),
+        person(
             "quarantine by sender",
-            "/ui/quarantine?sender=load.test".into(),
+            "/ui/quarantine?sender=load.test".to_string(),
         ),
-        (
+        person(
             "quarantine by subject word",
-            "/ui/quarantine?subject=test".into(),
+            "/ui/quarantine?subject=test".to_string(),
         ),
-        (
+        person(
             "quarantine, a middle page",
             format!("/ui/quarantine?after={middle}"),
         ),
         // Matches none: the address index answers at once.
-        (
+        person(
             "quarantine by a sender with none",
-            "/ui/quarantine?sender=nobody.test".into(),
+            "/ui/quarantine?sender=nobody.test".to_string(),
         ),
         // Matches none, and no index serves it: every record is read (a page stops
         // after 100,000).
-        (
+        person(
             "quarantine by a subject word with none",
-            "/ui/quarantine?subject=unheard".into(),
+            "/ui/quarantine?subject=unheard".to_string(),
         ),
-        ("a message", format!("/ui/messages/{middle}")),
-        ("queue", "/ui/queue".into()),
-        ("events", "/ui/events".into()),
-        (
+        person("a message", format!("/ui/messages/{middle}")),
+        person("queue", "/ui/queue".to_string()),
+        person("events", "/ui/events".to_string()),
+        person(
             "events by type",
-            "/ui/events?type=message.quarantined".into(),
+            "/ui/events?type=message.quarantined".to_string(),
         ),
-        ("cluster", "/ui/cluster".into()),
-        ("users", "/ui/users".into()),
+        person("cluster", "/ui/cluster".to_string()),
+        person("policy", "/ui/policy".to_string()),
+        person("users", "/ui/users".to_string()),
+        (
+            "a digest's release link",
+            notice::path(&release).to_string(),
+            String::new(),
+        ),
+        (
+            "the recipient's portal",
+            "/ui/my/".to_string(),
+            pass.clone(),
+        ),
     ];
     println!("| page | answers | p50 ms | p99 ms | slowest ms |");
     println!("|---|---:|---:|---:|---:|");
     let mut slowest = Vec::new();
-    for (name, path) in &pages {
+    for (name, path, cookie) in &pages {
         let mut times = bench::histogram(Duration::from_secs(60));
         for _ in 0..args.rounds {
             let asked = Instant::now();
             let answer = http
                 .get(format!("{api}{path}"))
-                .header("cookie", &cookie)
+                .header("cookie", cookie)
                 .send()
                 .await?;
             let status = answer.status();
@@ -226,4 +282,22 @@ async fn main() -> Result<()> {
         args.limit_ms
     );
     Ok(())
+}
+
+/// The first message delivered to the Maildir directory `new`, waited for.
+async fn delivered(new: &std::path::Path) -> Result<Vec<u8>> {
+    let waited = Instant::now();
+    loop {
+        if let Ok(mut entries) = std::fs::read_dir(new) {
+            if let Some(entry) = entries.next() {
+                return Ok(std::fs::read(entry?.path())?);
+            }
+        }
+        ensure!(
+            waited.elapsed() < Duration::from_secs(60),
+            "no digest in {} after a minute",
+            new.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

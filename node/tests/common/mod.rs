@@ -591,29 +591,75 @@ impl<'a> Api<'a> {
     }
 }
 
-/// The text and HTML parts of a digest or portal-link message, decoded (base64).
+/// The text and HTML parts of a digest or portal-link message, decoded.
 pub fn notice_parts(data: &[u8]) -> (String, String) {
-    use base64::Engine;
-    let text = String::from_utf8_lossy(data).to_string();
-    let mut decoded = Vec::new();
-    for part in text.split("\r\n--=_bulwark_").skip(1) {
-        let Some((_, body)) = part.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let b64: String = body.lines().take_while(|l| !l.starts_with("--")).collect();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .unwrap();
-        decoded.push(String::from_utf8(bytes).unwrap());
-    }
-    assert_eq!(decoded.len(), 2, "{text}");
-    (decoded[0].clone(), decoded[1].clone())
+    bulwark_cluster_tests::notice::parts(data)
+        .unwrap_or_else(|| panic!("not a notice: {}", String::from_utf8_lossy(data)))
 }
 
 /// The links a notice's text part gives after `label: `, in order.
 pub fn notice_links(text: &str, label: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{label}: ")))
-        .map(str::to_string)
-        .collect()
+    bulwark_cluster_tests::notice::links(text, label)
+}
+
+/// The local rule the console and quarantine tests hold mail with: a body saying
+/// "fishy offer" scores 12, above the default quarantine threshold (10).
+pub const FISHY_RULE: &str = "body LOCAL_FISHY /fishy offer/i\nscore LOCAL_FISHY 12.0\n";
+
+/// A node judging with the rule file `rules` (`[scan] rules`), its `[smtp]` section
+/// given `smtp_extra` and `more` appended to its config; the rule file's directory
+/// lives as long as the returned guard.
+pub fn with_rules(smtp_extra: &str, rules: &str, more: &str) -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("local.cf");
+    std::fs::write(&path, rules).unwrap();
+    let config = format!("{more}\n[scan]\nrules = [\"{}\"]\n", path.display());
+    (Node::start_with(smtp_extra, &config), dir)
+}
+
+/// A `[delivery]` section relaying to `relay`, looking for work every 100 ms.
+pub fn relay_to(relay: SocketAddr) -> String {
+    format!("[delivery]\nrelay = \"{relay}\"\npoll_ms = 100\nretry_initial_secs = 1\n")
+}
+
+/// An HTTP client that follows no redirect and keeps no cookie: a test carries the
+/// cookies by hand, so it sees every `Set-Cookie` and every redirect.
+pub fn browser() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `GET path` with `cookie`.
+pub fn get_page(node: &Node, cookie: &str, path: &str) -> reqwest::blocking::Response {
+    browser()
+        .get(format!("{}{path}", node.api))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+}
+
+/// Posts `fields` as a form to `path` with `cookie`.
+pub fn post_form(
+    node: &Node,
+    cookie: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::blocking::Response {
+    browser()
+        .post(format!("{}{path}", node.api))
+        .header("cookie", cookie)
+        .form(fields)
+        .send()
+        .unwrap()
+}
+
+/// The hidden CSRF token of the first form on `page`.
+pub fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a csrf token")
+        + 19;
+    page[at..at + 32].to_string()
 }
