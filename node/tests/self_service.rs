@@ -656,3 +656,54 @@ fn the_console_releases_to_every_recipient_and_allows_the_sender_for_each() {
         "{trace}"
     );
 }
+
+#[test]
+fn digests_go_out_at_their_time_to_the_recipients_chosen() {
+    let sink = Sink::start(SinkConfig::default());
+    // A time of day ten seconds from now (UTC): the node starts and the mail is held
+    // before it comes.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let slot = (now + 10) % 86_400;
+    let at = format!("{:02}:{:02}:{:02}", slot / 3600, slot / 60 % 60, slot % 60);
+    let (node, _rules) = node(
+        &sink,
+        &format!("enabled = true\nat = [\"{at}\"]\nrecipients = [\"bob@example.test\"]\n"),
+    );
+    let api = Api::new(&node);
+    let (code, _) = send(
+        &node,
+        "eve@sender.test",
+        &["bob@example.test", "carol@example.test"],
+        "fishy offer",
+        "A fishy offer.",
+    );
+    assert_eq!(code, 250);
+    let held_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        held_at < now + 10,
+        "the node took too long to start for this test"
+    );
+    assert!(
+        events(&api, "quarantine.digest").is_empty(),
+        "not before its time"
+    );
+    let digest = notice_for(&sink, "bob@example.test", 1);
+    assert_eq!(
+        digest.header("Subject").as_deref(),
+        Some("1 message held for you")
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = events(&api, "quarantine.digest");
+    assert_eq!(sent.len(), 1, "Bob's alone: {sent:?}");
+    assert_eq!(sent[0]["email"]["to"]["address"][0], "bob@example.test");
+    assert!(sink
+        .received()
+        .iter()
+        .all(|d| d.rcpt_to != ["carol@example.test"]));
+}

@@ -13,7 +13,8 @@ use crate::quarantine::digest::Settings;
 pub(super) struct RawDigest {
     /// Send digests (default false).
     enabled: Option<bool>,
-    /// Times of day to send them at, `HH:MM` in UTC (default `["08:00"]`).
+    /// Times of day to send them at, `HH:MM` (or `HH:MM:SS`) in UTC (default
+    /// `["08:00"]`).
     at: Option<Vec<String>>,
     /// Addresses and domains that get one; absent or empty: every recipient of
     /// `smtp.domains`.
@@ -41,14 +42,10 @@ pub(super) fn validate_digest(
     let defaults = Settings::default();
     let mut at = Vec::new();
     for text in d.at.unwrap_or_else(|| vec!["08:00".into()]) {
-        let parsed = text.split_once(':').and_then(|(h, m)| {
-            let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
-            (h < 24 && m < 60 && text.len() == 5).then_some(h * 60 + m)
-        });
-        match parsed {
-            Some(minutes) => at.push(minutes),
+        match time_of_day(&text) {
+            Some(seconds) => at.push(seconds),
             None => problems.push(format!(
-                "digest.at: {text:?} is not a time of day (HH:MM, UTC)"
+                "digest.at: {text:?} is not a time of day (HH:MM or HH:MM:SS, UTC)"
             )),
         }
     }
@@ -116,5 +113,40 @@ pub(super) fn validate_digest(
         link_valid: Duration::from_secs_f64(days.clamp(0.0, MAX_LINK_DAYS) * 86_400.0),
         from,
         max_messages,
+    }
+}
+
+/// `HH:MM` or `HH:MM:SS` as seconds after midnight.
+fn time_of_day(text: &str) -> Option<u32> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.len() != 2) {
+        return None;
+    }
+    let mut numbers = parts.iter().map(|p| p.parse::<u32>().ok());
+    let (h, m) = (numbers.next()??, numbers.next()??);
+    let s = numbers.next().flatten().unwrap_or(0);
+    (h < 24 && m < 60 && s < 60).then_some(h * 3600 + m * 60 + s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_of_day_are_hours_minutes_and_seconds() {
+        assert_eq!(time_of_day("08:00"), Some(8 * 3600));
+        assert_eq!(time_of_day("23:59:59"), Some(86_399));
+        for bad in [
+            "8:00",
+            "24:00",
+            "12:60",
+            "12:00:60",
+            "12",
+            "12:00:00:00",
+            "ab:cd",
+            "",
+        ] {
+            assert_eq!(time_of_day(bad), None, "{bad}");
+        }
     }
 }

@@ -45,7 +45,7 @@ const KEY_WAIT: Duration = Duration::from_secs(10);
 pub struct Settings {
     /// Send digests at the times in `at`.
     pub enabled: bool,
-    /// Times of day (UTC) to send them at, in minutes after midnight, sorted.
+    /// Times of day (UTC) to send them at, in seconds after midnight, sorted.
     pub at: Vec<u32>,
     /// Who gets one: lowercase addresses and domains; empty: every recipient of the
     /// gateway's domains.
@@ -65,7 +65,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             enabled: false,
-            at: vec![8 * 60],
+            at: vec![8 * 3600],
             recipients: Vec::new(),
             console_url: "http://127.0.0.1:8080".into(),
             link_valid: Duration::from_secs(3 * 86_400),
@@ -501,7 +501,7 @@ fn last_slot(at: &[u32], now_ms: i64) -> Option<i64> {
     let today = now_ms.div_euclid(DAY) * DAY;
     [today, today - DAY]
         .into_iter()
-        .flat_map(|day| at.iter().map(move |m| day + i64::from(*m) * 60_000))
+        .flat_map(|day| at.iter().map(move |s| day + i64::from(*s) * 1000))
         .filter(|t| *t <= now_ms)
         .max()
 }
@@ -511,7 +511,7 @@ pub async fn schedule(notices: Arc<Notices>, stop: CancellationToken) {
     if !notices.settings.enabled {
         return;
     }
-    let mut tick = tokio::time::interval(Duration::from_secs(20));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut done: Option<i64> = None;
     loop {
@@ -552,7 +552,7 @@ mod tests {
     #[test]
     fn the_last_slot_is_today_s_or_yesterday_s() {
         let day = 86_400_000;
-        let at = [8 * 60, 16 * 60];
+        let at = [8 * 3600, 16 * 3600];
         let t = 20_000 * day;
         assert_eq!(
             last_slot(&at, t + 7 * 3_600_000),
