@@ -37,6 +37,9 @@ const AT_ONCE: usize = 32;
 const PORTAL_LINK_MS: i64 = 3_600_000;
 /// Portal links one address may be sent per hour, by one node.
 const LINKS_PER_HOUR: usize = 3;
+/// Portal links one node sends per minute at most, whatever the addresses: a flood
+/// of requests for made-up addresses of our domains does not become a flood of mail.
+const LINKS_PER_MINUTE: usize = 60;
 /// How long the leader waits for the link key it proposed to be applied here.
 const KEY_WAIT: Duration = Duration::from_secs(10);
 
@@ -82,8 +85,8 @@ pub struct Notices {
     hostname: String,
     /// The gateway's domains (IDNA ASCII, lowercase).
     domains: Vec<String>,
-    /// Portal links sent lately, by address: when.
-    asked: Mutex<HashMap<String, VecDeque<i64>>>,
+    /// Portal links sent lately: when, by address and all together.
+    asked: Mutex<Asked>,
 }
 
 impl Notices {
@@ -158,15 +161,9 @@ impl Notices {
         };
         {
             let mut asked = self.asked.lock().expect("portal link limiter lock");
-            asked.retain(|_, times| {
-                times.retain(|t| now_ms - t < 3_600_000);
-                !times.is_empty()
-            });
-            let times = asked.entry(address.clone()).or_default();
-            if times.len() >= LINKS_PER_HOUR {
+            if !asked.allow(&address, now_ms) {
                 return Ok(false);
             }
-            times.push_back(now_ms);
         }
         let key = self.key().await?;
         let link = Link {
@@ -389,6 +386,33 @@ impl Notices {
     }
 }
 
+/// The portal links a node sent lately.
+#[derive(Default)]
+struct Asked {
+    /// By address, in the last hour.
+    by_address: HashMap<String, VecDeque<i64>>,
+    /// All of them, in the last minute.
+    all: VecDeque<i64>,
+}
+
+impl Asked {
+    /// Counts a link to `address` at `now_ms`, unless it would be one too many.
+    fn allow(&mut self, address: &str, now_ms: i64) -> bool {
+        self.by_address.retain(|_, times| {
+            times.retain(|t| now_ms - t < 3_600_000);
+            !times.is_empty()
+        });
+        self.all.retain(|t| now_ms - t < 60_000);
+        let times = self.by_address.entry(address.to_string()).or_default();
+        if times.len() >= LINKS_PER_HOUR || self.all.len() >= LINKS_PER_MINUTE {
+            return false;
+        }
+        times.push_back(now_ms);
+        self.all.push_back(now_ms);
+        true
+    }
+}
+
 /// What the API asks of the node for the recipients.
 impl bulwark_api::Notices for Notices {
     fn send_digests(&self, through_ms: i64) -> bulwark_api::Answer<'_, bulwark_api::DigestRun> {
@@ -548,6 +572,28 @@ pub async fn schedule(notices: Arc<Notices>, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn portal_links_are_limited_by_address_and_all_together() {
+        let mut asked = Asked::default();
+        let t = 1_764_300_000_000;
+        for n in 0..3 {
+            assert!(asked.allow("bob@example.test", t + n));
+        }
+        assert!(
+            !asked.allow("bob@example.test", t + 3),
+            "a fourth in the hour"
+        );
+        assert!(
+            asked.allow("bob@example.test", t + 3_600_000),
+            "an hour later"
+        );
+        let others: usize = (0..100)
+            .filter(|n| asked.allow(&format!("u{n}@example.test"), t + 3_600_001))
+            .count();
+        assert_eq!(others, LINKS_PER_MINUTE - 1, "the minute's cap, with Bob's");
+        assert!(asked.allow("late@example.test", t + 3_600_001 + 60_000));
+    }
 
     #[test]
     fn the_last_slot_is_today_s_or_yesterday_s() {
