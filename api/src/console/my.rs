@@ -21,8 +21,8 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bulwark_storage::recipient::{
-    Link, LinkAction, LinkError, ListKind, PortalPass, RecipientAction, RecipientCommand,
-    RecipientLists, Via,
+    releasable_by_recipient, Link, LinkAction, LinkError, ListKind, PortalPass, RecipientAction,
+    RecipientCommand, RecipientLists, Via,
 };
 use bulwark_storage::{Command, MessageId, QuarantineFilter, QuarantineRecord};
 use maud::{html, Markup};
@@ -38,8 +38,8 @@ use crate::ApiError;
 const COOKIE: &str = "bulwark_my";
 /// How long a portal visit lasts from its link.
 const PASS_MS: i64 = 60 * 60 * 1000;
-/// Held messages the portal lists at most.
-const LISTED: usize = 500;
+/// Held messages the portal lists a page, oldest first.
+const LISTED: usize = 100;
 
 /// The cluster's link key; `None` before any link was made.
 async fn key(s: &ApiState) -> Result<Option<[u8; 32]>, ApiError> {
@@ -104,6 +104,21 @@ fn expiry_of(key: &[u8; 32], text: &str) -> Option<i64> {
     Link::verify(key, text, i64::MIN).ok().map(|l| l.expires_ms)
 }
 
+/// The page saying when `link` was used, if it was (as this node has applied it).
+async fn spent(s: &ApiState, link: &Link) -> Option<Response> {
+    let node = s.node.clone();
+    let id = link.id();
+    match tokio::task::spawn_blocking(move || node.state().link_spent(&id)).await {
+        Ok(Ok(Some(at))) => Some(unusable(
+            StatusCode::GONE,
+            &format!("This link was used already, at {} UTC.", time(at)),
+        )),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => Some(PageError::from(e).into_response()),
+        Err(e) => Some(PageError::from(ApiError::internal(e)).into_response()),
+    }
+}
+
 /// The held message a link is about, when it is still held for its recipient.
 async fn held_for(
     s: &ApiState,
@@ -115,8 +130,11 @@ async fn held_for(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let wanted = recipient.to_lowercase();
-    Ok(record.filter(|r| r.recipients.iter().any(|a| a.to_lowercase() == wanted)))
+    Ok(record.filter(|r| {
+        r.recipients
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(recipient))
+    }))
 }
 
 fn sender(r: &QuarantineRecord) -> &str {
@@ -152,19 +170,8 @@ pub(crate) async fn show_link(
         Ok(checked) => checked,
         Err(page) => return page,
     };
-    let node = s.node.clone();
-    let id = link.id();
-    let spent = tokio::task::spawn_blocking(move || node.state().link_spent(&id)).await;
-    match spent {
-        Ok(Ok(Some(at))) => {
-            return unusable(
-                StatusCode::GONE,
-                &format!("This link was used already, at {} UTC.", time(at)),
-            )
-        }
-        Ok(Ok(None)) => {}
-        Ok(Err(e)) => return PageError::from(e).into_response(),
-        Err(e) => return PageError::from(ApiError::internal(e)).into_response(),
+    if let Some(page) = spent(&s, &link).await {
+        return page;
     }
     let action = format!("/ui/my/l/{text}");
     if link.action == LinkAction::Portal {
@@ -192,6 +199,16 @@ pub(crate) async fn show_link(
         }
         Err(e) => return PageError::from(e).into_response(),
     };
+    let release = matches!(link.action, LinkAction::Release | LinkAction::ReleaseAllow);
+    if release && !releasable_by_recipient(&record.reason) {
+        return unusable(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "This message was {}.",
+                bulwark_storage::recipient::OPERATOR_ONLY
+            ),
+        );
+    }
     let (title, button, class) = match link.action {
         LinkAction::Release => ("Release this message", "Release".to_string(), "primary"),
         LinkAction::ReleaseAllow => (
@@ -235,6 +252,11 @@ pub(crate) async fn use_link(
         Ok(checked) => checked,
         Err(page) => return page,
     };
+    // Spent already: said without a Raft write (the first use is on record), so a
+    // link replayed in a loop costs the cluster nothing.
+    if let Some(page) = spent(&s, &link).await {
+        return page;
+    }
     let command = Command::Recipient(Box::new(RecipientCommand {
         recipient: link.recipient.clone(),
         action: link.action.action(link.message_id),
@@ -318,6 +340,8 @@ async fn pass(
 pub(crate) struct HomeQuery {
     done: Option<String>,
     refused: Option<String>,
+    /// The page after this message (the listing's `next`).
+    after: Option<String>,
 }
 
 /// `GET /ui/my/`: the portal, or the form that sends a link to it.
@@ -329,24 +353,28 @@ pub(crate) async fn home(
     let Some((pass, key)) = pass(&s, &headers).await? else {
         return Ok(ask_page(None));
     };
+    let (done, refused, after) = query
+        .map(|Query(q)| (q.done, q.refused, q.after))
+        .unwrap_or_default();
+    let after = after
+        .filter(|a| !a.is_empty())
+        .map(|a| super::message_id(&a))
+        .transpose()?;
     let recipient = pass.recipient.clone();
     let node = s.node.clone();
-    let (held, lists) = tokio::task::spawn_blocking(move || {
+    let (held, next, lists) = tokio::task::spawn_blocking(move || {
         let state = node.state();
         let filter = QuarantineFilter {
             recipient: Some(recipient.clone()),
             ..QuarantineFilter::default()
         };
-        let (held, _) = state.quarantine_list(&filter, None, LISTED)?;
+        let (held, next) = state.quarantine_list(&filter, after, LISTED)?;
         let lists = state.recipient_lists(&recipient)?;
-        Ok::<_, bulwark_storage::Error>((held, lists))
+        Ok::<_, bulwark_storage::Error>((held, next, lists))
     })
     .await
     .map_err(ApiError::internal)??;
     let csrf = pass.csrf(&key);
-    let (done, refused) = query
-        .map(|Query(q)| (q.done, q.refused))
-        .unwrap_or_default();
     let body = html! {
         header.top {
             span.brand { "Your quarantine" }
@@ -371,11 +399,14 @@ pub(crate) async fn home(
                     table {
                         thead { tr { th { "Received" } th { "From" } th { "Subject" } th { "Why" } th.num.wide { "Size" } th { "" } } }
                         tbody {
-                            @for r in held.iter().rev() {
+                            @for r in &held {
                                 (held_row(r, &csrf))
                             }
                         }
                     }
+                }
+                @if let Some(next) = next {
+                    p.pager { a href={"/ui/my/?after=" (next)} { "Later messages" } }
                 }
             }
             (lists_section(&lists, &csrf))
@@ -410,8 +441,12 @@ fn held_row(r: &QuarantineRecord, csrf: &str) -> Markup {
             td { (r.reason) }
             td.num.wide { (size(r.size)) }
             td {
-                (button("release", "Release", "primary"))
-                (button("release_allow", "Release and allow sender", ""))
+                @if releasable_by_recipient(&r.reason) {
+                    (button("release", "Release", "primary"))
+                    (button("release_allow", "Release and allow sender", ""))
+                } @else {
+                    span.muted { "Only an administrator can release it. " }
+                }
                 (button("delete", "Delete", "danger"))
             }
         }
@@ -573,7 +608,15 @@ fn ask_page(problem: Option<&str>) -> Response {
 /// `POST /ui/my/` (`address`): sends that address a link to its quarantine when it is
 /// one of ours; the page says the same either way, so it tells no one which addresses
 /// exist.
-pub(crate) async fn ask(State(s): State<ApiState>, body: Bytes) -> Result<Response, PageError> {
+pub(crate) async fn ask(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    if !super::session::same_origin(&headers, &uri) {
+        return Err(ApiError::forbidden("this form was sent from another site's page").into());
+    }
     let form = Form::parse(&body);
     let address = form.get("address").unwrap_or("").trim().to_string();
     if address.is_empty() || address.len() > 254 || !address.contains('@') {

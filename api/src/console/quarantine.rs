@@ -275,21 +275,12 @@ pub(crate) async fn act(
         return Err(forbidden(&viewer, "release or delete messages").into());
     }
     let (action, verb, done) = match field("action") {
-        Some("release_allow") => {
-            let tally = release_and_allow(&s, &viewer, form.picked()?).await?;
-            return Ok(told(
-                field("back"),
-                "/ui/",
-                "/ui/quarantine",
-                "release",
-                &tally,
-            ));
-        }
-        Some("release") => (QuarantineAction::Release, "release", "released"),
-        Some("delete") => (QuarantineAction::Delete, "delete", "deleted"),
+        Some("release_allow") => (None, "release", "released, its sender allowed,"),
+        Some("release") => (Some(QuarantineAction::Release), "release", "released"),
+        Some("delete") => (Some(QuarantineAction::Delete), "delete", "deleted"),
         other => {
             return Err(ApiError::bad_request(format!(
-                "action: release or delete, not {:?}",
+                "action: release, release_allow or delete, not {:?}",
                 other.unwrap_or("")
             ))
             .into())
@@ -307,6 +298,10 @@ pub(crate) async fn act(
         ))
         .into());
     }
+    let Some(action) = action else {
+        let tally = release_and_allow(&s, &viewer, ids, &reason).await?;
+        return Ok(told(field("back"), "/ui/", "/ui/quarantine", verb, &tally));
+    };
     let commands = ids
         .into_iter()
         .map(|id| {
@@ -331,6 +326,7 @@ async fn release_and_allow(
     s: &ApiState,
     viewer: &Viewer,
     ids: Vec<MessageId>,
+    reason: &str,
 ) -> Result<Tally, ApiError> {
     let node = s.node.clone();
     let records = tokio::task::spawn_blocking(move || {
@@ -360,6 +356,7 @@ async fn release_and_allow(
                     },
                     via: Via::Console {
                         user: viewer.caller().name.clone(),
+                        reason: reason.to_string(),
                     },
                     client_ip: viewer.client_ip,
                 }))

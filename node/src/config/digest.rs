@@ -20,7 +20,7 @@ pub(super) struct RawDigest {
     /// `smtp.domains`.
     recipients: Option<Vec<String>>,
     /// The console's address as the links name it (default: the API's own, `http`
-    /// or `https` as it is served).
+    /// or `https` as it is served; the SMTP host name for an API on every address).
     console_url: Option<String>,
     /// Days a digest's links last (default 3).
     link_valid_days: Option<f64>,
@@ -37,6 +37,7 @@ pub(super) fn validate_digest(
     d: RawDigest,
     api_listen: Option<SocketAddr>,
     api_tls: bool,
+    hostname: &str,
     problems: &mut Vec<String>,
 ) -> Settings {
     let defaults = Settings::default();
@@ -81,8 +82,17 @@ pub(super) fn validate_digest(
             }
             trimmed
         }
+        // The API's own address; on every address of the machine (0.0.0.0, ::) the
+        // SMTP host name with the API's port: a link names a host a person reaches.
         None => match api_listen {
-            Some(addr) => format!("{}://{addr}", if api_tls { "https" } else { "http" }),
+            Some(addr) => {
+                let scheme = if api_tls { "https" } else { "http" };
+                if addr.ip().is_unspecified() {
+                    format!("{scheme}://{hostname}:{}", addr.port())
+                } else {
+                    format!("{scheme}://{addr}")
+                }
+            }
             None => defaults.console_url.clone(),
         },
     };

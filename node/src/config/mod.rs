@@ -302,6 +302,7 @@ impl Config {
             raw.digest.unwrap_or_default(),
             api_listen,
             api_tls.is_some(),
+            smtp.as_ref().map_or("localhost", |s| s.hostname.as_str()),
             &mut problems,
         );
         let mut siem_local = crate::siem::Local {

@@ -12,7 +12,8 @@
 //! 6. the sender's DMARC policy asks to reject or quarantine a failing message and
 //!    `policy.dmarc` is `enforce` → that (a recipient's own allow list does not
 //!    overrule it: a forged `From` of a sender they allowed is still judged);
-//! 7. a sender on the allow list of every recipient's own → deliver;
+//! 7. a sender on the allow list of every recipient's own, authenticated (SPF pass
+//!    for the envelope's, DMARC pass for the From's) → deliver;
 //! 8. the score against the thresholds (reject, then quarantine, then tag).
 //!
 //! A recipient's own lists decide only when every recipient of the message agrees
@@ -144,9 +145,15 @@ pub struct Personal {
 }
 
 impl Personal {
-    /// Matches the sender addresses against a recipient's lists.
-    pub fn of(lists: &bulwark_model::recipient::RecipientLists, senders: &[Option<&str>]) -> Self {
-        let matched = |entries: &[String]| {
+    /// Matches a recipient's lists: the block list against the sender addresses as
+    /// written (`senders`), the allow list against those that authenticated
+    /// (`verified`), so that a forged address of a sender they allowed is judged.
+    pub fn of(
+        lists: &bulwark_model::recipient::RecipientLists,
+        senders: &[Option<&str>],
+        verified: &[Option<&str>],
+    ) -> Self {
+        let matched = |entries: &[String], senders: &[Option<&str>]| {
             let mut list = List::default();
             for entry in entries {
                 // Entries were checked when added; one this build cannot read is
@@ -157,8 +164,8 @@ impl Personal {
             list.matches(senders, nowhere)
         };
         Personal {
-            allow: matched(&lists.allow),
-            block: matched(&lists.block),
+            allow: matched(&lists.allow, verified),
+            block: matched(&lists.block, senders),
         }
     }
 }
@@ -376,7 +383,12 @@ mod tests {
             .add(bulwark_model::recipient::ListKind::Block, "a@sender.test")
             .unwrap();
         let senders = [Some("A@Sender.test"), None];
-        let (bob, carol) = (Personal::of(&bob, &senders), Personal::of(&carol, &senders));
+        // Bob's allow list takes the sender only once it authenticated.
+        assert_eq!(Personal::of(&bob, &senders, &[None, None]).allow, None);
+        let (bob, carol) = (
+            Personal::of(&bob, &senders, &senders),
+            Personal::of(&carol, &senders, &[None, None]),
+        );
         assert_eq!(bob.allow.as_deref(), Some("sender.test"));
         assert_eq!(carol.block.as_deref(), Some("a@sender.test"));
         let policy = Policy::default();

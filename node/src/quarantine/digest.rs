@@ -22,7 +22,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bulwark_api::DigestRun;
 use bulwark_consensus::RaftNode;
-use bulwark_storage::recipient::{DigestCommand, Link, LinkAction, DIGEST_SENT};
+use bulwark_storage::recipient::{
+    releasable_by_recipient, DigestCommand, DigestMark, Link, LinkAction, DIGEST_SENT,
+};
 use bulwark_storage::{Command, MessageId, QuarantineRecord};
 use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -105,34 +107,36 @@ impl Notices {
         }
     }
 
-    /// Sends every recipient with mail held since their last digest, through
-    /// `through_ms`, a digest of it.
-    pub async fn send_digests(&self, through_ms: i64) -> anyhow::Result<DigestRun> {
+    /// Sends every recipient with mail held since their last digest a digest of it,
+    /// as the digest of time `slot_ms` (one per recipient and time).
+    pub async fn send_digests(&self, slot_ms: i64) -> anyhow::Result<DigestRun> {
         let key = self.key().await?;
         let node = self.node.clone();
-        let chosen = self.settings.recipients.clone();
-        let domains = self.domains.clone();
-        let (held, already) = tokio::task::spawn_blocking(move || {
-            held_since_last_digest(&node, through_ms, &chosen, &domains)
+        let (chosen, domains) = (self.settings.recipients.clone(), self.domains.clone());
+        let most = self.settings.max_messages;
+        let (held, through_seq, already) = tokio::task::spawn_blocking(move || {
+            held_since_last_digest(&node, slot_ms, most, &chosen, &domains)
         })
         .await??;
         let mut run = DigestRun {
             already,
             ..DigestRun::default()
         };
+        // Links last from now, even for a time of day a new leader catches up on.
+        let now_ms = crate::now_ms();
         let commands: Vec<(usize, Command)> = held
             .into_iter()
-            .map(|(recipient, records)| {
-                let n = records.len();
-                let (digest_id, body) = self.digest(&key, &recipient, &records, through_ms);
+            .map(|(recipient, held)| {
+                let (digest_id, body) = self.digest(&key, &recipient, &held, now_ms);
                 let command = Command::Digest(Box::new(DigestCommand {
                     recipient,
-                    through_ms: Some(through_ms),
-                    messages: n as u32,
+                    through_ms: Some(slot_ms),
+                    through_seq,
+                    messages: held.count as u32,
                     digest_id,
                     body,
                 }));
-                (n, command)
+                (held.count, command)
             })
             .collect();
         let proposer = self.node.proposer();
@@ -191,6 +195,7 @@ impl Notices {
         let command = Command::Digest(Box::new(DigestCommand {
             recipient: address,
             through_ms: None,
+            through_seq: 0,
             messages: 0,
             digest_id: id,
             body,
@@ -232,14 +237,15 @@ impl Notices {
         format!("{}/ui/my/l/{token}", self.settings.console_url)
     }
 
-    /// One recipient's digest of `records`: its id and the message.
+    /// One recipient's digest of what is `held` for them: its id and the message.
     fn digest(
         &self,
         key: &[u8; 32],
         recipient: &str,
-        records: &[QuarantineRecord],
+        held: &Held,
         now_ms: i64,
     ) -> (MessageId, Vec<u8>) {
+        let count = held.count;
         let expires_ms = now_ms + self.settings.link_valid.as_millis() as i64;
         let link = |action, message_id| {
             let link = Link {
@@ -251,59 +257,70 @@ impl Notices {
             };
             self.url(&link.sign(key))
         };
-        let shown = records.len().min(self.settings.max_messages);
         let valid = crate::delivery::dsn::date(expires_ms);
         let mut text = format!(
             "The gateway holds {} message{} for you that arrived since your last digest.\r\n\
              Release what you want; the links work once, until {valid}.\r\n\r\n",
-            records.len(),
-            if records.len() == 1 { "" } else { "s" },
+            count,
+            if count == 1 { "" } else { "s" },
         );
         let mut html = format!(
             "<p>The gateway holds {} message{} for you that arrived since your last digest. \
              Release what you want; the links work once, until {}.</p>\
              <table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\
              <tr><th>Date</th><th>From</th><th>Subject</th><th>Why held</th><th></th></tr>",
-            records.len(),
-            if records.len() == 1 { "" } else { "s" },
+            count,
+            if count == 1 { "" } else { "s" },
             escape(&valid),
         );
-        for r in records.iter().rev().take(shown) {
+        for r in held.newest.iter().rev() {
             let from = r.header_from.as_deref().unwrap_or(&r.mail_from);
             let from = if from.is_empty() { "<>" } else { from };
             let subject = r.subject.as_deref().unwrap_or("(no subject)");
             let date = crate::delivery::dsn::date(r.time_ms);
-            let (release, allow, delete) = (
-                link(LinkAction::Release, r.message_id),
-                link(LinkAction::ReleaseAllow, r.message_id),
-                link(LinkAction::Delete, r.message_id),
-            );
+            let delete = link(LinkAction::Delete, r.message_id);
+            // Held for malware, a blocked attachment or DMARC: an administrator's to
+            // release, so no release link.
+            let (text_links, html_links) = if releasable_by_recipient(&r.reason) {
+                let release = link(LinkAction::Release, r.message_id);
+                let allow = link(LinkAction::ReleaseAllow, r.message_id);
+                (
+                    format!(
+                        "Release: {release}\r\nRelease and always allow this sender: {allow}\r\n"
+                    ),
+                    format!(
+                        "<a href=\"{}\">Release</a> · <a href=\"{}\">Release and allow sender</a> · ",
+                        escape(&release),
+                        escape(&allow)
+                    ),
+                )
+            } else {
+                (
+                    "Only an administrator can release it.\r\n".to_string(),
+                    "Only an administrator can release it. ".to_string(),
+                )
+            };
             let _ = write!(
                 text,
-                "{date}\r\nFrom: {}\r\nSubject: {}\r\nWhy: {}\r\n\
-                 Release: {release}\r\nRelease and always allow this sender: {allow}\r\n\
-                 Delete: {delete}\r\n\r\n",
+                "{date}\r\nFrom: {}\r\nSubject: {}\r\nWhy: {}\r\n{text_links}Delete: {delete}\r\n\r\n",
                 one_line(from, 254),
                 one_line(subject, 200),
                 one_line(&r.reason, 200),
             );
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>\
-                 <a href=\"{}\">Release</a> · <a href=\"{}\">Release and allow sender</a> · \
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{html_links}\
                  <a href=\"{}\">Delete</a></td></tr>",
                 escape(&date),
                 escape(&one_line(from, 254)),
                 escape(&one_line(subject, 200)),
                 escape(&one_line(&r.reason, 200)),
-                escape(&release),
-                escape(&allow),
                 escape(&delete),
             );
         }
         html.push_str("</table>");
-        if records.len() > shown {
-            let more = records.len() - shown;
+        if count > held.newest.len() {
+            let more = count - held.newest.len();
             let _ = write!(text, "... and {more} more, in your quarantine.\r\n\r\n");
             let _ = write!(html, "<p>... and {more} more, in your quarantine.</p>");
         }
@@ -320,9 +337,8 @@ impl Notices {
         );
         let id = MessageId::new(now_ms, rand::random());
         let subject = format!(
-            "{} message{} held for you",
-            records.len(),
-            if records.len() == 1 { "" } else { "s" }
+            "{count} message{} held for you",
+            if count == 1 { "" } else { "s" }
         );
         let body = self.message(id, recipient, &subject, &text, &html, now_ms);
         (id, body)
@@ -432,46 +448,73 @@ impl bulwark_api::Notices for Notices {
     }
 }
 
-/// Held messages by recipient (lowercase) that arrived after the recipient's last
-/// digest and through `through_ms`, oldest first, for the recipients chosen; and how
-/// many had theirs through this time already.
+/// What a recipient's digest lists: how many held messages are new to them, and the
+/// newest of them (at most the digest's `max_messages`, oldest first).
+struct Held {
+    count: usize,
+    newest: VecDeque<QuarantineRecord>,
+}
+
+/// The held messages of each recipient chosen (lowercase) that were quarantined after
+/// their last digest was written and by now (by the log's order: `received_seq`), as
+/// the digest of `slot_ms` lists them; the log's last seq they go to; and how many
+/// recipients had the digest of this time (or a later one) already.
 fn held_since_last_digest(
     node: &RaftNode,
-    through_ms: i64,
+    slot_ms: i64,
+    most: usize,
     chosen: &[String],
     domains: &[String],
-) -> anyhow::Result<(BTreeMap<String, Vec<QuarantineRecord>>, usize)> {
+) -> anyhow::Result<(BTreeMap<String, Held>, u64, usize)> {
     let state = node.state();
-    let mut held: BTreeMap<String, Vec<QuarantineRecord>> = BTreeMap::new();
-    let from = MessageId::new(through_ms - LOOKBACK_MS, 0);
+    // Whatever is applied after this seq goes to the next digest.
+    let (through_seq, _) = state.chain_head();
+    let mut marks: HashMap<String, Option<DigestMark>> = HashMap::new();
+    let mut failed = None;
+    let mut held: BTreeMap<String, Held> = BTreeMap::new();
+    let from = MessageId::new(slot_ms.min(crate::now_ms()) - LOOKBACK_MS, 0);
     state.quarantined_from(from, &mut |record| {
-        if record.time_ms <= through_ms {
-            for r in &record.recipients {
-                let lower = r.to_lowercase();
-                if wanted(&lower, chosen, domains) {
-                    held.entry(lower).or_default().push(record.clone());
-                }
+        if record.received_seq > through_seq {
+            return true;
+        }
+        for r in &record.recipients {
+            let lower = r.to_ascii_lowercase();
+            if !wanted(&lower, chosen, domains) {
+                continue;
             }
+            let mark = match marks.get(&lower) {
+                Some(mark) => *mark,
+                None => match state.digest_through(&lower) {
+                    Ok(mark) => *marks.entry(lower.clone()).or_insert(mark),
+                    Err(e) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                },
+            };
+            if mark.is_some_and(|m| m.slot_ms >= slot_ms || record.received_seq <= m.through_seq) {
+                continue;
+            }
+            let entry = held.entry(lower).or_insert_with(|| Held {
+                count: 0,
+                newest: VecDeque::new(),
+            });
+            entry.count += 1;
+            if entry.newest.len() == most {
+                entry.newest.pop_front();
+            }
+            entry.newest.push_back(record.clone());
         }
         true
     })?;
-    let mut already = 0;
-    let mut due = BTreeMap::new();
-    for (recipient, records) in held {
-        let last = state.digest_through(&recipient)?;
-        if last.is_some_and(|t| t >= through_ms) {
-            already += 1;
-            continue;
-        }
-        let new: Vec<QuarantineRecord> = records
-            .into_iter()
-            .filter(|r| last.is_none_or(|t| r.time_ms > t))
-            .collect();
-        if !new.is_empty() {
-            due.insert(recipient, new);
-        }
+    if let Some(e) = failed {
+        return Err(e.into());
     }
-    Ok((due, already))
+    let already = marks
+        .values()
+        .filter(|m| m.is_some_and(|m| m.slot_ms >= slot_ms))
+        .count();
+    Ok((held, through_seq, already))
 }
 
 /// Whether `recipient` (lowercase) gets digests: named, or of a named domain, or,
@@ -492,7 +535,7 @@ fn wanted(recipient: &str, chosen: &[String], domains: &[String]) -> bool {
 /// `address` as the quarantine keeps recipients (local part as typed, in lower case),
 /// when its domain is one of ours.
 fn local_address(address: &str, domains: &[String]) -> Option<String> {
-    let address = address.trim().to_lowercase();
+    let address = address.trim().to_ascii_lowercase();
     let (local, domain) = address.rsplit_once('@')?;
     let ascii = crate::mail::ascii_domain(domain)?;
     let fine = !local.is_empty()

@@ -382,12 +382,26 @@ impl Scanner {
                 .find(|f| kinds.contains(&f.kind))
                 .map(|f| f.name.as_str())
         };
+        // A recipient's allow list takes only a sender that authenticated: the
+        // envelope's when SPF passed, the From's when DMARC passed. Anyone can write
+        // any address; a block list takes them as written.
+        let passed = |method: &str| {
+            authentication.as_ref().is_some_and(|a| {
+                a.results
+                    .iter()
+                    .any(|r| r.method == method && r.result == "pass")
+            })
+        };
         let senders = [Some(candidate.mail_from), candidate.header_from];
+        let verified = [
+            passed("spf").then_some(candidate.mail_from),
+            candidate.header_from.filter(|_| passed("dmarc")),
+        ];
         let personal: Vec<Personal> = match &self.personal {
             Some(lists) => candidate
                 .rcpt_to
                 .iter()
-                .map(|rcpt| Personal::of(&lists.lists(rcpt), &senders))
+                .map(|rcpt| Personal::of(&lists.lists(rcpt), &senders, &verified))
                 .collect(),
             None => Vec::new(),
         };

@@ -48,7 +48,7 @@ pub const LINK_KEY: &[u8] = b"lk";
 
 /// Key of a recipient's lists.
 pub fn lists_key(recipient: &str) -> Vec<u8> {
-    [b"rl/", recipient.to_lowercase().as_bytes()].concat()
+    [b"rl/", recipient.to_ascii_lowercase().as_bytes()].concat()
 }
 
 /// Key of a spent link, by its [`Link::id`].
@@ -58,7 +58,7 @@ pub fn spent_key(id: &Hash) -> Vec<u8> {
 
 /// Key of the time through which a recipient's last digest went.
 pub fn digest_key(recipient: &str) -> Vec<u8> {
-    [b"dg/", recipient.to_lowercase().as_bytes()].concat()
+    [b"dg/", recipient.to_ascii_lowercase().as_bytes()].concat()
 }
 
 /// Which of a recipient's lists.
@@ -123,7 +123,7 @@ impl RecipientLists {
 
     /// Takes `entry` off list `kind`; true when it was on it.
     pub fn remove(&mut self, kind: ListKind, typed: &str) -> bool {
-        let entry = entry(typed).unwrap_or_else(|| typed.trim().to_lowercase());
+        let entry = entry(typed).unwrap_or_else(|| trim(typed).to_ascii_lowercase());
         let list = self.list_mut(kind);
         let before = list.len();
         list.retain(|e| *e != entry);
@@ -131,37 +131,65 @@ impl RecipientLists {
     }
 }
 
-/// A list entry as stored: `user@domain`, `domain` or `.domain`, lowercase; `None`
-/// for anything else (an IP address, a network, a bare local part, spaces, a domain
-/// of one label).
+/// A list entry as stored: `user@domain`, `domain` or `.domain`, in lower case;
+/// `None` for anything else (an IP address, a network, a bare local part, spaces, a
+/// domain of one label). Applied by every node to what a recipient typed, so it
+/// depends on ASCII alone, never on a Unicode table that another build of the
+/// standard library might have otherwise: ASCII letters are lowered, other letters
+/// are kept as typed (the scanner compares domains in their IDNA form).
 pub fn entry(typed: &str) -> Option<String> {
-    let typed = typed.trim().to_lowercase();
+    let typed = trim(typed).to_ascii_lowercase();
     if typed.is_empty() || typed.len() > MAX_ENTRY || typed.parse::<IpAddr>().is_ok() {
         return None;
     }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+    };
     let domain_ok = |d: &str| {
         let labels: Vec<&str> = d.split('.').collect();
-        labels.len() >= 2
-            && labels.iter().all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-            })
+        labels.len() >= 2 && labels.iter().all(|l| label_ok(l))
     };
     let local_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 64
             && !l
                 .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || "<>\"".contains(c))
+                .any(|c| c.is_ascii_whitespace() || c.is_ascii_control() || "<>\"".contains(c))
     };
     let ok = match typed.rsplit_once('@') {
         Some((local, domain)) => local_ok(local) && domain_ok(domain),
         None => domain_ok(typed.strip_prefix('.').unwrap_or(&typed)),
     };
     ok.then_some(typed)
+}
+
+/// `text` without ASCII white space around it.
+fn trim(text: &str) -> &str {
+    text.trim_matches(|c: char| c.is_ascii_whitespace())
+}
+
+/// What the verdict's reason of a message held for malware, a blocked attachment or
+/// its sender domain's failed DMARC policy begins with (the node's policy writes
+/// them so): only an operator releases those, never a recipient's link or portal.
+pub const HELD_FOR_OPERATORS: [&str; 3] = [
+    "malware ",
+    "blocked content ",
+    "DMARC policy of the From domain: ",
+];
+
+/// Why a recipient's release of such a message is refused.
+pub const OPERATOR_ONLY: &str = "held for malware, a blocked attachment or its sender's failed \
+     DMARC policy: only an administrator can release it";
+
+/// Whether a recipient may release a message held for `reason` themselves: held for
+/// its score (or anything but malware, blocked content and DMARC).
+pub fn releasable_by_recipient(reason: &str) -> bool {
+    !HELD_FOR_OPERATORS.iter().any(|p| reason.starts_with(p))
 }
 
 /// Through what a recipient acted.
@@ -171,8 +199,9 @@ pub enum Via {
     Link { id: Hash, expires_ms: i64 },
     /// Their portal, signed in by a link until `expires_ms`.
     Portal { expires_ms: i64 },
-    /// A console user acting for them (release and allow the sender).
-    Console { user: String },
+    /// A console user acting for them (release and allow the sender), with the
+    /// reason they gave.
+    Console { user: String, reason: String },
 }
 
 impl Via {
@@ -288,8 +317,14 @@ pub struct RecipientActed {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DigestCommand {
     pub recipient: String,
-    /// For a digest: the time through which it reports; `None`: a portal link.
+    /// For a digest: its scheduled time (one digest per recipient and time);
+    /// `None`: a portal link.
     pub through_ms: Option<i64>,
+    /// For a digest: the log's last seq when it was written. It lists what was
+    /// quarantined (`received_seq`) after the recipient's last digest's and up to
+    /// this: by the log's order, so no message applied late, or stamped by a clock
+    /// behind, falls between two digests.
+    pub through_seq: u64,
     /// Held messages it lists.
     pub messages: u32,
     /// The message's own id.
@@ -297,6 +332,14 @@ pub struct DigestCommand {
     /// The message, CRLF lines.
     #[serde(with = "crate::message::serde_bytes_compat")]
     pub body: Vec<u8>,
+}
+
+/// Where a recipient's last digest went to: its scheduled time and the log's seq it
+/// was written at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestMark {
+    pub slot_ms: i64,
+    pub through_seq: u64,
 }
 
 /// `quarantine.digest` (or `recipient.link_sent` for a portal link): message
@@ -595,6 +638,7 @@ mod tests {
     #[test]
     fn entries_are_addresses_and_domains_in_lower_case() {
         assert_eq!(entry(" News@Shop.TEST ").as_deref(), Some("news@shop.test"));
+        assert_eq!(entry("Bücher.TEST").as_deref(), Some("bücher.test"));
         assert_eq!(entry("shop.test").as_deref(), Some("shop.test"));
         assert_eq!(entry(".shop.test").as_deref(), Some(".shop.test"));
         assert_eq!(entry("bücher.test").as_deref(), Some("bücher.test"));
@@ -611,6 +655,19 @@ mod tests {
             "a@b",
         ] {
             assert_eq!(entry(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_mail_held_for_its_score_is_a_recipient_s_to_release() {
+        assert!(releasable_by_recipient("score 12.0 >= quarantine 10"));
+        assert!(releasable_by_recipient("block-listed: x"));
+        for reason in [
+            "malware Eicar-Test-Signature",
+            "blocked content extension:exe",
+            "DMARC policy of the From domain: quarantine",
+        ] {
+            assert!(!releasable_by_recipient(reason), "{reason}");
         }
     }
 

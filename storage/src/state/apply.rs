@@ -435,10 +435,10 @@ impl StateStore {
                 Write::LinkKey(key) => {
                     write.put_cf(tokens, recipient::LINK_KEY, codec::encode(&key)?)
                 }
-                Write::DigestThrough(recipient, at) => write.put_cf(
+                Write::DigestThrough(recipient, mark) => write.put_cf(
                     tokens,
                     recipient::digest_key(&recipient),
-                    codec::encode(&at)?,
+                    codec::encode(&mark)?,
                 ),
             }
         }

@@ -416,7 +416,7 @@ impl Stored for StateStore {
         StateStore::link_key(self)
     }
 
-    fn digest_through(&self, recipient: &str) -> Result<Option<i64>> {
+    fn digest_through(&self, recipient: &str) -> Result<Option<crate::recipient::DigestMark>> {
         StateStore::digest_through(self, recipient)
     }
 

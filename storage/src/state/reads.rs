@@ -116,8 +116,8 @@ impl StateStore {
         self.identity(recipient::LINK_KEY)
     }
 
-    /// The time through which a recipient's last digest went, if one did.
-    pub fn digest_through(&self, recipient: &str) -> Result<Option<i64>> {
+    /// Where a recipient's last digest went to, if one did.
+    pub fn digest_through(&self, recipient: &str) -> Result<Option<recipient::DigestMark>> {
         self.identity(&recipient::digest_key(recipient))
     }
 

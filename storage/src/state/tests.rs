@@ -2804,6 +2804,7 @@ fn a_recipient_s_copy_leaves_alone_and_the_body_stays_until_the_last_copy_is_gon
         let digest = Command::Digest(Box::new(DigestCommand {
             recipient: "carol@example.test".into(),
             through_ms: Some(t),
+            through_seq: 3,
             messages: 1,
             digest_id: MessageId::new(t, 77),
             body: b"Subject: held\r\n\r\nx\r\n".to_vec(),
@@ -2817,7 +2818,13 @@ fn a_recipient_s_copy_leaves_alone_and_the_body_stays_until_the_last_copy_is_gon
     let store = state.current();
     assert_eq!(store.link_spent(&[9; 32]).unwrap(), Some(t + 1));
     assert_eq!(store.link_key().unwrap(), Some([4; 32]));
-    assert_eq!(store.digest_through("Carol@example.test").unwrap(), Some(t));
+    assert_eq!(
+        store.digest_through("Carol@example.test").unwrap(),
+        Some(crate::recipient::DigestMark {
+            slot_ms: t,
+            through_seq: 3
+        })
+    );
     assert_eq!(
         store.recipient_lists("bob@EXAMPLE.test").unwrap(),
         RecipientLists {

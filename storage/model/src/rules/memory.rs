@@ -7,7 +7,7 @@ use super::{Changes, Stored, Write};
 use crate::event::{Command, EventKind, Hash, Op};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
 use crate::policy::PolicyVersion;
-use crate::recipient::RecipientLists;
+use crate::recipient::{DigestMark, RecipientLists};
 use crate::signer::Signers;
 use crate::token::ApiToken;
 use crate::user::{ConsoleUser, Session};
@@ -31,7 +31,7 @@ pub struct Memory {
     pub lists: BTreeMap<String, RecipientLists>,
     pub spent: BTreeMap<Hash, i64>,
     pub link_key: Option<[u8; 32]>,
-    pub digests: BTreeMap<String, i64>,
+    pub digests: BTreeMap<String, DigestMark>,
 }
 
 impl Stored for Memory {
@@ -76,7 +76,7 @@ impl Stored for Memory {
     fn recipient_lists(&self, recipient: &str) -> crate::Result<RecipientLists> {
         Ok(self
             .lists
-            .get(&recipient.to_lowercase())
+            .get(&recipient.to_ascii_lowercase())
             .cloned()
             .unwrap_or_default())
     }
@@ -89,8 +89,8 @@ impl Stored for Memory {
         Ok(self.link_key)
     }
 
-    fn digest_through(&self, recipient: &str) -> crate::Result<Option<i64>> {
-        Ok(self.digests.get(&recipient.to_lowercase()).copied())
+    fn digest_through(&self, recipient: &str) -> crate::Result<Option<DigestMark>> {
+        Ok(self.digests.get(&recipient.to_ascii_lowercase()).copied())
     }
 
     fn received_envelope(&self, id: MessageId, seq: u64) -> crate::Result<Option<Envelope>> {

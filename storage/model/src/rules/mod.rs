@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use crate::event::{EventKind, Hash};
 use crate::message::{Envelope, MessageId, QuarantineRecord, QueueRecord};
 use crate::policy::PolicyVersion;
-use crate::recipient::RecipientLists;
+use crate::recipient::{DigestMark, RecipientLists};
 use crate::signer::Signers;
 use crate::token::ApiToken;
 use crate::user::{ConsoleUser, Session};
@@ -89,8 +89,8 @@ pub trait Stored {
     /// The cluster's key for signing recipients' links, once it has one.
     fn link_key(&self) -> Result<Option<[u8; 32]>, Self::Error>;
 
-    /// The time through which a recipient's last digest went, if one did.
-    fn digest_through(&self, recipient: &str) -> Result<Option<i64>, Self::Error>;
+    /// Where a recipient's last digest went to, if one did.
+    fn digest_through(&self, recipient: &str) -> Result<Option<DigestMark>, Self::Error>;
 
     /// Hands the quarantined records with an id before `end` to `visit`, oldest
     /// first, until `visit` says stop (returns `false`) or none is left.
@@ -133,8 +133,8 @@ pub enum Write<'a> {
     LinkSpent(Hash, i64),
     /// Stores the cluster's link key.
     LinkKey([u8; 32]),
-    /// Stores the time through which a recipient's last digest went.
-    DigestThrough(String, i64),
+    /// Stores where a recipient's last digest went to.
+    DigestThrough(String, DigestMark),
 }
 
 /// What a batch changes, as its operations so far have left it. Reads fall through
@@ -161,8 +161,8 @@ pub struct Changes<'a> {
     spent: HashMap<Hash, i64>,
     /// The link key, once the batch has set it.
     link_key: Option<[u8; 32]>,
-    /// Digests' times, by lowercase recipient.
-    digests: HashMap<String, i64>,
+    /// Digests' marks, by lowercase recipient.
+    digests: HashMap<String, DigestMark>,
     /// Envelopes of the messages this batch accepted: a release later in the batch
     /// reads its message's envelope from here, its event not being stored yet.
     received: HashMap<MessageId, Envelope>,
@@ -240,7 +240,7 @@ impl Changes<'_> {
 
     /// A recipient's lists as the batch has left them.
     fn lists<S: Stored>(&self, store: &S, recipient: &str) -> Result<RecipientLists, S::Error> {
-        match self.lists.get(&recipient.to_lowercase()) {
+        match self.lists.get(&recipient.to_ascii_lowercase()) {
             Some(lists) => Ok(lists.clone()),
             None => store.recipient_lists(recipient),
         }
@@ -267,8 +267,8 @@ impl Changes<'_> {
         &self,
         store: &S,
         recipient: &str,
-    ) -> Result<Option<i64>, S::Error> {
-        match self.digests.get(&recipient.to_lowercase()) {
+    ) -> Result<Option<DigestMark>, S::Error> {
+        match self.digests.get(&recipient.to_ascii_lowercase()) {
             Some(at) => Ok(Some(*at)),
             None => store.digest_through(recipient),
         }

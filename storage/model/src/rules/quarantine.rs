@@ -8,7 +8,7 @@ use super::{Changes, Outcome, Stored, Write};
 use crate::event::{ApiAction, EventKind, Op};
 use crate::message::{
     Action, MessageId, QuarantineAction, QuarantineCommand, QuarantineDecided, QuarantineExpiry,
-    QuarantineRecord, QueueEntry, QueueRecord,
+    QuarantineRecord, QueueEntry, QueueRecord, QueuedRecipient,
 };
 
 /// Why a release or deletion of a message not in the quarantine is refused.
@@ -65,18 +65,17 @@ pub(super) fn queue_release<S: Stored>(
     let id = record.message_id;
     if let Some(queued) = changes.queued(store, id)? {
         for address in recipients {
-            if !queued
-                .entry
-                .recipients
-                .iter()
-                .any(|r| r.address == *address)
-            {
+            let known = |r: &QueuedRecipient| r.address.eq_ignore_ascii_case(address);
+            if !queued.entry.recipients.iter().any(known) {
                 queued
                     .entry
                     .recipients
                     .extend(pending(std::slice::from_ref(address)));
             }
         }
+        // Joined the queue now: due from now, and retried as long as a message that
+        // came now would be.
+        queued.entry.time_ms = op.time_ms;
         return Ok(());
     }
     // The envelope's extensions are on the message.received event: in this batch's
@@ -316,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_release_after_a_recipient_s_own_joins_the_queued_copy_and_a_deletion_keeps_its_body() {
-        use crate::message::{QueuedRecipient, RecipientStatus};
+        use crate::message::RecipientStatus;
         let mut store = store(1);
         let mut record = held(1);
         record.recipients.push("carol@example.test".into());

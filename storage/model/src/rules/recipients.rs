@@ -15,8 +15,8 @@ use super::{Changes, Outcome, Stored, Write};
 use crate::event::{EventKind, Op};
 use crate::message::{MessageId, QuarantineAction, QuarantineCommand, QuarantineDecided};
 use crate::recipient::{
-    DigestCommand, DigestSent, ListKind, RecipientActed, RecipientAction, RecipientCommand, Via,
-    DIGEST_SENT, EXPIRED, NOT_HELD, SPENT,
+    releasable_by_recipient, DigestCommand, DigestMark, DigestSent, ListKind, RecipientActed,
+    RecipientAction, RecipientCommand, Via, DIGEST_SENT, EXPIRED, NOT_HELD, OPERATOR_ONLY, SPENT,
 };
 
 /// What a recipient does, as the batch has left the state.
@@ -31,7 +31,7 @@ pub fn act<S: Stored>(
         action: command.action.name().into(),
         via: command.via.as_str().into(),
         user: match &command.via {
-            Via::Console { user } => Some(user.clone()),
+            Via::Console { user, .. } => Some(user.clone()),
             _ => None,
         },
         message_id: command.action.message_id(),
@@ -77,6 +77,18 @@ pub fn act<S: Stored>(
                 }
                 Err(why) => Some(why),
             }
+        }
+        RecipientAction::Release {
+            message_id,
+            allow_sender,
+        } if !matches!(command.via, Via::Console { .. })
+            && changes
+                .quarantined(store, *message_id)?
+                .as_ref()
+                .is_some_and(|r| !releasable_by_recipient(&r.reason)) =>
+        {
+            let _ = allow_sender;
+            Some(OPERATOR_ONLY)
         }
         RecipientAction::Release {
             message_id,
@@ -139,11 +151,11 @@ fn take_copy<S: Stored>(
     let Some(record) = slot.as_mut() else {
         return Ok(None);
     };
-    let wanted = recipient.to_lowercase();
+    let wanted = recipient;
     let Some(at) = record
         .recipients
         .iter()
-        .position(|r| r.to_lowercase() == wanted)
+        .position(|r| r.eq_ignore_ascii_case(&wanted))
     else {
         return Ok(None);
     };
@@ -156,7 +168,7 @@ fn take_copy<S: Stored>(
 }
 
 fn keep_lists(changes: &mut Changes<'_>, recipient: &str, lists: crate::recipient::RecipientLists) {
-    let key = recipient.to_lowercase();
+    let key = recipient.to_ascii_lowercase();
     changes.lists.insert(key.clone(), lists.clone());
     changes.writes.push(Write::RecipientLists(key, lists));
 }
@@ -170,7 +182,7 @@ fn decided(
     action: QuarantineAction,
 ) -> EventKind {
     let (user, reason) = match &command.via {
-        Via::Console { user } => (user.clone(), "for the recipient, from the console"),
+        Via::Console { user, reason } => (user.clone(), reason.as_str()),
         Via::Link { .. } => (
             command.recipient.clone(),
             "by the recipient, through a link",
@@ -204,16 +216,20 @@ pub fn digest<'a, S: Stored>(
     seq: u64,
 ) -> Result<Outcome, S::Error> {
     let recipient = &command.recipient;
-    if let Some(through_ms) = command.through_ms {
+    if let Some(slot_ms) = command.through_ms {
         if changes
             .digest_through(store, recipient)?
-            .is_some_and(|through| through >= through_ms)
+            .is_some_and(|last| last.slot_ms >= slot_ms)
         {
             return Ok((Vec::new(), Some(DIGEST_SENT.into())));
         }
-        let key = recipient.to_lowercase();
-        changes.digests.insert(key.clone(), through_ms);
-        changes.writes.push(Write::DigestThrough(key, through_ms));
+        let key = recipient.to_ascii_lowercase();
+        let mark = DigestMark {
+            slot_ms,
+            through_seq: command.through_seq,
+        };
+        changes.digests.insert(key.clone(), mark);
+        changes.writes.push(Write::DigestThrough(key, mark));
     }
     queue_generated(
         changes,
@@ -411,6 +427,55 @@ mod tests {
     }
 
     #[test]
+    fn mail_held_for_malware_or_content_is_released_by_an_operator_only() {
+        let mut store = store();
+        let mut record = held();
+        record.reason = "blocked content extension:exe".into();
+        store.quarantine.insert(record.message_id, record.clone());
+        for via in [link(1), Via::Portal { expires_ms: T + 10 }] {
+            let (kinds, refused) = run(
+                &mut store,
+                &command("bob@example.test", release(false), via),
+                T,
+            );
+            assert_eq!(refused.as_deref(), Some(OPERATOR_ONLY));
+            assert_eq!(kinds.len(), 1);
+        }
+        assert_eq!(store.quarantine[&record.message_id], record);
+        // Deleting one's own copy is allowed; an operator's release for a recipient too.
+        let delete = RecipientAction::Delete {
+            message_id: record.message_id,
+        };
+        assert_eq!(
+            run(
+                &mut store,
+                &command("carol@example.test", delete, link(2)),
+                T
+            )
+            .1,
+            None
+        );
+        let console = Via::Console {
+            user: "olga".into(),
+            reason: "the supplier's installer".into(),
+        };
+        let (kinds, refused) = run(
+            &mut store,
+            &command("bob@example.test", release(true), console),
+            T,
+        );
+        assert_eq!(refused, None);
+        let EventKind::QuarantineDecided(d) = &kinds[1] else {
+            panic!("{kinds:?}");
+        };
+        assert_eq!(
+            (d.decision.user.as_str(), d.decision.reason.as_str()),
+            ("olga", "the supplier's installer")
+        );
+        assert!(store.quarantine.is_empty());
+    }
+
+    #[test]
     fn one_recipient_never_acts_on_another_s_copy() {
         let mut store = store();
         for via in [link(1), Via::Portal { expires_ms: T + 10 }] {
@@ -464,6 +529,7 @@ mod tests {
         let digest_for = |through_ms: i64, n| DigestCommand {
             recipient: "Bob@example.test".into(),
             through_ms: Some(through_ms),
+            through_seq: 7,
             messages: 2,
             digest_id: MessageId::new(T, n),
             body: b"Subject: held\r\n\r\nx\r\n".to_vec(),
@@ -482,6 +548,13 @@ mod tests {
         assert_eq!(entry.mail_from, "");
         assert_eq!(entry.recipients[0].address, "Bob@example.test");
         assert_eq!(store.bodies.len(), 1);
+        assert_eq!(
+            store.digests["bob@example.test"],
+            DigestMark {
+                slot_ms: T,
+                through_seq: 7
+            }
+        );
         let later = digest_for(T + 1, 9);
         let mut changes = Changes::default();
         assert_eq!(
