@@ -151,11 +151,10 @@ fn take_copy<S: Stored>(
     let Some(record) = slot.as_mut() else {
         return Ok(None);
     };
-    let wanted = recipient;
     let Some(at) = record
         .recipients
         .iter()
-        .position(|r| r.eq_ignore_ascii_case(&wanted))
+        .position(|r| r.eq_ignore_ascii_case(recipient))
     else {
         return Ok(None);
     };
