@@ -582,12 +582,12 @@ fn the_policy_page_shows_every_version_tries_a_change_and_applies_it() {
     let mut raised = current["policy"].clone();
     raised["quarantine_score"] = json!(20.0);
     let raised = raised.to_string();
+    let policy_form =
+        |cookie: &str, fields: &[(&str, &str)]| post_form(&node, cookie, "/ui/policy/try", fields);
 
     // What if: the held message would have been tagged; nothing is applied.
-    let tried = post_form(
-        &node,
+    let tried = policy_form(
         &admin,
-        "/ui/policy/try",
         &[
             ("csrf", &token),
             ("policy", &raised),
@@ -606,10 +606,8 @@ fn the_policy_page_shows_every_version_tries_a_change_and_applies_it() {
         ("{not json", "is not JSON"),
         (r#"{"tag_score": "high"}"#, "does not validate"),
     ] {
-        let page = post_form(
-            &node,
+        let page = policy_form(
             &admin,
-            "/ui/policy/try",
             &[
                 ("csrf", &token),
                 ("policy", bad),
@@ -630,10 +628,8 @@ fn the_policy_page_shows_every_version_tries_a_change_and_applies_it() {
         assert_eq!(made.0, 201, "{made:?}");
         let cookie = session(&node, name, "a long enough password");
         let token = csrf(&get(&node, &cookie, "/ui/policy").text().unwrap());
-        let answer = post_form(
-            &node,
+        let answer = policy_form(
             &cookie,
-            "/ui/policy/try",
             &[
                 ("csrf", &token),
                 ("policy", &raised),
@@ -653,10 +649,8 @@ fn the_policy_page_shows_every_version_tries_a_change_and_applies_it() {
     assert_eq!(api.get("/v1/policy").1["version"], 1);
 
     // Applied by the admin, with a reason: version 2, on record under the name.
-    let applied = post_form(
-        &node,
+    let applied = policy_form(
         &admin,
-        "/ui/policy/try",
         &[
             ("csrf", &token),
             ("policy", &raised),
@@ -681,10 +675,8 @@ fn the_policy_page_shows_every_version_tries_a_change_and_applies_it() {
         "{changed:?}"
     );
     // Made from version 1 again: refused, someone changed it meanwhile.
-    let stale = post_form(
-        &node,
+    let stale = policy_form(
         &admin,
-        "/ui/policy/try",
         &[
             ("csrf", &token),
             ("policy", &raised),

@@ -143,15 +143,7 @@ async fn main() -> Result<()> {
         .send()
         .await?;
     ensure!(signed.status() == 303, "sign-in: {}", signed.status());
-    let cookie = signed
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("bulwark_session="))
-        .and_then(|c| c.split(';').next())
-        .context("a session cookie")?
-        .to_string();
+    let cookie = set_cookie(&signed, "bulwark_session").context("a session cookie")?;
 
     // The recipient of all that mail: a digest, read from the Maildir as their mail
     // program would, one of its links, and their portal through its portal link.
@@ -184,15 +176,7 @@ async fn main() -> Result<()> {
         "the portal link: {}",
         entered.status()
     );
-    let pass = entered
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("bulwark_my="))
-        .and_then(|c| c.split(';').next())
-        .context("the portal's cookie")?
-        .to_string();
+    let pass = set_cookie(&entered, "bulwark_my").context("the portal's cookie")?;
 
     let middle = &ids[ids.len() / 2];
     let person = |name: &'static str, path: String| (name, path, cookie.clone());
@@ -300,4 +284,16 @@ async fn delivered(new: &std::path::Path) -> Result<Vec<u8>> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The `name=value` of the cookie `name` that `response` sets.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .and_then(|c| c.split(';').next())
+        .map(str::to_string)
 }
