@@ -581,6 +581,8 @@ pub async fn schedule(notices: Arc<Notices>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut done: Option<i64> = None;
+    // The time whose failure was logged: tried again every tick, said once.
+    let mut failed: Option<i64> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -607,7 +609,15 @@ pub async fn schedule(notices: Arc<Notices>, stop: CancellationToken) {
                     "quarantine digests sent"
                 );
             }
-            Err(e) => tracing::warn!(error = %e, "quarantine digests"),
+            Err(e) if failed != Some(slot) => {
+                failed = Some(slot);
+                tracing::warn!(
+                    error = %e,
+                    "quarantine digests: not sent yet (tried again every 5 s; during a \
+                     rolling upgrade, until every member runs a release that has them)"
+                );
+            }
+            Err(_) => {}
         }
     }
 }
