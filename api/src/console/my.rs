@@ -506,7 +506,7 @@ pub(crate) async fn act(
         )));
     };
     let form = Form::parse(&body);
-    if !same(form.get("csrf").unwrap_or(""), &pass.csrf(&key)) {
+    if !super::session::same_token(form.get("csrf").unwrap_or(""), &pass.csrf(&key)) {
         return Err(ApiError::forbidden(
             "this form was not made by your visit (it may have ended): reload the page and try \
              again",
@@ -562,15 +562,6 @@ pub(crate) async fn act(
         Some(refused) => to.append_pair("refused", &refused),
     };
     Ok(see_other(&format!("/ui/my/?{}", to.finish())))
-}
-
-/// Equal, in time that does not depend on where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// `POST /ui/my/signout`: the portal's cookie is dropped.

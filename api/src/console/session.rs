@@ -89,15 +89,7 @@ impl Viewer {
     }
 
     fn check_csrf(&self, presented: Option<&str>) -> Result<(), PageError> {
-        let presented = presented.unwrap_or("").as_bytes();
-        let expected = self.csrf.as_bytes();
-        let same = presented.len() == expected.len()
-            && presented
-                .iter()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !same {
+        if !same_token(presented.unwrap_or(""), &self.csrf) {
             return Err(ApiError::forbidden(
                 "this form was not made by your session (it may have ended): reload the page \
                  and try again",
@@ -106,6 +98,18 @@ impl Viewer {
         }
         Ok(())
     }
+}
+
+/// Whether a form's token is the one expected, compared in a time that does not
+/// depend on where they differ (the session's forms and the portal's).
+pub(super) fn same_token(presented: &str, expected: &str) -> bool {
+    let (presented, expected) = (presented.as_bytes(), expected.as_bytes());
+    presented.len() == expected.len()
+        && presented
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The session cookie's secret, if the request has one.
