@@ -87,8 +87,10 @@ fn sign_in_sessions_csrf_and_lockout_hold_from_outside() {
     assert_eq!(headers.headers()["x-frame-options"], "DENY");
     assert_eq!(headers.headers()["cache-control"], "no-store");
 
-    // The admin token signs in as admin; the cookie is HttpOnly and SameSite=Strict
-    // (and not Secure: this API is plain HTTP); the redirect never leaves the console.
+    // The admin token signs in as admin once the cluster has enrolled it; the cookie
+    // is HttpOnly and SameSite=Strict (and not Secure: this API is plain HTTP); the
+    // redirect never leaves the console.
+    node.wait_bootstrap_admin();
     let response = sign_in(&node, "admin", &token, "https://evil.test/");
     assert_eq!(response.status(), 303);
     assert_eq!(location(&response), "/ui/");

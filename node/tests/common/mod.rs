@@ -135,6 +135,35 @@ impl Node {
             .to_string()
     }
 
+    /// Waits until the cluster has enrolled this node's admin token as its bootstrap
+    /// admin (the leader proposes it just after it is elected, after `/readyz`): the
+    /// console's sign-in with the token reads the replicated token, as its sessions do.
+    pub fn wait_bootstrap_admin(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let listed: Option<Value> = Client::new()
+                .get(format!("{}/v1/tokens", self.api))
+                .bearer_auth(self.token())
+                .send()
+                .ok()
+                .and_then(|r| r.json().ok());
+            let enrolled = listed.is_some_and(|l| {
+                l["tokens"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t["name"] == "admin"))
+            });
+            if enrolled {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bootstrap admin was not enrolled in 10 s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every event of type `kind`, oldest first.
     pub fn events(&self, kind: &str) -> Vec<Value> {
         let client = reqwest::blocking::Client::new();
