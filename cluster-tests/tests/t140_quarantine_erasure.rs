@@ -55,6 +55,8 @@ async fn on_every_node(cluster: &Cluster, queue_id: &str, kind: &str) -> Result<
 async fn run(cluster: &mut Cluster) -> Result<()> {
     let leader = cluster.wait_for_leader(WAIT).await?;
     let follower = cluster.others(leader)[0];
+    // A node that joined after the cluster formed answers 421 until it has caught up.
+    cluster.wait_caught_up(follower, WAIT).await?;
     let (doomed, kept) = (unique_marker("t140doomed"), unique_marker("t140kept"));
     let doomed_id = send(cluster, follower, quarantined_with(&doomed, 100_000)).await?;
     let kept_id = send(cluster, follower, quarantined_with(&kept, 3_000)).await?;

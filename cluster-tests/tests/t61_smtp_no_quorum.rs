@@ -102,6 +102,10 @@ async fn t61_a_message_near_the_size_limit_is_replicated_to_every_node() -> Resu
         let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
         // Through a follower, so the 24 MiB entry is forwarded, then replicated.
         let follower = cluster.others(leader)[0];
+        // A node that joined after the cluster formed answers 421 until caught up.
+        cluster
+            .wait_caught_up(follower, Duration::from_secs(60))
+            .await?;
         let mut session = Session::open(cluster.node(follower).smtp_addr()).await?;
         let line = format!("{}\r\n", "x".repeat(1022));
         let content = line.repeat(24 * 1024);
@@ -141,6 +145,9 @@ async fn t61_a_message_near_the_size_limit_is_replicated_to_every_node() -> Resu
 async fn run(cluster: &mut bulwark_cluster_tests::Cluster) -> Result<()> {
     let leader = cluster.wait_for_leader(Duration::from_secs(60)).await?;
     let keep = cluster.others(leader)[0];
+    cluster
+        .wait_caught_up(keep, Duration::from_secs(60))
+        .await?;
     let addr = cluster.node(keep).smtp_addr();
     let mut session = Session::open(addr).await?;
     let (code, text) = session.message("before").await?;

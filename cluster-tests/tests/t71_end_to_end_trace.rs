@@ -53,6 +53,10 @@ fn kinds(trace: &Value) -> Vec<String> {
 async fn run(cluster: &mut Cluster, sink: &Sink) -> Result<()> {
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let follower = cluster.others(leader)[0];
+    // A node that joined after the cluster formed answers 421 until it has caught up.
+    cluster
+        .wait_caught_up(follower, Duration::from_secs(30))
+        .await?;
     let message = Message::generate("t71", 2048, RCPT);
     let mut conn =
         SmtpConnection::open(cluster.node(follower).smtp_addr(), &ClientConfig::default())
