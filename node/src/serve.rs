@@ -226,6 +226,11 @@ async fn serve(config: Config) -> Result<()> {
         stop_delivery.clone(),
     ));
     let digests = tokio::spawn(quarantine::digest::schedule(notices, stop_delivery.clone()));
+    let bayes_expiry = tokio::spawn(crate::scan::bayes::expiry::run(
+        node.clone(),
+        config.scan.bayes_max_tokens,
+        stop_delivery.clone(),
+    ));
     let erasure = tokio::spawn(quarantine::erase(
         node.clone(),
         config.quarantine.erase_within,
@@ -309,6 +314,9 @@ async fn serve(config: Config) -> Result<()> {
     }
     if let Err(e) = digests.await {
         tracing::warn!(error = %e, "quarantine digest task");
+    }
+    if let Err(e) = bayes_expiry.await {
+        tracing::warn!(error = %e, "classifier expiry task");
     }
     if let Err(e) = erasure.await {
         tracing::warn!(error = %e, "quarantine erasure task");

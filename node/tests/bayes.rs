@@ -235,6 +235,76 @@ fn a_rule_file_sets_the_classifiers_scores() {
     );
 }
 
+/// A message of `words` words of its own (`note{n}w{i}`): tokens learned once.
+fn one_off_message(n: usize, words: usize) -> String {
+    let words: Vec<String> = (0..words).map(|i| format!("note{n}w{i}")).collect();
+    format!(
+        "From: <once{n}@notes.test>\r\nTo: user@example.test\r\nSubject: note{n}\r\n\
+         Message-ID: <once-{n}@notes.test>\r\n\r\n{}\r\n",
+        words.join(" ")
+    )
+}
+
+#[test]
+fn past_its_maximum_the_classifier_forgets_its_rarest_tokens_and_keeps_judging() {
+    let node = Node::start_with(
+        "domains = [\"example.test\"]",
+        &format!(
+            "{}\n[scan]\nbayes_min_messages = 10\nbayes_max_tokens = 200\n",
+            common::held_delivery()
+        ),
+    );
+    let api = Api::new(&node);
+    for n in 0..10 {
+        api.learn("spam", &vocabulary_message(SPAM_WORDS, n, "spam"));
+        api.learn("ham", &vocabulary_message(HAM_WORDS, n, "ham"));
+    }
+    let (_, _, vocabulary) = api.counts();
+    assert!(
+        vocabulary < 200,
+        "{vocabulary} tokens before the one-off notes"
+    );
+    // One note of 400 words seen nowhere else takes it past 200 in one lesson.
+    api.learn("ham", &one_off_message(1, 400));
+    let expired = node.wait_events("bayes.expired", 1);
+    assert_eq!(expired.len(), 1, "{}", common::tail(&node.log(), 20));
+    let expired = &expired[0];
+    let (spam, ham, tokens) = api.counts();
+    assert_eq!((spam, ham), (10, 11), "every message learned stays counted");
+    assert_eq!(tokens, 150, "kept to three quarters of the maximum");
+    let b = &expired["bayes"];
+    assert_eq!(b["max_tokens"], 200);
+    assert_eq!(
+        b["tokens_removed"].as_u64().unwrap() + 150,
+        b["tokens_before"].as_u64().unwrap()
+    );
+    assert!(
+        b["removed_last_learned_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("20"),
+        "{b}"
+    );
+    assert_eq!(expired["event"]["action"], "expire");
+    assert!(
+        expired.get("user").is_none(),
+        "the cluster's own act: {expired}"
+    );
+
+    // Tokens seen once went first (all were learned today): the vocabulary the
+    // classifier judges by is intact.
+    let mut smtp = Smtp::ehlo(node.smtp);
+    let spammy = send_unseen(&mut smtp, SPAM_WORDS, "spam");
+    assert_eq!(bayes_symbol(&node, &spammy).as_deref(), Some("BAYES_999"));
+    let hammy = send_unseen(&mut smtp, HAM_WORDS, "ham");
+    assert_eq!(bayes_symbol(&node, &hammy).as_deref(), Some("BAYES_00"));
+    assert_eq!(
+        node.events("bayes.expired").len(),
+        1,
+        "one expiry was enough"
+    );
+}
+
 #[test]
 fn malformed_lessons_are_refused_clearly_and_change_nothing() {
     let node = Node::start("domains = [\"example.test\"]");

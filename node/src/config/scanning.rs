@@ -44,6 +44,9 @@ pub(super) struct RawScan {
     /// `bayes_min_messages` spam and as many ham (default 200, as SpamAssassin).
     bayes: Option<bool>,
     bayes_min_messages: Option<u64>,
+    /// Distinct tokens the classifier keeps at most (default 1,000,000; 0: no
+    /// limit): past it the longest unlearned are expired down to three quarters.
+    bayes_max_tokens: Option<u64>,
     /// YARA rule files, compiled at start by boreal.
     yara_rules: Option<Vec<PathBuf>>,
     /// A clamd to send every message to.
@@ -87,6 +90,8 @@ pub struct ScanConfig {
     pub max_ratio: u64,
     pub bayes: bool,
     pub bayes_min_messages: u64,
+    /// `None`: no limit.
+    pub bayes_max_tokens: Option<u64>,
     pub clamd: Option<ClamdConfig>,
     pub trusted_relays: Vec<ipnet::IpNet>,
 }
@@ -102,6 +107,9 @@ impl ScanConfig {
         }
     }
 }
+
+/// The smallest `scan.bayes_max_tokens`: one message gives about a hundred.
+const MIN_BAYES_TOKENS: u64 = 100;
 
 pub(super) fn validate_scan(s: &RawScan, problems: &mut Vec<String>) -> ScanConfig {
     let budget_ms = s.budget_ms.unwrap_or(10_000);
@@ -123,6 +131,16 @@ pub(super) fn validate_scan(s: &RawScan, problems: &mut Vec<String>) -> ScanConf
         max_ratio: s.max_ratio.unwrap_or(100),
         bayes: s.bayes.unwrap_or(true),
         bayes_min_messages: s.bayes_min_messages.unwrap_or(200),
+        bayes_max_tokens: match s.bayes_max_tokens.unwrap_or(1_000_000) {
+            0 => None,
+            n if n < MIN_BAYES_TOKENS => {
+                problems.push(format!(
+                    "scan.bayes_max_tokens must be 0 (no limit) or at least {MIN_BAYES_TOKENS}"
+                ));
+                None
+            }
+            n => Some(n),
+        },
         clamd: s.clamd.clone().and_then(|c| validate_clamd(c, problems)),
     };
     if config.max_archive_files == 0 || config.max_unpacked_bytes == 0 || config.max_ratio == 0 {

@@ -133,6 +133,19 @@ fn smtp_nul_bytes_is_reject_or_strip() {
 }
 
 #[test]
+fn scan_bayes_max_tokens_is_a_million_by_default_zero_for_none_and_not_tiny() {
+    assert_eq!(Config::embedded().scan.bayes_max_tokens, Some(1_000_000));
+    let c = parse("[scan]\nbayes_max_tokens = 0\n").unwrap();
+    assert_eq!(c.scan.bayes_max_tokens, None);
+    let c = parse("[scan]\nbayes_max_tokens = 100\n").unwrap();
+    assert_eq!(c.scan.bayes_max_tokens, Some(100));
+    assert_eq!(
+        parse("[scan]\nbayes_max_tokens = 99\n").unwrap_err(),
+        ["scan.bayes_max_tokens must be 0 (no limit) or at least 100"]
+    );
+}
+
+#[test]
 fn smtp_session_limits_and_timeouts_are_checked_together() {
     let problems = parse(
         r#"

@@ -56,6 +56,8 @@ use sha2::{Digest, Sha256};
 
 pub use bulwark_model::BayesCounts;
 
+pub mod expiry;
+
 use super::contents::{unpack, Limits};
 use super::engine::{Engine, Hit, Outcome, Parsed};
 use super::spam::{host_of, registrable_domain, view};

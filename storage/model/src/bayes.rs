@@ -79,14 +79,24 @@ impl BayesTrained {
 }
 
 /// Token counts: how many spam and ham messages were learned, and per token in how
-/// many of each it occurred.
+/// many of each it occurred and the day it was last learned.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BayesCounts {
     spam: u64,
     ham: u64,
     /// Keyed by token hashes, with a hasher seeded at random that is far quicker than
     /// SipHash for them (read a few thousand times per scanned message).
-    tokens: HashMap<u64, (u32, u32), foldhash::fast::RandomState>,
+    tokens: HashMap<u64, Token, foldhash::fast::RandomState>,
+}
+
+/// One token's counts and the day (since the Unix epoch, UTC) a lesson last counted
+/// it; 0 for a token learned before the cluster ran at
+/// [`crate::feature::BAYES_EXPIRY`], which is expired first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Token {
+    pub spam: u32,
+    pub ham: u32,
+    pub day: u32,
 }
 
 impl BayesCounts {
@@ -106,6 +116,12 @@ impl BayesCounts {
     }
 
     pub fn get(&self, token: u64) -> (u32, u32) {
+        let t = self.token(token);
+        (t.spam, t.ham)
+    }
+
+    /// A token's counts and day; all zero for a token never learned.
+    pub fn token(&self, token: u64) -> Token {
         self.tokens.get(&token).copied().unwrap_or_default()
     }
 
@@ -116,41 +132,46 @@ impl BayesCounts {
 
     /// Counts one message of `class` whose distinct tokens are `tokens`.
     pub fn learn(&mut self, tokens: &[u64], class: BayesClass) {
-        self.change(tokens, class, true);
+        self.change(tokens, class, true, None);
     }
 
     /// Takes back one message of `class` learned with `tokens` (counts stop at zero).
     pub fn unlearn(&mut self, tokens: &[u64], class: BayesClass) {
-        self.change(tokens, class, false);
+        self.change(tokens, class, false, None);
     }
 
-    fn change(&mut self, tokens: &[u64], class: BayesClass, add: bool) {
+    /// `day`: stamp each token with it (a lesson applied at
+    /// [`crate::feature::BAYES_EXPIRY`] or later).
+    fn change(&mut self, tokens: &[u64], class: BayesClass, add: bool, day: Option<u32>) {
         let step = |n: u64| if add { n + 1 } else { n.saturating_sub(1) };
         match class {
             BayesClass::Spam => self.spam = step(self.spam),
             BayesClass::Ham => self.ham = step(self.ham),
         }
         for &token in tokens {
-            let (mut spam, mut ham) = self.get(token);
+            let mut t = self.token(token);
             let count = match class {
-                BayesClass::Spam => &mut spam,
-                BayesClass::Ham => &mut ham,
+                BayesClass::Spam => &mut t.spam,
+                BayesClass::Ham => &mut t.ham,
             };
             *count = if add {
                 count.saturating_add(1)
             } else {
                 count.saturating_sub(1)
             };
-            self.set(token, (spam, ham));
+            if let Some(day) = day {
+                t.day = day;
+            }
+            self.set(token, t);
         }
     }
 
-    /// Sets one token's counts; `(0, 0)` removes it.
-    pub fn set(&mut self, token: u64, counts: (u32, u32)) {
-        if counts == (0, 0) {
+    /// Sets one token's counts and day; counts `(0, 0)` remove it.
+    pub fn set(&mut self, token: u64, t: Token) {
+        if (t.spam, t.ham) == (0, 0) {
             self.tokens.remove(&token);
         } else {
-            self.tokens.insert(token, counts);
+            self.tokens.insert(token, t);
         }
     }
 
@@ -158,6 +179,29 @@ impl BayesCounts {
         self.spam = spam;
         self.ham = ham;
     }
+
+    /// The tokens an expiry down to `keep` removes (see [`oldest`]).
+    pub fn oldest(&self, keep: u64) -> Vec<u64> {
+        oldest(self.tokens.iter().map(|(&k, &t)| (k, t)), keep)
+    }
+}
+
+/// Of `tokens`, those an expiry down to `keep` removes: the longest unlearned first
+/// (by day), of a day the rarest first (fewest messages), then by hash, so every node
+/// removes the same ones. None when there are `keep` or fewer.
+fn oldest(tokens: impl Iterator<Item = (u64, Token)>, keep: u64) -> Vec<u64> {
+    let mut order: Vec<(u32, u64, u64)> = tokens
+        .map(|(token, t)| (t.day, u64::from(t.spam) + u64::from(t.ham), token))
+        .collect();
+    let excess = (order.len() as u64).saturating_sub(keep) as usize;
+    if excess == 0 {
+        return Vec::new();
+    }
+    if excess < order.len() {
+        order.select_nth_unstable(excess);
+        order.truncate(excess);
+    }
+    order.into_iter().map(|(_, _, token)| token).collect()
 }
 
 /// Keys of the `bayes` column family: a token's counts, a learned message's class,
@@ -174,7 +218,39 @@ pub fn message_key(digest: &Hash) -> [u8; 33] {
     key
 }
 
+/// A token's day (u32, big-endian; see [`Token::day`]) under its own key: the
+/// releases before it read `w` rows only and open a database that has these.
+pub fn day_key(token: u64) -> [u8; 9] {
+    let mut key = [b'd'; 9];
+    key[1..].copy_from_slice(&token.to_be_bytes());
+    key
+}
+
 pub const TOTALS_KEY: &[u8] = b"n";
+
+/// Days since the Unix epoch (UTC) at `time_ms`, the day a lesson stamps its tokens
+/// with; 0 before the epoch.
+pub fn day_of(time_ms: i64) -> u32 {
+    u32::try_from(time_ms.div_euclid(86_400_000)).unwrap_or(if time_ms < 0 { 0 } else { u32::MAX })
+}
+
+/// A request to keep the classifier to `keep` tokens, proposed by the leader once
+/// this node holds more than `max` (`scan.bayes_max_tokens`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BayesExpiry {
+    pub keep: u64,
+    pub max: u64,
+}
+
+/// The `bayes.expired` event: tokens removed by an expiry, and the day the newest of
+/// them was last learned (0: before days were kept).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BayesExpired {
+    pub before: u64,
+    pub removed: u64,
+    pub max: u64,
+    pub newest_removed_day: u32,
+}
 
 /// The lessons of one applied batch before it is written: the counts of the tokens
 /// they touch and the classes of the messages they name, as the batch leaves them.
@@ -196,24 +272,27 @@ impl LessonBatch {
     }
 
     /// Applies `lesson` on top of what the batch has changed so far, `previous`
-    /// being the class the message had before it.
+    /// being the class the message had before it; `day`: stamp the tokens it counts
+    /// with it ([`day_of`] the operation's time, from
+    /// [`crate::feature::BAYES_EXPIRY`] on).
     pub fn apply(
         &mut self,
         memory: &BayesCounts,
         lesson: &BayesLesson,
         previous: Option<BayesClass>,
+        day: Option<u32>,
     ) -> BayesTrained {
         if lesson.class != previous {
             for &token in &lesson.tokens {
                 if self.touched.insert(token) {
-                    self.counts.set(token, memory.get(token));
+                    self.counts.set(token, memory.token(token));
                 }
             }
             if let Some(previous) = previous {
-                self.counts.unlearn(&lesson.tokens, previous);
+                self.counts.change(&lesson.tokens, previous, false, None);
             }
             if let Some(class) = lesson.class {
-                self.counts.learn(&lesson.tokens, class);
+                self.counts.change(&lesson.tokens, class, true, day);
             }
         }
         self.seen.insert(lesson.digest, lesson.class);
@@ -231,9 +310,38 @@ impl LessonBatch {
         }
     }
 
-    /// Every token row the batch changed, with its new counts.
-    pub fn rows(&self) -> impl Iterator<Item = (u64, (u32, u32))> + '_ {
-        self.touched.iter().map(|&t| (t, self.counts.get(t)))
+    /// Removes the tokens an expiry down to `expiry.keep` removes from the counts as
+    /// the batch has left them so far (see [`oldest`]).
+    pub fn expire(&mut self, memory: &BayesCounts, expiry: &BayesExpiry) -> BayesExpired {
+        let untouched = memory
+            .tokens
+            .iter()
+            .filter(|(token, _)| !self.touched.contains(token))
+            .map(|(&k, &t)| (k, t));
+        let changed = self.counts.tokens.iter().map(|(&k, &t)| (k, t));
+        let before = untouched.clone().count() + self.counts.tokens.len();
+        let removed = oldest(untouched.chain(changed), expiry.keep);
+        let mut newest_removed_day = 0;
+        for &token in &removed {
+            let day = if self.touched.insert(token) {
+                memory.token(token).day
+            } else {
+                self.counts.token(token).day
+            };
+            newest_removed_day = newest_removed_day.max(day);
+            self.counts.set(token, Token::default());
+        }
+        BayesExpired {
+            before: before as u64,
+            removed: removed.len() as u64,
+            max: expiry.max,
+            newest_removed_day,
+        }
+    }
+
+    /// Every token row the batch changed, with its new counts (all zero: removed).
+    pub fn rows(&self) -> impl Iterator<Item = (u64, Token)> + '_ {
+        self.touched.iter().map(|&t| (t, self.counts.token(t)))
     }
 
     pub fn totals(&self) -> (u64, u64) {
@@ -242,8 +350,8 @@ impl LessonBatch {
 
     /// Makes the in-memory counts what the written batch holds.
     pub fn commit(self, memory: &mut BayesCounts) {
-        for (token, counts) in self.rows() {
-            memory.set(token, counts);
+        for (token, t) in self.rows() {
+            memory.set(token, t);
         }
         memory.set_totals(self.counts.totals());
     }
@@ -269,5 +377,180 @@ mod tests {
         counts.unlearn(&[9], BayesClass::Spam);
         assert_eq!(counts.totals(), (0, 1));
         assert_eq!(counts.get(9), (0, 0));
+    }
+
+    fn lesson(n: u8, class: Option<BayesClass>, tokens: &[u64]) -> BayesLesson {
+        BayesLesson {
+            digest: [n; 32],
+            class,
+            tokens: tokens.to_vec(),
+            message_id: None,
+            user: "admin".into(),
+            client_ip: None,
+        }
+    }
+
+    /// Applies `lessons` (each with its day) and commits them, as one batch.
+    fn learn_days(memory: &mut BayesCounts, lessons: &[(BayesLesson, Option<u32>)]) {
+        let mut batch = LessonBatch::new(memory);
+        for (lesson, day) in lessons {
+            batch.apply(memory, lesson, None, *day);
+        }
+        batch.commit(memory);
+    }
+
+    #[test]
+    fn a_lesson_stamps_the_tokens_it_counts_with_its_day_once_days_are_kept() {
+        let mut memory = BayesCounts::new();
+        learn_days(
+            &mut memory,
+            &[(lesson(1, Some(BayesClass::Spam), &[1, 2]), None)],
+        );
+        assert_eq!(memory.token(1).day, 0, "learned before days were kept");
+        learn_days(
+            &mut memory,
+            &[(lesson(2, Some(BayesClass::Ham), &[2, 3]), Some(20_000))],
+        );
+        assert_eq!(
+            [memory.token(1), memory.token(2), memory.token(3)],
+            [
+                Token {
+                    spam: 1,
+                    ham: 0,
+                    day: 0
+                },
+                Token {
+                    spam: 1,
+                    ham: 1,
+                    day: 20_000
+                },
+                Token {
+                    spam: 0,
+                    ham: 1,
+                    day: 20_000
+                },
+            ]
+        );
+        // Forgetting a message takes its counts, and leaves the day of the last
+        // lesson that counted the token.
+        let mut batch = LessonBatch::new(&memory);
+        batch.apply(
+            &memory,
+            &lesson(2, None, &[2, 3]),
+            Some(BayesClass::Ham),
+            Some(20_005),
+        );
+        batch.commit(&mut memory);
+        assert_eq!(
+            memory.token(2),
+            Token {
+                spam: 1,
+                ham: 0,
+                day: 20_000
+            }
+        );
+        assert_eq!(memory.token(3), Token::default());
+        assert_eq!(day_of(0), 0);
+        assert_eq!(day_of(86_400_000 * 20_000 + 5), 20_000);
+        assert_eq!(day_of(-1), 0);
+    }
+
+    #[test]
+    fn an_expiry_removes_the_longest_unlearned_then_the_rarest_and_keeps_the_totals() {
+        let mut memory = BayesCounts::new();
+        // Day 10: tokens 1..=4 (token 4 in two messages); day 12: 5 and 6; day 11:
+        // 7, learned in the same batch as the expiry below.
+        learn_days(
+            &mut memory,
+            &[
+                (lesson(1, Some(BayesClass::Spam), &[1, 2, 4]), Some(10)),
+                (lesson(2, Some(BayesClass::Ham), &[3, 4]), Some(10)),
+                (lesson(3, Some(BayesClass::Ham), &[5, 6]), Some(12)),
+            ],
+        );
+        let mut batch = LessonBatch::new(&memory);
+        batch.apply(
+            &memory,
+            &lesson(4, Some(BayesClass::Spam), &[7, 1]),
+            None,
+            Some(11),
+        );
+        let expired = batch.expire(&memory, &BayesExpiry { keep: 4, max: 6 });
+        assert_eq!(
+            expired,
+            BayesExpired {
+                before: 7,
+                removed: 3,
+                max: 6,
+                newest_removed_day: 10
+            }
+        );
+        batch.commit(&mut memory);
+        assert_eq!(memory.distinct_tokens(), 4);
+        // Of day 10, 2 and 3 (one message each) went before 4 (two); token 1 was
+        // learned again on day 11 and stays.
+        assert_eq!(memory.counts(&[2, 3, 4]), [(0, 0), (0, 0), (0, 0)]);
+        assert_eq!(
+            memory.token(1),
+            Token {
+                spam: 2,
+                ham: 0,
+                day: 11
+            }
+        );
+        assert_eq!(memory.counts(&[5, 6, 7]), [(0, 1), (0, 1), (1, 0)]);
+        assert_eq!(
+            memory.totals(),
+            (2, 2),
+            "messages learned are still counted"
+        );
+        // Nothing to do at or under the size kept.
+        let mut batch = LessonBatch::new(&memory);
+        assert_eq!(
+            batch
+                .expire(&memory, &BayesExpiry { keep: 4, max: 6 })
+                .removed,
+            0
+        );
+        assert_eq!(batch.rows().count(), 0);
+    }
+
+    #[test]
+    fn every_order_of_the_same_counts_expires_the_same_tokens() {
+        let mut a = BayesCounts::new();
+        let mut b = BayesCounts::new();
+        let tokens: Vec<u64> = (0..500u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        for (i, &token) in tokens.iter().enumerate() {
+            let t = Token {
+                spam: (i % 3) as u32,
+                ham: 1,
+                day: (i % 7) as u32,
+            };
+            a.set(token, t);
+        }
+        for (i, &token) in tokens.iter().enumerate().rev() {
+            let t = Token {
+                spam: (i % 3) as u32,
+                ham: 1,
+                day: (i % 7) as u32,
+            };
+            b.set(token, t);
+        }
+        let mut removed_a = a.oldest(300);
+        let mut removed_b = b.oldest(300);
+        removed_a.sort_unstable();
+        removed_b.sort_unstable();
+        assert_eq!(removed_a.len(), 200);
+        assert_eq!(removed_a, removed_b);
+        // Every token removed is no newer than every token kept.
+        let key = |t: &u64| {
+            let x = a.token(*t);
+            (x.day, x.spam + x.ham, *t)
+        };
+        let newest_removed = removed_a.iter().map(key).max().unwrap();
+        let kept = tokens.iter().filter(|t| !removed_a.contains(t));
+        assert!(kept.map(key).all(|k| k > newest_removed));
     }
 }

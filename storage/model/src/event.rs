@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::bayes::{BayesLesson, BayesTrained};
+use crate::bayes::{BayesExpired, BayesExpiry, BayesLesson, BayesTrained};
 use crate::codec;
 use crate::message::{
     AcceptedMessage, DeliveryCommand, DeliveryReport, MessageId, MessageReceived, QuarantineAction,
@@ -124,6 +124,11 @@ pub enum Command {
     /// Set the cluster's key for signing recipients' links, unless it has one (the
     /// first proposed wins). Records no event (the key is a secret).
     LinkKey { key: [u8; 32] },
+    /// Remove the classifier's longest unlearned tokens down to `keep`, the same on
+    /// every node, and record `bayes.expired` (nothing when there are no more than
+    /// `keep`; see [`crate::bayes::BayesCounts::oldest`]). Builds before
+    /// [`crate::feature::BAYES_EXPIRY`] cannot decode it.
+    ExpireBayes(BayesExpiry),
 }
 
 /// How far an exporter has got: its receiver accepted (or it gave up on) the log up
@@ -261,6 +266,9 @@ pub enum EventKind {
     /// A quarantine digest was queued for a recipient (`quarantine.digest`), or the
     /// link to their portal they asked for (`recipient.link_sent`).
     DigestSent(Box<crate::recipient::DigestSent>),
+    /// The classifier's longest unlearned tokens were removed to keep it to its size
+    /// (`bayes.expired`).
+    BayesExpired(BayesExpired),
 }
 
 /// What kind of read an `access.read` records.
@@ -457,6 +465,7 @@ impl EventKind {
             EventKind::RecipientActed(_) => "recipient.action",
             EventKind::DigestSent(d) if d.through_ms.is_none() => "recipient.link_sent",
             EventKind::DigestSent(_) => "quarantine.digest",
+            EventKind::BayesExpired(_) => "bayes.expired",
         }
     }
 
@@ -479,6 +488,7 @@ impl EventKind {
             EventKind::RecipientActed(r) => r.message_id,
             EventKind::DigestSent(d) => Some(d.digest_id),
             EventKind::AuditNote { .. }
+            | EventKind::BayesExpired(_)
             | EventKind::ExportDeadLettered(_)
             | EventKind::SignerChanged(_)
             | EventKind::PolicyChanged(_)
@@ -531,6 +541,7 @@ impl EventKind {
             | EventKind::ExportDeadLettered(_)
             | EventKind::SignerChanged(_)
             | EventKind::DigestSent(_)
+            | EventKind::BayesExpired(_)
             | EventKind::PolicyRejected(_) => return None,
         };
         (!crate::token::is_system_actor(user)).then_some(user.as_str())
@@ -840,6 +851,22 @@ impl EventKind {
                     digest["through"] = rfc3339(through).into();
                 }
                 out.insert("digest".into(), digest);
+            }
+            EventKind::BayesExpired(b) => {
+                out.insert(
+                    "event".into(),
+                    serde_json::json!({ "action": "expire", "outcome": "success" }),
+                );
+                let mut bayes = serde_json::json!({
+                    "tokens_before": b.before,
+                    "tokens_removed": b.removed,
+                    "max_tokens": b.max,
+                });
+                if b.newest_removed_day > 0 {
+                    bayes["removed_last_learned_by"] =
+                        rfc3339(i64::from(b.newest_removed_day) * 86_400_000)[..10].into();
+                }
+                out.insert("bayes".into(), bayes);
             }
             EventKind::ScanVerdict(v) => verdict_fields(v, out),
             EventKind::MessageQuarantined(q) => {

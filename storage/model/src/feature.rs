@@ -21,6 +21,8 @@
 //! - [`USERS`] (3): `Command::User`, console users and their sessions.
 //! - [`RECIPIENTS`] (4): `Command::Recipient`, `Command::Digest` and
 //!   `Command::LinkKey`: recipients' self-service, their digests and links.
+//! - [`BAYES_EXPIRY`] (5): `Command::ExpireBayes`; from this level on a lesson stamps
+//!   the tokens it counts with its day, so that every node keeps the same days.
 //!
 //! A command a later release adds gets the next level, here and in
 //! [`Command::feature_level`].
@@ -40,8 +42,11 @@ pub const USERS: u32 = 3;
 /// self-service.
 pub const RECIPIENTS: u32 = 4;
 
+/// `Command::ExpireBayes`, and the day each lesson stamps its tokens with.
+pub const BAYES_EXPIRY: u32 = 5;
+
 /// The highest level this build applies.
-pub const FEATURE_LEVEL: u32 = RECIPIENTS;
+pub const FEATURE_LEVEL: u32 = BAYES_EXPIRY;
 
 impl Command {
     /// The cluster feature level a node needs to apply this command (and so the
@@ -51,6 +56,7 @@ impl Command {
             Command::RaiseFeatureLevel { level } => (*level).max(LEVELS),
             Command::User(_) => USERS,
             Command::Recipient(_) | Command::Digest(_) | Command::LinkKey { .. } => RECIPIENTS,
+            Command::ExpireBayes(_) => BAYES_EXPIRY,
             _ => BASE,
         }
     }
@@ -117,6 +123,13 @@ mod tests {
             RECIPIENTS
         );
         const { assert!(RECIPIENTS > USERS && FEATURE_LEVEL >= RECIPIENTS) };
+    }
+
+    #[test]
+    fn the_classifiers_expiry_needs_its_level() {
+        let expiry = crate::bayes::BayesExpiry { keep: 3, max: 4 };
+        assert_eq!(Command::ExpireBayes(expiry).feature_level(), BAYES_EXPIRY);
+        const { assert!(BAYES_EXPIRY > RECIPIENTS && FEATURE_LEVEL >= BAYES_EXPIRY) };
     }
 
     #[test]

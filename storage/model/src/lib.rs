@@ -31,7 +31,7 @@ pub mod signer;
 pub mod token;
 pub mod user;
 
-pub use bayes::{BayesClass, BayesCounts, BayesLesson, BayesTrained};
+pub use bayes::{BayesClass, BayesCounts, BayesExpired, BayesExpiry, BayesLesson, BayesTrained};
 pub use error::{Error, Result};
 pub use event::{
     AccessRead, ApiAction, ChainCheckpoint, Command, Event, EventKind, EventPurge, EventsPurged,

@@ -20,7 +20,7 @@ use crate::layout::cf;
 use crate::message::PolicyRejection;
 use crate::user::{UserAction, WRONG_CREDENTIALS};
 use crate::{codec, Error, Result};
-use crate::{policy, recipient, signer, token, user};
+use crate::{feature, policy, recipient, signer, token, user};
 
 /// One batch being applied: what the rules changed and what the engine keeps beside
 /// it. Reads of the rules fall through [`Changes`] to the store.
@@ -148,7 +148,20 @@ impl StateStore {
             Command::Recipient(command) => rules::recipients::act(changes, self, command, op)?,
             Command::Digest(digest) => rules::recipients::digest(changes, self, digest, op, seq)?,
             Command::LinkKey { key } => rules::recipients::link_key(changes, self, key)?,
-            Command::TrainBayes(lesson) => (vec![self.learn(&mut batch.lessons, lesson)?], None),
+            Command::TrainBayes(lesson) => {
+                let level = batch.feature_level.unwrap_or_else(|| self.feature_level());
+                let day = (level >= feature::BAYES_EXPIRY).then(|| bayes::day_of(op.time_ms));
+                (vec![self.learn(&mut batch.lessons, lesson, day)?], None)
+            }
+            Command::ExpireBayes(expiry) => {
+                let memory = self.bayes.read().expect("bayes lock");
+                let lessons = batch
+                    .lessons
+                    .get_or_insert_with(|| LessonBatch::new(&memory));
+                let expired = lessons.expire(&memory, expiry);
+                let events = (expired.removed > 0).then_some(EventKind::BayesExpired(expired));
+                (events.into_iter().collect(), None)
+            }
             Command::PurgeEvents(purge) => {
                 let no_events = HashMap::new();
                 let recorded = batch.recorded.as_ref().unwrap_or(&no_events);
@@ -302,12 +315,16 @@ impl StateStore {
         flow.write(&self.db, self.cf(cf::FLOW), &mut write)?;
         if let Some(lessons) = &lessons {
             let bayes_cf = self.cf(cf::BAYES);
-            for (token, counts) in lessons.rows() {
-                let key = bayes::token_key(token);
-                if counts == (0, 0) {
+            for (token, t) in lessons.rows() {
+                let (key, day_key) = (bayes::token_key(token), bayes::day_key(token));
+                if (t.spam, t.ham) == (0, 0) {
                     write.delete_cf(bayes_cf, key);
+                    write.delete_cf(bayes_cf, day_key);
                 } else {
-                    write.put_cf(bayes_cf, key, codec::encode(&counts)?);
+                    write.put_cf(bayes_cf, key, codec::encode(&(t.spam, t.ham))?);
+                    if t.day > 0 {
+                        write.put_cf(bayes_cf, day_key, t.day.to_be_bytes());
+                    }
                 }
             }
             for (digest, class) in &lessons.seen {
@@ -472,7 +489,12 @@ impl StateStore {
 
     /// +1 if `id` becomes present in column family `name`, -1 if it leaves it, else 0.
     /// A Bayesian lesson on top of the batch's earlier ones.
-    fn learn(&self, lessons: &mut Option<LessonBatch>, lesson: &BayesLesson) -> Result<EventKind> {
+    fn learn(
+        &self,
+        lessons: &mut Option<LessonBatch>,
+        lesson: &BayesLesson,
+        day: Option<u32>,
+    ) -> Result<EventKind> {
         let memory = self.bayes.read().expect("bayes lock");
         let lessons = lessons.get_or_insert_with(|| LessonBatch::new(&memory));
         let previous = match lessons.seen.get(&lesson.digest) {
@@ -483,7 +505,7 @@ impl StateStore {
                 .map(|bytes| codec::decode::<BayesClass>(&bytes))
                 .transpose()?,
         };
-        let trained = lessons.apply(&memory, lesson, previous);
+        let trained = lessons.apply(&memory, lesson, previous, day);
         Ok(EventKind::BayesTrained(Box::new(trained)))
     }
 

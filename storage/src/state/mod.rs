@@ -12,6 +12,7 @@
 //! - [`generations`]: the live generation and its replacement by a snapshot;
 //! - [`erase`]: dropped quarantined bodies rewritten out of the database's files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, RwLock};
@@ -508,17 +509,29 @@ fn build_flow(db: &DB) -> Result<()> {
     Ok(())
 }
 
-/// The `bayes` column family into memory.
+/// The `bayes` column family into memory. A token's day key (`d`) sorts before its
+/// counts (`w`), so each day is at hand when its token's counts are read.
 fn load_bayes(db: &DB) -> Result<BayesCounts> {
     let mut counts = BayesCounts::new();
+    let mut days = HashMap::new();
     for item in db.iterator_cf(cf_handle(db, cf::BAYES), IteratorMode::Start) {
         let (key, value) = item?;
-        if key.as_ref() == bayes::TOTALS_KEY {
-            counts.set_totals(codec::decode(&value)?);
-        } else if let Some((b'w', token)) = key.split_first() {
-            if let Ok(token) = <[u8; 8]>::try_from(token) {
-                counts.set(u64::from_be_bytes(token), codec::decode(&value)?);
+        let token = |rest: &[u8]| <[u8; 8]>::try_from(rest).ok().map(u64::from_be_bytes);
+        match key.split_first() {
+            _ if key.as_ref() == bayes::TOTALS_KEY => counts.set_totals(codec::decode(&value)?),
+            Some((b'd', rest)) => {
+                if let (Some(token), Ok(day)) = (token(rest), <[u8; 4]>::try_from(&*value)) {
+                    days.insert(token, u32::from_be_bytes(day));
+                }
             }
+            Some((b'w', rest)) => {
+                if let Some(token) = token(rest) {
+                    let (spam, ham) = codec::decode(&value)?;
+                    let day = days.remove(&token).unwrap_or(0);
+                    counts.set(token, bayes::Token { spam, ham, day });
+                }
+            }
+            _ => {}
         }
     }
     Ok(counts)

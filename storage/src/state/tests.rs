@@ -1858,6 +1858,91 @@ fn bayes_lessons_count_each_message_once_move_forget_and_survive_reopen_and_inst
 }
 
 #[test]
+fn bayes_tokens_carry_the_day_last_learned_once_the_level_allows_and_expire_oldest_first() {
+    use bulwark_model::bayes::BayesExpiry;
+    use bulwark_model::feature::BAYES_EXPIRY;
+    let dir = tempfile::tempdir().unwrap();
+    let (spam, ham) = (Some(BayesClass::Spam), Some(BayesClass::Ham));
+    let on_day = |mut op: Op, day: i64| {
+        op.time_ms = day * 86_400_000 + 3_600_000;
+        op
+    };
+    let expire = |id: u128, keep: u64| Op {
+        id,
+        time_ms: 20_002 * 86_400_000,
+        node: 1,
+        command: Command::ExpireBayes(BayesExpiry { keep, max: 5 }),
+    };
+    {
+        let state = StateDir::open(&dir.path().join("a")).unwrap();
+        let store = state.current();
+        // Before the level: no days (token 2 in two messages, token 1 in one).
+        let before = [
+            on_day(lesson(1, 1, spam, &[1, 2]), 19_000),
+            on_day(lesson(2, 2, ham, &[2]), 19_000),
+        ];
+        store.apply(&[(1, &before[..])], b"1").unwrap();
+        // The raise, then in the same batch a lesson that already stamps its day.
+        let raise = Op {
+            id: 3,
+            time_ms: 20_000 * 86_400_000,
+            node: 1,
+            command: Command::RaiseFeatureLevel {
+                level: BAYES_EXPIRY,
+            },
+        };
+        let after = [raise, on_day(lesson(4, 3, ham, &[3, 4]), 20_000)];
+        store.apply(&[(2, &after[..])], b"2").unwrap();
+        let later = [on_day(lesson(5, 4, spam, &[5, 6, 1]), 20_001)];
+        store.apply(&[(3, &later[..])], b"3").unwrap();
+        assert_eq!(store.bayes_distinct_tokens(), 6);
+        store.checkpoint(&dir.path().join("cp")).unwrap();
+    }
+    // Reopened and installed alike: the days come back from the database. Token 2
+    // (no day, two messages) goes first, then 3 and 4 (day 20,000); had the days been
+    // lost, 3, 4 and 5 (one message each) would have gone.
+    let reopened = StateDir::open(&dir.path().join("a")).unwrap().current();
+    let other = StateDir::open(&dir.path().join("b")).unwrap();
+    let installed = other.install(&dir.path().join("cp")).unwrap();
+    for store in [&reopened, &installed] {
+        store.apply(&[(4, &[expire(6, 3)][..])], b"4").unwrap();
+        assert_eq!(store.bayes_distinct_tokens(), 3);
+        assert_eq!(
+            store.bayes_counts(&[1, 2, 3, 4, 5, 6]),
+            [(2, 0), (0, 0), (0, 0), (0, 0), (1, 0), (1, 0)]
+        );
+        assert_eq!(
+            store.bayes_totals(),
+            (2, 2),
+            "the messages learned stay counted"
+        );
+        // Already within the size: nothing removed, nothing recorded.
+        store.apply(&[(5, &[expire(7, 3)][..])], b"5").unwrap();
+        let (events, _) = store
+            .events(
+                &EventFilter {
+                    type_name: Some("bayes.expired".into()),
+                    ..Default::default()
+                },
+                0,
+                100,
+            )
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        let json = events[0].to_json();
+        assert_eq!(json["bayes"]["tokens_before"], 6);
+        assert_eq!(json["bayes"]["tokens_removed"], 3);
+        assert_eq!(json["bayes"]["max_tokens"], 5);
+        assert_eq!(json["bayes"]["removed_last_learned_by"], "2024-10-04");
+        assert!(store.verify().unwrap().ok);
+    }
+    drop(reopened);
+    let again = StateDir::open(&dir.path().join("a")).unwrap().current();
+    assert_eq!(again.bayes_distinct_tokens(), 3, "the removal was written");
+    assert_eq!(again.bayes_counts(&[1, 5, 6]), [(2, 0), (1, 0), (1, 0)]);
+}
+
+#[test]
 fn events_of_a_message_come_from_the_index_in_order_and_old_stores_are_indexed() {
     let dir = tempfile::tempdir().unwrap();
     let accept = |n: u128, seed: u128| {
