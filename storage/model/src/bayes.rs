@@ -180,20 +180,21 @@ impl BayesCounts {
         self.ham = ham;
     }
 
-    /// The tokens an expiry down to `keep` removes (see [`oldest`]).
-    pub fn oldest(&self, keep: u64) -> Vec<u64> {
-        oldest(self.tokens.iter().map(|(&k, &t)| (k, t)), keep)
+    /// The tokens an expiry down to `keep` removes, `limit` at most (see
+    /// [`oldest`]).
+    pub fn oldest(&self, keep: u64, limit: u64) -> Vec<u64> {
+        oldest(self.tokens.iter().map(|(&k, &t)| (k, t)), keep, limit)
     }
 }
 
-/// Of `tokens`, those an expiry down to `keep` removes: the longest unlearned first
-/// (by day), of a day the rarest first (fewest messages), then by hash, so every node
-/// removes the same ones. None when there are `keep` or fewer.
-fn oldest(tokens: impl Iterator<Item = (u64, Token)>, keep: u64) -> Vec<u64> {
-    let mut order: Vec<(u32, u64, u64)> = tokens
-        .map(|(token, t)| (t.day, u64::from(t.spam) + u64::from(t.ham), token))
+/// Of `tokens`, those an expiry down to `keep` removes, `limit` at most: the longest
+/// unlearned first (by day), of a day the rarest first (fewest messages), then by
+/// hash, so every node removes the same ones. None when there are `keep` or fewer.
+fn oldest(tokens: impl Iterator<Item = (u64, Token)>, keep: u64, limit: u64) -> Vec<u64> {
+    let mut order: Vec<(u32, u32, u64)> = tokens
+        .map(|(token, t)| (t.day, t.spam.saturating_add(t.ham), token))
         .collect();
-    let excess = (order.len() as u64).saturating_sub(keep) as usize;
+    let excess = (order.len() as u64).saturating_sub(keep).min(limit) as usize;
     if excess == 0 {
         return Vec::new();
     }
@@ -234,11 +235,13 @@ pub fn day_of(time_ms: i64) -> u32 {
     u32::try_from(time_ms.div_euclid(86_400_000)).unwrap_or(if time_ms < 0 { 0 } else { u32::MAX })
 }
 
-/// A request to keep the classifier to `keep` tokens, proposed by the leader once
-/// this node holds more than `max` (`scan.bayes_max_tokens`).
+/// A request to keep the classifier to `keep` tokens, removing `limit` at most (one
+/// Raft entry and one write stay small; the leader proposes again for the rest),
+/// proposed by the leader once it holds more than `max` (`scan.bayes_max_tokens`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BayesExpiry {
     pub keep: u64,
+    pub limit: u64,
     pub max: u64,
 }
 
@@ -320,7 +323,7 @@ impl LessonBatch {
             .map(|(&k, &t)| (k, t));
         let changed = self.counts.tokens.iter().map(|(&k, &t)| (k, t));
         let before = untouched.clone().count() + self.counts.tokens.len();
-        let removed = oldest(untouched.chain(changed), expiry.keep);
+        let removed = oldest(untouched.chain(changed), expiry.keep, expiry.limit);
         let mut newest_removed_day = 0;
         for &token in &removed {
             let day = if self.touched.insert(token) {
@@ -475,7 +478,14 @@ mod tests {
             None,
             Some(11),
         );
-        let expired = batch.expire(&memory, &BayesExpiry { keep: 4, max: 6 });
+        let expired = batch.expire(
+            &memory,
+            &BayesExpiry {
+                keep: 4,
+                limit: 100,
+                max: 6,
+            },
+        );
         assert_eq!(
             expired,
             BayesExpired {
@@ -508,7 +518,14 @@ mod tests {
         let mut batch = LessonBatch::new(&memory);
         assert_eq!(
             batch
-                .expire(&memory, &BayesExpiry { keep: 4, max: 6 })
+                .expire(
+                    &memory,
+                    &BayesExpiry {
+                        keep: 4,
+                        limit: 100,
+                        max: 6
+                    }
+                )
                 .removed,
             0
         );
@@ -538,12 +555,17 @@ mod tests {
             };
             b.set(token, t);
         }
-        let mut removed_a = a.oldest(300);
-        let mut removed_b = b.oldest(300);
+        let mut removed_a = a.oldest(300, 1000);
+        let mut removed_b = b.oldest(300, 1000);
         removed_a.sort_unstable();
         removed_b.sort_unstable();
         assert_eq!(removed_a.len(), 200);
         assert_eq!(removed_a, removed_b);
+        // A limit takes the oldest of the same order.
+        let mut first = a.oldest(300, 50);
+        first.sort_unstable();
+        assert_eq!(first.len(), 50);
+        assert!(first.iter().all(|t| removed_a.contains(t)));
         // Every token removed is no newer than every token kept.
         let key = |t: &u64| {
             let x = a.token(*t);

@@ -127,7 +127,11 @@ mod tests {
 
     #[test]
     fn the_classifiers_expiry_needs_its_level() {
-        let expiry = crate::bayes::BayesExpiry { keep: 3, max: 4 };
+        let expiry = crate::bayes::BayesExpiry {
+            keep: 3,
+            limit: 1,
+            max: 4,
+        };
         assert_eq!(Command::ExpireBayes(expiry).feature_level(), BAYES_EXPIRY);
         const { assert!(BAYES_EXPIRY > RECIPIENTS && FEATURE_LEVEL >= BAYES_EXPIRY) };
     }

@@ -315,18 +315,24 @@ impl StateStore {
         flow.write(&self.db, self.cf(cf::FLOW), &mut write)?;
         if let Some(lessons) = &lessons {
             let bayes_cf = self.cf(cf::BAYES);
+            // A day row exists exactly when the token has a day (above 0).
+            let memory = self.bayes.read().expect("bayes lock");
             for (token, t) in lessons.rows() {
                 let (key, day_key) = (bayes::token_key(token), bayes::day_key(token));
+                let stored_day = memory.token(token).day;
                 if (t.spam, t.ham) == (0, 0) {
                     write.delete_cf(bayes_cf, key);
-                    write.delete_cf(bayes_cf, day_key);
                 } else {
                     write.put_cf(bayes_cf, key, codec::encode(&(t.spam, t.ham))?);
-                    if t.day > 0 {
-                        write.put_cf(bayes_cf, day_key, t.day.to_be_bytes());
-                    }
+                }
+                let day = if (t.spam, t.ham) == (0, 0) { 0 } else { t.day };
+                if day > 0 && day != stored_day {
+                    write.put_cf(bayes_cf, day_key, day.to_be_bytes());
+                } else if day == 0 && stored_day > 0 {
+                    write.delete_cf(bayes_cf, day_key);
                 }
             }
+            drop(memory);
             for (digest, class) in &lessons.seen {
                 let key = bayes::message_key(digest);
                 match class {

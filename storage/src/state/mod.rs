@@ -12,14 +12,13 @@
 //! - [`generations`]: the live generation and its replacement by a snapshot;
 //! - [`erase`]: dropped quarantined bodies rewritten out of the database's files.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use bulwark_model::rules::Stored;
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::bayes::{self, BayesCounts};
@@ -509,30 +508,42 @@ fn build_flow(db: &DB) -> Result<()> {
     Ok(())
 }
 
-/// The `bayes` column family into memory. A token's day key (`d`) sorts before its
-/// counts (`w`), so each day is at hand when its token's counts are read.
+/// The `bayes` column family into memory: the totals, then the counts (`w` rows) and
+/// the days (`d` rows) walked side by side, both in token order.
 fn load_bayes(db: &DB) -> Result<BayesCounts> {
+    let cf = cf_handle(db, cf::BAYES);
     let mut counts = BayesCounts::new();
-    let mut days = HashMap::new();
-    for item in db.iterator_cf(cf_handle(db, cf::BAYES), IteratorMode::Start) {
+    if let Some(totals) = db.get_cf(cf, bayes::TOTALS_KEY)? {
+        counts.set_totals(codec::decode(&totals)?);
+    }
+    let rows = |prefix: u8| {
+        db.iterator_cf(cf, IteratorMode::From(&[prefix], Direction::Forward))
+            .take_while(move |item| !matches!(item, Ok((key, _)) if key.first() != Some(&prefix)))
+    };
+    let token_of = |key: &[u8]| <[u8; 8]>::try_from(&key[1..]).ok().map(u64::from_be_bytes);
+    let mut days = rows(b'd').peekable();
+    for item in rows(b'w') {
         let (key, value) = item?;
-        let token = |rest: &[u8]| <[u8; 8]>::try_from(rest).ok().map(u64::from_be_bytes);
-        match key.split_first() {
-            _ if key.as_ref() == bayes::TOTALS_KEY => counts.set_totals(codec::decode(&value)?),
-            Some((b'd', rest)) => {
-                if let (Some(token), Ok(day)) = (token(rest), <[u8; 4]>::try_from(&*value)) {
-                    days.insert(token, u32::from_be_bytes(day));
+        let Some(token) = token_of(&key) else {
+            continue;
+        };
+        let mut day = 0;
+        while let Some(next) = days.peek() {
+            let (key, value) = match next {
+                Ok(row) => row,
+                Err(_) => return Err(days.next().expect("peeked").unwrap_err().into()),
+            };
+            match token_of(key).cmp(&Some(token)) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    day = <[u8; 4]>::try_from(&**value).map_or(0, u32::from_be_bytes);
                 }
+                std::cmp::Ordering::Greater => break,
             }
-            Some((b'w', rest)) => {
-                if let Some(token) = token(rest) {
-                    let (spam, ham) = codec::decode(&value)?;
-                    let day = days.remove(&token).unwrap_or(0);
-                    counts.set(token, bayes::Token { spam, ham, day });
-                }
-            }
-            _ => {}
+            days.next();
         }
+        let (spam, ham) = codec::decode(&value)?;
+        counts.set(token, bayes::Token { spam, ham, day });
     }
     Ok(counts)
 }

@@ -1871,7 +1871,11 @@ fn bayes_tokens_carry_the_day_last_learned_once_the_level_allows_and_expire_olde
         id,
         time_ms: 20_002 * 86_400_000,
         node: 1,
-        command: Command::ExpireBayes(BayesExpiry { keep, max: 5 }),
+        command: Command::ExpireBayes(BayesExpiry {
+            keep,
+            limit: 100,
+            max: 5,
+        }),
     };
     {
         let state = StateDir::open(&dir.path().join("a")).unwrap();
@@ -1940,6 +1944,92 @@ fn bayes_tokens_carry_the_day_last_learned_once_the_level_allows_and_expire_olde
     let again = StateDir::open(&dir.path().join("a")).unwrap().current();
     assert_eq!(again.bayes_distinct_tokens(), 3, "the removal was written");
     assert_eq!(again.bayes_counts(&[1, 5, 6]), [(2, 0), (1, 0), (1, 0)]);
+}
+
+#[test]
+fn bayes_counts_and_days_do_not_depend_on_how_entries_are_batched() {
+    use bulwark_model::bayes::BayesExpiry;
+    use bulwark_model::feature::BAYES_EXPIRY;
+    let (spam, ham) = (Some(BayesClass::Spam), Some(BayesClass::Ham));
+    let day = |mut op: Op, day: i64| {
+        op.time_ms = day * 86_400_000;
+        op
+    };
+    let expire = |id: u128, keep: u64, limit: u64| Op {
+        id,
+        time_ms: 20_010 * 86_400_000,
+        node: 1,
+        command: Command::ExpireBayes(BayesExpiry {
+            keep,
+            limit,
+            max: 8,
+        }),
+    };
+    let raise = Op {
+        id: 3,
+        time_ms: 0,
+        node: 1,
+        command: Command::RaiseFeatureLevel {
+            level: BAYES_EXPIRY,
+        },
+    };
+    // Lessons before and after the raise, an expiry in the middle of lessons, a
+    // forgotten message whose tokens had days, a token learned again after it was
+    // expired, and an expiry held to a limit.
+    let ops = [
+        day(lesson(1, 1, spam, &[1, 2, 3]), 19_990),
+        day(lesson(2, 2, ham, &[3, 4]), 19_991),
+        raise,
+        day(lesson(4, 3, ham, &[4, 5, 6]), 20_000),
+        day(lesson(5, 4, spam, &[6, 7, 8, 9]), 20_001),
+        expire(6, 6, 100),
+        day(lesson(7, 5, spam, &[1, 10, 11]), 20_002),
+        day(lesson(8, 3, None, &[4, 5, 6]), 20_003),
+        day(lesson(9, 6, ham, &[12, 13, 14]), 20_004),
+        expire(10, 2, 3),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: Vec<u64> = (1..=14).collect();
+    let seen = |store: &StateStore| {
+        (
+            store.bayes_counts(&tokens),
+            store.bayes_totals(),
+            store.bayes_distinct_tokens(),
+        )
+    };
+    let (one, each) = (dir.path().join("one"), dir.path().join("each"));
+    {
+        let together = StateDir::open(&one).unwrap().current();
+        together.apply(&[(1, &ops[..])], b"1").unwrap();
+        let apart = StateDir::open(&each).unwrap().current();
+        for (i, op) in ops.iter().enumerate() {
+            let index = i as u64 + 1;
+            apart
+                .apply(
+                    &[(index, std::slice::from_ref(op))],
+                    index.to_string().as_bytes(),
+                )
+                .unwrap();
+        }
+        assert_eq!(seen(&together), seen(&apart));
+        assert_eq!(
+            seen(&together).2,
+            8,
+            "11 tokens, of which the limit removes 3"
+        );
+    }
+    // Reopened, the days read back decide a further expiry alike.
+    let together = StateDir::open(&one).unwrap().current();
+    let apart = StateDir::open(&each).unwrap().current();
+    assert_eq!(seen(&together), seen(&apart));
+    together
+        .apply(&[(2, &[expire(11, 1, 100)][..])], b"2")
+        .unwrap();
+    apart
+        .apply(&[(11, &[expire(11, 1, 100)][..])], b"11")
+        .unwrap();
+    assert_eq!(seen(&together), seen(&apart));
+    assert_eq!(seen(&together).2, 1);
 }
 
 #[test]

@@ -21,6 +21,14 @@ use tokio_util::sync::CancellationToken;
 /// number in memory.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
+/// Tokens one command removes at most: one Raft entry and one write stay small, and
+/// a classifier far past its maximum (a first expiry after an upgrade) is brought
+/// down over a few commands.
+const PER_COMMAND: u64 = 100_000;
+
+/// Commands per check at most.
+const COMMANDS_PER_CHECK: usize = 100;
+
 /// What an expiry keeps of `max`: three quarters, so that the next one waits for a
 /// quarter of the maximum in new tokens.
 pub fn keep(max: u64) -> u64 {
@@ -35,13 +43,14 @@ pub async fn run(node: Arc<RaftNode>, max: Option<u64>, stop: CancellationToken)
     };
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut said_level = false;
+    let (mut said_level, mut said_error) = (false, false);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if !node.is_leader() || node.state().bayes_distinct_tokens() as u64 <= max {
+        let tokens = || node.state().bayes_distinct_tokens() as u64;
+        if !node.is_leader() || tokens() <= max {
             continue;
         }
         if node.cluster_feature_level() < BAYES_EXPIRY {
@@ -55,12 +64,29 @@ pub async fn run(node: Arc<RaftNode>, max: Option<u64>, stop: CancellationToken)
             }
             continue;
         }
-        let command = Command::ExpireBayes(BayesExpiry {
-            keep: keep(max),
-            max,
-        });
-        if let Err(e) = node.proposer().propose(command).await {
-            tracing::warn!(error = %e, "expiring the classifier's oldest tokens");
+        let keep = keep(max);
+        for _ in 0..COMMANDS_PER_CHECK {
+            let command = Command::ExpireBayes(BayesExpiry {
+                keep,
+                limit: PER_COMMAND,
+                max,
+            });
+            match node.proposer().propose(command).await {
+                Ok(_) => said_error = false,
+                Err(e) => {
+                    if !said_error {
+                        tracing::warn!(
+                            error = %e,
+                            "expiring the classifier's oldest tokens (tried again every 5 s)"
+                        );
+                        said_error = true;
+                    }
+                    break;
+                }
+            }
+            if tokens() <= keep {
+                break;
+            }
         }
     }
 }
