@@ -9,8 +9,9 @@ use bulwark_model::rules::{self, Changes, Outcome, Write};
 use rocksdb::WriteBatch;
 
 use super::{
-    AppliedCounts, ChainHead, StateStore, META_BODIES_DROPPED, META_CHAIN, META_EVENT_CLOCK,
-    META_EXPORT_CURSOR, META_EXPORT_SHIPPED, META_FEATURE_LEVEL, META_PURGED, META_RAFT,
+    unlogged, AppliedCounts, ChainHead, StateStore, META_BODIES_DROPPED, META_CHAIN,
+    META_EVENT_CLOCK, META_EXPORT_CURSOR, META_EXPORT_SHIPPED, META_FEATURE_LEVEL, META_PURGED,
+    META_RAFT,
 };
 use crate::bayes::{self, BayesClass, BayesLesson, LessonBatch};
 use crate::event::{Command, Event, EventKind, Hash, Op, OpResult, StoredEvent};
@@ -376,7 +377,7 @@ impl StateStore {
             // narrow it past an event just written.
             *self.clock.lock().expect("event clock lock") = Some(indexer.clock);
         }
-        self.db.write(write)?;
+        self.db.write_opt(write, &unlogged())?;
         if let Some(level) = feature_level {
             self.feature_level
                 .store(level, std::sync::atomic::Ordering::Release);

@@ -1,0 +1,85 @@
+//! The state database after a crash, in a real process killed mid-run: applied batches
+//! skip the WAL, so what a crash keeps is the state of the last flush, an applied
+//! prefix whose applied-state record says which, and Raft applies the rest again.
+
+use std::path::Path;
+use std::process::{Command as Process, Stdio};
+
+use bulwark_storage::{Command, EventKind, Op, StateDir};
+
+/// Set in the child: the directory it writes and then crashes in.
+const CRASH_DIR: &str = "BULWARK_TEST_CRASH_DIR";
+
+fn note(id: u128) -> Op {
+    Op {
+        id,
+        time_ms: 1_700_000_000_000 + id as i64,
+        node: 1,
+        command: Command::Record(EventKind::AuditNote {
+            author: "admin".into(),
+            text: format!("note {id}"),
+        }),
+    }
+}
+
+fn notes(ids: std::ops::RangeInclusive<u128>) -> Vec<Op> {
+    ids.map(note).collect()
+}
+
+/// The child's run: ten notes applied and flushed by a checkpoint, ten more applied,
+/// then the process aborts (no destructor runs, so RocksDB is never closed).
+fn write_then_crash(dir: &Path) -> ! {
+    let state = StateDir::open(dir).expect("open");
+    let store = state.current();
+    store
+        .apply(&[(1, &notes(1..=10)[..])], b"through 1")
+        .unwrap();
+    store.checkpoint(&dir.join("cp")).unwrap();
+    store
+        .apply(&[(2, &notes(11..=20)[..])], b"through 2")
+        .unwrap();
+    assert_eq!(store.chain_head().0, 20);
+    std::process::abort();
+}
+
+#[test]
+fn a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again() {
+    if let Some(dir) = std::env::var_os(CRASH_DIR) {
+        write_then_crash(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("state");
+    let status = Process::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again",
+            "--test-threads=1",
+        ])
+        .env(CRASH_DIR, &root)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child was meant to crash: {status}");
+
+    let state = StateDir::open(&root).unwrap();
+    let store = state.current();
+    // The second batch was in the memtables only: gone with the process, and its
+    // applied-state record with it.
+    assert_eq!(store.chain_head().0, 10);
+    assert_eq!(store.applied().unwrap().unwrap(), b"through 1");
+    let report = store.verify().unwrap();
+    assert!(report.ok && report.checked == 10, "{report:?}");
+    // Raft hands the entries after that record again: they apply as the first time.
+    let results = store
+        .apply(&[(2, &notes(11..=20)[..])], b"through 2")
+        .unwrap();
+    assert!(results[0].iter().all(|r| !r.duplicate));
+    assert_eq!(store.chain_head().0, 20);
+    assert!(store.verify().unwrap().ok);
+    drop(store);
+    drop(state);
+    // Closed cleanly, the state is flushed whole.
+    let reopened = StateDir::open(&root).unwrap();
+    assert_eq!(reopened.current().chain_head().0, 20);
+    assert_eq!(reopened.current().applied().unwrap().unwrap(), b"through 2");
+}
