@@ -137,7 +137,7 @@ impl LogStore {
                 break;
             }
             bytes += v.len();
-            out.push((index, v.to_vec()));
+            out.push((index, v.into_vec()));
         }
         Ok(out)
     }
@@ -149,7 +149,7 @@ impl LogStore {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item?;
-                Ok(Some((index_of(&k)?, v.to_vec())))
+                Ok(Some((index_of(&k)?, v.into_vec())))
             }
         }
     }

@@ -544,28 +544,42 @@ const MAX_LINE: usize = 998;
 /// nothing inside it can end the data early at the next hop.
 fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 2);
-    let mut line = 0;
-    for &b in body {
-        if b == b'\r' || b == b'\n' {
-            out.push(b);
-            line = 0;
-            continue;
-        }
-        if line == MAX_LINE {
-            out.extend_from_slice(b"\r\n ");
-            line = 1;
-        }
-        if line == 0 && b == b'.' {
-            out.push(b'.');
-            line += 1;
-        }
-        out.push(b);
-        line += 1;
+    let mut rest = body;
+    while !rest.is_empty() {
+        let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        let (line, tail) = rest.split_at(end);
+        push_line(&mut out, line);
+        let breaks = tail
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        out.extend_from_slice(&tail[..breaks]);
+        rest = &tail[breaks..];
     }
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// One line of a body (no CR or LF in it) as [`dot_stuff`] sends it: a leading dot
+/// doubled, then at most [`MAX_LINE`] octets a line, each continuation led by a space.
+fn push_line(out: &mut Vec<u8>, mut line: &[u8]) {
+    let mut room = MAX_LINE;
+    if line.first() == Some(&b'.') {
+        out.push(b'.');
+        room -= 1;
+    }
+    loop {
+        let take = line.len().min(room);
+        out.extend_from_slice(&line[..take]);
+        line = &line[take..];
+        if line.is_empty() {
+            return;
+        }
+        out.extend_from_slice(b"\r\n ");
+        room = MAX_LINE - 1;
+    }
 }
 
 #[cfg(test)]
@@ -605,6 +619,71 @@ mod tests {
         let sent = dot_stuff(&dotted);
         assert!(sent.starts_with(b".."));
         assert!(sent.split(|&b| b == b'\n').all(|l| l.len() <= MAX_LINE + 1));
+    }
+
+    /// The rule stated octet by octet, as the first version of `dot_stuff` was
+    /// written: the line-wise one must send the same for any body.
+    fn octet_by_octet(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line = 0;
+        for &b in body {
+            if b == b'\r' || b == b'\n' {
+                out.push(b);
+                line = 0;
+                continue;
+            }
+            if line == MAX_LINE {
+                out.extend_from_slice(b"\r\n ");
+                line = 1;
+            }
+            if line == 0 && b == b'.' {
+                out.push(b'.');
+                line += 1;
+            }
+            out.push(b);
+            line += 1;
+        }
+        if !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[test]
+    fn line_wise_stuffing_sends_what_the_octet_rule_says() {
+        // Bodies of dots, CR, LF and letters, with line lengths around the limit.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..2_000 {
+            let mut body = Vec::new();
+            for _ in 0..next(6) {
+                let len = match next(4) {
+                    0 => next(5),
+                    1 => MAX_LINE as u64 - 2 + next(5),
+                    2 => 2 * MAX_LINE as u64 - 2 + next(5),
+                    _ => next(80),
+                };
+                for _ in 0..len {
+                    body.push(match next(10) {
+                        0 => b'.',
+                        1 if next(50) == 0 => b'\r',
+                        2 if next(50) == 0 => b'\n',
+                        _ => b'x',
+                    });
+                }
+                body.extend_from_slice(match next(4) {
+                    0 => &b"\n"[..],
+                    1 => b"",
+                    _ => b"\r\n",
+                });
+            }
+            assert_eq!(dot_stuff(&body), octet_by_octet(&body), "{body:?}");
+        }
     }
 
     #[test]
