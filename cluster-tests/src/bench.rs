@@ -5,8 +5,9 @@
 //! What it owns: the flags the benchmarks mean the same by (`--seconds` and `--warmup`
 //! of the timed phases, `--bin`) and starting a benchmark's cluster (warning when the
 //! binary is a debug build, waiting for a leader); the CPU time of the node processes
-//! and of this one, read from `/proc/<pid>/stat`, and the table of CPU time per unit
-//! of work that more than one benchmark prints; latency histograms in microseconds,
+//! and of this one, read from `/proc/<pid>/stat`, and the bytes each node had written
+//! to disk (`/proc/<pid>/io`); the table of CPU time per unit of work that more than
+//! one benchmark prints; latency histograms in microseconds,
 //! their quantiles in milliseconds and the size labels of the printed tables.
 //!
 //! What it must never do: change a benchmark's flags, defaults or printed format on
@@ -122,15 +123,56 @@ impl CpuClock {
 
 /// CPU time of every node (by id) and of this process (id 0).
 fn cpu_snapshot(pids: &[(u64, u32)]) -> Result<BTreeMap<u64, Duration>> {
-    let mut m = BTreeMap::new();
-    for &(id, pid) in pids {
-        m.insert(
-            id,
-            cpu_time(pid).with_context(|| format!("CPU time of node {id}"))?,
-        );
-    }
+    let mut m = sample(pids, cpu_time)?;
     m.insert(0, cpu_time(std::process::id())?);
     Ok(m)
+}
+
+/// `read` of every process of `pids`, by node id.
+fn sample<T>(pids: &[(u64, u32)], read: fn(u32) -> Result<T>) -> Result<BTreeMap<u64, T>> {
+    pids.iter()
+        .map(|&(id, pid)| Ok((id, read(pid).with_context(|| format!("node {id}"))?)))
+        .collect()
+}
+
+/// Bytes process `pid` has caused to be written to disk so far, from `/proc/<pid>/io`:
+/// the pages it dirtied (counted when dirtied, whenever the kernel writes them back)
+/// less those dropped unwritten because their file was truncated or deleted first.
+fn disk_written(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/io");
+    let io = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> Result<u64> {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+            .with_context(|| format!("{path}: no {name}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("{path}: {name}"))
+    };
+    Ok(field("write_bytes")?.saturating_sub(field("cancelled_write_bytes")?))
+}
+
+/// The bytes each node process of a set writes to disk from [`DiskClock::start`] on
+/// (see `disk_written`): its Raft log, its state and what else it keeps.
+pub struct DiskClock {
+    pids: Vec<(u64, u32)>,
+    start: BTreeMap<u64, u64>,
+}
+
+impl DiskClock {
+    pub fn start(pids: Vec<(u64, u32)>) -> Result<Self> {
+        let start = sample(&pids, disk_written)?;
+        Ok(DiskClock { pids, start })
+    }
+
+    /// Bytes written since [`DiskClock::start`], by node id.
+    pub fn written(&self) -> Result<BTreeMap<u64, u64>> {
+        let now = sample(&self.pids, disk_written)?;
+        Ok(now
+            .iter()
+            .map(|(id, b)| (*id, b.saturating_sub(self.start[id])))
+            .collect())
+    }
 }
 
 /// The leader as the first node sees it, or `None` when it does not answer: printed

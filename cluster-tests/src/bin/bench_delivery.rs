@@ -21,7 +21,8 @@
 //! messages/s at the sink (first `250` to last arrival: what the whole path sustains),
 //! the latency from a message's `250` to its arrival at the sink (p50, p99, max),
 //! messages accepted but missing at the sink, duplicates, and refusals by kind; for a
-//! cluster, the CPU time of each node per delivered message.
+//! cluster, the CPU time of each node per delivered message and the bytes it wrote to
+//! disk per delivered message.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use bulwark_cluster_tests::bench::{self, CpuClock};
+use bulwark_cluster_tests::bench::{self, CpuClock, DiskClock};
 use bulwark_cluster_tests::sink::{Sink, SinkConfig, Stage};
 use bulwark_cluster_tests::smtp::{self, ClientConfig, Message, Outcome};
 use bulwark_cluster_tests::{Cluster, ClusterBuilder};
@@ -176,6 +177,9 @@ struct Row {
     errors: BTreeMap<String, u64>,
     /// CPU per arrived message, by node id, from the first send to the last arrival.
     cpu_ms: BTreeMap<u64, f64>,
+    /// Bytes each node wrote to disk per arrived message, by node id, over the same
+    /// time.
+    written: BTreeMap<u64, f64>,
     /// First connection to last arrival.
     wall: Duration,
 }
@@ -293,6 +297,23 @@ async fn main() -> Result<()> {
             );
         }
     }
+    if rows.iter().any(|r| !r.written.is_empty()) {
+        println!();
+        println!("| size | disk written per delivered message, by node (times the message) |");
+        println!("|---:|---|");
+        for row in &rows {
+            let nodes = row
+                .written
+                .iter()
+                .map(|(id, b)| {
+                    let times = b / row.size.max(1) as f64;
+                    format!("node {id}: {:.1} KiB ({times:.1}×)", b / 1024.0)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!("| {} | {nodes} |", bench::size_label(row.size));
+        }
+    }
     Ok(())
 }
 
@@ -355,11 +376,13 @@ async fn measure(
         c.check_alive()?;
     }
     let clock = CpuClock::start(target.pids())?;
+    let disk = DiskClock::start(target.pids())?;
     let before = arrived(arrivals);
     let report = send_all(addrs.clone(), seq.clone(), size, count, args.sessions).await;
     let expected = before + report.accepted.len();
     let waited = wait_arrivals(target, arrivals, expected, stall).await;
     let spent = clock.spent()?;
+    let wrote = disk.written()?;
     if let Err(e) = &waited {
         eprintln!("bench_delivery: {e:#}");
     }
@@ -416,9 +439,14 @@ async fn measure(
         (Some(f), Some(l)) => l.saturating_duration_since(f),
         _ => Duration::ZERO,
     };
+    let per_message = |n: f64| n / delivered.max(1) as f64;
+    let written = wrote
+        .iter()
+        .map(|(id, bytes)| (*id, per_message(*bytes as f64)))
+        .collect();
     let cpu_ms = spent
         .iter()
-        .map(|(id, t)| (*id, t.as_secs_f64() * 1e3 / delivered.max(1) as f64))
+        .map(|(id, t)| (*id, per_message(t.as_secs_f64() * 1e3)))
         .collect();
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64().max(1e-9);
     Ok(Row {
@@ -434,6 +462,7 @@ async fn measure(
         foreign,
         errors: report.errors,
         cpu_ms,
+        written,
         wall: last_arrival.map_or(Duration::ZERO, |l| l.duration_since(started)),
     })
 }
