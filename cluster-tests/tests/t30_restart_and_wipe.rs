@@ -1,7 +1,8 @@
 //! t30: a node killed with -9 catches up after a restart; every node killed with -9 at
-//! once holds every acknowledged write again after a restart, applied anew from its
-//! own log (the state keeps only what was flushed); a node whose data directory was
-//! wiped rejoins through a snapshot after the leader purged its log.
+//! once, its log purged behind frequent snapshots, holds every acknowledged write
+//! again after a restart, applied anew from its own log (the state keeps only what
+//! was flushed); a node whose data directory was wiped rejoins through a snapshot
+//! after the leader purged its log.
 
 use std::time::Duration;
 
@@ -77,11 +78,20 @@ async fn t30_follower_restarted_after_kill9_catches_up() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t30_whole_cluster_killed_keeps_every_acknowledged_write() -> Result<()> {
-    let mut cluster = ClusterBuilder::new(3).name("t30-all").start().await?;
+    // Snapshots every 100 entries and the log purged right behind them: each node
+    // dies with its state flushed only as far as its last snapshot, and what
+    // follows only in its log.
+    let mut cluster = ClusterBuilder::new(3)
+        .name("t30-all")
+        .raft(RaftTuning {
+            snapshot_every: Some(100),
+            keep_logs: Some(0),
+            ..RaftTuning::default()
+        })
+        .start()
+        .await?;
     cluster.wait_for_leader(Duration::from_secs(60)).await?;
     write(&cluster, 16, 400, "t30c").await?;
-    // No snapshot was due, so no node has flushed its state since it started: what
-    // they applied was in memory only when they die.
     for id in cluster.ids() {
         cluster.kill(id)?;
     }

@@ -5,9 +5,11 @@
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
 
+use bulwark_storage::feature::{BASE, LEVELS};
 use bulwark_storage::{Command, EventKind, Op, StateDir};
 
-/// Set in the child: the directory it writes and then crashes in.
+/// Set in the child: the directory it writes and then crashes in. The child runs
+/// only the test that started it, which then writes instead of checking.
 const CRASH_DIR: &str = "BULWARK_TEST_CRASH_DIR";
 
 fn note(id: u128) -> Op {
@@ -42,24 +44,49 @@ fn write_then_crash(dir: &Path) -> ! {
     std::process::abort();
 }
 
-#[test]
-fn a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again() {
-    if let Some(dir) = std::env::var_os(CRASH_DIR) {
-        write_then_crash(Path::new(&dir));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("state");
+/// The child's run: the feature level raised, then the process aborts.
+fn raise_then_crash(dir: &Path) -> ! {
+    let state = StateDir::open(dir).expect("open");
+    let raise = Op {
+        id: 1,
+        time_ms: 1_700_000_000_000,
+        node: 1,
+        command: Command::RaiseFeatureLevel { level: LEVELS },
+    };
+    state
+        .current()
+        .apply(&[(1, &[raise][..])], b"raised")
+        .unwrap();
+    std::process::abort();
+}
+
+/// Runs test `name` of this binary again in a child process that writes into `root`
+/// and crashes there.
+fn crash_in_child(name: &str, root: &Path) {
     let status = Process::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again",
-            "--test-threads=1",
-        ])
-        .env(CRASH_DIR, &root)
+        .args(["--exact", name, "--test-threads=1"])
+        .env(CRASH_DIR, root)
         .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(!status.success(), "the child was meant to crash: {status}");
+}
+
+fn child_dir() -> Option<std::ffi::OsString> {
+    std::env::var_os(CRASH_DIR)
+}
+
+#[test]
+fn a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again() {
+    if let Some(dir) = child_dir() {
+        write_then_crash(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("state");
+    crash_in_child(
+        "a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again",
+        &root,
+    );
 
     let state = StateDir::open(&root).unwrap();
     let store = state.current();
@@ -82,4 +109,22 @@ fn a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again() {
     let reopened = StateDir::open(&root).unwrap();
     assert_eq!(reopened.current().chain_head().0, 20);
     assert_eq!(reopened.current().applied().unwrap().unwrap(), b"through 2");
+}
+
+#[test]
+fn a_raised_feature_level_is_on_disk_before_anything_can_crash() {
+    if let Some(dir) = child_dir() {
+        raise_then_crash(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("state");
+    crash_in_child(
+        "a_raised_feature_level_is_on_disk_before_anything_can_crash",
+        &root,
+    );
+    // What an older release reads at start to refuse a cluster it cannot follow.
+    let state = StateDir::open(&root).unwrap();
+    const { assert!(LEVELS > BASE) };
+    assert_eq!(state.current().feature_level(), LEVELS);
+    assert_eq!(state.current().applied().unwrap().unwrap(), b"raised");
 }

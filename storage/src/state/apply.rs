@@ -379,6 +379,10 @@ impl StateStore {
         }
         self.db.write_opt(write, &unlogged())?;
         if let Some(level) = feature_level {
+            // Flushed at once (a raise is rare): a node that restarts on an older
+            // release must find the level it applied on disk, and refuse to start,
+            // rather than meet it again only while applying its log.
+            self.flush_all()?;
             self.feature_level
                 .store(level, std::sync::atomic::Ordering::Release);
         }

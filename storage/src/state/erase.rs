@@ -84,7 +84,7 @@ impl StateStore {
         Ok(())
     }
 
-    fn flush_all(&self) -> Result<()> {
+    pub(super) fn flush_all(&self) -> Result<()> {
         let mut opts = FlushOptions::default();
         opts.set_wait(true);
         let families: Vec<_> = cf::ALL.iter().map(|name| self.cf(name)).collect();

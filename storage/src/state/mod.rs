@@ -113,7 +113,9 @@ impl Default for ChainHead {
 ///   crash loses what no flush has written yet, and every column family is flushed
 ///   in one step (atomic flush), so what is left is the state of the last flush: an
 ///   applied prefix again. Raft has those entries still, since it purges its log
-///   only behind a snapshot, and a snapshot's checkpoint flushes first;
+///   only behind a snapshot, and a snapshot's checkpoint flushes first. A batch that
+///   raises the feature level is flushed at once, so that a release too old for it
+///   finds it on disk before it starts;
 /// - apply is deterministic: everything that could differ between nodes (time,
 ///   proposing node, operation id) comes in the [`Op`];
 /// - an operation id applied once is never applied again.
