@@ -2,7 +2,7 @@
 //! skip the WAL, so what a crash keeps is the state of the last flush, an applied
 //! prefix whose applied-state record says which, and Raft applies the rest again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 
 use bulwark_storage::feature::{BASE, LEVELS};
@@ -60,32 +60,31 @@ fn raise_then_crash(dir: &Path) -> ! {
     std::process::abort();
 }
 
-/// Runs test `name` of this binary again in a child process that writes into `root`
-/// and crashes there.
-fn crash_in_child(name: &str, root: &Path) {
+/// The state directory test `name` left after crashing: in the child (run by the
+/// test itself, `CRASH_DIR` set), `write` writes there and aborts; in the test, the
+/// child is started and must die, and its directory (kept by the returned guard) is
+/// handed back to be checked.
+fn crashed(name: &str, write: fn(&Path) -> !) -> (tempfile::TempDir, PathBuf) {
+    if let Some(dir) = std::env::var_os(CRASH_DIR) {
+        write(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("state");
     let status = Process::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--test-threads=1"])
-        .env(CRASH_DIR, root)
+        .env(CRASH_DIR, &root)
         .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(!status.success(), "the child was meant to crash: {status}");
-}
-
-fn child_dir() -> Option<std::ffi::OsString> {
-    std::env::var_os(CRASH_DIR)
+    (dir, root)
 }
 
 #[test]
 fn a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again() {
-    if let Some(dir) = child_dir() {
-        write_then_crash(Path::new(&dir));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("state");
-    crash_in_child(
+    let (_dir, root) = crashed(
         "a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again",
-        &root,
+        write_then_crash,
     );
 
     let state = StateDir::open(&root).unwrap();
@@ -113,14 +112,9 @@ fn a_crash_keeps_the_state_of_the_last_flush_and_the_rest_applies_again() {
 
 #[test]
 fn a_raised_feature_level_is_on_disk_before_anything_can_crash() {
-    if let Some(dir) = child_dir() {
-        raise_then_crash(Path::new(&dir));
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("state");
-    crash_in_child(
+    let (_dir, root) = crashed(
         "a_raised_feature_level_is_on_disk_before_anything_can_crash",
-        &root,
+        raise_then_crash,
     );
     // What an older release reads at start to refuse a cluster it cannot follow.
     let state = StateDir::open(&root).unwrap();
