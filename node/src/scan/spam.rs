@@ -878,6 +878,200 @@ mod tests {
         assert!(total(&hits) >= 5.0, "{hits:?}");
     }
 
+    /// A message written by Outlook on the date of [`message`]'s Date header, or
+    /// made up by spamware: its Message-ID and MIME boundary carry Outlook's clock.
+    fn outlook_message(id: &str, boundary: &str, mailer: &str) -> String {
+        message("", "Hi", "")
+            .replace("<1234@mail.example.org>", &format!("<{id}@pc.example.org>"))
+            .replace(
+                "Content-Type: text/plain; charset=utf-8\r\n\r\n",
+                &format!(
+                    "X-Mailer: {mailer}\r\n\
+                     Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n\
+                     --{boundary}\r\nContent-Type: text/plain\r\n\r\n{HAM_BODY}\r\n--{boundary}--"
+                ),
+            )
+    }
+
+    #[test]
+    fn outlook_clocks_that_disagree_with_the_date_are_made_up() {
+        let (engine, _) = SpamEngine::new(&[]).unwrap();
+        let outlook = "Microsoft Outlook Express 6.00.2800.1106";
+        // 01DC7AB1 is the high half of the FILETIME of 2025-12-31 23:59 UTC.
+        let genuine = outlook_message(
+            "000701dc7ab1$6ebdba00$0a01a8c0",
+            "----=_NextPart_000_0007_01DC7AB1.6EBDBA00",
+            outlook,
+        );
+        let genuine = hits(&engine, &genuine);
+        for rule in [
+            "MSGID_OUTLOOK_INVALID",
+            "MIME_BOUND_OUTLOOK_INVALID",
+            "MSGID_OUTLOOK_OTHER_MUA",
+        ] {
+            assert!(!fired(&genuine, rule), "{rule}: {genuine:?}");
+        }
+        let made_up = outlook_message(
+            "026b34a08d1d$4638c0a2$7cc54de3",
+            "----=_NextPart_000_00B4_26B74D8A.B2187A61",
+            outlook,
+        );
+        let made_up = hits(&engine, &made_up);
+        let id = made_up
+            .iter()
+            .find(|h| h.symbol == "MSGID_OUTLOOK_INVALID")
+            .expect("MSGID_OUTLOOK_INVALID");
+        assert!(id.description.contains("days from its Date"), "{id:?}");
+        assert!(fired(&made_up, "MIME_BOUND_OUTLOOK_INVALID"), "{made_up:?}");
+        // A clock six hours off is a wrong time zone; sixty days off is made up.
+        let boundary = "----=_NextPart_000_0007_01DC7AB1.6EBDBA00";
+        let skewed = hits(
+            &engine,
+            &outlook_message("000701dc7ae3$6ebdba00$0a01a8c0", boundary, outlook),
+        );
+        assert!(!fired(&skewed, "MSGID_OUTLOOK_INVALID"), "{skewed:?}");
+        let stale = hits(
+            &engine,
+            &outlook_message("000701dc4b8b$6ebdba00$0a01a8c0", boundary, outlook),
+        );
+        assert!(fired(&stale, "MSGID_OUTLOOK_INVALID"), "{stale:?}");
+        // Outlook's Message-ID from a program that names itself otherwise.
+        let the_bat = outlook_message(
+            "000701dc7ab1$6ebdba00$0a01a8c0",
+            "----=_NextPart_000_0007_01DC7AB1.6EBDBA00",
+            "The Bat! (v1.52f) Business",
+        );
+        assert!(fired(&hits(&engine, &the_bat), "MSGID_OUTLOOK_OTHER_MUA"));
+    }
+
+    #[test]
+    fn headers_that_spamware_forges() {
+        let (engine, _) = SpamEngine::new(&[]).unwrap();
+        let with = |find: &str, replace: &str| message("", "Hi", HAM_BODY).replace(find, replace);
+        let date = "Date: Wed, 31 Dec 2025 23:59:00 +0000";
+        let from = "From: Alice Example <alice@example.org>";
+        let received = "Received: from mail.example.org (mail.example.org [192.0.2.1])";
+        for (find, replace, rule) in [
+            (
+                date,
+                "Date: Wed, 31 Dec 2025 23:59:00 -1900",
+                "DATE_TZ_ABSURD",
+            ),
+            (
+                date,
+                "Date: Wed, 31 Dec 2025 23:59:00 +0075",
+                "DATE_TZ_ABSURD",
+            ),
+            (
+                from,
+                "From: Haley <vy4tyht6c8986@yahoo.com>",
+                "FORGED_YAHOO_RCVD",
+            ),
+            (from, "From: Pat <pat@hotmail.com>", "FORGED_HOTMAIL_RCVD"),
+            (
+                received,
+                "Received: from mx1.mail.yahoo.com (ACC04C42.ipt.aol.com [172.192.76.66])",
+                "RCVD_HELO_FREEMAIL_MX",
+            ),
+            (
+                received,
+                "Received: from [77.142.51.6] by rly-yk04.aolmd.com with NNFMP; \
+                 Sun, 01 Sep 2002 08:00:47 -0100\r\n{received}",
+                "RCVD_FORGED_RELAY_CHAIN",
+            ),
+            (
+                "Subject: Hi",
+                "Subject: ADV: Extended Auto Warranties",
+                "SUBJ_ADV",
+            ),
+            (
+                "MIME-Version: 1.0",
+                "X-Mailer: ArHA8IFlSSFNGzAMo\r\nMIME-Version: 1.0",
+                "X_MAILER_RANDOM",
+            ),
+            (
+                "MIME-Version: 1.0",
+                "X-Mailer: Microsoft CDO for Windows 2000\r\nMIME-Version: 1.0",
+                "X_MAILER_CDO",
+            ),
+        ] {
+            let raw = with(find, &replace.replace("{received}", received));
+            assert!(fired(&hits(&engine, &raw), rule), "{rule}: {raw}");
+        }
+        // What real senders write hits none of them.
+        let forged = [
+            "DATE_TZ_ABSURD",
+            "FORGED_YAHOO_RCVD",
+            "FORGED_HOTMAIL_RCVD",
+            "RCVD_HELO_FREEMAIL_MX",
+            "RCVD_FORGED_RELAY_CHAIN",
+            "SUBJ_ADV",
+            "X_MAILER_RANDOM",
+            "X_MAILER_CDO",
+        ];
+        for (find, replace) in [
+            (date, "Date: Wed, 31 Dec 2025 23:59:00 +1400"),
+            (date, "Date: Thu, 01 Jan 2026 05:29:00 +0530"),
+            (
+                "From: Alice Example <alice@example.org>\r\n",
+                "From: Alice <alice@yahoo.com>\r\nReceived: from web12.mail.yahoo.com \
+                 (web12.mail.yahoo.com [216.136.173.1])\r\n\tby smtp012.mail.yahoo.com \
+                 with NNFMP; Wed, 31 Dec 2025 23:59:00 +0000\r\n",
+            ),
+            (
+                "From: Alice Example <alice@example.org>\r\n",
+                "From: Pat <pat@hotmail.com>\r\nList-Id: <friends.lists.example.org>\r\n",
+            ),
+            (
+                "MIME-Version: 1.0",
+                "X-Mailer: Microsoft Outlook Express 6.00.2800.1106\r\nMIME-Version: 1.0",
+            ),
+            (
+                "MIME-Version: 1.0",
+                "X-Mailer: ExactTargetMailer\r\nMIME-Version: 1.0",
+            ),
+            ("Subject: Hi", "Subject: Advance notice: the wiki moves"),
+        ] {
+            let raw = with(find, replace);
+            let hits = hits(&engine, &raw);
+            assert!(
+                !forged.iter().any(|rule| fired(&hits, rule)),
+                "{replace}: {hits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn advance_fee_fraud_needs_several_of_its_ingredients() {
+        let (engine, _) = SpamEngine::new(&[]).unwrap();
+        let fraud = message(
+            "",
+            "Seeking your partnership",
+            "I got your contact through the internet. The sum of USD48M was lodged \
+             into a security company by the late head of state. We need a foreign \
+             partner in whose account we would transfer the fund; you keep 20% of \
+             the total sum. Maintain a high level of secrecy.",
+        );
+        let fraud = hits(&engine, &fraud);
+        for rule in ["ADVANCE_FEE", "ADVANCE_FEE_STRONG", "ADVANCE_FEE_MANY"] {
+            assert!(fired(&fraud, rule), "{rule}: {fraud:?}");
+        }
+        assert!(total(&fraud) >= 5.0, "{fraud:?}");
+        // A news story about a payment company names a bank account and a security
+        // company: one ingredient, not fraud.
+        let news = message(
+            "",
+            "InfoWorld profile",
+            "He explains PayPal as a security company accepting credit card or bank \
+             account payments for purchases.",
+        );
+        let news = hits(&engine, &news);
+        assert!(
+            !news.iter().any(|h| h.symbol.starts_with("ADVANCE_FEE")),
+            "{news:?}"
+        );
+    }
+
     #[test]
     fn helpers_find_hosts_and_registered_domains() {
         assert_eq!(
