@@ -20,6 +20,7 @@
 //! dmarc.rs    DMARC, the published record's tags and pct= sampling
 //! arc.rs      the ARC chain: its verdict, mail-auth's signatures and their keys
 //! arc_structure.rs the ARC fields and the chain's structure, to the letter
+//! unsubscribe.rs one-click unsubscription signed as RFC 8058 asks
 //! results.rs  the RFC 8601 header text: values, comments, folding
 //! ```
 //!
@@ -42,6 +43,7 @@ mod rfc7208_suite;
 #[cfg(test)]
 mod rfc8617_suite;
 mod spf;
+mod unsubscribe;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -219,20 +221,24 @@ impl Authenticator {
             }
             report.dkim_hits();
 
+            // A signature whose key is unusable aligns nothing.
+            let usable: Vec<_> = dkim
+                .iter()
+                .flat_map(|(outputs, problems)| {
+                    outputs
+                        .iter()
+                        .zip(problems)
+                        .filter(|(_, problem)| problem.is_none())
+                        .map(|(output, _)| output.clone())
+                })
+                .collect();
+            if let Some(message) = &message {
+                report.one_click(message, &usable, &self.suffixes);
+            }
+
             let phase_two = self.timeout * PHASE_TWO_TIMEOUTS;
             let dmarc = match &message {
                 Some(message) => {
-                    // A signature whose key is unusable aligns nothing.
-                    let usable: Vec<_> = dkim
-                        .iter()
-                        .flat_map(|(outputs, problems)| {
-                            outputs
-                                .iter()
-                                .zip(problems)
-                                .filter(|(_, problem)| problem.is_none())
-                                .map(|(output, _)| output.clone())
-                        })
-                        .collect();
                     within(
                         phase_two,
                         self.dmarc(
