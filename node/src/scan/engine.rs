@@ -87,6 +87,7 @@ pub const ENGINE_SYMBOLS: &[&str] = &[
     "DMARC_",
     "ARC_",
     "AUTH_",
+    "LIST_UNSUBSCRIBE_ONE_CLICK_SIGNED",
     "PHISH_",
     "REPLYTO_DIFFERS",
     "FROM_LOCAL_DOMAIN_EXTERNAL",

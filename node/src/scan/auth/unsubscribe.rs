@@ -1,10 +1,16 @@
-//! One-click unsubscription as RFC 8058 requires it of a sender: a `List-Unsubscribe`
-//! field with an HTTPS URI (§3.1), exactly one `List-Unsubscribe-Post:
+//! One-click unsubscription as RFC 8058 requires it of a sender: one
+//! `List-Unsubscribe` field with one HTTPS URI (§3.1), one `List-Unsubscribe-Post:
 //! List-Unsubscribe=One-Click`, and a valid DKIM signature whose `h=` covers both
-//! fields (§4). Signed by the organization of the From domain, it marks a bulk sender
-//! that answers for its list under its own name, as large mailbox providers require of
+//! fields (§4). Signed by a domain of the From domain's organization (relaxed
+//! alignment, whatever the domain's DMARC record says), it marks a bulk sender that
+//! answers for its list under its own name, as large mailbox providers require of
 //! bulk senders. The two fields alone, which anyone can write, are only the rules'
 //! smaller `LIST_UNSUBSCRIBE_ONE_CLICK`.
+//!
+//! A field given twice, or whose name has blanks before its colon, is refused: a
+//! signature covers only the last of repeated fields, and a name spelled with blanks
+//! is not the field it covers (the verifier compares names exactly), so either would
+//! let a field added on the way borrow a signature made without it.
 
 use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult};
 
@@ -35,19 +41,25 @@ impl Report {
         let Some((_, from_domain)) = from.rsplit_once('@') else {
             return;
         };
-        let values = |name: &'static str| {
-            message
+        // The value of the one field called `name`, its name spelled exactly.
+        let only = |name: &str| {
+            let mut fields = message
                 .headers
                 .iter()
-                .filter(move |(field, _)| field.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-                .map(|(_, value)| String::from_utf8_lossy(value))
+                .filter(|(field, _)| field.trim_ascii().eq_ignore_ascii_case(name.as_bytes()));
+            match (fields.next(), fields.next()) {
+                (Some((field, value)), None) if field.len() == name.len() => {
+                    Some(String::from_utf8_lossy(value))
+                }
+                _ => None,
+            }
         };
-        let mut posts = values("List-Unsubscribe-Post");
-        let one_click =
-            posts.next().is_some_and(|v| v.trim() == ONE_CLICK) && posts.next().is_none();
-        let https =
-            values("List-Unsubscribe").any(|v| v.to_ascii_lowercase().contains("<https://"));
-        if !(one_click && https) {
+        let one_click = only("List-Unsubscribe-Post").is_some_and(|v| v.trim() == ONE_CLICK);
+        let one_https = only("List-Unsubscribe").is_some_and(|v| {
+            let v = v.to_ascii_lowercase();
+            v.matches("<https://").count() == 1 && !v.contains("<http://")
+        });
+        if !(one_click && one_https) {
             return;
         }
         let organization = suffixes.organizational(from_domain);
@@ -81,7 +93,7 @@ mod tests {
     use mail_auth::common::headers::HeaderWriter;
     use mail_auth::dkim::DkimSigner;
 
-    use super::super::fixture::{base_zone, dkim_key, rsa, symbols, Fixture, RSA_PEM};
+    use super::super::fixture::{base_zone, dkim_key, result, rsa, symbols, Fixture, RSA_PEM};
     use super::*;
 
     const LIST: &str = "List-Unsubscribe: <https://news.example.com/u/8812>, \
@@ -147,6 +159,10 @@ mod tests {
         let mailto_only = format!("List-Unsubscribe: <mailto:leave@news.example.com>\r\n{POST}");
         let wrong_value = format!("{LIST}List-Unsubscribe-Post: List-Unsubscribe=Yes\r\n");
         let twice = format!("{LIST}{POST}{POST}");
+        let two_https = format!(
+            "List-Unsubscribe: <https://news.example.com/u/1>, <https://news.example.com/u/2>\r\n{POST}"
+        );
+        let spaced = format!("{LIST}List-Unsubscribe-Post : List-Unsubscribe=One-Click\r\n");
         for (why, raw) in [
             (
                 "signed by another organization",
@@ -176,10 +192,27 @@ mod tests {
                 "no List-Unsubscribe-Post",
                 newsletter("news@example.com", LIST, "example.com", ALL),
             ),
+            (
+                "two HTTPS URIs",
+                newsletter("news@example.com", &two_https, "example.com", ALL),
+            ),
+            (
+                "a blank before the colon",
+                newsletter("news@example.com", &spaced, "example.com", ALL),
+            ),
         ] {
             let outcome = fixture.check_designated(&raw).await;
+            assert_eq!(result(&outcome, "dkim")[0].result, "pass", "{why}");
             assert!(!symbols(&outcome).contains(&SYMBOL), "{why}: {outcome:?}");
         }
+        // A second List-Unsubscribe added above a signed message: the signature still
+        // verifies (it covers the last one), but which field a client would use is
+        // not for the signature to say.
+        let signed = newsletter("news@example.com", &both, "example.com", ALL);
+        let added = format!("List-Unsubscribe: <https://elsewhere.example/u>\r\n{signed}");
+        let outcome = fixture.check_designated(&added).await;
+        assert_eq!(result(&outcome, "dkim")[0].result, "pass");
+        assert!(!symbols(&outcome).contains(&SYMBOL), "{outcome:?}");
         // The fields added to a signed message on its way: the signature still
         // verifies, but covers neither.
         let signed = newsletter(
