@@ -558,14 +558,21 @@ mod tests {
     #[test]
     fn scores_for_other_engines_symbols_are_kept_and_typos_noted() {
         let (engine, notes, _dir) =
-            engine_with("score BAYES_99 3.5\nscore SPF_FAIL 0 6 0 4\nscore BAYES99 2\n");
+            engine_with("score BAYES_99 3.5\nscore SPF_FAIL 0 6 0 4\nscore BAYES99 2\nscore LIST_UNSUBSCRIBE_ONE_CLICK_SIGNED -1\n");
         let mut kept: Vec<_> = engine
             .engine_scores()
             .iter()
             .map(|(name, s)| (name.as_str(), s.get(false), s.get(true)))
             .collect();
         kept.sort_by(|a, b| a.0.cmp(b.0));
-        assert_eq!(kept, [("BAYES_99", 3.5, 3.5), ("SPF_FAIL", 6.0, 4.0)]);
+        assert_eq!(
+            kept,
+            [
+                ("BAYES_99", 3.5, 3.5),
+                ("LIST_UNSUBSCRIBE_ONE_CLICK_SIGNED", -1.0, -1.0),
+                ("SPF_FAIL", 6.0, 4.0)
+            ]
+        );
         assert_eq!(
             notes,
             ["local.cf:3: score for BAYES99, neither a rule nor a symbol of another engine; ignored"]
@@ -935,6 +942,17 @@ mod tests {
             &outlook_message("000701dc4b8b$6ebdba00$0a01a8c0", boundary, outlook),
         );
         assert!(fired(&stale, "MSGID_OUTLOOK_INVALID"), "{stale:?}");
+        let id = "000701dc7ab1$6ebdba00$0a01a8c0";
+        let skewed = hits(
+            &engine,
+            &outlook_message(id, "----=_NextPart_000_0007_01DC7AE3.6EBDBA00", outlook),
+        );
+        assert!(!fired(&skewed, "MIME_BOUND_OUTLOOK_INVALID"), "{skewed:?}");
+        let stale = hits(
+            &engine,
+            &outlook_message(id, "----=_NextPart_000_0007_01DC4B8B.6EBDBA00", outlook),
+        );
+        assert!(fired(&stale, "MIME_BOUND_OUTLOOK_INVALID"), "{stale:?}");
         // Outlook's Message-ID from a program that names itself otherwise.
         let the_bat = outlook_message(
             "000701dc7ab1$6ebdba00$0a01a8c0",
@@ -1012,6 +1030,21 @@ mod tests {
         for (find, replace) in [
             (date, "Date: Wed, 31 Dec 2025 23:59:00 +1400"),
             (date, "Date: Thu, 01 Jan 2026 05:29:00 +0530"),
+            (date, "Date: Thu, 01 Jan 2026 12:44:00 +1245"),
+            (date, "Date: Thu, 01 Jan 2026 13:44:00 +1345"),
+            (date, "Date: 31-12-2025 23:59:00 +0000"),
+            (
+                // Hotmail's mail today passes Outlook's servers, named so.
+                "From: Alice Example <alice@example.org>\r\n",
+                "From: Pat <pat@hotmail.com>\r\nReceived: from DS0PR84MB3746.NAMPRD84.PROD.OUTLOOK.COM \
+                 ([fe80::1]) by DS0PR84MB3746.NAMPRD84.PROD.OUTLOOK.COM ([fe80::1%5]) \
+                 with mapi id 15.20.9253.013; Wed, 31 Dec 2025 23:59:00 +0000\r\n",
+            ),
+            (
+                received,
+                "Received: from rly-xa01.mx.aol.com (rly-xa01.mx.aol.com [205.188.156.1]) \
+                 by mail.example.org with ESMTP\r\n{received}",
+            ),
             (
                 "From: Alice Example <alice@example.org>\r\n",
                 "From: Alice <alice@yahoo.com>\r\nReceived: from web12.mail.yahoo.com \
@@ -1028,11 +1061,12 @@ mod tests {
             ),
             (
                 "MIME-Version: 1.0",
-                "X-Mailer: ExactTargetMailer\r\nMIME-Version: 1.0",
+                "X-Mailer: PHPMailer 6.9.1 (https://github.com/PHPMailer/PHPMailer)\r\n\
+                 MIME-Version: 1.0",
             ),
             ("Subject: Hi", "Subject: Advance notice: the wiki moves"),
         ] {
-            let raw = with(find, replace);
+            let raw = with(find, &replace.replace("{received}", received));
             let hits = hits(&engine, &raw);
             assert!(
                 !forged.iter().any(|rule| fired(&hits, rule)),
@@ -1058,7 +1092,8 @@ mod tests {
         }
         assert!(total(&fraud) >= 5.0, "{fraud:?}");
         // A news story about a payment company names a bank account and a security
-        // company: one ingredient, not fraud.
+        // company, and a quote asks a share of the total to a bank account: not
+        // fraud.
         let news = message(
             "",
             "InfoWorld profile",
@@ -1066,6 +1101,17 @@ mod tests {
              account payments for purchases.",
         );
         let news = hits(&engine, &news);
+        let quote = message(
+            "",
+            "Your quote",
+            "Please pay a deposit of 30% of the total amount to our bank account \
+             before we start; the rest is due on delivery.",
+        );
+        let quote = hits(&engine, &quote);
+        assert!(
+            !quote.iter().any(|h| h.symbol.starts_with("ADVANCE_FEE")),
+            "{quote:?}"
+        );
         assert!(
             !news.iter().any(|h| h.symbol.starts_with("ADVANCE_FEE")),
             "{news:?}"
