@@ -126,15 +126,20 @@ impl Facts<'_> {
     /// Whether a time that Outlook wrote into `what` is far from the Date header,
     /// which the same program wrote from the same clock.
     fn outlook_time_off(&self, what: &str, stamp: i64) -> Option<String> {
-        let date = self.message.date().filter(|d| d.is_valid())?.to_timestamp();
+        let date = self.date()?;
         let off = (stamp - date).abs();
         (off > OUTLOOK_TIME_SLACK_SECS)
             .then(|| format!("{what} made by Outlook {} from its Date", span(off)))
     }
 
+    /// The Date header, when it parses, in Unix seconds.
+    fn date(&self) -> Option<i64> {
+        Some(self.message.date().filter(|d| d.is_valid())?.to_timestamp())
+    }
+
     /// The Date header and the time of receipt (the newest `Received`, else now).
     fn dates(&self) -> Option<(i64, i64)> {
-        let date = self.message.date().filter(|d| d.is_valid())?.to_timestamp();
+        let date = self.date()?;
         let received = self
             .message
             .received()
