@@ -5,8 +5,9 @@
 //! What it owns: the flags the benchmarks mean the same by (`--seconds` and `--warmup`
 //! of the timed phases, `--bin`) and starting a benchmark's cluster (warning when the
 //! binary is a debug build, waiting for a leader); the CPU time of the node processes
-//! and of this one, read from `/proc/<pid>/stat`, and the bytes each node had written
-//! to disk (`/proc/<pid>/io`); the table of CPU time per unit of work that more than
+//! and of this one, read from `/proc/<pid>/stat`, and of the whole machine
+//! (`/proc/stat`), and the bytes each node had written to disk (`/proc/<pid>/io`); the
+//! table of CPU time per unit of work that more than
 //! one benchmark prints; latency histograms in microseconds,
 //! their quantiles in milliseconds and the size labels of the printed tables.
 //!
@@ -100,14 +101,28 @@ fn cpu_time(pid: u32) -> Result<Duration> {
 pub struct CpuClock {
     pids: Vec<(u64, u32)>,
     start: BTreeMap<u64, Duration>,
+    machine: Duration,
 }
 
 impl CpuClock {
-    /// Samples the CPU time so far of the processes in `pids` (node id, process id)
-    /// and of this one.
+    /// Samples the CPU time so far of the processes in `pids` (node id, process id),
+    /// of this one and of the whole machine.
     pub fn start(pids: Vec<(u64, u32)>) -> Result<Self> {
+        let machine = machine_cpu_time()?;
         let start = cpu_snapshot(&pids)?;
-        Ok(CpuClock { pids, start })
+        Ok(CpuClock {
+            pids,
+            start,
+            machine,
+        })
+    }
+
+    /// The CPU time the whole machine spent since [`CpuClock::start`], on every
+    /// process and in the kernel: what a system of short-lived processes (Postfix's
+    /// `smtpd`, `cleanup` and `smtp`) spends, which leave no account behind in
+    /// `/proc/<pid>/stat` once they exit.
+    pub fn machine_spent(&self) -> Result<Duration> {
+        Ok(machine_cpu_time()?.saturating_sub(self.machine))
     }
 
     /// The CPU time each process spent since [`CpuClock::start`], by node id, this
@@ -119,6 +134,26 @@ impl CpuClock {
             .map(|(id, t)| (*id, t.saturating_sub(self.start[id])))
             .collect())
     }
+}
+
+/// CPU time the machine has spent busy since it started, from the first line of
+/// `/proc/stat`: user, nice, system, irq and softirq (guest time is counted in user;
+/// idle, iowait and the time a hypervisor stole are not).
+fn machine_cpu_time() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat: no cpu line")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().context("/proc/stat: cpu field"))
+        .collect::<Result<_>>()?;
+    ensure!(f.len() >= 7, "/proc/stat: too few cpu fields");
+    let busy = f[0] + f[1] + f[2] + f[5] + f[6];
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_secs_f64(busy as f64 / hz as f64))
 }
 
 /// CPU time of every node (by id) and of this process (id 0).
