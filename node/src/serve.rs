@@ -162,11 +162,14 @@ async fn serve(config: Config) -> Result<()> {
     scanner.register_metrics(&mut registry);
     let disk = disk::DiskSpace::new(data_dir, config.smtp.min_free_disk);
     disk.register_metrics(&mut registry);
+    let backlog = Arc::new(delivery::Backlog::new(config.delivery.concurrency));
+    backlog.register_metrics(&mut registry);
     let smtp = smtp.serve_with(
         node.proposer().clone(),
         scanner,
         config.node.id,
         disk.clone(),
+        backlog.clone(),
     );
     smtp.register_metrics(&mut registry);
     mail_log.register_metrics(&mut registry);
@@ -218,7 +221,7 @@ async fn serve(config: Config) -> Result<()> {
     let smtp = tokio::spawn(smtp.run(stop_smtp.clone()));
     let stop_delivery = CancellationToken::new();
     let disk_watch = tokio::spawn(disk.watch(stop_delivery.clone()));
-    let delivery = delivery::Worker::new(node.clone(), config.delivery.clone(), resolver);
+    let delivery = delivery::Worker::new(node.clone(), config.delivery.clone(), resolver, backlog);
     let delivery = tokio::spawn(delivery.run(stop_delivery.clone()));
     let retention = tokio::spawn(quarantine::run(
         node.clone(),

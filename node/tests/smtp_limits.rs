@@ -1105,3 +1105,86 @@ fn a_client_reconnecting_at_exactly_the_per_address_limit_is_never_refused() {
         &refused[..refused.len().min(3)]
     );
 }
+
+/// Sends `n` messages in one session as fast as the node answers; returns how long
+/// each MAIL took to be answered, and the whole run.
+fn mail_waits(node: &Node, n: usize) -> (Vec<Duration>, Duration) {
+    let mut smtp = Smtp::ehlo(node.smtp);
+    let run = Instant::now();
+    let waits = (0..n)
+        .map(|i| {
+            let asked = Instant::now();
+            let r = smtp.cmd("MAIL FROM:<a@sender.test>");
+            let waited = asked.elapsed();
+            assert_eq!(r.code, 250, "message {i}: {r:?}");
+            assert_eq!(smtp.cmd("RCPT TO:<b@example.test>").code, 250);
+            assert_eq!(smtp.cmd("DATA").code, 354);
+            smtp.send(format!("Subject: {i}\r\n\r\nhello\r\n.\r\n").as_bytes());
+            let r = smtp.read_reply();
+            assert_eq!(r.code, 250, "message {i}: {r:?}");
+            waited
+        })
+        .collect();
+    (waits, run.elapsed())
+}
+
+/// Flow control (`in_flow_delay_ms`, Postfix's in_flow_delay): with a next hop that
+/// takes 700 ms a message and one delivery slot, delivery falls behind at once. MAIL
+/// then waits until the node starts one more delivery, so the sender is paced to the
+/// rate mail leaves; it is never refused, never waits the whole delay (delivery keeps
+/// starting), and every message reaches the next hop. With 0 nothing waits.
+#[test]
+fn limits_mail_waits_while_delivery_is_behind_and_nothing_is_refused() {
+    use bulwark_cluster_tests::sink::{Sink, SinkConfig};
+    const MESSAGES: usize = 10;
+    let sink = Sink::start(SinkConfig {
+        data_delay: Duration::from_millis(700),
+        ..SinkConfig::default()
+    });
+    let delivery = format!(
+        "[delivery]\nrelay = \"{}\"\npoll_ms = 100\nconcurrency = 1\n",
+        sink.addr()
+    );
+    let paced = Node::start_with("in_flow_delay_ms = 5000", &delivery);
+    let (waits, run) = mail_waits(&paced, MESSAGES);
+    let waited: Vec<_> = waits
+        .iter()
+        .filter(|w| **w >= Duration::from_millis(200))
+        .collect();
+    assert!(
+        waited.len() >= 3 && run >= Duration::from_secs(2),
+        "MAIL waited for delivery {} times in {run:?}: {waits:?}",
+        waited.len()
+    );
+    assert!(
+        waits.iter().all(|w| *w < Duration::from_millis(4500)),
+        "delivery kept starting, so no MAIL waits the whole delay: {waits:?}"
+    );
+    let delivered = sink.wait_for(MESSAGES, Duration::from_secs(30));
+    assert_eq!(delivered.len(), MESSAGES);
+    let metrics = reqwest::blocking::get(format!("{}/metrics", paced.api))
+        .unwrap()
+        .text()
+        .unwrap();
+    let delayed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("bulwark_smtp_in_flow_delayed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no in-flow counter: {metrics}"));
+    assert!(
+        delayed >= waited.len() as u64,
+        "{delayed} counted, {waited:?}"
+    );
+    drop(paced);
+
+    let unpaced = Node::start_with("in_flow_delay_ms = 0", &delivery);
+    let (waits, _) = mail_waits(&unpaced, MESSAGES);
+    assert!(
+        waits.iter().all(|w| *w < Duration::from_millis(200)),
+        "in_flow_delay_ms = 0 never waits: {waits:?}"
+    );
+    assert_eq!(
+        sink.wait_for(2 * MESSAGES, Duration::from_secs(30)).len(),
+        2 * MESSAGES
+    );
+}

@@ -74,7 +74,15 @@ pub(super) struct RawSmtp {
     /// Megabytes the data directory's file system must keep free; below it MAIL gets
     /// 452 4.3.1 (default: twice max_message_size, at least 256).
     min_free_disk_mb: Option<u64>,
+    /// Milliseconds a new transaction's MAIL may wait while this node has more due
+    /// messages than free delivery slots, until a delivery starts (Postfix's
+    /// in_flow_delay); 0: never wait.
+    in_flow_delay_ms: Option<u64>,
 }
+
+/// The longest `smtp.in_flow_delay_ms` (Postfix's limit too): a sender waits at
+/// most this for one message, however far behind delivery is.
+const MAX_IN_FLOW_DELAY_MS: u64 = 10_000;
 
 pub(super) fn validate_smtp(
     s: RawSmtp,
@@ -213,6 +221,12 @@ pub(super) fn validate_smtp(
             smtp::NulBytes::Reject
         }
     };
+    let in_flow_delay_ms = s.in_flow_delay_ms.unwrap_or(1000);
+    if in_flow_delay_ms > MAX_IN_FLOW_DELAY_MS {
+        problems.push(format!(
+            "smtp.in_flow_delay_ms must be at most {MAX_IN_FLOW_DELAY_MS}"
+        ));
+    }
     let allow_routing_from = networks(
         "smtp.allow_routing_from",
         s.allow_routing_from.unwrap_or_default(),
@@ -245,5 +259,6 @@ pub(super) fn validate_smtp(
         shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
         max_buffered_bytes,
         min_free_disk,
+        in_flow_delay: Duration::from_millis(in_flow_delay_ms),
     })
 }

@@ -366,3 +366,18 @@ fn a_single_node_is_not_warned_about_plain_listeners() {
     let c = parse("[api]\nlisten = \"0.0.0.0:8080\"\n[smtp]\nlisten = \"0.0.0.0:25\"\n").unwrap();
     assert_eq!(c.warnings(), Vec::<String>::new());
 }
+
+#[test]
+fn in_flow_delay_is_a_second_by_default_off_at_zero_and_at_most_ten_seconds() {
+    let c = Config::embedded();
+    assert_eq!(c.smtp.in_flow_delay, std::time::Duration::from_secs(1));
+    let c = parse("[smtp]\nin_flow_delay_ms = 0\n").unwrap();
+    assert!(c.smtp.in_flow_delay.is_zero());
+    let c = parse("[smtp]\nin_flow_delay_ms = 10000\n").unwrap();
+    assert_eq!(c.smtp.in_flow_delay, std::time::Duration::from_secs(10));
+    let problems = parse("[smtp]\nin_flow_delay_ms = 10001\n").unwrap_err();
+    assert_eq!(
+        problems,
+        vec!["smtp.in_flow_delay_ms must be at most 10000"]
+    );
+}

@@ -4,6 +4,8 @@
 //! ```text
 //! worker.rs    finds due messages, takes a lease through Raft, renews it while
 //!              sending, reports the outcome through Raft
+//! backlog.rs   flow control: new mail transactions wait while delivery is behind;
+//!              each message queued wakes the worker
 //! route.rs     which next hop a recipient's domain goes to, with what TLS policy
 //! client.rs    the SMTP client to the next hop (RFC 5321): STARTTLS, PIPELINING,
 //!              per-recipient results
@@ -13,6 +15,7 @@
 //! dsn.rs       the delivery status notification to the sender of failed mail
 //! ```
 
+mod backlog;
 mod client;
 pub(crate) mod dsn;
 mod maildir;
@@ -24,6 +27,7 @@ mod worker;
 
 use std::time::Duration;
 
+pub use backlog::{Admission, Backlog};
 pub use route::{Mx, Relay, Route, Routes, TlsPolicy};
 pub use worker::Worker;
 

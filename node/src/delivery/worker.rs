@@ -48,6 +48,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::backlog::Backlog;
 use super::client::{self, Handover, Outgoing, Replies, Reply, Timeouts};
 use super::pool::Pool;
 use super::route::{Mx, Relay, Route};
@@ -77,10 +78,18 @@ pub struct Worker {
     /// Cancelled once the node stops taking new deliveries: a report that cannot be
     /// committed is then tried no more (see `report`).
     stopping: CancellationToken,
+    /// Told at each look at the queue whether due messages were left over, so that
+    /// the SMTP ingress paces new mail to the rate it leaves.
+    backlog: Arc<Backlog>,
 }
 
 impl Worker {
-    pub fn new(node: Arc<RaftNode>, settings: Settings, resolver: TokioResolver) -> Arc<Worker> {
+    pub fn new(
+        node: Arc<RaftNode>,
+        settings: Settings,
+        resolver: TokioResolver,
+        backlog: Arc<Backlog>,
+    ) -> Arc<Worker> {
         let pool = Pool::new(
             settings.max_connections_per_destination,
             settings.connection_cache,
@@ -95,6 +104,7 @@ impl Worker {
             resting: Mutex::new(HashMap::new()),
             slot_freed: Notify::new(),
             stopping: CancellationToken::new(),
+            backlog,
         })
     }
 
@@ -109,6 +119,7 @@ impl Worker {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(self.settings.poll) => {}
                 _ = self.slot_freed.notified() => {}
+                _ = self.backlog.next_queued() => {}
             }
             while running.try_join_next().is_some() {}
             self.pool.close_idle(false, &self.timeouts()).await;
@@ -116,17 +127,19 @@ impl Worker {
                 continue;
             }
             let free = slots.available_permits();
-            if free == 0 {
+            if free == 0 && self.backlog.is_behind() {
+                // Behind it stays until a slot is free, which brings a full look.
                 continue;
             }
             let state = self.node.state();
             let (id, now) = (self.node.id(), crate::now_ms());
             // Entries in progress here are listed too (this node's lease is running
-            // on them) and skipped below: ask for that many more.
+            // on them) and skipped below: ask for that many more, and one beyond the
+            // free slots, to tell the SMTP ingress whether work is left over.
             let busy = self.busy.lock().expect("busy lock").len();
             let takeover = self.settings.takeover_after.as_millis() as i64;
             let due = tokio::task::spawn_blocking(move || {
-                state.due_deliveries(id, now, takeover, free * 2 + busy)
+                state.due_deliveries(id, now, takeover, free * 2 + busy + 1)
             })
             .await;
             let due = match due {
@@ -140,6 +153,17 @@ impl Worker {
                     continue;
                 }
             };
+            if free == 0 {
+                // Only whether a message waits that this node would start now; the
+                // watch of other nodes' leases is left as it was (the list is cut
+                // short here), so that their takeover clocks keep running.
+                let busy = self.busy.lock().expect("busy lock");
+                let waiting = due
+                    .iter()
+                    .any(|e| !busy.contains(&e.message_id) && e.lease.is_none_or(|l| l.node == id));
+                self.backlog.update(waiting, 0);
+                continue;
+            }
             let replaceable = self.watch(id, &due);
             let resting: HashSet<MessageId> = {
                 let mut resting = self.resting.lock().expect("resting lock");
@@ -147,6 +171,7 @@ impl Worker {
                 resting.retain(|_, until| *until > now);
                 resting.keys().copied().collect()
             };
+            let (mut started, mut left_over) = (0, false);
             for entry in due {
                 if resting.contains(&entry.message_id) {
                     continue;
@@ -173,8 +198,10 @@ impl Worker {
                         .lock()
                         .expect("busy lock")
                         .remove(&entry.message_id);
+                    left_over = true;
                     break;
                 };
+                started += 1;
                 let worker = self.clone();
                 running.spawn(async move {
                     let id = entry.message_id;
@@ -184,7 +211,9 @@ impl Worker {
                     worker.slot_freed.notify_one();
                 });
             }
+            self.backlog.update(left_over, started);
         }
+        self.backlog.update(false, 0);
         self.stopping.cancel();
         while running.join_next().await.is_some() {}
         self.pool.close_idle(true, &self.timeouts()).await;

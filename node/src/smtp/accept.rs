@@ -159,6 +159,7 @@ impl Ingress {
         match self.proposer.submit(op).await {
             Ok(_) => {
                 tracing::debug!(%id, client = %client.ip, "message accepted");
+                session.shared.backlog.queued();
                 format!("250 2.0.0 Ok: queued as {id}")
             }
             Err(e) => {

@@ -253,6 +253,7 @@ mod tests {
             domains: vec!["example.test".into()],
             max_message_size: 100,
             min_free_disk: 0,
+            in_flow_delay: Duration::ZERO,
             max_recipients: 10,
             tls: None,
             require_tls: false,

@@ -21,6 +21,7 @@ use super::rejections::RejectionLog;
 use super::session::{Flow, Session, Shared};
 use super::table::{Refusal, Seat, Table};
 use super::{proxy, Settings};
+use crate::delivery::Backlog;
 use crate::disk::DiskSpace;
 use crate::scan::Scanner;
 
@@ -136,13 +137,15 @@ impl Bound {
     }
 
     /// The server, judging mail with `scanner` and committing it through `proposer`
-    /// as node `node`, taking mail only while `disk` has room.
+    /// as node `node`, taking mail only while `disk` has room, and pacing new mail
+    /// while `backlog` says delivery is behind.
     pub fn serve_with(
         self,
         proposer: Proposer,
         scanner: Arc<Scanner>,
         node: u64,
         disk: Arc<DiskSpace>,
+        backlog: Arc<Backlog>,
     ) -> Server {
         let Bound {
             listener,
@@ -159,6 +162,7 @@ impl Bound {
             opened: Default::default(),
             open: Default::default(),
             table: Table::new(&settings),
+            backlog,
             settings,
         });
         Server { listener, shared }

@@ -7,7 +7,7 @@ use super::command::Param;
 use super::conn::Conn;
 use super::session::{Flow, Session, Transaction};
 
-pub fn mail<T: AsyncRead + AsyncWrite + Unpin>(
+pub async fn mail<T: AsyncRead + AsyncWrite + Unpin>(
     s: &mut Session,
     conn: &mut Conn<T>,
     from: String,
@@ -62,6 +62,8 @@ pub fn mail<T: AsyncRead + AsyncWrite + Unpin>(
     if !smtputf8 && !from.is_ascii() {
         return s.error(conn, "553 5.6.7 Error: a non-ASCII address needs SMTPUTF8");
     }
+    // Delivery behind: wait for it to start one more message, or in_flow_delay.
+    s.shared.backlog.admit(s.settings().in_flow_delay).await;
     s.tx = Some(Transaction {
         mail_from: from,
         rcpt_to: Vec::new(),

@@ -111,4 +111,7 @@ pub struct Settings {
     pub max_buffered_bytes: u64,
     /// Free octets the data directory must keep; below it MAIL gets 452 4.3.1.
     pub min_free_disk: u64,
+    /// Longest a new transaction's MAIL waits while delivery is behind (see
+    /// `crate::delivery::Backlog`); zero: never.
+    pub in_flow_delay: Duration,
 }

@@ -17,6 +17,7 @@ use super::conn::{Conn, ConnError};
 use super::rejections::RejectionLog;
 use super::table::{Seat, Table};
 use super::{bdat, data, ehlo, mail, rcpt, BareNewline, Settings};
+use crate::delivery::Backlog;
 
 /// What every session of one listener shares.
 pub struct Shared {
@@ -35,6 +36,8 @@ pub struct Shared {
     pub open: prometheus_client::metrics::gauge::Gauge,
     /// The places of all sessions: limits, shedding, timeouts under pressure.
     pub table: Arc<Table>,
+    /// Whether this node's delivery is behind: MAIL then waits (in_flow_delay).
+    pub backlog: Arc<Backlog>,
 }
 
 /// What the command loop tells its caller.
@@ -191,7 +194,7 @@ impl Session {
         match command {
             Command::Ehlo(name) => ehlo::ehlo(self, conn, name, true),
             Command::Helo(name) => ehlo::ehlo(self, conn, name, false),
-            Command::Mail { from, params } => mail::mail(self, conn, from, params),
+            Command::Mail { from, params } => mail::mail(self, conn, from, params).await,
             Command::Rcpt {
                 to,
                 source_route,
