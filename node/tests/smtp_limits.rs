@@ -1128,15 +1128,34 @@ fn mail_waits(node: &Node, n: usize) -> (Vec<Duration>, Duration) {
     (waits, run.elapsed())
 }
 
-/// Flow control (`in_flow_delay_ms`, Postfix's in_flow_delay): with a next hop that
-/// takes 700 ms a message and one delivery slot, delivery falls behind at once. MAIL
-/// then waits until the node starts one more delivery, so the sender is paced to the
-/// rate mail leaves; it is never refused, never waits the whole delay (delivery keeps
-/// starting), and every message reaches the next hop. With 0 nothing waits.
+/// [`mail_waits`] from `senders` sessions at once; every MAIL's wait, and the whole run.
+fn mail_waits_from(node: &Node, senders: usize, each: usize) -> (Vec<Duration>, Duration) {
+    let run = Instant::now();
+    let waits = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..senders)
+            .map(|_| scope.spawn(|| mail_waits(node, each).0))
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("sender thread"))
+            .collect()
+    });
+    (waits, run.elapsed())
+}
+
+/// Flow control (`in_flow_delay_ms`, Postfix's in_flow_delay): three senders at once,
+/// a next hop that takes 700 ms a message and one delivery slot, so delivery stays
+/// behind. MAIL then waits until the node starts one more delivery: each start lets
+/// one waiting sender go, so no MAIL waits the whole 5 s delay, and the senders are
+/// paced to the rate mail leaves. Nothing is refused, and every message reaches the
+/// next hop. With 0 nothing waits.
 #[test]
 fn limits_mail_waits_while_delivery_is_behind_and_nothing_is_refused() {
     use bulwark_cluster_tests::sink::{Sink, SinkConfig};
-    const MESSAGES: usize = 10;
+    const SENDERS: usize = 3;
+    const EACH: usize = 4;
+    const MESSAGES: usize = SENDERS * EACH;
+    let waited_long = Duration::from_millis(300);
     let sink = Sink::start(SinkConfig {
         data_delay: Duration::from_millis(700),
         ..SinkConfig::default()
@@ -1146,22 +1165,24 @@ fn limits_mail_waits_while_delivery_is_behind_and_nothing_is_refused() {
         sink.addr()
     );
     let paced = Node::start_with("in_flow_delay_ms = 5000", &delivery);
-    let (waits, run) = mail_waits(&paced, MESSAGES);
-    let waited: Vec<_> = waits
-        .iter()
-        .filter(|w| **w >= Duration::from_millis(200))
-        .collect();
+    // Delivery behind before the senders begin: the one slot busy with a first
+    // message, a second one due, and the worker's next poll has seen both.
+    mail_waits(&paced, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let (waits, run) = mail_waits_from(&paced, SENDERS, EACH);
+    let waited = waits.iter().filter(|w| **w >= waited_long).count();
     assert!(
-        waited.len() >= 3 && run >= Duration::from_secs(2),
-        "MAIL waited for delivery {} times in {run:?}: {waits:?}",
-        waited.len()
+        waited >= 4 && run >= Duration::from_secs(3),
+        "MAIL waited for delivery {waited} times in {run:?}: {waits:?}"
     );
     assert!(
         waits.iter().all(|w| *w < Duration::from_millis(4500)),
-        "delivery kept starting, so no MAIL waits the whole delay: {waits:?}"
+        "each delivery started lets a sender go, so none waits the whole delay: {waits:?}"
     );
-    let delivered = sink.wait_for(MESSAGES, Duration::from_secs(30));
-    assert_eq!(delivered.len(), MESSAGES);
+    assert_eq!(
+        sink.wait_for(MESSAGES + 2, Duration::from_secs(60)).len(),
+        MESSAGES + 2
+    );
     let metrics = reqwest::blocking::get(format!("{}/metrics", paced.api))
         .unwrap()
         .text()
@@ -1171,20 +1192,18 @@ fn limits_mail_waits_while_delivery_is_behind_and_nothing_is_refused() {
         .find_map(|l| l.strip_prefix("bulwark_smtp_in_flow_delayed_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no in-flow counter: {metrics}"));
-    assert!(
-        delayed >= waited.len() as u64,
-        "{delayed} counted, {waited:?}"
-    );
+    assert!(delayed >= waited as u64, "{delayed} counted, {waited} seen");
     drop(paced);
 
     let unpaced = Node::start_with("in_flow_delay_ms = 0", &delivery);
-    let (waits, _) = mail_waits(&unpaced, MESSAGES);
+    let (waits, _) = mail_waits_from(&unpaced, SENDERS, EACH);
     assert!(
-        waits.iter().all(|w| *w < Duration::from_millis(200)),
+        waits.iter().all(|w| *w < waited_long),
         "in_flow_delay_ms = 0 never waits: {waits:?}"
     );
     assert_eq!(
-        sink.wait_for(2 * MESSAGES, Duration::from_secs(30)).len(),
-        2 * MESSAGES
+        sink.wait_for(2 * MESSAGES + 1, Duration::from_secs(60))
+            .len(),
+        2 * MESSAGES + 1
     );
 }

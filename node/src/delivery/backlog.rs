@@ -4,7 +4,10 @@
 //! `smtp.in_flow_delay_ms`, before its MAIL is answered. Acceptance is then paced to
 //! the rate mail leaves, instead of piling up a queue that drains only after the
 //! senders stop; nothing is refused for it, and a sender never waits longer than the
-//! delay for one message.
+//! delay for one message. A token stands for a delivery started (it may end at once,
+//! its lease refused); up to `delivery.concurrency` of them are kept while no one
+//! waits, so that many transactions go on without waiting when delivery first falls
+//! behind, and they are dropped once it catches up.
 //!
 //! The other way, the ingress rings the worker for each message it commits, so a
 //! free slot takes new mail at once instead of at the worker's next poll.

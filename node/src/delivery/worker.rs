@@ -115,20 +115,23 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut running = JoinSet::new();
         loop {
-            tokio::select! {
+            let committed = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(self.settings.poll) => {}
-                _ = self.slot_freed.notified() => {}
-                _ = self.backlog.next_queued() => {}
-            }
+                _ = tokio::time::sleep(self.settings.poll) => false,
+                _ = self.slot_freed.notified() => false,
+                _ = self.backlog.next_queued() => true,
+            };
             while running.try_join_next().is_some() {}
             self.pool.close_idle(false, &self.timeouts()).await;
             if !self.node.is_ready() {
+                // Also for a moment under load (applied behind committed): what the
+                // last look found stands.
                 continue;
             }
             let free = slots.available_permits();
-            if free == 0 && self.backlog.is_behind() {
-                // Behind it stays until a slot is free, which brings a full look.
+            if free == 0 && committed && self.backlog.is_behind() {
+                // One more message committed changes nothing; the next poll or a
+                // freed slot looks again.
                 continue;
             }
             let state = self.node.state();
@@ -153,24 +156,26 @@ impl Worker {
                     continue;
                 }
             };
-            if free == 0 {
-                // Only whether a message waits that this node would start now; the
-                // watch of other nodes' leases is left as it was (the list is cut
-                // short here), so that their takeover clocks keep running.
-                let busy = self.busy.lock().expect("busy lock");
-                let waiting = due
-                    .iter()
-                    .any(|e| !busy.contains(&e.message_id) && e.lease.is_none_or(|l| l.node == id));
-                self.backlog.update(waiting, 0);
-                continue;
-            }
-            let replaceable = self.watch(id, &due);
             let resting: HashSet<MessageId> = {
                 let mut resting = self.resting.lock().expect("resting lock");
                 let now = Instant::now();
                 resting.retain(|_, until| *until > now);
                 resting.keys().copied().collect()
             };
+            if free == 0 {
+                // Only whether a message waits that this node would start; the
+                // watch of other nodes' leases is left as it was (the list is cut
+                // short here), so that their takeover clocks keep running.
+                let busy = self.busy.lock().expect("busy lock");
+                let waiting = due.iter().any(|e| {
+                    !busy.contains(&e.message_id)
+                        && !resting.contains(&e.message_id)
+                        && e.lease.is_none_or(|l| l.node == id)
+                });
+                self.backlog.update(waiting, 0);
+                continue;
+            }
+            let replaceable = self.watch(id, &due);
             let (mut started, mut left_over) = (0, false);
             for entry in due {
                 if resting.contains(&entry.message_id) {

@@ -62,8 +62,14 @@ pub async fn mail<T: AsyncRead + AsyncWrite + Unpin>(
     if !smtputf8 && !from.is_ascii() {
         return s.error(conn, "553 5.6.7 Error: a non-ASCII address needs SMTPUTF8");
     }
-    // Delivery behind: wait for it to start one more message, or in_flow_delay.
-    s.shared.backlog.admit(s.settings().in_flow_delay).await;
+    // Delivery behind: wait for it to start one more message, or in_flow_delay; the
+    // replies to what the client pipelined before this MAIL (the last message's
+    // `250 queued as`) go out first.
+    let delay = s.settings().in_flow_delay;
+    if !delay.is_zero() && s.shared.backlog.is_behind() {
+        let _ = conn.flush().await;
+    }
+    s.shared.backlog.admit(delay).await;
     s.tx = Some(Transaction {
         mail_from: from,
         rcpt_to: Vec::new(),
