@@ -6,6 +6,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::command::Param;
 use super::conn::Conn;
 use super::session::{Flow, Session, Transaction};
+use crate::delivery::Admission;
 
 pub async fn mail<T: AsyncRead + AsyncWrite + Unpin>(
     s: &mut Session,
@@ -69,7 +70,9 @@ pub async fn mail<T: AsyncRead + AsyncWrite + Unpin>(
     if !delay.is_zero() && s.shared.backlog.is_behind() {
         let _ = conn.flush().await;
     }
-    s.shared.backlog.admit(delay).await;
+    if s.shared.backlog.admit(delay).await == Admission::TimedOut {
+        tracing::debug!(client = %s.client.ip, ?delay, "delivery behind: MAIL waited the whole in_flow_delay");
+    }
     s.tx = Some(Transaction {
         mail_from: from,
         rcpt_to: Vec::new(),
