@@ -103,6 +103,12 @@ impl Proposer {
             .is_some()
     }
 
+    /// The cluster's active feature level as this node's state records it (it may lag
+    /// the leader's, never lead it): what this node may propose.
+    pub fn feature_level(&self) -> u32 {
+        self.state.current().feature_level()
+    }
+
     /// A fresh operation id: unique per node run (random prefix, counter).
     pub fn new_op_id(&self) -> u128 {
         (u128::from(self.id_prefix) << 64)

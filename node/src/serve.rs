@@ -162,7 +162,10 @@ async fn serve(config: Config) -> Result<()> {
     scanner.register_metrics(&mut registry);
     let disk = disk::DiskSpace::new(data_dir, config.smtp.min_free_disk);
     disk.register_metrics(&mut registry);
-    let backlog = Arc::new(delivery::Backlog::new(config.delivery.concurrency));
+    let backlog = Arc::new(delivery::Backlog::new(
+        config.delivery.concurrency,
+        config.delivery.lease,
+    ));
     backlog.register_metrics(&mut registry);
     let smtp = smtp.serve_with(
         node.proposer().clone(),
@@ -372,19 +375,26 @@ async fn serve(config: Config) -> Result<()> {
 
 /// Resolves when this node's Raft has stopped on a fatal error (its storage could
 /// not write, say): the node can then neither take nor replicate mail, and only a
-/// restart, once the cause is gone, brings it back.
+/// restart, once the cause is gone, brings it back. Looked at every
+/// [`RAFT_STOPPED_CHECK`]: the metrics change at every commit, and waking for each
+/// change would cost the mail path a thread switch per Raft round.
 async fn raft_stopped(
-    mut metrics: tokio::sync::watch::Receiver<bulwark_consensus::types::RaftMetrics>,
+    metrics: tokio::sync::watch::Receiver<bulwark_consensus::types::RaftMetrics>,
 ) -> String {
+    let mut every = tokio::time::interval(RAFT_STOPPED_CHECK);
     loop {
-        if let Err(e) = &metrics.borrow_and_update().running_state {
+        every.tick().await;
+        if let Err(e) = &metrics.borrow().running_state {
             return e.to_string();
         }
-        if metrics.changed().await.is_err() {
+        if metrics.has_changed().is_err() {
             return "Raft's metrics channel closed".into();
         }
     }
 }
+
+/// How often the node looks whether Raft has stopped on a fatal error.
+const RAFT_STOPPED_CHECK: Duration = Duration::from_millis(250);
 
 /// How long a stopping leader tries to hand its leadership over before it stops
 /// anyway (the others then elect a leader after their election timeout).

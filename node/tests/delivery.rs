@@ -215,6 +215,59 @@ fn delivery_relays_once_to_every_recipient_byte_for_byte() {
 }
 
 #[test]
+fn delivery_of_mail_accepted_while_delivery_keeps_up_takes_its_lease_with_the_acceptance() {
+    let sink = Sink::start(SinkConfig::default());
+    let node = Node::start_with("", &delivery(Some(sink.addr()), ""));
+    for n in 0..3 {
+        let mut s = Smtp::ehlo(node.smtp);
+        let id = s
+            .send_message(
+                SENDER,
+                &["bob@example.test"],
+                &format!("Subject: leased {n}\r\n\r\nhi\r\n"),
+            )
+            .queued_id();
+        wait_at_sink(&sink, &node, &id, 1);
+        let events: Vec<Value> = node
+            .wait_message(&id, WAIT, "delivery.succeeded", |e| {
+                has(e, "delivery.succeeded")
+            })
+            .into_iter()
+            .filter(|e| e["type"] != "access.read")
+            .collect();
+        assert_eq!(
+            types(&events),
+            [
+                "message.received",
+                "scan.verdict",
+                "delivery.leased",
+                "delivery.attempted",
+                "delivery.succeeded"
+            ],
+            "{events:#?}"
+        );
+        let (received, leased) = (&events[0], &events[2]);
+        // One operation (the same Raft entry and time, the events in a row), and the
+        // lease runs `lease_secs` (30) from it.
+        assert_eq!(leased["raft_index"], received["raft_index"], "{events:#?}");
+        assert_eq!(leased["time"], received["time"], "{events:#?}");
+        assert_eq!(
+            leased["seq"].as_u64().unwrap(),
+            received["seq"].as_u64().unwrap() + 2,
+            "{events:#?}"
+        );
+        assert_eq!(leased["lease"]["granted"], true, "{leased:#}");
+        assert_eq!(leased["lease"]["holder"], 1, "{leased:#}");
+        assert_eq!(
+            unix_ms(&leased["lease"]["until"]) - unix_ms(&received["time"]),
+            30_000,
+            "{leased:#}"
+        );
+    }
+    assert_eq!(sink.data_ends(), 3, "{:#?}", sink.commands());
+}
+
+#[test]
 fn delivery_retries_after_a_temporary_failure_at_end_of_data() {
     let ends = counter();
     let seen = ends.clone();

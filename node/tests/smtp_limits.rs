@@ -1193,6 +1193,38 @@ fn limits_mail_waits_while_delivery_is_behind_and_nothing_is_refused() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no in-flow counter: {metrics}"));
     assert!(delayed >= waited as u64, "{delayed} counted, {waited} seen");
+    // A message accepted while delivery kept up took its lease in the operation that
+    // queued it; one accepted while behind was queued without, claimed later.
+    let accepted_in: std::collections::HashMap<String, u64> = paced
+        .events("message.received")
+        .iter()
+        .map(|e| {
+            (
+                e["message_id"].to_string(),
+                e["raft_index"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let first_lease_in: std::collections::HashMap<String, u64> = paced
+        .events("delivery.leased")
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["message_id"].to_string(),
+                e["raft_index"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let with_acceptance = accepted_in
+        .iter()
+        .filter(|(id, index)| first_lease_in.get(*id) == Some(index))
+        .count();
+    assert!(
+        (1..=MESSAGES + 2 - 4).contains(&with_acceptance),
+        "{with_acceptance} of {} leased with their acceptance",
+        MESSAGES + 2
+    );
     drop(paced);
 
     let unpaced = Node::start_with("in_flow_delay_ms = 0", &delivery);

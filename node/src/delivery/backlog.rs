@@ -10,10 +10,18 @@
 //! behind, and they are dropped once it catches up.
 //!
 //! The other way, the ingress rings the worker for each message it commits, so a
-//! free slot takes new mail at once instead of at the worker's next poll.
+//! free slot takes new mail at once instead of at the worker's next poll. While
+//! delivery is not behind (and the cluster's feature level allows), the ingress
+//! commits each message with this node's delivery lease on it and hands it over
+//! ([`Handed`]): the worker starts it without a Raft round for the lease. Behind, a
+//! message is committed without a lease and claimed as slots free up (by another
+//! node too, past `delivery.takeover_secs`).
 
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bulwark_model::MessageId;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -27,6 +35,12 @@ pub struct Backlog {
     /// Rung by the SMTP ingress for each message it committed, so that the worker
     /// looks at the queue at once instead of at its next poll.
     queued: Notify,
+    /// Messages committed with this node's lease on them, not yet taken by the
+    /// worker; at most `max_tokens` (the worker's slots): one beyond finds no slot and
+    /// is renewed at the worker's next look at the queue instead.
+    handed: Mutex<Vec<Handed>>,
+    /// The length of the lease the ingress asks for with a message.
+    lease: Duration,
     /// One for each delivery started while behind, at most `max_tokens` banked.
     tokens: Semaphore,
     max_tokens: usize,
@@ -47,13 +61,27 @@ pub enum Admission {
     TimedOut,
 }
 
+/// A message the ingress committed with this node's delivery lease on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handed {
+    pub id: MessageId,
+    /// The sequence number of its `delivery.leased` event: the worker reads the
+    /// queue entry once this node has applied it.
+    pub seq: u64,
+    /// When the ingress proposed it, by this node's monotonic clock: the lease is
+    /// used as one asked for then (see the worker's module docs).
+    pub asked: Instant,
+}
+
 impl Backlog {
-    /// A backlog for a worker with `concurrency` slots: it banks at most that many
-    /// tokens while no transaction is waiting for one.
-    pub fn new(concurrency: usize) -> Self {
+    /// A backlog for a worker with `concurrency` slots (it banks at most that many
+    /// tokens while no transaction is waiting for one) and leases of `lease`.
+    pub fn new(concurrency: usize, lease: Duration) -> Self {
         Backlog {
             behind: watch::Sender::new(false),
             queued: Notify::new(),
+            handed: Mutex::new(Vec::new()),
+            lease,
             tokens: Semaphore::new(0),
             max_tokens: concurrency.max(1),
             delayed: Counter::default(),
@@ -86,9 +114,27 @@ impl Backlog {
         *self.behind.borrow()
     }
 
-    /// The SMTP ingress committed a message to the queue.
-    pub fn queued(&self) {
+    /// The lease the ingress asks for with a message it commits, or `None` while
+    /// delivery is behind (the message is then for any node's free slot).
+    pub fn lease_to_ask(&self) -> Option<Duration> {
+        (!self.is_behind()).then_some(self.lease)
+    }
+
+    /// The SMTP ingress committed a message to the queue, leased to this node when
+    /// `handed` says so.
+    pub fn queued(&self, handed: Option<Handed>) {
+        if let Some(handed) = handed {
+            let mut list = self.handed.lock().expect("handed lock");
+            if list.len() < self.max_tokens {
+                list.push(handed);
+            }
+        }
         self.queued.notify_one();
+    }
+
+    /// The messages handed over since the last call, oldest first.
+    pub fn take_handed(&self) -> Vec<Handed> {
+        std::mem::take(&mut *self.handed.lock().expect("handed lock"))
     }
 
     /// Until a message is queued after the last call (or one was since).
@@ -148,7 +194,7 @@ mod tests {
 
     #[tokio::test]
     async fn clear_unless_behind_and_never_longer_than_the_delay() {
-        let backlog = Backlog::new(4);
+        let backlog = Backlog::new(4, Duration::from_secs(30));
         let delay = Duration::from_millis(300);
         assert_eq!(backlog.admit(delay).await, Admission::Clear);
         backlog.update(true, 0);
@@ -163,7 +209,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_delivery_started_lets_one_waiting_transaction_go() {
-        let backlog = Arc::new(Backlog::new(4));
+        let backlog = Arc::new(Backlog::new(4, Duration::from_secs(30)));
         backlog.update(true, 0);
         let delay = Duration::from_secs(30);
         let waiting: Vec<_> = (0..3)
@@ -189,9 +235,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_lease_is_asked_for_only_while_delivery_keeps_up_and_handed_over_once() {
+        let backlog = Backlog::new(2, Duration::from_secs(30));
+        assert_eq!(backlog.lease_to_ask(), Some(Duration::from_secs(30)));
+        let handed = |n| Handed {
+            id: MessageId(n),
+            seq: n as u64,
+            asked: Instant::now(),
+        };
+        for n in 1..=3 {
+            backlog.queued(Some(handed(n)));
+        }
+        backlog.queued(None);
+        let ids: Vec<_> = backlog.take_handed().iter().map(|h| h.id).collect();
+        assert_eq!(
+            ids,
+            [MessageId(1), MessageId(2)],
+            "at most the slots, oldest first"
+        );
+        assert!(backlog.take_handed().is_empty());
+        backlog.update(true, 0);
+        assert_eq!(backlog.lease_to_ask(), None);
+    }
+
     #[tokio::test]
     async fn tokens_banked_while_no_one_waits_are_capped_and_dropped_once_caught_up() {
-        let backlog = Backlog::new(2);
+        let backlog = Backlog::new(2, Duration::from_secs(30));
         backlog.update(true, 5);
         assert_eq!(backlog.tokens.available_permits(), 2);
         backlog.update(true, 5);

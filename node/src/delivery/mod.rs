@@ -2,10 +2,12 @@
 //! a time per message.
 //!
 //! ```text
-//! worker.rs    finds due messages, takes a lease through Raft, renews it while
-//!              sending, reports the outcome through Raft
+//! worker.rs    finds due messages, takes a lease through Raft (or starts one
+//!              leased with its acceptance), renews it while sending, reports the
+//!              outcome through Raft
 //! backlog.rs   flow control: new mail transactions wait while delivery is behind;
-//!              each message queued wakes the worker
+//!              each message queued wakes the worker, handed over with its lease
+//!              while delivery keeps up
 //! route.rs     which next hop a recipient's domain goes to, with what TLS policy
 //! client.rs    the SMTP client to the next hop (RFC 5321): STARTTLS, PIPELINING,
 //!              per-recipient results
@@ -27,7 +29,7 @@ mod worker;
 
 use std::time::Duration;
 
-pub use backlog::{Admission, Backlog};
+pub use backlog::{Admission, Backlog, Handed};
 pub use route::{Mx, Relay, Route, Routes, TlsPolicy};
 pub use worker::Worker;
 

@@ -1,6 +1,9 @@
 //! The delivery worker of one node: finds due messages, takes each one's lease
 //! through Raft (so one node at a time sends it), renews the lease while sending,
-//! and commits a report of every attempt.
+//! and commits a report of every attempt. A message this node accepted while its
+//! delivery kept up comes with its lease, granted in the operation that queued it
+//! (`Command::AcceptLeased`), and is started at once if a slot is free: the lease
+//! is timed from before that operation was proposed, as a claim's is.
 //!
 //! Leases are timed by monotonic clocks, never by comparing wall clocks of two
 //! nodes (the argument is on [`DeliveryCommand::Claim`]):
@@ -44,11 +47,11 @@ use bulwark_model::{
     Bounce, Command, DeliveryCommand, DeliveryReport, Lease, MessageId, QueueEntry,
     QueuedRecipient, RecipientOutcome, RecipientResult, TlsInfo,
 };
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::backlog::Backlog;
+use super::backlog::{Backlog, Handed};
 use super::client::{self, Handover, Outgoing, Replies, Reply, Timeouts};
 use super::pool::Pool;
 use super::route::{Mx, Relay, Route};
@@ -123,8 +126,25 @@ impl Worker {
             };
             while running.try_join_next().is_some() {}
             self.pool.close_idle(false, &self.timeouts()).await;
-            if !self.node.is_ready() {
-                // Also for a moment under load (applied behind committed): what the
+            let handed = self.backlog.take_handed();
+            let mut all_handed_started = !handed.is_empty();
+            for handed in handed {
+                // One not started here (no free slot) is this node's own lease on
+                // record: the next look at the queue renews it.
+                match self.reserve(&slots, handed.id) {
+                    Ok(permit) => {
+                        self.spawn(&mut running, handed.id, Start::Handed(handed), permit)
+                    }
+                    Err(_) => all_handed_started = false,
+                }
+            }
+            if committed && all_handed_started {
+                // What woke the worker is under way; the next poll or a freed slot
+                // looks at the rest of the queue.
+                continue;
+            }
+            if !self.node.is_ready_within(MAX_APPLY_LAG) {
+                // No leader, or far behind (catching up after a restart): what the
                 // last look found stands.
                 continue;
             }
@@ -141,16 +161,8 @@ impl Worker {
             // free slots, to tell the SMTP ingress whether work is left over.
             let busy = self.busy.lock().expect("busy lock").len();
             let takeover = self.settings.takeover_after.as_millis() as i64;
-            let due = tokio::task::spawn_blocking(move || {
-                state.due_deliveries(id, now, takeover, free * 2 + busy + 1)
-            })
-            .await;
-            let due = match due {
-                Ok(Ok(due)) => due,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "reading the delivery queue");
-                    continue;
-                }
+            let due = match state.due_deliveries(id, now, takeover, free * 2 + busy + 1) {
+                Ok(due) => due,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the delivery queue");
                     continue;
@@ -190,31 +202,22 @@ impl Worker {
                     }
                     _ => None,
                 };
-                if !self
-                    .busy
-                    .lock()
-                    .expect("busy lock")
-                    .insert(entry.message_id)
-                {
-                    continue;
+                match self.reserve(&slots, entry.message_id) {
+                    Ok(permit) => {
+                        started += 1;
+                        self.spawn(
+                            &mut running,
+                            entry.message_id,
+                            Start::Claim(replaces),
+                            permit,
+                        );
+                    }
+                    Err(Unreserved::Busy) => continue,
+                    Err(Unreserved::NoSlot) => {
+                        left_over = true;
+                        break;
+                    }
                 }
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    self.busy
-                        .lock()
-                        .expect("busy lock")
-                        .remove(&entry.message_id);
-                    left_over = true;
-                    break;
-                };
-                started += 1;
-                let worker = self.clone();
-                running.spawn(async move {
-                    let id = entry.message_id;
-                    worker.attempt(id, replaces).await;
-                    worker.busy.lock().expect("busy lock").remove(&id);
-                    drop(permit);
-                    worker.slot_freed.notify_one();
-                });
             }
             self.backlog.update(left_over, started);
         }
@@ -222,6 +225,40 @@ impl Worker {
         self.stopping.cancel();
         while running.join_next().await.is_some() {}
         self.pool.close_idle(true, &self.timeouts()).await;
+    }
+
+    /// A slot for an attempt on message `id`, unless one is in progress here or
+    /// every slot is taken.
+    fn reserve(
+        &self,
+        slots: &Arc<Semaphore>,
+        id: MessageId,
+    ) -> Result<OwnedSemaphorePermit, Unreserved> {
+        if !self.busy.lock().expect("busy lock").insert(id) {
+            return Err(Unreserved::Busy);
+        }
+        slots.clone().try_acquire_owned().map_err(|_| {
+            self.busy.lock().expect("busy lock").remove(&id);
+            Unreserved::NoSlot
+        })
+    }
+
+    /// Runs an attempt on message `id` in the slot `permit` holds, and frees both
+    /// when it ends.
+    fn spawn(
+        self: &Arc<Self>,
+        running: &mut JoinSet<()>,
+        id: MessageId,
+        start: Start,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let worker = self.clone();
+        running.spawn(async move {
+            worker.attempt(id, start).await;
+            worker.busy.lock().expect("busy lock").remove(&id);
+            drop(permit);
+            worker.slot_freed.notify_one();
+        });
     }
 
     /// Notes what this poll found under other nodes' leases (`due`, read for node
@@ -298,25 +335,32 @@ impl Worker {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let state = self.node.state();
-        match tokio::task::spawn_blocking(move || state.queue_entry(id)).await {
-            Ok(Ok(entry)) => entry,
-            other => {
-                tracing::warn!(%id, result = ?other.map(|r| r.map(|e| e.is_some())), "reading a queue entry");
+        match self.node.state().queue_entry(id) {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "reading a queue entry");
                 None
             }
         }
     }
 
-    /// One attempt for the due recipients of message `id`, under a lease (taken
-    /// over from `replaces`, when another node held it): a transaction per route
+    /// One attempt for the due recipients of message `id`, under a lease (claimed,
+    /// taken over from another node's, or granted with the message's acceptance, as
+    /// `start` says): a transaction per route
     /// their domains take, each reported as soon as it is done (so that what was sent
     /// is on record before the next hop is tried). The lease is renewed while sending
     /// and before each further route; once it is refused, or its usable time is over,
     /// or a report cannot be committed, the attempt stops.
-    async fn attempt(&self, id: MessageId, replaces: Option<Lease>) {
-        let Leased::Granted { seq, usable_until } = self.lease(id, replaces).await else {
-            return;
+    async fn attempt(&self, id: MessageId, start: Start) {
+        let (seq, usable_until) = match start {
+            Start::Claim(replaces) => match self.lease(id, replaces).await {
+                Leased::Granted { seq, usable_until } => (seq, usable_until),
+                Leased::Refused | Leased::Unknown => return,
+            },
+            Start::Handed(handed) => (
+                handed.seq,
+                handed.asked + self.settings.lease.mul_f64(USABLE),
+            ),
         };
         let gate = LeaseGate::new(usable_until, self.settings.lease.mul_f64(HANDOVER));
         let Some(entry) = self.entry_after(id, seq).await else {
@@ -332,11 +376,10 @@ impl Worker {
         if due.is_empty() {
             return;
         }
-        let state = self.node.state();
-        let body = match tokio::task::spawn_blocking(move || state.message_body(id)).await {
-            Ok(Ok(Some(body))) => body,
+        let body = match self.node.state().message_body(id) {
+            Ok(Some(body)) => body,
             other => {
-                tracing::error!(%id, result = ?other.map(|r| r.map(|b| b.map(|b| b.len()))), "queued message has no readable body");
+                tracing::error!(%id, result = ?other.map(|b| b.map(|b| b.len())), "queued message has no readable body");
                 let reply = Reply::local(451, "4.3.0 the stored message cannot be read");
                 let replies = client::every(&due, &reply);
                 self.finish(&entry, &[], None, None, replies, Instant::now(), true)
@@ -779,6 +822,22 @@ enum Leased {
     Unknown,
 }
 
+/// How an attempt gets its lease.
+enum Start {
+    /// Claimed through Raft, taking over the other node's lease it names, if any.
+    Claim(Option<Lease>),
+    /// Granted with the message's acceptance on this node.
+    Handed(Handed),
+}
+
+/// Why no attempt was started on a message.
+enum Unreserved {
+    /// One is in progress here.
+    Busy,
+    /// Every slot is taken.
+    NoSlot,
+}
+
 /// Another node's lease on a due message, as this node saw it.
 struct Watched {
     lease: Lease,
@@ -786,6 +845,13 @@ struct Watched {
     /// Since when this node has seen the record so (its monotonic clock).
     since: Instant,
 }
+
+/// How many committed entries this node may have left to apply and still look for
+/// work: under load a follower is a few behind at almost every moment, and what it
+/// reads may be that stale, since each lease is granted by Raft and each attempt reads
+/// its entry once the grant is applied here (`entry_after`). A node catching up after
+/// a restart waits instead of asking for leases its state would have to refuse.
+const MAX_APPLY_LAG: u64 = 1000;
 
 /// How long a stopping node waits for a delivery report to commit: milliseconds do
 /// with a quorum, and without one the wait must not hold the stop.

@@ -1,10 +1,13 @@
 //! The acceptance path: at the end of data the message becomes one Raft operation,
-//! and the client hears `250` only once a quorum has committed it.
+//! and the client hears `250` only once a quorum has committed it. While this node's
+//! delivery keeps up, the same operation leases the message to this node, and it is
+//! handed to the delivery worker (see `crate::delivery::Backlog`).
 
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use bulwark_consensus::Proposer;
+use bulwark_model::feature::LEASED_ACCEPT;
 use bulwark_model::{
     AcceptedMessage, Action, Command, Envelope, JudgedRejection, MessageId, MessageReceived, Op,
     Rejection, Timings,
@@ -13,6 +16,7 @@ use time::OffsetDateTime;
 
 use super::received;
 use super::session::{Session, Transaction};
+use crate::delivery::Handed;
 use crate::mail;
 use crate::scan::{self, Scanner};
 
@@ -146,20 +150,39 @@ impl Ingress {
                 scan_ms,
             },
         };
+        let backlog = &session.shared.backlog;
+        let lease = backlog
+            .lease_to_ask()
+            .filter(|_| verdict.action != Action::Quarantine)
+            .filter(|_| self.proposer.feature_level() >= LEASED_ACCEPT);
+        let message = Box::new(AcceptedMessage {
+            received: record,
+            body: stored,
+            verdict,
+        });
+        let command = match lease {
+            Some(lease) => Command::AcceptLeased {
+                message,
+                lease_ms: lease.as_millis() as u64,
+            },
+            None => Command::AcceptMessage(message),
+        };
         let op = Op {
             id: id.0,
             time_ms,
             node: self.node,
-            command: Command::AcceptMessage(Box::new(AcceptedMessage {
-                received: record,
-                body: stored,
-                verdict,
-            })),
+            command,
         };
+        // Before proposing: the lease cannot have been granted earlier.
+        let asked = StdInstant::now();
         match self.proposer.submit(op).await {
-            Ok(_) => {
+            Ok(result) => {
                 tracing::debug!(%id, client = %client.ip, "message accepted");
-                session.shared.backlog.queued();
+                backlog.queued(lease.map(|_| Handed {
+                    id,
+                    seq: result.seq,
+                    asked,
+                }));
                 format!("250 2.0.0 Ok: queued as {id}")
             }
             Err(e) => {

@@ -129,6 +129,16 @@ pub enum Command {
     /// `keep`; see [`crate::bayes::BayesCounts::oldest`]). Builds before
     /// [`crate::feature::BAYES_EXPIRY`] cannot decode it.
     ExpireBayes(BayesExpiry),
+    /// [`Command::AcceptMessage`] with the delivery lease of the node that proposes it,
+    /// for `lease_ms`, granted in the same operation when the message is queued (and
+    /// `delivery.leased` recorded after its verdict): the accepting node starts
+    /// delivering at once, without a Raft round of its own for the lease. A message
+    /// quarantined takes no lease. Builds before [`crate::feature::LEASED_ACCEPT`]
+    /// cannot decode it.
+    AcceptLeased {
+        message: Box<AcceptedMessage>,
+        lease_ms: u64,
+    },
 }
 
 /// How far an exporter has got: its receiver accepted (or it gave up on) the log up

@@ -23,6 +23,8 @@
 //!   `Command::LinkKey`: recipients' self-service, their digests and links.
 //! - [`BAYES_EXPIRY`] (5): `Command::ExpireBayes`; from this level on a lesson stamps
 //!   the tokens it counts with its day, so that every node keeps the same days.
+//! - [`LEASED_ACCEPT`] (6): `Command::AcceptLeased`, a message accepted with its
+//!   accepting node's delivery lease.
 //!
 //! A command a later release adds gets the next level, here and in
 //! [`Command::feature_level`].
@@ -45,8 +47,11 @@ pub const RECIPIENTS: u32 = 4;
 /// `Command::ExpireBayes`, and the day each lesson stamps its tokens with.
 pub const BAYES_EXPIRY: u32 = 5;
 
+/// `Command::AcceptLeased`: a message accepted with its delivery lease.
+pub const LEASED_ACCEPT: u32 = 6;
+
 /// The highest level this build applies.
-pub const FEATURE_LEVEL: u32 = BAYES_EXPIRY;
+pub const FEATURE_LEVEL: u32 = LEASED_ACCEPT;
 
 impl Command {
     /// The cluster feature level a node needs to apply this command (and so the
@@ -57,6 +62,7 @@ impl Command {
             Command::User(_) => USERS,
             Command::Recipient(_) | Command::Digest(_) | Command::LinkKey { .. } => RECIPIENTS,
             Command::ExpireBayes(_) => BAYES_EXPIRY,
+            Command::AcceptLeased { .. } => LEASED_ACCEPT,
             _ => BASE,
         }
     }
@@ -134,6 +140,22 @@ mod tests {
         };
         assert_eq!(Command::ExpireBayes(expiry).feature_level(), BAYES_EXPIRY);
         const { assert!(BAYES_EXPIRY > RECIPIENTS && FEATURE_LEVEL >= BAYES_EXPIRY) };
+    }
+
+    #[test]
+    fn an_accept_with_its_lease_needs_its_level() {
+        let received = crate::samples::received();
+        let message = crate::message::AcceptedMessage {
+            verdict: crate::samples::verdict(received.message_id),
+            received,
+            body: b"\r\nhi\r\n".to_vec(),
+        };
+        let accept = Command::AcceptLeased {
+            message: Box::new(message),
+            lease_ms: 30_000,
+        };
+        assert_eq!(accept.feature_level(), LEASED_ACCEPT);
+        const { assert!(LEASED_ACCEPT > BAYES_EXPIRY && FEATURE_LEVEL >= LEASED_ACCEPT) };
     }
 
     #[test]

@@ -118,8 +118,12 @@ impl StateStore {
         Ok(match &op.command {
             Command::Record(kind) => (vec![kind.clone()], None),
             Command::AcceptMessage(message) => {
-                (rules::accept::accept(changes, message, op, seq), None)
+                (rules::accept::accept(changes, message, None, op, seq), None)
             }
+            Command::AcceptLeased { message, lease_ms } => (
+                rules::accept::accept(changes, message, Some(*lease_ms), op, seq),
+                None,
+            ),
             Command::RejectMessage(rejected) => (
                 vec![
                     EventKind::ScanVerdict(Box::new(rejected.verdict.clone())),

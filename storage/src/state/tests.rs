@@ -1395,6 +1395,106 @@ fn leases_and_reports_drive_the_queue_within_and_across_batches() {
 }
 
 #[test]
+fn a_message_accepted_with_its_lease_is_the_accepting_nodes_until_another_names_that_lease() {
+    use crate::message::Lease;
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let store = state.current();
+    let received = samples::received();
+    let id = received.message_id;
+    let op = |n: u128, node: u64, time_ms: i64, command: Command| Op {
+        id: n,
+        time_ms,
+        node,
+        command,
+    };
+    let claim = |replaces| {
+        Command::Delivery(Box::new(DeliveryCommand::Claim {
+            message_id: id,
+            lease_ms: 400,
+            replaces,
+        }))
+    };
+    let accept = op(
+        id.0,
+        1,
+        100,
+        Command::AcceptLeased {
+            message: Box::new(AcceptedMessage {
+                verdict: samples::verdict(received.message_id),
+                received,
+                body: b"body".to_vec(),
+            }),
+            lease_ms: 300,
+        },
+    );
+    let results = store
+        .apply(&[(1, &[accept.clone()][..]), (2, &[accept][..])], b"1")
+        .unwrap();
+    // message.received, scan.verdict, delivery.leased: the result names the lease.
+    assert_eq!(results[0][0].seq, 3);
+    assert!(results[1][0].duplicate && results[1][0].seq == 3);
+    let lease = Lease {
+        node: 1,
+        until_ms: 400,
+    };
+    assert_eq!(store.queue_entry(id).unwrap().unwrap().lease, Some(lease));
+    let held_by = |node, now, takeover| -> Vec<Option<Lease>> {
+        store
+            .due_deliveries(node, now, takeover, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.lease)
+            .collect()
+    };
+    assert_eq!(held_by(1, 110, 0), [Some(lease)], "its own work");
+    assert_eq!(held_by(2, 110, 0), [Some(lease)], "watched by the others");
+    // Another node may not claim it unless it names the lease; its holder renews.
+    let claims = [
+        op(10, 2, 120, claim(None)),
+        op(11, 1, 130, claim(None)),
+        op(12, 2, 140, claim(Some(lease))),
+    ];
+    let results = store.apply(&[(3, &claims[..])], b"2").unwrap();
+    assert!(results[0][0].refused.is_some());
+    assert_eq!(results[0][1].refused, None);
+    assert!(
+        results[0][2].refused.is_some(),
+        "the lease it names was renewed"
+    );
+    let renewed = store.queue_entry(id).unwrap().unwrap().lease.unwrap();
+    assert_eq!(renewed.node, 1);
+    let taken = store
+        .apply(&[(4, &[op(13, 2, 150, claim(Some(renewed)))][..])], b"3")
+        .unwrap();
+    assert_eq!(taken[0][0].refused, None);
+    assert_eq!(
+        store.queue_entry(id).unwrap().unwrap().lease.unwrap().node,
+        2
+    );
+    let filter = EventFilter {
+        type_name: None,
+        message_id: Some(id),
+        ..Default::default()
+    };
+    let (events, _) = store.events(&filter, 0, 100).unwrap();
+    let types: Vec<_> = events.iter().map(|e| e.event.kind.type_name()).collect();
+    assert_eq!(
+        types,
+        [
+            "message.received",
+            "scan.verdict",
+            "delivery.leased",
+            "delivery.leased",
+            "delivery.leased",
+            "delivery.leased",
+            "delivery.leased"
+        ]
+    );
+    assert!(store.verify().unwrap().ok);
+}
+
+#[test]
 fn a_failing_report_queues_its_bounce_with_the_null_sender_once() {
     use crate::message::{DeliveryReport, RecipientOutcome, RecipientResult};
     let dir = tempfile::tempdir().unwrap();

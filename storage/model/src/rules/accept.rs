@@ -1,19 +1,24 @@
 //! A scanned message accepted: its body stored, its `message.received` and
-//! `scan.verdict` events recorded, and the message queued for delivery or, when the
-//! verdict says so, held in the quarantine.
+//! `scan.verdict` events recorded, and the message queued for delivery (leased to
+//! the accepting node when it asked) or, when the verdict says so, held in the
+//! quarantine.
 
 use super::{Changes, Write};
 use crate::event::{EventKind, Op};
 use crate::message::{
-    AcceptedMessage, Action, QuarantineRecord, QueueEntry, QueueRecord, QueuedRecipient,
+    AcceptedMessage, Action, Lease, QuarantineRecord, QueueEntry, QueueRecord, QueuedRecipient,
     RecipientStatus,
 };
 
 /// Accepts `message` as operation `op` whose first event gets sequence number `seq`
 /// (the `message.received` event, which a released message's queue entry cites).
+/// With `lease_ms`, a queued message is leased to the node that proposed `op` for
+/// that long, as a granted [`crate::DeliveryCommand::Claim`] would lease it, and
+/// `delivery.leased` follows the verdict; a quarantined one takes no lease.
 pub fn accept<'a>(
     changes: &mut Changes<'a>,
     message: &'a AcceptedMessage,
+    lease_ms: Option<u64>,
     op: &Op,
     seq: u64,
 ) -> Vec<EventKind> {
@@ -54,8 +59,21 @@ pub fn accept<'a>(
         action: verdict.action,
         score: verdict.score,
         received_by: op.node,
-        lease: None,
+        lease: lease_ms.map(|ms| Lease {
+            node: op.node,
+            until_ms: op
+                .time_ms
+                .saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+        }),
     };
+    if let Some(lease) = entry.lease {
+        kinds.push(EventKind::DeliveryLeased {
+            message_id: id,
+            holder: lease.node,
+            until_ms: lease.until_ms,
+            granted: true,
+        });
+    }
     changes.queue.insert(id, Some(QueueRecord::new(entry)));
     kinds
 }
@@ -98,7 +116,7 @@ mod tests {
         let message = message(Action::Tag);
         let id = message.received.message_id;
         let mut changes = Changes::default();
-        let kinds = accept(&mut changes, &message, &op(), 7);
+        let kinds = accept(&mut changes, &message, None, &op(), 7);
         let names: Vec<_> = kinds.iter().map(EventKind::type_name).collect();
         assert_eq!(names, ["message.received", "scan.verdict"]);
         let mut store = Memory::default();
@@ -121,7 +139,7 @@ mod tests {
         let message = message(Action::Quarantine);
         let id = message.received.message_id;
         let mut changes = Changes::default();
-        let kinds = accept(&mut changes, &message, &op(), 7);
+        let kinds = accept(&mut changes, &message, None, &op(), 7);
         let EventKind::MessageQuarantined(record) = &kinds[2] else {
             panic!("{kinds:?}");
         };
@@ -131,6 +149,48 @@ mod tests {
         store.commit(changes);
         assert_eq!(&store.quarantine[&id], record.as_ref());
         assert_eq!(store.bodies[&id], message.body);
+        assert!(store.queue.is_empty());
+    }
+
+    #[test]
+    fn a_message_accepted_with_a_lease_is_queued_leased_to_the_accepting_node() {
+        let message = message(Action::Deliver);
+        let id = message.received.message_id;
+        let mut changes = Changes::default();
+        let kinds = accept(&mut changes, &message, Some(30_000), &op(), 7);
+        let names: Vec<_> = kinds.iter().map(EventKind::type_name).collect();
+        assert_eq!(
+            names,
+            ["message.received", "scan.verdict", "delivery.leased"]
+        );
+        let until_ms = op().time_ms + 30_000;
+        assert_eq!(
+            kinds[2],
+            EventKind::DeliveryLeased {
+                message_id: id,
+                holder: 2,
+                until_ms,
+                granted: true
+            }
+        );
+        let mut store = Memory::default();
+        store.commit(changes);
+        let lease = store.queue[&id].entry.lease;
+        assert_eq!(lease, Some(Lease { node: 2, until_ms }));
+    }
+
+    #[test]
+    fn a_message_quarantined_takes_no_lease() {
+        let message = message(Action::Quarantine);
+        let mut changes = Changes::default();
+        let kinds = accept(&mut changes, &message, Some(30_000), &op(), 7);
+        let names: Vec<_> = kinds.iter().map(EventKind::type_name).collect();
+        assert_eq!(
+            names,
+            ["message.received", "scan.verdict", "message.quarantined"]
+        );
+        let mut store = Memory::default();
+        store.commit(changes);
         assert!(store.queue.is_empty());
     }
 }

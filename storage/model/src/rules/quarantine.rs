@@ -293,7 +293,7 @@ mod tests {
         };
         let mut changes = Changes::default();
         let store = Memory::default();
-        let kinds = accept(&mut changes, &message, &op(1, T), 5);
+        let kinds = accept(&mut changes, &message, None, &op(1, T), 5);
         let EventKind::MessageQuarantined(record) = &kinds[2] else {
             panic!("{kinds:?}");
         };
