@@ -218,6 +218,9 @@ fn delivery_relays_once_to_every_recipient_byte_for_byte() {
 fn delivery_of_mail_accepted_while_delivery_keeps_up_takes_its_lease_with_the_acceptance() {
     let sink = Sink::start(SinkConfig::default());
     let node = Node::start_with("", &delivery(Some(sink.addr()), ""));
+    // Until the new cluster's level is raised, a message is accepted without its
+    // lease, as an older member would need.
+    node.wait_feature_level();
     for n in 0..3 {
         let mut s = Smtp::ehlo(node.smtp);
         let id = s
@@ -235,8 +238,13 @@ fn delivery_of_mail_accepted_while_delivery_keeps_up_takes_its_lease_with_the_ac
             .into_iter()
             .filter(|e| e["type"] != "access.read")
             .collect();
+        // A look at the queue between the commit and the hand-over may renew the
+        // lease first (and the hand-over then finds the message under way): more
+        // `delivery.leased` may follow the first, nothing else.
+        let mut kinds = types(&events);
+        kinds.dedup();
         assert_eq!(
-            types(&events),
+            kinds,
             [
                 "message.received",
                 "scan.verdict",

@@ -1165,6 +1165,7 @@ fn limits_mail_waits_while_delivery_is_behind_and_nothing_is_refused() {
         sink.addr()
     );
     let paced = Node::start_with("in_flow_delay_ms = 5000", &delivery);
+    paced.wait_feature_level();
     // Delivery behind before the senders begin: the one slot busy with a first
     // message, a second one due, and the worker's next poll has seen both.
     mail_waits(&paced, 2);

@@ -21,7 +21,7 @@ pub(super) struct RawDelivery {
     /// process limit); connections per next hop are bounded apart.
     concurrency: Option<usize>,
     /// Seconds a delivery lease lasts, by monotonic clocks: the holder sends for nine
-    /// tenths of it, renewing at a third; another node takes over a lease it has seen
+    /// tenths of it, renewing every quarter; another node takes over a lease it has seen
     /// unrenewed this long.
     lease_secs: Option<u64>,
     /// Seconds another node waits before delivering a message its accepting node has

@@ -42,7 +42,7 @@ pub struct Settings {
     /// Deliveries in progress at once on this node.
     pub concurrency: usize,
     /// How long a lease lasts, by monotonic clocks: this node sends under a lease for
-    /// nine tenths of it from when it asked, renewing it at a third; another node
+    /// nine tenths of it from when it asked, renewing it every quarter; another node
     /// takes the lease over once it has seen it unrenewed for all of it.
     pub lease: Duration,
     /// How long another node waits before delivering a message its accepting node

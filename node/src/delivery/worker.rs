@@ -846,11 +846,13 @@ struct Watched {
     since: Instant,
 }
 
-/// How many committed entries this node may have left to apply and still look for
-/// work: under load a follower is a few behind at almost every moment, and what it
-/// reads may be that stale, since each lease is granted by Raft and each attempt reads
-/// its entry once the grant is applied here (`entry_after`). A node catching up after
-/// a restart waits instead of asking for leases its state would have to refuse.
+/// How many entries this node may have left to apply of those it knows committed
+/// and still look for work: under load a follower is a few behind at almost every
+/// moment, and what it reads may be that stale, since each lease is granted by Raft
+/// and each attempt reads its entry once the grant is applied here (`entry_after`).
+/// A node applying a long stretch of its log after a restart waits instead of asking
+/// for leases its state would have to refuse (one still receiving its log from the
+/// leader knows no further than what it has, as with `RaftNode::is_ready`).
 const MAX_APPLY_LAG: u64 = 1000;
 
 /// How long a stopping node waits for a delivery report to commit: milliseconds do

@@ -135,6 +135,31 @@ impl Node {
             .to_string()
     }
 
+    /// Waits until the cluster runs at this build's feature level (the leader raises
+    /// a new cluster's just after it forms, after `/readyz`): before, what the last
+    /// level brought is not proposed.
+    pub fn wait_feature_level(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let cluster: Option<Value> = Client::new()
+                .get(format!("{}/v1/cluster", self.api))
+                .bearer_auth(self.token())
+                .send()
+                .ok()
+                .and_then(|r| r.json().ok());
+            let level = cluster.as_ref().map(|c| c["cluster_feature_level"].clone());
+            if level == Some(bulwark_model::feature::FEATURE_LEVEL.into()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster's feature level is {level:?} after 10 s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the cluster has enrolled this node's admin token as its bootstrap
     /// admin (the leader proposes it just after it is elected, after `/readyz`): the
     /// console's sign-in with the token reads the replicated token, as its sessions do.
