@@ -183,7 +183,8 @@ pub enum EventKind {
     /// Refusals came faster than they could be recorded one by one; this many were
     /// counted but not recorded individually.
     RejectionsSuppressed { count: u64 },
-    /// A node asked to deliver a message; `granted` says whether it may.
+    /// A node asked to deliver a message, or accepted it with its lease
+    /// ([`Command::AcceptLeased`]); `granted` says whether it may.
     DeliveryLeased {
         message_id: MessageId,
         /// The node holding the lease after this event.
