@@ -419,7 +419,7 @@ impl RaftNode {
 
     /// The cluster's active feature level, as this node's state records it.
     pub fn cluster_feature_level(&self) -> u32 {
-        self.state.current().feature_level()
+        self.proposer.feature_level()
     }
 
     /// Resolves, with what to say, once the leader has told this node that the

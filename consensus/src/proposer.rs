@@ -139,10 +139,7 @@ impl Proposer {
     /// the level is itself held back until every member supports it
     /// (`crate::feature::raise`).
     pub async fn submit(&self, op: Op) -> Result<OpResult, ProposeError> {
-        let (needs, active) = (
-            op.command.feature_level(),
-            self.state.current().feature_level(),
-        );
+        let (needs, active) = (op.command.feature_level(), self.feature_level());
         if needs > active && !matches!(op.command, Command::RaiseFeatureLevel { .. }) {
             return Err(ProposeError::FeatureLevel { needs, active });
         }

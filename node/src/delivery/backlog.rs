@@ -115,7 +115,7 @@ impl Backlog {
     }
 
     /// The lease the ingress asks for with a message it commits, or `None` while
-    /// delivery is behind (the message is then for any node's free slot).
+    /// delivery is behind (the message is then claimed as slots free up).
     pub fn lease_to_ask(&self) -> Option<Duration> {
         (!self.is_behind()).then_some(self.lease)
     }
