@@ -238,7 +238,14 @@ impl RaftNode {
                 marker.display()
             )));
         }
-        let log = Store::open(&layout::raft_log_dir(&cfg.data_dir))?;
+        let log_dir = layout::raft_log_dir(&cfg.data_dir);
+        let log = Store::open(&log_dir)?;
+        if !log.direct_io() {
+            tracing::info!(
+                dir = %log_dir.display(),
+                "the Raft log's filesystem refuses direct I/O: its flushes go through the page cache"
+            );
+        }
         let fresh = log.last()?.is_none() && log.get_meta("vote")?.is_none();
         let state = Arc::new(StateDir::open(&layout::state_root(&cfg.data_dir))?);
         let (supported, active) = (crate::feature::supported(), state.current().feature_level());
