@@ -44,9 +44,8 @@ fn index_of(key: &[u8]) -> Result<u64> {
 /// WAL kept before the column families holding it back are flushed.
 const MAX_WAL_BYTES: u64 = 128 * 1024 * 1024;
 
-/// Opens the database in `dir` (in `env`, RocksDB's default if `None`), with direct
-/// I/O for flushes and compactions where the filesystem allows it, and says whether
-/// it does.
+/// Opens the database in `dir`, with direct I/O for flushes and compactions where the
+/// filesystem allows it, and says whether it does.
 ///
 /// An entry is written twice: to the WAL, synced, and, once its memtable fills, to
 /// an SST, where it stays until a snapshot lets Raft purge it. The SST copy is read
@@ -55,12 +54,9 @@ const MAX_WAL_BYTES: u64 = 128 * 1024 * 1024;
 /// message, that copy was the largest single cost of three nodes on one machine).
 /// RocksDB refuses direct I/O at open on a filesystem without it; the database is
 /// then opened with buffered writes.
-fn open_db(dir: &Path, env: Option<&rocksdb::Env>) -> Result<(DB, bool)> {
+fn open_db(dir: &Path) -> Result<(DB, bool)> {
     let open = |direct_io: bool| {
         let mut opts = Options::default();
-        if let Some(env) = env {
-            opts.set_env(env);
-        }
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
@@ -102,7 +98,7 @@ impl LogStore {
     /// Opens (creating if needed) the log database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-        let (db, direct_io) = open_db(dir, None)?;
+        let (db, direct_io) = open_db(dir)?;
         let store = LogStore {
             db: Arc::new(db),
             direct_io,
