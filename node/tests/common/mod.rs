@@ -139,50 +139,39 @@ impl Node {
     /// a new cluster's just after it forms, after `/readyz`): before, what the last
     /// level brought is not proposed.
     pub fn wait_feature_level(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let cluster: Option<Value> = Client::new()
-                .get(format!("{}/v1/cluster", self.api))
-                .bearer_auth(self.token())
-                .send()
-                .ok()
-                .and_then(|r| r.json().ok());
-            let level = cluster.as_ref().map(|c| c["cluster_feature_level"].clone());
-            if level == Some(bulwark_model::feature::FEATURE_LEVEL.into()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster's feature level is {level:?} after 10 s; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for_admin_get("/v1/cluster", "the cluster's feature level", |cluster| {
+            cluster["cluster_feature_level"] == bulwark_model::feature::FEATURE_LEVEL
+        });
     }
 
     /// Waits until the cluster has enrolled this node's admin token as its bootstrap
     /// admin (the leader proposes it just after it is elected, after `/readyz`): the
     /// console's sign-in with the token reads the replicated token, as its sessions do.
     pub fn wait_bootstrap_admin(&self) {
+        self.wait_for_admin_get("/v1/tokens", "the bootstrap admin's enrollment", |listed| {
+            listed["tokens"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["name"] == "admin"))
+        });
+    }
+
+    /// Polls `GET path` with the admin token until `ready` holds for its JSON, for at
+    /// most 10 s; the assertion names `what` and shows the last answer and the log.
+    fn wait_for_admin_get(&self, path: &str, what: &str, ready: impl Fn(&Value) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let listed: Option<Value> = Client::new()
-                .get(format!("{}/v1/tokens", self.api))
+            let answer: Option<Value> = Client::new()
+                .get(format!("{}{path}", self.api))
                 .bearer_auth(self.token())
                 .send()
                 .ok()
                 .and_then(|r| r.json().ok());
-            let enrolled = listed.is_some_and(|l| {
-                l["tokens"]
-                    .as_array()
-                    .is_some_and(|t| t.iter().any(|t| t["name"] == "admin"))
-            });
-            if enrolled {
+            if answer.as_ref().is_some_and(&ready) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "the bootstrap admin was not enrolled in 10 s; log:\n{}",
+                "{what}: not there after 10 s (last answer {answer:?}); log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
