@@ -30,7 +30,8 @@
 //! Each set is a directory of raw RFC 5322 messages (`*.txt`). Every message goes
 //! through the whole pipeline as the SMTP ingress runs it (authentication against a
 //! DNS server on loopback that knows none of the corpus' domains, so it comes out
-//! `none`, not `pass`), with the default policy.
+//! `none`, not `pass`), with the default policy, sent by the corpus site's relays
+//! ([`TRUSTED_RELAYS`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,13 @@ use bulwark_cluster_tests::dns::{DnsServer, Zone};
 use bulwark_node::config::Config;
 use bulwark_node::scan::{bayes, Candidate, Scanner};
 use bulwark_storage::{Action, BayesClass, BayesCounts, MessageId};
+
+/// The relays of the corpus' own site, as its administrator would list them in
+/// `[scan] trusted_relays`: the client every message is sent from here, loopback
+/// (where the site's fetchmail and Postfix handed mail on), and the mailbox provider
+/// the site fetched part of its mail from (`mail.webnote.net`). The origin is then
+/// the host that gave the message to the site, as it would be for a gateway there.
+const TRUSTED_RELAYS: [&str; 3] = ["198.51.100.7", "127.0.0.0/8", "193.120.211.219"];
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -81,7 +89,7 @@ fn main() {
         format!(
             "[smtp]\nhostname = \"mx.example.test\"\ndomains = [\"example.test\"]\n\
              [dns]\nnameservers = [\"{}\"]\ntimeout_ms = 200\n\
-             [scan]\nrules = {:?}\n",
+             [scan]\nrules = {:?}\ntrusted_relays = {TRUSTED_RELAYS:?}\n",
             dns.addr(),
             rules
         ),

@@ -663,6 +663,37 @@ fn behind_a_trusted_relay_spf_judges_the_host_it_received_the_message_from() {
         .filter(|a| a["method"] == "spf")
         .collect();
     assert!(spf.iter().any(|a| a["result"] == "pass"), "{v:#}");
+    assert!(
+        !symbols(&v).contains(&"MSGID_ADDED_BY_RELAY".to_string()),
+        "{v:#}"
+    );
+    // The sender gave no Message-ID; our relay wrote one from its queue id. The
+    // built-in rules score it 2.
+    let queue_id = format!("{:X}", rand_id());
+    let unnamed = format!(
+        "Received: from mail.remote.test (mail.remote.test [192.0.2.10])\r\n\
+         \tby relay.example.test with ESMTP id {queue_id}; Sat, 28 Nov 2026 07:00:01 +0000\r\n\
+         From: a@remote.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\
+         Date: Sat, 28 Nov 2026 07:00:00 +0000\r\n\
+         Message-ID: <20261128070001.{queue_id}@relay.example.test>\r\n\r\nhello\r\n"
+    );
+    let unnamed = send(&node, "a@remote.test", &unnamed).queued_id();
+    let v = verdict(&node, &unnamed);
+    let added: Vec<&Value> = v["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == "MSGID_ADDED_BY_RELAY")
+        .collect();
+    assert_eq!(added.len(), 1, "{v:#}");
+    assert_eq!(added[0]["score"], 2.0, "{v:#}");
+    assert!(
+        added[0]["description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("queue id {queue_id}")),
+        "{v:#}"
+    );
     // Without such a header the relay itself is judged, and SPF does not allow it.
     let direct = send(&node, "a@remote.test", &message("")).queued_id();
     let v = verdict(&node, &direct);
@@ -671,7 +702,7 @@ fn behind_a_trusted_relay_spf_judges_the_host_it_received_the_message_from() {
         "{v:#}"
     );
     assert!(symbols(&v).contains(&"SPF_FAIL".to_string()), "{v:#}");
-    let got = sink.wait_for(2, Duration::from_secs(15));
+    let got = sink.wait_for(3, Duration::from_secs(15));
     let first = got
         .iter()
         .find(|m| String::from_utf8_lossy(&m.data).contains(&relayed))

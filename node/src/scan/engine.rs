@@ -103,6 +103,7 @@ pub const ENGINE_SYMBOLS: &[&str] = &[
     "PDF_",
     "HTML_SMUGGLING",
     "MIME_UNPARSEABLE",
+    super::MESSAGE_ID_BY_RELAY,
 ];
 
 /// Whether `name` is one of [`ENGINE_SYMBOLS`].

@@ -62,6 +62,11 @@ use suffixes::Suffixes;
 /// from; its description starts with [`JUDGED_AS_FROM`] and that host's address.
 pub const VIA_TRUSTED_RELAY: &str = "RCVD_VIA_TRUSTED_RELAY";
 pub const JUDGED_AS_FROM: &str = "judged as from ";
+/// The symbol of a message that came from outside through a trusted relay with no
+/// Message-ID of its own: a relay of ours wrote one from its queue id. Mail programs
+/// and bulk senders always write one; spamware often does not. Its score is set in
+/// the built-in rules (`default.cf`), and a rule file may change it.
+pub const MESSAGE_ID_BY_RELAY: &str = "MSGID_ADDED_BY_RELAY";
 
 /// What the scanner takes from outside `[scan]`.
 #[derive(Clone, Copy, Debug)]
@@ -364,6 +369,19 @@ impl Scanner {
                 description: format!(
                     "{JUDGED_AS_FROM}{} (HELO {}), which handed it to our relay {relay}",
                     from.ip, from.helo
+                ),
+                engine: "origin".into(),
+            });
+        }
+        if let Some(queue_id) = &from.message_id_by_relay {
+            symbols.push(Symbol {
+                name: MESSAGE_ID_BY_RELAY.into(),
+                score: ruleset
+                    .engine_scores
+                    .get(MESSAGE_ID_BY_RELAY)
+                    .map_or(0.0, |s| s.get(bayes)),
+                description: format!(
+                    "no Message-ID from the sender: a relay of ours wrote it from its queue id {queue_id}"
                 ),
                 engine: "origin".into(),
             });

@@ -558,7 +558,7 @@ mod tests {
     #[test]
     fn scores_for_other_engines_symbols_are_kept_and_typos_noted() {
         let (engine, notes, _dir) =
-            engine_with("score BAYES_99 3.5\nscore SPF_FAIL 0 6 0 4\nscore BAYES99 2\nscore LIST_UNSUBSCRIBE_ONE_CLICK_SIGNED -1\n");
+            engine_with("score BAYES_99 3.5\nscore SPF_FAIL 0 6 0 4\nscore BAYES99 2\nscore LIST_UNSUBSCRIBE_ONE_CLICK_SIGNED -1\nscore MSGID_ADDED_BY_RELAY 3\n");
         let mut kept: Vec<_> = engine
             .engine_scores()
             .iter()
@@ -570,8 +570,18 @@ mod tests {
             [
                 ("BAYES_99", 3.5, 3.5),
                 ("LIST_UNSUBSCRIBE_ONE_CLICK_SIGNED", -1.0, -1.0),
+                ("MSGID_ADDED_BY_RELAY", 3.0, 3.0),
                 ("SPF_FAIL", 6.0, 4.0)
             ]
+        );
+        // The built-in rules' own score for it, where no rule file changes it.
+        let (engine, _, _dir) = engine_with("");
+        assert_eq!(
+            engine
+                .engine_scores()
+                .get("MSGID_ADDED_BY_RELAY")
+                .map(|s| (s.get(false), s.get(true))),
+            Some((2.0, 2.0))
         );
         assert_eq!(
             notes,
