@@ -679,16 +679,19 @@ fn behind_a_trusted_relay_spf_judges_the_host_it_received_the_message_from() {
     );
     let unnamed = send(&node, "a@remote.test", &unnamed).queued_id();
     let v = verdict(&node, &unnamed);
-    let added: Vec<&Value> = v["scan"]["symbols"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["name"] == "MSGID_ADDED_BY_RELAY")
-        .collect();
-    assert_eq!(added.len(), 1, "{v:#}");
-    assert_eq!(added[0]["score"], 2.0, "{v:#}");
+    let named = symbols(&v);
+    assert_eq!(
+        named
+            .iter()
+            .filter(|n| *n == "MSGID_ADDED_BY_RELAY")
+            .count(),
+        1,
+        "{v:#}"
+    );
+    let added = symbol_where(&v, "name", "MSGID_ADDED_BY_RELAY");
+    assert_eq!(added["score"], 2.0, "{v:#}");
     assert!(
-        added[0]["description"]
+        added["description"]
             .as_str()
             .unwrap()
             .contains(&format!("queue id {queue_id}")),
