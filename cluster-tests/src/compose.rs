@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::api::ClusterStatus;
+use crate::ports::free;
 
 /// The base image both the nodes' and the kit's images are built on.
 pub const BASE_IMAGE: &str = "bulwark-base:bookworm";
@@ -49,12 +50,6 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 
 pub fn docker(args: &[&str]) -> Result<String> {
     run(Command::new("docker").args(args))
-}
-
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A Compose project of the three nodes, the sink and the client.
@@ -100,17 +95,14 @@ impl Suite {
             ("BULWARK_IMAGE".to_string(), image.to_string()),
             ("BULWARK_KIT_IMAGE".into(), kit_image.into()),
             ("BULWARK_KIT_OUT".into(), out.path().display().to_string()),
-            ("BULWARK_SINK_PORT".into(), free_port()?.to_string()),
+            ("BULWARK_SINK_PORT".into(), free().to_string()),
         ];
         let mut api_ports = BTreeMap::new();
         for node in 1..=nodes {
-            let api = free_port()?;
+            let api = free();
             api_ports.insert(node, api);
             env.push((format!("BULWARK_API_PORT_{node}"), api.to_string()));
-            env.push((
-                format!("BULWARK_SMTP_PORT_{node}"),
-                free_port()?.to_string(),
-            ));
+            env.push((format!("BULWARK_SMTP_PORT_{node}"), free().to_string()));
         }
         Ok(Suite {
             repo: repo()?,
