@@ -361,6 +361,8 @@ impl Scanner {
         );
         let (runs, authentication) = runs(&ruleset.content, &network, reported, checked);
 
+        // The score a rule file (the built-in rules first) sets for a symbol.
+        let set_score = |symbol: &str| ruleset.engine_scores.get(symbol).map(|s| s.get(bayes));
         let mut symbols = Vec::new();
         if let Some(relay) = from.via {
             symbols.push(Symbol {
@@ -376,21 +378,14 @@ impl Scanner {
         if let Some(queue_id) = &from.message_id_by_relay {
             symbols.push(Symbol {
                 name: MESSAGE_ID_BY_RELAY.into(),
-                score: ruleset
-                    .engine_scores
-                    .get(MESSAGE_ID_BY_RELAY)
-                    .map_or(0.0, |s| s.get(bayes)),
+                score: set_score(MESSAGE_ID_BY_RELAY).unwrap_or(0.0),
                 description: format!(
                     "no Message-ID from the sender: a relay of ours wrote it from its queue id {queue_id}"
                 ),
                 engine: "origin".into(),
             });
         }
-        let (findings, mut engines) = self.record(
-            &runs,
-            |symbol: &str| ruleset.engine_scores.get(symbol).map(|s| s.get(bayes)),
-            &mut symbols,
-        );
+        let (findings, mut engines) = self.record(&runs, set_score, &mut symbols);
 
         let score = symbols.iter().map(|s| s.score).sum::<f64>();
         let first = |kinds: &[FindingKind]| {
