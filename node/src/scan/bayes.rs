@@ -123,7 +123,11 @@ const MAX_INTERESTING: usize = 150;
 /// lands as high as spam does (on the other fold of the cross-validation, 130 of
 /// 1,250 hams at 0.99 or above, 83 more from 0.95), so the rules must agree. Chosen
 /// on both folds of the training sets' cross-validation (`examples/corpus.rs`); a
-/// rule file's `score BAYES_99 ...` changes them.
+/// rule file's `score BAYES_99 ...` changes them. `BAYES_999` gives 3.7, what
+/// SpamAssassin's `BAYES_99` and `BAYES_999` give together: since the rules learned
+/// spamware's forgeries, the top band need not carry as much, and at 4.5 it tagged a
+/// newsletter the classifier was not taught with one rule of 0.5 beside it (the
+/// other fold's ham, 17 tagged at 4.5 and 6 at 3.7, for two spams of 250 a fold).
 const BANDS: &[(f64, &str, f64)] = &[
     (0.01, "BAYES_00", -1.5),
     (0.05, "BAYES_05", -0.5),
@@ -134,7 +138,7 @@ const BANDS: &[(f64, &str, f64)] = &[
     (0.95, "BAYES_80", 3.0),
     (0.99, "BAYES_95", 3.5),
     (0.999, "BAYES_99", 3.5),
-    (f64::INFINITY, "BAYES_999", 4.5),
+    (f64::INFINITY, "BAYES_999", 3.7),
 ];
 
 /// The stable hash of a token string: the first 8 bytes of its SHA-256, big-endian.
