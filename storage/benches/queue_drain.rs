@@ -11,6 +11,7 @@
 //!
 //! `-- --messages N` queues N messages instead.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bulwark_model::samples::{self, traffic};
@@ -76,7 +77,7 @@ fn main() {
     loop {
         let looked = Instant::now();
         let due = store
-            .due_deliveries(1, now, 20_000, SLOTS)
+            .due_deliveries(1, now, 20_000, SLOTS, &HashSet::new())
             .expect("due deliveries");
         finding += looked.elapsed();
         if due.is_empty() {

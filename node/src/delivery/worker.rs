@@ -156,12 +156,11 @@ impl Worker {
             }
             let state = self.node.state();
             let (id, now) = (self.node.id(), crate::now_ms());
-            // Entries in progress here are listed too (this node's lease is running
-            // on them) and skipped below: ask for that many more, and one beyond the
-            // free slots, to tell the SMTP ingress whether work is left over.
-            let busy = self.busy.lock().expect("busy lock").len();
+            // Entries in progress here are passed over unread; ask for one beyond
+            // the free slots, to tell the SMTP ingress whether work is left over.
+            let busy = self.busy.lock().expect("busy lock").clone();
             let takeover = self.settings.takeover_after.as_millis() as i64;
-            let due = match state.due_deliveries(id, now, takeover, free * 2 + busy + 1) {
+            let due = match state.due_deliveries(id, now, takeover, free * 2 + 1, &busy) {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the delivery queue");
@@ -178,11 +177,8 @@ impl Worker {
                 // Only whether a message waits that this node would start; the
                 // watch of other nodes' leases is left as it was (the list is cut
                 // short here), so that their takeover clocks keep running.
-                let busy = self.busy.lock().expect("busy lock");
                 let waiting = due.iter().any(|e| {
-                    !busy.contains(&e.message_id)
-                        && !resting.contains(&e.message_id)
-                        && e.lease.is_none_or(|l| l.node == id)
+                    !resting.contains(&e.message_id) && e.lease.is_none_or(|l| l.node == id)
                 });
                 self.backlog.update(waiting, 0);
                 continue;

@@ -15,7 +15,10 @@
 //! then. A message leased by another node keeps its keys and is listed beside the
 //! work without counting against the limit: the delivery worker watches such a lease
 //! by its own clock before it may replace it. There are at most as many as the
-//! other nodes' delivery slots, and leases their crashed holders left behind.
+//! other nodes' delivery slots, and leases their crashed holders left behind. The
+//! messages the caller has in progress are passed over by their key alone: each look
+//! would otherwise read and decode every one of them again, and a node looks at each
+//! delivery it finishes.
 //!
 //! A delivered message's keys are deleted, and RocksDB keeps a tombstone for each
 //! until compaction: a look from the start of a range would walk every message
@@ -164,7 +167,8 @@ pub(super) fn rebuild(db: &DB, write: &mut WriteBatch) -> Result<()> {
 /// received that are due, then those anyone received that have been due for
 /// `takeover_ms`; with them, not counted, those of the same ranges another node holds
 /// a lease on, so that the caller can see whether that lease is still renewed. The
-/// index is read from the oldest due time up, and no further than `now_ms`.
+/// index is read from the oldest due time up, and no further than `now_ms`. Those in
+/// `skip` are neither read nor listed.
 pub(super) fn find(
     db: &DB,
     floors: &Floors,
@@ -172,6 +176,7 @@ pub(super) fn find(
     now_ms: i64,
     takeover_ms: i64,
     limit: usize,
+    skip: &HashSet<MessageId>,
 ) -> Result<Vec<QueueEntry>> {
     let mut out = Vec::new();
     let mut counted = 0;
@@ -212,7 +217,7 @@ pub(super) fn find(
                 .and_then(|at| <[u8; 16]>::try_from(&key[at..]).ok())
                 .map(|bytes| MessageId(u128::from_be_bytes(bytes)))
                 .ok_or_else(|| Error::Decode(format!("due index key of {} bytes", key.len())))?;
-            if seen.insert(id) {
+            if !skip.contains(&id) && seen.insert(id) {
                 let stored = db.get_pinned_cf(cf_handle(db, cf::QUEUE), id.key())?;
                 if let Some(bytes) = stored {
                     let record: QueueRecord = codec::decode(&bytes)?;

@@ -1,6 +1,8 @@
 //! What the API, the delivery workers and the exporters read from the state: single
 //! records, paged listings, the events and the exporters' cursors.
 
+use std::collections::HashSet;
+
 use rocksdb::{Direction, IteratorMode};
 
 use super::filters::{QuarantineFilter, QueueFilter};
@@ -153,15 +155,25 @@ impl StateStore {
     /// for `takeover_ms` (their node may be down); at most `limit`. Entries of the
     /// same kinds under another node's lease come with them, not counted: a lease is
     /// replaced only by a node that has watched it go unrenewed (see
-    /// [`crate::DeliveryCommand::Claim`]).
+    /// [`crate::DeliveryCommand::Claim`]). The messages in `in_progress` (the caller's
+    /// attempts under way) are left out without being read.
     pub fn due_deliveries(
         &self,
         node: u64,
         now_ms: i64,
         takeover_ms: i64,
         limit: usize,
+        in_progress: &HashSet<MessageId>,
     ) -> Result<Vec<QueueEntry>> {
-        super::due::find(&self.db, &self.due_floors, node, now_ms, takeover_ms, limit)
+        super::due::find(
+            &self.db,
+            &self.due_floors,
+            node,
+            now_ms,
+            takeover_ms,
+            limit,
+            in_progress,
+        )
     }
 
     /// The stored body of a message (its `Received` header included).

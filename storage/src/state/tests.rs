@@ -2,6 +2,8 @@
 //! apply, the reads, purges, checkpoints and generations together. The rules alone
 //! are tested in `bulwark_model::rules`, without a database.
 
+use std::collections::HashSet;
+
 use bulwark_model::samples;
 use rocksdb::IteratorMode;
 
@@ -1345,7 +1347,7 @@ fn leases_and_reports_drive_the_queue_within_and_across_batches() {
     // node 1 sees its own.
     let held_by = |node, now, takeover| -> Vec<Option<u64>> {
         store
-            .due_deliveries(node, now, takeover, 10)
+            .due_deliveries(node, now, takeover, 10, &HashSet::new())
             .unwrap()
             .iter()
             .map(|e| e.lease.map(|l| l.node))
@@ -1441,7 +1443,7 @@ fn a_message_accepted_with_its_lease_is_the_accepting_nodes_until_another_names_
     assert_eq!(store.queue_entry(id).unwrap().unwrap().lease, Some(lease));
     let held_by = |node, now, takeover| -> Vec<Option<Lease>> {
         store
-            .due_deliveries(node, now, takeover, 10)
+            .due_deliveries(node, now, takeover, 10, &HashSet::new())
             .unwrap()
             .iter()
             .map(|e| e.lease)
@@ -1674,7 +1676,7 @@ fn queue_admin_actions_apply_are_audited_and_listings_filter_and_page() {
     );
     assert!(store.queue_record(ids[0]).unwrap().unwrap().held);
     let due: Vec<_> = store
-        .due_deliveries(1, 400, 0, 10)
+        .due_deliveries(1, 400, 0, 10, &HashSet::new())
         .unwrap()
         .iter()
         .map(|e| e.message_id)
@@ -1757,7 +1759,7 @@ fn queue_admin_actions_apply_are_audited_and_listings_filter_and_page() {
     assert!(store.queue_record(ids[2]).unwrap().is_none());
     assert!(store.message_body(ids[2]).unwrap().is_none());
     let due: Vec<_> = store
-        .due_deliveries(1, 500, 0, 10)
+        .due_deliveries(1, 500, 0, 10, &HashSet::new())
         .unwrap()
         .iter()
         .map(|e| e.message_id)
@@ -2616,7 +2618,7 @@ fn the_queue_is_found_by_due_time_and_indexed_anew_when_opened_without_the_index
         .collect();
     let found = |store: &StateStore, now: i64, limit: usize| -> Vec<MessageId> {
         store
-            .due_deliveries(1, now, 1_000, limit)
+            .due_deliveries(1, now, 1_000, limit, &HashSet::new())
             .unwrap()
             .iter()
             .map(|e| e.message_id)
@@ -2630,6 +2632,15 @@ fn the_queue_is_found_by_due_time_and_indexed_anew_when_opened_without_the_index
         assert_eq!(found(&store, 200, 10), [ids[0]]);
         assert_eq!(found(&store, 2_000, 10), [ids[0], ids[2], ids[1]]);
         assert_eq!(found(&store, 2_000, 2), [ids[0], ids[2]]);
+        // Messages the caller has in progress are passed over, and not counted.
+        let in_progress = HashSet::from([ids[0]]);
+        let others: Vec<MessageId> = store
+            .due_deliveries(1, 2_000, 1_000, 2, &in_progress)
+            .unwrap()
+            .iter()
+            .map(|e| e.message_id)
+            .collect();
+        assert_eq!(others, [ids[2], ids[1]]);
         // A look starts where the last one found its first key; a message due
         // before that (a clock behind the others) moves the start back.
         let early = accept(4, 1, 10);
