@@ -168,7 +168,7 @@ pub(super) fn rebuild(db: &DB, write: &mut WriteBatch) -> Result<()> {
 /// `takeover_ms`; with them, not counted, those of the same ranges another node holds
 /// a lease on, so that the caller can see whether that lease is still renewed. The
 /// index is read from the oldest due time up, and no further than `now_ms`. Those in
-/// `skip` are neither read nor listed.
+/// `in_progress` are neither read nor listed.
 pub(super) fn find(
     db: &DB,
     floors: &Floors,
@@ -176,7 +176,7 @@ pub(super) fn find(
     now_ms: i64,
     takeover_ms: i64,
     limit: usize,
-    skip: &HashSet<MessageId>,
+    in_progress: &HashSet<MessageId>,
 ) -> Result<Vec<QueueEntry>> {
     let mut out = Vec::new();
     let mut counted = 0;
@@ -217,7 +217,7 @@ pub(super) fn find(
                 .and_then(|at| <[u8; 16]>::try_from(&key[at..]).ok())
                 .map(|bytes| MessageId(u128::from_be_bytes(bytes)))
                 .ok_or_else(|| Error::Decode(format!("due index key of {} bytes", key.len())))?;
-            if !skip.contains(&id) && seen.insert(id) {
+            if !in_progress.contains(&id) && seen.insert(id) {
                 let stored = db.get_pinned_cf(cf_handle(db, cf::QUEUE), id.key())?;
                 if let Some(bytes) = stored {
                     let record: QueueRecord = codec::decode(&bytes)?;
