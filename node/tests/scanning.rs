@@ -535,6 +535,64 @@ fn scanning_tags_quarantines_and_rewrites_what_the_policy_says() {
 }
 
 #[test]
+fn scanning_symbols_that_add_up_to_the_tag_score_reach_it() {
+    let sink = Sink::start(SinkConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("local.cf");
+    // Fifty symbols of 0.1: 5 in decimal, 4.999999999999998 added up in binary
+    // floating point, whatever their order.
+    let mut cf = String::new();
+    for n in 0..50 {
+        cf.push_str(&format!(
+            "body LOCAL_CARROT_{n:02} /carrots/i\nscore LOCAL_CARROT_{n:02} 0.1\n"
+        ));
+    }
+    std::fs::write(&rules, cf).unwrap();
+    let extra = format!(
+        "[scan]\nrules = [\"{}\"]\n\n[policy]\ntag_score = 5.0\n",
+        rules.display()
+    );
+    let node = Node::start_with("", &relay_to(&sink, &extra));
+
+    // Dated now, so that no date rule scores.
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap();
+    let message = |text: &str| {
+        format!(
+            "From: Alice <alice@sender.test>\r\nTo: bob@example.test\r\nSubject: lunch\r\n\
+             Date: {now}\r\nMessage-ID: <{}@sender.test>\r\n\r\n{text}\r\n",
+            rand_id()
+        )
+    };
+
+    // Without the word, no symbol scores: the fifty alone make the score below.
+    let control = send(&node, "alice@sender.test", &message("Beans today")).queued_id();
+    let v = verdict(&node, &control);
+    assert_eq!(v["scan"]["score"].as_f64(), Some(0.0), "{v:#}");
+    assert_eq!(v["action"], "deliver");
+
+    let id = send(&node, "alice@sender.test", &message("Carrots today")).queued_id();
+    let v = verdict(&node, &id);
+    let carrots = v["scan"]["symbols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"].as_str().unwrap().starts_with("LOCAL_CARROT_"))
+        .count();
+    assert_eq!(carrots, 50, "{v:#}");
+    assert_eq!(v["scan"]["score"].as_f64(), Some(5.0), "{v:#}");
+    assert_eq!(v["action"], "tag", "{v:#}");
+    let got = sink.wait_for(2, Duration::from_secs(15));
+    let tagged = got
+        .iter()
+        .find(|d| d.header("X-Bulwark-Id").as_deref() == Some(id.as_str()))
+        .expect("the tagged message at the next hop");
+    assert_eq!(tagged.header("X-Bulwark-Action").as_deref(), Some("tag"));
+    assert_eq!(tagged.header("X-Bulwark-Score").as_deref(), Some("5.0"));
+}
+
+#[test]
 fn scanning_allow_and_block_lists_decide_before_scores() {
     let node = Node::start_with(
         "",

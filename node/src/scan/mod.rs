@@ -387,7 +387,7 @@ impl Scanner {
         }
         let (findings, mut engines) = self.record(&runs, set_score, &mut symbols);
 
-        let score = symbols.iter().map(|s| s.score).sum::<f64>();
+        let score = total(&symbols);
         let first = |kinds: &[FindingKind]| {
             runs.iter()
                 .filter_map(|r| r.report.as_ref())
@@ -693,4 +693,16 @@ impl ContentEngines {
                 .is_ok();
         }
     }
+}
+
+/// The message's score: its symbols' scores added up in thousandths of a point (the
+/// finest a rule file writes), so that symbols adding up to a threshold reach it. In
+/// binary floating point fifty symbols of 0.1 come to 4.999…, and a message whose
+/// explanation adds up to 5 would not be tagged from 5.
+fn total(symbols: &[Symbol]) -> f64 {
+    let thousandths: i64 = symbols
+        .iter()
+        .map(|s| (s.score * 1000.0).round() as i64)
+        .sum();
+    thousandths as f64 / 1000.0
 }
