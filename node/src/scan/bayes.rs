@@ -662,9 +662,11 @@ fn band_hit(classification: &Classification, tokens: usize) -> Hit {
 /// Robinson's f(w): the token's spam probability from its counts, pulled towards
 /// [`BACKGROUND`] while it has been seen only a few times. At least one count is not 0.
 ///
-/// The probability compares the token's share of each class (so a site that learns
-/// five times more ham than spam is not pulled towards ham); the evidence that
-/// weighs against the background is the sightings themselves, spam and ham alike.
+/// The probability compares the token's share of each class, so learning five times
+/// more ham than spam turns no word towards ham; the evidence that weighs against
+/// the background is the sightings themselves, spam and ham alike, so such a site
+/// grows sure of its ham words sooner than of its spam words (the side that spares
+/// mail).
 /// `bayes:2` and `bayes:3` counted a spam sighting for up to three (as if both
 /// classes had been learned alike), so a word seen in a single spam was 0.875: mail
 /// of a kind never learned as ham, full of commercial words seen only in a spam or
