@@ -698,11 +698,41 @@ impl ContentEngines {
 /// The message's score: its symbols' scores added up in thousandths of a point (the
 /// finest a rule file writes), so that symbols adding up to a threshold reach it. In
 /// binary floating point fifty symbols of 0.1 come to 4.999…, and a message whose
-/// explanation adds up to 5 would not be tagged from 5.
+/// explanation adds up to 5 would not be tagged from 5. Scores too large for that
+/// (a rule file may write 1e300) saturate rather than wrap.
 fn total(symbols: &[Symbol]) -> f64 {
-    let thousandths: i64 = symbols
+    let thousandths = symbols
         .iter()
         .map(|s| (s.score * 1000.0).round() as i64)
-        .sum();
+        .fold(0i64, i64::saturating_add);
     thousandths as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(scores: &[f64]) -> Vec<Symbol> {
+        scores
+            .iter()
+            .map(|&score| Symbol {
+                name: "S".into(),
+                score,
+                description: String::new(),
+                engine: "spam".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_score_is_added_up_in_thousandths_and_saturates() {
+        assert_eq!(total(&scored(&[0.1; 50])), 5.0);
+        assert_eq!(total(&scored(&[2.0, 0.3, 0.3, 1.5, 0.3, 0.3, 0.3])), 5.0);
+        assert_eq!(total(&scored(&[4.5, -1.5, 0.001])), 3.001);
+        assert_eq!(total(&[]), 0.0);
+        let huge = total(&scored(&[1e300, 1e300, 1000.0]));
+        assert!(huge > 1e15, "{huge}");
+        let low = total(&scored(&[-1e300, -1e300]));
+        assert!(low < -1e15, "{low}");
+    }
 }
