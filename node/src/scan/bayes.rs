@@ -667,6 +667,7 @@ fn band_hit(classification: &Classification, tokens: usize) -> Hit {
 /// the background is the sightings themselves, spam and ham alike, so such a site
 /// grows sure of its ham words sooner than of its spam words (the side that spares
 /// mail).
+///
 /// `bayes:2` and `bayes:3` counted a spam sighting for up to three (as if both
 /// classes had been learned alike), so a word seen in a single spam was 0.875: mail
 /// of a kind never learned as ham, full of commercial words seen only in a spam or
@@ -1071,6 +1072,13 @@ mod tests {
         // The share of each class decides the direction: as often in 100 spams as
         // in 200 hams is neither.
         assert_eq!(token_probability(10, 20, 100, 200), 0.5);
+        // Five times more ham learned than spam: a word in 3 of 2,500 hams and one in
+        // 2 of 500 spams each lean their own way, and the ham word, seen more often,
+        // is the surer (counted as if both classes were learned alike, it was not).
+        let rare_ham = token_probability(0, 3, 500, 2500);
+        let rare_spam = token_probability(2, 0, 500, 2500);
+        assert!(rare_ham < 0.5 && rare_spam > 0.5);
+        assert!(0.5 - rare_ham > rare_spam - 0.5, "{rare_spam} {rare_ham}");
         // A word seen in a single spam beside a hundred times more ham is no surer
         // for it: one sighting is one, 0.67, whatever the totals.
         let one_spam = token_probability(1, 0, 200, 20_000);
