@@ -72,6 +72,13 @@ pub fn previous_release_bin() -> Result<PathBuf> {
         .status()
         .context("running tar")?;
     ensure!(untar.success(), "tar of the previous release: {untar}");
+    // Built with this tree's cargo configuration (its target features), which the
+    // seeded dependencies were compiled with: other flags would compile them again.
+    let config = repo.join(".cargo/config.toml");
+    if config.is_file() {
+        std::fs::create_dir_all(src.join(".cargo"))?;
+        std::fs::copy(&config, src.join(".cargo/config.toml"))?;
+    }
     let own_target = home.join("target");
     if own_target.exists() {
         std::fs::remove_dir_all(&own_target)?;
