@@ -281,8 +281,8 @@ async fn main() -> Result<()> {
     }
     println!();
     println!(
-        "After {accepted} accepted messages (warm-ups included), all delivered (to the \
-         leader's Maildir, not counted); hard-linked files counted once:"
+        "After {accepted} accepted messages (warm-ups included), all delivered (each to \
+         the Maildir of the node that took it, not counted); hard-linked files counted once:"
     );
     println!();
     println!(
