@@ -5,7 +5,8 @@
 //! The built-in rules (`default.cf`) load first, then the administrator's files in
 //! order; a later definition, `score` or `describe` of a name wins. Every pattern is
 //! compiled once; each text (rendered body, raw body, each URL, the raw message) is
-//! matched by one [`regex::bytes::RegexSet`] in one pass.
+//! matched by its area's patterns together, as one [`regex::bytes::RegexSet`], or
+//! pattern by pattern when each starts with literals (`rules::AreaSet`).
 
 #![forbid(unsafe_code)]
 

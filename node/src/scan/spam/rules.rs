@@ -150,23 +150,90 @@ pub(super) struct Rule {
     pub test: Test,
 }
 
-/// The pattern rules of one area, matched in one pass.
+/// The pattern rules of one area.
 #[derive(Debug)]
 pub(super) struct AreaSet {
-    set: RegexSet,
+    matcher: Matcher,
     rules: Vec<usize>,
 }
 
+/// How an area's patterns are matched against a text.
+///
+/// A [`RegexSet`] runs one automaton over the whole text, about 2 ns a byte whatever
+/// the patterns (a 50 KB body takes ~0.1 ms). A single pattern that starts with
+/// literals is found by a literal search that skips most of the text, 10 to 50 times
+/// faster. So an area whose every pattern starts with literals (the HTML tags of
+/// `rawbody`, say) is matched pattern by pattern; an area with any pattern that must
+/// be run as an automaton is matched as one set, since that pass is paid anyway.
+#[derive(Debug)]
+enum Matcher {
+    Set(RegexSet),
+    Each(Vec<Regex>),
+}
+
+/// The shortest literal a pattern may start with and still be searched by its
+/// literals alone: one or two bytes occur too often in text to skip much of it.
+const MIN_LEADING_LITERAL: usize = 3;
+
 impl AreaSet {
+    fn new(patterns: Vec<String>, rules: Vec<usize>) -> Result<Self, String> {
+        let matcher = if patterns.iter().all(|p| starts_with_literals(p)) {
+            let each = patterns
+                .iter()
+                .map(|p| RegexBuilder::new(p).size_limit(REGEX_SIZE_LIMIT).build())
+                .collect::<Result<_, _>>();
+            Matcher::Each(each.map_err(|e| one_line(&e))?)
+        } else {
+            let set = RegexSetBuilder::new(&patterns)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .dfa_size_limit(REGEX_SIZE_LIMIT)
+                .build();
+            Matcher::Set(set.map_err(|e| one_line(&e))?)
+        };
+        Ok(AreaSet { matcher, rules })
+    }
+
     /// Marks in `fired` every rule whose pattern matches `haystack`.
     pub fn mark(&self, haystack: &[u8], fired: &mut [bool]) {
-        if self.rules.is_empty() {
-            return;
-        }
-        for i in self.set.matches(haystack).iter() {
-            fired[self.rules[i]] = true;
+        match &self.matcher {
+            Matcher::Set(set) => {
+                for i in set.matches(haystack).iter() {
+                    fired[self.rules[i]] = true;
+                }
+            }
+            Matcher::Each(each) => {
+                for (regex, &rule) in each.iter().zip(&self.rules) {
+                    if regex.is_match(haystack) {
+                        fired[rule] = true;
+                    }
+                }
+            }
         }
     }
+
+    /// Whether the area is matched pattern by pattern.
+    #[cfg(test)]
+    fn pattern_by_pattern(&self) -> bool {
+        matches!(self.matcher, Matcher::Each(_))
+    }
+}
+
+/// Whether every match of `pattern` starts with one of a finite set of literals of
+/// at least [`MIN_LEADING_LITERAL`] bytes, which a literal search can look for.
+fn starts_with_literals(pattern: &str) -> bool {
+    use regex_syntax::hir::literal::{ExtractKind, Extractor};
+    let Ok(hir) = regex_syntax::ParserBuilder::new()
+        .utf8(false)
+        .build()
+        .parse(pattern)
+    else {
+        return false;
+    };
+    let prefixes = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+    prefixes.is_finite()
+        && prefixes
+            .min_literal_len()
+            .is_some_and(|len| len >= MIN_LEADING_LITERAL)
 }
 
 /// The compiled rule set.
@@ -442,12 +509,8 @@ impl Loader {
         let meta_order = order_metas(&mut rules, &mut notes);
         let mut area = |which: Area| -> Result<AreaSet, String> {
             let (list, rules) = patterns.remove(&which).unwrap_or_default();
-            let set = RegexSetBuilder::new(&list)
-                .size_limit(REGEX_SIZE_LIMIT)
-                .dfa_size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|e| format!("the {which:?} patterns do not compile together: {e}"))?;
-            Ok(AreaSet { set, rules })
+            AreaSet::new(list, rules)
+                .map_err(|e| format!("the {which:?} patterns do not compile together: {e}"))
         };
         let set = RuleSet {
             body: area(Area::Body)?,
@@ -934,6 +997,124 @@ impl MetaParser {
             Some(Token::Name(name)) => Ok(Expr::Name(name)),
             Some(Token::Op(op)) => Err(format!("unexpected {op:?} in meta expression")),
             None => Err("meta expression ends too early".to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{heuristics::BUILTINS, DEFAULT_RULES};
+    use super::*;
+
+    fn built_in() -> RuleSet {
+        let mut loader = Loader::new(BUILTINS);
+        loader.load("default.cf", DEFAULT_RULES).unwrap();
+        loader.finish().unwrap().0
+    }
+
+    /// The built-in patterns of `area`, with their rules' indexes.
+    fn patterns_of(rules: &RuleSet, which: Area) -> (Vec<String>, Vec<usize>) {
+        let mut out = (Vec::new(), Vec::new());
+        for (i, rule) in rules.rules.iter().enumerate() {
+            if let Test::Pattern { area, pattern } = &rule.test {
+                if *area == which {
+                    out.0.push(pattern.clone());
+                    out.1.push(i);
+                }
+            }
+        }
+        out
+    }
+
+    fn fired(area: &AreaSet, text: &[u8], rules: usize) -> Vec<usize> {
+        let mut fired = vec![false; rules];
+        area.mark(text, &mut fired);
+        (0..rules).filter(|&i| fired[i]).collect()
+    }
+
+    #[test]
+    fn which_patterns_start_with_literals() {
+        for pattern in [
+            "(?im)<script(?-u:\\b)",
+            "(?im)<center(?-u:\\b)|align=[\"']?center",
+            "(?im)window\\.open\\s*\\(",
+            "(?im)^dear (?:friend|sir)",
+            "(?m)!{4,}",
+        ] {
+            assert!(starts_with_literals(pattern), "{pattern}");
+        }
+        for pattern in [
+            "(?m)\\$\\$+",                  // two bytes: too common to skip text
+            "(?im)[a-z]+ million",          // a class too large to list
+            "(?m)^[A-Z0-9 ,.!?$%'-]{60,}$", // the same
+            "(?i)(?:xyz|)ab",               // may start with two bytes only
+            "(?m)(?:!.*){6}",
+            "(",
+        ] {
+            assert!(!starts_with_literals(pattern), "{pattern}");
+        }
+    }
+
+    #[test]
+    fn an_area_is_matched_pattern_by_pattern_only_when_every_pattern_starts_with_literals() {
+        let rules = built_in();
+        // The built-in rawbody rules look for HTML tags and attributes; the body rules
+        // include patterns such as runs of capitals that no literal search can find.
+        assert!(rules.rawbody.pattern_by_pattern());
+        assert!(!rules.body.pattern_by_pattern());
+        let (patterns, indexes) = patterns_of(&rules, Area::RawBody);
+        assert!(patterns.len() >= 10);
+
+        let mut mixed = patterns.clone();
+        mixed.push("(?m)\\$\\$+".to_string());
+        let mut mixed_rules = indexes.clone();
+        mixed_rules.push(rules.rules.len());
+        let mixed = AreaSet::new(mixed, mixed_rules).unwrap();
+        assert!(!mixed.pattern_by_pattern());
+        let empty = AreaSet::new(Vec::new(), Vec::new()).unwrap();
+        assert_eq!(fired(&empty, b"<script>", 0), Vec::<usize>::new());
+    }
+
+    /// Pattern by pattern or as one set, every built-in area finds the same rules in
+    /// the same texts: HTML that fires the rawbody rules, body text that fires the body
+    /// rules, Latin-1 bytes, an empty text and a large one.
+    #[test]
+    fn matching_pattern_by_pattern_finds_what_the_set_finds() {
+        let rules = built_in();
+        let mut large = b"<html><body bgcolor=white>".to_vec();
+        while large.len() < 60_000 {
+            large.extend_from_slice(b"Plain words of a newsletter, nothing more.\n");
+        }
+        large.extend_from_slice(b"<CENTER><font size=+3 color=red>CLICK HERE</font>\n");
+        large.extend_from_slice(b"<img width=1 height=1 src='https://t.example/p.gif'>");
+        let texts: [&[u8]; 7] = [
+            b"",
+            b"<html><body bgcolor=\"#fff\"><script>window.open ('x')</script></body>",
+            b"<form action=x><iframe src=y><font color=\"#FF0000\">Act now!!!!</font>",
+            b"Dear friend,\nclick here to verify your account: $$$ 100% guaranteed\n",
+            b"caf\xe9 <SCRIPT>\xff\xfe charset=\"big5\" align='center'",
+            b"WIN WIN WIN MONEY FREE CASH NOW TODAY!!!! $1,000,000 million dollars",
+            &large,
+        ];
+        for which in [Area::Body, Area::RawBody, Area::Uri] {
+            let (patterns, indexes) = patterns_of(&rules, which);
+            let set = AreaSet {
+                matcher: Matcher::Set(RegexSetBuilder::new(&patterns).build().unwrap()),
+                rules: indexes.clone(),
+            };
+            let each = AreaSet {
+                matcher: Matcher::Each(patterns.iter().map(|p| Regex::new(p).unwrap()).collect()),
+                rules: indexes,
+            };
+            let mut any = false;
+            for text in texts {
+                let found = fired(&set, text, rules.rules.len());
+                any |= !found.is_empty();
+                assert_eq!(fired(&each, text, rules.rules.len()), found, "{which:?}");
+            }
+            if which != Area::Uri {
+                assert!(any, "{which:?}: the texts fire none of its rules");
+            }
         }
     }
 }
