@@ -26,7 +26,6 @@ use std::net::IpAddr;
 
 use rocksdb::{ColumnFamily, DBRawIterator, Direction, IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::event::StoredEvent;
@@ -57,9 +56,9 @@ type Term = [u8; 17];
 pub(crate) const MAX_SCAN: usize = 100_000;
 
 /// Which events a query wants. The fields named after the API's JSON (sender,
-/// recipient, action, client IP) are matched against each event's JSON
-/// ([`StoredEvent::to_json`]): addresses as in [`crate::QueueFilter`], the IP as an
-/// address.
+/// recipient, action, client IP, user) are matched against each event's facets
+/// ([`crate::event::EventKind::facets`], what its JSON shows): addresses as in
+/// [`crate::QueueFilter`], the IP as an address.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
     /// Dotted event type, e.g. `audit.note`.
@@ -87,45 +86,37 @@ impl EventFilter {
     pub(crate) fn matches(&self, event: &StoredEvent) -> bool {
         let kind = &event.event.kind;
         let time = event.event.time_ms;
-        let plain = self
-            .type_name
+        let facets = kind.facets();
+        self.type_name
             .as_deref()
             .is_none_or(|t| t == kind.type_name())
             && self
                 .message_id
                 .is_none_or(|id| kind.message_id() == Some(id))
             && self.since_ms.is_none_or(|t| time >= t)
-            && self.until_ms.is_none_or(|t| time < t);
-        if !plain {
-            return false;
-        }
-        if self.sender.is_none()
-            && self.recipient.is_none()
-            && self.action.is_none()
-            && self.client_ip.is_none()
-            && self.user.is_none()
-        {
-            return true;
-        }
-        let json = event.to_json();
-        self.sender
-            .as_deref()
-            .is_none_or(|want| sender_of(&json).is_some_and(|a| address_matches(want, a)))
-            && self
-                .recipient
-                .as_deref()
-                .is_none_or(|want| recipients_of(&json).any(|a| address_matches(want, a)))
+            && self.until_ms.is_none_or(|t| time < t)
+            && self.sender.as_deref().is_none_or(|want| {
+                facets
+                    .sender
+                    .is_some_and(|address| address_matches(want, address))
+            })
+            && self.recipient.as_deref().is_none_or(|want| {
+                facets
+                    .recipients
+                    .iter()
+                    .any(|address| address_matches(want, address))
+            })
             && self
                 .action
                 .as_deref()
-                .is_none_or(|want| action_of(&json) == Some(want))
+                .is_none_or(|want| facets.action == Some(want))
             && self
                 .client_ip
-                .is_none_or(|want| client_ip_of(&json) == Some(want))
+                .is_none_or(|want| facets.client_ip == Some(want))
             && self
                 .user
                 .as_deref()
-                .is_none_or(|want| json["user"]["name"].as_str() == Some(want))
+                .is_none_or(|want| facets.user == Some(want))
     }
 
     /// The posting lists every matching event is in (fields the index cannot serve
@@ -152,26 +143,6 @@ impl EventFilter {
         }
         terms
     }
-}
-
-fn sender_of(json: &Value) -> Option<&str> {
-    json["email"]["sender"]["address"].as_str()
-}
-
-fn recipients_of(json: &Value) -> impl Iterator<Item = &str> {
-    json["email"]["to"]["address"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-}
-
-fn action_of(json: &Value) -> Option<&str> {
-    json["action"].as_str()
-}
-
-fn client_ip_of(json: &Value) -> Option<IpAddr> {
-    json["source"]["ip"].as_str().and_then(|ip| ip.parse().ok())
 }
 
 /// The index term an address pattern looks up: the lowercase address, `@domain`, or
@@ -302,17 +273,17 @@ impl<'a> Indexer<'a> {
             terms.push(message_term(id));
         }
         terms.push(text_term(BY_TYPE, kind.type_name()));
-        let json = stored.to_json();
-        if let Some(sender) = sender_of(&json) {
+        let facets = kind.facets();
+        if let Some(sender) = facets.sender {
             address_terms(BY_SENDER, sender, terms);
         }
-        for recipient in recipients_of(&json) {
+        for recipient in facets.recipients {
             address_terms(BY_RECIPIENT, recipient, terms);
         }
-        if let Some(action) = action_of(&json) {
+        if let Some(action) = facets.action {
             terms.push(text_term(BY_ACTION, action));
         }
-        if let Some(ip) = client_ip_of(&json) {
+        if let Some(ip) = facets.client_ip {
             terms.push(text_term(BY_CLIENT_IP, &ip.to_string()));
         }
         terms.sort_unstable();

@@ -516,6 +516,84 @@ impl EventKind {
         }
     }
 
+    /// The fields of this event that event queries filter on, as its JSON shows them
+    /// ([`StoredEvent::to_json`]), read without building the JSON: the event index
+    /// keeps them for every event recorded, and a query checks each candidate by them.
+    pub fn facets(&self) -> Facets<'_> {
+        let mut f = Facets::default();
+        match self {
+            EventKind::MessageReceived(m) => {
+                f.sender = Some(&m.envelope.mail_from);
+                f.recipients = &m.envelope.rcpt_to;
+                f.action = Some(m.action.as_str());
+                f.client_ip = Some(m.client.ip);
+            }
+            EventKind::MessageRejected(r) => f.rejection(r),
+            EventKind::PolicyRejected(r) => f.rejection(&r.rejection),
+            EventKind::DeliverySucceeded { recipients, .. }
+            | EventKind::DeliveryDeferred { recipients, .. }
+            | EventKind::DeliveryFailed { recipients, .. } => f.recipients = recipients,
+            EventKind::DeliveryBounced {
+                sender, recipients, ..
+            } => {
+                f.sender = Some(sender);
+                f.recipients = recipients;
+            }
+            EventKind::ApiAction(a) => {
+                f.recipients = &a.recipients;
+                f.acted(Some(&a.action), &a.user, a.client_ip);
+            }
+            EventKind::MembershipChanged(m) => f.acted(Some(&m.action), &m.user, m.client_ip),
+            EventKind::UserChanged(u) => f.acted(Some(u.action.type_name()), &u.user, u.client_ip),
+            EventKind::TokenChanged(t) => {
+                let action = if t.created {
+                    "token.create"
+                } else {
+                    "token.revoke"
+                };
+                f.acted(Some(action), &t.user, t.client_ip);
+            }
+            EventKind::RecipientActed(r) => {
+                f.recipients = std::slice::from_ref(&r.recipient);
+                let user = r.user.as_ref().unwrap_or(&r.recipient);
+                f.acted(Some(&r.action), user, r.client_ip);
+            }
+            EventKind::QuarantineDecided(q) => {
+                f.sender = Some(&q.mail_from);
+                f.recipients = &q.recipients;
+                let d = &q.decision;
+                f.acted(Some(d.action.as_str()), &d.user, d.client_ip);
+            }
+            EventKind::MessageQuarantined(q) => {
+                f.sender = Some(&q.mail_from);
+                f.recipients = &q.recipients;
+                f.action = Some("quarantine");
+            }
+            EventKind::DigestSent(d) => {
+                f.recipients = std::slice::from_ref(&d.recipient);
+                f.action = Some("digest");
+            }
+            EventKind::ScanVerdict(v) => f.action = Some(v.action.as_str()),
+            EventKind::AuditNote { author, .. } => f.user = Some(author),
+            EventKind::Note {
+                author, client_ip, ..
+            } => f.acted(None, author, *client_ip),
+            EventKind::AccessRead(r) => f.acted(None, &r.user, r.client_ip),
+            EventKind::PolicyChanged(p) => f.acted(None, &p.user, p.client_ip),
+            EventKind::BayesTrained(b) => f.acted(None, &b.user, b.client_ip),
+            EventKind::RejectionsSuppressed { .. }
+            | EventKind::DeliveryLeased { .. }
+            | EventKind::DeliveryAttempted(_)
+            | EventKind::QuarantineRetention { .. }
+            | EventKind::ChainCheckpoint(_)
+            | EventKind::EventsPurged(_)
+            | EventKind::ExportDeadLettered(_)
+            | EventKind::SignerChanged(_)
+            | EventKind::BayesExpired(_) => {}
+        }
+        f
+    }
+
     /// The API caller whose mutating call this event records (its `user.name`), if
     /// an API call made it: a queue or quarantine action, a release or deletion, a
     /// lesson, a token created or revoked, a console user changed, signed in or out
@@ -989,6 +1067,33 @@ impl EventKind {
     }
 }
 
+/// What event queries filter on ([`EventKind::facets`]), each as the event's JSON
+/// has it: `email.sender.address`, `email.to.address`, `action`, `source.ip` and
+/// `user.name`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Facets<'a> {
+    pub sender: Option<&'a str>,
+    pub recipients: &'a [String],
+    pub action: Option<&'a str>,
+    pub client_ip: Option<IpAddr>,
+    pub user: Option<&'a str>,
+}
+
+impl<'a> Facets<'a> {
+    fn rejection(&mut self, r: &'a Rejection) {
+        self.sender = r.mail_from.as_deref();
+        self.recipients = &r.rcpt_to;
+        self.client_ip = Some(r.client.ip);
+    }
+
+    /// What an API caller did (`action`), who (`user`) and from where.
+    fn acted(&mut self, action: Option<&'a str>, user: &'a str, client_ip: Option<IpAddr>) {
+        self.action = action;
+        self.user = Some(user);
+        self.client_ip = client_ip;
+    }
+}
+
 /// `scan.*`: the verdict with every symbol, authentication result, finding and
 /// engine run; `action` at the top level as in `message.received`.
 /// `message.rejected`: who was refused what, and how.
@@ -1449,5 +1554,286 @@ mod tests {
         assert_eq!(json["source"]["ip"], "192.0.2.9");
         assert_eq!(json["email"]["to"]["address"][0], "bob@example.test");
         assert_eq!(stored.event.kind.message_id(), Some(MessageId(77)));
+    }
+
+    /// One event of every kind, each with what its kind can carry: a sender, several
+    /// recipients, a client address, a user. Add the new kind here when adding one.
+    fn one_of_every_kind() -> Vec<EventKind> {
+        use crate::bayes::{BayesClass, BayesExpired};
+        use crate::message::{PolicyRejection, QuarantineRecord, Rejection};
+        use crate::policy::PolicyChanged;
+        use crate::recipient::{DigestSent, RecipientActed};
+        use crate::samples;
+        use crate::token::Role;
+        use crate::user::{UserAction, UserChanged};
+        let id = MessageId(9);
+        let ip: Option<IpAddr> = Some("2001:db8::7".parse().unwrap());
+        let to = || vec!["Bob@Example.test".to_string(), "carol@example.test".into()];
+        let rejection = Rejection {
+            client: samples::received().client,
+            mail_from: Some("mallory@bad.test".into()),
+            rcpt_to: to(),
+            reason: "relay_denied".into(),
+            reply: "554 5.7.1 no".into(),
+        };
+        let mut null_sender = samples::received();
+        null_sender.envelope.mail_from = String::new();
+        let mut tagged = samples::verdict(id);
+        tagged.action = crate::message::Action::Tag;
+        let decided = |action| {
+            EventKind::QuarantineDecided(Box::new(QuarantineDecided {
+                decision: QuarantineCommand {
+                    message_id: id,
+                    action,
+                    reason: "why".into(),
+                    user: "olivia".into(),
+                    client_ip: ip,
+                },
+                mail_from: "a@x.test".into(),
+                recipients: to(),
+            }))
+        };
+        let digest = |through_ms| {
+            EventKind::DigestSent(Box::new(DigestSent {
+                recipient: "bob@example.test".into(),
+                digest_id: id,
+                messages: 3,
+                through_ms,
+            }))
+        };
+        let acted = |user: Option<&str>| {
+            EventKind::RecipientActed(Box::new(RecipientActed {
+                recipient: "bob@example.test".into(),
+                action: "release".into(),
+                via: "portal".into(),
+                user: user.map(Into::into),
+                message_id: Some(id),
+                entry: None,
+                client_ip: ip,
+                refused: None,
+            }))
+        };
+        let token = |created| {
+            EventKind::TokenChanged(Box::new(TokenChanged {
+                name: "siem".into(),
+                role: Role::Auditor,
+                created,
+                user: "admin".into(),
+                client_ip: ip,
+            }))
+        };
+        vec![
+            EventKind::AuditNote {
+                author: "admin".into(),
+                text: "t".into(),
+            },
+            EventKind::MessageReceived(Box::new(samples::received())),
+            EventKind::MessageReceived(Box::new(null_sender)),
+            EventKind::MessageRejected(Box::new(rejection.clone())),
+            EventKind::MessageRejected(Box::new(Rejection {
+                mail_from: None,
+                rcpt_to: Vec::new(),
+                ..rejection.clone()
+            })),
+            EventKind::RejectionsSuppressed { count: 2 },
+            EventKind::DeliveryLeased {
+                message_id: id,
+                holder: 2,
+                until_ms: 5,
+                granted: true,
+            },
+            EventKind::DeliveryAttempted(Box::new(samples::delivered(id))),
+            EventKind::DeliverySucceeded {
+                message_id: id,
+                recipients: to(),
+            },
+            EventKind::DeliveryDeferred {
+                message_id: id,
+                recipients: to(),
+                next_attempt_ms: 7,
+                reply: "451 later".into(),
+            },
+            EventKind::DeliveryFailed {
+                message_id: id,
+                recipients: to(),
+                reply: "550 no".into(),
+            },
+            EventKind::DeliveryBounced {
+                message_id: id,
+                dsn_id: MessageId(10),
+                sender: "alice@sender.test".into(),
+                recipients: to(),
+            },
+            EventKind::ApiAction(Box::new(ApiAction {
+                action: "queue.hold".into(),
+                user: "admin".into(),
+                client_ip: ip,
+                message_id: Some(id),
+                recipients: to(),
+                refused: Some("held".into()),
+            })),
+            EventKind::ScanVerdict(Box::new(tagged)),
+            EventKind::MessageQuarantined(Box::new(QuarantineRecord {
+                message_id: id,
+                received_seq: 1,
+                time_ms: 2,
+                mail_from: "a@x.test".into(),
+                recipients: to(),
+                subject: Some("s".into()),
+                header_from: None,
+                size: 3,
+                score: 12.5,
+                reason: "score".into(),
+            })),
+            EventKind::BayesTrained(Box::new(BayesTrained {
+                digest: [1; 32],
+                class: Some(BayesClass::Spam),
+                previous: None,
+                tokens: 4,
+                message_id: Some(id),
+                user: "olivia".into(),
+                client_ip: ip,
+                spam_messages: 1,
+                ham_messages: 0,
+            })),
+            decided(QuarantineAction::Release),
+            decided(QuarantineAction::Expire),
+            EventKind::QuarantineRetention {
+                before_ms: 1,
+                expired: 2,
+                reason: "retention".into(),
+            },
+            token(true),
+            token(false),
+            EventKind::MembershipChanged(Box::new(MembershipChanged {
+                action: "cluster.remove".into(),
+                member: 3,
+                addr: None,
+                log_index: Some(8),
+                user: "admin".into(),
+                client_ip: None,
+                refused: None,
+            })),
+            EventKind::Note {
+                author: "auditor".into(),
+                text: "n".into(),
+                client_ip: ip,
+            },
+            EventKind::ChainCheckpoint(Box::new(ChainCheckpoint {
+                seq: 1,
+                hash: [2; 32],
+                node: 1,
+                public_key: vec![3; 32],
+                signature: vec![4; 64],
+            })),
+            EventKind::EventsPurged(Box::new(EventsPurged {
+                first_seq: 1,
+                through_seq: 2,
+                through_hash: [5; 32],
+                reason: "retention".into(),
+            })),
+            EventKind::AccessRead(Box::new(AccessRead {
+                kind: ReadKind::Raw,
+                message_id: Some(id),
+                user: "auditor".into(),
+                client_ip: ip,
+                reason: Some("case 7".into()),
+                query: None,
+            })),
+            EventKind::ExportDeadLettered(Box::new(ExportDeadLetter {
+                exporter: "siem".into(),
+                first_seq: 1,
+                last_seq: 2,
+                events: 2,
+                tries: 3,
+                error: "503".into(),
+            })),
+            EventKind::SignerChanged(Box::new(SignerChanged {
+                node: 1,
+                public_key: vec![6; 32],
+                previous: None,
+                endorsement: None,
+            })),
+            EventKind::PolicyChanged(Box::new(PolicyChanged {
+                version: 2,
+                user: "admin".into(),
+                client_ip: ip,
+                reason: "r".into(),
+                diff: vec!["+a".into()],
+                hash: [7; 32],
+            })),
+            EventKind::UserChanged(Box::new(UserChanged {
+                action: UserAction::SignedIn,
+                name: "alice".into(),
+                role: Some(Role::Operator),
+                user: "alice".into(),
+                client_ip: ip,
+                refused: None,
+                locked_until_ms: None,
+            })),
+            acted(None),
+            acted(Some("olivia")),
+            digest(None),
+            digest(Some(4)),
+            EventKind::BayesExpired(BayesExpired {
+                before: 10,
+                removed: 2,
+                max: 8,
+                newest_removed_day: 1,
+            }),
+            EventKind::PolicyRejected(Box::new(PolicyRejection {
+                rejection,
+                header_from: Some("boss@bad.test".into()),
+            })),
+        ]
+    }
+
+    #[test]
+    fn an_event_s_facets_are_what_its_json_shows() {
+        let kinds = one_of_every_kind();
+        let distinct: std::collections::HashSet<_> =
+            kinds.iter().map(std::mem::discriminant).collect();
+        assert_eq!(distinct.len(), 30, "one sample of each kind");
+        let mut carried = [0; 5];
+        for kind in kinds {
+            let mut event = note(3);
+            event.kind = kind;
+            let stored = StoredEvent {
+                event,
+                prev_hash: [0; 32],
+                hash: [1; 32],
+            };
+            let json = stored.to_json();
+            let text = |v: &serde_json::Value| v.as_str().map(str::to_string);
+            let shown = (
+                text(&json["email"]["sender"]["address"]),
+                json["email"]["to"]["address"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(text).collect::<Vec<_>>())
+                    .unwrap_or_default(),
+                text(&json["action"]),
+                text(&json["source"]["ip"]).map(|ip| ip.parse::<IpAddr>().unwrap()),
+                text(&json["user"]["name"]),
+            );
+            let f = stored.event.kind.facets();
+            let facets = (
+                f.sender.map(str::to_string),
+                f.recipients.to_vec(),
+                f.action.map(str::to_string),
+                f.client_ip,
+                f.user.map(str::to_string),
+            );
+            assert_eq!(facets, shown, "{json}");
+            for (count, present) in carried.iter_mut().zip([
+                f.sender.is_some(),
+                !f.recipients.is_empty(),
+                f.action.is_some(),
+                f.client_ip.is_some(),
+                f.user.is_some(),
+            ]) {
+                *count += usize::from(present);
+            }
+        }
+        assert!(carried.iter().all(|&n| n >= 5), "{carried:?}");
     }
 }

@@ -35,8 +35,8 @@ pub use bayes::{BayesClass, BayesCounts, BayesExpired, BayesExpiry, BayesLesson,
 pub use error::{Error, Result};
 pub use event::{
     AccessRead, ApiAction, ChainCheckpoint, Command, Event, EventKind, EventPurge, EventsPurged,
-    ExportDeadLetter, ExportProgress, Hash, MembershipChanged, Op, OpId, OpResult, Proposal,
-    ReadKind, SignerChanged, StoredEvent, VerifyReport,
+    ExportDeadLetter, ExportProgress, Facets, Hash, MembershipChanged, Op, OpId, OpResult,
+    Proposal, ReadKind, SignerChanged, StoredEvent, VerifyReport,
 };
 pub use message::{
     AcceptedMessage, Action, AuthResult, Bounce, Client, DeliveryCommand, DeliveryReport,
