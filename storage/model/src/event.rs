@@ -545,14 +545,7 @@ impl EventKind {
             }
             EventKind::MembershipChanged(m) => f.acted(Some(&m.action), &m.user, m.client_ip),
             EventKind::UserChanged(u) => f.acted(Some(u.action.type_name()), &u.user, u.client_ip),
-            EventKind::TokenChanged(t) => {
-                let action = if t.created {
-                    "token.create"
-                } else {
-                    "token.revoke"
-                };
-                f.acted(Some(action), &t.user, t.client_ip);
-            }
+            EventKind::TokenChanged(t) => f.acted(Some(t.action()), &t.user, t.client_ip),
             EventKind::RecipientActed(r) => {
                 f.recipients = std::slice::from_ref(&r.recipient);
                 let user = r.user.as_ref().unwrap_or(&r.recipient);
@@ -1018,11 +1011,7 @@ impl EventKind {
                 );
             }
             EventKind::TokenChanged(t) => {
-                let action = if t.created {
-                    "token.create"
-                } else {
-                    "token.revoke"
-                };
+                let action = t.action();
                 out.insert("action".into(), action.into());
                 out.insert("user".into(), serde_json::json!({ "name": t.user }));
                 if let Some(ip) = t.client_ip {

@@ -103,6 +103,17 @@ pub struct TokenChanged {
     pub client_ip: Option<IpAddr>,
 }
 
+impl TokenChanged {
+    /// The action, as the event's `action` names it: `token.create` or `token.revoke`.
+    pub fn action(&self) -> &'static str {
+        if self.created {
+            "token.create"
+        } else {
+            "token.revoke"
+        }
+    }
+}
+
 /// Why a creation is refused.
 pub const TOKEN_TAKEN: &str = "a token of that name exists";
 /// Why a creation is refused when a revoked token had the name.
